@@ -1,0 +1,51 @@
+# pneumo-node: `make run` starts the node on its defaults, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc cmake
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .deps
+BIN := target/release/pneumo-node
+
+.PHONY: help deps build run test lint test-rust test-e2e bench clean
+
+help:
+	@echo "make run    build and start the node on its defaults (port 11112, data under ./var)"
+	@echo "make test   install what the tests need, then run every test, fmt and clippy"
+
+$(STAMPS)/system: scripts/install-system-packages.sh Makefile
+	@mkdir -p $(STAMPS)
+	./scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
+	@touch $@
+
+$(STAMPS)/venv: requirements.txt
+	@mkdir -p $(STAMPS)
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+deps: $(STAMPS)/system $(STAMPS)/venv
+
+build:
+	cargo build --release --workspace --bins
+
+run: $(STAMPS)/venv build
+	mkdir -p var
+	$(BIN) serve
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+test-rust:
+	cargo test --release --workspace
+
+test-e2e: deps build
+	PNEUMO_NODE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q tests
+
+test: deps lint test-rust test-e2e
+
+clean:
+	cargo clean
+	rm -rf $(STAMPS) $(VENV) var
