@@ -1,0 +1,297 @@
+//! DIMSE command sets (PS3.7 §9.3 and §10.3), encoded in Implicit VR Little
+//! Endian as PS3.7 §6.3.1 requires.
+//!
+//! A command set is a flat group 0000 data set with no sequences, so it is
+//! encoded and decoded here directly: every field the node uses is typed, and
+//! elements it does not know are skipped.
+
+use thiserror::Error;
+
+use crate::status::Status;
+
+/// Command Field values (0000,0100).
+pub mod field {
+    pub const C_STORE_RQ: u16 = 0x0001;
+    pub const C_STORE_RSP: u16 = 0x8001;
+    pub const C_ECHO_RQ: u16 = 0x0030;
+    pub const C_ECHO_RSP: u16 = 0x8030;
+}
+
+/// (0000,0800) value meaning "no data set follows".
+pub const NO_DATA_SET: u16 = 0x0101;
+/// A value for (0000,0800) meaning "a data set follows" (any other than 0101H).
+pub const DATA_SET_PRESENT: u16 = 0x0000;
+
+const TAG_GROUP_LENGTH: u16 = 0x0000;
+const TAG_AFFECTED_SOP_CLASS: u16 = 0x0002;
+const TAG_COMMAND_FIELD: u16 = 0x0100;
+const TAG_MESSAGE_ID: u16 = 0x0110;
+const TAG_MESSAGE_ID_RESPONDED: u16 = 0x0120;
+const TAG_PRIORITY: u16 = 0x0700;
+const TAG_DATA_SET_TYPE: u16 = 0x0800;
+const TAG_STATUS: u16 = 0x0900;
+const TAG_ERROR_COMMENT: u16 = 0x0902;
+const TAG_AFFECTED_SOP_INSTANCE: u16 = 0x1000;
+const TAG_MOVE_ORIGINATOR_AE: u16 = 0x1030;
+const TAG_MOVE_ORIGINATOR_ID: u16 = 0x1031;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("command set truncated at byte {0}")]
+    Truncated(usize),
+    #[error("command element (0000,{0:04X}) has undefined or oversized length")]
+    BadLength(u16),
+    #[error("command element (0000,{element:04X}) should be {expected} bytes, found {found}")]
+    BadValueLength {
+        element: u16,
+        expected: usize,
+        found: usize,
+    },
+    #[error("command set element ({group:04X},{element:04X}) outside group 0000")]
+    WrongGroup { group: u16, element: u16 },
+    #[error("command set lacks the Command Field (0000,0100)")]
+    NoCommandField,
+}
+
+/// The fields of a command set the node reads or writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    pub command_field: u16,
+    pub affected_sop_class_uid: Option<String>,
+    pub affected_sop_instance_uid: Option<String>,
+    pub message_id: Option<u16>,
+    pub message_id_being_responded_to: Option<u16>,
+    pub priority: Option<u16>,
+    pub data_set_type: u16,
+    pub status: Option<Status>,
+    pub error_comment: Option<String>,
+    pub move_originator_ae: Option<String>,
+    pub move_originator_message_id: Option<u16>,
+}
+
+impl Command {
+    pub fn has_data_set(&self) -> bool {
+        self.data_set_type != NO_DATA_SET
+    }
+
+    pub fn c_echo_rq(message_id: u16) -> Self {
+        Command {
+            command_field: field::C_ECHO_RQ,
+            affected_sop_class_uid: Some(crate::sop::VERIFICATION.to_string()),
+            message_id: Some(message_id),
+            data_set_type: NO_DATA_SET,
+            ..Default::default()
+        }
+    }
+
+    pub fn c_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Self {
+        Command {
+            command_field: field::C_STORE_RQ,
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            affected_sop_instance_uid: Some(sop_instance.to_string()),
+            message_id: Some(message_id),
+            priority: Some(0), // MEDIUM
+            data_set_type: DATA_SET_PRESENT,
+            ..Default::default()
+        }
+    }
+
+    /// The response to `request`, carrying its UIDs and its message ID.
+    pub fn response_to(request: &Command, status: Status, error_comment: Option<&str>) -> Self {
+        Command {
+            command_field: request.command_field | 0x8000,
+            affected_sop_class_uid: request.affected_sop_class_uid.clone(),
+            affected_sop_instance_uid: request.affected_sop_instance_uid.clone(),
+            message_id_being_responded_to: request.message_id,
+            data_set_type: NO_DATA_SET,
+            status: Some(status),
+            // Error Comment is only allowed with failure and warning statuses.
+            error_comment: error_comment
+                .filter(|_| !status.is_success())
+                .map(|c| c.chars().take(64).collect()),
+            ..Default::default()
+        }
+    }
+
+    /// Encodes the command set in Implicit VR Little Endian, group length first.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(256);
+        // Elements in ascending tag order.
+        if let Some(uid) = &self.affected_sop_class_uid {
+            put_text(&mut body, TAG_AFFECTED_SOP_CLASS, uid, 0);
+        }
+        put_u16(&mut body, TAG_COMMAND_FIELD, self.command_field);
+        if let Some(id) = self.message_id {
+            put_u16(&mut body, TAG_MESSAGE_ID, id);
+        }
+        if let Some(id) = self.message_id_being_responded_to {
+            put_u16(&mut body, TAG_MESSAGE_ID_RESPONDED, id);
+        }
+        if let Some(p) = self.priority {
+            put_u16(&mut body, TAG_PRIORITY, p);
+        }
+        put_u16(&mut body, TAG_DATA_SET_TYPE, self.data_set_type);
+        if let Some(s) = self.status {
+            put_u16(&mut body, TAG_STATUS, s.0);
+        }
+        if let Some(c) = &self.error_comment {
+            put_text(&mut body, TAG_ERROR_COMMENT, c, b' ');
+        }
+        if let Some(uid) = &self.affected_sop_instance_uid {
+            put_text(&mut body, TAG_AFFECTED_SOP_INSTANCE, uid, 0);
+        }
+        if let Some(ae) = &self.move_originator_ae {
+            put_text(&mut body, TAG_MOVE_ORIGINATOR_AE, ae, b' ');
+        }
+        if let Some(id) = self.move_originator_message_id {
+            put_u16(&mut body, TAG_MOVE_ORIGINATOR_ID, id);
+        }
+        let mut out = Vec::with_capacity(body.len() + 12);
+        put_header(&mut out, TAG_GROUP_LENGTH, 4);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes an Implicit VR Little Endian command set.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        let mut cmd = Command::default();
+        let mut command_field = None;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let header = bytes
+                .get(pos..pos + 8)
+                .ok_or(CommandError::Truncated(pos))?;
+            let group = u16::from_le_bytes([header[0], header[1]]);
+            let element = u16::from_le_bytes([header[2], header[3]]);
+            let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            if group != 0 {
+                return Err(CommandError::WrongGroup { group, element });
+            }
+            if len == u32::MAX {
+                return Err(CommandError::BadLength(element));
+            }
+            let start = pos + 8;
+            let end = start
+                .checked_add(len as usize)
+                .filter(|&e| e <= bytes.len())
+                .ok_or(CommandError::Truncated(pos))?;
+            let value = &bytes[start..end];
+            match element {
+                TAG_AFFECTED_SOP_CLASS => cmd.affected_sop_class_uid = Some(text(value)),
+                TAG_COMMAND_FIELD => command_field = Some(u16_value(element, value)?),
+                TAG_MESSAGE_ID => cmd.message_id = Some(u16_value(element, value)?),
+                TAG_MESSAGE_ID_RESPONDED => {
+                    cmd.message_id_being_responded_to = Some(u16_value(element, value)?)
+                }
+                TAG_PRIORITY => cmd.priority = Some(u16_value(element, value)?),
+                TAG_DATA_SET_TYPE => cmd.data_set_type = u16_value(element, value)?,
+                TAG_STATUS => cmd.status = Some(Status(u16_value(element, value)?)),
+                TAG_ERROR_COMMENT => cmd.error_comment = Some(text(value)),
+                TAG_AFFECTED_SOP_INSTANCE => cmd.affected_sop_instance_uid = Some(text(value)),
+                TAG_MOVE_ORIGINATOR_AE => cmd.move_originator_ae = Some(text(value)),
+                TAG_MOVE_ORIGINATOR_ID => {
+                    cmd.move_originator_message_id = Some(u16_value(element, value)?)
+                }
+                _ => {}
+            }
+            pos = end;
+        }
+        cmd.command_field = command_field.ok_or(CommandError::NoCommandField)?;
+        Ok(cmd)
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, element: u16, len: u32) {
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+fn put_u16(out: &mut Vec<u8>, element: u16, value: u16) {
+    put_header(out, element, 2);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Text values are padded to even length: UIDs with NUL, others with space.
+fn put_text(out: &mut Vec<u8>, element: u16, value: &str, pad: u8) {
+    let mut bytes = value.as_bytes().to_vec();
+    if bytes.len() % 2 == 1 {
+        bytes.push(pad);
+    }
+    put_header(out, element, bytes.len() as u32);
+    out.extend_from_slice(&bytes);
+}
+
+fn u16_value(element: u16, value: &[u8]) -> Result<u16, CommandError> {
+    match value {
+        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(CommandError::BadValueLength {
+            element,
+            expected: 2,
+            found: value.len(),
+        }),
+    }
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .trim_end_matches(['\0', ' '])
+        .trim_start()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_request_round_trips() {
+        let rq = Command::c_store_rq(7, "1.2.840.10008.5.1.4.1.1.1", "1.2.3.4.5");
+        let bytes = rq.encode();
+        // Group length covers everything after its own element.
+        let gl = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        assert_eq!(gl, bytes.len() - 12);
+        assert_eq!(Command::decode(&bytes).unwrap(), rq);
+    }
+
+    #[test]
+    fn response_carries_request_ids_and_odd_uids_are_padded() {
+        let rq = Command::c_store_rq(42, "1.2.840.10008.5.1.4.1.1.1", "1.2.3");
+        let rsp = Command::response_to(&rq, Status(0xA700), Some("disk full"));
+        let back = Command::decode(&rsp.encode()).unwrap();
+        assert_eq!(back.command_field, field::C_STORE_RSP);
+        assert_eq!(back.message_id_being_responded_to, Some(42));
+        assert_eq!(back.affected_sop_instance_uid.as_deref(), Some("1.2.3"));
+        assert_eq!(back.status, Some(Status(0xA700)));
+        assert_eq!(back.error_comment.as_deref(), Some("disk full"));
+        assert!(!back.has_data_set());
+    }
+
+    #[test]
+    fn success_response_has_no_error_comment() {
+        let rq = Command::c_echo_rq(1);
+        let rsp = Command::response_to(&rq, Status::SUCCESS, Some("ignored"));
+        assert_eq!(rsp.error_comment, None);
+    }
+
+    #[test]
+    fn malformed_command_sets_are_errors() {
+        let good = Command::c_echo_rq(3).encode();
+        assert!(matches!(
+            Command::decode(&good[..good.len() - 1]),
+            Err(CommandError::Truncated(_))
+        ));
+        let mut wrong_group = good.clone();
+        wrong_group[12] = 0x08;
+        assert!(matches!(
+            Command::decode(&wrong_group),
+            Err(CommandError::WrongGroup { .. })
+        ));
+        // Only a group length: no command field.
+        assert_eq!(
+            Command::decode(&good[..12]),
+            Err(CommandError::NoCommandField)
+        );
+    }
+}

@@ -1,0 +1,1003 @@
+//! The SCP: accepts associations, answers C-ECHO, receives C-STORE.
+//!
+//! Each association runs on its own task. Data PDVs of a C-STORE are written
+//! to a spool file (Part-10 header first, then the data set bytes exactly as
+//! received) as they arrive, hashed on the way; the complete file is handed to
+//! the [`StoreHandler`], whose status goes back in the C-STORE-RSP.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, Pdu,
+    PresentationContextResult, PresentationContextResultReason, UserVariableItem,
+};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::command::{field, Command};
+use crate::pdu::{self, PduError, PduStream};
+use crate::sop;
+use crate::status::Status;
+
+/// Which storage SOP classes the SCP accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageAcceptance {
+    /// The classes a chest radiography node meets ([`sop::CHEST_STORAGE`]).
+    #[default]
+    Chest,
+    /// Every storage SOP class (the node routes what it does not analyse).
+    AllStorage,
+}
+
+/// A calling AE title allowed to associate, optionally only from one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedCaller {
+    pub ae_title: String,
+    pub host: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScpConfig {
+    pub ae_title: String,
+    /// Refuse associations whose called AE title is not ours.
+    pub require_called_ae: bool,
+    /// When not empty, only these callers may associate.
+    pub allowed_callers: Vec<AllowedCaller>,
+    /// Maximum Length Received we announce and enforce on P-DATA-TF PDUs.
+    pub max_pdu: u32,
+    /// Associations served at once; more are rejected ("local limit exceeded").
+    pub max_associations: usize,
+    /// Longest wait for the next PDU inside a message or during set-up.
+    pub read_timeout: Duration,
+    /// Longest wait for the next message on an idle association.
+    pub idle_timeout: Duration,
+    pub acceptance: StorageAcceptance,
+    /// Where incoming data sets are spooled; on the same file system as the
+    /// final store so that keeping an instance is a rename.
+    pub spool_dir: PathBuf,
+}
+
+impl Default for ScpConfig {
+    fn default() -> Self {
+        ScpConfig {
+            ae_title: "PNEUMO".into(),
+            require_called_ae: true,
+            allowed_callers: Vec::new(),
+            max_pdu: 1 << 20,
+            max_associations: 32,
+            read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            acceptance: StorageAcceptance::Chest,
+            spool_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Who is on the other end of an association.
+#[derive(Debug, Clone)]
+pub struct AssociationContext {
+    pub id: u64,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub peer: SocketAddr,
+}
+
+/// A received instance, spooled as a complete Part-10 file.
+#[derive(Debug)]
+pub struct ReceivedInstance {
+    pub context: Arc<AssociationContext>,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// The negotiated transfer syntax, in which the data set bytes are.
+    pub transfer_syntax: String,
+    /// The spool file. The SCP deletes it after the handler returns unless
+    /// the handler moved it away.
+    pub path: PathBuf,
+    /// Where the data set starts in the file (after preamble and File Meta).
+    pub dataset_offset: u64,
+    pub dataset_len: u64,
+    /// SHA-256 of the data set bytes as received.
+    pub dataset_sha256: [u8; 32],
+}
+
+/// The status a handler answers with, and an optional Error Comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreReply {
+    pub status: Status,
+    pub comment: Option<String>,
+}
+
+impl StoreReply {
+    pub fn success() -> Self {
+        StoreReply {
+            status: Status::SUCCESS,
+            comment: None,
+        }
+    }
+
+    pub fn failure(status: Status, comment: impl Into<String>) -> Self {
+        StoreReply {
+            status,
+            comment: Some(comment.into()),
+        }
+    }
+}
+
+/// What the node does with received instances.
+pub trait StoreHandler: Send + Sync + 'static {
+    /// Called when a C-STORE request arrives, before its data. An `Err`
+    /// refuses the instance with that status (its data is read and dropped).
+    fn admit(&self, _context: &AssociationContext, _sop_class_uid: &str) -> Result<(), StoreReply> {
+        Ok(())
+    }
+
+    /// Keeps a received instance; the reply goes back to the sender.
+    fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
+}
+
+#[derive(Debug, Error)]
+pub enum ScpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use spool directory {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A listening SCP.
+pub struct ScpServer<H> {
+    listener: TcpListener,
+    shared: Arc<Shared<H>>,
+}
+
+struct Shared<H> {
+    config: ScpConfig,
+    handler: Arc<H>,
+    active: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl<H: StoreHandler> ScpServer<H> {
+    pub async fn bind(
+        addr: SocketAddr,
+        config: ScpConfig,
+        handler: Arc<H>,
+    ) -> Result<Self, ScpError> {
+        std::fs::create_dir_all(&config.spool_dir).map_err(|source| ScpError::Spool {
+            path: config.spool_dir.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ScpError::Bind { addr, source })?;
+        Ok(ScpServer {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                handler,
+                active: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Number of associations being served now.
+    pub fn active_associations(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Accepts associations until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                a = self.listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let shared = self.shared.clone();
+                    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    let span = info_span!("association", id, %peer);
+                    tokio::spawn(
+                        async move {
+                            let slot = ActiveSlot::take(&shared);
+                            serve_connection(stream, peer, id, shared.clone(), slot).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts an association while it lives; `within_limit` says whether it may
+/// be served.
+struct ActiveSlot<'a> {
+    active: &'a AtomicUsize,
+    within_limit: bool,
+}
+
+impl<'a> ActiveSlot<'a> {
+    fn take<H>(shared: &'a Shared<H>) -> Self {
+        let before = shared.active.fetch_add(1, Ordering::SeqCst);
+        ActiveSlot {
+            active: &shared.active,
+            within_limit: before < shared.config.max_associations,
+        }
+    }
+}
+
+impl Drop for ActiveSlot<'_> {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve_connection<H: StoreHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared<H>>,
+    slot: ActiveSlot<'_>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = PduStream::new(stream);
+    let config = &shared.config;
+
+    let rq = match read_with_timeout(&mut conn, config.read_timeout, config.max_pdu).await {
+        Ok(pdu::TYPE_ASSOCIATE_RQ) => match conn.decode(pdu::TYPE_ASSOCIATE_RQ) {
+            Ok(Pdu::AssociationRQ(rq)) => rq,
+            Ok(_) | Err(_) => {
+                warn!("malformed A-ASSOCIATE-RQ; aborting");
+                conn.abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                    .await;
+                return;
+            }
+        },
+        Ok(other) => {
+            warn!(pdu_type = other, "expected A-ASSOCIATE-RQ; aborting");
+            conn.abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                .await;
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "no valid A-ASSOCIATE-RQ");
+            if let Some(reason) = e.abort_reason() {
+                conn.abort(reason).await;
+            }
+            return;
+        }
+    };
+
+    let calling_ae = rq.calling_ae_title.trim().to_string();
+    let called_ae = rq.called_ae_title.trim().to_string();
+    if !slot.within_limit {
+        warn!(%calling_ae, limit = config.max_associations, "association limit reached; rejecting");
+        let rj = AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        };
+        let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
+        conn.shutdown().await;
+        return;
+    }
+    let (ac, contexts, peer_max_pdu) = match negotiate(config, &rq, peer.ip()) {
+        Ok(n) => n,
+        Err(rj) => {
+            warn!(%calling_ae, %called_ae, source = ?rj.source, "association rejected");
+            let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
+            conn.shutdown().await;
+            return;
+        }
+    };
+    if let Err(e) = conn.send(&Pdu::AssociationAC(ac)).await {
+        warn!(error = %e, "could not send A-ASSOCIATE-AC");
+        return;
+    }
+    let context = Arc::new(AssociationContext {
+        id,
+        calling_ae,
+        called_ae,
+        peer,
+    });
+    info!(
+        calling_ae = %context.calling_ae,
+        accepted = contexts.iter().filter(|c| c.accepted).count(),
+        proposed = contexts.len(),
+        "association accepted"
+    );
+    let mut association = Association {
+        conn,
+        shared: &shared,
+        context,
+        contexts,
+        _peer_max_pdu: peer_max_pdu,
+        state: MessageState::Idle,
+        stored: 0,
+    };
+    let end = association.run().await;
+    match end {
+        AssociationEnd::Released => info!(instances = association.stored, "association released"),
+        AssociationEnd::AbortedByPeer => warn!(
+            instances = association.stored,
+            "association aborted by peer"
+        ),
+        AssociationEnd::Closed => warn!(
+            instances = association.stored,
+            "connection closed without release"
+        ),
+        AssociationEnd::Error(e) => {
+            warn!(error = %e, instances = association.stored, "association aborted")
+        }
+    }
+}
+
+async fn read_with_timeout<S>(
+    conn: &mut PduStream<S>,
+    limit: Duration,
+    max_pdu: u32,
+) -> Result<u8, PduError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, conn.read(max_pdu)).await {
+        Ok(r) => r,
+        Err(_) => Err(PduError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("nothing received for {} s", limit.as_secs_f32()),
+        ))),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct NegotiatedContext {
+    id: u8,
+    abstract_syntax: String,
+    transfer_syntax: String,
+    accepted: bool,
+}
+
+fn reject(result: AssociationRJResult, source: AssociationRJSource) -> AssociationRJ {
+    AssociationRJ { result, source }
+}
+
+fn negotiate(
+    config: &ScpConfig,
+    rq: &AssociationRQ,
+    peer_ip: IpAddr,
+) -> Result<(AssociationAC, Vec<NegotiatedContext>, u32), AssociationRJ> {
+    use AssociationRJResult::Permanent;
+    if rq.protocol_version & 1 == 0 {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceProviderASCE(
+                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+            ),
+        ));
+    }
+    if sop::trim_uid(&rq.application_context_name) != sop::APPLICATION_CONTEXT {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
+            ),
+        ));
+    }
+    if config.require_called_ae && rq.called_ae_title.trim() != config.ae_title {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ),
+        ));
+    }
+    if !caller_allowed(&config.allowed_callers, rq.calling_ae_title.trim(), peer_ip) {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+            ),
+        ));
+    }
+
+    let contexts: Vec<NegotiatedContext> = rq
+        .presentation_contexts
+        .iter()
+        .map(|pc| {
+            let abstract_syntax = sop::trim_uid(&pc.abstract_syntax).to_string();
+            let supported = abstract_syntax == sop::VERIFICATION
+                || match config.acceptance {
+                    StorageAcceptance::Chest => {
+                        sop::CHEST_STORAGE.contains(&abstract_syntax.as_str())
+                    }
+                    StorageAcceptance::AllStorage => sop::is_storage_sop_class(&abstract_syntax),
+                };
+            let ts = pc
+                .transfer_syntaxes
+                .iter()
+                .map(|t| sop::trim_uid(t))
+                .find(|t| sop::is_storable_transfer_syntax(t));
+            NegotiatedContext {
+                id: pc.id,
+                accepted: supported && ts.is_some(),
+                transfer_syntax: ts.unwrap_or(sop::IMPLICIT_VR_LE).to_string(),
+                abstract_syntax,
+            }
+        })
+        .collect();
+
+    let results = contexts
+        .iter()
+        .zip(&rq.presentation_contexts)
+        .map(|(c, pc)| {
+            let supported_abstract = c.accepted
+                || pc
+                    .transfer_syntaxes
+                    .iter()
+                    .all(|t| !sop::is_storable_transfer_syntax(sop::trim_uid(t)));
+            PresentationContextResult {
+                id: c.id,
+                reason: if c.accepted {
+                    PresentationContextResultReason::Acceptance
+                } else if supported_abstract && abstract_supported(config, &c.abstract_syntax) {
+                    PresentationContextResultReason::TransferSyntaxesNotSupported
+                } else {
+                    PresentationContextResultReason::AbstractSyntaxNotSupported
+                },
+                transfer_syntax: c.transfer_syntax.clone(),
+            }
+        })
+        .collect();
+
+    let peer_max_pdu = rq
+        .user_variables
+        .iter()
+        .find_map(|v| match v {
+            UserVariableItem::MaxLength(l) => Some(*l),
+            _ => None,
+        })
+        .unwrap_or(0);
+
+    let ac = AssociationAC {
+        protocol_version: 1,
+        application_context_name: sop::APPLICATION_CONTEXT.to_string(),
+        calling_ae_title: rq.calling_ae_title.clone(),
+        called_ae_title: rq.called_ae_title.clone(),
+        presentation_contexts: results,
+        user_variables: vec![
+            UserVariableItem::MaxLength(config.max_pdu),
+            UserVariableItem::ImplementationClassUID(crate::IMPLEMENTATION_CLASS_UID.to_string()),
+            UserVariableItem::ImplementationVersionName(
+                crate::IMPLEMENTATION_VERSION_NAME.to_string(),
+            ),
+        ],
+    };
+    Ok((ac, contexts, peer_max_pdu))
+}
+
+fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
+    uid == sop::VERIFICATION
+        || match config.acceptance {
+            StorageAcceptance::Chest => sop::CHEST_STORAGE.contains(&uid),
+            StorageAcceptance::AllStorage => sop::is_storage_sop_class(uid),
+        }
+}
+
+fn caller_allowed(allowed: &[AllowedCaller], calling_ae: &str, peer_ip: IpAddr) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    allowed
+        .iter()
+        .filter(|c| c.ae_title == calling_ae)
+        .any(|c| c.host.is_none_or(|h| same_host(h, peer_ip)))
+}
+
+fn same_host(a: IpAddr, b: IpAddr) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    canon(a) == canon(b)
+}
+
+enum MessageState {
+    Idle,
+    Command {
+        context_id: u8,
+        bytes: Vec<u8>,
+    },
+    /// The data set of `command`: spooled, or read and dropped when the
+    /// request is already refused.
+    Data {
+        context_id: u8,
+        command: Command,
+        sink: Result<Spool, StoreReply>,
+    },
+}
+
+enum AssociationEnd {
+    Released,
+    AbortedByPeer,
+    Closed,
+    Error(String),
+}
+
+/// Commands are a few hundred bytes; this bounds a misbehaving peer.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+struct Association<'a, H> {
+    conn: PduStream<TcpStream>,
+    shared: &'a Shared<H>,
+    context: Arc<AssociationContext>,
+    contexts: Vec<NegotiatedContext>,
+    _peer_max_pdu: u32,
+    state: MessageState,
+    stored: u64,
+}
+
+impl<H: StoreHandler> Association<'_, H> {
+    async fn run(&mut self) -> AssociationEnd {
+        let config = &self.shared.config;
+        loop {
+            let limit = match self.state {
+                MessageState::Idle => config.idle_timeout,
+                _ => config.read_timeout,
+            };
+            let pdu_type = match read_with_timeout(&mut self.conn, limit, config.max_pdu).await {
+                Ok(t) => t,
+                Err(PduError::Closed) => return AssociationEnd::Closed,
+                Err(e) => {
+                    let reason = e
+                        .abort_reason()
+                        .unwrap_or(AbortRQServiceProviderReason::ReasonNotSpecified);
+                    self.conn.abort(reason).await;
+                    return AssociationEnd::Error(e.to_string());
+                }
+            };
+            match pdu_type {
+                pdu::TYPE_P_DATA_TF => {
+                    if let Err(e) = self.on_pdata().await {
+                        self.conn
+                            .abort(AbortRQServiceProviderReason::UnexpectedPduParameter)
+                            .await;
+                        return AssociationEnd::Error(e);
+                    }
+                }
+                pdu::TYPE_RELEASE_RQ => {
+                    if !matches!(self.state, MessageState::Idle) {
+                        warn!("release requested in the middle of a message; partial data dropped");
+                    }
+                    let _ = self.conn.send(&Pdu::ReleaseRP).await;
+                    self.conn.shutdown().await;
+                    return AssociationEnd::Released;
+                }
+                pdu::TYPE_ABORT => return AssociationEnd::AbortedByPeer,
+                other => {
+                    self.conn
+                        .abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                        .await;
+                    return AssociationEnd::Error(format!("unexpected PDU type {other:#04x}"));
+                }
+            }
+        }
+    }
+
+    fn context(&self, id: u8) -> Result<&NegotiatedContext, String> {
+        self.contexts
+            .iter()
+            .find(|c| c.id == id && c.accepted)
+            .ok_or_else(|| format!("PDV on presentation context {id}, which was not accepted"))
+    }
+
+    /// Handles every PDV of the P-DATA-TF PDU just read.
+    async fn on_pdata(&mut self) -> Result<(), String> {
+        // The PDVs borrow the receive buffer; take it for the duration.
+        let body = self.conn.take_body();
+        let result = self.on_pdvs(&body).await;
+        self.conn.put_body(body);
+        result
+    }
+
+    async fn on_pdvs(&mut self, body: &[u8]) -> Result<(), String> {
+        let pdvs = pdu::split_pdvs(body).map_err(|e| e.to_string())?;
+        for pdv in pdvs {
+            self.context(pdv.context_id)?;
+            let state = std::mem::replace(&mut self.state, MessageState::Idle);
+            self.state = match (state, pdv.is_command) {
+                (MessageState::Idle, true) => {
+                    self.command_fragment(pdv.context_id, Vec::new(), pdv.data, pdv.is_last)
+                        .await?
+                }
+                (MessageState::Command { context_id, bytes }, true)
+                    if context_id == pdv.context_id =>
+                {
+                    self.command_fragment(context_id, bytes, pdv.data, pdv.is_last)
+                        .await?
+                }
+                (
+                    MessageState::Data {
+                        context_id,
+                        command,
+                        mut sink,
+                    },
+                    false,
+                ) if context_id == pdv.context_id => {
+                    if let Ok(spool) = sink.as_mut() {
+                        if let Err(e) = spool.write(pdv.data).await {
+                            warn!(error = %e, "spooling failed; the instance will be refused");
+                            sink = Err(StoreReply::failure(
+                                Status::OUT_OF_RESOURCES,
+                                format!("cannot spool data set: {e}"),
+                            ));
+                        }
+                    }
+                    if pdv.is_last {
+                        self.finish_store(context_id, command, sink).await?;
+                        MessageState::Idle
+                    } else {
+                        MessageState::Data {
+                            context_id,
+                            command,
+                            sink,
+                        }
+                    }
+                }
+                (_, is_command) => {
+                    return Err(format!(
+                        "unexpected {} fragment on context {}",
+                        if is_command { "command" } else { "data" },
+                        pdv.context_id
+                    ))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    async fn command_fragment(
+        &mut self,
+        context_id: u8,
+        mut bytes: Vec<u8>,
+        data: &[u8],
+        is_last: bool,
+    ) -> Result<MessageState, String> {
+        if bytes.len() + data.len() > MAX_COMMAND_BYTES {
+            return Err("command set larger than 64 KiB".into());
+        }
+        bytes.extend_from_slice(data);
+        if !is_last {
+            return Ok(MessageState::Command { context_id, bytes });
+        }
+        let command = Command::decode(&bytes).map_err(|e| format!("undecodable command: {e}"))?;
+        self.on_command(context_id, command).await
+    }
+
+    async fn on_command(
+        &mut self,
+        context_id: u8,
+        command: Command,
+    ) -> Result<MessageState, String> {
+        match command.command_field {
+            field::C_ECHO_RQ => {
+                debug!(message_id = ?command.message_id, "C-ECHO");
+                self.respond(context_id, &command, StoreReply::success())
+                    .await?;
+                Ok(MessageState::Idle)
+            }
+            field::C_STORE_RQ if command.has_data_set() => {
+                let sink = self.open_spool(context_id, &command).await;
+                Ok(MessageState::Data {
+                    context_id,
+                    command,
+                    sink,
+                })
+            }
+            _ if command.has_data_set() => {
+                // An operation we do not serve: read its data, then refuse it.
+                let sink = Err(StoreReply::failure(
+                    Status::UNRECOGNIZED_OPERATION,
+                    "operation not supported",
+                ));
+                Ok(MessageState::Data {
+                    context_id,
+                    command,
+                    sink,
+                })
+            }
+            _ => {
+                let reply = if command.command_field == field::C_STORE_RQ {
+                    StoreReply::failure(Status::CANNOT_UNDERSTAND, "C-STORE without a data set")
+                } else {
+                    StoreReply::failure(Status::UNRECOGNIZED_OPERATION, "operation not supported")
+                };
+                self.respond(context_id, &command, reply).await?;
+                Ok(MessageState::Idle)
+            }
+        }
+    }
+
+    /// Checks a C-STORE request and opens its spool file, or says why not.
+    async fn open_spool(&self, context_id: u8, command: &Command) -> Result<Spool, StoreReply> {
+        let context = self
+            .context(context_id)
+            .map_err(|e| StoreReply::failure(Status::CANNOT_UNDERSTAND, e))?;
+        let sop_class = command
+            .affected_sop_class_uid
+            .as_deref()
+            .unwrap_or_default();
+        if sop_class != context.abstract_syntax {
+            return Err(StoreReply::failure(
+                Status::SOP_CLASS_NOT_SUPPORTED,
+                "SOP class differs from the presentation context's",
+            ));
+        }
+        let sop_instance = match command.affected_sop_instance_uid.as_deref() {
+            Some(uid) if !uid.is_empty() => uid,
+            _ => {
+                return Err(StoreReply::failure(
+                    Status::CANNOT_UNDERSTAND,
+                    "no Affected SOP Instance UID",
+                ))
+            }
+        };
+        self.shared.handler.admit(&self.context, sop_class)?;
+        Spool::create(
+            &self.shared.config.spool_dir,
+            self.context.id,
+            sop_class,
+            sop_instance,
+            &context.transfer_syntax,
+            &self.context.calling_ae,
+        )
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "cannot open spool file");
+            StoreReply::failure(
+                Status::OUT_OF_RESOURCES,
+                format!("cannot spool data set: {e}"),
+            )
+        })
+    }
+
+    /// The last data fragment arrived: hand the instance over and answer.
+    async fn finish_store(
+        &mut self,
+        context_id: u8,
+        command: Command,
+        sink: Result<Spool, StoreReply>,
+    ) -> Result<(), String> {
+        let reply = match sink {
+            Err(reply) => reply,
+            Ok(spool) => match spool.finish().await {
+                Err(e) => StoreReply::failure(
+                    Status::OUT_OF_RESOURCES,
+                    format!("cannot spool data set: {e}"),
+                ),
+                Ok((finished, _guard)) => {
+                    let instance = ReceivedInstance {
+                        context: self.context.clone(),
+                        sop_class_uid: command.affected_sop_class_uid.clone().unwrap_or_default(),
+                        sop_instance_uid: command
+                            .affected_sop_instance_uid
+                            .clone()
+                            .unwrap_or_default(),
+                        transfer_syntax: self.context(context_id)?.transfer_syntax.clone(),
+                        path: finished.path,
+                        dataset_offset: finished.dataset_offset,
+                        dataset_len: finished.dataset_len,
+                        dataset_sha256: finished.sha256,
+                    };
+                    // `_guard` removes the spool file unless the handler moved it.
+                    self.shared.handler.store(instance).await
+                }
+            },
+        };
+        if !reply.status.is_failure() {
+            self.stored += 1;
+        }
+        debug!(
+            sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+            status = %reply.status,
+            "C-STORE"
+        );
+        self.respond(context_id, &command, reply).await
+    }
+
+    async fn respond(
+        &mut self,
+        context_id: u8,
+        request: &Command,
+        reply: StoreReply,
+    ) -> Result<(), String> {
+        let rsp = Command::response_to(request, reply.status, reply.comment.as_deref());
+        self.conn
+            .send_raw(&pdu::command_pdu(context_id, &rsp.encode()))
+            .await
+            .map_err(|e| format!("cannot send response: {e}"))
+    }
+}
+
+/// A data set being written to its spool file.
+struct Spool {
+    file: BufWriter<tokio::fs::File>,
+    guard: SpoolGuard,
+    hasher: Sha256,
+    dataset_offset: u64,
+    dataset_len: u64,
+}
+
+struct FinishedSpool {
+    path: PathBuf,
+    dataset_offset: u64,
+    dataset_len: u64,
+    sha256: [u8; 32],
+}
+
+/// Removes a spool file when dropped, whatever happened (abort, error, or
+/// the handler having kept a copy); a file the handler renamed is gone already.
+struct SpoolGuard(PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %self.0.display(), error = %e, "cannot remove spool file"),
+        }
+    }
+}
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes go through a buffer this large: few system calls per instance.
+const SPOOL_BUFFER: usize = 1 << 20;
+
+impl Spool {
+    async fn create(
+        dir: &Path,
+        association: u64,
+        sop_class: &str,
+        sop_instance: &str,
+        transfer_syntax: &str,
+        calling_ae: &str,
+    ) -> std::io::Result<Spool> {
+        let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{association}-{seq}.part", std::process::id()));
+        let header = part10_header(sop_class, sop_instance, transfer_syntax, calling_ae)?;
+        let guard = SpoolGuard(path.clone());
+        let file = tokio::fs::File::create(&path).await?;
+        let mut file = BufWriter::with_capacity(SPOOL_BUFFER, file);
+        file.write_all(&header).await?;
+        Ok(Spool {
+            file,
+            guard,
+            hasher: Sha256::new(),
+            dataset_offset: header.len() as u64,
+            dataset_len: 0,
+        })
+    }
+
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(data);
+        self.dataset_len += data.len() as u64;
+        self.file.write_all(data).await
+    }
+
+    async fn finish(mut self) -> std::io::Result<(FinishedSpool, SpoolGuard)> {
+        self.file.flush().await?;
+        let mut file = self.file.into_inner();
+        file.flush().await?;
+        drop(file);
+        Ok((
+            FinishedSpool {
+                path: self.guard.0.clone(),
+                dataset_offset: self.dataset_offset,
+                dataset_len: self.dataset_len,
+                sha256: self.hasher.finalize().into(),
+            },
+            self.guard,
+        ))
+    }
+}
+
+/// Preamble, `DICM` and the File Meta Information group for a received
+/// instance (its transfer syntax is the negotiated one).
+pub fn part10_header(
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+    source_ae: &str,
+) -> std::io::Result<Vec<u8>> {
+    let mut builder = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .transfer_syntax(transfer_syntax)
+        .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME);
+    if !source_ae.is_empty() {
+        builder = builder.source_application_entity_title(source_ae);
+    }
+    let meta = builder
+        .build()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(ae: &str, host: Option<&str>) -> AllowedCaller {
+        AllowedCaller {
+            ae_title: ae.into(),
+            host: host.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn allow_list_checks_title_and_host() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.7".parse().unwrap();
+        assert!(caller_allowed(&[], "ANY", other));
+        let list = [caller("MODALITY", Some("127.0.0.1")), caller("PACS", None)];
+        assert!(caller_allowed(&list, "MODALITY", local));
+        assert!(caller_allowed(&list, "MODALITY", mapped));
+        assert!(!caller_allowed(&list, "MODALITY", other));
+        assert!(caller_allowed(&list, "PACS", other));
+        assert!(!caller_allowed(&list, "STRANGER", local));
+    }
+
+    #[test]
+    fn part10_header_reads_back() {
+        let header = part10_header(
+            "1.2.840.10008.5.1.4.1.1.1",
+            "1.2.3.4",
+            sop::EXPLICIT_VR_LE,
+            "MOD",
+        )
+        .unwrap();
+        assert_eq!(&header[128..132], b"DICM");
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&header[128..]).unwrap();
+        assert_eq!(meta.transfer_syntax(), sop::EXPLICIT_VR_LE);
+        assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3.4");
+        assert_eq!(meta.source_application_entity_title(), Some("MOD"));
+    }
+}

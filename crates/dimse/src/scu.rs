@@ -1,0 +1,657 @@
+//! The SCU: C-ECHO and C-STORE to a remote application entity.
+//!
+//! Each file is offered in its own transfer syntax, with Explicit and
+//! Implicit VR Little Endian as a fallback for native (unencapsulated) data;
+//! the data set is streamed from the file when the peer takes the file's
+//! syntax, and re-encoded only for that fallback.
+
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::meta::FileMetaTable;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed,
+    PresentationContextResultReason, UserVariableItem,
+};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::command::Command;
+use crate::pdu::{self, PduError, PduStream};
+use crate::sop;
+use crate::status::Status;
+
+/// A remote application entity: `AE@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AeAddress {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for AeAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ae, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}` is not AE@host:port"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not AE@host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("`{port}` is not a port number"))?;
+        if ae.is_empty() || ae.len() > 16 || host.is_empty() {
+            return Err(format!(
+                "`{s}`: the AE title must have 1 to 16 characters, and a host is needed"
+            ));
+        }
+        Ok(AeAddress {
+            ae_title: ae.to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for AeAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScuOptions {
+    pub calling_ae: String,
+    /// Maximum Length Received we announce.
+    pub max_pdu: u32,
+    pub connect_timeout: Duration,
+    /// Longest wait for any PDU from the peer (association and responses).
+    pub response_timeout: Duration,
+}
+
+impl Default for ScuOptions {
+    fn default() -> Self {
+        ScuOptions {
+            calling_ae: "PNEUMO".into(),
+            max_pdu: 1 << 20,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ScuError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("association rejected by {addr}: {reason}")]
+    Rejected { addr: String, reason: String },
+    #[error("association aborted by the peer")]
+    Aborted,
+    #[error("no presentation context accepted by the peer")]
+    NoAcceptedContext,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Pdu(#[from] PduError),
+}
+
+impl ScuError {
+    /// Whether trying again later may succeed (the peer was down, busy or
+    /// broke off), as opposed to a refusal that will not change by itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ScuError::Rejected { reason, .. } => reason.starts_with("transient"),
+            ScuError::NoAcceptedContext => false,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EchoOutcome {
+    pub status: Status,
+}
+
+/// The result of sending one file.
+#[derive(Debug, Clone)]
+pub struct StoreOutcome {
+    pub path: PathBuf,
+    pub sop_instance_uid: String,
+    /// The peer's status (success, warning or failure), or why nothing could
+    /// be sent for this file.
+    pub result: Result<Status, String>,
+    pub error_comment: Option<String>,
+}
+
+impl StoreOutcome {
+    pub fn succeeded(&self) -> bool {
+        matches!(self.result, Ok(s) if !s.is_failure())
+    }
+}
+
+/// What is needed of a Part-10 file to send it.
+#[derive(Debug, Clone)]
+pub struct FileToSend {
+    pub path: PathBuf,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax: String,
+    pub dataset_offset: u64,
+}
+
+impl FileToSend {
+    /// Reads the File Meta Information of a Part-10 file.
+    pub fn inspect(path: &Path) -> Result<FileToSend, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let mut reader = std::io::BufReader::new(file);
+        reader
+            .seek(SeekFrom::Start(128))
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let meta = FileMetaTable::from_reader(&mut reader)
+            .map_err(|e| format!("not a DICOM Part-10 file: {e}"))?;
+        let dataset_offset = reader
+            .stream_position()
+            .map_err(|e| format!("cannot read: {e}"))?;
+        Ok(FileToSend {
+            path: path.to_path_buf(),
+            sop_class_uid: sop::trim_uid(meta.media_storage_sop_class_uid()).to_string(),
+            sop_instance_uid: sop::trim_uid(meta.media_storage_sop_instance_uid()).to_string(),
+            transfer_syntax: sop::trim_uid(meta.transfer_syntax()).to_string(),
+            dataset_offset,
+        })
+    }
+
+    fn has_native_pixel_data(&self) -> bool {
+        TransferSyntaxRegistry
+            .get(&self.transfer_syntax)
+            .is_some_and(|ts| !ts.is_encapsulated_pixel_data())
+    }
+}
+
+struct AcceptedContext {
+    id: u8,
+    abstract_syntax: String,
+    transfer_syntax: String,
+}
+
+/// An open association as requestor.
+pub struct ClientAssociation {
+    conn: PduStream<TcpStream>,
+    accepted: Vec<AcceptedContext>,
+    peer_max_pdu: u32,
+    max_pdu: u32,
+    next_message_id: u16,
+    response_timeout: Duration,
+}
+
+const NATIVE_FALLBACK: [&str; 2] = [sop::EXPLICIT_VR_LE, sop::IMPLICIT_VR_LE];
+
+impl ClientAssociation {
+    /// Connects and negotiates `proposals` (abstract syntax, transfer syntaxes).
+    pub async fn open(
+        addr: &AeAddress,
+        options: &ScuOptions,
+        proposals: &[(String, Vec<String>)],
+    ) -> Result<Self, ScuError> {
+        let target = format!("{}:{}", addr.host, addr.port);
+        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(&target))
+            .await
+            .map_err(|_| ScuError::Connect {
+                addr: addr.to_string(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| ScuError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = PduStream::new(stream);
+        let presentation_contexts: Vec<_> = proposals
+            .iter()
+            .enumerate()
+            .map(|(i, (abstract_syntax, ts))| PresentationContextProposed {
+                id: (2 * i + 1) as u8,
+                abstract_syntax: abstract_syntax.clone(),
+                transfer_syntaxes: ts.clone(),
+            })
+            .collect();
+        let rq = AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: options.calling_ae.clone(),
+            called_ae_title: addr.ae_title.clone(),
+            application_context_name: sop::APPLICATION_CONTEXT.to_string(),
+            presentation_contexts: presentation_contexts.clone(),
+            user_variables: vec![
+                UserVariableItem::MaxLength(options.max_pdu),
+                UserVariableItem::ImplementationClassUID(
+                    crate::IMPLEMENTATION_CLASS_UID.to_string(),
+                ),
+                UserVariableItem::ImplementationVersionName(
+                    crate::IMPLEMENTATION_VERSION_NAME.to_string(),
+                ),
+            ],
+        };
+        conn.send(&Pdu::AssociationRQ(rq)).await?;
+        let pdu_type = read_timed(&mut conn, options.response_timeout, options.max_pdu).await?;
+        match conn.decode(pdu_type)? {
+            Pdu::AssociationAC(ac) => {
+                let accepted = ac
+                    .presentation_contexts
+                    .iter()
+                    .filter(|r| r.reason == PresentationContextResultReason::Acceptance)
+                    .filter_map(|r| {
+                        presentation_contexts
+                            .iter()
+                            .find(|p| p.id == r.id)
+                            .map(|p| AcceptedContext {
+                                id: r.id,
+                                abstract_syntax: p.abstract_syntax.clone(),
+                                transfer_syntax: sop::trim_uid(&r.transfer_syntax).to_string(),
+                            })
+                    })
+                    .collect();
+                let peer_max_pdu = ac
+                    .user_variables
+                    .iter()
+                    .find_map(|v| match v {
+                        UserVariableItem::MaxLength(l) => Some(*l),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                Ok(ClientAssociation {
+                    conn,
+                    accepted,
+                    peer_max_pdu,
+                    max_pdu: options.max_pdu,
+                    next_message_id: 1,
+                    response_timeout: options.response_timeout,
+                })
+            }
+            Pdu::AssociationRJ(rj) => Err(ScuError::Rejected {
+                addr: addr.to_string(),
+                reason: describe_rejection(&rj),
+            }),
+            Pdu::AbortRQ { .. } => Err(ScuError::Aborted),
+            other => Err(ScuError::Protocol(format!(
+                "unexpected answer to A-ASSOCIATE-RQ: {other:?}"
+            ))),
+        }
+    }
+
+    fn context_for(
+        &self,
+        abstract_syntax: &str,
+        transfer_syntax: Option<&str>,
+    ) -> Option<&AcceptedContext> {
+        self.accepted.iter().find(|c| {
+            c.abstract_syntax == abstract_syntax
+                && transfer_syntax.is_none_or(|ts| c.transfer_syntax == ts)
+        })
+    }
+
+    fn message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
+        id
+    }
+
+    pub async fn echo(&mut self) -> Result<Status, ScuError> {
+        let context = self
+            .context_for(sop::VERIFICATION, None)
+            .ok_or(ScuError::NoAcceptedContext)?
+            .id;
+        let rq = Command::c_echo_rq(self.message_id());
+        self.conn
+            .send_raw(&pdu::command_pdu(context, &rq.encode()))
+            .await?;
+        let rsp = self.read_response(&rq).await?;
+        Ok(rsp.status.unwrap_or(Status::SUCCESS))
+    }
+
+    /// Sends one file; a failure of this instance alone is in the outcome,
+    /// an error of the association is an `Err`.
+    pub async fn store(&mut self, file: &FileToSend) -> Result<StoreOutcome, ScuError> {
+        let outcome = |result, error_comment| StoreOutcome {
+            path: file.path.clone(),
+            sop_instance_uid: file.sop_instance_uid.clone(),
+            result,
+            error_comment,
+        };
+        let (context, reencode_to) = if let Some(c) =
+            self.context_for(&file.sop_class_uid, Some(&file.transfer_syntax))
+        {
+            (c.id, None)
+        } else if let Some(c) = self
+            .accepted
+            .iter()
+            .find(|c| {
+                c.abstract_syntax == file.sop_class_uid
+                    && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
+            })
+            .filter(|_| file.has_native_pixel_data())
+        {
+            (c.id, Some(c.transfer_syntax.clone()))
+        } else {
+            return Ok(outcome(
+                    Err(format!(
+                        "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
+                        file.sop_class_uid, file.transfer_syntax
+                    )),
+                    None,
+                ));
+        };
+        let rq = Command::c_store_rq(
+            self.message_id(),
+            &file.sop_class_uid,
+            &file.sop_instance_uid,
+        );
+        let dataset = match &reencode_to {
+            None => None,
+            Some(ts) => match reencode(&file.path, ts) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => return Ok(outcome(Err(e), None)),
+            },
+        };
+        // Open the file before the command goes out: once it has, the data
+        // must follow or the association is lost.
+        let source = match &dataset {
+            Some(_) => None,
+            None => match tokio::fs::File::open(&file.path).await {
+                Ok(f) => Some(f),
+                Err(e) => return Ok(outcome(Err(format!("cannot open: {e}")), None)),
+            },
+        };
+        self.conn
+            .send_raw(&pdu::command_pdu(context, &rq.encode()))
+            .await?;
+        match (dataset, source) {
+            (Some(bytes), _) => {
+                self.send_data(context, &mut &bytes[..], bytes.len() as u64)
+                    .await?
+            }
+            (None, Some(mut f)) => {
+                let len = f
+                    .metadata()
+                    .await
+                    .map_err(PduError::Io)?
+                    .len()
+                    .saturating_sub(file.dataset_offset);
+                tokio::io::AsyncSeekExt::seek(&mut f, SeekFrom::Start(file.dataset_offset))
+                    .await
+                    .map_err(PduError::Io)?;
+                self.send_data(context, &mut f, len).await?
+            }
+            (None, None) => unreachable!("either re-encoded bytes or the file"),
+        }
+        let rsp = self.read_response(&rq).await?;
+        let status = rsp
+            .status
+            .ok_or_else(|| ScuError::Protocol("C-STORE-RSP without a status".into()))?;
+        if status.is_warning() {
+            warn!(sop_instance_uid = %file.sop_instance_uid, %status, "peer stored with a warning");
+        }
+        Ok(outcome(Ok(status), rsp.error_comment))
+    }
+
+    /// Streams `len` bytes of data set as PDUs no larger than the peer takes.
+    async fn send_data<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        context: u8,
+        source: &mut R,
+        len: u64,
+    ) -> Result<(), ScuError> {
+        let payload = pdu::max_pdv_payload(self.peer_max_pdu) as u64;
+        let mut remaining = len;
+        let mut buf = Vec::with_capacity(payload.min(len.max(1)) as usize + 12);
+        loop {
+            let chunk = remaining.min(payload) as usize;
+            let is_last = remaining == chunk as u64;
+            pdu::pdata_header(&mut buf, context, false, is_last, chunk);
+            let start = buf.len();
+            buf.resize(start + chunk, 0);
+            source
+                .read_exact(&mut buf[start..])
+                .await
+                .map_err(|e| ScuError::Protocol(format!("file shorter than expected: {e}")))?;
+            self.conn.send_raw(&buf).await?;
+            remaining -= chunk as u64;
+            if is_last {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_response(&mut self, request: &Command) -> Result<Command, ScuError> {
+        let mut bytes = Vec::new();
+        loop {
+            let pdu_type = read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await?;
+            match pdu_type {
+                pdu::TYPE_P_DATA_TF => {
+                    let mut complete = false;
+                    for pdv in pdu::split_pdvs(self.conn.body())? {
+                        if pdv.is_command {
+                            bytes.extend_from_slice(pdv.data);
+                            complete = pdv.is_last;
+                        }
+                    }
+                    if !complete {
+                        continue;
+                    }
+                    let rsp =
+                        Command::decode(&bytes).map_err(|e| ScuError::Protocol(e.to_string()))?;
+                    bytes.clear();
+                    if rsp.command_field != request.command_field | 0x8000
+                        || rsp.message_id_being_responded_to != request.message_id
+                    {
+                        return Err(ScuError::Protocol(format!(
+                            "response {:#06x} to message {:?} does not answer {:#06x} message {:?}",
+                            rsp.command_field,
+                            rsp.message_id_being_responded_to,
+                            request.command_field,
+                            request.message_id
+                        )));
+                    }
+                    return Ok(rsp);
+                }
+                pdu::TYPE_ABORT => return Err(ScuError::Aborted),
+                other => {
+                    self.conn.abort_as_user().await;
+                    return Err(ScuError::Protocol(format!(
+                        "unexpected PDU type {other:#04x}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Releases the association (A-RELEASE), waiting for the peer's reply.
+    pub async fn release(mut self) -> Result<(), ScuError> {
+        self.conn.send(&Pdu::ReleaseRQ).await?;
+        let pdu_type = read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await?;
+        self.conn.shutdown().await;
+        match pdu_type {
+            pdu::TYPE_RELEASE_RP => Ok(()),
+            pdu::TYPE_ABORT => Err(ScuError::Aborted),
+            other => Err(ScuError::Protocol(format!(
+                "expected A-RELEASE-RP, got PDU type {other:#04x}"
+            ))),
+        }
+    }
+
+    pub async fn abort(mut self) {
+        self.conn.abort_as_user().await;
+    }
+}
+
+async fn read_timed(
+    conn: &mut PduStream<TcpStream>,
+    limit: Duration,
+    max_pdu: u32,
+) -> Result<u8, ScuError> {
+    match tokio::time::timeout(limit, conn.read(max_pdu)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(PduError::Closed)) => {
+            Err(ScuError::Protocol("connection closed by the peer".into()))
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ScuError::Timeout(limit)),
+    }
+}
+
+fn describe_rejection(rj: &AssociationRJ) -> String {
+    let result = match rj.result {
+        dicom_ul::pdu::AssociationRJResult::Permanent => "permanent",
+        dicom_ul::pdu::AssociationRJResult::Transient => "transient",
+    };
+    format!("{result}: {:?}", rj.source)
+}
+
+/// Re-encodes a native data set into another native transfer syntax.
+fn reencode(path: &Path, ts_uid: &str) -> Result<Vec<u8>, String> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    let obj = dicom_object::open_file(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, ts)
+        .map_err(|e| format!("cannot re-encode to {ts_uid}: {e}"))?;
+    Ok(out)
+}
+
+/// The presentation contexts to propose for a set of files: each file's
+/// own (SOP class, transfer syntax), plus Explicit/Implicit VR Little Endian
+/// per SOP class for files in another syntax.
+pub fn proposals_for(files: &[FileToSend]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut push = |abstract_syntax: &str, ts: Vec<String>| {
+        if !out.iter().any(|(a, t)| a == abstract_syntax && *t == ts) {
+            out.push((abstract_syntax.to_string(), ts));
+        }
+    };
+    for f in files {
+        push(&f.sop_class_uid, vec![f.transfer_syntax.clone()]);
+        if !NATIVE_FALLBACK.contains(&f.transfer_syntax.as_str()) && f.has_native_pixel_data() {
+            push(
+                &f.sop_class_uid,
+                NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// At most 128 presentation contexts fit one association.
+const MAX_CONTEXTS: usize = 128;
+
+/// C-ECHO: opens an association, verifies, releases.
+pub async fn echo(addr: &AeAddress, options: &ScuOptions) -> Result<EchoOutcome, ScuError> {
+    let proposals = vec![(
+        sop::VERIFICATION.to_string(),
+        NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
+    )];
+    let mut assoc = ClientAssociation::open(addr, options, &proposals).await?;
+    let status = assoc.echo().await?;
+    assoc.release().await?;
+    Ok(EchoOutcome { status })
+}
+
+/// Sends files over as few associations as the presentation-context limit
+/// allows. Files that cannot be read are reported in their outcome.
+pub async fn store_files(
+    addr: &AeAddress,
+    options: &ScuOptions,
+    paths: &[PathBuf],
+) -> Result<Vec<StoreOutcome>, ScuError> {
+    let mut outcomes = Vec::with_capacity(paths.len());
+    let mut files = Vec::new();
+    for path in paths {
+        match FileToSend::inspect(path) {
+            Ok(f) => files.push(f),
+            Err(e) => outcomes.push(StoreOutcome {
+                path: path.clone(),
+                sop_instance_uid: String::new(),
+                result: Err(e),
+                error_comment: None,
+            }),
+        }
+    }
+    let mut start = 0;
+    while start < files.len() {
+        // Grow the batch while its proposals fit one association.
+        let mut end = start + 1;
+        while end < files.len() && proposals_for(&files[start..=end]).len() <= MAX_CONTEXTS {
+            end += 1;
+        }
+        let batch = &files[start..end];
+        let mut assoc = ClientAssociation::open(addr, options, &proposals_for(batch)).await?;
+        for file in batch {
+            let outcome = assoc.store(file).await?;
+            debug!(path = %file.path.display(), result = ?outcome.result, "C-STORE sent");
+            outcomes.push(outcome);
+        }
+        assoc.release().await?;
+        start = end;
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ae_addresses_parse() {
+        let a: AeAddress = "PACS@127.0.0.1:104".parse().unwrap();
+        assert_eq!(a.ae_title, "PACS");
+        assert_eq!(a.host, "127.0.0.1");
+        assert_eq!(a.port, 104);
+        assert_eq!(a.to_string(), "PACS@127.0.0.1:104");
+        assert!("PACS127.0.0.1:104".parse::<AeAddress>().is_err());
+        assert!("PACS@host".parse::<AeAddress>().is_err());
+        assert!("@host:1".parse::<AeAddress>().is_err());
+        assert!("SEVENTEEN_CHARS_X@h:1".parse::<AeAddress>().is_err());
+        let v6: AeAddress = "X@[::1]:11112".parse().unwrap();
+        assert_eq!(v6.host, "::1");
+    }
+
+    #[test]
+    fn proposals_offer_own_syntax_and_native_fallback() {
+        let f = |ts: &str| FileToSend {
+            path: PathBuf::new(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(),
+            sop_instance_uid: "1".into(),
+            transfer_syntax: ts.into(),
+            dataset_offset: 0,
+        };
+        let p = proposals_for(&[f(sop::EXPLICIT_VR_LE), f(sop::EXPLICIT_VR_LE)]);
+        assert_eq!(p.len(), 1);
+        // JPEG 2000: its own syntax only (encapsulated pixel data cannot fall back).
+        let p = proposals_for(&[f("1.2.840.10008.1.2.4.90")]);
+        assert_eq!(p.len(), 1);
+        // Big endian: its own, plus the little-endian fallback.
+        let p = proposals_for(&[f(sop::EXPLICIT_VR_BE)]);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[1].1,
+            vec![
+                sop::EXPLICIT_VR_LE.to_string(),
+                sop::IMPLICIT_VR_LE.to_string()
+            ]
+        );
+    }
+}
