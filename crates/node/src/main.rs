@@ -1,1 +1,246 @@
-fn main() {}
+//! pneumo-node: a DICOM node that stores chest radiographs, runs the
+//! PneumoLLM classifier and returns its result as a Structured Report.
+
+mod config;
+mod ingest;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pneumo_dimse::{scu, AeAddress, ScpServer, ScuOptions};
+use pneumo_store::Store;
+use tracing::info;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "pneumo-node",
+    version,
+    about = "DICOM node for the PneumoLLM pneumoconiosis classifier"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded defaults apply;
+    /// PNEUMO__SECTION__KEY environment variables override either.
+    #[arg(long, short, global = true, env = "PNEUMO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node: receive instances over DICOM and keep them.
+    Serve,
+    /// Check the configuration and print it as the node will use it.
+    CheckConfig,
+    /// C-ECHO a remote application entity.
+    Echo {
+        /// AE@host:port
+        target: AeAddress,
+        /// Our AE title (default: dicom.ae_title).
+        #[arg(long)]
+        calling_ae: Option<String>,
+    },
+    /// C-STORE files (directories are searched recursively) to a remote AE.
+    Store {
+        /// AE@host:port
+        target: AeAddress,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        calling_ae: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_logging(&config)?;
+    // dicom-ul's writers and our tasks need the multi-thread runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await.map(|_| ExitCode::SUCCESS),
+            Command::CheckConfig => {
+                println!("{config:#?}");
+                println!("configuration OK");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Echo { target, calling_ae } => echo(&config, &target, calling_ae).await,
+            Command::Store {
+                target,
+                paths,
+                calling_ae,
+            } => store(&config, &target, &paths, calling_ae).await,
+        }
+    })
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .with_context(|| format!("log.level `{}` is not a valid filter", config.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let store = Arc::new(
+        Store::open(&config.node.data_dir, config.database_url())
+            .await
+            .with_context(|| format!("opening the store in {}", config.node.data_dir.display()))?,
+    );
+    let handler = Arc::new(ingest::IngestHandler {
+        store: store.clone(),
+    });
+    let scp = ScpServer::bind(
+        config.listen_addr(),
+        config.scp_config(store.spool_dir()),
+        handler,
+    )
+    .await?;
+    info!(
+        ae_title = %config.dicom.ae_title,
+        addr = %scp.local_addr()?,
+        data_dir = %config.node.data_dir.display(),
+        "pneumo-node listening"
+    );
+    scp.serve(shutdown_signal()).await;
+    info!("shutting down");
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
+    ScuOptions {
+        calling_ae: calling_ae.unwrap_or_else(|| config.dicom.ae_title.clone()),
+        max_pdu: config.dicom.max_pdu,
+        ..ScuOptions::default()
+    }
+}
+
+async fn echo(config: &Config, target: &AeAddress, calling_ae: Option<String>) -> Result<ExitCode> {
+    let outcome = scu::echo(target, &scu_options(config, calling_ae)).await?;
+    println!("C-ECHO {target}: status {}", outcome.status);
+    Ok(if outcome.status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn store(
+    config: &Config,
+    target: &AeAddress,
+    paths: &[PathBuf],
+    calling_ae: Option<String>,
+) -> Result<ExitCode> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files).with_context(|| format!("reading {}", p.display()))?;
+    }
+    let outcomes = scu::store_files(target, &scu_options(config, calling_ae), &files).await?;
+    let (mut ok, mut warned, mut failed) = (0, 0, 0);
+    for o in &outcomes {
+        let comment = o
+            .error_comment
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        match &o.result {
+            Ok(s) if s.is_success() => {
+                ok += 1;
+                println!("OK       {} {}", o.path.display(), o.sop_instance_uid);
+            }
+            Ok(s) if s.is_warning() => {
+                warned += 1;
+                println!(
+                    "WARNING  {} {} status {s}{comment}",
+                    o.path.display(),
+                    o.sop_instance_uid
+                );
+            }
+            Ok(s) => {
+                failed += 1;
+                println!(
+                    "FAILED   {} {} status {s}{comment}",
+                    o.path.display(),
+                    o.sop_instance_uid
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED   {} {e}", o.path.display());
+            }
+        }
+    }
+    println!("{ok} stored, {warned} with warnings, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Files under `path` (itself if a file), in a stable order.
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            collect_files(&e, out)?;
+        }
+    } else {
+        std::fs::metadata(path)?;
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}

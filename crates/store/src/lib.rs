@@ -1,1 +1,192 @@
-pub fn x() {}
+//! Durable ingest: instance files and their rows in the database.
+//!
+//! The rule of the house: an instance is acknowledged only after its file is
+//! fsync'd and renamed into `<data>/instances/<study>/<series>/<sop>.dcm`
+//! and its row (with a job in state `received`) is committed. Duplicates with
+//! identical data are a success that writes nothing; duplicates with other
+//! data are kept beside the first, never over it.
+
+mod db;
+mod files;
+mod header;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::SqlitePool;
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub use header::InstanceHeader;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the data set cannot be parsed: {0}")]
+    Unparseable(String),
+    #[error("the data set does not match its request: {0}")]
+    Mismatch(String),
+    #[error("cannot write the instance file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An instance as received, spooled in a Part-10 file on the data
+/// directory's file system.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub spool_path: PathBuf,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub dataset_len: u64,
+    pub dataset_sha256: [u8; 32],
+    pub calling_ae: String,
+    pub peer_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Kept, with a job in state `received`.
+    Stored { instance_id: i64, job_id: i64 },
+    /// The same SOP Instance UID with the same data set is already kept.
+    Duplicate { instance_id: i64 },
+    /// The same SOP Instance UID with another data set: kept beside the first.
+    StoredConflicting { instance_id: i64, job_id: i64 },
+}
+
+pub struct Store {
+    data_dir: PathBuf,
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when needed) the data directory and the database,
+    /// applies the embedded migrations and clears spool files left by a
+    /// previous process (never acknowledged, so never owed to anyone).
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
+        for dir in [
+            data_dir.to_path_buf(),
+            data_dir.join("instances"),
+            data_dir.join("spool"),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| StoreError::DataDir { path: dir, source })?;
+        }
+        let pool = db::connect(data_dir, database_url).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let cleared = files::clear_spool(&data_dir.join("spool"));
+        if cleared > 0 {
+            info!(
+                files = cleared,
+                "removed spool files of unfinished transfers"
+            );
+        }
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            pool,
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the SCP spools incoming data sets.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Makes a received instance durable; see the crate documentation.
+    pub async fn ingest(&self, incoming: &Incoming) -> Result<IngestOutcome, StoreError> {
+        let spool = incoming.spool_path.clone();
+        let header = tokio::task::spawn_blocking(move || InstanceHeader::read(&spool))
+            .await
+            .map_err(|e| StoreError::Unparseable(e.to_string()))??;
+        header.check_against(incoming)?;
+        let sha256 = hex::encode(incoming.dataset_sha256);
+
+        let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
+        if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
+            return Ok(IngestOutcome::Duplicate { instance_id: *id });
+        }
+        let conflicting = !existing.is_empty();
+        let relative = files::instance_path(&header, conflicting.then_some(sha256.as_str()));
+        if conflicting {
+            warn!(
+                sop_instance_uid = %incoming.sop_instance_uid,
+                path = %relative.display(),
+                "same SOP Instance UID with different content: kept beside the first"
+            );
+        }
+        let final_path = self.data_dir.join(&relative);
+        let spool = incoming.spool_path.clone();
+        let file_size = tokio::task::spawn_blocking(move || files::persist(&spool, &final_path))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+
+        let row = db::NewInstance {
+            header: &header,
+            transfer_syntax_uid: &incoming.transfer_syntax_uid,
+            path: &relative.to_string_lossy(),
+            file_size,
+            dataset_size: incoming.dataset_len,
+            sha256: &sha256,
+            calling_ae: &incoming.calling_ae,
+            peer_address: &incoming.peer_address,
+            now_ms: now_ms(),
+        };
+        match db::insert_instance_with_job(&self.pool, &row).await {
+            Ok((instance_id, job_id)) if conflicting => Ok(IngestOutcome::StoredConflicting {
+                instance_id,
+                job_id,
+            }),
+            Ok((instance_id, job_id)) => Ok(IngestOutcome::Stored {
+                instance_id,
+                job_id,
+            }),
+            // Another association stored the same data set at the same moment.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let existing =
+                    db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
+                match existing.iter().find(|(_, sha)| *sha == sha256) {
+                    Some((id, _)) => Ok(IngestOutcome::Duplicate { instance_id: *id }),
+                    None => Err(StoreError::Database(sqlx::Error::Database(e))),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Number of instance rows for a SOP Instance UID.
+    pub async fn count_instances_with_uid(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<usize, StoreError> {
+        Ok(db::instances_with_uid(&self.pool, sop_instance_uid)
+            .await?
+            .len())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

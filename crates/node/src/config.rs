@@ -1,0 +1,239 @@
+//! The node's configuration: embedded defaults, then an optional TOML file,
+//! then `PNEUMO__SECTION__KEY` environment variables.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pneumo_dimse::{AllowedCaller, ScpConfig, StorageAcceptance};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub dicom: DicomSection,
+    pub database: DatabaseSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Instances, spool and the SQLite database live here.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            data_dir: PathBuf::from("./var"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accept {
+    #[default]
+    Chest,
+    AllStorage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomSection {
+    pub ae_title: String,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub require_called_ae: bool,
+    pub accept: Accept,
+    pub max_pdu: u32,
+    pub max_associations: usize,
+    pub read_timeout_s: u64,
+    pub idle_timeout_s: u64,
+    pub allowed_callers: Vec<AllowedCallerEntry>,
+}
+
+impl Default for DicomSection {
+    fn default() -> Self {
+        DicomSection {
+            ae_title: "PNEUMO".into(),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 11112,
+            require_called_ae: true,
+            accept: Accept::Chest,
+            max_pdu: 1 << 20,
+            max_associations: 32,
+            read_timeout_s: 30,
+            idle_timeout_s: 120,
+            allowed_callers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedCallerEntry {
+    pub ae_title: String,
+    #[serde(default)]
+    pub host: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// A `sqlite:` URL; empty means `<data_dir>/pneumo-node.sqlite`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A tracing filter: `info`, `debug`, `pneumo_dimse=debug,info`...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, the file if given, the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PNEUMO")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let config: Config = builder
+            .build()
+            .context("reading the configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let ae = &self.dicom.ae_title;
+        if ae.is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+            bail!("dicom.ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
+        }
+        if !(16_384..=(64 << 20)).contains(&self.dicom.max_pdu) {
+            bail!(
+                "dicom.max_pdu {} must be between 16384 and 67108864 bytes",
+                self.dicom.max_pdu
+            );
+        }
+        if self.dicom.max_associations == 0 {
+            bail!("dicom.max_associations must be at least 1");
+        }
+        if self.dicom.read_timeout_s == 0 || self.dicom.idle_timeout_s == 0 {
+            bail!("dicom.read_timeout_s and dicom.idle_timeout_s must be at least 1 second");
+        }
+        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
+            bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.dicom.bind, self.dicom.port)
+    }
+
+    pub fn database_url(&self) -> Option<&str> {
+        Some(self.database.url.as_str()).filter(|u| !u.is_empty())
+    }
+
+    pub fn scp_config(&self, spool_dir: PathBuf) -> ScpConfig {
+        let d = &self.dicom;
+        ScpConfig {
+            ae_title: d.ae_title.clone(),
+            require_called_ae: d.require_called_ae,
+            allowed_callers: d
+                .allowed_callers
+                .iter()
+                .map(|c| AllowedCaller {
+                    ae_title: c.ae_title.clone(),
+                    host: c.host,
+                })
+                .collect(),
+            max_pdu: d.max_pdu,
+            max_associations: d.max_associations,
+            read_timeout: Duration::from_secs(d.read_timeout_s),
+            idle_timeout: Duration::from_secs(d.idle_timeout_s),
+            acceptance: match d.accept {
+                Accept::Chest => StorageAcceptance::Chest,
+                Accept::AllStorage => StorageAcceptance::AllStorage,
+            },
+            spool_dir,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pneumo-node.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.dicom.ae_title, defaults.dicom.ae_title);
+        assert_eq!(config.dicom.port, defaults.dicom.port);
+        assert_eq!(config.dicom.max_pdu, defaults.dicom.max_pdu);
+        assert_eq!(config.node.data_dir, defaults.node.data_dir);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let mut c = Config::default();
+        c.dicom.ae_title = "THIS_TITLE_IS_TOO_LONG".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("dicom.ae_title"));
+        let mut c = Config::default();
+        c.dicom.max_pdu = 10;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("dicom.max_pdu"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[dicom]\nae_tittle = \"X\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(err.contains("ae_tittle"), "{err}");
+    }
+}

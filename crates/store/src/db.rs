@@ -1,0 +1,97 @@
+//! SQL of the ingest path (SQLite).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use crate::header::InstanceHeader;
+
+/// SQLite in WAL mode with `synchronous = FULL`: a committed row survives a
+/// power cut, which is what acknowledging an instance promises.
+pub async fn connect(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> Result<SqlitePool, sqlx::Error> {
+    let options = match database_url {
+        Some(url) => SqliteConnectOptions::from_str(url)?,
+        None => SqliteConnectOptions::new().filename(data_dir.join("pneumo-node.sqlite")),
+    }
+    .create_if_missing(true)
+    .journal_mode(SqliteJournalMode::Wal)
+    .synchronous(SqliteSynchronous::Full)
+    .foreign_keys(true)
+    .busy_timeout(Duration::from_secs(30));
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+}
+
+/// (id, sha256) of every instance row with this SOP Instance UID.
+pub async fn instances_with_uid(
+    pool: &SqlitePool,
+    sop_instance_uid: &str,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY id")
+        .bind(sop_instance_uid)
+        .fetch_all(pool)
+        .await
+}
+
+pub struct NewInstance<'a> {
+    pub header: &'a InstanceHeader,
+    pub transfer_syntax_uid: &'a str,
+    pub path: &'a str,
+    pub file_size: u64,
+    pub dataset_size: u64,
+    pub sha256: &'a str,
+    pub calling_ae: &'a str,
+    pub peer_address: &'a str,
+    pub now_ms: i64,
+}
+
+/// Inserts the instance and its `received` job in one transaction.
+pub async fn insert_instance_with_job(
+    pool: &SqlitePool,
+    row: &NewInstance<'_>,
+) -> Result<(i64, i64), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let h = row.header;
+    let instance_id: i64 = sqlx::query_scalar(
+        "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
+             transfer_syntax_uid, modality, body_part_examined, view_position, path, file_size,
+             dataset_size, sha256, calling_ae, peer_address, received_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&h.sop_instance_uid)
+    .bind(&h.sop_class_uid)
+    .bind(&h.study_instance_uid)
+    .bind(&h.series_instance_uid)
+    .bind(row.transfer_syntax_uid)
+    .bind(&h.modality)
+    .bind(&h.body_part_examined)
+    .bind(&h.view_position)
+    .bind(row.path)
+    .bind(row.file_size as i64)
+    .bind(row.dataset_size as i64)
+    .bind(row.sha256)
+    .bind(row.calling_ae)
+    .bind(row.peer_address)
+    .bind(row.now_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    let job_id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (instance_id, state, created_at_ms, updated_at_ms)
+         VALUES (?, 'received', ?, ?) RETURNING id",
+    )
+    .bind(instance_id)
+    .bind(row.now_ms)
+    .bind(row.now_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((instance_id, job_id))
+}

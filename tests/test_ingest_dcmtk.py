@@ -1,0 +1,53 @@
+"""DCMTK senders: what arrives is what was sent, each instance once."""
+
+import pydicom
+
+from conftest import run_dcmtk, same_dataset
+
+
+def test_echoscu(node):
+    assert node.echo_ok()
+
+
+def test_fifty_radiographs_arrive_identical_and_once(node, rg1_copies):
+    uncompressed = rg1_copies("UNCI", 25)
+    j2k = rg1_copies("J2KR", 25)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *uncompressed)
+    run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, *j2k)
+    for sent in uncompressed + j2k:
+        ds = pydicom.dcmread(sent, stop_before_pixels=True)
+        stored = node.stored_path(ds)
+        assert stored.exists(), stored
+        assert same_dataset(stored, sent), sent
+        meta = pydicom.dcmread(stored, stop_before_pixels=True).file_meta
+        assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert node.instance_rows(ds.SOPInstanceUID) == 1
+    assert node.count("SELECT COUNT(*) FROM instances") == 50
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'received'") == 50
+    assert node.spool_files() == []
+
+
+def test_resending_the_same_instance_is_a_success_that_writes_nothing(node, rg1_copies):
+    (path,) = rg1_copies("UNCI", 1)
+    for _ in range(2):
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert node.instance_rows(ds.SOPInstanceUID) == 1
+    assert len([p for p in node.instance_files() if p.is_file()]) == 1
+
+
+def test_same_uid_other_content_is_kept_beside_the_first(node, rg1_copies, tmp_path):
+    (path,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(path)
+    ds.PatientComments = "a corrected copy"
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, changed)
+    assert node.instance_rows(ds.SOPInstanceUID) == 2
+    first = node.stored_path(ds)
+    assert same_dataset(first, path)
+    beside = [p for p in first.parent.iterdir() if p != first]
+    assert len(beside) == 1 and same_dataset(beside[0], changed)
+    assert "same SOP Instance UID with different content" in node.log()
