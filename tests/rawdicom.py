@@ -1,0 +1,118 @@
+"""Hand-built PDUs, to send what no well-behaved library would."""
+
+import socket
+import struct
+
+APP_CONTEXT = b"1.2.840.10008.3.1.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _item(item_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(payload)) + payload
+
+
+def _uid(value: str) -> bytes:
+    return value.encode()
+
+
+def associate_rq(called: str, calling: str, contexts, max_pdu: int = 16384) -> bytes:
+    """contexts: [(id, abstract_syntax, [transfer_syntaxes])]"""
+    body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
+    body += _item(0x10, APP_CONTEXT)
+    for pc_id, abstract, syntaxes in contexts:
+        sub = _item(0x30, _uid(abstract)) + b"".join(_item(0x40, _uid(ts)) for ts in syntaxes)
+        body += _item(0x20, struct.pack(">BxBx", pc_id, 0) + sub)
+    user = _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.3.4")
+    body += _item(0x50, user)
+    return struct.pack(">BxI", 0x01, len(body)) + body
+
+
+def pdata(pc_id: int, is_command: bool, is_last: bool, data: bytes) -> bytes:
+    pdv = struct.pack(">IBB", len(data) + 2, pc_id, int(is_command) | (int(is_last) << 1)) + data
+    return struct.pack(">BxI", 0x04, len(pdv)) + pdv
+
+
+ABORT = struct.pack(">BxI", 0x07, 4) + bytes(4)
+RELEASE_RQ = struct.pack(">BxI", 0x05, 4) + bytes(4)
+
+
+def _element(element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHI", 0, element, len(value)) + value
+
+
+def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    body = (
+        _element(0x0002, sop_class.encode())
+        + _element(0x0100, struct.pack("<H", 0x0001))
+        + _element(0x0110, struct.pack("<H", message_id))
+        + _element(0x0700, struct.pack("<H", 0))
+        + _element(0x0800, struct.pack("<H", 0))
+        + _element(0x1000, sop_instance.encode())
+    )
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def parse_command(data: bytes) -> dict:
+    out, pos = {}, 0
+    while pos < len(data):
+        _, element, length = struct.unpack_from("<HHI", data, pos)
+        out[element] = data[pos + 8 : pos + 8 + length]
+        pos += 8 + length
+    return out
+
+
+class RawAssociation:
+    def __init__(self, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def read_pdu(self):
+        header = self.recv_exact(6)
+        pdu_type, length = header[0], struct.unpack(">I", header[2:])[0]
+        return pdu_type, self.recv_exact(length)
+
+    def associate(self, called: str, contexts, max_pdu: int = 16384) -> bytes:
+        self.send(associate_rq(called, "RAWSCU", contexts, max_pdu))
+        pdu_type, body = self.read_pdu()
+        assert pdu_type == 0x02, f"expected A-ASSOCIATE-AC, got {pdu_type:#x}"
+        return body
+
+    def read_command(self) -> dict:
+        pdu_type, body = self.read_pdu()
+        assert pdu_type == 0x04, f"expected P-DATA-TF, got {pdu_type:#x}"
+        return parse_command(body[6:])
+
+    def closed_by_peer(self, timeout: float) -> bool:
+        """True once the peer has closed the connection (after any A-ABORT)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def status_of(command: dict) -> int:
+    return struct.unpack("<H", command[0x0900])[0]

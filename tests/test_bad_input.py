@@ -1,0 +1,138 @@
+"""Bad input, one test each: the node answers clearly or drops the peer,
+keeps serving the next sender, and shows nothing half-written."""
+
+import struct
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from conftest import dataset_bytes, run_dcmtk
+from rawdicom import (
+    ABORT,
+    CR_STORAGE,
+    EXPLICIT_LE,
+    RawAssociation,
+    c_store_rq,
+    pdata,
+    status_of,
+)
+
+
+def assert_still_serving_and_clean(node, sop_uid=None):
+    assert node.alive(), node.log()
+    assert node.echo_ok()
+    deadline = time.monotonic() + 5
+    while node.spool_files() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.spool_files() == [], "a half-received instance is left in the spool"
+    if sop_uid:
+        assert node.instance_rows(sop_uid) == 0
+        assert not [p for p in node.instance_files() if sop_uid in p.name]
+
+
+@pytest.fixture
+def radiograph(rg1_copies):
+    """An Explicit VR Little Endian radiograph: (SOP Instance UID, data set bytes)."""
+    (path,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(path)
+    return ds.SOPInstanceUID, dataset_bytes(path)
+
+
+def open_store(node):
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, ["1.2.840.10008.1.2"])])
+    return raw
+
+
+def test_sender_aborting_mid_dataset(node, radiograph):
+    sop_uid, data = radiograph
+    raw = open_store(node)
+    raw.send(pdata(1, True, True, c_store_rq(1, CR_STORAGE, sop_uid)))
+    half = len(data) // 2
+    for i in range(0, half, 16000):
+        raw.send(pdata(1, False, False, data[i : min(i + 16000, half)]))
+    raw.send(ABORT)
+    raw.close()
+    assert_still_serving_and_clean(node, sop_uid)
+    assert "aborted by peer" in node.log()
+
+
+def test_truncated_pdu(node, radiograph):
+    sop_uid, data = radiograph
+    raw = open_store(node)
+    raw.send(pdata(1, True, True, c_store_rq(1, CR_STORAGE, sop_uid)))
+    pdu = pdata(1, False, True, data[:10000])
+    raw.send(pdu[:5000])  # the header promises 10 kB; the sender then vanishes
+    raw.close()
+    assert_still_serving_and_clean(node, sop_uid)
+
+
+def test_pdu_length_of_4_gb(node, radiograph):
+    sop_uid, _ = radiograph
+    raw = open_store(node)
+    raw.send(pdata(1, True, True, c_store_rq(1, CR_STORAGE, sop_uid)))
+    raw.send(struct.pack(">BxI", 0x04, 0xFFFFFFFF) + bytes(64))
+    pdu_type, _ = raw.read_pdu()
+    assert pdu_type == 0x07, "expected an A-ABORT"
+    assert raw.closed_by_peer(5)
+    assert_still_serving_and_clean(node, sop_uid)
+    assert "exceeds the maximum" in node.log()
+
+
+def test_garbage_instead_of_associate_rq(node):
+    raw = RawAssociation(node.port)
+    raw.send(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+    assert raw.closed_by_peer(5)
+    assert_still_serving_and_clean(node)
+    assert "unrecognised PDU type" in node.log()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # (0008,0016) UI claiming 1000 bytes, of which 10 arrive
+        struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 1000) + b"1.2.3.4.5.",
+        # a well-formed data set without SOP Instance UID and the rest
+        struct.pack("<HH2sH", 0x0008, 0x0060, b"CS", 2) + b"CR",
+    ],
+    ids=["truncated-element", "no-uids"],
+)
+def test_dataset_that_does_not_parse(node, payload):
+    sop_uid = generate_uid()
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
+    raw.send(pdata(1, True, True, c_store_rq(5, CR_STORAGE, sop_uid)))
+    raw.send(pdata(1, False, True, payload))
+    rsp = raw.read_command()
+    assert 0xC000 <= status_of(rsp) <= 0xCFFF, hex(status_of(rsp))
+    assert struct.unpack("<H", rsp[0x0120])[0] == 5  # MessageIDBeingRespondedTo
+    assert rsp[0x1000].rstrip(b"\0").decode() == sop_uid
+    assert 0x0902 in rsp  # an Error Comment says why
+    raw.close()
+    assert_still_serving_and_clean(node, sop_uid)
+    assert node.count("SELECT COUNT(*) FROM instances") == 0
+
+
+def test_silent_peer_is_dropped_after_the_idle_timeout(node_factory):
+    node = node_factory(dicom__idle_timeout_s=2, dicom__read_timeout_s=2).start()
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
+    started = time.monotonic()
+    assert raw.closed_by_peer(10), "the idle association was not dropped"
+    assert 1.5 < time.monotonic() - started < 8
+    # A connection that never sends its A-ASSOCIATE-RQ is dropped too.
+    silent = RawAssociation(node.port)
+    assert silent.closed_by_peer(10)
+    assert_still_serving_and_clean(node)
+
+
+def test_a_sender_after_all_that_still_stores(node, rg1_copies):
+    (path,) = rg1_copies("UNCI", 1)
+    bad = RawAssociation(node.port)
+    bad.send(b"\x01\x00\xff\xff\xff\xff")
+    bad.close()
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert node.instance_rows(ds.SOPInstanceUID) == 1
