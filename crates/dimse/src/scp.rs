@@ -544,7 +544,7 @@ enum MessageState {
     Data {
         context_id: u8,
         command: Command,
-        sink: Result<Spool, StoreReply>,
+        sink: Box<Result<Spool, StoreReply>>,
     },
 }
 
@@ -658,14 +658,14 @@ impl<H: StoreHandler> Association<'_, H> {
                     if let Ok(spool) = sink.as_mut() {
                         if let Err(e) = spool.write(pdv.data).await {
                             warn!(error = %e, "spooling failed; the instance will be refused");
-                            sink = Err(StoreReply::failure(
+                            *sink = Err(StoreReply::failure(
                                 Status::OUT_OF_RESOURCES,
                                 format!("cannot spool data set: {e}"),
                             ));
                         }
                     }
                     if pdv.is_last {
-                        self.finish_store(context_id, command, sink).await?;
+                        self.finish_store(context_id, command, *sink).await?;
                         MessageState::Idle
                     } else {
                         MessageState::Data {
@@ -718,7 +718,7 @@ impl<H: StoreHandler> Association<'_, H> {
                 Ok(MessageState::Idle)
             }
             field::C_STORE_RQ if command.has_data_set() => {
-                let sink = self.open_spool(context_id, &command).await;
+                let sink = Box::new(self.open_spool(context_id, &command).await);
                 Ok(MessageState::Data {
                     context_id,
                     command,
@@ -727,10 +727,10 @@ impl<H: StoreHandler> Association<'_, H> {
             }
             _ if command.has_data_set() => {
                 // An operation we do not serve: read its data, then refuse it.
-                let sink = Err(StoreReply::failure(
+                let sink = Box::new(Err(StoreReply::failure(
                     Status::UNRECOGNIZED_OPERATION,
                     "operation not supported",
-                ));
+                )));
                 Ok(MessageState::Data {
                     context_id,
                     command,

@@ -1,0 +1,198 @@
+"""pynetdicom as sender and as receiver; association control."""
+
+import subprocess
+import threading
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    MRImageStorage,
+    Verification,
+)
+
+from conftest import dataset_bytes, node_binary, free_port, same_dataset
+
+CR = ComputedRadiographyImageStorage
+
+
+def sender(max_pdu: int = 16384, calling: str = "PYNETDICOM") -> AE:
+    ae = AE(ae_title=calling)
+    ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(CR, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+    ae.add_requested_context(Verification)
+    return ae
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 1048576])
+def test_several_instances_per_association(node_factory, rg1_copies, max_pdu):
+    node = node_factory(dicom__max_pdu=max_pdu).start()
+    files = rg1_copies("UNCI", 4)
+    assoc = sender(max_pdu).associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    for f in files:
+        status = assoc.send_c_store(pydicom.dcmread(f))
+        assert status.Status == 0x0000
+    assoc.release()
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert node.instance_rows(ds.SOPInstanceUID) == 1
+        assert same_dataset(node.stored_path(ds), f)
+
+
+def test_four_associations_at_once(node, rg1_copies):
+    files = rg1_copies("UNCI", 12)
+    results, errors = [], []
+
+    def send(chunk):
+        try:
+            assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+            for f in chunk:
+                results.append(assoc.send_c_store(f).Status)
+            assoc.release()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(files[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert results == [0] * 12
+    assert node.count("SELECT COUNT(*) FROM instances") == 12
+
+
+def rejection(assoc):
+    rsp = assoc.acceptor.primitive
+    return rsp.result, rsp.result_source, rsp.diagnostic
+
+
+def test_wrong_called_ae_is_rejected(node):
+    assoc = sender().associate("127.0.0.1", node.port, ae_title="SOMEONE_ELSE")
+    assert assoc.is_rejected
+    assert rejection(assoc) == (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
+    assert node.echo_ok()
+
+
+def test_calling_ae_not_allowed_and_host_check(node_factory, tmp_path):
+    config = tmp_path / "allow.toml"
+    config.write_text(
+        '[[dicom.allowed_callers]]\nae_title = "GOODMOD"\nhost = "127.0.0.1"\n'
+        '[[dicom.allowed_callers]]\nae_title = "ELSEWHERE"\nhost = "10.9.9.9"\n'
+        '[[dicom.allowed_callers]]\nae_title = "ECHOSCU"\n'
+    )
+    node = node_factory().start(config_file=config)
+    assoc = sender(calling="INTRUDER").associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_rejected
+    assert rejection(assoc) == (0x01, 0x01, 0x03)  # calling AE not recognised
+    assoc = sender(calling="ELSEWHERE").associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_rejected and rejection(assoc) == (0x01, 0x01, 0x03)
+    assoc = sender(calling="GOODMOD").associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_too_many_associations(node_factory):
+    node = node_factory(dicom__max_associations=2).start()
+    held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    third = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert third.is_rejected
+    assert rejection(third) == (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
+    for a in held:
+        a.release()
+    again = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert again.is_established
+    again.release()
+
+
+def test_unsupported_abstract_syntax_is_rejected_alone(node, rg1_copies):
+    ae = sender()
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    by_syntax = {cx.abstract_syntax: cx for cx in assoc.rejected_contexts + assoc.accepted_contexts}
+    assert by_syntax[MRImageStorage].result == 0x03  # abstract syntax not supported
+    assert by_syntax[CR].result == 0x00
+    (path,) = rg1_copies("UNCI", 1)
+    assert assoc.send_c_store(path).Status == 0x0000
+    assoc.release()
+
+
+def test_all_storage_accepts_mr(node_factory):
+    node = node_factory(dicom__accept="all-storage").start()
+    ae = sender()
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert MRImageStorage in [cx.abstract_syntax for cx in assoc.accepted_contexts]
+    assoc.release()
+
+
+# --- the node as SCU -------------------------------------------------------
+
+
+class PynetdicomReceiver:
+    """A pynetdicom Storage SCP that keeps the raw bytes it receives and
+    answers with `status`."""
+
+    def __init__(self, status: int = 0x0000):
+        self.received = {}
+        self.status = status
+        self.port = free_port()
+        ae = AE(ae_title="PYSCP")
+        ae.add_supported_context(CR, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"])
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self.on_store)]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+
+    def on_store(self, event):
+        self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
+        return self.status
+
+    def close(self):
+        self.server.shutdown()
+
+
+def node_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(node_binary()), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_node_scu_to_pynetdicom_sends_the_file_bytes(rg1_copies):
+    receiver = PynetdicomReceiver()
+    try:
+        files = rg1_copies("UNCI", 2) + rg1_copies("J2KR", 1)
+        r = node_cli("echo", f"PYSCP@127.0.0.1:{receiver.port}")
+        assert r.returncode == 0, r.stderr
+        r = node_cli("store", f"PYSCP@127.0.0.1:{receiver.port}", *files)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "3 stored" in r.stdout
+        for f in files:
+            uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+            assert receiver.received[uid] == dataset_bytes(f)
+    finally:
+        receiver.close()
+
+
+def test_peer_answering_a700_is_a_failure(rg1_copies):
+    receiver = PynetdicomReceiver(status=0xA700)
+    try:
+        (f,) = rg1_copies("UNCI", 1)
+        r = node_cli("store", f"PYSCP@127.0.0.1:{receiver.port}", f)
+        assert r.returncode != 0
+        assert "FAILED" in r.stdout and "A700H" in r.stdout
+    finally:
+        receiver.close()
+
+
+def test_peer_answering_a_warning_is_reported(rg1_copies):
+    receiver = PynetdicomReceiver(status=0xB000)
+    try:
+        (f,) = rg1_copies("UNCI", 1)
+        r = node_cli("store", f"PYSCP@127.0.0.1:{receiver.port}", f)
+        assert r.returncode == 0
+        assert "WARNING" in r.stdout and "B000H" in r.stdout
+    finally:
+        receiver.close()
