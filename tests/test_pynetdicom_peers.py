@@ -72,7 +72,7 @@ def rejection(assoc):
 
 def test_wrong_called_ae_is_rejected(node):
     assoc = sender().associate("127.0.0.1", node.port, ae_title="SOMEONE_ELSE")
-    assert assoc.is_rejected
+    assert assoc.is_rejected, (assoc.is_established, assoc.is_aborted, node.log()[-1500:])
     assert rejection(assoc) == (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
     assert node.echo_ok()
 
@@ -86,7 +86,7 @@ def test_calling_ae_not_allowed_and_host_check(node_factory, tmp_path):
     )
     node = node_factory().start(config_file=config)
     assoc = sender(calling="INTRUDER").associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert assoc.is_rejected
+    assert assoc.is_rejected, (assoc.is_established, assoc.is_aborted, node.log()[-1500:])
     assert rejection(assoc) == (0x01, 0x01, 0x03)  # calling AE not recognised
     assoc = sender(calling="ELSEWHERE").associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_rejected and rejection(assoc) == (0x01, 0x01, 0x03)
