@@ -405,5 +405,7 @@ def random_init(model: PneumoLLM, seed: int) -> PneumoLLM:
         p.copy_(value.to(p.dtype))
     for module in model.modules():
         if isinstance(module, Adapter):
-            module.D.weight.mul_(module.block_mask().to(module.D.weight.dtype))
+            keep = module.block_mask().bool().to(module.D.weight.device)
+            # where(), not a multiplication: off-block entries must be +0.0, not -0.0
+            module.D.weight.copy_(torch.where(keep, module.D.weight, torch.zeros_like(module.D.weight)))
     return model
