@@ -93,6 +93,7 @@ def export_onnx(model: PneumoLLM, out: str | Path, *, metadata: dict[str, str], 
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
+                custom_opsets={"com.microsoft": 1} if model.attention == "ort-mha" else None,
             )
         proto = onnx.load(str(tmp_file), load_external_data=True)
     proto.producer_name = "pneumo-node model/export.py"

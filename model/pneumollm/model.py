@@ -15,7 +15,8 @@ Re-implemented from the architecture description (see docs/model-export.md):
 Everything is written with plain tensor operations that the TorchScript ONNX
 exporter maps one to one (RoPE with real cos/sin tables, RMSNorm as
 x / sqrt(mean(x^2) + eps), attention as MatMul/Softmax), and the attention
-kernel is chosen in one place (`attend`) so that a fused form can be swapped in.
+form is chosen in one place (`multi_head_attention`): explicit MatMul/Softmax,
+torch's SDPA, or ONNX Runtime's fused MultiHeadAttention operator.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from .config import PneumoLLMConfig
 
-ATTENTION_IMPLS = ("explicit", "sdpa")
+ATTENTION_IMPLS = ("explicit", "sdpa", "ort-mha")
 
 
 def _as_f32(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,57 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         scores = scores + bias
     probs = _to(torch.softmax(_as_f32(scores), dim=-1), q.dtype)
     return torch.matmul(probs, v)
+
+
+# Finite stand-in for -inf in the fused operator's additive bias (exp underflows
+# to exactly 0 in fp32 for any realistic score; -inf can give NaN in some kernels).
+MHA_MASK_VALUE = -1e4
+
+
+class _OrtMultiHeadAttention(torch.autograd.Function):
+    """In PyTorch: the explicit maths.  In ONNX: one com.microsoft
+    MultiHeadAttention node (ONNX Runtime's contrib operator, fused on CUDA)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, heads: int):  # noqa: ARG004
+        b, n, d = q.shape
+        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+        o = attend(split(q), split(k), split(v), bias, "explicit")
+        return o.transpose(1, 2).reshape(b, n, d)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, heads: int):
+        def none():
+            node = g.op("prim::Constant")
+            node.setType(torch._C.OptionalType.ofTensor())
+            return node
+
+        inputs = [q, k, v, none(), none()]  # query, key, value, bias, key_padding_mask
+        if bias is not None:
+            inputs.append(bias)  # attention_bias [1, 1, S, T]
+        out = g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads)
+        out.setType(q.type())
+        return out
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                         bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    """Attention over [B, L, D] tensors (D = heads * head_dim) -> [B, L, D].
+
+    The one place where the attention form is chosen (`impl`):
+    `explicit` and `sdpa` as in `attend`; `ort-mha` exports ONNX Runtime's
+    fused MultiHeadAttention contrib operator (domain com.microsoft), with the
+    mask as its additive attention_bias.
+    """
+    if impl == "ort-mha":
+        if bias is not None:
+            bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, bias.shape[-2], bias.shape[-1])
+        return _OrtMultiHeadAttention.apply(q, k, v, bias, heads)
+    b, d = q.shape[0], q.shape[-1]
+    hd = d // heads
+    split = lambda t: t.reshape(b, -1, heads, hd).transpose(1, 2)  # noqa: E731
+    o = attend(split(q), split(k), split(v), bias, impl)
+    return o.transpose(1, 2).reshape(b, -1, d)
 
 
 class Adapter(nn.Module):
@@ -115,16 +167,9 @@ class VisionAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, w = x.shape[0], x.shape[1], self.width
-        h, hd = self.heads, self.width // self.heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.split(w, dim=-1)
-        q = q.reshape(b, n, h, hd).transpose(1, 2)
-        k = k.reshape(b, n, h, hd).transpose(1, 2)
-        v = v.reshape(b, n, h, hd).transpose(1, 2)
-        o = attend(q, k, v, None, self.impl)
-        o = o.transpose(1, 2).reshape(b, n, w)
-        return self.out_proj(o)
+        q, k, v = qkv.split(self.width, dim=-1)
+        return self.out_proj(multi_head_attention(q, k, v, self.heads, None, self.impl))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -240,11 +285,10 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
         h, hd = self.heads, self.head_dim
-        q = apply_rope(self.wq(x).reshape(b, n, h, hd), cos, sin).transpose(1, 2)
-        k = apply_rope(self.wk(x).reshape(b, n, h, hd), cos, sin).transpose(1, 2)
-        v = self.wv(x).reshape(b, n, h, hd).transpose(1, 2)
-        o = attend(q, k, v, _to(mask, q.dtype), self.impl)
-        return self.wo(o.transpose(1, 2).reshape(b, n, h * hd))
+        q = apply_rope(self.wq(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
+        k = apply_rope(self.wk(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
+        o = multi_head_attention(q, k, self.wv(x), h, _to(mask, q.dtype), self.impl)
+        return self.wo(o)
 
 
 class FeedForward(nn.Module):
@@ -304,6 +348,7 @@ class PneumoLLM(nn.Module):
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
         self.cfg = cfg
+        self.attention = attention
         self.visual = VisionTransformer(cfg, attention)
         self.prompt_meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(cfg.vit_width, cfg.meta_hidden)),

@@ -87,13 +87,31 @@ def test_contract_keys_are_documented():
         assert f"`{key}`" in doc, key
 
 
-def test_sdpa_form_exports_and_matches(tmp_path, tiny_model):
-    model = _copy(tiny_model, "sdpa")
-    path = export.export_onnx(model, tmp_path / "sdpa.onnx", metadata=_meta(model))
+@pytest.mark.parametrize("attention", ["sdpa", "ort-mha"])
+def test_other_attention_forms_export_and_match(tmp_path, tiny_model, attention):
+    model = _copy(tiny_model, attention)
+    path = export.export_onnx(model, tmp_path / f"{attention}.onnx", metadata=_meta(model))
+    nodes = onnx.load(str(path)).graph.node
+    mha = sum(1 for n in nodes if (n.domain, n.op_type) == ("com.microsoft", "MultiHeadAttention"))
+    softmax = sum(1 for n in nodes if n.op_type == "Softmax")
+    if attention == "ort-mha":  # every attention is the fused operator; one Softmax left: the engine's
+        assert (mha, softmax) == (TINY.vit_layers + TINY.llm_layers, 1)
+    else:
+        assert mha == 0
     x = make_image(2, seed=3)
     with torch.no_grad():
         ref = tiny_model(x).numpy()
     assert np.abs(_session(path).run(["logits"], {"image": x.numpy()})[0] - ref).max() <= TOL
+
+
+def test_fused_attention_fp16_export_runs(tmp_path, tiny_model):
+    model = _copy(tiny_model, "ort-mha").set_precision("fp16")
+    path = export.export_onnx(model, tmp_path / "mha16.onnx", metadata=_meta(model, "fp16"), precision="fp16")
+    x = make_image(2, seed=8)
+    with torch.no_grad():
+        ref32 = tiny_model(x).numpy()
+    got = _session(path).run(["logits"], {"image": x.half().numpy()})[0]
+    assert np.abs(got - ref32).max() < 5e-2
 
 
 def test_fp16_export(tmp_path, tiny_model):

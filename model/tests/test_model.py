@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import make_image
@@ -117,12 +118,13 @@ def test_adapters_are_block_diagonal_and_change_the_output(tiny_model):
         assert not torch.allclose(zeroed(x), tiny_model(x))
 
 
-def test_attention_forms_agree(tiny_model):
-    sdpa = build_model(TINY, attention="sdpa")
-    sdpa.load_state_dict(tiny_model.state_dict())
+@pytest.mark.parametrize("attention", ["sdpa", "ort-mha"])
+def test_attention_forms_agree(tiny_model, attention):
+    other = build_model(TINY, attention=attention)
+    other.load_state_dict(tiny_model.state_dict())
     x = make_image(2)
     with torch.no_grad():
-        assert (sdpa(x) - tiny_model(x)).abs().max() <= 1e-5
+        assert (other(x) - tiny_model(x)).abs().max() <= 1e-5
 
 
 def test_fp16_precision_keeps_engine_and_head_in_fp32(tiny_model):
