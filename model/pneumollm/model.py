@@ -382,9 +382,9 @@ class PneumoLLM(nn.Module):
         if precision == "fp32":
             self.float()
         elif precision == "fp16":
-            self.half()
-            self.prompt_meta_net.float()
-            self.adapter_output_cls.float()
+            keep_fp32 = ("prompt_meta_net", "adapter_output_cls")
+            for name, child in self.named_children():
+                (child.float if name in keep_fp32 else child.half)()
         else:
             raise ValueError("precision must be fp32 or fp16")
         self.reset_buffers()

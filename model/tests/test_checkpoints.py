@@ -218,3 +218,24 @@ def test_export_cli_with_checkpoints(tmp_path, tiny_model, checkpoint_files):
         ref = tiny_model(x).numpy()
     got = sess.run(["logits"], {"image": x.numpy()})[0]
     assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_export_cli_with_checkpoints_fp16(tmp_path, tiny_model, checkpoint_files):
+    import export
+
+    clip, llama, pneumo = checkpoint_files
+    out = tmp_path / "trained16.onnx"
+    assert export.main(["--config", "tiny", "--clip", str(clip), "--llama", str(llama), "--pneumollm",
+                        str(pneumo), "--precision", "fp16", "--out", str(out)]) == 0
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert (meta["pneumo.precision"], meta["pneumo.input_dtype"]) == ("fp16", "float16")
+    half = build_model(TINY)
+    half.load_state_dict(tiny_model.state_dict())
+    from pneumollm.contract import weights_sha256
+    assert meta["pneumo.weights_sha256"] == weights_sha256(half.set_precision("fp16").state_dict())
+    x = make_image(2, seed=9)
+    with torch.no_grad():
+        ref = tiny_model(x).numpy()
+    got = sess.run(["logits"], {"image": x.half().numpy()})[0]
+    assert np.abs(got - ref).max() < 5e-2

@@ -136,6 +136,9 @@ def test_fp16_precision_keeps_engine_and_head_in_fp32(tiny_model):
     assert half.prompt_meta_net.linear1.weight.dtype == torch.float32
     assert half.adapter_output_cls.weight.dtype == torch.float32
     assert half.rope_cos.dtype == torch.float32
+    # the fp32 parts keep their exact values (no round trip through fp16)
+    assert torch.equal(half.prompt_meta_net.linear1.weight, tiny_model.prompt_meta_net.linear1.weight)
+    assert torch.equal(half.adapter_output_cls.weight, tiny_model.adapter_output_cls.weight)
     x = make_image(2)
     with torch.no_grad():
         out = half(x.half())
