@@ -1,0 +1,456 @@
+"""PneumoLLM in PyTorch, written for ONNX export.
+
+Re-implemented from the architecture description (see docs/model-export.md):
+
+    image [B,3,224,224]
+      -> CLIP ViT (per-block adapter on the attention input)
+      -> CLS token after every 4th block            S    [B, 6, Wv]
+      -> contextual multi-token engine (meta-net)   diag [B, K, Wv]
+      -> concat                                      [B, 6+K, Wv]
+      -> projector (Linear, SiLU, Linear)            [B, 6+K, D]
+      -> LLaMA blocks with adapters, RoPE, information-emitter mask
+      -> RMSNorm -> mean over tokens -> Linear(D, 2, no bias)
+      -> logits [B, 2]   (index 0 = pneumoconiosis, 1 = normal)
+
+Everything is written with plain tensor operations that the TorchScript ONNX
+exporter maps one to one (RoPE with real cos/sin tables, RMSNorm as
+x / sqrt(mean(x^2) + eps), attention as MatMul/Softmax), and the attention
+form is chosen in one place (`multi_head_attention`): explicit MatMul/Softmax,
+torch's SDPA, or ONNX Runtime's fused MultiHeadAttention operator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PneumoLLMConfig
+
+ATTENTION_IMPLS = ("explicit", "sdpa", "ort-mha")
+
+
+def _as_f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast only when needed, so the fp32 graph carries no identity Cast nodes."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    """Scaled dot-product attention over [B, H, L, hd] tensors.
+
+    `explicit`: MatMul -> (+bias) -> Softmax (in fp32) -> MatMul, the form the
+    reference code uses.  `sdpa`: torch's fused kernel (the same maths; the
+    ONNX exporter at opset 17 decomposes it).
+    """
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
+    probs = _to(torch.softmax(_as_f32(scores), dim=-1), q.dtype)
+    return torch.matmul(probs, v)
+
+
+# Finite stand-in for -inf in the fused operator's additive bias (exp underflows
+# to exactly 0 in fp32 for any realistic score; -inf can give NaN in some kernels).
+MHA_MASK_VALUE = -1e4
+
+
+class _OrtMultiHeadAttention(torch.autograd.Function):
+    """In PyTorch: the explicit maths.  In ONNX: one com.microsoft
+    MultiHeadAttention node (ONNX Runtime's contrib operator, fused on CUDA)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, heads: int):  # noqa: ARG004
+        b, n, d = q.shape
+        split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+        o = attend(split(q), split(k), split(v), bias, "explicit")
+        return o.transpose(1, 2).reshape(b, n, d)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, heads: int):
+        def none():
+            node = g.op("prim::Constant")
+            node.setType(torch._C.OptionalType.ofTensor())
+            return node
+
+        inputs = [q, k, v, none(), none()]  # query, key, value, bias, key_padding_mask
+        if bias is not None:
+            inputs.append(bias)  # attention_bias [1, 1, S, T]
+        out = g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads)
+        out.setType(q.type())
+        return out
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                         bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    """Attention over [B, L, D] tensors (D = heads * head_dim) -> [B, L, D].
+
+    The one place where the attention form is chosen (`impl`):
+    `explicit` and `sdpa` as in `attend`; `ort-mha` exports ONNX Runtime's
+    fused MultiHeadAttention contrib operator (domain com.microsoft), with the
+    mask as its additive attention_bias.
+    """
+    if impl == "ort-mha":
+        if bias is not None:
+            bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, bias.shape[-2], bias.shape[-1])
+        return _OrtMultiHeadAttention.apply(q, k, v, bias, heads)
+    b, d = q.shape[0], q.shape[-1]
+    hd = d // heads
+    split = lambda t: t.reshape(b, -1, heads, hd).transpose(1, 2)  # noqa: E731
+    o = attend(split(q), split(k), split(v), bias, impl)
+    return o.transpose(1, 2).reshape(b, -1, d)
+
+
+class Adapter(nn.Module):
+    """RepAdapter "router" at inference: y = x + D(A x).
+
+    A: C -> h (dense, with bias); D: h -> C with `groups` groups, i.e. a
+    block-diagonal weight (output block g reads only hidden units of group g).
+    Both are Linear layers here; D's off-block entries are zero.  Dropout of
+    the reference is the identity at inference.
+    """
+
+    def __init__(self, dim: int, hidden: int, groups: int):
+        super().__init__()
+        self.dim, self.hidden, self.groups = dim, hidden, groups
+        self.A = nn.Linear(dim, hidden)
+        self.D = nn.Linear(hidden, dim)
+
+    def block_mask(self) -> torch.Tensor:
+        """[dim, hidden] 0/1 mask of D's allowed (block-diagonal) entries."""
+        out_per, in_per = self.dim // self.groups, self.hidden // self.groups
+        mask = torch.zeros(self.dim, self.hidden)
+        for g in range(self.groups):
+            mask[g * out_per:(g + 1) * out_per, g * in_per:(g + 1) * in_per] = 1
+        return mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.D(self.A(x))
+
+
+# ----------------------------------------------------------------------------
+# Vision encoder: CLIP ViT (names follow OpenAI's state dict)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 (as CLIP's), cast back to the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class VisionAttention(nn.Module):
+    """nn.MultiheadAttention's parameters (packed in_proj), batch-first maths."""
+
+    def __init__(self, width: int, heads: int, impl: str):
+        super().__init__()
+        self.width, self.heads, self.impl = width, heads, impl
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.split(self.width, dim=-1)
+        return self.out_proj(multi_head_attention(q, k, v, self.heads, None, self.impl))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """x + attn(adapter(ln_1(x))); x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: PneumoLLMConfig, impl: str):
+        super().__init__()
+        w = cfg.vit_width
+        self.ln_1 = LayerNorm(w, eps=cfg.vit_ln_eps)
+        self.attn = VisionAttention(w, cfg.vit_heads, impl)
+        self.ln_2 = LayerNorm(w, eps=cfg.vit_ln_eps)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(w, 4 * w)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(4 * w, w)),
+        ]))
+        self.adapter_attn = Adapter(w, cfg.adapter_dim, cfg.adapter_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.adapter_attn(self.ln_1(x)))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class VisionTransformerBlocks(nn.Module):
+    def __init__(self, cfg: PneumoLLMConfig, impl: str):
+        super().__init__()
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(cfg, impl) for _ in range(cfg.vit_layers)])
+
+
+class VisionTransformer(nn.Module):
+    """CLIP ViT without ln_post/proj; returns the CLS token after every
+    `cls_every`-th block: [B, vit_layers // cls_every, width]."""
+
+    def __init__(self, cfg: PneumoLLMConfig, impl: str):
+        super().__init__()
+        w = cfg.vit_width
+        self.cls_every = cfg.cls_every
+        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(w))
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.vit_tokens, w))
+        self.ln_pre = LayerNorm(w, eps=cfg.vit_ln_eps)
+        self.transformer = VisionTransformerBlocks(cfg, impl)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(_to(image, self.conv1.weight.dtype))  # [B, w, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, w]
+        cls = _to(self.class_embedding, x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + _to(self.positional_embedding, x.dtype)
+        x = self.ln_pre(x)
+        sources = []
+        for i, block in enumerate(self.transformer.resblocks):
+            x = block(x)
+            if (i + 1) % self.cls_every == 0:
+                sources.append(x[:, :1])
+        return torch.cat(sources, dim=1)
+
+
+# ----------------------------------------------------------------------------
+# LLM: LLaMA blocks (names follow Meta's consolidated checkpoints)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 as LLaMA does.
+
+    Written with Div/Sqrt (not rsqrt) so ONNX Runtime's
+    SimplifiedLayerNormalization fusion recognises the pattern.
+    """
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = _as_f32(x)
+        y = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return _to(y, x.dtype) * self.weight
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [seq_len, head_dim // 2] in fp64 -> fp32, LLaMA's frequencies."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64)[: head_dim // 2] / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), freqs)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, L, H, hd] by position angles.
+
+    The same as LLaMA's complex multiplication (view_as_complex over pairs),
+    with real cos/sin so it exports to plain ONNX ops.  Computed in fp32.
+    """
+    b, n, h, hd = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    xf = _as_f32(x).reshape(b, n, h, hd // 2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c = cos.reshape(1, n, 1, hd // 2)
+    s = sin.reshape(1, n, 1, hd // 2)
+    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
+    return _to(out.reshape(b, n, h, hd), x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: PneumoLLMConfig, impl: str):
+        super().__init__()
+        d = cfg.llm_dim
+        self.heads, self.head_dim, self.impl = cfg.llm_heads, cfg.llm_head_dim, impl
+        self.wq = nn.Linear(d, d, bias=False)
+        self.wk = nn.Linear(d, d, bias=False)
+        self.wv = nn.Linear(d, d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n = x.shape[0], x.shape[1]
+        h, hd = self.heads, self.head_dim
+        q = apply_rope(self.wq(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
+        k = apply_rope(self.wk(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
+        o = multi_head_attention(q, k, self.wv(x), h, _to(mask, q.dtype), self.impl)
+        return self.wo(o)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: PneumoLLMConfig):
+        super().__init__()
+        d, hidden = cfg.llm_dim, cfg.llm_ffn_hidden
+        self.w1 = nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+        self.w3 = nn.Linear(d, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """h = x + Attn(Adapter(RMSNorm(x))); out = h + FFN(RMSNorm(h))."""
+
+    def __init__(self, cfg: PneumoLLMConfig, impl: str):
+        super().__init__()
+        self.attention = LlamaAttention(cfg, impl)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.llm_dim, cfg.llm_norm_eps)
+        self.ffn_norm = RMSNorm(cfg.llm_dim, cfg.llm_norm_eps)
+        self.adapter_attn = Adapter(cfg.llm_dim, cfg.adapter_dim, cfg.adapter_groups)
+
+    def forward(self, x, cos, sin, mask):
+        h = x + self.attention(self.adapter_attn(self.attention_norm(x)), cos, sin, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Projector(nn.Module):
+    """Linear(Wv -> proj_hidden) -> SiLU -> Linear(proj_hidden -> D)."""
+
+    def __init__(self, cfg: PneumoLLMConfig):
+        super().__init__()
+        self.conv_A = nn.Linear(cfg.vit_width, cfg.proj_hidden)
+        self.conv_B = nn.Linear(cfg.proj_hidden, cfg.llm_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_B(F.silu(self.conv_A(x)))
+
+
+def emitter_mask(source_tokens: int, diag_tokens: int) -> torch.Tensor:
+    """Information emitter: additive [L, L] mask, 0 except -inf in the last K
+    columns, so every query (source or diagnosis) attends to source keys only."""
+    n = source_tokens + diag_tokens
+    mask = torch.zeros(n, n)
+    mask[:, source_tokens:] = float("-inf")
+    return mask
+
+
+class PneumoLLM(nn.Module):
+    """image [B, 3, H, W] (normalised) -> logits [B, num_classes]."""
+
+    def __init__(self, cfg: PneumoLLMConfig, attention: str = "explicit"):
+        super().__init__()
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
+        self.cfg = cfg
+        self.attention = attention
+        self.visual = VisionTransformer(cfg, attention)
+        self.prompt_meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(cfg.vit_width, cfg.meta_hidden)),
+            ("relu", nn.ReLU()),
+            ("linear2", nn.Linear(cfg.meta_hidden, cfg.diag_tokens)),
+        ]))
+        self.adapter_proj = Projector(cfg)
+        self.layers = nn.ModuleList([TransformerBlock(cfg, attention) for _ in range(cfg.llm_layers)])
+        self.norm = RMSNorm(cfg.llm_dim, cfg.llm_norm_eps)
+        self.adapter_output_cls = nn.Linear(cfg.llm_dim, cfg.num_classes, bias=False)
+        self.reset_buffers()
+
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)build the constant tables (RoPE cos/sin, emitter mask) in fp32.
+
+        They are non-persistent: not part of the state dict nor of the weights
+        hash.  Call again after `.half()` / `.to_empty()`.
+        """
+        cos, sin = rope_tables(self.cfg.llm_head_dim, self.cfg.seq_len, self.cfg.rope_theta)
+        mask = emitter_mask(self.cfg.source_tokens, self.cfg.diag_tokens)
+        if device is None:
+            device = self.adapter_output_cls.weight.device
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+        self.register_buffer("emitter_mask", mask.to(device), persistent=False)
+
+    def set_precision(self, precision: str) -> "PneumoLLM":
+        """fp32: everything fp32.  fp16: as the reference runs on the GPU:
+        ViT, projector and LLaMA in fp16 (norms, RoPE and softmax computed in
+        fp32), contextual engine (meta-net) and head in fp32."""
+        if precision == "fp32":
+            self.float()
+        elif precision == "fp16":
+            keep_fp32 = ("prompt_meta_net", "adapter_output_cls")
+            for name, child in self.named_children():
+                (child.float if name in keep_fp32 else child.half)()
+        else:
+            raise ValueError("precision must be fp32 or fp16")
+        self.reset_buffers()
+        return self
+
+    def source_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image)
+
+    def engine(self, sources: torch.Tensor) -> torch.Tensor:
+        """Contextual multi-token engine: [B, S, Wv] -> [B, S + K, Wv] (fp32)."""
+        s = _as_f32(sources)
+        weights = self.prompt_meta_net(s).transpose(1, 2)  # [B, K, S]
+        diag = torch.matmul(torch.softmax(weights, dim=-1), s)  # [B, K, Wv]
+        return torch.cat([s, diag], dim=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        seq = self.engine(self.source_tokens(image))
+        h = self.adapter_proj(_to(seq, self.adapter_proj.conv_A.weight.dtype))
+        for layer in self.layers:
+            h = layer(h, self.rope_cos, self.rope_sin, self.emitter_mask)
+        h = self.norm(h)
+        feature = h.mean(dim=1)
+        return self.adapter_output_cls(_as_f32(feature))
+
+
+def build_model(cfg: PneumoLLMConfig, attention: str = "explicit", device: str | torch.device = "cpu",
+                empty: bool = False) -> PneumoLLM:
+    """A model with uninitialised weights (call `random_init` or the loaders).
+
+    `empty=True` allocates through the meta device first (no initialisation
+    cost: for the 6.8 B-parameter `full` model).
+    """
+    if empty:
+        with torch.device("meta"):
+            model = PneumoLLM(cfg, attention)
+        model.to_empty(device=device)
+        model.reset_buffers(device)
+        return model.eval()
+    return PneumoLLM(cfg, attention).to(device).eval()
+
+
+@torch.no_grad()
+def random_init(model: PneumoLLM, seed: int) -> PneumoLLM:
+    """Seeded random weights, deterministic for a given torch version.
+
+    Parameters are filled in sorted-name order from one CPU generator.  The
+    adapters' D weights are random too (block-diagonal), not zero as in
+    training's initialisation, so the demo model's adapters change its output.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    params = dict(model.named_parameters())
+    for name in sorted(params):
+        p = params[name]
+        if name.endswith("class_embedding") or name.endswith("positional_embedding"):
+            value = torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5
+        elif p.ndim == 1 and (".ln_" in name or "norm" in name) and name.endswith("weight"):
+            value = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+        elif p.ndim == 1:  # biases
+            value = 0.02 * torch.randn(p.shape, generator=gen)
+        else:
+            fan_in = p[0].numel()
+            value = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+        p.copy_(value.to(p.dtype))
+    for module in model.modules():
+        if isinstance(module, Adapter):
+            keep = module.block_mask().bool().to(module.D.weight.device)
+            # where(), not a multiplication: off-block entries must be +0.0, not -0.0
+            module.D.weight.copy_(torch.where(keep, module.D.weight, torch.zeros_like(module.D.weight)))
+    return model
