@@ -34,6 +34,10 @@ pub struct PreprocessArgs {
     /// Tensor element type: f32 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Also write the grey image (after the grey-level steps, before crop
+    /// and resize; float32 in [0, 1], rows x columns) to this .npy file.
+    #[arg(long)]
+    pub grey_out: Option<PathBuf>,
 }
 
 fn floats<const N: usize>(s: &str, what: &str) -> anyhow::Result<[f32; N]> {
@@ -105,8 +109,15 @@ pub fn run(args: &PreprocessArgs) -> anyhow::Result<()> {
     let lung_box = args.lung_box()?;
     let obj = dicom_object::open_file(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let result = pneumo_imaging::preprocess(&obj, &spec, lung_box)
-        .with_context(|| format!("preprocessing {}", args.file.display()))?;
+    let ctx = || format!("preprocessing {}", args.file.display());
+    let (grey, grey_report, header) = pneumo_imaging::grey_image(&obj).with_context(ctx)?;
+    if let Some(path) = &args.grey_out {
+        let bytes: Vec<u8> = grey.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let npy = pneumo_imaging::encode_npy("<f4", &[grey.height, grey.width], &bytes);
+        std::fs::write(path, npy).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let result = pneumo_imaging::tensor_from_grey(&grey, grey_report, header, &spec, lung_box)
+        .with_context(ctx)?;
     std::fs::write(&args.out, result.tensor.to_npy())
         .with_context(|| format!("writing {}", args.out.display()))?;
     let sidecar = sidecar_path(&args.out);
