@@ -363,12 +363,18 @@ pub fn to_grey(
     };
     let is_padding = |v: i64| params.padding.is_some_and(|(lo, hi)| v >= lo && v <= hi);
 
-    // Histogram of codes: needed for the padding count and the min-max fallback.
-    let mut hist = vec![0u32; ncodes];
-    for_each_code(samples, h.bits_allocated, n, mask, |c| hist[c] += 1);
-    let padding_pixels: usize = (0..ncodes)
-        .filter(|&c| hist[c] > 0 && is_padding(value_of(c)))
-        .map(|c| hist[c] as usize)
+    // Histogram of codes, only when something needs it: the padding count
+    // and the min-max fallback.
+    let need_hist = params.padding.is_some() || params.voi.is_none();
+    let mut hist = vec![0u32; if need_hist { ncodes } else { 0 }];
+    if need_hist {
+        for_each_code(samples, h.bits_allocated, n, mask, |c| hist[c] += 1);
+    }
+    let padding_pixels: usize = hist
+        .iter()
+        .enumerate()
+        .filter(|&(c, &count)| count > 0 && is_padding(value_of(c)))
+        .map(|(_, &count)| count as usize)
         .sum();
 
     let voi = match &params.voi {
@@ -404,8 +410,19 @@ pub fn to_grey(
         })
         .collect();
 
-    let mut data = Vec::with_capacity(n);
-    for_each_code(samples, h.bits_allocated, n, mask, |c| data.push(lut[c]));
+    let data: Vec<f32> = if h.bits_allocated == 8 {
+        samples
+            .iter()
+            .take(n)
+            .map(|&b| lut[(u32::from(b) & mask) as usize])
+            .collect()
+    } else {
+        samples
+            .chunks_exact(2)
+            .take(n)
+            .map(|c| lut[(u32::from(u16::from_le_bytes([c[0], c[1]])) & mask) as usize])
+            .collect()
+    };
 
     let (modality_lut, rescale_slope, rescale_intercept) = match params.modality {
         ModalityLut::Identity => ("identity", None, None),
