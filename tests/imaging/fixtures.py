@@ -232,10 +232,47 @@ def make_small(outdir: str | Path, factor: int = 8) -> list[Path]:
         files.append(encode(src, outdir / f"rg1s_{name}.dcm", how))
     for name, how in TS_VARIANTS_8BIT.items():
         files.append(encode(outdir / "rg1s_bits8.dcm", outdir / f"rg1s_{name}.dcm", how))
+    files += make_htj2k(src, outdir, "rg1s")
     # 12-bit lossy JPEG: refused by the node (no decoder), kept to test that.
     files.append(
         encode(outdir / "rg1s_bits12.dcm", outdir / "rg1s_refused_jpeg_extended_12bit.dcm", [DCMCJPEG, "+ee"])
     )
+    return files
+
+
+OJPH_COMPRESS = "/usr/bin/ojph_compress"  # Debian package openjph-tools
+
+
+def make_htj2k(src: Path, outdir: Path, stem: str) -> list[Path]:
+    """HTJ2K lossless (RPCL) and lossy variants with OpenJPH, when installed."""
+    import tempfile
+
+    from pydicom.encaps import encapsulate
+
+    if not Path(OJPH_COMPRESS).exists():
+        return []
+    ds0 = pydicom.dcmread(src)
+    arr = ds0.pixel_array
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pgm = Path(tmp) / "in.pgm"
+        maxval = (1 << int(ds0.BitsStored)) - 1
+        header = f"P5\n{arr.shape[1]} {arr.shape[0]}\n{maxval}\n".encode()
+        pgm.write_bytes(header + arr.astype(">u2").tobytes())
+        for name, ts, opts in (
+            ("htj2k_lossless", "1.2.840.10008.1.2.4.202", ["-reversible", "true"]),
+            ("htj2k_lossy", "1.2.840.10008.1.2.4.203", ["-qstep", "0.002"]),
+        ):
+            j2c = Path(tmp) / f"{name}.j2c"
+            subprocess.run([OJPH_COMPRESS, "-i", str(pgm), "-o", str(j2c), *opts], check=True, capture_output=True)
+            ds = _fresh(ds0)
+            ds.file_meta.TransferSyntaxUID = ts
+            ds.PixelData = encapsulate([j2c.read_bytes()])
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
+            if name.endswith("lossy"):
+                ds.LossyImageCompression = "01"
+            files.append(_save(ds, outdir / f"{stem}_{name}.dcm"))
     return files
 
 
