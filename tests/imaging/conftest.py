@@ -31,9 +31,9 @@ def node_bin() -> str:
 
 @pytest.fixture(scope="session")
 def big_fixtures() -> dict[str, Path]:
-    import fixtures  # tests/imaging/fixtures.py
+    import imaging_fixtures  # tests/imaging/imaging_fixtures.py
 
-    made = fixtures.make_big(BIG_DIR)
+    made = imaging_fixtures.make_big(BIG_DIR)
     out = {p.stem: p for p in made}
     from pydicom.data import get_testdata_file
 

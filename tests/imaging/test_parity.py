@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import preprocess as ref  # tests/reference/preprocess.py
-from conftest import SMALL_DIR
+import preprocess as ref  # tests/reference/preprocess.py (put on sys.path by conftest)
+
+SMALL_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "imaging"
 
 TOL = 1e-3
 STD_MIN = min(ref.IMAGENET_STD)

@@ -10,8 +10,8 @@
 Encoders: DCMTK (dcmconv, dcmcrle, dcmcjpeg, dcmcjpls, called by full path)
 and pydicom with pylibjpeg-openjpeg for JPEG 2000.
 
-    python tests/imaging/fixtures.py small fixtures/imaging
-    python tests/imaging/fixtures.py big var/test-fixtures/imaging
+    python tests/imaging/imaging_fixtures.py small fixtures/imaging
+    python tests/imaging/imaging_fixtures.py big var/test-fixtures/imaging
 """
 
 from __future__ import annotations
