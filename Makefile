@@ -11,8 +11,12 @@ BIN := target/release/pneumo-node
 .PHONY: help deps build run test lint test-rust test-e2e bench clean
 
 help:
-	@echo "make run    build and start the node on its defaults (port 11112, data under ./var)"
-	@echo "make test   install what the tests need, then run every test, fmt and clippy"
+	@echo "make run         build and start the node on its defaults (port 11112, data under ./var)"
+	@echo "make test        install what the tests need, then run every test, fmt and clippy"
+	@echo "make test-model  PyTorch vs ONNX Runtime checks of model/ (installs torch, large)"
+	@echo "make demo-model  rebuild fixtures/models/pneumollm-tiny.onnx"
+
+include model/model.mk
 
 $(STAMPS)/system: scripts/install-system-packages.sh Makefile
 	@mkdir -p $(STAMPS)

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import dataset_bytes, run_dcmtk
+from nodetest import dataset_bytes, run_dcmtk
 from rawdicom import (
     ABORT,
     CR_STORAGE,

@@ -6,7 +6,7 @@ import time
 
 import pydicom
 
-from conftest import same_dataset
+from nodetest import same_dataset
 from test_pynetdicom_peers import sender
 
 

@@ -2,7 +2,7 @@
 
 import pydicom
 
-from conftest import run_dcmtk, same_dataset
+from nodetest import run_dcmtk, same_dataset
 
 
 def test_echoscu(node):

@@ -12,7 +12,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from conftest import dataset_bytes, node_binary, free_port, same_dataset
+from nodetest import dataset_bytes, node_binary, free_port, same_dataset
 
 CR = ComputedRadiographyImageStorage
 

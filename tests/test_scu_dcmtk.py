@@ -5,7 +5,7 @@ import subprocess
 import pydicom
 import pytest
 
-from conftest import DCMTK, free_port, same_dataset, wait_for_port
+from nodetest import DCMTK, free_port, same_dataset, wait_for_port
 from test_pynetdicom_peers import node_cli
 
 

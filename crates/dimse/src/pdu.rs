@@ -10,6 +10,8 @@ use bytes::Buf;
 use dicom_ul::pdu::{
     read_pdu, write_pdu, AbortRQServiceProviderReason, AbortRQSource, Pdu, PDU_HEADER_SIZE,
 };
+use std::time::Duration;
+
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -197,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
             source: AbortRQSource::ServiceProvider(reason),
         };
         let _ = self.send(&pdu).await;
-        let _ = self.stream.shutdown().await;
+        self.close_after(ARTIM).await;
     }
 
     /// Sends an A-ABORT as service user.
@@ -212,7 +214,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+
+    /// After an A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT, waits (the ARTIM
+    /// timer of PS3.8) for the peer to close the connection before closing
+    /// it: closing first can reset the connection and lose the last PDU in
+    /// the peer's receive buffer.
+    pub async fn close_after(&mut self, artim: Duration) {
+        let _ = self.stream.shutdown().await;
+        let drain = async {
+            let mut scratch = [0u8; 4096];
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(artim, drain).await;
+    }
 }
+
+/// How long the node waits for a peer to close the connection after the
+/// last PDU of an association (PS3.8's ARTIM timer).
+pub const ARTIM: Duration = Duration::from_secs(2);
 
 /// Writes into `out` (cleared first) the PDU and PDV headers of a P-DATA-TF
 /// PDU holding one PDV of `data_len` bytes; the caller appends the data.

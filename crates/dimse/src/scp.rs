@@ -307,7 +307,7 @@ async fn serve_connection<H: StoreHandler>(
             ),
         };
         let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
-        conn.shutdown().await;
+        conn.close_after(pdu::ARTIM).await;
         return;
     }
     let (ac, contexts, peer_max_pdu) = match negotiate(config, &rq, peer.ip()) {
@@ -315,7 +315,7 @@ async fn serve_connection<H: StoreHandler>(
         Err(rj) => {
             warn!(%calling_ae, %called_ae, source = ?rj.source, "association rejected");
             let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
-            conn.shutdown().await;
+            conn.close_after(pdu::ARTIM).await;
             return;
         }
     };
@@ -601,7 +601,7 @@ impl<H: StoreHandler> Association<'_, H> {
                         warn!("release requested in the middle of a message; partial data dropped");
                     }
                     let _ = self.conn.send(&Pdu::ReleaseRP).await;
-                    self.conn.shutdown().await;
+                    self.conn.close_after(pdu::ARTIM).await;
                     return AssociationEnd::Released;
                 }
                 pdu::TYPE_ABORT => return AssociationEnd::AbortedByPeer,

@@ -1,6 +1,7 @@
 //! pneumo-node: a DICOM node that stores chest radiographs, runs the
 //! PneumoLLM classifier and returns its result as a Structured Report.
 
+mod cmd_preprocess;
 mod config;
 mod ingest;
 
@@ -54,6 +55,8 @@ enum Command {
         #[arg(long)]
         calling_ae: Option<String>,
     },
+    /// Write the model input tensor of one DICOM file (.npy) and a JSON report.
+    Preprocess(cmd_preprocess::PreprocessArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Offline tools that need neither configuration nor runtime.
+    if let Command::Preprocess(args) = &cli.command {
+        return cmd_preprocess::run(args).map(|_| ExitCode::SUCCESS);
+    }
     let config = Config::load(cli.config.as_deref())?;
     init_logging(&config)?;
     // dicom-ul's writers and our tasks need the multi-thread runtime.
@@ -89,6 +96,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 paths,
                 calling_ae,
             } => store(&config, &target, &paths, calling_ae).await,
+            Command::Preprocess(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -1,0 +1,171 @@
+//! Pixel data to raw little-endian stored samples, for every transfer syntax
+//! this node analyses.
+
+use std::borrow::Cow;
+
+use dicom_core::value::{PrimitiveValue, Value};
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::Codec;
+use dicom_object::DefaultDicomObject;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+
+use crate::error::ImagingError;
+use crate::header::{elem, ImageHeader};
+
+/// Transfer syntaxes whose pixel data this crate decodes for analysis.
+///
+/// Each has a decoder in this build and a fixture in the parity test (HTJ2K
+/// is decoded by OpenJPEG; see docs/imaging.md for which fixtures cover it).
+/// JPEG Extended (1.2.840.10008.1.2.4.51) is left out: CR/DX send it as
+/// 12-bit, which the JPEG decoder in this build does not handle.
+pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",       // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",     // Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",     // Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.1.99",  // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.5",     // RLE Lossless
+    "1.2.840.10008.1.2.4.50",  // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.57",  // JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  // JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.80",  // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  // JPEG-LS Lossy (Near-Lossless)
+    "1.2.840.10008.1.2.4.90",  // JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91",  // JPEG 2000
+    "1.2.840.10008.1.2.4.201", // HTJ2K (Lossless Only)
+    "1.2.840.10008.1.2.4.202", // HTJ2K with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.4.203", // HTJ2K
+];
+
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// The list of transfer syntaxes the SCP may accept for analysis.
+pub fn analysable_transfer_syntaxes() -> &'static [&'static str] {
+    ANALYSABLE_TRANSFER_SYNTAXES
+}
+
+/// Whether pixel data in this transfer syntax is decoded for analysis.
+/// Trailing NUL padding of the UID is ignored.
+pub fn can_decode(ts_uid: &str) -> bool {
+    let uid = ts_uid.trim_end_matches(['\0', ' ']);
+    ANALYSABLE_TRANSFER_SYNTAXES.contains(&uid)
+        && TransferSyntaxRegistry
+            .get(uid)
+            .is_some_and(|ts| ts.can_decode_all())
+}
+
+fn ts_name(uid: &str) -> String {
+    TransferSyntaxRegistry
+        .get(uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The stored samples of the single frame, little endian, exactly
+/// `header.frame_bytes()` long.
+pub(crate) fn decode_samples<'a>(
+    obj: &'a DefaultDicomObject,
+    header: &ImageHeader,
+) -> Result<Cow<'a, [u8]>, ImagingError> {
+    let uid = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
+    let unsupported = |reason: &str| ImagingError::UnsupportedTransferSyntax {
+        uid: uid.to_string(),
+        name: ts_name(uid),
+        reason: reason.to_string(),
+    };
+    let ts = TransferSyntaxRegistry
+        .get(uid)
+        .ok_or_else(|| unsupported("unknown transfer syntax"))?;
+    // 8-bit JPEG Extended decodes like Baseline; the 12-bit form has no decoder.
+    let extended_8bit = uid == JPEG_EXTENDED && header.bits_allocated == 8;
+    if !extended_8bit && !can_decode(uid) {
+        let reason = if uid == JPEG_EXTENDED {
+            "12-bit lossy JPEG (process 4) has no decoder in this build"
+        } else if ts.can_decode_all() {
+            "not on the list of transfer syntaxes analysed (no verified fixture)"
+        } else {
+            "no pixel data decoder for it in this build"
+        };
+        return Err(unsupported(reason));
+    }
+    let pixel = elem(obj, tags::PIXEL_DATA).ok_or(ImagingError::NoPixelData)?;
+    let expected = header.frame_bytes();
+    let decode_err = |message: String| ImagingError::Decode {
+        transfer_syntax: uid.to_string(),
+        message,
+    };
+    match ts.codec() {
+        Codec::None | Codec::Dataset(Some(_)) => {
+            let prim = match pixel.value() {
+                Value::Primitive(p) => p,
+                _ => {
+                    return Err(decode_err(
+                        "pixel data is encapsulated in a native transfer syntax".into(),
+                    ))
+                }
+            };
+            let bytes: Cow<'a, [u8]> = match prim {
+                // 8-bit samples read as OW from a big-endian file: undo the swap.
+                PrimitiveValue::U16(words)
+                    if uid == EXPLICIT_VR_BIG_ENDIAN && header.bits_allocated == 8 =>
+                {
+                    Cow::Owned(words.iter().flat_map(|w| w.to_be_bytes()).collect())
+                }
+                _ => prim.to_bytes(),
+            };
+            let actual = bytes.len();
+            // Odd lengths are padded to even with one byte.
+            let padded = expected + (expected % 2);
+            if actual != expected && actual != padded {
+                return Err(ImagingError::PixelDataLength { expected, actual });
+            }
+            Ok(match bytes {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[..expected]),
+                Cow::Owned(mut v) => {
+                    v.truncate(expected);
+                    Cow::Owned(v)
+                }
+            })
+        }
+        Codec::EncapsulatedPixelData(Some(decoder), _) => {
+            if !matches!(pixel.value(), Value::PixelSequence(_)) {
+                return Err(decode_err(
+                    "native pixel data in an encapsulated transfer syntax".into(),
+                ));
+            }
+            let mut out = Vec::with_capacity(expected);
+            decoder
+                .decode_frame(obj, 0, &mut out)
+                .map_err(|e| decode_err(e.to_string()))?;
+            if out.len() < expected {
+                return Err(ImagingError::PixelDataLength {
+                    expected,
+                    actual: out.len(),
+                });
+            }
+            out.truncate(expected);
+            Ok(Cow::Owned(out))
+        }
+        _ => Err(unsupported("no pixel data decoder for it in this build")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_syntax_has_a_decoder() {
+        for uid in ANALYSABLE_TRANSFER_SYNTAXES {
+            assert!(can_decode(uid), "{uid} listed but not decodable");
+        }
+    }
+
+    #[test]
+    fn refused_syntaxes() {
+        assert!(!can_decode(JPEG_EXTENDED));
+        assert!(!can_decode("1.2.840.10008.1.2.4.100")); // MPEG2
+        assert!(!can_decode("1.2.3.4"));
+        assert!(can_decode("1.2.840.10008.1.2.1\0"));
+    }
+}

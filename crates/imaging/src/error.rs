@@ -1,0 +1,89 @@
+//! The typed refusals and failures of the imaging pipeline.
+
+use thiserror::Error;
+
+/// Why an image could not be turned into a model input.
+///
+/// Every variant names its cause; [`ImagingError::kind`] gives a short stable
+/// code for the job's failure reason.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ImagingError {
+    /// The data set has no Pixel Data (7FE0,0010).
+    #[error("no pixel data in the data set")]
+    NoPixelData,
+
+    /// Colour images (RGB, YBR_*, PALETTE COLOR, or more than one sample per
+    /// pixel) are not radiographs the model was trained on.
+    #[error("colour image refused: photometric interpretation {photometric:?}, {samples_per_pixel} sample(s) per pixel")]
+    Colour {
+        photometric: String,
+        samples_per_pixel: u16,
+    },
+
+    /// More than one frame.
+    #[error("multi-frame image refused: {frames} frames")]
+    MultiFrame { frames: u32 },
+
+    /// Bits Allocated other than 8 or 16 (32-bit data is not decoded).
+    #[error("Bits Allocated {bits} refused: only 8 and 16 are supported")]
+    UnsupportedBitsAllocated { bits: u16 },
+
+    /// The pixel data does not hold Rows × Columns × samples × bits.
+    #[error("pixel data length {actual} bytes does not match Rows × Columns × Samples × Bits Allocated = {expected} bytes")]
+    PixelDataLength { expected: usize, actual: usize },
+
+    /// A required attribute is missing.
+    #[error("required attribute {0} is missing")]
+    MissingAttribute(&'static str),
+
+    /// An attribute has a value the pipeline cannot use.
+    #[error("attribute {name} has an unusable value: {value}")]
+    InvalidAttribute { name: &'static str, value: String },
+
+    /// The transfer syntax is known but its pixel data cannot be decoded here.
+    #[error("transfer syntax {uid} ({name}) cannot be decoded for analysis: {reason}")]
+    UnsupportedTransferSyntax {
+        uid: String,
+        name: String,
+        reason: String,
+    },
+
+    /// The codec failed on this object's pixel data.
+    #[error("decoding pixel data ({transfer_syntax}) failed: {message}")]
+    Decode {
+        transfer_syntax: String,
+        message: String,
+    },
+
+    /// The specification asks for a lung-box crop but no box was given.
+    #[error("crop mode lung-box needs a lung box, none was given")]
+    LungBoxMissing,
+
+    /// The lung box does not lie inside the image or is empty.
+    #[error("lung box {0} is empty or outside the image")]
+    InvalidLungBox(String),
+
+    /// The preprocessing specification itself is unusable.
+    #[error("invalid preprocessing specification: {0}")]
+    InvalidSpec(String),
+}
+
+impl ImagingError {
+    /// A short, stable code for the cause (for job failure reasons and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImagingError::NoPixelData => "no-pixel-data",
+            ImagingError::Colour { .. } => "colour",
+            ImagingError::MultiFrame { .. } => "multi-frame",
+            ImagingError::UnsupportedBitsAllocated { .. } => "bits-allocated",
+            ImagingError::PixelDataLength { .. } => "pixel-data-length",
+            ImagingError::MissingAttribute(_) => "missing-attribute",
+            ImagingError::InvalidAttribute { .. } => "invalid-attribute",
+            ImagingError::UnsupportedTransferSyntax { .. } => "unsupported-transfer-syntax",
+            ImagingError::Decode { .. } => "decode",
+            ImagingError::LungBoxMissing => "lung-box-missing",
+            ImagingError::InvalidLungBox(_) => "invalid-lung-box",
+            ImagingError::InvalidSpec(_) => "invalid-spec",
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Reading the image attributes the pipeline needs, and the refusals that
+//! follow from them alone.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
+use dicom_object::InMemDicomObject;
+
+use crate::error::ImagingError;
+
+pub(crate) fn elem(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemElement> {
+    obj.element_opt(tag).ok().flatten()
+}
+
+pub(crate) fn get_u16(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
+    elem(obj, tag).and_then(|e| e.to_int::<u16>().ok())
+}
+
+pub(crate) fn get_i64(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    elem(obj, tag).and_then(|e| e.to_int::<i64>().ok())
+}
+
+/// All values of a numeric (or decimal string) attribute, empty when absent.
+pub(crate) fn get_multi_f64(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
+    elem(obj, tag)
+        .and_then(|e| e.to_multi_float64().ok())
+        .unwrap_or_default()
+}
+
+pub(crate) fn get_f64(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    get_multi_f64(obj, tag).into_iter().next()
+}
+
+/// Upper-case, trimmed string values of an attribute, empty when absent.
+pub(crate) fn get_multi_str(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+    elem(obj, tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| {
+            s.split('\\')
+                .map(|p| {
+                    p.trim_matches(|c: char| c == ' ' || c == '\0')
+                        .to_ascii_uppercase()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    get_multi_str(obj, tag)
+        .into_iter()
+        .next()
+        .filter(|s| !s.is_empty())
+}
+
+/// Interpret an integer read from a US-or-SS attribute as the signed value
+/// it stands for when the pixel data is signed.
+pub(crate) fn as_signed_if(v: i64, signed: bool, bits: u16) -> i64 {
+    let half = 1i64 << (bits.clamp(1, 32) - 1);
+    if signed && v >= half && v < 2 * half {
+        v - 2 * half
+    } else {
+        v
+    }
+}
+
+/// Grey-scale photometric interpretations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Photometric {
+    #[serde(rename = "MONOCHROME1")]
+    Monochrome1,
+    #[serde(rename = "MONOCHROME2")]
+    Monochrome2,
+}
+
+/// The image pixel attributes, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageHeader {
+    pub rows: u32,
+    pub cols: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+    pub photometric: Photometric,
+}
+
+impl ImageHeader {
+    /// Reads and checks the Image Pixel attributes: every refusal that the
+    /// header alone decides is made here, before any decoding.
+    pub fn from_obj(obj: &InMemDicomObject) -> Result<Self, ImagingError> {
+        if elem(obj, tags::PIXEL_DATA).is_none() {
+            return Err(ImagingError::NoPixelData);
+        }
+        let samples = get_u16(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let pi = get_str(obj, tags::PHOTOMETRIC_INTERPRETATION)
+            .ok_or(ImagingError::MissingAttribute("PhotometricInterpretation"))?;
+        let photometric = match (pi.as_str(), samples) {
+            ("MONOCHROME1", 1) => Photometric::Monochrome1,
+            ("MONOCHROME2", 1) => Photometric::Monochrome2,
+            _ => {
+                return Err(ImagingError::Colour {
+                    photometric: pi,
+                    samples_per_pixel: samples,
+                })
+            }
+        };
+        if let Some(frames) = get_i64(obj, tags::NUMBER_OF_FRAMES) {
+            if frames > 1 {
+                return Err(ImagingError::MultiFrame {
+                    frames: u32::try_from(frames).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let bits_allocated = get_u16(obj, tags::BITS_ALLOCATED)
+            .ok_or(ImagingError::MissingAttribute("BitsAllocated"))?;
+        if bits_allocated != 8 && bits_allocated != 16 {
+            return Err(ImagingError::UnsupportedBitsAllocated {
+                bits: bits_allocated,
+            });
+        }
+        let bits_stored = get_u16(obj, tags::BITS_STORED).unwrap_or(bits_allocated);
+        if bits_stored == 0 || bits_stored > bits_allocated {
+            return Err(ImagingError::InvalidAttribute {
+                name: "BitsStored",
+                value: format!("{bits_stored} with Bits Allocated {bits_allocated}"),
+            });
+        }
+        let rows = get_u16(obj, tags::ROWS).ok_or(ImagingError::MissingAttribute("Rows"))?;
+        let cols = get_u16(obj, tags::COLUMNS).ok_or(ImagingError::MissingAttribute("Columns"))?;
+        if rows == 0 || cols == 0 {
+            return Err(ImagingError::InvalidAttribute {
+                name: "Rows/Columns",
+                value: format!("{rows}x{cols}"),
+            });
+        }
+        let signed = match get_u16(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(ImagingError::InvalidAttribute {
+                    name: "PixelRepresentation",
+                    value: other.to_string(),
+                })
+            }
+        };
+        Ok(ImageHeader {
+            rows: rows.into(),
+            cols: cols.into(),
+            bits_allocated,
+            bits_stored,
+            signed,
+            photometric,
+        })
+    }
+
+    pub fn pixel_count(&self) -> usize {
+        self.rows as usize * self.cols as usize
+    }
+
+    /// Bytes one frame takes: Rows × Columns × 1 sample × Bits Allocated / 8.
+    pub fn frame_bytes(&self) -> usize {
+        self.pixel_count() * usize::from(self.bits_allocated / 8)
+    }
+}

@@ -1,0 +1,268 @@
+//! pneumo-imaging: a DICOM radiograph to the model's input tensor.
+//!
+//! Pure functions, no I/O. The steps, in order (docs/imaging.md):
+//! decode the pixel data → Modality LUT → VOI → MONOCHROME1 / INVERSE
+//! inversion (bone bright) with padding black, in [0, 1] → crop (`none` or
+//! `lung-box`) → resize as Pillow's bilinear on a float image → 3 identical
+//! channels → normalise with the contract's mean and std → NCHW f32 or f16.
+
+mod crop;
+mod decode;
+mod error;
+mod grey;
+mod header;
+mod npy;
+mod resize;
+
+use dicom_object::DefaultDicomObject;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+use serde::{Deserialize, Serialize};
+
+pub use crop::{CropMode, LungBox};
+pub use decode::{analysable_transfer_syntaxes, can_decode, ANALYSABLE_TRANSFER_SYNTAXES};
+pub use error::ImagingError;
+pub use grey::{GreyImage, GreyReport, Lut, ModalityLut, Voi, VoiFunction};
+pub use header::Photometric;
+pub use npy::encode_npy;
+pub use resize::resize_bilinear;
+
+/// Element type of the output tensor, as the model asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputDType {
+    #[default]
+    F32,
+    F16,
+}
+
+/// What the model expects, from its contract (never from constants here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessSpec {
+    pub width: u32,
+    pub height: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub crop: CropMode,
+    pub dtype: OutputDType,
+}
+
+impl PreprocessSpec {
+    fn validate(&self) -> Result<(), ImagingError> {
+        if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
+            return Err(ImagingError::InvalidSpec(format!(
+                "size {}x{}",
+                self.width, self.height
+            )));
+        }
+        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(ImagingError::InvalidSpec(format!(
+                "mean {:?} / std {:?}",
+                self.mean, self.std
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The tensor's data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+/// An NCHW tensor, N = 1, C = 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: [usize; 4],
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// The tensor as a NumPy `.npy` file's bytes.
+    pub fn to_npy(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                encode_npy("<f4", &self.shape, &bytes)
+            }
+            TensorData::F16(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                encode_npy("<f2", &self.shape, &bytes)
+            }
+        }
+    }
+}
+
+/// The crop actually applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct CropReport {
+    pub mode: CropMode,
+    /// The box used (the whole image for `none`).
+    #[serde(rename = "box")]
+    pub bbox: LungBox,
+}
+
+/// What was done to the image, reported with the result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreprocessReport {
+    pub transfer_syntax: String,
+    pub transfer_syntax_name: String,
+    pub photometric: Photometric,
+    pub rows: u32,
+    pub columns: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+    #[serde(flatten)]
+    pub grey: GreyReport,
+    pub crop: CropReport,
+    pub output_width: u32,
+    pub output_height: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub dtype: OutputDType,
+}
+
+/// The model input and its report.
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    pub tensor: Tensor,
+    pub report: PreprocessReport,
+}
+
+/// Decodes the pixel data and applies the grey-level steps: the image in
+/// [0, 1], bone bright, before crop and resize.
+pub fn grey_image(
+    obj: &DefaultDicomObject,
+) -> Result<(GreyImage, GreyReport, PreprocessReportHeader), ImagingError> {
+    let h = header::ImageHeader::from_obj(obj)?;
+    let params = grey::GreyParams::from_obj(obj, &h)?;
+    let samples = decode::decode_samples(obj, &h)?;
+    let (img, rep) = grey::to_grey(&samples, &h, &params)?;
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    let ts_name = TransferSyntaxRegistry
+        .get(&ts)
+        .map(|t| t.name().to_string())
+        .unwrap_or_default();
+    Ok((
+        img,
+        rep,
+        PreprocessReportHeader {
+            transfer_syntax: ts,
+            transfer_syntax_name: ts_name,
+            photometric: h.photometric,
+            rows: h.rows,
+            columns: h.cols,
+            bits_allocated: h.bits_allocated,
+            bits_stored: h.bits_stored,
+            signed: h.signed,
+        },
+    ))
+}
+
+/// The image attributes part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreprocessReportHeader {
+    pub transfer_syntax: String,
+    pub transfer_syntax_name: String,
+    pub photometric: Photometric,
+    pub rows: u32,
+    pub columns: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+}
+
+/// A DICOM object to the model's input tensor.
+///
+/// `lung_box` is the box from the segmentation model, in image pixel
+/// coordinates; it is required when `spec.crop` is `lung-box` and ignored
+/// otherwise.
+pub fn preprocess(
+    obj: &DefaultDicomObject,
+    spec: &PreprocessSpec,
+    lung_box: Option<LungBox>,
+) -> Result<Preprocessed, ImagingError> {
+    spec.validate()?;
+    let (img, grey_report, hdr) = grey_image(obj)?;
+    tensor_from_grey(&img, grey_report, hdr, spec, lung_box)
+}
+
+/// Crop, resize, replicate to 3 channels, normalise.
+pub fn tensor_from_grey(
+    img: &GreyImage,
+    grey_report: GreyReport,
+    hdr: PreprocessReportHeader,
+    spec: &PreprocessSpec,
+    lung_box: Option<LungBox>,
+) -> Result<Preprocessed, ImagingError> {
+    spec.validate()?;
+    let (iw, ih) = (img.width as u32, img.height as u32);
+    let bbox = match spec.crop {
+        CropMode::None => LungBox {
+            x0: 0,
+            y0: 0,
+            x1: iw,
+            y1: ih,
+        },
+        CropMode::LungBox => {
+            let b = lung_box.ok_or(ImagingError::LungBoxMissing)?;
+            b.validate(iw, ih)?;
+            b
+        }
+    };
+    let (ow, oh) = (spec.width as usize, spec.height as usize);
+    let resized = resize::resize_bilinear(
+        &img.data,
+        img.width,
+        bbox.x0 as usize,
+        bbox.y0 as usize,
+        (bbox.x1 - bbox.x0) as usize,
+        (bbox.y1 - bbox.y0) as usize,
+        ow,
+        oh,
+    );
+    let plane = ow * oh;
+    let mut out = Vec::with_capacity(3 * plane);
+    for c in 0..3 {
+        let (m, s) = (spec.mean[c], spec.std[c]);
+        out.extend(resized.iter().map(|v| (v - m) / s));
+    }
+    let data = match spec.dtype {
+        OutputDType::F32 => TensorData::F32(out),
+        OutputDType::F16 => TensorData::F16(out.into_iter().map(half::f16::from_f32).collect()),
+    };
+    Ok(Preprocessed {
+        tensor: Tensor {
+            shape: [1, 3, oh, ow],
+            data,
+        },
+        report: PreprocessReport {
+            transfer_syntax: hdr.transfer_syntax,
+            transfer_syntax_name: hdr.transfer_syntax_name,
+            photometric: hdr.photometric,
+            rows: hdr.rows,
+            columns: hdr.columns,
+            bits_allocated: hdr.bits_allocated,
+            bits_stored: hdr.bits_stored,
+            signed: hdr.signed,
+            grey: grey_report,
+            crop: CropReport {
+                mode: spec.crop,
+                bbox,
+            },
+            output_width: spec.width,
+            output_height: spec.height,
+            mean: spec.mean,
+            std: spec.std,
+            dtype: spec.dtype,
+        },
+    })
+}
