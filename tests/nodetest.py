@@ -78,9 +78,11 @@ class Node:
         return env
 
     def start(self, config_file: Path = None) -> "Node":
+        """Starts the node; a restart without `config_file` reuses the last one."""
+        self.config_file = config_file or getattr(self, "config_file", None)
         args = [str(node_binary())]
-        if config_file:
-            args += ["--config", str(config_file)]
+        if self.config_file:
+            args += ["--config", str(self.config_file)]
         args.append("serve")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, env=self.env(), stdout=log, stderr=log, cwd=self.workdir)

@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 use pneumo_dimse::{AllowedCaller, ScpConfig, StorageAcceptance};
 use serde::Deserialize;
 
+use crate::outbox::OutboxSection;
+use crate::routing::{Destination, RoutingSection};
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -16,6 +19,9 @@ pub struct Config {
     pub dicom: DicomSection,
     pub database: DatabaseSection,
     pub log: LogSection,
+    pub destinations: Vec<Destination>,
+    pub routing: RoutingSection,
+    pub outbox: OutboxSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +160,26 @@ impl Config {
         }
         if self.dicom.read_timeout_s == 0 || self.dicom.idle_timeout_s == 0 {
             bail!("dicom.read_timeout_s and dicom.idle_timeout_s must be at least 1 second");
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            if d.name.is_empty()
+                || d.ae_title.is_empty()
+                || d.ae_title.len() > 16
+                || d.host.is_empty()
+            {
+                bail!(
+                    "destinations[{i}] needs a name, an AE title of 1 to 16 characters and a host"
+                );
+            }
+            if self.destinations[..i].iter().any(|o| o.name == d.name) {
+                bail!("destinations[{i}]: the name `{}` is used twice", d.name);
+            }
+        }
+        self.routing
+            .validate(&self.destinations)
+            .map_err(anyhow::Error::msg)?;
+        if self.outbox.retry_base_s == 0 || self.outbox.retry_cap_s < self.outbox.retry_base_s {
+            bail!("outbox.retry_base_s must be at least 1 and outbox.retry_cap_s at least retry_base_s");
         }
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");

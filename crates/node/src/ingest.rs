@@ -5,10 +5,39 @@ use std::sync::Arc;
 
 use pneumo_dimse::{ReceivedInstance, Status, StoreHandler, StoreReply};
 use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
+use tokio::sync::Notify;
 use tracing::{info, warn};
+
+use crate::routing::RoutingSection;
 
 pub struct IngestHandler {
     pub store: Arc<Store>,
+    pub routing: RoutingSection,
+    /// Woken when an instance is owed to a destination.
+    pub wake_outbox: Arc<Notify>,
+    /// Woken when a job is waiting to be routed.
+    pub wake_router: Arc<Notify>,
+}
+
+/// Moves received jobs to `queued` (to be analysed) or `skipped` (with the
+/// routing rule's reason); at start for jobs a previous process left, then
+/// each time an instance is stored.
+pub async fn run_router(store: Arc<Store>, routing: RoutingSection, wake: Arc<Notify>) {
+    loop {
+        match store
+            .route_received_jobs(|h| routing.analysis_refusal(h))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((queued, skipped)) => info!(queued, skipped, "jobs routed"),
+            Err(e) => {
+                warn!(error = %e, "cannot route jobs");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        wake.notified().await;
+    }
 }
 
 impl StoreHandler for IngestHandler {
@@ -23,7 +52,24 @@ impl StoreHandler for IngestHandler {
             calling_ae: instance.context.calling_ae.clone(),
             peer_address: instance.context.peer.to_string(),
         };
-        match self.store.ingest(&incoming).await {
+        let calling_ae = instance.context.calling_ae.as_str();
+        let mut forwarded = false;
+        let route = |h: &pneumo_store::InstanceHeader| {
+            let d = self.routing.forward_destinations(h, calling_ae);
+            forwarded = !d.is_empty();
+            d
+        };
+        let outcome = self.store.ingest(&incoming, route).await;
+        if forwarded {
+            self.wake_outbox.notify_one();
+        }
+        if matches!(
+            outcome,
+            Ok(IngestOutcome::Stored { .. } | IngestOutcome::StoredConflicting { .. })
+        ) {
+            self.wake_router.notify_one();
+        }
+        match outcome {
             Ok(IngestOutcome::Stored {
                 instance_id,
                 job_id,

@@ -4,6 +4,8 @@
 mod cmd_preprocess;
 mod config;
 mod ingest;
+mod outbox;
+mod routing;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -123,9 +125,29 @@ async fn serve(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("opening the store in {}", config.node.data_dir.display()))?,
     );
+    let wake_outbox = Arc::new(tokio::sync::Notify::new());
+    let wake_router = Arc::new(tokio::sync::Notify::new());
     let handler = Arc::new(ingest::IngestHandler {
         store: store.clone(),
+        routing: config.routing.clone(),
+        wake_outbox: wake_outbox.clone(),
+        wake_router: wake_router.clone(),
     });
+    tokio::spawn(ingest::run_router(
+        store.clone(),
+        config.routing.clone(),
+        wake_router,
+    ));
+    tokio::spawn(
+        outbox::OutboxWorker {
+            store: store.clone(),
+            destinations: config.destinations.clone(),
+            settings: config.outbox.clone(),
+            scu: scu_options(&config, None),
+            wake: wake_outbox,
+        }
+        .run(),
+    );
     let scp = ScpServer::bind(
         config.listen_addr(),
         config.scp_config(store.spool_dir()),

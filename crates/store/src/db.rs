@@ -51,9 +51,10 @@ pub struct NewInstance<'a> {
     pub calling_ae: &'a str,
     pub peer_address: &'a str,
     pub now_ms: i64,
+    pub destinations: &'a [String],
 }
 
-/// Inserts the instance and its `received` job in one transaction.
+/// Inserts the instance, its `received` job and its outbox rows in one transaction.
 pub async fn insert_instance_with_job(
     pool: &SqlitePool,
     row: &NewInstance<'_>,
@@ -92,6 +93,9 @@ pub async fn insert_instance_with_job(
     .bind(row.now_ms)
     .fetch_one(&mut *tx)
     .await?;
+    for destination in row.destinations {
+        crate::outbox::enqueue(&mut *tx, instance_id, destination).await?;
+    }
     tx.commit().await?;
     Ok((instance_id, job_id))
 }

@@ -9,6 +9,8 @@
 mod db;
 mod files;
 mod header;
+mod jobs;
+mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +20,8 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use header::InstanceHeader;
+pub use jobs::JobCount;
+pub use outbox::{backoff, OutboxCount, OutboxItem};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -109,7 +113,14 @@ impl Store {
     }
 
     /// Makes a received instance durable; see the crate documentation.
-    pub async fn ingest(&self, incoming: &Incoming) -> Result<IngestOutcome, StoreError> {
+    /// `route` names the destinations the instance is forwarded to: their
+    /// outbox rows are committed with the instance, so an acknowledged
+    /// instance is never owed to a destination without the outbox knowing.
+    pub async fn ingest(
+        &self,
+        incoming: &Incoming,
+        route: impl FnOnce(&InstanceHeader) -> Vec<String>,
+    ) -> Result<IngestOutcome, StoreError> {
         let spool = incoming.spool_path.clone();
         let header = tokio::task::spawn_blocking(move || InstanceHeader::read(&spool))
             .await
@@ -136,6 +147,7 @@ impl Store {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
 
+        let destinations = route(&header);
         let row = db::NewInstance {
             header: &header,
             transfer_syntax_uid: &incoming.transfer_syntax_uid,
@@ -146,6 +158,7 @@ impl Store {
             calling_ae: &incoming.calling_ae,
             peer_address: &incoming.peer_address,
             now_ms: now_ms(),
+            destinations: &destinations,
         };
         match db::insert_instance_with_job(&self.pool, &row).await {
             Ok((instance_id, job_id)) if conflicting => Ok(IngestOutcome::StoredConflicting {

@@ -1,0 +1,294 @@
+//! Routing: which received instances are analysed, which are forwarded as
+//! received and to which destinations, and where results go.
+
+use pneumo_store::InstanceHeader;
+use serde::Deserialize;
+
+/// A remote AE the node sends to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// The name routing rules and the outbox use.
+    pub name: String,
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Whether results (SRs) go here when `routing.results_to` is empty.
+    #[serde(default)]
+    pub results: bool,
+}
+
+impl Destination {
+    pub fn address(&self) -> pneumo_dimse::AeAddress {
+        pneumo_dimse::AeAddress {
+            ae_title: self.ae_title.clone(),
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+}
+
+/// Forward the instances a rule matches to its destinations. Every
+/// condition must hold; an empty list matches any value.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardRule {
+    pub destinations: Vec<String>,
+    pub modalities: Vec<String>,
+    pub sop_classes: Vec<String>,
+    pub calling_ae_titles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    pub analyse_modalities: Vec<String>,
+    pub analyse_body_parts: Vec<String>,
+    pub analyse_when_body_part_absent: bool,
+    pub analyse_view_positions: Vec<String>,
+    pub analyse_when_view_position_absent: bool,
+    pub forward: Vec<ForwardRule>,
+    /// Destination names for results; empty: every destination with `results = true`.
+    pub results_to: Vec<String>,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            analyse_modalities: vec!["CR".into(), "DX".into()],
+            analyse_body_parts: vec!["CHEST".into()],
+            analyse_when_body_part_absent: true,
+            analyse_view_positions: vec!["PA".into(), "AP".into()],
+            analyse_when_view_position_absent: true,
+            forward: Vec::new(),
+            results_to: Vec::new(),
+        }
+    }
+}
+
+/// Case-insensitive match of an optional value against a list (empty: any).
+fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    match value {
+        None => when_absent,
+        Some(v) => list.iter().any(|x| x.eq_ignore_ascii_case(v.trim())),
+    }
+}
+
+impl RoutingSection {
+    /// Why an instance is not analysed, or `None` when it is.
+    pub fn analysis_refusal(&self, h: &InstanceHeader) -> Option<String> {
+        if !matches(&self.analyse_modalities, h.modality.as_deref(), false) {
+            return Some(format!(
+                "modality {} is not analysed",
+                h.modality.as_deref().unwrap_or("(absent)")
+            ));
+        }
+        if !matches(
+            &self.analyse_body_parts,
+            h.body_part_examined.as_deref(),
+            self.analyse_when_body_part_absent,
+        ) {
+            return Some(format!(
+                "body part {} is not analysed",
+                h.body_part_examined.as_deref().unwrap_or("(absent)")
+            ));
+        }
+        if !matches(
+            &self.analyse_view_positions,
+            h.view_position.as_deref(),
+            self.analyse_when_view_position_absent,
+        ) {
+            return Some(format!(
+                "view position {} is not analysed",
+                h.view_position.as_deref().unwrap_or("(absent)")
+            ));
+        }
+        None
+    }
+
+    /// The destinations a received instance is forwarded to, each once.
+    pub fn forward_destinations(&self, h: &InstanceHeader, calling_ae: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for rule in &self.forward {
+            let hit = matches(&rule.modalities, h.modality.as_deref(), false)
+                && (rule.sop_classes.is_empty()
+                    || rule.sop_classes.iter().any(|c| c == &h.sop_class_uid))
+                && (rule.calling_ae_titles.is_empty()
+                    || rule.calling_ae_titles.iter().any(|a| a == calling_ae));
+            if hit {
+                for d in &rule.destinations {
+                    if !out.contains(d) {
+                        out.push(d.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Where results go.
+    #[allow(dead_code)] // used once the pipeline produces results
+    pub fn result_destinations(&self, destinations: &[Destination]) -> Vec<String> {
+        if self.results_to.is_empty() {
+            destinations
+                .iter()
+                .filter(|d| d.results)
+                .map(|d| d.name.clone())
+                .collect()
+        } else {
+            self.results_to.clone()
+        }
+    }
+
+    /// Every destination a rule names must be configured.
+    pub fn validate(&self, destinations: &[Destination]) -> Result<(), String> {
+        let known = |n: &String| destinations.iter().any(|d| &d.name == n);
+        for (i, rule) in self.forward.iter().enumerate() {
+            if rule.destinations.is_empty() {
+                return Err(format!("routing.forward[{i}] names no destination"));
+            }
+            if let Some(n) = rule.destinations.iter().find(|n| !known(n)) {
+                return Err(format!(
+                    "routing.forward[{i}] names unknown destination `{n}`"
+                ));
+            }
+        }
+        if let Some(n) = self.results_to.iter().find(|n| !known(n)) {
+            return Err(format!(
+                "routing.results_to names unknown destination `{n}`"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(modality: Option<&str>, body: Option<&str>, view: Option<&str>) -> InstanceHeader {
+        InstanceHeader {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(),
+            sop_instance_uid: "1.2.3".into(),
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.4".into(),
+            modality: modality.map(Into::into),
+            body_part_examined: body.map(Into::into),
+            view_position: view.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn analysis_rule_modality() {
+        let r = RoutingSection::default();
+        assert_eq!(r.analysis_refusal(&header(Some("CR"), None, None)), None);
+        assert_eq!(r.analysis_refusal(&header(Some("dx"), None, None)), None);
+        assert!(r
+            .analysis_refusal(&header(Some("MR"), None, None))
+            .unwrap()
+            .contains("modality MR"));
+        assert!(r.analysis_refusal(&header(None, None, None)).is_some());
+    }
+
+    #[test]
+    fn analysis_rule_body_part() {
+        let mut r = RoutingSection::default();
+        assert_eq!(
+            r.analysis_refusal(&header(Some("CR"), Some("CHEST"), None)),
+            None
+        );
+        assert!(r
+            .analysis_refusal(&header(Some("CR"), Some("HAND"), None))
+            .unwrap()
+            .contains("body part HAND"));
+        r.analyse_when_body_part_absent = false;
+        assert!(r
+            .analysis_refusal(&header(Some("CR"), None, None))
+            .is_some());
+    }
+
+    #[test]
+    fn analysis_rule_view_position() {
+        let mut r = RoutingSection::default();
+        assert_eq!(
+            r.analysis_refusal(&header(Some("CR"), None, Some("PA"))),
+            None
+        );
+        assert_eq!(
+            r.analysis_refusal(&header(Some("CR"), None, Some("AP"))),
+            None
+        );
+        assert!(r
+            .analysis_refusal(&header(Some("CR"), None, Some("LL")))
+            .unwrap()
+            .contains("view position LL"));
+        r.analyse_view_positions.clear();
+        assert_eq!(
+            r.analysis_refusal(&header(Some("CR"), None, Some("LL"))),
+            None
+        );
+    }
+
+    #[test]
+    fn forward_rules_by_modality_sop_class_and_caller() {
+        let r = RoutingSection {
+            forward: vec![
+                ForwardRule {
+                    destinations: vec!["pacs".into()],
+                    modalities: vec!["CR".into()],
+                    ..Default::default()
+                },
+                ForwardRule {
+                    destinations: vec!["archive".into(), "pacs".into()],
+                    sop_classes: vec!["1.2.840.10008.5.1.4.1.1.4".into()],
+                    ..Default::default()
+                },
+                ForwardRule {
+                    destinations: vec!["teaching".into()],
+                    calling_ae_titles: vec!["ROOM7".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.forward_destinations(&header(Some("CR"), None, None), "X"),
+            vec!["pacs"]
+        );
+        let mut mr = header(Some("MR"), None, None);
+        mr.sop_class_uid = "1.2.840.10008.5.1.4.1.1.4".into();
+        assert_eq!(r.forward_destinations(&mr, "X"), vec!["archive", "pacs"]);
+        assert_eq!(
+            r.forward_destinations(&header(Some("CT"), None, None), "ROOM7"),
+            vec!["teaching"]
+        );
+        assert!(r
+            .forward_destinations(&header(Some("CT"), None, None), "X")
+            .is_empty());
+        assert!(RoutingSection::default()
+            .forward_destinations(&header(Some("CR"), None, None), "X")
+            .is_empty());
+    }
+
+    #[test]
+    fn results_go_to_marked_destinations_unless_named() {
+        let d = |name: &str, results| Destination {
+            name: name.into(),
+            ae_title: "A".into(),
+            host: "h".into(),
+            port: 1,
+            results,
+        };
+        let dests = [d("pacs", true), d("archive", false)];
+        let mut r = RoutingSection::default();
+        assert_eq!(r.result_destinations(&dests), vec!["pacs"]);
+        r.results_to = vec!["archive".into()];
+        assert_eq!(r.result_destinations(&dests), vec!["archive"]);
+        assert!(r.validate(&dests).is_ok());
+        r.results_to = vec!["nowhere".into()];
+        assert!(r.validate(&dests).unwrap_err().contains("nowhere"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The outbox: instances owed to destinations, kept until delivered.
+//!
+//! A row is `pending` until the destination answers success or a warning
+//! (`sent`) or refuses for good (`parked`, with its reason). Failures that may
+//! pass are retried with exponential back-off; rows survive restarts, and a
+//! retry sends the same stored file, so the destination sees one instance.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{now_ms, Store, StoreError};
+
+/// An instance due for delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub instance_id: i64,
+    pub destination: String,
+    pub attempts: i64,
+    pub sop_instance_uid: String,
+    /// Relative to the data directory.
+    pub path: String,
+}
+
+/// Outbox rows per destination and state.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxCount {
+    pub destination: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// Back-off before attempt `attempts + 1`: `base × 2^(attempts-1)`, capped.
+pub fn backoff(attempts: i64, base: Duration, cap: Duration) -> Duration {
+    let exp = attempts.clamp(1, 30) as u32 - 1;
+    base.saturating_mul(2u32.saturating_pow(exp)).min(cap)
+}
+
+impl Store {
+    /// Records that `instance_id` is owed to `destination` (once).
+    pub async fn enqueue(&self, instance_id: i64, destination: &str) -> Result<(), StoreError> {
+        enqueue(self.pool(), instance_id, destination).await?;
+        Ok(())
+    }
+
+    /// Pending rows whose time has come, oldest first.
+    pub async fn due_deliveries(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path
+             FROM outbox o JOIN instances i ON i.id = o.instance_id
+             WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?
+             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?",
+        )
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Milliseconds until the next pending row is due (None: nothing pending).
+    pub async fn next_delivery_in(&self) -> Result<Option<Duration>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE state = 'pending'",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(next.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)))
+    }
+
+    pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
+        self.finish_attempt(id, "sent", status, None).await
+    }
+
+    pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        self.finish_attempt(id, "parked", reason, None).await
+    }
+
+    /// A failed attempt: stays pending, next try after `delay`.
+    pub async fn mark_retry(
+        &self,
+        id: i64,
+        reason: &str,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        self.finish_attempt(id, "pending", reason, Some(delay))
+            .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: i64,
+        state: &str,
+        status: &str,
+        delay: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
+                 next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+        )
+        .bind(state)
+        .bind(status)
+        .bind(now + delay.map(|d| d.as_millis() as i64).unwrap_or(0))
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT destination, state, COUNT(*) AS count FROM outbox GROUP BY destination, state ORDER BY destination, state",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The absolute path of a stored instance file.
+    pub fn instance_file(&self, relative: &str) -> PathBuf {
+        self.data_dir().join(relative)
+    }
+}
+
+pub(crate) async fn enqueue<'e, E>(
+    executor: E,
+    instance_id: i64,
+    destination: &str,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (instance_id, destination, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
+         VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (instance_id, destination) DO NOTHING",
+    )
+    .bind(instance_id)
+    .bind(destination)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(1, base, cap), Duration::from_secs(2));
+        assert_eq!(backoff(2, base, cap), Duration::from_secs(4));
+        assert_eq!(backoff(5, base, cap), Duration::from_secs(32));
+        assert_eq!(backoff(6, base, cap), cap);
+        assert_eq!(backoff(1000, base, cap), cap);
+    }
+}

@@ -1,0 +1,170 @@
+"""Routing originals to a PACS (Orthanc) through the outbox: rules, retries,
+refusals and restarts."""
+
+import time
+
+import pydicom
+import pytest
+
+from nodetest import copy_with_new_uids, data_store, free_port, run_dcmtk
+from orthanc import Orthanc
+from test_pynetdicom_peers import PynetdicomReceiver
+
+
+def node_config(path, destinations, forward_rules, **outbox):
+    lines = []
+    for d in destinations:
+        lines += [
+            "[[destinations]]",
+            f'name = "{d["name"]}"',
+            f'ae_title = "{d["ae_title"]}"',
+            'host = "127.0.0.1"',
+            f'port = {d["port"]}',
+        ]
+    for rule in forward_rules:
+        lines.append("[[routing.forward]]")
+        for k, v in rule.items():
+            lines.append(f"{k} = {v!r}".replace("'", '"'))
+    lines.append("[outbox]")
+    for k, v in outbox.items():
+        lines.append(f"{k} = {v}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    o = Orthanc(tmp_path / "orthanc").start()
+    yield o
+    o.stop()
+
+
+def test_forward_rule_by_modality_and_analysis_routing(node_factory, orthanc, rg1_copies, tmp_path):
+    config = node_config(
+        tmp_path / "node.toml",
+        [{"name": "pacs", "ae_title": orthanc.ae_title, "port": orthanc.dicom_port}],
+        [{"destinations": ["pacs"], "modalities": ["CR"]}],
+    )
+    node = node_factory(dicom__accept="all-storage").start(config_file=config)
+    radiographs = rg1_copies("UNCI", 3)
+    mr = copy_with_new_uids(data_store() / "MR2_UNCI.dcm", tmp_path / "mr.dcm")
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *radiographs, tmp_path / "mr.dcm")
+    stored = orthanc.wait_for_count(3)
+    time.sleep(1)  # nothing else may arrive
+    assert len(orthanc.get("/instances")) == 3
+    sent = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in radiographs}
+    assert {t["SOPInstanceUID"] for t in stored} == sent
+    study = pydicom.dcmread(radiographs[0], stop_before_pixels=True).StudyInstanceUID
+    assert {t["StudyInstanceUID"] for t in stored} == {study}
+    assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND last_status = '0000H'") == 3
+    # Analysis routing: the radiographs are queued, the MR is skipped with its reason.
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'skipped')") == 4)
+    with node.db() as c:
+        (reason,) = c.execute(
+            "SELECT reason FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE i.sop_instance_uid = ?",
+            (mr.SOPInstanceUID,),
+        ).fetchone()
+    assert reason == "modality MR is not analysed"
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'") == 3
+
+
+def test_forward_rule_by_calling_ae(node_factory, orthanc, rg1_copies, tmp_path):
+    config = node_config(
+        tmp_path / "node.toml",
+        [{"name": "pacs", "ae_title": orthanc.ae_title, "port": orthanc.dicom_port}],
+        [{"destinations": ["pacs"], "calling_ae_titles": ["ROOM7"]}],
+    )
+    node = node_factory().start(config_file=config)
+    a, b = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aet", "ROOM7", "-aec", node.ae_title, "127.0.0.1", node.port, a)
+    run_dcmtk("storescu", "-aet", "ROOM8", "-aec", node.ae_title, "127.0.0.1", node.port, b)
+    (only,) = orthanc.wait_for_count(1)
+    time.sleep(1)
+    assert len(orthanc.get("/instances")) == 1
+    assert only["SOPInstanceUID"] == pydicom.dcmread(a, stop_before_pixels=True).SOPInstanceUID
+
+
+def test_destination_down_then_up_across_a_restart(node_factory, rg1_copies, tmp_path):
+    pacs_port = free_port()
+    config = node_config(
+        tmp_path / "node.toml",
+        [{"name": "pacs", "ae_title": "ORTHANC", "port": pacs_port}],
+        [{"destinations": ["pacs"]}],
+        retry_base_s=1,
+        retry_cap_s=2,
+    )
+    node = node_factory().start(config_file=config)
+    files = rg1_copies("UNCI", 3) + rg1_copies("J2KR", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files[:3])
+    run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, files[3])
+    wait_until(
+        lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND attempts >= 1") == 4,
+        what="failed attempts recorded",
+    )
+    assert "cannot connect" in " ".join(
+        r[0] for r in node.db().execute("SELECT last_status FROM outbox").fetchall()
+    )
+    node.kill9()
+    node.start()
+    orthanc = Orthanc(tmp_path / "late-orthanc", dicom_port=pacs_port).start()
+    try:
+        stored = orthanc.wait_for_count(4, timeout=60)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 4)
+        time.sleep(1.5)  # no second copy under any UID
+        assert len(orthanc.get("/instances")) == 4
+        sent = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+        assert {t["SOPInstanceUID"] for t in stored} == sent
+    finally:
+        orthanc.stop()
+
+
+def test_permanent_refusal_is_parked_with_its_reason(node_factory, rg1_copies, tmp_path):
+    receiver = PynetdicomReceiver(status=0xA900)
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "picky", "ae_title": "PYSCP", "port": receiver.port}],
+            [{"destinations": ["picky"]}],
+            retry_base_s=1,
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1)
+        with node.db() as c:
+            (status, attempts) = c.execute("SELECT last_status, attempts FROM outbox").fetchone()
+        assert status.startswith("A900H")
+        assert attempts == 1
+        time.sleep(2.5)
+        assert len(receiver.received) == 1  # never retried
+    finally:
+        receiver.close()
+
+
+def test_transient_refusal_is_retried(node_factory, rg1_copies, tmp_path):
+    receiver = PynetdicomReceiver(status=0xA700)
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "full", "ae_title": "PYSCP", "port": receiver.port}],
+            [{"destinations": ["full"]}],
+            retry_base_s=1,
+            retry_cap_s=1,
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT attempts FROM outbox") >= 2, what="a retry")
+        receiver.status = 0x0000
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1)
+    finally:
+        receiver.close()
