@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nodetest import DCMTK, copy_with_new_uids, data_store, free_port, node_binary, wait_for_port  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
+NODE_IDLE_RSS = float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,16 +49,29 @@ def send(port: int, ae: str, files, parallel: int) -> float:
     return time.perf_counter() - start
 
 
-def disk_ceiling(files, out: Path) -> float:
+def disk_ceiling(files, out: Path, writers: int = 1) -> float:
+    """Writes the files' bytes as new files, each fsync'd, from `writers` threads."""
+    import threading
+
     out.mkdir(parents=True, exist_ok=True)
     payloads = [f.read_bytes() for f in files]
+
+    def write(indices):
+        for i in indices:
+            fd = os.open(out / f"{i}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, payloads[i])
+            os.fsync(fd)
+            os.close(fd)
+
+    threads = [threading.Thread(target=write, args=(range(w, len(payloads), writers),)) for w in range(writers)]
     start = time.perf_counter()
-    for i, data in enumerate(payloads):
-        fd = os.open(out / f"{i}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-    os.fsync(os.open(out, os.O_RDONLY))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dir_fd = os.open(out, os.O_RDONLY)
+    os.fsync(dir_fd)
+    os.close(dir_fd)
     return time.perf_counter() - start
 
 
@@ -88,6 +102,8 @@ def run_node(files, work: Path, parallel: int):
     env = dict(os.environ, PNEUMO__NODE__DATA_DIR=str(data), PNEUMO__DICOM__PORT=str(port), PNEUMO__LOG__LEVEL="warn")
     proc = subprocess.Popen([str(node_binary()), "serve"], env=env)
     wait_for_port(port, proc)
+    global NODE_IDLE_RSS
+    NODE_IDLE_RSS = peak_rss_mb(proc.pid)
     cpu0 = cpu_seconds(proc.pid)
     secs = send(port, "PNEUMO", files, parallel)
     cpu = cpu_seconds(proc.pid) - cpu0
@@ -113,8 +129,10 @@ def main():
 
     rows = {}
     for _ in range(a.repeat):
-        rows.setdefault("disk: 200 files, each fsync'd", []).append((disk_ceiling(files, a.workdir / "disk"), 0, 0))
-        shutil.rmtree(a.workdir / "disk")
+        for writers in (1, 4):
+            name = f"disk: the same bytes as files, each fsync'd, {writers} writer{'s' if writers > 1 else ''}"
+            rows.setdefault(name, []).append((disk_ceiling(files, a.workdir / "disk", writers), 0, 0))
+            shutil.rmtree(a.workdir / "disk")
         for parallel in (1, 4):
             rows.setdefault(f"DCMTK storescp{' --fork' if parallel > 1 else ''}, {parallel} assoc", []).append(
                 run_storescp(files, a.workdir, parallel)
@@ -133,9 +151,12 @@ def main():
         cpu_s = f"{cpu:.2f}" if cpu else "-"
         rss_s = f"{rss:.0f}" if rss else "-"
         print(f"| {name} | {a.n / secs:.1f} | {mb / secs:.0f} | {cpu_s} | {rss_s} |")
-    disk = med["disk: 200 files, each fsync'd"]
+    disk = med["disk: the same bytes as files, each fsync'd, 1 writer"]
+    disk4 = med["disk: the same bytes as files, each fsync'd, 4 writers"]
     print()
-    print(f"node 1 assoc / disk ceiling: {med['pneumo-node (fsync), 1 assoc'] / disk:.2f}")
+    print(f"node idle RSS: {NODE_IDLE_RSS:.0f} MB")
+    print(f"node 1 assoc / disk ceiling (1 writer): {med['pneumo-node (fsync), 1 assoc'] / disk:.2f}")
+    print(f"node 4 assoc / disk ceiling (4 writers): {med['pneumo-node (fsync), 4 assoc'] / disk4:.2f}")
     print(f"node 1 assoc / storescp 1 assoc: {med['pneumo-node (fsync), 1 assoc'] / med['DCMTK storescp, 1 assoc']:.2f}")
     print(f"node 4 assoc / storescp --fork 4 assoc: {med['pneumo-node (fsync), 4 assoc'] / med['DCMTK storescp --fork, 4 assoc']:.2f}")
 
