@@ -76,3 +76,114 @@ impl Store {
         .await?)
     }
 }
+
+/// A job taken for analysis.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub instance_id: i64,
+    pub sop_instance_uid: String,
+    /// Relative to the data directory.
+    pub path: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Takes up to `limit` jobs for analysis under a lease: `queued` ones,
+    /// and `analysing` ones whose lease expired (their holder died).
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let jobs: Vec<ClaimedJob> = sqlx::query_as(
+            "UPDATE jobs SET state = 'analysing', lease_owner = ?, lease_expires_at_ms = ?,
+                 attempts = attempts + 1, updated_at_ms = ?
+             WHERE id IN (SELECT id FROM jobs
+                          WHERE state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?)
+                          ORDER BY id LIMIT ?)
+             RETURNING id AS job_id, instance_id, attempts,
+                 (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
+                 (SELECT path FROM instances WHERE id = instance_id) AS path",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    /// A job that cannot succeed: `failed`, with its reason.
+    pub async fn fail_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'failed', reason = ?, lease_owner = NULL, lease_expires_at_ms = NULL,
+                 updated_at_ms = ? WHERE id = ? AND state = 'analysing' AND lease_owner = ?",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The analysis is done and its report stored as instance
+    /// `sr_instance_id`: the job becomes `reported` and the report is owed to
+    /// `destinations`, in one transaction. Returns false when the lease was
+    /// lost (another holder finished it: nothing is changed).
+    pub async fn complete_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        result_json: &str,
+        sr_instance_id: i64,
+        destinations: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'reported', result_json = ?, sr_instance_id = ?, reason = NULL,
+                 lease_owner = NULL, lease_expires_at_ms = NULL, updated_at_ms = ?
+             WHERE id = ? AND state = 'analysing' AND lease_owner = ?",
+        )
+        .bind(result_json)
+        .bind(sr_instance_id)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for d in destinations {
+            crate::outbox::enqueue(&mut *tx, sr_instance_id, d).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The first stored instance with this SOP Instance UID.
+    pub async fn instance_id_by_uid(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(crate::db::instances_with_uid(self.pool(), sop_instance_uid)
+            .await?
+            .first()
+            .map(|(id, _)| *id))
+    }
+}

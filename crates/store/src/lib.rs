@@ -20,7 +20,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use header::InstanceHeader;
-pub use jobs::JobCount;
+pub use jobs::{ClaimedJob, JobCount};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 
 #[derive(Debug, Error)]

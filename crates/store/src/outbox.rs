@@ -67,8 +67,21 @@ impl Store {
         Ok(next.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)))
     }
 
+    /// Delivered. A job whose report has now reached every destination
+    /// becomes `delivered`.
     pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
-        self.finish_attempt(id, "sent", status, None).await
+        self.finish_attempt(id, "sent", status, None).await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
+             WHERE state = 'reported'
+               AND sr_instance_id = (SELECT instance_id FROM outbox WHERE id = ?)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id AND o.state != 'sent')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {

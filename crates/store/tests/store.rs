@@ -1,0 +1,181 @@
+//! The store against real files and a real SQLite database.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use pneumo_store::{Incoming, IngestOutcome, Store};
+use sha2::{Digest, Sha256};
+
+const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+const ELE: &str = "1.2.840.10008.1.2.1";
+
+/// Writes a small Part-10 file into the spool and describes it as received.
+fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming {
+    let mut obj = InMemDicomObject::new_empty();
+    for (tag, vr, v) in [
+        (tags::SOP_CLASS_UID, VR::UI, CR),
+        (tags::SOP_INSTANCE_UID, VR::UI, sop),
+        (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+        (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4"),
+        (tags::MODALITY, VR::CS, modality),
+        (tags::IMAGE_COMMENTS, VR::LT, comment),
+    ] {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    }
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ELE))
+        .unwrap();
+    let path = store
+        .spool_dir()
+        .join(format!("{sop}-{}.part", comment.len()));
+    file.write_to_file(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    let dataset = &bytes[144 + group_len..];
+    Incoming {
+        spool_path: path,
+        sop_class_uid: CR.into(),
+        sop_instance_uid: sop.into(),
+        transfer_syntax_uid: ELE.into(),
+        dataset_len: dataset.len() as u64,
+        dataset_sha256: Sha256::digest(dataset).into(),
+        calling_ae: "TEST".into(),
+        peer_address: "127.0.0.1:1".into(),
+    }
+}
+
+async fn open(dir: &Path) -> Store {
+    Store::open(dir, None).await.unwrap()
+}
+
+fn instance_file(dir: &Path, sop: &str) -> PathBuf {
+    dir.join("instances/1.2.3/1.2.3.4")
+        .join(format!("{sop}.dcm"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_duplicates_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let first = spooled(&store, "1.9.1", "CR", "a");
+    assert!(matches!(
+        store.ingest(&first, |_| vec![]).await.unwrap(),
+        IngestOutcome::Stored { .. }
+    ));
+    assert!(instance_file(dir.path(), "1.9.1").exists());
+    assert!(
+        !first.spool_path.exists(),
+        "the spool file was renamed into place"
+    );
+
+    let again = spooled(&store, "1.9.1", "CR", "a");
+    assert!(matches!(
+        store.ingest(&again, |_| vec![]).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+    let other = spooled(&store, "1.9.1", "CR", "bb");
+    assert!(matches!(
+        store.ingest(&other, |_| vec![]).await.unwrap(),
+        IngestOutcome::StoredConflicting { .. }
+    ));
+    assert_eq!(store.count_instances_with_uid("1.9.1").await.unwrap(), 2);
+    let files = std::fs::read_dir(dir.path().join("instances/1.2.3/1.2.3.4"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        files, 2,
+        "the conflicting copy is beside the first, not over it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mismatched_uid_is_refused_and_nothing_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut incoming = spooled(&store, "1.9.2", "CR", "a");
+    incoming.sop_instance_uid = "1.9.999".into();
+    let err = store.ingest(&incoming, |_| vec![]).await.unwrap_err();
+    assert!(err.to_string().contains("1.9.999"), "{err}");
+    assert_eq!(store.count_instances_with_uid("1.9.2").await.unwrap(), 0);
+    assert!(!instance_file(dir.path(), "1.9.2").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for (sop, modality) in [("1.9.10", "CR"), ("1.9.11", "MR")] {
+        let inc = spooled(&store, sop, modality, "x");
+        store.ingest(&inc, |_| vec!["pacs".into()]).await.unwrap();
+    }
+    let (queued, skipped) = store
+        .route_received_jobs(|h| {
+            (h.modality.as_deref() != Some("CR")).then(|| "not CR".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!((queued, skipped), (1, 1));
+
+    let claimed = store
+        .claim_jobs("worker-a", Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].sop_instance_uid, "1.9.10");
+    assert!(store
+        .claim_jobs("worker-b", Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The holder dies: once its lease expires, another worker takes the job.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let reclaimed = store
+        .claim_jobs("worker-b", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].attempts, 2);
+    // The dead holder's late completion changes nothing.
+    let sr = spooled(&store, "1.9.20", "SR", "report");
+    let IngestOutcome::Stored {
+        instance_id: sr_id, ..
+    } = store.ingest(&sr, |_| vec![]).await.unwrap()
+    else {
+        panic!("SR not stored");
+    };
+    assert!(!store
+        .complete_job(claimed[0].job_id, "worker-a", "{}", sr_id, &[])
+        .await
+        .unwrap());
+    assert!(store
+        .complete_job(
+            reclaimed[0].job_id,
+            "worker-b",
+            "{\"p\":0.7}",
+            sr_id,
+            &["pacs".into()]
+        )
+        .await
+        .unwrap());
+    let counts = store.job_counts().await.unwrap();
+    assert!(
+        counts.iter().any(|c| c.state == "reported" && c.count == 1),
+        "{counts:?}"
+    );
+    // Originals and the SR are owed to the destination once each.
+    let due = store.due_deliveries(100).await.unwrap();
+    assert_eq!(due.len(), 3);
+    for item in &due {
+        store.mark_sent(item.id, "0000H").await.unwrap();
+    }
+    let counts = store.job_counts().await.unwrap();
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.state == "delivered" && c.count == 1),
+        "{counts:?}"
+    );
+}
