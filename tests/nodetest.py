@@ -58,6 +58,7 @@ class Node:
         self.workdir = workdir
         self.data_dir = workdir / "var"
         self.port = free_port()
+        self.http_port = free_port()
         self.ae_title = "PNEUMO"
         self.settings = settings
         self.proc = None
@@ -69,6 +70,7 @@ class Node:
             {
                 "PNEUMO__NODE__DATA_DIR": str(self.data_dir),
                 "PNEUMO__DICOM__PORT": str(self.port),
+                "PNEUMO__HTTP__PORT": str(self.http_port),
                 "PNEUMO__DICOM__AE_TITLE": self.ae_title,
                 "PNEUMO__LOG__LEVEL": "info",
             }
@@ -127,6 +129,14 @@ class Node:
 
     def instance_files(self) -> list:
         return sorted((self.data_dir / "instances").rglob("*")) if (self.data_dir / "instances").exists() else []
+
+    def http(self, path: str):
+        """GET on the node's HTTP port: (status code, parsed JSON or text)."""
+        import requests
+
+        r = requests.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=10)
+        is_json = r.headers.get("content-type", "").startswith("application/json")
+        return r.status_code, (r.json() if is_json else r.text)
 
     def echo_ok(self) -> bool:
         r = subprocess.run(

@@ -141,6 +141,9 @@ pub trait StoreHandler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Called once per accepted association (for counting).
+    fn association_accepted(&self, _context: &AssociationContext) {}
+
     /// Keeps a received instance; the reply goes back to the sender.
     fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
 }
@@ -168,7 +171,7 @@ pub struct ScpServer<H> {
 struct Shared<H> {
     config: ScpConfig,
     handler: Arc<H>,
-    active: AtomicUsize,
+    active: Arc<AtomicUsize>,
     next_id: AtomicU64,
 }
 
@@ -190,7 +193,7 @@ impl<H: StoreHandler> ScpServer<H> {
             shared: Arc::new(Shared {
                 config,
                 handler,
-                active: AtomicUsize::new(0),
+                active: Arc::new(AtomicUsize::new(0)),
                 next_id: AtomicU64::new(1),
             }),
         })
@@ -203,6 +206,11 @@ impl<H: StoreHandler> ScpServer<H> {
     /// Number of associations being served now.
     pub fn active_associations(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// A live view of [`Self::active_associations`] that outlives `serve`'s borrow.
+    pub fn active_counter(&self) -> Arc<AtomicUsize> {
+        self.shared.active.clone()
     }
 
     /// Accepts associations until `shutdown` completes.
@@ -328,6 +336,7 @@ async fn serve_connection<H: StoreHandler>(
         called_ae,
         peer,
     });
+    shared.handler.association_accepted(&context);
     info!(
         calling_ae = %context.calling_ae,
         accepted = contexts.iter().filter(|c| c.accepted).count(),

@@ -17,6 +17,7 @@ use crate::routing::{Destination, RoutingSection};
 pub struct Config {
     pub node: NodeSection,
     pub dicom: DicomSection,
+    pub http: HttpSection,
     pub database: DatabaseSection,
     pub log: LogSection,
     pub destinations: Vec<Destination>,
@@ -29,12 +30,33 @@ pub struct Config {
 pub struct NodeSection {
     /// Instances, spool and the SQLite database live here.
     pub data_dir: PathBuf,
+    /// Below this much free space on the data directory, C-STOREs get A700.
+    pub min_free_mb: u64,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
             data_dir: PathBuf::from("./var"),
+            min_free_mb: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub enabled: bool,
+    pub bind: IpAddr,
+    pub port: u16,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
         }
     }
 }

@@ -3,15 +3,19 @@
 
 use std::sync::Arc;
 
-use pneumo_dimse::{ReceivedInstance, Status, StoreHandler, StoreReply};
+use pneumo_dimse::{AssociationContext, ReceivedInstance, Status, StoreHandler, StoreReply};
 use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::diskguard::DiskGuard;
+use crate::metrics::Metrics;
 use crate::routing::RoutingSection;
 
 pub struct IngestHandler {
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub disk: Arc<DiskGuard>,
     pub routing: RoutingSection,
     /// Woken when an instance is owed to a destination.
     pub wake_outbox: Arc<Notify>,
@@ -41,7 +45,36 @@ pub async fn run_router(store: Arc<Store>, routing: RoutingSection, wake: Arc<No
 }
 
 impl StoreHandler for IngestHandler {
+    fn admit(&self, _context: &AssociationContext, _sop_class_uid: &str) -> Result<(), StoreReply> {
+        match self.disk.refusal() {
+            None => Ok(()),
+            Some(reason) => {
+                warn!(%reason, "instance refused");
+                Metrics::inc(&self.metrics.instances_refused, 1);
+                Err(StoreReply::failure(Status::OUT_OF_RESOURCES, reason))
+            }
+        }
+    }
+
+    fn association_accepted(&self, _context: &AssociationContext) {
+        Metrics::inc(&self.metrics.associations, 1);
+    }
+
     async fn store(&self, instance: ReceivedInstance) -> StoreReply {
+        let bytes = instance.dataset_len;
+        let reply = self.keep(instance).await;
+        if reply.status.is_failure() {
+            Metrics::inc(&self.metrics.instances_refused, 1);
+        } else {
+            Metrics::inc(&self.metrics.instances_received, 1);
+            Metrics::inc(&self.metrics.bytes_received, bytes);
+        }
+        reply
+    }
+}
+
+impl IngestHandler {
+    async fn keep(&self, instance: ReceivedInstance) -> StoreReply {
         let incoming = Incoming {
             spool_path: instance.path.clone(),
             sop_class_uid: instance.sop_class_uid.clone(),

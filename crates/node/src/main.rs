@@ -3,7 +3,10 @@
 
 mod cmd_preprocess;
 mod config;
+mod diskguard;
+mod http;
 mod ingest;
+mod metrics;
 mod outbox;
 mod routing;
 
@@ -139,8 +142,15 @@ async fn serve(config: Config) -> Result<()> {
     );
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let wake_router = Arc::new(tokio::sync::Notify::new());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let disk = Arc::new(diskguard::DiskGuard {
+        data_dir: config.node.data_dir.clone(),
+        floor_bytes: config.node.min_free_mb * 1_000_000,
+    });
     let handler = Arc::new(ingest::IngestHandler {
         store: store.clone(),
+        metrics: metrics.clone(),
+        disk: disk.clone(),
         routing: config.routing.clone(),
         wake_outbox: wake_outbox.clone(),
         wake_router: wake_router.clone(),
@@ -157,6 +167,7 @@ async fn serve(config: Config) -> Result<()> {
             settings: config.outbox.clone(),
             scu: scu_options(&config, None),
             wake: wake_outbox,
+            metrics: metrics.clone(),
         }
         .run(),
     );
@@ -166,6 +177,24 @@ async fn serve(config: Config) -> Result<()> {
         handler,
     )
     .await?;
+    if config.http.enabled {
+        let state = http::HttpState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            disk: disk.clone(),
+            active_associations: scp.active_counter(),
+            model: Arc::new(std::sync::RwLock::new(http::ModelStatus::default())),
+        };
+        let addr = std::net::SocketAddr::new(config.http.bind, config.http.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr} (http.port)"))?;
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, state).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
     info!(
         ae_title = %config.dicom.ae_title,
         addr = %scp.local_addr()?,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::metrics::Metrics;
 use crate::routing::Destination;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +42,7 @@ pub struct OutboxWorker {
     pub scu: ScuOptions,
     /// Woken when something is enqueued.
     pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl OutboxWorker {
@@ -100,6 +102,7 @@ impl OutboxWorker {
     }
 
     async fn retry_all(&self, items: &[OutboxItem], reason: &str) {
+        Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
         for item in items {
             let delay = self.retry_delay(item.attempts);
             self.record(self.store.mark_retry(item.id, reason, delay).await)
@@ -187,12 +190,14 @@ impl OutboxWorker {
                     .await
             }
             Ok(status) if status.is_permanent_failure() => {
+                Metrics::inc(&self.metrics.deliveries_failed, 1);
                 warn!(sop_instance_uid = %item.sop_instance_uid, %status, "refused for good; parked");
                 self.store
                     .mark_parked(item.id, &format!("{status}{comment}"))
                     .await
             }
             Ok(status) => {
+                Metrics::inc(&self.metrics.deliveries_failed, 1);
                 let delay = self.retry_delay(item.attempts);
                 warn!(sop_instance_uid = %item.sop_instance_uid, %status, retry_in_s = delay.as_secs(), "refused; will retry");
                 self.store
@@ -202,6 +207,7 @@ impl OutboxWorker {
             // Nothing could be sent for this file (no accepted context): the
             // destination will not take it as it is.
             Err(reason) => {
+                Metrics::inc(&self.metrics.deliveries_failed, 1);
                 warn!(sop_instance_uid = %item.sop_instance_uid, reason, "cannot be sent; parked");
                 self.store.mark_parked(item.id, reason).await
             }

@@ -11,6 +11,7 @@ mod files;
 mod header;
 mod jobs;
 mod outbox;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +23,7 @@ use tracing::{info, warn};
 pub use header::InstanceHeader;
 pub use jobs::{ClaimedJob, JobCount};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
+pub use views::{DeliveryView, InstanceView, JobView};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

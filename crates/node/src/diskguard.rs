@@ -1,0 +1,89 @@
+//! The disk guard: below a free-space floor on the data directory, new
+//! C-STOREs are refused (A700) and `/readyz` says why; it recovers by itself
+//! when space returns.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct StorageStatus {
+    pub ok: bool,
+    pub writable: bool,
+    pub free_bytes: Option<u64>,
+    pub floor_bytes: u64,
+    pub reason: Option<String>,
+}
+
+pub struct DiskGuard {
+    pub data_dir: PathBuf,
+    pub floor_bytes: u64,
+}
+
+impl DiskGuard {
+    /// Bytes available to this (unprivileged) process on the data directory's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        free_bytes(&self.data_dir)
+    }
+
+    pub fn status(&self) -> StorageStatus {
+        let writable = tempfile_probe(&self.data_dir);
+        let free = self.free_bytes().ok();
+        let reason = match (writable, free) {
+            (false, _) => Some(format!(
+                "data directory {} is not writable",
+                self.data_dir.display()
+            )),
+            (_, None) => Some("cannot read free space of the data directory".to_string()),
+            (_, Some(f)) if f < self.floor_bytes => Some(format!(
+                "free space {} MB is below the floor of {} MB (node.min_free_mb)",
+                f / 1_000_000,
+                self.floor_bytes / 1_000_000
+            )),
+            _ => None,
+        };
+        StorageStatus {
+            ok: reason.is_none(),
+            writable,
+            free_bytes: free,
+            floor_bytes: self.floor_bytes,
+            reason,
+        }
+    }
+
+    /// Why a new instance must be refused now, if it must.
+    pub fn refusal(&self) -> Option<String> {
+        match self.free_bytes() {
+            Ok(f) if f < self.floor_bytes => Some(format!(
+                "out of disk space: {} MB free, floor {} MB",
+                f / 1_000_000,
+                self.floor_bytes / 1_000_000
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot read free space: {e}")),
+        }
+    }
+}
+
+fn tempfile_probe(dir: &std::path::Path) -> bool {
+    let probe = dir.join(".write-probe");
+    let ok = std::fs::write(&probe, b"ok").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+#[cfg(unix)]
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_path: &std::path::Path) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}

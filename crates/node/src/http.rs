@@ -1,0 +1,210 @@
+//! HTTP beside the DICOM port: health, readiness, Prometheus metrics and a
+//! small read-only status API.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pneumo_store::{JobView, Store};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::diskguard::DiskGuard;
+use crate::metrics::Metrics;
+
+/// What `/readyz` reports about the model (filled in when a model is loaded).
+#[derive(Debug, Clone, Default)]
+pub struct ModelStatus {
+    pub loaded: bool,
+    pub detail: Value,
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub disk: Arc<DiskGuard>,
+    pub active_associations: Arc<AtomicUsize>,
+    pub model: Arc<std::sync::RwLock<ModelStatus>>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/jobs", get(jobs))
+        .route("/api/instances/{sop_uid}", get(instance))
+        .with_state(state)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP listening");
+    }
+    axum::serve(listener, router(state)).await?;
+    Ok(())
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    let database = match s.store.ping().await {
+        Ok(()) => json!({ "ok": true }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    };
+    let storage = s.disk.status();
+    let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
+    let ready = database["ok"] == json!(true) && storage.ok && model.loaded;
+    let mut reasons = Vec::new();
+    if database["ok"] != json!(true) {
+        reasons.push("database unavailable".to_string());
+    }
+    if let Some(r) = &storage.reason {
+        reasons.push(r.clone());
+    }
+    if !model.loaded {
+        reasons.push("no model loaded".to_string());
+    }
+    let body = json!({
+        "ready": ready,
+        "reasons": reasons,
+        "database": database,
+        "storage": {
+            "ok": storage.ok,
+            "writable": storage.writable,
+            "free_bytes": storage.free_bytes,
+            "floor_bytes": storage.floor_bytes,
+        },
+        "model": model.detail,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let jobs = match s.store.job_counts().await {
+        Ok(j) => j
+            .into_iter()
+            .map(|c| (c.state, c.count))
+            .collect::<Vec<_>>(),
+        Err(e) => return internal(e),
+    };
+    let outbox = match s.store.outbox_counts().await {
+        Ok(o) => o
+            .into_iter()
+            .map(|c| (c.destination, c.state, c.count))
+            .collect::<Vec<_>>(),
+        Err(e) => return internal(e),
+    };
+    let text = s.metrics.render(
+        &jobs,
+        &outbox,
+        s.active_associations.load(Ordering::Relaxed),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn job_json(j: &JobView) -> Value {
+    json!({
+        "job_id": j.job_id,
+        "state": j.state,
+        "reason": j.reason,
+        "attempts": j.attempts,
+        "created_at_ms": j.created_at_ms,
+        "updated_at_ms": j.updated_at_ms,
+        "sop_instance_uid": j.sop_instance_uid,
+        "study_instance_uid": j.study_instance_uid,
+        "modality": j.modality,
+        "result": j.result_json.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+        "sr_sop_instance_uid": j.sr_sop_instance_uid,
+    })
+}
+
+#[derive(Deserialize)]
+struct JobsQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+const JOB_STATES: &[&str] = &[
+    "received",
+    "queued",
+    "analysing",
+    "reported",
+    "delivered",
+    "failed",
+    "skipped",
+];
+
+async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Response {
+    if let Some(state) = &q.state {
+        if !JOB_STATES.contains(&state.as_str()) {
+            let body = json!({ "error": format!("unknown state `{state}`"), "states": JOB_STATES });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    match s.store.list_jobs(q.state.as_deref(), limit).await {
+        Ok(list) => {
+            Json(json!({ "jobs": list.iter().map(job_json).collect::<Vec<_>>() })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn instance(State(s): State<HttpState>, Path(sop_uid): Path<String>) -> Response {
+    let details = match s.store.instance_details(&sop_uid).await {
+        Ok(d) => d,
+        Err(e) => return internal(e),
+    };
+    if details.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no instance {sop_uid}") })),
+        )
+            .into_response();
+    }
+    let copies: Vec<Value> = details
+        .iter()
+        .map(|(i, job, deliveries)| {
+            json!({
+                "instance_id": i.instance_id,
+                "sop_instance_uid": i.sop_instance_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "study_instance_uid": i.study_instance_uid,
+                "series_instance_uid": i.series_instance_uid,
+                "transfer_syntax_uid": i.transfer_syntax_uid,
+                "modality": i.modality,
+                "path": i.path,
+                "file_size": i.file_size,
+                "sha256": i.sha256,
+                "calling_ae": i.calling_ae,
+                "received_at_ms": i.received_at_ms,
+                "job": job.as_ref().map(job_json),
+                "deliveries": deliveries.iter().map(|d| json!({
+                    "destination": d.destination,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "last_status": d.last_status,
+                    "updated_at_ms": d.updated_at_ms,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "sop_instance_uid": sop_uid, "copies": copies })).into_response()
+}

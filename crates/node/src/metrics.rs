@@ -1,0 +1,208 @@
+//! Prometheus metrics: counters kept in memory, job and outbox counts read
+//! from the database at scrape time (so they are right across restarts).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A cumulative histogram with fixed bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    #[allow(dead_code)] // observed by the analysis pipeline
+    pub fn observe(&self, value: f64) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if value <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+pub struct Metrics {
+    pub associations: AtomicU64,
+    pub instances_received: AtomicU64,
+    pub instances_refused: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub deliveries_failed: AtomicU64,
+    pub inference_seconds: Histogram,
+    pub batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            associations: AtomicU64::new(0),
+            instances_received: AtomicU64::new(0),
+            instances_refused: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            deliveries_failed: AtomicU64::new(0),
+            inference_seconds: Histogram::new(&[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        }
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// The text exposition format. `jobs` and `outbox` are (labels, count).
+    pub fn render(
+        &self,
+        jobs: &[(String, i64)],
+        outbox: &[(String, String, i64)],
+        active_associations: usize,
+    ) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "pneumo_associations_total",
+            "Associations accepted.",
+            get(&self.associations),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pneumo_associations_active Associations being served.\n# TYPE pneumo_associations_active gauge\npneumo_associations_active {active_associations}"
+        );
+        counter(
+            &mut out,
+            "pneumo_instances_received_total",
+            "Instances stored or found already stored (C-STORE success).",
+            get(&self.instances_received),
+        );
+        counter(
+            &mut out,
+            "pneumo_instances_refused_total",
+            "C-STORE requests answered with a failure.",
+            get(&self.instances_refused),
+        );
+        counter(
+            &mut out,
+            "pneumo_bytes_received_total",
+            "Data set bytes of successful C-STOREs.",
+            get(&self.bytes_received),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pneumo_jobs Jobs by state.\n# TYPE pneumo_jobs gauge"
+        );
+        for state in [
+            "received",
+            "queued",
+            "analysing",
+            "reported",
+            "delivered",
+            "failed",
+            "skipped",
+        ] {
+            let n = jobs
+                .iter()
+                .find(|(s, _)| s == state)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            let _ = writeln!(out, "pneumo_jobs{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP pneumo_outbox Outbox rows by destination and state.\n# TYPE pneumo_outbox gauge");
+        for (destination, state, n) in outbox {
+            let _ = writeln!(
+                out,
+                "pneumo_outbox{{destination=\"{destination}\",state=\"{state}\"}} {n}"
+            );
+        }
+        let depth: i64 = outbox
+            .iter()
+            .filter(|(_, s, _)| s == "pending")
+            .map(|(_, _, n)| n)
+            .sum();
+        let _ = writeln!(out, "# HELP pneumo_outbox_depth Deliveries not yet done.\n# TYPE pneumo_outbox_depth gauge\npneumo_outbox_depth {depth}");
+        counter(
+            &mut out,
+            "pneumo_delivery_failures_total",
+            "Delivery attempts that failed (retried or parked).",
+            get(&self.deliveries_failed),
+        );
+        self.inference_seconds.render(
+            &mut out,
+            "pneumo_inference_seconds",
+            "Time from a job's tensor to its prediction.",
+        );
+        self.batch_size.render(
+            &mut out,
+            "pneumo_inference_batch_size",
+            "Images per inference batch.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_histograms() {
+        let m = Metrics::default();
+        Metrics::inc(&m.instances_received, 3);
+        m.inference_seconds.observe(0.02);
+        m.inference_seconds.observe(0.3);
+        let text = m.render(
+            &[("queued".into(), 2)],
+            &[("pacs".into(), "pending".into(), 4)],
+            1,
+        );
+        assert!(text.contains("pneumo_instances_received_total 3"));
+        assert!(text.contains("pneumo_jobs{state=\"queued\"} 2"));
+        assert!(text.contains("pneumo_jobs{state=\"failed\"} 0"));
+        assert!(text.contains("pneumo_outbox_depth 4"));
+        assert!(text.contains("pneumo_inference_seconds_bucket{le=\"0.025\"} 1"));
+        assert!(text.contains("pneumo_inference_seconds_bucket{le=\"0.5\"} 2"));
+        assert!(text.contains("pneumo_inference_seconds_count 2"));
+    }
+}

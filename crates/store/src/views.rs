@@ -1,0 +1,107 @@
+//! Read-only views for the status API.
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobView {
+    pub job_id: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub result_json: Option<String>,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub modality: Option<String>,
+    pub sr_sop_instance_uid: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InstanceView {
+    pub instance_id: i64,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub modality: Option<String>,
+    pub path: String,
+    pub file_size: i64,
+    pub sha256: String,
+    pub calling_ae: String,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryView {
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_status: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts, j.created_at_ms, j.updated_at_ms,
+        j.result_json, i.sop_instance_uid, i.study_instance_uid, i.modality,
+        (SELECT sop_instance_uid FROM instances s WHERE s.id = j.sr_instance_id) AS sr_sop_instance_uid
+     FROM jobs j JOIN instances i ON i.id = j.instance_id";
+
+impl Store {
+    /// Jobs, newest first, optionally in one state.
+    pub async fn list_jobs(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<JobView>, StoreError> {
+        let sql =
+            format!("{JOB_COLUMNS} WHERE (?1 IS NULL OR j.state = ?1) ORDER BY j.id DESC LIMIT ?2");
+        Ok(sqlx::query_as(&sql)
+            .bind(state)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Every instance row with this SOP Instance UID (more than one when a
+    /// conflicting copy was kept), with its job and deliveries.
+    pub async fn instance_details(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Vec<(InstanceView, Option<JobView>, Vec<DeliveryView>)>, StoreError> {
+        let instances: Vec<InstanceView> = sqlx::query_as(
+            "SELECT id AS instance_id, sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
+                    transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms
+             FROM instances WHERE sop_instance_uid = ? ORDER BY id",
+        )
+        .bind(sop_instance_uid)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(instances.len());
+        for inst in instances {
+            let job: Option<JobView> =
+                sqlx::query_as(&format!("{JOB_COLUMNS} WHERE j.instance_id = ?"))
+                    .bind(inst.instance_id)
+                    .fetch_optional(self.pool())
+                    .await?;
+            // Deliveries of the instance itself and of its report.
+            let deliveries: Vec<DeliveryView> = sqlx::query_as(
+                "SELECT destination, state, attempts, last_status, updated_at_ms FROM outbox
+                 WHERE instance_id = ? OR instance_id = (SELECT sr_instance_id FROM jobs WHERE instance_id = ?)
+                 ORDER BY id",
+            )
+            .bind(inst.instance_id)
+            .bind(inst.instance_id)
+            .fetch_all(self.pool())
+            .await?;
+            out.push((inst, job, deliveries));
+        }
+        Ok(out)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+}

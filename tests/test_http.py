@@ -1,0 +1,102 @@
+"""Health, readiness, metrics and the status API; the disk guard."""
+
+import subprocess
+import time
+
+import pydicom
+import pytest
+
+from nodetest import run_dcmtk
+from test_pynetdicom_peers import sender
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_health_metrics_and_api(node, rg1_copies):
+    code, body = node.http("/healthz")
+    assert code == 200 and body.strip() == "ok"
+    files = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])  # a duplicate
+
+    code, text = node.http("/metrics")
+    assert code == 200
+    assert metric(text, "pneumo_associations_total") == 2
+    assert metric(text, "pneumo_instances_received_total") == 3  # the duplicate is a success too
+    assert metric(text, "pneumo_instances_refused_total") == 0
+    jobs_total = sum(
+        float(l.split()[1]) for l in text.splitlines() if l.startswith("pneumo_jobs{")
+    )
+    assert jobs_total == 2 == node.count("SELECT COUNT(*) FROM jobs")
+
+    code, body = node.http("/api/jobs")
+    assert code == 200 and len(body["jobs"]) == 2
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    assert uid in {j["sop_instance_uid"] for j in body["jobs"]}
+    code, body = node.http("/api/jobs?state=nonsense")
+    assert code == 400 and "unknown state" in body["error"]
+
+    code, body = node.http(f"/api/instances/{uid}")
+    assert code == 200
+    (copy,) = body["copies"]
+    assert copy["sop_instance_uid"] == uid and copy["job"]["job_id"] >= 1
+    assert copy["deliveries"] == []
+    code, body = node.http("/api/instances/1.2.3.4.5.6.7.8.9")
+    assert code == 404
+
+    code, body = node.http("/readyz")
+    assert body["database"]["ok"] is True
+    assert body["storage"]["ok"] is True and body["storage"]["writable"] is True
+
+
+def test_bytes_metric_counts_data_set_bytes(node, rg1_copies):
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    _, text = node.http("/metrics")
+    with node.db() as c:
+        (size,) = c.execute("SELECT dataset_size FROM instances").fetchone()
+    assert metric(text, "pneumo_bytes_received_total") == size > 7_000_000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs: free space the test can take away and give back."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_disk_guard_refuses_below_the_floor_and_recovers(node_factory, small_disk, rg1_copies):
+    node = node_factory(node__min_free_mb=40)
+    node.data_dir = small_disk / "var"
+    node.start()
+    a, b = rg1_copies("UNCI", 2)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 32_000_000)  # leaves < 40 MB free
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(a)
+    assoc.release()
+    assert status.Status == 0xA700
+    assert "free" in status.ErrorComment
+    assert node.count("SELECT COUNT(*) FROM instances") == 0
+    code, body = node.http("/readyz")
+    assert code == 503 and body["storage"]["ok"] is False
+    assert any("below the floor" in reason for reason in body["reasons"])
+    _, text = node.http("/metrics")
+    assert metric(text, "pneumo_instances_refused_total") == 1
+
+    filler.unlink()  # space returns: the node recovers by itself
+    time.sleep(0.2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, b)
+    assert node.count("SELECT COUNT(*) FROM instances") == 1
+    _, body = node.http("/readyz")
+    assert body["storage"]["ok"] is True
