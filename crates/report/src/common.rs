@@ -180,7 +180,6 @@ pub(crate) fn base_dataset(
         VR::LO,
         clean_string(&node.software_version, 64),
     );
-    put_str(&mut obj, tags::DEVICE_UID, VR::UI, node.device_uid.trim());
     obj
 }
 
@@ -234,7 +233,6 @@ pub(crate) fn contributing_equipment(
         VR::LO,
         PrimitiveValue::Strs(versions.into()),
     ));
-    put_str(&mut item, tags::DEVICE_UID, VR::UI, node.device_uid.trim());
     let dt = format!(
         "{}{}{}",
         stamp.date,

@@ -95,6 +95,8 @@ pub struct SourceInstance {
     pub frame_of_reference_uid: Option<String>,
     /// Specific Character Set as found (values joined by `\`), when present.
     pub specific_character_set: Option<String>,
+    /// Body Part Examined (CS), when present.
+    pub body_part_examined: Option<String>,
     /// Timezone Offset From UTC as found, when present and valid.
     pub timezone_offset_from_utc: Option<String>,
     /// First item of the Procedure Code Sequence, when present and complete.
@@ -178,6 +180,11 @@ impl SourceInstance {
             .and_then(|e| e.to_multi_str().ok())
             .map(|v| v.iter().map(|s| s.trim()).collect::<Vec<_>>().join("\\"))
             .filter(|s| !s.trim_matches('\\').is_empty());
+        let body_part_examined = get_str(obj, tags::BODY_PART_EXAMINED).filter(|s| {
+            s.len() <= 16
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
+        });
         let timezone_offset_from_utc = get_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC)
             .filter(|s| crate::types::parse_tz_offset(s).is_some());
         let procedure_code = match obj.get(tags::PROCEDURE_CODE_SEQUENCE).map(|e| e.value()) {
@@ -202,6 +209,7 @@ impl SourceInstance {
             imager_pixel_spacing,
             frame_of_reference_uid,
             specific_character_set,
+            body_part_examined,
             timezone_offset_from_utc,
             procedure_code,
             copied_elements,
