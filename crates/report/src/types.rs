@@ -212,7 +212,8 @@ impl NodeIdentity {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ReportError> {
+    /// Check the AE title, the device UID and the UID root.
+    pub fn validate(&self) -> Result<(), ReportError> {
         let ae = self.ae_title.trim();
         if ae.is_empty()
             || ae.len() > 16
