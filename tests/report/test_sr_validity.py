@@ -44,6 +44,7 @@ PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")
 DEMO_MARK = "DEMO MODEL - NOT FOR DIAGNOSIS"
 UTF8_NAME = "Müller^Jürgen=山田^太郎"
+LATIN1_NAME = "Dupré^Zoë"
 
 
 @pytest.fixture(scope="session")
@@ -63,18 +64,17 @@ def rg1_path() -> Path:
     return Path(data_store.__file__).parent / "data" / "RG1_UNCI.dcm"
 
 
-@pytest.fixture(scope="session")
-def utf8_source(tmp_path_factory) -> Path:
-    """A small DX image whose patient name needs UTF-8."""
+def synthetic_source(directory: Path, charset: str, name: str) -> Path:
+    """A small DX image with the given character set and patient name."""
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SpecificCharacterSet = charset
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
     ds.Modality = "DX"
-    ds.PatientName = UTF8_NAME
-    ds.PatientID = "UTF8-1"
+    ds.PatientName = name
+    ds.PatientID = "SYN-1"
     ds.PatientBirthDate = "19600101"
     ds.PatientSex = "M"
     ds.StudyDate = "20240102"
@@ -101,9 +101,26 @@ def utf8_source(tmp_path_factory) -> Path:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    path = tmp_path_factory.mktemp("src") / "utf8.dcm"
+    path = directory / "source.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def utf8_source(tmp_path_factory) -> Path:
+    """Patient name in UTF-8 (ISO_IR 192), with CJK ideographic group."""
+    return synthetic_source(tmp_path_factory.mktemp("utf8"), "ISO_IR 192", UTF8_NAME)
+
+
+@pytest.fixture(scope="session")
+def latin1_source(tmp_path_factory) -> Path:
+    """Patient name in ISO 8859-1 (ISO_IR 100)."""
+    return synthetic_source(tmp_path_factory.mktemp("latin1"), "ISO_IR 100", LATIN1_NAME)
+
+
+@pytest.fixture
+def source_path(request, utf8_source, latin1_source) -> Path:
+    return {"rg1": rg1_path(), "utf8": utf8_source, "latin1": latin1_source}[request.param]
 
 
 def run_writer(write_sr: Path, source: Path, out: Path, *flags: str) -> dict[str, Path]:
@@ -123,7 +140,9 @@ def run_writer(write_sr: Path, source: Path, out: Path, *flags: str) -> dict[str
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [DCIODVFY, str(path)], capture_output=True, text=True, errors="replace", check=False
+    )
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
 
@@ -142,12 +161,12 @@ SOP_CLASSES = {
 }
 
 
-@pytest.mark.parametrize("which", ["rg1", "utf8"])
+@pytest.mark.parametrize("source_path", ["rg1", "utf8", "latin1"], indirect=True)
 @pytest.mark.parametrize("probability,weights,sop_class,verdict", CASES)
 def test_sr_is_valid_and_reads_back(
-    write_sr, utf8_source, tmp_path, which, probability, weights, sop_class, verdict
+    write_sr, source_path, tmp_path, probability, weights, sop_class, verdict
 ):
-    source = rg1_path() if which == "rg1" else utf8_source
+    source = source_path
     src = pydicom.dcmread(source, stop_before_pixels=True)
     files = run_writer(
         write_sr,
@@ -166,7 +185,9 @@ def test_sr_is_valid_and_reads_back(
     assert dciodvfy_errors(sr_path) == []
 
     # DCMTK
-    dump = subprocess.run([DSRDUMP, str(sr_path)], capture_output=True, text=True, check=False)
+    dump = subprocess.run(
+        [DSRDUMP, str(sr_path)], capture_output=True, text=True, errors="replace", check=False
+    )
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout
 
@@ -180,9 +201,10 @@ def test_sr_is_valid_and_reads_back(
     assert sr.Modality == "SR"
     assert str(sr.PatientName) == str(src.PatientName)
     assert sr.PatientID == src.PatientID
-    if which == "utf8":
-        assert str(sr.PatientName) == UTF8_NAME
-        assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert sr.SpecificCharacterSet == src.SpecificCharacterSet
+    if source.name == "source.dcm":
+        assert str(sr.PatientName) in (UTF8_NAME, LATIN1_NAME)
+        assert str(sr.ReferringPhysicianName) == "Dupré^Élodie"
 
     groups = sr.content.get_image_measurement_groups(finding_type=PNEUMOCONIOSIS)
     assert len(groups) == 1
@@ -247,10 +269,10 @@ def test_uid_root(write_sr, utf8_source, tmp_path):
     assert dciodvfy_errors(Path(run_writer(write_sr, utf8_source, tmp_path / "x")["SR"])) == []
 
 
-@pytest.mark.parametrize("which", ["rg1", "utf8"])
+@pytest.mark.parametrize("source_path", ["rg1", "utf8", "latin1"], indirect=True)
 @pytest.mark.parametrize("weights", ["trained", "random-demo"])
-def test_companion_secondary_capture(write_sr, utf8_source, tmp_path, which, weights):
-    source = rg1_path() if which == "rg1" else utf8_source
+def test_companion_secondary_capture(write_sr, source_path, tmp_path, weights):
+    source = source_path
     src = pydicom.dcmread(source, stop_before_pixels=True)
     files = run_writer(write_sr, source, tmp_path, "--companion", "--weights", weights)
     assert "SC" in files

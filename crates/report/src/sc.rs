@@ -233,13 +233,11 @@ pub fn build_companion_sc(
         options.sc_series_number,
         &sc_series_description(model),
     );
-    // General Series: Laterality is Type 2C (required for paired body
-    // parts). With the source's Body Part Examined (e.g. CHEST, unpaired)
-    // it is left out; without one it is written empty (unknown).
-    match &source.body_part_examined {
-        Some(b) => put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, b.clone()),
-        None => put_empty(&mut obj, tags::LATERALITY, VR::CS),
-    }
+    // General Series: Body Part Examined copied from the source, else CHEST
+    // (the node only analyses chest radiographs). Chest is unpaired, so
+    // Laterality (Type 2C, for paired parts) is left out.
+    let body_part = source.body_part_examined.as_deref().unwrap_or("CHEST");
+    put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
     // SC Equipment
     put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
     // General Image
