@@ -1,0 +1,249 @@
+//! What the report needs from the analysed instance.
+
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, Value};
+use dicom_core::{DataElement, Tag};
+use dicom_dictionary_std::tags;
+use dicom_encoding::text::SpecificCharacterSet;
+use dicom_object::mem::InMemElement;
+use dicom_object::InMemDicomObject;
+
+use crate::content::Code;
+use crate::uid::is_valid_uid;
+use crate::ReportError;
+
+/// Patient module (PS3.3 C.7.1.1), General Study module (C.7.2.1) and Patient
+/// Study module (C.7.2.2) attributes copied from the source when present.
+/// Study Instance UID is handled apart (it is required).
+pub const COPIED_TAGS: &[Tag] = &[
+    // Patient
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE,
+    tags::TYPE_OF_PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_BIRTH_TIME,
+    tags::PATIENT_SEX,
+    tags::OTHER_PATIENT_I_DS_SEQUENCE,
+    tags::OTHER_PATIENT_NAMES,
+    tags::PATIENT_COMMENTS,
+    tags::PATIENT_SPECIES_DESCRIPTION,
+    tags::PATIENT_SPECIES_CODE_SEQUENCE,
+    tags::PATIENT_BREED_DESCRIPTION,
+    tags::PATIENT_BREED_CODE_SEQUENCE,
+    tags::RESPONSIBLE_PERSON,
+    tags::RESPONSIBLE_PERSON_ROLE,
+    tags::RESPONSIBLE_ORGANIZATION,
+    tags::PATIENT_IDENTITY_REMOVED,
+    tags::DEIDENTIFICATION_METHOD,
+    tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+    // General Study
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::REFERRING_PHYSICIAN_IDENTIFICATION_SEQUENCE,
+    tags::STUDY_ID,
+    tags::ACCESSION_NUMBER,
+    tags::ISSUER_OF_ACCESSION_NUMBER_SEQUENCE,
+    tags::STUDY_DESCRIPTION,
+    tags::PHYSICIANS_OF_RECORD,
+    tags::NAME_OF_PHYSICIANS_READING_STUDY,
+    tags::PROCEDURE_CODE_SEQUENCE,
+    // Patient Study
+    tags::ADMITTING_DIAGNOSES_DESCRIPTION,
+    tags::PATIENT_AGE,
+    tags::PATIENT_SIZE,
+    tags::PATIENT_WEIGHT,
+    tags::OCCUPATION,
+    tags::ADDITIONAL_PATIENT_HISTORY,
+];
+
+/// Type 2 attributes of the Patient and General Study modules: written empty
+/// when the source lacks them.
+pub const TYPE2_TAGS: &[(Tag, dicom_core::VR)] = &[
+    (tags::PATIENT_NAME, dicom_core::VR::PN),
+    (tags::PATIENT_ID, dicom_core::VR::LO),
+    (tags::PATIENT_BIRTH_DATE, dicom_core::VR::DA),
+    (tags::PATIENT_SEX, dicom_core::VR::CS),
+    (tags::STUDY_DATE, dicom_core::VR::DA),
+    (tags::STUDY_TIME, dicom_core::VR::TM),
+    (tags::REFERRING_PHYSICIAN_NAME, dicom_core::VR::PN),
+    (tags::STUDY_ID, dicom_core::VR::SH),
+    (tags::ACCESSION_NUMBER, dicom_core::VR::SH),
+];
+
+/// The analysed instance, as far as the report needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInstance {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    /// Modality of the source series (e.g. `CR`, `DX`).
+    pub modality: String,
+    pub rows: u16,
+    pub columns: u16,
+    /// Instance Number of the source, when present.
+    pub instance_number: Option<i32>,
+    /// Patient Orientation (row, column), when present.
+    pub patient_orientation: Option<(String, String)>,
+    /// Imager Pixel Spacing (row spacing, column spacing) in mm, when present
+    /// and positive.
+    pub imager_pixel_spacing: Option<(f64, f64)>,
+    /// Frame of Reference UID, when present.
+    pub frame_of_reference_uid: Option<String>,
+    /// Specific Character Set as found (values joined by `\`), when present.
+    pub specific_character_set: Option<String>,
+    /// Body Part Examined (CS), when present.
+    pub body_part_examined: Option<String>,
+    /// Timezone Offset From UTC as found, when present and valid.
+    pub timezone_offset_from_utc: Option<String>,
+    /// First item of the Procedure Code Sequence, when present and complete.
+    pub procedure_code: Option<Code>,
+    /// The Patient / General Study / Patient Study attributes to copy (see
+    /// [`COPIED_TAGS`]), as decoded from the source.
+    pub copied_elements: Vec<InMemElement>,
+}
+
+fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| {
+            s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+}
+
+fn required_uid(
+    obj: &InMemDicomObject,
+    tag: Tag,
+    name: &'static str,
+) -> Result<String, ReportError> {
+    let v = get_str(obj, tag).ok_or(ReportError::MissingAttribute(name))?;
+    if !is_valid_uid(&v) {
+        return Err(ReportError::InvalidAttribute {
+            name,
+            reason: format!("{v:?} is not a valid UID"),
+        });
+    }
+    Ok(v)
+}
+
+impl SourceInstance {
+    /// Take what the report needs from the source's data set (the header is
+    /// enough: pixel data is not read).
+    pub fn from_dataset(obj: &InMemDicomObject) -> Result<SourceInstance, ReportError> {
+        let sop_class_uid = required_uid(obj, tags::SOP_CLASS_UID, "SOPClassUID")?;
+        let sop_instance_uid = required_uid(obj, tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+        let study_instance_uid = required_uid(obj, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+        let series_instance_uid =
+            required_uid(obj, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+        let modality =
+            get_str(obj, tags::MODALITY).ok_or(ReportError::MissingAttribute("Modality"))?;
+        let us = |tag: Tag, name: &'static str| -> Result<u16, ReportError> {
+            obj.get(tag)
+                .ok_or(ReportError::MissingAttribute(name))?
+                .to_int::<u16>()
+                .map_err(|e| ReportError::InvalidAttribute {
+                    name,
+                    reason: e.to_string(),
+                })
+        };
+        let rows = us(tags::ROWS, "Rows")?;
+        let columns = us(tags::COLUMNS, "Columns")?;
+        let instance_number = obj
+            .get(tags::INSTANCE_NUMBER)
+            .and_then(|e| e.to_int::<i32>().ok());
+        let patient_orientation = obj
+            .get(tags::PATIENT_ORIENTATION)
+            .and_then(|e| e.to_multi_str().ok())
+            .and_then(|v| {
+                let v: Vec<String> = v.iter().map(|s| s.trim().to_string()).collect();
+                match v.as_slice() {
+                    [r, c] if !r.is_empty() && !c.is_empty() => Some((r.clone(), c.clone())),
+                    _ => None,
+                }
+            });
+        let imager_pixel_spacing = obj
+            .get(tags::IMAGER_PIXEL_SPACING)
+            .and_then(|e| e.to_multi_float64().ok())
+            .and_then(|v| match v.as_slice() {
+                [r, c] if r.is_finite() && c.is_finite() && *r > 0.0 && *c > 0.0 => Some((*r, *c)),
+                _ => None,
+            });
+        let frame_of_reference_uid =
+            get_str(obj, tags::FRAME_OF_REFERENCE_UID).filter(|u| is_valid_uid(u));
+        let specific_character_set = obj
+            .get(tags::SPECIFIC_CHARACTER_SET)
+            .and_then(|e| e.to_multi_str().ok())
+            .map(|v| v.iter().map(|s| s.trim()).collect::<Vec<_>>().join("\\"))
+            .filter(|s| !s.trim_matches('\\').is_empty());
+        let body_part_examined = get_str(obj, tags::BODY_PART_EXAMINED).filter(|s| {
+            s.len() <= 16
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
+        });
+        let timezone_offset_from_utc = get_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC)
+            .filter(|s| crate::types::parse_tz_offset(s).is_some());
+        let procedure_code = match obj.get(tags::PROCEDURE_CODE_SEQUENCE).map(|e| e.value()) {
+            Some(Value::Sequence(seq)) => seq.items().first().and_then(Code::from_item),
+            _ => None,
+        };
+        let copied_elements = COPIED_TAGS
+            .iter()
+            .filter_map(|t| obj.get(*t))
+            .map(rebuild)
+            .collect();
+        Ok(SourceInstance {
+            sop_class_uid,
+            sop_instance_uid,
+            study_instance_uid,
+            series_instance_uid,
+            modality,
+            rows,
+            columns,
+            instance_number,
+            patient_orientation,
+            imager_pixel_spacing,
+            frame_of_reference_uid,
+            specific_character_set,
+            body_part_examined,
+            timezone_offset_from_utc,
+            procedure_code,
+            copied_elements,
+        })
+    }
+
+    /// The Specific Character Set to write, and whether the source's was
+    /// replaced. The source's is kept when it is one value that dicom-rs can
+    /// encode; otherwise (code extensions, unknown terms) the strings, which
+    /// were decoded to Unicode on reading, are written in UTF-8
+    /// (`ISO_IR 192`).
+    pub fn output_character_set(&self) -> Option<String> {
+        let cs = self.specific_character_set.as_deref()?;
+        let single = !cs.contains('\\');
+        if single && SpecificCharacterSet::from_code(cs.trim()).is_some() {
+            Some(cs.trim().to_string())
+        } else {
+            Some("ISO_IR 192".to_string())
+        }
+    }
+}
+
+/// A copy of `e` whose sequences and items have undefined length, so that
+/// lengths are recomputed when written.
+pub(crate) fn rebuild(e: &InMemElement) -> InMemElement {
+    match e.value() {
+        Value::Sequence(seq) => {
+            let items: Vec<InMemDicomObject> = seq
+                .items()
+                .iter()
+                .map(|item| InMemDicomObject::from_element_iter(item.iter().map(rebuild)))
+                .collect();
+            DataElement::new(e.tag(), e.vr(), DataSetSequence::from(items))
+        }
+        _ => e.clone(),
+    }
+}

@@ -1,0 +1,405 @@
+//! The SR document: TID 1500 in a Comprehensive (3D) SR.
+
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+use crate::codes;
+use crate::common::{self, put_str};
+use crate::content::{sequence, ContentItem, ItemValue, Relationship};
+use crate::uid;
+use crate::{
+    AnalysisResult, Decision, ModelIdentity, NodeIdentity, ReportError, ReportOptions, ReportTime,
+    SourceInstance,
+};
+
+/// What viewers list as the series of a demonstration result.
+pub const DEMO_MARK: &str = "DEMO MODEL - NOT FOR DIAGNOSIS";
+
+/// Series Description of the SR series.
+pub fn sr_series_description(model: &ModelIdentity) -> String {
+    if model.is_demo() {
+        format!("{DEMO_MARK} - AI pneumoconiosis")
+    } else {
+        format!("AI pneumoconiosis ({})", model.name.trim())
+    }
+}
+
+/// The probability as the user meant it: the shortest decimal form of the
+/// `f32`, so that 0.873 reads 0.873 and not 0.87300002574920654.
+pub(crate) fn as_f64(x: f32) -> f64 {
+    format!("{x}").parse::<f64>().unwrap_or(f64::from(x))
+}
+
+/// Certainty of Finding in percent: `p_pneumoconiosis × 100`, rounded to
+/// 4 decimals.
+pub fn certainty_percent(result: &AnalysisResult) -> f64 {
+    (as_f64(result.p_pneumoconiosis) * 100.0 * 10_000.0).round() / 10_000.0
+}
+
+/// The result in one sentence (used in the SR's comment and the companion
+/// image).
+pub fn result_sentence(result: &AnalysisResult) -> String {
+    format!(
+        "Pneumoconiosis {}: probability {}% (threshold {}%).",
+        result.decision.as_str(),
+        crate::content::format_ds((certainty_percent(result) * 10.0).round() / 10.0),
+        crate::content::format_ds((as_f64(result.threshold) * 1000.0).round() / 10.0),
+    )
+}
+
+fn text(rel: Relationship, name: crate::content::Code, value: impl Into<String>) -> ContentItem {
+    ContentItem::new(rel, name, ItemValue::Text(value.into()))
+}
+
+/// The content tree of the SR (root CONTAINER and all its descendants).
+pub fn build_content_tree(
+    source: &SourceInstance,
+    result: &AnalysisResult,
+    model: &ModelIdentity,
+    node: &NodeIdentity,
+) -> Result<ContentItem, ReportError> {
+    let sha = model.validate()?;
+    result.validate()?;
+    let root_uid = node.uid_root.as_deref();
+    let image = || ItemValue::Image {
+        class_uid: source.sop_class_uid.clone(),
+        instance_uid: source.sop_instance_uid.clone(),
+    };
+
+    // Observer context: the node, as a device (TID 1002 / 1004)
+    let observer = vec![
+        ContentItem::new(
+            Relationship::HasObsContext,
+            codes::OBSERVER_TYPE,
+            ItemValue::Code(codes::DEVICE),
+        ),
+        ContentItem::new(
+            Relationship::HasObsContext,
+            codes::DEVICE_OBSERVER_UID,
+            ItemValue::UidRef(node.device_uid.trim().to_string()),
+        ),
+        text(
+            Relationship::HasObsContext,
+            codes::DEVICE_OBSERVER_NAME,
+            node.ae_title.trim(),
+        ),
+        text(
+            Relationship::HasObsContext,
+            codes::DEVICE_OBSERVER_MANUFACTURER,
+            node.manufacturer.trim(),
+        ),
+        text(
+            Relationship::HasObsContext,
+            codes::DEVICE_OBSERVER_MODEL_NAME,
+            node.model_name.trim(),
+        ),
+    ];
+
+    // Image library (TID 1600): one group, one entry
+    let mut descriptors = Vec::new();
+    if let Some(m) = codes::modality_code(&source.modality) {
+        descriptors.push(ContentItem::new(
+            Relationship::HasAcqContext,
+            codes::MODALITY,
+            ItemValue::Code(m),
+        ));
+    }
+    if let Some(f) = &source.frame_of_reference_uid {
+        descriptors.push(ContentItem::new(
+            Relationship::HasAcqContext,
+            codes::FRAME_OF_REFERENCE_UID,
+            ItemValue::UidRef(f.clone()),
+        ));
+    }
+    descriptors.push(ContentItem::new(
+        Relationship::HasAcqContext,
+        codes::PIXEL_DATA_ROWS,
+        ItemValue::Num {
+            value: f64::from(source.rows),
+            unit: codes::PIXELS,
+        },
+    ));
+    descriptors.push(ContentItem::new(
+        Relationship::HasAcqContext,
+        codes::PIXEL_DATA_COLUMNS,
+        ItemValue::Num {
+            value: f64::from(source.columns),
+            unit: codes::PIXELS,
+        },
+    ));
+    if let Some((r, c)) = &source.patient_orientation {
+        descriptors.push(text(
+            Relationship::HasAcqContext,
+            codes::PATIENT_ORIENTATION_ROW,
+            r.clone(),
+        ));
+        descriptors.push(text(
+            Relationship::HasAcqContext,
+            codes::PATIENT_ORIENTATION_COLUMN,
+            c.clone(),
+        ));
+    }
+    if let Some((row_spacing, col_spacing)) = source.imager_pixel_spacing {
+        descriptors.push(ContentItem::new(
+            Relationship::HasAcqContext,
+            codes::HORIZONTAL_PIXEL_SPACING,
+            ItemValue::Num {
+                value: col_spacing,
+                unit: codes::MILLIMETER,
+            },
+        ));
+        descriptors.push(ContentItem::new(
+            Relationship::HasAcqContext,
+            codes::VERTICAL_PIXEL_SPACING,
+            ItemValue::Num {
+                value: row_spacing,
+                unit: codes::MILLIMETER,
+            },
+        ));
+    }
+    let library = ContentItem::new(
+        Relationship::Contains,
+        codes::IMAGE_LIBRARY,
+        ItemValue::Container { template: None },
+    )
+    .with_children(vec![ContentItem::new(
+        Relationship::Contains,
+        codes::IMAGE_LIBRARY_GROUP,
+        ItemValue::Container { template: None },
+    )
+    .with_children(vec![ContentItem::new(
+        Relationship::Contains,
+        codes::SOURCE,
+        image(),
+    )
+    .with_children(descriptors)])]);
+
+    // Measurement group (TID 1501)
+    let verdict = match result.decision {
+        Decision::Present => codes::PRESENT,
+        Decision::Absent => codes::ABSENT,
+    };
+    let mut group = vec![
+        text(
+            Relationship::HasObsContext,
+            codes::TRACKING_IDENTIFIER,
+            "Pneumoconiosis classification",
+        ),
+        ContentItem::new(
+            Relationship::HasObsContext,
+            codes::TRACKING_UNIQUE_IDENTIFIER,
+            ItemValue::UidRef(uid::tracking_uid(&source.sop_instance_uid, &sha, root_uid)?),
+        ),
+        ContentItem::new(
+            Relationship::Contains,
+            codes::FINDING,
+            ItemValue::Code(codes::PNEUMOCONIOSIS),
+        ),
+        ContentItem::new(
+            Relationship::HasConceptMod,
+            codes::FINDING_SITE,
+            ItemValue::Code(codes::LUNG),
+        ),
+        // Algorithm identification (TID 4019)
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_NAME,
+            model.name.trim(),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_VERSION,
+            model.version.trim(),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_MANUFACTURER,
+            node.manufacturer.trim(),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!("weights={}", model.weights_kind.as_str()),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!("sha256={sha}"),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!(
+                "threshold={}",
+                crate::content::format_ds(as_f64(result.threshold))
+            ),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!("crop_mode={}", result.crop_mode.trim()),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!("execution_provider={}", result.execution_provider.trim()),
+        ),
+        ContentItem::new(
+            Relationship::Contains,
+            codes::CERTAINTY_OF_FINDING,
+            ItemValue::Num {
+                value: certainty_percent(result),
+                unit: codes::PERCENT,
+            },
+        ),
+        ContentItem::new(
+            Relationship::Contains,
+            codes::PNEUMOCONIOSIS,
+            ItemValue::Code(verdict),
+        ),
+        ContentItem::new(
+            Relationship::Contains,
+            codes::SOURCE_OF_MEASUREMENT,
+            image(),
+        ),
+    ];
+    if model.is_demo() {
+        group.push(text(
+            Relationship::Contains,
+            codes::COMMENT,
+            format!(
+                "{DEMO_MARK}. This result comes from a model with random demonstration \
+                 weights; it carries no diagnostic information."
+            ),
+        ));
+    }
+    group.push(text(
+        Relationship::Contains,
+        codes::COMMENT,
+        format!(
+            "{} Computed by {} {} without human review.",
+            result_sentence(result),
+            model.name.trim(),
+            model.version.trim()
+        ),
+    ));
+    let measurements = ContentItem::new(
+        Relationship::Contains,
+        codes::IMAGING_MEASUREMENTS,
+        ItemValue::Container { template: None },
+    )
+    .with_children(vec![ContentItem::new(
+        Relationship::Contains,
+        codes::MEASUREMENT_GROUP,
+        ItemValue::Container {
+            template: Some("1501"),
+        },
+    )
+    .with_children(group)]);
+
+    let procedure = source
+        .procedure_code
+        .clone()
+        .unwrap_or(codes::XR_UNSPECIFIED_BODY_REGION);
+
+    let mut children = vec![ContentItem::new(
+        Relationship::HasConceptMod,
+        codes::LANGUAGE_OF_CONTENT,
+        ItemValue::Code(codes::ENGLISH_US),
+    )];
+    children.extend(observer);
+    children.push(ContentItem::new(
+        Relationship::HasConceptMod,
+        codes::PROCEDURE_REPORTED,
+        ItemValue::Code(procedure),
+    ));
+    children.push(library);
+    children.push(measurements);
+
+    Ok(ContentItem {
+        relationship: None,
+        name: codes::IMAGING_MEASUREMENT_REPORT,
+        value: ItemValue::Container {
+            template: Some("1500"),
+        },
+        children,
+    })
+}
+
+/// Build the SR of one analysed instance: a Part-10 object (File Meta
+/// Information Version 00 01, Explicit VR Little Endian) ready to be stored
+/// and sent.
+pub fn build_sr(
+    source: &SourceInstance,
+    result: &AnalysisResult,
+    model: &ModelIdentity,
+    node: &NodeIdentity,
+    options: &ReportOptions,
+    time: &ReportTime,
+) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
+    node.validate()?;
+    let sha = model.validate()?;
+    let tree = build_content_tree(source, result, model, node)?;
+    let root_uid = node.uid_root.as_deref();
+    let sop_class_uid = options.sop_class.uid();
+    let sop_instance_uid = uid::sr_sop_instance_uid(&source.sop_instance_uid, &sha, root_uid)?;
+    let series_uid =
+        uid::sr_series_instance_uid(&node.ae_title, &source.study_instance_uid, root_uid)?;
+    let stamp = common::stamp(source, time);
+
+    let mut obj = common::base_dataset(
+        source,
+        node,
+        &stamp,
+        sop_class_uid,
+        &sop_instance_uid,
+        "SR",
+        &series_uid,
+        options.sr_series_number,
+        &sr_series_description(model),
+    );
+    // SR Document Series
+    put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
+    put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
+    obj.put(sequence(
+        tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+        vec![],
+    ));
+
+    // SR Document General
+    put_str(
+        &mut obj,
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        instance_number(source).to_string(),
+    );
+    put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
+    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
+    obj.put(sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]));
+    obj.put(sequence(
+        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+        vec![common::evidence_item(source)],
+    ));
+    let description = format!(
+        "{} {} ({} weights) classified the referenced image for pneumoconiosis.",
+        model.name.trim(),
+        model.version.trim(),
+        model.weights_kind.as_str()
+    );
+    common::contributing_equipment(&mut obj, node, model, &sha, &stamp, &description);
+
+    // SR Document Content
+    tree.write_into(&mut obj);
+
+    common::to_file(obj, sop_class_uid, &sop_instance_uid, node)
+}
+
+/// Instance Number of the SR: the source's Instance Number when it is
+/// positive (so SR n sits beside image n), else 1. Deterministic, like the
+/// UIDs, so a re-run writes the same object.
+pub fn instance_number(source: &SourceInstance) -> i32 {
+    source.instance_number.filter(|n| *n > 0).unwrap_or(1)
+}

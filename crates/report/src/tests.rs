@@ -1,0 +1,586 @@
+//! Tests of the whole builders: tree structure, attributes, UIDs, charset.
+
+use dicom_core::value::Value;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+
+use crate::content::format_ds;
+use crate::*;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn source_dataset(charset: Option<&str>, name: &str) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    let mut s = |t: Tag, vr: VR, v: &str| {
+        o.put(DataElement::new(t, vr, PrimitiveValue::from(v)));
+    };
+    if let Some(cs) = charset {
+        s(tags::SPECIFIC_CHARACTER_SET, VR::CS, cs);
+    }
+    s(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.1.1");
+    s(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5.6.7");
+    s(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3.4.5");
+    s(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4.5.6");
+    s(tags::MODALITY, VR::CS, "DX");
+    s(tags::PATIENT_NAME, VR::PN, name);
+    s(tags::PATIENT_ID, VR::LO, "ID42");
+    s(tags::STUDY_DATE, VR::DA, "20240102");
+    s(tags::ACCESSION_NUMBER, VR::SH, "ACC1");
+    s(tags::INSTANCE_NUMBER, VR::IS, "7");
+    s(tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0100");
+    o.put(DataElement::new(
+        tags::PATIENT_ORIENTATION,
+        VR::CS,
+        PrimitiveValue::Strs(["P".to_string(), "F".to_string()].as_slice().into()),
+    ));
+    o.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(2048u16),
+    ));
+    o.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(1536u16),
+    ));
+    o
+}
+
+fn source() -> SourceInstance {
+    SourceInstance::from_dataset(&source_dataset(Some("ISO_IR 192"), "Müller^Jürgen")).unwrap()
+}
+
+fn result(p: f32) -> AnalysisResult {
+    AnalysisResult::from_probabilities(vec![p, 1.0 - p], 0.5, "lung", "CPU").unwrap()
+}
+
+fn model(kind: WeightsKind) -> ModelIdentity {
+    ModelIdentity {
+        name: "PneumoLLM".into(),
+        version: "1.0.0".into(),
+        weights_kind: kind,
+        sha256: SHA.into(),
+    }
+}
+
+fn node() -> NodeIdentity {
+    NodeIdentity::new("PNEUMO", "2.25.1234")
+}
+
+fn time() -> ReportTime {
+    ReportTime {
+        unix_seconds: 1_700_000_000,
+        micros: 0,
+        local_offset_minutes: 0,
+    }
+}
+
+fn str_of(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default()
+}
+
+fn items(obj: &InMemDicomObject, tag: Tag) -> Vec<InMemDicomObject> {
+    match obj.get(tag).map(|e| e.value()) {
+        Some(Value::Sequence(s)) => s.items().to_vec(),
+        _ => vec![],
+    }
+}
+
+fn concept(item: &InMemDicomObject) -> (String, String) {
+    let c = &items(item, tags::CONCEPT_NAME_CODE_SEQUENCE)[0];
+    (
+        str_of(c, tags::CODE_VALUE),
+        str_of(c, tags::CODING_SCHEME_DESIGNATOR),
+    )
+}
+
+#[test]
+fn tree_structure_follows_tid_1500() {
+    let tree = build_content_tree(
+        &source(),
+        &result(0.873),
+        &model(WeightsKind::Trained),
+        &node(),
+    )
+    .unwrap();
+    assert!(tree.relationship.is_none());
+    assert!(tree.name.same_concept(&codes::IMAGING_MEASUREMENT_REPORT));
+    assert_eq!(
+        tree.value,
+        ItemValue::Container {
+            template: Some("1500")
+        }
+    );
+    let names: Vec<&str> = tree
+        .children
+        .iter()
+        .map(|c| c.name.value.as_ref())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "121049", "121005", "121012", "121013", "121014", "121015", "121058", "111028",
+            "126010"
+        ]
+    );
+    // procedure reported: the default (no Procedure Code Sequence in the source)
+    let proc_item = tree.find(&codes::PROCEDURE_REPORTED).next().unwrap();
+    assert_eq!(
+        proc_item.value,
+        ItemValue::Code(codes::XR_UNSPECIFIED_BODY_REGION)
+    );
+
+    // image library → group → source image with descriptors
+    let lib = tree.find(&codes::IMAGE_LIBRARY).next().unwrap();
+    let group = lib.find(&codes::IMAGE_LIBRARY_GROUP).next().unwrap();
+    let img = group.find(&codes::SOURCE).next().unwrap();
+    assert_eq!(
+        img.value,
+        ItemValue::Image {
+            class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            instance_uid: "1.2.3.4.5.6.7".into()
+        }
+    );
+    assert!(img
+        .children
+        .iter()
+        .all(|c| c.relationship == Some(Relationship::HasAcqContext)));
+    let rows = img.find(&codes::PIXEL_DATA_ROWS).next().unwrap();
+    assert!(matches!(rows.value, ItemValue::Num { value, .. } if value == 2048.0));
+
+    // measurement group
+    let meas = tree.find(&codes::IMAGING_MEASUREMENTS).next().unwrap();
+    assert_eq!(meas.children.len(), 1);
+    let mg = &meas.children[0];
+    assert_eq!(
+        mg.value,
+        ItemValue::Container {
+            template: Some("1501")
+        }
+    );
+    let finding = mg.find(&codes::FINDING).next().unwrap();
+    assert_eq!(finding.value, ItemValue::Code(codes::PNEUMOCONIOSIS));
+    let verdict = mg.find(&codes::PNEUMOCONIOSIS).next().unwrap();
+    assert_eq!(verdict.value, ItemValue::Code(codes::PRESENT));
+    assert_eq!(verdict.relationship, Some(Relationship::Contains));
+    let cert = mg.find(&codes::CERTAINTY_OF_FINDING).next().unwrap();
+    assert_eq!(
+        cert.value,
+        ItemValue::Num {
+            value: 87.3,
+            unit: codes::PERCENT
+        }
+    );
+    assert_eq!(mg.find(&codes::TRACKING_IDENTIFIER).count(), 1);
+    assert_eq!(mg.find(&codes::TRACKING_UNIQUE_IDENTIFIER).count(), 1);
+    assert_eq!(mg.find(&codes::SOURCE_OF_MEASUREMENT).count(), 1);
+    let site = mg.find(&codes::FINDING_SITE).next().unwrap();
+    assert_eq!(site.value, ItemValue::Code(codes::LUNG));
+    assert_eq!(mg.find(&codes::ALGORITHM_NAME).count(), 1);
+    assert_eq!(mg.find(&codes::ALGORITHM_VERSION).count(), 1);
+    // trained: one comment, no demo mark
+    let comments: Vec<_> = mg.find(&codes::COMMENT).collect();
+    assert_eq!(comments.len(), 1);
+    assert!(!format!("{:?}", comments[0].value).contains(DEMO_MARK));
+}
+
+#[test]
+fn absent_result_and_demo_marking() {
+    let tree = build_content_tree(
+        &source(),
+        &result(0.2),
+        &model(WeightsKind::RandomDemo),
+        &node(),
+    )
+    .unwrap();
+    let mg = &tree
+        .find(&codes::IMAGING_MEASUREMENTS)
+        .next()
+        .unwrap()
+        .children[0];
+    let verdict = mg.find(&codes::PNEUMOCONIOSIS).next().unwrap();
+    assert_eq!(verdict.value, ItemValue::Code(codes::ABSENT));
+    let demo = mg
+        .find(&codes::COMMENT)
+        .filter(|c| matches!(&c.value, ItemValue::Text(t) if t.starts_with(DEMO_MARK)))
+        .count();
+    assert_eq!(demo, 1);
+
+    let sr = build_sr(
+        &source(),
+        &result(0.2),
+        &model(WeightsKind::RandomDemo),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert!(str_of(&sr, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    let sr = build_sr(
+        &source(),
+        &result(0.2),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert!(!str_of(&sr, tags::SERIES_DESCRIPTION).contains("DEMO"));
+}
+
+#[test]
+fn sr_attributes() {
+    let src = source();
+    let sr = build_sr(
+        &src,
+        &result(0.873),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    let meta = sr.meta();
+    assert_eq!(meta.information_version, [0, 1]);
+    assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
+    assert_eq!(
+        meta.media_storage_sop_class_uid(),
+        "1.2.840.10008.5.1.4.1.1.88.34"
+    );
+    assert_eq!(
+        str_of(&sr, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.88.34"
+    );
+    let sop = str_of(&sr, tags::SOP_INSTANCE_UID);
+    assert_eq!(meta.media_storage_sop_instance_uid(), sop);
+    assert_eq!(
+        sop,
+        sr_sop_instance_uid("1.2.3.4.5.6.7", SHA, None).unwrap()
+    );
+    assert_eq!(str_of(&sr, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
+    assert_eq!(
+        str_of(&sr, tags::SERIES_INSTANCE_UID),
+        sr_series_instance_uid("PNEUMO", "1.2.3.4.5", None).unwrap()
+    );
+    assert_ne!(str_of(&sr, tags::SERIES_INSTANCE_UID), "1.2.3.4.5.6");
+    assert_eq!(str_of(&sr, tags::MODALITY), "SR");
+    assert_eq!(str_of(&sr, tags::SERIES_NUMBER), "9901");
+    assert_eq!(str_of(&sr, tags::INSTANCE_NUMBER), "7");
+    assert_eq!(str_of(&sr, tags::COMPLETION_FLAG), "COMPLETE");
+    assert_eq!(str_of(&sr, tags::VERIFICATION_FLAG), "UNVERIFIED");
+    assert_eq!(str_of(&sr, tags::PATIENT_NAME), "Müller^Jürgen");
+    assert_eq!(str_of(&sr, tags::SPECIFIC_CHARACTER_SET), "ISO_IR 192");
+    assert_eq!(str_of(&sr, tags::ACCESSION_NUMBER), "ACC1");
+    // Type 2 present even though absent from the source
+    assert!(sr.get(tags::REFERRING_PHYSICIAN_NAME).is_some());
+    assert!(sr.get(tags::PATIENT_SEX).is_some());
+    assert!(sr.get(tags::STUDY_ID).is_some());
+    assert!(sr
+        .get(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE)
+        .is_some());
+    assert!(sr.get(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE).is_some());
+    // times in the source's offset (+0100): 2023-11-14T22:13:20Z → 23:13:20
+    assert_eq!(str_of(&sr, tags::CONTENT_DATE), "20231114");
+    assert_eq!(str_of(&sr, tags::CONTENT_TIME), "231320.000000");
+    assert_eq!(str_of(&sr, tags::TIMEZONE_OFFSET_FROM_UTC), "+0100");
+
+    // evidence: study → series → instance
+    let ev = items(&sr, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(str_of(&ev[0], tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
+    let series = items(&ev[0], tags::REFERENCED_SERIES_SEQUENCE);
+    assert_eq!(str_of(&series[0], tags::SERIES_INSTANCE_UID), "1.2.3.4.5.6");
+    let sops = items(&series[0], tags::REFERENCED_SOP_SEQUENCE);
+    assert_eq!(
+        str_of(&sops[0], tags::REFERENCED_SOP_INSTANCE_UID),
+        "1.2.3.4.5.6.7"
+    );
+    assert_eq!(
+        str_of(&sops[0], tags::REFERENCED_SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.1.1"
+    );
+
+    // contributing equipment names the algorithm
+    let ce = items(&sr, tags::CONTRIBUTING_EQUIPMENT_SEQUENCE);
+    assert_eq!(ce.len(), 1);
+    assert_eq!(str_of(&ce[0], tags::MANUFACTURER_MODEL_NAME), "PneumoLLM");
+    assert!(str_of(&ce[0], tags::SOFTWARE_VERSIONS).starts_with("1.0.0"));
+    assert!(str_of(&ce[0], tags::CONTRIBUTION_DESCRIPTION).contains(SHA));
+
+    // root content
+    assert_eq!(str_of(&sr, tags::VALUE_TYPE), "CONTAINER");
+    assert_eq!(concept(&sr), ("126000".into(), "DCM".into()));
+    let tpl = items(&sr, tags::CONTENT_TEMPLATE_SEQUENCE);
+    assert_eq!(str_of(&tpl[0], tags::TEMPLATE_IDENTIFIER), "1500");
+    assert_eq!(str_of(&tpl[0], tags::MAPPING_RESOURCE), "DCMR");
+    let content = items(&sr, tags::CONTENT_SEQUENCE);
+    let meas = content.iter().find(|i| concept(i).0 == "126010").unwrap();
+    let mg = &items(meas, tags::CONTENT_SEQUENCE)[0];
+    let num = items(mg, tags::CONTENT_SEQUENCE)
+        .into_iter()
+        .find(|i| concept(i).0 == "111012")
+        .unwrap();
+    let mv = &items(&num, tags::MEASURED_VALUE_SEQUENCE)[0];
+    assert_eq!(str_of(mv, tags::NUMERIC_VALUE), "87.3");
+}
+
+#[test]
+fn comprehensive_class_by_configuration() {
+    let opts = ReportOptions {
+        sop_class: SrSopClass::Comprehensive,
+        ..ReportOptions::default()
+    };
+    let sr = build_sr(
+        &source(),
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &node(),
+        &opts,
+        &time(),
+    )
+    .unwrap();
+    assert_eq!(
+        str_of(&sr, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.88.33"
+    );
+    assert_eq!(
+        sr.meta().media_storage_sop_class_uid(),
+        "1.2.840.10008.5.1.4.1.1.88.33"
+    );
+}
+
+#[test]
+fn same_inputs_same_bytes() {
+    let a = build_sr(
+        &source(),
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    let b = build_sr(
+        &source(),
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    a.write_all(&mut ba).unwrap();
+    b.write_all(&mut bb).unwrap();
+    assert_eq!(ba, bb);
+    // a re-run later still names the same instance
+    let later = ReportTime {
+        unix_seconds: 1_800_000_000,
+        ..time()
+    };
+    let c = build_sr(
+        &source(),
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &later,
+    )
+    .unwrap();
+    assert_eq!(
+        str_of(&a, tags::SOP_INSTANCE_UID),
+        str_of(&c, tags::SOP_INSTANCE_UID)
+    );
+    assert_eq!(
+        str_of(&a, tags::SERIES_INSTANCE_UID),
+        str_of(&c, tags::SERIES_INSTANCE_UID)
+    );
+}
+
+#[test]
+fn custom_uid_root() {
+    let mut n = node();
+    n.uid_root = Some("1.2.826.0.1.3680043.10.543".into());
+    let sr = build_sr(
+        &source(),
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &n,
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert!(str_of(&sr, tags::SOP_INSTANCE_UID).starts_with("1.2.826.0.1.3680043.10.543."));
+    assert!(str_of(&sr, tags::SERIES_INSTANCE_UID).starts_with("1.2.826.0.1.3680043.10.543."));
+    n.uid_root = Some("1.2.x".into());
+    assert!(matches!(
+        build_sr(
+            &source(),
+            &result(0.6),
+            &model(WeightsKind::Trained),
+            &n,
+            &ReportOptions::default(),
+            &time()
+        ),
+        Err(ReportError::InvalidUidRoot { .. })
+    ));
+}
+
+#[test]
+fn utf8_names_survive_the_file_round_trip() {
+    for (cs, name) in [
+        (Some("ISO_IR 192"), "Müller^Jürgen=山田^太郎"),
+        (Some("ISO_IR 100"), "Müller^Jürgen"),
+    ] {
+        let src = SourceInstance::from_dataset(&source_dataset(cs, name)).unwrap();
+        let sr = build_sr(
+            &src,
+            &result(0.6),
+            &model(WeightsKind::Trained),
+            &node(),
+            &ReportOptions::default(),
+            &time(),
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        sr.write_all(&mut bytes).unwrap();
+        let back = OpenFileOptions::new().from_reader(&bytes[128..]).unwrap();
+        assert_eq!(str_of(&back, tags::PATIENT_NAME), name, "{cs:?}");
+        assert_eq!(
+            str_of(&back, tags::SPECIFIC_CHARACTER_SET),
+            cs.unwrap_or("")
+        );
+    }
+}
+
+#[test]
+fn unsupported_charsets_become_utf8() {
+    let mut ds = source_dataset(None, "Yamada^Taro");
+    ds.put(DataElement::new(
+        tags::SPECIFIC_CHARACTER_SET,
+        VR::CS,
+        PrimitiveValue::Strs(
+            ["".to_string(), "ISO 2022 IR 87".to_string()]
+                .as_slice()
+                .into(),
+        ),
+    ));
+    let src = SourceInstance::from_dataset(&ds).unwrap();
+    assert_eq!(src.output_character_set().as_deref(), Some("ISO_IR 192"));
+    let plain = SourceInstance::from_dataset(&source_dataset(None, "A^B")).unwrap();
+    assert_eq!(plain.output_character_set(), None);
+}
+
+#[test]
+fn source_errors_are_typed() {
+    let mut ds = source_dataset(None, "A^B");
+    ds.remove_element(tags::SOP_INSTANCE_UID);
+    assert!(matches!(
+        SourceInstance::from_dataset(&ds),
+        Err(ReportError::MissingAttribute("SOPInstanceUID"))
+    ));
+    let mut ds = source_dataset(None, "A^B");
+    ds.put(DataElement::new(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.abc"),
+    ));
+    assert!(matches!(
+        SourceInstance::from_dataset(&ds),
+        Err(ReportError::InvalidAttribute {
+            name: "StudyInstanceUID",
+            ..
+        })
+    ));
+    let mut bad_model = model(WeightsKind::Trained);
+    bad_model.sha256 = "xyz".into();
+    assert!(matches!(
+        build_sr(
+            &source(),
+            &result(0.6),
+            &bad_model,
+            &node(),
+            &ReportOptions::default(),
+            &time()
+        ),
+        Err(ReportError::InvalidModel(_))
+    ));
+}
+
+#[test]
+fn procedure_code_is_copied() {
+    let mut ds = source_dataset(None, "A^B");
+    let code = Code::new("36643-5", "LN", "XR Chest 2 Views").to_item();
+    ds.put(DataElement::new(
+        tags::PROCEDURE_CODE_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(vec![code]),
+    ));
+    let src = SourceInstance::from_dataset(&ds).unwrap();
+    let tree =
+        build_content_tree(&src, &result(0.6), &model(WeightsKind::Trained), &node()).unwrap();
+    let p = tree.find(&codes::PROCEDURE_REPORTED).next().unwrap();
+    assert!(matches!(&p.value, ItemValue::Code(c) if c.value == "36643-5" && c.scheme == "LN"));
+}
+
+#[test]
+fn companion_sc() {
+    let px: Vec<f32> = (0..300 * 200).map(|i| (i % 200) as f32 / 200.0).collect();
+    let img = GreyImage {
+        pixels: &px,
+        rows: 300,
+        columns: 200,
+    };
+    let sc = build_companion_sc(
+        &source(),
+        img,
+        &result(0.873),
+        &model(WeightsKind::RandomDemo),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert_eq!(
+        str_of(&sc, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.7"
+    );
+    assert_eq!(str_of(&sc, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
+    assert_eq!(str_of(&sc, tags::BURNED_IN_ANNOTATION), "YES");
+    assert!(str_of(&sc, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    let rows = sc.get(tags::ROWS).unwrap().to_int::<u16>().unwrap();
+    let cols = sc.get(tags::COLUMNS).unwrap().to_int::<u16>().unwrap();
+    assert_eq!(cols, 200);
+    assert!(rows > 300);
+    let data = sc.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    assert_eq!(data.len(), usize::from(rows) * usize::from(cols));
+    assert_ne!(
+        str_of(&sc, tags::SERIES_INSTANCE_UID),
+        str_of(
+            &build_sr(
+                &source(),
+                &result(0.873),
+                &model(WeightsKind::RandomDemo),
+                &node(),
+                &ReportOptions::default(),
+                &time()
+            )
+            .unwrap(),
+            tags::SERIES_INSTANCE_UID
+        )
+    );
+}
+
+#[test]
+fn certainty_rounding() {
+    assert_eq!(format_ds(sr::certainty_percent(&result(0.873))), "87.3");
+    assert_eq!(format_ds(sr::certainty_percent(&result(1.0))), "100");
+    assert_eq!(
+        format_ds(sr::certainty_percent(&result(0.123_456_7))),
+        "12.3457"
+    );
+}

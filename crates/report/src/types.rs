@@ -1,0 +1,413 @@
+//! The inputs of the report builders and their checks.
+
+use crate::ReportError;
+
+/// The classifier's verdict on the finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Pneumoconiosis present: `p_pneumoconiosis >= threshold`.
+    Present,
+    /// Pneumoconiosis absent: `p_pneumoconiosis < threshold`.
+    Absent,
+}
+
+impl Decision {
+    /// The decision the threshold rule gives (`p >= threshold` is present).
+    pub fn from_threshold(p_pneumoconiosis: f32, threshold: f32) -> Decision {
+        if p_pneumoconiosis >= threshold {
+            Decision::Present
+        } else {
+            Decision::Absent
+        }
+    }
+
+    /// "present" / "absent".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Present => "present",
+            Decision::Absent => "absent",
+        }
+    }
+}
+
+/// What the analysis of one image gave. Only a successful analysis is
+/// reported: a failed one produces no SR (its reason stays on the job).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisResult {
+    /// Softmax output; index 0 = pneumoconiosis, index 1 = normal.
+    pub probabilities: Vec<f32>,
+    /// Probability of pneumoconiosis, in [0, 1] (normally `probabilities[0]`).
+    pub p_pneumoconiosis: f32,
+    /// Decision threshold on `p_pneumoconiosis`, in [0, 1].
+    pub threshold: f32,
+    /// The decision; must agree with `p_pneumoconiosis` and `threshold`.
+    pub decision: Decision,
+    /// How the lungs were cropped before inference (e.g. `none`, `center`).
+    pub crop_mode: String,
+    /// ONNX Runtime execution provider that ran the model (e.g. `CPU`, `CUDA`).
+    pub execution_provider: String,
+}
+
+impl AnalysisResult {
+    /// Build a result from the softmax output and the threshold; the decision
+    /// follows the threshold rule.
+    pub fn from_probabilities(
+        probabilities: Vec<f32>,
+        threshold: f32,
+        crop_mode: impl Into<String>,
+        execution_provider: impl Into<String>,
+    ) -> Result<AnalysisResult, ReportError> {
+        let p = *probabilities
+            .first()
+            .ok_or_else(|| ReportError::InvalidResult("no probabilities".into()))?;
+        let r = AnalysisResult {
+            decision: Decision::from_threshold(p, threshold),
+            probabilities,
+            p_pneumoconiosis: p,
+            threshold,
+            crop_mode: crop_mode.into(),
+            execution_provider: execution_provider.into(),
+        };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Check ranges and the agreement of decision, probability and threshold.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
+        if !unit(self.p_pneumoconiosis) {
+            return Err(ReportError::InvalidResult(format!(
+                "p_pneumoconiosis {} is not in [0, 1]",
+                self.p_pneumoconiosis
+            )));
+        }
+        if !unit(self.threshold) {
+            return Err(ReportError::InvalidResult(format!(
+                "threshold {} is not in [0, 1]",
+                self.threshold
+            )));
+        }
+        if let Some(bad) = self.probabilities.iter().find(|p| !unit(**p)) {
+            return Err(ReportError::InvalidResult(format!(
+                "probability {bad} is not in [0, 1]"
+            )));
+        }
+        if self.decision != Decision::from_threshold(self.p_pneumoconiosis, self.threshold) {
+            return Err(ReportError::InvalidResult(format!(
+                "decision {} disagrees with p = {} and threshold = {}",
+                self.decision.as_str(),
+                self.p_pneumoconiosis,
+                self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which weights the model carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsKind {
+    /// Trained weights: results are meant to be read by a radiologist.
+    Trained,
+    /// Random demonstration weights: results mean nothing, and every report
+    /// says so ("DEMO MODEL - NOT FOR DIAGNOSIS").
+    RandomDemo,
+}
+
+impl WeightsKind {
+    /// `trained` / `random-demo`, as in the model's metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightsKind::Trained => "trained",
+            WeightsKind::RandomDemo => "random-demo",
+        }
+    }
+
+    /// Parse `trained` / `random-demo` (also `demo`, `random`).
+    pub fn parse(s: &str) -> Option<WeightsKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "trained" => Some(WeightsKind::Trained),
+            "random-demo" | "random_demo" | "demo" | "random" => Some(WeightsKind::RandomDemo),
+            _ => None,
+        }
+    }
+}
+
+/// Which model produced the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    /// Algorithm name, e.g. `PneumoLLM`.
+    pub name: String,
+    /// Algorithm version, e.g. `1.0.0`.
+    pub version: String,
+    /// Trained or random demonstration weights.
+    pub weights_kind: WeightsKind,
+    /// SHA-256 of the ONNX file, 64 hexadecimal digits.
+    pub sha256: String,
+}
+
+impl ModelIdentity {
+    /// Check the fields; returns the SHA-256 in lower case.
+    pub fn validate(&self) -> Result<String, ReportError> {
+        if self.name.trim().is_empty() {
+            return Err(ReportError::InvalidModel("empty model name".into()));
+        }
+        if self.version.trim().is_empty() {
+            return Err(ReportError::InvalidModel("empty model version".into()));
+        }
+        let sha = self.sha256.trim().to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ReportError::InvalidModel(format!(
+                "SHA-256 {:?} is not 64 hexadecimal digits",
+                self.sha256
+            )));
+        }
+        Ok(sha)
+    }
+
+    /// True for demonstration weights.
+    pub fn is_demo(&self) -> bool {
+        self.weights_kind == WeightsKind::RandomDemo
+    }
+}
+
+/// Who writes the report: this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The node's AE title (also the Device Observer Name).
+    pub ae_title: String,
+    /// Manufacturer written in General Equipment, the observer context and
+    /// Contributing Equipment.
+    pub manufacturer: String,
+    /// Product name of the node software (Manufacturer's Model Name).
+    pub model_name: String,
+    /// Version of the node software (Software Versions).
+    pub software_version: String,
+    /// Device UID of this node (Device Observer UID, Device UID).
+    pub device_uid: String,
+    /// Station Name (SH), when configured.
+    pub station_name: Option<String>,
+    /// Institution Name (LO), when configured.
+    pub institution_name: Option<String>,
+    /// Institutional Department Name (LO), when configured.
+    pub institution_department: Option<String>,
+    /// UID root for derived UIDs; `None` = the `2.25.` UUID form.
+    pub uid_root: Option<String>,
+}
+
+impl NodeIdentity {
+    /// A node identity with the given AE title and device UID, the product
+    /// name `pneumo-node` and this crate's version.
+    pub fn new(ae_title: impl Into<String>, device_uid: impl Into<String>) -> NodeIdentity {
+        NodeIdentity {
+            ae_title: ae_title.into(),
+            manufacturer: "pneumo-node".into(),
+            model_name: "pneumo-node".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            device_uid: device_uid.into(),
+            station_name: None,
+            institution_name: None,
+            institution_department: None,
+            uid_root: None,
+        }
+    }
+
+    /// Check the AE title, the device UID and the UID root.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        let ae = self.ae_title.trim();
+        if ae.is_empty()
+            || ae.len() > 16
+            || !ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+        {
+            return Err(ReportError::InvalidNode(format!(
+                "AE title {:?} is not 1 to 16 printable ASCII characters",
+                self.ae_title
+            )));
+        }
+        if !crate::uid::is_valid_uid(self.device_uid.trim()) {
+            return Err(ReportError::InvalidNode(format!(
+                "device UID {:?} is not a valid UID",
+                self.device_uid
+            )));
+        }
+        crate::uid::validate_uid_root(self.uid_root.as_deref())
+    }
+}
+
+/// Which SR storage SOP class to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrSopClass {
+    /// Comprehensive 3D SR Storage, 1.2.840.10008.5.1.4.1.1.88.34 (default).
+    #[default]
+    Comprehensive3D,
+    /// Comprehensive SR Storage, 1.2.840.10008.5.1.4.1.1.88.33, for archives
+    /// that refuse the 3D class. The content tree is the same (it has no 3D
+    /// coordinates).
+    Comprehensive,
+}
+
+impl SrSopClass {
+    /// The SOP Class UID.
+    pub fn uid(self) -> &'static str {
+        match self {
+            SrSopClass::Comprehensive3D => "1.2.840.10008.5.1.4.1.1.88.34",
+            SrSopClass::Comprehensive => "1.2.840.10008.5.1.4.1.1.88.33",
+        }
+    }
+}
+
+/// Configuration of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOptions {
+    /// SR storage class.
+    pub sop_class: SrSopClass,
+    /// Series Number of the SR series (default 9901: sorts after the
+    /// acquired series in viewers, and is the same for every SR of the node).
+    pub sr_series_number: i32,
+    /// Series Number of the companion Secondary Capture series (default 9902).
+    pub sc_series_number: i32,
+    /// Write the companion Secondary Capture image (default off). The
+    /// builder does not look at this; the caller decides whether to call
+    /// [`crate::build_companion_sc`].
+    pub companion_sc: bool,
+    /// Longest side of the companion image in pixels (default 1024).
+    pub sc_max_size: u16,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            sop_class: SrSopClass::Comprehensive3D,
+            sr_series_number: 9901,
+            sc_series_number: 9902,
+            companion_sc: false,
+            sc_max_size: 1024,
+        }
+    }
+}
+
+/// The moment the report is written (Content Date/Time, Instance Creation
+/// Date/Time). The builders never read the clock: the caller passes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportTime {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    pub unix_seconds: i64,
+    /// Microseconds within the second (0..1_000_000).
+    pub micros: u32,
+    /// Offset of the node's local time from UTC in minutes, used when the
+    /// source has no Timezone Offset From UTC (then the times are written in
+    /// this offset and no offset attribute is written, as the copied study
+    /// times are the source's local times too).
+    pub local_offset_minutes: i32,
+}
+
+impl ReportTime {
+    /// The current time from the system clock, expressed in UTC.
+    pub fn now_utc() -> ReportTime {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        ReportTime {
+            unix_seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            micros: d.subsec_micros(),
+            local_offset_minutes: 0,
+        }
+    }
+
+    /// (DA `YYYYMMDD`, TM `HHMMSS.ffffff`) in the given UTC offset.
+    pub fn format(&self, offset_minutes: i32) -> (String, String) {
+        let secs = self
+            .unix_seconds
+            .saturating_add(i64::from(offset_minutes) * 60);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        (
+            format!("{y:04}{m:02}{d:02}"),
+            format!(
+                "{:02}{:02}{:02}.{:06}",
+                sod / 3600,
+                (sod % 3600) / 60,
+                sod % 60,
+                self.micros.min(999_999)
+            ),
+        )
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Parse a Timezone Offset From UTC value (`+HHMM` / `-HHMM`) into minutes.
+pub(crate) fn parse_tz_offset(s: &str) -> Option<i32> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() != 5 || !(b[0] == b'+' || b[0] == b'-') || !b[1..].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let h: i32 = s[1..3].parse().ok()?;
+    let m: i32 = s[3..5].parse().ok()?;
+    if h > 14 || m > 59 {
+        return None;
+    }
+    let v = h * 60 + m;
+    Some(if b[0] == b'-' { -v } else { v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        // 2024-02-29T23:59:58Z
+        let t = ReportTime {
+            unix_seconds: 1_709_251_198,
+            micros: 5,
+            local_offset_minutes: 0,
+        };
+        assert_eq!(t.format(0), ("20240229".into(), "235958.000005".into()));
+        assert_eq!(t.format(60), ("20240301".into(), "005958.000005".into()));
+        assert_eq!(t.format(-240).0, "20240229");
+        let epoch = ReportTime {
+            unix_seconds: 0,
+            micros: 0,
+            local_offset_minutes: 0,
+        };
+        assert_eq!(epoch.format(-1).0, "19691231");
+    }
+
+    #[test]
+    fn tz_offsets() {
+        assert_eq!(parse_tz_offset("-0400"), Some(-240));
+        assert_eq!(parse_tz_offset("+0530"), Some(330));
+        assert_eq!(parse_tz_offset("0400"), None);
+        assert_eq!(parse_tz_offset("+2500"), None);
+    }
+
+    #[test]
+    fn result_checks() {
+        let ok = AnalysisResult::from_probabilities(vec![0.8, 0.2], 0.5, "none", "CPU").unwrap();
+        assert_eq!(ok.decision, Decision::Present);
+        let mut bad = ok.clone();
+        bad.decision = Decision::Absent;
+        assert!(bad.validate().is_err());
+        bad = ok.clone();
+        bad.p_pneumoconiosis = f32::NAN;
+        assert!(bad.validate().is_err());
+        assert!(AnalysisResult::from_probabilities(vec![], 0.5, "", "").is_err());
+        assert!(AnalysisResult::from_probabilities(vec![1.5, 0.0], 0.5, "", "").is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! Deterministic UIDs.
+//!
+//! Every UID this crate writes is a name-based UUID (version 5, SHA-1) in the
+//! project namespace [`NAMESPACE`], turned into a DICOM UID:
+//!
+//! * with no UID root configured: `2.25.` followed by the decimal value of the
+//!   128-bit UUID (PS3.5 B.2), at most 44 characters;
+//! * with a UID root `R` configured: `R.` followed by the decimal value of the
+//!   UUID, reduced modulo `10^n` where `n` is what is left of the 64 characters
+//!   (no reduction when `R` has 24 characters or fewer).
+//!
+//! The names hashed (fields joined by a NUL byte, so no field can run into
+//! the next) are:
+//!
+//! | UID | name |
+//! | --- | --- |
+//! | SR SOP Instance UID | `sr`, source SOP Instance UID, model SHA-256 (lower-case hex) |
+//! | SR Series Instance UID | `sr-series`, node AE title, Study Instance UID |
+//! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, model SHA-256 |
+//! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, model SHA-256 |
+//! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID |
+//!
+//! Re-running a job (after a crash, or a retry) therefore yields the same SR,
+//! and every SR this node writes into one study lands in one series.
+
+use uuid::Uuid;
+
+use crate::ReportError;
+
+/// The project's UUID namespace: UUID v5 of the name `pneumo-node` in the
+/// standard OID namespace (RFC 4122 appendix C). Fixed forever: changing it
+/// changes every derived UID.
+pub const NAMESPACE: Uuid = Uuid::from_u128(0x12d2_e44b_ce26_5d3d_b251_6b94_e72f_c020);
+
+/// Largest length of a DICOM UID (PS3.5 9.1).
+pub const MAX_UID_LEN: usize = 64;
+
+/// Fewest decimal digits a root must leave for the derived part.
+const MIN_DIGITS: usize = 20;
+
+/// Is `s` a syntactically valid DICOM UID (digits and dots, components
+/// without leading zeros, at most 64 characters)?
+pub fn is_valid_uid(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_UID_LEN {
+        return false;
+    }
+    s.split('.').all(|c| {
+        !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))
+    })
+}
+
+/// Check a configured UID root; `None` means the `2.25.` UUID form.
+pub fn validate_uid_root(root: Option<&str>) -> Result<(), ReportError> {
+    let Some(root) = root else { return Ok(()) };
+    if !is_valid_uid(root) {
+        return Err(ReportError::InvalidUidRoot {
+            root: root.to_string(),
+            reason: "not a valid UID (digits and dots, no leading zeros)".into(),
+        });
+    }
+    if root.len() + 1 + MIN_DIGITS > MAX_UID_LEN {
+        return Err(ReportError::InvalidUidRoot {
+            root: root.to_string(),
+            reason: format!(
+                "too long: at most {} characters leave room for a unique suffix",
+                MAX_UID_LEN - 1 - MIN_DIGITS
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn name_uuid(parts: &[&str]) -> Uuid {
+    let name = parts.join("\0");
+    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+}
+
+/// Format a UUID as a DICOM UID under `root` (see the module documentation).
+pub fn uuid_to_uid(uuid: Uuid, root: Option<&str>) -> Result<String, ReportError> {
+    let value = uuid.as_u128();
+    match root {
+        None => Ok(format!("2.25.{value}")),
+        Some(root) => {
+            validate_uid_root(Some(root))?;
+            let room = MAX_UID_LEN - root.len() - 1;
+            // 10^39 > 2^128, so with room >= 39 no reduction is needed.
+            let v = if room >= 39 {
+                value
+            } else {
+                value % 10u128.pow(room as u32)
+            };
+            Ok(format!("{root}.{v}"))
+        }
+    }
+}
+
+/// The SOP Instance UID of the SR for `source_sop_uid` analysed by the model
+/// whose weights have SHA-256 `model_sha256` (hex; case is ignored).
+pub fn sr_sop_instance_uid(
+    source_sop_uid: &str,
+    model_sha256: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let sha = model_sha256.trim().to_ascii_lowercase();
+    uuid_to_uid(name_uuid(&["sr", source_sop_uid.trim(), &sha]), uid_root)
+}
+
+/// The Series Instance UID of the SR series of node `ae_title` in study
+/// `study_uid`: one series per node and study.
+pub fn sr_series_instance_uid(
+    ae_title: &str,
+    study_uid: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    uuid_to_uid(
+        name_uuid(&["sr-series", ae_title.trim(), study_uid.trim()]),
+        uid_root,
+    )
+}
+
+/// The Tracking Unique Identifier of the measurement group.
+pub fn tracking_uid(
+    source_sop_uid: &str,
+    model_sha256: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let sha = model_sha256.trim().to_ascii_lowercase();
+    uuid_to_uid(
+        name_uuid(&["tracking", source_sop_uid.trim(), &sha]),
+        uid_root,
+    )
+}
+
+/// The SOP Instance UID of the companion Secondary Capture image.
+pub fn sc_sop_instance_uid(
+    source_sop_uid: &str,
+    model_sha256: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let sha = model_sha256.trim().to_ascii_lowercase();
+    uuid_to_uid(name_uuid(&["sc", source_sop_uid.trim(), &sha]), uid_root)
+}
+
+/// The Series Instance UID of the companion Secondary Capture series of node
+/// `ae_title` in study `study_uid` (a series apart from the SR series:
+/// Modality is a series attribute).
+pub fn sc_series_instance_uid(
+    ae_title: &str,
+    study_uid: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    uuid_to_uid(
+        name_uuid(&["sc-series", ae_title.trim(), study_uid.trim()]),
+        uid_root,
+    )
+}
+
+/// The Implementation Class UID written in the File Meta Information.
+pub fn implementation_class_uid() -> String {
+    format!("2.25.{}", name_uuid(&["implementation-class"]).as_u128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn namespace_is_v5_of_project_name() {
+        assert_eq!(
+            NAMESPACE,
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, b"pneumo-node")
+        );
+    }
+
+    #[test]
+    fn sr_uid_is_deterministic_and_valid() {
+        let a = sr_sop_instance_uid("1.2.3.4", SHA, None).unwrap();
+        let b = sr_sop_instance_uid("1.2.3.4", &SHA.to_uppercase(), None).unwrap();
+        assert_eq!(a, b);
+        assert!(a.starts_with("2.25."));
+        assert!(is_valid_uid(&a), "{a}");
+        assert!(a.len() <= 44);
+    }
+
+    #[test]
+    fn sr_uid_depends_on_source_and_model() {
+        let a = sr_sop_instance_uid("1.2.3.4", SHA, None).unwrap();
+        let b = sr_sop_instance_uid("1.2.3.5", SHA, None).unwrap();
+        let other_sha = SHA.replace('9', "8");
+        let c = sr_sop_instance_uid("1.2.3.4", &other_sha, None).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+        // and the other derived UIDs differ from it
+        assert_ne!(a, tracking_uid("1.2.3.4", SHA, None).unwrap());
+        assert_ne!(a, sc_sop_instance_uid("1.2.3.4", SHA, None).unwrap());
+    }
+
+    #[test]
+    fn series_uid_per_node_and_study() {
+        let a = sr_series_instance_uid("PNEUMO", "1.2.3", None).unwrap();
+        assert_eq!(a, sr_series_instance_uid("PNEUMO", "1.2.3", None).unwrap());
+        assert_ne!(a, sr_series_instance_uid("OTHER", "1.2.3", None).unwrap());
+        assert_ne!(a, sr_series_instance_uid("PNEUMO", "1.2.4", None).unwrap());
+        assert_ne!(a, sc_series_instance_uid("PNEUMO", "1.2.3", None).unwrap());
+    }
+
+    #[test]
+    fn fields_cannot_run_together() {
+        // "1.2" + "3" vs "1.23" + "" would collide without a separator
+        let a = sr_series_instance_uid("AE1", "2.3", None).unwrap();
+        let b = sr_series_instance_uid("AE1.2", ".3", None).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn custom_root() {
+        let short = sr_sop_instance_uid("1.2.3.4", SHA, Some("1.2.826.0.1.3680043.10.1")).unwrap();
+        assert!(short.starts_with("1.2.826.0.1.3680043.10.1."));
+        assert!(is_valid_uid(&short), "{short}");
+        let long_root = "1.2.826.0.1.3680043.10.1.2.3.4.5.6.7.8.9";
+        let long = sr_sop_instance_uid("1.2.3.4", SHA, Some(long_root)).unwrap();
+        assert!(long.len() <= 64);
+        assert!(is_valid_uid(&long), "{long}");
+        assert_eq!(
+            long,
+            sr_sop_instance_uid("1.2.3.4", SHA, Some(long_root)).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_roots_are_refused() {
+        for root in ["", "1..2", "1.02", "1.2.a", "1.2.", &"1.2".repeat(20)] {
+            assert!(
+                sr_sop_instance_uid("1.2.3.4", SHA, Some(root)).is_err(),
+                "{root:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn uid_syntax() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.88.34"));
+        assert!(is_valid_uid("2.25.0"));
+        assert!(!is_valid_uid("1.2.03"));
+        assert!(!is_valid_uid("1.2.3 "));
+        assert!(!is_valid_uid(&format!("1.{}", "2".repeat(64))));
+    }
+}
