@@ -84,6 +84,7 @@ impl IngestHandler {
             dataset_sha256: instance.dataset_sha256,
             calling_ae: instance.context.calling_ae.clone(),
             peer_address: instance.context.peer.to_string(),
+            generated: false,
         };
         let calling_ae = instance.context.calling_ae.as_str();
         let mut forwarded = false;
@@ -107,14 +108,14 @@ impl IngestHandler {
                 instance_id,
                 job_id,
             }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id, bytes = instance.dataset_len, "instance stored");
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = ?job_id, bytes = instance.dataset_len, "instance stored");
                 StoreReply::success()
             }
             Ok(IngestOutcome::StoredConflicting {
                 instance_id,
                 job_id,
             }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id, "instance stored beside an earlier one with the same UID");
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = ?job_id, "instance stored beside an earlier one with the same UID");
                 StoreReply::success()
             }
             Ok(IngestOutcome::Duplicate { instance_id }) => {

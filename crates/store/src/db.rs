@@ -52,13 +52,14 @@ pub struct NewInstance<'a> {
     pub peer_address: &'a str,
     pub now_ms: i64,
     pub destinations: &'a [String],
+    pub with_job: bool,
 }
 
 /// Inserts the instance, its `received` job and its outbox rows in one transaction.
 pub async fn insert_instance_with_job(
     pool: &SqlitePool,
     row: &NewInstance<'_>,
-) -> Result<(i64, i64), sqlx::Error> {
+) -> Result<(i64, Option<i64>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let h = row.header;
     let instance_id: i64 = sqlx::query_scalar(
@@ -84,15 +85,20 @@ pub async fn insert_instance_with_job(
     .bind(row.now_ms)
     .fetch_one(&mut *tx)
     .await?;
-    let job_id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (instance_id, state, created_at_ms, updated_at_ms)
-         VALUES (?, 'received', ?, ?) RETURNING id",
-    )
-    .bind(instance_id)
-    .bind(row.now_ms)
-    .bind(row.now_ms)
-    .fetch_one(&mut *tx)
-    .await?;
+    let job_id = if row.with_job {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (instance_id, state, created_at_ms, updated_at_ms)
+             VALUES (?, 'received', ?, ?) RETURNING id",
+        )
+        .bind(instance_id)
+        .bind(row.now_ms)
+        .bind(row.now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        Some(id)
+    } else {
+        None
+    };
     for destination in row.destinations {
         crate::outbox::enqueue(&mut *tx, instance_id, destination).await?;
     }

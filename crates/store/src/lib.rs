@@ -56,16 +56,24 @@ pub struct Incoming {
     pub dataset_sha256: [u8; 32],
     pub calling_ae: String,
     pub peer_address: String,
+    /// Made by this node (a report): stored like any instance, but no job.
+    pub generated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Kept, with a job in state `received`.
-    Stored { instance_id: i64, job_id: i64 },
+    /// Kept, with a job in state `received` (none for a generated instance).
+    Stored {
+        instance_id: i64,
+        job_id: Option<i64>,
+    },
     /// The same SOP Instance UID with the same data set is already kept.
     Duplicate { instance_id: i64 },
     /// The same SOP Instance UID with another data set: kept beside the first.
-    StoredConflicting { instance_id: i64, job_id: i64 },
+    StoredConflicting {
+        instance_id: i64,
+        job_id: Option<i64>,
+    },
 }
 
 pub struct Store {
@@ -161,6 +169,7 @@ impl Store {
             peer_address: &incoming.peer_address,
             now_ms: now_ms(),
             destinations: &destinations,
+            with_job: !incoming.generated,
         };
         match db::insert_instance_with_job(&self.pool, &row).await {
             Ok((instance_id, job_id)) if conflicting => Ok(IngestOutcome::StoredConflicting {

@@ -44,6 +44,7 @@ fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming 
         dataset_sha256: Sha256::digest(dataset).into(),
         calling_ae: "TEST".into(),
         peer_address: "127.0.0.1:1".into(),
+        generated: false,
     }
 }
 
