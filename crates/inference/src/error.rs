@@ -39,11 +39,10 @@ pub enum InferenceError {
     ModelLoad { path: PathBuf, message: String },
 
     /// The model's contract (ONNX metadata) is missing or invalid.
-    #[error("model {path}: {source}")]
+    #[error("model {path}: {problem}")]
     Contract {
         path: PathBuf,
-        #[source]
-        source: ContractError,
+        problem: ContractError,
     },
 
     /// The requested execution provider could not be used.

@@ -100,8 +100,13 @@ impl std::fmt::Debug for Model {
 fn graph_err(path: &Path, msg: String) -> InferenceError {
     InferenceError::Contract {
         path: path.to_path_buf(),
-        source: ContractError::Graph(msg),
+        problem: ContractError::Graph(msg),
     }
+}
+
+/// A contract shape as JSON, as the metadata writes it.
+fn dims(d: &[Dim]) -> String {
+    serde_json::to_string(d).unwrap_or_else(|_| format!("{d:?}"))
 }
 
 fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Result<()> {
@@ -109,9 +114,10 @@ fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Resul
         return Err(graph_err(
             path,
             format!(
-                "{what} has rank {} ({graph:?}), the contract says rank {} ({contract:?})",
+                "{what} has rank {} ({graph:?}), the contract says rank {} ({})",
                 graph.len(),
-                contract.len()
+                contract.len(),
+                dims(contract)
             ),
         ));
     }
@@ -123,7 +129,10 @@ fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Resul
         if !ok {
             return Err(graph_err(
                 path,
-                format!("{what} dimension {i} is {g} in the graph, {c:?} in the contract (graph shape {graph:?})"),
+                format!(
+                    "{what} dimension {i} is {g} in the graph, {} in the contract (graph shape {graph:?})",
+                    dims(std::slice::from_ref(c))
+                ),
             ));
         }
     }
@@ -225,6 +234,8 @@ fn base_builder(
     let mut b = Session::builder(&rt.env)
         .map_err(ort_err)?
         .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_err)?
+        .with_log_level(ort::logging::LogLevel::Warning)
         .map_err(ort_err)?;
     if s.cpu_threads > 0 {
         b = b.with_intra_threads(s.cpu_threads).map_err(ort_err)?;
@@ -483,8 +494,8 @@ impl Model {
 
 fn read_contract(path: &Path, session: &Session) -> Result<ModelContract> {
     let meta = session.metadata().map_err(ort_err)?;
-    ModelContract::from_metadata(|k| meta.custom(k)).map_err(|source| InferenceError::Contract {
+    ModelContract::from_metadata(|k| meta.custom(k)).map_err(|problem| InferenceError::Contract {
         path: path.to_path_buf(),
-        source,
+        problem,
     })
 }

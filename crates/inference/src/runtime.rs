@@ -196,6 +196,8 @@ pub fn init_runtime(configured: &Path) -> Result<&'static Runtime> {
         .with_telemetry(false)
         .build()
         .map_err(|e| InferenceError::Ort(format!("creating the environment: {e}")))?;
+    // ONNX Runtime's own info messages are hundreds of lines per session.
+    env.set_log_level(ort::logging::LogLevel::Warning);
     tracing::info!(library = %library.display(), %version, "ONNX Runtime loaded");
     Ok(RUNTIME.get_or_init(|| Runtime {
         env,

@@ -33,7 +33,7 @@ fn a_model_without_contract_names_the_missing_key() {
     let e = load_err(&bad("no-contract.onnx"));
     match &e {
         InferenceError::Contract {
-            source: ContractError::MissingKey { key },
+            problem: ContractError::MissingKey { key },
             ..
         } => assert_eq!(*key, "pneumo.contract_version"),
         other => panic!("{other:?}"),
@@ -52,7 +52,7 @@ fn an_input_of_the_wrong_rank() {
         matches!(
             e,
             InferenceError::Contract {
-                source: ContractError::Graph(_),
+                problem: ContractError::Graph(_),
                 ..
             }
         ),
