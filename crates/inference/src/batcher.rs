@@ -3,7 +3,8 @@
 //! to `max_batch` requests (waiting at most `max_wait_ms` after the first),
 //! runs them as one batch and answers each through its own oneshot.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,25 @@ impl From<&InferenceSettings> for BatchConfig {
     }
 }
 
+/// Counters of the worker (for metrics).
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    images: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+/// What the worker has run so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Batches run (the warm-up not counted).
+    pub batches: u64,
+    /// Images run.
+    pub images: u64,
+    /// The largest batch run.
+    pub largest_batch: u64,
+}
+
 /// The model served by a worker thread. Cheap to share (`Arc`); dropping
 /// the last handle stops the worker after the requests already queued.
 pub struct InferenceEngine {
@@ -45,6 +65,7 @@ pub struct InferenceEngine {
     identity: ModelIdentity,
     provider: ExecutionProvider,
     batch: BatchConfig,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for InferenceEngine {
@@ -93,9 +114,11 @@ impl InferenceEngine {
         let identity = model.identity().clone();
         let provider = model.execution_provider();
         let (tx, rx) = mpsc::channel::<Request>();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
         let worker = std::thread::Builder::new()
             .name("pneumo-inference".into())
-            .spawn(move || worker_loop(model, rx, batch))
+            .spawn(move || worker_loop(model, rx, batch, &c))
             .map_err(|e| InferenceError::Ort(format!("starting the inference thread: {e}")))?;
         Ok(InferenceEngine {
             tx: Some(tx),
@@ -104,7 +127,17 @@ impl InferenceEngine {
             identity,
             provider,
             batch,
+            counters,
         })
+    }
+
+    /// Batches and images run so far.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            images: self.counters.images.load(Ordering::Relaxed),
+            largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
+        }
     }
 
     pub fn contract(&self) -> &ModelContract {
@@ -163,7 +196,12 @@ impl Drop for InferenceEngine {
     }
 }
 
-fn worker_loop(mut model: Model, rx: mpsc::Receiver<Request>, cfg: BatchConfig) {
+fn worker_loop(
+    mut model: Model,
+    rx: mpsc::Receiver<Request>,
+    cfg: BatchConfig,
+    counters: &Counters,
+) {
     let mut batch: Vec<Request> = Vec::with_capacity(cfg.max_batch);
     // Blocks until a request arrives; ends when every sender is gone.
     while let Ok(first) = rx.recv() {
@@ -196,6 +234,10 @@ fn worker_loop(mut model: Model, rx: mpsc::Receiver<Request>, cfg: BatchConfig) 
         let inputs: Vec<&ImageInput> = batch.iter().map(|r| &r.input).collect();
         let t = Instant::now();
         let results = model.run_batch(&inputs);
+        let n = inputs.len() as u64;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.images.fetch_add(n, Ordering::Relaxed);
+        counters.largest_batch.fetch_max(n, Ordering::Relaxed);
         tracing::debug!(
             batch = batch.len(),
             ms = t.elapsed().as_secs_f64() * 1e3,

@@ -19,7 +19,7 @@ mod prediction;
 pub mod runtime;
 mod settings;
 
-pub use batcher::{BatchConfig, InferenceEngine};
+pub use batcher::{BatchConfig, EngineStats, InferenceEngine};
 pub use contract::{Dim, InputDType, ModelContract, WeightsKind, CONTRACT_KEYS, DEMO_WARNING};
 pub use error::{ContractError, InferenceError, Result};
 pub use model::{ExecutionProvider, ImageInput, Model};

@@ -134,6 +134,12 @@ fn sixty_four_concurrent_requests_match_one_by_one_runs() {
         out
     });
     assert_eq!(results.len(), 64);
+    let stats = engine.stats();
+    assert_eq!(stats.images, 64);
+    assert!(
+        stats.largest_batch > 1 && stats.largest_batch <= 16,
+        "{stats:?}"
+    );
     for (i, (p, want)) in results.iter().zip(&alone).enumerate() {
         assert!(
             close(&p.logits, want) <= TOL,
