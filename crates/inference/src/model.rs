@@ -243,11 +243,15 @@ fn base_builder(
     Ok(b)
 }
 
+/// Builds a session on `provider`. With CUDA, `strict` refuses a graph in
+/// which any node would be placed on the CPU (ONNX Runtime's
+/// `session.disable_cpu_ep_fallback`).
 fn build_session(
     rt: &Runtime,
     s: &InferenceSettings,
     path: &Path,
     provider: ExecutionProvider,
+    strict: bool,
 ) -> Result<Session> {
     let mut b = base_builder(rt, s)?;
     match provider {
@@ -276,7 +280,7 @@ fn build_session(
             b = b
                 .with_execution_providers([cuda.build().error_on_failure()])
                 .map_err(|e| ep_err(e.to_string()))?;
-            if !s.allow_cpu_fallback {
+            if strict {
                 b = b.with_disable_cpu_fallback().map_err(ort_err)?;
             }
             b.commit_from_file(path).map_err(|e| ep_err(e.to_string()))
@@ -306,16 +310,25 @@ impl Model {
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = match settings.execution_provider {
             ExecutionProviderChoice::Cpu => (
-                build_session(rt, settings, &path, ExecutionProvider::Cpu)?,
+                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
                 ExecutionProvider::Cpu,
             ),
             ExecutionProviderChoice::Cuda => (
-                build_session(rt, settings, &path, ExecutionProvider::Cuda)?,
+                build_session(
+                    rt,
+                    settings,
+                    &path,
+                    ExecutionProvider::Cuda,
+                    !settings.allow_cpu_fallback,
+                )?,
                 ExecutionProvider::Cuda,
             ),
             ExecutionProviderChoice::Auto => {
+                // Best effort: ONNX Runtime's own placement of small shape
+                // subgraphs on the CPU is accepted here; refusing it would
+                // only move the whole graph to the CPU.
                 let cuda = if ep::CUDA::is_available().unwrap_or(false) {
-                    build_session(rt, settings, &path, ExecutionProvider::Cuda)
+                    build_session(rt, settings, &path, ExecutionProvider::Cuda, false)
                 } else {
                     Err(InferenceError::ExecutionProvider {
                         provider: "cuda".into(),
@@ -327,7 +340,7 @@ impl Model {
                     Err(e) => {
                         tracing::info!(reason = %e, "execution provider auto: CUDA not usable, using the CPU");
                         (
-                            build_session(rt, settings, &path, ExecutionProvider::Cpu)?,
+                            build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
                             ExecutionProvider::Cpu,
                         )
                     }

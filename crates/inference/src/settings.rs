@@ -44,7 +44,7 @@ pub struct InferenceSettings {
     /// `auto`, `cuda` or `cpu`.
     pub execution_provider: ExecutionProviderChoice,
     /// With `cuda`: build the session even when some nodes would run on the
-    /// CPU. Without it, such a model is refused.
+    /// CPU. Without it, such a model is refused. (`auto` always accepts them.)
     pub allow_cpu_fallback: bool,
     /// CUDA device ordinal.
     pub device_id: i32,
