@@ -127,3 +127,28 @@ def test_model_info_prints_the_contract(session):
 
     text = node("model", "info", MODEL)
     assert text.returncode == 0 and DEMO in text.stdout and meta["pneumo.weights_sha256"] in text.stdout
+
+
+def test_committed_inputs_rust_equals_python_and_expected(session):
+    inputs = ROOT / "fixtures" / "models" / "pneumollm-tiny.inputs.npy"
+    expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
+    (python,) = session.run(["logits"], {"image": np.load(inputs)})
+    r = node("infer", "--tensor", inputs, "--json")
+    assert r.returncode == 0, r.stderr
+    preds = json.loads(r.stdout)["predictions"]
+    rust = np.array([p["logits"] for p in preds], dtype=np.float32)
+    assert rust.shape == (2, 2)
+    assert np.abs(rust - python).max() <= TOL, (rust, python)
+    assert np.abs(rust - expected).max() <= TOL, (rust, expected)
+    assert all(p["warning"] == DEMO for p in preds)
+
+
+def test_f16_tensor_file_is_accepted(tmp_path):
+    x = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.inputs.npy")
+    f16 = tmp_path / "x16.npy"
+    np.save(f16, x.astype(np.float16))
+    r = node("infer", "--tensor", f16, "--json")
+    assert r.returncode == 0, r.stderr
+    expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
+    rust = np.array([p["logits"] for p in json.loads(r.stdout)["predictions"]], dtype=np.float32)
+    assert np.abs(rust - expected).max() < 0.05  # fp16 rounding of the input only
