@@ -327,23 +327,27 @@ impl Model {
                 // Best effort: ONNX Runtime's own placement of small shape
                 // subgraphs on the CPU is accepted here; refusing it would
                 // only move the whole graph to the CPU.
-                let cuda = if ep::CUDA::is_available().unwrap_or(false) {
-                    build_session(rt, settings, &path, ExecutionProvider::Cuda, false)
-                } else {
-                    Err(InferenceError::ExecutionProvider {
-                        provider: "cuda".into(),
-                        message: format!("ONNX Runtime {} was built without CUDA", rt.version),
-                    })
-                };
-                match cuda {
-                    Ok(s) => (s, ExecutionProvider::Cuda),
-                    Err(e) => {
-                        tracing::info!(reason = %e, "execution provider auto: CUDA not usable, using the CPU");
-                        (
-                            build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
-                            ExecutionProvider::Cpu,
-                        )
+                if ep::CUDA::is_available().unwrap_or(false) {
+                    match build_session(rt, settings, &path, ExecutionProvider::Cuda, false) {
+                        Ok(s) => (s, ExecutionProvider::Cuda),
+                        Err(e) => {
+                            // The library has CUDA and it failed: worth a warning.
+                            tracing::warn!(reason = %e, "execution provider auto: CUDA failed, using the CPU");
+                            (
+                                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
+                                ExecutionProvider::Cpu,
+                            )
+                        }
                     }
+                } else {
+                    tracing::info!(
+                        onnxruntime = %rt.version,
+                        "execution provider auto: this ONNX Runtime has no CUDA provider, using the CPU"
+                    );
+                    (
+                        build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
+                        ExecutionProvider::Cpu,
+                    )
                 }
             }
         };

@@ -86,3 +86,27 @@ fn an_output_with_nan_is_an_error_for_that_request_only() {
     assert!(e.to_string().contains("not finite"), "{e}");
     assert!(engine.infer_blocking(tensor(minus, s)).is_ok());
 }
+
+#[test]
+fn cuda_without_cuda_is_an_error_at_start_and_auto_says_cpu() {
+    use pneumo_inference::{ExecutionProvider, ExecutionProviderChoice};
+    let tiny = models().join("pneumollm-tiny.onnx");
+    let mut s = cpu_settings(&tiny);
+    s.execution_provider = ExecutionProviderChoice::Cuda;
+    s.allow_cpu_fallback = true;
+    match Model::load(&s) {
+        // a CUDA build of ONNX Runtime on a GPU machine
+        Ok(m) => assert_eq!(m.execution_provider(), ExecutionProvider::Cuda),
+        // the CPU wheel (make deps), or no usable GPU
+        Err(e) => {
+            assert!(
+                matches!(e, InferenceError::ExecutionProvider { .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().starts_with("execution provider cuda"), "{e}");
+            s.execution_provider = ExecutionProviderChoice::Auto;
+            let m = Model::load(&s).unwrap();
+            assert_eq!(m.execution_provider(), ExecutionProvider::Cpu);
+        }
+    }
+}
