@@ -23,6 +23,7 @@ pub struct Config {
     pub destinations: Vec<Destination>,
     pub routing: RoutingSection,
     pub outbox: OutboxSection,
+    pub inference: pneumo_inference::InferenceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +207,7 @@ impl Config {
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
         }
+        self.inference.validate()?;
         Ok(())
     }
 
@@ -256,6 +258,7 @@ mod tests {
         assert_eq!(config.dicom.port, defaults.dicom.port);
         assert_eq!(config.dicom.max_pdu, defaults.dicom.max_pdu);
         assert_eq!(config.node.data_dir, defaults.node.data_dir);
+        assert_eq!(config.inference, defaults.inference);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! pneumo-node: a DICOM node that stores chest radiographs, runs the
 //! PneumoLLM classifier and returns its result as a Structured Report.
 
+mod cmd_infer;
+mod cmd_model;
 mod cmd_preprocess;
 mod config;
 mod diskguard;
@@ -62,6 +64,12 @@ enum Command {
     },
     /// Write the model input tensor of one DICOM file (.npy) and a JSON report.
     Preprocess(cmd_preprocess::PreprocessArgs),
+    /// Run imaging and the model on one DICOM file; print the probabilities,
+    /// the decision and the execution provider used.
+    Infer(cmd_infer::InferArgs),
+    /// Model tools.
+    #[command(subcommand)]
+    Model(cmd_model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +102,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     init_logging(&config)?;
+    // One-shot inference tools: blocking, before (and without) the runtime.
+    match &cli.command {
+        Command::Infer(args) => {
+            return cmd_infer::run(args, &config.inference).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Model(cmd) => {
+            return cmd_model::run(cmd, &config.inference).map(|_| ExitCode::SUCCESS)
+        }
+        _ => {}
+    }
     // dicom-ul's writers and our tasks need the multi-thread runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -113,7 +131,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 paths,
                 calling_ae,
             } => store(&config, &target, &paths, calling_ae).await,
-            Command::Preprocess(_) => unreachable!("handled before the runtime starts"),
+            Command::Preprocess(_) | Command::Infer(_) | Command::Model(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

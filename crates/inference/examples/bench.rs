@@ -1,0 +1,110 @@
+//! Images per second of a model on the CPU provider, at given batch sizes,
+//! straight on the session and through the batcher. Prints one JSON line
+//! per measurement. Driven by tests/inference/bench.py (which times Python
+//! onnxruntime in the same run).
+//!
+//!     cargo run --release -p pneumo-inference --example bench -- MODEL THREADS SECONDS MODE BATCH...
+//!
+//! MODE: `session`, `batcher` or `both`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pneumo_inference::{
+    ExecutionProviderChoice, ImageInput, InferenceEngine, InferenceSettings, Model,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 5 {
+        return Err("usage: bench MODEL THREADS SECONDS session|batcher|both BATCH...".into());
+    }
+    let mode = args[3].as_str();
+    let settings = InferenceSettings {
+        model: PathBuf::from(&args[0]),
+        cpu_threads: args[1].parse()?,
+        execution_provider: ExecutionProviderChoice::Cpu,
+        ..InferenceSettings::default()
+    };
+    let seconds: f64 = args[2].parse()?;
+    let batches: Vec<usize> = args[4..]
+        .iter()
+        .map(|b| b.parse())
+        .collect::<Result<_, _>>()?;
+    let mut model = Model::load(&settings)?;
+    let len = model.contract().image_len();
+    let size = model.contract().input_size as usize;
+    // deterministic, varied inputs
+    let image = |k: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + k * 104_729) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    };
+    for &b in batches.iter().filter(|_| mode != "batcher") {
+        let inputs: Vec<ImageInput> = (0..b).map(|k| ImageInput::F32(image(k))).collect();
+        let refs: Vec<&ImageInput> = inputs.iter().collect();
+        model.run_logits(&refs)?; // warm-up for this shape
+        let (mut n, t0) = (0usize, Instant::now());
+        while t0.elapsed().as_secs_f64() < seconds {
+            model.run_logits(&refs)?;
+            n += 1;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "{{\"side\":\"rust\",\"mode\":\"session\",\"batch\":{b},\"images\":{},\"seconds\":{dt:.4},\"images_per_s\":{:.3}}}",
+            n * b,
+            (n * b) as f64 / dt
+        );
+    }
+    if mode == "session" {
+        return Ok(());
+    }
+    // through the batcher: 4 x max_batch concurrent requests per round
+    let max_batch = *batches.iter().max().unwrap_or(&1);
+    let engine = Arc::new(InferenceEngine::from_model(
+        model,
+        pneumo_inference::BatchConfig {
+            max_batch,
+            max_wait: Duration::from_millis(5),
+        },
+        false,
+    )?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let per_round = 4 * max_batch;
+    let tensors: Vec<pneumo_imaging::Tensor> = (0..per_round)
+        .map(|k| pneumo_imaging::Tensor {
+            shape: [1, 3, size, size],
+            data: pneumo_imaging::TensorData::F32(image(k)),
+        })
+        .collect();
+    let (mut n, t0) = (0usize, Instant::now());
+    while t0.elapsed().as_secs_f64() < seconds {
+        rt.block_on(async {
+            let tasks: Vec<_> = tensors
+                .iter()
+                .cloned()
+                .map(|t| {
+                    let e = engine.clone();
+                    tokio::spawn(async move { e.infer(t).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })?;
+        n += per_round;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    println!(
+        "{{\"side\":\"rust\",\"mode\":\"batcher\",\"batch\":{max_batch},\"images\":{n},\"seconds\":{dt:.4},\"images_per_s\":{:.3}}}",
+        n as f64 / dt
+    );
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! The model contract (version 1): the `pneumo.*` keys of the ONNX model's
+//! `metadata_props`, exactly as docs/model-contract.md lists them.
+
+use pneumo_imaging::{CropMode, OutputDType, PreprocessSpec};
+use serde::Serialize;
+
+use crate::error::ContractError;
+
+/// Every key of contract version 1, in the documentation's order.
+pub const CONTRACT_KEYS: [&str; 28] = [
+    "pneumo.contract_version",
+    "pneumo.model_name",
+    "pneumo.model_version",
+    "pneumo.model_config",
+    "pneumo.weights_kind",
+    "pneumo.weights_sha256",
+    "pneumo.weights_sha256_method",
+    "pneumo.precision",
+    "pneumo.input_name",
+    "pneumo.input_shape",
+    "pneumo.input_dtype",
+    "pneumo.input_layout",
+    "pneumo.output_name",
+    "pneumo.output_shape",
+    "pneumo.output_dtype",
+    "pneumo.output_kind",
+    "pneumo.labels",
+    "pneumo.positive_label",
+    "pneumo.score_function",
+    "pneumo.decision_threshold",
+    "pneumo.input_size",
+    "pneumo.color_mode",
+    "pneumo.input_range",
+    "pneumo.mean",
+    "pneumo.std",
+    "pneumo.resize_filter",
+    "pneumo.resize_mode",
+    "pneumo.crop_mode",
+];
+
+/// The warning every output of a demo model carries.
+pub const DEMO_WARNING: &str = "DEMO MODEL - NOT FOR DIAGNOSIS";
+
+/// `pneumo.weights_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightsKind {
+    Trained,
+    RandomDemo,
+}
+
+impl WeightsKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WeightsKind::Trained => "trained",
+            WeightsKind::RandomDemo => "random-demo",
+        }
+    }
+}
+
+/// Element type of the model input (`pneumo.input_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputDType {
+    Float32,
+    Float16,
+}
+
+/// One dimension of a shape in the contract: `"batch"` or a size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Named(String),
+    Fixed(i64),
+}
+
+/// A model's contract, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelContract {
+    pub contract_version: u32,
+    pub model_name: String,
+    pub model_version: String,
+    pub model_config: String,
+    pub weights_kind: WeightsKind,
+    pub weights_sha256: String,
+    pub weights_sha256_method: String,
+    pub precision: String,
+    pub input_name: String,
+    pub input_shape: Vec<Dim>,
+    pub input_dtype: InputDType,
+    pub input_layout: String,
+    pub output_name: String,
+    pub output_shape: Vec<Dim>,
+    pub output_dtype: String,
+    pub output_kind: String,
+    pub labels: Vec<String>,
+    pub positive_label: String,
+    /// Index of `positive_label` in `labels`.
+    pub positive_index: usize,
+    pub score_function: String,
+    pub decision_threshold: f32,
+    pub input_size: u32,
+    pub color_mode: String,
+    pub input_range: [f32; 2],
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize_filter: String,
+    pub resize_mode: String,
+    pub crop_mode: CropMode,
+}
+
+fn bad(key: &'static str, value: &str, expected: impl Into<String>) -> ContractError {
+    ContractError::InvalidValue {
+        key,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+fn exact(key: &'static str, value: &str, allowed: &[&str]) -> Result<String, ContractError> {
+    if allowed.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(bad(key, value, format!("expected one of {allowed:?}")))
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    key: &'static str,
+    value: &str,
+    what: &str,
+) -> Result<T, ContractError> {
+    serde_json::from_str(value).map_err(|_| bad(key, value, format!("expected JSON {what}")))
+}
+
+fn shape(key: &'static str, value: &str) -> Result<Vec<Dim>, ContractError> {
+    let raw: Vec<serde_json::Value> = json(key, value, "list of sizes and \"batch\"")?;
+    raw.into_iter()
+        .map(|d| match d {
+            serde_json::Value::String(s) => Ok(Dim::Named(s)),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .filter(|v| *v > 0)
+                .map(Dim::Fixed)
+                .ok_or_else(|| bad(key, value, "sizes must be positive integers")),
+            _ => Err(bad(key, value, "sizes must be integers or \"batch\"")),
+        })
+        .collect()
+}
+
+fn floats<const N: usize>(key: &'static str, value: &str) -> Result<[f32; N], ContractError> {
+    let v: Vec<f32> = json(key, value, &format!("list of {N} numbers"))?;
+    let arr: [f32; N] = v
+        .try_into()
+        .map_err(|_| bad(key, value, format!("expected {N} numbers")))?;
+    if arr.iter().any(|x| !x.is_finite()) {
+        return Err(bad(key, value, "numbers must be finite"));
+    }
+    Ok(arr)
+}
+
+impl ModelContract {
+    /// Parses the contract from the model's metadata (`get` returns the
+    /// value of a custom metadata key). The first missing key is named.
+    pub fn from_metadata(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<ModelContract, ContractError> {
+        let mut values = Vec::with_capacity(CONTRACT_KEYS.len());
+        for key in CONTRACT_KEYS {
+            values.push(get(key).ok_or(ContractError::MissingKey { key })?);
+        }
+        let v = |key: &'static str| -> &str {
+            let i = CONTRACT_KEYS.iter().position(|k| *k == key).unwrap_or(0);
+            values[i].as_str()
+        };
+
+        let k = "pneumo.contract_version";
+        if v(k) != "1" {
+            return Err(bad(k, v(k), "this node knows contract version 1 only"));
+        }
+        let k = "pneumo.weights_kind";
+        let weights_kind = match v(k) {
+            "trained" => WeightsKind::Trained,
+            "random-demo" => WeightsKind::RandomDemo,
+            other => return Err(bad(k, other, "expected trained or random-demo")),
+        };
+        let k = "pneumo.weights_sha256";
+        let sha = v(k);
+        if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad(k, sha, "expected 64 lowercase hex digits"));
+        }
+        let k = "pneumo.input_dtype";
+        let input_dtype = match v(k) {
+            "float32" => InputDType::Float32,
+            "float16" => InputDType::Float16,
+            other => return Err(bad(k, other, "expected float32 or float16")),
+        };
+        let precision = exact("pneumo.precision", v("pneumo.precision"), &["fp32", "fp16"])?;
+        let k = "pneumo.input_size";
+        let input_size: u32 = v(k)
+            .parse()
+            .ok()
+            .filter(|s| (1..=8192).contains(s))
+            .ok_or_else(|| bad(k, v(k), "expected a size in pixels, 1 to 8192"))?;
+        let k = "pneumo.input_shape";
+        let input_shape = shape(k, v(k))?;
+        let s = i64::from(input_size);
+        match input_shape.as_slice() {
+            [Dim::Named(b), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]
+                if b == "batch" && *h == s && *w == s => {}
+            _ => {
+                return Err(bad(
+                    k,
+                    v(k),
+                    format!("expected [\"batch\",3,{s},{s}] (NCHW, pneumo.input_size {s})"),
+                ))
+            }
+        }
+        let k = "pneumo.labels";
+        let labels: Vec<String> = json(k, v(k), "list of strings")?;
+        if labels.len() < 2 {
+            return Err(bad(k, v(k), "expected at least two labels"));
+        }
+        let k = "pneumo.output_shape";
+        let output_shape = shape(k, v(k))?;
+        match output_shape.as_slice() {
+            [Dim::Named(b), Dim::Fixed(n)] if b == "batch" && *n as usize == labels.len() => {}
+            _ => {
+                return Err(bad(
+                    k,
+                    v(k),
+                    format!(
+                        "expected [\"batch\",{}] (one column per label)",
+                        labels.len()
+                    ),
+                ))
+            }
+        }
+        let k = "pneumo.positive_label";
+        let positive_index = labels
+            .iter()
+            .position(|l| l == v(k))
+            .ok_or_else(|| bad(k, v(k), format!("expected one of the labels {labels:?}")))?;
+        let k = "pneumo.decision_threshold";
+        let decision_threshold: f32 = v(k)
+            .parse()
+            .ok()
+            .filter(|t: &f32| (0.0..=1.0).contains(t))
+            .ok_or_else(|| bad(k, v(k), "expected a number between 0 and 1"))?;
+        let k = "pneumo.input_range";
+        let input_range = floats::<2>(k, v(k))?;
+        if input_range != [0.0, 1.0] {
+            return Err(bad(k, v(k), "this node scales to [0.0,1.0] only"));
+        }
+        let mean = floats::<3>("pneumo.mean", v("pneumo.mean"))?;
+        let k = "pneumo.std";
+        let std = floats::<3>(k, v(k))?;
+        if std.iter().any(|x| *x <= 0.0) {
+            return Err(bad(k, v(k), "standard deviations must be positive"));
+        }
+        let k = "pneumo.crop_mode";
+        let crop_mode: CropMode = v(k)
+            .parse()
+            .map_err(|_| bad(k, v(k), "expected none or lung-box"))?;
+
+        Ok(ModelContract {
+            contract_version: 1,
+            model_name: v("pneumo.model_name").to_string(),
+            model_version: v("pneumo.model_version").to_string(),
+            model_config: v("pneumo.model_config").to_string(),
+            weights_kind,
+            weights_sha256: sha.to_string(),
+            weights_sha256_method: exact(
+                "pneumo.weights_sha256_method",
+                v("pneumo.weights_sha256_method"),
+                &["pneumo-state-dict-v1"],
+            )?,
+            precision,
+            input_name: v("pneumo.input_name").to_string(),
+            input_shape,
+            input_dtype,
+            input_layout: exact("pneumo.input_layout", v("pneumo.input_layout"), &["NCHW"])?,
+            output_name: v("pneumo.output_name").to_string(),
+            output_shape,
+            output_dtype: exact(
+                "pneumo.output_dtype",
+                v("pneumo.output_dtype"),
+                &["float32"],
+            )?,
+            output_kind: exact("pneumo.output_kind", v("pneumo.output_kind"), &["logits"])?,
+            positive_label: labels[positive_index].clone(),
+            labels,
+            positive_index,
+            score_function: exact(
+                "pneumo.score_function",
+                v("pneumo.score_function"),
+                &["softmax"],
+            )?,
+            decision_threshold,
+            input_size,
+            color_mode: exact(
+                "pneumo.color_mode",
+                v("pneumo.color_mode"),
+                &["grey-to-rgb"],
+            )?,
+            input_range,
+            mean,
+            std,
+            resize_filter: exact(
+                "pneumo.resize_filter",
+                v("pneumo.resize_filter"),
+                &["bilinear-antialias"],
+            )?,
+            resize_mode: exact("pneumo.resize_mode", v("pneumo.resize_mode"), &["stretch"])?,
+            crop_mode,
+        })
+    }
+
+    /// True for a model with random demo weights.
+    pub fn is_demo(&self) -> bool {
+        self.weights_kind == WeightsKind::RandomDemo
+    }
+
+    /// The pre-processing this model expects.
+    pub fn preprocess_spec(&self) -> PreprocessSpec {
+        PreprocessSpec {
+            width: self.input_size,
+            height: self.input_size,
+            mean: self.mean,
+            std: self.std,
+            crop: self.crop_mode,
+            dtype: match self.input_dtype {
+                InputDType::Float32 => OutputDType::F32,
+                InputDType::Float16 => OutputDType::F16,
+            },
+        }
+    }
+
+    /// Number of elements of one image's input.
+    pub fn image_len(&self) -> usize {
+        let s = self.input_size as usize;
+        3 * s * s
+    }
+}
+
+impl From<&ModelContract> for PreprocessSpec {
+    fn from(c: &ModelContract) -> Self {
+        c.preprocess_spec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    pub(crate) fn tiny_metadata() -> HashMap<String, String> {
+        [
+            ("pneumo.contract_version", "1"),
+            ("pneumo.model_name", "pneumollm-tiny"),
+            ("pneumo.model_version", "0.0.0-demo"),
+            ("pneumo.model_config", "tiny"),
+            ("pneumo.weights_kind", "random-demo"),
+            (
+                "pneumo.weights_sha256",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            ("pneumo.weights_sha256_method", "pneumo-state-dict-v1"),
+            ("pneumo.precision", "fp32"),
+            ("pneumo.input_name", "image"),
+            ("pneumo.input_shape", "[\"batch\",3,224,224]"),
+            ("pneumo.input_dtype", "float32"),
+            ("pneumo.input_layout", "NCHW"),
+            ("pneumo.output_name", "logits"),
+            ("pneumo.output_shape", "[\"batch\",2]"),
+            ("pneumo.output_dtype", "float32"),
+            ("pneumo.output_kind", "logits"),
+            ("pneumo.labels", "[\"pneumoconiosis\",\"normal\"]"),
+            ("pneumo.positive_label", "pneumoconiosis"),
+            ("pneumo.score_function", "softmax"),
+            ("pneumo.decision_threshold", "0.5"),
+            ("pneumo.input_size", "224"),
+            ("pneumo.color_mode", "grey-to-rgb"),
+            ("pneumo.input_range", "[0.0,1.0]"),
+            ("pneumo.mean", "[0.485,0.456,0.406]"),
+            ("pneumo.std", "[0.229,0.224,0.225]"),
+            ("pneumo.resize_filter", "bilinear-antialias"),
+            ("pneumo.resize_mode", "stretch"),
+            ("pneumo.crop_mode", "none"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn parse(m: &HashMap<String, String>) -> Result<ModelContract, ContractError> {
+        ModelContract::from_metadata(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn the_tiny_contract_parses_and_gives_the_preprocess_spec() {
+        let c = parse(&tiny_metadata()).unwrap();
+        assert!(c.is_demo());
+        assert_eq!(c.positive_index, 0);
+        assert_eq!(c.decision_threshold, 0.5);
+        let spec = PreprocessSpec::from(&c);
+        assert_eq!((spec.width, spec.height), (224, 224));
+        assert_eq!(spec.mean, [0.485, 0.456, 0.406]);
+        assert_eq!(spec.std, [0.229, 0.224, 0.225]);
+        assert_eq!(spec.crop, CropMode::None);
+        assert_eq!(spec.dtype, OutputDType::F32);
+    }
+
+    #[test]
+    fn every_missing_key_is_named() {
+        for key in CONTRACT_KEYS {
+            let mut m = tiny_metadata();
+            m.remove(key);
+            assert_eq!(parse(&m).unwrap_err(), ContractError::MissingKey { key });
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (key, value) in [
+            ("pneumo.contract_version", "2"),
+            ("pneumo.weights_kind", "random"),
+            ("pneumo.weights_sha256", "ABC"),
+            ("pneumo.input_shape", "[\"batch\",224,224]"),
+            ("pneumo.input_shape", "[\"batch\",3,256,256]"),
+            ("pneumo.input_dtype", "int8"),
+            ("pneumo.output_shape", "[\"batch\",3]"),
+            ("pneumo.positive_label", "silicosis"),
+            ("pneumo.decision_threshold", "1.5"),
+            ("pneumo.mean", "[0.5,0.5]"),
+            ("pneumo.std", "[0.2,0.0,0.2]"),
+            ("pneumo.crop_mode", "center"),
+            ("pneumo.score_function", "sigmoid"),
+        ] {
+            let mut m = tiny_metadata();
+            m.insert(key.into(), value.into());
+            match parse(&m) {
+                Err(ContractError::InvalidValue { key: k, .. }) => assert_eq!(k, key, "{value}"),
+                other => panic!("{key}={value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fp16_contract_asks_for_f16_tensors() {
+        let mut m = tiny_metadata();
+        m.insert("pneumo.input_dtype".into(), "float16".into());
+        m.insert("pneumo.precision".into(), "fp16".into());
+        m.insert("pneumo.crop_mode".into(), "lung-box".into());
+        let spec = parse(&m).unwrap().preprocess_spec();
+        assert_eq!(spec.dtype, OutputDType::F16);
+        assert_eq!(spec.crop, CropMode::LungBox);
+    }
+}

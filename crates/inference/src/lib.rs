@@ -1,0 +1,27 @@
+//! pneumo-inference: the exported PneumoLLM graph under ONNX Runtime.
+//!
+//! - [`runtime`]: finds and checks `libonnxruntime.so` (configured path,
+//!   `ORT_DYLIB_PATH`, or the onnxruntime wheel in `.venv`) before `ort`
+//!   loads it; one environment per process.
+//! - [`ModelContract`]: the `pneumo.*` metadata keys (docs/model-contract.md),
+//!   checked against the graph; converts to [`pneumo_imaging::PreprocessSpec`].
+//! - [`Model`]: one session on CUDA or the CPU (`auto` tries CUDA first).
+//! - [`InferenceEngine`]: the micro-batcher on a dedicated thread, with an
+//!   async [`InferenceEngine::infer`].
+//!
+//! See docs/inference.md.
+
+mod batcher;
+mod contract;
+mod error;
+mod model;
+mod prediction;
+pub mod runtime;
+mod settings;
+
+pub use batcher::{BatchConfig, EngineStats, InferenceEngine};
+pub use contract::{Dim, InputDType, ModelContract, WeightsKind, CONTRACT_KEYS, DEMO_WARNING};
+pub use error::{ContractError, InferenceError, Result};
+pub use model::{ExecutionProvider, ImageInput, Model};
+pub use prediction::{softmax, ModelIdentity, Prediction};
+pub use settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};

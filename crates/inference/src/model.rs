@@ -1,0 +1,518 @@
+//! One ONNX Runtime session of a model with a valid contract, on the
+//! execution provider the settings ask for.
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use ort::ep::{self, ExecutionProvider as _};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use serde::Serialize;
+
+use crate::contract::{Dim, InputDType, ModelContract, WeightsKind, DEMO_WARNING};
+use crate::error::{ContractError, InferenceError, Result};
+use crate::prediction::{softmax, ModelIdentity, Prediction};
+use crate::runtime::{init_runtime, resolve_data_path, Runtime};
+use crate::settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};
+
+/// The execution provider a session actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cuda,
+    Cpu,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One image's input, in the model's element type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageInput {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl ImageInput {
+    /// Checks a `pneumo_imaging::Tensor` against the contract (shape
+    /// [1,3,S,S]) and converts it to the model's element type.
+    pub fn from_tensor(t: pneumo_imaging::Tensor, contract: &ModelContract) -> Result<ImageInput> {
+        let s = contract.input_size as usize;
+        if t.shape != [1, 3, s, s] {
+            return Err(InferenceError::BadInput(format!(
+                "shape {:?}, the model takes [1, 3, {s}, {s}]",
+                t.shape
+            )));
+        }
+        Ok(match (t.data, contract.input_dtype) {
+            (pneumo_imaging::TensorData::F32(v), InputDType::Float32) => ImageInput::F32(v),
+            (pneumo_imaging::TensorData::F16(v), InputDType::Float16) => ImageInput::F16(v),
+            (pneumo_imaging::TensorData::F32(v), InputDType::Float16) => {
+                ImageInput::F16(v.into_iter().map(f16::from_f32).collect())
+            }
+            (pneumo_imaging::TensorData::F16(v), InputDType::Float32) => {
+                ImageInput::F32(v.into_iter().map(f32::from).collect())
+            }
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ImageInput::F32(v) => v.len(),
+            ImageInput::F16(v) => v.len(),
+        }
+    }
+}
+
+/// A loaded model: its session, contract and the provider it runs on.
+pub struct Model {
+    session: Session,
+    contract: ModelContract,
+    identity: ModelIdentity,
+    provider: ExecutionProvider,
+    path: PathBuf,
+    runtime: &'static Runtime,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("provider", &self.provider)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+fn graph_err(path: &Path, msg: String) -> InferenceError {
+    InferenceError::Contract {
+        path: path.to_path_buf(),
+        problem: ContractError::Graph(msg),
+    }
+}
+
+/// A contract shape as JSON, as the metadata writes it.
+fn dims(d: &[Dim]) -> String {
+    serde_json::to_string(d).unwrap_or_else(|_| format!("{d:?}"))
+}
+
+fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Result<()> {
+    if graph.len() != contract.len() {
+        return Err(graph_err(
+            path,
+            format!(
+                "{what} has rank {} ({graph:?}), the contract says rank {} ({})",
+                graph.len(),
+                contract.len(),
+                dims(contract)
+            ),
+        ));
+    }
+    for (i, (g, c)) in graph.iter().zip(contract).enumerate() {
+        let ok = match c {
+            Dim::Named(_) => *g < 0,
+            Dim::Fixed(n) => g == n,
+        };
+        if !ok {
+            return Err(graph_err(
+                path,
+                format!(
+                    "{what} dimension {i} is {g} in the graph, {} in the contract (graph shape {graph:?})",
+                    dims(std::slice::from_ref(c))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the graph's one input and one output against the contract.
+fn check_graph(path: &Path, session: &Session, c: &ModelContract) -> Result<()> {
+    let (inputs, outputs) = (session.inputs(), session.outputs());
+    if inputs.len() != 1 || outputs.len() != 1 {
+        return Err(graph_err(
+            path,
+            format!(
+                "{} inputs and {} outputs; the contract wants one of each",
+                inputs.len(),
+                outputs.len()
+            ),
+        ));
+    }
+    let (inp, out) = (&inputs[0], &outputs[0]);
+    if inp.name() != c.input_name {
+        return Err(graph_err(
+            path,
+            format!(
+                "input is `{}`, pneumo.input_name says `{}`",
+                inp.name(),
+                c.input_name
+            ),
+        ));
+    }
+    if out.name() != c.output_name {
+        return Err(graph_err(
+            path,
+            format!(
+                "output is `{}`, pneumo.output_name says `{}`",
+                out.name(),
+                c.output_name
+            ),
+        ));
+    }
+    let want_in = match c.input_dtype {
+        InputDType::Float32 => TensorElementType::Float32,
+        InputDType::Float16 => TensorElementType::Float16,
+    };
+    match inp.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            if *ty != want_in {
+                return Err(graph_err(
+                    path,
+                    format!(
+                        "input `{}` is {ty:?}, pneumo.input_dtype says {:?}",
+                        inp.name(),
+                        c.input_dtype
+                    ),
+                ));
+            }
+            check_dims(
+                path,
+                &format!("input `{}`", inp.name()),
+                shape,
+                &c.input_shape,
+            )?;
+        }
+        other => return Err(graph_err(path, format!("input is not a tensor: {other:?}"))),
+    }
+    match out.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            if *ty != TensorElementType::Float32 {
+                return Err(graph_err(
+                    path,
+                    format!("output `{}` is {ty:?}, not float32", out.name()),
+                ));
+            }
+            check_dims(
+                path,
+                &format!("output `{}`", out.name()),
+                shape,
+                &c.output_shape,
+            )?;
+        }
+        other => {
+            return Err(graph_err(
+                path,
+                format!("output is not a tensor: {other:?}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn ort_err(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Ort(e.to_string())
+}
+
+fn base_builder(
+    rt: &Runtime,
+    s: &InferenceSettings,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let mut b = Session::builder(&rt.env)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(ort_err)?
+        .with_log_level(ort::logging::LogLevel::Warning)
+        .map_err(ort_err)?;
+    if s.cpu_threads > 0 {
+        b = b.with_intra_threads(s.cpu_threads).map_err(ort_err)?;
+    }
+    Ok(b)
+}
+
+/// Builds a session on `provider`. With CUDA, `strict` refuses a graph in
+/// which any node would be placed on the CPU (ONNX Runtime's
+/// `session.disable_cpu_ep_fallback`).
+fn build_session(
+    rt: &Runtime,
+    s: &InferenceSettings,
+    path: &Path,
+    provider: ExecutionProvider,
+    strict: bool,
+) -> Result<Session> {
+    let mut b = base_builder(rt, s)?;
+    match provider {
+        ExecutionProvider::Cuda => {
+            let ep_err = |e: String| InferenceError::ExecutionProvider {
+                provider: "cuda".into(),
+                message: e,
+            };
+            if !ep::CUDA::is_available().map_err(|e| ep_err(e.to_string()))? {
+                return Err(ep_err(format!(
+                    "ONNX Runtime at {} ({}) was built without CUDA (install onnxruntime-gpu)",
+                    rt.library.display(),
+                    rt.version
+                )));
+            }
+            let mut cuda = ep::CUDA::default()
+                .with_device_id(s.device_id)
+                .with_arena_extend_strategy(match s.arena_strategy {
+                    ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
+                    ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+                });
+            if s.cuda_mem_limit > 0 {
+                cuda =
+                    cuda.with_memory_limit(usize::try_from(s.cuda_mem_limit).unwrap_or(usize::MAX));
+            }
+            b = b
+                .with_execution_providers([cuda.build().error_on_failure()])
+                .map_err(|e| ep_err(e.to_string()))?;
+            if strict {
+                b = b.with_disable_cpu_fallback().map_err(ort_err)?;
+            }
+            b.commit_from_file(path).map_err(|e| ep_err(e.to_string()))
+        }
+        ExecutionProvider::Cpu => {
+            // Batches of varying size: the memory pattern only helps fixed shapes.
+            b = b.with_memory_pattern(false).map_err(ort_err)?;
+            b.commit_from_file(path)
+                .map_err(|e| InferenceError::ModelLoad {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+        }
+    }
+}
+
+impl Model {
+    /// Loads ONNX Runtime if needed (`settings.ort_library`), then the
+    /// model `settings.model`, checks its contract against the graph and
+    /// builds the session on the provider `settings.execution_provider`.
+    pub fn load(settings: &InferenceSettings) -> Result<Model> {
+        settings.validate()?;
+        let path = resolve_data_path(&settings.model);
+        if !path.is_file() {
+            return Err(InferenceError::ModelMissing { path });
+        }
+        let rt = init_runtime(&settings.ort_library)?;
+        let (session, provider) = match settings.execution_provider {
+            ExecutionProviderChoice::Cpu => (
+                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
+                ExecutionProvider::Cpu,
+            ),
+            ExecutionProviderChoice::Cuda => (
+                build_session(
+                    rt,
+                    settings,
+                    &path,
+                    ExecutionProvider::Cuda,
+                    !settings.allow_cpu_fallback,
+                )?,
+                ExecutionProvider::Cuda,
+            ),
+            ExecutionProviderChoice::Auto => {
+                // Best effort: ONNX Runtime's own placement of small shape
+                // subgraphs on the CPU is accepted here; refusing it would
+                // only move the whole graph to the CPU.
+                if ep::CUDA::is_available().unwrap_or(false) {
+                    match build_session(rt, settings, &path, ExecutionProvider::Cuda, false) {
+                        Ok(s) => (s, ExecutionProvider::Cuda),
+                        Err(e) => {
+                            // The library has CUDA and it failed: worth a warning.
+                            tracing::warn!(reason = %e, "execution provider auto: CUDA failed, using the CPU");
+                            (
+                                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
+                                ExecutionProvider::Cpu,
+                            )
+                        }
+                    }
+                } else {
+                    tracing::info!(
+                        onnxruntime = %rt.version,
+                        "execution provider auto: this ONNX Runtime has no CUDA provider, using the CPU"
+                    );
+                    (
+                        build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
+                        ExecutionProvider::Cpu,
+                    )
+                }
+            }
+        };
+        let contract = read_contract(&path, &session)?;
+        check_graph(&path, &session, &contract)?;
+        let identity = ModelIdentity::from(&contract);
+        if contract.is_demo() {
+            tracing::warn!(
+                model = %contract.model_name,
+                "{DEMO_WARNING}: pneumo.weights_kind = random-demo, the outputs are meaningless"
+            );
+        }
+        tracing::info!(
+            model = %contract.model_name,
+            version = %contract.model_version,
+            weights_kind = contract.weights_kind.as_str(),
+            weights_sha256 = %contract.weights_sha256,
+            execution_provider = %provider,
+            path = %path.display(),
+            "model loaded"
+        );
+        Ok(Model {
+            session,
+            contract,
+            identity,
+            provider,
+            path,
+            runtime: rt,
+        })
+    }
+
+    pub fn contract(&self) -> &ModelContract {
+        &self.contract
+    }
+
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// The provider the session runs on (what `/readyz` reports).
+    pub fn execution_provider(&self) -> ExecutionProvider {
+        self.provider
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The ONNX Runtime library file and its version.
+    pub fn runtime(&self) -> (&Path, &str) {
+        (&self.runtime.library, &self.runtime.version)
+    }
+
+    /// Runs one batch (blocking; call it from a worker thread, never from a
+    /// tokio worker). One result per input, in order: a NaN/Inf row is an
+    /// error for its own input only.
+    pub fn run_batch(&mut self, inputs: &[&ImageInput]) -> Vec<Result<Prediction>> {
+        let n = inputs.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        match self.run_logits(inputs) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|logits| self.predict(logits))
+                .collect(),
+            Err(e) => {
+                let msg = e.to_string();
+                (0..n)
+                    .map(|_| Err(InferenceError::Run(msg.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    /// The raw logits of a batch, one row per input.
+    pub fn run_logits(&mut self, inputs: &[&ImageInput]) -> Result<Vec<Vec<f32>>> {
+        let n = inputs.len();
+        let len = self.contract.image_len();
+        let s = self.contract.input_size as usize;
+        if let Some(bad) = inputs.iter().find(|i| i.len() != len) {
+            return Err(InferenceError::BadInput(format!(
+                "{} values, the model takes {len} per image",
+                bad.len()
+            )));
+        }
+        let shape = [n, 3, s, s];
+        let outputs = match self.contract.input_dtype {
+            InputDType::Float32 => {
+                let mut data = Vec::with_capacity(n * len);
+                for i in inputs {
+                    match i {
+                        ImageInput::F32(v) => data.extend_from_slice(v),
+                        ImageInput::F16(v) => data.extend(v.iter().map(|x| f32::from(*x))),
+                    }
+                }
+                let t = TensorRef::from_array_view((shape, data.as_slice()))
+                    .map_err(|e| InferenceError::Run(e.to_string()))?;
+                self.session
+                    .run(ort::inputs![self.contract.input_name.as_str() => t])
+                    .map_err(|e| InferenceError::Run(e.to_string()))?
+            }
+            InputDType::Float16 => {
+                let mut data = Vec::with_capacity(n * len);
+                for i in inputs {
+                    match i {
+                        ImageInput::F16(v) => data.extend_from_slice(v),
+                        ImageInput::F32(v) => data.extend(v.iter().map(|x| f16::from_f32(*x))),
+                    }
+                }
+                let t = TensorRef::from_array_view((shape, data.as_slice()))
+                    .map_err(|e| InferenceError::Run(e.to_string()))?;
+                self.session
+                    .run(ort::inputs![self.contract.input_name.as_str() => t])
+                    .map_err(|e| InferenceError::Run(e.to_string()))?
+            }
+        };
+        let out = outputs
+            .get(self.contract.output_name.as_str())
+            .ok_or_else(|| {
+                InferenceError::BadOutput(format!("no output `{}`", self.contract.output_name))
+            })?;
+        let (oshape, values) = out
+            .try_extract_tensor::<f32>()
+            .map_err(|e| InferenceError::BadOutput(e.to_string()))?;
+        let k = self.contract.labels.len();
+        if oshape.len() != 2
+            || oshape[0] as usize != n
+            || oshape[1] as usize != k
+            || values.len() != n * k
+        {
+            return Err(InferenceError::BadOutput(format!(
+                "shape {:?}, expected [{n}, {k}]",
+                &oshape[..]
+            )));
+        }
+        Ok(values.chunks(k).map(|r| r.to_vec()).collect())
+    }
+
+    fn predict(&self, logits: Vec<f32>) -> Result<Prediction> {
+        if logits.iter().any(|x| !x.is_finite()) {
+            return Err(InferenceError::NonFiniteOutput { logits });
+        }
+        let probabilities = softmax(&logits);
+        let c = &self.contract;
+        let p = probabilities[c.positive_index];
+        Ok(Prediction {
+            positive: p >= c.decision_threshold,
+            p_positive: p,
+            positive_label: c.positive_label.clone(),
+            threshold: c.decision_threshold,
+            labels: c.labels.clone(),
+            logits,
+            probabilities,
+            execution_provider: self.provider,
+            model: self.identity.clone(),
+            warning: (c.weights_kind == WeightsKind::RandomDemo).then(|| DEMO_WARNING.to_string()),
+        })
+    }
+}
+
+fn read_contract(path: &Path, session: &Session) -> Result<ModelContract> {
+    let meta = session.metadata().map_err(ort_err)?;
+    ModelContract::from_metadata(|k| meta.custom(k)).map_err(|problem| InferenceError::Contract {
+        path: path.to_path_buf(),
+        problem,
+    })
+}

@@ -1,0 +1,112 @@
+//! Bad models, one test each: a clear error, never a panic.
+
+mod common;
+
+use common::*;
+use pneumo_inference::{ContractError, ImageInput, InferenceEngine, InferenceError, Model};
+
+fn bad(name: &str) -> std::path::PathBuf {
+    models().join("bad").join(name)
+}
+
+fn load_err(path: &std::path::Path) -> InferenceError {
+    Model::load(&cpu_settings(path)).expect_err("the model must be refused")
+}
+
+#[test]
+fn missing_model_file() {
+    let e = load_err(&bad("no-such-model.onnx"));
+    assert!(matches!(e, InferenceError::ModelMissing { .. }), "{e:?}");
+    assert!(e.to_string().contains("no-such-model.onnx"), "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+#[test]
+fn a_file_that_is_not_onnx() {
+    let e = load_err(&bad("not-onnx.onnx"));
+    assert!(matches!(e, InferenceError::ModelLoad { .. }), "{e:?}");
+    assert!(e.to_string().contains("cannot load model"), "{e}");
+}
+
+#[test]
+fn a_model_without_contract_names_the_missing_key() {
+    let e = load_err(&bad("no-contract.onnx"));
+    match &e {
+        InferenceError::Contract {
+            problem: ContractError::MissingKey { key },
+            ..
+        } => assert_eq!(*key, "pneumo.contract_version"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        e.to_string()
+            .contains("`pneumo.contract_version` is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_input_of_the_wrong_rank() {
+    let e = load_err(&bad("wrong-rank.onnx"));
+    assert!(
+        matches!(
+            e,
+            InferenceError::Contract {
+                problem: ContractError::Graph(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("input `image` has rank 3"), "{msg}");
+    assert!(msg.contains("rank 4"), "{msg}");
+}
+
+#[test]
+fn an_output_with_nan_is_an_error_for_that_request_only() {
+    let s = 224;
+    let ones = vec![1.0f32; 3 * s * s];
+    let minus = vec![-1.0f32; 3 * s * s];
+    let mut model = Model::load(&cpu_settings(&bad("nan-output.onnx"))).unwrap();
+    // logits = sqrt(-channel means): finite for `minus`, NaN for `ones`
+    let (a, b) = (
+        ImageInput::F32(minus.clone()),
+        ImageInput::F32(ones.clone()),
+    );
+    let r = model.run_batch(&[&a, &b]);
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+    match &r[1] {
+        Err(InferenceError::NonFiniteOutput { logits }) => assert!(logits[0].is_nan()),
+        other => panic!("{other:?}"),
+    }
+    // through the batcher as well
+    let engine = InferenceEngine::start(&cpu_settings(&bad("nan-output.onnx"))).unwrap();
+    let e = engine.infer_blocking(tensor(ones, s)).unwrap_err();
+    assert!(e.to_string().contains("not finite"), "{e}");
+    assert!(engine.infer_blocking(tensor(minus, s)).is_ok());
+}
+
+#[test]
+fn cuda_without_cuda_is_an_error_at_start_and_auto_says_cpu() {
+    use pneumo_inference::{ExecutionProvider, ExecutionProviderChoice};
+    let tiny = models().join("pneumollm-tiny.onnx");
+    let mut s = cpu_settings(&tiny);
+    s.execution_provider = ExecutionProviderChoice::Cuda;
+    s.allow_cpu_fallback = true;
+    match Model::load(&s) {
+        // a CUDA build of ONNX Runtime on a GPU machine
+        Ok(m) => assert_eq!(m.execution_provider(), ExecutionProvider::Cuda),
+        // the CPU wheel (make deps), or no usable GPU
+        Err(e) => {
+            assert!(
+                matches!(e, InferenceError::ExecutionProvider { .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().starts_with("execution provider cuda"), "{e}");
+            s.execution_provider = ExecutionProviderChoice::Auto;
+            let m = Model::load(&s).unwrap();
+            assert_eq!(m.execution_provider(), ExecutionProvider::Cpu);
+        }
+    }
+}

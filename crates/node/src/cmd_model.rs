@@ -1,0 +1,89 @@
+//! `pneumo-node model info MODEL.onnx [--json]`: the model's contract, as
+//! the node reads and checks it, and the ONNX Runtime it was loaded with.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use pneumo_inference::{ExecutionProviderChoice, InferenceSettings, Model, DEMO_WARNING};
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Print the contract of a model (loads it on the CPU and checks it).
+    Info {
+        /// The ONNX file (default: inference.model).
+        model: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<()> {
+    let ModelCommand::Info { model, json } = cmd;
+    let mut settings = settings.clone();
+    if let Some(m) = model {
+        settings.model = m.clone();
+    }
+    // Reading the contract needs no accelerator.
+    settings.execution_provider = ExecutionProviderChoice::Cpu;
+    settings.warmup = false;
+    let loaded = Model::load(&settings)
+        .with_context(|| format!("loading model {}", settings.model.display()))?;
+    let c = loaded.contract();
+    let (lib, version) = loaded.runtime();
+    if *json {
+        let out = serde_json::json!({
+            "path": loaded.path(),
+            "contract": c,
+            "preprocess": c.preprocess_spec(),
+            "warning": c.is_demo().then_some(DEMO_WARNING),
+            "onnxruntime": { "library": lib, "version": version },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if c.is_demo() {
+        println!("*** {DEMO_WARNING} (pneumo.weights_kind = random-demo) ***");
+    }
+    println!("model file        {}", loaded.path().display());
+    println!(
+        "model             {} {} ({})",
+        c.model_name, c.model_version, c.model_config
+    );
+    println!(
+        "weights           {} sha256 {} ({})",
+        c.weights_kind.as_str(),
+        c.weights_sha256,
+        c.weights_sha256_method
+    );
+    println!("precision         {}", c.precision);
+    println!(
+        "input             {} {} {} {}",
+        c.input_name,
+        serde_json::to_string(&c.input_dtype)?.trim_matches('"'),
+        serde_json::to_string(&c.input_shape)?,
+        c.input_layout
+    );
+    println!(
+        "output            {} {} {} ({})",
+        c.output_name,
+        c.output_dtype,
+        serde_json::to_string(&c.output_shape)?,
+        c.output_kind
+    );
+    println!("labels            {:?}", c.labels);
+    println!(
+        "decision          {}(output) -> P({}) >= {}",
+        c.score_function, c.positive_label, c.decision_threshold
+    );
+    println!(
+        "size              {}x{} ({}, {})",
+        c.input_size, c.input_size, c.resize_filter, c.resize_mode
+    );
+    println!("crop              {}", c.crop_mode.as_str());
+    println!("colour / range    {} {:?}", c.color_mode, c.input_range);
+    println!("mean              {:?}", c.mean);
+    println!("std               {:?}", c.std);
+    println!("onnxruntime       {} ({})", version, lib.display());
+    Ok(())
+}

@@ -1,0 +1,100 @@
+"""Bad models and bad ONNX Runtime libraries through the CLI: each a clear
+error and exit status 1, never a panic or a hang."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nodetest import ROOT, node_binary
+
+BAD = ROOT / "fixtures" / "models" / "bad"
+IMAGE = ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm"
+
+
+def node(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e["PNEUMO__LOG__LEVEL"] = "warn"
+    e.update(env or {})
+    return subprocess.run(
+        [str(node_binary()), *map(str, args)], capture_output=True, text=True, env=e, cwd=ROOT, timeout=60
+    )
+
+
+def refused(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "panicked" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "model, needles",
+    [
+        ("missing.onnx", ["missing.onnx", "does not exist"]),
+        ("not-onnx.onnx", ["cannot load model", "not-onnx.onnx"]),
+        ("no-contract.onnx", ["no contract", "`pneumo.contract_version` is missing"]),
+        ("wrong-rank.onnx", ["input `image` has rank 3", "rank 4"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["infer", "info"])
+def test_bad_model_is_refused(model, needles, command):
+    args = ["infer", IMAGE, "--model", BAD / model] if command == "infer" else ["model", "info", BAD / model]
+    refused(node(*args), *needles)
+
+
+def test_nan_output_is_an_error_not_a_panic(tmp_path):
+    # the model outputs sqrt(-channel means): NaN for RG1, whose normalised means are positive
+    refused(node("infer", IMAGE, "--model", BAD / "nan-output.onnx"), "not finite")
+
+
+def fake_ort(dir: Path, version: str) -> Path:
+    cc = shutil.which("cc")
+    if not cc:
+        pytest.fail("a C compiler (cc) is needed to build a fake ONNX Runtime")
+    src = dir / "fake.c"
+    src.write_text(
+        "#include <stddef.h>\n"
+        "typedef struct { const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); } OrtApiBase;\n"
+        "static const void *get_api(unsigned v) { (void)v; return NULL; }\n"
+        f'static const char *version(void) {{ return "{version}"; }}\n'
+        "static const OrtApiBase base = { get_api, version };\n"
+        "const OrtApiBase *OrtGetApiBase(void) { return &base; }\n"
+    )
+    out = dir / f"libonnxruntime.so.{version}"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("how", ["config", "ORT_DYLIB_PATH"])
+def test_bad_libraries_are_refused_at_start(tmp_path, how):
+    key = "PNEUMO__INFERENCE__ORT_LIBRARY" if how == "config" else "ORT_DYLIB_PATH"
+    missing = tmp_path / "libonnxruntime.so.1.31.1"
+    refused(node("infer", IMAGE, env={key: str(missing)}), str(missing), "does not exist")
+
+    text = tmp_path / "libtext.so"
+    text.write_text("hello\n")
+    refused(node("model", "info", env={key: str(text)}), "not an ONNX Runtime library", "not an ELF")
+
+    old = fake_ort(tmp_path, "1.16.3")
+    refused(node("infer", IMAGE, env={key: str(old)}), "ONNX Runtime 1.16.3", "too old", "1.24.0 or newer")
+
+
+def test_bad_settings_name_their_key():
+    r = node("check-config", env={"PNEUMO__INFERENCE__MAX_BATCH": "0"})
+    refused(r, "inference.max_batch")
+    r = node("check-config", env={"PNEUMO__INFERENCE__EXECUTION_PROVIDER": "gpu"})
+    refused(r, "inference.execution_provider")
+
+
+def test_bad_model_fixtures_are_reproducible():
+    spec = importlib.util.spec_from_file_location("make_bad_models", BAD / "make_bad_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, data in mod.build().items():
+        assert (BAD / name).read_bytes() == data, f"{name}: run fixtures/models/bad/make_bad_models.py"

@@ -1,0 +1,154 @@
+"""`pneumo-node infer` and `pneumo-node model info` end to end: the Rust
+logits equal Python onnxruntime's on the same tensors, the contract printed
+equals the model's metadata, and the demo model says so everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from nodetest import ROOT, node_binary
+
+MODEL = ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"
+IMAGES = ROOT / "fixtures" / "imaging"
+TOL = 1e-5
+DEMO = "DEMO MODEL - NOT FOR DIAGNOSIS"
+
+
+def node(*args, env: dict | None = None, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e["PNEUMO__LOG__LEVEL"] = "warn"
+    e.update(env or {})
+    return subprocess.run(
+        [str(node_binary()), *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def session():
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("name", ["rg1s_mono2.dcm", "rg1s_mono1.dcm", "rg1s_j2k_lossless.dcm", "rg1s_rescale.dcm"])
+def test_infer_equals_python_onnxruntime_on_the_same_tensor(tmp_path, session, name):
+    dcm = IMAGES / name
+    npy = tmp_path / "t.npy"
+    r = node("preprocess", dcm, "--out", npy)
+    assert r.returncode == 0, r.stderr
+    x = np.load(npy)
+    assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
+    (want,) = session.run(["logits"], {"image": x})
+
+    r = node("infer", dcm, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    p = out["prediction"]
+    got = np.array(p["logits"], dtype=np.float32)
+    assert np.abs(got - want[0]).max() <= TOL, (got, want)
+    probs = np.array(p["probabilities"])
+    assert np.abs(probs - softmax(want[0].astype(np.float64))).max() <= TOL
+    assert p["labels"] == ["pneumoconiosis", "normal"]
+    assert p["p_positive"] == p["probabilities"][0]
+    assert p["positive"] == (p["p_positive"] >= p["threshold"])
+    assert p["execution_provider"] == "cpu"  # the CPU wheel; auto falls back
+    assert p["model"]["name"] == "pneumollm-tiny" and p["model"]["weights_kind"] == "random-demo"
+    meta = session.get_modelmeta().custom_metadata_map
+    assert p["model"]["weights_sha256"] == meta["pneumo.weights_sha256"]
+    assert p["warning"] == DEMO
+    assert out["preprocess"]["output_width"] == 224
+
+
+def test_infer_text_output_says_demo_decision_and_provider():
+    r = node("infer", IMAGES / "rg1s_mono2.dcm")
+    assert r.returncode == 0, r.stderr
+    assert DEMO in r.stdout
+    assert "execution provider  cpu" in r.stdout
+    assert "P(pneumoconiosis" in r.stdout and "decision" in r.stdout
+    # and the log says it at load
+    assert DEMO in r.stderr
+
+
+def test_model_option_and_configuration_key_choose_the_model(tmp_path):
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(MODEL.read_bytes())
+    r = node("infer", IMAGES / "rg1s_mono2.dcm", "--json", "--model", copy)
+    assert r.returncode == 0, r.stderr
+    r2 = node("infer", IMAGES / "rg1s_mono2.dcm", "--json", env={"PNEUMO__INFERENCE__MODEL": str(copy)})
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads(r.stdout)["prediction"] == json.loads(r2.stdout)["prediction"]
+    r3 = node("infer", IMAGES / "rg1s_mono2.dcm", env={"PNEUMO__INFERENCE__MODEL": str(tmp_path / "none.onnx")})
+    assert r3.returncode == 1 and "does not exist" in r3.stderr
+
+
+def test_default_model_and_library_are_found_from_another_directory(tmp_path):
+    r = node("model", "info", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pneumollm-tiny" in r.stdout and DEMO in r.stdout
+
+
+def test_model_info_prints_the_contract(session):
+    r = node("model", "info", MODEL, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    meta = session.get_modelmeta().custom_metadata_map
+    c = info["contract"]
+    assert c["model_name"] == meta["pneumo.model_name"]
+    assert c["model_version"] == meta["pneumo.model_version"]
+    assert c["weights_kind"] == meta["pneumo.weights_kind"]
+    assert c["weights_sha256"] == meta["pneumo.weights_sha256"]
+    assert c["input_name"] == meta["pneumo.input_name"]
+    assert c["input_shape"] == json.loads(meta["pneumo.input_shape"])
+    assert c["output_shape"] == json.loads(meta["pneumo.output_shape"])
+    assert c["input_dtype"] == meta["pneumo.input_dtype"]
+    assert c["labels"] == json.loads(meta["pneumo.labels"])
+    assert c["positive_label"] == meta["pneumo.positive_label"]
+    assert c["decision_threshold"] == float(meta["pneumo.decision_threshold"])
+    assert c["input_size"] == int(meta["pneumo.input_size"])
+    assert np.allclose(c["mean"], json.loads(meta["pneumo.mean"]))
+    assert np.allclose(c["std"], json.loads(meta["pneumo.std"]))
+    assert c["resize_filter"] == meta["pneumo.resize_filter"]
+    assert c["crop_mode"] == meta["pneumo.crop_mode"]
+    assert info["preprocess"]["width"] == 224 and info["preprocess"]["crop"] == "none"
+    assert info["warning"] == DEMO
+    assert info["onnxruntime"]["version"] == ort.__version__
+
+    text = node("model", "info", MODEL)
+    assert text.returncode == 0 and DEMO in text.stdout and meta["pneumo.weights_sha256"] in text.stdout
+
+
+def test_committed_inputs_rust_equals_python_and_expected(session):
+    inputs = ROOT / "fixtures" / "models" / "pneumollm-tiny.inputs.npy"
+    expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
+    (python,) = session.run(["logits"], {"image": np.load(inputs)})
+    r = node("infer", "--tensor", inputs, "--json")
+    assert r.returncode == 0, r.stderr
+    preds = json.loads(r.stdout)["predictions"]
+    rust = np.array([p["logits"] for p in preds], dtype=np.float32)
+    assert rust.shape == (2, 2)
+    assert np.abs(rust - python).max() <= TOL, (rust, python)
+    assert np.abs(rust - expected).max() <= TOL, (rust, expected)
+    assert all(p["warning"] == DEMO for p in preds)
+
+
+def test_f16_tensor_file_is_accepted(tmp_path):
+    x = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.inputs.npy")
+    f16 = tmp_path / "x16.npy"
+    np.save(f16, x.astype(np.float16))
+    r = node("infer", "--tensor", f16, "--json")
+    assert r.returncode == 0, r.stderr
+    expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
+    rust = np.array([p["logits"] for p in json.loads(r.stdout)["predictions"]], dtype=np.float32)
+    assert np.abs(rust - expected).max() < 0.05  # fp16 rounding of the input only
