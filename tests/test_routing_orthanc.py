@@ -66,15 +66,15 @@ def test_forward_rule_by_modality_and_analysis_routing(node_factory, orthanc, rg
     study = pydicom.dcmread(radiographs[0], stop_before_pixels=True).StudyInstanceUID
     assert {t["StudyInstanceUID"] for t in stored} == {study}
     assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND last_status = '0000H'") == 3
-    # Analysis routing: the radiographs are queued, the MR is skipped with its reason.
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'skipped')") == 4)
+    # Analysis routing: the radiographs are analysed, the MR is skipped with its reason.
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'skipped')") == 4)
     with node.db() as c:
         (reason,) = c.execute(
             "SELECT reason FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE i.sop_instance_uid = ?",
             (mr.SOPInstanceUID,),
         ).fetchone()
     assert reason == "modality MR is not analysed"
-    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'") == 3
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3
 
 
 def test_forward_rule_by_calling_ae(node_factory, orthanc, rg1_copies, tmp_path):

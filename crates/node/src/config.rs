@@ -10,6 +10,8 @@ use pneumo_dimse::{AllowedCaller, ScpConfig, StorageAcceptance};
 use serde::Deserialize;
 
 use crate::outbox::OutboxSection;
+use crate::pipeline::PipelineSection;
+use crate::reportcfg::ReportSection;
 use crate::routing::{Destination, RoutingSection};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -24,6 +26,8 @@ pub struct Config {
     pub routing: RoutingSection,
     pub outbox: OutboxSection,
     pub inference: pneumo_inference::InferenceSettings,
+    pub report: ReportSection,
+    pub pipeline: PipelineSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]

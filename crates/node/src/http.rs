@@ -16,11 +16,31 @@ use serde_json::{json, Value};
 use crate::diskguard::DiskGuard;
 use crate::metrics::Metrics;
 
-/// What `/readyz` reports about the model (filled in when a model is loaded).
+/// What `/readyz` reports about the model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelStatus {
     pub loaded: bool,
     pub detail: Value,
+}
+
+impl ModelStatus {
+    pub fn of(engine: &pneumo_inference::InferenceEngine) -> ModelStatus {
+        let id = engine.identity();
+        ModelStatus {
+            loaded: true,
+            detail: json!({
+                "loaded": true,
+                "name": id.name,
+                "version": id.version,
+                "weights_kind": id.weights_kind,
+                "weights_sha256": id.weights_sha256,
+                "precision": id.precision,
+                "demo": engine.contract().is_demo(),
+                "warning": engine.contract().is_demo().then_some(pneumo_inference::DEMO_WARNING),
+                "execution_provider": engine.execution_provider().as_str(),
+            }),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -30,6 +50,8 @@ pub struct HttpState {
     pub disk: Arc<DiskGuard>,
     pub active_associations: Arc<AtomicUsize>,
     pub model: Arc<std::sync::RwLock<ModelStatus>>,
+    /// For batch statistics in /metrics.
+    pub engine: Option<Arc<pneumo_inference::InferenceEngine>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -111,11 +133,23 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             .collect::<Vec<_>>(),
         Err(e) => return internal(e),
     };
-    let text = s.metrics.render(
+    let mut text = s.metrics.render(
         &jobs,
         &outbox,
         s.active_associations.load(Ordering::Relaxed),
     );
+    if let Some(engine) = &s.engine {
+        let st = engine.stats();
+        text.push_str(&format!(
+            "# HELP pneumo_inference_batches_total Batches run by the model.\n\
+             # TYPE pneumo_inference_batches_total counter\npneumo_inference_batches_total {}\n\
+             # HELP pneumo_inference_images_total Images run by the model (images / batches = mean batch size).\n\
+             # TYPE pneumo_inference_images_total counter\npneumo_inference_images_total {}\n\
+             # HELP pneumo_inference_largest_batch Largest batch so far.\n\
+             # TYPE pneumo_inference_largest_batch gauge\npneumo_inference_largest_batch {}\n",
+            st.batches, st.images, st.largest_batch
+        ));
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

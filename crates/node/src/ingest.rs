@@ -26,14 +26,24 @@ pub struct IngestHandler {
 /// Moves received jobs to `queued` (to be analysed) or `skipped` (with the
 /// routing rule's reason); at start for jobs a previous process left, then
 /// each time an instance is stored.
-pub async fn run_router(store: Arc<Store>, routing: RoutingSection, wake: Arc<Notify>) {
+pub async fn run_router(
+    store: Arc<Store>,
+    routing: RoutingSection,
+    wake: Arc<Notify>,
+    wake_pipeline: Arc<Notify>,
+) {
     loop {
         match store
             .route_received_jobs(|h| routing.analysis_refusal(h))
             .await
         {
             Ok((0, 0)) => {}
-            Ok((queued, skipped)) => info!(queued, skipped, "jobs routed"),
+            Ok((queued, skipped)) => {
+                info!(queued, skipped, "jobs routed");
+                if queued > 0 {
+                    wake_pipeline.notify_one();
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "cannot route jobs");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

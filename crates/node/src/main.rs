@@ -10,6 +10,8 @@ mod http;
 mod ingest;
 mod metrics;
 mod outbox;
+mod pipeline;
+mod reportcfg;
 mod routing;
 
 use std::path::{Path, PathBuf};
@@ -160,8 +162,28 @@ async fn serve(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("opening the store in {}", config.node.data_dir.display()))?,
     );
+    // The model first: a wrong model or runtime is an error at start.
+    let settings = config.inference.clone();
+    let engine =
+        tokio::task::spawn_blocking(move || pneumo_inference::InferenceEngine::start(&settings))
+            .await
+            .context("loading the model")?
+            .context("loading the model (inference.model, inference.ort_library)")?;
+    let engine = Arc::new(engine);
+    let model_status = http::ModelStatus::of(&engine);
+    if engine.contract().is_demo() {
+        tracing::warn!(
+            model = %engine.identity().name,
+            "{}: the bundled demo model has random weights; its results mean nothing",
+            pneumo_inference::DEMO_WARNING
+        );
+    }
+    info!(model = %engine.identity().name, version = %engine.identity().version,
+        execution_provider = engine.execution_provider().as_str(), "model loaded");
+
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let wake_router = Arc::new(tokio::sync::Notify::new());
+    let wake_pipeline = Arc::new(tokio::sync::Notify::new());
     let metrics = Arc::new(metrics::Metrics::default());
     let disk = Arc::new(diskguard::DiskGuard {
         data_dir: config.node.data_dir.clone(),
@@ -179,7 +201,21 @@ async fn serve(config: Config) -> Result<()> {
         store.clone(),
         config.routing.clone(),
         wake_router,
+        wake_pipeline.clone(),
     ));
+    let pipeline = Arc::new(pipeline::Pipeline {
+        store: store.clone(),
+        engine: engine.clone(),
+        node: config.report.node_identity(&config.dicom.ae_title),
+        report: config.report.options(),
+        result_destinations: config.routing.result_destinations(&config.destinations),
+        settings: config.pipeline.clone(),
+        metrics: metrics.clone(),
+        wake: wake_pipeline,
+        wake_outbox: wake_outbox.clone(),
+        owner: format!("{}-{}", config.dicom.ae_title, uuid::Uuid::new_v4()),
+    });
+    tokio::spawn(pipeline.run());
     tokio::spawn(
         outbox::OutboxWorker {
             store: store.clone(),
@@ -203,7 +239,8 @@ async fn serve(config: Config) -> Result<()> {
             metrics: metrics.clone(),
             disk: disk.clone(),
             active_associations: scp.active_counter(),
-            model: Arc::new(std::sync::RwLock::new(http::ModelStatus::default())),
+            model: Arc::new(std::sync::RwLock::new(model_status)),
+            engine: Some(engine.clone()),
         };
         let addr = std::net::SocketAddr::new(config.http.bind, config.http.port);
         let listener = tokio::net::TcpListener::bind(addr)

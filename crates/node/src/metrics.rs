@@ -22,7 +22,6 @@ impl Histogram {
         }
     }
 
-    #[allow(dead_code)] // observed by the analysis pipeline
     pub fn observe(&self, value: f64) {
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             if value <= *bound {
@@ -61,7 +60,6 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub deliveries_failed: AtomicU64,
     pub inference_seconds: Histogram,
-    pub batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -75,7 +73,6 @@ impl Default for Metrics {
             inference_seconds: Histogram::new(&[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         }
     }
 }
@@ -172,11 +169,6 @@ impl Metrics {
             &mut out,
             "pneumo_inference_seconds",
             "Time from a job's tensor to its prediction.",
-        );
-        self.batch_size.render(
-            &mut out,
-            "pneumo_inference_batch_size",
-            "Images per inference batch.",
         );
         out
     }

@@ -65,8 +65,8 @@ pub async fn insert_instance_with_job(
     let instance_id: i64 = sqlx::query_scalar(
         "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
              transfer_syntax_uid, modality, body_part_examined, view_position, path, file_size,
-             dataset_size, sha256, calling_ae, peer_address, received_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             dataset_size, sha256, calling_ae, peer_address, received_at_ms, generated)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&h.sop_instance_uid)
     .bind(&h.sop_class_uid)
@@ -83,6 +83,7 @@ pub async fn insert_instance_with_job(
     .bind(row.calling_ae)
     .bind(row.peer_address)
     .bind(row.now_ms)
+    .bind(!row.with_job)
     .fetch_one(&mut *tx)
     .await?;
     let job_id = if row.with_job {

@@ -1,0 +1,368 @@
+//! The analysis pipeline: `queued → analysing → reported → delivered`, or
+//! `failed` with its reason, driven by the database.
+//!
+//! Jobs are claimed under a lease: a process that dies mid-analysis leaves
+//! them `analysing`, and once the lease expires any worker takes them again.
+//! The report's SOP Instance UID is derived from the source's and the
+//! model's hash, and an existing report is reused rather than rebuilt, so a
+//! job analysed twice never yields a second report under another UID.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use pneumo_imaging::{grey_image, tensor_from_grey, PreprocessReport};
+use pneumo_inference::{InferenceEngine, Prediction, WeightsKind};
+use pneumo_report::{
+    build_companion_sc, build_sr, sr_sop_instance_uid, AnalysisResult,
+    GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, ReportOptions,
+    ReportTime, SourceInstance, WeightsKind as ReportWeights,
+};
+use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// Jobs analysed at once (decoding runs on blocking threads; inference
+    /// batches them).
+    pub concurrency: usize,
+    /// A job claimed by a process that died is taken again after this long.
+    pub lease_s: u64,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            concurrency: 4,
+            lease_s: 300,
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub store: Arc<Store>,
+    pub engine: Arc<InferenceEngine>,
+    pub node: NodeIdentity,
+    pub report: ReportOptions,
+    /// Where reports go.
+    pub result_destinations: Vec<String>,
+    pub settings: PipelineSection,
+    pub metrics: Arc<Metrics>,
+    /// Woken when jobs are queued.
+    pub wake: Arc<Notify>,
+    pub wake_outbox: Arc<Notify>,
+    /// This process's lease owner name.
+    pub owner: String,
+}
+
+/// What an analysis produced, kept on the job as JSON.
+#[derive(serde::Serialize)]
+struct ResultRecord<'a> {
+    prediction: &'a Prediction,
+    decision: &'static str,
+    preprocessing: &'a PreprocessReport,
+    sr_sop_instance_uid: &'a str,
+}
+
+impl Pipeline {
+    pub async fn run(self: Arc<Self>) {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        loop {
+            let free = permits.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match self
+                    .store
+                    .claim_jobs(
+                        &self.owner,
+                        Duration::from_secs(self.settings.lease_s),
+                        free as i64,
+                    )
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "cannot claim jobs");
+                        Vec::new()
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                }
+                continue;
+            }
+            for job in claimed {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                let span = info_span!("job", id = job.job_id, attempt = job.attempts);
+                tokio::spawn(
+                    async move {
+                        this.process(job).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    async fn process(&self, job: ClaimedJob) {
+        let outcome = self.analyse(&job).await;
+        let recorded = match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                warn!("lease lost: another worker finished this job");
+                Ok(())
+            }
+            Err(reason) => {
+                warn!(%reason, "analysis failed");
+                self.store
+                    .fail_job(job.job_id, &self.owner, &reason)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = recorded {
+            warn!(error = %e, "cannot record the job's outcome; it will be retried after its lease");
+        }
+    }
+
+    /// Ok(true): reported; Ok(false): the lease was lost; Err: the reason it failed.
+    async fn analyse(&self, job: &ClaimedJob) -> Result<bool, String> {
+        let path = self.store.instance_file(&job.path);
+        let spec = self.engine.contract().preprocess_spec();
+        let companion = self.report.companion_sc;
+        let prepared = tokio::task::spawn_blocking(move || prepare(&path, &spec, companion))
+            .await
+            .map_err(|e| format!("imaging task failed: {e}"))??;
+
+        let started = Instant::now();
+        let prediction = self
+            .engine
+            .infer(prepared.tensor)
+            .await
+            .map_err(|e| format!("inference: {e}"))?;
+        self.metrics
+            .inference_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        let source =
+            SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
+        let result = AnalysisResult::from_probabilities(
+            prediction.probabilities.clone(),
+            prediction.threshold,
+            prepared.report.crop.mode.as_str(),
+            prediction.execution_provider.as_str().to_string(),
+        )
+        .map_err(|e| format!("report: {e}"))?;
+        let model = report_model(&prediction);
+        let sr_uid = sr_sop_instance_uid(
+            &source.sop_instance_uid,
+            &model.sha256,
+            self.node.uid_root.as_deref(),
+        )
+        .map_err(|e| format!("report: {e}"))?;
+
+        let mut owed = Vec::new();
+        let sr_id = match self
+            .store
+            .instance_id_by_uid(&sr_uid)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(id) => id, // made by an earlier attempt: the same report, not a second one
+            None => {
+                let time = ReportTime::now_utc();
+                let sr = build_sr(&source, &result, &model, &self.node, &self.report, &time)
+                    .map_err(|e| format!("report: {e}"))?;
+                self.keep_generated(sr).await?
+            }
+        };
+        if let Some(grey) = &prepared.grey {
+            let image = ReportGreyImage {
+                pixels: &grey.data,
+                rows: grey.height,
+                columns: grey.width,
+            };
+            let time = ReportTime::now_utc();
+            match build_companion_sc(
+                &source,
+                image,
+                &result,
+                &model,
+                &self.node,
+                &self.report,
+                &time,
+            ) {
+                Ok(sc) => owed.push(self.keep_generated(sc).await?),
+                Err(e) => warn!(error = %e, "companion image not made"),
+            }
+        }
+        for id in &owed {
+            for d in &self.result_destinations {
+                self.store
+                    .enqueue(*id, d)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let record = ResultRecord {
+            prediction: &prediction,
+            decision: result.decision.as_str(),
+            preprocessing: &prepared.report,
+            sr_sop_instance_uid: &sr_uid,
+        };
+        let json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+        let done = self
+            .store
+            .complete_job(
+                job.job_id,
+                &self.owner,
+                &json,
+                sr_id,
+                &self.result_destinations,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if done {
+            if !self.result_destinations.is_empty() {
+                self.wake_outbox.notify_one();
+            }
+            info!(
+                sop_instance_uid = %job.sop_instance_uid,
+                p_pneumoconiosis = prediction.p_positive,
+                decision = result.decision.as_str(),
+                execution_provider = prediction.execution_provider.as_str(),
+                demo = prediction.warning.as_deref().unwrap_or(""),
+                sr = %sr_uid,
+                "reported"
+            );
+        }
+        Ok(done)
+    }
+
+    /// Stores an instance this node made, like a received one (no job).
+    async fn keep_generated(
+        &self,
+        obj: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+    ) -> Result<i64, String> {
+        let sop_uid = obj
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let sop_class = obj
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let ts = obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        let spool = self
+            .store
+            .spool_dir()
+            .join(format!("generated-{}.part", uuid_like(&sop_uid)));
+        let spool_for_write = spool.clone();
+        let (len, sha) = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
+            obj.write_to_file(&spool_for_write)
+                .map_err(|e| format!("cannot write report: {e}"))?;
+            let bytes = std::fs::read(&spool_for_write).map_err(|e| e.to_string())?;
+            let dataset = dataset_bytes(&bytes).ok_or("report file without File Meta")?;
+            Ok((dataset.len() as u64, Sha256::digest(dataset).into()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let incoming = Incoming {
+            spool_path: spool.clone(),
+            sop_class_uid: sop_class,
+            sop_instance_uid: sop_uid,
+            transfer_syntax_uid: ts,
+            dataset_len: len,
+            dataset_sha256: sha,
+            calling_ae: self.node.ae_title.clone(),
+            peer_address: "local".into(),
+            generated: true,
+        };
+        let outcome = self.store.ingest(&incoming, |_| Vec::new()).await;
+        let _ = std::fs::remove_file(&spool);
+        match outcome.map_err(|e| format!("cannot store the report: {e}"))? {
+            IngestOutcome::Stored { instance_id, .. }
+            | IngestOutcome::Duplicate { instance_id }
+            | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
+        }
+    }
+}
+
+struct Prepared {
+    tensor: pneumo_imaging::Tensor,
+    report: PreprocessReport,
+    /// The header, for the report's patient and study modules.
+    header: dicom_object::InMemDicomObject,
+    /// The grey image, kept only when a companion image is made.
+    grey: Option<pneumo_imaging::GreyImage>,
+}
+
+/// Reads and preprocesses the stored image (blocking).
+fn prepare(
+    path: &Path,
+    spec: &pneumo_imaging::PreprocessSpec,
+    keep_grey: bool,
+) -> Result<Prepared, String> {
+    let obj: DefaultDicomObject = OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| format!("cannot read the stored instance: {e}"))?;
+    let (grey, grey_report, hdr) =
+        grey_image(&obj).map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
+    let pre = tensor_from_grey(&grey, grey_report, hdr, spec, None)
+        .map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
+    let mut header = obj.into_inner();
+    header.remove_element(dicom_dictionary_std::tags::PIXEL_DATA);
+    Ok(Prepared {
+        tensor: pre.tensor,
+        report: pre.report,
+        header,
+        grey: keep_grey.then_some(grey),
+    })
+}
+
+fn report_model(p: &Prediction) -> ReportModel {
+    ReportModel {
+        name: p.model.name.clone(),
+        version: p.model.version.clone(),
+        weights_kind: match p.model.weights_kind {
+            WeightsKind::Trained => ReportWeights::Trained,
+            WeightsKind::RandomDemo => ReportWeights::RandomDemo,
+        },
+        sha256: p.model.weights_sha256.clone(),
+    }
+}
+
+/// The bytes after the File Meta Information of a Part-10 file.
+fn dataset_bytes(file: &[u8]) -> Option<&[u8]> {
+    if file.get(128..132)? != b"DICM" {
+        return None;
+    }
+    let len = u32::from_le_bytes(file.get(140..144)?.try_into().ok()?) as usize;
+    file.get(144 + len..)
+}
+
+/// A file-name-safe short form of a UID.
+fn uuid_like(uid: &str) -> String {
+    hex::encode(&Sha256::digest(uid.as_bytes())[..8])
+}

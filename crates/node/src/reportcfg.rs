@@ -1,0 +1,73 @@
+//! The `[report]` section: how results are written as DICOM.
+
+use pneumo_report::{NodeIdentity, ReportOptions, SrSopClass};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SrClass {
+    #[default]
+    Comprehensive3d,
+    Comprehensive,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    pub sop_class: SrClass,
+    pub companion_sc: bool,
+    pub uid_root: String,
+    pub manufacturer: String,
+    pub institution_name: String,
+    pub station_name: String,
+    pub device_uid: String,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            sop_class: SrClass::Comprehensive3d,
+            companion_sc: false,
+            uid_root: String::new(),
+            manufacturer: "pneumo-node".into(),
+            institution_name: String::new(),
+            station_name: String::new(),
+            device_uid: String::new(),
+        }
+    }
+}
+
+impl ReportSection {
+    pub fn options(&self) -> ReportOptions {
+        ReportOptions {
+            sop_class: match self.sop_class {
+                SrClass::Comprehensive3d => SrSopClass::Comprehensive3D,
+                SrClass::Comprehensive => SrSopClass::Comprehensive,
+            },
+            companion_sc: self.companion_sc,
+            ..ReportOptions::default()
+        }
+    }
+
+    /// The node as the report names it. Without a configured device UID,
+    /// one is derived from the AE title (UUID v5, `2.25.` form), so it stays
+    /// the same across restarts.
+    pub fn node_identity(&self, ae_title: &str) -> NodeIdentity {
+        let device_uid = if self.device_uid.is_empty() {
+            let u = uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_OID,
+                format!("pneumo-node device {ae_title}").as_bytes(),
+            );
+            format!("2.25.{}", u.as_u128())
+        } else {
+            self.device_uid.clone()
+        };
+        let opt = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let mut node = NodeIdentity::new(ae_title, device_uid);
+        node.manufacturer = self.manufacturer.clone();
+        node.institution_name = opt(&self.institution_name);
+        node.station_name = opt(&self.station_name);
+        node.uid_root = opt(&self.uid_root);
+        node
+    }
+}
