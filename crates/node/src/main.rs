@@ -181,6 +181,16 @@ async fn serve(config: Config) -> Result<()> {
     info!(model = %engine.identity().name, version = %engine.identity().version,
         execution_provider = engine.execution_provider().as_str(), "model loaded");
 
+    // SQLite: this process alone uses the database, so jobs left `analysing`
+    // belong to a process that died; take them back now rather than after
+    // their lease.
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        info!(
+            jobs = released,
+            "jobs left analysing by a previous process queued again"
+        );
+    }
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let wake_router = Arc::new(tokio::sync::Notify::new());
     let wake_pipeline = Arc::new(tokio::sync::Notify::new());

@@ -121,6 +121,20 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Returns every `analysing` job to `queued`. Only for start-up with a
+    /// database no other process uses (SQLite: one node per data directory),
+    /// where every lease left is a dead process's; returns how many.
+    pub async fn release_all_leases(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at_ms = NULL, updated_at_ms = ?
+             WHERE state = 'analysing'",
+        )
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// A job that cannot succeed: `failed`, with its reason.
     pub async fn fail_job(
         &self,

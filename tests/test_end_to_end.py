@@ -1,0 +1,214 @@
+"""The node end to end: radiographs in, SRs and routed originals in the PACS
+(Orthanc), with the same results as `pneumo-node infer`; other modalities
+not analysed; a kill -9 mid-analysis changes nothing in the end."""
+
+import io
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from nodetest import copy_with_new_uids, data_store, node_binary, run_dcmtk
+from orthanc import Orthanc
+from test_routing_orthanc import wait_until
+
+CERTAINTY = ("111012", "DCM")
+
+
+def node_config(path, orthanc, **pipeline):
+    text = f"""
+[dicom]
+accept = "all-storage"
+
+[[destinations]]
+name = "pacs"
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+results = true
+
+[[routing.forward]]
+destinations = ["pacs"]
+
+[outbox]
+retry_base_s = 1
+retry_cap_s = 2
+"""
+    if pipeline:
+        text += "\n[pipeline]\n" + "".join(f"{k} = {v}\n" for k, v in pipeline.items())
+    path.write_text(text)
+    return path
+
+
+def radiographs(tmp_path, n_unci, n_j2k):
+    """Copies of RG1, each in its own study."""
+    out = []
+    for kind, n in (("UNCI", n_unci), ("J2KR", n_j2k)):
+        for i in range(n):
+            dst = tmp_path / f"rg1-{kind}-{i:02d}.dcm"
+            copy_with_new_uids(data_store() / f"RG1_{kind}.dcm", dst, new_study=True)
+            out.append(dst)
+    return out
+
+
+def send_all(node, files):
+    unci = [f for f in files if "J2KR" not in f.name]
+    j2k = [f for f in files if "J2KR" in f.name]
+    if unci:
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *unci)
+    if j2k:
+        run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, *j2k)
+
+
+def infer(path) -> float:
+    r = subprocess.run([str(node_binary()), "infer", str(path), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["prediction"]["probabilities"][0]
+
+
+def certainty(sr: pydicom.Dataset) -> float:
+    def walk(items):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+            if item.ValueType == "NUM" and name and (name.CodeValue, name.CodingSchemeDesignator) == CERTAINTY:
+                return float(item.MeasuredValueSequence[0].NumericValue)
+            if "ContentSequence" in item:
+                found = walk(item.ContentSequence)
+                if found is not None:
+                    return found
+        return None
+
+    return walk(sr.ContentSequence)
+
+
+def referenced_sop(sr: pydicom.Dataset) -> str:
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    (series,) = study.ReferencedSeriesSequence
+    (ref,) = series.ReferencedSOPSequence
+    return ref.ReferencedSOPInstanceUID
+
+
+def srs_in(orthanc):
+    out = {}
+    for oid in orthanc.get("/instances"):
+        tags = orthanc.get(f"/instances/{oid}/tags?simplify")
+        if tags.get("Modality") != "SR":
+            continue
+        raw = requests.get(f"http://127.0.0.1:{orthanc.http_port}/instances/{oid}/file", timeout=10).content
+        sr = pydicom.dcmread(io.BytesIO(raw))
+        out[referenced_sop(sr)] = sr
+    return out
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    o = Orthanc(tmp_path / "orthanc").start()
+    yield o
+    o.stop()
+
+
+def test_twenty_radiographs_and_two_others(node_factory, orthanc, tmp_path):
+    files = radiographs(tmp_path, 14, 6)
+    others = [
+        copy_with_new_uids(Path(get_testdata_file("MR_small.dcm")), tmp_path / "mr.dcm"),
+        copy_with_new_uids(Path(get_testdata_file("CT_small.dcm")), tmp_path / "ct.dcm"),
+    ]
+    node = node_factory().start(config_file=node_config(tmp_path / "node.toml", orthanc))
+    send_all(node, files)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "mr.dcm", tmp_path / "ct.dcm")
+
+    orthanc.wait_for_count(22 + 20, timeout=240)
+    time.sleep(1)
+    assert len(orthanc.get("/instances")) == 42
+    srs = srs_in(orthanc)
+    assert len(srs) == 20
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        sr = srs[ds.SOPInstanceUID]
+        assert sr.StudyInstanceUID == ds.StudyInstanceUID
+        assert sr.PatientID == ds.PatientID
+        assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription
+        assert certainty(sr) == pytest.approx(infer(f) * 100, abs=1e-3)
+    for o in others:
+        assert o.SOPInstanceUID not in srs
+        with node.db() as c:
+            (state, reason) = c.execute(
+                "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE i.sop_instance_uid = ?",
+                (o.SOPInstanceUID,),
+            ).fetchone()
+        assert state == "skipped" and "is not analysed" in reason
+    # Every original arrived too, unchanged in UID.
+    uids = orthanc.sop_uids()
+    for f in files:
+        assert pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID in uids
+
+    # The counts the node reports match what happened.
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 20)
+    _, text = node.http("/metrics")
+    metrics = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l and not l.startswith("#")}
+    assert metrics["pneumo_instances_received_total"] == 22
+    assert metrics['pneumo_jobs{state="delivered"}'] == 20
+    assert metrics['pneumo_jobs{state="skipped"}'] == 2
+    assert metrics['pneumo_jobs{state="failed"}'] == 0
+    assert metrics["pneumo_outbox_depth"] == 0
+    assert metrics['pneumo_outbox{destination="pacs",state="sent"}'] == 42
+    assert metrics["pneumo_inference_images_total"] == 20  # the warm-up run is not counted
+    assert metrics["pneumo_inference_seconds_count"] == 20
+    _, body = node.http("/api/jobs?state=delivered")
+    assert len(body["jobs"]) == 20
+    assert all(j["result"]["prediction"]["warning"] == "DEMO MODEL - NOT FOR DIAGNOSIS" for j in body["jobs"])
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    _, body = node.http(f"/api/instances/{uid}")
+    (copy,) = body["copies"]
+    assert copy["job"]["state"] == "delivered"
+    assert copy["job"]["sr_sop_instance_uid"] == srs[uid].SOPInstanceUID
+    assert sorted(d["state"] for d in copy["deliveries"]) == ["sent", "sent"]  # the original and its SR
+
+
+def final_state(node, orthanc):
+    srs = srs_in(orthanc)
+    with node.db() as c:
+        jobs = c.execute(
+            "SELECT i.sop_instance_uid, j.state, j.result_json FROM jobs j JOIN instances i ON i.id = j.instance_id"
+        ).fetchall()
+    return {
+        uid: (state, json.loads(result)["prediction"]["probabilities"], srs[uid].SOPInstanceUID)
+        for uid, state, result in jobs
+    }
+
+
+def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):
+    files = radiographs(tmp_path, 0, 8)  # JPEG 2000: slow enough to kill mid-analysis
+
+    # The run without a kill.
+    calm_pacs = Orthanc(tmp_path / "calm-orthanc").start()
+    try:
+        calm = node_factory().start(config_file=node_config(tmp_path / "calm.toml", calm_pacs, concurrency=1))
+        send_all(calm, files)
+        calm_pacs.wait_for_count(16, timeout=240)
+        wait_until(lambda: calm.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 8, timeout=60)
+        expected = final_state(calm, calm_pacs)
+    finally:
+        calm_pacs.stop()
+
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    try:
+        node = node_factory().start(config_file=node_config(tmp_path / "node.toml", pacs, concurrency=1))
+        send_all(node, files)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") >= 2,
+                   timeout=120)
+        assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'analysing')") > 0
+        node.kill9()
+        node.start()
+        pacs.wait_for_count(16, timeout=240)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 8, timeout=60)
+        time.sleep(1.5)
+        assert len(pacs.get("/instances")) == 16  # no second SR, no second original
+        assert final_state(node, pacs) == expected
+    finally:
+        pacs.stop()
