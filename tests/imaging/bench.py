@@ -1,7 +1,7 @@
 """Benchmark: DICOM file -> 224x224 model tensor, Rust vs the Python reference,
 in the same run, on the same files.
 
-    cargo build --release -p pneumo-imaging --example bench
+    cargo build --release -p pneumo-imaging --example imaging_bench
     RAYON_NUM_THREADS=1 taskset -c 0 .venv/bin/python tests/imaging/bench.py [--runs 10]
 
 Both sides are timed from reading the file to the tensor in memory (no
@@ -36,7 +36,7 @@ FILES = {
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "examples" / "bench"))
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "examples" / "imaging_bench"))
     a = ap.parse_args()
     paths = {k: get_testdata_file(v) for k, v in FILES.items()}
     r = subprocess.run(

@@ -1,7 +1,7 @@
 """Tiny-model throughput on the CPU: Rust (pneumo-inference) vs Python
 onnxruntime, same machine, same run, same thread count, same model.
 
-    cargo build --release -p pneumo-inference --example bench
+    cargo build --release -p pneumo-inference --example inference_bench
     .venv/bin/python tests/inference/bench.py --threads 2 --seconds 3 --rounds 5 --batches 1 16
 
 Not a test (pytest does not collect it): speed is recorded in
@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"
-EXAMPLE = ROOT / "target" / "release" / "examples" / "bench"
+EXAMPLE = ROOT / "target" / "release" / "examples" / "inference_bench"
 
 
 def image_batch(b: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def python_once(s: ort.InferenceSession, b: int, seconds: float) -> float:
 
 def rust_once(threads: int, seconds: float, mode: str, b: int) -> float:
     if not EXAMPLE.exists():
-        raise SystemExit("build it first: cargo build --release -p pneumo-inference --example bench")
+        raise SystemExit("build it first: cargo build --release -p pneumo-inference --example inference_bench")
     env = dict(os.environ, RUST_LOG="error")
     r = subprocess.run([str(EXAMPLE), str(MODEL), str(threads), str(seconds), mode, str(b)],
                        capture_output=True, text=True, env=env, check=True, cwd=ROOT)

@@ -69,6 +69,22 @@ struct ResultRecord<'a> {
     decision: &'static str,
     preprocessing: &'a PreprocessReport,
     sr_sop_instance_uid: &'a str,
+    /// Where the job's time went, in milliseconds.
+    timings_ms: Timings,
+}
+
+#[derive(serde::Serialize, Default)]
+struct Timings {
+    /// Reading the file, decoding and preprocessing.
+    imaging: f64,
+    /// Waiting for and running the model (batched with other jobs).
+    inference: f64,
+    /// Building and storing the report.
+    report: f64,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 impl Pipeline {
@@ -145,10 +161,13 @@ impl Pipeline {
         let path = self.store.instance_file(&job.path);
         let spec = self.engine.contract().preprocess_spec();
         let companion = self.report.companion_sc;
+        let mut timings = Timings::default();
+        let t_imaging = Instant::now();
         let prepared = tokio::task::spawn_blocking(move || prepare(&path, &spec, companion))
             .await
             .map_err(|e| format!("imaging task failed: {e}"))??;
 
+        timings.imaging = ms_since(t_imaging);
         let started = Instant::now();
         let prediction = self
             .engine
@@ -158,6 +177,8 @@ impl Pipeline {
         self.metrics
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
+        timings.inference = ms_since(started);
+        let t_report = Instant::now();
 
         let source =
             SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
@@ -224,6 +245,10 @@ impl Pipeline {
             decision: result.decision.as_str(),
             preprocessing: &prepared.report,
             sr_sop_instance_uid: &sr_uid,
+            timings_ms: Timings {
+                report: ms_since(t_report),
+                ..timings
+            },
         };
         let json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
         let done = self

@@ -1,4 +1,4 @@
-//! Times DICOM file → model tensor: `cargo run --release --example bench --
+//! Times DICOM file → model tensor: `cargo run --release --example imaging_bench --
 //! [--runs N] FILE...`. Prints one JSON line per file with the median and
 //! minimum milliseconds of reading the file plus `preprocess`, and of
 //! `preprocess` alone (224×224, ImageNet mean/std, f32, no crop).

@@ -3,7 +3,7 @@
 //! per measurement. Driven by tests/inference/bench.py (which times Python
 //! onnxruntime in the same run).
 //!
-//!     cargo run --release -p pneumo-inference --example bench -- MODEL THREADS SECONDS MODE BATCH...
+//!     cargo run --release -p pneumo-inference --example inference_bench -- MODEL THREADS SECONDS MODE BATCH...
 //!
 //! MODE: `session`, `batcher` or `both`.
 
