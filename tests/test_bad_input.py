@@ -42,7 +42,7 @@ def radiograph(rg1_copies):
 
 def open_store(node):
     raw = RawAssociation(node.port)
-    raw.associate(node.ae_title, [(1, CR_STORAGE, ["1.2.840.10008.1.2"])])
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
     return raw
 
 
@@ -96,8 +96,11 @@ def test_garbage_instead_of_associate_rq(node):
         struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 1000) + b"1.2.3.4.5.",
         # a well-formed data set without SOP Instance UID and the rest
         struct.pack("<HH2sH", 0x0008, 0x0060, b"CS", 2) + b"CR",
+        # an element claiming 4 GB: refused before any parser allocates it
+        struct.pack("<HH2sH", 0x0008, 0x0060, b"CS", 2) + b"CR"
+        + struct.pack("<HH2sHI", 0x0008, 0x0070, b"UT", 0, 0xFFFFFFF0) + b"x" * 64,
     ],
-    ids=["truncated-element", "no-uids"],
+    ids=["truncated-element", "no-uids", "4-gb-element"],
 )
 def test_dataset_that_does_not_parse(node, payload):
     sop_uid = generate_uid()
@@ -107,6 +110,9 @@ def test_dataset_that_does_not_parse(node, payload):
     raw.send(pdata(1, False, True, payload))
     rsp = raw.read_command()
     assert 0xC000 <= status_of(rsp) <= 0xCFFF, hex(status_of(rsp))
+    if len(payload) > 64:
+        assert b"element (0008,0070)" in rsp[0x0902]  # the Error Comment (64 characters at most)
+        assert "claims 4294967280 bytes" in node.log()
     assert struct.unpack("<H", rsp[0x0120])[0] == 5  # MessageIDBeingRespondedTo
     assert rsp[0x1000].rstrip(b"\0").decode() == sop_uid
     assert 0x0902 in rsp  # an Error Comment says why

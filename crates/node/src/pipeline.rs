@@ -349,6 +349,8 @@ fn prepare(
     spec: &pneumo_imaging::PreprocessSpec,
     keep_grey: bool,
 ) -> Result<Prepared, String> {
+    pneumo_store::check_element_lengths(path, dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let obj: DefaultDicomObject = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;

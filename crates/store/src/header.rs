@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
@@ -18,11 +19,47 @@ pub struct InstanceHeader {
     pub view_position: Option<String>,
 }
 
+/// Attributes the store reads all come before (0020,0010): parsing stops
+/// there, so private groups and pixel data further on are never parsed.
+const HEADER_END: Tag = Tag(0x0020, 0x0010);
+
+/// Refuses a Part-10 file whose element lengths (up to `stop`) cannot be
+/// right, before a parser allocates what they claim.
+pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |e: String| StoreError::Unparseable(e);
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let size = file.get_ref().metadata()?.len();
+    file.seek(SeekFrom::Start(128))?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file)
+        .map_err(|e| bad(e.to_string()))?;
+    let encoding = match meta.transfer_syntax().trim_end_matches('\0') {
+        "1.2.840.10008.1.2" => crate::lengths::Encoding {
+            explicit_vr: false,
+            big_endian: false,
+        },
+        "1.2.840.10008.1.2.2" => crate::lengths::Encoding {
+            explicit_vr: true,
+            big_endian: true,
+        },
+        // Deflated data sets are checked by inflation itself; the rest are
+        // explicit little endian up to their (encapsulated) pixel data.
+        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        _ => crate::lengths::Encoding {
+            explicit_vr: true,
+            big_endian: false,
+        },
+    };
+    crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
+}
+
 impl InstanceHeader {
-    /// Parses a Part-10 file up to its pixel data.
+    /// Parses the header of a Part-10 file, after checking that no element
+    /// claims more bytes than the file has (see `lengths`).
     pub fn read(path: &Path) -> Result<InstanceHeader, StoreError> {
+        check_element_lengths(path, HEADER_END)?;
         let obj = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
+            .read_until(HEADER_END)
             .open_file(path)
             .map_err(|e| StoreError::Unparseable(e.to_string()))?;
         Self::from_object(&obj)

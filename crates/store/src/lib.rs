@@ -10,6 +10,7 @@ mod db;
 mod files;
 mod header;
 mod jobs;
+mod lengths;
 mod outbox;
 mod views;
 
@@ -20,7 +21,7 @@ use sqlx::SqlitePool;
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use header::InstanceHeader;
+pub use header::{check_element_lengths, InstanceHeader};
 pub use jobs::{ClaimedJob, JobCount};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use views::{DeliveryView, InstanceView, JobView};

@@ -1,0 +1,257 @@
+//! A pre-flight check of element lengths in a native data set.
+//!
+//! The DICOM parser allocates (and zero-fills) as many bytes as an element
+//! claims before reading them, so a garbled or hostile data set claiming a
+//! 4 GB element costs 4 GB of memory and seconds of CPU before it fails.
+//! This scan walks the element headers up to the pixel data, following
+//! sequences and items, and refuses any length that does not fit in what
+//! actually arrived, without allocating.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const MAX_DEPTH: usize = 32;
+
+pub struct Encoding {
+    pub explicit_vr: bool,
+    pub big_endian: bool,
+}
+
+struct Scanner<R> {
+    r: R,
+    enc: Encoding,
+    pos: u64,
+    stop: Tag,
+}
+
+enum Stop {
+    /// End of the region, or the top-level pixel data.
+    Done,
+    /// A sequence or item delimiter closed an undefined length.
+    Delimiter,
+}
+
+/// Checks every element length from the reader's current position to
+/// `end` (the end of the data set), up to the first top-level element at or
+/// after `stop`; Err names the first length that cannot be.
+pub fn check<R: Read + Seek>(mut r: R, enc: Encoding, end: u64, stop: Tag) -> Result<(), String> {
+    let pos = r.stream_position().map_err(|e| e.to_string())?;
+    let mut s = Scanner { r, enc, pos, stop };
+    s.elements(end, 0, true).map(|_| ())
+}
+
+impl<R: Read + Seek> Scanner<R> {
+    fn u16(&mut self) -> Result<u16, String> {
+        let mut b = [0u8; 2];
+        self.read(&mut b)?;
+        Ok(if self.enc.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(if self.enc.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    }
+
+    fn read(&mut self, b: &mut [u8]) -> Result<(), String> {
+        self.r
+            .read_exact(b)
+            .map_err(|_| format!("data set truncated at byte {}", self.pos))?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), String> {
+        self.r
+            .seek(SeekFrom::Current(n as i64))
+            .map_err(|e| e.to_string())?;
+        self.pos += n;
+        Ok(())
+    }
+
+    fn elements(&mut self, end: u64, depth: usize, top: bool) -> Result<Stop, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("sequences nested deeper than {MAX_DEPTH}"));
+        }
+        while self.pos < end {
+            let at = self.pos;
+            let tag = Tag(self.u16()?, self.u16()?);
+            if tag.group() == 0xFFFE {
+                let _len = self.u32()?;
+                return match tag.element() {
+                    0xE00D | 0xE0DD => Ok(Stop::Delimiter),
+                    _ => Err(format!("unexpected item tag {tag} at byte {at}")),
+                };
+            }
+            if top && tag >= self.stop {
+                return Ok(Stop::Done);
+            }
+            let (vr, len) = if self.enc.explicit_vr {
+                let mut v = [0u8; 2];
+                self.read(&mut v)?;
+                let vr = VR::from_binary(v).unwrap_or(VR::UN);
+                let long = matches!(
+                    vr,
+                    VR::OB
+                        | VR::OD
+                        | VR::OF
+                        | VR::OL
+                        | VR::OV
+                        | VR::OW
+                        | VR::SQ
+                        | VR::UC
+                        | VR::UN
+                        | VR::UR
+                        | VR::UT
+                        | VR::SV
+                        | VR::UV
+                );
+                let len = if long {
+                    self.skip(2)?;
+                    self.u32()?
+                } else {
+                    u32::from(self.u16()?)
+                };
+                (vr, len)
+            } else {
+                let vr = StandardDataDictionary
+                    .by_tag(tag)
+                    .map(|e| e.vr().relaxed())
+                    .unwrap_or(VR::UN);
+                (vr, self.u32()?)
+            };
+            let is_sequence = vr == VR::SQ || (len == UNDEFINED && vr == VR::UN);
+            if len == UNDEFINED {
+                if !is_sequence {
+                    return Err(format!(
+                        "element {tag} at byte {at} has an undefined length"
+                    ));
+                }
+                // CP-246: a UN of undefined length holds implicit VR items.
+                let explicit = self.enc.explicit_vr;
+                if vr == VR::UN {
+                    self.enc.explicit_vr = false;
+                }
+                let r = self.items(end, depth + 1, true);
+                self.enc.explicit_vr = explicit;
+                r?;
+                continue;
+            }
+            let value_end = self.pos + u64::from(len);
+            if value_end > end {
+                return Err(format!(
+                    "element {tag} at byte {at} claims {len} bytes; only {} remain",
+                    end - self.pos
+                ));
+            }
+            if is_sequence {
+                self.items(value_end, depth + 1, false)?;
+                self.skip(value_end.saturating_sub(self.pos))?;
+            } else {
+                self.skip(u64::from(len))?;
+            }
+        }
+        Ok(Stop::Done)
+    }
+
+    /// The items of a sequence, up to `end` or its delimiter.
+    fn items(&mut self, end: u64, depth: usize, undefined: bool) -> Result<(), String> {
+        while self.pos < end {
+            let at = self.pos;
+            let tag = Tag(self.u16()?, self.u16()?);
+            let len = self.u32()?;
+            match (tag.group(), tag.element()) {
+                (0xFFFE, 0xE0DD) => return Ok(()),
+                (0xFFFE, 0xE000) if len == UNDEFINED => match self.elements(end, depth, false)? {
+                    Stop::Delimiter => {}
+                    Stop::Done => return Err(format!("item at byte {at} never ends")),
+                },
+                (0xFFFE, 0xE000) => {
+                    let item_end = self.pos + u64::from(len);
+                    if item_end > end {
+                        return Err(format!(
+                            "item at byte {at} claims {len} bytes; only {} remain",
+                            end - self.pos
+                        ));
+                    }
+                    self.elements(item_end, depth, false)?;
+                    self.skip(item_end.saturating_sub(self.pos))?;
+                }
+                _ => return Err(format!("expected an item, found {tag} at byte {at}")),
+            }
+        }
+        if undefined {
+            return Err("sequence of undefined length never ends".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&tag.0.to_le_bytes());
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    fn explicit(bytes: &[u8]) -> Result<(), String> {
+        let enc = Encoding {
+            explicit_vr: true,
+            big_endian: false,
+        };
+        check(
+            Cursor::new(bytes),
+            enc,
+            bytes.len() as u64,
+            Tag(0x7FE0, 0x0010),
+        )
+    }
+
+    #[test]
+    fn good_data_sets_pass_and_huge_lengths_are_refused() {
+        let mut good = el((0x0008, 0x0060), b"CS", b"CR");
+        // a sequence of undefined length with one undefined-length item
+        good.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        good.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        good.extend(el((0x0008, 0x1150), b"UI", b"1.2"));
+        good.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        good.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        good.extend(el((0x0010, 0x0010), b"PN", b"DOE^J"));
+        assert_eq!(explicit(&good), Ok(()));
+
+        let mut huge = el((0x0008, 0x0060), b"CS", b"CR");
+        huge.extend_from_slice(&[
+            0x08, 0x00, 0x16, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+        ]);
+        let err = explicit(&huge).unwrap_err();
+        assert!(err.contains("claims 4294967280 bytes"), "{err}");
+
+        let mut open = el((0x0008, 0x0060), b"CS", b"CR");
+        open.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        assert!(explicit(&open).is_err());
+    }
+}
