@@ -212,3 +212,61 @@ def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path)
         assert final_state(node, pacs) == expected
     finally:
         pacs.stop()
+
+
+def test_undecodable_syntax_is_stored_but_not_analysed(node, tmp_path):
+    from nodetest import ROOT
+
+    fixtures = ROOT / "fixtures" / "imaging"
+    refused = fixtures / "rg1s_refused_jpeg_extended_12bit.dcm"
+    decodable = fixtures / "rg1s_jpegls_lossless.dcm"
+    run_dcmtk("storescu", "-xx", "-aec", node.ae_title, "127.0.0.1", node.port, refused)
+    run_dcmtk("storescu", "-xt", "-aec", node.ae_title, "127.0.0.1", node.port, decodable)
+
+    def state_of(path):
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        with node.db() as c:
+            return c.execute(
+                "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE i.sop_instance_uid = ?",
+                (uid,),
+            ).fetchone()
+
+    wait_until(lambda: state_of(refused) is not None and state_of(refused)[0] == "skipped")
+    assert "1.2.840.10008.1.2.4.51 cannot be decoded for analysis" in state_of(refused)[1]
+    wait_until(lambda: state_of(decodable)[0] == "reported", timeout=60)
+
+
+def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_copies):
+    """The SR and the companion image the running node makes (not the
+    builder alone): dciodvfy, dsrdump and highdicom."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    node = node_factory(report__companion_sc="true").start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        generated = dict(c.execute("SELECT modality, path FROM instances WHERE generated = 1").fetchall())
+        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
+    assert len(generated) == 2 and "SR" in generated, generated  # the SR and the companion image
+    p = json.loads(result)["prediction"]["probabilities"][0]
+    src = pydicom.dcmread(f, stop_before_pixels=True)
+    for modality, rel in generated.items():
+        path = node.data_dir / rel
+        out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
+        errors = [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")]
+        assert errors == [], (modality, errors)
+        assert pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == src.StudyInstanceUID
+    sr_path = node.data_dir / generated["SR"]
+    dump = subprocess.run(["/usr/bin/dsrdump", str(sr_path)], capture_output=True, text=True, errors="replace")
+    assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
+    sr = hd.sr.srread(sr_path)
+    pneumoconiosis = Code("40122008", "SCT", "Pneumoconiosis")
+    (group,) = sr.content.get_image_measurement_groups(finding_type=pneumoconiosis)
+    (evaluation,) = group.get_qualitative_evaluations(name=pneumoconiosis)
+    expected = Code("52101004", "SCT", "Present") if p >= 0.5 else Code("272519000", "SCT", "Absent")
+    assert evaluation.value == expected
+    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
+    assert certainty.value == pytest.approx(p * 100, abs=1e-3)
+    assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription

@@ -34,7 +34,12 @@ pub async fn run_router(
 ) {
     loop {
         match store
-            .route_received_jobs(|h| routing.analysis_refusal(h))
+            .route_received_jobs(|h, ts| {
+                routing.analysis_refusal(h).or_else(|| {
+                    (!pneumo_imaging::can_decode(ts))
+                        .then(|| format!("transfer syntax {ts} cannot be decoded for analysis"))
+                })
+            })
             .await
         {
             Ok((0, 0)) => {}

@@ -19,18 +19,20 @@ struct ReceivedJob {
     modality: Option<String>,
     body_part_examined: Option<String>,
     view_position: Option<String>,
+    transfer_syntax_uid: String,
 }
 
 impl Store {
     /// Routes every job in state `received`: `queued` for analysis, or
-    /// `skipped` with the reason `decide` gives. Returns (queued, skipped).
+    /// `skipped` with the reason `decide` gives (from the instance's header
+    /// and transfer syntax). Returns (queued, skipped).
     pub async fn route_received_jobs(
         &self,
-        decide: impl Fn(&InstanceHeader) -> Option<String>,
+        decide: impl Fn(&InstanceHeader, &str) -> Option<String>,
     ) -> Result<(u64, u64), StoreError> {
         let jobs: Vec<ReceivedJob> = sqlx::query_as(
             "SELECT j.id, i.sop_class_uid, i.sop_instance_uid, i.study_instance_uid, i.series_instance_uid,
-                    i.modality, i.body_part_examined, i.view_position
+                    i.modality, i.body_part_examined, i.view_position, i.transfer_syntax_uid
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.state = 'received' ORDER BY j.id",
         )
         .fetch_all(self.pool())
@@ -46,7 +48,7 @@ impl Store {
                 body_part_examined: job.body_part_examined,
                 view_position: job.view_position,
             };
-            let refusal = decide(&header);
+            let refusal = decide(&header, &job.transfer_syntax_uid);
             let state = if refusal.is_some() {
                 "skipped"
             } else {
