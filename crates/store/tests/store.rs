@@ -113,7 +113,7 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
         store.ingest(&inc, |_| vec!["pacs".into()]).await.unwrap();
     }
     let (queued, skipped) = store
-        .route_received_jobs(|h| {
+        .route_received_jobs(|h, _| {
             (h.modality.as_deref() != Some("CR")).then(|| "not CR".to_string())
         })
         .await
