@@ -64,7 +64,7 @@ def wait_delivered(db: Path, n: int, timeout: float = 600):
 def rows(db: Path):
     with sqlite3.connect(db) as c:
         return c.execute(
-            """SELECT i.received_at_ms, o.updated_at_ms, j.result_json
+            """SELECT i.received_at_ms, o.updated_at_ms, j.result_json, j.updated_at_ms
                FROM jobs j JOIN instances i ON i.id = j.instance_id
                JOIN outbox o ON o.instance_id = j.sr_instance_id AND o.state = 'sent'"""
         ).fetchall()
@@ -95,6 +95,7 @@ def main():
     batcher = [json.loads(l) for l in out.splitlines() if l.startswith("{")][-1]
     print("model alone (batcher, max_batch 8):", json.dumps(batcher))
 
+    procs = []
     pacs = Orthanc(a.workdir / "orthanc-bench")
     shutil.rmtree(pacs.workdir, ignore_errors=True)
     pacs.start()
@@ -104,6 +105,7 @@ def main():
         from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
         proc, port, db = start_node(a.workdir, pacs)
+        procs.append(proc)
         ae = AE(ae_title="BENCH")
         ae.add_requested_context(ComputedRadiographyImageStorage, ["1.2.840.10008.1.2"])
         assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMO")
@@ -116,7 +118,7 @@ def main():
             time.sleep(max(0.0, 0.1 - (time.monotonic() - t)))
         assoc.release()
         wait_delivered(db, 100)
-        lat = [sent - received for received, sent, _ in rows(db)]
+        lat = [sent - received for received, sent, _, _ in rows(db)]
         print(f"latency C-STORE-RSP -> SR in Orthanc, 100 images at 10/s: p50 {pct(lat, 50):.0f} ms, "
               f"p99 {pct(lat, 99):.0f} ms, max {max(lat):.0f} ms")
         proc.terminate()
@@ -124,6 +126,7 @@ def main():
 
         # 2. throughput, 200 at once
         proc, port, db = start_node(a.workdir, pacs)
+        procs.append(proc)
         env = dict(os.environ, TCP_NODELAY="1")
         subprocess.run([str(DCMTK / "storescu"), "-aec", "PNEUMO", "127.0.0.1", str(port), *map(str, files[100:300])],
                        check=True, env=env)
@@ -135,6 +138,11 @@ def main():
         phases = {k: [json.loads(x[2])["timings_ms"][k] for x in r] for k in ("imaging", "inference", "report")}
         proc.terminate()
         proc.wait()
+        received = sorted(x[0] for x in r)
+        reported = sorted(x[3] for x in r)  # delivered; the SR was sent then
+        arrival = 180 / ((received[189] - received[9]) / 1000)
+        completion = 180 / ((reported[189] - reported[9]) / 1000)
+        print(f"arrival rate {arrival:.1f} images/s, completion rate {completion:.1f} images/s (10th to 190th)")
         print(f"throughput, 200 at once: {200 / wall:.1f} images/s ({wall:.1f} s from first commit to last SR in Orthanc)")
         for k, v in phases.items():
             print(f"  per job {k}: mean {statistics.mean(v):.1f} ms, p50 {pct(v, 50):.1f} ms")
@@ -142,6 +150,10 @@ def main():
         if model_ips:
             print(f"pipeline / model alone: {200 / wall / model_ips:.2f} of the batcher's {model_ips:.1f} images/s")
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
         pacs.stop()
 
 
