@@ -264,6 +264,17 @@ pub fn command_pdu(context_id: u8, command: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The Maximum Length Received a peer announced (0, "unlimited", when absent).
+pub fn announced_max_length(user_variables: &[dicom_ul::pdu::UserVariableItem]) -> u32 {
+    user_variables
+        .iter()
+        .find_map(|v| match v {
+            dicom_ul::pdu::UserVariableItem::MaxLength(l) => Some(*l),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// The largest PDV data payload that fits a PDU of `max_pdu` bytes
 /// (the peer's Maximum Length Received; 0 means unlimited).
 pub fn max_pdv_payload(max_pdu: u32) -> usize {

@@ -486,14 +486,7 @@ fn negotiate(
         })
         .collect();
 
-    let peer_max_pdu = rq
-        .user_variables
-        .iter()
-        .find_map(|v| match v {
-            UserVariableItem::MaxLength(l) => Some(*l),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let peer_max_pdu = pdu::announced_max_length(&rq.user_variables);
 
     let ac = AssociationAC {
         protocol_version: 1,

@@ -264,14 +264,7 @@ impl ClientAssociation {
                             })
                     })
                     .collect();
-                let peer_max_pdu = ac
-                    .user_variables
-                    .iter()
-                    .find_map(|v| match v {
-                        UserVariableItem::MaxLength(l) => Some(*l),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
+                let peer_max_pdu = pdu::announced_max_length(&ac.user_variables);
                 Ok(ClientAssociation {
                     conn,
                     accepted,
