@@ -84,6 +84,9 @@ pub enum ContractError {
     #[error("the model has no contract: metadata key `{key}` is missing (docs/model-contract.md)")]
     MissingKey { key: &'static str },
 
+    #[error("not a lung segmentation model: metadata key `{key}` is missing (docs/inference.md, lung segmentation model contract)")]
+    MissingSegKey { key: &'static str },
+
     #[error("metadata key `{key}` = {value:?}: {expected}")]
     InvalidValue {
         key: &'static str,

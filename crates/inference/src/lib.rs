@@ -6,6 +6,8 @@
 //! - [`ModelContract`]: the `pneumo.*` metadata keys (docs/model-contract.md),
 //!   checked against the graph; converts to [`pneumo_imaging::PreprocessSpec`].
 //! - [`Model`]: one session on CUDA or the CPU (`auto` tries CUDA first).
+//! - [`LungSegmenter`]: the lung segmentation model (`pneumo.seg.*`
+//!   contract) giving the box of a `lung-box` crop.
 //! - [`InferenceEngine`]: the micro-batcher on a dedicated thread, with an
 //!   async [`InferenceEngine::infer`].
 //!
@@ -17,6 +19,7 @@ mod error;
 mod model;
 mod prediction;
 pub mod runtime;
+mod segment;
 mod settings;
 
 pub use batcher::{BatchConfig, EngineStats, InferenceEngine};
@@ -24,4 +27,5 @@ pub use contract::{Dim, InputDType, ModelContract, WeightsKind, CONTRACT_KEYS, D
 pub use error::{ContractError, InferenceError, Result};
 pub use model::{ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
+pub use segment::{LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
 pub use settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};

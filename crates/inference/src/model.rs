@@ -297,6 +297,59 @@ fn build_session(
     }
 }
 
+/// Builds a session of `path` on the provider `settings.execution_provider`
+/// asks for (`auto`: CUDA if it can be used, else the CPU). The classifier
+/// and the lung segmentation model share it.
+pub(crate) fn open_session(
+    rt: &Runtime,
+    settings: &InferenceSettings,
+    path: &Path,
+) -> Result<(Session, ExecutionProvider)> {
+    Ok(match settings.execution_provider {
+        ExecutionProviderChoice::Cpu => (
+            build_session(rt, settings, path, ExecutionProvider::Cpu, false)?,
+            ExecutionProvider::Cpu,
+        ),
+        ExecutionProviderChoice::Cuda => (
+            build_session(
+                rt,
+                settings,
+                path,
+                ExecutionProvider::Cuda,
+                !settings.allow_cpu_fallback,
+            )?,
+            ExecutionProvider::Cuda,
+        ),
+        ExecutionProviderChoice::Auto => {
+            // Best effort: ONNX Runtime's own placement of small shape
+            // subgraphs on the CPU is accepted here; refusing it would
+            // only move the whole graph to the CPU.
+            if ep::CUDA::is_available().unwrap_or(false) {
+                match build_session(rt, settings, path, ExecutionProvider::Cuda, false) {
+                    Ok(s) => (s, ExecutionProvider::Cuda),
+                    Err(e) => {
+                        // The library has CUDA and it failed: worth a warning.
+                        tracing::warn!(reason = %e, "execution provider auto: CUDA failed, using the CPU");
+                        (
+                            build_session(rt, settings, path, ExecutionProvider::Cpu, false)?,
+                            ExecutionProvider::Cpu,
+                        )
+                    }
+                }
+            } else {
+                tracing::info!(
+                    onnxruntime = %rt.version,
+                    "execution provider auto: this ONNX Runtime has no CUDA provider, using the CPU"
+                );
+                (
+                    build_session(rt, settings, path, ExecutionProvider::Cpu, false)?,
+                    ExecutionProvider::Cpu,
+                )
+            }
+        }
+    })
+}
+
 impl Model {
     /// Loads ONNX Runtime if needed (`settings.ort_library`), then the
     /// model `settings.model`, checks its contract against the graph and
@@ -308,49 +361,7 @@ impl Model {
             return Err(InferenceError::ModelMissing { path });
         }
         let rt = init_runtime(&settings.ort_library)?;
-        let (session, provider) = match settings.execution_provider {
-            ExecutionProviderChoice::Cpu => (
-                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
-                ExecutionProvider::Cpu,
-            ),
-            ExecutionProviderChoice::Cuda => (
-                build_session(
-                    rt,
-                    settings,
-                    &path,
-                    ExecutionProvider::Cuda,
-                    !settings.allow_cpu_fallback,
-                )?,
-                ExecutionProvider::Cuda,
-            ),
-            ExecutionProviderChoice::Auto => {
-                // Best effort: ONNX Runtime's own placement of small shape
-                // subgraphs on the CPU is accepted here; refusing it would
-                // only move the whole graph to the CPU.
-                if ep::CUDA::is_available().unwrap_or(false) {
-                    match build_session(rt, settings, &path, ExecutionProvider::Cuda, false) {
-                        Ok(s) => (s, ExecutionProvider::Cuda),
-                        Err(e) => {
-                            // The library has CUDA and it failed: worth a warning.
-                            tracing::warn!(reason = %e, "execution provider auto: CUDA failed, using the CPU");
-                            (
-                                build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
-                                ExecutionProvider::Cpu,
-                            )
-                        }
-                    }
-                } else {
-                    tracing::info!(
-                        onnxruntime = %rt.version,
-                        "execution provider auto: this ONNX Runtime has no CUDA provider, using the CPU"
-                    );
-                    (
-                        build_session(rt, settings, &path, ExecutionProvider::Cpu, false)?,
-                        ExecutionProvider::Cpu,
-                    )
-                }
-            }
-        };
+        let (session, provider) = open_session(rt, settings, &path)?;
         let contract = read_contract(&path, &session)?;
         check_graph(&path, &session, &contract)?;
         let identity = ModelIdentity::from(&contract);

@@ -37,6 +37,10 @@ pub struct InferenceSettings {
     /// The ONNX model. A relative path is looked up in the working
     /// directory, then in the repository the executable was built in.
     pub model: PathBuf,
+    /// The lung segmentation model (docs/inference.md, "Lung segmentation
+    /// model contract"), for a classifier whose contract says crop
+    /// `lung-box`. Empty: none. Looked up like `model`.
+    pub lung_segmentation_model: PathBuf,
     /// libonnxruntime.so.X.Y.Z. Empty: `ORT_DYLIB_PATH`, then the
     /// onnxruntime wheel in `.venv` (working directory, then the
     /// executable's repository).
@@ -67,6 +71,7 @@ impl Default for InferenceSettings {
     fn default() -> Self {
         InferenceSettings {
             model: PathBuf::from("fixtures/models/pneumollm-tiny.onnx"),
+            lung_segmentation_model: PathBuf::new(),
             ort_library: PathBuf::new(),
             execution_provider: ExecutionProviderChoice::Auto,
             allow_cpu_fallback: false,

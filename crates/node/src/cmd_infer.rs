@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use pneumo_imaging::{LungBox, Tensor, TensorData};
-use pneumo_inference::{InferenceEngine, InferenceSettings, Prediction};
+use pneumo_imaging::{CropMode, LungBox, Tensor, TensorData};
+use pneumo_inference::{InferenceEngine, InferenceSettings, LungSegmenter, Prediction};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferArgs {
@@ -22,7 +22,8 @@ pub struct InferArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Lung box in image pixels, x0,y0,x1,y1 (half-open), for a model whose
-    /// contract says crop_mode lung-box (until the segmentation model is wired in).
+    /// contract says crop_mode lung-box, instead of the one the lung
+    /// segmentation model (inference.lung_segmentation_model) finds.
     #[arg(long)]
     pub lung_box: Option<String>,
     /// Print JSON instead of text.
@@ -63,7 +64,23 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
     let spec = engine.contract().preprocess_spec();
     let obj =
         dicom_object::open_file(file).with_context(|| format!("reading {}", file.display()))?;
-    let pre = pneumo_imaging::preprocess(&obj, &spec, lung_box)
+    let (grey, grey_report, hdr) = pneumo_imaging::grey_image(&obj)
+        .with_context(|| format!("preprocessing {}", file.display()))?;
+    let lung_box = match (spec.crop, lung_box) {
+        (CropMode::LungBox, None) => {
+            let segmenter = LungSegmenter::from_settings(&settings).with_context(|| {
+                format!(
+                    "loading the lung segmentation model {}",
+                    settings.lung_segmentation_model.display()
+                )
+            })?;
+            let b = crate::pipeline::lung_box(segmenter.as_ref(), &grey)
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
+            Some(b)
+        }
+        (_, given) => given,
+    };
+    let pre = pneumo_imaging::tensor_from_grey(&grey, grey_report, hdr, &spec, lung_box)
         .with_context(|| format!("preprocessing {}", file.display()))?;
     let p = engine
         .infer_blocking(pre.tensor)

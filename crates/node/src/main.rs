@@ -170,6 +170,25 @@ async fn serve(config: Config) -> Result<()> {
             .context("loading the model")?
             .context("loading the model (inference.model, inference.ort_library)")?;
     let engine = Arc::new(engine);
+    let settings = config.inference.clone();
+    let segmenter = tokio::task::spawn_blocking(move || {
+        pneumo_inference::LungSegmenter::from_settings(&settings)
+    })
+    .await
+    .context("loading the lung segmentation model")?
+    .context("loading the lung segmentation model (inference.lung_segmentation_model)")?
+    .map(Arc::new);
+    match (engine.contract().crop_mode, &segmenter) {
+        (pneumo_imaging::CropMode::LungBox, None) => tracing::warn!(
+            "the model's contract asks for crop lung-box and inference.lung_segmentation_model \
+             is not set: every analysis will fail"
+        ),
+        (pneumo_imaging::CropMode::None, Some(_)) => info!(
+            "inference.lung_segmentation_model is set but the model's contract says crop none: \
+             it is not used"
+        ),
+        _ => {}
+    }
     let model_status = http::ModelStatus::of(&engine);
     if engine.contract().is_demo() {
         tracing::warn!(
@@ -216,6 +235,7 @@ async fn serve(config: Config) -> Result<()> {
     let pipeline = Arc::new(pipeline::Pipeline {
         store: store.clone(),
         engine: engine.clone(),
+        segmenter,
         node: config.report.node_identity(&config.dicom.ae_title),
         report: config.report.options(),
         result_destinations: config.routing.result_destinations(&config.destinations),

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use pneumo_imaging::{grey_image, tensor_from_grey, PreprocessReport};
-use pneumo_inference::{InferenceEngine, Prediction, WeightsKind};
+use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
+use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
     build_companion_sc, build_sr, sr_sop_instance_uid, AnalysisResult,
     GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, ReportOptions,
@@ -49,6 +49,9 @@ impl Default for PipelineSection {
 pub struct Pipeline {
     pub store: Arc<Store>,
     pub engine: Arc<InferenceEngine>,
+    /// The lung segmentation model (`inference.lung_segmentation_model`),
+    /// for a classifier whose contract says crop `lung-box`.
+    pub segmenter: Option<Arc<LungSegmenter>>,
     pub node: NodeIdentity,
     pub report: ReportOptions,
     /// Where reports go.
@@ -163,9 +166,12 @@ impl Pipeline {
         let companion = self.report.companion_sc;
         let mut timings = Timings::default();
         let t_imaging = Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&path, &spec, companion))
-            .await
-            .map_err(|e| format!("imaging task failed: {e}"))??;
+        let segmenter = self.segmenter.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare(&path, &spec, segmenter.as_deref(), companion)
+        })
+        .await
+        .map_err(|e| format!("imaging task failed: {e}"))??;
 
         timings.imaging = ms_since(t_imaging);
         let started = Instant::now();
@@ -343,10 +349,12 @@ struct Prepared {
     grey: Option<pneumo_imaging::GreyImage>,
 }
 
-/// Reads and preprocesses the stored image (blocking).
+/// Reads and preprocesses the stored image (blocking). A `lung-box` crop
+/// takes its box from the segmentation model.
 fn prepare(
     path: &Path,
     spec: &pneumo_imaging::PreprocessSpec,
+    segmenter: Option<&LungSegmenter>,
     keep_grey: bool,
 ) -> Result<Prepared, String> {
     pneumo_store::check_element_lengths(path, dicom_dictionary_std::tags::PIXEL_DATA)
@@ -356,7 +364,11 @@ fn prepare(
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let (grey, grey_report, hdr) =
         grey_image(&obj).map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
-    let pre = tensor_from_grey(&grey, grey_report, hdr, spec, None)
+    let lung_box = match spec.crop {
+        CropMode::None => None,
+        CropMode::LungBox => Some(lung_box(segmenter, &grey)?),
+    };
+    let pre = tensor_from_grey(&grey, grey_report, hdr, spec, lung_box)
         .map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
     let mut header = obj.into_inner();
     header.remove_element(dicom_dictionary_std::tags::PIXEL_DATA);
@@ -366,6 +378,25 @@ fn prepare(
         header,
         grey: keep_grey.then_some(grey),
     })
+}
+
+/// The lung box of a `lung-box` crop, or the job's failure reason.
+pub(crate) fn lung_box(
+    segmenter: Option<&LungSegmenter>,
+    grey: &pneumo_imaging::GreyImage,
+) -> Result<pneumo_imaging::LungBox, String> {
+    let seg = segmenter.ok_or(
+        "imaging: lung-box-missing: the model's contract asks for crop lung-box and no lung \
+         segmentation model is configured (set inference.lung_segmentation_model)",
+    )?;
+    seg.lung_box(grey)
+        .map_err(|e| format!("lung segmentation: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "imaging: lung-box-missing: the lung segmentation model {} found no lung in this image",
+                seg.path().display()
+            )
+        })
 }
 
 fn report_model(p: &Prediction) -> ReportModel {

@@ -1,0 +1,126 @@
+"""A classifier whose contract says crop `lung-box`, end to end through
+`pneumo-node infer`: the box comes from the lung segmentation model
+(`inference.lung_segmentation_model`), and without one the run fails naming
+that key. The lung-box classifier is the demo model with
+`pneumo.crop_mode` changed, written into a temporary folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from nodetest import ROOT, node_binary, run_dcmtk
+
+MODELS = ROOT / "fixtures" / "models"
+SEG = MODELS / "lung-seg-synthetic.onnx"
+IMAGE = ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm"
+
+
+@pytest.fixture(scope="module")
+def lung_box_model(tmp_path_factory) -> Path:
+    m = onnx.load(str(MODELS / "pneumollm-tiny.onnx"))
+    props = {p.key: p for p in m.metadata_props}
+    assert props["pneumo.crop_mode"].value == "none"
+    props["pneumo.crop_mode"].value = "lung-box"
+    out = tmp_path_factory.mktemp("lung-box") / "pneumollm-tiny-lung-box.onnx"
+    onnx.save(m, str(out))
+    return out
+
+
+def infer(model: Path, seg: str, *args) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PNEUMO__LOG__LEVEL"] = "warn"
+    env["PNEUMO__INFERENCE__MODEL"] = str(model)
+    env.pop("PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL", None)
+    if seg:
+        env["PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL"] = seg
+    env["PNEUMO__INFERENCE__EXECUTION_PROVIDER"] = "cpu"
+    return subprocess.run(
+        [str(node_binary()), "infer", str(IMAGE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_infer_crops_to_the_box_of_the_segmentation_mask(lung_box_model):
+    r = infer(lung_box_model, str(SEG), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    pre = out["preprocess"]
+    crop = pre["crop"]
+    assert crop["mode"] == "lung-box", crop
+    b = crop["box"]
+    w, h = pre["columns"], pre["rows"]
+    assert 0 <= b["x0"] < b["x1"] <= w and 0 <= b["y0"] < b["y1"] <= h, (b, w, h)
+    assert (b["x0"], b["y0"], b["x1"], b["y1"]) != (0, 0, w, h), "the box is the whole image"
+    # The synthetic model's window is 16..240 of 256: the box lies inside it.
+    assert b["x0"] >= w * 16 // 256 - 1 and b["x1"] <= -(-w * 240 // 256) + 1, (b, w)
+    assert b["y0"] >= h * 16 // 256 - 1 and b["y1"] <= -(-h * 240 // 256) + 1, (b, h)
+    p = out["prediction"]
+    assert len(p["probabilities"]) == 2
+
+
+def test_infer_without_a_segmentation_model_names_the_key(lung_box_model):
+    r = infer(lung_box_model, "")
+    assert r.returncode != 0
+    assert "inference.lung_segmentation_model" in r.stderr, r.stderr
+    assert "lung-box" in r.stderr, r.stderr
+
+
+def test_a_segmentation_model_without_its_contract_is_refused(lung_box_model):
+    r = infer(lung_box_model, str(MODELS / "pneumollm-tiny.onnx"))
+    assert r.returncode != 0
+    assert "pneumo.seg.contract_version" in r.stderr, r.stderr
+
+
+def test_the_synthetic_model_is_what_its_script_makes():
+    spec = importlib.util.spec_from_file_location("make_synthetic_seg", MODELS / "make_synthetic_seg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert SEG.read_bytes() == mod.build().SerializeToString(), "run fixtures/models/make_synthetic_seg.py"
+
+
+def job_outcome(node, timeout: float = 60.0):
+    """(state, reason, result) of the one job, once it is reported or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with node.db() as c:
+            row = c.execute("SELECT state, reason, result_json FROM jobs").fetchone()
+        if row and row[0] in ("reported", "delivered", "failed"):
+            return row[0], row[1], json.loads(row[2]) if row[2] else None
+        time.sleep(0.2)
+    raise TimeoutError(node.log())
+
+
+@pytest.mark.parametrize("with_seg", [True, False], ids=["with-segmentation", "without"])
+def test_the_pipeline_uses_the_segmentation_model(node_factory, rg1_copies, lung_box_model, with_seg):
+    settings = {"inference__model": lung_box_model, "inference__execution_provider": "cpu"}
+    if with_seg:
+        settings["inference__lung_segmentation_model"] = SEG
+    node = node_factory(**settings).start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    state, reason, result = job_outcome(node)
+    if with_seg:
+        assert state == "reported", (state, reason)
+        pre = result["preprocessing"]
+        crop = pre["crop"]
+        b = crop["box"]
+        w, h = pre["columns"], pre["rows"]
+        assert crop["mode"] == "lung-box", crop
+        assert 0 <= b["x0"] < b["x1"] <= w and 0 <= b["y0"] < b["y1"] <= h, (b, w, h)
+        assert (b["x0"], b["y0"], b["x1"], b["y1"]) != (0, 0, w, h), "the box is the whole image"
+    else:
+        assert state == "failed", (state, reason)
+        assert "inference.lung_segmentation_model" in reason, reason
+        assert "inference.lung_segmentation_model is not set" in node.log()
