@@ -216,11 +216,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     }
 
     /// After an A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT, waits (the ARTIM
-    /// timer of PS3.8) for the peer to close the connection before closing
-    /// it: closing first can reset the connection and lose the last PDU in
-    /// the peer's receive buffer.
+    /// timer of PS3.8, state Sta13) for the peer to close the connection,
+    /// then closes it. Closing first can make the peer read a connection
+    /// loss before it has taken in the last PDU (pynetdicom then reports an
+    /// abort instead of the rejection).
     pub async fn close_after(&mut self, artim: Duration) {
-        let _ = self.stream.shutdown().await;
         let drain = async {
             let mut scratch = [0u8; 4096];
             while let Ok(n) = self.stream.read(&mut scratch).await {
@@ -230,6 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
             }
         };
         let _ = tokio::time::timeout(artim, drain).await;
+        let _ = self.stream.shutdown().await;
     }
 }
 
