@@ -270,3 +270,38 @@ def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_c
     (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
     assert certainty.value == pytest.approx(p * 100, abs=1e-3)
     assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription
+
+
+def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
+    """The demo model scores RG1 above 0.5; with the contract's threshold
+    raised above that score the decision is `absent`, and the SR says so."""
+    import highdicom as hd
+    import onnx
+    from pydicom.sr.coding import Code
+
+    from nodetest import ROOT
+
+    model = onnx.load(str(ROOT / "fixtures/models/pneumollm-tiny.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "pneumo.decision_threshold":
+            prop.value = "0.99"
+    strict = tmp_path / "tiny-threshold-0.99.onnx"
+    onnx.save(model, str(strict))
+
+    node = node_factory(inference__model=str(strict)).start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
+    result = json.loads(result)
+    p = result["prediction"]["probabilities"][0]
+    assert 0.5 < p < 0.99 and result["decision"] == "absent"
+    sr = hd.sr.srread(node.data_dir / sr_rel)
+    pneumoconiosis = Code("40122008", "SCT", "Pneumoconiosis")
+    (group,) = sr.content.get_image_measurement_groups(finding_type=pneumoconiosis)
+    (evaluation,) = group.get_qualitative_evaluations(name=pneumoconiosis)
+    assert evaluation.value == Code("272519000", "SCT", "Absent")
+    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
+    assert certainty.value == pytest.approx(p * 100, abs=1e-3)
