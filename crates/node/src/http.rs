@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use pneumo_store::{JobView, Store};
+use pneumo_store::{JobView, Store, JOB_STATES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -174,16 +174,6 @@ struct JobsQuery {
     state: Option<String>,
     limit: Option<i64>,
 }
-
-const JOB_STATES: &[&str] = &[
-    "received",
-    "queued",
-    "analysing",
-    "reported",
-    "delivered",
-    "failed",
-    "skipped",
-];
 
 async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Response {
     if let Some(state) = &q.state {

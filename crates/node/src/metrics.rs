@@ -130,15 +130,7 @@ impl Metrics {
             out,
             "# HELP pneumo_jobs Jobs by state.\n# TYPE pneumo_jobs gauge"
         );
-        for state in [
-            "received",
-            "queued",
-            "analysing",
-            "reported",
-            "delivered",
-            "failed",
-            "skipped",
-        ] {
+        for state in pneumo_store::JOB_STATES {
             let n = jobs
                 .iter()
                 .find(|(s, _)| s == state)

@@ -313,8 +313,11 @@ impl Pipeline {
         let (len, sha) = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
             obj.write_to_file(&spool_for_write)
                 .map_err(|e| format!("cannot write report: {e}"))?;
+            let offset = pneumo_dimse::FileToSend::inspect(&spool_for_write)?.dataset_offset;
             let bytes = std::fs::read(&spool_for_write).map_err(|e| e.to_string())?;
-            let dataset = dataset_bytes(&bytes).ok_or("report file without File Meta")?;
+            let dataset = bytes
+                .get(offset as usize..)
+                .ok_or("report file shorter than its File Meta")?;
             Ok((dataset.len() as u64, Sha256::digest(dataset).into()))
         })
         .await
@@ -409,15 +412,6 @@ fn report_model(p: &Prediction) -> ReportModel {
         },
         sha256: p.model.weights_sha256.clone(),
     }
-}
-
-/// The bytes after the File Meta Information of a Part-10 file.
-fn dataset_bytes(file: &[u8]) -> Option<&[u8]> {
-    if file.get(128..132)? != b"DICM" {
-        return None;
-    }
-    let len = u32::from_le_bytes(file.get(140..144)?.try_into().ok()?) as usize;
-    file.get(144 + len..)
 }
 
 /// A file-name-safe short form of a UID.

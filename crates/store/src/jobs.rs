@@ -2,6 +2,18 @@
 
 use crate::{now_ms, InstanceHeader, Store, StoreError};
 
+/// Every state a job can be in, in pipeline order (the `jobs.state` CHECK
+/// of the migrations).
+pub const JOB_STATES: &[&str] = &[
+    "received",
+    "queued",
+    "analysing",
+    "reported",
+    "delivered",
+    "failed",
+    "skipped",
+];
+
 /// Jobs per state.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobCount {

@@ -22,7 +22,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use header::{check_element_lengths, InstanceHeader};
-pub use jobs::{ClaimedJob, JobCount};
+pub use jobs::{ClaimedJob, JobCount, JOB_STATES};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use views::{DeliveryView, InstanceView, JobView};
 
