@@ -114,5 +114,24 @@ class RawAssociation:
         self.sock.close()
 
 
+def associate_answer(port: int, called: str, calling: str, contexts=None):
+    """Sends an A-ASSOCIATE-RQ and returns (PDU type, body) of the answer."""
+    raw = RawAssociation(port)
+    try:
+        raw.send(associate_rq(called, calling, contexts or [(1, VERIFICATION, [IMPLICIT_LE])]))
+        return raw.read_pdu()
+    finally:
+        raw.close()
+
+
+def rejection(port: int, called: str, calling: str):
+    """(result, source, reason) of the A-ASSOCIATE-RJ the peer answers, or
+    None if it accepted."""
+    pdu_type, body = associate_answer(port, called, calling)
+    if pdu_type != 0x03:
+        return None
+    return body[1], body[2], body[3]
+
+
 def status_of(command: dict) -> int:
     return struct.unpack("<H", command[0x0900])[0]

@@ -12,7 +12,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from nodetest import dataset_bytes, node_binary, free_port, same_dataset
+from nodetest import dataset_bytes, free_port, node_binary, run_dcmtk, same_dataset
+from rawdicom import rejection
 
 CR = ComputedRadiographyImageStorage
 
@@ -65,15 +66,16 @@ def test_four_associations_at_once(node, rg1_copies):
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 0") == 12
 
 
-def rejection(assoc):
-    rsp = assoc.acceptor.primitive
-    return rsp.result, rsp.result_source, rsp.diagnostic
+# Rejections are read from the A-ASSOCIATE-RJ PDU itself: pynetdicom, when a
+# rejection arrives before its main thread looks, reports a failed connection
+# and an abort instead (a race in pynetdicom 3.0.4, seen under load).
 
 
 def test_wrong_called_ae_is_rejected(node):
-    assoc = sender().associate("127.0.0.1", node.port, ae_title="SOMEONE_ELSE")
-    assert assoc.is_rejected, (assoc.is_established, assoc.is_aborted, node.log()[-1500:])
-    assert rejection(assoc) == (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
+    # permanent, service user, called AE title not recognised
+    assert rejection(node.port, "SOMEONE_ELSE", "PYNETDICOM") == (0x01, 0x01, 0x07)
+    r = run_dcmtk("echoscu", "-aec", "SOMEONE_ELSE", "127.0.0.1", node.port, check=False)
+    assert r.returncode != 0 and "Called AE Title Not Recognized" in r.stdout + r.stderr, r.stdout + r.stderr
     assert node.echo_ok()
 
 
@@ -85,11 +87,9 @@ def test_calling_ae_not_allowed_and_host_check(node_factory, tmp_path):
         '[[dicom.allowed_callers]]\nae_title = "ECHOSCU"\n'
     )
     node = node_factory().start(config_file=config)
-    assoc = sender(calling="INTRUDER").associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert assoc.is_rejected, (assoc.is_established, assoc.is_aborted, node.log()[-1500:])
-    assert rejection(assoc) == (0x01, 0x01, 0x03)  # calling AE not recognised
-    assoc = sender(calling="ELSEWHERE").associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert assoc.is_rejected and rejection(assoc) == (0x01, 0x01, 0x03)
+    # permanent, service user, calling AE title not recognised
+    assert rejection(node.port, node.ae_title, "INTRUDER") == (0x01, 0x01, 0x03)
+    assert rejection(node.port, node.ae_title, "ELSEWHERE") == (0x01, 0x01, 0x03)  # wrong host
     assoc = sender(calling="GOODMOD").associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
     assoc.release()
@@ -99,9 +99,8 @@ def test_too_many_associations(node_factory):
     node = node_factory(dicom__max_associations=2).start()
     held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]
     assert all(a.is_established for a in held)
-    third = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert third.is_rejected
-    assert rejection(third) == (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
+    # transient, service provider (presentation), local limit exceeded
+    assert rejection(node.port, node.ae_title, "PYNETDICOM") == (0x02, 0x03, 0x02)
     for a in held:
         a.release()
     again = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
