@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-SYSTEM_PACKAGES := dcmtk dicom3tools orthanc cmake
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc cmake nasm
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .deps

@@ -218,10 +218,23 @@ def test_undecodable_syntax_is_stored_but_not_analysed(node, tmp_path):
     from nodetest import ROOT
 
     fixtures = ROOT / "fixtures" / "imaging"
-    refused = fixtures / "rg1s_refused_jpeg_extended_12bit.dcm"
-    decodable = fixtures / "rg1s_jpegls_lossless.dcm"
-    run_dcmtk("storescu", "-xx", "-aec", node.ae_title, "127.0.0.1", node.port, refused)
-    run_dcmtk("storescu", "-xt", "-aec", node.ae_title, "127.0.0.1", node.port, decodable)
+    refused = tmp_path / "jpeg2000_part2.dcm"  # a syntax off the analysable list
+    part2 = pydicom.dcmread(fixtures / "rg1s_j2k_lossless.dcm")
+    part2.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
+    part2.save_as(refused)
+    # storescu's flag that proposes each file's own syntax.
+    decodable = {fixtures / "rg1s_jpegls_lossless.dcm": "-xt", fixtures / "rg1s_jpeg_extended_12bit.dcm": "-xx"}
+    # DCMTK 3.6.7's storescu cannot propose Part 2 syntaxes: pynetdicom sends it.
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PART2SCU")
+    ae.add_requested_context(part2.SOPClassUID, [part2.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_store(refused).Status == 0x0000
+    assoc.release()
+    for path, propose in decodable.items():
+        run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
 
     def state_of(path):
         uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -232,8 +245,9 @@ def test_undecodable_syntax_is_stored_but_not_analysed(node, tmp_path):
             ).fetchone()
 
     wait_until(lambda: state_of(refused) is not None and state_of(refused)[0] == "skipped")
-    assert "1.2.840.10008.1.2.4.51 cannot be decoded for analysis" in state_of(refused)[1]
-    wait_until(lambda: state_of(decodable)[0] == "reported", timeout=60)
+    assert "1.2.840.10008.1.2.4.92 cannot be decoded for analysis" in state_of(refused)[1]
+    for path in decodable:
+        wait_until(lambda: state_of(path)[0] == "reported", timeout=60)
 
 
 def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_copies):

@@ -233,10 +233,8 @@ def make_small(outdir: str | Path, factor: int = 8) -> list[Path]:
     for name, how in TS_VARIANTS_8BIT.items():
         files.append(encode(outdir / "rg1s_bits8.dcm", outdir / f"rg1s_{name}.dcm", how))
     files += make_htj2k(src, outdir, "rg1s")
-    # 12-bit lossy JPEG: refused by the node (no decoder), kept to test that.
-    files.append(
-        encode(outdir / "rg1s_bits12.dcm", outdir / "rg1s_refused_jpeg_extended_12bit.dcm", [DCMCJPEG, "+ee"])
-    )
+    # 12-bit lossy JPEG (process 4), what CR/DX send as JPEG Extended.
+    files.append(encode(outdir / "rg1s_bits12.dcm", outdir / "rg1s_jpeg_extended_12bit.dcm", [DCMCJPEG, "+ee"]))
     return files
 
 
@@ -289,17 +287,24 @@ def make_big(outdir: str | Path) -> list[Path]:
             encode(src, tmp, how)
             os.replace(tmp, dst)
         files.append(dst)
-    dst8 = outdir / "rg1_bits8.dcm"
-    if not dst8.exists():
-        rg1 = pydicom.dcmread(src)
-        ds = _fresh(rg1)
-        _set_pixels(ds, (rg1.pixel_array >> 7).astype(np.uint8), 8)
-        ds.WindowCenter, ds.WindowWidth = 117, 234
-        _save(ds, dst8)
-    for name, how in TS_VARIANTS_8BIT.items():
+    def reduced(bits: int, window: tuple[int, int]) -> Path:
+        """RG1 (15-bit) shifted down to `bits` bits, with a window to match."""
+        dst = outdir / f"rg1_bits{bits}.dcm"
+        if not dst.exists():
+            rg1 = pydicom.dcmread(src)
+            ds = _fresh(rg1)
+            _set_pixels(ds, (rg1.pixel_array >> (15 - bits)).astype(np.uint8 if bits <= 8 else np.uint16), bits)
+            ds.WindowCenter, ds.WindowWidth = window
+            _save(ds, dst)
+        return dst
+
+    # 8-bit data for Baseline and 8-bit Extended, 12-bit for process 4.
+    variants = [(reduced(8, (117, 234)), name, how) for name, how in TS_VARIANTS_8BIT.items()]
+    variants.append((reduced(12, (1875, 3750)), "jpeg_extended_12bit", [DCMCJPEG, "+ee"]))
+    for source, name, how in variants:
         dst = outdir / f"rg1_{name}.dcm"
         if not dst.exists():
-            encode(dst8, dst, how)
+            encode(source, dst, how)
         files.append(dst)
     return files
 

@@ -2,8 +2,11 @@
 
 Written from the steps in docs/imaging.md (the DICOM grayscale pipeline of
 PS3.3 C.11 and the model contract), independently of the Rust code, with
-pydicom (decoding), numpy (grey levels) and Pillow (resize). The parity test
-compares the Rust output with this.
+pydicom (decoding), numpy (grey levels) and Pillow (resize). Lossy JPEG is
+decoded by DCMTK's `dcmdjpeg` (IJG libjpeg, 8 and 12 bits, accurate integer
+IDCT): the standard lets DCT decoders differ by one level, and pydicom's
+JPEG plugins either round differently (pylibjpeg) or stop at 8 bits (Pillow).
+The parity test compares the Rust output with this.
 
     python tests/reference/preprocess.py FILE --out tensor.npy [--size 224]
         [--mean 0.485,0.456,0.406] [--std 0.229,0.224,0.225] [--box x0,y0,x1,y1]
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pydicom
@@ -21,6 +26,19 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LOSSY_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+DCMDJPEG = "/usr/bin/dcmdjpeg"
+
+
+def read(path: str):
+    """The data set of `path`, lossy JPEG decompressed by DCMTK first."""
+    ds = pydicom.dcmread(path)
+    if str(ds.file_meta.TransferSyntaxUID) not in LOSSY_JPEG:
+        return ds
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/native.dcm"
+        subprocess.run([DCMDJPEG, path, out], check=True, capture_output=True)
+        return pydicom.dcmread(out)
 
 
 def _signed(v: int, signed: bool, bits: int = 16) -> int:
@@ -147,7 +165,7 @@ def preprocess(
     box: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The [1, 3, H, W] float32 tensor and what was done."""
-    ds = pydicom.dcmread(path)
+    ds = read(path)
     g, info = grey(ds)
     img = Image.fromarray(g)  # mode "F"
     assert img.mode == "F"

@@ -11,13 +11,14 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 
 use crate::error::ImagingError;
 use crate::header::{elem, ImageHeader};
+use crate::jpeg;
 
 /// Transfer syntaxes whose pixel data this crate decodes for analysis.
 ///
 /// Each has a decoder in this build and a fixture in the parity test (HTJ2K
 /// is decoded by OpenJPEG; see docs/imaging.md for which fixtures cover it).
-/// JPEG Extended (1.2.840.10008.1.2.4.51) is left out: CR/DX send it as
-/// 12-bit, which the JPEG decoder in this build does not handle.
+/// Lossy JPEG (Baseline and Extended, 8 and 12 bits) goes to libjpeg-turbo
+/// (`crate::jpeg`), everything else to the dicom-rs registry's decoders.
 pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2",       // Implicit VR Little Endian
     "1.2.840.10008.1.2.1",     // Explicit VR Little Endian
@@ -25,6 +26,7 @@ pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.1.99",  // Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.5",     // RLE Lossless
     "1.2.840.10008.1.2.4.50",  // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  // JPEG Extended (Process 2 & 4), 8 and 12 bits
     "1.2.840.10008.1.2.4.57",  // JPEG Lossless, Non-Hierarchical (Process 14)
     "1.2.840.10008.1.2.4.70",  // JPEG Lossless, SV1
     "1.2.840.10008.1.2.4.80",  // JPEG-LS Lossless
@@ -36,6 +38,7 @@ pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.4.203", // HTJ2K
 ];
 
+const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 
@@ -49,9 +52,15 @@ pub fn analysable_transfer_syntaxes() -> &'static [&'static str] {
 pub fn can_decode(ts_uid: &str) -> bool {
     let uid = ts_uid.trim_end_matches(['\0', ' ']);
     ANALYSABLE_TRANSFER_SYNTAXES.contains(&uid)
-        && TransferSyntaxRegistry
-            .get(uid)
-            .is_some_and(|ts| ts.can_decode_all())
+        && (is_lossy_jpeg(uid)
+            || TransferSyntaxRegistry
+                .get(uid)
+                .is_some_and(|ts| ts.can_decode_all()))
+}
+
+/// The DCT-based JPEG syntaxes, decoded by libjpeg-turbo.
+fn is_lossy_jpeg(uid: &str) -> bool {
+    uid == JPEG_BASELINE || uid == JPEG_EXTENDED
 }
 
 fn ts_name(uid: &str) -> String {
@@ -76,12 +85,8 @@ pub(crate) fn decode_samples<'a>(
     let ts = TransferSyntaxRegistry
         .get(uid)
         .ok_or_else(|| unsupported("unknown transfer syntax"))?;
-    // 8-bit JPEG Extended decodes like Baseline; the 12-bit form has no decoder.
-    let extended_8bit = uid == JPEG_EXTENDED && header.bits_allocated == 8;
-    if !extended_8bit && !can_decode(uid) {
-        let reason = if uid == JPEG_EXTENDED {
-            "12-bit lossy JPEG (process 4) has no decoder in this build"
-        } else if ts.can_decode_all() {
+    if !can_decode(uid) {
+        let reason = if ts.can_decode_all() {
             "not on the list of transfer syntaxes analysed (no verified fixture)"
         } else {
             "no pixel data decoder for it in this build"
@@ -94,6 +99,20 @@ pub(crate) fn decode_samples<'a>(
         transfer_syntax: uid.to_string(),
         message,
     };
+    if is_lossy_jpeg(uid) {
+        return decode_lossy_jpeg(pixel.value(), header)
+            .map_err(decode_err)
+            .and_then(|out| {
+                if out.len() == expected {
+                    Ok(Cow::Owned(out))
+                } else {
+                    Err(ImagingError::PixelDataLength {
+                        expected,
+                        actual: out.len(),
+                    })
+                }
+            });
+    }
     match ts.codec() {
         Codec::None | Codec::Dataset(Some(_)) => {
             let prim = match pixel.value() {
@@ -150,6 +169,47 @@ pub(crate) fn decode_samples<'a>(
     }
 }
 
+/// The single frame of encapsulated lossy JPEG as little-endian stored
+/// samples in the header's Bits Allocated.
+fn decode_lossy_jpeg<P>(
+    value: &Value<dicom_object::mem::InMemDicomObject, P>,
+    header: &ImageHeader,
+) -> Result<Vec<u8>, String>
+where
+    P: AsRef<[u8]>,
+{
+    let Value::PixelSequence(seq) = value else {
+        return Err("native pixel data in an encapsulated transfer syntax".into());
+    };
+    // One frame (multi-frame is refused earlier): its fragments in order.
+    let codestream: Vec<u8> = seq
+        .fragments()
+        .iter()
+        .flat_map(|f| f.as_ref().iter().copied())
+        .collect();
+    let image = jpeg::decode_grey(&codestream, header.pixel_count())?;
+    if image.width != header.cols as usize || image.height != header.rows as usize {
+        return Err(format!(
+            "the JPEG codestream is {}x{}, the data set says {}x{}",
+            image.width, image.height, header.cols, header.rows
+        ));
+    }
+    if image.precision > u32::from(header.bits_allocated) {
+        return Err(format!(
+            "the JPEG codestream has {}-bit samples, more than Bits Allocated {}",
+            image.precision, header.bits_allocated
+        ));
+    }
+    Ok(match (image.samples, header.bits_allocated) {
+        (jpeg::Samples::U8(s), 8) => s,
+        (jpeg::Samples::U8(s), _) => s
+            .into_iter()
+            .flat_map(|v| u16::from(v).to_le_bytes())
+            .collect(),
+        (jpeg::Samples::U16(s), _) => s.into_iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +223,8 @@ mod tests {
 
     #[test]
     fn refused_syntaxes() {
-        assert!(!can_decode(JPEG_EXTENDED));
+        assert!(can_decode(JPEG_EXTENDED));
+        assert!(!can_decode("1.2.840.10008.1.2.4.92")); // JPEG 2000 Part 2
         assert!(!can_decode("1.2.840.10008.1.2.4.100")); // MPEG2
         assert!(!can_decode("1.2.3.4"));
         assert!(can_decode("1.2.840.10008.1.2.1\0"));

@@ -11,6 +11,7 @@ mod decode;
 mod error;
 mod grey;
 mod header;
+mod jpeg;
 mod npy;
 mod resize;
 
