@@ -1,0 +1,98 @@
+"""Radiographs the node accepts and stores but cannot analyse, sent over
+DICOM like any other: each is kept, its job fails with the imaging
+refusal's reason, and the node goes on analysing the next good image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+from nodetest import ROOT, node, node_factory, run_dcmtk  # noqa: F401 (fixtures)
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import generate_uid
+from test_routing_orthanc import wait_until
+
+FIXTURES = ROOT / "fixtures" / "imaging"
+
+
+def _fresh(path, **attrs) -> pydicom.Dataset:
+    ds = pydicom.dcmread(path)
+    uid = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
+    """name -> (file, storescu flag proposing its syntax, expected reason)."""
+    out = {}
+
+    def save(name: str, ds: pydicom.Dataset, propose: str, reason: str) -> None:
+        path = tmp / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out[name] = (str(path), propose, reason)
+
+    jpeg = _fresh(FIXTURES / "rg1s_jpeg_extended_12bit.dcm")
+    stream = next(generate_frames(jpeg.PixelData, number_of_frames=1))
+    cut = stream[: len(stream) // 2]
+    jpeg.PixelData = encapsulate([cut + b"\0" * (len(cut) % 2)])
+    save("truncated_jpeg", jpeg, "-xx", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.51) failed: libjpeg-turbo")
+
+    base = FIXTURES / "rg1s_mono2.dcm"
+    rgb = _fresh(base, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
+                 BitsAllocated=8, BitsStored=8, HighBit=7)
+    rgb.PixelData = np.zeros((rgb.Rows, rgb.Columns, 3), np.uint8).tobytes()
+    rgb["PixelData"].VR = "OB"
+    save("colour", rgb, "-xe", "imaging: colour")
+
+    two = _fresh(base, NumberOfFrames=2)
+    two.PixelData = two.PixelData * 2
+    save("multi_frame", two, "-xe", "imaging: multi-frame")
+
+    short = _fresh(base)
+    short.Rows = short.Rows + 10
+    save("short_pixel_data", short, "-xe", "imaging: pixel-data-length")
+
+    none = _fresh(base)
+    del none.PixelData
+    save("no_pixel_data", none, "-xe", "imaging: no-pixel-data")
+
+    wide = _fresh(base, BitsAllocated=32, BitsStored=32, HighBit=31)
+    wide.PixelData = np.zeros(wide.Rows * wide.Columns, np.uint32).tobytes()
+    save("bits_allocated_32", wide, "-xe", "imaging: bits-allocated")
+    return out
+
+
+def test_bad_radiographs_fail_their_jobs_and_the_node_keeps_analysing(node, tmp_path):
+    bad = bad_radiographs(tmp_path)
+    for path, propose, _ in bad.values():
+        run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    good = _fresh(FIXTURES / "rg1s_mono1.dcm")
+    good.save_as(tmp_path / "good.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "good.dcm")
+
+    def job(path):
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        with node.db() as c:
+            return c.execute(
+                "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
+                " WHERE i.sop_instance_uid = ?",
+                (uid,),
+            ).fetchone()
+
+    wait_until(lambda: (job(tmp_path / "good.dcm") or ("",))[0] == "reported", timeout=60)
+    for name, (path, _, reason) in bad.items():
+        wait_until(lambda: (job(path) or ("",))[0] == "failed", timeout=30)
+        state, why = job(path)
+        assert why.startswith(reason), f"{name}: {why}"
+        # Kept exactly as received, whatever the analysis made of it.
+        ds = pydicom.dcmread(path)
+        assert pydicom.dcmread(node.stored_path(ds)).SOPInstanceUID == ds.SOPInstanceUID
+    assert node.alive()
+    # The API gives an operator the same reasons.
+    status, body = node.http("/api/jobs?state=failed")
+    assert status == 200
+    reasons = {j["sop_instance_uid"]: j["reason"] for j in body["jobs"]}
+    for path, _, reason in bad.values():
+        assert reasons[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID].startswith(reason)
