@@ -57,7 +57,8 @@ def rust_once(threads: int, seconds: float, mode: str, b: int) -> float:
     env = dict(os.environ, RUST_LOG="error")
     r = subprocess.run([str(EXAMPLE), str(MODEL), str(threads), str(seconds), mode, str(b)],
                        capture_output=True, text=True, env=env, check=True, cwd=ROOT)
-    (line,) = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    (line,) = [x for x in lines if "mode" in x]
     return line["images_per_s"]
 
 

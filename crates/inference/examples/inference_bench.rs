@@ -1,11 +1,14 @@
-//! Images per second of a model on the CPU provider, at given batch sizes,
-//! straight on the session and through the batcher. Prints one JSON line
-//! per measurement. Driven by tests/inference/bench.py (which times Python
-//! onnxruntime in the same run).
+//! Images per second of a model, at given batch sizes, straight on the
+//! session and through the batcher. Prints one JSON line per measurement
+//! (the first names the execution provider the session got). Driven by
+//! tests/inference/bench.py on the CPU and scripts/gpu/check.sh on a GPU
+//! (both time Python onnxruntime in the same run).
 //!
 //!     cargo run --release -p pneumo-inference --example inference_bench -- MODEL THREADS SECONDS MODE BATCH...
 //!
-//! MODE: `session`, `batcher` or `both`.
+//! MODE: `session`, `batcher` or `both`. The provider is `cpu` unless
+//! PNEUMO_BENCH_EP says `cuda` (strict: no node on the CPU, unless
+//! PNEUMO_BENCH_ALLOW_CPU_FALLBACK=1) or `auto`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +24,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bench MODEL THREADS SECONDS session|batcher|both BATCH...".into());
     }
     let mode = args[3].as_str();
+    let execution_provider = match std::env::var("PNEUMO_BENCH_EP").as_deref() {
+        Ok("cuda") => ExecutionProviderChoice::Cuda,
+        Ok("auto") => ExecutionProviderChoice::Auto,
+        Ok("cpu") | Err(_) => ExecutionProviderChoice::Cpu,
+        Ok(other) => return Err(format!("PNEUMO_BENCH_EP={other}: cpu, cuda or auto").into()),
+    };
     let settings = InferenceSettings {
         model: PathBuf::from(&args[0]),
         cpu_threads: args[1].parse()?,
-        execution_provider: ExecutionProviderChoice::Cpu,
+        execution_provider,
+        allow_cpu_fallback: std::env::var("PNEUMO_BENCH_ALLOW_CPU_FALLBACK").as_deref() == Ok("1"),
         ..InferenceSettings::default()
     };
     let seconds: f64 = args[2].parse()?;
@@ -32,7 +42,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|b| b.parse())
         .collect::<Result<_, _>>()?;
+    let t_load = Instant::now();
     let mut model = Model::load(&settings)?;
+    println!(
+        "{{\"side\":\"rust\",\"execution_provider\":\"{}\",\"input_dtype\":\"{:?}\",\"load_seconds\":{:.1}}}",
+        model.execution_provider().as_str(),
+        model.contract().input_dtype,
+        t_load.elapsed().as_secs_f64()
+    );
     let len = model.contract().image_len();
     let size = model.contract().input_size as usize;
     // deterministic, varied inputs
@@ -41,8 +58,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| (((i * 7919 + k * 104_729) % 1000) as f32 / 500.0) - 1.0)
             .collect()
     };
+    let contract = model.contract().clone();
+    let input = |k: usize| -> Result<ImageInput, Box<dyn std::error::Error>> {
+        let t = pneumo_imaging::Tensor {
+            shape: [1, 3, size, size],
+            data: pneumo_imaging::TensorData::F32(image(k)),
+        };
+        Ok(ImageInput::from_tensor(t, &contract)?)
+    };
     for &b in batches.iter().filter(|_| mode != "batcher") {
-        let inputs: Vec<ImageInput> = (0..b).map(|k| ImageInput::F32(image(k))).collect();
+        let inputs: Vec<ImageInput> = (0..b).map(input).collect::<Result<_, _>>()?;
         let refs: Vec<&ImageInput> = inputs.iter().collect();
         model.run_logits(&refs)?; // warm-up for this shape
         let (mut n, t0) = (0usize, Instant::now());

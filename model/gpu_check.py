@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""The GPU checks of the model and inference issues, in one run.
+
+On a GPU machine (see scripts/gpu/README.md), with its PyTorch and ONNX
+Runtime with the CUDA provider on PYTHONPATH:
+
+    python model/gpu_check.py --work /tmp/gpucheck --out OUT/gpu_check.json
+
+1. Picks the attention form: the tiny model exported with `--attention
+   ort-mha` must build under the CUDA provider with no CPU fallback and
+   match PyTorch; else the full model is exported with `explicit`.
+2. Exports `full` with seeded random weights in fp16 on the GPU.
+3. Builds an ONNX Runtime CUDA session refusing any CPU node
+   (`session.disable_cpu_ep_fallback`), and records ONNX Runtime's
+   warnings (the "Memcpy nodes are added" one in particular).
+4. Compares ONNX Runtime CUDA with PyTorch fp16 on the same input
+   (relative error = max |ort - torch| / max |torch| on the logits).
+5. Times PyTorch eager and ONNX Runtime CUDA at each batch size,
+   alternating rounds, same inputs.
+
+`--table OUT` prints the summary of OUT/gpu_check.json and the Rust
+benchmark's OUT/rust.jsonl. `--config tiny --device cpu` runs every step on
+the CPU provider (a dry run of the script itself, no GPU needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+
+from export import example_input, export_onnx
+from pneumollm import build_model, get_config, random_init
+from pneumollm.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, weights_sha256
+
+REL_TOL_FP16 = 1e-2
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """Sends fd 2 (where ONNX Runtime's C++ logger writes) to `path`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def ort_session(path: Path, device: str, strict: bool, log: Path):
+    """(session or None, error text): CUDA with CPU fallback refused when
+    `strict`; ONNX Runtime's warnings go to `log`."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 2  # warnings: where "Memcpy nodes are added" is logged
+    if strict and device == "cuda":
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    providers = [("CUDAExecutionProvider", {"device_id": 0})] if device == "cuda" else ["CPUExecutionProvider"]
+    try:
+        with stderr_to(log):
+            return ort.InferenceSession(str(path), opts, providers=providers), ""
+    except Exception as e:  # noqa: BLE001 - the reason is the result
+        return None, f"{type(e).__name__}: {e}"
+
+
+def build(config: str, attention: str, device: str, precision: str, seed: int = 0):
+    cfg = get_config(config)
+    model = build_model(cfg, attention=attention, device=device, empty=True).set_precision(precision)
+    random_init(model, seed)
+    model.reset_buffers(device)
+    return cfg, model.eval()
+
+
+def export(cfg, model, out: Path, precision: str, device: str) -> Path:
+    sha = weights_sha256(model.state_dict())
+    meta = contract_metadata(cfg, model_name=f"pneumollm-{cfg.name}-gpu-check", model_version="0",
+                             weights_kind="random-demo", precision=precision, crop_mode="none",
+                             weights_sha=sha)
+    return export_onnx(model, out, metadata=meta, precision=precision, device=device)
+
+
+def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def images_per_s(run, batch: int, seconds: float, device: str) -> float:
+    run()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        run()
+        n += 1
+    sync(device)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def try_attention(work: Path, device: str, precision: str, log: Path) -> dict:
+    """Does the tiny model with the fused attention run on the provider?"""
+    cfg, model = build("tiny", "ort-mha", device, precision)
+    path = export(cfg, model, work / "tiny-ort-mha.onnx", precision, device)
+    sess, err = ort_session(path, device, strict=True, log=log)
+    if sess is None:
+        return {"attention": "explicit", "ort_mha_error": err}
+    x = example_input(model, 2, device, model.visual.conv1.weight.dtype, seed=1)
+    with torch.inference_mode():
+        ref = model(x).float().cpu().numpy()
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0]
+    rel = rel_error(got, ref)
+    ok = rel <= (REL_TOL_FP16 if precision == "fp16" else 1e-4)
+    return {"attention": "ort-mha" if ok else "explicit", "tiny_ort_mha_rel_error": rel}
+
+
+def check(args) -> dict:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "onnxruntime.log"
+    log.write_text("")
+    device, precision = args.device, args.precision
+    import onnxruntime as ort
+
+    res: dict = {
+        "config": args.config, "precision": precision, "device": device,
+        "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(), "python": platform.python_version(),
+        "card": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+    }
+    print(json.dumps(res), flush=True)
+    t = time.perf_counter()
+    res.update(try_attention(work, device, precision, log) if args.attention == "pick" else
+               {"attention": args.attention})
+    print(f"attention: {res['attention']} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    t = time.perf_counter()
+    cfg, model = build(args.config, res["attention"], device, precision)
+    res["build_seconds"] = round(time.perf_counter() - t, 1)
+    path = work / f"pneumollm-{args.config}-{precision}.onnx"
+    t = time.perf_counter()
+    export(cfg, model, path, precision, device)
+    res["export_seconds"] = round(time.perf_counter() - t, 1)
+    res["onnx"] = str(path)
+    res["onnx_bytes"] = sum(p.stat().st_size for p in work.glob(path.name + "*"))
+    print(f"exported {path} in {res['export_seconds']} s", flush=True)
+
+    t = time.perf_counter()
+    sess, err = ort_session(path, device, strict=True, log=log)
+    res["no_cpu_fallback"] = sess is not None
+    if sess is None:
+        res["strict_session_error"] = err[:2000]
+        sess, err = ort_session(path, device, strict=False, log=log)
+        if sess is None:
+            raise SystemExit(f"no ONNX Runtime session: {err}")
+    res["session_seconds"] = round(time.perf_counter() - t, 1)
+    res["session_providers"] = sess.get_providers()
+    text = log.read_text(errors="replace")
+    res["memcpy_warning"] = "Memcpy nodes are added" in text
+    res["ort_warnings"] = [line for line in text.splitlines() if "W:onnxruntime" in line][:20]
+
+    dtype = model.visual.conv1.weight.dtype
+    x = example_input(model, 2, device, dtype, seed=1)
+    with torch.inference_mode():
+        ref = model(x).float().cpu().numpy()
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0]
+    res["rel_error"] = rel_error(got, ref)
+    res["max_abs_error"] = float(np.abs(got - ref).max())
+    res["logits_torch"], res["logits_ort"] = ref.tolist(), got.tolist()
+    print(f"ORT vs torch: relative error {res['rel_error']:.3g}", flush=True)
+
+    timings: dict = {}
+    for b in args.batches:
+        xb = example_input(model, b, device, dtype, seed=2)
+        xn = xb.cpu().numpy()
+
+        def torch_run(xb=xb):
+            with torch.inference_mode():
+                return model(xb)
+
+        def ort_run(xn=xn):
+            return sess.run([OUTPUT_NAME], {INPUT_NAME: xn})
+
+        rounds = {"torch": [], "ort_python": []}
+        for _ in range(args.rounds):
+            rounds["torch"].append(images_per_s(torch_run, b, args.seconds, device))
+            rounds["ort_python"].append(images_per_s(ort_run, b, args.seconds, device))
+        timings[str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
+        print(f"batch {b}: {json.dumps(timings[str(b)])}", flush=True)
+    res["images_per_s"] = timings
+    return res
+
+
+def table(out: Path) -> str:
+    res = json.loads((out / "gpu_check.json").read_text())
+    rust: dict = {}
+    provider = "not run"
+    rust_file = out / "rust.jsonl"
+    if rust_file.exists():
+        for line in rust_file.read_text().splitlines():
+            if line.startswith("{"):
+                d = json.loads(line)
+                if "execution_provider" in d:
+                    provider = d["execution_provider"]
+                elif d.get("mode") == "session":
+                    rust[str(d["batch"])] = d["images_per_s"]
+    ep = "CUDA" if res["device"] == "cuda" else "CPU"
+    lines = [
+        f"card: {res['card']}; torch {res['torch']}; onnxruntime {res['onnxruntime']}; "
+        f"{res['config']} {res['precision']}; attention {res['attention']}",
+        f"export {res['export_seconds']} s, {res['onnx_bytes'] / 1e9:.2f} GB; session {res['session_seconds']} s",
+        f"ORT {ep} vs torch: relative error {res['rel_error']:.3g} (limit {REL_TOL_FP16})",
+        f"no CPU fallback: {res['no_cpu_fallback']}; Memcpy warning: {res['memcpy_warning']}; "
+        f"Rust execution provider: {provider}",
+        f"| batch | PyTorch eager img/s | ORT {ep} (Python) img/s | ORT / torch "
+        "| Rust (pneumo-inference) img/s | Rust / torch |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b, t in res["images_per_s"].items():
+        r = rust.get(b)
+        lines.append(
+            f"| {b} | {t['torch']:.1f} | {t['ort_python']:.1f} | {t['ort_python'] / t['torch']:.2f} | "
+            + (f"{r:.1f} | {r / t['torch']:.2f} |" if r else "- | - |"))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gpucheck"))
+    p.add_argument("--out", help="write the results here (JSON)")
+    p.add_argument("--config", choices=["full", "tiny"], default="full")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default=None, help="default fp16 on cuda, fp32 on cpu")
+    p.add_argument("--attention", choices=["pick", "ort-mha", "explicit", "sdpa"], default="pick")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    p.add_argument("--table", metavar="OUT", help="print the summary of a finished run in OUT and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(Path(args.table)))
+        return 0
+    args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
+    res = check(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
