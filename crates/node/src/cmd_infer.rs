@@ -62,8 +62,9 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
         bail!("give a DICOM file or --tensor");
     };
     let spec = engine.contract().preprocess_spec();
-    let obj =
-        dicom_object::open_file(file).with_context(|| format!("reading {}", file.display()))?;
+    let obj = pneumo_store::open_instance(file, None)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading {}", file.display()))?;
     let (grey, grey_report, hdr) = pneumo_imaging::grey_image(&obj)
         .with_context(|| format!("preprocessing {}", file.display()))?;
     let lung_box = match (spec.crop, lung_box) {

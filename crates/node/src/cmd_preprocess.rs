@@ -107,7 +107,8 @@ fn sidecar_path(out: &Path) -> PathBuf {
 pub fn run(args: &PreprocessArgs) -> anyhow::Result<()> {
     let spec = args.spec()?;
     let lung_box = args.lung_box()?;
-    let obj = dicom_object::open_file(&args.file)
+    let obj = pneumo_store::open_instance(&args.file, None)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let ctx = || format!("preprocessing {}", args.file.display());
     let (grey, grey_report, header) = pneumo_imaging::grey_image(&obj).with_context(ctx)?;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
 use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
@@ -362,8 +362,7 @@ fn prepare(
 ) -> Result<Prepared, String> {
     pneumo_store::check_element_lengths(path, dicom_dictionary_std::tags::PIXEL_DATA)
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
-    let obj: DefaultDicomObject = OpenFileOptions::new()
-        .open_file(path)
+    let obj: DefaultDicomObject = pneumo_store::open_instance(path, None)
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let (grey, grey_report, hdr) =
         grey_image(&obj).map_err(|e| format!("imaging: {}: {e}", e.kind()))?;

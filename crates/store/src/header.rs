@@ -6,6 +6,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
+use crate::cp246::rewrite_un_sequences;
 use crate::{Incoming, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +54,47 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
     crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
 }
 
+/// Opens a Part-10 file, its data set read up to `until` (whole when
+/// `None`). A data set dicom-rs cannot parse because it holds a sequence
+/// sent as UN of undefined length (CP-246) is rewritten in memory and
+/// parsed again (see `cp246`); the file itself is not changed. Err is the
+/// parser's message.
+pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObject, String> {
+    let options = || match until {
+        Some(tag) => OpenFileOptions::new().read_until(tag),
+        None => OpenFileOptions::new(),
+    };
+    let first_error = match options().open_file(path) {
+        Ok(obj) => return Ok(obj),
+        Err(e) => e.to_string(),
+    };
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let rewritten = (|| {
+        // preamble, "DICM", then the File Meta group (its length first)
+        let meta = bytes.get(128..)?;
+        let table = dicom_object::meta::FileMetaTable::from_reader(meta).ok()?;
+        let explicit_le = !matches!(
+            table.transfer_syntax().trim_end_matches(['\0', ' ']),
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99"
+        );
+        let data_start = 132 + 12 + table.information_group_length as usize;
+        let data = rewrite_un_sequences(bytes.get(data_start..)?).ok()??;
+        explicit_le.then(|| [&bytes[128..data_start], &data[..]].concat())
+    })();
+    match rewritten {
+        Some(file) => options()
+            .from_reader(&file[..])
+            .map_err(|e| format!("{first_error} (and after rewriting CP-246 sequences: {e})")),
+        None => Err(first_error),
+    }
+}
+
 impl InstanceHeader {
     /// Parses the header of a Part-10 file, after checking that no element
     /// claims more bytes than the file has (see `lengths`).
     pub fn read(path: &Path) -> Result<InstanceHeader, StoreError> {
         check_element_lengths(path, HEADER_END)?;
-        let obj = OpenFileOptions::new()
-            .read_until(HEADER_END)
-            .open_file(path)
-            .map_err(|e| StoreError::Unparseable(e.to_string()))?;
+        let obj = open_instance(path, Some(HEADER_END)).map_err(StoreError::Unparseable)?;
         Self::from_object(&obj)
     }
 

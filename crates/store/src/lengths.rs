@@ -16,6 +16,26 @@ use dicom_dictionary_std::StandardDataDictionary;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const MAX_DEPTH: usize = 32;
 
+/// VRs whose explicit VR header has a 32-bit length (PS3.5 §7.1.2).
+pub(crate) fn long_length(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::SV
+            | VR::UV
+    )
+}
+
 pub struct Encoding {
     pub explicit_vr: bool,
     pub big_endian: bool,
@@ -102,22 +122,7 @@ impl<R: Read + Seek> Scanner<R> {
                 let mut v = [0u8; 2];
                 self.read(&mut v)?;
                 let vr = VR::from_binary(v).unwrap_or(VR::UN);
-                let long = matches!(
-                    vr,
-                    VR::OB
-                        | VR::OD
-                        | VR::OF
-                        | VR::OL
-                        | VR::OV
-                        | VR::OW
-                        | VR::SQ
-                        | VR::UC
-                        | VR::UN
-                        | VR::UR
-                        | VR::UT
-                        | VR::SV
-                        | VR::UV
-                );
+                let long = long_length(vr);
                 let len = if long {
                     self.skip(2)?;
                     self.u32()?
@@ -200,11 +205,12 @@ impl<R: Read + Seek> Scanner<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    /// One explicit VR little endian element with a 16-bit length.
+    pub(crate) fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&tag.0.to_le_bytes());
         v.extend_from_slice(&tag.1.to_le_bytes());

@@ -6,6 +6,7 @@
 //! identical data are a success that writes nothing; duplicates with other
 //! data are kept beside the first, never over it.
 
+mod cp246;
 mod db;
 mod files;
 mod header;
@@ -21,7 +22,8 @@ use sqlx::SqlitePool;
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use header::{check_element_lengths, InstanceHeader};
+pub use cp246::rewrite_un_sequences;
+pub use header::{check_element_lengths, open_instance, InstanceHeader};
 pub use jobs::{ClaimedJob, JobCount, JOB_STATES};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use views::{DeliveryView, InstanceView, JobView};

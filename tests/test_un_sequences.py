@@ -1,0 +1,131 @@
+"""CP-246: sequences that reach the node as UN of undefined length, their
+items in implicit VR, as PACS routers pass on sequences they do not know.
+The node stores them as received, reads them (header and analysis), and
+the SR carries what they held.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pydicom
+from nodetest import ROOT, dataset_bytes, node, node_factory  # noqa: F401 (fixtures)
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import generate_uid
+from test_routing_orthanc import wait_until
+
+UNDEFINED = 0xFFFFFFFF
+
+
+def implicit(group: int, element: int, value: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<HHI", group, element, len(value) if length is None else length) + value
+
+
+def item(*elements: bytes) -> bytes:
+    body = b"".join(elements)
+    return implicit(0xFFFE, 0xE000, body, UNDEFINED) + implicit(0xFFFE, 0xE00D, b"")
+
+
+def un_sequence(group: int, element: int, *items: bytes) -> bytes:
+    """The element as CP-246 has it: explicit VR UN, undefined length,
+    implicit VR items, sequence delimiter."""
+    return (struct.pack("<HH", group, element) + b"UN\0\0" + struct.pack("<I", UNDEFINED)
+            + b"".join(items) + implicit(0xFFFE, 0xE0DD, b""))
+
+
+def explicit(elements) -> bytes:
+    ds = pydicom.Dataset()
+    for e in elements:
+        ds.add(e)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def with_un_sequences(src: Path, dst: Path) -> pydicom.Dataset:
+    """`src` with its Procedure Code Sequence and a private sequence
+    (group 0019, before (0020,0010)) sent as UN of undefined length."""
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.pop(0x00081032, None)
+    code = item(
+        implicit(0x0008, 0x0100, b"RPID5145"),  # Code Value
+        implicit(0x0008, 0x0102, b"RADLEX"),  # Coding Scheme Designator
+        implicit(0x0008, 0x0104, b"XR CHEST PA"),  # Code Meaning
+    )
+    private = item(
+        implicit(0x0019, 0x0010, b"ACME 1.0"),
+        implicit(0x0019, 0x1002, b"calibration 7 "),
+        implicit(0x0019, 0x1003, item(implicit(0x0019, 0x0010, b"ACME 1.0"))
+                 + implicit(0xFFFE, 0xE0DD, b""), UNDEFINED),  # a nested sequence
+    )
+    before = [e for e in ds if e.tag < 0x00081032]
+    middle = [e for e in ds if 0x00081032 < e.tag < 0x00190000]
+    after = [e for e in ds if e.tag > 0x00191001]
+    creator = struct.pack("<HH", 0x0019, 0x0010) + b"LO" + struct.pack("<H", 8) + b"ACME 1.0"
+    body = (explicit(before) + un_sequence(0x0008, 0x1032, code) + explicit(middle)
+            + creator + un_sequence(0x0019, 0x1001, private) + explicit(after))
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    dst.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    return ds
+
+
+def procedure_reported(sr: pydicom.Dataset):
+    """The Concept Code of the SR's (121058, DCM, "Procedure reported")."""
+    stack = list(sr.ContentSequence)
+    while stack:
+        it = stack.pop()
+        name = it.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == "121058":
+            return it.ConceptCodeSequence[0]
+        stack.extend(it.get("ContentSequence", []))
+    return None
+
+
+def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(node, tmp_path):
+    from pynetdicom import AE, _config
+
+    path = tmp_path / "cp246.dcm"
+    ds = with_un_sequences(ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm", path)
+    # DCMTK and pydicom read the file as CP-246 says (the check of the fixture).
+    read = pydicom.dcmread(path)
+    assert read.ProcedureCodeSequence[0].CodeValue == "RPID5145"
+
+    # Sent as the file's bytes, as a router passes them on (storescu, or
+    # pynetdicom by default, would decode and re-encode the sequences).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="ROUTER")
+    ae.add_requested_context(ds.SOPClassUID, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(path).Status == 0x0000
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+    stored = node.stored_path(ds)
+    assert dataset_bytes(stored) == dataset_bytes(path)  # kept as received
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+    code = procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "RPID5145", "RADLEX", "XR CHEST PA")
+
+
+def test_preprocess_reads_a_cp246_file(tmp_path):
+    import subprocess
+
+    from nodetest import node_binary
+
+    path = tmp_path / "cp246.dcm"
+    with_un_sequences(ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm", path)
+    r = subprocess.run([str(node_binary()), "preprocess", str(path), "--out", str(tmp_path / "t.npy")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t.npy").exists()
