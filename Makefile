@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-SYSTEM_PACKAGES := dcmtk dicom3tools orthanc cmake nasm
+# cmake builds the bundled C codecs (libjpeg-turbo, CharLS); nasm gives
+# libjpeg-turbo its SIMD code. The rest are the tests' peers.
+BUILD_PACKAGES := cmake nasm
+SYSTEM_PACKAGES := $(BUILD_PACKAGES) dcmtk dicom3tools orthanc
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .deps
@@ -23,6 +26,11 @@ $(STAMPS)/system: scripts/install-system-packages.sh Makefile
 	./scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
 	@touch $@
 
+$(STAMPS)/build-tools: scripts/install-system-packages.sh Makefile
+	@mkdir -p $(STAMPS)
+	./scripts/install-system-packages.sh $(BUILD_PACKAGES)
+	@touch $@
+
 $(STAMPS)/venv: requirements.txt
 	@mkdir -p $(STAMPS)
 	[ -x $(PY) ] || python3 -m venv $(VENV)
@@ -31,18 +39,18 @@ $(STAMPS)/venv: requirements.txt
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
-build:
+build: $(STAMPS)/build-tools
 	cargo build --release --workspace --bins
 
 run: $(STAMPS)/venv build
 	mkdir -p var
 	$(BIN) serve
 
-lint:
+lint: $(STAMPS)/build-tools
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
-test-rust:
+test-rust: $(STAMPS)/build-tools
 	cargo test --release --workspace
 
 test-e2e: deps build
