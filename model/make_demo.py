@@ -7,9 +7,15 @@ Writes, under fixtures/models/ (or --out-dir):
   pneumollm-tiny.inputs.npy            fixed inputs, float32 [2,3,224,224], already
                                        normalised with the contract's mean/std
   pneumollm-tiny.expected-logits.npy   PyTorch's logits for them, float32 [2,2]
+  pneumollm-tiny-fp16.onnx             the same weights exported in fp16 (input
+                                       float16), as the CUDA export is made
+  pneumollm-tiny-fp16.expected-logits.npy
+                                       PyTorch fp16's logits for the inputs rounded
+                                       to float16, float32 [2,2]
 
 Deterministic for the pinned torch/onnx versions of model/requirements.txt.
-Refuses to write if ONNX Runtime and PyTorch differ by more than 1e-5.
+Refuses to write if ONNX Runtime and PyTorch differ by more than 1e-5 (fp32),
+or by more than 1e-2 relative to the largest logit (fp16).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ SEED = 0
 NAME = "pneumollm-tiny"
 VERSION = "1.0.0"
 TOLERANCE = 1e-5
+REL_TOLERANCE_FP16 = 1e-2
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -79,6 +86,27 @@ def build(out_dir: Path) -> None:
     print(f"wrote {onnx_path} ({size} bytes), sha256 of weights {meta['pneumo.weights_sha256']}")
     print(f"expected logits {expected.tolist()}, P(pneumoconiosis) {probs[:, 0].tolist()}, "
           f"max |ort - torch| {diff:.3g}")
+    build_fp16(out_dir, inputs)
+
+
+def build_fp16(out_dir: Path, inputs: np.ndarray) -> None:
+    """The fp16 export of the same weights: the element types a CUDA export
+    has, small enough to test the node's float16 input path on the CPU."""
+    model = random_init(build_model(TINY), SEED).set_precision("fp16")
+    meta = contract_metadata(TINY, model_name=NAME, model_version=VERSION, weights_kind="random-demo",
+                             precision="fp16", crop_mode="none", weights_sha=weights_sha256(model.state_dict()))
+    onnx_path = out_dir / f"{NAME}-fp16.onnx"
+    export_onnx(model, onnx_path, metadata=meta, precision="fp16")
+    x16 = inputs.astype(np.float16)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x16)).float().numpy()
+    got = ort_logits(onnx_path, x16)
+    rel = float(np.abs(got - expected).max() / np.abs(expected).max())
+    if rel > REL_TOLERANCE_FP16:
+        raise SystemExit(f"fp16: ONNX Runtime differs from PyTorch by {rel:.3g} (relative) > {REL_TOLERANCE_FP16}")
+    np.save(out_dir / f"{NAME}-fp16.expected-logits.npy", expected.astype(np.float32))
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size} bytes), fp16 logits {expected.tolist()}, "
+          f"relative |ort - torch| {rel:.3g}")
 
 
 def main(argv=None) -> int:

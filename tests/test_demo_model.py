@@ -94,3 +94,20 @@ def test_contract_keys_match_the_documentation():
     doc = (REPO / "docs" / "model-contract.md").read_text()
     documented = re.findall(r"^\| `(pneumo\.[a-z0-9_]+)` \|", doc, flags=re.M)
     assert documented == CONTRACT_KEYS
+
+
+def test_fp16_demo_model_takes_float16_and_matches_pytorch_fp16():
+    """The fp16 export (the element types of a CUDA export) under the CPU
+    provider: float16 input, float32 logits within 1e-2 (relative) of
+    PyTorch fp16's."""
+    path = MODELS / "pneumollm-tiny-fp16.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["pneumo.precision"] == "fp16" and meta["pneumo.input_dtype"] == "float16"
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.type == "tensor(float16)" and out.type == "tensor(float)"
+    assert path.stat().st_size < 5_000_000
+    x16 = np.load(MODELS / "pneumollm-tiny.inputs.npy").astype(np.float16)
+    expected = np.load(MODELS / "pneumollm-tiny-fp16.expected-logits.npy")
+    (got,) = sess.run(["logits"], {"image": x16})
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-2

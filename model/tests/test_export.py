@@ -159,6 +159,7 @@ def test_committed_demo_model_is_reproducible(tmp_path):
 
     make_demo.build(tmp_path)
     committed = REPO / "fixtures" / "models"
-    for name in ["pneumollm-tiny.onnx", "pneumollm-tiny.inputs.npy", "pneumollm-tiny.expected-logits.npy"]:
+    for name in ["pneumollm-tiny.onnx", "pneumollm-tiny.inputs.npy", "pneumollm-tiny.expected-logits.npy",
+                 "pneumollm-tiny-fp16.onnx", "pneumollm-tiny-fp16.expected-logits.npy"]:
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
     assert (committed / "pneumollm-tiny.onnx").stat().st_size < 5_000_000

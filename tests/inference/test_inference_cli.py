@@ -152,3 +152,20 @@ def test_f16_tensor_file_is_accepted(tmp_path):
     expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
     rust = np.array([p["logits"] for p in json.loads(r.stdout)["predictions"]], dtype=np.float32)
     assert np.abs(rust - expected).max() < 0.05  # fp16 rounding of the input only
+
+
+def test_an_fp16_model_gets_the_radiograph_in_float16(tmp_path):
+    """The fp16 export (input float16, as for CUDA): `infer` feeds it the
+    preprocessed radiograph rounded to float16, and its logits equal Python
+    onnxruntime's on that same float16 tensor."""
+    fp16 = ROOT / "fixtures" / "models" / "pneumollm-tiny-fp16.onnx"
+    dcm = IMAGES / "rg1s_mono1.dcm"
+    npy = tmp_path / "t.npy"
+    assert node("preprocess", dcm, "--out", npy).returncode == 0
+    sess = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(["logits"], {"image": np.load(npy).astype(np.float16)})
+    r = node("infer", dcm, "--json", "--model", fp16)
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)["prediction"]
+    assert np.abs(np.array(p["logits"], dtype=np.float32) - want[0]).max() <= TOL
+    assert p["probabilities"][0] == pytest.approx(softmax(want[0].astype(np.float64))[0], abs=1e-5)

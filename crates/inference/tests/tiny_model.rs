@@ -167,6 +167,43 @@ fn a_tensor_of_the_wrong_shape_is_refused() {
 }
 
 #[test]
+fn an_fp16_model_gets_float16_input_and_matches_pytorch_fp16() {
+    // The fp16 export of the same weights: what a CUDA export looks like.
+    let path = models().join("pneumollm-tiny-fp16.onnx");
+    let mut model = Model::load(&cpu_settings(&path)).unwrap();
+    assert_eq!(
+        model.contract().input_dtype,
+        pneumo_inference::InputDType::Float16
+    );
+    let (shape, expected) = read_npy_f32(&models().join("pneumollm-tiny-fp16.expected-logits.npy"));
+    assert_eq!(shape, vec![2, 2]);
+    let inputs: Vec<ImageInput> = fixture_inputs()
+        .into_iter()
+        .map(|v| {
+            let t = pneumo_imaging::Tensor {
+                shape: [1, 3, S, S],
+                data: pneumo_imaging::TensorData::F32(v),
+            };
+            ImageInput::from_tensor(t, model.contract()).unwrap()
+        })
+        .collect();
+    assert!(matches!(inputs[0], ImageInput::F16(_)));
+    let refs: Vec<&ImageInput> = inputs.iter().collect();
+    let got: Vec<f32> = model.run_logits(&refs).unwrap().concat();
+    let largest = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // fp16 arithmetic: relative to the largest logit, as the model issue asks
+    assert!(
+        close(&got, &expected) / largest <= 1e-2,
+        "{got:?} vs {expected:?}"
+    );
+    // and the probabilities the node reports come from those logits
+    let preds = model.run_batch(&refs);
+    let p0 = preds[0].as_ref().unwrap().probabilities[0];
+    let softmax0 = 1.0 / (1.0 + (got[1] - got[0]).exp());
+    assert!((p0 - softmax0).abs() < 1e-6, "{p0} vs {softmax0}");
+}
+
+#[test]
 fn f16_tensors_are_converted_for_an_f32_model() {
     let mut model = load();
     let f = fixture_inputs();
