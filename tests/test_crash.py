@@ -55,3 +55,38 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(node_factory, rg1_copie
         for (path, size) in c.execute("SELECT path, file_size FROM instances"):
             assert (node.data_dir / path).stat().st_size == size
     assert node.echo_ok()
+
+
+def test_an_instance_whose_analysis_kills_the_node_every_time_fails_after_three_attempts(node_factory, rg1_copies):
+    """The node dies (kill -9, as a codec crash or the OOM killer would) while
+    analysing the same radiograph, three times: after the third restart that
+    job is failed with the reason instead of being taken again, the instance
+    is kept, and the next radiograph is analysed."""
+    from nodetest import run_dcmtk
+    from test_routing_orthanc import wait_until
+
+    node = node_factory(pipeline__concurrency=1).start()
+    poison, good = rg1_copies("J2KR", 2)  # JPEG 2000 decoding: ~0.5 s to catch it analysing
+    run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, poison)
+
+    def job():
+        with node.db() as c:
+            return c.execute("SELECT state, attempts, reason FROM jobs").fetchone()
+
+    for attempt in (1, 2, 3):
+        deadline = time.monotonic() + 30
+        while (job() or ("", 0))[:2] != ("analysing", attempt):  # poll tightly: kill while it decodes
+            assert time.monotonic() < deadline, job()
+            time.sleep(0.005)
+        node.kill9()
+        assert job()[:2] == ("analysing", attempt)
+        node.start()
+    wait_until(lambda: job()[0] == "failed", timeout=30)
+    state, attempts, reason = job()
+    assert attempts == 3 and reason.startswith("analysis started 3 times and never finished")
+    assert node.instance_rows(pydicom.dcmread(poison, stop_before_pixels=True).SOPInstanceUID) == 1
+    assert "analysis never finished: job failed, not retried" in node.log()
+
+    run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, good)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    assert node.alive()

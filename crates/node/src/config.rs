@@ -263,6 +263,8 @@ mod tests {
         assert_eq!(config.dicom.max_pdu, defaults.dicom.max_pdu);
         assert_eq!(config.node.data_dir, defaults.node.data_dir);
         assert_eq!(config.inference, defaults.inference);
+        assert_eq!(config.report, defaults.report);
+        assert_eq!(config.pipeline, defaults.pipeline);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
     /// Jobs analysed at once (decoding runs on blocking threads; inference
@@ -35,6 +35,9 @@ pub struct PipelineSection {
     pub concurrency: usize,
     /// A job claimed by a process that died is taken again after this long.
     pub lease_s: u64,
+    /// A job whose analysis was started this many times without finishing
+    /// (the process died each time) fails instead of being taken again.
+    pub max_attempts: u32,
 }
 
 impl Default for PipelineSection {
@@ -42,6 +45,7 @@ impl Default for PipelineSection {
         PipelineSection {
             concurrency: 4,
             lease_s: 300,
+            max_attempts: 3,
         }
     }
 }
@@ -95,6 +99,20 @@ impl Pipeline {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         loop {
             let free = permits.available_permits();
+            let max_attempts = i64::from(self.settings.max_attempts.max(1));
+            match self.store.fail_exhausted_jobs(max_attempts).await {
+                Ok(exhausted) => {
+                    for (job_id, sop_instance_uid) in exhausted {
+                        warn!(
+                            job_id,
+                            sop_instance_uid,
+                            max_attempts,
+                            "analysis never finished: job failed, not retried"
+                        );
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot fail exhausted jobs"),
+            }
             let claimed = if free == 0 {
                 Vec::new()
             } else {
@@ -104,6 +122,7 @@ impl Pipeline {
                         &self.owner,
                         Duration::from_secs(self.settings.lease_s),
                         free as i64,
+                        max_attempts,
                     )
                     .await
                 {

@@ -7,6 +7,7 @@ use serde::Deserialize;
 #[serde(rename_all = "kebab-case")]
 pub enum SrClass {
     #[default]
+    #[serde(rename = "comprehensive-3d", alias = "comprehensive3d")]
     Comprehensive3d,
     Comprehensive,
 }

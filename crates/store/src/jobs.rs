@@ -105,12 +105,15 @@ pub struct ClaimedJob {
 
 impl Store {
     /// Takes up to `limit` jobs for analysis under a lease: `queued` ones,
-    /// and `analysing` ones whose lease expired (their holder died).
+    /// and `analysing` ones whose lease expired (their holder died), that
+    /// have been claimed fewer than `max_attempts` times (see
+    /// `fail_exhausted_jobs` for the others).
     pub async fn claim_jobs(
         &self,
         owner: &str,
         lease: std::time::Duration,
         limit: i64,
+        max_attempts: i64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
@@ -118,7 +121,8 @@ impl Store {
             "UPDATE jobs SET state = 'analysing', lease_owner = ?, lease_expires_at_ms = ?,
                  attempts = attempts + 1, updated_at_ms = ?
              WHERE id IN (SELECT id FROM jobs
-                          WHERE state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?)
+                          WHERE (state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?))
+                              AND attempts < ?
                           ORDER BY id LIMIT ?)
              RETURNING id AS job_id, instance_id, attempts,
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
@@ -128,11 +132,42 @@ impl Store {
         .bind(now + lease.as_millis() as i64)
         .bind(now)
         .bind(now)
+        .bind(max_attempts)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(jobs)
+    }
+
+    /// Jobs claimed `max_attempts` times that never finished (each holder
+    /// died: a crash, a kill or an out-of-memory while analysing that
+    /// instance) become `failed` instead of being claimed again, so one
+    /// instance that brings the process down cannot keep it down. Returns
+    /// (job id, SOP Instance UID) of each.
+    pub async fn fail_exhausted_jobs(
+        &self,
+        max_attempts: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let now = now_ms();
+        let reason = format!(
+            "analysis started {max_attempts} times and never finished (the node stopped during \
+             each: a crash, a kill or running out of memory while analysing this instance); \
+             not retried"
+        );
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'failed', reason = ?, lease_owner = NULL, lease_expires_at_ms = NULL,
+                 updated_at_ms = ?
+             WHERE attempts >= ? AND (state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?))
+             RETURNING id, (SELECT sop_instance_uid FROM instances WHERE id = instance_id)",
+        )
+        .bind(&reason)
+        .bind(now)
+        .bind(max_attempts)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
     }
 
     /// Returns every `analysing` job to `queued`. Only for start-up with a

@@ -121,20 +121,20 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
     assert_eq!((queued, skipped), (1, 1));
 
     let claimed = store
-        .claim_jobs("worker-a", Duration::from_millis(50), 10)
+        .claim_jobs("worker-a", Duration::from_millis(50), 10, 3)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].sop_instance_uid, "1.9.10");
     assert!(store
-        .claim_jobs("worker-b", Duration::from_secs(60), 10)
+        .claim_jobs("worker-b", Duration::from_secs(60), 10, 3)
         .await
         .unwrap()
         .is_empty());
     // The holder dies: once its lease expires, another worker takes the job.
     tokio::time::sleep(Duration::from_millis(80)).await;
     let reclaimed = store
-        .claim_jobs("worker-b", Duration::from_secs(60), 10)
+        .claim_jobs("worker-b", Duration::from_secs(60), 10, 3)
         .await
         .unwrap();
     assert_eq!(reclaimed.len(), 1);
@@ -179,4 +179,43 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
             .any(|c| c.state == "delivered" && c.count == 1),
         "{counts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for sop in ["1.9.30", "1.9.31"] {
+        let inc = spooled(&store, sop, "CR", sop);
+        store.ingest(&inc, |_| vec![]).await.unwrap();
+    }
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let lease = Duration::from_millis(20);
+    // 1.9.30 is claimed twice and its holder dies each time.
+    for attempt in 1..=2 {
+        assert!(store.fail_exhausted_jobs(2).await.unwrap().is_empty());
+        let claimed = store.claim_jobs("w", lease, 1, 2).await.unwrap();
+        assert_eq!(claimed[0].sop_instance_uid, "1.9.30");
+        assert_eq!(claimed[0].attempts, attempt);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Not claimed a third time: failed, with the reason, and the next job goes on.
+    let exhausted = store.fail_exhausted_jobs(2).await.unwrap();
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0].1, "1.9.30");
+    let next = store
+        .claim_jobs("w", Duration::from_secs(60), 10, 2)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].sop_instance_uid, "1.9.31");
+    let failed = store.list_jobs(Some("failed"), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("analysis started 2 times and never finished"));
+    // A live lease is never failed, whatever its count.
+    assert!(store.fail_exhausted_jobs(1).await.unwrap().is_empty());
 }
