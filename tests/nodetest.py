@@ -167,6 +167,19 @@ def node(node_factory):
     return node_factory().start()
 
 
+def demo_model_with(out: Path, **contract) -> Path:
+    """A copy of the demo model at `out` with some contract values changed:
+    `demo_model_with(p, crop_mode="lung-box")` sets `pneumo.crop_mode`."""
+    import onnx
+
+    model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    props = {p.key: p for p in model.metadata_props}
+    for key, value in contract.items():
+        props[f"pneumo.{key}"].value = str(value)
+    onnx.save(model, str(out))
+    return out
+
+
 def copy_with_new_uids(src: Path, dst: Path, new_study: bool = False) -> pydicom.Dataset:
     """A copy of `src` with a fresh SOP Instance UID (and study and series
     when asked), in the same transfer syntax; pixel data untouched."""

@@ -290,17 +290,11 @@ def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     """The demo model scores RG1 above 0.5; with the contract's threshold
     raised above that score the decision is `absent`, and the SR says so."""
     import highdicom as hd
-    import onnx
     from pydicom.sr.coding import Code
 
-    from nodetest import ROOT
+    from nodetest import demo_model_with
 
-    model = onnx.load(str(ROOT / "fixtures/models/pneumollm-tiny.onnx"))
-    for prop in model.metadata_props:
-        if prop.key == "pneumo.decision_threshold":
-            prop.value = "0.99"
-    strict = tmp_path / "tiny-threshold-0.99.onnx"
-    onnx.save(model, str(strict))
+    strict = demo_model_with(tmp_path / "tiny-threshold-0.99.onnx", decision_threshold=0.99)
 
     node = node_factory(inference__model=str(strict)).start()
     (f,) = rg1_copies("UNCI", 1)

@@ -13,10 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import onnx
 import pytest
 
-from nodetest import ROOT, node_binary, run_dcmtk
+from nodetest import ROOT, demo_model_with, node_binary, run_dcmtk
 
 MODELS = ROOT / "fixtures" / "models"
 SEG = MODELS / "lung-seg-synthetic.onnx"
@@ -25,13 +24,8 @@ IMAGE = ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm"
 
 @pytest.fixture(scope="module")
 def lung_box_model(tmp_path_factory) -> Path:
-    m = onnx.load(str(MODELS / "pneumollm-tiny.onnx"))
-    props = {p.key: p for p in m.metadata_props}
-    assert props["pneumo.crop_mode"].value == "none"
-    props["pneumo.crop_mode"].value = "lung-box"
     out = tmp_path_factory.mktemp("lung-box") / "pneumollm-tiny-lung-box.onnx"
-    onnx.save(m, str(out))
-    return out
+    return demo_model_with(out, crop_mode="lung-box")
 
 
 def infer(model: Path, seg: str, *args) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
-//! HTTP beside the DICOM port: health, readiness, Prometheus metrics and a
-//! small read-only status API.
+//! HTTP beside the DICOM port: health, readiness, Prometheus metrics, a
+//! small status API, and two operator actions (retry jobs, retry parked
+//! deliveries).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -7,9 +8,9 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use pneumo_store::{JobView, Store, JOB_STATES};
+use pneumo_store::{JobView, RetryableState, Store, JOB_STATES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -52,6 +53,10 @@ pub struct HttpState {
     pub model: Arc<std::sync::RwLock<ModelStatus>>,
     /// For batch statistics in /metrics.
     pub engine: Option<Arc<pneumo_inference::InferenceEngine>>,
+    /// Woken when jobs are sent back to `received` (the router takes them).
+    pub wake_router: Arc<tokio::sync::Notify>,
+    /// Woken when parked deliveries are pending again.
+    pub wake_outbox: Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -61,6 +66,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/jobs", get(jobs))
         .route("/api/instances/{sop_uid}", get(instance))
+        .route("/api/jobs/retry", post(retry_jobs))
+        .route("/api/deliveries/retry", post(retry_deliveries))
         .with_state(state)
 }
 
@@ -186,6 +193,61 @@ async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Respons
     match s.store.list_jobs(q.state.as_deref(), limit).await {
         Ok(list) => {
             Json(json!({ "jobs": list.iter().map(job_json).collect::<Vec<_>>() })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RetryJobsQuery {
+    /// `failed` (default), `skipped`, or both comma-separated.
+    state: Option<String>,
+    sop_instance_uid: Option<String>,
+}
+
+/// `POST /api/jobs/retry`: failed (or skipped) jobs go through routing and
+/// analysis again, e.g. after the model or the routing rules were fixed.
+async fn retry_jobs(State(s): State<HttpState>, Query(q): Query<RetryJobsQuery>) -> Response {
+    let asked = q.state.as_deref().unwrap_or("failed");
+    let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
+    let Some(states) = states else {
+        let body = json!({ "error": format!("cannot retry state `{asked}`"), "states": ["failed", "skipped"] });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    };
+    match s
+        .store
+        .requeue_jobs(&states, q.sop_instance_uid.as_deref())
+        .await
+    {
+        Ok(n) => {
+            tracing::info!(
+                jobs = n,
+                states = asked,
+                "jobs sent back for another analysis"
+            );
+            s.wake_router.notify_one();
+            Json(json!({ "requeued": n })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RetryDeliveriesQuery {
+    destination: Option<String>,
+}
+
+/// `POST /api/deliveries/retry`: parked deliveries (of one destination, or
+/// all) are tried again now, e.g. after the destination was reconfigured.
+async fn retry_deliveries(
+    State(s): State<HttpState>,
+    Query(q): Query<RetryDeliveriesQuery>,
+) -> Response {
+    match s.store.requeue_parked(q.destination.as_deref()).await {
+        Ok(n) => {
+            tracing::info!(deliveries = n, destination = ?q.destination, "parked deliveries pending again");
+            s.wake_outbox.notify_one();
+            Json(json!({ "requeued": n })).into_response()
         }
         Err(e) => internal(e),
     }

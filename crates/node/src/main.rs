@@ -229,7 +229,7 @@ async fn serve(config: Config) -> Result<()> {
     tokio::spawn(ingest::run_router(
         store.clone(),
         config.routing.clone(),
-        wake_router,
+        wake_router.clone(),
         wake_pipeline.clone(),
     ));
     let pipeline = Arc::new(pipeline::Pipeline {
@@ -252,7 +252,7 @@ async fn serve(config: Config) -> Result<()> {
             destinations: config.destinations.clone(),
             settings: config.outbox.clone(),
             scu: scu_options(&config, None),
-            wake: wake_outbox,
+            wake: wake_outbox.clone(),
             metrics: metrics.clone(),
         }
         .run(),
@@ -271,6 +271,8 @@ async fn serve(config: Config) -> Result<()> {
             active_associations: scp.active_counter(),
             model: Arc::new(std::sync::RwLock::new(model_status)),
             engine: Some(engine.clone()),
+            wake_router,
+            wake_outbox,
         };
         let addr = std::net::SocketAddr::new(config.http.bind, config.http.port);
         let listener = tokio::net::TcpListener::bind(addr)

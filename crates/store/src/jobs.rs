@@ -92,6 +92,30 @@ impl Store {
 }
 
 /// A job taken for analysis.
+/// The job states an operator may send back for another try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryableState {
+    Failed,
+    Skipped,
+}
+
+impl RetryableState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryableState::Failed => "failed",
+            RetryableState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "failed" => Some(RetryableState::Failed),
+            "skipped" => Some(RetryableState::Skipped),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
     pub job_id: i64,
@@ -168,6 +192,34 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows)
+    }
+
+    /// An operator's retry: jobs in `states` (`failed`, `skipped`) go back
+    /// to `received`, their reason and attempts cleared, so the routing
+    /// rules and the analysis run again as for a new instance. With
+    /// `sop_instance_uid`, only that instance's job. Returns how many.
+    pub async fn requeue_jobs(
+        &self,
+        states: &[RetryableState],
+        sop_instance_uid: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for state in states {
+            let r = sqlx::query(
+                "UPDATE jobs SET state = 'received', reason = NULL, attempts = 0, lease_owner = NULL,
+                     lease_expires_at_ms = NULL, updated_at_ms = ?
+                 WHERE state = ? AND (? IS NULL OR instance_id IN
+                     (SELECT id FROM instances WHERE sop_instance_uid = ?))",
+            )
+            .bind(now_ms())
+            .bind(state.as_str())
+            .bind(sop_instance_uid)
+            .bind(sop_instance_uid)
+            .execute(self.pool())
+            .await?;
+            total += r.rows_affected();
+        }
+        Ok(total)
     }
 
     /// Returns every `analysing` job to `queued`. Only for start-up with a

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
-pub use jobs::{ClaimedJob, JobCount, JOB_STATES};
+pub use jobs::{ClaimedJob, JobCount, RetryableState, JOB_STATES};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use views::{DeliveryView, InstanceView, JobView};
 

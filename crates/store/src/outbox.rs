@@ -84,6 +84,24 @@ impl Store {
         Ok(())
     }
 
+    /// An operator's retry: parked rows (of `destination`, or all) are
+    /// pending again, due now, their attempts cleared; the last status is
+    /// kept until the next answer replaces it. Returns how many.
+    pub async fn requeue_parked(&self, destination: Option<&str>) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+             WHERE state = 'parked' AND (? IS NULL OR destination = ?)",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(destination)
+        .bind(destination)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
         self.finish_attempt(id, "parked", reason, None).await
     }

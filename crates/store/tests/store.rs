@@ -219,3 +219,60 @@ async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
     // A live lease is never failed, whatever its count.
     assert!(store.fail_exhausted_jobs(1).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
+    use pneumo_store::RetryableState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for sop in ["1.9.40", "1.9.41", "1.9.42"] {
+        let inc = spooled(&store, sop, "CR", sop);
+        store.ingest(&inc, |_| vec!["pacs".into()]).await.unwrap();
+    }
+    store
+        .route_received_jobs(|h, _| (h.sop_instance_uid == "1.9.42").then(|| "rule".into()))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_jobs("w", Duration::from_secs(60), 10, 3)
+        .await
+        .unwrap();
+    for job in &claimed {
+        store
+            .fail_job(job.job_id, "w", "broken model")
+            .await
+            .unwrap();
+    }
+    // one instance's failed job, then every failed one; skipped left alone
+    let n = store
+        .requeue_jobs(&[RetryableState::Failed], Some("1.9.40"))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        store
+            .requeue_jobs(&[RetryableState::Failed], None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.list_jobs(Some("received"), 10).await.unwrap().len(),
+        2
+    );
+    assert_eq!(store.list_jobs(Some("skipped"), 10).await.unwrap().len(), 1);
+    let again = store.list_jobs(Some("received"), 10).await.unwrap();
+    assert!(again.iter().all(|j| j.reason.is_none() && j.attempts == 0));
+
+    // deliveries: park both, send back one destination's
+    let due = store.due_deliveries(10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    for d in &due {
+        store.mark_parked(d.id, "A900H").await.unwrap();
+    }
+    assert_eq!(store.requeue_parked(Some("elsewhere")).await.unwrap(), 0);
+    assert_eq!(store.requeue_parked(Some("pacs")).await.unwrap(), 3);
+    let due = store.due_deliveries(10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    assert!(due.iter().all(|d| d.attempts == 0));
+}

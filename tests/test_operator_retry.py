@@ -1,0 +1,94 @@
+"""An operator's second chance, over HTTP: jobs that failed (or were
+skipped) because of the node's configuration run again once it is fixed,
+and deliveries a destination refused for good are sent again once the
+destination is fixed. Nothing is lost in between."""
+
+from __future__ import annotations
+
+import requests
+from nodetest import ROOT, demo_model_with, node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from test_pynetdicom_peers import PynetdicomReceiver
+from test_routing_orthanc import node_config, wait_until
+
+MODELS = ROOT / "fixtures" / "models"
+
+
+def post(node, path: str):
+    r = requests.post(f"http://127.0.0.1:{node.http_port}{path}", timeout=10)
+    return r.status_code, r.json()
+
+
+def jobs(node) -> list:
+    with node.db() as c:
+        return c.execute("SELECT state, reason, attempts FROM jobs ORDER BY id").fetchall()
+
+
+def test_failed_jobs_run_again_after_the_configuration_is_fixed(node_factory, rg1_copies, tmp_path):
+    # A model whose contract asks for a lung-box crop, and no lung
+    # segmentation model configured: every analysis fails, with that reason.
+    model = demo_model_with(tmp_path / "lung-box.onnx", crop_mode="lung-box")
+    node = node_factory(inference__model=str(model)).start()
+    files = rg1_copies("UNCI", 2)
+    for f in files:
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["failed", "failed"], timeout=60)
+    assert "lung" in jobs(node)[0][1]
+
+    # Fixed: the segmentation model is configured; the node restarts.
+    node.stop()
+    node.settings["inference__lung_segmentation_model"] = str(MODELS / "lung-seg-synthetic.onnx")
+    node.start()
+    assert [j[0] for j in jobs(node)] == ["failed", "failed"]  # nothing reruns by itself
+    assert post(node, "/api/jobs/retry?state=reported")[0] == 400
+    status, body = post(node, "/api/jobs/retry")
+    assert status == 200 and body == {"requeued": 2}
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["reported", "reported"], timeout=60)
+    assert all(reason is None for _, reason, _ in jobs(node))
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 2
+
+
+def test_skipped_jobs_of_one_instance_run_again_after_the_rules_change(node_factory, rg1_copies, tmp_path):
+    dx_only = tmp_path / "dx-only.toml"
+    dx_only.write_text('[routing]\nanalyse_modalities = ["DX"]\n')
+    node = node_factory().start(config_file=dx_only)
+    a, b = rg1_copies("UNCI", 2)  # CR: not analysed under this rule
+    for f in (a, b):
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["skipped", "skipped"])
+    node.stop()
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text("")
+    node.start(config_file=defaults)
+    import pydicom
+
+    uid = pydicom.dcmread(a, stop_before_pixels=True).SOPInstanceUID
+    status, body = post(node, f"/api/jobs/retry?state=skipped&sop_instance_uid={uid}")
+    assert status == 200 and body == {"requeued": 1}
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["reported", "skipped"], timeout=60)
+
+
+def test_parked_deliveries_are_sent_after_the_destination_is_fixed(node_factory, rg1_copies, tmp_path):
+    receiver = PynetdicomReceiver(status=0xA900)  # refuses: "data set does not match SOP class"
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "pacs", "ae_title": "PYSCP", "port": receiver.port}],
+            [{"destinations": ["pacs"]}],
+            retry_base_s=1,
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1)
+
+        receiver.status = 0x0000  # the PACS administrator fixed it
+        assert post(node, "/api/deliveries/retry?destination=elsewhere")[1] == {"requeued": 0}
+        status, body = post(node, "/api/deliveries/retry?destination=pacs")
+        assert status == 200 and body == {"requeued": 1}
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
+        with node.db() as c:
+            (last,) = c.execute("SELECT last_status FROM outbox").fetchone()
+        assert last.startswith("0000")
+        assert len(receiver.received) == 1
+    finally:
+        receiver.close()
