@@ -195,3 +195,29 @@ def test_peer_answering_a_warning_is_reported(rg1_copies):
         assert "WARNING" in r.stdout and "B000H" in r.stdout
     finally:
         receiver.close()
+
+
+def test_node_scu_reencodes_for_a_peer_that_takes_only_implicit_vr(rg1_copies):
+    """Implicit VR Little Endian is the one syntax every SCP supports; an
+    older PACS may take nothing else. The node proposes it beside the file's
+    own syntax and re-encodes the data set for it."""
+    received = {}
+
+    def on_store(event):
+        received[event.request.AffectedSOPInstanceUID] = (event.context.transfer_syntax, event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="OLDPACS")
+    ae.add_supported_context(CR, ["1.2.840.10008.1.2"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        (f,) = rg1_copies("UNCI", 1)  # Explicit VR Little Endian
+        r = node_cli("store", f"OLDPACS@127.0.0.1:{port}", f)
+        assert r.returncode == 0, r.stdout + r.stderr
+        src = pydicom.dcmread(f)
+        ts, got = received[src.SOPInstanceUID]
+        assert ts == "1.2.840.10008.1.2"
+        assert got.PixelData == src.PixelData and got.PatientName == src.PatientName
+    finally:
+        server.shutdown()

@@ -129,3 +129,46 @@ def test_preprocess_reads_a_cp246_file(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "t.npy").exists()
+
+
+def test_a_cp246_file_is_forwarded_to_a_destination_that_takes_implicit_vr_only(node_factory, tmp_path):
+    """Forwarding re-encodes when the destination accepts only Implicit VR
+    Little Endian: the node reads the file with its CP-246 reader there too,
+    and the destination receives the sequences as sequences."""
+    from pynetdicom import AE, _config, evt
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
+    from test_routing_orthanc import node_config
+
+    from nodetest import free_port
+
+    received = {}
+
+    def on_store(event):
+        received[event.request.AffectedSOPInstanceUID] = event.dataset
+        return 0x0000
+
+    ae = AE(ae_title="OLDPACS")
+    ae.add_supported_context(CR, ["1.2.840.10008.1.2"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "old", "ae_title": "OLDPACS", "port": port}],
+                             [{"destinations": ["old"]}], retry_base_s=1)
+        node = node_factory().start(config_file=config)
+        path = tmp_path / "cp246.dcm"
+        ds = with_un_sequences(ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm", path)
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        sender = AE(ae_title="ROUTER")
+        sender.add_requested_context(ds.SOPClassUID, ["1.2.840.10008.1.2.1"])
+        assoc = sender.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        try:
+            assert assoc.send_c_store(path).Status == 0x0000
+        finally:
+            assoc.release()
+            _config.STORE_SEND_CHUNKED_DATASET = False
+        wait_until(lambda: ds.SOPInstanceUID in received, timeout=30)
+        got = received[ds.SOPInstanceUID]
+        assert got.ProcedureCodeSequence[0].CodeValue == "RPID5145"
+        assert got.PixelData == pydicom.dcmread(path).PixelData
+    finally:
+        server.shutdown()

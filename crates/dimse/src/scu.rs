@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTable;
+use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed,
@@ -70,6 +71,10 @@ impl std::fmt::Display for AeAddress {
     }
 }
 
+/// Reads a Part-10 file into an object, for the rare send that must
+/// re-encode it (the peer accepted another native transfer syntax).
+pub type OpenFile = fn(&Path) -> Result<DefaultDicomObject, String>;
+
 #[derive(Debug, Clone)]
 pub struct ScuOptions {
     pub calling_ae: String,
@@ -78,6 +83,13 @@ pub struct ScuOptions {
     pub connect_timeout: Duration,
     /// Longest wait for any PDU from the peer (association and responses).
     pub response_timeout: Duration,
+    /// How a file to re-encode is read: dicom-rs by default; the node gives
+    /// its reader that also takes CP-246 sequences (pneumo-store).
+    pub open_file: OpenFile,
+}
+
+fn open_with_dicom_rs(path: &Path) -> Result<DefaultDicomObject, String> {
+    dicom_object::open_file(path).map_err(|e| e.to_string())
 }
 
 impl Default for ScuOptions {
@@ -87,6 +99,7 @@ impl Default for ScuOptions {
             max_pdu: 1 << 20,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
+            open_file: open_with_dicom_rs,
         }
     }
 }
@@ -196,6 +209,7 @@ pub struct ClientAssociation {
     max_pdu: u32,
     next_message_id: u16,
     response_timeout: Duration,
+    open_file: OpenFile,
 }
 
 const NATIVE_FALLBACK: [&str; 2] = [sop::EXPLICIT_VR_LE, sop::IMPLICIT_VR_LE];
@@ -272,6 +286,7 @@ impl ClientAssociation {
                     max_pdu: options.max_pdu,
                     next_message_id: 1,
                     response_timeout: options.response_timeout,
+                    open_file: options.open_file,
                 })
             }
             Pdu::AssociationRJ(rj) => Err(ScuError::Rejected {
@@ -354,7 +369,7 @@ impl ClientAssociation {
         );
         let dataset = match &reencode_to {
             None => None,
-            Some(ts) => match reencode(&file.path, ts) {
+            Some(ts) => match reencode(self.open_file, &file.path, ts) {
                 Ok(bytes) => Some(bytes),
                 Err(e) => return Ok(outcome(Err(e), None)),
             },
@@ -514,12 +529,11 @@ fn describe_rejection(rj: &AssociationRJ) -> String {
 }
 
 /// Re-encodes a native data set into another native transfer syntax.
-fn reencode(path: &Path, ts_uid: &str) -> Result<Vec<u8>, String> {
+fn reencode(open_file: OpenFile, path: &Path, ts_uid: &str) -> Result<Vec<u8>, String> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
-    let obj = dicom_object::open_file(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let obj = open_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
         .map_err(|e| format!("cannot re-encode to {ts_uid}: {e}"))?;
@@ -538,7 +552,10 @@ pub fn proposals_for(files: &[FileToSend]) -> Vec<(String, Vec<String>)> {
     };
     for f in files {
         push(&f.sop_class_uid, vec![f.transfer_syntax.clone()]);
-        if !NATIVE_FALLBACK.contains(&f.transfer_syntax.as_str()) && f.has_native_pixel_data() {
+        // Every SCP supports Implicit VR Little Endian (the default transfer
+        // syntax); a native file in any other syntax can be re-encoded to it,
+        // so an older PACS that takes nothing else still gets it.
+        if f.transfer_syntax != sop::IMPLICIT_VR_LE && f.has_native_pixel_data() {
             push(
                 &f.sop_class_uid,
                 NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
@@ -631,7 +648,11 @@ mod tests {
             transfer_syntax: ts.into(),
             dataset_offset: 0,
         };
+        // Explicit VR LE: its own, and the fallback a peer that takes only
+        // Implicit VR LE accepts; twice the same file type, once each.
         let p = proposals_for(&[f(sop::EXPLICIT_VR_LE), f(sop::EXPLICIT_VR_LE)]);
+        assert_eq!(p.len(), 2);
+        let p = proposals_for(&[f(sop::IMPLICIT_VR_LE)]);
         assert_eq!(p.len(), 1);
         // JPEG 2000: its own syntax only (encapsulated pixel data cannot fall back).
         let p = proposals_for(&[f("1.2.840.10008.1.2.4.90")]);

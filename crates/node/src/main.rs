@@ -321,6 +321,7 @@ fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
     ScuOptions {
         calling_ae: calling_ae.unwrap_or_else(|| config.dicom.ae_title.clone()),
         max_pdu: config.dicom.max_pdu,
+        open_file: |path| pneumo_store::open_instance(path, None),
         ..ScuOptions::default()
     }
 }
