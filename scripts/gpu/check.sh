@@ -22,7 +22,8 @@ mkdir -p "$OUT" "$WORK"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 if ! "$PYTHON" -c "import onnx" 2>/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/pyextra "$EXTRA"/wheels/*.whl
+  # a wheel is a zip: unpacking needs no pip
+  for w in "$EXTRA"/wheels/*.whl; do "$PYTHON" -m zipfile -e "$w" /tmp/pyextra; done
   export PYTHONPATH=$PYTHONPATH:/tmp/pyextra
 fi
 "$PYTHON" -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__)"
