@@ -16,6 +16,8 @@
 mod batcher;
 mod contract;
 mod error;
+mod graph;
+mod inspect;
 mod model;
 mod prediction;
 pub mod runtime;
@@ -25,6 +27,7 @@ mod settings;
 pub use batcher::{BatchConfig, EngineStats, InferenceEngine};
 pub use contract::{Dim, InputDType, ModelContract, WeightsKind, CONTRACT_KEYS, DEMO_WARNING};
 pub use error::{ContractError, InferenceError, Result};
+pub use graph::{GraphDim, GraphSignature, GraphValue, GraphValueType};
 pub use model::{ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
 pub use segment::{LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
