@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -127,6 +128,51 @@ def test_model_info_prints_the_contract(session):
 
     text = node("model", "info", MODEL)
     assert text.returncode == 0 and DEMO in text.stdout and meta["pneumo.weights_sha256"] in text.stdout
+
+
+@pytest.mark.parametrize("weights", ["deleted", "truncated"])
+def test_model_info_never_reads_the_external_weights(tmp_path, weights):
+    """The model saved with every weight in an external-data file (as the
+    13.5 GB full model is): `model info` reads the contract from the small
+    .onnx alone, so it still works once the .data file is gone or cut short,
+    while `infer`, which needs the weights, fails with a clear error."""
+    onnx_path = tmp_path / "tiny-external.onnx"
+    data_path = tmp_path / "tiny-external.onnx.data"
+    onnx.save_model(
+        onnx.load(str(MODEL)),
+        str(onnx_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_path.name,
+        size_threshold=0,
+    )
+    assert data_path.stat().st_size > onnx_path.stat().st_size
+    tensors = ROOT / "fixtures" / "models" / "pneumollm-tiny.inputs.npy"
+    expected = np.load(ROOT / "fixtures" / "models" / "pneumollm-tiny.expected-logits.npy")
+    # With its weights, the copy is the demo model.
+    r = node("infer", "--tensor", tensors, "--model", onnx_path, "--json")
+    assert r.returncode == 0, r.stderr
+    rust = np.array([p["logits"] for p in json.loads(r.stdout)["predictions"]], dtype=np.float32)
+    assert np.abs(rust - expected).max() <= TOL
+
+    if weights == "deleted":
+        data_path.unlink()
+    else:
+        data_path.write_bytes(data_path.read_bytes()[:1000])
+
+    r = node("model", "info", onnx_path, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    reference = json.loads(node("model", "info", MODEL, "--json").stdout)
+    assert info["contract"] == reference["contract"]
+    assert info["path"] == str(onnx_path)
+    text = node("model", "info", onnx_path)
+    assert text.returncode == 0 and DEMO in text.stdout and "pneumollm-tiny" in text.stdout
+
+    r = node("infer", "--tensor", tensors, "--model", onnx_path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "panicked" not in r.stderr, r.stderr
+    assert "cannot load model" in r.stderr and str(onnx_path) in r.stderr, r.stderr
 
 
 def test_committed_inputs_rust_equals_python_and_expected(session):

@@ -7,11 +7,13 @@ use half::f16;
 use ort::ep::{self, ExecutionProvider as _};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::TensorRef;
 use serde::Serialize;
 
-use crate::contract::{Dim, InputDType, ModelContract, WeightsKind, DEMO_WARNING};
-use crate::error::{ContractError, InferenceError, Result};
+use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
+use crate::error::{InferenceError, Result};
+use crate::graph::{check_graph, GraphSignature};
+use crate::inspect::{read_contract, session_metadata};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, resolve_data_path, Runtime};
 use crate::settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};
@@ -81,6 +83,7 @@ impl ImageInput {
 pub struct Model {
     session: Session,
     contract: ModelContract,
+    signature: GraphSignature,
     identity: ModelIdentity,
     provider: ExecutionProvider,
     path: PathBuf,
@@ -95,132 +98,6 @@ impl std::fmt::Debug for Model {
             .field("identity", &self.identity)
             .finish()
     }
-}
-
-fn graph_err(path: &Path, msg: String) -> InferenceError {
-    InferenceError::Contract {
-        path: path.to_path_buf(),
-        problem: ContractError::Graph(msg),
-    }
-}
-
-/// A contract shape as JSON, as the metadata writes it.
-fn dims(d: &[Dim]) -> String {
-    serde_json::to_string(d).unwrap_or_else(|_| format!("{d:?}"))
-}
-
-fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Result<()> {
-    if graph.len() != contract.len() {
-        return Err(graph_err(
-            path,
-            format!(
-                "{what} has rank {} ({graph:?}), the contract says rank {} ({})",
-                graph.len(),
-                contract.len(),
-                dims(contract)
-            ),
-        ));
-    }
-    for (i, (g, c)) in graph.iter().zip(contract).enumerate() {
-        let ok = match c {
-            Dim::Named(_) => *g < 0,
-            Dim::Fixed(n) => g == n,
-        };
-        if !ok {
-            return Err(graph_err(
-                path,
-                format!(
-                    "{what} dimension {i} is {g} in the graph, {} in the contract (graph shape {graph:?})",
-                    dims(std::slice::from_ref(c))
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks the graph's one input and one output against the contract.
-fn check_graph(path: &Path, session: &Session, c: &ModelContract) -> Result<()> {
-    let (inputs, outputs) = (session.inputs(), session.outputs());
-    if inputs.len() != 1 || outputs.len() != 1 {
-        return Err(graph_err(
-            path,
-            format!(
-                "{} inputs and {} outputs; the contract wants one of each",
-                inputs.len(),
-                outputs.len()
-            ),
-        ));
-    }
-    let (inp, out) = (&inputs[0], &outputs[0]);
-    if inp.name() != c.input_name {
-        return Err(graph_err(
-            path,
-            format!(
-                "input is `{}`, pneumo.input_name says `{}`",
-                inp.name(),
-                c.input_name
-            ),
-        ));
-    }
-    if out.name() != c.output_name {
-        return Err(graph_err(
-            path,
-            format!(
-                "output is `{}`, pneumo.output_name says `{}`",
-                out.name(),
-                c.output_name
-            ),
-        ));
-    }
-    let want_in = match c.input_dtype {
-        InputDType::Float32 => TensorElementType::Float32,
-        InputDType::Float16 => TensorElementType::Float16,
-    };
-    match inp.dtype() {
-        ValueType::Tensor { ty, shape, .. } => {
-            if *ty != want_in {
-                return Err(graph_err(
-                    path,
-                    format!(
-                        "input `{}` is {ty:?}, pneumo.input_dtype says {:?}",
-                        inp.name(),
-                        c.input_dtype
-                    ),
-                ));
-            }
-            check_dims(
-                path,
-                &format!("input `{}`", inp.name()),
-                shape,
-                &c.input_shape,
-            )?;
-        }
-        other => return Err(graph_err(path, format!("input is not a tensor: {other:?}"))),
-    }
-    match out.dtype() {
-        ValueType::Tensor { ty, shape, .. } => {
-            if *ty != TensorElementType::Float32 {
-                return Err(graph_err(
-                    path,
-                    format!("output `{}` is {ty:?}, not float32", out.name()),
-                ));
-            }
-            check_dims(
-                path,
-                &format!("output `{}`", out.name()),
-                shape,
-                &c.output_shape,
-            )?;
-        }
-        other => {
-            return Err(graph_err(
-                path,
-                format!("output is not a tensor: {other:?}"),
-            ))
-        }
-    }
-    Ok(())
 }
 
 fn ort_err(e: impl std::fmt::Display) -> InferenceError {
@@ -362,8 +239,9 @@ impl Model {
         }
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
-        let contract = read_contract(&path, &session)?;
-        check_graph(&path, &session, &contract)?;
+        let contract = read_contract(&path, &session_metadata(&session)?)?;
+        let signature = GraphSignature::from_session(&session);
+        check_graph(&path, &signature, &contract)?;
         let identity = ModelIdentity::from(&contract);
         if contract.is_demo() {
             tracing::warn!(
@@ -383,6 +261,7 @@ impl Model {
         Ok(Model {
             session,
             contract,
+            signature,
             identity,
             provider,
             path,
@@ -392,6 +271,11 @@ impl Model {
 
     pub fn contract(&self) -> &ModelContract {
         &self.contract
+    }
+
+    /// The graph's inputs and outputs as the session reports them.
+    pub fn signature(&self) -> &GraphSignature {
+        &self.signature
     }
 
     pub fn identity(&self) -> &ModelIdentity {
@@ -518,12 +402,4 @@ impl Model {
             warning: (c.weights_kind == WeightsKind::RandomDemo).then(|| DEMO_WARNING.to_string()),
         })
     }
-}
-
-fn read_contract(path: &Path, session: &Session) -> Result<ModelContract> {
-    let meta = session.metadata().map_err(ort_err)?;
-    ModelContract::from_metadata(|k| meta.custom(k)).map_err(|problem| InferenceError::Contract {
-        path: path.to_path_buf(),
-        problem,
-    })
 }

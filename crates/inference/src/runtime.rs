@@ -170,6 +170,20 @@ pub fn check_library(path: &Path) -> Result<String> {
     Ok(version)
 }
 
+/// The library [`init_runtime`] would load and its version, checked as it
+/// checks it, without creating an ONNX Runtime environment (for tools that
+/// only report it, such as `model info`).
+pub fn library_info(configured: &Path) -> Result<(PathBuf, String)> {
+    checked_library(resolve_library(configured)?)
+}
+
+/// [`check_library`], then the file's canonical path.
+fn checked_library(requested: PathBuf) -> Result<(PathBuf, String)> {
+    let version = check_library(&requested)?;
+    let library = std::fs::canonicalize(&requested).unwrap_or(requested);
+    Ok((library, version))
+}
+
 /// Loads ONNX Runtime (once per process) and creates the environment.
 /// Later calls return the same runtime if they ask for the same library
 /// (or for none in particular), and an error if they name another one.
@@ -185,8 +199,7 @@ pub fn init_runtime(configured: &Path) -> Result<&'static Runtime> {
             requested,
         });
     }
-    let version = check_library(&requested)?;
-    let library = std::fs::canonicalize(&requested).unwrap_or(requested);
+    let (library, version) = checked_library(requested)?;
     let env = ort::init_from(&library)
         .map_err(|e| InferenceError::LibraryInvalid {
             path: library.clone(),

@@ -1,14 +1,18 @@
 //! `pneumo-node model info MODEL.onnx [--json]`: the model's contract, as
-//! the node reads and checks it, and the ONNX Runtime it was loaded with.
+//! the node reads and checks it, and the ONNX Runtime it would run on.
+//! It reads the ONNX file itself (no session, no weights), so it is instant
+//! even for a model of many gigabytes.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pneumo_inference::{ExecutionProviderChoice, InferenceSettings, Model, DEMO_WARNING};
+use pneumo_inference::{inspect_model, runtime, InferenceSettings, DEMO_WARNING};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ModelCommand {
-    /// Print the contract of a model (loads it on the CPU and checks it).
+    /// Print the contract of a model, read from the ONNX file and checked
+    /// against its graph's input and output (no session: the weights are
+    /// not read), and the ONNX Runtime library the node would use.
     Info {
         /// The ONNX file (default: inference.model).
         model: Option<PathBuf>,
@@ -20,20 +24,17 @@ pub enum ModelCommand {
 
 pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<()> {
     let ModelCommand::Info { model, json } = cmd;
-    let mut settings = settings.clone();
-    if let Some(m) = model {
-        settings.model = m.clone();
-    }
-    // Reading the contract needs no accelerator.
-    settings.execution_provider = ExecutionProviderChoice::Cpu;
-    settings.warmup = false;
-    let loaded = Model::load(&settings)
-        .with_context(|| format!("loading model {}", settings.model.display()))?;
-    let c = loaded.contract();
-    let (lib, version) = loaded.runtime();
+    let model = model.as_ref().unwrap_or(&settings.model);
+    let inspected =
+        inspect_model(model).with_context(|| format!("reading model {}", model.display()))?;
+    // The library is checked as at load, but no environment or session is made.
+    let (lib, version) = runtime::library_info(&settings.ort_library)
+        .context("checking the ONNX Runtime library")?;
+    let c = &inspected.contract;
+    let path = &inspected.path;
     if *json {
         let out = serde_json::json!({
-            "path": loaded.path(),
+            "path": path,
             "contract": c,
             "preprocess": c.preprocess_spec(),
             "warning": c.is_demo().then_some(DEMO_WARNING),
@@ -45,7 +46,7 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
     if c.is_demo() {
         println!("*** {DEMO_WARNING} (pneumo.weights_kind = random-demo) ***");
     }
-    println!("model file        {}", loaded.path().display());
+    println!("model file        {}", path.display());
     println!(
         "model             {} {} ({})",
         c.model_name, c.model_version, c.model_config
