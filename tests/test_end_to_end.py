@@ -313,3 +313,31 @@ def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     assert evaluation.value == Code("272519000", "SCT", "Absent")
     (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
     assert certainty.value == pytest.approx(p * 100, abs=1e-3)
+
+
+def test_dx_for_processing_is_stored_but_not_analysed(node, tmp_path):
+    """A DX modality sends both the raw image (For Processing) and the one
+    for display (For Presentation); only the latter is analysed."""
+    from nodetest import ROOT
+
+    made = {}
+    for name, sop_class in (("processing", "1.2.840.10008.5.1.4.1.1.1.1.1"),
+                            ("presentation", "1.2.840.10008.5.1.4.1.1.1.1")):
+        ds = pydicom.dcmread(ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm")
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.Modality = "DX"
+        ds.PresentationIntentType = f"FOR {name.upper()}"
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        made[name] = ds.SOPInstanceUID
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / f"{name}.dcm")
+
+    def job(uid):
+        with node.db() as c:
+            return c.execute("SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
+                             " WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
+
+    wait_until(lambda: (job(made["presentation"]) or ("",))[0] == "reported", timeout=60)
+    state, reason = job(made["processing"])
+    assert state == "skipped" and "For Processing" in reason
+    assert node.instance_rows(made["processing"]) == 1

@@ -265,6 +265,7 @@ mod tests {
         assert_eq!(config.inference, defaults.inference);
         assert_eq!(config.report, defaults.report);
         assert_eq!(config.pipeline, defaults.pipeline);
+        assert_eq!(config.routing, defaults.routing);
     }
 
     #[test]

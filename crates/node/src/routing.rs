@@ -47,6 +47,9 @@ pub struct RoutingSection {
     pub analyse_when_body_part_absent: bool,
     pub analyse_view_positions: Vec<String>,
     pub analyse_when_view_position_absent: bool,
+    /// Also analyse DX "For Processing" images (raw detector data, not meant
+    /// for display; the model was trained on images for presentation).
+    pub analyse_for_processing: bool,
     pub forward: Vec<ForwardRule>,
     /// Destination names for results; empty: every destination with `results = true`.
     pub results_to: Vec<String>,
@@ -60,11 +63,15 @@ impl Default for RoutingSection {
             analyse_when_body_part_absent: true,
             analyse_view_positions: vec!["PA".into(), "AP".into()],
             analyse_when_view_position_absent: true,
+            analyse_for_processing: false,
             forward: Vec::new(),
             results_to: Vec::new(),
         }
     }
 }
+
+/// Digital X-Ray Image Storage - For Processing.
+const DX_FOR_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.1.1";
 
 /// Case-insensitive match of an optional value against a list (empty: any).
 fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
@@ -80,6 +87,12 @@ fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
 impl RoutingSection {
     /// Why an instance is not analysed, or `None` when it is.
     pub fn analysis_refusal(&self, h: &InstanceHeader) -> Option<String> {
+        if !self.analyse_for_processing && h.sop_class_uid == DX_FOR_PROCESSING {
+            return Some(
+                "DX For Processing image (raw detector data, not meant for display) is not analysed"
+                    .into(),
+            );
+        }
         if !matches(&self.analyse_modalities, h.modality.as_deref(), false) {
             return Some(format!(
                 "modality {} is not analysed",
@@ -191,6 +204,19 @@ mod tests {
             .unwrap()
             .contains("modality MR"));
         assert!(r.analysis_refusal(&header(None, None, None)).is_some());
+    }
+
+    #[test]
+    fn dx_for_processing_is_not_analysed_unless_asked() {
+        let mut r = RoutingSection::default();
+        let mut h = header(Some("DX"), Some("CHEST"), Some("PA"));
+        h.sop_class_uid = DX_FOR_PROCESSING.into();
+        assert!(r.analysis_refusal(&h).unwrap().contains("For Processing"));
+        r.analyse_for_processing = true;
+        assert_eq!(r.analysis_refusal(&h), None);
+        h.sop_class_uid = "1.2.840.10008.5.1.4.1.1.1.1".into(); // For Presentation
+        r.analyse_for_processing = false;
+        assert_eq!(r.analysis_refusal(&h), None);
     }
 
     #[test]
