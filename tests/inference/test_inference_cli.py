@@ -215,3 +215,14 @@ def test_an_fp16_model_gets_the_radiograph_in_float16(tmp_path):
     p = json.loads(r.stdout)["prediction"]
     assert np.abs(np.array(p["logits"], dtype=np.float32) - want[0]).max() <= TOL
     assert p["probabilities"][0] == pytest.approx(softmax(want[0].astype(np.float64))[0], abs=1e-5)
+
+
+def test_printing_into_a_closed_pipe_ends_quietly():
+    """`pneumo-node check-config | head -1`: the reader goes away after one
+    line; the node ends without a panic (it used to print 'failed printing
+    to stdout: Broken pipe' and a backtrace)."""
+    for args in ("check-config", "model info"):
+        r = subprocess.run(["bash", "-c", f'"{node_binary()}" {args} | head -1 >/dev/null; echo "${{PIPESTATUS[0]}}"'],
+                           capture_output=True, text=True, timeout=60)
+        assert "panicked" not in r.stderr, r.stderr
+        assert r.stdout.strip() in ("0", "141"), (args, r.stdout, r.stderr)

@@ -77,6 +77,12 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Preprocess(_) | Command::Infer(_) | Command::Model(_) | Command::CheckConfig
+    ) {
+        end_quietly_on_closed_stdout();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -94,6 +100,18 @@ fn limit_malloc_arenas() {
     // SAFETY: called once, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe
+/// (`pneumo-node check-config | head`) panics. The commands that only print
+/// and open no sockets (where an ignored SIGPIPE is what turns a vanished
+/// peer into an error) end quietly instead, as other command-line tools do.
+fn end_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: called once, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
