@@ -14,7 +14,7 @@ use crate::pipeline::PipelineSection;
 use crate::reportcfg::ReportSection;
 use crate::routing::{Destination, RoutingSection};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeSection,
@@ -30,7 +30,7 @@ pub struct Config {
     pub pipeline: PipelineSection,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
     /// Instances, spool and the SQLite database live here.
@@ -48,7 +48,7 @@ impl Default for NodeSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     pub enabled: bool,
@@ -66,7 +66,7 @@ impl Default for HttpSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Accept {
     #[default]
@@ -74,7 +74,7 @@ pub enum Accept {
     AllStorage,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DicomSection {
     pub ae_title: String,
@@ -106,7 +106,7 @@ impl Default for DicomSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedCallerEntry {
     pub ae_title: String,
@@ -114,14 +114,14 @@ pub struct AllowedCallerEntry {
     pub host: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSection {
     /// A `sqlite:` URL; empty means `<data_dir>/pneumo-node.sqlite`.
     pub url: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -129,7 +129,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// A tracing filter: `info`, `debug`, `pneumo_dimse=debug,info`...
@@ -169,6 +169,11 @@ impl Config {
             .context("invalid configuration")?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as the node uses it, defaults filled in, as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("writing the configuration as TOML")
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -266,6 +271,26 @@ mod tests {
         assert_eq!(config.report, defaults.report);
         assert_eq!(config.pipeline, defaults.pipeline);
         assert_eq!(config.routing, defaults.routing);
+    }
+
+    #[test]
+    fn check_config_output_loads_back_as_the_same_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pneumo-node.toml");
+        let mut config = Config::load(Some(&example)).unwrap();
+        config.destinations.push(toml::from_str(
+            "name = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\nresults = true",
+        ).unwrap());
+        config.routing.forward.push(crate::routing::ForwardRule {
+            destinations: vec!["pacs".into()],
+            modalities: vec!["CR".into()],
+            ..crate::routing::ForwardRule::default()
+        });
+        let printed = config.to_toml().unwrap();
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, &printed).unwrap();
+        let again = Config::load(Some(&path)).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{config:?}"), "{printed}");
     }
 
     #[test]

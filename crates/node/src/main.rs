@@ -141,8 +141,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Serve => serve(config).await.map(|_| ExitCode::SUCCESS),
             Command::CheckConfig => {
-                println!("{config:#?}");
-                println!("configuration OK");
+                // TOML, so that what is printed can be kept as a config file.
+                println!("{}", config.to_toml()?);
+                println!("# configuration OK");
                 Ok(ExitCode::SUCCESS)
             }
             Command::Echo { target, calling_ae } => echo(&config, &target, calling_ae).await,

@@ -14,7 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::metrics::Metrics;
 use crate::routing::Destination;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxSection {
     /// First retry after this many seconds; each further retry waits twice as long...

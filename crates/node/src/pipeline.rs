@@ -27,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
     /// Jobs analysed at once (decoding runs on blocking threads; inference

@@ -3,7 +3,7 @@
 use pneumo_report::{NodeIdentity, ReportOptions, SrSopClass};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SrClass {
     #[default]
@@ -12,7 +12,7 @@ pub enum SrClass {
     Comprehensive,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportSection {
     pub sop_class: SrClass,

@@ -5,7 +5,7 @@ use pneumo_store::InstanceHeader;
 use serde::Deserialize;
 
 /// A remote AE the node sends to.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     /// The name routing rules and the outbox use.
@@ -30,7 +30,7 @@ impl Destination {
 
 /// Forward the instances a rule matches to its destinations. Every
 /// condition must hold; an empty list matches any value.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardRule {
     pub destinations: Vec<String>,
@@ -39,7 +39,7 @@ pub struct ForwardRule {
     pub calling_ae_titles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSection {
     pub analyse_modalities: Vec<String>,
