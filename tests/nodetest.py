@@ -123,6 +123,14 @@ class Node:
     def stored_path(self, ds: pydicom.Dataset) -> Path:
         return self.data_dir / "instances" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
 
+    def wait_for_analyses(self, timeout: float = 120) -> None:
+        """Until no job is waiting or analysing (reports are spooled too, so
+        the spool is only empty once they are stored)."""
+        deadline = time.monotonic() + timeout
+        while self.count("SELECT COUNT(*) FROM jobs WHERE state IN ('received', 'queued', 'analysing')"):
+            assert time.monotonic() < deadline, "analyses still running"
+            time.sleep(0.2)
+
     def spool_files(self) -> list:
         spool = self.data_dir / "spool"
         return list(spool.iterdir()) if spool.exists() else []

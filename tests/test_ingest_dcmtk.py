@@ -1,6 +1,5 @@
 """DCMTK senders: what arrives is what was sent, each instance once."""
 
-import time
 
 import pydicom
 
@@ -28,9 +27,7 @@ def test_fifty_radiographs_arrive_identical_and_once(node, rg1_copies):
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 0") == 50
     assert node.count("SELECT COUNT(*) FROM jobs") == 50
     # Once the analyses (which spool their reports too) are done, nothing is left in the spool.
-    deadline = time.monotonic() + 120
-    while node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('received', 'queued', 'analysing')") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    node.wait_for_analyses()
     assert node.spool_files() == []
 
 
