@@ -23,6 +23,14 @@ pub(crate) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: impl 
     ));
 }
 
+/// A configured text, cleaned and cut to `max` characters; nothing when it
+/// is absent or blank (Type 3 attributes are left out rather than empty).
+fn put_configured(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: Option<&str>, max: usize) {
+    if let Some(v) = value.filter(|s| !s.trim().is_empty()) {
+        put_str(obj, tag, vr, clean_string(v, max));
+    }
+}
+
 pub(crate) fn put_empty(obj: &mut InMemDicomObject, tag: Tag, vr: VR) {
     obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
 }
@@ -137,37 +145,27 @@ pub(crate) fn base_dataset(
         VR::LO,
         clean_string(&node.manufacturer, 64),
     );
-    if let Some(v) = node
-        .institution_name
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        put_str(
-            &mut obj,
-            tags::INSTITUTION_NAME,
-            VR::LO,
-            clean_string(v, 64),
-        );
-    }
-    if let Some(v) = node
-        .station_name
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        put_str(&mut obj, tags::STATION_NAME, VR::SH, clean_string(v, 16));
-    }
-    if let Some(v) = node
-        .institution_department
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        put_str(
-            &mut obj,
-            tags::INSTITUTIONAL_DEPARTMENT_NAME,
-            VR::LO,
-            clean_string(v, 64),
-        );
-    }
+    put_configured(
+        &mut obj,
+        tags::INSTITUTION_NAME,
+        VR::LO,
+        node.institution_name.as_deref(),
+        64,
+    );
+    put_configured(
+        &mut obj,
+        tags::STATION_NAME,
+        VR::SH,
+        node.station_name.as_deref(),
+        16,
+    );
+    put_configured(
+        &mut obj,
+        tags::INSTITUTIONAL_DEPARTMENT_NAME,
+        VR::LO,
+        node.institution_department.as_deref(),
+        64,
+    );
     put_str(
         &mut obj,
         tags::MANUFACTURER_MODEL_NAME,
@@ -203,18 +201,13 @@ pub(crate) fn contributing_equipment(
         VR::LO,
         clean_string(&node.manufacturer, 64),
     );
-    if let Some(v) = node
-        .institution_name
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        put_str(
-            &mut item,
-            tags::INSTITUTION_NAME,
-            VR::LO,
-            clean_string(v, 64),
-        );
-    }
+    put_configured(
+        &mut item,
+        tags::INSTITUTION_NAME,
+        VR::LO,
+        node.institution_name.as_deref(),
+        64,
+    );
     put_str(
         &mut item,
         tags::MANUFACTURER_MODEL_NAME,

@@ -584,3 +584,39 @@ fn certainty_rounding() {
         "12.3457"
     );
 }
+
+#[test]
+fn configured_equipment_names_are_written_and_blank_ones_left_out() {
+    let mut named = node();
+    named.institution_name = Some("Mining Hospital".into());
+    named.station_name = Some("PNEUMO-1".into());
+    named.institution_department = Some("   ".into()); // blank: left out
+    let sr = build_sr(
+        &source(),
+        &result(0.4),
+        &model(WeightsKind::Trained),
+        &named,
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert_eq!(str_of(&sr, tags::INSTITUTION_NAME), "Mining Hospital");
+    assert_eq!(str_of(&sr, tags::STATION_NAME), "PNEUMO-1");
+    assert!(sr.element(tags::INSTITUTIONAL_DEPARTMENT_NAME).is_err());
+    let equipment = items(&sr, tags::CONTRIBUTING_EQUIPMENT_SEQUENCE);
+    assert_eq!(
+        str_of(&equipment[0], tags::INSTITUTION_NAME),
+        "Mining Hospital"
+    );
+    let plain = build_sr(
+        &source(),
+        &result(0.4),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert!(plain.element(tags::INSTITUTION_NAME).is_err());
+    assert!(plain.element(tags::STATION_NAME).is_err());
+}
