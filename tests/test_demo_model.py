@@ -111,3 +111,14 @@ def test_fp16_demo_model_takes_float16_and_matches_pytorch_fp16():
     expected = np.load(MODELS / "pneumollm-tiny-fp16.expected-logits.npy")
     (got,) = sess.run(["logits"], {"image": x16})
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-2
+
+
+def test_demo_models_read_no_shapes_at_run_time():
+    """No Shape subgraph (constant reshape targets, -1 for the batch): what
+    lets ONNX Runtime's CUDA provider run every node (model/tests checks
+    the exporter itself)."""
+    import onnx
+
+    for name in ("pneumollm-tiny.onnx", "pneumollm-tiny-fp16.onnx"):
+        ops = {n.op_type for n in onnx.load(str(MODELS / name)).graph.node}
+        assert not ops & {"Shape", "Size", "ConstantOfShape", "Expand"}, (name, ops)

@@ -91,23 +91,27 @@ class _OrtMultiHeadAttention(torch.autograd.Function):
 
 
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                         bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+                         bias: torch.Tensor | None, impl: str, tokens: int) -> torch.Tensor:
     """Attention over [B, L, D] tensors (D = heads * head_dim) -> [B, L, D].
 
     The one place where the attention form is chosen (`impl`):
     `explicit` and `sdpa` as in `attend`; `ort-mha` exports ONNX Runtime's
     fused MultiHeadAttention contrib operator (domain com.microsoft), with the
     mask as its additive attention_bias.
+
+    `tokens` (L, fixed by the configuration) and -1 for the batch give every
+    reshape a constant shape: the exported graph has no Shape/Gather
+    subgraph for ONNX Runtime to place on the CPU.
     """
     if impl == "ort-mha":
         if bias is not None:
-            bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, bias.shape[-2], bias.shape[-1])
+            bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, tokens, tokens)
         return _OrtMultiHeadAttention.apply(q, k, v, bias, heads)
-    b, d = q.shape[0], q.shape[-1]
+    d = int(q.shape[-1])  # a width: static, constant in the trace
     hd = d // heads
-    split = lambda t: t.reshape(b, -1, heads, hd).transpose(1, 2)  # noqa: E731
+    split = lambda t: t.reshape(-1, tokens, heads, hd).transpose(1, 2)  # noqa: E731
     o = attend(split(q), split(k), split(v), bias, impl)
-    return o.transpose(1, 2).reshape(b, -1, d)
+    return o.transpose(1, 2).reshape(-1, tokens, d)
 
 
 class Adapter(nn.Module):
@@ -159,9 +163,9 @@ class QuickGELU(nn.Module):
 class VisionAttention(nn.Module):
     """nn.MultiheadAttention's parameters (packed in_proj), batch-first maths."""
 
-    def __init__(self, width: int, heads: int, impl: str):
+    def __init__(self, width: int, heads: int, impl: str, tokens: int):
         super().__init__()
-        self.width, self.heads, self.impl = width, heads, impl
+        self.width, self.heads, self.impl, self.tokens = width, heads, impl, tokens
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -169,7 +173,7 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.split(self.width, dim=-1)
-        return self.out_proj(multi_head_attention(q, k, v, self.heads, None, self.impl))
+        return self.out_proj(multi_head_attention(q, k, v, self.heads, None, self.impl, self.tokens))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -179,7 +183,7 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         w = cfg.vit_width
         self.ln_1 = LayerNorm(w, eps=cfg.vit_ln_eps)
-        self.attn = VisionAttention(w, cfg.vit_heads, impl)
+        self.attn = VisionAttention(w, cfg.vit_heads, impl, cfg.vit_tokens)
         self.ln_2 = LayerNorm(w, eps=cfg.vit_ln_eps)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(w, 4 * w)),
@@ -208,6 +212,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         w = cfg.vit_width
         self.cls_every = cfg.cls_every
+        self.width, self.patches = w, cfg.vit_tokens - 1
         self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(w))
         self.positional_embedding = nn.Parameter(torch.empty(cfg.vit_tokens, w))
@@ -216,8 +221,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.conv1(_to(image, self.conv1.weight.dtype))  # [B, w, g, g]
-        x = x.flatten(2).transpose(1, 2)  # [B, g*g, w]
-        cls = _to(self.class_embedding, x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = x.reshape(-1, self.width, self.patches).transpose(1, 2)  # [B, g*g, w]
+        # One class token per image without reading the batch size (that
+        # would put a Shape node in the graph): 0 × a finite patch token +
+        # the embedding is exactly the embedding.
+        cls = x[:, :1] * 0 + _to(self.class_embedding, x.dtype)
         x = torch.cat([cls, x], dim=1) + _to(self.positional_embedding, x.dtype)
         x = self.ln_pre(x)
         sources = []
@@ -263,13 +271,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     The same as LLaMA's complex multiplication (view_as_complex over pairs),
     with real cos/sin so it exports to plain ONNX ops.  Computed in fp32.
     """
-    b, n, h, hd = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    xf = _as_f32(x).reshape(b, n, h, hd // 2, 2)
+    n, h, hd = (int(v) for v in x.shape[1:])  # static sizes: constants in the trace
+    xf = _as_f32(x).reshape(-1, n, h, hd // 2, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     c = cos.reshape(1, n, 1, hd // 2)
     s = sin.reshape(1, n, 1, hd // 2)
     out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
-    return _to(out.reshape(b, n, h, hd), x.dtype)
+    return _to(out.reshape(-1, n, h, hd), x.dtype)
 
 
 class LlamaAttention(nn.Module):
@@ -277,17 +285,17 @@ class LlamaAttention(nn.Module):
         super().__init__()
         d = cfg.llm_dim
         self.heads, self.head_dim, self.impl = cfg.llm_heads, cfg.llm_head_dim, impl
+        self.tokens = cfg.seq_len
         self.wq = nn.Linear(d, d, bias=False)
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, n = x.shape[0], x.shape[1]
-        h, hd = self.heads, self.head_dim
-        q = apply_rope(self.wq(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
-        k = apply_rope(self.wk(x).reshape(b, n, h, hd), cos, sin).reshape(b, n, h * hd)
-        o = multi_head_attention(q, k, self.wv(x), h, _to(mask, q.dtype), self.impl)
+        n, h, hd = self.tokens, self.heads, self.head_dim
+        q = apply_rope(self.wq(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
+        k = apply_rope(self.wk(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
+        o = multi_head_attention(q, k, self.wv(x), h, _to(mask, q.dtype), self.impl, n)
         return self.wo(o)
 
 

@@ -104,6 +104,23 @@ def test_other_attention_forms_export_and_match(tmp_path, tiny_model, attention)
     assert np.abs(_session(path).run(["logits"], {"image": x.numpy()})[0] - ref).max() <= TOL
 
 
+@pytest.mark.parametrize("attention", ["explicit", "ort-mha"])
+def test_graph_reads_no_shapes_at_run_time(tmp_path, tiny_model, attention):
+    """Every reshape has a constant target (-1 for the batch, configured
+    sizes for the rest), so the graph has no Shape subgraph: under ONNX
+    Runtime's CUDA provider nothing needs the CPU, and a session with CPU
+    fallback disabled can be built. The batch axis stays dynamic."""
+    model = _copy(tiny_model, attention)
+    path = export.export_onnx(model, tmp_path / f"{attention}.onnx", metadata=_meta(model))
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"Shape", "Size", "ConstantOfShape", "Expand"}, ops
+    for batch in (1, 3):
+        x = make_image(batch, seed=batch)
+        with torch.no_grad():
+            ref = tiny_model(x).numpy()
+        assert np.abs(_session(path).run(["logits"], {"image": x.numpy()})[0] - ref).max() <= TOL
+
+
 def test_fused_attention_fp16_export_runs(tmp_path, tiny_model):
     model = _copy(tiny_model, "ort-mha").set_precision("fp16")
     path = export.export_onnx(model, tmp_path / "mha16.onnx", metadata=_meta(model, "fp16"), precision="fp16")
