@@ -137,19 +137,32 @@ class PynetdicomReceiver:
     """A pynetdicom Storage SCP that keeps the raw bytes it receives and
     answers with `status`."""
 
-    def __init__(self, status: int = 0x0000):
+    def __init__(self, status: int = 0x0000, ae_title: str = "PYSCP",
+                 transfer_syntaxes=("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90")):
         self.received = {}
+        self.transfer_syntax = {}  # SOP Instance UID -> the syntax it came in
         self.status = status
         self.port = free_port()
-        ae = AE(ae_title="PYSCP")
-        ae.add_supported_context(CR, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"])
+        ae = AE(ae_title=ae_title)
+        ae.add_supported_context(CR, list(transfer_syntaxes))
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self.on_store)]
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
 
     def on_store(self, event):
-        self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
+        uid = event.request.AffectedSOPInstanceUID
+        self.received[uid] = event.request.DataSet.getvalue()
+        self.transfer_syntax[uid] = event.context.transfer_syntax
         return self.status
+
+    def dataset(self, uid: str) -> pydicom.Dataset:
+        """What arrived for `uid`, decoded in the syntax it came in."""
+        from pydicom.filereader import read_dataset
+        from pydicom.filebase import DicomBytesIO
+
+        ts = pydicom.uid.UID(self.transfer_syntax[uid])
+        fp = DicomBytesIO(self.received[uid])
+        return read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian)
 
     def close(self):
         self.server.shutdown()
@@ -201,23 +214,14 @@ def test_node_scu_reencodes_for_a_peer_that_takes_only_implicit_vr(rg1_copies):
     """Implicit VR Little Endian is the one syntax every SCP supports; an
     older PACS may take nothing else. The node proposes it beside the file's
     own syntax and re-encodes the data set for it."""
-    received = {}
-
-    def on_store(event):
-        received[event.request.AffectedSOPInstanceUID] = (event.context.transfer_syntax, event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="OLDPACS")
-    ae.add_supported_context(CR, ["1.2.840.10008.1.2"])
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    receiver = PynetdicomReceiver(ae_title="OLDPACS", transfer_syntaxes=["1.2.840.10008.1.2"])
     try:
         (f,) = rg1_copies("UNCI", 1)  # Explicit VR Little Endian
-        r = node_cli("store", f"OLDPACS@127.0.0.1:{port}", f)
+        r = node_cli("store", f"OLDPACS@127.0.0.1:{receiver.port}", f)
         assert r.returncode == 0, r.stdout + r.stderr
         src = pydicom.dcmread(f)
-        ts, got = received[src.SOPInstanceUID]
-        assert ts == "1.2.840.10008.1.2"
+        assert receiver.transfer_syntax[src.SOPInstanceUID] == "1.2.840.10008.1.2"
+        got = receiver.dataset(src.SOPInstanceUID)
         assert got.PixelData == src.PixelData and got.PatientName == src.PatientName
     finally:
-        server.shutdown()
+        receiver.close()

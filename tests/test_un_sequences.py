@@ -74,6 +74,24 @@ def with_un_sequences(src: Path, dst: Path) -> pydicom.Dataset:
     return ds
 
 
+def send_file_bytes(node, path: Path, sop_class: str) -> None:
+    """C-STORE of the file's data set bytes as they are, in Explicit VR
+    Little Endian, as a router passes them on (storescu, or pynetdicom by
+    default, would decode and re-encode the sequences)."""
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="ROUTER")
+    ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(path).Status == 0x0000
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
 def procedure_reported(sr: pydicom.Dataset):
     """The Concept Code of the SR's (121058, DCM, "Procedure reported")."""
     stack = list(sr.ContentSequence)
@@ -87,26 +105,13 @@ def procedure_reported(sr: pydicom.Dataset):
 
 
 def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(node, tmp_path):
-    from pynetdicom import AE, _config
-
     path = tmp_path / "cp246.dcm"
     ds = with_un_sequences(ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm", path)
     # DCMTK and pydicom read the file as CP-246 says (the check of the fixture).
     read = pydicom.dcmread(path)
     assert read.ProcedureCodeSequence[0].CodeValue == "RPID5145"
 
-    # Sent as the file's bytes, as a router passes them on (storescu, or
-    # pynetdicom by default, would decode and re-encode the sequences).
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    ae = AE(ae_title="ROUTER")
-    ae.add_requested_context(ds.SOPClassUID, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert assoc.is_established
-    try:
-        assert assoc.send_c_store(path).Status == 0x0000
-    finally:
-        assoc.release()
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    send_file_bytes(node, path, ds.SOPClassUID)
 
     stored = node.stored_path(ds)
     assert dataset_bytes(stored) == dataset_bytes(path)  # kept as received
@@ -135,40 +140,21 @@ def test_a_cp246_file_is_forwarded_to_a_destination_that_takes_implicit_vr_only(
     """Forwarding re-encodes when the destination accepts only Implicit VR
     Little Endian: the node reads the file with its CP-246 reader there too,
     and the destination receives the sequences as sequences."""
-    from pynetdicom import AE, _config, evt
-    from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
+    from test_pynetdicom_peers import PynetdicomReceiver
     from test_routing_orthanc import node_config
 
-    from nodetest import free_port
-
-    received = {}
-
-    def on_store(event):
-        received[event.request.AffectedSOPInstanceUID] = event.dataset
-        return 0x0000
-
-    ae = AE(ae_title="OLDPACS")
-    ae.add_supported_context(CR, ["1.2.840.10008.1.2"])
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    receiver = PynetdicomReceiver(ae_title="OLDPACS", transfer_syntaxes=["1.2.840.10008.1.2"])
     try:
-        config = node_config(tmp_path / "node.toml", [{"name": "old", "ae_title": "OLDPACS", "port": port}],
+        config = node_config(tmp_path / "node.toml", [{"name": "old", "ae_title": "OLDPACS", "port": receiver.port}],
                              [{"destinations": ["old"]}], retry_base_s=1)
         node = node_factory().start(config_file=config)
         path = tmp_path / "cp246.dcm"
         ds = with_un_sequences(ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm", path)
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        sender = AE(ae_title="ROUTER")
-        sender.add_requested_context(ds.SOPClassUID, ["1.2.840.10008.1.2.1"])
-        assoc = sender.associate("127.0.0.1", node.port, ae_title=node.ae_title)
-        try:
-            assert assoc.send_c_store(path).Status == 0x0000
-        finally:
-            assoc.release()
-            _config.STORE_SEND_CHUNKED_DATASET = False
-        wait_until(lambda: ds.SOPInstanceUID in received, timeout=30)
-        got = received[ds.SOPInstanceUID]
+        send_file_bytes(node, path, ds.SOPClassUID)
+        wait_until(lambda: ds.SOPInstanceUID in receiver.received, timeout=30)
+        assert receiver.transfer_syntax[ds.SOPInstanceUID] == "1.2.840.10008.1.2"
+        got = receiver.dataset(ds.SOPInstanceUID)
         assert got.ProcedureCodeSequence[0].CodeValue == "RPID5145"
         assert got.PixelData == pydicom.dcmread(path).PixelData
     finally:
-        server.shutdown()
+        receiver.close()

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use pneumo_imaging::{CropMode, LungBox, Tensor, TensorData};
+use pneumo_imaging::{CropMode, Tensor, TensorData};
 use pneumo_inference::{InferenceEngine, InferenceSettings, LungSegmenter, Prediction};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -31,19 +31,6 @@ pub struct InferArgs {
     pub json: bool,
 }
 
-fn lung_box(s: &Option<String>) -> anyhow::Result<Option<LungBox>> {
-    let Some(s) = s else { return Ok(None) };
-    let v: Vec<u32> = s
-        .split(',')
-        .map(|p| p.trim().parse::<u32>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--lung-box {s:?}"))?;
-    match v[..] {
-        [x0, y0, x1, y1] => Ok(Some(LungBox { x0, y0, x1, y1 })),
-        _ => bail!("--lung-box {s:?}: expected x0,y0,x1,y1"),
-    }
-}
-
 pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     if let Some(m) = &args.model {
@@ -52,7 +39,7 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
     // One image: no warm-up run, no waiting for a batch.
     settings.warmup = false;
     settings.max_wait_ms = 0;
-    let lung_box = lung_box(&args.lung_box)?;
+    let lung_box = crate::cmd_preprocess::parse_lung_box(args.lung_box.as_deref())?;
     let engine = InferenceEngine::start(&settings)
         .with_context(|| format!("loading model {}", settings.model.display()))?;
     if let Some(path) = &args.tensor {

@@ -85,23 +85,26 @@ impl PreprocessArgs {
     }
 
     pub fn lung_box(&self) -> anyhow::Result<Option<LungBox>> {
-        let Some(s) = &self.lung_box else {
-            return Ok(None);
-        };
-        let v: Vec<u32> = s
-            .split(',')
-            .map(|p| p.trim().parse::<u32>())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("--lung-box {s:?}"))?;
-        match v[..] {
-            [x0, y0, x1, y1] => Ok(Some(LungBox { x0, y0, x1, y1 })),
-            _ => bail!("--lung-box {s:?}: expected x0,y0,x1,y1"),
-        }
+        parse_lung_box(self.lung_box.as_deref())
     }
 }
 
 fn sidecar_path(out: &Path) -> PathBuf {
     out.with_extension("json")
+}
+
+/// `--lung-box x0,y0,x1,y1` (of `preprocess` and `infer`).
+pub fn parse_lung_box(s: Option<&str>) -> anyhow::Result<Option<LungBox>> {
+    let Some(s) = s else { return Ok(None) };
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--lung-box {s:?}"))?;
+    match v[..] {
+        [x0, y0, x1, y1] => Ok(Some(LungBox { x0, y0, x1, y1 })),
+        _ => bail!("--lung-box {s:?}: expected x0,y0,x1,y1"),
+    }
 }
 
 pub fn run(args: &PreprocessArgs) -> anyhow::Result<()> {
