@@ -15,13 +15,17 @@ Runtime with the CUDA provider on PYTHONPATH:
    warnings (the "Memcpy nodes are added" one in particular).
 4. Compares ONNX Runtime CUDA with PyTorch fp16 on the same input
    (relative error = max |ort - torch| / max |torch| on the logits).
-5. Times PyTorch eager and ONNX Runtime CUDA at each batch size,
-   alternating rounds, same inputs.
+5. Times PyTorch eager (with its fused attention kernel, `--torch-attention
+   sdpa`) and ONNX Runtime CUDA (host tensors in and out, as the node runs
+   it, and with I/O bound on the GPU, as PyTorch has it) at each batch
+   size, alternating rounds, same inputs.
 
 `--stage export` stops after step 2 and `--stage measure` does steps 3–5 on
 the graph a previous export left in `--work` (the torch model is rebuilt
 from the same seed): two calls when one is too short for both.
-`--table OUT` prints the summary of OUT/gpu_check.json and the Rust
+`--wait-for FILE --ort-python DIR` let the export start before ONNX
+Runtime's CUDA build has arrived (scripts/gpu/relay.sh): ONNX Runtime is
+imported from DIR once FILE exists. `--table OUT` prints the summary of OUT/gpu_check.json and the Rust
 benchmark's OUT/rust.jsonl. `--config tiny --device cpu` runs every step on
 the CPU provider (a dry run of the script itself, no GPU needed).
 """
@@ -139,27 +143,75 @@ def try_attention(work: Path, device: str, precision: str, log: Path) -> dict:
     return {"attention": "ort-mha" if ok else "explicit", "tiny_ort_mha_rel_error": rel}
 
 
+def import_onnxruntime(args):
+    """ONNX Runtime, imported only when first needed: with `--wait-for`, the
+    export runs while ONNX Runtime's CUDA build is still being delivered to
+    the machine (scripts/gpu/relay.sh), and `--ort-python` puts that build
+    ahead of whatever onnxruntime the machine's Python has."""
+    if args.wait_for:
+        marker, t0 = Path(args.wait_for), time.perf_counter()
+        while not marker.exists():
+            if time.perf_counter() - t0 > args.wait_seconds:
+                raise SystemExit(f"{marker} did not appear within {args.wait_seconds} s")
+            time.sleep(1)
+        print(f"{marker} there after waiting {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.ort_python:
+        if "onnxruntime" in sys.modules:
+            raise SystemExit("onnxruntime was imported before --ort-python could take effect")
+        sys.path.insert(0, args.ort_python)
+    import onnxruntime as ort
+
+    return ort
+
+
+def open_session(path: Path, device: str, log: Path, res: dict):
+    """The CUDA session with CPU fallback refused; if that cannot be built,
+    the error is recorded and the session is built with fallback allowed.
+    None when neither builds."""
+    t = time.perf_counter()
+    sess, err = ort_session(path, device, strict=True, log=log)
+    res["no_cpu_fallback"] = sess is not None
+    if sess is None:
+        res["strict_session_error"] = err[:2000]
+        sess, err = ort_session(path, device, strict=False, log=log)
+        if sess is None:
+            res["session_error"] = err[:2000]
+            return None
+    res["session_seconds"] = round(time.perf_counter() - t, 1)
+    res["session_providers"] = sess.get_providers()
+    return sess
+
+
 def check(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "onnxruntime.log"
     log.write_text("")
     device, precision = args.device, args.precision
-    import onnxruntime as ort
 
     res: dict = {
         "config": args.config, "precision": precision, "device": device,
-        "torch": torch.__version__, "onnxruntime": ort.__version__,
-        "ort_providers": ort.get_available_providers(), "python": platform.python_version(),
+        "torch": torch.__version__, "python": platform.python_version(),
         "card": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
     }
-    print(json.dumps(res), flush=True)
+
+    def save(step: str) -> None:
+        """Results so far, so that a run cut short still reports them."""
+        res["last_step"] = step
+        print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
+    save("start")
     path = work / f"pneumollm-{args.config}-{precision}.onnx"
     exported = work / "export.json"  # what the export stage leaves for the measure stage
     if args.stage in ("export", "all"):
         t = time.perf_counter()
-        res.update(try_attention(work, device, precision, log) if args.attention == "pick" else
-                   {"attention": args.attention})
+        if args.attention == "pick":  # the pick runs ONNX Runtime before the export
+            import_onnxruntime(args)
+            res.update(try_attention(work, device, precision, log))
+        else:
+            res["attention"] = args.attention
         print(f"attention: {res['attention']} ({time.perf_counter() - t:.0f} s)", flush=True)
         t = time.perf_counter()
         cfg, model = build(args.config, res["attention"], device, precision)
@@ -169,8 +221,8 @@ def check(args) -> dict:
         res["export_seconds"] = round(time.perf_counter() - t, 1)
         res["onnx"] = str(path)
         res["onnx_bytes"] = sum(p.stat().st_size for p in work.glob(path.name + "*"))
-        print(f"exported {path} in {res['export_seconds']} s", flush=True)
         exported.write_text(json.dumps(res))
+        save(f"exported {path} in {res['export_seconds']} s")
         if args.stage == "export":
             return res
     else:
@@ -181,19 +233,25 @@ def check(args) -> dict:
         cfg, model = build(args.config, res["attention"], device, precision)  # same seed: same weights
         res["rebuild_seconds"] = round(time.perf_counter() - t, 1)
 
-    t = time.perf_counter()
-    sess, err = ort_session(path, device, strict=True, log=log)
-    res["no_cpu_fallback"] = sess is not None
+    ort = import_onnxruntime(args)
+    res.update(onnxruntime=ort.__version__, ort_providers=ort.get_available_providers())
+    save("onnxruntime imported")
+    sess = open_session(path, device, log, res)
+    if sess is None and res["attention"] == "ort-mha":
+        # the fused operator is refused outright: fall back to the plain form
+        res["ort_mha_error"] = res.pop("session_error")
+        save("ort-mha graph refused; exporting the explicit form")
+        model.set_attention("explicit")
+        res["attention"] = "explicit"
+        export(cfg, model, path, precision, device)
+        sess = open_session(path, device, log, res)
     if sess is None:
-        res["strict_session_error"] = err[:2000]
-        sess, err = ort_session(path, device, strict=False, log=log)
-        if sess is None:
-            raise SystemExit(f"no ONNX Runtime session: {err}")
-    res["session_seconds"] = round(time.perf_counter() - t, 1)
-    res["session_providers"] = sess.get_providers()
+        save("no ONNX Runtime session")
+        raise SystemExit(f"no ONNX Runtime session: {res.get('session_error')}")
     text = log.read_text(errors="replace")
     res["memcpy_warning"] = "Memcpy nodes are added" in text
     res["ort_warnings"] = [line for line in text.splitlines() if "W:onnxruntime" in line][:20]
+    save(f"session built in {res['session_seconds']} s on {res['session_providers']}")
 
     dtype = model.visual.conv1.weight.dtype
     x = example_input(model, 2, device, dtype, seed=1)
@@ -203,9 +261,13 @@ def check(args) -> dict:
     res["rel_error"] = rel_error(got, ref)
     res["max_abs_error"] = float(np.abs(got - ref).max())
     res["logits_torch"], res["logits_ort"] = ref.tolist(), got.tolist()
-    print(f"ORT vs torch: relative error {res['rel_error']:.3g}", flush=True)
+    save(f"ORT vs torch ({res['attention']} maths): relative error {res['rel_error']:.3g}")
 
+    # PyTorch eager at its best: the fused scaled-dot-product kernel
+    model.set_attention(args.torch_attention)
+    res["torch_attention"] = args.torch_attention
     timings: dict = {}
+    res["images_per_s"] = timings
     for b in args.batches:
         xb = example_input(model, b, device, dtype, seed=2)
         xn = xb.cpu().numpy()
@@ -214,22 +276,29 @@ def check(args) -> dict:
             with torch.inference_mode():
                 return model(xb)
 
-        def ort_run(xn=xn):
+        def ort_run(xn=xn):  # host tensors in and out, as the node runs it
             return sess.run([OUTPUT_NAME], {INPUT_NAME: xn})
 
-        rounds = {"torch": [], "ort_python": []}
+        runs = {"torch": torch_run, "ort_python": ort_run}
+        if device == "cuda":  # input and output left on the GPU, as torch has them
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(xn, "cuda", 0))
+            binding.bind_output(OUTPUT_NAME, "cuda", 0)
+            runs["ort_python_iobinding"] = lambda binding=binding: sess.run_with_iobinding(binding)
+        rounds: dict = {k: [] for k in runs}
         for _ in range(args.rounds):
-            rounds["torch"].append(images_per_s(torch_run, b, args.seconds, device))
-            rounds["ort_python"].append(images_per_s(ort_run, b, args.seconds, device))
+            for k, run in runs.items():
+                rounds[k].append(images_per_s(run, b, args.seconds, device))
         timings[str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
-        print(f"batch {b}: {json.dumps(timings[str(b)])}", flush=True)
-    res["images_per_s"] = timings
+        save(f"batch {b}: {json.dumps(timings[str(b)])}")
+    save("done")
     return res
 
 
 def table(out: Path) -> str:
     res = json.loads((out / "gpu_check.json").read_text())
     rust: dict = {}
+    rust_batcher = None
     provider = "not run"
     rust_file = out / "rust.jsonl"
     if rust_file.exists():
@@ -240,23 +309,34 @@ def table(out: Path) -> str:
                     provider = d["execution_provider"]
                 elif d.get("mode") == "session":
                     rust[str(d["batch"])] = d["images_per_s"]
+                elif d.get("mode") == "batcher":
+                    rust_batcher = d
     ep = "CUDA" if res["device"] == "cuda" else "CPU"
     lines = [
-        f"card: {res['card']}; torch {res['torch']}; onnxruntime {res['onnxruntime']}; "
-        f"{res['config']} {res['precision']}; attention {res['attention']}",
-        f"export {res['export_seconds']} s, {res['onnx_bytes'] / 1e9:.2f} GB; session {res['session_seconds']} s",
-        f"ORT {ep} vs torch: relative error {res['rel_error']:.3g} (limit {REL_TOL_FP16})",
-        f"no CPU fallback: {res['no_cpu_fallback']}; Memcpy warning: {res['memcpy_warning']}; "
+        f"card: {res['card']}; torch {res['torch']}; onnxruntime {res.get('onnxruntime')}; "
+        f"{res['config']} {res['precision']}; exported attention {res.get('attention')}; "
+        f"PyTorch timed with {res.get('torch_attention', 'the exported form')} attention",
+        f"export {res.get('export_seconds')} s, {res.get('onnx_bytes', 0) / 1e9:.2f} GB; "
+        f"session {res.get('session_seconds')} s on {res.get('session_providers')}",
+        f"ORT {ep} vs torch: relative error {res.get('rel_error', float('nan')):.3g} (limit {REL_TOL_FP16})",
+        f"no CPU fallback: {res.get('no_cpu_fallback')}; Memcpy warning: {res.get('memcpy_warning')}; "
         f"Rust execution provider: {provider}",
-        f"| batch | PyTorch eager img/s | ORT {ep} (Python) img/s | ORT / torch "
-        "| Rust (pneumo-inference) img/s | Rust / torch |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"last step: {res.get('last_step')}",
+        "",
+        f"| batch | PyTorch eager img/s | ORT {ep} Python, host I/O | ratio to torch "
+        f"| ORT {ep} Python, GPU I/O | ratio | Rust (pneumo-inference) | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for b, t in res["images_per_s"].items():
-        r = rust.get(b)
-        lines.append(
-            f"| {b} | {t['torch']:.1f} | {t['ort_python']:.1f} | {t['ort_python'] / t['torch']:.2f} | "
-            + (f"{r:.1f} | {r / t['torch']:.2f} |" if r else "- | - |"))
+
+    def cell(v, base):
+        return f"{v:.1f} | {v / base:.2f}" if v else "- | -"
+
+    for b, t in res.get("images_per_s", {}).items():
+        lines.append(f"| {b} | {t['torch']:.1f} | {cell(t.get('ort_python'), t['torch'])} | "
+                     f"{cell(t.get('ort_python_iobinding'), t['torch'])} | {cell(rust.get(b), t['torch'])} |")
+    if rust_batcher:
+        lines.append(f"\nRust through the node's batcher (max batch {rust_batcher['batch']}): "
+                     f"{rust_batcher['images_per_s']:.1f} img/s")
     return "\n".join(lines)
 
 
@@ -274,6 +354,13 @@ def main(argv=None) -> int:
     p.add_argument("--stage", choices=["all", "export", "measure"], default="all",
                    help="export only, or measure a graph a previous --stage export left in --work "
                         "(two calls when one is too short for both)")
+    p.add_argument("--torch-attention", choices=["sdpa", "explicit"], default="sdpa",
+                   help="attention form PyTorch eager is timed with (sdpa: its fused kernel)")
+    p.add_argument("--ort-python", metavar="DIR", help="import onnxruntime from DIR (its CUDA build)")
+    p.add_argument("--wait-for", metavar="FILE",
+                   help="after the export, wait for FILE before importing onnxruntime "
+                        "(ONNX Runtime still being delivered while the export runs)")
+    p.add_argument("--wait-seconds", type=float, default=900.0)
     p.add_argument("--table", metavar="OUT", help="print the summary of a finished run in OUT and exit")
     args = p.parse_args(argv)
     if args.table:

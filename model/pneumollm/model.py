@@ -383,6 +383,18 @@ class PneumoLLM(nn.Module):
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
         self.register_buffer("emitter_mask", mask.to(device), persistent=False)
 
+    def set_attention(self, attention: str) -> "PneumoLLM":
+        """Switches the attention form of every block (same weights, same
+        maths): e.g. `sdpa` to time PyTorch's fused kernel on a model built
+        for an `ort-mha` export."""
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}")
+        self.attention = attention
+        for m in self.modules():
+            if isinstance(m, (VisionAttention, LlamaAttention)):
+                m.impl = attention
+        return self
+
     def set_precision(self, precision: str) -> "PneumoLLM":
         """fp32: everything fp32.  fp16: as the reference runs on the GPU:
         ViT, projector and LLaMA in fp16 (norms, RoPE and softmax computed in

@@ -159,3 +159,16 @@ def test_random_init_is_deterministic_and_hash_is_stable():
     changed["norm.weight"][0] += 1e-3
     assert weights_sha256(changed) != weights_sha256(sa)
     assert weights_sha256({k: v.half() for k, v in sa.items()}) != weights_sha256(sa)
+
+
+def test_set_attention_switches_every_block(tiny_model):
+    other = build_model(TINY, attention="ort-mha")
+    other.load_state_dict(tiny_model.state_dict())
+    other.set_attention("sdpa")
+    impls = {m.impl for m in other.modules() if hasattr(m, "impl")}
+    assert impls == {"sdpa"} and other.attention == "sdpa"
+    x = make_image(2)
+    with torch.no_grad():
+        assert (other(x) - tiny_model(x)).abs().max() <= 1e-5
+    with pytest.raises(ValueError):
+        other.set_attention("flash")
