@@ -93,7 +93,7 @@ there() {
   have=$(ls "$STATE/pieces" | wc -l)
   echo "[$(date +%T)] pieces: $have of $n"
 
-  if [ ! -e "$STATE/python.started" ]; then
+  if [ ! -e "$STATE/python.started" ] && [ "${NO_CHECK:-0}" != 1 ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$STATE/nvidia-smi.txt" 2>&1
     cat "$STATE/nvidia-smi.txt"
     rm -rf "$STATE/src" && cp -r model "$STATE/src"
@@ -112,6 +112,7 @@ there() {
     cat "$STATE"/pieces/piece.* | xz -dc -T0 | tar xf - -C "$ORT_ROOT" && touch "$ORT_ROOT/ready"
     echo "ONNX Runtime unpacked: $(ls "$ORT_ROOT"/lib)"
   fi
+  [ "${NO_CHECK:-0}" = 1 ] && return 0  # deliver ONNX Runtime only (for `shapes`)
   sleep 2
   tail -n 4 "$STATE/python.log"
   [ -e "$ORT_ROOT/ready" ] || return 0
@@ -146,8 +147,27 @@ there() {
   "$PYTHON" "$STATE/src/gpu_check.py" --table "$OUT" | tee "$OUT/table.md"
 }
 
+# What a batch size seen for the first time costs on CUDA under each cuDNN
+# algorithm search, and the batcher with and without the node's warm-up
+# (after `NO_CHECK=1 relay.sh there ...` has delivered ONNX Runtime).
+shapes() {
+  local model=${1:-fixtures/models/pneumollm-tiny-fp16.onnx} search warm
+  export LD_LIBRARY_PATH ORT_DYLIB_PATH PNEUMO_BENCH_EP=cuda RUST_LOG=warn
+  LD_LIBRARY_PATH=$(cuda_library_path)
+  ORT_DYLIB_PATH=$(ls "$ORT_ROOT"/lib/libonnxruntime.so.*)
+  for search in exhaustive heuristic; do
+    echo "== conv search $search"
+    PNEUMO_BENCH_CONV_SEARCH=$search timeout 90 "$STATE/bin/inference_bench" "$model" 4 2 shapes 32
+    for warm in 0 1; do
+      PNEUMO_BENCH_CONV_SEARCH=$search PNEUMO_BENCH_WARMUP=$warm \
+        timeout 90 "$STATE/bin/inference_bench" "$model" 4 2 batcher 32 | sed "s/^/warm-up $warm: /"
+    done
+  done
+}
+
 case "${1:-}" in
 pack) pack ;;
 there) shift; there "$@" ;;
+shapes) shift; shapes "$@" ;;
 *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

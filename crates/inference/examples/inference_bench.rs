@@ -6,22 +6,27 @@
 //!
 //!     cargo run --release -p pneumo-inference --example inference_bench -- MODEL THREADS SECONDS MODE BATCH...
 //!
-//! MODE: `session`, `batcher` or `both`. The provider is `cpu` unless
+//! MODE: `session`, `batcher`, `both`, or `shapes` (every batch size up
+//! to the largest, first run against second run). The provider is `cpu` unless
 //! PNEUMO_BENCH_EP says `cuda` (strict: no node on the CPU, unless
-//! PNEUMO_BENCH_ALLOW_CPU_FALLBACK=1) or `auto`.
+//! PNEUMO_BENCH_ALLOW_CPU_FALLBACK=1) or `auto`. PNEUMO_BENCH_CONV_SEARCH
+//! (`heuristic`, `exhaustive`, `default`) and PNEUMO_BENCH_WARMUP=0 (the
+//! batcher started without the node's warm-up) are for comparisons on CUDA.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pneumo_inference::{
-    ExecutionProviderChoice, ImageInput, InferenceEngine, InferenceSettings, Model,
+    ConvAlgoSearch, ExecutionProviderChoice, ImageInput, InferenceEngine, InferenceSettings, Model,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        return Err("usage: bench MODEL THREADS SECONDS session|batcher|both BATCH...".into());
+        return Err(
+            "usage: bench MODEL THREADS SECONDS session|batcher|both|shapes BATCH...".into(),
+        );
     }
     let mode = args[3].as_str();
     let execution_provider = match std::env::var("PNEUMO_BENCH_EP").as_deref() {
@@ -35,6 +40,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu_threads: args[1].parse()?,
         execution_provider,
         allow_cpu_fallback: std::env::var("PNEUMO_BENCH_ALLOW_CPU_FALLBACK").as_deref() == Ok("1"),
+        cuda_conv_algo_search: match std::env::var("PNEUMO_BENCH_CONV_SEARCH").as_deref() {
+            Ok("exhaustive") => ConvAlgoSearch::Exhaustive,
+            Ok("default") => ConvAlgoSearch::Default,
+            Ok("heuristic") | Err(_) => ConvAlgoSearch::Heuristic,
+            Ok(other) => {
+                return Err(format!(
+                    "PNEUMO_BENCH_CONV_SEARCH={other}: heuristic, exhaustive or default"
+                )
+                .into())
+            }
+        },
         ..InferenceSettings::default()
     };
     let seconds: f64 = args[2].parse()?;
@@ -66,6 +82,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         Ok(ImageInput::from_tensor(t, &contract)?)
     };
+    if mode == "shapes" {
+        // What a batch size costs the first time it is seen (kernel and
+        // algorithm selection, arena growth) against its second run.
+        let max = *batches.iter().max().unwrap_or(&1);
+        let inputs: Vec<ImageInput> = (0..max).map(input).collect::<Result<_, _>>()?;
+        let (mut first, mut second) = (0.0, 0.0);
+        for b in 1..=max {
+            let refs: Vec<&ImageInput> = inputs[..b].iter().collect();
+            for total in [&mut first, &mut second] {
+                let t = Instant::now();
+                model.run_logits(&refs)?;
+                *total += t.elapsed().as_secs_f64();
+            }
+        }
+        println!(
+            "{{\"side\":\"rust\",\"mode\":\"shapes\",\"batches\":\"1..={max}\",\"first_runs_ms\":{:.1},\"second_runs_ms\":{:.1}}}",
+            first * 1e3,
+            second * 1e3
+        );
+        return Ok(());
+    }
     for &b in batches.iter().filter(|_| mode != "batcher") {
         let inputs: Vec<ImageInput> = (0..b).map(input).collect::<Result<_, _>>()?;
         let refs: Vec<&ImageInput> = inputs.iter().collect();
@@ -93,7 +130,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_batch,
             max_wait: Duration::from_millis(5),
         },
-        false,
+        // as the node starts it (PNEUMO_BENCH_WARMUP=0: without)
+        std::env::var("PNEUMO_BENCH_WARMUP").as_deref() != Ok("0"),
     )?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

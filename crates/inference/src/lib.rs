@@ -35,4 +35,4 @@ pub use inspect::{inspect_model, InspectedModel};
 pub use model::{ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
 pub use segment::{LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
-pub use settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};
+pub use settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};

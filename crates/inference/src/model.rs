@@ -16,7 +16,7 @@ use crate::graph::{check_graph, GraphSignature};
 use crate::inspect::{read_contract, session_metadata};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, resolve_data_path, Runtime};
-use crate::settings::{ArenaStrategy, ExecutionProviderChoice, InferenceSettings};
+use crate::settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
 
 /// The execution provider a session actually runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -149,6 +149,13 @@ fn build_session(
                 .with_arena_extend_strategy(match s.arena_strategy {
                     ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
                     ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+                })
+                // Batches come in every size up to max_batch: an exhaustive
+                // search would time each new size's convolution on arrival.
+                .with_conv_algorithm_search(match s.cuda_conv_algo_search {
+                    ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                    ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                    ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
                 });
             if s.cuda_mem_limit > 0 {
                 cuda =

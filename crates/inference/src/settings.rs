@@ -30,6 +30,20 @@ pub enum ArenaStrategy {
     NextPowerOfTwo,
 }
 
+/// How cuDNN picks a convolution algorithm for each new input shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvAlgoSearch {
+    /// cuDNN's heuristics: no benchmarking when a new batch size arrives.
+    #[default]
+    Heuristic,
+    /// Times every algorithm on the first run of each new shape (ONNX
+    /// Runtime's default; slow first batches of each size).
+    Exhaustive,
+    /// cuDNN's default algorithm.
+    Default,
+}
+
 /// `[inference]`: every key has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +70,9 @@ pub struct InferenceSettings {
     pub cuda_mem_limit: u64,
     /// CUDA arena growth: `same-as-requested` or `next-power-of-two`.
     pub arena_strategy: ArenaStrategy,
+    /// CUDA convolution algorithm search: `heuristic`, `exhaustive` or
+    /// `default`.
+    pub cuda_conv_algo_search: ConvAlgoSearch,
     /// Intra-op threads of the CPU provider; 0 = ONNX Runtime's default
     /// (one per physical core).
     pub cpu_threads: usize,
@@ -63,7 +80,8 @@ pub struct InferenceSettings {
     pub max_batch: usize,
     /// Longest time the first request of a batch waits for others, ms.
     pub max_wait_ms: u64,
-    /// Run one image through the model at start.
+    /// Run the model once at start (on CUDA also a full batch, which sizes
+    /// the memory arena for the largest batch).
     pub warmup: bool,
 }
 
@@ -78,6 +96,7 @@ impl Default for InferenceSettings {
             device_id: 0,
             cuda_mem_limit: 0,
             arena_strategy: ArenaStrategy::SameAsRequested,
+            cuda_conv_algo_search: ConvAlgoSearch::Heuristic,
             cpu_threads: 0,
             max_batch: 8,
             max_wait_ms: 5,

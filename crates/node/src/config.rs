@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_conv_algo_search_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(
+            err.contains("fastest") && err.contains("inference.cuda_conv_algo_search"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            "[inference]\ncuda_conv_algo_search = \"exhaustive\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            c.inference.cuda_conv_algo_search,
+            pneumo_inference::ConvAlgoSearch::Exhaustive
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
