@@ -182,6 +182,53 @@ def open_session(path: Path, device: str, log: Path, res: dict):
     return sess
 
 
+KERNEL_CLASSES = (  # first match wins; names as CUDA reports them
+    ("attention", ("flash", "fmha", "attention", "attn", "softmax")),
+    ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "matmul")),
+    ("norm", ("layernorm", "layer_norm", "rmsnorm", "rms_norm", "skiplayernorm")),
+    ("copy", ("memcpy", "memset", "copy")),
+)
+
+
+def summarise_kernels(kernels: list[tuple[str, float]], runs: int, top: int = 15) -> dict:
+    """GPU kernel time per run (ms) by kernel class and the `top` kernels,
+    from (kernel name, total microseconds) pairs."""
+    classes: dict[str, float] = {}
+    for name, us in kernels:
+        low = name.lower()
+        cls = next((c for c, keys in KERNEL_CLASSES if any(k in low for k in keys)), "elementwise/other")
+        classes[cls] = classes.get(cls, 0.0) + us / 1e3 / runs
+    ranked = sorted(kernels, key=lambda k: -k[1])[:top]
+    return {
+        "gpu_ms_per_run": round(sum(us for _, us in kernels) / 1e3 / runs, 3),
+        "by_class_ms_per_run": {k: round(v, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms_per_run": [[name[:120], round(us / 1e3 / runs, 3)] for name, us in ranked],
+    }
+
+
+def profile_gpu(run, runs: int) -> dict:
+    """Where the GPU time of `run` goes: CUDA kernels of the whole process
+    (PyTorch's and ONNX Runtime's alike, through CUPTI), `runs` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            run()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t) * 1e3 / runs
+    kernels = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        if us:
+            kernels.append((e.key, float(us)))
+    return summarise_kernels(kernels, runs) | {"wall_ms_per_run": round(wall_ms, 3)}
+
+
 def check(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -291,6 +338,27 @@ def check(args) -> dict:
                 rounds[k].append(images_per_s(run, b, args.seconds, device))
         timings[str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
         save(f"batch {b}: {json.dumps(timings[str(b)])}")
+    if args.profile and device == "cuda":
+        # at the largest batch: ONNX Runtime with GPU-bound I/O, then PyTorch
+        b = max(args.batches)
+        res["profile"] = {"batch": b}
+        for side in ("ort_python_iobinding", "torch"):
+            try:
+                xb = example_input(model, b, device, dtype, seed=2)
+                if side == "torch":
+                    def run(xb=xb):
+                        with torch.inference_mode():
+                            return model(xb)
+                else:
+                    binding = sess.io_binding()
+                    xv = ort.OrtValue.ortvalue_from_numpy(xb.cpu().numpy(), "cuda", 0)
+                    binding.bind_ortvalue_input(INPUT_NAME, xv)
+                    binding.bind_output(OUTPUT_NAME, "cuda", 0)
+                    run = lambda binding=binding: sess.run_with_iobinding(binding)  # noqa: E731
+                res["profile"][side] = profile_gpu(run, args.profile)
+            except Exception as e:  # noqa: BLE001 - a profile is extra; the figures above stand
+                res["profile"][side] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            save(f"profiled {side} at batch {b}: {json.dumps(res['profile'][side])[:1500]}")
     save("done")
     return res
 
@@ -334,6 +402,11 @@ def table(out: Path) -> str:
     for b, t in res.get("images_per_s", {}).items():
         lines.append(f"| {b} | {t['torch']:.1f} | {cell(t.get('ort_python'), t['torch'])} | "
                      f"{cell(t.get('ort_python_iobinding'), t['torch'])} | {cell(rust.get(b), t['torch'])} |")
+    for side, p in (res.get("profile") or {}).items():
+        if isinstance(p, dict) and "by_class_ms_per_run" in p:
+            classes = ", ".join(f"{k} {v:.1f}" for k, v in p["by_class_ms_per_run"].items())
+            lines.append(f"\nprofile, {side} at batch {res['profile']['batch']}: {p['wall_ms_per_run']:.1f} ms "
+                         f"per run, GPU kernels {p['gpu_ms_per_run']:.1f} ms ({classes})")
     if rust_batcher:
         lines.append(f"\nRust through the node's batcher (max batch {rust_batcher['batch']}): "
                      f"{rust_batcher['images_per_s']:.1f} img/s")
@@ -361,6 +434,9 @@ def main(argv=None) -> int:
                    help="after the export, wait for FILE before importing onnxruntime "
                         "(ONNX Runtime still being delivered while the export runs)")
     p.add_argument("--wait-seconds", type=float, default=900.0)
+    p.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                   help="on CUDA, after the timings: profile RUNS calls at the largest batch "
+                        "(GPU kernel time by class and the top kernels, ONNX Runtime and PyTorch)")
     p.add_argument("--table", metavar="OUT", help="print the summary of a finished run in OUT and exit")
     args = p.parse_args(argv)
     if args.table:

@@ -41,3 +41,17 @@ def test_wait_for_gives_up_with_the_file_named(tmp_path):
          "--work", str(tmp_path / "work"), "--wait-for", str(missing), "--wait-seconds", "1"],
         capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and f"{missing} did not appear" in r.stderr
+
+
+def test_kernel_summary_classes_and_ranks_per_run():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from gpu_check import summarise_kernels
+
+    kernels = [("sm90_xmma_gemm_f16f16_f32", 3000.0), ("fmha_cutlassF_f16_aligned", 1000.0),
+               ("void onnxruntime::cuda::LayerNormKernel<half>", 400.0),
+               ("void vectorized_elementwise_kernel<Mul>", 600.0), ("Memcpy HtoD", 200.0)]
+    s = summarise_kernels(kernels, runs=2, top=2)
+    assert s["gpu_ms_per_run"] == 2.6
+    assert s["by_class_ms_per_run"] == {"matmul": 1.5, "attention": 0.5, "elementwise/other": 0.3,
+                                        "norm": 0.2, "copy": 0.1}
+    assert s["top_kernels_ms_per_run"] == [["sm90_xmma_gemm_f16f16_f32", 1.5], ["fmha_cutlassF_f16_aligned", 0.5]]

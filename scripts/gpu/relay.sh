@@ -101,7 +101,7 @@ there() {
     # a new session: the export outlives this call
     setsid bash -c "cd '$STATE' && '$PYTHON' src/gpu_check.py --config '$CONFIG' --device '$DEVICE' \
       --attention '$ATTENTION' --work '$WORK' --ort-python '$ORT_PY' --wait-for '$ORT_ROOT/ready' \
-      --rounds 2 --seconds 3 --out '$STATE/gpu_check.json'; echo \$? > '$STATE/python.rc'" \
+      --rounds 2 --seconds 3 --profile 3 --out '$STATE/gpu_check.json'; echo \$? > '$STATE/python.rc'" \
       > "$STATE/python.log" 2>&1 < /dev/null &
     touch "$STATE/python.started"
     echo "export started in the background (log: $STATE/python.log)"
