@@ -165,9 +165,51 @@ shapes() {
   done
 }
 
+# The node itself on CUDA (after `NO_CHECK=1 relay.sh there ...`, with
+# .gpu/node carried: bin/pneumo-node and tiny-sdpa-fp16.onnx, a graph with a
+# Shape subgraph): `infer` under cuda and auto, the strict refusal and its
+# override, then `serve` on CUDA with two radiographs sent to it.
+node_probe() {
+  local dir=${1:-.gpu/node} bin dcm=fixtures/imaging/rg1s_jpeg_extended_12bit.dcm
+  local tiny=fixtures/models/pneumollm-tiny-fp16.onnx
+  local keys="grep -E \"execution_provider|p_positive|precision|error|WARN\""
+  # the binary can ride in an earlier call than the last piece: kept in $STATE/node
+  mkdir -p "$STATE/node"
+  [ "$(realpath "$dir")" = "$(realpath "$STATE/node")" ] || cp -r "$dir"/* "$STATE/node/"
+  bin=$STATE/node/bin/pneumo-node
+  export LD_LIBRARY_PATH PNEUMO__INFERENCE__ORT_LIBRARY
+  LD_LIBRARY_PATH=$(cuda_library_path)
+  PNEUMO__INFERENCE__ORT_LIBRARY=$(ls "$ORT_ROOT"/lib/libonnxruntime.so.*)
+  for ep in cuda auto; do
+    echo "== infer, execution_provider $ep"
+    PNEUMO__INFERENCE__EXECUTION_PROVIDER=$ep "$bin" infer "$dcm" --model "$tiny" --json 2>&1 | $keys
+  done
+  echo "== infer, cuda, a graph with a Shape subgraph (expect a refusal)"
+  PNEUMO__INFERENCE__EXECUTION_PROVIDER=cuda "$bin" infer "$dcm" --model "$STATE/node/tiny-sdpa-fp16.onnx" --json 2>&1 | $keys
+  echo "== the same with allow_cpu_fallback = true"
+  PNEUMO__INFERENCE__EXECUTION_PROVIDER=cuda PNEUMO__INFERENCE__ALLOW_CPU_FALLBACK=true \
+    "$bin" infer "$dcm" --model "$STATE/node/tiny-sdpa-fp16.onnx" --json 2>&1 | $keys
+  echo "== serve on CUDA"
+  rm -rf "$STATE/var"
+  PNEUMO__NODE__DATA_DIR=$STATE/var PNEUMO__INFERENCE__EXECUTION_PROVIDER=cuda \
+    PNEUMO__INFERENCE__MODEL=$tiny "$bin" serve > "$STATE/serve.log" 2>&1 &
+  local pid=$! http=http://127.0.0.1:8080 k
+  get() { "$PYTHON" -c "import sys, urllib.request as u
+try: print(u.urlopen(sys.argv[1], timeout=5).read().decode()[:1500])
+except Exception as e: print(e)" "$1"; }
+  for k in $(seq 1 60); do get "$http/readyz" | grep -q '"ready":true\|cuda' && break; sleep 0.5; done
+  get "$http/readyz"
+  "$bin" store PNEUMO@127.0.0.1:11112 "$dcm" fixtures/imaging/rg1s_bits12.dcm 2>&1 | tail -n 3
+  for k in $(seq 1 40); do get "$http/api/jobs" | grep -q '"received"\|"queued"\|"analysing"' || break; sleep 0.5; done
+  get "$http/api/jobs"
+  kill "$pid"; wait "$pid" 2>/dev/null
+  grep -iE "warm-up|execution provider|error|warn" "$STATE/serve.log" | head -n 12
+}
+
 case "${1:-}" in
 pack) pack ;;
 there) shift; there "$@" ;;
 shapes) shift; shapes "$@" ;;
+node) shift; node_probe "$@" ;;
 *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
