@@ -6,7 +6,7 @@
 # while the other pieces arrive. The last call measures and prints the table.
 #
 # Here (build machine, network to the package registry):
-#   scripts/gpu/relay.sh pack                # .gpu/call0 .. .gpu/callN-1
+#   scripts/gpu/relay.sh pack                # .gpu/call0 .. .gpu/callN-1, .gpu/node
 # There (GPU machine), N calls back to back (it stays warm ~30 s between
 # calls), call K carrying .gpu/callK:
 #   OUT=... scripts/gpu/relay.sh there .gpu/callK
@@ -68,6 +68,18 @@ pack() {
   rm -rf "$work"
   echo "ONNX Runtime: $total bytes in $n pieces; working tree $tree bytes; each call carries:"
   du -sh .gpu/call*
+  # for `node`: the node's binary and a graph the strict cuda mode refuses
+  # (an sdpa export keeps a Shape subgraph); a call of its own (~14 MB)
+  cargo build --release -p pneumo-node || return 1
+  rm -rf .gpu/node && mkdir -p .gpu/node/bin
+  cp target/release/pneumo-node .gpu/node/bin/ && strip .gpu/node/bin/pneumo-node
+  if [ -x .venv-model/bin/python ]; then
+    .venv-model/bin/python model/export.py --config tiny --random-seed 0 --precision fp16 \
+      --attention sdpa --out .gpu/node/tiny-sdpa-fp16.onnx > /dev/null || return 1
+  else
+    echo "no .venv-model (make -f model/model.mk model-venv): .gpu/node has no sdpa graph"
+  fi
+  du -sh .gpu/node
 }
 
 # LD_LIBRARY_PATH for ONNX Runtime's CUDA provider: the CUDA toolkit and the
