@@ -29,6 +29,8 @@ DEVICE=${DEVICE:-cuda}  # cpu with CONFIG=tiny: a dry run on any machine
 ATTENTION=${ATTENTION:-ort-mha}
 PYTHON=${PYTHON:-python3}
 FINISH_WAIT=${FINISH_WAIT:-400}    # seconds the last call waits for the Python side
+ROUNDS=${ROUNDS:-2} SECONDS_EACH=${SECONDS_EACH:-3}  # timing rounds per side, seconds per round
+PROFILE_RUNS=${PROFILE_RUNS:-3}    # calls profiled at the largest batch (0: none)
 RUST_TIMEOUT=${RUST_TIMEOUT:-150}
 CALL_BUDGET_MIB=${CALL_BUDGET_MIB:-62}  # what one call may carry, the working tree included
 
@@ -113,7 +115,7 @@ there() {
     # a new session: the export outlives this call
     setsid bash -c "cd '$STATE' && '$PYTHON' src/gpu_check.py --config '$CONFIG' --device '$DEVICE' \
       --attention '$ATTENTION' --work '$WORK' --ort-python '$ORT_PY' --wait-for '$ORT_ROOT/ready' \
-      --rounds 2 --seconds 3 --profile 3 --out '$STATE/gpu_check.json'; echo \$? > '$STATE/python.rc'" \
+      --rounds '$ROUNDS' --seconds '$SECONDS_EACH' --profile '$PROFILE_RUNS' --out '$STATE/gpu_check.json'; echo \$? > '$STATE/python.rc'" \
       > "$STATE/python.log" 2>&1 < /dev/null &
     touch "$STATE/python.started"
     echo "export started in the background (log: $STATE/python.log)"
@@ -150,7 +152,7 @@ there() {
   if [ -n "$model" ] && [ ! -e "$STATE/rust.jsonl" ]; then
     ORT_DYLIB_PATH=$(ls "$ORT_ROOT"/lib/libonnxruntime.so.*) PNEUMO_BENCH_EP=$DEVICE \
       PNEUMO_BENCH_ALLOW_CPU_FALLBACK=$fallback RUST_LOG=warn \
-      timeout "$RUST_TIMEOUT" "$STATE/bin/inference_bench" "$model" 4 3 both 1 8 32 \
+      timeout "$RUST_TIMEOUT" "$STATE/bin/inference_bench" "$model" 4 "$SECONDS_EACH" both 1 8 32 \
       > "$STATE/rust.jsonl" 2> "$STATE/rust.log"
     echo "inference_bench: exit $?"
   fi
