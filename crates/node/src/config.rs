@@ -162,11 +162,24 @@ impl Config {
                 .separator("__")
                 .try_parsing(true),
         );
-        let config: Config = builder
-            .build()
-            .context("reading the configuration")?
-            .try_deserialize()
-            .context("invalid configuration")?;
+        let built = builder.build().context("reading the configuration")?;
+        let config: Config = match built.clone().try_deserialize() {
+            Ok(c) => c,
+            Err(e) => {
+                // The config crate's message for a bad enum value does not
+                // list the accepted ones; serde's, through toml, does.
+                let better = built
+                    .try_deserialize::<toml::Value>()
+                    .ok()
+                    .and_then(|plain| plain.try_into::<Config>().err())
+                    .map(|t| t.to_string().trim().replace('\n', " "));
+                return Err(match better {
+                    Some(message) => anyhow::anyhow!(message),
+                    None => anyhow::Error::new(e),
+                }
+                .context("invalid configuration"));
+            }
+        };
         config.validate()?;
         Ok(config)
     }
@@ -312,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_conv_algo_search_is_refused_with_its_key() {
+    fn an_unknown_enum_value_is_refused_with_its_key_and_the_choices() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
