@@ -143,6 +143,22 @@ def try_attention(work: Path, device: str, precision: str, log: Path) -> dict:
     return {"attention": "ort-mha" if ok else "explicit", "tiny_ort_mha_rel_error": rel}
 
 
+def torch_runner(model, xb):
+    """One PyTorch eager call on the GPU-resident batch `xb`."""
+    def run():
+        with torch.inference_mode():
+            return model(xb)
+    return run
+
+
+def ort_gpu_runner(ort, sess, xn: np.ndarray):
+    """One ONNX Runtime call with input and output bound on the GPU."""
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(xn, "cuda", 0))
+    binding.bind_output(OUTPUT_NAME, "cuda", 0)
+    return lambda: sess.run_with_iobinding(binding)
+
+
 def import_onnxruntime(args):
     """ONNX Runtime, imported only when first needed: with `--wait-for`, the
     export runs while ONNX Runtime's CUDA build is still being delivered to
@@ -319,19 +335,12 @@ def check(args) -> dict:
         xb = example_input(model, b, device, dtype, seed=2)
         xn = xb.cpu().numpy()
 
-        def torch_run(xb=xb):
-            with torch.inference_mode():
-                return model(xb)
-
         def ort_run(xn=xn):  # host tensors in and out, as the node runs it
             return sess.run([OUTPUT_NAME], {INPUT_NAME: xn})
 
-        runs = {"torch": torch_run, "ort_python": ort_run}
+        runs = {"torch": torch_runner(model, xb), "ort_python": ort_run}
         if device == "cuda":  # input and output left on the GPU, as torch has them
-            binding = sess.io_binding()
-            binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(xn, "cuda", 0))
-            binding.bind_output(OUTPUT_NAME, "cuda", 0)
-            runs["ort_python_iobinding"] = lambda binding=binding: sess.run_with_iobinding(binding)
+            runs["ort_python_iobinding"] = ort_gpu_runner(ort, sess, xn)
         rounds: dict = {k: [] for k in runs}
         for _ in range(args.rounds):
             for k, run in runs.items():
@@ -341,20 +350,11 @@ def check(args) -> dict:
     if args.profile and device == "cuda":
         # at the largest batch: ONNX Runtime with GPU-bound I/O, then PyTorch
         b = max(args.batches)
+        xb = example_input(model, b, device, dtype, seed=2)
         res["profile"] = {"batch": b}
         for side in ("ort_python_iobinding", "torch"):
             try:
-                xb = example_input(model, b, device, dtype, seed=2)
-                if side == "torch":
-                    def run(xb=xb):
-                        with torch.inference_mode():
-                            return model(xb)
-                else:
-                    binding = sess.io_binding()
-                    xv = ort.OrtValue.ortvalue_from_numpy(xb.cpu().numpy(), "cuda", 0)
-                    binding.bind_ortvalue_input(INPUT_NAME, xv)
-                    binding.bind_output(OUTPUT_NAME, "cuda", 0)
-                    run = lambda binding=binding: sess.run_with_iobinding(binding)  # noqa: E731
+                run = torch_runner(model, xb) if side == "torch" else ort_gpu_runner(ort, sess, xb.cpu().numpy())
                 res["profile"][side] = profile_gpu(run, args.profile)
             except Exception as e:  # noqa: BLE001 - a profile is extra; the figures above stand
                 res["profile"][side] = {"error": f"{type(e).__name__}: {e}"[:500]}

@@ -106,11 +106,13 @@ impl InferenceEngine {
             model.run_logits(&[&zeros])?;
             // On CUDA a full batch too: the memory arena grows to the
             // largest batch now rather than during the first busy minute.
-            let mut warmed = 1;
-            if model.execution_provider() == ExecutionProvider::Cuda && batch.max_batch > 1 {
-                model.run_logits(&vec![&zeros; batch.max_batch])?;
-                warmed = batch.max_batch;
-            }
+            let warmed =
+                if model.execution_provider() == ExecutionProvider::Cuda && batch.max_batch > 1 {
+                    model.run_logits(&vec![&zeros; batch.max_batch])?;
+                    batch.max_batch
+                } else {
+                    1
+                };
             tracing::info!(
                 ms = t.elapsed().as_secs_f64() * 1e3,
                 largest_batch = warmed,

@@ -331,7 +331,9 @@ mod tests {
         std::fs::write(&path, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
         assert!(
-            err.contains("fastest") && err.contains("inference.cuda_conv_algo_search"),
+            err.contains("fastest")
+                && err.contains("inference.cuda_conv_algo_search")
+                && err.contains("`heuristic`, `exhaustive`, `default`"),
             "{err}"
         );
         std::fs::write(
