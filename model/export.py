@@ -66,12 +66,41 @@ def example_input(model: PneumoLLM, batch: int, device, dtype, seed: int = 0) ->
     return torch.randn(batch, 3, size, size, generator=gen).to(device=device, dtype=dtype)
 
 
+def _drop_unused_norm_statistics(graph: onnx.GraphProto) -> None:
+    """The fused norms' mean and inv_std_var outputs are never read: leave
+    them unnamed (omitted), so ONNX Runtime does not have to produce them."""
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        if node.domain == "com.microsoft" and node.op_type.startswith("Skip"):
+            for i in (1, 2):
+                if i < len(node.output) and node.output[i] not in read:
+                    node.output[i] = ""
+
+
+def _trace(model: PneumoLLM, x: torch.Tensor, path: Path, opset: int, ort_ops: bool) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1} if ort_ops else None,
+        )
+
+
 def export_onnx(model: PneumoLLM, out: str | Path, *, metadata: dict[str, str], precision: str = "fp32",
                 device: str = "cpu", opset: int = DEFAULT_OPSET, example_batch: int = 2,
-                full_check: bool | None = None) -> Path:
+                full_check: bool | None = None, fused: bool = False, fold_adapters: bool = False) -> Path:
     """Trace `model` (already holding its weights) and write `out`.
 
-    The model is put in `precision` on `device` first.  Returns the path.
+    The model is put in `precision` on `device` first.  `fused` traces the
+    fused form (`PneumoLLM.set_fused`); `fold_adapters` folds the adapters
+    into the projections for the trace (`PneumoLLM.fold_adapters`).  Either
+    way the model is left as it was.  Returns the path.
     """
     if opset < 17:
         raise ValueError("opset must be 17 or newer")
@@ -81,21 +110,19 @@ def export_onnx(model: PneumoLLM, out: str | Path, *, metadata: dict[str, str], 
     model.reset_buffers(device)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     x = example_input(model, example_batch, device, dtype)
+    was_fused = model.fused
     with tempfile.TemporaryDirectory(prefix="pneumollm-export-") as tmp:
         tmp_file = Path(tmp) / "model.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (x,), str(tmp_file),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,
-                custom_opsets={"com.microsoft": 1} if model.attention == "ort-mha" else None,
-            )
+        undo_fold = model.fold_adapters() if fold_adapters else None
+        model.set_fused(fused)
+        try:
+            _trace(model, x, tmp_file, opset, fused or model.attention == "ort-mha")
+        finally:
+            model.set_fused(was_fused)
+            if undo_fold is not None:
+                undo_fold()
         proto = onnx.load(str(tmp_file), load_external_data=True)
+    _drop_unused_norm_statistics(proto.graph)
     proto.producer_name = "pneumo-node model/export.py"
     proto.producer_version = "1"
     proto.domain = "pneumo"
@@ -147,6 +174,11 @@ def _parse(argv):
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--attention", choices=ATTENTION_IMPLS, default="explicit",
                    help="attention form in the traced graph (see docs/model-export.md)")
+    p.add_argument("--fuse", action="store_true",
+                   help="ONNX Runtime's fused operators for the residual adds, norms, QuickGELU and RoPE "
+                        "(the graph then runs under ONNX Runtime only; docs/model-export.md)")
+    p.add_argument("--fold-adapters", action="store_true",
+                   help="fold each adapter into the projections that read it (RepAdapter's re-parameterisation)")
     p.add_argument("--verify", action="store_true",
                    help="run the ONNX file under ONNX Runtime and compare with PyTorch")
     args = p.parse_args(argv)
@@ -177,8 +209,10 @@ def main(argv=None) -> int:
                              precision=args.precision, crop_mode=crop, weights_sha=sha,
                              decision_threshold=args.decision_threshold)
     out = export_onnx(model, args.out, metadata=meta, precision=args.precision, device=args.device,
-                      opset=args.opset)
-    print(f"wrote {out} ({args.precision}, opset {args.opset}, weights {kind}, sha256 {sha})")
+                      opset=args.opset, fused=args.fuse, fold_adapters=args.fold_adapters)
+    form = ", ".join(f for f, on in (("fused", args.fuse), ("adapters folded", args.fold_adapters)) if on)
+    print(f"wrote {out} ({args.precision}, opset {args.opset}, attention {args.attention}"
+          f"{', ' + form if form else ''}, weights {kind}, sha256 {sha})")
     if args.verify:
         dtype = torch.float16 if args.precision == "fp16" else torch.float32
         x = example_input(model, 2, args.device, dtype, seed=1)
@@ -186,6 +220,7 @@ def main(argv=None) -> int:
             ref = model(x).float().cpu().numpy()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device.startswith("cuda") else None
         got = ort_logits(out, x.cpu().numpy(), providers)
+        # the PyTorch side is the reference form: export left the model unfused and unfolded
         print(f"verify: max |onnxruntime - torch| = {np.abs(got - ref).max():.3g}")
     return 0
 

@@ -9,12 +9,18 @@ Runtime with the CUDA provider on PYTHONPATH:
 1. Picks the attention form: the tiny model exported with `--attention
    ort-mha` must build under the CUDA provider with no CPU fallback and
    match PyTorch; else the full model is exported with `explicit`.
-2. Exports `full` with seeded random weights in fp16 on the GPU.
+2. Exports `full` with seeded random weights in fp16 on the GPU, in the
+   fused form with the adapters folded (`--form fused`, as
+   docs/model-export.md recommends for CUDA; `--form plain` for the
+   unfused graph).
 3. Builds an ONNX Runtime CUDA session refusing any CPU node
    (`session.disable_cpu_ep_fallback`), and records ONNX Runtime's
-   warnings (the "Memcpy nodes are added" one in particular).
+   warnings (the "Memcpy nodes are added" one in particular).  A fused
+   graph refused outright is exported again plain; a refused `ort-mha`
+   graph, with explicit attention.
 4. Compares ONNX Runtime CUDA with PyTorch fp16 on the same input
-   (relative error = max |ort - torch| / max |torch| on the logits).
+   (relative error = max |ort - torch| / max |torch| on the logits); the
+   PyTorch side is the reference form (unfused, adapters not folded).
 5. Times PyTorch eager (with its fused attention kernel, `--torch-attention
    sdpa`) and ONNX Runtime CUDA (host tensors in and out, as the node runs
    it, and with I/O bound on the GPU, as PyTorch has it) at each batch
@@ -96,7 +102,10 @@ def build(config: str, attention: str, device: str, precision: str, seed: int = 
     return cfg, model.eval()
 
 
-def export(cfg, model, out: Path, precision: str, device: str) -> Path:
+FORMS = ("fused", "plain")  # fused: fused operators and folded adapters (export.py --fuse --fold-adapters)
+
+
+def export(cfg, model, out: Path, precision: str, device: str, form: str = "plain") -> Path:
     # Hashing 13.5 GB costs GPU-machine time; this file is a throwaway
     # benchmark graph, so `full` gets a stand-in hash (said in its name).
     sha = weights_sha256(model.state_dict()) if cfg.name != "full" else hashlib.sha256(
@@ -104,7 +113,9 @@ def export(cfg, model, out: Path, precision: str, device: str) -> Path:
     meta = contract_metadata(cfg, model_name=f"pneumollm-{cfg.name}-gpu-check", model_version="0",
                              weights_kind="random-demo", precision=precision, crop_mode="none",
                              weights_sha=sha)
-    return export_onnx(model, out, metadata=meta, precision=precision, device=device)
+    fused = form == "fused"
+    return export_onnx(model, out, metadata=meta, precision=precision, device=device, fused=fused,
+                       fold_adapters=fused)
 
 
 def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
@@ -279,8 +290,9 @@ def check(args) -> dict:
         t = time.perf_counter()
         cfg, model = build(args.config, res["attention"], device, precision)
         res["build_seconds"] = round(time.perf_counter() - t, 1)
+        res["form"] = args.form
         t = time.perf_counter()
-        export(cfg, model, path, precision, device)
+        export(cfg, model, path, precision, device, res["form"])
         res["export_seconds"] = round(time.perf_counter() - t, 1)
         res["onnx"] = str(path)
         res["onnx_bytes"] = sum(p.stat().st_size for p in work.glob(path.name + "*"))
@@ -300,6 +312,13 @@ def check(args) -> dict:
     res.update(onnxruntime=ort.__version__, ort_providers=ort.get_available_providers())
     save("onnxruntime imported")
     sess = open_session(path, device, log, res)
+    if sess is None and res.get("form") == "fused":
+        # a fused operator is refused outright: the plain graph, same attention
+        res["fused_error"] = res.pop("session_error")
+        save("fused graph refused; exporting the plain form")
+        res["form"] = "plain"
+        export(cfg, model, path, precision, device, res["form"])
+        sess = open_session(path, device, log, res)
     if sess is None and res["attention"] == "ort-mha":
         # the fused operator is refused outright: fall back to the plain form
         res["ort_mha_error"] = res.pop("session_error")
@@ -382,7 +401,8 @@ def table(out: Path) -> str:
     ep = "CUDA" if res["device"] == "cuda" else "CPU"
     lines = [
         f"card: {res['card']}; torch {res['torch']}; onnxruntime {res.get('onnxruntime')}; "
-        f"{res['config']} {res['precision']}; exported attention {res.get('attention')}; "
+        f"{res['config']} {res['precision']}; exported attention {res.get('attention')}, "
+        f"form {res.get('form', 'plain')}; "
         f"PyTorch timed with {res.get('torch_attention', 'the exported form')} attention",
         f"export {res.get('export_seconds')} s, {res.get('onnx_bytes', 0) / 1e9:.2f} GB; "
         f"session {res.get('session_seconds')} s on {res.get('session_providers')}",
@@ -421,6 +441,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--precision", choices=["fp16", "fp32"], default=None, help="default fp16 on cuda, fp32 on cpu")
     p.add_argument("--attention", choices=["pick", "ort-mha", "explicit", "sdpa"], default="pick")
+    p.add_argument("--form", choices=FORMS, default="fused",
+                   help="fused: ONNX Runtime's fused operators, adapters folded; plain: neither")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=4.0, help="per measurement")

@@ -17,12 +17,22 @@ exporter maps one to one (RoPE with real cos/sin tables, RMSNorm as
 x / sqrt(mean(x^2) + eps), attention as MatMul/Softmax), and the attention
 form is chosen in one place (`multi_head_attention`): explicit MatMul/Softmax,
 torch's SDPA, or ONNX Runtime's fused MultiHeadAttention operator.
+
+Two export options make the graph cheaper for ONNX Runtime without changing
+the maths (docs/model-export.md):
+- `set_fused(True)`: residual adds, biases and norms become ONNX Runtime's
+  fused operators (SkipLayerNormalization, SkipSimplifiedLayerNormalization,
+  QuickGelu, RotaryEmbedding; the ViT's projection bias goes into
+  MultiHeadAttention), each computing as the reference does (fp32 inside);
+- `fold_adapters()`: each adapter, a linear map, is multiplied into the
+  projections that read it (RepAdapter's re-parameterisation).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,25 +74,33 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 MHA_MASK_VALUE = -1e4
 
 
+def _none(g):
+    """An omitted optional input of an ONNX node."""
+    node = g.op("prim::Constant")
+    node.setType(torch._C.OptionalType.ofTensor())
+    return node
+
+
 class _OrtMultiHeadAttention(torch.autograd.Function):
     """In PyTorch: the explicit maths.  In ONNX: one com.microsoft
-    MultiHeadAttention node (ONNX Runtime's contrib operator, fused on CUDA)."""
+    MultiHeadAttention node (ONNX Runtime's contrib operator, fused on CUDA).
+
+    `proj_bias` [3D], when given, is the q/k/v projection's bias, added inside
+    the operator (on CUDA, in the kernel that lays out q, k and v)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, heads: int):  # noqa: ARG004
+    def forward(ctx, q, k, v, bias, heads: int, proj_bias=None):  # noqa: ARG004
         b, n, d = q.shape
+        if proj_bias is not None:
+            q, k, v = q + proj_bias[:d], k + proj_bias[d:2 * d], v + proj_bias[2 * d:]
         split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
         o = attend(split(q), split(k), split(v), bias, "explicit")
         return o.transpose(1, 2).reshape(b, n, d)
 
     @staticmethod
-    def symbolic(g, q, k, v, bias, heads: int):
-        def none():
-            node = g.op("prim::Constant")
-            node.setType(torch._C.OptionalType.ofTensor())
-            return node
-
-        inputs = [q, k, v, none(), none()]  # query, key, value, bias, key_padding_mask
+    def symbolic(g, q, k, v, bias, heads: int, proj_bias=None):
+        # query, key, value, bias, key_padding_mask
+        inputs = [q, k, v, _none(g) if proj_bias is None else proj_bias, _none(g)]
         if bias is not None:
             inputs.append(bias)  # attention_bias [1, 1, S, T]
         out = g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads)
@@ -91,7 +109,8 @@ class _OrtMultiHeadAttention(torch.autograd.Function):
 
 
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                         bias: torch.Tensor | None, impl: str, tokens: int) -> torch.Tensor:
+                         bias: torch.Tensor | None, impl: str, tokens: int,
+                         proj_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over [B, L, D] tensors (D = heads * head_dim) -> [B, L, D].
 
     The one place where the attention form is chosen (`impl`):
@@ -102,11 +121,16 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     `tokens` (L, fixed by the configuration) and -1 for the batch give every
     reshape a constant shape: the exported graph has no Shape/Gather
     subgraph for ONNX Runtime to place on the CPU.
+
+    `proj_bias` [3D]: a q/k/v projection bias not yet added (`ort-mha` adds
+    it inside the fused operator).
     """
     if impl == "ort-mha":
         if bias is not None:
             bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, tokens, tokens)
-        return _OrtMultiHeadAttention.apply(q, k, v, bias, heads)
+        return _OrtMultiHeadAttention.apply(q, k, v, bias, heads, proj_bias)
+    if proj_bias is not None:
+        q, k, v = (t + b for t, b in zip((q, k, v), proj_bias.chunk(3)))
     d = int(q.shape[-1])  # a width: static, constant in the trace
     hd = d // heads
     split = lambda t: t.reshape(-1, tokens, heads, hd).transpose(1, 2)  # noqa: E731
@@ -128,6 +152,7 @@ class Adapter(nn.Module):
         self.dim, self.hidden, self.groups = dim, hidden, groups
         self.A = nn.Linear(dim, hidden)
         self.D = nn.Linear(hidden, dim)
+        self.folded = False  # set by PneumoLLM.fold_adapters: the identity, its map lives in the next projection
 
     def block_mask(self) -> torch.Tensor:
         """[dim, hidden] 0/1 mask of D's allowed (block-diagonal) entries."""
@@ -138,26 +163,156 @@ class Adapter(nn.Module):
         return mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.D(self.A(x))
+        return x if self.folded else x + self.D(self.A(x))
+
+    @torch.no_grad()
+    def fold_into(self, owner: nn.Module, weight: str, bias: str) -> Callable[[], None]:
+        """Multiplies this adapter into the projection `owner.weight` (+ `owner.bias`)
+        that reads its output: y = x + D(Ax + a) + d is linear, so
+        W(y) + b = W'x + b' with W' = W + (W D) A and b' = b + W (D a + d).
+        Computed in fp64 from the stored weights, then rounded once to their
+        dtype.  Returns a function that puts the original tensors back."""
+        w = getattr(owner, weight)
+        b = getattr(owner, bias)
+        saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
+        w64 = w.double()
+        a_w, a_b = self.A.weight.double(), self.A.bias.double()
+        d_w, d_b = self.D.weight.double(), self.D.bias.double()
+        shift = w64 @ (d_w @ a_b + d_b)
+        w.copy_((w64 + (w64 @ d_w) @ a_w).to(w.dtype))
+        if b is None:
+            setattr(owner, bias, nn.Parameter(shift.to(w.dtype), requires_grad=False))
+        else:
+            b.copy_((b.double() + shift).to(b.dtype))
+
+        @torch.no_grad()
+        def undo() -> None:
+            getattr(owner, weight).copy_(saved_w)
+            if saved_b is None:
+                setattr(owner, bias, None)
+            else:
+                getattr(owner, bias).copy_(saved_b)
+        return undo
 
 
 # ----------------------------------------------------------------------------
 # Vision encoder: CLIP ViT (names follow OpenAI's state dict)
 
 
-class LayerNorm(nn.LayerNorm):
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm computed in fp32 (as CLIP's), cast back to the input dtype."""
+    shape = (int(weight.shape[0]),)
+    if x.dtype == torch.float32:
+        return F.layer_norm(x, shape, weight, bias, eps)
+    return F.layer_norm(x.float(), shape, weight.float(), bias.float(), eps).to(x.dtype)
 
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 as LLaMA does.
+
+    Written with Div/Sqrt (not rsqrt) so ONNX Runtime's
+    SimplifiedLayerNormalization fusion recognises the pattern.
+    """
+    xf = _as_f32(x)
+    y = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return _to(y, x.dtype) * weight
+
+
+QUICK_GELU_ALPHA = 1.702
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
+
+
+# The fused export (`PneumoLLM.set_fused`): in PyTorch each function below is
+# the reference maths; traced, it is one ONNX Runtime operator.
+
+
+class _FusedLayerNorm(torch.autograd.Function):
+    """One LayerNormalization on the input's own dtype: its stash_type (fp32)
+    keeps the statistics in fp32, so the fp16 graph needs no Cast around it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):  # noqa: ARG004
+        return layer_norm(x, weight, bias, eps)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, eps: float):
+        return g.op("LayerNormalization", x, weight, bias, axis_i=-1, epsilon_f=eps, stash_type_i=1)
+
+
+class _FusedSkipNorm(torch.autograd.Function):
+    """total = skip + (x + bias); normed = LayerNorm (or RMSNorm) of total.
+    Returns (normed, total).  ONNX: one com.microsoft SkipLayerNormalization
+    (SkipSimplifiedLayerNormalization) node, outputs 0 and 3: the bias add,
+    the residual add and the norm in one kernel, statistics in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, skip, weight, norm_bias, bias, eps: float, rms: bool):  # noqa: ARG004
+        total = skip + (x if bias is None else x + bias)
+        normed = rms_norm(total, weight, eps) if rms else layer_norm(total, weight, norm_bias, eps)
+        return normed, total
+
+    @staticmethod
+    def symbolic(g, x, skip, weight, norm_bias, bias, eps: float, rms: bool):
+        if rms:
+            op, inputs = "com.microsoft::SkipSimplifiedLayerNormalization", [x, skip, weight]
+        else:
+            op, inputs = "com.microsoft::SkipLayerNormalization", [x, skip, weight, norm_bias]
+        if bias is not None:
+            inputs.append(bias)
+        normed, _mean, _inv_std, total = g.op(op, *inputs, epsilon_f=eps, outputs=4)
+        normed.setType(x.type())
+        total.setType(x.type())
+        return normed, total
+
+
+class _FusedQuickGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # noqa: ARG004
+        return quick_gelu(x)
+
+    @staticmethod
+    def symbolic(g, x):
+        y = g.op("com.microsoft::QuickGelu", x, alpha_f=QUICK_GELU_ALPHA)
+        y.setType(x.type())
+        return y
+
+
+class _FusedRotaryEmbedding(torch.autograd.Function):
+    """`apply_rope` on [B, L, H * hd].  ONNX: one com.microsoft RotaryEmbedding
+    node (interleaved pairs as LLaMA's, positions 0..L-1, the same cos/sin
+    tables); fed fp32, as the reference computes it."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, heads: int):  # noqa: ARG004
+        n, d = (int(v) for v in x.shape[1:])
+        return apply_rope(x.reshape(-1, n, heads, d // heads), cos, sin).reshape(-1, n, d)
+
+    @staticmethod
+    def symbolic(g, x, cos, sin, heads: int):  # noqa: ARG004
+        start = g.op("Constant", value_t=torch.zeros(1, dtype=torch.int64))  # position of token 0
+        y = g.op("com.microsoft::RotaryEmbedding", x, start, cos, sin, interleaved_i=1)
+        y.setType(x.type())
+        return y
+
+
+class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
-        return y.to(x.dtype)
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        return _FusedLayerNorm.apply(x, self.weight, self.bias, self.eps)
+
+    def fused_after_add(self, x: torch.Tensor, skip: torch.Tensor, bias: torch.Tensor | None):
+        """(LayerNorm(skip + x + bias), skip + x + bias) as one fused operator."""
+        return _FusedSkipNorm.apply(x, skip, self.weight, self.bias, bias, self.eps, False)
 
 
 class QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return quick_gelu(x)
 
 
 class VisionAttention(nn.Module):
@@ -174,6 +329,13 @@ class VisionAttention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.split(self.width, dim=-1)
         return self.out_proj(multi_head_attention(q, k, v, self.heads, None, self.impl, self.tokens))
+
+    def fused_without_out_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention before out_proj's bias (the next fused norm adds it);
+        the projection bias goes into the attention operator."""
+        q, k, v = F.linear(x, self.in_proj_weight).split(self.width, dim=-1)
+        o = multi_head_attention(q, k, v, self.heads, None, self.impl, self.tokens, proj_bias=self.in_proj_bias)
+        return F.linear(o, self.out_proj.weight)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -197,6 +359,17 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.mlp(self.ln_2(x))
         return x
 
+    def fused(self, x: torch.Tensor, h: torch.Tensor, next_ln: LayerNorm | None):
+        """The same block with its adds fused into the norms: `h` is ln_1(x),
+        already computed; returns (x out, next_ln(x out) or None)."""
+        a = self.attn.fused_without_out_bias(self.adapter_attn(h))
+        h, x = self.ln_2.fused_after_add(a, x, self.attn.out_proj.bias)
+        m = F.linear(_FusedQuickGelu.apply(self.mlp.c_fc(h)), self.mlp.c_proj.weight)
+        if next_ln is None:
+            return x + (m + self.mlp.c_proj.bias), None
+        h, x = next_ln.fused_after_add(m, x, self.mlp.c_proj.bias)
+        return x, h
+
 
 class VisionTransformerBlocks(nn.Module):
     def __init__(self, cfg: PneumoLLMConfig, impl: str):
@@ -218,6 +391,7 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(cfg.vit_tokens, w))
         self.ln_pre = LayerNorm(w, eps=cfg.vit_ln_eps)
         self.transformer = VisionTransformerBlocks(cfg, impl)
+        self.fused = False
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.conv1(_to(image, self.conv1.weight.dtype))  # [B, w, g, g]
@@ -227,9 +401,18 @@ class VisionTransformer(nn.Module):
         # the embedding is exactly the embedding.
         cls = x[:, :1] * 0 + _to(self.class_embedding, x.dtype)
         x = torch.cat([cls, x], dim=1) + _to(self.positional_embedding, x.dtype)
-        x = self.ln_pre(x)
+        blocks = self.transformer.resblocks
         sources = []
-        for i, block in enumerate(self.transformer.resblocks):
+        if self.fused:
+            x = self.ln_pre.fused(x)
+            h = blocks[0].ln_1.fused(x)
+            for i, block in enumerate(blocks):
+                x, h = block.fused(x, h, blocks[i + 1].ln_1 if i + 1 < len(blocks) else None)
+                if (i + 1) % self.cls_every == 0:
+                    sources.append(x[:, :1])
+            return torch.cat(sources, dim=1)
+        x = self.ln_pre(x)
+        for i, block in enumerate(blocks):
             x = block(x)
             if (i + 1) % self.cls_every == 0:
                 sources.append(x[:, :1])
@@ -241,11 +424,7 @@ class VisionTransformer(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 as LLaMA does.
-
-    Written with Div/Sqrt (not rsqrt) so ONNX Runtime's
-    SimplifiedLayerNormalization fusion recognises the pattern.
-    """
+    """`rms_norm` with a learned weight."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -253,9 +432,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = _as_f32(x)
-        y = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return _to(y, x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
+
+    def fused_after_add(self, x: torch.Tensor, skip: torch.Tensor):
+        """(RMSNorm(skip + x), skip + x) as one fused operator."""
+        return _FusedSkipNorm.apply(x, skip, self.weight, None, None, self.eps, True)
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,10 +472,15 @@ class LlamaAttention(nn.Module):
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                fused: bool = False) -> torch.Tensor:
         n, h, hd = self.tokens, self.heads, self.head_dim
-        q = apply_rope(self.wq(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
-        k = apply_rope(self.wk(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
+        if fused:
+            q = _to(_FusedRotaryEmbedding.apply(_as_f32(self.wq(x)), cos, sin, h), x.dtype)
+            k = _to(_FusedRotaryEmbedding.apply(_as_f32(self.wk(x)), cos, sin, h), x.dtype)
+        else:
+            q = apply_rope(self.wq(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
+            k = apply_rope(self.wk(x).reshape(-1, n, h, hd), cos, sin).reshape(-1, n, h * hd)
         o = multi_head_attention(q, k, self.wv(x), h, _to(mask, q.dtype), self.impl, n)
         return self.wo(o)
 
@@ -325,6 +511,14 @@ class TransformerBlock(nn.Module):
     def forward(self, x, cos, sin, mask):
         h = x + self.attention(self.adapter_attn(self.attention_norm(x)), cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def fused(self, x, normed, cos, sin, mask, next_norm: RMSNorm):
+        """The same block with its adds fused into the norms: `normed` is
+        attention_norm(x), already computed; returns (out, next_norm(out))."""
+        a = self.attention(self.adapter_attn(normed), cos, sin, mask, fused=True)
+        normed, h = self.ffn_norm.fused_after_add(a, x)
+        normed, out = next_norm.fused_after_add(self.feed_forward(normed), h)
+        return out, normed
 
 
 class Projector(nn.Module):
@@ -367,6 +561,7 @@ class PneumoLLM(nn.Module):
         self.layers = nn.ModuleList([TransformerBlock(cfg, attention) for _ in range(cfg.llm_layers)])
         self.norm = RMSNorm(cfg.llm_dim, cfg.llm_norm_eps)
         self.adapter_output_cls = nn.Linear(cfg.llm_dim, cfg.num_classes, bias=False)
+        self.fused = False
         self.reset_buffers()
 
     def reset_buffers(self, device: torch.device | str | None = None) -> None:
@@ -394,6 +589,39 @@ class PneumoLLM(nn.Module):
             if isinstance(m, (VisionAttention, LlamaAttention)):
                 m.impl = attention
         return self
+
+    def set_fused(self, fused: bool) -> "PneumoLLM":
+        """The fused graph form (ONNX Runtime's SkipLayerNormalization,
+        SkipSimplifiedLayerNormalization, QuickGelu, RotaryEmbedding; with
+        `ort-mha`, the ViT's projection bias inside MultiHeadAttention).  The
+        same maths in PyTorch; the export then needs ONNX Runtime."""
+        self.fused = self.visual.fused = fused
+        return self
+
+    def fold_adapters(self) -> Callable[[], None]:
+        """Folds every adapter into the projections that read it (the ViT's
+        packed q/k/v, LLaMA's wq, wk, wv, which gain a bias); see
+        `Adapter.fold_into`.  Exact in real arithmetic; in fp16 the folded
+        weights round once where the reference rounds the adapter's output.
+        Returns a function that restores the original weights."""
+        if any(m.folded for m in self.modules() if isinstance(m, Adapter)):
+            raise RuntimeError("adapters are already folded")
+        undos = []
+        for block in self.visual.transformer.resblocks:
+            undos.append(block.adapter_attn.fold_into(block.attn, "in_proj_weight", "in_proj_bias"))
+            block.adapter_attn.folded = True
+        for layer in self.layers:
+            for proj in (layer.attention.wq, layer.attention.wk, layer.attention.wv):
+                undos.append(layer.adapter_attn.fold_into(proj, "weight", "bias"))
+            layer.adapter_attn.folded = True
+
+        def undo() -> None:
+            for restore in reversed(undos):
+                restore()
+            for module in self.modules():
+                if isinstance(module, Adapter):
+                    module.folded = False
+        return undo
 
     def set_precision(self, precision: str) -> "PneumoLLM":
         """fp32: everything fp32.  fp16: as the reference runs on the GPU:
@@ -423,9 +651,16 @@ class PneumoLLM(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         seq = self.engine(self.source_tokens(image))
         h = self.adapter_proj(_to(seq, self.adapter_proj.conv_A.weight.dtype))
-        for layer in self.layers:
-            h = layer(h, self.rope_cos, self.rope_sin, self.emitter_mask)
-        h = self.norm(h)
+        if self.fused:
+            normed = self.layers[0].attention_norm(h)
+            for i, layer in enumerate(self.layers):
+                next_norm = self.layers[i + 1].attention_norm if i + 1 < len(self.layers) else self.norm
+                h, normed = layer.fused(h, normed, self.rope_cos, self.rope_sin, self.emitter_mask, next_norm)
+            h = normed
+        else:
+            for layer in self.layers:
+                h = layer(h, self.rope_cos, self.rope_sin, self.emitter_mask)
+            h = self.norm(h)
         feature = h.mean(dim=1)
         return self.adapter_output_cls(_as_f32(feature))
 

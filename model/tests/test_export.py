@@ -151,6 +151,72 @@ def test_fp16_export(tmp_path, tiny_model):
     assert np.abs(got - ref32).max() < 5e-2
 
 
+def _census(path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in onnx.load(str(path)).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("attention", ["explicit", "ort-mha"])
+def test_fused_folded_export_matches_the_reference_and_leaves_the_model_alone(tmp_path, tiny_model, attention):
+    model = _copy(tiny_model, attention)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = export.export_onnx(model, tmp_path / "fused.onnx", metadata=_meta(model), fused=True, fold_adapters=True)
+    assert not model.fused and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    ops = _census(path)
+    vit, llm = TINY.vit_layers, TINY.llm_layers
+    # every residual add meets its norm in one operator: all but the ViT's last block output
+    assert ops["SkipLayerNormalization"] == 2 * vit - 1
+    assert ops["SkipSimplifiedLayerNormalization"] == 2 * llm  # the last one is the final norm
+    assert ops["QuickGelu"] == vit and ops["RotaryEmbedding"] == 2 * llm
+    assert ops.get("LayerNormalization") == 2  # ln_pre and the first block's ln_1
+    assert ops["Sigmoid"] == llm + 1  # only SiLU: SwiGLU's and the projector's
+    # adapters folded: per block, the q/k/v projection(s), out, two MLP matrices; the meta-net,
+    # the engine's mix, the projector and the head add 2 + 1 + 2 + 1; explicit attention, 2 each
+    attention_matmuls = 2 * (vit + llm) if attention == "explicit" else 0
+    assert ops["MatMul"] == 4 * vit + 7 * llm + 6 + attention_matmuls
+    assert not set(ops) & {"Shape", "Cast"}
+    assert ops.get("Pow") == 1  # plain RMSNorm maths only once: the first LLaMA layer's attention_norm
+    stats = [n for n in onnx.load(str(path)).graph.node if n.op_type.startswith("Skip")]
+    assert all(n.output[1] == n.output[2] == "" for n in stats)  # mean/inv_std not asked for
+    for batch in (1, 3):
+        x = make_image(batch, seed=20 + batch)
+        with torch.no_grad():
+            ref = tiny_model(x).numpy()
+        assert np.abs(_session(path).run(["logits"], {"image": x.numpy()})[0] - ref).max() <= TOL
+
+
+def test_fused_fp16_export_has_no_casts_around_norms(tmp_path, tiny_model):
+    model = _copy(tiny_model, "ort-mha").set_precision("fp16")
+    path = export.export_onnx(model, tmp_path / "fused16.onnx", metadata=_meta(model, "fp16"), precision="fp16",
+                              fused=True, fold_adapters=True)
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        if "LayerNormalization" in n.op_type:  # LayerNormalization, Skip(Simplified)LayerNormalization
+            assert all(producer[i].op_type != "Cast" for i in n.input if i in producer), n.name
+    casts = sum(1 for n in graph.node if n.op_type == "Cast")
+    assert casts <= 4 * TINY.llm_layers + 6  # RoPE's fp32 in/out, the input, the fp32 engine and head
+    x = make_image(2, seed=9)
+    with torch.no_grad():
+        ref16 = model(x.half()).float().numpy()
+        ref32 = tiny_model(x).numpy()
+    got = _session(path).run(["logits"], {"image": x.half().numpy()})[0]
+    assert np.abs(got - ref16).max() < 5e-3 and np.abs(got - ref32).max() < 5e-2
+
+
+def test_cli_fused_folded(tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert export.main(["--config", "tiny", "--random-seed", "3", "--attention", "ort-mha", "--fuse",
+                        "--fold-adapters", "--out", str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "attention ort-mha, fused, adapters folded" in printed
+    assert float(printed.split("max |onnxruntime - torch| = ")[1]) <= TOL
+    assert _census(out)["SkipLayerNormalization"] == 2 * TINY.vit_layers - 1
+
+
 def test_external_data_above_threshold(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD", 0)
     model = _copy(tiny_model)

@@ -25,6 +25,7 @@ def test_dry_run_exports_waits_for_onnxruntime_measures_and_tabulates(tmp_path):
     res = json.loads((out / "gpu_check.json").read_text())
     assert res["last_step"] == "done"
     assert res["attention"] == "ort-mha" and res["torch_attention"] == "sdpa"
+    assert res["form"] == "fused"  # the default: fused operators, adapters folded
     assert res["no_cpu_fallback"] and res["session_providers"] == ["CPUExecutionProvider"]
     assert res["rel_error"] <= 1e-4
     assert set(res["images_per_s"]) == {"1", "2"}

@@ -172,3 +172,58 @@ def test_set_attention_switches_every_block(tiny_model):
         assert (other(x) - tiny_model(x)).abs().max() <= 1e-5
     with pytest.raises(ValueError):
         other.set_attention("flash")
+
+
+def _clone(model, attention="explicit"):
+    other = build_model(TINY, attention=attention)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("attention", ["explicit", "ort-mha"])
+def test_fused_form_is_the_same_maths(tiny_model, attention):
+    fused = _clone(tiny_model, attention).set_fused(True)
+    x = make_image(2, seed=5)
+    with torch.no_grad():
+        assert (fused(x) - tiny_model(x)).abs().max() <= 1e-5
+        half, half_fused = _clone(tiny_model).set_precision("fp16"), fused.set_precision("fp16")
+        assert (half_fused(x.half()) - half(x.half())).abs().max() < 5e-3
+
+
+def test_folded_adapters_give_the_same_output_and_undo_restores_every_weight(tiny_model):
+    model = _clone(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = make_image(2, seed=6)
+    with torch.no_grad():
+        ref = model(x)
+        undo = model.fold_adapters()
+        adapters = [m for m in model.modules() if isinstance(m, Adapter)]
+        assert all(a.folded for a in adapters)
+        y = torch.randn(3, TINY.vit_width)
+        assert torch.equal(adapters[0](y), y)  # a folded adapter passes its input through
+        assert model.layers[0].attention.wq.bias is not None  # LLaMA's projections gained the shift
+        assert (model(x) - ref).abs().max() <= 1e-5
+        with pytest.raises(RuntimeError, match="already folded"):
+            model.fold_adapters()
+        undo()
+    assert not any(a.folded for a in adapters)
+    assert model.layers[0].attention.wq.bias is None
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_folding_is_the_adapter_map_multiplied_in():
+    """W(x + D(Ax + a) + d) + b, for a random projection and adapter, one vector at a time."""
+    torch.manual_seed(0)
+    adapter = Adapter(16, 8, 2)
+    proj = torch.nn.Linear(16, 12)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_()
+        adapter.D.weight.mul_(adapter.block_mask())
+        x = torch.randn(5, 16)
+        ref = proj(adapter(x))
+        undo = adapter.fold_into(proj, "weight", "bias")
+        assert (proj(x) - ref).abs().max() <= 1e-5
+        undo()
+        assert (proj(adapter(x)) - ref).abs().max() == 0

@@ -27,6 +27,7 @@ WORK=${WORK:-/tmp/gpucheck}
 CONFIG=${CONFIG:-full}
 DEVICE=${DEVICE:-cuda}  # cpu with CONFIG=tiny: a dry run on any machine
 ATTENTION=${ATTENTION:-ort-mha}
+FORM=${FORM:-fused}      # fused: fused operators, adapters folded; plain: neither
 PYTHON=${PYTHON:-python3}
 FINISH_WAIT=${FINISH_WAIT:-400}    # seconds the last call waits for the Python side
 ROUNDS=${ROUNDS:-2} SECONDS_EACH=${SECONDS_EACH:-3}  # timing rounds per side, seconds per round
@@ -114,7 +115,7 @@ there() {
     "$PYTHON" -c "import torch, onnx; print('torch', torch.__version__, 'onnx', onnx.__version__)"
     # a new session: the export outlives this call
     setsid bash -c "cd '$STATE' && '$PYTHON' src/gpu_check.py --config '$CONFIG' --device '$DEVICE' \
-      --attention '$ATTENTION' --work '$WORK' --ort-python '$ORT_PY' --wait-for '$ORT_ROOT/ready' \
+      --attention '$ATTENTION' --form '$FORM' --work '$WORK' --ort-python '$ORT_PY' --wait-for '$ORT_ROOT/ready' \
       --rounds '$ROUNDS' --seconds '$SECONDS_EACH' --profile '$PROFILE_RUNS' --out '$STATE/gpu_check.json'; echo \$? > '$STATE/python.rc'" \
       > "$STATE/python.log" 2>&1 < /dev/null &
     touch "$STATE/python.started"
