@@ -29,6 +29,9 @@ Runtime with the CUDA provider on PYTHONPATH:
 `--stage export` stops after step 2 and `--stage measure` does steps 3–5 on
 the graph a previous export left in `--work` (the torch model is rebuilt
 from the same seed): two calls when one is too short for both.
+`--compare-forms` (with `--config probe`: full-size blocks, two LLaMA
+layers) instead exports the plain and the fused graph and times both
+against PyTorch eager in the same run.
 `--wait-for FILE --ort-python DIR` let the export start before ONNX
 Runtime's CUDA build has arrived (scripts/gpu/relay.sh): ONNX Runtime is
 imported from DIR once FILE exists. `--table OUT` prints the summary of OUT/gpu_check.json and the Rust
@@ -56,7 +59,9 @@ import numpy as np
 import torch
 
 from export import example_input, export_onnx
-from pneumollm import build_model, get_config, random_init
+import onnx
+
+from pneumollm import CONFIGS, build_model, get_config, random_init
 from pneumollm.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, weights_sha256
 
 REL_TOL_FP16 = 1e-2
@@ -382,6 +387,88 @@ def check(args) -> dict:
     return res
 
 
+def compare_forms(args) -> dict:
+    """The plain and the fused graph (`FORMS`) of one configuration, side by
+    side in one run on one card: parity with the reference PyTorch model,
+    graph nodes, and images/s of each against PyTorch eager.  Meant for
+    `--config probe` (full-size blocks, exports in seconds)."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "onnxruntime-forms.log"
+    log.write_text("")
+    device, precision = args.device, args.precision
+    res: dict = {"config": args.config, "precision": precision, "device": device, "torch": torch.__version__,
+                 "card": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+                 "attention": "ort-mha", "forms": {}}
+
+    def save(step: str) -> None:
+        res["last_step"] = step
+        print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
+    cfg, model = build(args.config, "ort-mha", device, precision)
+    dtype = model.visual.conv1.weight.dtype
+    x = example_input(model, 2, device, dtype, seed=1)
+    with torch.inference_mode():
+        ref = model(x).float().cpu().numpy()
+    paths = {}
+    for form in FORMS:
+        t = time.perf_counter()
+        paths[form] = export(cfg, model, work / f"pneumollm-{cfg.name}-{precision}-{form}.onnx", precision, device,
+                             form)
+        graph = onnx.load(str(paths[form]), load_external_data=False).graph
+        res["forms"][form] = {"export_seconds": round(time.perf_counter() - t, 1),
+                              "nodes": sum(1 for n in graph.node if n.op_type != "Constant")}
+        save(f"exported {form}: {res['forms'][form]}")
+    ort = import_onnxruntime(args)
+    res["onnxruntime"] = ort.__version__
+    sessions = {}
+    for form, path in paths.items():
+        r = res["forms"][form]
+        sess = open_session(path, device, log, r)
+        if sess is not None:
+            sessions[form] = sess
+            r["rel_error"] = rel_error(sess.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0], ref)
+        save(f"session {form}: {json.dumps(r)[:600]}")
+    model.set_attention(args.torch_attention)
+    res["torch_attention"] = args.torch_attention
+    res["images_per_s"] = {}
+    for b in args.batches:
+        xb = example_input(model, b, device, dtype, seed=2)
+        xn = xb.cpu().numpy()
+        runs = {"torch": torch_runner(model, xb)}
+        for form, sess in sessions.items():
+            runs[form] = (ort_gpu_runner(ort, sess, xn) if device == "cuda"
+                          else (lambda s=sess: s.run([OUTPUT_NAME], {INPUT_NAME: xn})))
+        rounds: dict = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for k, run in runs.items():
+                rounds[k].append(images_per_s(run, b, args.seconds, device))
+        res["images_per_s"][str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
+        save(f"batch {b}: {json.dumps(res['images_per_s'][str(b)])}")
+    save("done")
+    return res
+
+
+def forms_table(res: dict) -> str:
+    io = "GPU-bound I/O" if res["device"] == "cuda" else "host I/O"
+    lines = [f"forms compared: {res['config']} {res['precision']}, attention {res['attention']}, "
+             f"card {res['card']}, torch {res['torch']}, onnxruntime {res.get('onnxruntime')}; "
+             f"ONNX Runtime with {io}; last step: {res.get('last_step')}"]
+    for form, r in res["forms"].items():
+        lines.append(f"- {form}: {r.get('nodes')} nodes, export {r.get('export_seconds')} s, "
+                     f"no CPU fallback {r.get('no_cpu_fallback')}, relative error {r.get('rel_error', float('nan')):.3g}"
+                     + (f", session error {r['session_error'][:300]}" if "session_error" in r else ""))
+    lines += ["", "| batch | PyTorch eager img/s | " + " | ".join(f"ORT {f} | / torch" for f in FORMS)
+              + " | fused / plain |", "| ---: | ---: |" + " ---: | ---: |" * len(FORMS) + " ---: |"]
+    for b, t in res.get("images_per_s", {}).items():
+        cells = [f"{t[f]:.1f} | {t[f] / t['torch']:.2f}" if f in t else "- | -" for f in FORMS]
+        ratio = f"{t['fused'] / t['plain']:.2f}" if "fused" in t and "plain" in t else "-"
+        lines.append(f"| {b} | {t['torch']:.1f} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def table(out: Path) -> str:
     res = json.loads((out / "gpu_check.json").read_text())
     rust: dict = {}
@@ -437,7 +524,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gpucheck"))
     p.add_argument("--out", help="write the results here (JSON)")
-    p.add_argument("--config", choices=["full", "tiny"], default="full")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--precision", choices=["fp16", "fp32"], default=None, help="default fp16 on cuda, fp32 on cpu")
     p.add_argument("--attention", choices=["pick", "ort-mha", "explicit", "sdpa"], default="pick")
@@ -459,12 +546,19 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="RUNS",
                    help="on CUDA, after the timings: profile RUNS calls at the largest batch "
                         "(GPU kernel time by class and the top kernels, ONNX Runtime and PyTorch)")
+    p.add_argument("--compare-forms", action="store_true",
+                   help="instead of the checks: export the plain and the fused graph of --config (probe: "
+                        "full-size blocks, two LLaMA layers) and time both against PyTorch eager, same run")
     p.add_argument("--table", metavar="OUT", help="print the summary of a finished run in OUT and exit")
     args = p.parse_args(argv)
     if args.table:
         print(table(Path(args.table)))
         return 0
     args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
+    if args.compare_forms:
+        res = compare_forms(args)
+        print(forms_table(res))
+        return 0
     res = check(args)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

@@ -4,7 +4,10 @@
 1024, 16 heads) + LLaMA-7B (32 layers, dim 4096, 32 heads).  `tiny` keeps every
 component and the ViT depth (24 blocks, so the CLS token taken after every 4th
 block still gives six source tokens) but with small widths and two LLM layers,
-so that the whole model fits in a few hundred kilobytes.
+so that the whole model fits in a few hundred kilobytes.  `probe` is `full`
+with two LLaMA layers instead of 32 (1.4 GB in fp16): not a model, a graph of
+full-size blocks that exports in seconds, for comparing graph forms on a GPU
+(model/gpu_check.py --compare-forms).
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ TINY = PneumoLLMConfig(
     llm_multiple_of=32,
 )
 
-CONFIGS: dict[str, PneumoLLMConfig] = {"full": FULL, "tiny": TINY}
+PROBE = dataclasses.replace(FULL, name="probe", llm_layers=2)
+
+CONFIGS: dict[str, PneumoLLMConfig] = {"full": FULL, "tiny": TINY, "probe": PROBE}
 
 
 def get_config(name: str) -> PneumoLLMConfig:

@@ -122,15 +122,15 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     reshape a constant shape: the exported graph has no Shape/Gather
     subgraph for ONNX Runtime to place on the CPU.
 
-    `proj_bias` [3D]: a q/k/v projection bias not yet added (`ort-mha` adds
-    it inside the fused operator).
+    `proj_bias` [3D] (`ort-mha` only): a q/k/v projection bias not yet
+    added, which the fused operator adds.
     """
     if impl == "ort-mha":
         if bias is not None:
             bias = torch.clamp(bias, min=MHA_MASK_VALUE).reshape(1, 1, tokens, tokens)
         return _OrtMultiHeadAttention.apply(q, k, v, bias, heads, proj_bias)
     if proj_bias is not None:
-        q, k, v = (t + b for t, b in zip((q, k, v), proj_bias.chunk(3)))
+        raise ValueError("proj_bias is for the fused attention operator (ort-mha)")
     d = int(q.shape[-1])  # a width: static, constant in the trace
     hd = d // heads
     split = lambda t: t.reshape(-1, tokens, heads, hd).transpose(1, 2)  # noqa: E731
@@ -332,9 +332,12 @@ class VisionAttention(nn.Module):
 
     def fused_without_out_bias(self, x: torch.Tensor) -> torch.Tensor:
         """The attention before out_proj's bias (the next fused norm adds it);
-        the projection bias goes into the attention operator."""
-        q, k, v = F.linear(x, self.in_proj_weight).split(self.width, dim=-1)
-        o = multi_head_attention(q, k, v, self.heads, None, self.impl, self.tokens, proj_bias=self.in_proj_bias)
+        with `ort-mha` the q/k/v bias goes into the attention operator."""
+        in_operator = self.impl == "ort-mha"
+        qkv = F.linear(x, self.in_proj_weight, None if in_operator else self.in_proj_bias)
+        q, k, v = qkv.split(self.width, dim=-1)
+        o = multi_head_attention(q, k, v, self.heads, None, self.impl, self.tokens,
+                                 proj_bias=self.in_proj_bias if in_operator else None)
         return F.linear(o, self.out_proj.weight)
 
 

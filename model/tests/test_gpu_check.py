@@ -56,3 +56,18 @@ def test_kernel_summary_classes_and_ranks_per_run():
     assert s["by_class_ms_per_run"] == {"matmul": 1.5, "attention": 0.5, "elementwise/other": 0.3,
                                         "norm": 0.2, "copy": 0.1}
     assert s["top_kernels_ms_per_run"] == [["sm90_xmma_gemm_f16f16_f32", 1.5], ["fmha_cutlassF_f16_aligned", 0.5]]
+
+
+def test_compare_forms_dry_run_times_both_graphs_against_pytorch(tmp_path):
+    out = tmp_path / "forms.json"
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--compare-forms", "--config", "tiny", "--device", "cpu",
+         "--work", str(tmp_path / "work"), "--batches", "1", "2", "--rounds", "1", "--seconds", "0.05",
+         "--out", str(out)], check=True, timeout=300, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    assert res["last_step"] == "done" and set(res["forms"]) == {"fused", "plain"}
+    fused, plain = res["forms"]["fused"], res["forms"]["plain"]
+    assert fused["nodes"] < plain["nodes"] / 2  # 317 against 687 for tiny
+    assert fused["rel_error"] <= 1e-5 and plain["rel_error"] <= 1e-5
+    assert all(set(t) >= {"torch", "fused", "plain"} for t in res["images_per_s"].values())
+    assert "| 2 |" in r.stdout and "fused / plain" in r.stdout

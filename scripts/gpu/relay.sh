@@ -15,6 +15,8 @@
 # Runtime is unpacked into ORT_ROOT, the Python side measures, then the
 # node's Rust runtime is timed and the table printed. A call with no piece
 # (`relay.sh there`) waits again for a run a timed-out call left going.
+# A further call, `OUT=... relay.sh forms`, times the plain and the fused
+# graph forms side by side on the `probe` configuration (about 2-3 min).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ORT_VERSION=${ORT_VERSION:-1.31.1}
@@ -221,10 +223,24 @@ except Exception as e: print(e)" "$1"; }
   grep -iE "warm-up|execution provider|error|warn" "$STATE/serve.log" | head -n 12
 }
 
+# The plain and the fused graph side by side, same run (after `relay.sh there`
+# has delivered ONNX Runtime): `gpu_check.py --compare-forms` on the `probe`
+# configuration (full-size blocks, two LLaMA layers: exports in seconds).
+forms() {
+  [ -e "$ORT_ROOT/ready" ] || { echo "ONNX Runtime is not unpacked yet: relay.sh there first" >&2; return 1; }
+  mkdir -p "$STATE/src" && cp -r model/. "$STATE/src/"
+  export LD_LIBRARY_PATH
+  LD_LIBRARY_PATH=$(cuda_library_path)
+  (cd "$STATE" && timeout "${FORMS_TIMEOUT:-280}" "$PYTHON" src/gpu_check.py --compare-forms \
+    --config "${FORMS_CONFIG:-probe}" --device "$DEVICE" --work "$WORK/forms" --ort-python "$ORT_PY" \
+    --rounds "$ROUNDS" --seconds "$SECONDS_EACH" --out "$OUT/forms.json") 2>&1 | tee "$OUT/forms.log" | tail -n 14
+}
+
 case "${1:-}" in
 pack) pack ;;
+forms) forms ;;
 there) shift; there "$@" ;;
 shapes) shift; shapes "$@" ;;
 node) shift; node_probe "$@" ;;
-*) sed -n '2,17p' "$0"; exit 2 ;;
+*) sed -n '2,19p' "$0"; exit 2 ;;
 esac
