@@ -182,6 +182,39 @@ def final_state(node, orthanc):
     }
 
 
+def test_one_uid_received_twice_in_two_encodings_is_kept_and_analysed_twice(node, rg1_copies, tmp_path):
+    """Radiographs re-sent under their SOP Instance UIDs with other bytes (a
+    router that transcoded them), in one association: every data set is
+    kept and analysed, and no job fails on its report although each pair's
+    reports get one UID (a report's UID derives from its source's)."""
+    from pynetdicom import AE  # sends each file in its own syntax (storescu would convert)
+
+    files = []
+    for i, explicit in enumerate(rg1_copies("UNCI", 4)):
+        ds = pydicom.dcmread(explicit)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        implicit = tmp_path / f"implicit-{i}.dcm"
+        ds.save_as(implicit, enforce_file_format=True)
+        files += [explicit, implicit]
+    ae = AE(ae_title="RESEND")
+    for ts in (pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian):
+        ae.add_requested_context(ds.SOPClassUID, [ts])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assert [assoc.send_c_store(f).Status for f in files] == [0] * 8
+    assoc.release()
+    node.wait_for_analyses()
+    with node.db() as c:
+        jobs = c.execute("SELECT state, reason FROM jobs").fetchall()
+        syntaxes = c.execute("SELECT sop_instance_uid, transfer_syntax_uid FROM instances WHERE generated = 0")
+        by_uid = {}
+        for uid, ts in syntaxes.fetchall():
+            by_uid.setdefault(uid, set()).add(ts)
+    assert jobs == [("reported", None)] * 8, jobs
+    assert list(by_uid.values()) == [{"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}] * 4
+    assert node.alive() and node.spool_files() == []
+
+
 def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):
     files = radiographs(tmp_path, 0, 8)  # JPEG 2000: slow enough to kill mid-analysis
 

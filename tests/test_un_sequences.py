@@ -1,11 +1,13 @@
 """CP-246: sequences that reach the node as UN of undefined length, their
 items in implicit VR, as PACS routers pass on sequences they do not know.
 The node stores them as received, reads them (header and analysis), and
-the SR carries what they held.
+the SR carries what they held. Likewise standard attributes sent as UN
+(PS3.5 §6.2.2): read as their dictionary VR.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -121,6 +123,57 @@ def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(n
     code = procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
     assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
         "RPID5145", "RADLEX", "XR CHEST PA")
+
+
+def with_un_values(src: Path, dst: Path, keywords: set[str]) -> pydicom.Dataset:
+    """`src` with the attributes named in `keywords` sent as explicit VR UN,
+    their values the bytes of the implicit encoding (PS3.5 §6.2.2)."""
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    body = b""
+    for e in ds:
+        if e.keyword in keywords:
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, True
+            write_dataset(fp, pydicom.Dataset({e.tag: e}))
+            value = fp.getvalue()[8:]  # after the implicit tag and length
+            body += struct.pack("<HH", e.tag.group, e.tag.element) + b"UN\0\0" + struct.pack("<I", len(value)) + value
+        else:
+            body += explicit([e])
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    dst.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    return ds
+
+
+UN_HEADER = {"Modality", "BodyPartExamined", "ViewPosition", "SamplesPerPixel", "PhotometricInterpretation",
+             "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+             "WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope", "ImagerPixelSpacing"}
+
+
+def test_standard_attributes_sent_as_un_are_read_as_their_vr(node, tmp_path):
+    """A radiograph whose modality, body part and image attributes came
+    through a router as UN: stored as received, read as CR/CHEST, analysed
+    to the same result as the same image with proper VRs."""
+    src = ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm"
+    proper = tmp_path / "proper.dcm"
+    plain = pydicom.dcmread(src)
+    plain.SOPInstanceUID = plain.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    plain.save_as(proper, enforce_file_format=True)
+    un = tmp_path / "un.dcm"
+    ds = with_un_values(src, un, UN_HEADER)
+    assert sum(1 for e in pydicom.dcmread(un, stop_before_pixels=True) if e.keyword in UN_HEADER) >= 12
+    for path in (proper, un):
+        send_file_bytes(node, path, ds.SOPClassUID)
+    assert dataset_bytes(node.stored_path(ds)) == dataset_bytes(un)  # kept as received
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
+    with node.db() as c:
+        row = c.execute("SELECT modality, body_part_examined FROM instances WHERE sop_instance_uid = ?",
+                        (ds.SOPInstanceUID,)).fetchone()
+        results = [json.loads(r)["prediction"]["probabilities"] for (r,) in c.execute(
+            "SELECT result_json FROM jobs ORDER BY id")]
+    assert row == ("CR", "CHEST")
+    assert results[0] == results[1]
 
 
 def test_preprocess_reads_a_cp246_file(tmp_path):

@@ -324,10 +324,7 @@ impl Pipeline {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        let spool = self
-            .store
-            .spool_dir()
-            .join(format!("generated-{}.part", uuid_like(&sop_uid)));
+        let spool = self.store.spool_dir().join(generated_spool_name(&sop_uid));
         let spool_for_write = spool.clone();
         let (len, sha) = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
             obj.write_to_file(&spool_for_write)
@@ -433,6 +430,32 @@ fn report_model(p: &Prediction) -> ReportModel {
 }
 
 /// A file-name-safe short form of a UID.
+/// The spool file of one write of a generated instance: unique per write,
+/// as two jobs can make a report with the same UID at once (one SOP Instance
+/// UID received twice with different bytes).
+fn generated_spool_name(sop_uid: &str) -> String {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "generated-{}-{}-{write}.part",
+        uuid_like(sop_uid),
+        std::process::id()
+    )
+}
+
 fn uuid_like(uid: &str) -> String {
     hex::encode(&Sha256::digest(uid.as_bytes())[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generated_spool_name;
+
+    #[test]
+    fn every_write_of_a_generated_instance_gets_its_own_spool_file() {
+        let uid = "1.2.826.0.1.3680043.10.1.2.3";
+        let (a, b) = (generated_spool_name(uid), generated_spool_name(uid));
+        assert_ne!(a, b);
+        assert!(a.starts_with("generated-") && a.ends_with(".part"), "{a}");
+    }
 }

@@ -57,15 +57,16 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
 /// Opens a Part-10 file, its data set read up to `until` (whole when
 /// `None`). A data set dicom-rs cannot parse because it holds a sequence
 /// sent as UN of undefined length (CP-246) is rewritten in memory and
-/// parsed again (see `cp246`); the file itself is not changed. Err is the
-/// parser's message.
+/// parsed again (see `cp246`); standard attributes sent as UN are read as
+/// their dictionary VR (see `un_values`); the file itself is not changed.
+/// Err is the parser's message.
 pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObject, String> {
     let options = || match until {
         Some(tag) => OpenFileOptions::new().read_until(tag),
         None => OpenFileOptions::new(),
     };
     let first_error = match options().open_file(path) {
-        Ok(obj) => return Ok(obj),
+        Ok(obj) => return Ok(with_un_values_reinterpreted(obj)),
         Err(e) => e.to_string(),
     };
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -84,9 +85,15 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
     match rewritten {
         Some(file) => options()
             .from_reader(&file[..])
+            .map(with_un_values_reinterpreted)
             .map_err(|e| format!("{first_error} (and after rewriting CP-246 sequences: {e})")),
         None => Err(first_error),
     }
+}
+
+fn with_un_values_reinterpreted(mut obj: DefaultDicomObject) -> DefaultDicomObject {
+    crate::un_values::reinterpret_un_values(&mut obj);
+    obj
 }
 
 impl InstanceHeader {

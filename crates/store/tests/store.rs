@@ -276,3 +276,45 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
     assert_eq!(due.len(), 3);
     assert!(due.iter().all(|d| d.attempts == 0));
 }
+
+/// The data set bytes of a stored Part-10 file (after its File Meta group).
+fn dataset_sha256_of(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    hex::encode(Sha256::digest(&bytes[144 + group_len..]))
+}
+
+/// Two associations delivering different data sets under one SOP Instance
+/// UID at the same moment: both are kept, each row's file holding its own
+/// bytes (neither rename may land on the other's path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_conflicting_instances_are_both_kept_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for i in 0..40 {
+        let sop = format!("1.9.7.{i}");
+        let a = spooled(&store, &sop, "CR", "a");
+        let b = spooled(&store, &sop, "CR", "bb");
+        let (ra, rb) = tokio::join!(store.ingest(&a, |_| vec![]), store.ingest(&b, |_| vec![]));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let conflicting = [&ra, &rb]
+            .iter()
+            .filter(|o| matches!(o, IngestOutcome::StoredConflicting { .. }))
+            .count();
+        assert_eq!(conflicting, 1, "{sop}: {ra:?} {rb:?}");
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT path, sha256 FROM instances WHERE sop_instance_uid = ?")
+                .bind(&sop)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 2, "{sop}");
+        for (path, sha) in rows {
+            assert_eq!(
+                dataset_sha256_of(&dir.path().join(&path)),
+                sha,
+                "{sop}: {path}"
+            );
+        }
+    }
+}
