@@ -185,8 +185,8 @@ def final_state(node, orthanc):
 def test_one_uid_received_twice_in_two_encodings_is_kept_and_analysed_twice(node, rg1_copies, tmp_path):
     """Radiographs re-sent under their SOP Instance UIDs with other bytes (a
     router that transcoded them), in one association: every data set is
-    kept and analysed, and no job fails on its report although each pair's
-    reports get one UID (a report's UID derives from its source's)."""
+    kept and analysed, no job fails on its report, and each pair shares one
+    report (a report's UID derives from its source's UID and the model)."""
     from pynetdicom import AE  # sends each file in its own syntax (storescu would convert)
 
     files = []
@@ -210,8 +210,12 @@ def test_one_uid_received_twice_in_two_encodings_is_kept_and_analysed_twice(node
         by_uid = {}
         for uid, ts in syntaxes.fetchall():
             by_uid.setdefault(uid, set()).add(ts)
+        reports = c.execute("SELECT sop_instance_uid, COUNT(*) FROM instances WHERE generated = 1 "
+                            "AND modality = 'SR' GROUP BY sop_instance_uid").fetchall()
     assert jobs == [("reported", None)] * 8, jobs
     assert list(by_uid.values()) == [{"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}] * 4
+    # one report per UID, shared by both jobs: not two versions under one UID
+    assert len(reports) == 4 and all(n == 1 for _, n in reports), reports
     assert node.alive() and node.spool_files() == []
 
 

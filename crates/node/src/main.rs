@@ -263,6 +263,7 @@ async fn serve(config: Config) -> Result<()> {
         wake: wake_pipeline,
         wake_outbox: wake_outbox.clone(),
         owner: format!("{}-{}", config.dicom.ae_title, uuid::Uuid::new_v4()),
+        report_locks: Default::default(),
     });
     tokio::spawn(pipeline.run());
     tokio::spawn(

@@ -19,7 +19,7 @@ use pneumo_report::{
     GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, ReportOptions,
     ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
-use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store};
+use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store, UidLocks};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
@@ -67,6 +67,10 @@ pub struct Pipeline {
     pub wake_outbox: Arc<Notify>,
     /// This process's lease owner name.
     pub owner: String,
+    /// Report creation one at a time per report UID: two jobs whose sources
+    /// share a SOP Instance UID (one data set received twice with different
+    /// bytes) make one report, not two versions under one UID.
+    pub report_locks: UidLocks,
 }
 
 /// What an analysis produced, kept on the job as JSON.
@@ -223,6 +227,7 @@ impl Pipeline {
         .map_err(|e| format!("report: {e}"))?;
 
         let mut owed = Vec::new();
+        let same_report = self.report_locks.lock(&sr_uid).await;
         let sr_id = match self
             .store
             .instance_id_by_uid(&sr_uid)
@@ -237,6 +242,7 @@ impl Pipeline {
                 self.keep_generated(sr).await?
             }
         };
+        drop(same_report);
         if let Some(grey) = &prepared.grey {
             let image = ReportGreyImage {
                 pixels: &grey.data,

@@ -13,6 +13,7 @@ mod header;
 mod jobs;
 mod lengths;
 mod outbox;
+mod uid_locks;
 mod un_values;
 mod views;
 
@@ -27,6 +28,7 @@ pub use cp246::rewrite_un_sequences;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
 pub use jobs::{ClaimedJob, JobCount, RetryableState, JOB_STATES};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
+pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
 pub use views::{DeliveryView, InstanceView, JobView};
 
@@ -84,13 +86,11 @@ pub enum IngestOutcome {
 pub struct Store {
     data_dir: PathBuf,
     pool: SqlitePool,
-    /// Ingests of one SOP Instance UID run one at a time (striped by UID):
-    /// two data sets arriving together under one UID must not both take the
-    /// first's path, where the second rename would replace acknowledged bytes.
-    uid_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Ingests of one SOP Instance UID run one at a time: two data sets
+    /// arriving together under one UID must not both take the first's path,
+    /// where the second rename would replace acknowledged bytes.
+    ingest_locks: UidLocks,
 }
-
-const UID_LOCK_STRIPES: usize = 64;
 
 impl Store {
     /// Opens (creating when needed) the data directory and the database,
@@ -117,17 +117,8 @@ impl Store {
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             pool,
-            uid_locks: (0..UID_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            ingest_locks: UidLocks::default(),
         })
-    }
-
-    fn uid_lock(&self, sop_instance_uid: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        sop_instance_uid.hash(&mut hasher);
-        &self.uid_locks[(hasher.finish() % UID_LOCK_STRIPES as u64) as usize]
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -159,7 +150,7 @@ impl Store {
         header.check_against(incoming)?;
         let sha256 = hex::encode(incoming.dataset_sha256);
 
-        let _same_uid = self.uid_lock(&incoming.sop_instance_uid).lock().await;
+        let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
         let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
             return Ok(IngestOutcome::Duplicate { instance_id: *id });
