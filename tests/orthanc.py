@@ -13,8 +13,10 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 
 class Orthanc:
-    def __init__(self, workdir: Path, dicom_port: int = None):
+    def __init__(self, workdir: Path, dicom_port: int = None, modalities: dict = None):
+        """`modalities`: Orthanc's DicomModalities, name -> [AE title, host, port]."""
         self.workdir = workdir
+        self.modalities = modalities or {}
         self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
         self.ae_title = "ORTHANC"
@@ -34,6 +36,7 @@ class Orthanc:
             "DicomCheckCalledAet": True,
             "Plugins": [],
             "SaveJobs": False,
+            "DicomModalities": self.modalities,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -53,6 +56,16 @@ class Orthanc:
 
     def get(self, path: str):
         r = requests.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body):
+        """POST raw bytes, or JSON for anything else; the parsed answer."""
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        if isinstance(body, bytes):
+            r = requests.post(url, data=body, timeout=60)
+        else:
+            r = requests.post(url, json=body, timeout=120)
         r.raise_for_status()
         return r.json()
 

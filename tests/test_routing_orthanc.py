@@ -168,3 +168,31 @@ def test_transient_refusal_is_retried(node_factory, rg1_copies, tmp_path):
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1)
     finally:
         receiver.close()
+
+
+def test_a_pacs_pushes_radiographs_and_gets_the_reports_back(node_factory, rg1_copies, tmp_path):
+    """Orthanc as the sending PACS ("send to the AI node"): its own C-STORE
+    SCU pushes a JPEG 2000 and an uncompressed radiograph, proposing
+    contexts its way; the node analyses both and sends each SR back."""
+    node = node_factory()
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"pneumo": [node.ae_title, "127.0.0.1", node.port]})
+    config = tmp_path / "node.toml"
+    config.write_text(f'[[destinations]]\nname = "pacs"\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\n'
+                      f"port = {pacs.dicom_port}\nresults = true\n")
+    node.start(config_file=config)
+    pacs.start()
+    try:
+        files = rg1_copies("J2KR", 1) + rg1_copies("UNCI", 1)
+        ids = [pacs.post("/instances", f.read_bytes())["ID"] for f in files]
+        pacs.post("/modalities/pneumo/store", {"Resources": ids, "Synchronous": True})
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=90,
+                   what="both reports delivered")
+        with node.db() as c:
+            syntaxes = {ts for (ts,) in c.execute("SELECT transfer_syntax_uid FROM instances WHERE generated = 0")}
+        assert "1.2.840.10008.1.2.4.90" in syntaxes  # the JPEG 2000 file arrived as such and was analysed
+        stored = pacs.wait_for_count(4)
+        reports = [t for t in stored if t["Modality"] == "SR"]
+        sources = {pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID for f in files}
+        assert len(reports) == 2 and {t["StudyInstanceUID"] for t in reports} == sources
+    finally:
+        pacs.stop()
