@@ -77,6 +77,16 @@ def _drop_unused_norm_statistics(graph: onnx.GraphProto) -> None:
                     node.output[i] = ""
 
 
+def _declare_output_shape(graph: onnx.GraphProto, classes: int) -> None:
+    """logits [batch, classes] in the file, as the contract says: past a
+    contrib operator the exporter's shape inference leaves the class axis
+    symbolic."""
+    (out,) = graph.output
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) == 2:
+        dims[1].dim_value = classes
+
+
 def _trace(model: PneumoLLM, x: torch.Tensor, path: Path, opset: int, ort_ops: bool) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,6 +133,7 @@ def export_onnx(model: PneumoLLM, out: str | Path, *, metadata: dict[str, str], 
                 undo_fold()
         proto = onnx.load(str(tmp_file), load_external_data=True)
     _drop_unused_norm_statistics(proto.graph)
+    _declare_output_shape(proto.graph, model.cfg.num_classes)
     proto.producer_name = "pneumo-node model/export.py"
     proto.producer_version = "1"
     proto.domain = "pneumo"

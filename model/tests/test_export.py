@@ -179,6 +179,8 @@ def test_fused_folded_export_matches_the_reference_and_leaves_the_model_alone(tm
     assert ops["MatMul"] == 4 * vit + 7 * llm + 6 + attention_matmuls
     assert not set(ops) & {"Shape", "Cast"}
     assert ops.get("Pow") == 1  # plain RMSNorm maths only once: the first LLaMA layer's attention_norm
+    (out,) = onnx.load(str(path)).graph.output
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 2]
     stats = [n for n in onnx.load(str(path)).graph.node if n.op_type.startswith("Skip")]
     assert all(n.output[1] == n.output[2] == "" for n in stats)  # mean/inv_std not asked for
     for batch in (1, 3):

@@ -121,7 +121,10 @@ fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Resul
     for (i, (g, c)) in graph.iter().zip(contract).enumerate() {
         let ok = match c {
             Dim::Named(_) => *g < 0,
-            Dim::Fixed(n) => g == n,
+            // A size the file leaves symbolic (an exporter that could not
+            // infer it, e.g. past a contrib operator) is not a mismatch:
+            // every run checks the output's actual shape.
+            Dim::Fixed(n) => *g < 0 || g == n,
         };
         if !ok {
             return Err(graph_err(
@@ -230,4 +233,22 @@ pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_contract_sizes_accept_unknown_graph_sizes_and_refuse_other_ones() {
+        let path = Path::new("m.onnx");
+        let contract = [Dim::Named("batch".into()), Dim::Fixed(2)];
+        assert!(check_dims(path, "output", &[-1, 2], &contract).is_ok());
+        assert!(check_dims(path, "output", &[-1, -1], &contract).is_ok());
+        let wrong = check_dims(path, "output", &[-1, 3], &contract).unwrap_err();
+        assert!(wrong.to_string().contains("dimension 1 is 3"), "{wrong}");
+        // a fixed batch where the contract wants it dynamic, and a wrong rank
+        assert!(check_dims(path, "output", &[1, 2], &contract).is_err());
+        assert!(check_dims(path, "output", &[-1, 2, 1], &contract).is_err());
+    }
 }
