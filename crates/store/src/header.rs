@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dicom_core::Tag;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
@@ -27,13 +27,26 @@ const HEADER_END: Tag = Tag(0x0020, 0x0010);
 /// Refuses a Part-10 file whose element lengths (up to `stop`) cannot be
 /// right, before a parser allocates what they claim.
 pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
-    use std::io::{Seek, SeekFrom};
     let bad = |e: String| StoreError::Unparseable(e);
-    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let size = file.get_ref().metadata()?.len();
-    file.seek(SeekFrom::Start(128))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file)
-        .map_err(|e| bad(e.to_string()))?;
+    let Some((mut file, encoding, size)) = data_set_reader(path).map_err(bad)? else {
+        return Ok(()); // Deflated data sets are checked by inflation itself
+    };
+    crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
+}
+
+type FileReader = std::io::BufReader<std::fs::File>;
+
+/// The file positioned at its data set, the data set's encoding and the
+/// file's size; None for a Deflated data set (no raw walk possible).
+fn data_set_reader(
+    path: &Path,
+) -> Result<Option<(FileReader, crate::lengths::Encoding, u64)>, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
+    let size = file.get_ref().metadata().map_err(|e| e.to_string())?.len();
+    file.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
+    let meta =
+        dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| e.to_string())?;
     let encoding = match meta.transfer_syntax().trim_end_matches('\0') {
         "1.2.840.10008.1.2" => crate::lengths::Encoding {
             explicit_vr: false,
@@ -43,15 +56,61 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
             explicit_vr: true,
             big_endian: true,
         },
-        // Deflated data sets are checked by inflation itself; the rest are
-        // explicit little endian up to their (encapsulated) pixel data.
-        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        "1.2.840.10008.1.2.1.99" => return Ok(None),
+        // the rest are explicit little endian up to their (encapsulated) pixel data
         _ => crate::lengths::Encoding {
             explicit_vr: true,
             big_endian: false,
         },
     };
-    crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
+    Ok(Some((file, encoding, size)))
+}
+
+/// Text VRs whose values a Specific Character Set governs.
+const CHARSET_TEXT_VRS: &[VR] = &[VR::PN, VR::LO, VR::SH, VR::LT, VR::ST, VR::UT, VR::UC];
+
+/// When the data set's Specific Character Set uses ISO 2022 code extensions
+/// (which dicom-rs does not decode), its top-level text values are read
+/// again from the file's bytes and decoded here (`iso2022`). Text nested in
+/// sequences keeps dicom-rs's reading.
+fn with_code_extensions_decoded(path: &Path, mut obj: DefaultDicomObject) -> DefaultDicomObject {
+    let Some(terms) = obj
+        .element(tags::SPECIFIC_CHARACTER_SET)
+        .ok()
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>())
+        .filter(|t| crate::iso2022::uses_code_extensions(t))
+    else {
+        return obj;
+    };
+    let raw = data_set_reader(path).and_then(|r| match r {
+        Some((mut file, enc, size)) => crate::lengths::top_level_values(
+            &mut file,
+            enc,
+            size,
+            tags::PIXEL_DATA,
+            CHARSET_TEXT_VRS,
+        ),
+        None => Ok(Vec::new()),
+    });
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!(error = %e, "text in ISO 2022 code extensions left as dicom-rs read it");
+            return obj;
+        }
+    };
+    for (tag, vr, bytes) in raw {
+        let text = crate::iso2022::decode(&bytes, &terms, vr == VR::PN);
+        let text = text.trim_end_matches(['\0', ' ']);
+        let value = if matches!(vr, VR::LT | VR::ST | VR::UT) {
+            PrimitiveValue::from(text.to_string())
+        } else {
+            PrimitiveValue::Strs(text.split('\\').map(|v| v.trim_end().to_string()).collect())
+        };
+        obj.put(DataElement::new(tag, vr, value));
+    }
+    obj
 }
 
 /// Opens a Part-10 file, its data set read up to `until` (whole when
@@ -66,7 +125,12 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
         None => OpenFileOptions::new(),
     };
     let first_error = match options().open_file(path) {
-        Ok(obj) => return Ok(with_un_values_reinterpreted(obj)),
+        Ok(obj) => {
+            return Ok(with_code_extensions_decoded(
+                path,
+                with_un_values_reinterpreted(obj),
+            ))
+        }
         Err(e) => e.to_string(),
     };
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -85,7 +149,7 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
     match rewritten {
         Some(file) => options()
             .from_reader(&file[..])
-            .map(with_un_values_reinterpreted)
+            .map(|obj| with_code_extensions_decoded(path, with_un_values_reinterpreted(obj)))
             .map_err(|e| format!("{first_error} (and after rewriting CP-246 sequences: {e})")),
         None => Err(first_error),
     }

@@ -46,6 +46,9 @@ struct Scanner<R> {
     enc: Encoding,
     pos: u64,
     stop: Tag,
+    /// Top-level elements of these VRs are read, not skipped (`top_level_values`).
+    collect: &'static [VR],
+    collected: Vec<(Tag, VR, Vec<u8>)>,
 }
 
 enum Stop {
@@ -60,8 +63,37 @@ enum Stop {
 /// after `stop`; Err names the first length that cannot be.
 pub fn check<R: Read + Seek>(mut r: R, enc: Encoding, end: u64, stop: Tag) -> Result<(), String> {
     let pos = r.stream_position().map_err(|e| e.to_string())?;
-    let mut s = Scanner { r, enc, pos, stop };
+    let mut s = Scanner {
+        r,
+        enc,
+        pos,
+        stop,
+        collect: &[],
+        collected: Vec::new(),
+    };
     s.elements(end, 0, true).map(|_| ())
+}
+
+/// The same walk, returning the raw value bytes of the top-level elements
+/// whose VR is in `vrs` (as the header has it; implicit VR: the dictionary's).
+pub fn top_level_values<R: Read + Seek>(
+    mut r: R,
+    enc: Encoding,
+    end: u64,
+    stop: Tag,
+    vrs: &'static [VR],
+) -> Result<Vec<(Tag, VR, Vec<u8>)>, String> {
+    let pos = r.stream_position().map_err(|e| e.to_string())?;
+    let mut s = Scanner {
+        r,
+        enc,
+        pos,
+        stop,
+        collect: vrs,
+        collected: Vec::new(),
+    };
+    s.elements(end, 0, true)?;
+    Ok(s.collected)
 }
 
 impl<R: Read + Seek> Scanner<R> {
@@ -164,6 +196,10 @@ impl<R: Read + Seek> Scanner<R> {
             if is_sequence {
                 self.items(value_end, depth + 1, false)?;
                 self.skip(value_end.saturating_sub(self.pos))?;
+            } else if top && self.collect.contains(&vr) {
+                let mut value = vec![0u8; len as usize]; // fits: checked against `end` above
+                self.read(&mut value)?;
+                self.collected.push((tag, vr, value));
             } else {
                 self.skip(u64::from(len))?;
             }

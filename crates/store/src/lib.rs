@@ -10,6 +10,7 @@ mod cp246;
 mod db;
 mod files;
 mod header;
+mod iso2022;
 mod jobs;
 mod lengths;
 mod outbox;

@@ -1,0 +1,72 @@
+"""Patient and study text in the character sets sites use, through the node
+into its SR: single-byte, UTF-8, GB18030, and ISO 2022 code extensions
+(Japanese, Korean, Chinese GB 2312), which dicom-rs does not decode and the
+node reads itself (crates/store/src/iso2022.rs). The SR is written in UTF-8
+when the source used code extensions; a viewer must show the same names."""
+
+import subprocess
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from nodetest import data_store, node  # noqa: F401 (fixture)
+
+ESC = b"\x1b"
+CASES = {
+    # name: (Specific Character Set, Patient's Name as written, as read, Study Description)
+    "latin1": ("ISO_IR 100", "Müller^Jürgen", None, "Thorax p.a."),
+    "utf8": ("ISO_IR 192", "Müller^Jürgen=山田^太郎", None, "Thorax — Staublunge"),
+    "gb18030": ("GB18030", "张^伟", None, "胸部正位"),
+    # PS3.5 H.3.1, as pydicom encodes it (escape sequences around JIS X 0208)
+    "jis": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", None, "chest"),
+    # PS3.5 I.2
+    "ksx1001": (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", None, "chest"),
+    # PS3.5 K.2 style: GB 2312 in G1 with its escape sequence (written byte by byte)
+    "gb2312": (["", "ISO 2022 IR 58"],
+               b"Zhang^XiaoDong=" + ESC + b"$)A\xd5\xc5^" + ESC + b"$)A\xd0\xa1\xb6\xab",
+               "Zhang^XiaoDong=张^小东", "chest"),
+}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    base = tmp_path_factory.mktemp("charsets")
+    out = {}
+    for key, (charset, name, _, description) in CASES.items():
+        ds = pydicom.dcmread(data_store() / "RG1_UNCI.dcm")
+        ds.SpecificCharacterSet = charset
+        if isinstance(name, bytes):
+            ds.add_new(0x00100010, "PN", name)
+        else:
+            ds.PatientName = name
+        ds.StudyDescription = description
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = base / f"{key}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out[key] = (path, ds.StudyInstanceUID)
+    return out
+
+
+def test_names_reach_the_sr_as_written(node, sources):
+    ae = AE(ae_title="CHARSETS")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assert [assoc.send_c_store(path).Status for path, _ in sources.values()] == [0] * len(CASES)
+    assoc.release()
+    node.wait_for_analyses()
+    with node.db() as c:
+        reports = dict(c.execute("SELECT study_instance_uid, path FROM instances "
+                                 "WHERE generated = 1 AND modality = 'SR'").fetchall())
+    for key, (charset, name, expected, description) in CASES.items():
+        path = node.data_dir / reports[sources[key][1]]
+        sr = pydicom.dcmread(path)
+        assert str(sr.PatientName) == (expected or name), key
+        assert sr.StudyDescription == description, key
+        if isinstance(charset, list):  # code extensions: written in UTF-8
+            assert sr.SpecificCharacterSet == "ISO_IR 192", key
+        out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == [], key
