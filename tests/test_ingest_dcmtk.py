@@ -55,3 +55,36 @@ def test_same_uid_other_content_is_kept_beside_the_first(node, rg1_copies, tmp_p
     beside = [p for p in first.parent.iterdir() if p != first]
     assert len(beside) == 1 and same_dataset(beside[0], changed)
     assert "same SOP Instance UID with different content" in node.log()
+
+
+def test_big_endian_and_deflated_radiographs_are_stored_so_and_analysed_alike(node, rg1_copies, tmp_path):
+    """The two native syntaxes off the usual path: Explicit VR Big Endian
+    (retired, still sent by old modalities; DCMTK's dcmconv makes the file,
+    pynetdicom sends it as is) and Deflated Explicit VR Little Endian
+    (storescu -xd). Both kept in their syntax and analysed to the same
+    probabilities as the Explicit VR Little Endian original."""
+    import json
+    import subprocess
+
+    from pynetdicom import AE
+
+    original, deflated, big = rg1_copies("UNCI", 3)
+    big_endian = tmp_path / "big_endian.dcm"
+    subprocess.run(["/usr/bin/dcmconv", "+tb", str(big), str(big_endian)], check=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, original)
+    run_dcmtk("storescu", "-xd", "-aec", node.ae_title, "127.0.0.1", node.port, deflated)
+    ae = AE(ae_title="OLDMODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", ["1.2.840.10008.1.2.2"])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_store(big_endian).Status == 0x0000
+    assoc.release()
+    node.wait_for_analyses()
+    with node.db() as c:
+        rows = c.execute("SELECT i.transfer_syntax_uid, j.state, j.result_json FROM jobs j "
+                         "JOIN instances i ON i.id = j.instance_id ORDER BY j.id").fetchall()
+    assert [(ts, state) for ts, state, _ in rows] == [
+        ("1.2.840.10008.1.2.1", "reported"), ("1.2.840.10008.1.2.1.99", "reported"),
+        ("1.2.840.10008.1.2.2", "reported")]
+    probabilities = [json.loads(r)["prediction"]["probabilities"] for _, _, r in rows]
+    assert probabilities[1] == probabilities[0] and probabilities[2] == probabilities[0]

@@ -156,7 +156,10 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
 }
 
 fn with_un_values_reinterpreted(mut obj: DefaultDicomObject) -> DefaultDicomObject {
-    crate::un_values::reinterpret_un_values(&mut obj);
+    // UN values are read as little endian: not in the (retired) big endian syntax
+    if obj.meta().transfer_syntax().trim_end_matches('\0') != "1.2.840.10008.1.2.2" {
+        crate::un_values::reinterpret_un_values(&mut obj);
+    }
     obj
 }
 
