@@ -125,6 +125,30 @@ def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(n
         "RPID5145", "RADLEX", "XR CHEST PA")
 
 
+def test_a_sequence_sent_as_un_of_defined_length_reaches_the_sr(node, tmp_path):
+    """The same Procedure Code Sequence as UN with a defined length (a router
+    that knew the length): read as a sequence, its code in the SR."""
+    src = ROOT / "fixtures" / "imaging" / "rg1s_mono1.dcm"
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.pop(0x00081032, None)
+    code = item(implicit(0x0008, 0x0100, b"RPID5145"), implicit(0x0008, 0x0102, b"RADLEX"),
+                implicit(0x0008, 0x0104, b"XR CHEST PA"))
+    sequence = struct.pack("<HH", 0x0008, 0x1032) + b"UN\0\0" + struct.pack("<I", len(code)) + code
+    body = (explicit([e for e in ds if e.tag < 0x00081032]) + sequence
+            + explicit([e for e in ds if e.tag > 0x00081032]))
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path = tmp_path / "un-defined.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    send_file_bytes(node, path, ds.SOPClassUID)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+    code = procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
+    assert (code.CodeValue, code.CodeMeaning) == ("RPID5145", "XR CHEST PA")
+
+
 def with_un_values(src: Path, dst: Path, keywords: set[str]) -> pydicom.Dataset:
     """`src` with the attributes named in `keywords` sent as explicit VR UN,
     their values the bytes of the implicit encoding (PS3.5 §6.2.2)."""

@@ -5,7 +5,9 @@
 //! (PS3.5 §6.2.2). dicom-rs keeps such a value as bytes, so Modality "CR"
 //! would read as "67\82" and Rows as two bytes. As PS3.5 asks of a receiver
 //! that knows the attribute, the value is read as the dictionary's VR, in
-//! memory only (the stored file is left as received).
+//! memory only (the stored file is left as received). A sequence sent as
+//! UN with a defined length holds implicit VR little endian items, and is
+//! parsed as such (undefined lengths are `cp246`'s).
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::header::Header;
@@ -45,8 +47,31 @@ fn reinterpreted(element: &DataElement<InMemDicomObject>) -> Option<DataElement<
     let Value::Primitive(PrimitiveValue::U8(bytes)) = element.value() else {
         return None;
     };
+    if vr == VR::SQ {
+        return sequence_from_implicit(element.tag(), bytes);
+    }
     let value = decode(vr, bytes)?;
     Some(DataElement::new(element.tag(), vr, value))
+}
+
+/// The items in `bytes` (implicit VR little endian), parsed as the value of
+/// sequence `tag`.
+fn sequence_from_implicit(tag: Tag, bytes: &[u8]) -> Option<DataElement<InMemDicomObject>> {
+    use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+    let len = u32::try_from(bytes.len()).ok()?;
+    let mut data = Vec::with_capacity(bytes.len() + 8);
+    data.extend_from_slice(&tag.group().to_le_bytes());
+    data.extend_from_slice(&tag.element().to_le_bytes());
+    data.extend_from_slice(&len.to_le_bytes());
+    data.extend_from_slice(bytes);
+    let parsed =
+        InMemDicomObject::read_dataset_with_ts(&data[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+            .ok()?;
+    let mut element = parsed.element(tag).ok()?.clone();
+    if let Some(items) = element.items_mut() {
+        items.iter_mut().for_each(reinterpret_un_values);
+    }
+    (element.vr() == VR::SQ).then_some(element)
 }
 
 /// `bytes` (little endian, as implicit VR has them) read as `vr`.
@@ -102,7 +127,7 @@ fn decode(vr: VR, bytes: &[u8]) -> Option<PrimitiveValue> {
                 u16::from_le_bytes([b[2], b[3]]),
             )
         })?),
-        // OB, OW, OF, ...: bytes already; SQ: a CP-246 matter (`cp246`)
+        // OB, OW, OF, ...: bytes already
         _ => return None,
     })
 }
@@ -146,6 +171,38 @@ mod tests {
         assert_eq!(get(tags::PIXEL_SPACING).vr(), VR::DS);
         assert_eq!(get(Tag(0x0019, 0x1001)).vr(), VR::UN);
         assert_eq!(get(tags::COLUMNS).vr(), VR::UN);
+    }
+
+    #[test]
+    fn a_sequence_sent_as_un_of_defined_length_is_parsed() {
+        // one item (defined length) holding Code Value "RPID5145" in implicit VR
+        let code = [
+            &[0x08u8, 0x00, 0x00, 0x01][..],
+            &8u32.to_le_bytes(),
+            b"RPID5145",
+        ]
+        .concat();
+        let item = [
+            &[0xFEu8, 0xFF, 0x00, 0xE0][..],
+            &(code.len() as u32).to_le_bytes(),
+            &code,
+        ]
+        .concat();
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(un(tags::PROCEDURE_CODE_SEQUENCE, &item));
+        reinterpret_un_values(&mut obj);
+        let seq = obj.element(tags::PROCEDURE_CODE_SEQUENCE).unwrap();
+        assert_eq!(seq.vr(), VR::SQ);
+        let value = seq.items().unwrap()[0].element(tags::CODE_VALUE).unwrap();
+        assert_eq!(value.to_str().unwrap(), "RPID5145");
+        // not items at all: left as it came
+        let mut junk = InMemDicomObject::new_empty();
+        junk.put(un(tags::PROCEDURE_CODE_SEQUENCE, b"garbage!"));
+        reinterpret_un_values(&mut junk);
+        assert_eq!(
+            junk.element(tags::PROCEDURE_CODE_SEQUENCE).unwrap().vr(),
+            VR::UN
+        );
     }
 
     #[test]
