@@ -32,10 +32,20 @@ def data_store() -> Path:
     return Path(next(iter(data_store.__path__))) / "data"
 
 
+_PORTS_GIVEN: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run: the kernel
+    may offer a just-closed port again, and a node's DICOM and HTTP ports
+    (or Orthanc's) are chosen before either is bound."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
