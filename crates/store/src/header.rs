@@ -71,9 +71,13 @@ const CHARSET_TEXT_VRS: &[VR] = &[VR::PN, VR::LO, VR::SH, VR::LT, VR::ST, VR::UT
 
 /// When the data set's Specific Character Set uses ISO 2022 code extensions
 /// (which dicom-rs does not decode), its top-level text values are read
-/// again from the file's bytes and decoded here (`iso2022`). Text nested in
-/// sequences keeps dicom-rs's reading.
-fn with_code_extensions_decoded(path: &Path, mut obj: DefaultDicomObject) -> DefaultDicomObject {
+/// again from the file's bytes (up to `stop`) and decoded here (`iso2022`).
+/// Text nested in sequences keeps dicom-rs's reading.
+fn with_code_extensions_decoded(
+    path: &Path,
+    stop: Tag,
+    mut obj: DefaultDicomObject,
+) -> DefaultDicomObject {
     let Some(terms) = obj
         .element(tags::SPECIFIC_CHARACTER_SET)
         .ok()
@@ -84,13 +88,9 @@ fn with_code_extensions_decoded(path: &Path, mut obj: DefaultDicomObject) -> Def
         return obj;
     };
     let raw = data_set_reader(path).and_then(|r| match r {
-        Some((mut file, enc, size)) => crate::lengths::top_level_values(
-            &mut file,
-            enc,
-            size,
-            tags::PIXEL_DATA,
-            CHARSET_TEXT_VRS,
-        ),
+        Some((mut file, enc, size)) => {
+            crate::lengths::top_level_values(&mut file, enc, size, stop, CHARSET_TEXT_VRS)
+        }
         None => Ok(Vec::new()),
     });
     let raw = match raw {
@@ -117,9 +117,12 @@ fn with_code_extensions_decoded(path: &Path, mut obj: DefaultDicomObject) -> Def
 /// `None`). A data set dicom-rs cannot parse because it holds a sequence
 /// sent as UN of undefined length (CP-246) is rewritten in memory and
 /// parsed again (see `cp246`); standard attributes sent as UN are read as
-/// their dictionary VR (see `un_values`); the file itself is not changed.
+/// their dictionary VR (see `un_values`), and text in ISO 2022 code
+/// extensions is decoded by the node (see `iso2022`); the file itself is
+/// not changed.
 /// Err is the parser's message.
 pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObject, String> {
+    let stop = until.unwrap_or(tags::PIXEL_DATA);
     let options = || match until {
         Some(tag) => OpenFileOptions::new().read_until(tag),
         None => OpenFileOptions::new(),
@@ -128,6 +131,7 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
         Ok(obj) => {
             return Ok(with_code_extensions_decoded(
                 path,
+                stop,
                 with_un_values_reinterpreted(obj),
             ))
         }
@@ -149,7 +153,7 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
     match rewritten {
         Some(file) => options()
             .from_reader(&file[..])
-            .map(|obj| with_code_extensions_decoded(path, with_un_values_reinterpreted(obj)))
+            .map(|obj| with_code_extensions_decoded(path, stop, with_un_values_reinterpreted(obj)))
             .map_err(|e| format!("{first_error} (and after rewriting CP-246 sequences: {e})")),
         None => Err(first_error),
     }
