@@ -20,14 +20,26 @@ CASES = {
     "utf8": ("ISO_IR 192", "Müller^Jürgen=山田^太郎", None, "Thorax — Staublunge"),
     "gb18030": ("GB18030", "张^伟", None, "胸部正位"),
     # PS3.5 H.3.1, as pydicom encodes it (escape sequences around JIS X 0208)
-    "jis": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", None, "chest"),
+    "jis": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", None, "胸部正面"),
     # PS3.5 I.2
-    "ksx1001": (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", None, "chest"),
+    "ksx1001": (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", None, "흉부 정면"),
     # PS3.5 K.2 style: GB 2312 in G1 with its escape sequence (written byte by byte)
     "gb2312": (["", "ISO 2022 IR 58"],
                b"Zhang^XiaoDong=" + ESC + b"$)A\xd5\xc5^" + ESC + b"$)A\xd0\xa1\xb6\xab",
                "Zhang^XiaoDong=张^小东", "chest"),
 }
+
+
+def procedure_meaning(sr):
+    """The Code Meaning of the SR's (121058, DCM, "Procedure reported")."""
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        name = item.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == "121058":
+            return item.ConceptCodeSequence[0].CodeMeaning
+        stack.extend(item.get("ContentSequence", []))
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +54,10 @@ def sources(tmp_path_factory):
         else:
             ds.PatientName = name
         ds.StudyDescription = description
+        code = pydicom.Dataset()  # nested text: the procedure's code meaning, in the same set
+        code.CodeValue, code.CodingSchemeDesignator = "RPID5145", "RADLEX"
+        code.CodeMeaning = description
+        ds.ProcedureCodeSequence = [code]
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         path = base / f"{key}.dcm"
@@ -66,6 +82,7 @@ def test_names_reach_the_sr_as_written(node, sources):
         sr = pydicom.dcmread(path)
         assert str(sr.PatientName) == (expected or name), key
         assert sr.StudyDescription == description, key
+        assert procedure_meaning(sr) == description, key
         if isinstance(charset, list):  # code extensions: written in UTF-8
             assert sr.SpecificCharacterSet == "ISO_IR 192", key
         out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")

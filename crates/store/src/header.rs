@@ -4,7 +4,8 @@ use std::path::Path;
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::mem::InMemElement;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 
 use crate::cp246::rewrite_un_sequences;
 use crate::{Incoming, StoreError};
@@ -70,9 +71,10 @@ fn data_set_reader(
 const CHARSET_TEXT_VRS: &[VR] = &[VR::PN, VR::LO, VR::SH, VR::LT, VR::ST, VR::UT, VR::UC];
 
 /// When the data set's Specific Character Set uses ISO 2022 code extensions
-/// (which dicom-rs does not decode), its top-level text values are read
-/// again from the file's bytes (up to `stop`) and decoded here (`iso2022`).
-/// Text nested in sequences keeps dicom-rs's reading.
+/// (which dicom-rs does not decode), its text values, nested ones included,
+/// are read again from the file's bytes (up to `stop`) and decoded here
+/// (`iso2022`). (An item with a Specific Character Set of its own is rare
+/// and read with the data set's.)
 fn with_code_extensions_decoded(
     path: &Path,
     stop: Tag,
@@ -89,7 +91,7 @@ fn with_code_extensions_decoded(
     };
     let raw = data_set_reader(path).and_then(|r| match r {
         Some((mut file, enc, size)) => {
-            crate::lengths::top_level_values(&mut file, enc, size, stop, CHARSET_TEXT_VRS)
+            crate::lengths::values_of_vrs(&mut file, enc, size, stop, CHARSET_TEXT_VRS)
         }
         None => Ok(Vec::new()),
     });
@@ -100,17 +102,33 @@ fn with_code_extensions_decoded(
             return obj;
         }
     };
-    for (tag, vr, bytes) in raw {
-        let text = crate::iso2022::decode(&bytes, &terms, vr == VR::PN);
+    for v in raw {
+        let text = crate::iso2022::decode(&v.bytes, &terms, v.vr == VR::PN);
         let text = text.trim_end_matches(['\0', ' ']);
-        let value = if matches!(vr, VR::LT | VR::ST | VR::UT) {
+        let value = if matches!(v.vr, VR::LT | VR::ST | VR::UT) {
             PrimitiveValue::from(text.to_string())
         } else {
-            PrimitiveValue::Strs(text.split('\\').map(|v| v.trim_end().to_string()).collect())
+            PrimitiveValue::Strs(text.split('\\').map(|s| s.trim_end().to_string()).collect())
         };
-        obj.put(DataElement::new(tag, vr, value));
+        put_at(&mut obj, &v.path, DataElement::new(v.tag, v.vr, value));
     }
     obj
+}
+
+/// Puts `element` into the item `path` leads to (sequence tag, item index,
+/// outermost first); nothing when the path is not in `obj`.
+fn put_at(obj: &mut InMemDicomObject, path: &[(Tag, usize)], element: InMemElement) {
+    let Some(((seq, index), rest)) = path.split_first() else {
+        obj.put(element);
+        return;
+    };
+    let Ok(mut sequence) = obj.take_element(*seq) else {
+        return;
+    };
+    if let Some(item) = sequence.items_mut().and_then(|items| items.get_mut(*index)) {
+        put_at(item, rest, element);
+    }
+    obj.put(sequence);
 }
 
 /// Opens a Part-10 file, its data set read up to `until` (whole when

@@ -46,9 +46,20 @@ struct Scanner<R> {
     enc: Encoding,
     pos: u64,
     stop: Tag,
-    /// Top-level elements of these VRs are read, not skipped (`top_level_values`).
+    /// Elements of these VRs are read, not skipped (`values_of_vrs`).
     collect: &'static [VR],
-    collected: Vec<(Tag, VR, Vec<u8>)>,
+    collected: Vec<RawValue>,
+    /// The sequences (and item numbers) the walk is inside.
+    path: Vec<(Tag, usize)>,
+}
+
+/// A value read by `values_of_vrs`: where it is, and its bytes.
+pub struct RawValue {
+    /// The enclosing sequences and item indices, outermost first; empty at top level.
+    pub path: Vec<(Tag, usize)>,
+    pub tag: Tag,
+    pub vr: VR,
+    pub bytes: Vec<u8>,
 }
 
 enum Stop {
@@ -70,19 +81,21 @@ pub fn check<R: Read + Seek>(mut r: R, enc: Encoding, end: u64, stop: Tag) -> Re
         stop,
         collect: &[],
         collected: Vec::new(),
+        path: Vec::new(),
     };
     s.elements(end, 0, true).map(|_| ())
 }
 
-/// The same walk, returning the raw value bytes of the top-level elements
-/// whose VR is in `vrs` (as the header has it; implicit VR: the dictionary's).
-pub fn top_level_values<R: Read + Seek>(
+/// The same walk, returning the raw value bytes of the elements (nested in
+/// sequences too) whose VR is in `vrs` (as the header has it; implicit VR:
+/// the dictionary's).
+pub fn values_of_vrs<R: Read + Seek>(
     mut r: R,
     enc: Encoding,
     end: u64,
     stop: Tag,
     vrs: &'static [VR],
-) -> Result<Vec<(Tag, VR, Vec<u8>)>, String> {
+) -> Result<Vec<RawValue>, String> {
     let pos = r.stream_position().map_err(|e| e.to_string())?;
     let mut s = Scanner {
         r,
@@ -91,6 +104,7 @@ pub fn top_level_values<R: Read + Seek>(
         stop,
         collect: vrs,
         collected: Vec::new(),
+        path: Vec::new(),
     };
     s.elements(end, 0, true)?;
     Ok(s.collected)
@@ -181,7 +195,9 @@ impl<R: Read + Seek> Scanner<R> {
                 if vr == VR::UN {
                     self.enc.explicit_vr = false;
                 }
+                self.path.push((tag, 0));
                 let r = self.items(end, depth + 1, true);
+                self.path.pop();
                 self.enc.explicit_vr = explicit;
                 r?;
                 continue;
@@ -194,17 +210,31 @@ impl<R: Read + Seek> Scanner<R> {
                 ));
             }
             if is_sequence {
-                self.items(value_end, depth + 1, false)?;
+                self.path.push((tag, 0));
+                let r = self.items(value_end, depth + 1, false);
+                self.path.pop();
+                r?;
                 self.skip(value_end.saturating_sub(self.pos))?;
-            } else if top && self.collect.contains(&vr) {
-                let mut value = vec![0u8; len as usize]; // fits: checked against `end` above
-                self.read(&mut value)?;
-                self.collected.push((tag, vr, value));
+            } else if self.collect.contains(&vr) {
+                let mut bytes = vec![0u8; len as usize]; // fits: checked against `end` above
+                self.read(&mut bytes)?;
+                self.collected.push(RawValue {
+                    path: self.path.clone(),
+                    tag,
+                    vr,
+                    bytes,
+                });
             } else {
                 self.skip(u64::from(len))?;
             }
         }
         Ok(Stop::Done)
+    }
+
+    fn next_item(&mut self) {
+        if let Some((_, item)) = self.path.last_mut() {
+            *item += 1;
+        }
     }
 
     /// The items of a sequence, up to `end` or its delimiter.
@@ -216,7 +246,7 @@ impl<R: Read + Seek> Scanner<R> {
             match (tag.group(), tag.element()) {
                 (0xFFFE, 0xE0DD) => return Ok(()),
                 (0xFFFE, 0xE000) if len == UNDEFINED => match self.elements(end, depth, false)? {
-                    Stop::Delimiter => {}
+                    Stop::Delimiter => self.next_item(),
                     Stop::Done => return Err(format!("item at byte {at} never ends")),
                 },
                 (0xFFFE, 0xE000) => {
@@ -229,6 +259,7 @@ impl<R: Read + Seek> Scanner<R> {
                     }
                     self.elements(item_end, depth, false)?;
                     self.skip(item_end.saturating_sub(self.pos))?;
+                    self.next_item();
                 }
                 _ => return Err(format!("expected an item, found {tag} at byte {at}")),
             }
