@@ -145,14 +145,10 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
         Some(tag) => OpenFileOptions::new().read_until(tag),
         None => OpenFileOptions::new(),
     };
+    // what a parsed data set still needs, however it was parsed
+    let finish = |obj| with_code_extensions_decoded(path, stop, with_un_values_reinterpreted(obj));
     let first_error = match options().open_file(path) {
-        Ok(obj) => {
-            return Ok(with_code_extensions_decoded(
-                path,
-                stop,
-                with_un_values_reinterpreted(obj),
-            ))
-        }
+        Ok(obj) => return Ok(finish(obj)),
         Err(e) => e.to_string(),
     };
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -171,7 +167,7 @@ pub fn open_instance(path: &Path, until: Option<Tag>) -> Result<DefaultDicomObje
     match rewritten {
         Some(file) => options()
             .from_reader(&file[..])
-            .map(|obj| with_code_extensions_decoded(path, stop, with_un_values_reinterpreted(obj)))
+            .map(finish)
             .map_err(|e| format!("{first_error} (and after rewriting CP-246 sequences: {e})")),
         None => Err(first_error),
     }

@@ -72,18 +72,8 @@ enum Stop {
 /// Checks every element length from the reader's current position to
 /// `end` (the end of the data set), up to the first top-level element at or
 /// after `stop`; Err names the first length that cannot be.
-pub fn check<R: Read + Seek>(mut r: R, enc: Encoding, end: u64, stop: Tag) -> Result<(), String> {
-    let pos = r.stream_position().map_err(|e| e.to_string())?;
-    let mut s = Scanner {
-        r,
-        enc,
-        pos,
-        stop,
-        collect: &[],
-        collected: Vec::new(),
-        path: Vec::new(),
-    };
-    s.elements(end, 0, true).map(|_| ())
+pub fn check<R: Read + Seek>(r: R, enc: Encoding, end: u64, stop: Tag) -> Result<(), String> {
+    values_of_vrs(r, enc, end, stop, &[]).map(|_| ())
 }
 
 /// The same walk, returning the raw value bytes of the elements (nested in
