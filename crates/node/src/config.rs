@@ -271,6 +271,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// `Config::load` of a file holding `text`.
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text)?;
+        Config::load(Some(&path))
+    }
+
     #[test]
     fn the_example_file_parses_and_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pneumo-node.toml");
@@ -288,7 +296,6 @@ mod tests {
 
     #[test]
     fn check_config_output_loads_back_as_the_same_configuration() {
-        let dir = tempfile::tempdir().unwrap();
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pneumo-node.toml");
         let mut config = Config::load(Some(&example)).unwrap();
         config.destinations.push(toml::from_str(
@@ -300,9 +307,7 @@ mod tests {
             ..crate::routing::ForwardRule::default()
         });
         let printed = config.to_toml().unwrap();
-        let path = dir.path().join("printed.toml");
-        std::fs::write(&path, &printed).unwrap();
-        let again = Config::load(Some(&path)).unwrap();
+        let again = load_text(&printed).unwrap();
         assert_eq!(format!("{again:?}"), format!("{config:?}"), "{printed}");
     }
 
@@ -326,22 +331,17 @@ mod tests {
 
     #[test]
     fn an_unknown_enum_value_is_refused_with_its_key_and_the_choices() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
-        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load_text("[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap_err()
+        );
         assert!(
             err.contains("fastest")
                 && err.contains("inference.cuda_conv_algo_search")
                 && err.contains("`heuristic`, `exhaustive`, `default`"),
             "{err}"
         );
-        std::fs::write(
-            &path,
-            "[inference]\ncuda_conv_algo_search = \"exhaustive\"\n",
-        )
-        .unwrap();
-        let c = Config::load(Some(&path)).unwrap();
+        let c = load_text("[inference]\ncuda_conv_algo_search = \"exhaustive\"\n").unwrap();
         assert_eq!(
             c.inference.cuda_conv_algo_search,
             pneumo_inference::ConvAlgoSearch::Exhaustive
@@ -350,10 +350,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[dicom]\nae_tittle = \"X\"\n").unwrap();
-        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load_text("[dicom]\nae_tittle = \"X\"\n").unwrap_err()
+        );
         assert!(err.contains("ae_tittle"), "{err}");
     }
 }
