@@ -261,26 +261,49 @@ def profile_gpu(run, runs: int) -> dict:
     return summarise_kernels(kernels, runs) | {"wall_ms_per_run": round(wall_ms, 3)}
 
 
+def run_facts(args) -> dict:
+    """What a result file says of the run it came from."""
+    return {
+        "config": args.config, "precision": args.precision, "device": args.device,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "card": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
+    }
+
+
+def saver(res: dict, out: str | None):
+    """save(step): notes the step, prints it and writes `res` to `out`, so
+    that a run cut short still reports what it had."""
+    def save(step: str) -> None:
+        res["last_step"] = step
+        print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
+        if out:
+            Path(out).write_text(json.dumps(res, indent=1))
+    return save
+
+
+def ort_host_runner(sess, xn: np.ndarray):
+    """One ONNX Runtime call with host tensors in and out, as the node runs it."""
+    return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: xn})
+
+
+def alternate(runs: dict, batch: int, args) -> dict:
+    """Images/s of each runner, the runners alternating round by round:
+    the median of each, and every round's figure."""
+    rounds: dict = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for k, run in runs.items():
+            rounds[k].append(images_per_s(run, batch, args.seconds, args.device))
+    return {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
+
+
 def check(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "onnxruntime.log"
     log.write_text("")
     device, precision = args.device, args.precision
-
-    res: dict = {
-        "config": args.config, "precision": precision, "device": device,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "card": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-    }
-
-    def save(step: str) -> None:
-        """Results so far, so that a run cut short still reports them."""
-        res["last_step"] = step
-        print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1))
-
+    res = run_facts(args)
+    save = saver(res, args.out)
     save("start")
     path = work / f"pneumollm-{args.config}-{precision}.onnx"
     exported = work / "export.json"  # what the export stage leaves for the measure stage
@@ -358,18 +381,10 @@ def check(args) -> dict:
     for b in args.batches:
         xb = example_input(model, b, device, dtype, seed=2)
         xn = xb.cpu().numpy()
-
-        def ort_run(xn=xn):  # host tensors in and out, as the node runs it
-            return sess.run([OUTPUT_NAME], {INPUT_NAME: xn})
-
-        runs = {"torch": torch_runner(model, xb), "ort_python": ort_run}
+        runs = {"torch": torch_runner(model, xb), "ort_python": ort_host_runner(sess, xn)}
         if device == "cuda":  # input and output left on the GPU, as torch has them
             runs["ort_python_iobinding"] = ort_gpu_runner(ort, sess, xn)
-        rounds: dict = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, run in runs.items():
-                rounds[k].append(images_per_s(run, b, args.seconds, device))
-        timings[str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
+        timings[str(b)] = alternate(runs, b, args)
         save(f"batch {b}: {json.dumps(timings[str(b)])}")
     if args.profile and device == "cuda":
         # at the largest batch: ONNX Runtime with GPU-bound I/O, then PyTorch
@@ -397,15 +412,8 @@ def compare_forms(args) -> dict:
     log = work / "onnxruntime-forms.log"
     log.write_text("")
     device, precision = args.device, args.precision
-    res: dict = {"config": args.config, "precision": precision, "device": device, "torch": torch.__version__,
-                 "card": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-                 "attention": "ort-mha", "forms": {}}
-
-    def save(step: str) -> None:
-        res["last_step"] = step
-        print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1))
+    res = run_facts(args) | {"attention": "ort-mha", "forms": {}}
+    save = saver(res, args.out)
 
     cfg, model = build(args.config, "ort-mha", device, precision)
     dtype = model.visual.conv1.weight.dtype
@@ -439,13 +447,8 @@ def compare_forms(args) -> dict:
         xn = xb.cpu().numpy()
         runs = {"torch": torch_runner(model, xb)}
         for form, sess in sessions.items():
-            runs[form] = (ort_gpu_runner(ort, sess, xn) if device == "cuda"
-                          else (lambda s=sess: s.run([OUTPUT_NAME], {INPUT_NAME: xn})))
-        rounds: dict = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, run in runs.items():
-                rounds[k].append(images_per_s(run, b, args.seconds, device))
-        res["images_per_s"][str(b)] = {k: float(np.median(v)) for k, v in rounds.items()} | {"rounds": rounds}
+            runs[form] = ort_gpu_runner(ort, sess, xn) if device == "cuda" else ort_host_runner(sess, xn)
+        res["images_per_s"][str(b)] = alternate(runs, b, args)
         save(f"batch {b}: {json.dumps(res['images_per_s'][str(b)])}")
     save("done")
     return res
