@@ -228,6 +228,18 @@ def rg1_copies(tmp_path_factory):
     return copies
 
 
+def procedure_reported(sr: pydicom.Dataset):
+    """The Concept Code of an SR's (121058, DCM, "Procedure reported"), or None."""
+    stack = list(sr.ContentSequence)
+    while stack:
+        it = stack.pop()
+        name = it.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == "121058":
+            return it.ConceptCodeSequence[0]
+        stack.extend(it.get("ContentSequence", []))
+    return None
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The bytes of a Part-10 file after its File Meta Information."""
     raw = path.read_bytes()

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from nodetest import data_store, node  # noqa: F401 (fixture)
+from nodetest import data_store, node, procedure_reported  # noqa: F401 (fixture)
 
 ESC = b"\x1b"
 CASES = {
@@ -28,18 +28,6 @@ CASES = {
                b"Zhang^XiaoDong=" + ESC + b"$)A\xd5\xc5^" + ESC + b"$)A\xd0\xa1\xb6\xab",
                "Zhang^XiaoDong=张^小东", "chest"),
 }
-
-
-def procedure_meaning(sr):
-    """The Code Meaning of the SR's (121058, DCM, "Procedure reported")."""
-    stack = list(sr.ContentSequence)
-    while stack:
-        item = stack.pop()
-        name = item.get("ConceptNameCodeSequence")
-        if name and name[0].CodeValue == "121058":
-            return item.ConceptCodeSequence[0].CodeMeaning
-        stack.extend(item.get("ContentSequence", []))
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +70,7 @@ def test_names_reach_the_sr_as_written(node, sources):
         sr = pydicom.dcmread(path)
         assert str(sr.PatientName) == (expected or name), key
         assert sr.StudyDescription == description, key
-        assert procedure_meaning(sr) == description, key
+        assert procedure_reported(sr).CodeMeaning == description, key
         if isinstance(charset, list):  # code extensions: written in UTF-8
             assert sr.SpecificCharacterSet == "ISO_IR 192", key
         out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import pydicom
-from nodetest import ROOT, dataset_bytes, node, node_factory  # noqa: F401 (fixtures)
+from nodetest import ROOT, dataset_bytes, node, node_factory, procedure_reported  # noqa: F401 (fixtures)
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import generate_uid
@@ -30,11 +30,23 @@ def item(*elements: bytes) -> bytes:
     return implicit(0xFFFE, 0xE000, body, UNDEFINED) + implicit(0xFFFE, 0xE00D, b"")
 
 
+def un_element(group: int, element: int, value: bytes, length: int | None = None) -> bytes:
+    """An explicit VR UN element (its length: the value's unless given)."""
+    return (struct.pack("<HH", group, element) + b"UN\0\0"
+            + struct.pack("<I", len(value) if length is None else length) + value)
+
+
 def un_sequence(group: int, element: int, *items: bytes) -> bytes:
     """The element as CP-246 has it: explicit VR UN, undefined length,
     implicit VR items, sequence delimiter."""
-    return (struct.pack("<HH", group, element) + b"UN\0\0" + struct.pack("<I", UNDEFINED)
-            + b"".join(items) + implicit(0xFFFE, 0xE0DD, b""))
+    return un_element(group, element, b"".join(items) + implicit(0xFFFE, 0xE0DD, b""), UNDEFINED)
+
+
+def write_part10(dst: Path, file_meta: pydicom.Dataset, body: bytes) -> None:
+    """A Part-10 file of `body` (data set bytes written by hand) as they are."""
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, file_meta, enforce_standard=True)
+    dst.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
 
 
 def explicit(elements) -> bytes:
@@ -70,9 +82,7 @@ def with_un_sequences(src: Path, dst: Path) -> pydicom.Dataset:
     creator = struct.pack("<HH", 0x0019, 0x0010) + b"LO" + struct.pack("<H", 8) + b"ACME 1.0"
     body = (explicit(before) + un_sequence(0x0008, 0x1032, code) + explicit(middle)
             + creator + un_sequence(0x0019, 0x1001, private) + explicit(after))
-    meta = DicomBytesIO()
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    dst.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    write_part10(dst, ds.file_meta, body)
     return ds
 
 
@@ -94,16 +104,12 @@ def send_file_bytes(node, path: Path, sop_class: str) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = False
 
 
-def procedure_reported(sr: pydicom.Dataset):
-    """The Concept Code of the SR's (121058, DCM, "Procedure reported")."""
-    stack = list(sr.ContentSequence)
-    while stack:
-        it = stack.pop()
-        name = it.get("ConceptNameCodeSequence")
-        if name and name[0].CodeValue == "121058":
-            return it.ConceptCodeSequence[0]
-        stack.extend(it.get("ContentSequence", []))
-    return None
+def reported_procedure(node) -> pydicom.Dataset:
+    """Once the one job is reported: its SR's procedure code."""
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+    return procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
 
 
 def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(node, tmp_path):
@@ -117,10 +123,7 @@ def test_sequences_sent_as_un_of_undefined_length_are_stored_read_and_reported(n
 
     stored = node.stored_path(ds)
     assert dataset_bytes(stored) == dataset_bytes(path)  # kept as received
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
-    with node.db() as c:
-        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
-    code = procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
+    code = reported_procedure(node)
     assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
         "RPID5145", "RADLEX", "XR CHEST PA")
 
@@ -134,18 +137,12 @@ def test_a_sequence_sent_as_un_of_defined_length_reaches_the_sr(node, tmp_path):
     ds.pop(0x00081032, None)
     code = item(implicit(0x0008, 0x0100, b"RPID5145"), implicit(0x0008, 0x0102, b"RADLEX"),
                 implicit(0x0008, 0x0104, b"XR CHEST PA"))
-    sequence = struct.pack("<HH", 0x0008, 0x1032) + b"UN\0\0" + struct.pack("<I", len(code)) + code
-    body = (explicit([e for e in ds if e.tag < 0x00081032]) + sequence
+    body = (explicit([e for e in ds if e.tag < 0x00081032]) + un_element(0x0008, 0x1032, code)
             + explicit([e for e in ds if e.tag > 0x00081032]))
-    meta = DicomBytesIO()
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
     path = tmp_path / "un-defined.dcm"
-    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    write_part10(path, ds.file_meta, body)
     send_file_bytes(node, path, ds.SOPClassUID)
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
-    with node.db() as c:
-        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
-    code = procedure_reported(pydicom.dcmread(node.data_dir / sr_rel))
+    code = reported_procedure(node)
     assert (code.CodeValue, code.CodeMeaning) == ("RPID5145", "XR CHEST PA")
 
 
@@ -161,12 +158,10 @@ def with_un_values(src: Path, dst: Path, keywords: set[str]) -> pydicom.Dataset:
             fp.is_little_endian, fp.is_implicit_VR = True, True
             write_dataset(fp, pydicom.Dataset({e.tag: e}))
             value = fp.getvalue()[8:]  # after the implicit tag and length
-            body += struct.pack("<HH", e.tag.group, e.tag.element) + b"UN\0\0" + struct.pack("<I", len(value)) + value
+            body += un_element(e.tag.group, e.tag.element, value)
         else:
             body += explicit([e])
-    meta = DicomBytesIO()
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    dst.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    write_part10(dst, ds.file_meta, body)
     return ds
 
 
