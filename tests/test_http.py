@@ -40,6 +40,11 @@ def test_health_metrics_and_api(node, rg1_copies):
     assert uid in {j["sop_instance_uid"] for j in body["jobs"]}
     code, body = node.http("/api/jobs?state=nonsense")
     assert code == 400 and "unknown state" in body["error"]
+    for bad in ("limit=-1", "limit=0", "limit=10001", "limit=ten", "status=failed"):
+        code, body = node.http(f"/api/jobs?{bad}")
+        assert code == 400 and body["error"], bad
+    code, body = node.http("/api/jobs?limit=1")
+    assert code == 200 and len(body["jobs"]) == 1
 
     code, body = node.http(f"/api/instances/{uid}")
     assert code == 200

@@ -13,8 +13,8 @@ from test_routing_orthanc import node_config, wait_until
 MODELS = ROOT / "fixtures" / "models"
 
 
-def post(node, path: str):
-    r = requests.post(f"http://127.0.0.1:{node.http_port}{path}", timeout=10)
+def post(node, path: str, **body):
+    r = requests.post(f"http://127.0.0.1:{node.http_port}{path}", timeout=10, **body)
     return r.status_code, r.json()
 
 
@@ -40,6 +40,13 @@ def test_failed_jobs_run_again_after_the_configuration_is_fixed(node_factory, rg
     node.start()
     assert [j[0] for j in jobs(node)] == ["failed", "failed"]  # nothing reruns by itself
     assert post(node, "/api/jobs/retry?state=reported")[0] == 400
+    # What a client might send to retry one job: refused, nothing requeued
+    # (ignoring it would retry every failed job).
+    status, body = post(node, "/api/jobs/retry", json={"job_ids": [1]})
+    assert status == 400 and "query string" in body["error"]
+    status, body = post(node, "/api/jobs/retry?sop_uid=1.2.3")  # misspelt filter
+    assert status == 400 and "sop_uid" in body["error"]
+    assert [j[0] for j in jobs(node)] == ["failed", "failed"]
     status, body = post(node, "/api/jobs/retry")
     assert status == 200 and body == {"requeued": 2}
     wait_until(lambda: [j[0] for j in jobs(node)] == ["reported", "reported"], timeout=60)
@@ -83,6 +90,8 @@ def test_parked_deliveries_are_sent_after_the_destination_is_fixed(node_factory,
 
         receiver.status = 0x0000  # the PACS administrator fixed it
         assert post(node, "/api/deliveries/retry?destination=elsewhere")[1] == {"requeued": 0}
+        assert post(node, "/api/deliveries/retry?dest=pacs")[0] == 400
+        assert post(node, "/api/deliveries/retry", data="destination=pacs")[0] == 400
         status, body = post(node, "/api/deliveries/retry?destination=pacs")
         assert status == 200 and body == {"requeued": 1}
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,6 +79,32 @@ pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyho
     }
     axum::serve(listener, router(state)).await?;
     Ok(())
+}
+
+fn bad_request(body: Value) -> Response {
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// The query string, or what is wrong with it: an unknown parameter is
+/// refused rather than ignored, so that a misspelt filter on an operator
+/// action cannot widen it to every job.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, String> {
+    q.map(|Query(q)| q).map_err(|e| e.body_text())
+}
+
+/// An operator action's parameters: the query string only. A body (say
+/// `{"job_ids": [...]}`) is refused rather than ignored, which would act on
+/// everything.
+fn action_query<T>(q: Result<Query<T>, QueryRejection>, body: &Bytes) -> Result<T, String> {
+    let q = query(q)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(q)
+    } else {
+        Err(
+            "this action takes no body: its parameters go in the query string (docs/operations.md)"
+                .into(),
+        )
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -177,19 +205,30 @@ fn job_json(j: &JobView) -> Value {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JobsQuery {
     state: Option<String>,
     limit: Option<i64>,
 }
 
-async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Response {
+async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejection>) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
     if let Some(state) = &q.state {
         if !JOB_STATES.contains(&state.as_str()) {
-            let body = json!({ "error": format!("unknown state `{state}`"), "states": JOB_STATES });
-            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            return bad_request(
+                json!({ "error": format!("unknown state `{state}`"), "states": JOB_STATES }),
+            );
         }
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_JOBS_LISTED).contains(&limit) {
+        return bad_request(
+            json!({ "error": format!("limit must be 1 to {MAX_JOBS_LISTED}, not {limit}") }),
+        );
+    }
     match s.store.list_jobs(q.state.as_deref(), limit).await {
         Ok(list) => {
             Json(json!({ "jobs": list.iter().map(job_json).collect::<Vec<_>>() })).into_response()
@@ -198,7 +237,11 @@ async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Respons
     }
 }
 
+/// The most jobs one `GET /api/jobs` lists.
+const MAX_JOBS_LISTED: i64 = 10_000;
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RetryJobsQuery {
     /// `failed` (default), `skipped`, or both comma-separated.
     state: Option<String>,
@@ -207,12 +250,21 @@ struct RetryJobsQuery {
 
 /// `POST /api/jobs/retry`: failed (or skipped) jobs go through routing and
 /// analysis again, e.g. after the model or the routing rules were fixed.
-async fn retry_jobs(State(s): State<HttpState>, Query(q): Query<RetryJobsQuery>) -> Response {
+async fn retry_jobs(
+    State(s): State<HttpState>,
+    q: Result<Query<RetryJobsQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let q = match action_query(q, &body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
     let asked = q.state.as_deref().unwrap_or("failed");
     let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
     let Some(states) = states else {
-        let body = json!({ "error": format!("cannot retry state `{asked}`"), "states": ["failed", "skipped"] });
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        return bad_request(
+            json!({ "error": format!("cannot retry state `{asked}`"), "states": ["failed", "skipped"] }),
+        );
     };
     match s
         .store
@@ -233,6 +285,7 @@ async fn retry_jobs(State(s): State<HttpState>, Query(q): Query<RetryJobsQuery>)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RetryDeliveriesQuery {
     destination: Option<String>,
 }
@@ -241,8 +294,13 @@ struct RetryDeliveriesQuery {
 /// all) are tried again now, e.g. after the destination was reconfigured.
 async fn retry_deliveries(
     State(s): State<HttpState>,
-    Query(q): Query<RetryDeliveriesQuery>,
+    q: Result<Query<RetryDeliveriesQuery>, QueryRejection>,
+    body: Bytes,
 ) -> Response {
+    let q = match action_query(q, &body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
     match s.store.requeue_parked(q.destination.as_deref()).await {
         Ok(n) => {
             tracing::info!(deliveries = n, destination = ?q.destination, "parked deliveries pending again");
