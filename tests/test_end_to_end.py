@@ -323,6 +323,30 @@ def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_c
     assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription
 
 
+def test_a_source_re_sent_with_other_bytes_keeps_one_sr_and_one_companion(node_factory, rg1_copies, tmp_path):
+    """A PACS re-sends a radiograph under its UID with a coerced header
+    (Issuer of Patient ID added): both copies are kept and analysed, and
+    they share one report and one companion image. Neither is built again
+    under its UID with other content (the companion image was, each time,
+    with its own creation time: one UID, several objects)."""
+    node = node_factory(report__companion_sc="true").start()
+    (f,) = rg1_copies("UNCI", 1)
+    coerced = pydicom.dcmread(f)
+    coerced.IssuerOfPatientID = "HOSP_A"
+    coerced_path = tmp_path / "coerced.dcm"
+    coerced.save_as(coerced_path, enforce_file_format=True)
+    for path in (f, coerced_path):
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state NOT IN ('reported', 'failed')") == 0, timeout=60)
+    with node.db() as c:
+        jobs = c.execute("SELECT state, sr_instance_id FROM jobs ORDER BY id").fetchall()
+        generated = c.execute("SELECT modality, sop_instance_uid FROM instances WHERE generated = 1").fetchall()
+    assert [state for state, _ in jobs] == ["reported", "reported"]
+    assert jobs[0][1] == jobs[1][1]  # one report for both copies
+    assert sorted(m for m, _ in generated) == ["OT", "SR"], generated  # one SR, one companion image
+    assert len({uid for _, uid in generated}) == 2
+
+
 def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     """The demo model scores RG1 above 0.5; with the contract's threshold
     raised above that score the decision is `absent`, and the SR says so."""

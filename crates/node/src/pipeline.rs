@@ -15,7 +15,7 @@ use dicom_object::DefaultDicomObject;
 use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
 use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
-    build_companion_sc, build_sr, sr_sop_instance_uid, AnalysisResult,
+    build_companion_sc, build_sr, sc_sop_instance_uid, sr_sop_instance_uid, AnalysisResult,
     GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, ReportOptions,
     ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
@@ -227,40 +227,44 @@ impl Pipeline {
         .map_err(|e| format!("report: {e}"))?;
 
         let mut owed = Vec::new();
-        let same_report = self.report_locks.lock(&sr_uid).await;
-        let sr_id = match self
-            .store
-            .instance_id_by_uid(&sr_uid)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(id) => id, // made by an earlier attempt: the same report, not a second one
-            None => {
+        let sr_id = self
+            .generated_once(&sr_uid, || {
                 let time = ReportTime::now_utc();
-                let sr = build_sr(&source, &result, &model, &self.node, &self.report, &time)
-                    .map_err(|e| format!("report: {e}"))?;
-                self.keep_generated(sr).await?
-            }
-        };
-        drop(same_report);
+                build_sr(&source, &result, &model, &self.node, &self.report, &time)
+                    .map_err(|e| format!("report: {e}"))
+            })
+            .await?;
         if let Some(grey) = &prepared.grey {
-            let image = ReportGreyImage {
-                pixels: &grey.data,
-                rows: grey.height,
-                columns: grey.width,
-            };
-            let time = ReportTime::now_utc();
-            match build_companion_sc(
-                &source,
-                image,
-                &result,
-                &model,
-                &self.node,
-                &self.report,
-                &time,
-            ) {
-                Ok(sc) => owed.push(self.keep_generated(sc).await?),
-                Err(e) => warn!(error = %e, "companion image not made"),
+            let sc_uid = sc_sop_instance_uid(
+                &source.sop_instance_uid,
+                &model.sha256,
+                self.node.uid_root.as_deref(),
+            )
+            .map_err(|e| format!("report: {e}"))?;
+            let made = self
+                .generated_once(&sc_uid, || {
+                    let image = ReportGreyImage {
+                        pixels: &grey.data,
+                        rows: grey.height,
+                        columns: grey.width,
+                    };
+                    let time = ReportTime::now_utc();
+                    build_companion_sc(
+                        &source,
+                        image,
+                        &result,
+                        &model,
+                        &self.node,
+                        &self.report,
+                        &time,
+                    )
+                    .map_err(|e| format!("companion image: {e}"))
+                })
+                .await;
+            match made {
+                Ok(id) => owed.push(id),
+                Err(Generated::NotMade(e)) => warn!(error = %e, "companion image not made"),
+                Err(Generated::NotStored(e)) => return Err(e),
             }
         }
         for id in &owed {
@@ -311,6 +315,32 @@ impl Pipeline {
     }
 
     /// Stores an instance this node made, like a received one (no job).
+    /// The generated instance (report or companion image) with this UID:
+    /// the one an earlier job or attempt stored, else `build`'s, stored now.
+    /// A UID names one unchanging object, so a source analysed again (a
+    /// retry, a re-sent copy with other bytes) never gets a second version
+    /// under it; serialised per UID, so two jobs cannot both build one.
+    async fn generated_once(
+        &self,
+        uid: &str,
+        build: impl FnOnce() -> Result<
+            dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+            String,
+        >,
+    ) -> Result<i64, Generated> {
+        let _same_uid = self.report_locks.lock(uid).await;
+        let stored = self
+            .store
+            .instance_id_by_uid(uid)
+            .await
+            .map_err(|e| Generated::NotStored(e.to_string()))?;
+        if let Some(id) = stored {
+            return Ok(id);
+        }
+        let obj = build().map_err(Generated::NotMade)?;
+        self.keep_generated(obj).await.map_err(Generated::NotStored)
+    }
+
     async fn keep_generated(
         &self,
         obj: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
@@ -361,6 +391,22 @@ impl Pipeline {
             IngestOutcome::Stored { instance_id, .. }
             | IngestOutcome::Duplicate { instance_id }
             | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
+        }
+    }
+}
+
+/// Why `generated_once` has no instance.
+enum Generated {
+    /// The object could not be built (from this source).
+    NotMade(String),
+    /// The store failed.
+    NotStored(String),
+}
+
+impl From<Generated> for String {
+    fn from(g: Generated) -> String {
+        match g {
+            Generated::NotMade(e) | Generated::NotStored(e) => e,
         }
     }
 }

@@ -30,7 +30,7 @@ pub use types::{
     AnalysisResult, Decision, ModelIdentity, NodeIdentity, ReportOptions, ReportTime, SrSopClass,
     WeightsKind,
 };
-pub use uid::{sr_series_instance_uid, sr_sop_instance_uid};
+pub use uid::{sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid};
 
 /// Why a report could not be built.
 #[derive(Debug, thiserror::Error)]
