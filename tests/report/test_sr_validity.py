@@ -261,6 +261,41 @@ def test_same_source_and_model_give_the_same_sr(write_sr, utf8_source, tmp_path)
     assert a.SeriesInstanceUID == c.SeriesInstanceUID
 
 
+def test_patient_study_attributes_of_a_screening_are_copied_where_the_iod_has_them(
+    write_sr, utf8_source, tmp_path
+):
+    """Type 3 attributes a screening programme's source may carry (ethnic
+    group, smoking status, admitting diagnosis codes, ...) reach the SR and
+    the companion image, in their modules: no validator error, and nothing
+    the IOD does not define."""
+    ds = pydicom.dcmread(utf8_source)
+    ds.EthnicGroup = "X"
+    diagnosis = Dataset()
+    diagnosis.CodeValue = "J60"
+    diagnosis.CodingSchemeDesignator = "I10"
+    diagnosis.CodeMeaning = "Coalworker's pneumoconiosis"
+    ds.AdmittingDiagnosesCodeSequence = [diagnosis]
+    ds.Occupation = "Coal miner"
+    ds.SmokingStatus = "YES"
+    ds.MedicalAlerts = "none"
+    ds.Allergies = "none"
+    ds.PregnancyStatus = 4
+    ds.PatientSexNeutered = "UNALTERED"
+    source = tmp_path / "screening.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    files = run_writer(write_sr, source, tmp_path / "out", "--companion")
+    for kind in ("SR", "SC"):
+        out = pydicom.dcmread(files[kind])
+        for keyword in ("EthnicGroup", "Occupation", "SmokingStatus", "MedicalAlerts", "Allergies",
+                        "PregnancyStatus", "PatientSexNeutered"):
+            assert out[keyword].value == ds[keyword].value, (kind, keyword)
+        assert out.AdmittingDiagnosesCodeSequence[0].CodeValue == "J60"
+        proc = subprocess.run([DCIODVFY, str(files[kind])], capture_output=True, text=True, errors="replace")
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert [l for l in lines if l.startswith("Error")] == [], kind
+        assert [l for l in lines if "not present in standard DICOM IOD" in l] == [], kind
+
+
 def test_uid_root(write_sr, utf8_source, tmp_path):
     root = "1.2.826.0.1.3680043.10.543"
     sr = pydicom.dcmread(run_writer(write_sr, utf8_source, tmp_path, "--uid-root", root)["SR"])

@@ -9,7 +9,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use crate::common::{self, put_empty, put_str};
 use crate::content::{sequence, sop_reference};
 use crate::font::{glyph, GLYPH_H, GLYPH_W};
-use crate::sr::{certainty_percent, instance_number, DEMO_MARK};
+use crate::sr::{instance_number, DEMO_MARK};
 use crate::uid;
 use crate::{
     AnalysisResult, ModelIdentity, NodeIdentity, ReportError, ReportOptions, ReportTime,
@@ -167,10 +167,9 @@ pub fn banner_lines(result: &AnalysisResult, model: &ModelIdentity) -> Vec<Strin
         "AI RESULT: PNEUMOCONIOSIS {}",
         result.decision.as_str().to_uppercase()
     ));
+    let (probability, threshold) = crate::sr::percentages_in_words(result);
     lines.push(format!(
-        "PROBABILITY {}% (THRESHOLD {}%)",
-        crate::content::format_ds((certainty_percent(result) * 10.0).round() / 10.0),
-        crate::content::format_ds((crate::sr::as_f64(result.threshold) * 1000.0).round() / 10.0)
+        "PROBABILITY {probability}% (THRESHOLD {threshold}%)"
     ));
     lines.push(format!(
         "MODEL {} {} - NOT REVIEWED BY A PHYSICIAN",

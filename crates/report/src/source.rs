@@ -25,8 +25,12 @@ pub const COPIED_TAGS: &[Tag] = &[
     tags::PATIENT_BIRTH_DATE,
     tags::PATIENT_BIRTH_TIME,
     tags::PATIENT_SEX,
+    tags::PATIENT_BIRTH_DATE_IN_ALTERNATIVE_CALENDAR,
+    tags::PATIENT_DEATH_DATE_IN_ALTERNATIVE_CALENDAR,
+    tags::PATIENT_ALTERNATIVE_CALENDAR,
     tags::OTHER_PATIENT_I_DS_SEQUENCE,
     tags::OTHER_PATIENT_NAMES,
+    tags::ETHNIC_GROUP,
     tags::PATIENT_COMMENTS,
     tags::PATIENT_SPECIES_DESCRIPTION,
     tags::PATIENT_SPECIES_CODE_SEQUENCE,
@@ -52,11 +56,19 @@ pub const COPIED_TAGS: &[Tag] = &[
     tags::PROCEDURE_CODE_SEQUENCE,
     // Patient Study
     tags::ADMITTING_DIAGNOSES_DESCRIPTION,
+    tags::ADMITTING_DIAGNOSES_CODE_SEQUENCE,
     tags::PATIENT_AGE,
     tags::PATIENT_SIZE,
+    tags::PATIENT_SIZE_CODE_SEQUENCE,
     tags::PATIENT_WEIGHT,
     tags::OCCUPATION,
     tags::ADDITIONAL_PATIENT_HISTORY,
+    // what screening for an occupational lung disease may carry
+    tags::SMOKING_STATUS,
+    tags::MEDICAL_ALERTS,
+    tags::ALLERGIES,
+    tags::PREGNANCY_STATUS,
+    tags::PATIENT_SEX_NEUTERED,
 ];
 
 /// Type 2 attributes of the Patient and General Study modules: written empty

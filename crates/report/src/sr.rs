@@ -31,20 +31,70 @@ pub(crate) fn as_f64(x: f32) -> f64 {
     format!("{x}").parse::<f64>().unwrap_or(f64::from(x))
 }
 
+/// The most decimals a percentage is written with (a DS value's form).
+const MAX_PERCENT_DECIMALS: u32 = 6;
+
+fn rounded(x: f64, decimals: u32) -> f64 {
+    let scale = 10f64.powi(decimals as i32);
+    (x * scale).round() / scale
+}
+
+/// The probability and the threshold in percent, each rounded to the same
+/// number of decimals: `decimals` or, where that is not enough, as many
+/// more as it takes for the two written numbers to compare as the decision
+/// does (p = 0.49996 under a 0.5 threshold is "absent": written 49.996 %,
+/// never 50.0 %), and for a value strictly between 0 and 100 % not to read
+/// 0 or 100 (p = 0.99999 is 99.999 %, not a certainty of 100 %).
+fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
+    let p = as_f64(result.p_pneumoconiosis) * 100.0;
+    let t = as_f64(result.threshold) * 100.0;
+    let present = result.decision == Decision::Present;
+    let not_an_extreme = |exact: f64, shown: f64| {
+        (shown != 0.0 || exact == 0.0) && (shown != 100.0 || exact == 100.0)
+    };
+    for d in decimals..=MAX_PERCENT_DECIMALS {
+        let (shown_p, shown_t) = (rounded(p, d), rounded(t, d));
+        if (shown_p >= shown_t) == present
+            && not_an_extreme(p, shown_p)
+            && not_an_extreme(t, shown_t)
+        {
+            return (shown_p, shown_t);
+        }
+    }
+    // Closer than the last decimal (possible only for an "absent" just
+    // under the threshold): one unit under the threshold as written.
+    let shown_t = rounded(t, MAX_PERCENT_DECIMALS);
+    let unit = 10f64.powi(-(MAX_PERCENT_DECIMALS as i32));
+    let shown_p = if present {
+        rounded(p, MAX_PERCENT_DECIMALS)
+    } else {
+        (shown_t - unit).max(0.0)
+    };
+    (shown_p, shown_t)
+}
+
 /// Certainty of Finding in percent: `p_pneumoconiosis × 100`, rounded to
-/// 4 decimals.
+/// 4 decimals, or more where the threshold or an extreme needs them
+/// (`shown_percentages`).
 pub fn certainty_percent(result: &AnalysisResult) -> f64 {
-    (as_f64(result.p_pneumoconiosis) * 100.0 * 10_000.0).round() / 10_000.0
+    shown_percentages(result, 4).0
+}
+
+/// The probability and the threshold as the result's sentence and the
+/// companion image write them: one decimal, or more where the threshold or
+/// an extreme needs them (`shown_percentages`).
+pub(crate) fn percentages_in_words(result: &AnalysisResult) -> (String, String) {
+    let (p, t) = shown_percentages(result, 1);
+    (crate::content::format_ds(p), crate::content::format_ds(t))
 }
 
 /// The result in one sentence (used in the SR's comment and the companion
 /// image).
 pub fn result_sentence(result: &AnalysisResult) -> String {
+    let (probability, threshold) = percentages_in_words(result);
     format!(
-        "Pneumoconiosis {}: probability {}% (threshold {}%).",
+        "Pneumoconiosis {}: probability {probability}% (threshold {threshold}%).",
         result.decision.as_str(),
-        crate::content::format_ds((certainty_percent(result) * 10.0).round() / 10.0),
-        crate::content::format_ds((as_f64(result.threshold) * 1000.0).round() / 10.0),
     )
 }
 

@@ -585,6 +585,80 @@ fn certainty_rounding() {
     );
 }
 
+fn with_threshold(p: f32, threshold: f32) -> AnalysisResult {
+    AnalysisResult::from_probabilities(vec![p, 1.0 - p], threshold, "lung", "CPU").unwrap()
+}
+
+#[test]
+fn written_numbers_never_contradict_the_decision() {
+    // Just under the threshold: "absent", and the numbers say so.
+    let r = with_threshold(0.499_999_9, 0.5);
+    assert_eq!(r.decision, Decision::Absent);
+    assert_eq!(format_ds(sr::certainty_percent(&r)), "49.99999");
+    assert_eq!(
+        sr::result_sentence(&r),
+        "Pneumoconiosis absent: probability 49.99999% (threshold 50%)."
+    );
+    let r = with_threshold(0.499_96, 0.5);
+    assert_eq!(
+        sr::result_sentence(&r),
+        "Pneumoconiosis absent: probability 49.996% (threshold 50%)."
+    );
+    // At the threshold: "present" with equal numbers.
+    let r = with_threshold(0.5, 0.5);
+    assert_eq!(
+        sr::result_sentence(&r),
+        "Pneumoconiosis present: probability 50% (threshold 50%)."
+    );
+    // A threshold one decimal cannot write.
+    let r = with_threshold(0.333_2, 0.333_3);
+    assert_eq!(
+        sr::result_sentence(&r),
+        "Pneumoconiosis absent: probability 33.32% (threshold 33.33%)."
+    );
+    // The nearest f32 under a threshold, everywhere in [0, 1].
+    for t in [0.01f32, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999_99] {
+        let below = f32::from_bits(t.to_bits() - 1);
+        for p in [below, t] {
+            let r = with_threshold(p, t);
+            let present = r.decision == Decision::Present;
+            let certainty = sr::certainty_percent(&r);
+            let threshold: f64 = format_ds(sr::as_f64(t) * 100.0).parse().unwrap();
+            assert_eq!(certainty >= threshold, present, "p={p} t={t}: {certainty}");
+            let sentence = sr::result_sentence(&r);
+            let shown: f64 = sentence
+                .split("probability ")
+                .nth(1)
+                .and_then(|s| s.split('%').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(shown >= threshold, present, "{sentence}");
+        }
+    }
+}
+
+#[test]
+fn written_probabilities_read_0_or_100_only_when_they_are() {
+    for (p, certainty, words) in [
+        (0.999_99, "99.999", "99.999"),
+        (0.999_999_9, "99.99999", "99.99999"),
+        (0.999, "99.9", "99.9"),
+        (1.0, "100", "100"),
+        (0.000_01, "0.001", "0.001"),
+        (0.000_000_1, "0.00001", "0.00001"),
+        (0.0, "0", "0"),
+    ] {
+        let r = result(p);
+        assert_eq!(format_ds(sr::certainty_percent(&r)), certainty, "p={p}");
+        assert!(
+            sr::result_sentence(&r).contains(&format!("probability {words}%")),
+            "p={p}: {}",
+            sr::result_sentence(&r)
+        );
+    }
+}
+
 #[test]
 fn configured_equipment_names_are_written_and_blank_ones_left_out() {
     let mut named = node();
