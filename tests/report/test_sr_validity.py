@@ -264,12 +264,11 @@ def test_same_source_and_model_give_the_same_sr(write_sr, utf8_source, tmp_path)
 def test_patient_study_attributes_of_a_screening_are_copied_where_the_iod_has_them(
     write_sr, utf8_source, tmp_path
 ):
-    """Type 3 attributes a screening programme's source may carry (ethnic
-    group, smoking status, admitting diagnosis codes, ...) reach the SR and
+    """Type 3 attributes a screening programme's source may carry (smoking
+    status, admitting diagnosis codes, ...) reach the SR and
     the companion image, in their modules: no validator error, and nothing
     the IOD does not define."""
     ds = pydicom.dcmread(utf8_source)
-    ds.EthnicGroup = "X"
     diagnosis = Dataset()
     diagnosis.CodeValue = "J60"
     diagnosis.CodingSchemeDesignator = "I10"
@@ -286,7 +285,7 @@ def test_patient_study_attributes_of_a_screening_are_copied_where_the_iod_has_th
     files = run_writer(write_sr, source, tmp_path / "out", "--companion")
     for kind in ("SR", "SC"):
         out = pydicom.dcmread(files[kind])
-        for keyword in ("EthnicGroup", "Occupation", "SmokingStatus", "MedicalAlerts", "Allergies",
+        for keyword in ("Occupation", "SmokingStatus", "MedicalAlerts", "Allergies",
                         "PregnancyStatus", "PatientSexNeutered"):
             assert out[keyword].value == ds[keyword].value, (kind, keyword)
         assert out.AdmittingDiagnosesCodeSequence[0].CodeValue == "J60"
