@@ -11,12 +11,14 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from nodetest import data_store, node, procedure_reported  # noqa: F401 (fixture)
+from nodetest import data_store, node_factory, procedure_reported  # noqa: F401 (fixture)
 
 ESC = b"\x1b"
 CASES = {
     # name: (Specific Character Set, Patient's Name as written, as read, Study Description)
     "latin1": ("ISO_IR 100", "Müller^Jürgen", None, "Thorax p.a."),
+    # ISO 8859-1 bytes and no Specific Character Set, as older modalities send
+    "undeclared": (None, b"M\xfcller^J\xfcrgen", "Müller^Jürgen", "Thorax p.a."),
     "utf8": ("ISO_IR 192", "Müller^Jürgen=山田^太郎", None, "Thorax — Staublunge"),
     "gb18030": ("GB18030", "张^伟", None, "胸部正位"),
     # PS3.5 H.3.1, as pydicom encodes it (escape sequences around JIS X 0208)
@@ -36,7 +38,10 @@ def sources(tmp_path_factory):
     out = {}
     for key, (charset, name, _, description) in CASES.items():
         ds = pydicom.dcmread(data_store() / "RG1_UNCI.dcm")
-        ds.SpecificCharacterSet = charset
+        if charset is None:
+            del ds.SpecificCharacterSet
+        else:
+            ds.SpecificCharacterSet = charset
         if isinstance(name, bytes):
             ds.add_new(0x00100010, "PN", name)
         else:
@@ -54,7 +59,13 @@ def sources(tmp_path_factory):
     return out
 
 
-def test_names_reach_the_sr_as_written(node, sources):
+# A configured name that ISO 8859-1 cannot write: the SR of a Latin-1
+# source is then written in UTF-8 (every report used to fail to be written).
+INSTITUTION = "Szpital Wojewódzki w Łodzi"
+
+
+def test_names_reach_the_sr_as_written(node_factory, sources):
+    node = node_factory(report__institution_name=INSTITUTION).start()
     ae = AE(ae_title="CHARSETS")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", ["1.2.840.10008.1.2.1"])
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
@@ -69,9 +80,12 @@ def test_names_reach_the_sr_as_written(node, sources):
         path = node.data_dir / reports[sources[key][1]]
         sr = pydicom.dcmread(path)
         assert str(sr.PatientName) == (expected or name), key
+        assert sr.InstitutionName == INSTITUTION, key
         assert sr.StudyDescription == description, key
         assert procedure_reported(sr).CodeMeaning == description, key
-        if isinstance(charset, list):  # code extensions: written in UTF-8
+        if isinstance(charset, list) or charset in (None, "ISO_IR 100"):  # UTF-8 writes them all
             assert sr.SpecificCharacterSet == "ISO_IR 192", key
+        else:
+            assert sr.SpecificCharacterSet == charset, key
         out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == [], key

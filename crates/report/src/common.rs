@@ -1,6 +1,7 @@
 //! Attributes shared by the SR and the companion image: patient and study
 //! copied from the source, equipment, SOP common, file meta.
 
+use dicom_core::value::Value;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
@@ -73,10 +74,7 @@ pub(crate) fn base_dataset(
 ) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
 
-    // SOP Common
-    if let Some(cs) = source.output_character_set() {
-        put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, cs);
-    }
+    // SOP Common (Specific Character Set: `to_file`, once all text is in)
     put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, sop_class_uid);
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, sop_instance_uid);
     put_str(
@@ -270,14 +268,49 @@ pub(crate) fn evidence_item(source: &SourceInstance) -> InMemDicomObject {
     study
 }
 
+/// The text values of `obj` that the Specific Character Set applies to, in
+/// sequences too.
+fn texts(obj: &InMemDicomObject) -> Vec<&str> {
+    let mut out = Vec::new();
+    for e in obj.iter() {
+        match e.value() {
+            Value::Sequence(seq) => seq.items().iter().for_each(|item| out.extend(texts(item))),
+            Value::Primitive(PrimitiveValue::Strs(v))
+                if matches!(
+                    e.vr(),
+                    VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::PN | VR::UC
+                ) =>
+            {
+                out.extend(v.iter().map(String::as_str))
+            }
+            Value::Primitive(PrimitiveValue::Str(v))
+                if matches!(
+                    e.vr(),
+                    VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::PN | VR::UC
+                ) =>
+            {
+                out.push(v.as_str())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Wrap a data set as a Part-10 object: File Meta Information Version 00 01,
-/// Explicit VR Little Endian.
+/// Explicit VR Little Endian; the Specific Character Set is chosen for all
+/// the text it holds (`SourceInstance::output_character_set`).
 pub(crate) fn to_file(
-    obj: InMemDicomObject,
+    mut obj: InMemDicomObject,
+    source: &SourceInstance,
     sop_class_uid: &str,
     sop_instance_uid: &str,
     node: &NodeIdentity,
 ) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
+    let character_set = source.output_character_set(texts(&obj).into_iter());
+    if let Some(cs) = character_set {
+        put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, cs);
+    }
     let meta = FileMetaTableBuilder::new()
         .information_version([0, 1])
         .media_storage_sop_class_uid(sop_class_uid)

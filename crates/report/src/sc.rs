@@ -353,7 +353,7 @@ pub fn build_companion_sc(
     );
     common::contributing_equipment(&mut obj, node, model, &sha, &stamp, &description);
 
-    common::to_file(obj, sop_class_uid, &sop_instance_uid, node)
+    common::to_file(obj, source, sop_class_uid, &sop_instance_uid, node)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use dicom_core::header::Header;
 use dicom_core::value::{DataSetSequence, Value};
 use dicom_core::{DataElement, Tag};
 use dicom_dictionary_std::tags;
-use dicom_encoding::text::SpecificCharacterSet;
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use dicom_object::mem::InMemElement;
 use dicom_object::InMemDicomObject;
 
@@ -227,18 +227,32 @@ impl SourceInstance {
         })
     }
 
-    /// The Specific Character Set to write, and whether the source's was
-    /// replaced. The source's is kept when it is one value that dicom-rs can
-    /// encode; otherwise (code extensions, unknown terms) the strings, which
-    /// were decoded to Unicode on reading, are written in UTF-8
-    /// (`ISO_IR 192`).
-    pub fn output_character_set(&self) -> Option<String> {
-        let cs = self.specific_character_set.as_deref()?;
-        let single = !cs.contains('\\');
-        if single && SpecificCharacterSet::from_code(cs.trim()).is_some() {
-            Some(cs.trim().to_string())
-        } else {
-            Some("ISO_IR 192".to_string())
+    /// The Specific Character Set to write the report's `texts` in (those
+    /// copied from the source, the node's configured names, the content):
+    /// - the source's, when it is one value that dicom-rs can encode and every
+    ///   text encodes in it;
+    /// - none (the default repertoire), when the source declared none and
+    ///   every text is ASCII;
+    /// - `ISO_IR 100`, when the source declared none and every text fits
+    ///   ISO 8859-1: a source without a Specific Character Set but with 8-bit
+    ///   bytes in its names (as older modalities send) is read as ISO 8859-1,
+    ///   so its bytes are written back unchanged, now declared;
+    /// - otherwise `ISO_IR 192` (UTF-8), which writes any text: code
+    ///   extensions, unknown terms, a configured institution name the
+    ///   source's set cannot write ("Łódź" beside an ISO 8859-1 source).
+    pub fn output_character_set<'a>(
+        &self,
+        texts: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<String> {
+        let writes_all = |code: &str| {
+            SpecificCharacterSet::from_code(code)
+                .is_some_and(|cs| texts.clone().all(|t| cs.encode(t).is_ok()))
+        };
+        match self.specific_character_set.as_deref().map(str::trim) {
+            Some(cs) if !cs.contains('\\') && writes_all(cs) => Some(cs.to_string()),
+            None if texts.clone().all(str::is_ascii) => None,
+            None if writes_all("ISO_IR 100") => Some("ISO_IR 100".to_string()),
+            _ => Some("ISO_IR 192".to_string()),
         }
     }
 }

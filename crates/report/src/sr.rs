@@ -444,7 +444,7 @@ pub fn build_sr(
     // SR Document Content
     tree.write_into(&mut obj);
 
-    common::to_file(obj, sop_class_uid, &sop_instance_uid, node)
+    common::to_file(obj, source, sop_class_uid, &sop_instance_uid, node)
 }
 
 /// Instance Number of the SR: the source's Instance Number when it is

@@ -437,24 +437,71 @@ fn utf8_names_survive_the_file_round_trip() {
         (Some("ISO_IR 100"), "Müller^Jürgen"),
     ] {
         let src = SourceInstance::from_dataset(&source_dataset(cs, name)).unwrap();
-        let sr = build_sr(
-            &src,
-            &result(0.6),
-            &model(WeightsKind::Trained),
-            &node(),
-            &ReportOptions::default(),
-            &time(),
-        )
-        .unwrap();
-        let mut bytes = Vec::new();
-        sr.write_all(&mut bytes).unwrap();
-        let back = OpenFileOptions::new().from_reader(&bytes[128..]).unwrap();
-        assert_eq!(str_of(&back, tags::PATIENT_NAME), name, "{cs:?}");
-        assert_eq!(
-            str_of(&back, tags::SPECIFIC_CHARACTER_SET),
-            cs.unwrap_or("")
-        );
+        let (charset, back, _, _) = written(&src, &node());
+        assert_eq!(back, name, "{cs:?}");
+        assert_eq!(charset, cs.unwrap_or(""));
     }
+}
+
+/// The SR written to bytes and read back: (Specific Character Set, Patient's
+/// Name, Institution Name, the raw bytes).
+fn written(src: &SourceInstance, n: &NodeIdentity) -> (String, String, String, Vec<u8>) {
+    let sr = build_sr(
+        src,
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        n,
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    sr.write_all(&mut bytes).unwrap();
+    let back = OpenFileOptions::new().from_reader(&bytes[128..]).unwrap();
+    let charset = str_of(&back, tags::SPECIFIC_CHARACTER_SET);
+    let name = str_of(&back, tags::PATIENT_NAME);
+    let institution = str_of(&back, tags::INSTITUTION_NAME);
+    (charset, name, institution, bytes)
+}
+
+#[test]
+fn eight_bit_names_without_a_declared_set_are_declared_iso_8859_1() {
+    // What an older modality sends: "Müller" in ISO 8859-1 bytes, no
+    // Specific Character Set. dicom-rs reads it as ISO 8859-1.
+    let mut ds = source_dataset(None, "A^B");
+    ds.put(DataElement::new(
+        tags::PATIENT_NAME,
+        VR::PN,
+        PrimitiveValue::from("M\u{fc}ller^J\u{fc}rgen"),
+    ));
+    let src = SourceInstance::from_dataset(&ds).unwrap();
+    let (charset, name, _, bytes) = written(&src, &node());
+    assert_eq!(charset, "ISO_IR 100");
+    assert_eq!(name, "M\u{fc}ller^J\u{fc}rgen");
+    assert!(
+        bytes.windows(7).any(|w| w == b"M\xfcller^"),
+        "the source's bytes, unchanged"
+    );
+}
+
+#[test]
+fn a_configured_name_the_source_set_cannot_write_makes_the_report_utf8() {
+    let mut n = node();
+    n.institution_name = Some("Szpital \u{141}\u{f3}d\u{17a}".into()); // not in ISO 8859-1
+    for (cs, name) in [
+        (Some("ISO_IR 100"), "M\u{fc}ller^J\u{fc}rgen"),
+        (None, "A^B"),
+    ] {
+        let src = SourceInstance::from_dataset(&source_dataset(cs, name)).unwrap();
+        let (charset, back, institution, _) = written(&src, &n);
+        assert_eq!(charset, "ISO_IR 192", "{cs:?}");
+        assert_eq!(back, name);
+        assert_eq!(institution, "Szpital \u{141}\u{f3}d\u{17a}");
+    }
+    // One the source's set can write keeps it.
+    n.institution_name = Some("H\u{f4}pital".into());
+    let src = SourceInstance::from_dataset(&source_dataset(Some("ISO_IR 100"), "A^B")).unwrap();
+    assert_eq!(written(&src, &n).0, "ISO_IR 100");
 }
 
 #[test]
@@ -470,9 +517,13 @@ fn unsupported_charsets_become_utf8() {
         ),
     ));
     let src = SourceInstance::from_dataset(&ds).unwrap();
-    assert_eq!(src.output_character_set().as_deref(), Some("ISO_IR 192"));
+    let ascii = ["A^B"];
+    assert_eq!(
+        src.output_character_set(ascii.into_iter()).as_deref(),
+        Some("ISO_IR 192")
+    );
     let plain = SourceInstance::from_dataset(&source_dataset(None, "A^B")).unwrap();
-    assert_eq!(plain.output_character_set(), None);
+    assert_eq!(plain.output_character_set(ascii.into_iter()), None);
 }
 
 #[test]
