@@ -323,5 +323,9 @@ def test_companion_secondary_capture(write_sr, source_path, tmp_path, weights):
     assert pixels.max() == 255  # the white text
     if weights == "random-demo":
         assert sc.SeriesDescription.startswith(DEMO_MARK)
+        assert sc.ImageComments.startswith(DEMO_MARK)  # what viewers overlay
+    else:
+        assert DEMO_MARK not in sc.ImageComments
+    assert "probability" in sc.ImageComments
     sr = pydicom.dcmread(files["SR"])
     assert sc.SeriesInstanceUID != sr.SeriesInstanceUID

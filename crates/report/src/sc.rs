@@ -287,12 +287,14 @@ pub fn build_companion_sc(
         )],
     ));
     put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
-    put_str(
-        &mut obj,
-        tags::IMAGE_COMMENTS,
-        VR::LT,
-        crate::sr::result_sentence(result),
-    );
+    // Viewers that overlay Image Comments show it without the banner: the
+    // demo mark goes first there too.
+    let comments = if model.is_demo() {
+        format!("{DEMO_MARK}. {}", crate::sr::result_sentence(result))
+    } else {
+        crate::sr::result_sentence(result)
+    };
+    put_str(&mut obj, tags::IMAGE_COMMENTS, VR::LT, comments);
     // Image Pixel
     obj.put(DataElement::new(
         tags::SAMPLES_PER_PIXEL,
