@@ -2,7 +2,7 @@
 
 use dicom_core::header::Header;
 use dicom_core::value::{DataSetSequence, Value};
-use dicom_core::{DataElement, Tag};
+use dicom_core::{DataElement, PrimitiveValue, Tag};
 use dicom_dictionary_std::tags;
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use dicom_object::mem::InMemElement;
@@ -205,7 +205,8 @@ impl SourceInstance {
         let copied_elements = COPIED_TAGS
             .iter()
             .filter_map(|t| obj.get(*t))
-            .map(rebuild)
+            .filter(|e| !is_empty_sequence(e))
+            .map(|e| rebuild(&with_current_date_time_form(e)))
             .collect();
         Ok(SourceInstance {
             sop_class_uid,
@@ -255,6 +256,47 @@ impl SourceInstance {
             _ => Some("ISO_IR 192".to_string()),
         }
     }
+}
+
+/// A sequence without items. Every sequence copied is Type 3, where PS3.3
+/// wants one item or the attribute absent; validators refuse the empty form
+/// some sources send, so it is left out.
+fn is_empty_sequence(e: &InMemElement) -> bool {
+    matches!(e.value(), Value::Sequence(seq) if seq.items().is_empty())
+}
+
+/// A date `YYYY.MM.DD` or time `HH:MM:SS` in the ACR-NEMA form that PS3.5
+/// (6.2, DA and TM notes) asks readers to accept, written in the current
+/// form (`YYYYMMDD`, `HHMMSS`); anything else as it is.
+fn with_current_date_time_form(e: &InMemElement) -> InMemElement {
+    let (separator, lengths): (char, &[usize]) = match e.vr() {
+        dicom_core::VR::DA => ('.', &[4, 2, 2]),
+        dicom_core::VR::TM => (':', &[2, 2, 2]),
+        _ => return e.clone(),
+    };
+    let Ok(text) = e.to_str() else {
+        return e.clone();
+    };
+    let text = text.trim_matches([' ', '\0']);
+    let (head, fraction) = match (e.vr(), text.split_once('.')) {
+        (dicom_core::VR::TM, Some((h, f))) => (h, Some(f)),
+        _ => (text, None),
+    };
+    let parts: Vec<&str> = head.split(separator).collect();
+    let old_form = parts.len() == lengths.len()
+        && parts
+            .iter()
+            .zip(lengths)
+            .all(|(p, n)| p.len() == *n && p.bytes().all(|b| b.is_ascii_digit()));
+    if !old_form {
+        return e.clone();
+    }
+    let mut current = parts.concat();
+    if let Some(f) = fraction {
+        current.push('.');
+        current.push_str(f);
+    }
+    DataElement::new(e.tag(), e.vr(), PrimitiveValue::from(current))
 }
 
 /// A copy of `e` whose sequences and items have undefined length, so that

@@ -505,6 +505,35 @@ fn a_configured_name_the_source_set_cannot_write_makes_the_report_utf8() {
 }
 
 #[test]
+fn acr_nema_dates_and_empty_sequences_are_written_in_a_form_validators_accept() {
+    let mut ds = source_dataset(None, "A^B");
+    let mut put =
+        |t: Tag, vr: VR, v: &str| ds.put(DataElement::new(t, vr, PrimitiveValue::from(v)));
+    put(tags::STUDY_DATE, VR::DA, "2024.02.29");
+    put(tags::STUDY_TIME, VR::TM, "10:15:30.25");
+    put(tags::PATIENT_BIRTH_DATE, VR::DA, "1960-01-01"); // no standard form: as it is
+    ds.put(DataElement::new(
+        tags::PROCEDURE_CODE_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::<InMemDicomObject>::from(Vec::new()),
+    ));
+    let src = SourceInstance::from_dataset(&ds).unwrap();
+    let sr = build_sr(
+        &src,
+        &result(0.6),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    assert_eq!(str_of(&sr, tags::STUDY_DATE), "20240229");
+    assert_eq!(str_of(&sr, tags::STUDY_TIME), "101530.25");
+    assert_eq!(str_of(&sr, tags::PATIENT_BIRTH_DATE), "1960-01-01");
+    assert!(sr.get(tags::PROCEDURE_CODE_SEQUENCE).is_none());
+}
+
+#[test]
 fn unsupported_charsets_become_utf8() {
     let mut ds = source_dataset(None, "Yamada^Taro");
     ds.put(DataElement::new(
