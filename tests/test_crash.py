@@ -93,3 +93,29 @@ def test_an_instance_whose_analysis_kills_the_node_every_time_fails_after_three_
     run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, good)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
     assert node.alive()
+
+
+def test_a_second_node_on_the_same_data_directory_refuses_to_start(node_factory, rg1_copies):
+    """Starting the same configuration twice (or two configurations naming
+    one data directory) must not touch the running node: the second process
+    used to clear its spool under a transfer in progress, take back its jobs
+    and send every delivery a second time."""
+    import subprocess
+
+    from nodetest import free_port, node_binary, run_dcmtk
+
+    node = node_factory().start()
+    in_progress = node.data_dir / "spool" / "transfer-in-progress.part"
+    in_progress.write_bytes(b"half a data set")
+    second = node.env()
+    second.update({"PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())})
+    out = subprocess.run([str(node_binary()), "serve"], env=second, cwd=node.workdir,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "in use by another pneumo-node process" in out.stderr, out.stderr
+    assert in_progress.exists()
+    in_progress.unlink()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1

@@ -40,6 +40,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "data directory {path} is in use by another pneumo-node process \
+         (it holds the lock on {lock}); one data directory serves one node"
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -50,6 +55,29 @@ pub enum StoreError {
     Mismatch(String),
     #[error("cannot write the instance file: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Takes the exclusive advisory lock on `<data_dir>/pneumo-node.lock`
+/// (released by the system when the process ends, however it ends).
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join("pneumo-node.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: data_dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::DataDir { path, source }),
+    }
 }
 
 /// An instance as received, spooled in a Part-10 file on the data
@@ -91,6 +119,8 @@ pub struct Store {
     /// arriving together under one UID must not both take the first's path,
     /// where the second rename would replace acknowledged bytes.
     ingest_locks: UidLocks,
+    /// The exclusive lock on the data directory, held while the store lives.
+    _lock: std::fs::File,
 }
 
 impl Store {
@@ -106,6 +136,10 @@ impl Store {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| StoreError::DataDir { path: dir, source })?;
         }
+        // Before anything is touched: a second process on this directory
+        // would clear the first's spool under a transfer in progress, take
+        // back its jobs and send every delivery a second time.
+        let lock = lock_data_dir(data_dir)?;
         let pool = db::connect(data_dir, database_url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let cleared = files::clear_spool(&data_dir.join("spool"));
@@ -119,6 +153,7 @@ impl Store {
             data_dir: data_dir.to_path_buf(),
             pool,
             ingest_locks: UidLocks::default(),
+            _lock: lock,
         })
     }
 
@@ -144,6 +179,15 @@ impl Store {
         incoming: &Incoming,
         route: impl FnOnce(&InstanceHeader) -> Vec<String>,
     ) -> Result<IngestOutcome, StoreError> {
+        // The spool file gone or unreadable is this node's failure (A700),
+        // not a data set that cannot be understood (C000, which senders do
+        // not retry).
+        std::fs::File::open(&incoming.spool_path).map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", incoming.spool_path.display()),
+            ))
+        })?;
         let spool = incoming.spool_path.clone();
         let header = tokio::task::spawn_blocking(move || InstanceHeader::read(&spool))
             .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use pneumo_store::{Incoming, IngestOutcome, Store};
+use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
 use sha2::{Digest, Sha256};
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
@@ -317,4 +317,23 @@ async fn concurrent_conflicting_instances_are_both_kept_intact() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_directory_serves_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path()).await;
+    // A spool file of a transfer in progress: a second store must not clear it.
+    let transfer = dir.path().join("spool").join("in-progress.part");
+    std::fs::write(&transfer, b"half a data set").unwrap();
+    let second = Store::open(dir.path(), None).await;
+    assert!(matches!(second, Err(StoreError::InUse { .. })));
+    let message = second.err().unwrap().to_string();
+    assert!(
+        message.contains("in use by another pneumo-node process"),
+        "{message}"
+    );
+    assert!(transfer.exists());
+    drop(first);
+    let _again = open(dir.path()).await; // released with the store
 }
