@@ -89,7 +89,8 @@ def test_parked_deliveries_are_sent_after_the_destination_is_fixed(node_factory,
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1)
 
         receiver.status = 0x0000  # the PACS administrator fixed it
-        assert post(node, "/api/deliveries/retry?destination=elsewhere")[1] == {"requeued": 0}
+        status, body = post(node, "/api/deliveries/retry?destination=elsewhere")  # no such destination
+        assert status == 400 and body["destinations"] == ["pacs"]
         assert post(node, "/api/deliveries/retry?dest=pacs")[0] == 400
         assert post(node, "/api/deliveries/retry", data="destination=pacs")[0] == 400
         status, body = post(node, "/api/deliveries/retry?destination=pacs")

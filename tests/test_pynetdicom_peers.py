@@ -142,6 +142,9 @@ class PynetdicomReceiver:
         self.received = {}
         self.transfer_syntax = {}  # SOP Instance UID -> the syntax it came in
         self.status = status
+        # While set, each C-STORE is answered only once it is cleared (a
+        # destination that accepts the association and then does not answer).
+        self.hold = None
         self.port = free_port()
         ae = AE(ae_title=ae_title)
         ae.add_supported_context(CR, list(transfer_syntaxes))
@@ -150,6 +153,8 @@ class PynetdicomReceiver:
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
 
     def on_store(self, event):
+        if self.hold is not None:
+            self.hold.wait(60)
         uid = event.request.AffectedSOPInstanceUID
         self.received[uid] = event.request.DataSet.getvalue()
         self.transfer_syntax[uid] = event.context.transfer_syntax

@@ -152,7 +152,7 @@ pub struct StoreOutcome {
 
 impl StoreOutcome {
     pub fn succeeded(&self) -> bool {
-        matches!(self.result, Ok(s) if !s.is_failure())
+        matches!(self.result, Ok(s) if s.is_success() || s.is_warning())
     }
 }
 

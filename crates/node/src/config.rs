@@ -223,9 +223,37 @@ impl Config {
         self.routing
             .validate(&self.destinations)
             .map_err(anyhow::Error::msg)?;
+        for (i, d) in self.destinations.iter().enumerate() {
+            if d.port == 0 {
+                bail!("destinations[{i}] (`{}`): port must be 1 to 65535", d.name);
+            }
+        }
+        for (i, c) in self.dicom.allowed_callers.iter().enumerate() {
+            let ae = &c.ae_title;
+            if ae.trim().is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+                bail!("dicom.allowed_callers[{i}].ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
+            }
+        }
         if self.outbox.retry_base_s == 0 || self.outbox.retry_cap_s < self.outbox.retry_base_s {
             bail!("outbox.retry_base_s must be at least 1 and outbox.retry_cap_s at least retry_base_s");
         }
+        if !(1..=1000).contains(&self.outbox.batch) {
+            bail!(
+                "outbox.batch {} must be between 1 and 1000",
+                self.outbox.batch
+            );
+        }
+        if self.outbox.response_timeout_s == 0 || self.outbox.connect_timeout_s == 0 {
+            bail!(
+                "outbox.response_timeout_s and outbox.connect_timeout_s must be at least 1 second"
+            );
+        }
+        // Checked now, not at the first report: a bad UID would fail every
+        // analysis of a node that says it is ready.
+        self.report
+            .node_identity(&self.dicom.ae_title)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("report.device_uid / report.uid_root: {e}"))?;
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
         }
@@ -355,5 +383,29 @@ mod tests {
             load_text("[dicom]\nae_tittle = \"X\"\n").unwrap_err()
         );
         assert!(err.contains("ae_tittle"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_fail_later_are_refused_at_start_with_their_key() {
+        for (text, key) in [
+            ("[outbox]\nbatch = 0\n", "outbox.batch"),
+            ("[outbox]\nresponse_timeout_s = 0\n", "outbox.response_timeout_s"),
+            ("[report]\nuid_root = \"1.2.abc\"\n", "report.device_uid / report.uid_root"),
+            ("[report]\ndevice_uid = \"abc\"\n", "report.device_uid / report.uid_root"),
+            (
+                "[[dicom.allowed_callers]]\nae_title = \"A_TITLE_OF_MORE_THAN_16\"\n",
+                "dicom.allowed_callers[0].ae_title",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 0\n",
+                "destinations[0] (`pacs`): port",
+            ),
+        ] {
+            let err = format!("{:#}", load_text(text).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let ok =
+            load_text("[report]\nuid_root = \"1.2.826.0.1.3680043.10.543\"\n[outbox]\nbatch = 1\n");
+        assert!(ok.is_ok(), "{:#}", ok.unwrap_err());
     }
 }

@@ -59,6 +59,8 @@ pub struct HttpState {
     pub wake_router: Arc<tokio::sync::Notify>,
     /// Woken when parked deliveries are pending again.
     pub wake_outbox: Arc<tokio::sync::Notify>,
+    /// The configured destinations' names (a retry names one of them).
+    pub destinations: Vec<String>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -290,8 +292,9 @@ struct RetryDeliveriesQuery {
     destination: Option<String>,
 }
 
-/// `POST /api/deliveries/retry`: parked deliveries (of one destination, or
-/// all) are tried again now, e.g. after the destination was reconfigured.
+/// `POST /api/deliveries/retry`: parked deliveries, and those waiting for
+/// their next try (of one destination, or all), are tried again now, e.g.
+/// after the destination was fixed.
 async fn retry_deliveries(
     State(s): State<HttpState>,
     q: Result<Query<RetryDeliveriesQuery>, QueryRejection>,
@@ -301,9 +304,21 @@ async fn retry_deliveries(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    match s.store.requeue_parked(q.destination.as_deref()).await {
+    if let Some(name) = &q.destination {
+        if !s.destinations.contains(name) {
+            return bad_request(json!({
+                "error": format!("no destination named `{name}`"),
+                "destinations": s.destinations,
+            }));
+        }
+    }
+    match s.store.requeue_deliveries(q.destination.as_deref()).await {
         Ok(n) => {
-            tracing::info!(deliveries = n, destination = ?q.destination, "parked deliveries pending again");
+            tracing::info!(
+                deliveries = n,
+                destination = q.destination.as_deref().unwrap_or("(all)"),
+                "parked and waiting deliveries due now"
+            );
             s.wake_outbox.notify_one();
             Json(json!({ "requeued": n })).into_response()
         }

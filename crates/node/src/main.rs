@@ -271,7 +271,11 @@ async fn serve(config: Config) -> Result<()> {
             store: store.clone(),
             destinations: config.destinations.clone(),
             settings: config.outbox.clone(),
-            scu: scu_options(&config, None),
+            scu: ScuOptions {
+                connect_timeout: std::time::Duration::from_secs(config.outbox.connect_timeout_s),
+                response_timeout: std::time::Duration::from_secs(config.outbox.response_timeout_s),
+                ..scu_options(&config, None)
+            },
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
         }
@@ -293,6 +297,7 @@ async fn serve(config: Config) -> Result<()> {
             engine: Some(engine.clone()),
             wake_router,
             wake_outbox,
+            destinations: config.destinations.iter().map(|d| d.name.clone()).collect(),
         };
         let addr = std::net::SocketAddr::new(config.http.bind, config.http.port);
         let listener = tokio::net::TcpListener::bind(addr)

@@ -1,7 +1,6 @@
 //! Delivery of the outbox: a worker that sends what is due to each
 //! destination, records every answer and retries with back-off.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,11 @@ pub struct OutboxSection {
     pub retry_cap_s: u64,
     /// Instances sent over one association at most.
     pub batch: usize,
+    /// Longest wait for a destination to accept a connection, seconds.
+    pub connect_timeout_s: u64,
+    /// Longest wait for any answer of a destination (association, each
+    /// C-STORE response), seconds; then the attempt fails and is retried.
+    pub response_timeout_s: u64,
 }
 
 impl Default for OutboxSection {
@@ -31,6 +35,8 @@ impl Default for OutboxSection {
             retry_base_s: 2,
             retry_cap_s: 300,
             batch: 50,
+            connect_timeout_s: 10,
+            response_timeout_s: 60,
         }
     }
 }
@@ -46,11 +52,60 @@ pub struct OutboxWorker {
 }
 
 impl OutboxWorker {
+    /// One delivery loop per destination, so that a destination that is
+    /// slow, down or never answers holds up nobody else's deliveries; this
+    /// task fans wake-ups out to them and keeps the rows of destinations no
+    /// longer configured.
     pub async fn run(self) {
+        let worker = Arc::new(self);
+        let mut wakes = Vec::new();
+        for destination in &worker.destinations {
+            let wake = Arc::new(Notify::new());
+            wakes.push(wake.clone());
+            let span = info_span!("delivery", destination = %destination.name);
+            tokio::spawn(
+                worker
+                    .clone()
+                    .serve_destination(destination.clone(), wake)
+                    .instrument(span),
+            );
+        }
+        let configured: Vec<String> = worker.destinations.iter().map(|d| d.name.clone()).collect();
+        let cap = Duration::from_secs(worker.settings.retry_cap_s);
+        loop {
+            match worker
+                .store
+                .put_off_unconfigured(
+                    &configured,
+                    "destination `{destination}` is not configured; kept until it is",
+                    cap,
+                )
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    deliveries = n,
+                    retry_in_s = cap.as_secs(),
+                    "deliveries to a destination that is not configured (any more); kept until it is"
+                ),
+                Err(e) => warn!(error = %e, "cannot read the outbox"),
+            }
+            tokio::select! {
+                _ = worker.wake.notified() => {},
+                _ = tokio::time::sleep(cap.min(Duration::from_secs(60))) => {},
+            }
+            for wake in &wakes {
+                wake.notify_one();
+            }
+        }
+    }
+
+    async fn serve_destination(self: Arc<Self>, destination: Destination, wake: Arc<Notify>) {
+        let name = Some(destination.name.as_str());
         loop {
             let due = match self
                 .store
-                .due_deliveries((self.settings.batch * 4) as i64)
+                .due_deliveries(name, (self.settings.batch * 4) as i64)
                 .await
             {
                 Ok(d) => d,
@@ -61,28 +116,18 @@ impl OutboxWorker {
                 }
             };
             if due.is_empty() {
-                let wait = match self.store.next_delivery_in().await {
+                let wait = match self.store.next_delivery_in(name).await {
                     Ok(Some(d)) => d.min(Duration::from_secs(5)),
                     _ => Duration::from_secs(5),
                 };
                 tokio::select! {
-                    _ = self.wake.notified() => {},
+                    _ = wake.notified() => {},
                     _ = tokio::time::sleep(wait) => {},
                 }
                 continue;
             }
-            let mut by_destination: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
-            for item in due {
-                by_destination
-                    .entry(item.destination.clone())
-                    .or_default()
-                    .push(item);
-            }
-            for (name, items) in by_destination {
-                for batch in items.chunks(self.settings.batch.max(1)) {
-                    let span = info_span!("delivery", destination = %name);
-                    self.deliver(&name, batch).instrument(span).await;
-                }
+            for batch in due.chunks(self.settings.batch) {
+                self.deliver(&destination, batch).await;
             }
         }
     }
@@ -118,18 +163,7 @@ impl OutboxWorker {
         }
     }
 
-    async fn deliver(&self, name: &str, items: &[OutboxItem]) {
-        let Some(destination) = self.destinations.iter().find(|d| d.name == name) else {
-            // Kept, not dropped: a configuration mistake must not lose what is owed.
-            let reason = format!("destination `{name}` is not configured; kept until it is");
-            for item in items {
-                let delay = Duration::from_secs(self.settings.retry_cap_s);
-                self.record(self.store.mark_retry(item.id, &reason, delay).await)
-                    .await;
-            }
-            warn!(instances = items.len(), "{reason}");
-            return;
-        };
+    async fn deliver(&self, destination: &Destination, items: &[OutboxItem]) {
         let mut sendable = Vec::new();
         for item in items {
             match FileToSend::inspect(&self.store.instance_file(&item.path)) {
@@ -179,7 +213,9 @@ impl OutboxWorker {
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
         let result = match &outcome.result {
-            Ok(status) if !status.is_failure() => {
+            // Success or Warning only: a Cancel (FExx) or Pending (FFxx)
+            // answer to a C-STORE means the peer did not store it.
+            Ok(status) if status.is_success() || status.is_warning() => {
                 if status.is_warning() {
                     warn!(sop_instance_uid = %item.sop_instance_uid, %status, "delivered with a warning");
                 } else {

@@ -287,6 +287,19 @@ impl Store {
         for d in destinations {
             crate::outbox::enqueue(&mut *tx, sr_instance_id, d).await?;
         }
+        if !destinations.is_empty() {
+            // A report an earlier job made (a copy of the source received
+            // again under its UID) may have reached every destination
+            // already: no delivery is left to move this job on.
+            sqlx::query(
+                "UPDATE jobs SET state = 'delivered' WHERE id = ?
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = ? AND o.state != 'sent')",
+            )
+            .bind(job_id)
+            .bind(sr_instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

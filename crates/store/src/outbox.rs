@@ -43,28 +43,77 @@ impl Store {
         Ok(())
     }
 
-    /// Pending rows whose time has come, oldest first.
-    pub async fn due_deliveries(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+    /// Pending rows whose time has come (of `destination`, or all), oldest
+    /// first.
+    pub async fn due_deliveries(
+        &self,
+        destination: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path
              FROM outbox o JOIN instances i ON i.id = o.instance_id
-             WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?
+             WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.next_attempt_at_ms, o.id LIMIT ?",
         )
         .bind(now_ms())
+        .bind(destination)
+        .bind(destination)
         .bind(limit)
         .fetch_all(self.pool())
         .await?)
     }
 
-    /// Milliseconds until the next pending row is due (None: nothing pending).
-    pub async fn next_delivery_in(&self) -> Result<Option<Duration>, StoreError> {
+    /// Time until the next pending row (of `destination`, or any) is due
+    /// (None: nothing pending).
+    pub async fn next_delivery_in(
+        &self,
+        destination: Option<&str>,
+    ) -> Result<Option<Duration>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE state = 'pending'",
+            "SELECT MIN(next_attempt_at_ms) FROM outbox
+             WHERE state = 'pending' AND (? IS NULL OR destination = ?)",
         )
+        .bind(destination)
+        .bind(destination)
         .fetch_one(self.pool())
         .await?;
         Ok(next.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)))
+    }
+
+    /// Due rows whose destination is none of `configured` are put off by
+    /// `delay` with `reason` (`{destination}` in it replaced by the name):
+    /// kept, never dropped, until the destination is configured again.
+    /// Returns how many.
+    pub async fn put_off_unconfigured(
+        &self,
+        configured: &[String],
+        reason: &str,
+        delay: Duration,
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT destination FROM outbox WHERE state = 'pending' AND next_attempt_at_ms <= ?",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut put_off = 0;
+        for name in due.iter().filter(|d| !configured.contains(d)) {
+            put_off += sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_status = ?, next_attempt_at_ms = ?, updated_at_ms = ?
+                 WHERE state = 'pending' AND next_attempt_at_ms <= ? AND destination = ?",
+            )
+            .bind(reason.replace("{destination}", name))
+            .bind(now + delay.as_millis() as i64)
+            .bind(now)
+            .bind(now)
+            .bind(name)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        }
+        Ok(put_off)
     }
 
     /// Delivered. A job whose report has now reached every destination
@@ -84,15 +133,18 @@ impl Store {
         Ok(())
     }
 
-    /// An operator's retry: parked rows (of `destination`, or all) are
-    /// pending again, due now, their attempts cleared; the last status is
-    /// kept until the next answer replaces it. Returns how many.
-    pub async fn requeue_parked(&self, destination: Option<&str>) -> Result<u64, StoreError> {
+    /// An operator's retry: parked rows, and pending ones waiting for their
+    /// next try (of `destination`, or all), are pending and due now, their
+    /// attempts cleared (the back-off starts again); the last status is kept
+    /// until the next answer replaces it. Returns how many.
+    pub async fn requeue_deliveries(&self, destination: Option<&str>) -> Result<u64, StoreError> {
         let now = now_ms();
         let r = sqlx::query(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
-             WHERE state = 'parked' AND (? IS NULL OR destination = ?)",
+             WHERE (state = 'parked' OR (state = 'pending' AND next_attempt_at_ms > ?))
+               AND (? IS NULL OR destination = ?)",
         )
+        .bind(now)
         .bind(now)
         .bind(now)
         .bind(destination)

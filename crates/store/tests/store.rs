@@ -167,7 +167,7 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
         "{counts:?}"
     );
     // Originals and the SR are owed to the destination once each.
-    let due = store.due_deliveries(100).await.unwrap();
+    let due = store.due_deliveries(None, 100).await.unwrap();
     assert_eq!(due.len(), 3);
     for item in &due {
         store.mark_sent(item.id, "0000H").await.unwrap();
@@ -265,14 +265,17 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
     assert!(again.iter().all(|j| j.reason.is_none() && j.attempts == 0));
 
     // deliveries: park both, send back one destination's
-    let due = store.due_deliveries(10).await.unwrap();
+    let due = store.due_deliveries(None, 10).await.unwrap();
     assert_eq!(due.len(), 3);
     for d in &due {
         store.mark_parked(d.id, "A900H").await.unwrap();
     }
-    assert_eq!(store.requeue_parked(Some("elsewhere")).await.unwrap(), 0);
-    assert_eq!(store.requeue_parked(Some("pacs")).await.unwrap(), 3);
-    let due = store.due_deliveries(10).await.unwrap();
+    assert_eq!(
+        store.requeue_deliveries(Some("elsewhere")).await.unwrap(),
+        0
+    );
+    assert_eq!(store.requeue_deliveries(Some("pacs")).await.unwrap(), 3);
+    let due = store.due_deliveries(None, 10).await.unwrap();
     assert_eq!(due.len(), 3);
     assert!(due.iter().all(|d| d.attempts == 0));
 }

@@ -1,0 +1,107 @@
+"""The outbox against destinations that misbehave: one that never answers
+holds up no other destination; an answer that is neither success nor
+warning is not a delivery; an operator's retry names a real destination and
+also hurries deliveries waiting out their back-off."""
+
+import threading
+
+import pydicom
+import requests
+
+from nodetest import node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from test_pynetdicom_peers import PynetdicomReceiver
+from test_routing_orthanc import node_config, wait_until
+
+
+def outbox(node) -> dict:
+    with node.db() as c:
+        return {d: (state, status) for d, state, status in
+                c.execute("SELECT destination, state, last_status FROM outbox ORDER BY id")}
+
+
+def test_a_destination_that_never_answers_holds_up_no_other(node_factory, rg1_copies, tmp_path):
+    silent, fast = PynetdicomReceiver(ae_title="SILENT"), PynetdicomReceiver(ae_title="FAST")
+    silent.hold = threading.Event()
+    try:
+        # `a-silent` sorts first: one loop over destinations served it first.
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "a-silent", "ae_title": "SILENT", "port": silent.port},
+             {"name": "b-fast", "ae_title": "FAST", "port": fast.port}],
+            [{"destinations": ["a-silent", "b-fast"]}],
+            response_timeout_s=120,
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        # Delivered to FAST while SILENT still holds its C-STORE.
+        wait_until(lambda: uid in fast.received, timeout=30, what="delivery to the answering destination")
+        assert uid not in silent.received
+        wait_until(lambda: outbox(node).get("b-fast", (None,))[0] == "sent")
+        assert outbox(node)["a-silent"][0] == "pending"
+        silent.hold.set()
+        wait_until(lambda: outbox(node)["a-silent"][0] == "sent", timeout=30)
+    finally:
+        silent.hold.set()
+        silent.close()
+        fast.close()
+
+
+def test_cancel_and_pending_answers_are_not_deliveries(node_factory, rg1_copies, tmp_path):
+    cancel, pending = PynetdicomReceiver(status=0xFE00), PynetdicomReceiver(status=0xFF00, ae_title="PEND")
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "cancel", "ae_title": "PYSCP", "port": cancel.port},
+             {"name": "pending", "ae_title": "PEND", "port": pending.port}],
+            [{"destinations": ["cancel", "pending"]}],
+            retry_base_s=60, retry_cap_s=600,
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: all(status for _, status in outbox(node).values()) and len(outbox(node)) == 2)
+        assert outbox(node) == {"cancel": ("pending", "FE00H"), "pending": ("pending", "FF00H")}
+
+        # The operator's retry: an unknown name is refused; a known one
+        # makes the rows waiting out their back-off due now.
+        url = f"http://127.0.0.1:{node.http_port}/api/deliveries/retry"
+        r = requests.post(url + "?destination=pacs", timeout=10)
+        assert r.status_code == 400 and r.json()["destinations"] == ["cancel", "pending"]
+        cancel.status = 0x0000
+        r = requests.post(url + "?destination=cancel", timeout=10)
+        assert r.status_code == 200 and r.json() == {"requeued": 1}
+        wait_until(lambda: outbox(node)["cancel"] == ("sent", "0000H"), timeout=30)
+        assert outbox(node)["pending"] == ("pending", "FF00H")
+    finally:
+        cancel.close()
+        pending.close()
+
+
+def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory, rg1_copies, tmp_path):
+    """The same radiograph re-sent in another transfer syntax: kept beside
+    the first, analysed, linked to the first's report, which the results
+    destination already has. The second job used to stay `reported`."""
+    import subprocess
+
+    from nodetest import free_port
+
+    port = free_port()
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "results"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    scp = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(tmp_path), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=60)
+        run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # re-encoded: other bytes
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs") == 2)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
+        assert node.count("SELECT COUNT(*) FROM outbox") == 1  # one report, sent once
+    finally:
+        scp.terminate()
+        scp.wait()
