@@ -376,6 +376,37 @@ def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     assert certainty.value == pytest.approx(p * 100, abs=1e-3)
 
 
+def test_the_sr_reports_the_pneumoconiosis_column_of_a_model_with_other_label_order(node_factory, rg1_copies, tmp_path):
+    """A contract may list its labels in another order: P(pneumoconiosis)
+    is then column 1, and that is what the SR and the API report (column 0,
+    P(normal), used to be reported as the certainty of pneumoconiosis)."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    from nodetest import demo_model_with
+
+    swapped = demo_model_with(tmp_path / "tiny-normal-first.onnx", labels='["normal","pneumoconiosis"]')
+    node = node_factory(inference__model=str(swapped)).start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
+    result = json.loads(result)
+    normal, pneumoconiosis = result["prediction"]["probabilities"]
+    assert result["prediction"]["p_positive"] == pneumoconiosis
+    assert pneumoconiosis < 0.5 < normal  # the demo model's column 0 scores RG1 high
+    assert result["decision"] == "absent" and result["prediction"]["positive"] is False
+    sr = hd.sr.srread(node.data_dir / sr_rel)
+    finding = Code("40122008", "SCT", "Pneumoconiosis")
+    (group,) = sr.content.get_image_measurement_groups(finding_type=finding)
+    (evaluation,) = group.get_qualitative_evaluations(name=finding)
+    assert evaluation.value == Code("272519000", "SCT", "Absent")
+    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
+    assert certainty.value == pytest.approx(pneumoconiosis * 100, abs=1e-3)
+
+
 def test_dx_for_processing_is_stored_but_not_analysed(node, tmp_path):
     """A DX modality sends both the raw image (For Processing) and the one
     for display (For Presentation); only the latter is analysed."""

@@ -74,6 +74,9 @@ pub enum Dim {
     Fixed(i64),
 }
 
+/// The label whose probability the node reports (`pneumo.positive_label`).
+pub const PNEUMOCONIOSIS_LABEL: &str = "pneumoconiosis";
+
 /// A model's contract, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelContract {
@@ -236,11 +239,31 @@ impl ModelContract {
                 ))
             }
         }
+        if let Some(twice) = labels
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| labels[..i].contains(l).then_some(l))
+        {
+            return Err(bad(
+                "pneumo.labels",
+                v("pneumo.labels"),
+                format!("the label `{twice}` comes twice"),
+            ));
+        }
         let k = "pneumo.positive_label";
         let positive_index = labels
             .iter()
             .position(|l| l == v(k))
             .ok_or_else(|| bad(k, v(k), format!("expected one of the labels {labels:?}")))?;
+        // The report's finding is pneumoconiosis, present or absent: the
+        // probability compared with the threshold must be that one.
+        if labels[positive_index] != PNEUMOCONIOSIS_LABEL {
+            return Err(bad(
+                k,
+                v(k),
+                format!("expected `{PNEUMOCONIOSIS_LABEL}`: the node reports whether pneumoconiosis is present"),
+            ));
+        }
         let k = "pneumo.decision_threshold";
         let decision_threshold: f32 = v(k)
             .parse()
@@ -412,6 +435,14 @@ mod tests {
     }
 
     #[test]
+    fn labels_may_come_in_another_order() {
+        let mut m = tiny_metadata();
+        m.insert("pneumo.labels".into(), "[\"normal\",\"pneumoconiosis\"]".into());
+        let c = parse(&m).unwrap();
+        assert_eq!((c.positive_index, c.positive_label.as_str()), (1, "pneumoconiosis"));
+    }
+
+    #[test]
     fn every_missing_key_is_named() {
         for key in CONTRACT_KEYS {
             let mut m = tiny_metadata();
@@ -431,6 +462,8 @@ mod tests {
             ("pneumo.input_dtype", "int8"),
             ("pneumo.output_shape", "[\"batch\",3]"),
             ("pneumo.positive_label", "silicosis"),
+            ("pneumo.positive_label", "normal"), // the node reports P(pneumoconiosis)
+            ("pneumo.labels", "[\"pneumoconiosis\",\"pneumoconiosis\"]"),
             ("pneumo.decision_threshold", "1.5"),
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),

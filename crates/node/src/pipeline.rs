@@ -211,7 +211,15 @@ impl Pipeline {
 
         let source =
             SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
-        let result = AnalysisResult::from_probabilities(
+        // The contract's positive label is pneumoconiosis (checked when the
+        // model is loaded), in whichever column the labels put it.
+        let pneumoconiosis_column = prediction
+            .labels
+            .iter()
+            .position(|l| *l == prediction.positive_label)
+            .ok_or("report: the positive label is not among the labels")?;
+        let result = AnalysisResult::with_pneumoconiosis_at(
+            pneumoconiosis_column,
             prediction.probabilities.clone(),
             prediction.threshold,
             prepared.report.crop.mode.as_str(),

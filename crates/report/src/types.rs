@@ -34,9 +34,10 @@ impl Decision {
 /// reported: a failed one produces no SR (its reason stays on the job).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisResult {
-    /// Softmax output; index 0 = pneumoconiosis, index 1 = normal.
+    /// Softmax output, in the model's label order.
     pub probabilities: Vec<f32>,
-    /// Probability of pneumoconiosis, in [0, 1] (normally `probabilities[0]`).
+    /// Probability of pneumoconiosis, in [0, 1] (its column of
+    /// `probabilities`).
     pub p_pneumoconiosis: f32,
     /// Decision threshold on `p_pneumoconiosis`, in [0, 1].
     pub threshold: f32,
@@ -49,17 +50,33 @@ pub struct AnalysisResult {
 }
 
 impl AnalysisResult {
-    /// Build a result from the softmax output and the threshold; the decision
-    /// follows the threshold rule.
+    /// Build a result from the softmax output in the contract's default
+    /// label order (column 0 = pneumoconiosis) and the threshold; the
+    /// decision follows the threshold rule.
     pub fn from_probabilities(
         probabilities: Vec<f32>,
         threshold: f32,
         crop_mode: impl Into<String>,
         execution_provider: impl Into<String>,
     ) -> Result<AnalysisResult, ReportError> {
-        let p = *probabilities
-            .first()
-            .ok_or_else(|| ReportError::InvalidResult("no probabilities".into()))?;
+        Self::with_pneumoconiosis_at(0, probabilities, threshold, crop_mode, execution_provider)
+    }
+
+    /// The same, the probability of pneumoconiosis being column
+    /// `pneumoconiosis_index` (the contract's labels may come in any order).
+    pub fn with_pneumoconiosis_at(
+        pneumoconiosis_index: usize,
+        probabilities: Vec<f32>,
+        threshold: f32,
+        crop_mode: impl Into<String>,
+        execution_provider: impl Into<String>,
+    ) -> Result<AnalysisResult, ReportError> {
+        let p = *probabilities.get(pneumoconiosis_index).ok_or_else(|| {
+            ReportError::InvalidResult(format!(
+                "no probability in column {pneumoconiosis_index} (of {})",
+                probabilities.len()
+            ))
+        })?;
         let r = AnalysisResult {
             decision: Decision::from_threshold(p, threshold),
             probabilities,
