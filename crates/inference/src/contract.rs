@@ -275,11 +275,35 @@ impl ModelContract {
         if input_range != [0.0, 1.0] {
             return Err(bad(k, v(k), "this node scales to [0.0,1.0] only"));
         }
-        let mean = floats::<3>("pneumo.mean", v("pneumo.mean"))?;
+        // Mean and std are on the scale of the input range, [0, 1]: values on
+        // the 0-255 scale (124, 116, 104) would normalise every image to
+        // about -2 without an error anywhere.
+        let k = "pneumo.mean";
+        let mean = floats::<3>(k, v(k))?;
+        if mean.iter().any(|x| !(0.0..=1.0).contains(x)) {
+            return Err(bad(
+                k,
+                v(k),
+                "means must lie in the input range [0.0,1.0] (not on a 0-255 scale)",
+            ));
+        }
         let k = "pneumo.std";
         let std = floats::<3>(k, v(k))?;
-        if std.iter().any(|x| *x <= 0.0) {
-            return Err(bad(k, v(k), "standard deviations must be positive"));
+        if std.iter().any(|x| *x <= 0.0 || *x > 1.0) {
+            return Err(bad(
+                k,
+                v(k),
+                "standard deviations must be positive and at most 1 (the input range is [0.0,1.0])",
+            ));
+        }
+        for k in ["pneumo.model_name", "pneumo.model_version"] {
+            if v(k).trim().is_empty() {
+                return Err(bad(
+                    k,
+                    v(k),
+                    "must not be empty: the reports name the model and its version",
+                ));
+            }
         }
         let k = "pneumo.crop_mode";
         let crop_mode: CropMode = v(k)
@@ -437,9 +461,15 @@ mod tests {
     #[test]
     fn labels_may_come_in_another_order() {
         let mut m = tiny_metadata();
-        m.insert("pneumo.labels".into(), "[\"normal\",\"pneumoconiosis\"]".into());
+        m.insert(
+            "pneumo.labels".into(),
+            "[\"normal\",\"pneumoconiosis\"]".into(),
+        );
         let c = parse(&m).unwrap();
-        assert_eq!((c.positive_index, c.positive_label.as_str()), (1, "pneumoconiosis"));
+        assert_eq!(
+            (c.positive_index, c.positive_label.as_str()),
+            (1, "pneumoconiosis")
+        );
     }
 
     #[test]
@@ -467,6 +497,10 @@ mod tests {
             ("pneumo.decision_threshold", "1.5"),
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),
+            ("pneumo.mean", "[124.0,116.0,104.0]"), // the 0-255 scale
+            ("pneumo.std", "[58.4,57.1,57.4]"),
+            ("pneumo.model_name", " "),
+            ("pneumo.model_version", ""),
             ("pneumo.crop_mode", "center"),
             ("pneumo.score_function", "sigmoid"),
         ] {

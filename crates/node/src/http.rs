@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 pub struct ModelStatus {
     pub loaded: bool,
     pub detail: Value,
+    /// Why every analysis would fail although the model loaded (a lung-box
+    /// model without its segmentation model): /readyz is not ready.
+    pub unusable: Option<String>,
 }
 
 impl ModelStatus {
@@ -42,6 +45,7 @@ impl ModelStatus {
                 "warning": engine.contract().is_demo().then_some(pneumo_inference::DEMO_WARNING),
                 "execution_provider": engine.execution_provider().as_str(),
             }),
+            unusable: None,
         }
     }
 }
@@ -124,7 +128,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     };
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
-    let ready = database["ok"] == json!(true) && storage.ok && model.loaded;
+    let ready = database["ok"] == json!(true) && storage.ok && model.loaded && model.unusable.is_none();
     let mut reasons = Vec::new();
     if database["ok"] != json!(true) {
         reasons.push("database unavailable".to_string());
@@ -134,6 +138,9 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
     if !model.loaded {
         reasons.push("no model loaded".to_string());
+    }
+    if let Some(why) = &model.unusable {
+        reasons.push(why.clone());
     }
     let body = json!({
         "ready": ready,

@@ -197,18 +197,20 @@ async fn serve(config: Config) -> Result<()> {
     .context("loading the lung segmentation model")?
     .context("loading the lung segmentation model (inference.lung_segmentation_model)")?
     .map(Arc::new);
+    let mut model_status = http::ModelStatus::of(&engine);
     match (engine.contract().crop_mode, &segmenter) {
-        (pneumo_imaging::CropMode::LungBox, None) => tracing::warn!(
-            "the model's contract asks for crop lung-box and inference.lung_segmentation_model \
-             is not set: every analysis will fail"
-        ),
+        (pneumo_imaging::CropMode::LungBox, None) => {
+            let why = "the model's contract asks for crop lung-box and \
+                       inference.lung_segmentation_model is not set: every analysis will fail";
+            tracing::warn!("{why}");
+            model_status.unusable = Some(why.to_string());
+        }
         (pneumo_imaging::CropMode::None, Some(_)) => info!(
             "inference.lung_segmentation_model is set but the model's contract says crop none: \
              it is not used"
         ),
         _ => {}
     }
-    let model_status = http::ModelStatus::of(&engine);
     if engine.contract().is_demo() {
         tracing::warn!(
             model = %engine.identity().name,
