@@ -128,7 +128,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     };
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
-    let ready = database["ok"] == json!(true) && storage.ok && model.loaded && model.unusable.is_none();
+    let ready =
+        database["ok"] == json!(true) && storage.ok && model.loaded && model.unusable.is_none();
     let mut reasons = Vec::new();
     if database["ok"] != json!(true) {
         reasons.push("database unavailable".to_string());
