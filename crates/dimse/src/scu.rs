@@ -157,6 +157,9 @@ impl StoreOutcome {
 }
 
 /// What is needed of a Part-10 file to send it.
+/// Deflated Explicit VR Little Endian.
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
 #[derive(Debug, Clone)]
 pub struct FileToSend {
     pub path: PathBuf,
@@ -401,7 +404,15 @@ impl ClientAssociation {
                 tokio::io::AsyncSeekExt::seek(&mut f, SeekFrom::Start(file.dataset_offset))
                     .await
                     .map_err(PduError::Io)?;
-                self.send_data(context, &mut f, len).await?
+                if file.transfer_syntax == DEFLATED && len % 2 == 1 {
+                    // A deflate stream may end on an odd byte; a PDV must
+                    // not (DCMTK aborts: "Odd Fragment Length"). PS3.5 A.5
+                    // pads it with one trailing NUL, which inflating ignores.
+                    let mut padded = f.chain(&[0u8][..]);
+                    self.send_data(context, &mut padded, len + 1).await?
+                } else {
+                    self.send_data(context, &mut f, len).await?
+                }
             }
             (None, None) => unreachable!("either re-encoded bytes or the file"),
         }
