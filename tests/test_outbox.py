@@ -105,3 +105,30 @@ def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory
     finally:
         scp.terminate()
         scp.wait()
+
+
+def test_a_re_sent_instance_is_routed_by_the_rules_for_its_caller_once(node_factory, rg1_copies, tmp_path):
+    """An instance first received from a caller no rule forwards, then
+    re-sent (identical) by one a rule forwards: nothing is written again, but
+    it is forwarded; re-sent once more, it is not sent a second time."""
+    receiver = PynetdicomReceiver(ae_title="PACS")
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+            [{"destinations": ["pacs"], "calling_ae_titles": ["ER_CR"]}],
+        )
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        run_dcmtk("storescu", "-aet", "OTHER", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        node.wait_for_analyses()
+        assert outbox(node) == {}
+        run_dcmtk("storescu", "-aet", "ER_CR", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: outbox(node).get("pacs", (None,))[0] == "sent")
+        assert uid in receiver.received
+        run_dcmtk("storescu", "-aet", "ER_CR", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        assert node.count("SELECT COUNT(*) FROM outbox") == 1 and node.instance_rows(uid) == 1
+        assert node.count("SELECT COUNT(*) FROM jobs") == 1
+    finally:
+        receiver.close()

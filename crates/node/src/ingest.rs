@@ -123,18 +123,21 @@ impl IngestHandler {
                 instance_id,
                 job_id,
             }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = ?job_id, bytes = instance.dataset_len, "instance stored");
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = %job_id.map_or("none".into(), |j| j.to_string()), bytes = instance.dataset_len, "instance stored");
                 StoreReply::success()
             }
             Ok(IngestOutcome::StoredConflicting {
                 instance_id,
                 job_id,
             }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = ?job_id, "instance stored beside an earlier one with the same UID");
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, job_id = %job_id.map_or("none".into(), |j| j.to_string()), "instance stored beside an earlier one with the same UID");
                 StoreReply::success()
             }
-            Ok(IngestOutcome::Duplicate { instance_id }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, "duplicate of a stored instance; nothing written");
+            Ok(IngestOutcome::Duplicate {
+                instance_id,
+                newly_routed,
+            }) => {
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, newly_routed, "duplicate of a stored instance; nothing written");
                 StoreReply::success()
             }
             Err(e) => {

@@ -397,7 +397,7 @@ impl Pipeline {
         let _ = std::fs::remove_file(&spool);
         match outcome.map_err(|e| format!("cannot store the report: {e}"))? {
             IngestOutcome::Stored { instance_id, .. }
-            | IngestOutcome::Duplicate { instance_id }
+            | IngestOutcome::Duplicate { instance_id, .. }
             | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
         }
     }

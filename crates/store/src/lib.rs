@@ -103,8 +103,13 @@ pub enum IngestOutcome {
         instance_id: i64,
         job_id: Option<i64>,
     },
-    /// The same SOP Instance UID with the same data set is already kept.
-    Duplicate { instance_id: i64 },
+    /// The same SOP Instance UID with the same data set is already kept;
+    /// forwarded to `newly_routed` destinations of the rules now loaded
+    /// that were not owed it yet.
+    Duplicate {
+        instance_id: i64,
+        newly_routed: usize,
+    },
     /// The same SOP Instance UID with another data set: kept beside the first.
     StoredConflicting {
         instance_id: i64,
@@ -198,7 +203,19 @@ impl Store {
         let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
         let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
-            return Ok(IngestOutcome::Duplicate { instance_id: *id });
+            // Re-sent: nothing is written, but the routing rules now loaded
+            // (and this caller's AE title) apply, for the destinations that
+            // were never owed it: how an operator forwards a stored study
+            // after adding a rule. One that had it (sent, pending or parked)
+            // is not sent it again.
+            let mut newly_routed = 0;
+            for d in route(&header) {
+                newly_routed += usize::from(outbox::enqueue(&self.pool, *id, &d).await?);
+            }
+            return Ok(IngestOutcome::Duplicate {
+                instance_id: *id,
+                newly_routed,
+            });
         }
         let conflicting = !existing.is_empty();
         let relative = files::instance_path(&header, conflicting.then_some(sha256.as_str()));
@@ -243,7 +260,10 @@ impl Store {
                 let existing =
                     db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
                 match existing.iter().find(|(_, sha)| *sha == sha256) {
-                    Some((id, _)) => Ok(IngestOutcome::Duplicate { instance_id: *id }),
+                    Some((id, _)) => Ok(IngestOutcome::Duplicate {
+                        instance_id: *id,
+                        newly_routed: 0,
+                    }),
                     None => Err(StoreError::Database(sqlx::Error::Database(e))),
                 }
             }

@@ -205,16 +205,18 @@ impl Store {
     }
 }
 
+/// Owes `instance_id` to `destination`; false when it already was (a row
+/// exists, whatever its state).
 pub(crate) async fn enqueue<'e, E>(
     executor: E,
     instance_id: i64,
     destination: &str,
-) -> Result<(), sqlx::Error>
+) -> Result<bool, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let now = now_ms();
-    sqlx::query(
+    let r = sqlx::query(
         "INSERT INTO outbox (instance_id, destination, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
          VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (instance_id, destination) DO NOTHING",
     )
@@ -225,7 +227,7 @@ where
     .bind(now)
     .execute(executor)
     .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
 #[cfg(test)]
