@@ -167,7 +167,8 @@ def test_twenty_radiographs_and_two_others(node_factory, orthanc, tmp_path):
     (copy,) = body["copies"]
     assert copy["job"]["state"] == "delivered"
     assert copy["job"]["sr_sop_instance_uid"] == srs[uid].SOPInstanceUID
-    assert sorted(d["state"] for d in copy["deliveries"]) == ["sent", "sent"]  # the original and its SR
+    assert sorted((d["kind"], d["sop_instance_uid"], d["state"]) for d in copy["deliveries"]) == [
+        ("original", uid, "sent"), ("report", srs[uid].SOPInstanceUID, "sent")]
 
 
 def final_state(node, orthanc):

@@ -364,6 +364,8 @@ async fn instance(State(s): State<HttpState>, Path(sop_uid): Path<String>) -> Re
                 "received_at_ms": i.received_at_ms,
                 "job": job.as_ref().map(job_json),
                 "deliveries": deliveries.iter().map(|d| json!({
+                    "kind": d.kind,
+                    "sop_instance_uid": d.sop_instance_uid,
                     "destination": d.destination,
                     "state": d.state,
                     "attempts": d.attempts,

@@ -35,6 +35,11 @@ pub struct InstanceView {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryView {
+    /// What is delivered: `original` (the instance, by a forwarding rule)
+    /// or `report` (the SR or companion image made from it).
+    pub kind: String,
+    /// The SOP Instance UID delivered.
+    pub sop_instance_uid: String,
     pub destination: String,
     pub state: String,
     pub attempts: i64,
@@ -86,10 +91,13 @@ impl Store {
                     .await?;
             // Deliveries of the instance itself and of its report.
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
-                "SELECT destination, state, attempts, last_status, updated_at_ms FROM outbox
-                 WHERE instance_id = ? OR instance_id = (SELECT sr_instance_id FROM jobs WHERE instance_id = ?)
-                 ORDER BY id",
+                "SELECT CASE WHEN o.instance_id = ? THEN 'original' ELSE 'report' END AS kind,
+                        i.sop_instance_uid, o.destination, o.state, o.attempts, o.last_status, o.updated_at_ms
+                 FROM outbox o JOIN instances i ON i.id = o.instance_id
+                 WHERE o.instance_id = ? OR o.instance_id = (SELECT sr_instance_id FROM jobs WHERE instance_id = ?)
+                 ORDER BY o.id",
             )
+            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .fetch_all(self.pool())
