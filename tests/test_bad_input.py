@@ -142,3 +142,26 @@ def test_a_sender_after_all_that_still_stores(node, rg1_copies):
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert node.instance_rows(ds.SOPInstanceUID) == 1
+
+
+def test_a_port_in_use_is_named_once_with_its_key(tmp_path):
+    """The error names the setting and says why once (the cause used to be
+    printed twice: the message and its source)."""
+    import os
+    import socket
+    import subprocess
+
+    from nodetest import free_port, node_binary
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = dict(os.environ, PNEUMO__NODE__DATA_DIR=str(tmp_path / "var"),
+               PNEUMO__DICOM__PORT=str(taken.getsockname()[1]), PNEUMO__HTTP__PORT=str(free_port()))
+    try:
+        r = subprocess.run([str(node_binary()), "serve"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 1
+    (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert "dicom.port" in line and line.count("Address already in use") == 1, line

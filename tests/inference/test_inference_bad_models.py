@@ -48,6 +48,17 @@ def test_bad_model_is_refused(model, needles, command):
     refused(node(*args), *needles)
 
 
+def test_a_directory_or_a_missing_model_is_named_by_check_config_too(tmp_path):
+    refused(node("model", "info", tmp_path), str(tmp_path), "is a directory, not a model file")
+    refused(node("model", "info", "models/nowhere.onnx"), "nowhere.onnx", "a relative path is looked up")
+    # check-config finds what `serve` would fail on at its next start
+    refused(node("check-config", env={"PNEUMO__INFERENCE__MODEL": str(tmp_path / "gone.onnx")}),
+            "inference.model", "does not exist")
+    refused(node("check-config", env={"PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL": str(tmp_path)}),
+            "inference.lung_segmentation_model", "is a directory")
+    assert node("check-config").returncode == 0
+
+
 def test_nan_output_is_an_error_not_a_panic(tmp_path):
     # the model outputs sqrt(-channel means): NaN for RG1, whose normalised means are positive
     refused(node("infer", IMAGE, "--model", BAD / "nan-output.onnx"), "not finite")

@@ -30,9 +30,9 @@ pub enum InferenceError {
     #[error("ONNX Runtime is already loaded from {loaded} in this process; cannot switch to {requested}")]
     LibraryAlreadyLoaded { loaded: PathBuf, requested: PathBuf },
 
-    /// The model file does not exist.
-    #[error("model file {path} does not exist")]
-    ModelMissing { path: PathBuf },
+    /// The model file does not exist, or is not a file.
+    #[error("model file {path} {why}")]
+    ModelMissing { path: PathBuf, why: String },
 
     /// ONNX Runtime refused the file (not ONNX, unsupported operator...).
     #[error("cannot load model {path}: {message}")]

@@ -11,7 +11,7 @@ use crate::contract::ModelContract;
 use crate::error::{InferenceError, Result};
 use crate::graph::{check_graph, GraphSignature};
 use crate::onnx_proto::read_onnx_header;
-use crate::runtime::resolve_data_path;
+use crate::runtime::locate_model_file;
 
 /// A model file's contract, checked against its graph, without a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +32,7 @@ pub struct InspectedModel {
 /// `Model::load`, except what only a session finds: an unknown operator,
 /// missing external weights, a graph that cannot be built.
 pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
-    let path = resolve_data_path(path);
-    if !path.is_file() {
-        return Err(InferenceError::ModelMissing { path });
-    }
+    let path = locate_model_file(path)?;
     let header = read_onnx_header(&path).map_err(|e| InferenceError::ModelLoad {
         path: path.clone(),
         message: format!("not a readable ONNX file: {e}"),

@@ -15,7 +15,7 @@ use crate::error::{InferenceError, Result};
 use crate::graph::{check_graph, GraphSignature};
 use crate::inspect::{read_contract, session_metadata};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
-use crate::runtime::{init_runtime, resolve_data_path, Runtime};
+use crate::runtime::{init_runtime, locate_model_file, Runtime};
 use crate::settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
 
 /// The execution provider a session actually runs on.
@@ -240,10 +240,7 @@ impl Model {
     /// builds the session on the provider `settings.execution_provider`.
     pub fn load(settings: &InferenceSettings) -> Result<Model> {
         settings.validate()?;
-        let path = resolve_data_path(&settings.model);
-        if !path.is_file() {
-            return Err(InferenceError::ModelMissing { path });
-        }
+        let path = locate_model_file(&settings.model)?;
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let contract = read_contract(&path, &session_metadata(&session)?)?;

@@ -228,6 +228,28 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Resolves a relative data path (the model): the working directory first,
 /// then each folder above the executable. Absolute paths are returned as is.
+/// `path` resolved as `resolve_data_path` does, when it names a file;
+/// otherwise the error says what is there instead, or where a relative path
+/// was looked for.
+pub fn locate_model_file(path: &Path) -> Result<PathBuf, crate::InferenceError> {
+    let resolved = resolve_data_path(path);
+    let why = if resolved.is_file() {
+        return Ok(resolved);
+    } else if resolved.is_dir() {
+        "is a directory, not a model file".to_string()
+    } else if path.is_relative() {
+        "does not exist (a relative path is looked up in the working directory, \
+         then in the directories above the executable)"
+            .to_string()
+    } else {
+        "does not exist".to_string()
+    };
+    Err(crate::InferenceError::ModelMissing {
+        path: resolved,
+        why,
+    })
+}
+
 pub fn resolve_data_path(path: &Path) -> PathBuf {
     if path.is_absolute() || path.exists() {
         return path.to_path_buf();

@@ -11,7 +11,7 @@ use pneumo_imaging::{resize_bilinear, GreyImage, LungBox};
 
 use crate::error::{ContractError, InferenceError, Result};
 use crate::model::{open_session, ExecutionProvider};
-use crate::runtime::{init_runtime, resolve_data_path};
+use crate::runtime::{init_runtime, locate_model_file};
 use crate::settings::InferenceSettings;
 
 /// Every key of the lung segmentation contract, version 1.
@@ -161,10 +161,7 @@ impl LungSegmenter {
     /// Loads `path` (looked up like `inference.model`) on the ONNX Runtime
     /// and execution provider choice of `settings`, and checks its contract.
     pub fn load(path: &Path, settings: &InferenceSettings) -> Result<LungSegmenter> {
-        let path = resolve_data_path(path);
-        if !path.is_file() {
-            return Err(InferenceError::ModelMissing { path });
-        }
+        let path = locate_model_file(path)?;
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let meta = session

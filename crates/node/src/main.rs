@@ -86,10 +86,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, "a: b: c", each cause once: many library
+/// errors already print their source in their own message (sqlx, std::io
+/// wrapped by thiserror), which `{:#}` would repeat.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// glibc gives each thread that allocates its own arena; buffers of a MiB
@@ -141,6 +159,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Serve => serve(config).await.map(|_| ExitCode::SUCCESS),
             Command::CheckConfig => {
+                // The files `serve` would load first, so that a wrong path is
+                // found here and not at the next start.
+                pneumo_inference::locate_model_file(&config.inference.model)
+                    .context("inference.model")?;
+                if !config
+                    .inference
+                    .lung_segmentation_model
+                    .as_os_str()
+                    .is_empty()
+                {
+                    pneumo_inference::locate_model_file(&config.inference.lung_segmentation_model)
+                        .context("inference.lung_segmentation_model")?;
+                }
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
                 println!("# configuration OK");
@@ -179,7 +210,21 @@ async fn serve(config: Config) -> Result<()> {
     let store = Arc::new(
         Store::open(&config.node.data_dir, config.database_url())
             .await
-            .with_context(|| format!("opening the store in {}", config.node.data_dir.display()))?,
+            .with_context(|| {
+                let database = match config.database_url() {
+                    Some(url) => url.to_string(),
+                    None => config
+                        .node
+                        .data_dir
+                        .join("pneumo-node.sqlite")
+                        .display()
+                        .to_string(),
+                };
+                format!(
+                    "opening the store in {} (database {database})",
+                    config.node.data_dir.display()
+                )
+            })?,
     );
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();
@@ -288,7 +333,8 @@ async fn serve(config: Config) -> Result<()> {
         config.scp_config(store.spool_dir()),
         handler,
     )
-    .await?;
+    .await
+    .context("the DICOM listener (dicom.bind, dicom.port)")?;
     if config.http.enabled {
         let state = http::HttpState {
             store: store.clone(),
