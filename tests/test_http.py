@@ -105,3 +105,29 @@ def test_disk_guard_refuses_below_the_floor_and_recovers(node_factory, small_dis
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 0") == 1
     _, body = node.http("/readyz")
     assert body["storage"]["ok"] is True
+
+
+def test_instances_directory_unusable_is_a_refusal_naming_it_and_not_ready(node, rg1_copies):
+    """Where the node writes received instances cannot take them (here a
+    file stands where the directory was; a permission or mount mistake is
+    the same to the node): A700, the path in the log, /readyz says which directory,
+    nothing acknowledged; fixed, the node stores again."""
+    a, b = rg1_copies("UNCI", 2)
+    instances = node.data_dir / "instances"
+    instances.rename(node.data_dir / "instances.moved")
+    instances.write_text("not a directory")
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(a)
+    assoc.release()
+    assert status.Status == 0xA700 and "cannot write the instance file" in status.ErrorComment
+    assert str(instances) in node.log()  # the comment is 64 characters at most: the path is logged
+    code, body = node.http("/readyz")
+    assert code == 503 and body["storage"]["writable"] is False
+    assert any(str(instances) in r and "not writable" in r for r in body["reasons"]), body["reasons"]
+    assert node.count("SELECT COUNT(*) FROM instances") == 0
+
+    instances.unlink()
+    (node.data_dir / "instances.moved").rename(instances)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, b)
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 0") == 1
+    assert node.http("/readyz")[0] == 200

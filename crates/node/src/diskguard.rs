@@ -25,13 +25,19 @@ impl DiskGuard {
     }
 
     pub fn status(&self) -> StorageStatus {
-        let writable = tempfile_probe(&self.data_dir);
+        // Where the node writes: the database beside the data directory,
+        // transfers into spool/, instances renamed into instances/.
+        let not_writable = [
+            self.data_dir.clone(),
+            self.data_dir.join("spool"),
+            self.data_dir.join("instances"),
+        ]
+        .into_iter()
+        .find(|dir| !tempfile_probe(dir));
+        let writable = not_writable.is_none();
         let free = self.free_bytes().ok();
-        let reason = match (writable, free) {
-            (false, _) => Some(format!(
-                "data directory {} is not writable",
-                self.data_dir.display()
-            )),
+        let reason = match (&not_writable, free) {
+            (Some(dir), _) => Some(format!("{} is not writable", dir.display())),
             (_, None) => Some("cannot read free space of the data directory".to_string()),
             (_, Some(f)) if f < self.floor_bytes => Some(format!(
                 "free space {} MB is below the floor of {} MB (node.min_free_mb)",

@@ -49,6 +49,16 @@ fn path_component(uid: &str) -> String {
 /// fsyncs the spool file, renames it to `target` and fsyncs the directories
 /// it touched, so that the file is there after a power cut. Returns its size.
 pub fn persist(spool: &Path, target: &Path) -> std::io::Result<u64> {
+    // The operator needs the place, not only "Permission denied".
+    persist_here(spool, target).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{} (moving it to {})", e, target.display()),
+        )
+    })
+}
+
+fn persist_here(spool: &Path, target: &Path) -> std::io::Result<u64> {
     let file = File::open(spool)?;
     file.sync_all()?;
     let size = file.metadata()?.len();
