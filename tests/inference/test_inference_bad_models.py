@@ -95,6 +95,14 @@ def test_bad_libraries_are_refused_at_start(tmp_path, how):
     old = fake_ort(tmp_path, "1.16.3")
     refused(node("infer", IMAGE, env={key: str(old)}), "ONNX Runtime 1.16.3", "too old", "1.24.0 or newer")
 
+    # One that the dynamic loader refuses: the reason is dlerror's, not
+    # only "dlopen failed" (a library built against other dependencies).
+    src = tmp_path / "unresolved.c"
+    src.write_text("void missing_dependency(void);\nvoid f(void) { missing_dependency(); }\n")
+    unresolved = tmp_path / "libunresolved.so"
+    subprocess.run([shutil.which("cc"), "-shared", "-fPIC", "-Wl,-z,now", "-o", str(unresolved), str(src)], check=True)
+    refused(node("model", "info", env={key: str(unresolved)}), "cannot load it", "undefined symbol: missing_dependency")
+
 
 def test_bad_settings_name_their_key():
     r = node("check-config", env={"PNEUMO__INFERENCE__MAX_BATCH": "0"})

@@ -200,6 +200,14 @@ def test_f16_tensor_file_is_accepted(tmp_path):
     assert np.abs(rust - expected).max() < 0.05  # fp16 rounding of the input only
 
 
+def test_a_tensor_file_without_images_is_an_error(tmp_path):
+    empty = tmp_path / "none.npy"
+    np.save(empty, np.zeros((0, 3, 224, 224), np.float32))
+    for json_flag in ([], ["--json"]):
+        r = node("infer", "--tensor", empty, *json_flag)
+        assert r.returncode == 1 and "holds no image" in r.stderr, (r.stdout, r.stderr)
+
+
 def test_an_fp16_model_gets_the_radiograph_in_float16(tmp_path):
     """The fp16 export (input float16, as for CUDA): `infer` feeds it the
     preprocessed radiograph rounded to float16, and its logits equal Python

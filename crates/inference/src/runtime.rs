@@ -134,8 +134,12 @@ pub fn check_library(path: &Path) -> Result<String> {
     }
     // SAFETY: loading a shared library runs its initialisers; the file is
     // the one the operator configured as ONNX Runtime.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| invalid(format!("cannot load it: {e}")))?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's message is "dlopen failed"; the reason (a missing
+        // dependency, an undefined symbol) is its source, dlerror's text.
+        let why = std::error::Error::source(&e).map_or(e.to_string(), |s| format!("{e}: {s}"));
+        invalid(format!("cannot load it: {why}"))
+    })?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol's signature is ONNX Runtime's C API.
     let getter: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase") }

@@ -99,8 +99,15 @@ fn print_prediction(p: &Prediction) {
         p.model.weights_sha256
     );
     println!("execution provider  {}", p.execution_provider);
+    let width = p
+        .labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
     for ((label, prob), z) in p.labels.iter().zip(&p.probabilities).zip(&p.logits) {
-        println!("P({label:<16}) = {prob:.6}   (logit {z:.6})");
+        let pad = " ".repeat(width - label.chars().count());
+        println!("P({label}){pad} = {prob:.6}   (logit {z:.6})");
     }
     println!(
         "decision            {} (P({}) = {:.6} {} threshold {})",
@@ -185,6 +192,12 @@ fn read_npy(path: &std::path::Path) -> anyhow::Result<Vec<Tensor>> {
 /// The model on each image of a tensor file, one at a time.
 fn run_tensor(engine: &InferenceEngine, path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let images = read_npy(path)?;
+    if images.is_empty() {
+        bail!(
+            "{} holds no image (its batch dimension is 0)",
+            path.display()
+        );
+    }
     let predictions: Vec<Prediction> = images
         .into_iter()
         .map(|t| engine.infer_blocking(t))

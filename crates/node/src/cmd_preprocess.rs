@@ -24,8 +24,8 @@ pub struct PreprocessArgs {
     /// Per-channel standard deviation, three comma-separated values.
     #[arg(long, default_value = "0.229,0.224,0.225")]
     pub std: String,
-    /// Crop mode: none or lung-box (needs --lung-box until the
-    /// segmentation model is wired in).
+    /// Crop mode: none or lung-box (with the box given by --lung-box; `infer`
+    /// and the node take it from the lung segmentation model).
     #[arg(long, default_value = "none")]
     pub crop: String,
     /// Lung box in image pixels, x0,y0,x1,y1 (half-open), for --crop lung-box.

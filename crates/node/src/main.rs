@@ -259,7 +259,7 @@ async fn serve(config: Config) -> Result<()> {
     if engine.contract().is_demo() {
         tracing::warn!(
             model = %engine.identity().name,
-            "{}: the bundled demo model has random weights; its results mean nothing",
+            "{}: this model has random demonstration weights; its results mean nothing",
             pneumo_inference::DEMO_WARNING
         );
     }
