@@ -48,6 +48,7 @@ from pneumollm.contract import (
 # (protobuf cannot serialise a message over 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 DEFAULT_OPSET = 17
+DEFAULT_OPSET_MIN = 17  # LayerNormalization is an ONNX operator from opset 17
 
 
 def _initializer_bytes(model: onnx.ModelProto) -> int:
@@ -112,8 +113,8 @@ def export_onnx(model: PneumoLLM, out: str | Path, *, metadata: dict[str, str], 
     into the projections for the trace (`PneumoLLM.fold_adapters`).  Either
     way the model is left as it was.  Returns the path.
     """
-    if opset < 17:
-        raise ValueError("opset must be 17 or newer")
+    if opset < DEFAULT_OPSET_MIN:
+        raise ValueError(f"opset must be {DEFAULT_OPSET_MIN} or newer")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.eval().set_precision(precision).to(device)
@@ -198,6 +199,15 @@ def _parse(argv):
         p.error("give --clip, --llama and --pneumollm, or --random-seed")
     if args.random_seed is not None and any(real):
         p.error("--random-seed excludes the checkpoint options")
+    # Checked here, before minutes of loading, and said as usage errors.
+    if args.opset < DEFAULT_OPSET_MIN:
+        p.error(f"--opset must be {DEFAULT_OPSET_MIN} or newer")
+    if not 0.0 <= args.decision_threshold <= 1.0:  # NaN fails too
+        p.error("--decision-threshold must be a probability between 0 and 1")
+    if not args.model_version.strip():
+        p.error("--model-version must not be empty: the reports name the model's version")
+    if args.model_name is not None and not args.model_name.strip():
+        p.error("--model-name must not be empty")
     return args
 
 

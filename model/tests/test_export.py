@@ -238,6 +238,20 @@ def test_cli_requires_weights(capsys):
     assert "--random-seed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--opset", "16"], "--opset must be 17"),
+    (["--decision-threshold", "1.5"], "--decision-threshold must be a probability"),
+    (["--decision-threshold", "nan"], "--decision-threshold must be a probability"),
+    (["--model-version", ""], "--model-version must not be empty"),
+])
+def test_cli_refuses_bad_options_as_usage_errors(capsys, option, message):
+    """Said before any loading, as argparse says it (not a traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        export.main(["--config", "tiny", "--random-seed", "0", "--out", "x.onnx", *option])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_committed_demo_model_is_reproducible(tmp_path):
     """`make demo-model` rebuilds the committed fixture bit for bit."""
     import make_demo
