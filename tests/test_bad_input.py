@@ -165,3 +165,32 @@ def test_a_port_in_use_is_named_once_with_its_key(tmp_path):
     assert r.returncode == 1
     (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert "dicom.port" in line and line.count("Address already in use") == 1, line
+
+
+def test_sigterm_lets_the_transfer_in_progress_finish_and_ends_idle_associations(node, radiograph):
+    """A restart during a transfer: the C-STORE half received when SIGTERM
+    comes is completed, stored and answered success; an association idle
+    between messages is aborted at once; then the process exits, without
+    waiting out the grace period."""
+    import signal
+
+    sop_uid, data = radiograph
+    busy, idle = open_store(node), open_store(node)
+    busy.send(pdata(1, True, True, c_store_rq(1, CR_STORAGE, sop_uid)))
+    half = len(data) // 2
+    for i in range(0, half, 16000):
+        busy.send(pdata(1, False, False, data[i : min(i + 16000, half)]))
+    time.sleep(0.3)
+    node.proc.send_signal(signal.SIGTERM)
+    assert idle.read_pdu()[0] == 0x07  # A-ABORT while nothing is in flight
+    time.sleep(0.3)
+    assert node.alive()  # still finishing the busy one
+    for i in range(half, len(data), 16000):
+        end = min(i + 16000, len(data))
+        busy.send(pdata(1, False, end == len(data), data[i:end]))
+    assert status_of(busy.read_command()) == 0x0000
+    assert busy.read_pdu()[0] == 0x07  # then aborted: the node is going
+    node.proc.wait(10)  # well inside dicom.shutdown_grace_s (30 s)
+    assert "association aborted between messages: the node is shutting down" in node.log()
+    node.start()
+    assert node.instance_rows(sop_uid) == 1

@@ -65,6 +65,8 @@ pub struct ScpConfig {
     /// Where incoming data sets are spooled; on the same file system as the
     /// final store so that keeping an instance is a rename.
     pub spool_dir: PathBuf,
+    /// On shutdown, how long messages in progress may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ScpConfig {
@@ -77,6 +79,7 @@ impl Default for ScpConfig {
             max_associations: 32,
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(30),
             acceptance: StorageAcceptance::Chest,
             spool_dir: std::env::temp_dir(),
         }
@@ -173,6 +176,9 @@ struct Shared<H> {
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
     next_id: AtomicU64,
+    /// True once the node is shutting down: associations finish the message
+    /// in progress, then are aborted.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl<H: StoreHandler> ScpServer<H> {
@@ -195,6 +201,7 @@ impl<H: StoreHandler> ScpServer<H> {
                 handler,
                 active: Arc::new(AtomicUsize::new(0)),
                 next_id: AtomicU64::new(1),
+                draining: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -213,7 +220,10 @@ impl<H: StoreHandler> ScpServer<H> {
         self.shared.active.clone()
     }
 
-    /// Accepts associations until `shutdown` completes.
+    /// Accepts associations until `shutdown` completes; then accepts no
+    /// more, lets each association finish the message it is in (a C-STORE
+    /// half received is completed, stored and answered) and aborts it,
+    /// waiting at most `shutdown_grace`.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
@@ -240,6 +250,26 @@ impl<H: StoreHandler> ScpServer<H> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+        drop(self.listener);
+        self.shared.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.shared.config.shutdown_grace;
+        let active = || self.shared.active.load(Ordering::SeqCst);
+        if active() > 0 {
+            info!(
+                associations = active(),
+                "waiting for the messages in progress"
+            );
+        }
+        while active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if active() > 0 {
+            warn!(
+                associations = active(),
+                "shutdown grace over: associations cut in the middle of a message \
+                 (nothing of theirs was acknowledged)"
+            );
         }
     }
 }
@@ -362,6 +392,10 @@ async fn serve_connection<H: StoreHandler>(
         AssociationEnd::Closed => warn!(
             instances = association.stored,
             "connection closed without release"
+        ),
+        AssociationEnd::ShuttingDown => info!(
+            instances = association.stored,
+            "association aborted between messages: the node is shutting down"
         ),
         AssociationEnd::Error(e) => {
             warn!(error = %e, instances = association.stored, "association aborted")
@@ -553,6 +587,8 @@ enum AssociationEnd {
     Released,
     AbortedByPeer,
     Closed,
+    /// Aborted between messages because the node is shutting down.
+    ShuttingDown,
     Error(String),
 }
 
@@ -577,7 +613,24 @@ impl<H: StoreHandler> Association<'_, H> {
                 MessageState::Idle => config.idle_timeout,
                 _ => config.read_timeout,
             };
-            let pdu_type = match read_with_timeout(&mut self.conn, limit, config.max_pdu).await {
+            let read = read_with_timeout(&mut self.conn, limit, config.max_pdu);
+            let next = if matches!(self.state, MessageState::Idle) {
+                // Between messages: a shutdown ends the association here.
+                let mut draining = self.shared.draining.subscribe();
+                tokio::select! {
+                    r = read => Some(r),
+                    _ = draining.wait_for(|d| *d) => None,
+                }
+            } else {
+                Some(read.await)
+            };
+            let Some(next) = next else {
+                self.conn
+                    .abort(AbortRQServiceProviderReason::ReasonNotSpecified)
+                    .await;
+                return AssociationEnd::ShuttingDown;
+            };
+            let pdu_type = match next {
                 Ok(t) => t,
                 Err(PduError::Closed) => return AssociationEnd::Closed,
                 Err(e) => {

@@ -86,6 +86,8 @@ pub struct DicomSection {
     pub max_associations: usize,
     pub read_timeout_s: u64,
     pub idle_timeout_s: u64,
+    /// On SIGTERM, how long transfers in progress may take to finish.
+    pub shutdown_grace_s: u64,
     pub allowed_callers: Vec<AllowedCallerEntry>,
 }
 
@@ -101,6 +103,7 @@ impl Default for DicomSection {
             max_associations: 32,
             read_timeout_s: 30,
             idle_timeout_s: 120,
+            shutdown_grace_s: 30,
             allowed_callers: Vec::new(),
         }
     }
@@ -286,6 +289,7 @@ impl Config {
             max_associations: d.max_associations,
             read_timeout: Duration::from_secs(d.read_timeout_s),
             idle_timeout: Duration::from_secs(d.idle_timeout_s),
+            shutdown_grace: Duration::from_secs(d.shutdown_grace_s),
             acceptance: match d.accept {
                 Accept::Chest => StorageAcceptance::Chest,
                 Accept::AllStorage => StorageAcceptance::AllStorage,
