@@ -71,6 +71,11 @@ def test_infer_without_a_segmentation_model_names_the_key(lung_box_model):
     assert "lung-box" in r.stderr, r.stderr
 
 
+def test_a_lung_box_for_a_model_that_reads_the_whole_image_is_refused():
+    r = infer(MODELS / "pneumollm-tiny.onnx", "", "--lung-box", "20,30,200,220")
+    assert r.returncode == 1 and "crop none" in r.stderr and "--lung-box" in r.stderr, r.stderr
+
+
 def test_a_segmentation_model_without_its_contract_is_refused(lung_box_model):
     r = infer(lung_box_model, str(MODELS / "pneumollm-tiny.onnx"))
     assert r.returncode != 0

@@ -66,6 +66,10 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
                 .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
             Some(b)
         }
+        (CropMode::None, Some(_)) => bail!(
+            "--lung-box given, but the model's contract says crop none (it reads the whole \
+             image): leave --lung-box out, or use a model exported with --crop-mode lung-box"
+        ),
         (_, given) => given,
     };
     let pre = pneumo_imaging::tensor_from_grey(&grey, grey_report, hdr, &spec, lung_box)
