@@ -2,6 +2,7 @@
 
 import subprocess
 import threading
+import time
 
 import pydicom
 import pytest
@@ -106,6 +107,27 @@ def test_too_many_associations(node_factory):
     again = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert again.is_established
     again.release()
+    _, text = node.http("/metrics")
+    assert "pneumo_associations_rejected_total 1" in text.splitlines()
+
+
+def test_bare_connections_do_not_take_the_association_slots(node_factory):
+    """TCP connections that send nothing (a port scan, a load balancer's
+    health check) used to count against max_associations until
+    read_timeout_s: a modality was then refused "local limit exceeded"."""
+    import socket
+
+    node = node_factory(dicom__max_associations=2).start()
+    bare = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(5)]
+    try:
+        time.sleep(0.2)
+        held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]
+        assert all(a.is_established for a in held)
+        for a in held:
+            a.release()
+    finally:
+        for s in bare:
+            s.close()
 
 
 def test_unsupported_abstract_syntax_is_rejected_alone(node, rg1_copies):

@@ -147,6 +147,10 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// Called once per accepted association (for counting).
     fn association_accepted(&self, _context: &AssociationContext) {}
 
+    /// Called once per association request answered A-ASSOCIATE-RJ, with
+    /// why (for counting).
+    fn association_rejected(&self, _calling_ae: &str, _why: &str) {}
+
     /// Keeps a received instance; the reply goes back to the sender.
     fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
 }
@@ -175,6 +179,10 @@ struct Shared<H> {
     config: ScpConfig,
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
+    /// Connections whose A-ASSOCIATE-RQ has not arrived yet: counted apart,
+    /// so that bare TCP connections (a port scan, a health check) cannot
+    /// hold the association slots for `read_timeout`.
+    handshaking: AtomicUsize,
     next_id: AtomicU64,
     /// True once the node is shutting down: associations finish the message
     /// in progress, then are aborted.
@@ -200,6 +208,7 @@ impl<H: StoreHandler> ScpServer<H> {
                 config,
                 handler,
                 active: Arc::new(AtomicUsize::new(0)),
+                handshaking: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
                 draining: tokio::sync::watch::Sender::new(false),
             }),
@@ -238,8 +247,12 @@ impl<H: StoreHandler> ScpServer<H> {
                     let span = info_span!("association", id, %peer);
                     tokio::spawn(
                         async move {
-                            let slot = ActiveSlot::take(&shared);
-                            serve_connection(stream, peer, id, shared.clone(), slot).await;
+                            let handshake = Slot::take(&shared.handshaking, max_handshaking(&shared.config));
+                            if !handshake.within_limit {
+                                warn!("too many connections without an A-ASSOCIATE-RQ; closing this one");
+                                return;
+                            }
+                            serve_connection(stream, peer, id, shared.clone(), handshake).await;
                         }
                         .instrument(span),
                     );
@@ -274,26 +287,31 @@ impl<H: StoreHandler> ScpServer<H> {
     }
 }
 
-/// Counts an association while it lives; `within_limit` says whether it may
-/// be served.
-struct ActiveSlot<'a> {
-    active: &'a AtomicUsize,
+/// Connections allowed to be waiting for their A-ASSOCIATE-RQ at once.
+fn max_handshaking(config: &ScpConfig) -> usize {
+    (config.max_associations * 4).max(64)
+}
+
+/// Counts a connection in one of the counters while it lives;
+/// `within_limit` says whether it may go on.
+struct Slot<'a> {
+    counter: &'a AtomicUsize,
     within_limit: bool,
 }
 
-impl<'a> ActiveSlot<'a> {
-    fn take<H>(shared: &'a Shared<H>) -> Self {
-        let before = shared.active.fetch_add(1, Ordering::SeqCst);
-        ActiveSlot {
-            active: &shared.active,
-            within_limit: before < shared.config.max_associations,
+impl<'a> Slot<'a> {
+    fn take(counter: &'a AtomicUsize, limit: usize) -> Self {
+        let before = counter.fetch_add(1, Ordering::SeqCst);
+        Slot {
+            counter,
+            within_limit: before < limit,
         }
     }
 }
 
-impl Drop for ActiveSlot<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -302,7 +320,7 @@ async fn serve_connection<H: StoreHandler>(
     peer: SocketAddr,
     id: u64,
     shared: Arc<Shared<H>>,
-    slot: ActiveSlot<'_>,
+    handshake: Slot<'_>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut conn = PduStream::new(stream);
@@ -333,10 +351,16 @@ async fn serve_connection<H: StoreHandler>(
         }
     };
 
+    // An association from here on: its slot is taken now, not at connect.
+    drop(handshake);
+    let slot = Slot::take(&shared.active, config.max_associations);
     let calling_ae = rq.calling_ae_title.trim().to_string();
     let called_ae = rq.called_ae_title.trim().to_string();
     if !slot.within_limit {
         warn!(%calling_ae, limit = config.max_associations, "association limit reached; rejecting");
+        shared
+            .handler
+            .association_rejected(&calling_ae, "local limit exceeded");
         let rj = AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
@@ -351,6 +375,9 @@ async fn serve_connection<H: StoreHandler>(
         Ok(n) => n,
         Err(rj) => {
             warn!(%calling_ae, %called_ae, source = ?rj.source, "association rejected");
+            shared
+                .handler
+                .association_rejected(&calling_ae, &format!("{:?}", rj.source));
             let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
             conn.close_after(pdu::ARTIM).await;
             return;

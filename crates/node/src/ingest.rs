@@ -75,6 +75,10 @@ impl StoreHandler for IngestHandler {
         Metrics::inc(&self.metrics.associations, 1);
     }
 
+    fn association_rejected(&self, _calling_ae: &str, _why: &str) {
+        Metrics::inc(&self.metrics.associations_rejected, 1);
+    }
+
     async fn store(&self, instance: ReceivedInstance) -> StoreReply {
         let bytes = instance.dataset_len;
         let reply = self.keep(instance).await;

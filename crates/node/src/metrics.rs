@@ -55,6 +55,7 @@ impl Histogram {
 
 pub struct Metrics {
     pub associations: AtomicU64,
+    pub associations_rejected: AtomicU64,
     pub instances_received: AtomicU64,
     pub instances_refused: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -66,6 +67,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             associations: AtomicU64::new(0),
+            associations_rejected: AtomicU64::new(0),
             instances_received: AtomicU64::new(0),
             instances_refused: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
@@ -103,6 +105,12 @@ impl Metrics {
             "pneumo_associations_total",
             "Associations accepted.",
             get(&self.associations),
+        );
+        counter(
+            &mut out,
+            "pneumo_associations_rejected_total",
+            "Association requests answered A-ASSOCIATE-RJ (limit reached, unknown AE title, ...).",
+            get(&self.associations_rejected),
         );
         let _ = writeln!(
             out,
