@@ -78,11 +78,19 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
         .infer_blocking(pre.tensor)
         .with_context(|| format!("running the model on {}", file.display()))?;
     if args.json {
-        let out = serde_json::json!({
-            "file": file,
-            "prediction": p,
-            "preprocess": pre.report,
-        });
+        // A struct, not json!: a Value would widen each f32 (0.485 printed
+        // as 0.48500001430511475).
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            file: &'a std::path::Path,
+            prediction: &'a Prediction,
+            preprocess: &'a pneumo_imaging::PreprocessReport,
+        }
+        let out = Out {
+            file,
+            prediction: &p,
+            preprocess: &pre.report,
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -208,7 +216,15 @@ fn run_tensor(engine: &InferenceEngine, path: &std::path::Path, json: bool) -> a
         .collect::<Result<_, _>>()
         .with_context(|| format!("running the model on {}", path.display()))?;
     if json {
-        let out = serde_json::json!({ "tensor": path, "predictions": predictions });
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            tensor: &'a std::path::Path,
+            predictions: &'a [Prediction],
+        }
+        let out = Out {
+            tensor: path,
+            predictions: &predictions,
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }

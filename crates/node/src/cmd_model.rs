@@ -33,13 +33,31 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
     let c = &inspected.contract;
     let path = &inspected.path;
     if *json {
-        let out = serde_json::json!({
-            "path": path,
-            "contract": c,
-            "preprocess": c.preprocess_spec(),
-            "warning": c.is_demo().then_some(DEMO_WARNING),
-            "onnxruntime": { "library": lib, "version": version },
-        });
+        // A struct, not json!: a Value would widen each f32 (0.485 printed
+        // as 0.48500001430511475).
+        #[derive(serde::Serialize)]
+        struct Runtime<'a> {
+            library: &'a std::path::Path,
+            version: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            path: &'a std::path::Path,
+            contract: &'a pneumo_inference::ModelContract,
+            preprocess: pneumo_imaging::PreprocessSpec,
+            warning: Option<&'a str>,
+            onnxruntime: Runtime<'a>,
+        }
+        let out = Out {
+            path,
+            contract: c,
+            preprocess: c.preprocess_spec(),
+            warning: c.is_demo().then_some(DEMO_WARNING),
+            onnxruntime: Runtime {
+                library: &lib,
+                version: &version,
+            },
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
