@@ -183,6 +183,18 @@ impl Config {
                 .context("invalid configuration"));
             }
         };
+        // The config crate rounds a number with a fraction into an integer
+        // key (max_batch = 1.5 became 2, 0.4 became 0); serde through toml
+        // refuses it and names the key.
+        if let Some(fraction) = built
+            .try_deserialize::<toml::Value>()
+            .ok()
+            .and_then(|plain| plain.try_into::<Config>().err())
+            .map(|t| t.to_string().trim().replace('\n', " "))
+            .filter(|m| m.contains("floating point"))
+        {
+            return Err(anyhow::anyhow!(fraction).context("invalid configuration"));
+        }
         config.validate()?;
         Ok(config)
     }
