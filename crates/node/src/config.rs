@@ -420,6 +420,16 @@ mod tests {
             let err = format!("{:#}", load_text(text).unwrap_err());
             assert!(err.contains(key), "{text}: {err}");
         }
+        for text in [
+            "[inference]\nmax_batch = 1.5\n",
+            "[inference]\nmax_batch = 0.4\n",
+        ] {
+            let err = format!("{:#}", load_text(text).unwrap_err());
+            assert!(
+                err.contains("inference.max_batch") && err.contains("floating point"),
+                "{err}"
+            );
+        }
         let ok =
             load_text("[report]\nuid_root = \"1.2.826.0.1.3680043.10.543\"\n[outbox]\nbatch = 1\n");
         assert!(ok.is_ok(), "{:#}", ok.unwrap_err());
