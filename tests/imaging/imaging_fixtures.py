@@ -47,6 +47,9 @@ TS_VARIANTS = {
     "rle": [DCMCRLE],
     "jpeg_lossless_p14": [DCMCJPEG, "+el"],
     "jpeg_lossless_sv1": [DCMCJPEG, "+e1"],
+    # process 14 with a point transform (predictor 7, Pt 2): lossy, and what
+    # a decoder that predicts from shifted samples gets wrong
+    "jpeg_lossless_pt2": [DCMCJPEG, "+el", "+sv", "7", "+pt", "2"],
     "jpegls_lossless": [DCMCJPLS, "+el"],
     "jpegls_nearlossless": [DCMCJPLS, "+en", "+md", "3"],
     "j2k_lossless": "j2k-lossless",

@@ -31,6 +31,7 @@ BIG_NAMES = [
     "rg1_rle",
     "rg1_jpeg_lossless_p14",
     "rg1_jpeg_lossless_sv1",
+    "rg1_jpeg_lossless_pt2",
     "rg1_jpegls_lossless",
     "rg1_jpegls_nearlossless",
     "rg1_j2k_lossless",

@@ -2,10 +2,11 @@
 
 Written from the steps in docs/imaging.md (the DICOM grayscale pipeline of
 PS3.3 C.11 and the model contract), independently of the Rust code, with
-pydicom (decoding), numpy (grey levels) and Pillow (resize). Lossy JPEG is
+pydicom (decoding), numpy (grey levels) and Pillow (resize). JPEG is
 decoded by DCMTK's `dcmdjpeg` (IJG libjpeg, 8 and 12 bits, accurate integer
-IDCT): the standard lets DCT decoders differ by one level, and pydicom's
-JPEG plugins either round differently (pylibjpeg) or stop at 8 bits (Pillow).
+IDCT, and lossless process 14): the standard lets DCT decoders differ by one
+level, pydicom's JPEG plugins either round differently (pylibjpeg) or stop
+at 8 bits (Pillow), and its lossless decode is wrong under a point transform.
 The parity test compares the Rust output with this.
 
     python tests/reference/preprocess.py FILE --out tensor.npy [--size 224]
@@ -26,14 +27,15 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LOSSY_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+DCMTK_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # DCT
+              "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")  # lossless
 DCMDJPEG = "/usr/bin/dcmdjpeg"
 
 
 def read(path: str):
-    """The data set of `path`, lossy JPEG decompressed by DCMTK first."""
+    """The data set of `path`, JPEG decompressed by DCMTK first."""
     ds = pydicom.dcmread(path)
-    if str(ds.file_meta.TransferSyntaxUID) not in LOSSY_JPEG:
+    if str(ds.file_meta.TransferSyntaxUID) not in DCMTK_JPEG:
         return ds
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/native.dcm"

@@ -17,8 +17,9 @@ use crate::jpeg;
 ///
 /// Each has a decoder in this build and a fixture in the parity test (HTJ2K
 /// is decoded by OpenJPEG; see docs/imaging.md for which fixtures cover it).
-/// Lossy JPEG (Baseline and Extended, 8 and 12 bits) goes to libjpeg-turbo
-/// (`crate::jpeg`), everything else to the dicom-rs registry's decoders.
+/// JPEG (Baseline, Extended 8 and 12 bits, and lossless process 14) goes
+/// to libjpeg-turbo (`crate::jpeg`), everything else to the dicom-rs
+/// registry's decoders.
 pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2",       // Implicit VR Little Endian
     "1.2.840.10008.1.2.1",     // Explicit VR Little Endian
@@ -40,6 +41,8 @@ pub const ANALYSABLE_TRANSFER_SYNTAXES: &[&str] = &[
 
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+const JPEG_LOSSLESS: &str = "1.2.840.10008.1.2.4.57";
+const JPEG_LOSSLESS_SV1: &str = "1.2.840.10008.1.2.4.70";
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 
 /// The list of transfer syntaxes the SCP may accept for analysis.
@@ -52,15 +55,23 @@ pub fn analysable_transfer_syntaxes() -> &'static [&'static str] {
 pub fn can_decode(ts_uid: &str) -> bool {
     let uid = ts_uid.trim_end_matches(['\0', ' ']);
     ANALYSABLE_TRANSFER_SYNTAXES.contains(&uid)
-        && (is_lossy_jpeg(uid)
+        && (is_libjpeg_turbo_jpeg(uid)
             || TransferSyntaxRegistry
                 .get(uid)
                 .is_some_and(|ts| ts.can_decode_all()))
 }
 
-/// The DCT-based JPEG syntaxes, decoded by libjpeg-turbo.
-fn is_lossy_jpeg(uid: &str) -> bool {
-    uid == JPEG_BASELINE || uid == JPEG_EXTENDED
+/// The JPEG syntaxes libjpeg-turbo decodes: the DCT-based ones, and the
+/// lossless ones (process 14), which the registry's `jpeg-decoder` got wrong
+/// under a point transform (it predicted from shifted samples).
+fn is_libjpeg_turbo_jpeg(uid: &str) -> bool {
+    [
+        JPEG_BASELINE,
+        JPEG_EXTENDED,
+        JPEG_LOSSLESS,
+        JPEG_LOSSLESS_SV1,
+    ]
+    .contains(&uid)
 }
 
 fn ts_name(uid: &str) -> String {
@@ -99,8 +110,8 @@ pub(crate) fn decode_samples<'a>(
         transfer_syntax: uid.to_string(),
         message,
     };
-    if is_lossy_jpeg(uid) {
-        return decode_lossy_jpeg(pixel.value(), header)
+    if is_libjpeg_turbo_jpeg(uid) {
+        return decode_jpeg(pixel.value(), header)
             .map_err(decode_err)
             .and_then(|out| {
                 if out.len() == expected {
@@ -169,9 +180,9 @@ pub(crate) fn decode_samples<'a>(
     }
 }
 
-/// The single frame of encapsulated lossy JPEG as little-endian stored
-/// samples in the header's Bits Allocated.
-fn decode_lossy_jpeg<P>(
+/// The single frame of encapsulated JPEG (DCT or lossless) as
+/// little-endian stored samples in the header's Bits Allocated.
+fn decode_jpeg<P>(
     value: &Value<dicom_object::mem::InMemDicomObject, P>,
     header: &ImageHeader,
 ) -> Result<Vec<u8>, String>

@@ -1,11 +1,14 @@
-//! Lossy JPEG (DCT processes 1, 2 and 4) decoded with libjpeg-turbo 3.
+//! JPEG (DCT processes 1, 2 and 4, and lossless process 14) decoded with
+//! libjpeg-turbo 3.
 //!
 //! Why not the registry's decoder: `jpeg-decoder` has no 12-bit DCT, which is
 //! what CR/DX send as JPEG Extended, and its IDCT rounds differently from the
 //! IJG integer IDCT that DCMTK, Pillow and libjpeg-turbo share, so its output
 //! drifts from theirs by one grey level (see docs/decisions.md). libjpeg-turbo
 //! (built statically from the `turbojpeg-sys` crate's bundled source) decodes
-//! 8- and 12-bit DCT with the accurate integer IDCT (`TJPARAM_FASTDCT` 0).
+//! 8- and 12-bit DCT with the accurate integer IDCT (`TJPARAM_FASTDCT` 0),
+//! and lossless JPEG of 2 to 16 bits, point transform included (which
+//! `jpeg-decoder` 0.3 decodes wrongly: it predicts from shifted samples).
 
 use std::ffi::CStr;
 
