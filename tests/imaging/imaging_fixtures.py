@@ -309,6 +309,16 @@ def make_big(outdir: str | Path) -> list[Path]:
         if not dst.exists():
             encode(source, dst, how)
         files.append(dst)
+    # 8-bit samples in OW words, big endian (PS3.5 8.1.1: the first sample
+    # in each word's low-order byte; a BE file swaps the bytes, not the order).
+    dst = outdir / "rg1_bits8_ow_bigendian.dcm"
+    if not dst.exists():
+        ds = pydicom.dcmread(reduced(8, (117, 234)))
+        ds["PixelData"].VR = "OW"
+        ow = _save(ds, outdir / "rg1_bits8_ow.tmp")
+        encode(ow, dst, [DCMCONV, "+tb"])
+        ow.unlink()
+    files.append(dst)
     return files
 
 

@@ -39,6 +39,7 @@ BIG_NAMES = [
     "rg1_jpeg_baseline",
     "rg1_jpeg_extended",
     "rg1_jpeg_extended_12bit",
+    "rg1_bits8_ow_bigendian",
 ]
 
 

@@ -135,11 +135,13 @@ pub(crate) fn decode_samples<'a>(
                 }
             };
             let bytes: Cow<'a, [u8]> = match prim {
-                // 8-bit samples read as OW from a big-endian file: undo the swap.
+                // 8-bit samples read as OW from a big-endian file: the word holds
+                // the first sample in its low-order byte (PS3.5 8.1.1), as in
+                // little endian; the file had its bytes swapped, the value not.
                 PrimitiveValue::U16(words)
                     if uid == EXPLICIT_VR_BIG_ENDIAN && header.bits_allocated == 8 =>
                 {
-                    Cow::Owned(words.iter().flat_map(|w| w.to_be_bytes()).collect())
+                    Cow::Owned(words.iter().flat_map(|w| w.to_le_bytes()).collect())
                 }
                 _ => prim.to_bytes(),
             };
