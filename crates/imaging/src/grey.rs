@@ -60,8 +60,12 @@ impl Lut {
         let raw = elem(item, tags::LUT_DATA)
             .and_then(|e| e.to_bytes().ok())
             .ok_or(ImagingError::MissingAttribute("LUTData"))?;
-        let data: Vec<u16> = if bits <= 8 && raw.len() == entries {
-            raw.iter().map(|&b| u16::from(b)).collect()
+        // 8-bit entries packed one per byte; an odd count is padded to even
+        // length with one byte (PS3.5 7.1.1), which is not an entry.
+        let packed =
+            raw.len() == entries || (entries % 2 == 1 && entries > 1 && raw.len() == entries + 1);
+        let data: Vec<u16> = if bits <= 8 && packed {
+            raw.iter().take(entries).map(|&b| u16::from(b)).collect()
         } else if raw.len() >= 2 * entries {
             raw.chunks_exact(2)
                 .take(entries)
@@ -473,6 +477,37 @@ mod tests {
             width: w,
             function: f,
         }
+    }
+
+    fn lut_item(descriptor: [u16; 3], data: Vec<u8>) -> InMemDicomObject {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::LUT_DESCRIPTOR,
+            VR::US,
+            PrimitiveValue::U16(descriptor.iter().copied().collect()),
+        ));
+        item.put(DataElement::new(
+            tags::LUT_DATA,
+            VR::OB,
+            PrimitiveValue::from(data),
+        ));
+        item
+    }
+
+    #[test]
+    fn packed_8_bit_lut_data_may_carry_its_padding_byte() {
+        // 255 entries of 8 bits, one per byte, padded to 256 bytes.
+        let data: Vec<u8> = (0..255u8).map(|i| 254 - i).chain([0xAA]).collect();
+        let lut =
+            Lut::from_item(&lut_item([255, 0, 8], data), false, "ModalityLUTSequence").unwrap();
+        assert_eq!(lut.data.len(), 255);
+        assert_eq!((lut.data[0], lut.data[254]), (254, 0));
+        // One byte short is still refused.
+        let short: Vec<u8> = (0..254u8).collect();
+        assert!(
+            Lut::from_item(&lut_item([255, 0, 8], short), false, "ModalityLUTSequence").is_err()
+        );
     }
 
     #[test]

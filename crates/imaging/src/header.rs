@@ -21,14 +21,34 @@ pub(crate) fn get_i64(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
 }
 
 /// All values of a numeric (or decimal string) attribute, empty when absent.
+/// The numeric values of an attribute, each in its place: a value that does
+/// not parse is NaN rather than losing the others (Window Width `1500\abc`
+/// still has its first window).
 pub(crate) fn get_multi_f64(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
-    elem(obj, tag)
-        .and_then(|e| e.to_multi_float64().ok())
+    let Some(e) = elem(obj, tag) else {
+        return Vec::new();
+    };
+    if let Ok(all) = e.to_multi_float64() {
+        return all;
+    }
+    e.to_str()
+        .map(|s| {
+            s.split('\\')
+                .map(|v| {
+                    v.trim_matches([' ', '\0'])
+                        .parse::<f64>()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 pub(crate) fn get_f64(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
-    get_multi_f64(obj, tag).into_iter().next()
+    get_multi_f64(obj, tag)
+        .into_iter()
+        .next()
+        .filter(|v| v.is_finite())
 }
 
 /// Upper-case, trimmed string values of an attribute, empty when absent.

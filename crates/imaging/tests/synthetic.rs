@@ -301,3 +301,18 @@ fn rejects_bad_spec() {
     let e = preprocess(&file(image(4, 4), EXPLICIT_LE), &s, None).unwrap_err();
     assert_eq!(e.kind(), "invalid-spec");
 }
+
+#[test]
+fn an_unreadable_second_window_leaves_the_first_in_use() {
+    for widths in ["1500\\abc", "1500\\"] {
+        let mut obj = image(16, 20);
+        obj.put(el(
+            tags::WINDOW_CENTER,
+            VR::DS,
+            PrimitiveValue::from("1800\\40"),
+        ));
+        obj.put(el(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from(widths)));
+        let out = run(obj).unwrap();
+        assert_eq!(out.report.grey.voi, "window", "{widths}");
+    }
+}
