@@ -119,3 +119,51 @@ def test_a_second_node_on_the_same_data_directory_refuses_to_start(node_factory,
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
     node.wait_for_analyses()
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+
+
+def test_a_database_deleted_under_the_running_node_stops_acknowledgements(node_factory, rg1_copies):
+    """SQLite writes on into a deleted file: the node used to answer success
+    and lose those instances at its next start. It now refuses (A700) and
+    says why in /readyz; a restart warns that instances/ has files the new
+    database does not know."""
+    from nodetest import run_dcmtk
+    from test_pynetdicom_peers import sender
+
+    node = node_factory().start()
+    first, second = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    for suffix in ("", "-wal", "-shm"):
+        path = node.data_dir / f"pneumo-node.sqlite{suffix}"
+        if path.exists():
+            path.unlink()
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(second)
+    assoc.release()
+    assert status.Status == 0xA700, status
+    code, body = node.http("/readyz")
+    assert code == 503 and any("is gone" in r for r in body["reasons"]), body
+    assert node.alive()
+    node.stop()
+    node.start()
+    assert "instances/ holds files but the database has no instance" in node.log()
+
+
+def test_an_instance_the_database_refuses_leaves_no_file(node, rg1_copies):
+    """The row cannot be committed after the file was moved into place (here
+    a trigger stands for a locked or full database): A700, and the file is
+    removed, so a refusal leaves nothing behind (on a full disk, its space is
+    what recovery needs). The next instance is stored."""
+    from test_pynetdicom_peers import sender
+
+    refused, accepted = rg1_copies("UNCI", 2)
+    uid = pydicom.dcmread(refused, stop_before_pixels=True).SOPInstanceUID
+    with node.db() as c:
+        c.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON instances WHEN NEW.sop_instance_uid = '{uid}' "
+                  "BEGIN SELECT RAISE(ABORT, 'database refuses'); END")
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.send_c_store(refused).Status == 0xA700
+    assert assoc.send_c_store(accepted).Status == 0x0000
+    assoc.release()
+    assert not [p for p in node.instance_files() if uid in p.name]
+    assert node.instance_rows(uid) == 0

@@ -151,6 +151,10 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// why (for counting).
     fn association_rejected(&self, _calling_ae: &str, _why: &str) {}
 
+    /// Called for a C-STORE refused before it reached `store` (the data set
+    /// could not be spooled, `admit` refused it, ...), for counting.
+    fn instance_refused(&self, _reply: &StoreReply) {}
+
     /// Keeps a received instance; the reply goes back to the sender.
     fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
 }
@@ -442,7 +446,7 @@ where
         Ok(r) => r,
         Err(_) => Err(PduError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("nothing received for {} s", limit.as_secs_f32()),
+            format!("no complete PDU within {} s", limit.as_secs_f32()),
         ))),
     }
 }
@@ -880,6 +884,7 @@ impl<H: StoreHandler> Association<'_, H> {
         command: Command,
         sink: Result<Spool, StoreReply>,
     ) -> Result<(), String> {
+        let mut refused_here = true;
         let reply = match sink {
             Err(reply) => reply,
             Ok(spool) => match spool.finish().await {
@@ -902,10 +907,22 @@ impl<H: StoreHandler> Association<'_, H> {
                         dataset_sha256: finished.sha256,
                     };
                     // `_guard` removes the spool file unless the handler moved it.
+                    refused_here = false;
                     self.shared.handler.store(instance).await
                 }
             },
         };
+        if refused_here && reply.status.is_failure() {
+            // The handler logs and counts what it refuses; these never
+            // reached it (spooling failed, a request it did not admit, ...).
+            warn!(
+                sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+                status = %reply.status,
+                error = reply.comment.as_deref().unwrap_or(""),
+                "instance refused"
+            );
+            self.shared.handler.instance_refused(&reply);
+        }
         if !reply.status.is_failure() {
             self.stored += 1;
         }

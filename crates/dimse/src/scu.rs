@@ -118,6 +118,8 @@ pub enum ScuError {
     Protocol(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    #[error("the peer stopped reading: nothing could be written for {0:?}")]
+    WriteTimeout(Duration),
     #[error(transparent)]
     Pdu(#[from] PduError),
 }
@@ -320,14 +322,23 @@ impl ClientAssociation {
         id
     }
 
+    /// Writes one PDU, within the response timeout: a peer that accepted
+    /// the association and stopped reading would otherwise hold the write,
+    /// and its delivery loop, for good.
+    async fn send_timed(&mut self, bytes: &[u8]) -> Result<(), ScuError> {
+        match tokio::time::timeout(self.response_timeout, self.conn.send_raw(bytes)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(ScuError::WriteTimeout(self.response_timeout)),
+        }
+    }
+
     pub async fn echo(&mut self) -> Result<Status, ScuError> {
         let context = self
             .context_for(sop::VERIFICATION, None)
             .ok_or(ScuError::NoAcceptedContext)?
             .id;
         let rq = Command::c_echo_rq(self.message_id());
-        self.conn
-            .send_raw(&pdu::command_pdu(context, &rq.encode()))
+        self.send_timed(&pdu::command_pdu(context, &rq.encode()))
             .await?;
         let rsp = self.read_response(&rq).await?;
         Ok(rsp.status.unwrap_or(Status::SUCCESS))
@@ -386,8 +397,7 @@ impl ClientAssociation {
                 Err(e) => return Ok(outcome(Err(format!("cannot open: {e}")), None)),
             },
         };
-        self.conn
-            .send_raw(&pdu::command_pdu(context, &rq.encode()))
+        self.send_timed(&pdu::command_pdu(context, &rq.encode()))
             .await?;
         match (dataset, source) {
             (Some(bytes), _) => {
@@ -446,7 +456,7 @@ impl ClientAssociation {
                 .read_exact(&mut buf[start..])
                 .await
                 .map_err(|e| ScuError::Protocol(format!("file shorter than expected: {e}")))?;
-            self.conn.send_raw(&buf).await?;
+            self.send_timed(&buf).await?;
             remaining -= chunk as u64;
             if is_last {
                 return Ok(());

@@ -131,8 +131,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let ready =
         database["ok"] == json!(true) && storage.ok && model.loaded && model.unusable.is_none();
     let mut reasons = Vec::new();
-    if database["ok"] != json!(true) {
-        reasons.push("database unavailable".to_string());
+    if let Some(error) = database["error"].as_str() {
+        reasons.push(format!("database unavailable: {error}"));
     }
     if let Some(r) = &storage.reason {
         reasons.push(r.clone());

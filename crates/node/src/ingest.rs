@@ -63,11 +63,9 @@ impl StoreHandler for IngestHandler {
     fn admit(&self, _context: &AssociationContext, _sop_class_uid: &str) -> Result<(), StoreReply> {
         match self.disk.refusal() {
             None => Ok(()),
-            Some(reason) => {
-                warn!(%reason, "instance refused");
-                Metrics::inc(&self.metrics.instances_refused, 1);
-                Err(StoreReply::failure(Status::OUT_OF_RESOURCES, reason))
-            }
+            // Logged and counted with the other refusals the SCP answers
+            // itself (`instance_refused`).
+            Some(reason) => Err(StoreReply::failure(Status::OUT_OF_RESOURCES, reason)),
         }
     }
 
@@ -77,6 +75,10 @@ impl StoreHandler for IngestHandler {
 
     fn association_rejected(&self, _calling_ae: &str, _why: &str) {
         Metrics::inc(&self.metrics.associations_rejected, 1);
+    }
+
+    fn instance_refused(&self, _reply: &StoreReply) {
+        Metrics::inc(&self.metrics.instances_refused, 1);
     }
 
     async fn store(&self, instance: ReceivedInstance) -> StoreReply {

@@ -325,6 +325,7 @@ async fn serve(config: Config) -> Result<()> {
             },
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
+            unrecorded: Default::default(),
         }
         .run(),
     );

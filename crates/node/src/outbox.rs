@@ -49,6 +49,9 @@ pub struct OutboxWorker {
     /// Woken when something is enqueued.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Set when an answer could not be recorded (the database full or
+    /// locked): the delivery loops pause rather than send again at once.
+    pub unrecorded: std::sync::atomic::AtomicBool,
 }
 
 impl OutboxWorker {
@@ -128,6 +131,23 @@ impl OutboxWorker {
             }
             for batch in due.chunks(self.settings.batch) {
                 self.deliver(&destination, batch).await;
+                // An answer the database could not record leaves its row due
+                // as before: without a pause the loop would send the same
+                // instance again at once, again and again (a full disk made
+                // a PACS receive one instance 700 times).
+                if self
+                    .unrecorded
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let pause = Duration::from_secs(self.settings.retry_base_s.max(5));
+                    Metrics::inc(&self.metrics.deliveries_failed, batch.len() as u64);
+                    warn!(
+                        pause_s = pause.as_secs(),
+                        "the outbox cannot be written; deliveries paused"
+                    );
+                    tokio::time::sleep(pause).await;
+                    break;
+                }
             }
         }
     }
@@ -143,6 +163,8 @@ impl OutboxWorker {
     async fn record(&self, result: Result<(), pneumo_store::StoreError>) {
         if let Err(e) = result {
             warn!(error = %e, "cannot record a delivery in the outbox");
+            self.unrecorded
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

@@ -169,10 +169,19 @@ impl Pipeline {
                 warn!("lease lost: another worker finished this job");
                 Ok(())
             }
-            Err(reason) => {
+            Err(Failure::Analysis(reason)) => {
                 warn!(%reason, "analysis failed");
                 self.store
                     .fail_job(job.job_id, &self.owner, &reason)
+                    .await
+                    .map(|_| ())
+            }
+            // Not the image's fault: the database locked or the disk full.
+            // Tried again later, without using up one of its attempts.
+            Err(Failure::Store(reason)) => {
+                warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "the analysis could not be kept; will retry");
+                self.store
+                    .retry_job_later(job.job_id, &self.owner, &reason, STORE_RETRY)
                     .await
                     .map(|_| ())
             }
@@ -182,8 +191,8 @@ impl Pipeline {
         }
     }
 
-    /// Ok(true): reported; Ok(false): the lease was lost; Err: the reason it failed.
-    async fn analyse(&self, job: &ClaimedJob) -> Result<bool, String> {
+    /// Ok(true): reported; Ok(false): the lease was lost; Err: why it failed.
+    async fn analyse(&self, job: &ClaimedJob) -> Result<bool, Failure> {
         let path = self.store.instance_file(&job.path);
         let spec = self.engine.contract().preprocess_spec();
         let companion = self.report.companion_sc;
@@ -241,7 +250,8 @@ impl Pipeline {
                 build_sr(&source, &result, &model, &self.node, &self.report, &time)
                     .map_err(|e| format!("report: {e}"))
             })
-            .await?;
+            .await
+            .map_err(Failure::from)?;
         if let Some(grey) = &prepared.grey {
             let sc_uid = sc_sop_instance_uid(
                 &source.sop_instance_uid,
@@ -272,7 +282,7 @@ impl Pipeline {
             match made {
                 Ok(id) => owed.push(id),
                 Err(Generated::NotMade(e)) => warn!(error = %e, "companion image not made"),
-                Err(Generated::NotStored(e)) => return Err(e),
+                Err(Generated::NotStored(e)) => return Err(Failure::Store(e)),
             }
         }
         for id in &owed {
@@ -280,7 +290,7 @@ impl Pipeline {
                 self.store
                     .enqueue(*id, d)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Failure::Store(e.to_string()))?;
             }
         }
         let record = ResultRecord {
@@ -304,7 +314,7 @@ impl Pipeline {
                 &self.result_destinations,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Store(e.to_string()))?;
         if done {
             if !self.result_destinations.is_empty() {
                 self.wake_outbox.notify_one();
@@ -399,6 +409,41 @@ impl Pipeline {
             IngestOutcome::Stored { instance_id, .. }
             | IngestOutcome::Duplicate { instance_id, .. }
             | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
+        }
+    }
+}
+
+/// How long a job whose result the store could not keep waits to run again.
+const STORE_RETRY: Duration = Duration::from_secs(30);
+
+/// Why an analysis did not finish.
+#[derive(Debug)]
+enum Failure {
+    /// Because of the image, the model or the configuration: the job fails
+    /// with this reason (the operator may retry it once that is fixed).
+    Analysis(String),
+    /// The store could not keep the result (the database locked or full, the
+    /// disk full): the job runs again later by itself.
+    Store(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure::Analysis(reason)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Failure {
+        Failure::Analysis(reason.to_string())
+    }
+}
+
+impl From<Generated> for Failure {
+    fn from(g: Generated) -> Failure {
+        match g {
+            Generated::NotMade(e) => Failure::Analysis(e),
+            Generated::NotStored(e) => Failure::Store(e),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! SQL of the ingest path (SQLite).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -28,6 +28,18 @@ pub async fn connect(
         .max_connections(8)
         .connect_with(options)
         .await
+}
+
+/// The file of the database `connect` opens; None for an in-memory one.
+pub fn database_file(data_dir: &Path, database_url: Option<&str>) -> Option<PathBuf> {
+    let file = match database_url {
+        None => data_dir.join("pneumo-node.sqlite"),
+        Some(url) => SqliteConnectOptions::from_str(url)
+            .ok()?
+            .get_filename()
+            .to_path_buf(),
+    };
+    (!file.as_os_str().is_empty() && file.as_os_str() != ":memory:").then_some(file)
 }
 
 /// (id, sha256) of every instance row with this SOP Instance UID.

@@ -236,6 +236,32 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// A job whose result could not be kept for a reason that is not its
+    /// own (the database locked or full): claimable again after `delay`,
+    /// with `reason` to show meanwhile, and this attempt not counted.
+    pub async fn retry_job_later(
+        &self,
+        job_id: i64,
+        owner: &str,
+        reason: &str,
+        delay: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET reason = ?, attempts = MAX(attempts - 1, 0), lease_owner = NULL,
+                 lease_expires_at_ms = ?, updated_at_ms = ?
+             WHERE id = ? AND state = 'analysing' AND lease_owner = ?",
+        )
+        .bind(reason)
+        .bind(now + delay.as_millis() as i64)
+        .bind(now)
+        .bind(job_id)
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A job that cannot succeed: `failed`, with its reason.
     pub async fn fail_job(
         &self,

@@ -45,6 +45,11 @@ pub enum StoreError {
          (it holds the lock on {lock}); one data directory serves one node"
     )]
     InUse { path: PathBuf, lock: PathBuf },
+    #[error(
+        "the database file {0} is gone (deleted or moved while the node runs); \
+         nothing is acknowledged until the node is restarted"
+    )]
+    DatabaseGone(PathBuf),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -124,6 +129,9 @@ pub struct Store {
     /// arriving together under one UID must not both take the first's path,
     /// where the second rename would replace acknowledged bytes.
     ingest_locks: UidLocks,
+    /// The SQLite file (none for an in-memory database): checked before an
+    /// instance is acknowledged, since SQLite writes on into a deleted file.
+    database_file: Option<PathBuf>,
     /// The exclusive lock on the data directory, held while the store lives.
     _lock: std::fs::File,
 }
@@ -146,7 +154,21 @@ impl Store {
         // back its jobs and send every delivery a second time.
         let lock = lock_data_dir(data_dir)?;
         let pool = db::connect(data_dir, database_url).await?;
+        let database_file = db::database_file(data_dir, database_url);
         sqlx::migrate!("./migrations").run(&pool).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances")
+            .fetch_one(&pool)
+            .await?;
+        let has_files = std::fs::read_dir(data_dir.join("instances"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if rows == 0 && has_files {
+            warn!(
+                data_dir = %data_dir.display(),
+                "instances/ holds files but the database has no instance: was the database \
+                 deleted or replaced? Those files are not known to this node"
+            );
+        }
         let cleared = files::clear_spool(&data_dir.join("spool"));
         if cleared > 0 {
             info!(
@@ -158,6 +180,7 @@ impl Store {
             data_dir: data_dir.to_path_buf(),
             pool,
             ingest_locks: UidLocks::default(),
+            database_file,
             _lock: lock,
         })
     }
@@ -200,6 +223,7 @@ impl Store {
         header.check_against(incoming)?;
         let sha256 = hex::encode(incoming.dataset_sha256);
 
+        self.check_database_file()?;
         let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
         let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
@@ -264,10 +288,34 @@ impl Store {
                         instance_id: *id,
                         newly_routed: 0,
                     }),
-                    None => Err(StoreError::Database(sqlx::Error::Database(e))),
+                    None => Err(self.unkeep(&relative, sqlx::Error::Database(e).into())),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.unkeep(&relative, e.into())),
+        }
+    }
+
+    /// The file of an instance refused after it was moved into place (its
+    /// row could not be committed: the database locked or full) is removed,
+    /// so that a refusal leaves nothing behind (on a full disk, the space
+    /// is what recovery needs). No acknowledged instance has this path: the
+    /// ingest lock of its UID is held, and an instance stored under the UID
+    /// already would have made it a `.<sha256>` path.
+    fn unkeep(&self, relative: &Path, error: StoreError) -> StoreError {
+        let path = self.data_dir.join(relative);
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!(path = %path.display(), error = %e, "cannot remove the file of a refused instance");
+        }
+        error
+    }
+
+    /// Err when the database file was deleted or moved under the running
+    /// node: SQLite would go on writing into the unlinked file, and every
+    /// acknowledgement would be lost at the next start.
+    pub fn check_database_file(&self) -> Result<(), StoreError> {
+        match &self.database_file {
+            Some(f) if !f.exists() => Err(StoreError::DatabaseGone(f.clone())),
+            _ => Ok(()),
         }
     }
 

@@ -109,6 +109,7 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        self.check_database_file()?;
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())
     }

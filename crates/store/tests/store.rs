@@ -340,3 +340,30 @@ async fn a_data_directory_serves_one_store_at_a_time() {
     drop(first);
     let _again = open(dir.path()).await; // released with the store
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_the_store_could_not_finish_runs_again_later_without_using_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let inc = spooled(&store, "1.9.40", "CR", "1.9.40");
+    store.ingest(&inc, |_| vec![]).await.unwrap();
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let lease = Duration::from_secs(60);
+    for _ in 0..5 {
+        // More times than max_attempts (2): never failed for it.
+        let claimed = store.claim_jobs("w", lease, 1, 2).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempts, 1);
+        let later = Duration::from_millis(30);
+        assert!(store
+            .retry_job_later(claimed[0].job_id, "w", "database is locked", later)
+            .await
+            .unwrap());
+        // Not before its time; the reason shows meanwhile.
+        assert!(store.claim_jobs("w", lease, 1, 2).await.unwrap().is_empty());
+        let waiting = store.list_jobs(None, 10).await.unwrap();
+        assert_eq!(waiting[0].reason.as_deref(), Some("database is locked"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(store.fail_exhausted_jobs(2).await.unwrap().is_empty());
+    }
+}
