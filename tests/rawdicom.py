@@ -30,6 +30,28 @@ def associate_rq(called: str, calling: str, contexts, max_pdu: int = 16384) -> b
     return struct.pack(">BxI", 0x01, len(body)) + body
 
 
+def _items(data: bytes):
+    """(type, payload) of each item in `data`."""
+    while data:
+        item_type, length = data[0], struct.unpack(">H", data[2:4])[0]
+        yield item_type, data[4 : 4 + length]
+        data = data[4 + length :]
+
+
+def associate_ac(rq_body: bytes, max_pdu: int = 16384) -> bytes:
+    """The A-ASSOCIATE-AC accepting every context of an A-ASSOCIATE-RQ
+    (its body) in the first transfer syntax proposed."""
+    body = rq_body[:68]  # protocol version, reserved, AE titles, reserved: echoed
+    body += _item(0x10, APP_CONTEXT)
+    for item_type, payload in _items(rq_body[68:]):
+        if item_type != 0x20:
+            continue
+        syntaxes = [sub for t, sub in _items(payload[4:]) if t == 0x40]
+        body += _item(0x21, struct.pack(">BxBx", payload[0], 0) + _item(0x40, syntaxes[0]))
+    body += _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.3.4"))
+    return struct.pack(">BxI", 0x02, len(body)) + body
+
+
 def pdata(pc_id: int, is_command: bool, is_last: bool, data: bytes) -> bytes:
     pdv = struct.pack(">IBB", len(data) + 2, pc_id, int(is_command) | (int(is_last) << 1)) + data
     return struct.pack(">BxI", 0x04, len(pdv)) + pdv

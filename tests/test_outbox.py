@@ -1,9 +1,12 @@
 """The outbox against destinations that misbehave: one that never answers
-holds up no other destination; an answer that is neither success nor
-warning is not a delivery; an operator's retry names a real destination and
-also hurries deliveries waiting out their back-off."""
+holds up no other destination, one that stops reading times out; an answer
+that is neither success nor warning is not a delivery, and one the database
+cannot record pauses the destination; an operator's retry names a real
+destination and also hurries deliveries waiting out their back-off; a
+re-sent instance is routed by the rules for its caller."""
 
 import threading
+import time
 
 import pydicom
 import requests
@@ -130,5 +133,91 @@ def test_a_re_sent_instance_is_routed_by_the_rules_for_its_caller_once(node_fact
         run_dcmtk("storescu", "-aet", "ER_CR", "-aec", node.ae_title, "127.0.0.1", node.port, f)
         assert node.count("SELECT COUNT(*) FROM outbox") == 1 and node.instance_rows(uid) == 1
         assert node.count("SELECT COUNT(*) FROM jobs") == 1
+    finally:
+        receiver.close()
+
+
+class SilentReader:
+    """A destination that accepts the association and then reads nothing
+    more (a PACS process stopped, a stalled network path): the sender's
+    writes block once the socket buffers are full."""
+
+    def __init__(self):
+        import socket
+        import struct
+
+        from nodetest import free_port
+        from rawdicom import associate_ac
+
+        self.port = free_port()
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server.bind(("127.0.0.1", self.port))
+        self.server.listen()
+        self.conns = []
+
+        def serve():
+            try:
+                while True:
+                    conn, _ = self.server.accept()
+                    self.conns.append(conn)
+                    header = conn.recv(6, socket.MSG_WAITALL)
+                    body = conn.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
+                    conn.sendall(associate_ac(body))
+            except OSError:
+                pass  # closed
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.server.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory, rg1_copies, tmp_path):
+    """Writes have a deadline too: the delivery used to hang for good."""
+    silent = SilentReader()
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "stalled", "ae_title": "STALLED", "port": silent.port}],
+            [{"destinations": ["stalled"]}],
+            response_timeout_s=2, retry_base_s=60, retry_cap_s=600,
+        )
+        node = node_factory().start(config_file=config)
+        files = rg1_copies("UNCI", 3)  # 7 MB each: more than any socket buffer holds
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+        wait_until(lambda: any("stopped reading" in (status or "") for _, status in outbox(node).values())
+                   if outbox(node) else False, timeout=30)
+        assert node.echo_ok()
+    finally:
+        silent.close()
+
+
+def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factory, rg1_copies, tmp_path):
+    """The PACS stored it, but "sent" cannot be written (a trigger stands for
+    a full disk): the row is still due. The loop used to send it again at
+    once, hundreds of times; it now pauses."""
+    receiver = PynetdicomReceiver(ae_title="PACS")
+    try:
+        config = node_config(
+            tmp_path / "node.toml",
+            [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+            [{"destinations": ["pacs"]}],
+        )
+        node = node_factory().start(config_file=config)
+        with node.db() as c:
+            c.execute("CREATE TRIGGER full_disk BEFORE UPDATE ON outbox WHEN NEW.state = 'sent' "
+                      "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: receiver.stores >= 1)
+        time.sleep(3)
+        assert receiver.stores == 1, receiver.stores
+        assert "deliveries paused" in node.log()
+        with node.db() as c:
+            c.execute("DROP TRIGGER full_disk")
+        wait_until(lambda: outbox(node)["pacs"][0] == "sent", timeout=30)  # after the pause
     finally:
         receiver.close()

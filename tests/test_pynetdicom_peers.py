@@ -167,6 +167,7 @@ class PynetdicomReceiver:
         # While set, each C-STORE is answered only once it is cleared (a
         # destination that accepts the association and then does not answer).
         self.hold = None
+        self.stores = 0  # C-STOREs answered, repeats included
         self.port = free_port()
         ae = AE(ae_title=ae_title)
         ae.add_supported_context(CR, list(transfer_syntaxes))
@@ -178,6 +179,7 @@ class PynetdicomReceiver:
         if self.hold is not None:
             self.hold.wait(60)
         uid = event.request.AffectedSOPInstanceUID
+        self.stores += 1
         self.received[uid] = event.request.DataSet.getvalue()
         self.transfer_syntax[uid] = event.context.transfer_syntax
         return self.status
