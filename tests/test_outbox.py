@@ -221,3 +221,37 @@ def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factor
         wait_until(lambda: outbox(node)["pacs"][0] == "sent", timeout=30)  # after the pause
     finally:
         receiver.close()
+
+
+def test_a_re_sent_instance_brings_its_report_to_a_results_destination_added_since(node_factory, rg1_copies, tmp_path):
+    """Analysed before any PACS was configured; the PACS added, the study
+    re-sent: its SR, made already, is delivered (it never reached it)."""
+    import subprocess
+
+    from nodetest import free_port
+
+    node = node_factory().start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+    node.stop()
+
+    port = free_port()
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    received = tmp_path / "pacs"
+    received.mkdir()
+    scp = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node.start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=30)
+        (sr,) = received.iterdir()
+        assert pydicom.dcmread(sr).Modality == "SR"
+        assert node.count("SELECT COUNT(*) FROM jobs") == 1  # nothing analysed again
+    finally:
+        scp.terminate()
+        scp.wait()

@@ -19,6 +19,8 @@ pub struct IngestHandler {
     pub routing: RoutingSection,
     /// Woken when an instance is owed to a destination.
     pub wake_outbox: Arc<Notify>,
+    /// Where reports go (`routing.results_to`, else `results = true`).
+    pub result_destinations: Vec<String>,
     /// Woken when a job is waiting to be routed.
     pub wake_router: Arc<Notify>,
 }
@@ -143,7 +145,22 @@ impl IngestHandler {
                 instance_id,
                 newly_routed,
             }) => {
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, newly_routed, "duplicate of a stored instance; nothing written");
+                // Its report, too, to a results destination configured since.
+                let reports_owed = match self
+                    .store
+                    .owe_report_of(instance_id, &self.result_destinations)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "cannot owe the report of a re-sent instance");
+                        0
+                    }
+                };
+                if reports_owed > 0 {
+                    self.wake_outbox.notify_one();
+                }
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, newly_routed, reports_owed, "duplicate of a stored instance; nothing written");
                 StoreReply::success()
             }
             Err(e) => {

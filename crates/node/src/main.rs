@@ -290,6 +290,7 @@ async fn serve(config: Config) -> Result<()> {
         disk: disk.clone(),
         routing: config.routing.clone(),
         wake_outbox: wake_outbox.clone(),
+        result_destinations: config.routing.result_destinations(&config.destinations),
         wake_router: wake_router.clone(),
     });
     tokio::spawn(ingest::run_router(

@@ -43,6 +43,39 @@ impl Store {
         Ok(())
     }
 
+    /// The report (SR) made from `instance_id`, owed to each of
+    /// `destinations` that was never owed it (a results destination
+    /// configured after the analysis). Returns how many rows were added.
+    pub async fn owe_report_of(
+        &self,
+        instance_id: i64,
+        destinations: &[String],
+    ) -> Result<usize, StoreError> {
+        let report: Option<i64> = sqlx::query_scalar(
+            "SELECT sr_instance_id FROM jobs WHERE instance_id = ? AND sr_instance_id IS NOT NULL",
+        )
+        .bind(instance_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(report) = report else {
+            return Ok(0);
+        };
+        let mut added = 0;
+        for d in destinations {
+            added += usize::from(enqueue(self.pool(), report, d).await?);
+        }
+        if added > 0 {
+            // Owed again: a `delivered` job is only `reported` until then.
+            sqlx::query(
+                "UPDATE jobs SET state = 'reported' WHERE instance_id = ? AND state = 'delivered'",
+            )
+            .bind(instance_id)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(added)
+    }
+
     /// Pending rows whose time has come (of `destination`, or all), oldest
     /// first.
     pub async fn due_deliveries(
