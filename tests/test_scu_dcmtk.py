@@ -82,3 +82,19 @@ def test_a_deflated_data_set_of_odd_length_reaches_dcmtk(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_directory_s_other_files_are_skipped_not_failed(storescp, rg1_copies, tmp_path):
+    port, out = storescp
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (f,) = rg1_copies("UNCI", 1)
+    (folder / "image.dcm").write_bytes(f.read_bytes())
+    (folder / "notes.txt").write_text("study exported for the AI node\n")
+    r = node_cli("store", f"STORESCP@127.0.0.1:{port}", folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SKIPPED" in r.stdout and "notes.txt" in r.stdout
+    assert "1 stored" in r.stdout and len(list(out.iterdir())) == 1
+    # named explicitly, it is tried and reported
+    r = node_cli("store", f"STORESCP@127.0.0.1:{port}", folder / "notes.txt")
+    assert r.returncode != 0

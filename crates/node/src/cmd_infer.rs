@@ -11,7 +11,7 @@ use pneumo_inference::{InferenceEngine, InferenceSettings, LungSegmenter, Predic
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferArgs {
-    /// DICOM Part-10 file.
+    /// DICOM Part-10 file (required unless --tensor is given).
     #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
     pub file: Option<PathBuf>,
     /// Run the model on the images of this .npy tensor (N×3×S×S, <f4 or

@@ -43,7 +43,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node: receive instances over DICOM and keep them.
+    /// Run the node: receive instances over DICOM and keep them, analyse the
+    /// chest radiographs, send the reports and forward what the routing
+    /// rules say; health, metrics and the status API over HTTP.
     Serve,
     /// Check the configuration and print it as the node will use it.
     CheckConfig,
@@ -59,8 +61,11 @@ enum Command {
     Store {
         /// AE@host:port
         target: AeAddress,
+        /// DICOM Part-10 files, or directories (files in them without the
+        /// DICM marker are skipped).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Our AE title (default: dicom.ae_title).
         #[arg(long)]
         calling_ae: Option<String>,
     },
@@ -192,8 +197,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn init_logging(config: &Config) -> Result<()> {
     use tracing_subscriber::EnvFilter;
+    // A bare level ("info") keeps the libraries' chatter out: ort's notes
+    // on its own loading (the node logs the library and version it loaded)
+    // and OpenJPEG's progress lines. Directives given in full are used as
+    // they are.
+    let level = &config.log.level;
+    let directives = if level.contains('=') {
+        level.clone()
+    } else {
+        format!("{level},ort=warn,jpeg2k=warn")
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .or_else(|_| EnvFilter::try_new(&directives))
         .with_context(|| format!("log.level `{}` is not a valid filter", config.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -465,18 +480,42 @@ async fn store(
 }
 
 /// Files under `path` (itself if a file), in a stable order.
+/// The files to send: `path` itself, or the DICOM Part-10 files under a
+/// directory (found by their `DICM` marker; other files there, notes or
+/// exports, are listed as skipped, not failed). A file named explicitly is
+/// always tried, so that a wrong one is reported.
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    collect(path, out, true)
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>, named: bool) -> std::io::Result<()> {
     if path.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
         for e in entries {
-            collect_files(&e, out)?;
+            collect(&e, out, false)?;
         }
     } else {
         std::fs::metadata(path)?;
-        out.push(path.to_path_buf());
+        if named || has_part10_marker(path) {
+            out.push(path.to_path_buf());
+        } else {
+            println!("SKIPPED  {} (not a DICOM Part-10 file)", path.display());
+        }
     }
     Ok(())
+}
+
+fn has_part10_marker(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut marker = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(128))?;
+            f.read_exact(&mut marker)
+        })
+        .is_ok()
+        && &marker == b"DICM"
 }
