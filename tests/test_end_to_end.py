@@ -288,11 +288,40 @@ def test_undecodable_syntax_is_stored_but_not_analysed(node, tmp_path):
         wait_until(lambda: state_of(path)[0] == "reported", timeout=60)
 
 
+PRESENT = ("52101004", "SCT", "Present")
+ABSENT = ("272519000", "SCT", "Absent")
+
+
+def sr_finding(sr_path):
+    """(qualitative evaluation as (value, scheme, meaning), Certainty of
+    Finding) of the pneumoconiosis measurement group of an SR, read by
+    highdicom."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    finding = Code("40122008", "SCT", "Pneumoconiosis")
+    (group,) = hd.sr.srread(sr_path).content.get_image_measurement_groups(finding_type=finding)
+    (evaluation,) = group.get_qualitative_evaluations(name=finding)
+    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
+    code = evaluation.value
+    return (code.value, code.scheme_designator, code.meaning), certainty.value
+
+
+def one_report(node, rg1_copies):
+    """Sends one radiograph and waits for its report: (SR path, result)."""
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
+    return node.data_dir / sr_rel, json.loads(result)
+
+
 def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_copies):
     """The SR and the companion image the running node makes (not the
     builder alone): dciodvfy, dsrdump and highdicom."""
     import highdicom as hd
-    from pydicom.sr.coding import Code
 
     node = node_factory(report__companion_sc="true").start()
     (f,) = rg1_copies("UNCI", 1)
@@ -313,15 +342,10 @@ def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_c
     sr_path = node.data_dir / generated["SR"]
     dump = subprocess.run(["/usr/bin/dsrdump", str(sr_path)], capture_output=True, text=True, errors="replace")
     assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
-    sr = hd.sr.srread(sr_path)
-    pneumoconiosis = Code("40122008", "SCT", "Pneumoconiosis")
-    (group,) = sr.content.get_image_measurement_groups(finding_type=pneumoconiosis)
-    (evaluation,) = group.get_qualitative_evaluations(name=pneumoconiosis)
-    expected = Code("52101004", "SCT", "Present") if p >= 0.5 else Code("272519000", "SCT", "Absent")
-    assert evaluation.value == expected
-    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
-    assert certainty.value == pytest.approx(p * 100, abs=1e-3)
-    assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription
+    evaluation, certainty = sr_finding(sr_path)
+    assert evaluation == (PRESENT if p >= 0.5 else ABSENT)
+    assert certainty == pytest.approx(p * 100, abs=1e-3)
+    assert "DEMO MODEL - NOT FOR DIAGNOSIS" in hd.sr.srread(sr_path).SeriesDescription
 
 
 def test_a_source_re_sent_with_other_bytes_keeps_one_sr_and_one_companion(node_factory, rg1_copies, tmp_path):
@@ -351,61 +375,35 @@ def test_a_source_re_sent_with_other_bytes_keeps_one_sr_and_one_companion(node_f
 def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     """The demo model scores RG1 above 0.5; with the contract's threshold
     raised above that score the decision is `absent`, and the SR says so."""
-    import highdicom as hd
-    from pydicom.sr.coding import Code
-
     from nodetest import demo_model_with
 
     strict = demo_model_with(tmp_path / "tiny-threshold-0.99.onnx", decision_threshold=0.99)
 
     node = node_factory(inference__model=str(strict)).start()
-    (f,) = rg1_copies("UNCI", 1)
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
-    with node.db() as c:
-        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
-        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
-    result = json.loads(result)
+    sr_path, result = one_report(node, rg1_copies)
     p = result["prediction"]["probabilities"][0]
     assert 0.5 < p < 0.99 and result["decision"] == "absent"
-    sr = hd.sr.srread(node.data_dir / sr_rel)
-    pneumoconiosis = Code("40122008", "SCT", "Pneumoconiosis")
-    (group,) = sr.content.get_image_measurement_groups(finding_type=pneumoconiosis)
-    (evaluation,) = group.get_qualitative_evaluations(name=pneumoconiosis)
-    assert evaluation.value == Code("272519000", "SCT", "Absent")
-    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
-    assert certainty.value == pytest.approx(p * 100, abs=1e-3)
+    evaluation, certainty = sr_finding(sr_path)
+    assert evaluation == ABSENT
+    assert certainty == pytest.approx(p * 100, abs=1e-3)
 
 
 def test_the_sr_reports_the_pneumoconiosis_column_of_a_model_with_other_label_order(node_factory, rg1_copies, tmp_path):
     """A contract may list its labels in another order: P(pneumoconiosis)
     is then column 1, and that is what the SR and the API report (column 0,
     P(normal), used to be reported as the certainty of pneumoconiosis)."""
-    import highdicom as hd
-    from pydicom.sr.coding import Code
-
     from nodetest import demo_model_with
 
     swapped = demo_model_with(tmp_path / "tiny-normal-first.onnx", labels='["normal","pneumoconiosis"]')
     node = node_factory(inference__model=str(swapped)).start()
-    (f,) = rg1_copies("UNCI", 1)
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
-    with node.db() as c:
-        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
-        (result,) = c.execute("SELECT result_json FROM jobs").fetchone()
-    result = json.loads(result)
+    sr_path, result = one_report(node, rg1_copies)
     normal, pneumoconiosis = result["prediction"]["probabilities"]
     assert result["prediction"]["p_positive"] == pneumoconiosis
     assert pneumoconiosis < 0.5 < normal  # the demo model's column 0 scores RG1 high
     assert result["decision"] == "absent" and result["prediction"]["positive"] is False
-    sr = hd.sr.srread(node.data_dir / sr_rel)
-    finding = Code("40122008", "SCT", "Pneumoconiosis")
-    (group,) = sr.content.get_image_measurement_groups(finding_type=finding)
-    (evaluation,) = group.get_qualitative_evaluations(name=finding)
-    assert evaluation.value == Code("272519000", "SCT", "Absent")
-    (certainty,) = group.get_measurements(name=Code("111012", "DCM", "Certainty of Finding"))
-    assert certainty.value == pytest.approx(pneumoconiosis * 100, abs=1e-3)
+    evaluation, certainty = sr_finding(sr_path)
+    assert evaluation == ABSENT
+    assert certainty == pytest.approx(pneumoconiosis * 100, abs=1e-3)
 
 
 def test_dx_for_processing_is_stored_but_not_analysed(node, tmp_path):

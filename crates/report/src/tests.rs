@@ -55,6 +55,20 @@ fn result(p: f32) -> AnalysisResult {
     AnalysisResult::from_probabilities(vec![p, 1.0 - p], 0.5, "lung", "CPU").unwrap()
 }
 
+/// The SR of `src` with probability `p`, trained weights and the default
+/// node, options and time.
+fn trained_sr(src: &SourceInstance, p: f32) -> dicom_object::FileDicomObject<InMemDicomObject> {
+    build_sr(
+        src,
+        &result(p),
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap()
+}
+
 fn model(kind: WeightsKind) -> ModelIdentity {
     ModelIdentity {
         name: "PneumoLLM".into(),
@@ -220,30 +234,14 @@ fn absent_result_and_demo_marking() {
     )
     .unwrap();
     assert!(str_of(&sr, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
-    let sr = build_sr(
-        &source(),
-        &result(0.2),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
+    let sr = trained_sr(&source(), 0.2);
     assert!(!str_of(&sr, tags::SERIES_DESCRIPTION).contains("DEMO"));
 }
 
 #[test]
 fn sr_attributes() {
     let src = source();
-    let sr = build_sr(
-        &src,
-        &result(0.873),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
+    let sr = trained_sr(&src, 0.873);
     let meta = sr.meta();
     assert_eq!(meta.information_version, [0, 1]);
     assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
@@ -355,24 +353,8 @@ fn comprehensive_class_by_configuration() {
 
 #[test]
 fn same_inputs_same_bytes() {
-    let a = build_sr(
-        &source(),
-        &result(0.6),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
-    let b = build_sr(
-        &source(),
-        &result(0.6),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
+    let a = trained_sr(&source(), 0.6);
+    let b = trained_sr(&source(), 0.6);
     let (mut ba, mut bb) = (Vec::new(), Vec::new());
     a.write_all(&mut ba).unwrap();
     b.write_all(&mut bb).unwrap();
@@ -518,15 +500,7 @@ fn acr_nema_dates_and_empty_sequences_are_written_in_a_form_validators_accept() 
         dicom_core::value::DataSetSequence::<InMemDicomObject>::from(Vec::new()),
     ));
     let src = SourceInstance::from_dataset(&ds).unwrap();
-    let sr = build_sr(
-        &src,
-        &result(0.6),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
+    let sr = trained_sr(&src, 0.6);
     assert_eq!(str_of(&sr, tags::STUDY_DATE), "20240229");
     assert_eq!(str_of(&sr, tags::STUDY_TIME), "101530.25");
     assert_eq!(str_of(&sr, tags::PATIENT_BIRTH_DATE), "1960-01-01");
@@ -762,15 +736,7 @@ fn configured_equipment_names_are_written_and_blank_ones_left_out() {
         str_of(&equipment[0], tags::INSTITUTION_NAME),
         "Mining Hospital"
     );
-    let plain = build_sr(
-        &source(),
-        &result(0.4),
-        &model(WeightsKind::Trained),
-        &node(),
-        &ReportOptions::default(),
-        &time(),
-    )
-    .unwrap();
+    let plain = trained_sr(&source(), 0.4);
     assert!(plain.element(tags::INSTITUTION_NAME).is_err());
     assert!(plain.element(tags::STATION_NAME).is_err());
 }
