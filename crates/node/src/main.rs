@@ -341,7 +341,6 @@ async fn serve(config: Config) -> Result<()> {
             },
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
-            unrecorded: Default::default(),
         }
         .run(),
     );

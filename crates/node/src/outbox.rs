@@ -49,9 +49,6 @@ pub struct OutboxWorker {
     /// Woken when something is enqueued.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
-    /// Set when an answer could not be recorded (the database full or
-    /// locked): the delivery loops pause rather than send again at once.
-    pub unrecorded: std::sync::atomic::AtomicBool,
 }
 
 impl OutboxWorker {
@@ -130,15 +127,11 @@ impl OutboxWorker {
                 continue;
             }
             for batch in due.chunks(self.settings.batch) {
-                self.deliver(&destination, batch).await;
                 // An answer the database could not record leaves its row due
                 // as before: without a pause the loop would send the same
                 // instance again at once, again and again (a full disk made
                 // a PACS receive one instance 700 times).
-                if self
-                    .unrecorded
-                    .swap(false, std::sync::atomic::Ordering::SeqCst)
-                {
+                if !self.deliver(&destination, batch).await {
                     let pause = Duration::from_secs(self.settings.retry_base_s.max(5));
                     Metrics::inc(&self.metrics.deliveries_failed, batch.len() as u64);
                     warn!(
@@ -160,20 +153,25 @@ impl OutboxWorker {
         )
     }
 
-    async fn record(&self, result: Result<(), pneumo_store::StoreError>) {
-        if let Err(e) = result {
-            warn!(error = %e, "cannot record a delivery in the outbox");
-            self.unrecorded
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Whether the outbox took the answer (false: the database is full or
+    /// locked, logged here).
+    fn recorded(&self, result: Result<(), pneumo_store::StoreError>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "cannot record a delivery in the outbox");
+                false
+            }
         }
     }
 
-    async fn retry_all(&self, items: &[OutboxItem], reason: &str) {
+    /// Puts `items` off by their back-off; false if one could not be recorded.
+    async fn retry_all(&self, items: &[OutboxItem], reason: &str) -> bool {
         Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
+        let mut all = true;
         for item in items {
             let delay = self.retry_delay(item.attempts);
-            self.record(self.store.mark_retry(item.id, reason, delay).await)
-                .await;
+            all &= self.recorded(self.store.mark_retry(item.id, reason, delay).await);
         }
         if let Some(first) = items.first() {
             warn!(
@@ -183,22 +181,25 @@ impl OutboxWorker {
                 "delivery failed; will retry"
             );
         }
+        all
     }
 
-    async fn deliver(&self, destination: &Destination, items: &[OutboxItem]) {
+    /// Sends `items` over one association and records each answer; false
+    /// when an answer could not be recorded.
+    async fn deliver(&self, destination: &Destination, items: &[OutboxItem]) -> bool {
+        let mut all = true;
         let mut sendable = Vec::new();
         for item in items {
             match FileToSend::inspect(&self.store.instance_file(&item.path)) {
                 Ok(f) => sendable.push((item, f)),
                 Err(e) => {
                     let reason = format!("stored file unreadable: {e}");
-                    self.record(self.store.mark_parked(item.id, &reason).await)
-                        .await;
+                    all &= self.recorded(self.store.mark_parked(item.id, &reason).await);
                 }
             }
         }
         if sendable.is_empty() {
-            return;
+            return all;
         }
         let files: Vec<FileToSend> = sendable.iter().map(|(_, f)| f.clone()).collect();
         let proposals = pneumo_dimse::scu::proposals_for(&files);
@@ -208,27 +209,27 @@ impl OutboxWorker {
             Ok(a) => a,
             Err(e) => {
                 let items: Vec<OutboxItem> = sendable.iter().map(|(i, _)| (*i).clone()).collect();
-                self.retry_all(&items, &e.to_string()).await;
-                return;
+                return self.retry_all(&items, &e.to_string()).await && all;
             }
         };
         for (n, (item, file)) in sendable.iter().enumerate() {
             match assoc.store(file).await {
-                Ok(outcome) => self.record_outcome(item, &outcome).await,
+                Ok(outcome) => all &= self.record_outcome(item, &outcome).await,
                 Err(e) => {
                     let rest: Vec<OutboxItem> =
                         sendable[n..].iter().map(|(i, _)| (*i).clone()).collect();
-                    self.retry_all(&rest, &e.to_string()).await;
-                    return;
+                    return self.retry_all(&rest, &e.to_string()).await && all;
                 }
             }
         }
         if let Err(e) = assoc.release().await {
             warn!(error = %e, "release failed after delivery");
         }
+        all
     }
 
-    async fn record_outcome(&self, item: &OutboxItem, outcome: &StoreOutcome) {
+    /// Records the destination's answer; false if it could not be.
+    async fn record_outcome(&self, item: &OutboxItem, outcome: &StoreOutcome) -> bool {
         let comment = outcome
             .error_comment
             .as_deref()
@@ -270,6 +271,6 @@ impl OutboxWorker {
                 self.store.mark_parked(item.id, reason).await
             }
         };
-        self.record(result).await;
+        self.recorded(result)
     }
 }
