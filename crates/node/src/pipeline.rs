@@ -456,14 +456,6 @@ enum Generated {
     NotStored(String),
 }
 
-impl From<Generated> for String {
-    fn from(g: Generated) -> String {
-        match g {
-            Generated::NotMade(e) | Generated::NotStored(e) => e,
-        }
-    }
-}
-
 struct Prepared {
     tensor: pneumo_imaging::Tensor,
     report: PreprocessReport,
