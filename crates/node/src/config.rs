@@ -166,33 +166,29 @@ impl Config {
                 .try_parsing(true),
         );
         let built = builder.build().context("reading the configuration")?;
+        // The same values read by serde through toml: its message for a bad
+        // enum value lists the accepted ones (the config crate's does not),
+        // and it refuses a number with a fraction for an integer key, which
+        // the config crate rounds (max_batch = 1.5 became 2, 0.4 became 0).
+        let strict_error = || {
+            built
+                .clone()
+                .try_deserialize::<toml::Value>()
+                .ok()
+                .and_then(|plain| plain.try_into::<Config>().err())
+                .map(|t| t.to_string().trim().replace('\n', " "))
+        };
         let config: Config = match built.clone().try_deserialize() {
             Ok(c) => c,
             Err(e) => {
-                // The config crate's message for a bad enum value does not
-                // list the accepted ones; serde's, through toml, does.
-                let better = built
-                    .try_deserialize::<toml::Value>()
-                    .ok()
-                    .and_then(|plain| plain.try_into::<Config>().err())
-                    .map(|t| t.to_string().trim().replace('\n', " "));
-                return Err(match better {
+                return Err(match strict_error() {
                     Some(message) => anyhow::anyhow!(message),
                     None => anyhow::Error::new(e),
                 }
                 .context("invalid configuration"));
             }
         };
-        // The config crate rounds a number with a fraction into an integer
-        // key (max_batch = 1.5 became 2, 0.4 became 0); serde through toml
-        // refuses it and names the key.
-        if let Some(fraction) = built
-            .try_deserialize::<toml::Value>()
-            .ok()
-            .and_then(|plain| plain.try_into::<Config>().err())
-            .map(|t| t.to_string().trim().replace('\n', " "))
-            .filter(|m| m.contains("floating point"))
-        {
+        if let Some(fraction) = strict_error().filter(|m| m.contains("floating point")) {
             return Err(anyhow::anyhow!(fraction).context("invalid configuration"));
         }
         config.validate()?;
