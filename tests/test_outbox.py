@@ -12,6 +12,7 @@ import pydicom
 import requests
 
 from nodetest import node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 from test_pynetdicom_peers import PynetdicomReceiver
 from test_routing_orthanc import node_config, wait_until
 
@@ -82,32 +83,27 @@ def test_cancel_and_pending_answers_are_not_deliveries(node_factory, rg1_copies,
         pending.close()
 
 
-def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory, rg1_copies, tmp_path):
+def results_to(path, port: int):
+    """A configuration whose one destination, DCMTK's storescp (the
+    `storescp` fixture) on `port`, receives the results."""
+    path.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                    f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    return path
+
+
+def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory, rg1_copies, storescp, tmp_path):
     """The same radiograph re-sent in another transfer syntax: kept beside
     the first, analysed, linked to the first's report, which the results
     destination already has. The second job used to stay `reported`."""
-    import subprocess
-
-    from nodetest import free_port
-
-    port = free_port()
-    config = tmp_path / "node.toml"
-    config.write_text('[[destinations]]\nname = "results"\nae_title = "STORESCP"\n'
-                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
-    scp = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(tmp_path), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        node = node_factory().start(config_file=config)
-        (f,) = rg1_copies("UNCI", 1)
-        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=60)
-        run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # re-encoded: other bytes
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs") == 2)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
-        assert node.count("SELECT COUNT(*) FROM outbox") == 1  # one report, sent once
-    finally:
-        scp.terminate()
-        scp.wait()
+    port, _ = storescp
+    node = node_factory().start(config_file=results_to(tmp_path / "node.toml", port))
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=60)
+    run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # re-encoded: other bytes
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs") == 2)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
+    assert node.count("SELECT COUNT(*) FROM outbox") == 1  # one report, sent once
 
 
 def test_a_re_sent_instance_is_routed_by_the_rules_for_its_caller_once(node_factory, rg1_copies, tmp_path):
@@ -223,13 +219,10 @@ def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factor
         receiver.close()
 
 
-def test_a_re_sent_instance_brings_its_report_to_a_results_destination_added_since(node_factory, rg1_copies, tmp_path):
+def test_a_re_sent_instance_brings_its_report_to_a_results_destination_added_since(
+        node_factory, rg1_copies, storescp, tmp_path):
     """Analysed before any PACS was configured; the PACS added, the study
     re-sent: its SR, made already, is delivered (it never reached it)."""
-    import subprocess
-
-    from nodetest import free_port
-
     node = node_factory().start()
     (f,) = rg1_copies("UNCI", 1)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
@@ -237,21 +230,10 @@ def test_a_re_sent_instance_brings_its_report_to_a_results_destination_added_sin
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
     node.stop()
 
-    port = free_port()
-    config = tmp_path / "node.toml"
-    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
-                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
-    received = tmp_path / "pacs"
-    received.mkdir()
-    scp = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        node.start(config_file=config)
-        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=30)
-        (sr,) = received.iterdir()
-        assert pydicom.dcmread(sr).Modality == "SR"
-        assert node.count("SELECT COUNT(*) FROM jobs") == 1  # nothing analysed again
-    finally:
-        scp.terminate()
-        scp.wait()
+    port, received = storescp
+    node.start(config_file=results_to(tmp_path / "node.toml", port))
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=30)
+    (sr,) = received.iterdir()
+    assert pydicom.dcmread(sr).Modality == "SR"
+    assert node.count("SELECT COUNT(*) FROM jobs") == 1  # nothing analysed again
