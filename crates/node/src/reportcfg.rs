@@ -51,15 +51,19 @@ impl ReportSection {
     }
 
     /// The node as the report names it. Without a configured device UID,
-    /// one is derived from the AE title (UUID v5, `2.25.` form), so it stays
-    /// the same across restarts.
+    /// one is derived from the AE title (UUID v5), so it stays the same
+    /// across restarts; it is written under the UID root like every other
+    /// UID the node makes (`2.25.` form without one). An invalid root is
+    /// left for `NodeIdentity::validate` to name.
     pub fn node_identity(&self, ae_title: &str) -> NodeIdentity {
         let device_uid = if self.device_uid.is_empty() {
             let u = uuid::Uuid::new_v5(
                 &uuid::Uuid::NAMESPACE_OID,
                 format!("pneumo-node device {ae_title}").as_bytes(),
             );
-            format!("2.25.{}", u.as_u128())
+            let root = Some(self.uid_root.as_str()).filter(|r| !r.is_empty());
+            pneumo_report::uid::uuid_to_uid(u, root)
+                .unwrap_or_else(|_| format!("2.25.{}", u.as_u128()))
         } else {
             self.device_uid.clone()
         };
@@ -70,5 +74,38 @@ impl ReportSection {
         node.station_name = opt(&self.station_name);
         node.uid_root = opt(&self.uid_root);
         node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReportSection;
+
+    #[test]
+    fn derived_device_uid_is_under_the_uid_root() {
+        let plain = ReportSection::default().node_identity("PNEUMO");
+        assert!(
+            plain.device_uid.starts_with("2.25."),
+            "{}",
+            plain.device_uid
+        );
+        let rooted = ReportSection {
+            uid_root: "1.2.826.0.1.3680043.10.999".into(),
+            ..ReportSection::default()
+        }
+        .node_identity("PNEUMO");
+        assert!(
+            rooted.device_uid.starts_with("1.2.826.0.1.3680043.10.999."),
+            "{}",
+            rooted.device_uid
+        );
+        assert!(rooted.validate().is_ok());
+        // Same AE title, same root: the same UID at every start.
+        let again = ReportSection {
+            uid_root: "1.2.826.0.1.3680043.10.999".into(),
+            ..ReportSection::default()
+        }
+        .node_identity("PNEUMO");
+        assert_eq!(rooted.device_uid, again.device_uid);
     }
 }
