@@ -153,10 +153,16 @@ impl Config {
     /// Loads the configuration: defaults, the file if given, the environment.
     pub fn load(file: Option<&Path>) -> Result<Config> {
         let mut builder = config::Config::builder();
+        // Where the values came from, for the error: the file by its full
+        // path (the node may run from another directory than the admin's
+        // shell), and the environment when it set any.
+        let mut origins = Vec::new();
         if let Some(path) = file {
+            let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             if !path.is_file() {
-                bail!("configuration file {} does not exist", path.display());
+                bail!("configuration file {} does not exist", shown.display());
             }
+            origins.push(shown.display().to_string());
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
@@ -165,7 +171,15 @@ impl Config {
                 .separator("__")
                 .try_parsing(true),
         );
-        let built = builder.build().context("reading the configuration")?;
+        if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PNEUMO__")) {
+            origins.push("PNEUMO__ environment variables".into());
+        }
+        let invalid = if origins.is_empty() {
+            "invalid configuration".to_string()
+        } else {
+            format!("invalid configuration ({})", origins.join(", "))
+        };
+        let built = builder.build().context(invalid.clone())?;
         // The same values read by serde through toml: its message for a bad
         // enum value lists the accepted ones (the config crate's does not),
         // and it refuses a number with a fraction for an integer key, which
@@ -185,13 +199,13 @@ impl Config {
                     Some(message) => anyhow::anyhow!(message),
                     None => anyhow::Error::new(e),
                 }
-                .context("invalid configuration"));
+                .context(invalid.clone()));
             }
         };
         if let Some(fraction) = strict_error().filter(|m| m.contains("floating point")) {
-            return Err(anyhow::anyhow!(fraction).context("invalid configuration"));
+            return Err(anyhow::anyhow!(fraction).context(invalid.clone()));
         }
-        config.validate()?;
+        config.validate().context(invalid)?;
         Ok(config)
     }
 
@@ -386,6 +400,27 @@ mod tests {
             c.inference.cuda_conv_algo_search,
             pneumo_inference::ConvAlgoSearch::Exhaustive
         );
+    }
+
+    #[test]
+    fn an_error_names_the_file_by_its_full_path() {
+        // A relative path, as `--config node.toml` gives it: the message
+        // names the file wherever the node was started from.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let relative = dir
+            .path()
+            .strip_prefix(std::env::current_dir().unwrap())
+            .unwrap_or(dir.path())
+            .join("bad.toml");
+        std::fs::write(&relative, "[dicom]\nmax_associations = 0\n").unwrap();
+        assert!(relative.is_relative(), "{}", relative.display());
+        let error = format!("{:#}", Config::load(Some(&relative)).unwrap_err());
+        let full = std::path::absolute(&relative).unwrap();
+        assert!(
+            error.contains(&format!("invalid configuration ({})", full.display())),
+            "{error}"
+        );
+        assert!(error.contains("max_associations"), "{error}");
     }
 
     #[test]
