@@ -67,16 +67,26 @@ def _element(element: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0, element, len(value)) + value
 
 
-def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
-    body = (
-        _element(0x0002, sop_class.encode())
-        + _element(0x0100, struct.pack("<H", 0x0001))
-        + _element(0x0110, struct.pack("<H", message_id))
-        + _element(0x0700, struct.pack("<H", 0))
-        + _element(0x0800, struct.pack("<H", 0))
-        + _element(0x1000, sop_instance.encode())
-    )
+def u16(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def command_set(*elements) -> bytes:
+    """A command set (group 0000, implicit VR) of (element, value bytes),
+    group length first."""
+    body = b"".join(_element(element, value) for element, value in elements)
     return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    return command_set(
+        (0x0002, sop_class.encode()),
+        (0x0100, u16(0x0001)),
+        (0x0110, u16(message_id)),
+        (0x0700, u16(0)),
+        (0x0800, u16(0)),
+        (0x1000, sop_instance.encode()),
+    )
 
 
 def parse_command(data: bytes) -> dict:

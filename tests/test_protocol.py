@@ -1,18 +1,30 @@
 """Upper-layer details other peers rarely exercise, sent by hand: a command
-split over several PDVs and PDUs, several PDVs in one PDU, C-ECHO message IDs."""
+split over several PDVs and PDUs, several PDVs in one PDU, C-ECHO message IDs,
+requests the standard does not allow, commands without a response, PDUs
+announced and never sent."""
 
+import socket
 import struct
+import subprocess
+import threading
+import time
 
 import pydicom
 
-from nodetest import dataset_bytes
+from nodetest import dataset_bytes, free_port, node_binary
 from rawdicom import (
     CR_STORAGE,
     RawAssociation,
     VERIFICATION,
+    RELEASE_RQ,
+    associate_ac,
+    associate_rq,
     c_store_rq,
+    command_set,
+    parse_command,
     pdata,
     status_of,
+    u16,
 )
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -62,3 +74,227 @@ def test_echo_answers_each_message_id(node):
         assert struct.unpack("<H", rsp[0x0120])[0] == message_id
         assert status_of(rsp) == 0x0000
     raw.close()
+
+
+def echo_rq(message_id: int) -> bytes:
+    return command_set(
+        (0x0002, VERIFICATION.encode()), (0x0100, u16(0x0030)),
+        (0x0110, u16(message_id)), (0x0800, u16(0x0101)),
+    )
+
+
+def test_no_presentation_context_or_a_repeated_context_id_is_rejected(node):
+    """PS3.8 7.1.1.13: at least one context, each with its own ID. A repeated
+    ID was accepted twice, and a C-STORE on it then refused 0122 or parsed
+    in the other context's transfer syntax (C000)."""
+    for contexts in ([], [(1, VERIFICATION, [IMPLICIT]), (1, CR_STORAGE, [EXPLICIT])]):
+        raw = RawAssociation(node.port)
+        raw.send(associate_rq(node.ae_title, "RAWSCU", contexts))
+        pdu_type, body = raw.read_pdu()
+        raw.close()
+        assert pdu_type == 0x03, contexts
+        assert (body[1], body[2], body[3]) == (1, 1, 1)  # permanent, service user, no reason
+    log = node.log()
+    assert "no presentation context proposed" in log
+    assert "presentation context ID 1 proposed twice" in log
+    assert node.echo_ok()
+
+
+def test_c_cancel_gets_no_response(node):
+    """PS3.7 defines no C-CANCEL response; the node answered it with the
+    non-existent command 0x8FFF."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
+    raw.send(pdata(1, True, True, command_set(
+        (0x0100, u16(0x0FFF)), (0x0120, u16(1)), (0x0800, u16(0x0101)))))
+    raw.send(pdata(1, True, True, echo_rq(5)))
+    rsp = raw.read_command()  # the first answer is the echo's
+    assert struct.unpack("<H", rsp[0x0100])[0] == 0x8030
+    assert struct.unpack("<H", rsp[0x0120])[0] == 5
+    raw.close()
+
+
+def test_commands_no_response_can_answer_abort_the_association(node):
+    """A response sent to the SCP, a command field that is no DIMSE request,
+    a request without a Message ID: answered with invented command fields
+    (0x8030 to a C-ECHO-RSP, 0x9234) or without (0000,0120). Now A-ABORT."""
+    commands = {
+        "C-ECHO-RSP": command_set((0x0002, VERIFICATION.encode()), (0x0100, u16(0x8030)),
+                                  (0x0120, u16(1)), (0x0800, u16(0x0101)), (0x0900, u16(0))),
+        "0x1234": command_set((0x0100, u16(0x1234)), (0x0110, u16(1)), (0x0800, u16(0x0101))),
+        "no Message ID": command_set((0x0002, VERIFICATION.encode()), (0x0100, u16(0x0030)),
+                                     (0x0800, u16(0x0101))),
+    }
+    for name, command in commands.items():
+        raw = RawAssociation(node.port)
+        raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
+        raw.send(pdata(1, True, True, command))
+        pdu_type, _ = raw.read_pdu()
+        assert pdu_type == 0x07, name
+        assert raw.closed_by_peer(5), name
+        raw.close()
+    assert node.echo_ok()
+
+
+def test_a_store_without_affected_sop_class_says_so(node, rg1_copies):
+    (path,) = rg1_copies("UNCI", 1)
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT])])
+    raw.send(pdata(1, True, True, command_set(
+        (0x0100, u16(0x0001)), (0x0110, u16(9)), (0x0700, u16(0)), (0x0800, u16(0)),
+        (0x1000, uid.encode()))))
+    raw.send(pdata(1, False, True, dataset_bytes(path)[:2000]))
+    rsp = raw.read_command()
+    raw.close()
+    assert status_of(rsp) == 0xC000
+    assert rsp[0x0902].rstrip(b"\0 ") == b"no Affected SOP Class UID"
+
+
+def test_an_unsupported_operation_is_0211_and_no_refused_instance(node):
+    """A C-FIND with its identifier was logged and counted as a refused
+    instance ("C-STORE requests answered with a failure")."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [IMPLICIT])])
+    raw.send(pdata(1, True, True, command_set(
+        (0x0002, CR_STORAGE.encode()), (0x0100, u16(0x0020)), (0x0110, u16(3)),
+        (0x0700, u16(0)), (0x0800, u16(0)))))
+    raw.send(pdata(1, False, True, struct.pack("<HHI", 0x0010, 0x0010, 2) + b"*\0"))
+    rsp = raw.read_command()
+    raw.close()
+    assert struct.unpack("<H", rsp[0x0100])[0] == 0x8020
+    assert status_of(rsp) == 0x0211
+    _, metrics = node.http("/metrics")
+    assert "pneumo_instances_refused_total 0" in metrics.splitlines()
+    assert "instance refused" not in node.log()
+
+
+def test_a_pdu_trickling_into_an_idle_association_is_bounded_by_the_read_timeout(node_factory):
+    """Once a PDU has begun, the rest must come within read_timeout_s, also
+    when it starts an idle association's next message (the idle timeout,
+    minutes, bounded it)."""
+    node = node_factory(dicom__read_timeout_s=2, dicom__idle_timeout_s=120).start()
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
+    pdu = pdata(1, True, True, echo_rq(1))
+    started = time.monotonic()
+    closed = False
+    for byte in pdu[:-1]:
+        try:
+            raw.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        if raw.closed_by_peer(0.5):
+            closed = True
+            break
+    raw.close()
+    assert closed and time.monotonic() - started < 30, "the trickling PDU was not cut off"
+    assert "PDU not complete within 2 s" in node.log()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_an_announced_pdu_length_is_not_allocated_before_its_bytes_arrive(node_factory):
+    """Six bytes announcing a large PDU made the node zero a buffer of that
+    size at once: 60 connections announcing 1 MiB association requests, or
+    4 associations announcing 64 MiB P-DATA, cost 60 MiB / 256 MiB."""
+    node = node_factory(dicom__max_pdu=64 << 20).start()
+    assert node.echo_ok()
+    before = rss_kib(node.proc.pid)
+    held = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", node.port))
+        s.sendall(struct.pack(">BxI", 0x01, (1 << 20) - 1))
+        held.append(s)
+    for _ in range(4):
+        raw = RawAssociation(node.port)
+        raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
+        raw.send(struct.pack(">BxI", 0x04, (64 << 20) - 8))
+        held.append(raw.sock)
+    time.sleep(1)
+    grown_mib = (rss_kib(node.proc.pid) - before) / 1024
+    for s in held:
+        s.close()
+    assert grown_mib < 32, f"{grown_mib:.0f} MiB for PDUs that never came"
+    assert node.echo_ok()
+
+
+# --- the node's SCU --------------------------------------------------------
+
+RELEASE_RP = struct.pack(">BxI", 0x06, 4) + bytes(4)
+
+
+class ReleaseQuirkScp(threading.Thread):
+    """A storage SCP that stores one instance, then answers the A-RELEASE-RQ
+    as PS3.8 7.2.2 allows: with its own A-RELEASE-RQ (a release collision),
+    or with more P-DATA before its A-RELEASE-RP. Records what the node sent
+    after its A-RELEASE-RQ."""
+
+    def __init__(self, quirk: str):
+        super().__init__(daemon=True)
+        self.quirk = quirk
+        self.port = free_port()
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        self.after_release = []
+        self.start()
+
+    def run(self):
+        conn, _ = self.server.accept()
+        conn.settimeout(20)
+        raw = RawAssociation.__new__(RawAssociation)
+        raw.sock = conn
+        _, rq = raw.read_pdu()
+        raw.send(associate_ac(rq))
+        command, command_done, context_id = b"", False, 1
+        while True:
+            pdu_type, body = raw.read_pdu()
+            if pdu_type == 0x05:
+                break
+            pos = 0
+            while pos < len(body):
+                length, context_id, control = struct.unpack_from(">IBB", body, pos)
+                data = body[pos + 6 : pos + 4 + length]
+                pos += 4 + length
+                if control & 1:
+                    command += data
+                    command_done = bool(control & 2)
+                elif control & 2 and command_done:
+                    rq_cmd = parse_command(command)
+                    raw.send(pdata(context_id, True, True, command_set(
+                        (0x0002, rq_cmd[0x0002]), (0x0100, u16(0x8001)),
+                        (0x0120, rq_cmd[0x0110]), (0x0800, u16(0x0101)), (0x0900, u16(0)),
+                        (0x1000, rq_cmd[0x1000]))))
+                    command, command_done = b"", False
+        if self.quirk == "collision":
+            raw.send(RELEASE_RQ)
+            self.after_release.append(raw.read_pdu()[0])  # the requestor answers first
+            raw.send(RELEASE_RP)
+        else:
+            raw.send(pdata(context_id, True, True, echo_rq(99)))
+            raw.send(RELEASE_RP)
+        conn.close()
+
+
+def test_the_scu_completes_a_release_the_standard_allows(rg1_copies):
+    """A release collision, or P-DATA before the A-RELEASE-RP: `store` said
+    "protocol error", exited 1 and printed none of the results the peer had
+    already given (the instance was stored)."""
+    (path,) = rg1_copies("UNCI", 1)
+    for quirk in ("collision", "pdata-first"):
+        scp = ReleaseQuirkScp(quirk)
+        done = subprocess.run(
+            [node_binary(), "store", f"QUIRK@127.0.0.1:{scp.port}", path],
+            capture_output=True, text=True, timeout=60,
+        )
+        scp.join(20)
+        assert done.returncode == 0, (quirk, done.stdout, done.stderr)
+        assert done.stdout.startswith("OK "), (quirk, done.stdout)
+        assert "1 stored, 0 with warnings, 0 failed" in done.stdout
+        if quirk == "collision":
+            assert scp.after_release == [0x06]  # A-RELEASE-RP

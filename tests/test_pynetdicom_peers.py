@@ -14,7 +14,7 @@ from pynetdicom.sop_class import (
 )
 
 from nodetest import dataset_bytes, free_port, node_binary, run_dcmtk, same_dataset
-from rawdicom import rejection
+from rawdicom import IMPLICIT_LE, VERIFICATION, RawAssociation, associate_rq, rejection
 
 CR = ComputedRadiographyImageStorage
 
@@ -111,6 +111,14 @@ def test_too_many_associations(node_factory):
     assert "pneumo_associations_rejected_total 1" in text.splitlines()
 
 
+def assert_both_slots_free(node):
+    """Two associations (the node's max_associations here) open at once."""
+    held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    for a in held:
+        a.release()
+
+
 def test_bare_connections_do_not_take_the_association_slots(node_factory):
     """TCP connections that send nothing (a port scan, a load balancer's
     health check) used to count against max_associations until
@@ -121,13 +129,29 @@ def test_bare_connections_do_not_take_the_association_slots(node_factory):
     bare = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(5)]
     try:
         time.sleep(0.2)
-        held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]
-        assert all(a.is_established for a in held)
-        for a in held:
-            a.release()
+        assert_both_slots_free(node)
     finally:
         for s in bare:
             s.close()
+
+
+def test_rejected_requests_do_not_take_the_association_slots(node_factory):
+    """A rejected request used to hold an association slot while the node
+    waited (2 s) for the peer to close: peers that never close, sending
+    requests nobody accepts, locked out every sender."""
+    node = node_factory(dicom__max_associations=2).start()
+    wrong = [RawAssociation(node.port) for _ in range(4)]
+    try:
+        for raw in wrong:
+            raw.send(associate_rq("NOT-THIS-NODE", "HOSTILE", [(1, VERIFICATION, [IMPLICIT_LE])]))
+            assert raw.read_pdu()[0] == 0x03
+        # The four rejected connections are still open: the node must not
+        # count them as associations.
+        assert_both_slots_free(node)
+    finally:
+        for raw in wrong:
+            raw.close()
+    assert "called AE title `NOT-THIS-NODE` is not this node's" in node.log()
 
 
 def test_unsupported_abstract_syntax_is_rejected_alone(node, rg1_copies):

@@ -15,6 +15,28 @@ pub mod field {
     pub const C_STORE_RSP: u16 = 0x8001;
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
+    pub const C_CANCEL_RQ: u16 = 0x0FFF;
+
+    /// The DIMSE request command fields (PS3.7 E.1-1, E.2-1), C-CANCEL
+    /// included; their responses are these with bit 15 set.
+    const REQUESTS: [u16; 12] = [
+        0x0001,
+        0x0010,
+        0x0020,
+        0x0021,
+        C_ECHO_RQ,
+        0x0100,
+        0x0110,
+        0x0120,
+        0x0130,
+        0x0140,
+        0x0150,
+        C_CANCEL_RQ,
+    ];
+
+    pub fn is_request(command_field: u16) -> bool {
+        REQUESTS.contains(&command_field)
+    }
 }
 
 /// (0000,0800) value meaning "no data set follows".

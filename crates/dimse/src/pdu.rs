@@ -118,14 +118,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     /// P-DATA-TF bodies may be up to `max_pdata` bytes, others up to
     /// [`MAX_CONTROL_PDU`].
     pub async fn read(&mut self, max_pdata: u32) -> Result<u8, PduError> {
-        let mut header = [0u8; PDU_HEADER_SIZE as usize];
-        let first = self.stream.read(&mut header[..1]).await?;
-        if first == 0 {
+        let first = self.first_byte().await?;
+        self.rest_of_pdu(first, max_pdata).await
+    }
+
+    /// Waits for the first byte of the next PDU (its type). Cancel-safe:
+    /// nothing is consumed unless it returns.
+    pub async fn first_byte(&mut self) -> Result<u8, PduError> {
+        let mut first = [0u8; 1];
+        if self.stream.read(&mut first).await? == 0 {
             return Err(PduError::Closed);
         }
-        self.read_exact(&mut header[1..]).await?;
-        let pdu_type = header[0];
-        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+        Ok(first[0])
+    }
+
+    /// Reads the rest of the PDU whose first byte was `pdu_type`.
+    pub async fn rest_of_pdu(&mut self, pdu_type: u8, max_pdata: u32) -> Result<u8, PduError> {
+        let mut header = [0u8; PDU_HEADER_SIZE as usize - 1];
+        self.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         let max = match pdu_type {
             TYPE_P_DATA_TF => max_pdata,
             TYPE_ASSOCIATE_RQ..=TYPE_ABORT => MAX_CONTROL_PDU,
@@ -134,11 +145,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
         if len > max {
             return Err(PduError::TooLarge { len, max });
         }
+        // The buffer grows with the bytes that arrive, not with the length
+        // announced: a peer that announces a large PDU and sends nothing
+        // costs nothing (the allocation is kept for the next PDUs).
         let mut body = std::mem::take(&mut self.body);
-        body.resize(len as usize, 0);
-        let read = self.read_exact(&mut body).await;
+        body.clear();
+        let read = self.read_body(&mut body, len as usize).await;
         self.body = body;
         read.map(|_| pdu_type)
+    }
+
+    /// Reads `len` bytes into `body` (empty), growing it geometrically
+    /// (64 KiB, then doubling, never past `len`) only when it is full.
+    async fn read_body(&mut self, body: &mut Vec<u8>, len: usize) -> Result<(), PduError> {
+        while body.len() < len {
+            let remaining = len - body.len();
+            if body.capacity() == body.len() {
+                body.reserve_exact(remaining.min(body.len().max(64 * 1024)));
+            }
+            let read = (&mut self.stream)
+                .take(remaining as u64)
+                .read_buf(body)
+                .await?;
+            if read == 0 {
+                return Err(PduError::Truncated);
+            }
+        }
+        Ok(())
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), PduError> {

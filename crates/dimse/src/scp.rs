@@ -355,38 +355,42 @@ async fn serve_connection<H: StoreHandler>(
         }
     };
 
-    // An association from here on: its slot is taken now, not at connect.
-    drop(handshake);
-    let slot = Slot::take(&shared.active, config.max_associations);
     let calling_ae = rq.calling_ae_title.trim().to_string();
     let called_ae = rq.called_ae_title.trim().to_string();
-    if !slot.within_limit {
-        warn!(%calling_ae, limit = config.max_associations, "association limit reached; rejecting");
-        shared
-            .handler
-            .association_rejected(&calling_ae, "local limit exceeded");
-        let rj = AssociationRJ {
-            result: AssociationRJResult::Transient,
-            source: AssociationRJSource::ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        };
-        let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
-        conn.close_after(pdu::ARTIM).await;
-        return;
-    }
-    let (ac, contexts, peer_max_pdu) = match negotiate(config, &rq, peer.ip()) {
-        Ok(n) => n,
-        Err(rj) => {
-            warn!(%calling_ae, %called_ae, source = ?rj.source, "association rejected");
+    // A rejected request never holds an association slot: it stays counted
+    // with the connections still handshaking while the RJ is sent and the
+    // peer given its time to close (it would otherwise let requests nobody
+    // accepts lock out real senders).
+    let accepted = negotiate(config, &rq, peer.ip()).and_then(|negotiated| {
+        let slot = Slot::take(&shared.active, config.max_associations);
+        if slot.within_limit {
+            Ok((negotiated, slot))
+        } else {
+            Err(Refusal {
+                rj: AssociationRJ {
+                    result: AssociationRJResult::Transient,
+                    source: AssociationRJSource::ServiceProviderPresentation(
+                        AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                    ),
+                },
+                why: format!("association limit ({}) reached", config.max_associations),
+            })
+        }
+    });
+    let ((ac, contexts, peer_max_pdu), _slot) = match accepted {
+        Ok(a) => a,
+        Err(refusal) => {
+            warn!(%calling_ae, %called_ae, why = %refusal.why, "association rejected");
             shared
                 .handler
-                .association_rejected(&calling_ae, &format!("{:?}", rj.source));
-            let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
+                .association_rejected(&calling_ae, &refusal.why);
+            let _ = conn.send(&Pdu::AssociationRJ(refusal.rj)).await;
             conn.close_after(pdu::ARTIM).await;
             return;
         }
     };
+    // An association from here on: it holds its slot, not a handshake's.
+    drop(handshake);
     if let Err(e) = conn.send(&Pdu::AssociationAC(ac)).await {
         warn!(error = %e, "could not send A-ASSOCIATE-AC");
         return;
@@ -434,21 +438,34 @@ async fn serve_connection<H: StoreHandler>(
     }
 }
 
-async fn read_with_timeout<S>(
-    conn: &mut PduStream<S>,
+/// Reads the next PDU, which must begin and end within `limit`.
+async fn read_with_timeout(
+    conn: &mut PduStream<TcpStream>,
     limit: Duration,
     max_pdu: u32,
-) -> Result<u8, PduError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match tokio::time::timeout(limit, conn.read(max_pdu)).await {
-        Ok(r) => r,
-        Err(_) => Err(PduError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no complete PDU within {} s", limit.as_secs_f32()),
-        ))),
-    }
+) -> Result<u8, PduError> {
+    let first = tokio::time::timeout(limit, conn.first_byte())
+        .await
+        .map_err(|_| timed_out(format!("no PDU within {} s", limit.as_secs_f32())))??;
+    read_rest_with_timeout(conn, first, limit, max_pdu).await
+}
+
+/// Reads the rest of a PDU begun with `first`, within `limit` (so a PDU
+/// trickling in is bounded by the read timeout, also when it starts an idle
+/// association's next message).
+async fn read_rest_with_timeout(
+    conn: &mut PduStream<TcpStream>,
+    first: u8,
+    limit: Duration,
+    max_pdu: u32,
+) -> Result<u8, PduError> {
+    tokio::time::timeout(limit, conn.rest_of_pdu(first, max_pdu))
+        .await
+        .map_err(|_| timed_out(format!("PDU not complete within {} s", limit.as_secs_f32())))?
+}
+
+fn timed_out(message: String) -> PduError {
+    PduError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
 }
 
 #[derive(Debug, Clone)]
@@ -459,21 +476,38 @@ struct NegotiatedContext {
     accepted: bool,
 }
 
-fn reject(result: AssociationRJResult, source: AssociationRJSource) -> AssociationRJ {
-    AssociationRJ { result, source }
+/// An A-ASSOCIATE-RJ, and why, for the log and the counters.
+struct Refusal {
+    rj: AssociationRJ,
+    why: String,
+}
+
+fn reject(
+    result: AssociationRJResult,
+    source: AssociationRJSource,
+    why: impl Into<String>,
+) -> Refusal {
+    Refusal {
+        rj: AssociationRJ { result, source },
+        why: why.into(),
+    }
 }
 
 fn negotiate(
     config: &ScpConfig,
     rq: &AssociationRQ,
     peer_ip: IpAddr,
-) -> Result<(AssociationAC, Vec<NegotiatedContext>, u32), AssociationRJ> {
+) -> Result<(AssociationAC, Vec<NegotiatedContext>, u32), Refusal> {
     use AssociationRJResult::Permanent;
     if rq.protocol_version & 1 == 0 {
         return Err(reject(
             Permanent,
             AssociationRJSource::ServiceProviderASCE(
                 AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+            ),
+            format!(
+                "protocol version {:#06x} not supported",
+                rq.protocol_version
             ),
         ));
     }
@@ -483,6 +517,10 @@ fn negotiate(
             AssociationRJSource::ServiceUser(
                 AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
             ),
+            format!(
+                "application context {} not supported",
+                sop::trim_uid(&rq.application_context_name)
+            ),
         ));
     }
     if config.require_called_ae && rq.called_ae_title.trim() != config.ae_title {
@@ -490,6 +528,10 @@ fn negotiate(
             Permanent,
             AssociationRJSource::ServiceUser(
                 AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ),
+            format!(
+                "called AE title `{}` is not this node's",
+                rq.called_ae_title.trim()
             ),
         ));
     }
@@ -499,6 +541,26 @@ fn negotiate(
             AssociationRJSource::ServiceUser(
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized,
             ),
+            "calling AE title not in dicom.allowed_callers (or not from its host)",
+        ));
+    }
+    // PS3.8 7.1.1.13 / 9.3.2: at least one presentation context, each with
+    // its own (odd) ID. With a repeated ID the A-ASSOCIATE-AC could not say
+    // which proposal each result answers, nor P-DATA which one it uses.
+    if rq.presentation_contexts.is_empty() {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            "no presentation context proposed",
+        ));
+    }
+    let mut ids: Vec<u8> = rq.presentation_contexts.iter().map(|pc| pc.id).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            format!("presentation context ID {} proposed twice", w[0]),
         ));
     }
 
@@ -640,20 +702,33 @@ impl<H: StoreHandler> Association<'_, H> {
     async fn run(&mut self) -> AssociationEnd {
         let config = &self.shared.config;
         loop {
-            let limit = match self.state {
-                MessageState::Idle => config.idle_timeout,
-                _ => config.read_timeout,
-            };
-            let read = read_with_timeout(&mut self.conn, limit, config.max_pdu);
             let next = if matches!(self.state, MessageState::Idle) {
-                // Between messages: a shutdown ends the association here.
+                // Between messages: a shutdown ends the association here,
+                // before the next PDU has begun.
                 let mut draining = self.shared.draining.subscribe();
-                tokio::select! {
-                    r = read => Some(r),
+                let first = tokio::select! {
+                    r = tokio::time::timeout(config.idle_timeout, self.conn.first_byte()) => Some(r),
                     _ = draining.wait_for(|d| *d) => None,
+                };
+                match first {
+                    None => None,
+                    Some(Err(_)) => Some(Err(timed_out(format!(
+                        "idle for {} s",
+                        config.idle_timeout.as_secs_f32()
+                    )))),
+                    Some(Ok(Err(e))) => Some(Err(e)),
+                    Some(Ok(Ok(first))) => Some(
+                        read_rest_with_timeout(
+                            &mut self.conn,
+                            first,
+                            config.read_timeout,
+                            config.max_pdu,
+                        )
+                        .await,
+                    ),
                 }
             } else {
-                Some(read.await)
+                Some(read_with_timeout(&mut self.conn, config.read_timeout, config.max_pdu).await)
             };
             let Some(next) = next else {
                 self.conn
@@ -795,6 +870,26 @@ impl<H: StoreHandler> Association<'_, H> {
         context_id: u8,
         command: Command,
     ) -> Result<MessageState, String> {
+        if command.command_field == field::C_CANCEL_RQ {
+            if command.has_data_set() {
+                return Err("C-CANCEL with a data set".into());
+            }
+            // No response is defined (PS3.7 9.3.2.3): nothing this node runs
+            // can be cancelled, so there is nothing to do.
+            debug!(message_id = ?command.message_id_being_responded_to, "C-CANCEL ignored");
+            return Ok(MessageState::Idle);
+        }
+        if !field::is_request(command.command_field) {
+            // A response, or no DIMSE command at all: there is no response
+            // to give it, so the association cannot go on.
+            return Err(format!(
+                "command field {:#06x} is not a request this node can answer",
+                command.command_field
+            ));
+        }
+        if command.message_id.is_none() {
+            return Err("request without a Message ID (its response could not name it)".into());
+        }
         match command.command_field {
             field::C_ECHO_RQ => {
                 debug!(message_id = ?command.message_id, "C-ECHO");
@@ -826,6 +921,10 @@ impl<H: StoreHandler> Association<'_, H> {
                 let reply = if command.command_field == field::C_STORE_RQ {
                     StoreReply::failure(Status::CANNOT_UNDERSTAND, "C-STORE without a data set")
                 } else {
+                    warn!(
+                        command_field = format_args!("{:#06x}", command.command_field),
+                        "operation not supported"
+                    );
                     StoreReply::failure(Status::UNRECOGNIZED_OPERATION, "operation not supported")
                 };
                 self.respond(context_id, &command, reply).await?;
@@ -839,10 +938,15 @@ impl<H: StoreHandler> Association<'_, H> {
         let context = self
             .context(context_id)
             .map_err(|e| StoreReply::failure(Status::CANNOT_UNDERSTAND, e))?;
-        let sop_class = command
-            .affected_sop_class_uid
-            .as_deref()
-            .unwrap_or_default();
+        let sop_class = match command.affected_sop_class_uid.as_deref() {
+            Some(uid) if !uid.is_empty() => uid,
+            _ => {
+                return Err(StoreReply::failure(
+                    Status::CANNOT_UNDERSTAND,
+                    "no Affected SOP Class UID",
+                ))
+            }
+        };
         if sop_class != context.abstract_syntax {
             return Err(StoreReply::failure(
                 Status::SOP_CLASS_NOT_SUPPORTED,
@@ -912,7 +1016,12 @@ impl<H: StoreHandler> Association<'_, H> {
                 }
             },
         };
-        if refused_here && reply.status.is_failure() {
+        if command.command_field != field::C_STORE_RQ {
+            warn!(
+                command_field = format_args!("{:#06x}", command.command_field),
+                "operation not supported; its data set was dropped"
+            );
+        } else if refused_here && reply.status.is_failure() {
             // The handler logs and counts what it refuses; these never
             // reached it (spooling failed, a request it did not admit, ...).
             warn!(

@@ -508,17 +508,36 @@ impl ClientAssociation {
     }
 
     /// Releases the association (A-RELEASE), waiting for the peer's reply.
+    /// A release collision (the peer's own A-RELEASE-RQ) is answered as the
+    /// requestor answers it, with A-RELEASE-RP first (PS3.8 7.2.2); data
+    /// the peer still sends before its reply is read and dropped.
     pub async fn release(mut self) -> Result<(), ScuError> {
         self.conn.send(&Pdu::ReleaseRQ).await?;
-        let pdu_type = read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await?;
+        let result = loop {
+            let pdu_type =
+                match read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await {
+                    Ok(t) => t,
+                    Err(e) => break Err(e),
+                };
+            match pdu_type {
+                pdu::TYPE_RELEASE_RP => break Ok(()),
+                pdu::TYPE_RELEASE_RQ => {
+                    if let Err(e) = self.conn.send(&Pdu::ReleaseRP).await {
+                        break Err(e.into());
+                    }
+                }
+                pdu::TYPE_P_DATA_TF => debug!("P-DATA-TF while releasing; dropped"),
+                pdu::TYPE_ABORT => break Err(ScuError::Aborted),
+                other => {
+                    self.conn.abort_as_user().await;
+                    break Err(ScuError::Protocol(format!(
+                        "expected A-RELEASE-RP, got PDU type {other:#04x}"
+                    )));
+                }
+            }
+        };
         self.conn.shutdown().await;
-        match pdu_type {
-            pdu::TYPE_RELEASE_RP => Ok(()),
-            pdu::TYPE_ABORT => Err(ScuError::Aborted),
-            other => Err(ScuError::Protocol(format!(
-                "expected A-RELEASE-RP, got PDU type {other:#04x}"
-            ))),
-        }
+        result
     }
 
     pub async fn abort(mut self) {
@@ -597,8 +616,17 @@ pub async fn echo(addr: &AeAddress, options: &ScuOptions) -> Result<EchoOutcome,
     )];
     let mut assoc = ClientAssociation::open(addr, options, &proposals).await?;
     let status = assoc.echo().await?;
-    assoc.release().await?;
+    release_answered(assoc).await;
     Ok(EchoOutcome { status })
+}
+
+/// Releases an association whose requests were all answered: a peer that
+/// botches the release changes none of those answers, so it is logged, not
+/// returned.
+async fn release_answered(assoc: ClientAssociation) {
+    if let Err(e) = assoc.release().await {
+        warn!(error = %e, "the peer did not release the association properly (its answers stand)");
+    }
 }
 
 /// Sends files over as few associations as the presentation-context limit
@@ -629,14 +657,50 @@ pub async fn store_files(
             end += 1;
         }
         let batch = &files[start..end];
-        let mut assoc = ClientAssociation::open(addr, options, &proposals_for(batch)).await?;
-        for file in batch {
-            let outcome = assoc.store(file).await?;
-            debug!(path = %file.path.display(), result = ?outcome.result, "C-STORE sent");
-            outcomes.push(outcome);
-        }
-        assoc.release().await?;
         start = end;
+        let not_sent = |file: &FileToSend, why: String| StoreOutcome {
+            path: file.path.clone(),
+            sop_instance_uid: file.sop_instance_uid.clone(),
+            result: Err(why),
+            error_comment: None,
+        };
+        let mut assoc = match ClientAssociation::open(addr, options, &proposals_for(batch)).await {
+            Ok(a) => a,
+            // Nothing sent yet: the whole command failed, say so once.
+            Err(e) if outcomes.iter().all(|o| o.result.is_err()) && end == batch.len() => {
+                return Err(e)
+            }
+            Err(e) => {
+                outcomes.extend(batch.iter().map(|f| not_sent(f, format!("not sent: {e}"))));
+                continue;
+            }
+        };
+        let mut sent = 0;
+        for file in batch {
+            match assoc.store(file).await {
+                Ok(outcome) => {
+                    debug!(path = %file.path.display(), result = ?outcome.result, "C-STORE sent");
+                    outcomes.push(outcome);
+                    sent += 1;
+                }
+                Err(e) => {
+                    // The association is lost: what was answered stands, this
+                    // file and the rest of the batch were not stored.
+                    outcomes.push(not_sent(file, e.to_string()));
+                    outcomes.extend(
+                        batch[sent + 1..]
+                            .iter()
+                            .map(|f| not_sent(f, format!("not sent: the association ended ({e})"))),
+                    );
+                    break;
+                }
+            }
+        }
+        if sent == batch.len() {
+            release_answered(assoc).await;
+        } else {
+            assoc.abort().await;
+        }
     }
     Ok(outcomes)
 }
