@@ -13,6 +13,7 @@ import pydicom
 
 from nodetest import dataset_bytes, free_port, node_binary
 from rawdicom import (
+    ABORT,
     CR_STORAGE,
     RawAssociation,
     VERIFICATION,
@@ -231,10 +232,11 @@ RELEASE_RP = struct.pack(">BxI", 0x06, 4) + bytes(4)
 
 
 class ReleaseQuirkScp(threading.Thread):
-    """A storage SCP that stores one instance, then answers the A-RELEASE-RQ
+    """A storage SCP that stores instances, then answers the A-RELEASE-RQ
     as PS3.8 7.2.2 allows: with its own A-RELEASE-RQ (a release collision),
     or with more P-DATA before its A-RELEASE-RP. Records what the node sent
-    after its A-RELEASE-RQ."""
+    after its A-RELEASE-RQ. With the quirk "abort", it aborts the
+    association after answering the first C-STORE."""
 
     def __init__(self, quirk: str):
         super().__init__(daemon=True)
@@ -271,6 +273,10 @@ class ReleaseQuirkScp(threading.Thread):
                         (0x0120, rq_cmd[0x0110]), (0x0800, u16(0x0101)), (0x0900, u16(0)),
                         (0x1000, rq_cmd[0x1000]))))
                     command, command_done = b"", False
+                    if self.quirk == "abort":
+                        raw.send(ABORT)
+                        conn.close()
+                        return
         if self.quirk == "collision":
             raw.send(RELEASE_RQ)
             self.after_release.append(raw.read_pdu()[0])  # the requestor answers first
@@ -298,3 +304,21 @@ def test_the_scu_completes_a_release_the_standard_allows(rg1_copies):
         assert "1 stored, 0 with warnings, 0 failed" in done.stdout
         if quirk == "collision":
             assert scp.after_release == [0x06]  # A-RELEASE-RP
+
+
+def test_the_scu_keeps_the_answers_given_before_the_association_was_lost(rg1_copies):
+    """The peer aborts after storing the first of three files: `store` used
+    to print only "association aborted by the peer", not that the first
+    file was stored."""
+    paths = rg1_copies("UNCI", 3)
+    scp = ReleaseQuirkScp("abort")
+    done = subprocess.run(
+        [node_binary(), "store", f"QUIRK@127.0.0.1:{scp.port}", *paths],
+        capture_output=True, text=True, timeout=60,
+    )
+    scp.join(20)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("OK "), lines
+    assert all(line.startswith("FAILED ") for line in lines[1:3]), lines
+    assert "1 stored, 0 with warnings, 2 failed" in done.stdout
