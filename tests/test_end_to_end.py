@@ -345,7 +345,17 @@ def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_c
     evaluation, certainty = sr_finding(sr_path)
     assert evaluation == (PRESENT if p >= 0.5 else ABSENT)
     assert certainty == pytest.approx(p * 100, abs=1e-3)
-    assert "DEMO MODEL - NOT FOR DIAGNOSIS" in hd.sr.srread(sr_path).SeriesDescription
+    sr = hd.sr.srread(sr_path)
+    assert "DEMO MODEL - NOT FOR DIAGNOSIS" in sr.SeriesDescription
+    # The region the certainty comes from: the whole image (no crop), on the source.
+    (group,) = sr.content.get_image_measurement_groups()
+    (num,) = [i for i in group[0].ContentSequence if i.ValueType == "NUM"]
+    (region,) = num.ContentSequence
+    assert [int(v) for v in region.GraphicData] == [
+        0, 0, src.Columns, 0, src.Columns, src.Rows, 0, src.Rows, 0, 0]
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    sc = pydicom.dcmread(node.data_dir / generated["OT"], stop_before_pixels=True)
+    assert sc.SeriesDate == sc.ContentDate and sc.SeriesTime  # dated in the series list, as the SR
 
 
 def test_a_source_re_sent_with_other_bytes_keeps_one_sr_and_one_companion(node_factory, rg1_copies, tmp_path):

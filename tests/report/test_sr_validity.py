@@ -224,6 +224,8 @@ def test_sr_is_valid_and_reads_back(
 
     sources = group.source_images
     assert [s.referenced_sop_instance_uid for s in sources] == [src.SOPInstanceUID]
+    assert analysed_region(group, src.SOPInstanceUID) == [
+        0, 0, src.Columns, 0, src.Columns, src.Rows, 0, src.Rows, 0, 0]
 
     evidence = sr.CurrentRequestedProcedureEvidenceSequence
     assert evidence[0].StudyInstanceUID == src.StudyInstanceUID
@@ -245,6 +247,30 @@ def test_sr_is_valid_and_reads_back(
     else:
         assert "DEMO" not in sr.SeriesDescription
         assert not any(DEMO_MARK in t for t in texts)
+
+
+def analysed_region(group, source_uid: str) -> list:
+    """The certainty NUM's region, as OHIF reads it to place the result on
+    the image: one INFERRED FROM SCOORD (closed POLYLINE) under the NUM, one
+    SELECTED FROM IMAGE under that, referencing the source. Without it OHIF
+    3.x failed to load the SR (it takes coords[0] of every measurement)."""
+    (num,) = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+    (region,) = num.ContentSequence
+    assert region.RelationshipType == "INFERRED FROM"
+    assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+    (image,) = region.ContentSequence
+    assert image.RelationshipType == "SELECTED FROM" and image.ValueType == "IMAGE"
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source_uid
+    return [int(v) for v in region.GraphicData]
+
+
+def test_a_cropping_model_names_its_crop_as_the_region(write_sr, utf8_source, tmp_path):
+    src = pydicom.dcmread(utf8_source, stop_before_pixels=True)
+    files = run_writer(write_sr, utf8_source, tmp_path, "--region", "3,5,40,50")
+    assert dciodvfy_errors(files["SR"]) == []
+    sr = hd.sr.srread(files["SR"])
+    (group,) = sr.content.get_image_measurement_groups(finding_type=PNEUMOCONIOSIS)
+    assert analysed_region(group, src.SOPInstanceUID) == [3, 5, 40, 5, 40, 50, 3, 50, 3, 5]
 
 
 def test_same_source_and_model_give_the_same_sr(write_sr, utf8_source, tmp_path):

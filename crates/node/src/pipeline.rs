@@ -16,8 +16,8 @@ use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
 use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
     build_companion_sc, build_sr, sc_sop_instance_uid, sr_sop_instance_uid, AnalysisResult,
-    GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, ReportOptions,
-    ReportTime, SourceInstance, WeightsKind as ReportWeights,
+    GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, PixelRegion,
+    ReportOptions, ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
 use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store, UidLocks};
 use serde::Deserialize;
@@ -227,7 +227,7 @@ impl Pipeline {
             .iter()
             .position(|l| *l == prediction.positive_label)
             .ok_or("report: the positive label is not among the labels")?;
-        let result = AnalysisResult::with_pneumoconiosis_at(
+        let mut result = AnalysisResult::with_pneumoconiosis_at(
             pneumoconiosis_column,
             prediction.probabilities.clone(),
             prediction.threshold,
@@ -235,6 +235,15 @@ impl Pipeline {
             prediction.execution_provider.as_str().to_string(),
         )
         .map_err(|e| format!("report: {e}"))?;
+        // The crop box is in the source's pixels (the whole image without a
+        // crop): the SR names it as the region the result comes from.
+        let b = prepared.report.crop.bbox;
+        result.analysed_region = Some(PixelRegion {
+            x0: b.x0,
+            y0: b.y0,
+            x1: b.x1,
+            y1: b.y1,
+        });
         let model = report_model(&prediction);
         let sr_uid = sr_sop_instance_uid(
             &source.sop_instance_uid,

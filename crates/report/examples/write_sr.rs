@@ -18,7 +18,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{open_file, InMemDicomObject};
 use pneumo_report::{
     build_companion_sc, build_sr, AnalysisResult, GreyImage, ModelIdentity, NodeIdentity,
-    ReportOptions, ReportTime, SourceInstance, SrSopClass, WeightsKind,
+    PixelRegion, ReportOptions, ReportTime, SourceInstance, SrSopClass, WeightsKind,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,6 +58,10 @@ struct Args {
     /// Also write the companion Secondary Capture image
     #[arg(long)]
     companion: bool,
+    /// The region the model saw (a lung-box crop), `x0,y0,x1,y1` in pixels;
+    /// default: the whole image
+    #[arg(long, value_parser = parse_region)]
+    region: Option<PixelRegion>,
     /// UID root (default: the 2.25 UUID form)
     #[arg(long)]
     uid_root: Option<String>,
@@ -147,15 +151,31 @@ fn display_pixels(obj: &InMemDicomObject) -> Option<(Vec<f32>, usize, usize)> {
     Some((px, rows, cols))
 }
 
+fn parse_region(text: &str) -> Result<PixelRegion, String> {
+    let v: Vec<u32> = text
+        .split(',')
+        .map(|n| n.trim().parse().map_err(|e| format!("{n}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [x0, y0, x1, y1] => Ok(PixelRegion { x0, y0, x1, y1 }),
+        _ => Err("expected x0,y0,x1,y1".into()),
+    }
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let file = open_file(&args.source)?;
     let source = SourceInstance::from_dataset(&file)?;
-    let result = AnalysisResult::from_probabilities(
+    let mut result = AnalysisResult::from_probabilities(
         vec![args.probability, 1.0 - args.probability],
         args.threshold,
-        "none",
+        if args.region.is_some() {
+            "lung-box"
+        } else {
+            "none"
+        },
         "CPU",
     )?;
+    result.analysed_region = args.region;
     let model = ModelIdentity {
         name: "PneumoLLM".into(),
         version: "0.1.0".into(),

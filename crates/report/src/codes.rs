@@ -67,6 +67,10 @@ pub const PERCENT: Code = Code::new("%", "UCUM", "Percent");
 pub const PRESENT: Code = Code::new("52101004", "SCT", "Present");
 pub const ABSENT: Code = Code::new("272519000", "SCT", "Absent");
 pub const SOURCE_OF_MEASUREMENT: Code = Code::new("121112", "DCM", "Source of Measurement");
+/// The region a measurement was inferred from (TID 300 INFERRED FROM, as
+/// highdicom names a region), and the image it was selected from.
+pub const IMAGE_REGION: Code = Code::new("111030", "DCM", "Image Region");
+pub const SOURCE_IMAGE: Code = Code::new("121324", "DCM", "Source image");
 pub const COMMENT: Code = Code::new("121106", "DCM", "Comment");
 
 // Contributing Equipment, CID 7005

@@ -109,6 +109,8 @@ pub enum Relationship {
     HasObsContext,
     HasConceptMod,
     HasAcqContext,
+    InferredFrom,
+    SelectedFrom,
 }
 
 impl Relationship {
@@ -118,6 +120,8 @@ impl Relationship {
             Relationship::HasObsContext => "HAS OBS CONTEXT",
             Relationship::HasConceptMod => "HAS CONCEPT MOD",
             Relationship::HasAcqContext => "HAS ACQ CONTEXT",
+            Relationship::InferredFrom => "INFERRED FROM",
+            Relationship::SelectedFrom => "SELECTED FROM",
         }
     }
 }
@@ -141,6 +145,12 @@ pub enum ItemValue {
         class_uid: String,
         instance_uid: String,
     },
+    /// SCOORD: Graphic Type and Graphic Data, (column, row) pairs in image
+    /// pixel coordinates (0,0 the top left corner of the top left pixel).
+    Scoord {
+        graphic_type: &'static str,
+        points: Vec<f32>,
+    },
 }
 
 impl ItemValue {
@@ -153,6 +163,7 @@ impl ItemValue {
             ItemValue::Num { .. } => "NUM",
             ItemValue::UidRef(_) => "UIDREF",
             ItemValue::Image { .. } => "IMAGE",
+            ItemValue::Scoord { .. } => "SCOORD",
         }
     }
 }
@@ -278,6 +289,21 @@ impl ContentItem {
                 obj.put(sequence(
                     tags::REFERENCED_SOP_SEQUENCE,
                     vec![sop_reference(class_uid, instance_uid)],
+                ));
+            }
+            ItemValue::Scoord {
+                graphic_type,
+                points,
+            } => {
+                obj.put(DataElement::new(
+                    tags::GRAPHIC_TYPE,
+                    VR::CS,
+                    PrimitiveValue::from(*graphic_type),
+                ));
+                obj.put(DataElement::new(
+                    tags::GRAPHIC_DATA,
+                    VR::FL,
+                    PrimitiveValue::F32(points.as_slice().into()),
                 ));
             }
         }

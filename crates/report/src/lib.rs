@@ -27,8 +27,8 @@ pub use sc::{build_companion_sc, GreyImage};
 pub use source::SourceInstance;
 pub use sr::{build_content_tree, build_sr, DEMO_MARK};
 pub use types::{
-    AnalysisResult, Decision, ModelIdentity, NodeIdentity, ReportOptions, ReportTime, SrSopClass,
-    WeightsKind,
+    AnalysisResult, Decision, ModelIdentity, NodeIdentity, PixelRegion, ReportOptions, ReportTime,
+    SrSopClass, WeightsKind,
 };
 pub use uid::{sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid};
 

@@ -257,6 +257,10 @@ pub fn build_companion_sc(
             None
         }
     };
+    // General Series (Type 3, as the SR has them): viewers' series lists
+    // show the date beside the SR's.
+    put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
+    put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
     put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
     put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
     obj.put(DataElement::new(

@@ -102,6 +102,46 @@ fn text(rel: Relationship, name: crate::content::Code, value: impl Into<String>)
     ContentItem::new(rel, name, ItemValue::Text(value.into()))
 }
 
+/// The region the certainty was inferred from (TID 300 row 9): a closed
+/// POLYLINE around what the model saw (the whole image, or its lung box),
+/// selected from the source image. Viewers that draw TID 1500 measurements
+/// (OHIF) need a region to place one on the image; without one they
+/// dropped the result or failed on it.
+fn analysed_region(
+    source: &SourceInstance,
+    result: &AnalysisResult,
+) -> Result<ContentItem, ReportError> {
+    let (columns, rows) = (u32::from(source.columns), u32::from(source.rows));
+    let r = result.analysed_region.unwrap_or(crate::PixelRegion {
+        x0: 0,
+        y0: 0,
+        x1: columns,
+        y1: rows,
+    });
+    if r.x0 >= r.x1 || r.y0 >= r.y1 || r.x1 > columns || r.y1 > rows {
+        return Err(ReportError::InvalidResult(format!(
+            "analysed region {r:?} is not inside the {columns}x{rows} image"
+        )));
+    }
+    let (x0, y0, x1, y1) = (r.x0 as f32, r.y0 as f32, r.x1 as f32, r.y1 as f32);
+    Ok(ContentItem::new(
+        Relationship::InferredFrom,
+        codes::IMAGE_REGION,
+        ItemValue::Scoord {
+            graphic_type: "POLYLINE",
+            points: vec![x0, y0, x1, y0, x1, y1, x0, y1, x0, y0],
+        },
+    )
+    .with_children(vec![ContentItem::new(
+        Relationship::SelectedFrom,
+        codes::SOURCE_IMAGE,
+        ItemValue::Image {
+            class_uid: source.sop_class_uid.clone(),
+            instance_uid: source.sop_instance_uid.clone(),
+        },
+    )]))
+}
+
 /// The content tree of the SR (root CONTAINER and all its descendants).
 pub fn build_content_tree(
     source: &SourceInstance,
@@ -302,7 +342,8 @@ pub fn build_content_tree(
                 value: certainty_percent(result),
                 unit: codes::PERCENT,
             },
-        ),
+        )
+        .with_children(vec![analysed_region(source, result)?]),
         ContentItem::new(
             Relationship::Contains,
             codes::PNEUMOCONIOSIS,

@@ -740,3 +740,25 @@ fn configured_equipment_names_are_written_and_blank_ones_left_out() {
     assert!(plain.element(tags::INSTITUTION_NAME).is_err());
     assert!(plain.element(tags::STATION_NAME).is_err());
 }
+
+#[test]
+fn an_analysed_region_outside_the_image_is_refused() {
+    let src = source();
+    let mut r = result(0.7);
+    r.analysed_region = Some(crate::PixelRegion {
+        x0: 0,
+        y0: 0,
+        x1: u32::from(src.columns) + 1,
+        y1: u32::from(src.rows),
+    });
+    let e = build_sr(
+        &src,
+        &r,
+        &model(WeightsKind::Trained),
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("analysed region"), "{e}");
+}

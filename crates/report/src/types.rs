@@ -47,6 +47,18 @@ pub struct AnalysisResult {
     pub crop_mode: String,
     /// ONNX Runtime execution provider that ran the model (e.g. `CPU`, `CUDA`).
     pub execution_provider: String,
+    /// The part of the image the model saw, in pixels: columns x0..x1, rows
+    /// y0..y1 (the lung box of a cropping model); `None`: the whole image.
+    pub analysed_region: Option<PixelRegion>,
+}
+
+/// A rectangle of image pixels: columns `x0..x1`, rows `y0..y1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelRegion {
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
 }
 
 impl AnalysisResult {
@@ -84,6 +96,7 @@ impl AnalysisResult {
             threshold,
             crop_mode: crop_mode.into(),
             execution_provider: execution_provider.into(),
+            analysed_region: None,
         };
         r.validate()?;
         Ok(r)
