@@ -176,13 +176,21 @@ impl Store {
                 "removed spool files of unfinished transfers"
             );
         }
-        Ok(Store {
+        let store = Store {
             data_dir: data_dir.to_path_buf(),
             pool,
             ingest_locks: UidLocks::default(),
             database_file,
             _lock: lock,
-        })
+        };
+        let settled = store.settle_delivered_jobs().await?;
+        if settled > 0 {
+            info!(
+                jobs = settled,
+                "jobs whose report was delivered everywhere marked delivered"
+            );
+        }
+        Ok(store)
     }
 
     pub fn data_dir(&self) -> &Path {

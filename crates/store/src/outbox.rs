@@ -151,8 +151,11 @@ impl Store {
 
     /// Delivered. A job whose report has now reached every destination
     /// becomes `delivered`.
+    /// One transaction: a process killed between the two writes left the
+    /// row sent and its job `reported` for good (nothing sends it again).
     pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
-        self.finish_attempt(id, "sent", status, None).await?;
+        let mut tx = self.pool().begin().await?;
+        finish_attempt(&mut *tx, id, "sent", status, None).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'
@@ -161,9 +164,26 @@ impl Store {
         )
         .bind(now_ms())
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Jobs left `reported` although every delivery of their report is
+    /// sent (by a build that marked the two apart and was killed between
+    /// them) become `delivered`. Returns how many.
+    pub async fn settle_delivered_jobs(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
+             WHERE state = 'reported'
+               AND EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id AND o.state != 'sent')",
+        )
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 
     /// An operator's retry: parked rows, and pending ones waiting for their
@@ -188,7 +208,7 @@ impl Store {
     }
 
     pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
-        self.finish_attempt(id, "parked", reason, None).await
+        finish_attempt(self.pool(), id, "parked", reason, None).await
     }
 
     /// A failed attempt: stays pending, next try after `delay`.
@@ -198,30 +218,7 @@ impl Store {
         reason: &str,
         delay: Duration,
     ) -> Result<(), StoreError> {
-        self.finish_attempt(id, "pending", reason, Some(delay))
-            .await
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: i64,
-        state: &str,
-        status: &str,
-        delay: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
-                 next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
-        )
-        .bind(state)
-        .bind(status)
-        .bind(now + delay.map(|d| d.as_millis() as i64).unwrap_or(0))
-        .bind(now)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        finish_attempt(self.pool(), id, "pending", reason, Some(delay)).await
     }
 
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>, StoreError> {
@@ -261,6 +258,31 @@ where
     .execute(executor)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+async fn finish_attempt<'e, E>(
+    executor: E,
+    id: i64,
+    state: &str,
+    status: &str,
+    delay: Option<Duration>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
+             next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+    )
+    .bind(state)
+    .bind(status)
+    .bind(now + delay.map(|d| d.as_millis() as i64).unwrap_or(0))
+    .bind(now)
+    .bind(id)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -367,3 +367,64 @@ async fn a_job_the_store_could_not_finish_runs_again_later_without_using_an_atte
         assert!(store.fail_exhausted_jobs(2).await.unwrap().is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_left_reported_with_its_report_delivered_everywhere_is_settled_at_start() {
+    // An earlier build marked the delivery sent and the job delivered in two
+    // writes; killed between them, the job stayed `reported` for good.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut sr_ids = Vec::new();
+    for (sop, sr_sop) in [("1.9.30", "1.9.40"), ("1.9.31", "1.9.41")] {
+        let inc = spooled(&store, sop, "CR", "x");
+        store.ingest(&inc, |_| vec![]).await.unwrap();
+        let sr = spooled(&store, sr_sop, "SR", "report");
+        let IngestOutcome::Stored { instance_id, .. } =
+            store.ingest(&sr, |_| vec![]).await.unwrap()
+        else {
+            panic!("SR not stored");
+        };
+        sr_ids.push(instance_id);
+    }
+    store
+        .route_received_jobs(|h, _| (h.modality.as_deref() != Some("CR")).then(String::new))
+        .await
+        .unwrap();
+    let jobs = store
+        .claim_jobs("w", Duration::from_secs(60), 10, 3)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    // The first report is owed to a PACS, the second to nobody.
+    store
+        .complete_job(jobs[0].job_id, "w", "{}", sr_ids[0], &["pacs".into()])
+        .await
+        .unwrap();
+    store
+        .complete_job(jobs[1].job_id, "w", "{}", sr_ids[1], &[])
+        .await
+        .unwrap();
+    for item in store.due_deliveries(None, 10).await.unwrap() {
+        store.mark_sent(item.id, "0000H").await.unwrap();
+    }
+    sqlx::query("UPDATE jobs SET state = 'reported' WHERE state = 'delivered'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = open(dir.path()).await;
+    let states: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, state FROM jobs WHERE state != 'skipped' ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        states,
+        vec![
+            (jobs[0].job_id, "delivered".to_string()),
+            // Owed to no destination: `reported` is where it ends.
+            (jobs[1].job_id, "reported".to_string()),
+        ]
+    );
+}
