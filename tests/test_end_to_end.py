@@ -442,3 +442,27 @@ def test_dx_for_processing_is_stored_but_not_analysed(node, tmp_path):
     state, reason = job(made["processing"])
     assert state == "skipped" and "For Processing" in reason
     assert node.instance_rows(made["processing"]) == 1
+
+
+def test_report_times_are_in_the_node_s_local_time_when_the_source_has_no_offset(
+        node_factory, rg1_copies, monkeypatch):
+    """A source without Timezone Offset From UTC has local times; the report
+    wrote UTC, so east of Greenwich it read as made before the study."""
+    import datetime as dt
+
+    monkeypatch.setenv("TZ", "XYZ-3")  # POSIX: three hours east of UTC, no tzdata needed
+    node = node_factory().start()
+    (f,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(f)
+    del ds.TimezoneOffsetFromUTC  # RG1 carries -0400
+    source = node.workdir / "no-offset.dcm"
+    ds.save_as(source)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, source)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (sr_rel,) = c.execute("SELECT path FROM instances WHERE generated = 1").fetchone()
+    sr = pydicom.dcmread(node.data_dir / sr_rel, stop_before_pixels=True)
+    assert "TimezoneOffsetFromUTC" not in sr
+    written = dt.datetime.strptime(sr.ContentDate + sr.ContentTime.split(".")[0], "%Y%m%d%H%M%S")
+    local_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(hours=3)
+    assert abs(written - local_now) < dt.timedelta(minutes=5), (written, local_now)

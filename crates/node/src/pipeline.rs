@@ -255,7 +255,7 @@ impl Pipeline {
         let mut owed = Vec::new();
         let sr_id = self
             .generated_once(&sr_uid, || {
-                let time = ReportTime::now_utc();
+                let time = report_time_now();
                 build_sr(&source, &result, &model, &self.node, &self.report, &time)
                     .map_err(|e| format!("report: {e}"))
             })
@@ -275,7 +275,7 @@ impl Pipeline {
                         rows: grey.height,
                         columns: grey.width,
                     };
-                    let time = ReportTime::now_utc();
+                    let time = report_time_now();
                     build_companion_sc(
                         &source,
                         image,
@@ -551,6 +551,31 @@ fn generated_spool_name(sop_uid: &str) -> String {
 
 fn uuid_like(uid: &str) -> String {
     hex::encode(&Sha256::digest(uid.as_bytes())[..8])
+}
+
+/// Now, with the node's local UTC offset (the TZ environment variable, else
+/// /etc/localtime): a source without Timezone Offset From UTC has its times
+/// in local time, and the report's times must read in that clock too (in
+/// UTC they looked made before the study east of Greenwich).
+fn report_time_now() -> ReportTime {
+    let now = ReportTime::now_utc();
+    ReportTime {
+        local_offset_minutes: local_offset_minutes(now.unix_seconds),
+        ..now
+    }
+}
+
+/// The local time's offset from UTC at `unix_seconds`, in minutes (0 when
+/// the C library cannot say).
+fn local_offset_minutes(unix_seconds: i64) -> i32 {
+    // time_t is i64 on the 64-bit targets this node runs on.
+    let t: libc::time_t = unix_seconds;
+    // SAFETY: localtime_r only writes the `tm` it is given.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return 0;
+    }
+    i32::try_from(tm.tm_gmtoff / 60).unwrap_or(0)
 }
 
 #[cfg(test)]
