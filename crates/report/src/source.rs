@@ -300,9 +300,20 @@ fn with_current_date_time_form(e: &InMemElement) -> InMemElement {
 }
 
 /// A copy of `e` whose sequences and items have undefined length, so that
-/// lengths are recomputed when written.
+/// lengths are recomputed when written, and whose text values lose their
+/// trailing padding: written in another character set (UTF-8 beside a
+/// Latin-1 source) a value's pad byte would become part of it.
 pub(crate) fn rebuild(e: &InMemElement) -> InMemElement {
+    let unpadded = |v: &str| v.trim_end_matches([' ', '\0']).to_string();
     match e.value() {
+        Value::Primitive(PrimitiveValue::Str(v)) => {
+            DataElement::new(e.tag(), e.vr(), PrimitiveValue::from(unpadded(v)))
+        }
+        Value::Primitive(PrimitiveValue::Strs(vs)) => DataElement::new(
+            e.tag(),
+            e.vr(),
+            PrimitiveValue::Strs(vs.iter().map(|v| unpadded(v)).collect()),
+        ),
         Value::Sequence(seq) => {
             let items: Vec<InMemDicomObject> = seq
                 .items()

@@ -762,3 +762,23 @@ fn an_analysed_region_outside_the_image_is_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("analysed region"), "{e}");
 }
+
+#[test]
+fn a_copied_value_loses_its_padding_when_its_character_set_changes() {
+    // "Schäfer^Anna^^Dr." is 17 bytes in ISO 8859-1, so the source pads it
+    // with a space; in UTF-8 the pad became part of the value, padded again.
+    let mut n = node();
+    n.institution_name = Some("Szpital \u{141}\u{f3}d\u{17a}".into()); // forces UTF-8
+    let src = SourceInstance::from_dataset(&source_dataset(
+        Some("ISO_IR 100"),
+        "Sch\u{e4}fer^Anna^^Dr. ",
+    ))
+    .unwrap();
+    let (charset, name, _, bytes) = written(&src, &n);
+    assert_eq!(charset, "ISO_IR 192");
+    assert_eq!(name, "Sch\u{e4}fer^Anna^^Dr.");
+    assert!(bytes
+        .windows(18)
+        .any(|w| w == "Sch\u{e4}fer^Anna^^Dr.".as_bytes()));
+    assert!(!bytes.windows(4).any(|w| w == b"Dr. "), "no pad kept");
+}
