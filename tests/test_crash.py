@@ -167,3 +167,31 @@ def test_an_instance_the_database_refuses_leaves_no_file(node, rg1_copies):
     assoc.release()
     assert not [p for p in node.instance_files() if uid in p.name]
     assert node.instance_rows(uid) == 0
+
+
+def test_clean_restarts_during_analysis_fail_no_job(node_factory, rg1_copies):
+    """SIGTERM while analyses ran left them `analysing` with the attempt
+    counted: the jobs at the head of the queue, claimed first after every
+    restart, failed "analysis started 3 times and never finished" after
+    three restarts. A clean stop now lets them finish or puts them back."""
+    from nodetest import run_dcmtk
+
+    node = node_factory(pipeline__max_attempts=2).start()
+    files = rg1_copies("UNCI", 12)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+    for _ in range(3):
+        deadline = time.monotonic() + 30
+        while not node.count("SELECT COUNT(*) FROM jobs WHERE state = 'analysing'"):
+            assert time.monotonic() < deadline, "no analysis started"
+            time.sleep(0.01)
+        node.stop()  # SIGTERM, mid-analysis
+        assert node.proc.returncode == 0
+        assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'analysing'") == 0
+        if not node.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"):
+            break
+        node.start()
+    node.start()
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 0, node.log()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 12
+    assert "closed pool" not in node.log()

@@ -328,8 +328,12 @@ async fn serve(config: Config) -> Result<()> {
         owner: format!("{}-{}", config.dicom.ae_title, uuid::Uuid::new_v4()),
         report_locks: Default::default(),
     });
-    tokio::spawn(pipeline.run());
-    tokio::spawn(
+    // Set once the listener has drained: the pipeline and the outbox then
+    // finish what they are doing and stop before the database closes.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let grace = std::time::Duration::from_secs(config.dicom.shutdown_grace_s);
+    let pipeline_done = tokio::spawn(pipeline.run(stopping_rx.clone(), grace));
+    let outbox_done = tokio::spawn(
         outbox::OutboxWorker {
             store: store.clone(),
             destinations: config.destinations.clone(),
@@ -341,6 +345,7 @@ async fn serve(config: Config) -> Result<()> {
             },
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
+            stopping: stopping_rx,
         }
         .run(),
     );
@@ -381,6 +386,22 @@ async fn serve(config: Config) -> Result<()> {
     );
     scp.serve(shutdown_signal()).await;
     info!("shutting down");
+    stopping.send_replace(true);
+    // The pipeline bounds its own wait by `grace`, and puts back what it
+    // still holds; a delivery still waiting for its answer after that is
+    // sent again after the restart.
+    let limit = grace + std::time::Duration::from_secs(2);
+    if tokio::time::timeout(limit, async {
+        let _ = pipeline_done.await;
+        let _ = outbox_done.await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "analyses or deliveries still running; stopping anyway (they run again after the restart)"
+        );
+    }
     store.close().await;
     Ok(())
 }

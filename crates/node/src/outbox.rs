@@ -7,7 +7,7 @@ use std::time::Duration;
 use pneumo_dimse::{scu::ClientAssociation, FileToSend, ScuOptions, StoreOutcome};
 use pneumo_store::{backoff, OutboxItem, Store};
 use serde::Deserialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
@@ -49,6 +49,9 @@ pub struct OutboxWorker {
     /// Woken when something is enqueued.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// True once the node stops: no new file is sent; the one in flight
+    /// is finished and recorded.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl OutboxWorker {
@@ -58,12 +61,14 @@ impl OutboxWorker {
     /// longer configured.
     pub async fn run(self) {
         let worker = Arc::new(self);
+        let mut stopping = worker.stopping.clone();
         let mut wakes = Vec::new();
+        let mut loops = tokio::task::JoinSet::new();
         for destination in &worker.destinations {
             let wake = Arc::new(Notify::new());
             wakes.push(wake.clone());
             let span = info_span!("delivery", destination = %destination.name);
-            tokio::spawn(
+            loops.spawn(
                 worker
                     .clone()
                     .serve_destination(destination.clone(), wake)
@@ -72,7 +77,7 @@ impl OutboxWorker {
         }
         let configured: Vec<String> = worker.destinations.iter().map(|d| d.name.clone()).collect();
         let cap = Duration::from_secs(worker.settings.retry_cap_s);
-        loop {
+        while !*stopping.borrow() {
             match worker
                 .store
                 .put_off_unconfigured(
@@ -93,16 +98,19 @@ impl OutboxWorker {
             tokio::select! {
                 _ = worker.wake.notified() => {},
                 _ = tokio::time::sleep(cap.min(Duration::from_secs(60))) => {},
+                _ = stopping.changed() => {},
             }
             for wake in &wakes {
                 wake.notify_one();
             }
         }
+        while loops.join_next().await.is_some() {}
     }
 
     async fn serve_destination(self: Arc<Self>, destination: Destination, wake: Arc<Notify>) {
         let name = Some(destination.name.as_str());
-        loop {
+        let mut stopping = self.stopping.clone();
+        while !*stopping.borrow() {
             let due = match self
                 .store
                 .due_deliveries(name, (self.settings.batch * 4) as i64)
@@ -123,10 +131,14 @@ impl OutboxWorker {
                 tokio::select! {
                     _ = wake.notified() => {},
                     _ = tokio::time::sleep(wait) => {},
+                    _ = stopping.changed() => {},
                 }
                 continue;
             }
             for batch in due.chunks(self.settings.batch) {
+                if *stopping.borrow() {
+                    break;
+                }
                 // An answer the database could not record leaves its row due
                 // as before: without a pause the loop would send the same
                 // instance again at once, again and again (a full disk made
@@ -213,6 +225,10 @@ impl OutboxWorker {
             }
         };
         for (n, (item, file)) in sendable.iter().enumerate() {
+            if *self.stopping.borrow() {
+                // The rest stay due, untried: sent after the restart.
+                break;
+            }
             match assoc.store(file).await {
                 Ok(outcome) => all &= self.record_outcome(item, &outcome).await,
                 Err(e) => {

@@ -22,6 +22,7 @@ use pneumo_report::{
 use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store, UidLocks};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -99,9 +100,13 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 impl Pipeline {
-    pub async fn run(self: Arc<Self>) {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
-        loop {
+    /// Claims and analyses jobs until `stopping` turns true; then waits
+    /// for the analyses in progress (at most `grace`) and puts back the
+    /// jobs still held, their attempt not counted.
+    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>, grace: Duration) {
+        let concurrency = self.settings.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        while !*stopping.borrow() {
             let free = permits.available_permits();
             let max_attempts = i64::from(self.settings.max_attempts.max(1));
             match self.store.fail_exhausted_jobs(max_attempts).await {
@@ -141,12 +146,13 @@ impl Pipeline {
                 tokio::select! {
                     _ = self.wake.notified() => {},
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = stopping.changed() => {},
                 }
                 continue;
             }
             for job in claimed {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
+                    break;
                 };
                 let this = self.clone();
                 let span = info_span!("job", id = job.job_id, attempt = job.attempts);
@@ -158,6 +164,21 @@ impl Pipeline {
                     .instrument(span),
                 );
             }
+        }
+        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_s = grace.as_secs(),
+                "analyses still running at the end of the shutdown grace"
+            );
+        }
+        match self.store.release_jobs(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => info!(jobs = n, "analyses cut by the stop put back in the queue"),
+            Err(e) => warn!(error = %e, "cannot put back the jobs this node holds"),
         }
     }
 

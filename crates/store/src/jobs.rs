@@ -262,6 +262,23 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// On a clean stop: the jobs `owner` still holds go back to the queue,
+    /// their attempt not counted (it was cut by the stop, not by the
+    /// instance: counting it failed healthy jobs after a few restarts).
+    /// Returns how many.
+    pub async fn release_jobs(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,
+                 lease_expires_at_ms = NULL, updated_at_ms = ?
+             WHERE state = 'analysing' AND lease_owner = ?",
+        )
+        .bind(now_ms())
+        .bind(owner)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// A job that cannot succeed: `failed`, with its reason.
     pub async fn fail_job(
         &self,

@@ -428,3 +428,26 @@ async fn a_job_left_reported_with_its_report_delivered_everywhere_is_settled_at_
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_released_on_a_clean_stop_are_queued_without_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let inc = spooled(&store, "1.9.50", "CR", "x");
+    store.ingest(&inc, |_| vec![]).await.unwrap();
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let claimed = store
+        .claim_jobs("stopping", Duration::from_secs(60), 10, 3)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(store.release_jobs("someone-else").await.unwrap(), 0);
+    assert_eq!(store.release_jobs("stopping").await.unwrap(), 1);
+    let (state, attempts): (String, i64) =
+        sqlx::query_as("SELECT state, attempts FROM jobs WHERE id = ?")
+            .bind(claimed[0].job_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("queued", 0));
+}
