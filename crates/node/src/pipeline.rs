@@ -160,6 +160,10 @@ impl Pipeline {
                     async move {
                         this.process(job).await;
                         drop(permit);
+                        // A slot is free: claim the next job now, not at the
+                        // next arrival or the 1 s poll (an idle node drained
+                        // its backlog at `concurrency` jobs a second).
+                        this.wake.notify_one();
                     }
                     .instrument(span),
                 );
