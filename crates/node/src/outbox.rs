@@ -221,7 +221,15 @@ impl OutboxWorker {
             Ok(a) => a,
             Err(e) => {
                 let items: Vec<OutboxItem> = sendable.iter().map(|(i, _)| (*i).clone()).collect();
-                return self.retry_all(&items, &e.to_string()).await && all;
+                let recorded = self.retry_all(&items, &e.to_string()).await;
+                // The destination, not these files, failed: everything else
+                // it is owed waits as long as the least-tried of them.
+                let fewest = items.iter().map(|i| i.attempts).min().unwrap_or(0);
+                let put_off = self
+                    .store
+                    .put_off_destination(&destination.name, self.retry_delay(fewest))
+                    .await;
+                return self.recorded(put_off.map(|_| ())) && recorded && all;
             }
         };
         for (n, (item, file)) in sendable.iter().enumerate() {

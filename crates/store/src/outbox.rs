@@ -151,6 +151,30 @@ impl Store {
 
     /// Delivered. A job whose report has now reached every destination
     /// becomes `delivered`.
+    /// The destination could not be reached: its other pending rows due
+    /// before `delay` from now wait that long too, untried (their attempts
+    /// unchanged). Without this, rows whose back-offs had drifted apart came
+    /// due one by one, each a connection attempt and a log line, thousands
+    /// a minute while a PACS was down; aligned, they are also sent oldest
+    /// first when it is back. Returns how many.
+    pub async fn put_off_destination(
+        &self,
+        destination: &str,
+        delay: Duration,
+    ) -> Result<u64, StoreError> {
+        let until = now_ms() + delay.as_millis() as i64;
+        Ok(sqlx::query(
+            "UPDATE outbox SET next_attempt_at_ms = ?
+             WHERE destination = ? AND state = 'pending' AND next_attempt_at_ms < ?",
+        )
+        .bind(until)
+        .bind(destination)
+        .bind(until)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// One transaction: a process killed between the two writes left the
     /// row sent and its job `reported` for good (nothing sends it again).
     pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {

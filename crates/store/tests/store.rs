@@ -451,3 +451,53 @@ async fn jobs_released_on_a_clean_stop_are_queued_without_an_attempt() {
             .unwrap();
     assert_eq!((state.as_str(), attempts), ("queued", 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_destination_puts_off_its_other_rows_untried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for sop in ["1.9.60", "1.9.61", "1.9.62"] {
+        let inc = spooled(&store, sop, "CR", "x");
+        store
+            .ingest(&inc, |_| vec!["pacs".into(), "archive".into()])
+            .await
+            .unwrap();
+    }
+    let pacs = |store: &Store| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT next_attempt_at_ms, attempts FROM outbox WHERE destination = 'pacs' ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // One row already waits longer than the put-off: it keeps its time.
+    sqlx::query("UPDATE outbox SET next_attempt_at_ms = 9e15 WHERE id = (SELECT MAX(id) FROM outbox WHERE destination = 'pacs')")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let before = pacs(&store).await;
+    assert_eq!(
+        store
+            .put_off_destination("pacs", Duration::from_secs(600))
+            .await
+            .unwrap(),
+        2
+    );
+    let after = pacs(&store).await;
+    assert!(after[0].0 >= before[0].0 + 590_000 && after[0].0 == after[1].0);
+    assert_eq!(after[2], before[2]);
+    assert!(after.iter().all(|(_, attempts)| *attempts == 0), "untried");
+    // Another destination's rows are not touched.
+    assert_eq!(
+        store
+            .due_deliveries(Some("archive"), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
