@@ -240,6 +240,7 @@ impl Store {
             // were never owed it: how an operator forwards a stored study
             // after adding a rule. One that had it (sent, pending or parked)
             // is not sent it again.
+            self.restore_missing_file(*id, &incoming.spool_path).await?;
             let mut newly_routed = 0;
             for d in route(&header) {
                 newly_routed += usize::from(outbox::enqueue(&self.pool, *id, &d).await?);
@@ -301,6 +302,35 @@ impl Store {
             }
             Err(e) => Err(self.unkeep(&relative, e.into())),
         }
+    }
+
+    /// A re-sent copy of a stored instance whose file is gone (deleted by
+    /// hand, lost with a disk) puts the file back: the sender is told the
+    /// node holds the instance, and re-sending is how an operator repairs
+    /// a lost file. The data set is the same bytes (same SHA-256).
+    async fn restore_missing_file(&self, id: i64, spool: &Path) -> Result<(), StoreError> {
+        let relative: String = sqlx::query_scalar("SELECT path FROM instances WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let final_path = self.data_dir.join(&relative);
+        if final_path.try_exists()? {
+            return Ok(());
+        }
+        let (from, to) = (spool.to_path_buf(), final_path.clone());
+        let file_size = tokio::task::spawn_blocking(move || files::persist(&from, &to))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        sqlx::query("UPDATE instances SET file_size = ? WHERE id = ?")
+            .bind(file_size as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        warn!(
+            path = %final_path.display(),
+            "the file of a stored instance was missing; restored from the copy just received"
+        );
+        Ok(())
     }
 
     /// The file of an instance refused after it was moved into place (its

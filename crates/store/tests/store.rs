@@ -501,3 +501,28 @@ async fn an_unreachable_destination_puts_off_its_other_rows_untried() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_sent_copy_restores_a_missing_file() {
+    // The file deleted by hand: the re-sent copy was acknowledged as a
+    // duplicate and nothing was written, so the node did not hold it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let first = spooled(&store, "1.9.70", "CR", "a");
+    store.ingest(&first, |_| vec![]).await.unwrap();
+    let path = instance_file(dir.path(), "1.9.70");
+    let kept = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let again = spooled(&store, "1.9.70", "CR", "a");
+    assert!(matches!(
+        store.ingest(&again, |_| vec![]).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), kept, "restored");
+    assert_eq!(store.count_instances_with_uid("1.9.70").await.unwrap(), 1);
+    // With the file there, a further copy writes nothing.
+    let third = spooled(&store, "1.9.70", "CR", "a");
+    store.ingest(&third, |_| vec![]).await.unwrap();
+    assert!(third.spool_path.exists(), "left for the SCP to remove");
+}
