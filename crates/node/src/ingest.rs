@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pneumo_dimse::{AssociationContext, ReceivedInstance, Status, StoreHandler, StoreReply};
 use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::diskguard::DiskGuard;
 use crate::metrics::Metrics;
@@ -46,7 +46,7 @@ pub async fn run_router(
         {
             Ok((0, 0)) => {}
             Ok((queued, skipped)) => {
-                info!(queued, skipped, "jobs routed");
+                debug!(queued, skipped, "jobs routed");
                 if queued > 0 {
                     wake_pipeline.notify_one();
                 }
