@@ -366,15 +366,13 @@ async fn serve_connection<H: StoreHandler>(
         if slot.within_limit {
             Ok((negotiated, slot))
         } else {
-            Err(Refusal {
-                rj: AssociationRJ {
-                    result: AssociationRJResult::Transient,
-                    source: AssociationRJSource::ServiceProviderPresentation(
-                        AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                    ),
-                },
-                why: format!("association limit ({}) reached", config.max_associations),
-            })
+            Err(reject(
+                AssociationRJResult::Transient,
+                AssociationRJSource::ServiceProviderPresentation(
+                    AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                ),
+                format!("association limit ({}) reached", config.max_associations),
+            ))
         }
     });
     let ((ac, contexts, peer_max_pdu), _slot) = match accepted {
