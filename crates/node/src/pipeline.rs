@@ -22,8 +22,7 @@ use pneumo_report::{
 use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store, UidLocks};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;

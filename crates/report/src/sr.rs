@@ -110,6 +110,7 @@ fn text(rel: Relationship, name: crate::content::Code, value: impl Into<String>)
 fn analysed_region(
     source: &SourceInstance,
     result: &AnalysisResult,
+    image: ItemValue,
 ) -> Result<ContentItem, ReportError> {
     let (columns, rows) = (u32::from(source.columns), u32::from(source.rows));
     let r = result.analysed_region.unwrap_or(crate::PixelRegion {
@@ -135,10 +136,7 @@ fn analysed_region(
     .with_children(vec![ContentItem::new(
         Relationship::SelectedFrom,
         codes::SOURCE_IMAGE,
-        ItemValue::Image {
-            class_uid: source.sop_class_uid.clone(),
-            instance_uid: source.sop_instance_uid.clone(),
-        },
+        image,
     )]))
 }
 
@@ -343,7 +341,7 @@ pub fn build_content_tree(
                 unit: codes::PERCENT,
             },
         )
-        .with_children(vec![analysed_region(source, result)?]),
+        .with_children(vec![analysed_region(source, result, image())?]),
         ContentItem::new(
             Relationship::Contains,
             codes::PNEUMOCONIOSIS,
