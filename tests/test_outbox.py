@@ -237,3 +237,32 @@ def test_a_re_sent_instance_brings_its_report_to_a_results_destination_added_sin
     (sr,) = received.iterdir()
     assert pydicom.dcmread(sr).Modality == "SR"
     assert node.count("SELECT COUNT(*) FROM jobs") == 1  # nothing analysed again
+
+
+def test_a_job_is_delivered_only_once_its_companion_image_is(node_factory, rg1_copies, tmp_path):
+    """A results destination that takes SRs but not the companion image
+    (no presentation context for Secondary Capture): the SR is delivered,
+    the image parked, and the job stays `reported` (it was `delivered`
+    whatever became of the image); the status API lists both deliveries."""
+    comprehensive_3d_sr = "1.2.840.10008.5.1.4.1.1.88.34"
+    pacs = PynetdicomReceiver(ae_title="SRONLY", sop_classes=(comprehensive_3d_sr,))
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text('[[destinations]]\nname = "pacs"\nae_title = "SRONLY"\n'
+                          f'host = "127.0.0.1"\nport = {pacs.port}\nresults = true\n'
+                          '[report]\ncompanion_sc = true\n')
+        node = node_factory().start(config_file=config)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state != 'pending'") == 2, timeout=60)
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1
+        assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+
+        uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
+        states = sorted(d["state"] for d in copy["deliveries"])
+        assert states == ["parked", "sent"], copy["deliveries"]
+        parked = next(d for d in copy["deliveries"] if d["state"] == "parked")
+        assert parked["kind"] == "report" and parked["sop_instance_uid"] != copy["job"]["sr_sop_instance_uid"]
+    finally:
+        pacs.close()

@@ -184,7 +184,8 @@ class PynetdicomReceiver:
     answers with `status`."""
 
     def __init__(self, status: int = 0x0000, ae_title: str = "PYSCP",
-                 transfer_syntaxes=("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90")):
+                 transfer_syntaxes=("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"),
+                 sop_classes=(CR,)):
         self.received = {}
         self.transfer_syntax = {}  # SOP Instance UID -> the syntax it came in
         self.status = status
@@ -194,7 +195,8 @@ class PynetdicomReceiver:
         self.stores = 0  # C-STOREs answered, repeats included
         self.port = free_port()
         ae = AE(ae_title=ae_title)
-        ae.add_supported_context(CR, list(transfer_syntaxes))
+        for sop_class in sop_classes:
+            ae.add_supported_context(sop_class, list(transfer_syntaxes))
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self.on_store)]
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)

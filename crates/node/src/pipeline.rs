@@ -19,7 +19,7 @@ use pneumo_report::{
     GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, PixelRegion,
     ReportOptions, ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
-use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, Store, UidLocks};
+use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -276,7 +276,6 @@ impl Pipeline {
         )
         .map_err(|e| format!("report: {e}"))?;
 
-        let mut owed = Vec::new();
         let sr_id = self
             .generated_once(&sr_uid, || {
                 let time = report_time_now();
@@ -285,6 +284,7 @@ impl Pipeline {
             })
             .await
             .map_err(Failure::from)?;
+        let mut companion_id = None;
         if let Some(grey) = &prepared.grey {
             let sc_uid = sc_sop_instance_uid(
                 &source.sop_instance_uid,
@@ -313,17 +313,9 @@ impl Pipeline {
                 })
                 .await;
             match made {
-                Ok(id) => owed.push(id),
+                Ok(id) => companion_id = Some(id),
                 Err(Generated::NotMade(e)) => warn!(error = %e, "companion image not made"),
                 Err(Generated::NotStored(e)) => return Err(Failure::Store(e)),
-            }
-        }
-        for id in &owed {
-            for d in &self.result_destinations {
-                self.store
-                    .enqueue(*id, d)
-                    .await
-                    .map_err(|e| Failure::Store(e.to_string()))?;
             }
         }
         let record = ResultRecord {
@@ -343,7 +335,10 @@ impl Pipeline {
                 job.job_id,
                 &self.owner,
                 &json,
-                sr_id,
+                MadeInstances {
+                    report: sr_id,
+                    companion: companion_id,
+                },
                 &self.result_destinations,
             )
             .await

@@ -91,7 +91,6 @@ impl Store {
     }
 }
 
-/// A job taken for analysis.
 /// The job states an operator may send back for another try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryableState {
@@ -116,6 +115,7 @@ impl RetryableState {
     }
 }
 
+/// A job taken for analysis.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
     pub job_id: i64,
@@ -126,6 +126,26 @@ pub struct ClaimedJob {
     /// Attempts including this one.
     pub attempts: i64,
 }
+
+/// The instances an analysis made: its report, and the companion image
+/// when one is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MadeInstances {
+    pub report: i64,
+    pub companion: Option<i64>,
+}
+
+impl MadeInstances {
+    pub fn ids(self) -> impl Iterator<Item = i64> {
+        std::iter::once(self.report).chain(self.companion)
+    }
+}
+
+/// SQL condition on a `jobs` row: nothing it made (report, companion image)
+/// is owed anywhere, i.e. every outbox row of them is `sent` (a NULL
+/// companion matches no row).
+pub(crate) const NOTHING_MADE_UNSENT: &str = "NOT EXISTS (SELECT 1 FROM outbox o
+    WHERE o.instance_id IN (jobs.sr_instance_id, jobs.sc_instance_id) AND o.state != 'sent')";
 
 impl Store {
     /// Takes up to `limit` jobs for analysis under a lease: `queued` ones,
@@ -299,8 +319,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The analysis is done and its report stored as instance
-    /// `sr_instance_id`: the job becomes `reported` and the report is owed to
+    /// The analysis is done and what it made is stored: the job becomes
+    /// `reported` and its report (and companion image) are owed to
     /// `destinations`, in one transaction. Returns false when the lease was
     /// lost (another holder finished it: nothing is changed).
     pub async fn complete_job(
@@ -308,17 +328,18 @@ impl Store {
         job_id: i64,
         owner: &str,
         result_json: &str,
-        sr_instance_id: i64,
+        made: MadeInstances,
         destinations: &[String],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'reported', result_json = ?, sr_instance_id = ?, reason = NULL,
-                 lease_owner = NULL, lease_expires_at_ms = NULL, updated_at_ms = ?
+            "UPDATE jobs SET state = 'reported', result_json = ?, sr_instance_id = ?, sc_instance_id = ?,
+                 reason = NULL, lease_owner = NULL, lease_expires_at_ms = NULL, updated_at_ms = ?
              WHERE id = ? AND state = 'analysing' AND lease_owner = ?",
         )
         .bind(result_json)
-        .bind(sr_instance_id)
+        .bind(made.report)
+        .bind(made.companion)
         .bind(now_ms())
         .bind(job_id)
         .bind(owner)
@@ -327,19 +348,19 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        for d in destinations {
-            crate::outbox::enqueue(&mut *tx, sr_instance_id, d).await?;
+        for id in made.ids() {
+            for d in destinations {
+                crate::outbox::enqueue(&mut *tx, id, d).await?;
+            }
         }
         if !destinations.is_empty() {
             // A report an earlier job made (a copy of the source received
             // again under its UID) may have reached every destination
             // already: no delivery is left to move this job on.
-            sqlx::query(
-                "UPDATE jobs SET state = 'delivered' WHERE id = ?
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = ? AND o.state != 'sent')",
-            )
+            sqlx::query(&format!(
+                "UPDATE jobs SET state = 'delivered' WHERE id = ? AND {NOTHING_MADE_UNSENT}"
+            ))
             .bind(job_id)
-            .bind(sr_instance_id)
             .execute(&mut *tx)
             .await?;
         }

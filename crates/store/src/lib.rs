@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
-pub use jobs::{ClaimedJob, JobCount, RetryableState, JOB_STATES};
+pub use jobs::{ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
@@ -155,7 +155,13 @@ impl Store {
         let lock = lock_data_dir(data_dir)?;
         let pool = db::connect(data_dir, database_url).await?;
         let database_file = db::database_file(data_dir, database_url);
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        // Migrations only add (tables, columns, indexes), so a database an
+        // upgrade migrated still serves the build before it: downgrading
+        // takes no restore. Without this, sqlx refuses a database with a
+        // migration this build does not know.
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         // EXISTS, not COUNT(*): a year of instances made the count take 6 s
         // of every start.
         let rows: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instances)")

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::jobs::NOTHING_MADE_UNSENT;
 use crate::{now_ms, Store, StoreError};
 
 /// An instance due for delivery.
@@ -43,7 +44,8 @@ impl Store {
         Ok(())
     }
 
-    /// The report (SR) made from `instance_id`, owed to each of
+    /// The report (SR) made from `instance_id`, and its companion image,
+    /// owed to each of
     /// `destinations` that was never owed it (a results destination
     /// configured after the analysis). Returns how many rows were added.
     pub async fn owe_report_of(
@@ -51,18 +53,21 @@ impl Store {
         instance_id: i64,
         destinations: &[String],
     ) -> Result<usize, StoreError> {
-        let report: Option<i64> = sqlx::query_scalar(
-            "SELECT sr_instance_id FROM jobs WHERE instance_id = ? AND sr_instance_id IS NOT NULL",
+        let made: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT sr_instance_id, sc_instance_id FROM jobs
+             WHERE instance_id = ? AND sr_instance_id IS NOT NULL",
         )
         .bind(instance_id)
         .fetch_optional(self.pool())
         .await?;
-        let Some(report) = report else {
+        let Some((report, companion)) = made else {
             return Ok(0);
         };
         let mut added = 0;
-        for d in destinations {
-            added += usize::from(enqueue(self.pool(), report, d).await?);
+        for id in std::iter::once(report).chain(companion) {
+            for d in destinations {
+                added += usize::from(enqueue(self.pool(), id, d).await?);
+            }
         }
         if added > 0 {
             // Owed again: a `delivered` job is only `reported` until then.
@@ -149,8 +154,6 @@ impl Store {
         Ok(put_off)
     }
 
-    /// Delivered. A job whose report has now reached every destination
-    /// becomes `delivered`.
     /// The destination could not be reached: its other pending rows due
     /// before `delay` from now wait that long too, untried (their attempts
     /// unchanged). Without this, rows whose back-offs had drifted apart came
@@ -175,17 +178,18 @@ impl Store {
         .rows_affected())
     }
 
-    /// One transaction: a process killed between the two writes left the
+    /// Delivered. A job whose report and companion image have now reached
+    /// every destination becomes `delivered`. One transaction: a process killed between the two writes left the
     /// row sent and its job `reported` for good (nothing sends it again).
     pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         finish_attempt(&mut *tx, id, "sent", status, None).await?;
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'
-               AND sr_instance_id = (SELECT instance_id FROM outbox WHERE id = ?)
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id AND o.state != 'sent')",
-        )
+               AND (SELECT instance_id FROM outbox WHERE id = ?) IN (sr_instance_id, sc_instance_id)
+               AND {NOTHING_MADE_UNSENT}"
+        ))
         .bind(now_ms())
         .bind(id)
         .execute(&mut *tx)
@@ -198,12 +202,12 @@ impl Store {
     /// sent (by a build that marked the two apart and was killed between
     /// them) become `delivered`. Returns how many.
     pub async fn settle_delivered_jobs(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+        Ok(sqlx::query(&format!(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'
                AND EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id)
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = jobs.sr_instance_id AND o.state != 'sent')",
-        )
+               AND {NOTHING_MADE_UNSENT}"
+        ))
         .bind(now_ms())
         .execute(self.pool())
         .await?

@@ -89,14 +89,18 @@ impl Store {
                     .bind(inst.instance_id)
                     .fetch_optional(self.pool())
                     .await?;
-            // Deliveries of the instance itself and of its report.
+            // Deliveries of the instance itself, of its report and of its
+            // companion image.
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
                 "SELECT CASE WHEN o.instance_id = ? THEN 'original' ELSE 'report' END AS kind,
                         i.sop_instance_uid, o.destination, o.state, o.attempts, o.last_status, o.updated_at_ms
                  FROM outbox o JOIN instances i ON i.id = o.instance_id
-                 WHERE o.instance_id = ? OR o.instance_id = (SELECT sr_instance_id FROM jobs WHERE instance_id = ?)
+                 WHERE o.instance_id = ?
+                    OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
+                                         UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?)
                  ORDER BY o.id",
             )
+            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
+use pneumo_store::{Incoming, IngestOutcome, MadeInstances, Store, StoreError};
 use sha2::{Digest, Sha256};
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
@@ -45,6 +45,24 @@ fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming 
         calling_ae: "TEST".into(),
         peer_address: "127.0.0.1:1".into(),
         generated: false,
+    }
+}
+
+/// What an analysis without a companion image made.
+fn report(id: i64) -> MadeInstances {
+    MadeInstances {
+        report: id,
+        companion: None,
+    }
+}
+
+/// Stores a generated instance (a report) and returns its id.
+async fn generated(store: &Store, sop: &str) -> i64 {
+    let mut inc = spooled(store, sop, "SR", "report");
+    inc.generated = true;
+    match store.ingest(&inc, |_| vec![]).await.unwrap() {
+        IngestOutcome::Stored { instance_id, .. } => instance_id,
+        other => panic!("not stored: {other:?}"),
     }
 }
 
@@ -148,7 +166,7 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
         panic!("SR not stored");
     };
     assert!(!store
-        .complete_job(claimed[0].job_id, "worker-a", "{}", sr_id, &[])
+        .complete_job(claimed[0].job_id, "worker-a", "{}", report(sr_id), &[])
         .await
         .unwrap());
     assert!(store
@@ -156,7 +174,7 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
             reclaimed[0].job_id,
             "worker-b",
             "{\"p\":0.7}",
-            sr_id,
+            report(sr_id),
             &["pacs".into()]
         )
         .await
@@ -397,11 +415,17 @@ async fn a_job_left_reported_with_its_report_delivered_everywhere_is_settled_at_
     assert_eq!(jobs.len(), 2);
     // The first report is owed to a PACS, the second to nobody.
     store
-        .complete_job(jobs[0].job_id, "w", "{}", sr_ids[0], &["pacs".into()])
+        .complete_job(
+            jobs[0].job_id,
+            "w",
+            "{}",
+            report(sr_ids[0]),
+            &["pacs".into()],
+        )
         .await
         .unwrap();
     store
-        .complete_job(jobs[1].job_id, "w", "{}", sr_ids[1], &[])
+        .complete_job(jobs[1].job_id, "w", "{}", report(sr_ids[1]), &[])
         .await
         .unwrap();
     for item in store.due_deliveries(None, 10).await.unwrap() {
@@ -525,4 +549,84 @@ async fn a_re_sent_copy_restores_a_missing_file() {
     let third = spooled(&store, "1.9.70", "CR", "a");
     store.ingest(&third, |_| vec![]).await.unwrap();
     assert!(third.spool_path.exists(), "left for the SCP to remove");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_is_delivered_once_its_report_and_companion_image_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let inc = spooled(&store, "1.9.60", "CR", "x");
+    store.ingest(&inc, |_| vec![]).await.unwrap();
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let job = store
+        .claim_jobs("w", Duration::from_secs(60), 1, 3)
+        .await
+        .unwrap()
+        .remove(0);
+    let made = MadeInstances {
+        report: generated(&store, "1.9.61").await,
+        companion: Some(generated(&store, "1.9.62").await),
+    };
+    assert!(store
+        .complete_job(job.job_id, "w", "{}", made, &["pacs".into()])
+        .await
+        .unwrap());
+    let state = |store: &Store| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM jobs")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let due = store.due_deliveries(None, 10).await.unwrap();
+    let uids: Vec<&str> = due.iter().map(|d| d.sop_instance_uid.as_str()).collect();
+    assert_eq!(uids, ["1.9.61", "1.9.62"], "both owed to the PACS");
+    store.mark_sent(due[0].id, "0000H").await.unwrap();
+    assert_eq!(
+        state(&store).await,
+        "reported",
+        "the companion is still owed"
+    );
+    store.mark_sent(due[1].id, "0000H").await.unwrap();
+    assert_eq!(state(&store).await, "delivered");
+
+    // The status view lists both deliveries of what the job made.
+    let details = store.instance_details("1.9.60").await.unwrap();
+    let delivered: Vec<(&str, &str)> = details[0]
+        .2
+        .iter()
+        .map(|d| (d.kind.as_str(), d.sop_instance_uid.as_str()))
+        .collect();
+    assert_eq!(delivered, [("report", "1.9.61"), ("report", "1.9.62")]);
+
+    // A results destination added later is owed both.
+    let added = store
+        .owe_report_of(job.instance_id, &["archive".into()])
+        .await
+        .unwrap();
+    assert_eq!(added, 2);
+    assert_eq!(state(&store).await, "reported");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_a_later_build_migrated_still_opens() {
+    // A downgrade: the database has a migration this build does not know.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'a later build''s', 1, x'00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    let inc = spooled(&store, "1.9.70", "CR", "x");
+    assert!(matches!(
+        store.ingest(&inc, |_| vec![]).await.unwrap(),
+        IngestOutcome::Stored { .. }
+    ));
 }
