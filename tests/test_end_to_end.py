@@ -398,6 +398,28 @@ def test_an_absent_finding_reaches_the_sr(node_factory, rg1_copies, tmp_path):
     assert certainty == pytest.approx(p * 100, abs=1e-3)
 
 
+def test_the_same_weights_recalibrated_make_another_sr_in_another_series(node_factory, rg1_copies, tmp_path):
+    """The demo weights re-exported with another threshold and version give
+    the same image another result: its SR must not carry the first model's
+    SOP Instance UID, nor land in its series (both derived from the weights
+    hash and the study alone, a PACS kept one of two different reports)."""
+    from nodetest import demo_model_with
+
+    recalibrated = demo_model_with(tmp_path / "tiny-recalibrated.onnx", decision_threshold=0.99,
+                                   model_version="0.0.1-recalibrated")
+    made = []
+    for settings in ({}, {"inference__model": str(recalibrated)}):
+        node = node_factory(**settings).start()
+        sr_path, result = one_report(node, rg1_copies)  # the same file both times
+        sr = pydicom.dcmread(sr_path)
+        made.append((sr.SOPInstanceUID, sr.SeriesInstanceUID, sr.SeriesDescription, result["decision"]))
+        node.stop()
+    (uid_a, series_a, title_a, decision_a), (uid_b, series_b, title_b, decision_b) = made
+    assert (decision_a, decision_b) == ("present", "absent")
+    assert uid_a != uid_b
+    assert series_a != series_b, (title_a, title_b)
+
+
 def test_the_sr_reports_the_pneumoconiosis_column_of_a_model_with_other_label_order(node_factory, rg1_copies, tmp_path):
     """A contract may list its labels in another order: P(pneumoconiosis)
     is then column 1, and that is what the SR and the API report (column 0,

@@ -4,6 +4,7 @@ error and exit status 1, never a panic or a hang."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -117,3 +118,53 @@ def test_bad_model_fixtures_are_reproducible():
     spec.loader.exec_module(mod)
     for name, data in mod.build().items():
         assert (BAD / name).read_bytes() == data, f"{name}: run fixtures/models/bad/make_bad_models.py"
+
+
+def demo_with_metadata(out: Path, extra: list[tuple[str, str]]) -> Path:
+    """The demo model with `extra` metadata entries appended (a key may come twice)."""
+    import onnx
+
+    model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    for key, value in extra:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("command", ["infer", "info"])
+def test_a_contract_key_given_twice_is_refused(tmp_path, command):
+    """ONNX Runtime and the file reader need not keep the same one of two
+    values: the threshold (or whether the weights are a demo) would depend
+    on which read it."""
+    model = demo_with_metadata(tmp_path / "twice.onnx", [("pneumo.decision_threshold", "0.9")])
+    args = ["infer", IMAGE, "--model", model] if command == "infer" else ["model", "info", model]
+    refused(node(*args), "`pneumo.decision_threshold` is given more than once")
+
+
+@pytest.mark.parametrize("command", ["infer", "info"])
+def test_the_demo_weights_relabelled_trained_are_refused(tmp_path, command):
+    from nodetest import demo_model_with
+
+    model = demo_model_with(tmp_path / "relabelled.onnx", weights_kind="trained")
+    args = ["infer", IMAGE, "--model", model] if command == "infer" else ["model", "info", model]
+    refused(node(*args), "pneumo.weights_kind", "bundled demo model's random weights")
+
+
+def test_a_model_with_external_weights_loads_through_a_link(tmp_path):
+    """`current.onnx -> v2/model.onnx`, the weights in v2/: ONNX Runtime
+    refuses external data outside the directory of the path it is given,
+    so the node gives it the file the link points to."""
+    import onnx
+
+    model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    (tmp_path / "v2").mkdir()
+    onnx.save_model(model, str(tmp_path / "v2" / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    assert (tmp_path / "v2" / "model.onnx.data").stat().st_size > 0
+    (tmp_path / "current.onnx").symlink_to(Path("v2") / "model.onnx")
+    direct = node("infer", IMAGE, "--json", "--model", tmp_path / "v2" / "model.onnx")
+    linked = node("infer", IMAGE, "--json", "--model", tmp_path / "current.onnx")
+    assert direct.returncode == 0, direct.stderr
+    assert linked.returncode == 0, linked.stderr
+    assert json.loads(linked.stdout)["prediction"]["logits"] == json.loads(direct.stdout)["prediction"]["logits"]

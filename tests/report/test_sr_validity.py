@@ -277,14 +277,17 @@ def test_same_source_and_model_give_the_same_sr(write_sr, utf8_source, tmp_path)
     first = run_writer(write_sr, utf8_source, tmp_path / "a")["SR"]
     again = run_writer(write_sr, utf8_source, tmp_path / "b")["SR"]
     other_model = run_writer(
-        write_sr, utf8_source, tmp_path / "c", "--sha256", "ab" * 32
+        write_sr, utf8_source, tmp_path / "c", "--contract-sha256", "ab" * 32
     )["SR"]
-    a, b, c = (pydicom.dcmread(p) for p in (first, again, other_model))
+    other_node = run_writer(write_sr, utf8_source, tmp_path / "d", "--ae-title", "PNEUMO2")["SR"]
+    a, b, c, d = (pydicom.dcmread(p) for p in (first, again, other_model, other_node))
     assert a.SOPInstanceUID == b.SOPInstanceUID
     assert a.SOPInstanceUID.startswith("2.25.")
     assert c.SOPInstanceUID != a.SOPInstanceUID
-    # one series per node and study
-    assert a.SeriesInstanceUID == c.SeriesInstanceUID
+    assert d.SOPInstanceUID != a.SOPInstanceUID
+    # one series per node, study and model
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID
+    assert len({a.SeriesInstanceUID, c.SeriesInstanceUID, d.SeriesInstanceUID}) == 3
 
 
 def test_patient_study_attributes_of_a_screening_are_copied_where_the_iod_has_them(

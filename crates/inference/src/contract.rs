@@ -3,6 +3,7 @@
 
 use pneumo_imaging::{CropMode, OutputDType, PreprocessSpec};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::ContractError;
 
@@ -36,6 +37,13 @@ pub const CONTRACT_KEYS: [&str; 28] = [
     "pneumo.resize_filter",
     "pneumo.resize_mode",
     "pneumo.crop_mode",
+];
+
+/// `pneumo.weights_sha256` of the bundled demo model's random weights
+/// (fixtures/models/pneumollm-tiny.onnx, and its fp16 form).
+pub const DEMO_WEIGHTS_SHA256: [&str; 2] = [
+    "3b2ea30cd644c67192f18883769d0abced6670e48a619e0777b97769ffe03a00",
+    "d93500ad9de612556f8b3be415e10e848452f4f19a222d3033e7e0586b714b17",
 ];
 
 /// The warning every output of a demo model carries.
@@ -110,6 +118,11 @@ pub struct ModelContract {
     pub resize_filter: String,
     pub resize_mode: String,
     pub crop_mode: CropMode,
+    /// SHA-256 (hex) of the contract as the model states it: every key of
+    /// [`CONTRACT_KEYS`] and its value, in that order. Two models that can
+    /// give an image different results (other weights, threshold, labels,
+    /// preprocessing) differ here; the report's UIDs derive from it.
+    pub contract_sha256: String,
 }
 
 fn bad(key: &'static str, value: &str, expected: impl Into<String>) -> ContractError {
@@ -192,6 +205,15 @@ impl ModelContract {
         if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(bad(k, sha, "expected 64 lowercase hex digits"));
         }
+        // The bundled demo's random weights stay a demo whatever the
+        // metadata says: relabelled `trained`, every DEMO marking was gone.
+        if weights_kind == WeightsKind::Trained && DEMO_WEIGHTS_SHA256.contains(&sha) {
+            return Err(bad(
+                "pneumo.weights_kind",
+                v("pneumo.weights_kind"),
+                "these are the bundled demo model's random weights (pneumo.weights_sha256): expected random-demo",
+            ));
+        }
         let k = "pneumo.input_dtype";
         let input_dtype = match v(k) {
             "float32" => InputDType::Float32,
@@ -264,12 +286,14 @@ impl ModelContract {
                 format!("expected `{PNEUMOCONIOSIS_LABEL}`: the node reports whether pneumoconiosis is present"),
             ));
         }
+        // 0 would make every image positive, 1 almost none: neither is a
+        // decision.
         let k = "pneumo.decision_threshold";
         let decision_threshold: f32 = v(k)
             .parse()
             .ok()
-            .filter(|t: &f32| (0.0..=1.0).contains(t))
-            .ok_or_else(|| bad(k, v(k), "expected a number between 0 and 1"))?;
+            .filter(|t: &f32| *t > 0.0 && *t < 1.0)
+            .ok_or_else(|| bad(k, v(k), "expected a number strictly between 0 and 1"))?;
         let k = "pneumo.input_range";
         let input_range = floats::<2>(k, v(k))?;
         if input_range != [0.0, 1.0] {
@@ -310,7 +334,16 @@ impl ModelContract {
             .parse()
             .map_err(|_| bad(k, v(k), "expected none or lung-box"))?;
 
+        let mut stated = Sha256::new();
+        for (key, value) in CONTRACT_KEYS.iter().zip(&values) {
+            stated.update(key.as_bytes());
+            stated.update(b"\0");
+            stated.update(value.as_bytes());
+            stated.update(b"\0");
+        }
+        let contract_sha256 = hex::encode(stated.finalize());
         Ok(ModelContract {
+            contract_sha256,
             contract_version: 1,
             model_name: v("pneumo.model_name").to_string(),
             model_version: v("pneumo.model_version").to_string(),
@@ -495,6 +528,8 @@ mod tests {
             ("pneumo.positive_label", "normal"), // the node reports P(pneumoconiosis)
             ("pneumo.labels", "[\"pneumoconiosis\",\"pneumoconiosis\"]"),
             ("pneumo.decision_threshold", "1.5"),
+            ("pneumo.decision_threshold", "0"), // every image positive
+            ("pneumo.decision_threshold", "1.0"),
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),
             ("pneumo.mean", "[124.0,116.0,104.0]"), // the 0-255 scale
@@ -510,6 +545,39 @@ mod tests {
                 Err(ContractError::InvalidValue { key: k, .. }) => assert_eq!(k, key, "{value}"),
                 other => panic!("{key}={value}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_demo_weights_stay_a_demo_whatever_the_metadata_says() {
+        for sha in DEMO_WEIGHTS_SHA256 {
+            let mut m = tiny_metadata();
+            m.insert("pneumo.weights_sha256".into(), sha.into());
+            assert!(parse(&m).unwrap().is_demo());
+            m.insert("pneumo.weights_kind".into(), "trained".into());
+            match parse(&m) {
+                Err(ContractError::InvalidValue { key, .. }) => {
+                    assert_eq!(key, "pneumo.weights_kind")
+                }
+                other => panic!("demo weights relabelled trained: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_contract_hash_follows_every_stated_value() {
+        let first = parse(&tiny_metadata()).unwrap().contract_sha256;
+        assert_eq!(first, parse(&tiny_metadata()).unwrap().contract_sha256);
+        assert_eq!(first.len(), 64);
+        // The same weights recalibrated: another result, another hash.
+        for (key, value) in [
+            ("pneumo.decision_threshold", "0.7"),
+            ("pneumo.model_version", "0.0.1"),
+            ("pneumo.mean", "[0.5,0.5,0.5]"),
+        ] {
+            let mut m = tiny_metadata();
+            m.insert(key.into(), value.into());
+            assert_ne!(parse(&m).unwrap().contract_sha256, first, "{key}");
         }
     }
 

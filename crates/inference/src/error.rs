@@ -94,6 +94,11 @@ pub enum ContractError {
         expected: String,
     },
 
+    #[error(
+        "metadata key `{key}` is given more than once: which value applies would depend on the reader"
+    )]
+    DuplicateKey { key: String },
+
     #[error("the graph does not match the contract: {0}")]
     Graph(String),
 }

@@ -2,15 +2,12 @@
 //! Runtime (`model info`), and the contract parsing shared with
 //! [`crate::Model::load`], which reads the same things from a session.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ort::session::Session;
-
-use crate::contract::ModelContract;
-use crate::error::{InferenceError, Result};
+use crate::contract::{ModelContract, CONTRACT_KEYS};
+use crate::error::{ContractError, InferenceError, Result};
 use crate::graph::{check_graph, GraphSignature};
-use crate::onnx_proto::read_onnx_header;
+use crate::onnx_proto::{read_onnx_header, OnnxHeader};
 use crate::runtime::locate_model_file;
 
 /// A model file's contract, checked against its graph, without a session.
@@ -33,11 +30,8 @@ pub struct InspectedModel {
 /// missing external weights, a graph that cannot be built.
 pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
     let path = locate_model_file(path)?;
-    let header = read_onnx_header(&path).map_err(|e| InferenceError::ModelLoad {
-        path: path.clone(),
-        message: format!("not a readable ONNX file: {e}"),
-    })?;
-    let contract = read_contract(&path, &header.metadata)?;
+    let header = read_header(&path)?;
+    let contract = read_contract(&path, &header)?;
     check_graph(&path, &header.signature, &contract)?;
     Ok(InspectedModel {
         path,
@@ -46,28 +40,29 @@ pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
     })
 }
 
-/// The contract in a model's custom metadata.
-pub(crate) fn read_contract(
-    path: &Path,
-    metadata: &HashMap<String, String>,
-) -> Result<ModelContract> {
-    ModelContract::from_metadata(|k| metadata.get(k).cloned()).map_err(|problem| {
-        InferenceError::Contract {
-            path: path.to_path_buf(),
-            problem,
-        }
+/// The ONNX file's metadata and signature, read without its weights.
+pub(crate) fn read_header(path: &Path) -> Result<OnnxHeader> {
+    read_onnx_header(path).map_err(|e| InferenceError::ModelLoad {
+        path: path.to_path_buf(),
+        message: format!("not a readable ONNX file: {e}"),
     })
 }
 
-/// A session's custom metadata (`metadata_props`).
-pub(crate) fn session_metadata(session: &Session) -> Result<HashMap<String, String>> {
-    let ort_err = |e: ort::Error| InferenceError::Ort(e.to_string());
-    let meta = session.metadata().map_err(ort_err)?;
-    let mut map = HashMap::new();
-    for key in meta.custom_keys().map_err(ort_err)? {
-        if let Some(value) = meta.custom(&key) {
-            map.insert(key, value);
-        }
+/// The contract in a model's custom metadata. A contract key given twice
+/// is refused: ONNX Runtime and this reader need not keep the same one.
+pub(crate) fn read_contract(path: &Path, header: &OnnxHeader) -> Result<ModelContract> {
+    let contract_error = |problem| InferenceError::Contract {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if let Some(key) = header
+        .repeated_keys
+        .iter()
+        .find(|k| CONTRACT_KEYS.contains(&k.as_str()))
+    {
+        return Err(contract_error(ContractError::DuplicateKey {
+            key: key.clone(),
+        }));
     }
-    Ok(map)
+    ModelContract::from_metadata(|k| header.metadata.get(k).cloned()).map_err(contract_error)
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
 use crate::error::{InferenceError, Result};
 use crate::graph::{check_graph, GraphSignature};
-use crate::inspect::{read_contract, session_metadata};
+use crate::inspect::{read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, locate_model_file, Runtime};
 use crate::settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
@@ -242,8 +242,10 @@ impl Model {
         settings.validate()?;
         let path = locate_model_file(&settings.model)?;
         let rt = init_runtime(&settings.ort_library)?;
+        // The contract is read from the file as `model info` reads it (a
+        // key given twice is refused there, where a session would keep one).
+        let contract = read_contract(&path, &read_header(&path)?)?;
         let (session, provider) = open_session(rt, settings, &path)?;
-        let contract = read_contract(&path, &session_metadata(&session)?)?;
         let signature = GraphSignature::from_session(&session);
         check_graph(&path, &signature, &contract)?;
         let identity = ModelIdentity::from(&contract);
@@ -258,6 +260,7 @@ impl Model {
             version = %contract.model_version,
             weights_kind = contract.weights_kind.as_str(),
             weights_sha256 = %contract.weights_sha256,
+            contract_sha256 = %contract.contract_sha256,
             execution_provider = %provider,
             path = %path.display(),
             "model loaded"

@@ -57,6 +57,8 @@ mod field {
 pub(crate) struct OnnxHeader {
     /// `metadata_props`; a key given twice keeps its last value.
     pub metadata: HashMap<String, String>,
+    /// Keys of `metadata_props` given more than once.
+    pub repeated_keys: Vec<String>,
     pub signature: GraphSignature,
 }
 
@@ -258,6 +260,7 @@ struct GraphParts {
 
 fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader, ProtoError> {
     let mut metadata = HashMap::new();
+    let mut repeated_keys = Vec::new();
     let mut graph: Option<GraphParts> = None;
     while let Some((number, wire)) = w.next_field(end)? {
         match number {
@@ -268,7 +271,9 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
             field::MODEL_METADATA_PROPS => {
                 let stop = bytes_end(wire, "ModelProto.metadata_props", w.pos)?;
                 let (key, value) = read_entry(w, stop)?;
-                metadata.insert(key, value);
+                if metadata.insert(key.clone(), value).is_some() {
+                    repeated_keys.push(key);
+                }
             }
             _ => w.skip(wire, end)?,
         }
@@ -285,6 +290,7 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
         .collect();
     Ok(OnnxHeader {
         metadata,
+        repeated_keys,
         signature: GraphSignature {
             inputs,
             outputs: graph.outputs,

@@ -12,6 +12,8 @@ pub struct ModelIdentity {
     pub version: String,
     pub weights_kind: WeightsKind,
     pub weights_sha256: String,
+    /// The contract's SHA-256 ([`ModelContract::contract_sha256`]).
+    pub contract_sha256: String,
     pub precision: String,
 }
 
@@ -22,6 +24,7 @@ impl From<&ModelContract> for ModelIdentity {
             version: c.model_version.clone(),
             weights_kind: c.weights_kind,
             weights_sha256: c.weights_sha256.clone(),
+            contract_sha256: c.contract_sha256.clone(),
             precision: c.precision.clone(),
         }
     }

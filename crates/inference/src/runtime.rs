@@ -238,7 +238,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 pub fn locate_model_file(path: &Path) -> Result<PathBuf, crate::InferenceError> {
     let resolved = resolve_data_path(path);
     let why = if resolved.is_file() {
-        return Ok(resolved);
+        // The real file: ONNX Runtime looks for external weights beside the
+        // path it is given and refuses any outside that directory, so a
+        // link (`current.onnx -> v2/model.onnx`) must not be what it gets.
+        return Ok(resolved.canonicalize().unwrap_or(resolved));
     } else if resolved.is_dir() {
         "is a directory, not a model file".to_string()
     } else if path.is_relative() {

@@ -75,6 +75,7 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
         c.weights_sha256,
         c.weights_sha256_method
     );
+    println!("contract          sha256 {}", c.contract_sha256);
     println!("precision         {}", c.precision);
     println!(
         "input             {} {} {} {}",

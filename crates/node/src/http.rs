@@ -40,6 +40,7 @@ impl ModelStatus {
                 "version": id.version,
                 "weights_kind": id.weights_kind,
                 "weights_sha256": id.weights_sha256,
+                "contract_sha256": id.contract_sha256,
                 "precision": id.precision,
                 "demo": engine.contract().is_demo(),
                 "warning": engine.contract().is_demo().then_some(pneumo_inference::DEMO_WARNING),

@@ -271,7 +271,8 @@ impl Pipeline {
         let model = report_model(&prediction);
         let sr_uid = sr_sop_instance_uid(
             &source.sop_instance_uid,
-            &model.sha256,
+            &self.node.ae_title,
+            &model.contract_sha256,
             self.node.uid_root.as_deref(),
         )
         .map_err(|e| format!("report: {e}"))?;
@@ -288,7 +289,8 @@ impl Pipeline {
         if let Some(grey) = &prepared.grey {
             let sc_uid = sc_sop_instance_uid(
                 &source.sop_instance_uid,
-                &model.sha256,
+                &self.node.ae_title,
+                &model.contract_sha256,
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))?;
@@ -408,9 +410,14 @@ impl Pipeline {
             .to_string();
         let spool = self.store.spool_dir().join(generated_spool_name(&sop_uid));
         let spool_for_write = spool.clone();
-        let (len, sha) = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
-            obj.write_to_file(&spool_for_write)
-                .map_err(|e| format!("cannot write report: {e}"))?;
+        let written = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
+            obj.write_to_file(&spool_for_write).map_err(|e| {
+                format!(
+                    "cannot write report {}: {}",
+                    spool_for_write.display(),
+                    with_causes(&e)
+                )
+            })?;
             let offset = pneumo_dimse::FileToSend::inspect(&spool_for_write)?.dataset_offset;
             let bytes = std::fs::read(&spool_for_write).map_err(|e| e.to_string())?;
             let dataset = bytes
@@ -419,7 +426,17 @@ impl Pipeline {
             Ok((dataset.len() as u64, Sha256::digest(dataset).into()))
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let (len, sha) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // A part-written file (a full disk) would hold the space
+                // that recovery needs, one more per retry.
+                let _ = std::fs::remove_file(&spool);
+                return Err(e);
+            }
+        };
         let incoming = Incoming {
             spool_path: spool.clone(),
             sop_class_uid: sop_class,
@@ -439,6 +456,23 @@ impl Pipeline {
             | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
         }
     }
+}
+
+/// An error and its sources, "a: b": dicom-rs's write errors say only
+/// what they were writing ("Could not print data set"), their source why
+/// ("No space left on device").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How long a job whose result the store could not keep waits to run again.
@@ -551,6 +585,7 @@ fn report_model(p: &Prediction) -> ReportModel {
             WeightsKind::RandomDemo => ReportWeights::RandomDemo,
         },
         sha256: p.model.weights_sha256.clone(),
+        contract_sha256: p.model.contract_sha256.clone(),
     }
 }
 

@@ -74,6 +74,12 @@ struct Args {
         default_value = "5f1e1a0e3c2b4d6f8a9b0c1d2e3f405162738495a6b7c8d9eaf0b1c2d3e4f506"
     )]
     sha256: String,
+    /// The contract's SHA-256 (the report's UIDs derive from it)
+    #[arg(
+        long,
+        default_value = "8c0d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d"
+    )]
+    contract_sha256: String,
 }
 
 /// The source's pixels as display values in [0, 1] (window, MONOCHROME1
@@ -184,6 +190,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             WeightsArg::RandomDemo => WeightsKind::RandomDemo,
         },
         sha256: args.sha256.clone(),
+        contract_sha256: args.contract_sha256.clone(),
     };
     let mut node = NodeIdentity::new(
         args.ae_title.clone(),

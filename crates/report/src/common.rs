@@ -184,7 +184,6 @@ pub(crate) fn contributing_equipment(
     obj: &mut InMemDicomObject,
     node: &NodeIdentity,
     model: &ModelIdentity,
-    sha256: &str,
     stamp: &Stamp,
     description: &str,
 ) {
@@ -235,7 +234,11 @@ pub(crate) fn contributing_equipment(
         &mut item,
         tags::CONTRIBUTION_DESCRIPTION,
         VR::ST,
-        format!("{description} Model SHA-256: {sha256}."),
+        format!(
+            "{description} Model weights SHA-256: {}; contract SHA-256: {}.",
+            model.sha256.trim().to_ascii_lowercase(),
+            model.contract_sha256.trim().to_ascii_lowercase()
+        ),
     );
     obj.put(sequence(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, vec![item]));
 }

@@ -208,9 +208,10 @@ pub fn build_companion_sc(
     result.validate()?;
     let root_uid = node.uid_root.as_deref();
     let sop_class_uid = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
-    let sop_instance_uid = uid::sc_sop_instance_uid(&source.sop_instance_uid, &sha, root_uid)?;
+    let sop_instance_uid =
+        uid::sc_sop_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
     let series_uid =
-        uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, root_uid)?;
+        uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
     let stamp = common::stamp(source, time);
 
     let small = downscale(&image, usize::from(options.sc_max_size))?;
@@ -357,7 +358,7 @@ pub fn build_companion_sc(
         model.version.trim(),
         model.weights_kind.as_str()
     );
-    common::contributing_equipment(&mut obj, node, model, &sha, &stamp, &description);
+    common::contributing_equipment(&mut obj, node, model, &stamp, &description);
 
     common::to_file(obj, source, sop_class_uid, &sop_instance_uid, node)
 }

@@ -277,7 +277,12 @@ pub fn build_content_tree(
         ContentItem::new(
             Relationship::HasObsContext,
             codes::TRACKING_UNIQUE_IDENTIFIER,
-            ItemValue::UidRef(uid::tracking_uid(&source.sop_instance_uid, &sha, root_uid)?),
+            ItemValue::UidRef(uid::tracking_uid(
+                &source.sop_instance_uid,
+                &node.ae_title,
+                &sha,
+                root_uid,
+            )?),
         ),
         ContentItem::new(
             Relationship::Contains,
@@ -313,7 +318,12 @@ pub fn build_content_tree(
         text(
             Relationship::HasConceptMod,
             codes::ALGORITHM_PARAMETERS,
-            format!("sha256={sha}"),
+            format!("sha256={}", model.sha256.trim().to_ascii_lowercase()),
+        ),
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!("contract_sha256={sha}"),
         ),
         text(
             Relationship::HasConceptMod,
@@ -432,9 +442,10 @@ pub fn build_sr(
     let tree = build_content_tree(source, result, model, node)?;
     let root_uid = node.uid_root.as_deref();
     let sop_class_uid = options.sop_class.uid();
-    let sop_instance_uid = uid::sr_sop_instance_uid(&source.sop_instance_uid, &sha, root_uid)?;
+    let sop_instance_uid =
+        uid::sr_sop_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
     let series_uid =
-        uid::sr_series_instance_uid(&node.ae_title, &source.study_instance_uid, root_uid)?;
+        uid::sr_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
     let stamp = common::stamp(source, time);
 
     let mut obj = common::base_dataset(
@@ -478,7 +489,7 @@ pub fn build_sr(
         model.version.trim(),
         model.weights_kind.as_str()
     );
-    common::contributing_equipment(&mut obj, node, model, &sha, &stamp, &description);
+    common::contributing_equipment(&mut obj, node, model, &stamp, &description);
 
     // SR Document Content
     tree.write_into(&mut obj);

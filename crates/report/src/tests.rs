@@ -9,6 +9,7 @@ use crate::content::format_ds;
 use crate::*;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const CONTRACT_SHA: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
 fn source_dataset(charset: Option<&str>, name: &str) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
@@ -75,6 +76,7 @@ fn model(kind: WeightsKind) -> ModelIdentity {
         version: "1.0.0".into(),
         weights_kind: kind,
         sha256: SHA.into(),
+        contract_sha256: CONTRACT_SHA.into(),
     }
 }
 
@@ -257,12 +259,12 @@ fn sr_attributes() {
     assert_eq!(meta.media_storage_sop_instance_uid(), sop);
     assert_eq!(
         sop,
-        sr_sop_instance_uid("1.2.3.4.5.6.7", SHA, None).unwrap()
+        sr_sop_instance_uid("1.2.3.4.5.6.7", "PNEUMO", CONTRACT_SHA, None).unwrap()
     );
     assert_eq!(str_of(&sr, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
     assert_eq!(
         str_of(&sr, tags::SERIES_INSTANCE_UID),
-        sr_series_instance_uid("PNEUMO", "1.2.3.4.5", None).unwrap()
+        sr_series_instance_uid("PNEUMO", "1.2.3.4.5", CONTRACT_SHA, None).unwrap()
     );
     assert_ne!(str_of(&sr, tags::SERIES_INSTANCE_UID), "1.2.3.4.5.6");
     assert_eq!(str_of(&sr, tags::MODALITY), "SR");
@@ -307,7 +309,8 @@ fn sr_attributes() {
     assert_eq!(ce.len(), 1);
     assert_eq!(str_of(&ce[0], tags::MANUFACTURER_MODEL_NAME), "PneumoLLM");
     assert!(str_of(&ce[0], tags::SOFTWARE_VERSIONS).starts_with("1.0.0"));
-    assert!(str_of(&ce[0], tags::CONTRIBUTION_DESCRIPTION).contains(SHA));
+    let description = str_of(&ce[0], tags::CONTRIBUTION_DESCRIPTION);
+    assert!(description.contains(SHA) && description.contains(CONTRACT_SHA));
 
     // root content
     assert_eq!(str_of(&sr, tags::VALUE_TYPE), "CONTAINER");
@@ -381,6 +384,31 @@ fn same_inputs_same_bytes() {
         str_of(&a, tags::SERIES_INSTANCE_UID),
         str_of(&c, tags::SERIES_INSTANCE_UID)
     );
+}
+
+#[test]
+fn another_contract_with_the_same_weights_is_another_sr_in_another_series() {
+    // The same weights recalibrated (another threshold, another version):
+    // its result may differ, so neither its SR nor its series may share
+    // the first model's UIDs.
+    let recalibrated = ModelIdentity {
+        version: "1.0.1-recalibrated".into(),
+        contract_sha256: CONTRACT_SHA.replace('f', "e"),
+        ..model(WeightsKind::Trained)
+    };
+    let a = trained_sr(&source(), 0.6);
+    let b = build_sr(
+        &source(),
+        &result(0.6),
+        &recalibrated,
+        &node(),
+        &ReportOptions::default(),
+        &time(),
+    )
+    .unwrap();
+    for tag in [tags::SOP_INSTANCE_UID, tags::SERIES_INSTANCE_UID] {
+        assert_ne!(str_of(&a, tag), str_of(&b, tag));
+    }
 }
 
 #[test]

@@ -172,12 +172,20 @@ pub struct ModelIdentity {
     pub version: String,
     /// Trained or random demonstration weights.
     pub weights_kind: WeightsKind,
-    /// SHA-256 of the ONNX file, 64 hexadecimal digits.
+    /// SHA-256 of the weights (the contract's `weights_sha256`), 64
+    /// hexadecimal digits.
     pub sha256: String,
+    /// SHA-256 of the model's whole contract (weights hash, labels,
+    /// threshold, preprocessing, name, version): two models that can give
+    /// an image different results differ here. The report's UIDs derive
+    /// from it, never from the weights alone (a recalibrated threshold
+    /// with the same weights is another result).
+    pub contract_sha256: String,
 }
 
 impl ModelIdentity {
-    /// Check the fields; returns the SHA-256 in lower case.
+    /// Check the fields; returns the contract's SHA-256 in lower case
+    /// (what the report's UIDs derive from).
     pub fn validate(&self) -> Result<String, ReportError> {
         if self.name.trim().is_empty() {
             return Err(ReportError::InvalidModel("empty model name".into()));
@@ -185,14 +193,18 @@ impl ModelIdentity {
         if self.version.trim().is_empty() {
             return Err(ReportError::InvalidModel("empty model version".into()));
         }
-        let sha = self.sha256.trim().to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ReportError::InvalidModel(format!(
-                "SHA-256 {:?} is not 64 hexadecimal digits",
-                self.sha256
-            )));
+        for (what, value) in [
+            ("SHA-256", &self.sha256),
+            ("contract SHA-256", &self.contract_sha256),
+        ] {
+            let v = value.trim();
+            if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ReportError::InvalidModel(format!(
+                    "{what} {value:?} is not 64 hexadecimal digits"
+                )));
+            }
         }
-        Ok(sha)
+        Ok(self.contract_sha256.trim().to_ascii_lowercase())
     }
 
     /// True for demonstration weights.

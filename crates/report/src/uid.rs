@@ -14,14 +14,18 @@
 //!
 //! | UID | name |
 //! | --- | --- |
-//! | SR SOP Instance UID | `sr`, source SOP Instance UID, model SHA-256 (lower-case hex) |
-//! | SR Series Instance UID | `sr-series`, node AE title, Study Instance UID |
-//! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, model SHA-256 |
-//! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, model SHA-256 |
-//! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID |
+//! | SR SOP Instance UID | `sr`, source SOP Instance UID, node AE title, contract SHA-256 (lower-case hex) |
+//! | SR Series Instance UID | `sr-series`, node AE title, Study Instance UID, contract SHA-256 |
+//! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, node AE title, contract SHA-256 |
+//! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, node AE title, contract SHA-256 |
+//! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID, contract SHA-256 |
 //!
-//! Re-running a job (after a crash, or a retry) therefore yields the same SR,
-//! and every SR this node writes into one study lands in one series.
+//! The contract SHA-256 covers everything that makes the model's result
+//! (weights hash, labels, threshold, preprocessing, name and version).
+//! Re-running a job (after a crash, or a retry) therefore yields the same
+//! SR; another model, or the same weights with another threshold, or
+//! another node, yields another SR; and the SRs one node writes into one
+//! study with one model land in one series.
 
 use uuid::Uuid;
 
@@ -94,26 +98,38 @@ pub fn uuid_to_uid(uuid: Uuid, root: Option<&str>) -> Result<String, ReportError
     }
 }
 
-/// The SOP Instance UID of the SR for `source_sop_uid` analysed by the model
-/// whose weights have SHA-256 `model_sha256` (hex; case is ignored).
+/// The name of a derived UID: `kind` then each field, trimmed (and a
+/// contract SHA-256 in lower case, so its case does not matter).
+fn derived(kind: &str, fields: [&str; 3], uid_root: Option<&str>) -> Result<String, ReportError> {
+    let [a, b, sha] = fields;
+    let sha = sha.trim().to_ascii_lowercase();
+    uuid_to_uid(name_uuid(&[kind, a.trim(), b.trim(), &sha]), uid_root)
+}
+
+/// The SOP Instance UID of the SR that node `ae_title` makes for
+/// `source_sop_uid` with the model whose contract has SHA-256
+/// `contract_sha256` (hex).
 pub fn sr_sop_instance_uid(
     source_sop_uid: &str,
-    model_sha256: &str,
+    ae_title: &str,
+    contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    let sha = model_sha256.trim().to_ascii_lowercase();
-    uuid_to_uid(name_uuid(&["sr", source_sop_uid.trim(), &sha]), uid_root)
+    derived("sr", [source_sop_uid, ae_title, contract_sha256], uid_root)
 }
 
 /// The Series Instance UID of the SR series of node `ae_title` in study
-/// `study_uid`: one series per node and study.
+/// `study_uid` for one model: one series per node, study and model, so a
+/// series holds the results of one model only (its description names it).
 pub fn sr_series_instance_uid(
     ae_title: &str,
     study_uid: &str,
+    contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    uuid_to_uid(
-        name_uuid(&["sr-series", ae_title.trim(), study_uid.trim()]),
+    derived(
+        "sr-series",
+        [ae_title, study_uid, contract_sha256],
         uid_root,
     )
 }
@@ -121,12 +137,13 @@ pub fn sr_series_instance_uid(
 /// The Tracking Unique Identifier of the measurement group.
 pub fn tracking_uid(
     source_sop_uid: &str,
-    model_sha256: &str,
+    ae_title: &str,
+    contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    let sha = model_sha256.trim().to_ascii_lowercase();
-    uuid_to_uid(
-        name_uuid(&["tracking", source_sop_uid.trim(), &sha]),
+    derived(
+        "tracking",
+        [source_sop_uid, ae_title, contract_sha256],
         uid_root,
     )
 }
@@ -134,23 +151,24 @@ pub fn tracking_uid(
 /// The SOP Instance UID of the companion Secondary Capture image.
 pub fn sc_sop_instance_uid(
     source_sop_uid: &str,
-    model_sha256: &str,
+    ae_title: &str,
+    contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    let sha = model_sha256.trim().to_ascii_lowercase();
-    uuid_to_uid(name_uuid(&["sc", source_sop_uid.trim(), &sha]), uid_root)
+    derived("sc", [source_sop_uid, ae_title, contract_sha256], uid_root)
 }
 
-/// The Series Instance UID of the companion Secondary Capture series of node
-/// `ae_title` in study `study_uid` (a series apart from the SR series:
-/// Modality is a series attribute).
+/// The Series Instance UID of the companion Secondary Capture series (a
+/// series apart from the SR series: Modality is a series attribute).
 pub fn sc_series_instance_uid(
     ae_title: &str,
     study_uid: &str,
+    contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    uuid_to_uid(
-        name_uuid(&["sc-series", ae_title.trim(), study_uid.trim()]),
+    derived(
+        "sc-series",
+        [ae_title, study_uid, contract_sha256],
         uid_root,
     )
 }
@@ -176,8 +194,8 @@ mod tests {
 
     #[test]
     fn sr_uid_is_deterministic_and_valid() {
-        let a = sr_sop_instance_uid("1.2.3.4", SHA, None).unwrap();
-        let b = sr_sop_instance_uid("1.2.3.4", &SHA.to_uppercase(), None).unwrap();
+        let a = sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap();
+        let b = sr_sop_instance_uid("1.2.3.4", "PNEUMO", &SHA.to_uppercase(), None).unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with("2.25."));
         assert!(is_valid_uid(&a), "{a}");
@@ -185,48 +203,71 @@ mod tests {
     }
 
     #[test]
-    fn sr_uid_depends_on_source_and_model() {
-        let a = sr_sop_instance_uid("1.2.3.4", SHA, None).unwrap();
-        let b = sr_sop_instance_uid("1.2.3.5", SHA, None).unwrap();
+    fn sr_uid_depends_on_source_node_and_model() {
+        let a = sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap();
+        let b = sr_sop_instance_uid("1.2.3.5", "PNEUMO", SHA, None).unwrap();
         let other_sha = SHA.replace('9', "8");
-        let c = sr_sop_instance_uid("1.2.3.4", &other_sha, None).unwrap();
+        let c = sr_sop_instance_uid("1.2.3.4", "PNEUMO", &other_sha, None).unwrap();
+        let d = sr_sop_instance_uid("1.2.3.4", "OTHER", SHA, None).unwrap();
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_ne!(b, c);
+        assert_ne!(a, d, "another node makes another SR");
         // and the other derived UIDs differ from it
-        assert_ne!(a, tracking_uid("1.2.3.4", SHA, None).unwrap());
-        assert_ne!(a, sc_sop_instance_uid("1.2.3.4", SHA, None).unwrap());
+        assert_ne!(a, tracking_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap());
+        assert_ne!(
+            a,
+            sc_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap()
+        );
     }
 
     #[test]
-    fn series_uid_per_node_and_study() {
-        let a = sr_series_instance_uid("PNEUMO", "1.2.3", None).unwrap();
-        assert_eq!(a, sr_series_instance_uid("PNEUMO", "1.2.3", None).unwrap());
-        assert_ne!(a, sr_series_instance_uid("OTHER", "1.2.3", None).unwrap());
-        assert_ne!(a, sr_series_instance_uid("PNEUMO", "1.2.4", None).unwrap());
-        assert_ne!(a, sc_series_instance_uid("PNEUMO", "1.2.3", None).unwrap());
+    fn series_uid_per_node_study_and_model() {
+        let a = sr_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap();
+        let other_sha = SHA.replace('9', "8");
+        assert_ne!(
+            a,
+            sr_series_instance_uid("PNEUMO", "1.2.3", &other_sha, None).unwrap()
+        );
+        assert_eq!(
+            a,
+            sr_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap()
+        );
+        assert_ne!(
+            a,
+            sr_series_instance_uid("OTHER", "1.2.3", SHA, None).unwrap()
+        );
+        assert_ne!(
+            a,
+            sr_series_instance_uid("PNEUMO", "1.2.4", SHA, None).unwrap()
+        );
+        assert_ne!(
+            a,
+            sc_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap()
+        );
     }
 
     #[test]
     fn fields_cannot_run_together() {
         // "1.2" + "3" vs "1.23" + "" would collide without a separator
-        let a = sr_series_instance_uid("AE1", "2.3", None).unwrap();
-        let b = sr_series_instance_uid("AE1.2", ".3", None).unwrap();
+        let a = sr_series_instance_uid("AE1", "2.3", SHA, None).unwrap();
+        let b = sr_series_instance_uid("AE1.2", ".3", SHA, None).unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
     fn custom_root() {
-        let short = sr_sop_instance_uid("1.2.3.4", SHA, Some("1.2.826.0.1.3680043.10.1")).unwrap();
+        let short = sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, Some("1.2.826.0.1.3680043.10.1"))
+            .unwrap();
         assert!(short.starts_with("1.2.826.0.1.3680043.10.1."));
         assert!(is_valid_uid(&short), "{short}");
         let long_root = "1.2.826.0.1.3680043.10.1.2.3.4.5.6.7.8.9";
-        let long = sr_sop_instance_uid("1.2.3.4", SHA, Some(long_root)).unwrap();
+        let long = sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, Some(long_root)).unwrap();
         assert!(long.len() <= 64);
         assert!(is_valid_uid(&long), "{long}");
         assert_eq!(
             long,
-            sr_sop_instance_uid("1.2.3.4", SHA, Some(long_root)).unwrap()
+            sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, Some(long_root)).unwrap()
         );
     }
 
@@ -234,7 +275,7 @@ mod tests {
     fn bad_roots_are_refused() {
         for root in ["", "1..2", "1.02", "1.2.a", "1.2.", &"1.2".repeat(20)] {
             assert!(
-                sr_sop_instance_uid("1.2.3.4", SHA, Some(root)).is_err(),
+                sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, Some(root)).is_err(),
                 "{root:?} accepted"
             );
         }

@@ -26,8 +26,38 @@ pub async fn connect(
     .busy_timeout(Duration::from_secs(30));
     SqlitePoolOptions::new()
         .max_connections(8)
+        .before_acquire(|conn, _| Box::pin(outside_any_transaction(conn)))
         .connect_with(options)
         .await
+}
+
+/// Whether a pooled connection may be handed out: no transaction open,
+/// neither in sqlx's count nor in SQLite. A statement that fails with
+/// SQLITE_FULL or SQLITE_IOERR may make SQLite roll the whole transaction
+/// back by itself; sqlx's ROLLBACK then fails and its count stays at one,
+/// so its next "transaction" was a savepoint, whose rollback (ROLLBACK TO)
+/// left a real transaction open on the connection: every later write on it,
+/// instances acknowledged included, was never committed, and its write lock
+/// locked out every other connection (seen on a full disk). Such a
+/// connection is closed (SQLite rolls back what it holds) and replaced.
+async fn outside_any_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    // Locking the handle waits for the commands queued before it (a
+    // dropped transaction's rollback), so both counts are settled.
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is locked for this call, and sqlite3_get_autocommit
+    // only reads the connection's state.
+    let sqlite_autocommit =
+        unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0;
+    drop(handle);
+    let clean = sqlite_autocommit && !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!(
+            "a database connection was left inside a transaction (after a failed write); \
+             closed and replaced"
+        );
+    }
+    Ok(clean)
 }
 
 /// The file of the database `connect` opens; None for an in-memory one.

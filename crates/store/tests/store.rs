@@ -630,3 +630,38 @@ async fn a_database_a_later_build_migrated_still_opens() {
         IngestOutcome::Stored { .. }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_left_inside_a_transaction_never_takes_an_acknowledged_write() {
+    // The state a write failing with SQLITE_FULL can leave a pooled
+    // connection in (SQLite rolled the transaction back by itself, sqlx's
+    // ROLLBACK failed, a later savepoint's ROLLBACK TO kept a transaction
+    // open): made here on every connection of the pool by abandoning an
+    // open transaction. An instance ingested next used to "commit" inside
+    // it: acknowledged, and gone at the next start.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+    for conn in &mut held {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT COUNT(*) FROM jobs")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        std::mem::forget(tx);
+    }
+    drop(held);
+
+    let inc = spooled(&store, "1.9.80", "CR", "x");
+    assert!(matches!(
+        store.ingest(&inc, |_| vec![]).await.unwrap(),
+        IngestOutcome::Stored { .. }
+    ));
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.count_instances_with_uid("1.9.80").await.unwrap(), 1);
+}
