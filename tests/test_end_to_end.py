@@ -420,6 +420,21 @@ def test_the_same_weights_recalibrated_make_another_sr_in_another_series(node_fa
     assert series_a != series_b, (title_a, title_b)
 
 
+def test_a_model_that_runs_one_image_at_a_time_reports_every_image(node_factory, rg1_copies):
+    """A graph that declares a dynamic batch but fixes it to one inside
+    (fixtures/models/bad/batch-one.onnx) passes every check at load; its
+    batches failed, and with them every job of a busy node."""
+    from nodetest import ROOT
+
+    node = node_factory(inference__model=str(ROOT / "fixtures/models/bad/batch-one.onnx"),
+                        inference__max_batch="8", inference__max_wait_ms="300").start()
+    files = rg1_copies("UNCI", 4)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 4, node.log()[-3000:]
+    assert "images run one at a time" in node.log()
+
+
 def test_the_sr_reports_the_pneumoconiosis_column_of_a_model_with_other_label_order(node_factory, rg1_copies, tmp_path):
     """A contract may list its labels in another order: P(pneumoconiosis)
     is then column 1, and that is what the SR and the API report (column 0,

@@ -90,7 +90,7 @@ impl InferenceEngine {
     /// Serves an already loaded model.
     pub fn from_model(
         mut model: Model,
-        batch: BatchConfig,
+        mut batch: BatchConfig,
         warmup: bool,
     ) -> Result<InferenceEngine> {
         if warmup {
@@ -104,15 +104,31 @@ impl InferenceEngine {
                 }
             };
             model.run_logits(&[&zeros])?;
-            // On CUDA a full batch too: the memory arena grows to the
-            // largest batch now rather than during the first busy minute.
-            let warmed =
-                if model.execution_provider() == ExecutionProvider::Cuda && batch.max_batch > 1 {
-                    model.run_logits(&vec![&zeros; batch.max_batch])?;
+            // A batch too: on CUDA a full one (the memory arena grows to the
+            // largest batch now rather than during the first busy minute),
+            // on the CPU two images. A graph that declares a dynamic batch
+            // but runs only one image (a batch size fixed inside it, out of
+            // sight of the contract check) fails here, not on every batch.
+            let mut warmed = 1;
+            if batch.max_batch > 1 {
+                let size = if model.execution_provider() == ExecutionProvider::Cuda {
                     batch.max_batch
                 } else {
-                    1
+                    2
                 };
+                match model.run_logits(&vec![&zeros; size]) {
+                    Ok(_) => warmed = size,
+                    Err(e) => {
+                        tracing::warn!(
+                            batch = size,
+                            error = %e,
+                            "the model fails on a batch of {size} images but runs one: \
+                             images run one at a time (inference.max_batch taken as 1)"
+                        );
+                        batch.max_batch = 1;
+                    }
+                }
+            }
             tracing::info!(
                 ms = t.elapsed().as_secs_f64() * 1e3,
                 largest_batch = warmed,

@@ -316,12 +316,17 @@ impl Model {
                 .into_iter()
                 .map(|logits| self.predict(logits))
                 .collect(),
-            Err(e) => {
-                let msg = e.to_string();
-                (0..n)
-                    .map(|_| Err(InferenceError::Run(msg.clone())))
+            // One image's failure (or a batch size the graph cannot take)
+            // must not fail the others: each runs alone, and has its own
+            // result.
+            Err(e) if n > 1 => {
+                tracing::warn!(batch = n, error = %e, "a batch failed; its images run one at a time");
+                inputs
+                    .iter()
+                    .map(|input| self.run_batch(&[*input]).remove(0))
                     .collect()
             }
+            Err(e) => vec![Err(e)],
         }
     }
 

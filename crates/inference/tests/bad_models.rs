@@ -110,3 +110,47 @@ fn cuda_without_cuda_is_an_error_at_start_and_auto_says_cpu() {
         }
     }
 }
+
+#[test]
+fn a_graph_that_runs_one_image_only_still_answers_every_request() {
+    // batch-one.onnx declares a dynamic batch and fixes it to one inside:
+    // every batch of several images used to fail all of them.
+    let path = bad("batch-one.onnx");
+    let s = 224;
+    let images: Vec<Vec<f32>> = (0..6)
+        .map(|i| vec![i as f32 * 0.2 - 0.5; 3 * s * s])
+        .collect();
+    let mut model = Model::load(&cpu_settings(&path)).unwrap();
+    let inputs: Vec<ImageInput> = images.iter().cloned().map(ImageInput::F32).collect();
+    let alone: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|i| model.run_logits(&[i]).unwrap().remove(0))
+        .collect();
+    assert!(
+        model.run_logits(&[&inputs[0], &inputs[1]]).is_err(),
+        "the fixture must fail on two images"
+    );
+    // A batch that fails runs its images one at a time.
+    let refs: Vec<&ImageInput> = inputs.iter().collect();
+    let batched = model.run_batch(&refs);
+    for (got, want) in batched.iter().zip(&alone) {
+        assert_eq!(&got.as_ref().unwrap().logits, want);
+    }
+    // The warm-up finds it: the engine runs one image at a time, and
+    // concurrent requests each get their own image's result.
+    let mut settings = cpu_settings(&path);
+    settings.max_batch = 8;
+    settings.max_wait_ms = 200;
+    let engine = std::sync::Arc::new(InferenceEngine::start(&settings).unwrap());
+    assert_eq!(engine.batch_config().max_batch, 1);
+    let handles: Vec<_> = images
+        .into_iter()
+        .map(|v| {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.infer_blocking(tensor(v, s)).unwrap().logits)
+        })
+        .collect();
+    for (h, want) in handles.into_iter().zip(&alone) {
+        assert_eq!(&h.join().unwrap(), want);
+    }
+}
