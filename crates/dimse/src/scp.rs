@@ -1112,7 +1112,18 @@ impl Spool {
         let path = dir.join(format!("{}-{association}-{seq}.part", std::process::id()));
         let header = part10_header(sop_class, sop_instance, transfer_syntax, calling_ae)?;
         let guard = SpoolGuard(path.clone());
-        let file = tokio::task::block_in_place(|| std::fs::File::create(&path))?;
+        let file = tokio::task::block_in_place(|| {
+            match std::fs::File::create(&path) {
+                // The spool directory removed under the running node (a
+                // clean-up script): made again, not every store refused.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::File::create(&path)
+                }
+                other => other,
+            }
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        })?;
         let mut buf = Vec::with_capacity(SPOOL_CHUNK);
         buf.extend_from_slice(&header);
         Ok(Spool {

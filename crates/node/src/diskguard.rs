@@ -26,7 +26,10 @@ impl DiskGuard {
 
     pub fn status(&self) -> StorageStatus {
         // Where the node writes: the database beside the data directory,
-        // transfers into spool/, instances renamed into instances/.
+        // transfers into spool/, instances renamed into instances/. A
+        // spool/ removed under the node is made again at the next store,
+        // here too.
+        let _ = std::fs::create_dir_all(self.data_dir.join("spool"));
         let not_writable = [
             self.data_dir.clone(),
             self.data_dir.join("spool"),

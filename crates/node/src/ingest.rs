@@ -120,11 +120,13 @@ impl IngestHandler {
         if forwarded {
             self.wake_outbox.notify_one();
         }
-        if matches!(
-            outcome,
-            Ok(IngestOutcome::Stored { .. } | IngestOutcome::StoredConflicting { .. })
-        ) {
+        // A duplicate too: a re-sent copy that repaired a lost file puts
+        // its failed analysis and parked deliveries back.
+        if outcome.is_ok() {
             self.wake_router.notify_one();
+        }
+        if matches!(outcome, Ok(IngestOutcome::Duplicate { .. })) {
+            self.wake_outbox.notify_one();
         }
         match outcome {
             Ok(IngestOutcome::Stored {

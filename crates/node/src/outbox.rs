@@ -202,10 +202,19 @@ impl OutboxWorker {
         let mut all = true;
         let mut sendable = Vec::new();
         for item in items {
-            match FileToSend::inspect(&self.store.instance_file(&item.path)) {
+            let path = self.store.instance_file(&item.path);
+            // A truncated file would be sent as it is (a destination may
+            // store the broken image) or aborted by it at every retry.
+            let checked = match pneumo_store::stored_file_problem(&path, item.file_size) {
+                Some(problem) => Err(problem),
+                None => {
+                    FileToSend::inspect(&path).map_err(|e| format!("stored file unreadable: {e}"))
+                }
+            };
+            match checked {
                 Ok(f) => sendable.push((item, f)),
-                Err(e) => {
-                    let reason = format!("stored file unreadable: {e}");
+                Err(reason) => {
+                    warn!(sop_instance_uid = %item.sop_instance_uid, %reason, "cannot be sent; parked");
                     all &= self.recorded(self.store.mark_parked(item.id, &reason).await);
                 }
             }

@@ -218,6 +218,9 @@ impl Pipeline {
     /// Ok(true): reported; Ok(false): the lease was lost; Err: why it failed.
     async fn analyse(&self, job: &ClaimedJob) -> Result<bool, Failure> {
         let path = self.store.instance_file(&job.path);
+        if let Some(problem) = job.file_problem(&path) {
+            return Err(Failure::Analysis(problem));
+        }
         let spec = self.engine.contract().preprocess_spec();
         let companion = self.report.companion_sc;
         let mut timings = Timings::default();
@@ -411,6 +414,10 @@ impl Pipeline {
         let spool = self.store.spool_dir().join(generated_spool_name(&sop_uid));
         let spool_for_write = spool.clone();
         let written = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 32]), String> {
+            // The spool directory may have been removed under the node.
+            if let Some(dir) = spool_for_write.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
             obj.write_to_file(&spool_for_write).map_err(|e| {
                 format!(
                     "cannot write report {}: {}",

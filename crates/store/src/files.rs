@@ -46,6 +46,44 @@ fn path_component(uid: &str) -> String {
     }
 }
 
+/// The SHA-256 (lower-case hex) of a stored Part-10 file's data set: the
+/// bytes after its File Meta group, whose length its first element,
+/// (0002,0000) UL, gives. Err when the file cannot be read or has no such
+/// header (a damaged file).
+pub fn dataset_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let mut head = [0u8; 144];
+    file.read_exact(&mut head)?;
+    let group_length_tag = [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00];
+    if &head[128..132] != b"DICM" || head[132..140] != group_length_tag {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no Part-10 header with a File Meta group length",
+        ));
+    }
+    let group_length = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
+    file.seek(SeekFrom::Start(144 + u64::from(group_length)))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(
+        &mut std::io::BufReader::new(file),
+        &mut HashWriter(&mut hasher),
+    )?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// fsyncs the spool file, renames it to `target` and fsyncs the directories
 /// it touched, so that the file is there after a power cut. Returns its size.
 pub fn persist(spool: &Path, target: &Path) -> std::io::Result<u64> {

@@ -123,6 +123,8 @@ pub struct ClaimedJob {
     pub sop_instance_uid: String,
     /// Relative to the data directory.
     pub path: String,
+    /// The file's size when it was stored.
+    pub file_size: i64,
     /// Attempts including this one.
     pub attempts: i64,
 }
@@ -133,6 +135,37 @@ pub struct ClaimedJob {
 pub struct MadeInstances {
     pub report: i64,
     pub companion: Option<i64>,
+}
+
+impl ClaimedJob {
+    /// Why the job's stored file cannot be analysed (missing, or not the
+    /// size it was stored with), if it cannot; `path` is where it is.
+    pub fn file_problem(&self, path: &std::path::Path) -> Option<String> {
+        stored_file_problem(path, self.file_size)
+    }
+}
+
+/// Why a stored file is not what was stored: gone, or another size (a
+/// truncated copy, a disk error); the way to repair it is to send the
+/// instance again (the node puts the received copy back).
+pub fn stored_file_problem(path: &std::path::Path, stored_size: i64) -> Option<String> {
+    let repair = "send the instance to the node again to restore it";
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "the stored file {} is missing; {repair}",
+            path.display()
+        )),
+        Err(e) => Some(format!(
+            "the stored file {} cannot be read ({e}); {repair}",
+            path.display()
+        )),
+        Ok(m) if m.len() as i64 != stored_size => Some(format!(
+            "the stored file {} is damaged ({} bytes, {stored_size} when it was stored); {repair}",
+            path.display(),
+            m.len()
+        )),
+        Ok(_) => None,
+    }
 }
 
 impl MadeInstances {
@@ -170,7 +203,8 @@ impl Store {
                           ORDER BY id LIMIT ?)
              RETURNING id AS job_id, instance_id, attempts,
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
-                 (SELECT path FROM instances WHERE id = instance_id) AS path",
+                 (SELECT path FROM instances WHERE id = instance_id) AS path,
+                 (SELECT file_size FROM instances WHERE id = instance_id) AS file_size",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as i64)

@@ -27,7 +27,9 @@ use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
-pub use jobs::{ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES};
+pub use jobs::{
+    stored_file_problem, ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES,
+};
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
@@ -248,7 +250,8 @@ impl Store {
             // were never owed it: how an operator forwards a stored study
             // after adding a rule. One that had it (sent, pending or parked)
             // is not sent it again.
-            self.restore_missing_file(*id, &incoming.spool_path).await?;
+            self.restore_missing_file(*id, &sha256, &incoming.spool_path)
+                .await?;
             let mut newly_routed = 0;
             for d in route(&header) {
                 newly_routed += usize::from(outbox::enqueue(&self.pool, *id, &d).await?);
@@ -313,30 +316,71 @@ impl Store {
     }
 
     /// A re-sent copy of a stored instance whose file is gone (deleted by
-    /// hand, lost with a disk) puts the file back: the sender is told the
-    /// node holds the instance, and re-sending is how an operator repairs
-    /// a lost file. The data set is the same bytes (same SHA-256).
-    async fn restore_missing_file(&self, id: i64, spool: &Path) -> Result<(), StoreError> {
+    /// hand, lost with a disk) or damaged (truncated, unreadable, other
+    /// bytes than were received) puts the file back: the sender is told the
+    /// node holds the instance, and re-sending is how an operator repairs a
+    /// lost or damaged file. The data set is the same bytes (same SHA-256).
+    async fn restore_missing_file(
+        &self,
+        id: i64,
+        sha256: &str,
+        spool: &Path,
+    ) -> Result<(), StoreError> {
         let relative: String = sqlx::query_scalar("SELECT path FROM instances WHERE id = ?")
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
         let final_path = self.data_dir.join(&relative);
-        if final_path.try_exists()? {
-            return Ok(());
-        }
+        let stored = final_path.clone();
+        let found = tokio::task::spawn_blocking(move || files::dataset_sha256(&stored))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let damage = match found {
+            Ok(now) if now == sha256 => return Ok(()),
+            Ok(_) => "damaged (its data set is not the one received)".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
+            Err(e) => format!("unreadable ({e})"),
+        };
         let (from, to) = (spool.to_path_buf(), final_path.clone());
         let file_size = tokio::task::spawn_blocking(move || files::persist(&from, &to))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
+        // The file back, what failed for want of it runs again: deliveries
+        // parked and the analysis failed because of the file.
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE instances SET file_size = ? WHERE id = ?")
             .bind(file_size as i64)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        let now = now_ms();
+        let deliveries = sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+             WHERE instance_id = ? AND state = 'parked'
+               AND (last_status LIKE 'the stored file%' OR last_status LIKE 'stored file unreadable%')",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let jobs = sqlx::query(
+            "UPDATE jobs SET state = 'received', reason = NULL, attempts = 0, updated_at_ms = ?
+             WHERE instance_id = ? AND state = 'failed' AND reason LIKE 'the stored file%'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
         warn!(
             path = %final_path.display(),
-            "the file of a stored instance was missing; restored from the copy just received"
+            was = %damage,
+            deliveries_resumed = deliveries,
+            analyses_resumed = jobs,
+            "the file of a stored instance was missing or damaged; restored from the copy just received"
         );
         Ok(())
     }

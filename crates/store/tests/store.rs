@@ -527,7 +527,7 @@ async fn an_unreachable_destination_puts_off_its_other_rows_untried() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_re_sent_copy_restores_a_missing_file() {
+async fn a_re_sent_copy_restores_a_missing_or_damaged_file() {
     // The file deleted by hand: the re-sent copy was acknowledged as a
     // duplicate and nothing was written, so the node did not hold it.
     let dir = tempfile::tempdir().unwrap();
@@ -549,6 +549,17 @@ async fn a_re_sent_copy_restores_a_missing_file() {
     let third = spooled(&store, "1.9.70", "CR", "a");
     store.ingest(&third, |_| vec![]).await.unwrap();
     assert!(third.spool_path.exists(), "left for the SCP to remove");
+
+    // Truncated, or the same size with other bytes: repaired the same way.
+    let truncated = &kept[..kept.len() - 5];
+    let mut flipped = kept.clone();
+    *flipped.last_mut().unwrap() ^= 0xff;
+    for damaged in [truncated, flipped.as_slice(), &kept[..100]] {
+        std::fs::write(&path, damaged).unwrap();
+        let copy = spooled(&store, "1.9.70", "CR", "a");
+        store.ingest(&copy, |_| vec![]).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), kept, "repaired");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,173 @@
+"""Storage failing under the node: the data directory on a file system
+that fills up (a small tmpfs: what was acknowledged is committed, the node
+recovers by itself once there is space again, and a report it could not
+write leaves nothing behind), its spool directory removed.
+
+The full disk needs to mount a tmpfs (root, as CI runs); skipped with the
+reason where the machine does not allow it."""
+
+import sqlite3
+import subprocess
+import time
+
+import pydicom
+import pytest
+import requests
+
+from nodetest import node, node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from test_routing_orthanc import wait_until
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path):
+    """Writes zeros into `path` until the file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def writable_from_outside(db_path) -> bool:
+    """Whether another process can take the write lock (a node connection
+    left inside a transaction holds it for good)."""
+    c = sqlite3.connect(db_path, timeout=1)
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        c.close()
+
+
+def test_a_full_disk_loses_nothing_acknowledged_and_the_node_recovers(node_factory, rg1_copies, small_disk):
+    node = node_factory(node__min_free_mb="0")
+    node.data_dir = small_disk / "var"
+    skip_all = node.workdir / "skip-all.toml"
+    skip_all.write_text('[routing]\nanalyse_modalities = ["XX"]\n')
+    node.start(config_file=skip_all)
+    first = rg1_copies("UNCI", 3)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *first[:2])
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'skipped'") == 2)
+    node.stop()
+
+    # Analysed now, on a disk with no room for their reports or for the
+    # database's writes: SQLite fails statements with SQLITE_FULL.
+    node.config_file = None
+    node.start()
+    ballast = small_disk / "ballast"
+    fill(ballast)
+    with open(ballast, "r+b") as f:  # room for the retry's own write, little more
+        f.truncate(ballast.stat().st_size - 16 * 1024)
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=skipped", timeout=40)
+    assert r.status_code == 200, r.text
+    wait_until(lambda: "disk is full" in node.log() or "No space left" in node.log(), timeout=30,
+               what="the node meeting the full disk")
+    time.sleep(3)  # several routing and claim rounds on the full disk
+    assert not [p for p in node.spool_files() if p.name.startswith("generated-")], \
+        "a report that could not be written left its part file"
+
+    ballast.unlink()
+    # Once there is room: the database is not held by a connection stuck
+    # in a transaction, a new instance is committed (visible to another
+    # process, as after a restart), and the analyses finish by themselves.
+    wait_until(lambda: writable_from_outside(node.data_dir / "pneumo-node.sqlite"), timeout=10,
+               what="the database's write lock released")
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first[2])
+    uid = pydicom.dcmread(first[2], stop_before_pixels=True).SOPInstanceUID
+    assert node.instance_rows(uid) == 1, "acknowledged but not committed"
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3, timeout=90,
+               what="the analyses to finish after the disk has room again")
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 0
+    node.stop()
+    node.start()
+    assert node.instance_rows(uid) == 1
+
+
+def test_a_spool_directory_removed_under_the_node_is_made_again(node, rg1_copies):
+    """A clean-up script removes spool/: every store was refused A700
+    until someone made it again."""
+    import shutil
+
+    shutil.rmtree(node.data_dir / "spool")
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    assert node.instance_rows(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) == 1
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+    shutil.rmtree(node.data_dir / "spool")
+    status, body = node.http("/readyz")
+    assert status == 200, body
+
+
+def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_repairs_it(
+        node_factory, rg1_copies, tmp_path):
+    """A stored file truncated on disk: the truncated file used to be sent
+    to the destination (and aborted by it at every retry) and its analysis
+    failed with "cannot be parsed"; a re-sent copy was answered as a
+    duplicate and left the damage. Now both stop with a reason saying how
+    to repair it, and sending the instance again repairs it and resumes
+    them."""
+    from nodetest import free_port
+    from test_pynetdicom_peers import PynetdicomReceiver
+
+    def config(name, port, routing=""):
+        path = tmp_path / name
+        path.write_text(f"{routing}[[routing.forward]]\ndestinations = [\"pacs\"]\n"
+                        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                        f"port = {port}\n[outbox]\nretry_base_s = 600\nretry_cap_s = 600\n")
+        return path
+
+    pacs = PynetdicomReceiver(ae_title="PACS")
+    try:
+        # The PACS unreachable and nothing analysed: the file waits.
+        hold = config("hold.toml", free_port(), '[routing]\nanalyse_modalities = ["XX"]\n')
+        node = node_factory().start(config_file=hold)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'skipped'") == 1)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE attempts > 0") == 1, timeout=30)
+        node.stop()
+        stored = node.stored_path(ds)
+        whole = stored.read_bytes()
+        stored.write_bytes(whole[: len(whole) // 2])
+
+        node.start(config_file=config("serve.toml", pacs.port))
+        api = f"http://127.0.0.1:{node.http_port}/api"
+        assert requests.post(f"{api}/jobs/retry?state=skipped", timeout=10).json() == {"requeued": 1}
+        assert requests.post(f"{api}/deliveries/retry", timeout=10).json() == {"requeued": 1}
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 1, timeout=30)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=30)
+        with node.db() as c:
+            (reason,) = c.execute("SELECT reason FROM jobs").fetchone()
+            (status,) = c.execute("SELECT last_status FROM outbox").fetchone()
+        for text in (reason, status):
+            assert "is damaged" in text and "send the instance to the node again" in text, text
+        assert ds.SOPInstanceUID not in pacs.received, "the truncated file was sent"
+
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        assert stored.read_bytes() == whole
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+        assert len(pacs.received[ds.SOPInstanceUID]) == len(whole) - stored_header_length(whole)
+    finally:
+        pacs.close()
+
+
+def stored_header_length(part10: bytes) -> int:
+    """Preamble, DICM and the File Meta group of a Part-10 file."""
+    return 144 + int.from_bytes(part10[140:144], "little")
