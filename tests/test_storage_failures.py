@@ -96,78 +96,15 @@ def test_a_full_disk_loses_nothing_acknowledged_and_the_node_recovers(node_facto
     node.start()
     assert node.instance_rows(uid) == 1
 
+    # A first start on the full disk says so (SQLite's own words are "disk
+    # I/O error" or "unable to open database file"), and exits.
+    node.stop()
+    fill(ballast)
+    from nodetest import node_binary
 
-def test_a_spool_directory_removed_under_the_node_is_made_again(node, rg1_copies):
-    """A clean-up script removes spool/: every store was refused A700
-    until someone made it again."""
-    import shutil
-
-    shutil.rmtree(node.data_dir / "spool")
-    (f,) = rg1_copies("UNCI", 1)
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-    assert node.instance_rows(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) == 1
-    node.wait_for_analyses()
-    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
-    shutil.rmtree(node.data_dir / "spool")
-    status, body = node.http("/readyz")
-    assert status == 200, body
-
-
-def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_repairs_it(
-        node_factory, rg1_copies, tmp_path):
-    """A stored file truncated on disk: the truncated file used to be sent
-    to the destination (and aborted by it at every retry) and its analysis
-    failed with "cannot be parsed"; a re-sent copy was answered as a
-    duplicate and left the damage. Now both stop with a reason saying how
-    to repair it, and sending the instance again repairs it and resumes
-    them."""
-    from nodetest import free_port
-    from test_pynetdicom_peers import PynetdicomReceiver
-
-    def config(name, port, routing=""):
-        path = tmp_path / name
-        path.write_text(f"{routing}[[routing.forward]]\ndestinations = [\"pacs\"]\n"
-                        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
-                        f"port = {port}\n[outbox]\nretry_base_s = 600\nretry_cap_s = 600\n")
-        return path
-
-    pacs = PynetdicomReceiver(ae_title="PACS")
-    try:
-        # The PACS unreachable and nothing analysed: the file waits.
-        hold = config("hold.toml", free_port(), '[routing]\nanalyse_modalities = ["XX"]\n')
-        node = node_factory().start(config_file=hold)
-        (f,) = rg1_copies("UNCI", 1)
-        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'skipped'") == 1)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE attempts > 0") == 1, timeout=30)
-        node.stop()
-        stored = node.stored_path(ds)
-        whole = stored.read_bytes()
-        stored.write_bytes(whole[: len(whole) // 2])
-
-        node.start(config_file=config("serve.toml", pacs.port))
-        api = f"http://127.0.0.1:{node.http_port}/api"
-        assert requests.post(f"{api}/jobs/retry?state=skipped", timeout=10).json() == {"requeued": 1}
-        assert requests.post(f"{api}/deliveries/retry", timeout=10).json() == {"requeued": 1}
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 1, timeout=30)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=30)
-        with node.db() as c:
-            (reason,) = c.execute("SELECT reason FROM jobs").fetchone()
-            (status,) = c.execute("SELECT last_status FROM outbox").fetchone()
-        for text in (reason, status):
-            assert "is damaged" in text and "send the instance to the node again" in text, text
-        assert ds.SOPInstanceUID not in pacs.received, "the truncated file was sent"
-
-        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
-        assert stored.read_bytes() == whole
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
-        assert len(pacs.received[ds.SOPInstanceUID]) == len(whole) - stored_header_length(whole)
-    finally:
-        pacs.close()
-
-
-def stored_header_length(part10: bytes) -> int:
-    """Preamble, DICM and the File Meta group of a Part-10 file."""
-    return 144 + int.from_bytes(part10[140:144], "little")
+    env = dict(node.env(), PNEUMO__NODE__DATA_DIR=str(small_disk / "fresh"))
+    r = subprocess.run([str(node_binary()), "serve"], env=env, cwd=node.workdir,
+                       capture_output=True, text=True, timeout=60)
+    ballast.unlink()
+    assert r.returncode == 1 and "opening the store" in r.stderr, r.stderr
+    assert "MB free: a full disk?" in r.stderr, r.stderr

@@ -80,7 +80,7 @@ fn tempfile_probe(dir: &std::path::Path) -> bool {
 }
 
 #[cfg(unix)]
-fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
@@ -93,6 +93,6 @@ fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
 }
 
 #[cfg(not(unix))]
-fn free_bytes(_path: &std::path::Path) -> std::io::Result<u64> {
+pub fn free_bytes(_path: &std::path::Path) -> std::io::Result<u64> {
     Ok(u64::MAX)
 }

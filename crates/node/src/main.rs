@@ -235,8 +235,17 @@ async fn serve(config: Config) -> Result<()> {
                         .display()
                         .to_string(),
                 };
+                // SQLite says "disk I/O error" when it cannot grow its
+                // shared-memory file on a full disk: name the likelier cause.
+                let full = match diskguard::free_bytes(&config.node.data_dir) {
+                    Ok(free) if free < 16 * 1_000_000 => format!(
+                        "; the file system of the data directory has {} MB free: a full disk?",
+                        free / 1_000_000
+                    ),
+                    _ => String::new(),
+                };
                 format!(
-                    "opening the store in {} (database {database})",
+                    "opening the store in {} (database {database}{full})",
                     config.node.data_dir.display()
                 )
             })?,
