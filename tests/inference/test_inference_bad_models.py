@@ -168,3 +168,14 @@ def test_a_model_with_external_weights_loads_through_a_link(tmp_path):
     assert direct.returncode == 0, direct.stderr
     assert linked.returncode == 0, linked.stderr
     assert json.loads(linked.stdout)["prediction"]["logits"] == json.loads(direct.stdout)["prediction"]["logits"]
+
+
+def test_a_graph_that_ends_in_its_own_softmax_is_said_once():
+    """The contract says logits, the graph outputs probabilities: the node's
+    softmax comes second and squeezes them (a threshold of 0.8 is never
+    reached with two labels). Not refusable, but said in the log."""
+    r = node("infer", IMAGE, "--model", BAD / "softmax-output.onnx")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("sums to 1, as probabilities do") == 1, r.stderr
+    plain = node("infer", IMAGE)
+    assert "as probabilities do" not in plain.stderr, plain.stderr

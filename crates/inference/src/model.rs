@@ -88,6 +88,9 @@ pub struct Model {
     provider: ExecutionProvider,
     path: PathBuf,
     runtime: &'static Runtime,
+    /// Set once the "output already a probability distribution" warning
+    /// has been logged.
+    warned_probabilities: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Model {
@@ -273,6 +276,7 @@ impl Model {
             provider,
             path,
             runtime: rt,
+            warned_probabilities: Default::default(),
         })
     }
 
@@ -394,10 +398,32 @@ impl Model {
         Ok(values.chunks(k).map(|r| r.to_vec()).collect())
     }
 
+    /// A graph that ends in its own softmax while its contract says
+    /// logits gets a second one here: the probabilities squeezed towards
+    /// 1/labels (with two labels into [0.27, 0.73]), so a threshold above
+    /// that is never reached. Nothing refuses such a graph, but a row of
+    /// values in [0, 1] summing to 1 is said once in the log.
+    fn warn_if_already_probabilities(&self, row: &[f32]) {
+        use std::sync::atomic::Ordering;
+        let sum: f32 = row.iter().sum();
+        let looks_like_probabilities = row.len() > 1
+            && row.iter().all(|v| (0.0..=1.0).contains(v))
+            && (sum - 1.0).abs() < 1e-4;
+        if looks_like_probabilities && !self.warned_probabilities.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                output = ?row,
+                "the model's output row lies in [0, 1] and sums to 1, as probabilities do; \
+                 the contract says logits (pneumo.output_kind) and the node applies softmax \
+                 to them: if the graph ends in a softmax, export it without"
+            );
+        }
+    }
+
     fn predict(&self, logits: Vec<f32>) -> Result<Prediction> {
         if logits.iter().any(|x| !x.is_finite()) {
             return Err(InferenceError::NonFiniteOutput { logits });
         }
+        self.warn_if_already_probabilities(&logits);
         let probabilities = softmax(&logits);
         let c = &self.contract;
         let p = probabilities[c.positive_index];
