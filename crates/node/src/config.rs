@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::outbox::OutboxSection;
 use crate::pipeline::PipelineSection;
 use crate::reportcfg::ReportSection;
+use crate::retention::RetentionSection;
 use crate::routing::{Destination, RoutingSection};
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
@@ -28,6 +29,7 @@ pub struct Config {
     pub inference: pneumo_inference::InferenceSettings,
     pub report: ReportSection,
     pub pipeline: PipelineSection,
+    pub retention: RetentionSection,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -281,6 +283,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("report.device_uid / report.uid_root: {e}"))?;
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
+        }
+        if self.retention.interval_s == 0 {
+            bail!("retention.interval_s must be at least 1 second");
         }
         self.inference.validate()?;
         Ok(())

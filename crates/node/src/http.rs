@@ -363,6 +363,7 @@ async fn instance(State(s): State<HttpState>, Path(sop_uid): Path<String>) -> Re
                 "sha256": i.sha256,
                 "calling_ae": i.calling_ae,
                 "received_at_ms": i.received_at_ms,
+                "purged_at_ms": i.purged_at_ms,
                 "job": job.as_ref().map(job_json),
                 "deliveries": deliveries.iter().map(|d| json!({
                     "kind": d.kind,

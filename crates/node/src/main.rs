@@ -12,6 +12,7 @@ mod metrics;
 mod outbox;
 mod pipeline;
 mod reportcfg;
+mod retention;
 mod routing;
 
 use std::path::{Path, PathBuf};
@@ -354,6 +355,15 @@ async fn serve(config: Config) -> Result<()> {
             },
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
+            stopping: stopping_rx.clone(),
+        }
+        .run(),
+    );
+    let retention_done = tokio::spawn(
+        retention::Retention {
+            store: store.clone(),
+            settings: config.retention.clone(),
+            metrics: metrics.clone(),
             stopping: stopping_rx,
         }
         .run(),
@@ -403,6 +413,7 @@ async fn serve(config: Config) -> Result<()> {
     if tokio::time::timeout(limit, async {
         let _ = pipeline_done.await;
         let _ = outbox_done.await;
+        let _ = retention_done.await;
     })
     .await
     .is_err()

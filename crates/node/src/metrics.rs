@@ -60,6 +60,8 @@ pub struct Metrics {
     pub instances_refused: AtomicU64,
     pub bytes_received: AtomicU64,
     pub deliveries_failed: AtomicU64,
+    pub retention_files_removed: AtomicU64,
+    pub retention_bytes_removed: AtomicU64,
     pub inference_seconds: Histogram,
 }
 
@@ -72,6 +74,8 @@ impl Default for Metrics {
             instances_refused: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             deliveries_failed: AtomicU64::new(0),
+            retention_files_removed: AtomicU64::new(0),
+            retention_bytes_removed: AtomicU64::new(0),
             inference_seconds: Histogram::new(&[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -164,6 +168,18 @@ impl Metrics {
             "pneumo_delivery_failures_total",
             "Delivery attempts that failed (retried or parked).",
             get(&self.deliveries_failed),
+        );
+        counter(
+            &mut out,
+            "pneumo_retention_files_removed_total",
+            "Instance files removed by retention (retention.keep_days).",
+            get(&self.retention_files_removed),
+        );
+        counter(
+            &mut out,
+            "pneumo_retention_bytes_removed_total",
+            "Bytes of the instance files removed by retention.",
+            get(&self.retention_bytes_removed),
         );
         self.inference_seconds.render(
             &mut out,

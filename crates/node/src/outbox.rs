@@ -205,12 +205,12 @@ impl OutboxWorker {
             let path = self.store.instance_file(&item.path);
             // A truncated file would be sent as it is (a destination may
             // store the broken image) or aborted by it at every retry.
-            let checked = match pneumo_store::stored_file_problem(&path, item.file_size) {
-                Some(problem) => Err(problem),
-                None => {
-                    FileToSend::inspect(&path).map_err(|e| format!("stored file unreadable: {e}"))
-                }
-            };
+            let checked =
+                match pneumo_store::stored_file_problem(&path, item.file_size, item.purged_at_ms) {
+                    Some(problem) => Err(problem),
+                    None => FileToSend::inspect(&path)
+                        .map_err(|e| format!("stored file unreadable: {e}")),
+                };
             match checked {
                 Ok(f) => sendable.push((item, f)),
                 Err(reason) => {

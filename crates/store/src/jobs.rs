@@ -125,6 +125,8 @@ pub struct ClaimedJob {
     pub path: String,
     /// The file's size when it was stored.
     pub file_size: i64,
+    /// When retention removed the file, if it did.
+    pub purged_at_ms: Option<i64>,
     /// Attempts including this one.
     pub attempts: i64,
 }
@@ -141,15 +143,25 @@ impl ClaimedJob {
     /// Why the job's stored file cannot be analysed (missing, or not the
     /// size it was stored with), if it cannot; `path` is where it is.
     pub fn file_problem(&self, path: &std::path::Path) -> Option<String> {
-        stored_file_problem(path, self.file_size)
+        stored_file_problem(path, self.file_size, self.purged_at_ms)
     }
 }
 
-/// Why a stored file is not what was stored: gone, or another size (a
-/// truncated copy, a disk error); the way to repair it is to send the
-/// instance again (the node puts the received copy back).
-pub fn stored_file_problem(path: &std::path::Path, stored_size: i64) -> Option<String> {
+/// Why a stored file is not what was stored: removed by retention, gone,
+/// or another size (a truncated copy, a disk error); the way to repair it
+/// is to send the instance again (the node puts the received copy back).
+pub fn stored_file_problem(
+    path: &std::path::Path,
+    stored_size: i64,
+    purged_at_ms: Option<i64>,
+) -> Option<String> {
     let repair = "send the instance to the node again to restore it";
+    if purged_at_ms.is_some() && !path.exists() {
+        return Some(format!(
+            "the stored file {} was removed by retention (retention.keep_days); {repair}",
+            path.display()
+        ));
+    }
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
             "the stored file {} is missing; {repair}",
@@ -204,7 +216,8 @@ impl Store {
              RETURNING id AS job_id, instance_id, attempts,
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
-                 (SELECT file_size FROM instances WHERE id = instance_id) AS file_size",
+                 (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
+                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as i64)

@@ -14,6 +14,7 @@ mod iso2022;
 mod jobs;
 mod lengths;
 mod outbox;
+mod retention;
 mod uid_locks;
 mod un_values;
 mod views;
@@ -31,6 +32,7 @@ pub use jobs::{
     stored_file_problem, ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES,
 };
 pub use outbox::{backoff, OutboxCount, OutboxItem};
+pub use retention::Purged;
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
 pub use views::{DeliveryView, InstanceView, JobView};
@@ -348,7 +350,7 @@ impl Store {
         // The file back, what failed for want of it runs again: deliveries
         // parked and the analysis failed because of the file.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE instances SET file_size = ? WHERE id = ?")
+        sqlx::query("UPDATE instances SET file_size = ?, purged_at_ms = NULL WHERE id = ?")
             .bind(file_size as i64)
             .bind(id)
             .execute(&mut *tx)

@@ -23,6 +23,8 @@ pub struct OutboxItem {
     pub path: String,
     /// The file's size when it was stored.
     pub file_size: i64,
+    /// When retention removed the file, if it did.
+    pub purged_at_ms: Option<i64>,
 }
 
 /// Outbox rows per destination and state.
@@ -91,7 +93,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size
+            "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
+                    i.purged_at_ms
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.next_attempt_at_ms, o.id LIMIT ?",

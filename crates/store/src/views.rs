@@ -31,6 +31,8 @@ pub struct InstanceView {
     pub sha256: String,
     pub calling_ae: String,
     pub received_at_ms: i64,
+    /// When retention removed the file (None: kept).
+    pub purged_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -76,7 +78,7 @@ impl Store {
     ) -> Result<Vec<(InstanceView, Option<JobView>, Vec<DeliveryView>)>, StoreError> {
         let instances: Vec<InstanceView> = sqlx::query_as(
             "SELECT id AS instance_id, sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
-                    transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms
+                    transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms, purged_at_ms
              FROM instances WHERE sop_instance_uid = ? ORDER BY id",
         )
         .bind(sop_instance_uid)

@@ -676,3 +676,103 @@ async fn a_connection_left_inside_a_transaction_never_takes_an_acknowledged_writ
     let store = open(dir.path()).await;
     assert_eq!(store.count_instances_with_uid("1.9.80").await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_only_the_files_of_finished_instances_left_alone_long_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let sops = [
+        "1.9.90", "1.9.91", "1.9.92", "1.9.93", "1.9.94", "1.9.95", "1.9.96",
+    ];
+    for sop in sops {
+        let inc = spooled(&store, sop, "CR", "x");
+        store.ingest(&inc, |_| vec!["pacs".into()]).await.unwrap();
+    }
+    let report = generated(&store, "1.9.99").await;
+    store.enqueue(report, "pacs").await.unwrap();
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let jobs = store
+        .claim_jobs("w", Duration::from_secs(60), 6, 3)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 6, "1.9.96 stays queued");
+    for job in &jobs {
+        store.fail_job(job.job_id, "w", "test").await.unwrap();
+    }
+    // Every delivery sent, but 1.9.92's parked and 1.9.93's still owed.
+    for item in store.due_deliveries(None, 100).await.unwrap() {
+        match item.sop_instance_uid.as_str() {
+            "1.9.92" => store.mark_parked(item.id, "A900H").await.unwrap(),
+            "1.9.93" => {}
+            _ => store.mark_sent(item.id, "0000H").await.unwrap(),
+        }
+    }
+    // Everything happened ten days ago, except to 1.9.94's job yesterday.
+    let day = 86_400_000i64;
+    let ten_days_ago = pneumo_now() - 10 * day;
+    for sql in [
+        "UPDATE instances SET received_at_ms = ?",
+        "UPDATE jobs SET updated_at_ms = ?",
+        "UPDATE outbox SET updated_at_ms = ?",
+    ] {
+        sqlx::query(sql)
+            .bind(ten_days_ago)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE jobs SET updated_at_ms = ? WHERE instance_id = (SELECT id FROM instances WHERE sop_instance_uid = '1.9.94')")
+        .bind(pneumo_now() - day)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let purged = store
+        .purge_before(pneumo_now() - 7 * day, 500)
+        .await
+        .unwrap();
+    let kept = |sop: &str| instance_file(dir.path(), sop).exists();
+    // 1.9.90, .91, .95: finished, delivered, old; the report too.
+    assert_eq!(purged.files, 4, "{purged:?}");
+    for sop in ["1.9.90", "1.9.91", "1.9.95"] {
+        assert!(!kept(sop), "{sop} kept");
+    }
+    assert!(!instance_file(dir.path(), "1.9.99").exists());
+    // Parked, owed, touched yesterday, queued: kept.
+    for sop in ["1.9.92", "1.9.93", "1.9.94", "1.9.96"] {
+        assert!(kept(sop), "{sop} removed");
+    }
+    // The rows stay, marked; a second pass finds nothing more.
+    assert_eq!(store.count_instances_with_uid("1.9.90").await.unwrap(), 1);
+    let marked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE purged_at_ms IS NOT NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(marked, 4);
+    assert_eq!(
+        store
+            .purge_before(pneumo_now() - 7 * day, 500)
+            .await
+            .unwrap()
+            .files,
+        0
+    );
+    // A copy sent again brings the file back, no longer marked.
+    let again = spooled(&store, "1.9.90", "CR", "x");
+    store.ingest(&again, |_| vec![]).await.unwrap();
+    assert!(kept("1.9.90"));
+    let marked: Option<i64> =
+        sqlx::query_scalar("SELECT purged_at_ms FROM instances WHERE sop_instance_uid = '1.9.90'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(marked, None);
+}
+
+fn pneumo_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

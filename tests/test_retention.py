@@ -1,0 +1,58 @@
+"""Retention (`retention.keep_days`): the running node removes the files of
+instances whose work is done and that nothing has happened to for that long;
+the rows stay, and a copy sent again brings the file back."""
+
+import pydicom
+import requests
+
+from nodetest import node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from test_outbox import results_to
+from test_routing_orthanc import wait_until
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
+
+DAY_MS = 86_400_000
+
+
+def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_again(
+        node_factory, rg1_copies, storescp, tmp_path):
+    port, _ = storescp
+    config = results_to(tmp_path / "node.toml", port)
+    config.write_text(config.read_text() + "[retention]\nkeep_days = 3\ninterval_s = 1\n")
+    node = node_factory().start(config_file=config)
+    done, fresh = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, done, fresh)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
+    uid = pydicom.dcmread(done, stop_before_pixels=True).SOPInstanceUID
+    with node.db() as c:
+        (sr_path,) = c.execute(
+            "SELECT s.path FROM jobs j JOIN instances i ON i.id = j.instance_id "
+            "JOIN instances s ON s.id = j.sr_instance_id WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
+    source_path = node.stored_path(pydicom.dcmread(done, stop_before_pixels=True))
+    assert source_path.exists() and (node.data_dir / sr_path).exists()
+
+    # Four days pass for `done`, its report and their deliveries.
+    with node.db() as c:
+        c.execute("UPDATE instances SET received_at_ms = received_at_ms - ? "
+                  "WHERE id IN (SELECT instance_id FROM jobs j JOIN instances i ON i.id = j.instance_id "
+                  "WHERE i.sop_instance_uid = ?) OR id IN (SELECT sr_instance_id FROM jobs j "
+                  "JOIN instances i ON i.id = j.instance_id WHERE i.sop_instance_uid = ?)",
+                  (4 * DAY_MS, uid, uid))
+        c.execute("UPDATE jobs SET updated_at_ms = updated_at_ms - ?", (4 * DAY_MS,))
+        c.execute("UPDATE outbox SET updated_at_ms = updated_at_ms - ?", (4 * DAY_MS,))
+    wait_until(lambda: not source_path.exists(), timeout=90, what="the first pass")
+    assert not (node.data_dir / sr_path).exists()
+    fresh_path = node.stored_path(pydicom.dcmread(fresh, stop_before_pixels=True))
+    assert fresh_path.exists(), "received four days later than the other: kept"
+    assert not source_path.parent.exists() or fresh_path.parent == source_path.parent
+
+    (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
+    assert copy["purged_at_ms"] is not None and copy["job"]["state"] == "delivered"
+    metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    assert "pneumo_retention_files_removed_total 2" in metrics, metrics
+
+    # Sent again: acknowledged, the file back, nothing analysed again.
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, done)
+    assert source_path.exists()
+    (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
+    assert copy["purged_at_ms"] is None
+    assert node.count("SELECT COUNT(*) FROM jobs") == 2
