@@ -11,13 +11,18 @@ PY := $(VENV)/bin/python
 STAMPS := .deps
 BIN := target/release/pneumo-node
 
-.PHONY: help deps build run test lint test-rust test-e2e bench clean
+.PHONY: help deps build run test lint test-rust test-e2e clean FORCE
 
 help:
 	@echo "make run         build and start the node on its defaults (port 11112, data under ./var)"
 	@echo "make test        install what the tests need, then run every test, fmt and clippy"
 	@echo "make test-model  PyTorch vs ONNX Runtime checks of model/ (installs torch, large)"
 	@echo "make demo-model  rebuild fixtures/models/pneumollm-tiny.onnx"
+	@echo "make deps        Debian packages and the Python venv (.venv) only"
+	@echo "make build       the release binary (target/release/pneumo-node)"
+	@echo "make lint        cargo fmt --check and clippy"
+	@echo "make clean       remove build outputs, .venv and ./var"
+	@echo "PNEUMO_CONFIG=FILE make run   run with a configuration file"
 
 include model/model.mk
 
@@ -31,9 +36,11 @@ $(STAMPS)/build-tools: scripts/install-system-packages.sh Makefile
 	./scripts/install-system-packages.sh $(BUILD_PACKAGES)
 	@touch $@
 
-$(STAMPS)/venv: requirements.txt
+# Rebuilt when requirements.txt changes or .venv is gone. Debian's python3
+# makes venvs only with python3-venv installed.
+$(STAMPS)/venv: requirements.txt $(if $(wildcard $(PY)),,FORCE)
 	@mkdir -p $(STAMPS)
-	[ -x $(PY) ] || python3 -m venv $(VENV)
+	[ -x $(PY) ] || python3 -m venv $(VENV) || { ./scripts/install-system-packages.sh python3-venv && rm -rf $(VENV) && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	@touch $@
 
@@ -61,3 +68,5 @@ test: deps lint test-rust test-e2e
 clean:
 	cargo clean
 	rm -rf $(STAMPS) $(VENV) var
+
+FORCE:

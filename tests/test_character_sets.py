@@ -62,10 +62,11 @@ def sources(tmp_path_factory):
 # A configured name that ISO 8859-1 cannot write: the SR of a Latin-1
 # source is then written in UTF-8 (every report used to fail to be written).
 INSTITUTION = "Szpital Wojewódzki w Łodzi"
+DEPARTMENT = "Pracownia Radiologii"
 
 
 def test_names_reach_the_sr_as_written(node_factory, sources):
-    node = node_factory(report__institution_name=INSTITUTION).start()
+    node = node_factory(report__institution_name=INSTITUTION, report__department=DEPARTMENT).start()
     ae = AE(ae_title="CHARSETS")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", ["1.2.840.10008.1.2.1"])
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
@@ -81,6 +82,7 @@ def test_names_reach_the_sr_as_written(node_factory, sources):
         sr = pydicom.dcmread(path)
         assert str(sr.PatientName) == (expected or name), key
         assert sr.InstitutionName == INSTITUTION, key
+        assert sr.InstitutionalDepartmentName == DEPARTMENT, key
         assert sr.StudyDescription == description, key
         assert procedure_reported(sr).CodeMeaning == description, key
         if isinstance(charset, list) or charset in (None, "ISO_IR 100"):  # UTF-8 writes them all

@@ -264,5 +264,9 @@ def test_a_job_is_delivered_only_once_its_companion_image_is(node_factory, rg1_c
         assert states == ["parked", "sent"], copy["deliveries"]
         parked = next(d for d in copy["deliveries"] if d["state"] == "parked")
         assert parked["kind"] == "report" and parked["sop_instance_uid"] != copy["job"]["sr_sop_instance_uid"]
+        # Looked up by its own UID, a report's delivery is a report's too.
+        sr_uid = copy["job"]["sr_sop_instance_uid"]
+        (sr,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{sr_uid}", timeout=10).json()["copies"]
+        assert [d["kind"] for d in sr["deliveries"]] == ["report"], sr["deliveries"]
     finally:
         pacs.close()

@@ -151,6 +151,15 @@ impl Default for LogSection {
     }
 }
 
+/// Keys whose value is a list of words, given comma-separated in a
+/// `PNEUMO__…` variable.
+const ENV_LIST_KEYS: [&str; 4] = [
+    "routing.analyse_modalities",
+    "routing.analyse_body_parts",
+    "routing.analyse_view_positions",
+    "routing.results_to",
+];
+
 impl Config {
     /// Loads the configuration: defaults, the file if given, the environment.
     pub fn load(file: Option<&Path>) -> Result<Config> {
@@ -167,12 +176,18 @@ impl Config {
             origins.push(shown.display().to_string());
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("PNEUMO")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        let mut environment = config::Environment::with_prefix("PNEUMO")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        // Lists of words may come from the environment, comma-separated
+        // (`PNEUMO__ROUTING__ANALYSE_MODALITIES=CR,DX`); lists of tables
+        // (destinations, forwarding rules, allowed callers) only from a file.
+        for key in ENV_LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment);
         if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PNEUMO__")) {
             origins.push("PNEUMO__ environment variables".into());
         }

@@ -178,6 +178,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     pneumo_inference::locate_model_file(&config.inference.lung_segmentation_model)
                         .context("inference.lung_segmentation_model")?;
                 }
+                // The ONNX Runtime library too (found, loadable, recent
+                // enough), as `serve` checks it before loading it.
+                pneumo_inference::runtime::library_info(&config.inference.ort_library)
+                    .context("inference.ort_library")?;
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
                 println!("# configuration OK");

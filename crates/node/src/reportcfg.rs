@@ -20,6 +20,8 @@ pub struct ReportSection {
     pub uid_root: String,
     pub manufacturer: String,
     pub institution_name: String,
+    /// Institutional Department Name (the unit that runs the node).
+    pub department: String,
     pub station_name: String,
     pub device_uid: String,
 }
@@ -32,6 +34,7 @@ impl Default for ReportSection {
             uid_root: String::new(),
             manufacturer: "pneumo-node".into(),
             institution_name: String::new(),
+            department: String::new(),
             station_name: String::new(),
             device_uid: String::new(),
         }
@@ -71,6 +74,7 @@ impl ReportSection {
         let mut node = NodeIdentity::new(ae_title, device_uid);
         node.manufacturer = self.manufacturer.clone();
         node.institution_name = opt(&self.institution_name);
+        node.institution_department = opt(&self.department);
         node.station_name = opt(&self.station_name);
         node.uid_root = opt(&self.uid_root);
         node

@@ -94,7 +94,7 @@ impl Store {
             // Deliveries of the instance itself, of its report and of its
             // companion image.
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
-                "SELECT CASE WHEN o.instance_id = ? THEN 'original' ELSE 'report' END AS kind,
+                "SELECT CASE WHEN o.instance_id = ? AND i.generated = 0 THEN 'original' ELSE 'report' END AS kind,
                         i.sop_instance_uid, o.destination, o.state, o.attempts, o.last_status, o.updated_at_ms
                  FROM outbox o JOIN instances i ON i.id = o.instance_id
                  WHERE o.instance_id = ?

@@ -1,0 +1,28 @@
+"""`check-config` and the environment: what a newcomer's first commands
+find before `serve` does."""
+
+import os
+import subprocess
+
+from nodetest import ROOT, node_binary
+
+
+def check_config(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(node_binary()), "check-config"], env={**os.environ, **env},
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_lists_of_words_come_from_the_environment_comma_separated():
+    r = check_config({"PNEUMO__ROUTING__ANALYSE_MODALITIES": "CR,DX",
+                      "PNEUMO__ROUTING__ANALYSE_BODY_PARTS": "CHEST",
+                      "PNEUMO__LOG__LEVEL": "info,ort=debug"})
+    assert r.returncode == 0, r.stderr
+    assert 'analyse_modalities = [\n    "CR",\n    "DX",\n]' in r.stdout, r.stdout
+    assert 'analyse_body_parts = ["CHEST"]' in r.stdout, r.stdout
+    assert 'level = "info,ort=debug"' in r.stdout  # a comma elsewhere is just a comma
+
+
+def test_a_missing_onnx_runtime_library_is_found_by_check_config():
+    r = check_config({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"})
+    assert r.returncode == 1
+    assert "inference.ort_library" in r.stderr and "does not exist" in r.stderr, r.stderr
