@@ -45,6 +45,17 @@ def test_health_metrics_and_api(node, rg1_copies):
         assert code == 400 and body["error"], bad
     code, body = node.http("/api/jobs?limit=1")
     assert code == 200 and len(body["jobs"]) == 1
+    # Pages, newest first: the next one starts below the last job listed,
+    # and a short page is the last.
+    first = body["jobs"][0]
+    assert body["next_before_id"] == first["job_id"] and "result" in first
+    code, body = node.http(f"/api/jobs?limit=1&before_id={first['job_id']}&result=false")
+    assert code == 200 and [j["job_id"] for j in body["jobs"]] == [first["job_id"] - 1]
+    assert "result" not in body["jobs"][0]
+    code, body = node.http(f"/api/jobs?limit=5&before_id={first['job_id']}")
+    assert len(body["jobs"]) == 1 and body["next_before_id"] is None
+    code, body = node.http(f"/api/jobs?state={first['state']}&before_id={first['job_id'] + 1}")
+    assert first["job_id"] in [j["job_id"] for j in body["jobs"]]
 
     code, body = node.http(f"/api/instances/{uid}")
     assert code == 200

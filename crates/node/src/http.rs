@@ -220,6 +220,11 @@ fn job_json(j: &JobView) -> Value {
 struct JobsQuery {
     state: Option<String>,
     limit: Option<i64>,
+    /// The next page: jobs older than this one (`next_before_id` of the
+    /// previous answer).
+    before_id: Option<i64>,
+    /// `false`: without each job's result (smaller answers).
+    result: Option<bool>,
 }
 
 async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejection>) -> Response {
@@ -240,9 +245,30 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
             json!({ "error": format!("limit must be 1 to {MAX_JOBS_LISTED}, not {limit}") }),
         );
     }
-    match s.store.list_jobs(q.state.as_deref(), limit).await {
+    let with_result = q.result.unwrap_or(true);
+    match s
+        .store
+        .list_jobs(q.state.as_deref(), q.before_id, limit, with_result)
+        .await
+    {
         Ok(list) => {
-            Json(json!({ "jobs": list.iter().map(job_json).collect::<Vec<_>>() })).into_response()
+            // A full page may have more behind it; a short one is the end.
+            let next = (list.len() as i64 == limit)
+                .then(|| list.last().map(|j| j.job_id))
+                .flatten();
+            let jobs: Vec<Value> = list
+                .iter()
+                .map(|j| {
+                    let mut v = job_json(j);
+                    if !with_result {
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("result");
+                        }
+                    }
+                    v
+                })
+                .collect();
+            Json(json!({ "jobs": jobs, "next_before_id": next })).into_response()
         }
         Err(e) => internal(e),
     }

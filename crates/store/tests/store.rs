@@ -227,7 +227,10 @@ async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
         .unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].sop_instance_uid, "1.9.31");
-    let failed = store.list_jobs(Some("failed"), 10).await.unwrap();
+    let failed = store
+        .list_jobs(Some("failed"), None, 10, true)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert!(failed[0]
         .reason
@@ -275,11 +278,25 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
         1
     );
     assert_eq!(
-        store.list_jobs(Some("received"), 10).await.unwrap().len(),
+        store
+            .list_jobs(Some("received"), None, 10, true)
+            .await
+            .unwrap()
+            .len(),
         2
     );
-    assert_eq!(store.list_jobs(Some("skipped"), 10).await.unwrap().len(), 1);
-    let again = store.list_jobs(Some("received"), 10).await.unwrap();
+    assert_eq!(
+        store
+            .list_jobs(Some("skipped"), None, 10, true)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let again = store
+        .list_jobs(Some("received"), None, 10, true)
+        .await
+        .unwrap();
     assert!(again.iter().all(|j| j.reason.is_none() && j.attempts == 0));
 
     // deliveries: park both, send back one destination's
@@ -379,7 +396,7 @@ async fn a_job_the_store_could_not_finish_runs_again_later_without_using_an_atte
             .unwrap());
         // Not before its time; the reason shows meanwhile.
         assert!(store.claim_jobs("w", lease, 1, 2).await.unwrap().is_empty());
-        let waiting = store.list_jobs(None, 10).await.unwrap();
+        let waiting = store.list_jobs(None, None, 10, true).await.unwrap();
         assert_eq!(waiting[0].reason.as_deref(), Some("database is locked"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(store.fail_exhausted_jobs(2).await.unwrap().is_empty());
