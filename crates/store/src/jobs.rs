@@ -186,6 +186,12 @@ impl MadeInstances {
     }
 }
 
+/// SQL condition on a `jobs` row: it may be claimed (queued, or its
+/// holder's lease expired) and has attempts left; `?1` is now, `?2` the
+/// most attempts.
+const CLAIMABLE: &str = "(state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?1))
+    AND attempts < ?2";
+
 /// SQL condition on a `jobs` row: nothing it made (report, companion image)
 /// is owed anywhere, i.e. every outbox row of them is `sent` (a NULL
 /// companion matches no row).
@@ -197,6 +203,13 @@ impl Store {
     /// and `analysing` ones whose lease expired (their holder died), that
     /// have been claimed fewer than `max_attempts` times (see
     /// `fail_exhausted_jobs` for the others).
+    ///
+    /// A job claimed before and never finished (its holder died with it:
+    /// a crash, a kill, running out of memory) is a suspect: it is claimed
+    /// alone, when nothing else is analysing, and nothing is claimed beside
+    /// it. So the image that brings the node down uses up its own attempts,
+    /// not those of the jobs that happened to be analysed with it (those
+    /// failed "never finished" after three crashes, blamed for it).
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -206,25 +219,45 @@ impl Store {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let jobs: Vec<ClaimedJob> = sqlx::query_as(
-            "UPDATE jobs SET state = 'analysing', lease_owner = ?, lease_expires_at_ms = ?,
-                 attempts = attempts + 1, updated_at_ms = ?
-             WHERE id IN (SELECT id FROM jobs
-                          WHERE (state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?))
-                              AND attempts < ?
-                          ORDER BY id LIMIT ?)
+        let (in_flight, suspects_in_flight): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(attempts >= 2), 0) FROM jobs
+             WHERE state = 'analysing' AND lease_expires_at_ms >= ?",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if suspects_in_flight > 0 {
+            return Ok(Vec::new());
+        }
+        let suspect: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE {CLAIMABLE} AND attempts >= 1 ORDER BY id LIMIT 1"
+        ))
+        .bind(now)
+        .bind(max_attempts)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let chosen = match suspect {
+            Some(_) if in_flight > 0 => return Ok(Vec::new()),
+            Some(id) => format!("id = {id}"),
+            None => format!(
+                "id IN (SELECT id FROM jobs WHERE {CLAIMABLE} ORDER BY id LIMIT {})",
+                limit.max(0)
+            ),
+        };
+        let jobs: Vec<ClaimedJob> = sqlx::query_as(&format!(
+            "UPDATE jobs SET state = 'analysing', lease_owner = ?3, lease_expires_at_ms = ?4,
+                 attempts = attempts + 1, updated_at_ms = ?1
+             WHERE {chosen} AND {CLAIMABLE}
              RETURNING id AS job_id, instance_id, attempts,
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
                  (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
-                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms",
-        )
-        .bind(owner)
-        .bind(now + lease.as_millis() as i64)
-        .bind(now)
+                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms"
+        ))
         .bind(now)
         .bind(max_attempts)
-        .bind(limit)
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -793,3 +793,54 @@ fn pneumo_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_crash_the_jobs_it_cut_are_analysed_one_at_a_time() {
+    // Job 1's image kills the node every time; jobs 2 and 3 were being
+    // analysed beside it. They used to be claimed together after each
+    // restart and all three failed "never finished" after three crashes.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for sop in ["1.9.100", "1.9.101", "1.9.102", "1.9.103"] {
+        let inc = spooled(&store, sop, "CR", "x");
+        store.ingest(&inc, |_| vec![]).await.unwrap();
+    }
+    store.route_received_jobs(|_, _| None).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim_jobs("w", lease, 3, 3).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let poison = claimed[0].job_id;
+    let mut reported = Vec::new();
+    for _crash in 0..4 {
+        // The process dies; the next one takes back what it held.
+        store.release_all_leases().await.unwrap();
+        store.fail_exhausted_jobs(3).await.unwrap();
+        loop {
+            let batch = store.claim_jobs("w", lease, 3, 3).await.unwrap();
+            let Some(job) = batch.first() else { break };
+            if job.job_id == poison {
+                break; // analysing it kills the node
+            }
+            assert_eq!(batch.len(), 1, "a job cut by a crash is claimed alone");
+            assert!(
+                store.claim_jobs("w", lease, 3, 3).await.unwrap().is_empty(),
+                "nothing beside it"
+            );
+            assert!(store.fail_job(job.job_id, "w", "done").await.unwrap());
+            reported.push(job.job_id);
+        }
+    }
+    let states: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT id, state, attempts FROM jobs ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    // Only the poison used up its attempts; the others ran (marked failed
+    // "done" here, by the test), the fourth job too, after the suspects.
+    assert_eq!(states[0].1, "failed");
+    assert_eq!(states[0].2, 3);
+    assert_eq!(reported.len(), 3, "{states:?}");
+    for (_, _, attempts) in &states[1..] {
+        assert!(*attempts <= 2, "{states:?}");
+    }
+}
