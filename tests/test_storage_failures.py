@@ -6,6 +6,7 @@ write leaves nothing behind), its spool directory removed.
 The full disk needs to mount a tmpfs (root, as CI runs); skipped with the
 reason where the machine does not allow it."""
 
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -14,7 +15,7 @@ import pydicom
 import pytest
 import requests
 
-from nodetest import node, node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
+from nodetest import ROOT, node, node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
 from test_routing_orthanc import wait_until
 
 
@@ -108,3 +109,117 @@ def test_a_full_disk_loses_nothing_acknowledged_and_the_node_recovers(node_facto
     ballast.unlink()
     assert r.returncode == 1 and "opening the store" in r.stderr, r.stderr
     assert "MB free: a full disk?" in r.stderr, r.stderr
+
+
+def test_an_instance_larger_than_the_room_left_is_stopped_before_the_disk_fills(node_factory, small_disk, tmp_path):
+    """`node.min_free_mb` is checked when a C-STORE arrives; a data set
+    larger than the room above the floor used to be written to the last
+    byte (acknowledged, and the database left without space). Now the
+    transfer stops once the free space falls below half the floor."""
+    import numpy as np
+
+    node = node_factory(node__min_free_mb="16")
+    node.data_dir = small_disk / "var"
+    node.start()
+    ballast = small_disk / "ballast"
+    with open(ballast, "wb") as f:  # leave about 20 MB free: above the 16 MB floor
+        free = shutil.disk_usage(small_disk).free
+        f.write(b"\0" * (free - 20_000_000))
+    big = tmp_path / "big.dcm"
+    ds = pydicom.dcmread(ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows = ds.Columns = 3000  # 18 MB of pixels
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = np.zeros((3000, 3000), np.uint16).tobytes()
+    ds.save_as(big, enforce_file_format=True)
+
+    r = run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, big, check=False)
+    assert r.returncode != 0
+    wait_until(lambda: "status=A700H error=\"out of disk space while receiving" in node.log(), timeout=10)
+    assert node.instance_rows(ds.SOPInstanceUID) == 0
+    assert not node.spool_files(), "the refused transfer's spool file was left"
+    assert shutil.disk_usage(small_disk).free > 18_000_000, "its space was not given back"
+    # The node still takes what fits.
+    small = tmp_path / "small.dcm"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows = ds.Columns = 256
+    ds.PixelData = np.zeros((256, 256), np.uint16).tobytes()
+    ds.save_as(small, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, small)
+    assert node.instance_rows(ds.SOPInstanceUID) == 1
+
+
+def test_a_spool_directory_removed_under_the_node_is_made_again(node, rg1_copies):
+    """A clean-up script removes spool/: every store was refused A700
+    until someone made it again."""
+    import shutil
+
+    shutil.rmtree(node.data_dir / "spool")
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    assert node.instance_rows(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) == 1
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+    shutil.rmtree(node.data_dir / "spool")
+    status, body = node.http("/readyz")
+    assert status == 200, body
+
+
+def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_repairs_it(
+        node_factory, rg1_copies, tmp_path):
+    """A stored file truncated on disk: the truncated file used to be sent
+    to the destination (and aborted by it at every retry) and its analysis
+    failed with "cannot be parsed"; a re-sent copy was answered as a
+    duplicate and left the damage. Now both stop with a reason saying how
+    to repair it, and sending the instance again repairs it and resumes
+    them."""
+    from nodetest import free_port
+    from test_pynetdicom_peers import PynetdicomReceiver
+
+    def config(name, port, routing=""):
+        path = tmp_path / name
+        path.write_text(f"{routing}[[routing.forward]]\ndestinations = [\"pacs\"]\n"
+                        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                        f"port = {port}\n[outbox]\nretry_base_s = 600\nretry_cap_s = 600\n")
+        return path
+
+    pacs = PynetdicomReceiver(ae_title="PACS")
+    try:
+        # The PACS unreachable and nothing analysed: the file waits.
+        hold = config("hold.toml", free_port(), '[routing]\nanalyse_modalities = ["XX"]\n')
+        node = node_factory().start(config_file=hold)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'skipped'") == 1)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE attempts > 0") == 1, timeout=30)
+        node.stop()
+        stored = node.stored_path(ds)
+        whole = stored.read_bytes()
+        stored.write_bytes(whole[: len(whole) // 2])
+
+        node.start(config_file=config("serve.toml", pacs.port))
+        api = f"http://127.0.0.1:{node.http_port}/api"
+        assert requests.post(f"{api}/jobs/retry?state=skipped", timeout=10).json() == {"requeued": 1}
+        assert requests.post(f"{api}/deliveries/retry", timeout=10).json() == {"requeued": 1}
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 1, timeout=30)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=30)
+        with node.db() as c:
+            (reason,) = c.execute("SELECT reason FROM jobs").fetchone()
+            (status,) = c.execute("SELECT last_status FROM outbox").fetchone()
+        for text in (reason, status):
+            assert "is damaged" in text and "send the instance to the node again" in text, text
+        assert ds.SOPInstanceUID not in pacs.received, "the truncated file was sent"
+
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        assert stored.read_bytes() == whole
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+        assert len(pacs.received[ds.SOPInstanceUID]) == len(whole) - stored_header_length(whole)
+    finally:
+        pacs.close()
+
+
+def stored_header_length(part10: bytes) -> int:
+    """Preamble, DICM and the File Meta group of a Part-10 file."""
+    return 144 + int.from_bytes(part10[140:144], "little")

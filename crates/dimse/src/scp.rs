@@ -144,6 +144,15 @@ pub trait StoreHandler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Called each time another [`ROOM_CHECK_BYTES`] of a data set has
+    /// been spooled (`received` bytes so far). An `Err` stops spooling it:
+    /// the instance is refused A700 with that reason and its spool file
+    /// removed (a data set larger than the space `admit` saw must not use
+    /// up what the database needs).
+    fn room_while_receiving(&self, _received: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Called once per accepted association (for counting).
     fn association_accepted(&self, _context: &AssociationContext) {}
 
@@ -814,12 +823,23 @@ impl<H: StoreHandler> Association<'_, H> {
                     false,
                 ) if context_id == pdv.context_id => {
                     if let Ok(spool) = sink.as_mut() {
-                        if let Err(e) = spool.write(pdv.data).await {
-                            warn!(error = %e, "spooling failed; the instance will be refused");
-                            *sink = Err(StoreReply::failure(
-                                Status::OUT_OF_RESOURCES,
-                                format!("cannot spool data set: {e}"),
-                            ));
+                        let before = spool.dataset_len;
+                        let refusal = match spool.write(pdv.data).await {
+                            Err(e) => Some(format!("cannot spool data set: {e}")),
+                            Ok(())
+                                if before / ROOM_CHECK_BYTES
+                                    != spool.dataset_len / ROOM_CHECK_BYTES =>
+                            {
+                                self.shared
+                                    .handler
+                                    .room_while_receiving(spool.dataset_len)
+                                    .err()
+                            }
+                            Ok(()) => None,
+                        };
+                        if let Some(reason) = refusal {
+                            warn!(%reason, "spooling stopped; the instance will be refused");
+                            *sink = Err(StoreReply::failure(Status::OUT_OF_RESOURCES, reason));
                         }
                     }
                     if pdv.is_last {
@@ -1095,6 +1115,10 @@ impl Drop for SpoolGuard {
 }
 
 static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// How often, in data set bytes received, a transfer asks the handler
+/// whether there is still room ([`StoreHandler::room_while_receiving`]).
+pub const ROOM_CHECK_BYTES: u64 = 4 << 20;
 
 /// Data is written (and sent to writeback) in chunks of this size.
 const SPOOL_CHUNK: usize = 1 << 20;

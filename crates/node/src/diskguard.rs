@@ -70,6 +70,21 @@ impl DiskGuard {
             Err(e) => Some(format!("cannot read free space: {e}")),
         }
     }
+
+    /// Why a transfer admitted above the floor must stop, if it must: the
+    /// free space fell below half the floor (the other half stays for the
+    /// database, the reports and the transfers admitted beside it).
+    pub fn refusal_while_receiving(&self) -> Option<String> {
+        let reserve = self.floor_bytes / 2;
+        match self.free_bytes() {
+            Ok(f) if f < reserve => Some(format!(
+                "out of disk space while receiving: {} MB free, below half the floor of {} MB",
+                f / 1_000_000,
+                self.floor_bytes / 1_000_000
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn tempfile_probe(dir: &std::path::Path) -> bool {

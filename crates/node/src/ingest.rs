@@ -71,6 +71,13 @@ impl StoreHandler for IngestHandler {
         }
     }
 
+    fn room_while_receiving(&self, received: u64) -> Result<(), String> {
+        match self.disk.refusal_while_receiving() {
+            None => Ok(()),
+            Some(reason) => Err(format!("{reason}, {} MB received", received / 1_000_000)),
+        }
+    }
+
     fn association_accepted(&self, _context: &AssociationContext) {
         Metrics::inc(&self.metrics.associations, 1);
     }
