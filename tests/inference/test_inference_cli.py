@@ -72,6 +72,22 @@ def test_infer_equals_python_onnxruntime_on_the_same_tensor(tmp_path, session, n
     assert out["preprocess"]["output_width"] == 224
 
 
+def test_preprocess_takes_its_spec_from_a_model(tmp_path):
+    """`--model` makes the tensor the model's contract asks for (an
+    engineer used to copy size, mean, std and dtype by hand)."""
+    dcm = IMAGES / "rg1s_mono2.dcm"
+    fp16 = ROOT / "fixtures" / "models" / "pneumollm-tiny-fp16.onnx"
+    by_model, by_hand = tmp_path / "model.npy", tmp_path / "hand.npy"
+    r = node("preprocess", dcm, "--model", fp16, "--out", by_model)
+    assert r.returncode == 0, r.stderr
+    assert node("preprocess", dcm, "--dtype", "f16", "--out", by_hand).returncode == 0
+    a, b = np.load(by_model), np.load(by_hand)
+    assert a.dtype == np.float16 and a.shape == (1, 3, 224, 224)
+    assert np.array_equal(a, b)
+    r = node("preprocess", dcm, "--model", fp16, "--size", "256")
+    assert r.returncode != 0 and "cannot be used with" in r.stderr, r.stderr
+
+
 def test_infer_text_output_says_demo_decision_and_provider():
     r = node("infer", IMAGES / "rg1s_mono2.dcm")
     assert r.returncode == 0, r.stderr

@@ -11,6 +11,10 @@ use pneumo_imaging::{CropMode, LungBox, OutputDType, PreprocessSpec};
 pub struct PreprocessArgs {
     /// DICOM Part-10 file.
     pub file: PathBuf,
+    /// Take size, mean, std, crop and element type from this model's
+    /// contract (as `infer` and the node do) instead of the options below.
+    #[arg(long, conflicts_with_all = ["size", "mean", "std", "crop", "dtype"])]
+    pub model: Option<PathBuf>,
     /// Where to write the tensor (.npy, NCHW). The report goes beside it
     /// with the extension .json.
     #[arg(long, default_value = "tensor.npy")]
@@ -67,6 +71,10 @@ fn size(s: &str) -> anyhow::Result<(u32, u32)> {
 
 impl PreprocessArgs {
     pub fn spec(&self) -> anyhow::Result<PreprocessSpec> {
+        if let Some(model) = &self.model {
+            let inspected = pneumo_inference::inspect_model(model)?;
+            return Ok(inspected.contract.preprocess_spec());
+        }
         let (width, height) = size(&self.size)?;
         let crop: CropMode = self.crop.parse()?;
         let dtype = match self.dtype.as_str() {
