@@ -270,3 +270,38 @@ def test_a_job_is_delivered_only_once_its_companion_image_is(node_factory, rg1_c
         assert [d["kind"] for d in sr["deliveries"]] == ["report"], sr["deliveries"]
     finally:
         pacs.close()
+
+
+def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_instance(
+        node_factory, rg1_copies, tmp_path):
+    """A study arriving while the PACS is down: each new row used to be due
+    at once, whatever the destination's back-off, so every instance made
+    its own connection attempt (67 in 2 s for three 60-image studies)."""
+    from nodetest import free_port
+
+    config = node_config(tmp_path / "node.toml",
+                         [{"name": "pacs", "ae_title": "PACS", "port": free_port()}],
+                         [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
+    node = node_factory().start(config_file=config)
+    files = rg1_copies("UNCI", 8)
+    for f in files:  # one association each, as modalities send
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 8)
+    time.sleep(2)
+    attempts = node.log().count("delivery failed; will retry")
+    assert 1 <= attempts <= 2, node.log()[-3000:]
+    with node.db() as c:
+        due = {t for (t,) in c.execute("SELECT next_attempt_at_ms FROM outbox")}
+    assert len(due) == 1, "the rows wait for the same next attempt"
+
+    # What is owed, and why, without reading the database: a page at a time.
+    api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+    page = requests.get(f"{api}?state=pending&destination=pacs&limit=5", timeout=10).json()
+    assert len(page["deliveries"]) == 5 and page["next_before_id"] == page["deliveries"][-1]["id"]
+    rest = requests.get(f"{api}?state=pending&before_id={page['next_before_id']}", timeout=10).json()
+    assert len(rest["deliveries"]) == 3 and rest["next_before_id"] is None
+    row = page["deliveries"][0]
+    assert row["kind"] == "original" and row["configured"] is True and row["destination"] == "pacs"
+    assert "Connection refused" in (row["last_status"] or "") or row["attempts"] == 0, row
+    assert requests.get(f"{api}?state=lost", timeout=10).status_code == 400
+    assert requests.get(f"{api}?dest=pacs", timeout=10).status_code == 400

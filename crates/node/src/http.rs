@@ -76,6 +76,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/jobs", get(jobs))
         .route("/api/instances/{sop_uid}", get(instance))
         .route("/api/jobs/retry", post(retry_jobs))
+        .route("/api/deliveries", get(deliveries))
         .route("/api/deliveries/retry", post(retry_deliveries))
         .with_state(state)
 }
@@ -232,19 +233,10 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    if let Some(state) = &q.state {
-        if !JOB_STATES.contains(&state.as_str()) {
-            return bad_request(
-                json!({ "error": format!("unknown state `{state}`"), "states": JOB_STATES }),
-            );
-        }
-    }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_JOBS_LISTED).contains(&limit) {
-        return bad_request(
-            json!({ "error": format!("limit must be 1 to {MAX_JOBS_LISTED}, not {limit}") }),
-        );
-    }
+    let limit = match listing_filter(q.state.as_deref(), JOB_STATES, q.limit) {
+        Ok(limit) => limit,
+        Err(body) => return bad_request(body),
+    };
     let with_result = q.result.unwrap_or(true);
     match s
         .store
@@ -274,7 +266,87 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
     }
 }
 
-/// The most jobs one `GET /api/jobs` lists.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    state: Option<String>,
+    destination: Option<String>,
+    limit: Option<i64>,
+    before_id: Option<i64>,
+}
+
+/// `GET /api/deliveries`: outbox rows, newest first (what is parked, what
+/// is still owed, and why), one page at a time.
+async fn deliveries(
+    State(s): State<HttpState>,
+    q: Result<Query<DeliveriesQuery>, QueryRejection>,
+) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
+    let states = ["pending", "sent", "parked"];
+    let limit = match listing_filter(q.state.as_deref(), &states, q.limit) {
+        Ok(limit) => limit,
+        Err(body) => return bad_request(body),
+    };
+    match s
+        .store
+        .list_deliveries(
+            q.state.as_deref(),
+            q.destination.as_deref(),
+            q.before_id,
+            limit,
+        )
+        .await
+    {
+        Ok(rows) => {
+            let next = (rows.len() as i64 == limit)
+                .then(|| rows.last().map(|r| r.id))
+                .flatten();
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id,
+                        "kind": r.kind,
+                        "sop_instance_uid": r.sop_instance_uid,
+                        "study_instance_uid": r.study_instance_uid,
+                        "destination": r.destination,
+                        "configured": s.destinations.contains(&r.destination),
+                        "state": r.state,
+                        "attempts": r.attempts,
+                        "last_status": r.last_status,
+                        "next_attempt_at_ms": r.next_attempt_at_ms,
+                        "updated_at_ms": r.updated_at_ms,
+                    })
+                })
+                .collect();
+            Json(json!({ "deliveries": rows, "next_before_id": next })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// A listing's `state` (one of `states`, if given) and its `limit` (1 to
+/// [`MAX_JOBS_LISTED`], default 100): the limit, or the body of the 400
+/// answer.
+fn listing_filter(state: Option<&str>, states: &[&str], limit: Option<i64>) -> Result<i64, Value> {
+    if let Some(state) = state {
+        if !states.contains(&state) {
+            return Err(json!({ "error": format!("unknown state `{state}`"), "states": states }));
+        }
+    }
+    let limit = limit.unwrap_or(100);
+    if !(1..=MAX_JOBS_LISTED).contains(&limit) {
+        return Err(
+            json!({ "error": format!("limit must be 1 to {MAX_JOBS_LISTED}, not {limit}") }),
+        );
+    }
+    Ok(limit)
+}
+
+/// The most jobs (or deliveries) one listing returns.
 const MAX_JOBS_LISTED: i64 = 10_000;
 
 #[derive(Deserialize)]

@@ -87,12 +87,17 @@ impl OutboxWorker {
                 )
                 .await
             {
-                Ok(0) => {}
-                Ok(n) => warn!(
-                    deliveries = n,
-                    retry_in_s = cap.as_secs(),
-                    "deliveries to a destination that is not configured (any more); kept until it is"
-                ),
+                Ok(unconfigured) => {
+                    for (destination, n) in unconfigured {
+                        warn!(
+                            %destination,
+                            deliveries = n,
+                            retry_in_s = cap.as_secs(),
+                            "deliveries to a destination that is not configured (any more); \
+                             kept until it is (renamed? send the instances again to reach the new name)"
+                        );
+                    }
+                }
                 Err(e) => warn!(error = %e, "cannot read the outbox"),
             }
             tokio::select! {

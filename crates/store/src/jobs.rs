@@ -218,7 +218,11 @@ impl Store {
         max_attempts: i64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        // IMMEDIATE: the reads below decide the write; a deferred
+        // transaction's reader could not become the writer once another
+        // connection had written (SQLITE_BUSY_SNAPSHOT, no busy wait:
+        // "database is locked" warnings under load).
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let (in_flight, suspects_in_flight): (i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), COALESCE(SUM(attempts >= 2), 0) FROM jobs
              WHERE state = 'analysing' AND lease_expires_at_ms >= ?",

@@ -35,7 +35,7 @@ pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use retention::Purged;
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
-pub use views::{DeliveryView, InstanceView, JobView};
+pub use views::{DeliveryView, InstanceView, JobView, OutboxRowView};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

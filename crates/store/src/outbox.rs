@@ -127,13 +127,13 @@ impl Store {
     /// Due rows whose destination is none of `configured` are put off by
     /// `delay` with `reason` (`{destination}` in it replaced by the name):
     /// kept, never dropped, until the destination is configured again.
-    /// Returns how many.
+    /// Returns each such destination with how many rows were put off.
     pub async fn put_off_unconfigured(
         &self,
         configured: &[String],
         reason: &str,
         delay: Duration,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let now = now_ms();
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT destination FROM outbox WHERE state = 'pending' AND next_attempt_at_ms <= ?",
@@ -141,9 +141,9 @@ impl Store {
         .bind(now)
         .fetch_all(self.pool())
         .await?;
-        let mut put_off = 0;
+        let mut put_off = Vec::new();
         for name in due.iter().filter(|d| !configured.contains(d)) {
-            put_off += sqlx::query(
+            let n = sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, last_status = ?, next_attempt_at_ms = ?, updated_at_ms = ?
                  WHERE state = 'pending' AND next_attempt_at_ms <= ? AND destination = ?",
             )
@@ -155,6 +155,7 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected();
+            put_off.push((name.clone(), n));
         }
         Ok(put_off)
     }
@@ -279,14 +280,19 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let now = now_ms();
+    // Due when the destination's other rows are: one that is down and
+    // backing off is not tried again for each new row (a study arriving
+    // meant one connection attempt per instance).
     let r = sqlx::query(
         "INSERT INTO outbox (instance_id, destination, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
-         VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (instance_id, destination) DO NOTHING",
+         VALUES (?1, ?2, 'pending',
+                 MAX(?3, COALESCE((SELECT MAX(next_attempt_at_ms) FROM outbox
+                                   WHERE destination = ?2 AND state = 'pending' AND attempts > 0), ?3)),
+                 ?3, ?3)
+         ON CONFLICT (instance_id, destination) DO NOTHING",
     )
     .bind(instance_id)
     .bind(destination)
-    .bind(now)
-    .bind(now)
     .bind(now)
     .execute(executor)
     .await?;

@@ -49,6 +49,22 @@ pub struct DeliveryView {
     pub updated_at_ms: i64,
 }
 
+/// One outbox row, for the operator's listing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRowView {
+    pub id: i64,
+    /// `original` or `report` (the SR or companion image the node made).
+    pub kind: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_status: Option<String>,
+    pub next_attempt_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts, j.created_at_ms, j.updated_at_ms,
         j.result_json, i.sop_instance_uid, i.study_instance_uid, i.modality,
         (SELECT sop_instance_uid FROM instances s WHERE s.id = j.sr_instance_id) AS sr_sop_instance_uid
@@ -89,6 +105,47 @@ impl Store {
         let mut query = sqlx::query_as(&sql);
         if let Some(state) = state {
             query = query.bind(state);
+        }
+        if let Some(before) = before_id {
+            query = query.bind(before);
+        }
+        Ok(query.bind(limit).fetch_all(self.pool()).await?)
+    }
+
+    /// Outbox rows, newest first: optionally in one state, to one
+    /// destination, and older than row `before_id` (the next page).
+    pub async fn list_deliveries(
+        &self,
+        state: Option<&str>,
+        destination: Option<&str>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRowView>, StoreError> {
+        let mut conditions = Vec::new();
+        if state.is_some() {
+            conditions.push("o.state = ?");
+        }
+        if destination.is_some() {
+            conditions.push("o.destination = ?");
+        }
+        if before_id.is_some() {
+            conditions.push("o.id < ?");
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT o.id, CASE WHEN i.generated = 0 THEN 'original' ELSE 'report' END AS kind,
+                    i.sop_instance_uid, i.study_instance_uid, o.destination, o.state, o.attempts,
+                    o.last_status, o.next_attempt_at_ms, o.updated_at_ms
+             FROM outbox o JOIN instances i ON i.id = o.instance_id{filter}
+             ORDER BY o.id DESC LIMIT ?"
+        );
+        let mut query = sqlx::query_as(&sql);
+        for value in [state, destination].into_iter().flatten() {
+            query = query.bind(value);
         }
         if let Some(before) = before_id {
             query = query.bind(before);
