@@ -305,3 +305,11 @@ def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_in
     assert "Connection refused" in (row["last_status"] or "") or row["attempts"] == 0, row
     assert requests.get(f"{api}?state=lost", timeout=10).status_code == 400
     assert requests.get(f"{api}?dest=pacs", timeout=10).status_code == 400
+
+    # The PACS is gone for good: the operator cancels what it is owed.
+    assert requests.post(f"{api}/cancel", timeout=10).status_code == 400  # no destination: refused
+    assert requests.post(f"{api}/cancel?destination=pacs&state=sent", timeout=10).status_code == 400
+    r = requests.post(f"{api}/cancel?destination=pacs", timeout=10)
+    assert r.status_code == 200 and r.json() == {"cancelled": 8}
+    assert node.count("SELECT COUNT(*) FROM outbox") == 0
+    assert "deliveries cancelled by the operator" in node.log()

@@ -78,6 +78,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/jobs/retry", post(retry_jobs))
         .route("/api/deliveries", get(deliveries))
         .route("/api/deliveries/retry", post(retry_deliveries))
+        .route("/api/deliveries/cancel", post(cancel_deliveries))
         .with_state(state)
 }
 
@@ -428,6 +429,58 @@ async fn retry_deliveries(
             );
             s.wake_outbox.notify_one();
             Json(json!({ "requeued": n })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelDeliveriesQuery {
+    /// Required: cancelling everything everywhere is never what is meant.
+    destination: String,
+    /// `parked`, `pending`, or both comma-separated (default both).
+    state: Option<String>,
+}
+
+/// `POST /api/deliveries/cancel`: the rows owed to one destination that
+/// will never take them are dropped.
+async fn cancel_deliveries(
+    State(s): State<HttpState>,
+    q: Result<Query<CancelDeliveriesQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let q = match action_query(q, &body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
+    let asked = q.state.as_deref().unwrap_or("pending,parked");
+    let (mut pending, mut parked) = (false, false);
+    for state in asked.split(',') {
+        match state {
+            "pending" => pending = true,
+            "parked" => parked = true,
+            other => {
+                return bad_request(json!({
+                    "error": format!("cannot cancel state `{other}`"),
+                    "states": ["pending", "parked"],
+                }))
+            }
+        }
+    }
+    match s
+        .store
+        .cancel_deliveries(&q.destination, pending, parked)
+        .await
+    {
+        Ok(n) => {
+            tracing::warn!(
+                deliveries = n,
+                destination = %q.destination,
+                states = asked,
+                "deliveries cancelled by the operator; they will not be sent"
+            );
+            Json(json!({ "cancelled": n })).into_response()
         }
         Err(e) => internal(e),
     }

@@ -241,6 +241,31 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// An operator's cancel: the `pending` and/or `parked` rows owed to
+    /// `destination` are dropped (never to be delivered: a destination
+    /// removed for good, a PACS that will never take their syntax). Jobs
+    /// whose reports are then owed nowhere else become `delivered`, and the
+    /// instances become removable by retention. Returns how many rows.
+    pub async fn cancel_deliveries(
+        &self,
+        destination: &str,
+        pending: bool,
+        parked: bool,
+    ) -> Result<u64, StoreError> {
+        let cancelled = sqlx::query(
+            "DELETE FROM outbox WHERE destination = ?
+               AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))",
+        )
+        .bind(destination)
+        .bind(pending)
+        .bind(parked)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        self.settle_delivered_jobs().await?;
+        Ok(cancelled)
+    }
+
     pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
         finish_attempt(self.pool(), id, "parked", reason, None).await
     }
