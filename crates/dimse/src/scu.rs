@@ -430,8 +430,10 @@ impl ClientAssociation {
         let status = rsp
             .status
             .ok_or_else(|| ScuError::Protocol("C-STORE-RSP without a status".into()))?;
+        // Callers report it (the outbox logs it, `store` prints it): debug
+        // here, or every warning was logged twice.
         if status.is_warning() {
-            warn!(sop_instance_uid = %file.sop_instance_uid, %status, "peer stored with a warning");
+            debug!(sop_instance_uid = %file.sop_instance_uid, %status, "peer stored with a warning");
         }
         Ok(outcome(Ok(status), rsp.error_comment))
     }
