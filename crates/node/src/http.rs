@@ -245,10 +245,7 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
         .await
     {
         Ok(list) => {
-            // A full page may have more behind it; a short one is the end.
-            let next = (list.len() as i64 == limit)
-                .then(|| list.last().map(|j| j.job_id))
-                .flatten();
+            let next = next_before_id(list.len(), limit, list.last().map(|j| j.job_id));
             let jobs: Vec<Value> = list
                 .iter()
                 .map(|j| {
@@ -302,9 +299,7 @@ async fn deliveries(
         .await
     {
         Ok(rows) => {
-            let next = (rows.len() as i64 == limit)
-                .then(|| rows.last().map(|r| r.id))
-                .flatten();
+            let next = next_before_id(rows.len(), limit, rows.last().map(|r| r.id));
             let rows: Vec<Value> = rows
                 .iter()
                 .map(|r| {
@@ -345,6 +340,12 @@ fn listing_filter(state: Option<&str>, states: &[&str], limit: Option<i64>) -> R
         );
     }
     Ok(limit)
+}
+
+/// The `before_id` of a listing's next page: a full page may have more
+/// behind it (from below its last id); a short one is the last.
+fn next_before_id(listed: usize, limit: i64, last_id: Option<i64>) -> Option<i64> {
+    (listed as i64 == limit).then_some(last_id).flatten()
 }
 
 /// The most jobs (or deliveries) one listing returns.

@@ -102,8 +102,15 @@ fn main() -> ExitCode {
 /// errors already print their source in their own message (sqlx, std::io
 /// wrapped by thiserror), which `{:#}` would repeat.
 fn error_chain(e: &anyhow::Error) -> String {
+    joined_causes(e.chain())
+}
+
+/// Errors' messages joined "a: b: c", each once (see [`error_chain`]).
+pub(crate) fn joined_causes<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
     let mut text = String::new();
-    for cause in e.chain() {
+    for cause in chain {
         let part = cause.to_string();
         if text.contains(&part) {
             continue;

@@ -425,12 +425,8 @@ impl Pipeline {
                     with_causes(&e)
                 )
             })?;
-            let offset = pneumo_dimse::FileToSend::inspect(&spool_for_write)?.dataset_offset;
-            let bytes = std::fs::read(&spool_for_write).map_err(|e| e.to_string())?;
-            let dataset = bytes
-                .get(offset as usize..)
-                .ok_or("report file shorter than its File Meta")?;
-            Ok((dataset.len() as u64, Sha256::digest(dataset).into()))
+            pneumo_store::dataset_digest(&spool_for_write)
+                .map_err(|e| format!("cannot read back report {}: {e}", spool_for_write.display()))
         })
         .await
         .map_err(|e| e.to_string())
@@ -468,18 +464,8 @@ impl Pipeline {
 /// An error and its sources, "a: b": dicom-rs's write errors say only
 /// what they were writing ("Could not print data set"), their source why
 /// ("No space left on device").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::joined_causes(std::iter::successors(Some(e), |e| e.source()))
 }
 
 /// How long a job whose result the store could not keep waits to run again.

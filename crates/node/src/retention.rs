@@ -61,7 +61,7 @@ impl Retention {
     }
 
     async fn pass(&self, keep: Duration) {
-        let cutoff = now_ms() - keep.as_millis() as i64;
+        let cutoff = pneumo_store::now_ms() - keep.as_millis() as i64;
         let mut total = pneumo_store::Purged::default();
         loop {
             if *self.stopping.borrow() {
@@ -92,11 +92,4 @@ impl Retention {
             );
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -46,11 +46,11 @@ fn path_component(uid: &str) -> String {
     }
 }
 
-/// The SHA-256 (lower-case hex) of a stored Part-10 file's data set: the
-/// bytes after its File Meta group, whose length its first element,
-/// (0002,0000) UL, gives. Err when the file cannot be read or has no such
-/// header (a damaged file).
-pub fn dataset_sha256(path: &Path) -> std::io::Result<String> {
+/// The length and SHA-256 of a Part-10 file's data set: the bytes after
+/// its File Meta group, whose length its first element, (0002,0000) UL,
+/// gives (what a received instance's SHA-256 is taken over). Err when the
+/// file cannot be read or has no such header (a damaged file).
+pub fn dataset_digest(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = File::open(path)?;
     let mut head = [0u8; 144];
@@ -65,23 +65,8 @@ pub fn dataset_sha256(path: &Path) -> std::io::Result<String> {
     let group_length = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
     file.seek(SeekFrom::Start(144 + u64::from(group_length)))?;
     let mut hasher = Sha256::new();
-    std::io::copy(
-        &mut std::io::BufReader::new(file),
-        &mut HashWriter(&mut hasher),
-    )?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    let len = std::io::copy(&mut std::io::BufReader::new(file), &mut hasher)?;
+    Ok((len, hasher.finalize().into()))
 }
 
 /// fsyncs the spool file, renames it to `target` and fsyncs the directories

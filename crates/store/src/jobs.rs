@@ -156,13 +156,13 @@ pub fn stored_file_problem(
     purged_at_ms: Option<i64>,
 ) -> Option<String> {
     let repair = "send the instance to the node again to restore it";
-    if purged_at_ms.is_some() && !path.exists() {
-        return Some(format!(
-            "the stored file {} was removed by retention (retention.keep_days); {repair}",
-            path.display()
-        ));
-    }
     match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && purged_at_ms.is_some() => {
+            Some(format!(
+                "the stored file {} was removed by retention (retention.keep_days); {repair}",
+                path.display()
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
             "the stored file {} is missing; {repair}",
             path.display()

@@ -27,6 +27,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
+pub use files::dataset_digest;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
 pub use jobs::{
     stored_file_problem, ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES,
@@ -334,11 +335,11 @@ impl Store {
             .await?;
         let final_path = self.data_dir.join(&relative);
         let stored = final_path.clone();
-        let found = tokio::task::spawn_blocking(move || files::dataset_sha256(&stored))
+        let found = tokio::task::spawn_blocking(move || files::dataset_digest(&stored))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let damage = match found {
-            Ok(now) if now == sha256 => return Ok(()),
+            Ok((_, now)) if hex::encode(now) == sha256 => return Ok(()),
             Ok(_) => "damaged (its data set is not the one received)".to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
             Err(e) => format!("unreadable ({e})"),
@@ -426,7 +427,9 @@ impl Store {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch: the clock of every time in the
+/// database.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

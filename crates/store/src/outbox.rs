@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::jobs::NOTHING_MADE_UNSENT;
+use crate::jobs::{MadeInstances, NOTHING_MADE_UNSENT};
 use crate::{now_ms, Store, StoreError};
 
 /// An instance due for delivery.
@@ -68,7 +68,7 @@ impl Store {
             return Ok(0);
         };
         let mut added = 0;
-        for id in std::iter::once(report).chain(companion) {
+        for id in (MadeInstances { report, companion }).ids() {
             for d in destinations {
                 added += usize::from(enqueue(self.pool(), id, d).await?);
             }
@@ -185,8 +185,9 @@ impl Store {
     }
 
     /// Delivered. A job whose report and companion image have now reached
-    /// every destination becomes `delivered`. One transaction: a process killed between the two writes left the
-    /// row sent and its job `reported` for good (nothing sends it again).
+    /// every destination becomes `delivered`. One transaction: a process
+    /// killed between the two writes left the row sent and its job
+    /// `reported` for good (nothing sends it again).
     pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         finish_attempt(&mut *tx, id, "sent", status, None).await?;

@@ -70,6 +70,19 @@ const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts,
         (SELECT sop_instance_uid FROM instances s WHERE s.id = j.sr_instance_id) AS sr_sop_instance_uid
      FROM jobs j JOIN instances i ON i.id = j.instance_id";
 
+/// What an outbox row delivers, on `instances i`: `original` (an instance
+/// received) or `report` (the SR or companion image this node made).
+const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original' ELSE 'report' END";
+
+/// ` WHERE a AND b ...`, or nothing without conditions.
+fn where_all(conditions: &[&str]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
 impl Store {
     /// Jobs, newest first: optionally in one state, and older than job
     /// `before_id` (the next page of a listing); without their result
@@ -96,11 +109,7 @@ impl Store {
         } else {
             JOB_COLUMNS.replace("j.result_json,", "NULL AS result_json,")
         };
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
+        let filter = where_all(&conditions);
         let sql = format!("{columns}{filter} ORDER BY j.id DESC LIMIT ?");
         let mut query = sqlx::query_as(&sql);
         if let Some(state) = state {
@@ -131,13 +140,9 @@ impl Store {
         if before_id.is_some() {
             conditions.push("o.id < ?");
         }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
+        let filter = where_all(&conditions);
         let sql = format!(
-            "SELECT o.id, CASE WHEN i.generated = 0 THEN 'original' ELSE 'report' END AS kind,
+            "SELECT o.id, {DELIVERY_KIND} AS kind,
                     i.sop_instance_uid, i.study_instance_uid, o.destination, o.state, o.attempts,
                     o.last_status, o.next_attempt_at_ms, o.updated_at_ms
              FROM outbox o JOIN instances i ON i.id = o.instance_id{filter}
@@ -177,15 +182,16 @@ impl Store {
             // Deliveries of the instance itself, of its report and of its
             // companion image.
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
-                "SELECT CASE WHEN o.instance_id = ? AND i.generated = 0 THEN 'original' ELSE 'report' END AS kind,
+                &format!(
+                    "SELECT {DELIVERY_KIND} AS kind,
                         i.sop_instance_uid, o.destination, o.state, o.attempts, o.last_status, o.updated_at_ms
-                 FROM outbox o JOIN instances i ON i.id = o.instance_id
-                 WHERE o.instance_id = ?
-                    OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
-                                         UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?)
-                 ORDER BY o.id",
+                     FROM outbox o JOIN instances i ON i.id = o.instance_id
+                     WHERE o.instance_id = ?
+                        OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
+                                             UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?)
+                     ORDER BY o.id"
+                ),
             )
-            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
