@@ -39,14 +39,27 @@ def test_echo_and_store_to_storescp(storescp, rg1_copies):
         assert same_dataset(matches[0], f)
 
 
-def test_compressed_file_to_a_peer_without_its_syntax_is_a_clear_failure(storescp, rg1_copies):
-    port, _ = storescp  # storescp accepts uncompressed syntaxes only by default
+def test_compressed_file_to_a_peer_without_its_syntax_is_decompressed_or_a_clear_failure(
+        storescp, rg1_copies, tmp_path):
+    port, out = storescp  # storescp accepts uncompressed syntaxes only by default
     (j2k,) = rg1_copies("J2KR", 1)
     (plain,) = rg1_copies("UNCI", 1)
-    r = node_cli("store", f"STORESCP@127.0.0.1:{port}", j2k, plain)
+    # JPEG 2000 Part 2: no decoder in this build, so no way to the peer.
+    part2 = tmp_path / "part2.dcm"
+    ds = pydicom.dcmread(j2k)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.92"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
+    ds.save_as(part2, enforce_file_format=True)
+    r = node_cli("store", f"STORESCP@127.0.0.1:{port}", j2k, part2, plain)
     assert r.returncode != 0
-    assert "no presentation context" in r.stdout
-    assert "1 stored" in r.stdout
+    (failed,) = [line for line in r.stdout.splitlines() if line.startswith("FAILED")]
+    assert "part2.dcm" in failed and "no presentation context" in failed, r.stdout
+    assert "2 stored" in r.stdout
+    uid = pydicom.dcmread(j2k, stop_before_pixels=True).SOPInstanceUID
+    (received,) = out.glob(f"*{uid}*")
+    got = pydicom.dcmread(received)
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (got.pixel_array == pydicom.dcmread(j2k).pixel_array).all()
 
 
 def test_unreachable_peer_is_an_error():

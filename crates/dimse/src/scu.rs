@@ -1,9 +1,10 @@
 //! The SCU: C-ECHO and C-STORE to a remote application entity.
 //!
 //! Each file is offered in its own transfer syntax, with Explicit and
-//! Implicit VR Little Endian as a fallback for native (unencapsulated) data;
-//! the data set is streamed from the file when the peer takes the file's
-//! syntax, and re-encoded only for that fallback.
+//! Implicit VR Little Endian as a fallback for native (unencapsulated) data
+//! and for compressed data the caller can decompress; the data set is
+//! streamed from the file when the peer takes the file's syntax, and
+//! re-encoded (decompressed first) only for that fallback.
 
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,17 @@ impl std::fmt::Display for AeAddress {
 /// re-encode it (the peer accepted another native transfer syntax).
 pub type OpenFile = fn(&Path) -> Result<DefaultDicomObject, String>;
 
+/// Makes compressed pixel data native, for a peer that accepted none of a
+/// file's compressed transfer syntax (the node gives pneumo-imaging's
+/// decoders). Without one, such a file fails with "no presentation context".
+#[derive(Debug, Clone, Copy)]
+pub struct Decompressor {
+    /// Whether files in this transfer syntax can be decompressed.
+    pub can_decompress: fn(&str) -> bool,
+    /// The data set with native pixel data.
+    pub decompress: fn(DefaultDicomObject) -> Result<DefaultDicomObject, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ScuOptions {
     pub calling_ae: String,
@@ -86,6 +98,8 @@ pub struct ScuOptions {
     /// How a file to re-encode is read: dicom-rs by default; the node gives
     /// its reader that also takes CP-246 sequences (pneumo-store).
     pub open_file: OpenFile,
+    /// Decompresses a file for a peer that takes no compressed syntax of it.
+    pub decompress: Option<Decompressor>,
 }
 
 fn open_with_dicom_rs(path: &Path) -> Result<DefaultDicomObject, String> {
@@ -100,6 +114,7 @@ impl Default for ScuOptions {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             open_file: open_with_dicom_rs,
+            decompress: None,
         }
     }
 }
@@ -198,6 +213,13 @@ impl FileToSend {
             .get(&self.transfer_syntax)
             .is_some_and(|ts| !ts.is_encapsulated_pixel_data())
     }
+
+    /// Whether the file can go in Explicit or Implicit VR Little Endian:
+    /// re-encoded if native, decompressed first if `decompress` takes it.
+    fn can_go_native(&self, decompress: Option<&Decompressor>) -> bool {
+        self.has_native_pixel_data()
+            || decompress.is_some_and(|d| (d.can_decompress)(&self.transfer_syntax))
+    }
 }
 
 struct AcceptedContext {
@@ -215,6 +237,7 @@ pub struct ClientAssociation {
     next_message_id: u16,
     response_timeout: Duration,
     open_file: OpenFile,
+    decompress: Option<Decompressor>,
 }
 
 const NATIVE_FALLBACK: [&str; 2] = [sop::EXPLICIT_VR_LE, sop::IMPLICIT_VR_LE];
@@ -292,6 +315,7 @@ impl ClientAssociation {
                     next_message_id: 1,
                     response_timeout: options.response_timeout,
                     open_file: options.open_file,
+                    decompress: options.decompress,
                 })
             }
             Pdu::AssociationRJ(rj) => Err(ScuError::Rejected {
@@ -364,7 +388,7 @@ impl ClientAssociation {
                 c.abstract_syntax == file.sop_class_uid
                     && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
             })
-            .filter(|_| file.has_native_pixel_data())
+            .filter(|_| file.can_go_native(self.decompress.as_ref()))
         {
             (c.id, Some(c.transfer_syntax.clone()))
         } else {
@@ -383,7 +407,7 @@ impl ClientAssociation {
         );
         let dataset = match &reencode_to {
             None => None,
-            Some(ts) => match reencode(self.open_file, &file.path, ts) {
+            Some(ts) => match reencode(self.open_file, self.decompress.as_ref(), file, ts) {
                 Ok(bytes) => Some(bytes),
                 Err(e) => return Ok(outcome(Err(e), None)),
             },
@@ -570,12 +594,28 @@ fn describe_rejection(rj: &AssociationRJ) -> String {
     format!("{result}: {:?}", rj.source)
 }
 
-/// Re-encodes a native data set into another native transfer syntax.
-fn reencode(open_file: OpenFile, path: &Path, ts_uid: &str) -> Result<Vec<u8>, String> {
+/// Re-encodes a data set into a native transfer syntax, decompressing
+/// its pixel data first when they are compressed.
+fn reencode(
+    open_file: OpenFile,
+    decompress: Option<&Decompressor>,
+    file: &FileToSend,
+    ts_uid: &str,
+) -> Result<Vec<u8>, String> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
-    let obj = open_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let path = &file.path;
+    let mut obj = open_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !file.has_native_pixel_data() {
+        let decompress = decompress.ok_or("no decompressor")?;
+        obj = (decompress.decompress)(obj).map_err(|e| {
+            format!(
+                "the peer takes only uncompressed data for SOP class {} and decompressing {} failed: {e}",
+                file.sop_class_uid, file.transfer_syntax
+            )
+        })?;
+    }
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
         .map_err(|e| format!("cannot re-encode to {ts_uid}: {e}"))?;
@@ -584,8 +624,12 @@ fn reencode(open_file: OpenFile, path: &Path, ts_uid: &str) -> Result<Vec<u8>, S
 
 /// The presentation contexts to propose for a set of files: each file's
 /// own (SOP class, transfer syntax), plus Explicit/Implicit VR Little Endian
-/// per SOP class for files in another syntax.
-pub fn proposals_for(files: &[FileToSend]) -> Vec<(String, Vec<String>)> {
+/// per SOP class for files in another syntax that can go native (see
+/// [`FileToSend::can_go_native`]).
+pub fn proposals_for(
+    files: &[FileToSend],
+    decompress: Option<&Decompressor>,
+) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut push = |abstract_syntax: &str, ts: Vec<String>| {
         if !out.iter().any(|(a, t)| a == abstract_syntax && *t == ts) {
@@ -597,7 +641,7 @@ pub fn proposals_for(files: &[FileToSend]) -> Vec<(String, Vec<String>)> {
         // Every SCP supports Implicit VR Little Endian (the default transfer
         // syntax); a native file in any other syntax can be re-encoded to it,
         // so an older PACS that takes nothing else still gets it.
-        if f.transfer_syntax != sop::IMPLICIT_VR_LE && f.has_native_pixel_data() {
+        if f.transfer_syntax != sop::IMPLICIT_VR_LE && f.can_go_native(decompress) {
             push(
                 &f.sop_class_uid,
                 NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
@@ -655,7 +699,9 @@ pub async fn store_files(
     while start < files.len() {
         // Grow the batch while its proposals fit one association.
         let mut end = start + 1;
-        while end < files.len() && proposals_for(&files[start..=end]).len() <= MAX_CONTEXTS {
+        while end < files.len()
+            && proposals_for(&files[start..=end], options.decompress.as_ref()).len() <= MAX_CONTEXTS
+        {
             end += 1;
         }
         let batch = &files[start..end];
@@ -666,7 +712,13 @@ pub async fn store_files(
             result: Err(why),
             error_comment: None,
         };
-        let mut assoc = match ClientAssociation::open(addr, options, &proposals_for(batch)).await {
+        let mut assoc = match ClientAssociation::open(
+            addr,
+            options,
+            &proposals_for(batch, options.decompress.as_ref()),
+        )
+        .await
+        {
             Ok(a) => a,
             // Nothing sent yet: the whole command failed, say so once.
             Err(e) if outcomes.iter().all(|o| o.result.is_err()) && end == batch.len() => {
@@ -737,15 +789,24 @@ mod tests {
         };
         // Explicit VR LE: its own, and the fallback a peer that takes only
         // Implicit VR LE accepts; twice the same file type, once each.
-        let p = proposals_for(&[f(sop::EXPLICIT_VR_LE), f(sop::EXPLICIT_VR_LE)]);
+        let p = proposals_for(&[f(sop::EXPLICIT_VR_LE), f(sop::EXPLICIT_VR_LE)], None);
         assert_eq!(p.len(), 2);
-        let p = proposals_for(&[f(sop::IMPLICIT_VR_LE)]);
+        let p = proposals_for(&[f(sop::IMPLICIT_VR_LE)], None);
         assert_eq!(p.len(), 1);
-        // JPEG 2000: its own syntax only (encapsulated pixel data cannot fall back).
-        let p = proposals_for(&[f("1.2.840.10008.1.2.4.90")]);
+        // JPEG 2000: its own syntax only, unless it can be decompressed.
+        let j2k = "1.2.840.10008.1.2.4.90";
+        let p = proposals_for(&[f(j2k)], None);
+        assert_eq!(p.len(), 1);
+        let decompressor = |can_decompress| Decompressor {
+            can_decompress,
+            decompress: Ok,
+        };
+        let p = proposals_for(&[f(j2k)], Some(&decompressor(|_| true)));
+        assert_eq!(p.len(), 2);
+        let p = proposals_for(&[f(j2k)], Some(&decompressor(|_| false)));
         assert_eq!(p.len(), 1);
         // Big endian: its own, plus the little-endian fallback.
-        let p = proposals_for(&[f(sop::EXPLICIT_VR_BE)]);
+        let p = proposals_for(&[f(sop::EXPLICIT_VR_BE)], None);
         assert_eq!(p.len(), 2);
         assert_eq!(
             p[1].1,

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_dictionary_std::tags;
+use dicom_encoding::adapters::PixelDataObject;
 use dicom_encoding::transfer_syntax::Codec;
 use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
@@ -110,19 +111,13 @@ pub(crate) fn decode_samples<'a>(
         transfer_syntax: uid.to_string(),
         message,
     };
-    if is_libjpeg_turbo_jpeg(uid) {
-        return decode_jpeg(pixel.value(), header)
-            .map_err(decode_err)
-            .and_then(|out| {
-                if out.len() == expected {
-                    Ok(Cow::Owned(out))
-                } else {
-                    Err(ImagingError::PixelDataLength {
-                        expected,
-                        actual: out.len(),
-                    })
-                }
-            });
+    if ts.is_encapsulated_pixel_data() {
+        if !matches!(pixel.value(), Value::PixelSequence(_)) {
+            return Err(decode_err(
+                "native pixel data in an encapsulated transfer syntax".into(),
+            ));
+        }
+        return decode_encapsulated_frame(obj, header, 0).map(Cow::Owned);
     }
     match ts.codec() {
         Codec::None | Codec::Dataset(Some(_)) => {
@@ -159,48 +154,59 @@ pub(crate) fn decode_samples<'a>(
                 }
             })
         }
-        Codec::EncapsulatedPixelData(Some(decoder), _) => {
-            if !matches!(pixel.value(), Value::PixelSequence(_)) {
-                return Err(decode_err(
-                    "native pixel data in an encapsulated transfer syntax".into(),
-                ));
-            }
-            let mut out = Vec::with_capacity(expected);
-            decoder
-                .decode_frame(obj, 0, &mut out)
-                .map_err(|e| decode_err(e.to_string()))?;
-            if out.len() < expected {
-                return Err(ImagingError::PixelDataLength {
-                    expected,
-                    actual: out.len(),
-                });
-            }
-            out.truncate(expected);
-            Ok(Cow::Owned(out))
-        }
         _ => Err(unsupported("no pixel data decoder for it in this build")),
     }
 }
 
-/// The single frame of encapsulated JPEG (DCT or lossless) as
-/// little-endian stored samples in the header's Bits Allocated.
-fn decode_jpeg<P>(
-    value: &Value<dicom_object::mem::InMemDicomObject, P>,
+/// One frame of encapsulated pixel data as little-endian stored samples,
+/// exactly `header.frame_bytes()` long. The caller has checked that the
+/// transfer syntax is one [`can_decode`] takes and the value a sequence.
+pub(crate) fn decode_encapsulated_frame(
+    obj: &DefaultDicomObject,
     header: &ImageHeader,
-) -> Result<Vec<u8>, String>
-where
-    P: AsRef<[u8]>,
-{
-    let Value::PixelSequence(seq) = value else {
-        return Err("native pixel data in an encapsulated transfer syntax".into());
+    frame: u32,
+) -> Result<Vec<u8>, ImagingError> {
+    let uid = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
+    let expected = header.frame_bytes();
+    let decode_err = |message: String| ImagingError::Decode {
+        transfer_syntax: uid.to_string(),
+        message,
     };
-    // One frame (multi-frame is refused earlier): its fragments in order.
-    let codestream: Vec<u8> = seq
-        .fragments()
-        .iter()
-        .flat_map(|f| f.as_ref().iter().copied())
-        .collect();
-    let image = jpeg::decode_grey(&codestream, header.pixel_count())?;
+    let mut out = if is_libjpeg_turbo_jpeg(uid) {
+        // The frame's fragments in order (by the offset table when several
+        // frames share fragments), as the registry's decoders read them.
+        let codestream = obj
+            .frame_pixel_data(frame)
+            .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
+        decode_jpeg(&codestream, header).map_err(decode_err)?
+    } else {
+        let Some(Codec::EncapsulatedPixelData(Some(decoder), _)) =
+            TransferSyntaxRegistry.get(uid).map(|ts| ts.codec())
+        else {
+            return Err(decode_err(
+                "no pixel data decoder for it in this build".into(),
+            ));
+        };
+        let mut out = Vec::with_capacity(expected);
+        decoder
+            .decode_frame(obj, frame, &mut out)
+            .map_err(|e| decode_err(e.to_string()))?;
+        out
+    };
+    if out.len() < expected || (is_libjpeg_turbo_jpeg(uid) && out.len() != expected) {
+        return Err(ImagingError::PixelDataLength {
+            expected,
+            actual: out.len(),
+        });
+    }
+    out.truncate(expected);
+    Ok(out)
+}
+
+/// One frame's JPEG (DCT or lossless) codestream as little-endian stored
+/// samples in the header's Bits Allocated.
+fn decode_jpeg(codestream: &[u8], header: &ImageHeader) -> Result<Vec<u8>, String> {
+    let image = jpeg::decode_grey(codestream, header.pixel_count())?;
     if image.width != header.cols as usize || image.height != header.rows as usize {
         return Err(format!(
             "the JPEG codestream is {}x{}, the data set says {}x{}",

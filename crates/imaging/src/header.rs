@@ -108,6 +108,16 @@ impl ImageHeader {
     /// Reads and checks the Image Pixel attributes: every refusal that the
     /// header alone decides is made here, before any decoding.
     pub fn from_obj(obj: &InMemDicomObject) -> Result<Self, ImagingError> {
+        Self::checked(obj, false)
+    }
+
+    /// The same checks but for the number of frames: each frame has this
+    /// header (decompressing a multi-frame image for forwarding).
+    pub fn read(obj: &InMemDicomObject) -> Result<Self, ImagingError> {
+        Self::checked(obj, true)
+    }
+
+    fn checked(obj: &InMemDicomObject, multi_frame_ok: bool) -> Result<Self, ImagingError> {
         if elem(obj, tags::PIXEL_DATA).is_none() {
             return Err(ImagingError::NoPixelData);
         }
@@ -125,7 +135,7 @@ impl ImageHeader {
             }
         };
         if let Some(frames) = get_i64(obj, tags::NUMBER_OF_FRAMES) {
-            if frames > 1 {
+            if frames > 1 && !multi_frame_ok {
                 return Err(ImagingError::MultiFrame {
                     frames: u32::try_from(frames).unwrap_or(u32::MAX),
                 });

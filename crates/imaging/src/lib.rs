@@ -14,6 +14,7 @@ mod header;
 mod jpeg;
 mod npy;
 mod resize;
+mod transcode;
 
 use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
@@ -26,6 +27,7 @@ pub use grey::{GreyImage, GreyReport, Lut, ModalityLut, Voi, VoiFunction};
 pub use header::Photometric;
 pub use npy::encode_npy;
 pub use resize::resize_bilinear;
+pub use transcode::{can_decompress, decompress};
 
 /// Element type of the output tensor, as the model asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -463,6 +463,10 @@ fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
         calling_ae: calling_ae.unwrap_or_else(|| config.dicom.ae_title.clone()),
         max_pdu: config.dicom.max_pdu,
         open_file: |path| pneumo_store::open_instance(path, None),
+        decompress: Some(scu::Decompressor {
+            can_decompress: pneumo_imaging::can_decompress,
+            decompress: |obj| pneumo_imaging::decompress(obj).map_err(|e| e.to_string()),
+        }),
         ..ScuOptions::default()
     }
 }

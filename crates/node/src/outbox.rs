@@ -228,7 +228,7 @@ impl OutboxWorker {
             return all;
         }
         let files: Vec<FileToSend> = sendable.iter().map(|(_, f)| f.clone()).collect();
-        let proposals = pneumo_dimse::scu::proposals_for(&files);
+        let proposals = pneumo_dimse::scu::proposals_for(&files, self.scu.decompress.as_ref());
         let mut assoc = match ClientAssociation::open(&destination.address(), &self.scu, &proposals)
             .await
         {

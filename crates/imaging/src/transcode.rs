@@ -1,0 +1,169 @@
+//! Compressed pixel data made native, for a destination that takes no
+//! compressed transfer syntax (an older PACS, a teaching archive).
+//!
+//! Every frame is decoded by the decoders analysis uses and the data set
+//! gets native Pixel Data (OB for 8 bits, OW for 16). The SOP Instance UID
+//! is kept, as DCMTK's and Orthanc's decompression keep it: the pixels are
+//! the ones the modality encoded. An image that was lossy compressed says so
+//! afterwards (Lossy Image Compression "01", PS3.3 C.7.6.1.1.5).
+
+use dicom_core::smallvec::SmallVec;
+use dicom_core::value::PixelFragmentSequence;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::adapters::PixelDataObject;
+use dicom_object::DefaultDicomObject;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+
+use crate::decode::{can_decode, decode_encapsulated_frame};
+use crate::error::ImagingError;
+use crate::header::{elem, get_i64, ImageHeader};
+
+const EXTENDED_OFFSET_TABLE: Tag = Tag(0x7FE0, 0x0001);
+const EXTENDED_OFFSET_TABLE_LENGTHS: Tag = Tag(0x7FE0, 0x0002);
+
+/// Lossy transfer syntaxes and the method each names in Lossy Image
+/// Compression Method (0028,2114).
+const LOSSY: &[(&str, &str)] = &[
+    ("1.2.840.10008.1.2.4.50", "ISO_10918_1"),
+    ("1.2.840.10008.1.2.4.51", "ISO_10918_1"),
+    ("1.2.840.10008.1.2.4.81", "ISO_14495_1"),
+    ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),
+    ("1.2.840.10008.1.2.4.203", "ISO_15444_15"),
+];
+
+/// Whether files in this transfer syntax have compressed pixel data that
+/// [`decompress`] can make native.
+pub fn can_decompress(ts_uid: &str) -> bool {
+    let uid = ts_uid.trim_end_matches(['\0', ' ']);
+    TransferSyntaxRegistry
+        .get(uid)
+        .is_some_and(|ts| ts.is_encapsulated_pixel_data())
+        && can_decode(uid)
+}
+
+/// The data set with every frame's pixel data decoded and stored native;
+/// the file meta's transfer syntax becomes Explicit VR Little Endian. A data
+/// set whose pixel data is already native is returned as it is.
+///
+/// Grey-scale images (one sample per pixel, 8 or 16 bits allocated) of any
+/// number of frames; colour ones are refused, as is a multi-frame image
+/// whose fragments cannot be told apart per frame.
+pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, ImagingError> {
+    let uid = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    if !TransferSyntaxRegistry
+        .get(&uid)
+        .is_some_and(|ts| ts.is_encapsulated_pixel_data())
+    {
+        return Ok(obj);
+    }
+    if !can_decode(&uid) {
+        return Err(ImagingError::UnsupportedTransferSyntax {
+            name: TransferSyntaxRegistry
+                .get(&uid)
+                .map(|ts| ts.name().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            uid,
+            reason: "no pixel data decoder for it in this build".into(),
+        });
+    }
+    // Grey only (MONOCHROME1/2): a colour image is refused here.
+    let header = ImageHeader::read(&obj)?;
+    let frames = match get_i64(&obj, tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(ImagingError::InvalidAttribute {
+                name: "NumberOfFrames",
+                value: n.to_string(),
+            })
+        }
+    };
+    one_fragment_per_frame(&mut obj, frames, &uid)?;
+    let frame_bytes = header.frame_bytes();
+    let mut samples_le = Vec::with_capacity(frame_bytes.saturating_mul(frames as usize));
+    for frame in 0..frames {
+        samples_le.extend(decode_encapsulated_frame(&obj, &header, frame)?);
+    }
+    let pixel_data = if header.bits_allocated == 8 {
+        // Values have even length (PS3.5 7.1.1): one NUL pads an odd count.
+        if samples_le.len() % 2 == 1 {
+            samples_le.push(0);
+        }
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(samples_le.into()),
+        )
+    } else {
+        let words: SmallVec<[u16; 2]> = samples_le
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(words))
+    };
+    obj.put(pixel_data);
+    obj.remove_element(EXTENDED_OFFSET_TABLE);
+    obj.remove_element(EXTENDED_OFFSET_TABLE_LENGTHS);
+    if let Some((_, method)) = LOSSY.iter().find(|(ts, _)| *ts == uid) {
+        if elem(&obj, tags::LOSSY_IMAGE_COMPRESSION).is_none() {
+            obj.put(DataElement::new(
+                tags::LOSSY_IMAGE_COMPRESSION,
+                VR::CS,
+                PrimitiveValue::from("01"),
+            ));
+            if elem(&obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD).is_none() {
+                obj.put(DataElement::new(
+                    tags::LOSSY_IMAGE_COMPRESSION_METHOD,
+                    VR::CS,
+                    PrimitiveValue::from(*method),
+                ));
+            }
+        }
+    }
+    obj.meta_mut()
+        .set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN);
+    Ok(obj)
+}
+
+/// Regroups the fragments of a multi-frame image that has no Basic Offset
+/// Table and more fragments than frames, one codestream per frame, by the
+/// marker each codestream starts with (JPEG and JPEG-LS SOI, JPEG 2000 SOC);
+/// the decoders then find each frame's data.
+fn one_fragment_per_frame(
+    obj: &mut DefaultDicomObject,
+    frames: u32,
+    uid: &str,
+) -> Result<(), ImagingError> {
+    let fragments = obj.number_of_fragments().unwrap_or(0);
+    let has_offsets = obj.offset_table().is_some_and(|t| !t.is_empty());
+    if frames <= 1 || fragments == frames || has_offsets {
+        return Ok(());
+    }
+    let starts_codestream =
+        |f: &[u8]| f.starts_with(&[0xFF, 0xD8]) || f.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]);
+    let mut grouped: Vec<Vec<u8>> = Vec::new();
+    for index in 0..fragments as usize {
+        let fragment = obj.fragment(index).unwrap_or_default();
+        match grouped.last_mut() {
+            Some(current) if !starts_codestream(&fragment) => current.extend_from_slice(&fragment),
+            _ => grouped.push(fragment.into_owned()),
+        }
+    }
+    if grouped.len() != frames as usize {
+        return Err(ImagingError::Decode {
+            transfer_syntax: uid.to_string(),
+            message: format!(
+                "{fragments} fragments for {frames} frames, no offset table, and {} codestreams found in them",
+                grouped.len()
+            ),
+        });
+    }
+    let sequence = PixelFragmentSequence::new_fragments(grouped);
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, sequence));
+    Ok(())
+}

@@ -1,0 +1,183 @@
+"""Compressed originals forwarded to a destination that takes only
+uncompressed data (DCMTK's storescp by default, like many an older PACS or
+teaching archive): decompressed on the way, every frame, with the pixels an
+independent decoder (pydicom with pylibjpeg, pyjpegls) gets from the
+original, the same SOP Instance UID and attributes, and a lossy image
+marked as such. What cannot be decompressed (colour, a codec this build
+lacks) is parked with its reason while the rest is delivered."""
+
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from nodetest import ROOT, node_factory, run_dcmtk  # noqa: F401 (fixtures)
+from test_pynetdicom_peers import node_cli
+from test_routing_orthanc import node_config, wait_until
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
+
+FIXTURES = ROOT / "fixtures" / "imaging"
+LOSSLESS = ["rle", "jpeg_lossless_p14", "jpeg_lossless_sv1", "jpegls_lossless",
+            "j2k_lossless", "htj2k_lossless"]
+LOSSY = {"jpeg_baseline": "ISO_10918_1", "jpeg_extended": "ISO_10918_1",
+         "jpeg_extended_12bit": "ISO_10918_1", "jpegls_nearlossless": "ISO_14495_1",
+         "j2k_lossy": "ISO_15444_1", "htj2k_lossy": "ISO_15444_15"}
+# The DCT syntaxes: libjpeg-turbo's accurate IDCT and libjpeg's may round
+# a sample differently; every other codec decodes exactly.
+DCT = {"jpeg_baseline", "jpeg_extended", "jpeg_extended_12bit"}
+
+LOSSY_TAGS = ("LossyImageCompression", "LossyImageCompressionMethod", "LossyImageCompressionRatio")
+
+
+def forwarding_node(node_factory, tmp_path, port):
+    config = node_config(tmp_path / "node.toml",
+                         [{"name": "old-pacs", "ae_title": "STORESCP", "port": port}],
+                         [{"destinations": ["old-pacs"]}])
+    return node_factory().start(config_file=config)
+
+
+def fresh_copy(src, dst, drop=()):
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword in drop:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(dst, enforce_file_format=True)
+    return ds
+
+
+def received_by_uid(out):
+    return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
+
+
+def outbox_rows(node):
+    """{SOP Instance UID: (state, last status)} of the outbox."""
+    with node.db() as c:
+        return {uid: (state, status) for uid, state, status in c.execute(
+            "SELECT i.sop_instance_uid, o.state, o.last_status FROM outbox o JOIN instances i ON i.id = o.instance_id")}
+
+
+def outbox_states(node):
+    return {uid: state for uid, (state, _) in outbox_rows(node).items()}
+
+
+def dciodvfy_errors(path):
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return {line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")}
+
+
+def test_every_compressed_syntax_is_decompressed_for_a_destination_without_it(node_factory, storescp, tmp_path):
+    port, out = storescp
+    node = forwarding_node(node_factory, tmp_path, port)
+    sources = {}
+    for name in LOSSLESS + list(LOSSY):
+        # Without the lossy attributes: the node must add them for a lossy syntax.
+        dst = tmp_path / f"{name}.dcm"
+        sources[name] = (dst, fresh_copy(FIXTURES / f"rg1s_{name}.dcm", dst, drop=LOSSY_TAGS))
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", *(p for p, _ in sources.values()))
+    assert r.returncode == 0, r.stdout + r.stderr
+    uids = {ds.SOPInstanceUID for _, ds in sources.values()}
+    wait_until(lambda: uids <= {u for u, s in outbox_states(node).items() if s == "sent"},
+               timeout=90, what=f"deliveries: {outbox_states(node)}")
+    got = received_by_uid(out)
+    for name, (path, sent) in sources.items():
+        received = pydicom.dcmread(got[sent.SOPInstanceUID])
+        assert received.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, "1.2.840.10008.1.2"), name
+        expected, decoded = sent.pixel_array.astype(int), received.pixel_array.astype(int)
+        assert decoded.shape == expected.shape, name
+        assert np.abs(decoded - expected).max() <= (1 if name in DCT else 0), name
+        if name in LOSSY:
+            assert received.LossyImageCompression == "01", name
+            assert received.LossyImageCompressionMethod == LOSSY[name], name
+        else:
+            assert "LossyImageCompression" not in received, name
+        # Every other attribute as the modality sent it.
+        others = [e.keyword for e in sent if e.keyword not in LOSSY_TAGS + ("PixelData",)]
+        for keyword in others:
+            assert received.get(keyword) == sent.get(keyword), (name, keyword)
+        assert dciodvfy_errors(got[sent.SOPInstanceUID]) <= dciodvfy_errors(path), name
+
+
+def multi_frame(path, frames=3, rows=64, cols=48):
+    """A Multi-frame Grayscale Word SC image, 12 bits stored, different
+    content in each frame, Explicit VR Little Endian."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Frames^Three", "MF1", "OT"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    rng = np.random.default_rng(7)
+    pixels = np.stack([(rng.integers(0, 400, (rows, cols)) + 1200 * f).astype(np.uint16) for f in range(frames)])
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return pixels
+
+
+@pytest.mark.parametrize("offset_table", ["+ot", "-ot"])
+def test_a_multi_frame_image_in_many_fragments_is_decompressed_frame_by_frame(
+        node_factory, storescp, tmp_path, offset_table):
+    """1 kB fragments: each frame spans several, found by the Basic Offset
+    Table, or without one by the codestream each frame starts with."""
+    port, out = storescp
+    node = forwarding_node(node_factory, tmp_path, port)
+    plain, jpeg = tmp_path / "mf.dcm", tmp_path / "mf-jpeg.dcm"
+    pixels = multi_frame(plain)
+    run_dcmtk("dcmcjpeg", "+el", "+fs", "1", offset_table, plain, jpeg)
+    sent = pydicom.dcmread(jpeg)
+    assert len(sent.PixelData) > 0 and sent.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.57"
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", jpeg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: outbox_states(node).get(sent.SOPInstanceUID) == "sent", timeout=60,
+               what=f"delivery: {outbox_states(node)}")
+    received = pydicom.dcmread(received_by_uid(out)[sent.SOPInstanceUID])
+    assert received.NumberOfFrames == 3
+    assert np.array_equal(received.pixel_array, pixels)
+
+
+def test_what_cannot_be_decompressed_is_parked_with_its_reason_and_the_rest_delivered(
+        node_factory, storescp, tmp_path):
+    port, out = storescp
+    node = forwarding_node(node_factory, tmp_path, port)
+    # A colour JPEG (secondary capture, YBR_FULL_422): not decompressed.
+    rgb = tmp_path / "rgb.dcm"
+    ds = pydicom.dcmread(FIXTURES / "rg1s_bits8.dcm")
+    grey = ds.pixel_array
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.stack([grey, grey // 2, 255 - grey], axis=-1).astype(np.uint8).tobytes()
+    ds.save_as(rgb, enforce_file_format=True)
+    colour = tmp_path / "rgb-jpeg.dcm"
+    run_dcmtk("dcmcjpeg", "+eb", rgb, colour)
+    colour_uid = pydicom.dcmread(colour, stop_before_pixels=True).SOPInstanceUID  # new: lossy
+    # A syntax this build has no decoder for (JPEG 2000 Part 2), the codestream
+    # of a Part 1 file: the destination cannot take it either.
+    part2 = tmp_path / "part2.dcm"
+    p2 = fresh_copy(FIXTURES / "rg1s_j2k_lossless.dcm", part2)
+    p2.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
+    p2.save_as(part2, enforce_file_format=True)
+    grey_jpeg = tmp_path / "grey.dcm"
+    grey_uid = fresh_copy(FIXTURES / "rg1s_jpeg_lossless_sv1.dcm", grey_jpeg).SOPInstanceUID
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", colour, part2, grey_jpeg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: outbox_states(node).get(grey_uid) == "sent", timeout=60,
+               what=f"delivery: {outbox_states(node)}")
+    wait_until(lambda: outbox_states(node).get(colour_uid) == "parked"
+               and outbox_states(node).get(p2.SOPInstanceUID) == "parked",
+               timeout=60, what=f"parked: {outbox_states(node)}")
+    reasons = {uid: status for uid, (_, status) in outbox_rows(node).items()}
+    assert "colour" in reasons[colour_uid] and "decompressing" in reasons[colour_uid], reasons[colour_uid]
+    assert "no presentation context" in reasons[p2.SOPInstanceUID], reasons[p2.SOPInstanceUID]
+    assert set(received_by_uid(out)) == {grey_uid}
+    assert node.alive() and node.echo_ok()
