@@ -4,7 +4,7 @@ teaching archive): decompressed on the way, every frame, with the pixels an
 independent decoder (pydicom with pylibjpeg, pyjpegls) gets from the
 original, the same SOP Instance UID and attributes, and a lossy image
 marked as such. What cannot be decompressed (colour, a codec this build
-lacks) is parked with its reason while the rest is delivered."""
+lacks, a Number of Frames the fragments cannot hold) is parked with its reason while the rest is delivered."""
 
 import subprocess
 
@@ -167,17 +167,24 @@ def test_what_cannot_be_decompressed_is_parked_with_its_reason_and_the_rest_deli
     p2 = fresh_copy(FIXTURES / "rg1s_j2k_lossless.dcm", part2)
     p2.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
     p2.save_as(part2, enforce_file_format=True)
+    # A Number of Frames far beyond its one fragment must not size a buffer.
+    frames = tmp_path / "frames.dcm"
+    bogus = fresh_copy(FIXTURES / "rg1s_jpegls_lossless.dcm", frames)
+    bogus.NumberOfFrames = 2147483647
+    bogus.save_as(frames, enforce_file_format=True)
     grey_jpeg = tmp_path / "grey.dcm"
     grey_uid = fresh_copy(FIXTURES / "rg1s_jpeg_lossless_sv1.dcm", grey_jpeg).SOPInstanceUID
-    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", colour, part2, grey_jpeg)
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", colour, part2, frames, grey_jpeg)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_until(lambda: outbox_states(node).get(grey_uid) == "sent", timeout=60,
                what=f"delivery: {outbox_states(node)}")
     wait_until(lambda: outbox_states(node).get(colour_uid) == "parked"
-               and outbox_states(node).get(p2.SOPInstanceUID) == "parked",
+               and outbox_states(node).get(p2.SOPInstanceUID) == "parked"
+               and outbox_states(node).get(bogus.SOPInstanceUID) == "parked",
                timeout=60, what=f"parked: {outbox_states(node)}")
     reasons = {uid: status for uid, (_, status) in outbox_rows(node).items()}
     assert "colour" in reasons[colour_uid] and "decompressing" in reasons[colour_uid], reasons[colour_uid]
     assert "no presentation context" in reasons[p2.SOPInstanceUID], reasons[p2.SOPInstanceUID]
+    assert "NumberOfFrames" in reasons[bogus.SOPInstanceUID], reasons[bogus.SOPInstanceUID]
     assert set(received_by_uid(out)) == {grey_uid}
     assert node.alive() and node.echo_ok()

@@ -19,6 +19,9 @@ use crate::decode::{can_decode, decode_encapsulated_frame};
 use crate::error::ImagingError;
 use crate::header::{elem, get_i64, ImageHeader};
 
+/// The longest value a defined-length element can have (PS3.5 7.1.1).
+const MAX_NATIVE_LENGTH: u64 = 0xFFFF_FFFE;
+
 const EXTENDED_OFFSET_TABLE: Tag = Tag(0x7FE0, 0x0001);
 const EXTENDED_OFFSET_TABLE_LENGTHS: Tag = Tag(0x7FE0, 0x0002);
 
@@ -83,9 +86,27 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
             })
         }
     };
-    one_fragment_per_frame(&mut obj, frames, &uid)?;
+    // Each frame has at least one fragment: a Number of Frames beyond them is
+    // wrong, and must not size the buffer below.
+    let fragments = obj.number_of_fragments().unwrap_or(0);
+    if frames > fragments {
+        return Err(ImagingError::InvalidAttribute {
+            name: "NumberOfFrames",
+            value: format!("{frames}, with {fragments} fragment(s) of pixel data"),
+        });
+    }
     let frame_bytes = header.frame_bytes();
-    let mut samples_le = Vec::with_capacity(frame_bytes.saturating_mul(frames as usize));
+    let total = frame_bytes as u64 * u64::from(frames);
+    if total > MAX_NATIVE_LENGTH {
+        return Err(ImagingError::InvalidAttribute {
+            name: "NumberOfFrames",
+            value: format!(
+                "{frames} frames of {frame_bytes} bytes: more than native Pixel Data can hold"
+            ),
+        });
+    }
+    one_fragment_per_frame(&mut obj, frames, &uid)?;
+    let mut samples_le = Vec::with_capacity(total as usize);
     for frame in 0..frames {
         samples_le.extend(decode_encapsulated_frame(&obj, &header, frame)?);
     }
