@@ -313,3 +313,39 @@ def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_in
     assert r.status_code == 200 and r.json() == {"cancelled": 8}
     assert node.count("SELECT COUNT(*) FROM outbox") == 0
     assert "deliveries cancelled by the operator" in node.log()
+
+
+def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_copies, storescp, tmp_path):
+    """The PACS was down and is then configured under another name: its
+    rows stayed owed to the old one. The operator moves them; an instance
+    the new name is already owed (sent again since) is not sent twice."""
+    from nodetest import free_port
+
+    port, out = storescp
+    down = node_config(tmp_path / "old.toml", [{"name": "pacs", "ae_title": "PACS", "port": free_port()}],
+                       [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
+    node = node_factory().start(config_file=down)
+    files = rg1_copies("UNCI", 3)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE destination = 'pacs'") == 3)
+    node.stop()
+    renamed = node_config(tmp_path / "new.toml", [{"name": "pacs-main", "ae_title": "STORESCP", "port": port}],
+                          [{"destinations": ["pacs-main"]}])
+    node.start(config_file=renamed)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])  # owed to pacs-main anew
+    wait_until(lambda: len(list(out.iterdir())) == 1, what="the re-sent instance delivered")
+
+    api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+    assert requests.post(f"{api}/move?from=pacs&to=nowhere", timeout=10).status_code == 400
+    assert requests.post(f"{api}/move?from=pacs-main&to=pacs-main", timeout=10).status_code == 400
+    assert requests.post(f"{api}/move?to=pacs-main", timeout=10).status_code == 400
+    assert node.count("SELECT COUNT(*) FROM outbox WHERE destination = 'pacs'") == 3  # refusals changed nothing
+    r = requests.post(f"{api}/move?from=pacs&to=pacs-main", timeout=10)
+    assert r.status_code == 200 and r.json() == {"moved": 2, "dropped": 1}, r.text
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 3, timeout=30,
+               what="the moved deliveries sent")
+    assert node.count("SELECT COUNT(*) FROM outbox WHERE destination = 'pacs'") == 0
+    sent = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in out.iterdir()} == sent
+    assert len(list(out.iterdir())) == 3  # each once
+    assert "deliveries moved by the operator" in node.log()

@@ -79,6 +79,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/deliveries", get(deliveries))
         .route("/api/deliveries/retry", post(retry_deliveries))
         .route("/api/deliveries/cancel", post(cancel_deliveries))
+        .route("/api/deliveries/move", post(move_deliveries))
         .with_state(state)
 }
 
@@ -482,6 +483,51 @@ async fn cancel_deliveries(
                 "deliveries cancelled by the operator; they will not be sent"
             );
             Json(json!({ "cancelled": n })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveDeliveriesQuery {
+    /// The destination whose rows move: configured or not (a renamed one).
+    from: String,
+    /// A configured destination.
+    to: String,
+}
+
+/// `POST /api/deliveries/move`: what one destination is owed goes to
+/// another (after a rename, or to a PACS that replaces it).
+async fn move_deliveries(
+    State(s): State<HttpState>,
+    q: Result<Query<MoveDeliveriesQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let q = match action_query(q, &body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
+    if !s.destinations.contains(&q.to) {
+        return bad_request(json!({
+            "error": format!("no destination named `{}`", q.to),
+            "destinations": s.destinations,
+        }));
+    }
+    if q.from == q.to {
+        return bad_request(json!({ "error": "`from` and `to` are the same destination" }));
+    }
+    match s.store.move_deliveries(&q.from, &q.to).await {
+        Ok((moved, dropped)) => {
+            tracing::warn!(
+                moved,
+                dropped_as_already_owed = dropped,
+                from = %q.from,
+                to = %q.to,
+                "deliveries moved by the operator"
+            );
+            s.wake_outbox.notify_one();
+            Json(json!({ "moved": moved, "dropped": dropped })).into_response()
         }
         Err(e) => internal(e),
     }

@@ -94,7 +94,7 @@ impl OutboxWorker {
                             deliveries = n,
                             retry_in_s = cap.as_secs(),
                             "deliveries to a destination that is not configured (any more); \
-                             kept until it is (renamed? send the instances again to reach the new name)"
+                             kept until it is (renamed? POST /api/deliveries/move?from=OLD&to=NEW)"
                         );
                     }
                 }

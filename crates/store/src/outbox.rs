@@ -267,6 +267,42 @@ impl Store {
         Ok(cancelled)
     }
 
+    /// An operator's move: what `from` is owed (`pending` and `parked`) is
+    /// owed to `to` instead, due now with its attempts cleared (a renamed
+    /// destination, a PACS replaced by another). A row whose instance `to`
+    /// already has a row for (sent, pending or parked) is dropped rather
+    /// than owed twice; `from`'s sent rows stay as its history. Returns
+    /// (moved, dropped).
+    pub async fn move_deliveries(&self, from: &str, to: &str) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let moved = sqlx::query(
+            "UPDATE outbox SET destination = ?, state = 'pending', attempts = 0,
+                               next_attempt_at_ms = ?, updated_at_ms = ?
+             WHERE destination = ? AND state IN ('pending', 'parked')
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                               WHERE o.instance_id = outbox.instance_id AND o.destination = ?)",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(now)
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let dropped = sqlx::query(
+            "DELETE FROM outbox WHERE destination = ? AND state IN ('pending', 'parked')",
+        )
+        .bind(from)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        self.settle_delivered_jobs().await?;
+        Ok((moved, dropped))
+    }
+
     pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
         finish_attempt(self.pool(), id, "parked", reason, None).await
     }
