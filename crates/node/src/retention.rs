@@ -73,7 +73,7 @@ impl Retention {
                     total.bytes += p.bytes;
                     Metrics::inc(&self.metrics.retention_files_removed, p.files);
                     Metrics::inc(&self.metrics.retention_bytes_removed, p.bytes);
-                    if p.files < BATCH as u64 {
+                    if p.examined < BATCH as u64 {
                         break;
                     }
                 }

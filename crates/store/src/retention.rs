@@ -25,6 +25,9 @@ const REMOVABLE: &str = "i.purged_at_ms IS NULL AND i.received_at_ms < ?1
 pub struct Purged {
     pub files: u64,
     pub bytes: u64,
+    /// Candidates looked at: fewer than the limit means the pass is done
+    /// (files can be fewer when some were already gone).
+    pub examined: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -39,7 +42,7 @@ impl Store {
     /// Removes the files of instances that the rule above lets go, given
     /// the cut-off (milliseconds since the epoch), oldest first, at most
     /// `limit` of them; returns what was removed. Call again while it
-    /// removes `limit` files.
+    /// examines `limit` candidates.
     pub async fn purge_before(&self, cutoff_ms: i64, limit: i64) -> Result<Purged, StoreError> {
         let candidates: Vec<Candidate> = sqlx::query_as(&format!(
             "SELECT i.id, i.sop_instance_uid, i.path, i.file_size FROM instances i
@@ -49,7 +52,10 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        let mut purged = Purged::default();
+        let mut purged = Purged {
+            examined: candidates.len() as u64,
+            ..Purged::default()
+        };
         for c in candidates {
             // Under the instance's ingest lock, and the rule checked again
             // in the same statement: a copy being received now (which may

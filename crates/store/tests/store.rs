@@ -775,6 +775,16 @@ async fn retention_removes_only_the_files_of_finished_instances_left_alone_long_
             .files,
         0
     );
+    // A candidate whose file was already gone counts as examined, so that
+    // a pass goes on to the next batch although it removed nothing here.
+    sqlx::query(
+        "UPDATE instances SET purged_at_ms = NULL WHERE sop_instance_uid IN ('1.9.90', '1.9.91')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let one = store.purge_before(pneumo_now() - 7 * day, 1).await.unwrap();
+    assert_eq!((one.files, one.examined), (0, 1), "{one:?}");
     // A copy sent again brings the file back, no longer marked.
     let again = spooled(&store, "1.9.90", "CR", "x");
     store.ingest(&again, |_| vec![]).await.unwrap();
