@@ -35,12 +35,17 @@ def test_failed_jobs_run_again_after_the_configuration_is_fixed(node_factory, rg
     assert "lung" in jobs(node)[0][1]
     code, ready = node.http("/readyz")  # stores, but cannot analyse: not ready, and why
     assert code == 503 and any("lung_segmentation_model" in r for r in ready["reasons"]), ready
+    assert ready["model"]["lung_segmentation"] is None
 
     # Fixed: the segmentation model is configured; the node restarts.
     node.stop()
     node.settings["inference__lung_segmentation_model"] = str(MODELS / "lung-seg-synthetic.onnx")
     node.start()
-    assert node.http("/readyz")[0] == 200
+    code, ready = node.http("/readyz")
+    assert code == 200
+    seg = ready["model"]["lung_segmentation"]  # which one, and that it is used
+    assert seg["path"].endswith("lung-seg-synthetic.onnx") and seg["used"] is True, seg
+    assert seg["execution_provider"] == "cpu" and seg["input_size"] > 0, seg
     assert [j[0] for j in jobs(node)] == ["failed", "failed"]  # nothing reruns by itself
     assert post(node, "/api/jobs/retry?state=reported")[0] == 400
     # What a client might send to retry one job: refused, nothing requeued

@@ -279,6 +279,16 @@ async fn serve(config: Config) -> Result<()> {
     .context("loading the lung segmentation model (inference.lung_segmentation_model)")?
     .map(Arc::new);
     let mut model_status = http::ModelStatus::of(&engine);
+    model_status.detail["lung_segmentation"] = match &segmenter {
+        Some(seg) => serde_json::json!({
+            "path": seg.path().display().to_string(),
+            "input_size": seg.contract().input_size,
+            "threshold": seg.contract().threshold,
+            "execution_provider": seg.execution_provider().as_str(),
+            "used": engine.contract().crop_mode == pneumo_imaging::CropMode::LungBox,
+        }),
+        None => serde_json::Value::Null,
+    };
     match (engine.contract().crop_mode, &segmenter) {
         (pneumo_imaging::CropMode::LungBox, None) => {
             let why = "the model's contract asks for crop lung-box and \
