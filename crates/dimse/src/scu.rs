@@ -407,10 +407,20 @@ impl ClientAssociation {
         );
         let dataset = match &reencode_to {
             None => None,
-            Some(ts) => match reencode(self.open_file, self.decompress.as_ref(), file, ts) {
-                Ok(bytes) => Some(bytes),
-                Err(e) => return Ok(outcome(Err(e), None)),
-            },
+            // Decoding a large image takes CPU time: off the async threads.
+            Some(ts) => {
+                let (open_file, decompress) = (self.open_file, self.decompress);
+                let (file, ts) = (file.clone(), ts.clone());
+                let reencoded = tokio::task::spawn_blocking(move || {
+                    reencode(open_file, decompress.as_ref(), &file, &ts)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("re-encoding failed: {e}")));
+                match reencoded {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => return Ok(outcome(Err(e), None)),
+                }
+            }
         };
         // Open the file before the command goes out: once it has, the data
         // must follow or the association is lost.
