@@ -349,3 +349,33 @@ def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_
     assert {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in out.iterdir()} == sent
     assert len(list(out.iterdir())) == 3  # each once
     assert "deliveries moved by the operator" in node.log()
+
+
+def test_a_pacs_without_3d_sr_parks_the_report_with_the_remedy_and_takes_comprehensive_sr(
+        node_factory, rg1_copies, tmp_path):
+    """An older PACS knows Comprehensive SR but not Comprehensive 3D SR (the
+    default): the parked report says which setting sends what it takes, and
+    with it the next reports reach it."""
+    comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.33"
+    pacs = PynetdicomReceiver(ae_title="OLDPACS", sop_classes=(comprehensive_sr,))
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text('[[destinations]]\nname = "pacs"\nae_title = "OLDPACS"\n'
+                          f'host = "127.0.0.1"\nport = {pacs.port}\nresults = true\n')
+        node = node_factory().start(config_file=config)
+        first, second = rg1_copies("UNCI", 2)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=60)
+        with node.db() as c:
+            (reason,) = c.execute("SELECT last_status FROM outbox").fetchone()
+        assert "no presentation context" in reason and 'report.sop_class = "comprehensive"' in reason, reason
+
+        node.stop()
+        node.settings["report__sop_class"] = "comprehensive"
+        node.start()
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=60)
+        (uid,) = pacs.received
+        assert pacs.dataset(uid).SOPClassUID == comprehensive_sr
+    finally:
+        pacs.close()

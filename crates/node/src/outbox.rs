@@ -252,7 +252,7 @@ impl OutboxWorker {
                 break;
             }
             match assoc.store(file).await {
-                Ok(outcome) => all &= self.record_outcome(item, &outcome).await,
+                Ok(outcome) => all &= self.record_outcome(item, file, &outcome).await,
                 Err(e) => {
                     let rest: Vec<OutboxItem> =
                         sendable[n..].iter().map(|(i, _)| (*i).clone()).collect();
@@ -267,7 +267,12 @@ impl OutboxWorker {
     }
 
     /// Records the destination's answer; false if it could not be.
-    async fn record_outcome(&self, item: &OutboxItem, outcome: &StoreOutcome) -> bool {
+    async fn record_outcome(
+        &self,
+        item: &OutboxItem,
+        file: &FileToSend,
+        outcome: &StoreOutcome,
+    ) -> bool {
         let comment = outcome
             .error_comment
             .as_deref()
@@ -305,10 +310,28 @@ impl OutboxWorker {
             // destination will not take it as it is.
             Err(reason) => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
+                let reason = with_remedy(reason, file);
                 warn!(sop_instance_uid = %item.sop_instance_uid, reason, "cannot be sent; parked");
-                self.store.mark_parked(item.id, reason).await
+                self.store.mark_parked(item.id, &reason).await
             }
         };
         self.recorded(result)
+    }
+}
+
+/// Comprehensive 3D SR, the node's default report SOP class.
+const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+
+/// The reason a file cannot go, with what the operator can change when the
+/// node made the choice: an older PACS takes Comprehensive SR, not 3D SR.
+fn with_remedy(reason: &str, file: &FileToSend) -> String {
+    if file.sop_class_uid == COMPREHENSIVE_3D_SR && reason.contains("no presentation context") {
+        format!(
+            "{reason} (this is Comprehensive 3D SR; for a PACS without it, \
+             report.sop_class = \"comprehensive\" makes the node's reports from then on \
+             Comprehensive SR)"
+        )
+    } else {
+        reason.to_string()
     }
 }
