@@ -13,7 +13,7 @@ import requests
 
 from nodetest import node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
 from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
-from test_pynetdicom_peers import PynetdicomReceiver
+from test_pynetdicom_peers import PynetdicomReceiver, node_cli
 from test_routing_orthanc import node_config, wait_until
 
 
@@ -379,3 +379,70 @@ def test_a_pacs_without_3d_sr_parks_the_report_with_the_remedy_and_takes_compreh
         assert pacs.dataset(uid).SOPClassUID == comprehensive_sr
     finally:
         pacs.close()
+
+
+def test_a_backlog_needing_more_than_one_association_is_sent_not_parked(node_factory, tmp_path):
+    """A PACS back after an outage, owed 100 instances of 50 SOP classes in
+    two syntaxes (150 presentation contexts; one association holds 128)
+    with `outbox.batch = 500`: what did not fit the first association was
+    parked as "no presentation context", never retried."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pynetdicom import StoragePresentationContexts
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+    from nodetest import free_port
+
+    classes = [c.abstract_syntax for c in StoragePresentationContexts
+               if c.abstract_syntax.startswith("1.2.840.10008.5.1.4.1.1.")
+               and uid_to_service_class(c.abstract_syntax) is StorageServiceClass][:50]
+    files = []
+    for n, sop_class in enumerate(classes):
+        for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+            ds = Dataset()
+            ds.SOPClassUID, ds.SOPInstanceUID = sop_class, pydicom.uid.generate_uid()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+            ds.PatientID, ds.Modality = f"P{n}", "OT"
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = syntax
+            path = tmp_path / f"{len(files):03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    port = free_port()
+    config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "BIGPACS", "port": port}],
+                         [{"destinations": ["pacs"]}], batch=500, retry_base_s=60, retry_cap_s=600)
+    node = node_factory(dicom__accept="all-storage").start(config_file=config)
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 100)
+    pacs = PynetdicomReceiver(ae_title="BIGPACS", sop_classes=classes, port=port)
+    try:
+        api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+        assert requests.post(f"{api}/retry?destination=pacs", timeout=10).status_code == 200
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state != 'pending'") == 100, timeout=60,
+                   what="every row answered")
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 0
+        assert len(pacs.received) == 100
+    finally:
+        pacs.close()
+
+
+def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_batch(
+        node_factory, rg1_copies, tmp_path):
+    """12 rows owed, batches of 3: when they fell due together, each batch
+    made its own connection attempt, four in a row."""
+    from nodetest import free_port
+
+    config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": free_port()}],
+                         [{"destinations": ["pacs"]}], batch=3, retry_base_s=60, retry_cap_s=600)
+    node = node_factory().start(config_file=config)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 12))
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 12)
+    wait_until(lambda: node.log().count("delivery failed; will retry") >= 1)
+    time.sleep(1)
+    before = node.log().count("delivery failed; will retry")
+    api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+    assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 12}
+    wait_until(lambda: node.log().count("delivery failed; will retry") > before)
+    time.sleep(2)
+    assert node.log().count("delivery failed; will retry") == before + 1, node.log()[-3000:]

@@ -185,7 +185,7 @@ class PynetdicomReceiver:
 
     def __init__(self, status: int = 0x0000, ae_title: str = "PYSCP",
                  transfer_syntaxes=("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"),
-                 sop_classes=(CR,)):
+                 sop_classes=(CR,), port: int = None):
         self.received = {}
         self.transfer_syntax = {}  # SOP Instance UID -> the syntax it came in
         self.status = status
@@ -193,7 +193,7 @@ class PynetdicomReceiver:
         # destination that accepts the association and then does not answer).
         self.hold = None
         self.stores = 0  # C-STOREs answered, repeats included
-        self.port = free_port()
+        self.port = port or free_port()
         ae = AE(ae_title=ae_title)
         for sop_class in sop_classes:
             ae.add_supported_context(sop_class, list(transfer_syntaxes))

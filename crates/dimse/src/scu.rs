@@ -664,6 +664,19 @@ pub fn proposals_for(
 /// At most 128 presentation contexts fit one association.
 const MAX_CONTEXTS: usize = 128;
 
+/// How many of `files`, from the first, one association can propose
+/// (at least one).
+pub fn files_fitting_one_association(
+    files: &[FileToSend],
+    decompress: Option<&Decompressor>,
+) -> usize {
+    let mut end = 1;
+    while end < files.len() && proposals_for(&files[..=end], decompress).len() <= MAX_CONTEXTS {
+        end += 1;
+    }
+    end.min(files.len())
+}
+
 /// C-ECHO: opens an association, verifies, releases.
 pub async fn echo(addr: &AeAddress, options: &ScuOptions) -> Result<EchoOutcome, ScuError> {
     let proposals = vec![(
@@ -707,13 +720,8 @@ pub async fn store_files(
     }
     let mut start = 0;
     while start < files.len() {
-        // Grow the batch while its proposals fit one association.
-        let mut end = start + 1;
-        while end < files.len()
-            && proposals_for(&files[start..=end], options.decompress.as_ref()).len() <= MAX_CONTEXTS
-        {
-            end += 1;
-        }
+        let end =
+            start + files_fitting_one_association(&files[start..], options.decompress.as_ref());
         let batch = &files[start..end];
         start = end;
         let not_sent = |file: &FileToSend, why: String| StoreOutcome {

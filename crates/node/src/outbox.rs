@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pneumo_dimse::{scu::ClientAssociation, FileToSend, ScuOptions, StoreOutcome};
+use pneumo_dimse::scu::{self, ClientAssociation};
+use pneumo_dimse::{FileToSend, ScuOptions, StoreOutcome};
 use pneumo_store::{backoff, OutboxItem, Store};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
@@ -144,19 +145,26 @@ impl OutboxWorker {
                 if *stopping.borrow() {
                     break;
                 }
-                // An answer the database could not record leaves its row due
-                // as before: without a pause the loop would send the same
-                // instance again at once, again and again (a full disk made
-                // a PACS receive one instance 700 times).
-                if !self.deliver(&destination, batch).await {
-                    let pause = Duration::from_secs(self.settings.retry_base_s.max(5));
-                    Metrics::inc(&self.metrics.deliveries_failed, batch.len() as u64);
-                    warn!(
-                        pause_s = pause.as_secs(),
-                        "the outbox cannot be written; deliveries paused"
-                    );
-                    tokio::time::sleep(pause).await;
-                    break;
+                match self.deliver(&destination, batch).await {
+                    Delivery::Done => {}
+                    // The rest of `due` is put off with it: read again, so
+                    // that a destination that is down gets one attempt per
+                    // back-off, not one per batch.
+                    Delivery::DestinationFailed => break,
+                    // An answer the database could not record leaves its row
+                    // due as before: without a pause the loop would send the
+                    // same instance again at once, again and again (a full
+                    // disk made a PACS receive one instance 700 times).
+                    Delivery::NotRecorded => {
+                        let pause = Duration::from_secs(self.settings.retry_base_s.max(5));
+                        Metrics::inc(&self.metrics.deliveries_failed, batch.len() as u64);
+                        warn!(
+                            pause_s = pause.as_secs(),
+                            "the outbox cannot be written; deliveries paused"
+                        );
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
                 }
             }
         }
@@ -201,9 +209,10 @@ impl OutboxWorker {
         all
     }
 
-    /// Sends `items` over one association and records each answer; false
-    /// when an answer could not be recorded.
-    async fn deliver(&self, destination: &Destination, items: &[OutboxItem]) -> bool {
+    /// Sends `items` over one association and records each answer. Items
+    /// beyond what one association can propose (128 presentation contexts)
+    /// are left due, untried, for the next batch.
+    async fn deliver(&self, destination: &Destination, items: &[OutboxItem]) -> Delivery {
         let mut all = true;
         let mut sendable = Vec::new();
         for item in items {
@@ -225,10 +234,13 @@ impl OutboxWorker {
             }
         }
         if sendable.is_empty() {
-            return all;
+            return Delivery::recorded(all);
         }
-        let files: Vec<FileToSend> = sendable.iter().map(|(_, f)| f.clone()).collect();
-        let proposals = pneumo_dimse::scu::proposals_for(&files, self.scu.decompress.as_ref());
+        let mut files: Vec<FileToSend> = sendable.iter().map(|(_, f)| f.clone()).collect();
+        let fit = scu::files_fitting_one_association(&files, self.scu.decompress.as_ref());
+        files.truncate(fit);
+        sendable.truncate(fit);
+        let proposals = scu::proposals_for(&files, self.scu.decompress.as_ref());
         let mut assoc = match ClientAssociation::open(&destination.address(), &self.scu, &proposals)
             .await
         {
@@ -243,7 +255,11 @@ impl OutboxWorker {
                     .store
                     .put_off_destination(&destination.name, self.retry_delay(fewest))
                     .await;
-                return self.recorded(put_off.map(|_| ())) && recorded && all;
+                return if self.recorded(put_off.map(|_| ())) && recorded && all {
+                    Delivery::DestinationFailed
+                } else {
+                    Delivery::NotRecorded
+                };
             }
         };
         for (n, (item, file)) in sendable.iter().enumerate() {
@@ -256,14 +272,14 @@ impl OutboxWorker {
                 Err(e) => {
                     let rest: Vec<OutboxItem> =
                         sendable[n..].iter().map(|(i, _)| (*i).clone()).collect();
-                    return self.retry_all(&rest, &e.to_string()).await && all;
+                    return Delivery::recorded(self.retry_all(&rest, &e.to_string()).await && all);
                 }
             }
         }
         if let Err(e) = assoc.release().await {
             warn!(error = %e, "release failed after delivery");
         }
-        all
+        Delivery::recorded(all)
     }
 
     /// Records the destination's answer; false if it could not be.
@@ -316,6 +332,26 @@ impl OutboxWorker {
             }
         };
         self.recorded(result)
+    }
+}
+
+/// How one batch went.
+enum Delivery {
+    /// Every answer (or reason for not sending) recorded.
+    Done,
+    /// No association: the destination's owed rows are put off.
+    DestinationFailed,
+    /// An answer could not be recorded in the outbox.
+    NotRecorded,
+}
+
+impl Delivery {
+    fn recorded(all: bool) -> Delivery {
+        if all {
+            Delivery::Done
+        } else {
+            Delivery::NotRecorded
+        }
     }
 }
 
