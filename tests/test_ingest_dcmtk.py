@@ -3,7 +3,8 @@
 
 import pydicom
 
-from nodetest import run_dcmtk, same_dataset
+from nodetest import node_factory, run_dcmtk, same_dataset  # noqa: F401 (fixture)
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 
 
 def test_echoscu(node):
@@ -55,6 +56,44 @@ def test_same_uid_other_content_is_kept_beside_the_first(node, rg1_copies, tmp_p
     beside = [p for p in first.parent.iterdir() if p != first]
     assert len(beside) == 1 and same_dataset(beside[0], changed)
     assert "same SOP Instance UID with different content" in node.log()
+
+
+def test_the_same_instance_in_another_transfer_syntax_is_not_stored_analysed_or_forwarded_again(
+        node_factory, storescp, rg1_copies, tmp_path):
+    """Senders re-send in whatever syntax they negotiate: Implicit VR this
+    time (storescu -xi), JPEG-LS or RLE lossless (a router that compressed
+    it). The same data set: a success that stores nothing, runs no second
+    analysis and forwards nothing twice. Used to be kept beside the first as
+    "different content", analysed and forwarded again."""
+    from test_routing_orthanc import node_config, wait_until
+
+    port, out = storescp
+    config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "STORESCP", "port": port}],
+                         [{"destinations": ["pacs"]}])
+    node = node_factory().start(config_file=config)
+    (path,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    jpeg_ls, rle = tmp_path / "jls.dcm", tmp_path / "rle.dcm"
+    run_dcmtk("dcmcjpls", path, jpeg_ls)
+    run_dcmtk("dcmcrle", path, rle)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    run_dcmtk("storescu", "-xt", "-aec", node.ae_title, "127.0.0.1", node.port, jpeg_ls)
+    run_dcmtk("storescu", "-xr", "-aec", node.ae_title, "127.0.0.1", node.port, rle)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1)
+    assert node.instance_rows(ds.SOPInstanceUID) == 1
+    assert node.log().count("the same data set in another transfer syntax: not stored again") == 3
+    assert "different content" not in node.log()
+    assert node.count("SELECT COUNT(*) FROM jobs") == 1
+    assert node.count("SELECT COUNT(*) FROM outbox") == 1
+    assert len(list(out.iterdir())) == 1
+    # A real change is still a second version.
+    changed = tmp_path / "changed.dcm"
+    full = pydicom.dcmread(path)
+    full.PatientComments = "corrected"
+    full.save_as(changed, enforce_file_format=True)
+    run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, changed)
+    assert node.instance_rows(ds.SOPInstanceUID) == 2
 
 
 def test_big_endian_and_deflated_radiographs_are_stored_so_and_analysed_alike(node, rg1_copies, tmp_path):

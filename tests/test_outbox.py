@@ -92,15 +92,20 @@ def results_to(path, port: int):
 
 
 def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory, rg1_copies, storescp, tmp_path):
-    """The same radiograph re-sent in another transfer syntax: kept beside
-    the first, analysed, linked to the first's report, which the results
-    destination already has. The second job used to stay `reported`."""
+    """The same radiograph re-sent with a change (a corrected comment):
+    kept beside the first, analysed, linked to the first's report, which
+    the results destination already has. The second job used to stay
+    `reported`."""
     port, _ = storescp
     node = node_factory().start(config_file=results_to(tmp_path / "node.toml", port))
     (f,) = rg1_copies("UNCI", 1)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 1, timeout=60)
-    run_dcmtk("storescu", "-xi", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # re-encoded: other bytes
+    changed = pydicom.dcmread(f)
+    changed.ImageComments = "corrected"
+    f = tmp_path / "changed.dcm"
+    changed.save_as(f, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # other content
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs") == 2)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
     assert node.count("SELECT COUNT(*) FROM outbox") == 1  # one report, sent once

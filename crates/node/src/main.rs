@@ -260,7 +260,8 @@ async fn serve(config: Config) -> Result<()> {
                     "opening the store in {} (database {database}{full})",
                     config.node.data_dir.display()
                 )
-            })?,
+            })?
+            .with_decompress(|obj| pneumo_imaging::decompress(obj).map_err(|e| e.to_string())),
     );
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();

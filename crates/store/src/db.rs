@@ -83,6 +83,15 @@ pub async fn instances_with_uid(
         .await
 }
 
+/// The stored file of an instance, relative to the data directory; None
+/// when retention removed it.
+pub async fn instance_path(pool: &SqlitePool, id: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT path FROM instances WHERE id = ? AND purged_at_ms IS NULL")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 pub struct NewInstance<'a> {
     pub header: &'a InstanceHeader,
     pub transfer_syntax_uid: &'a str,

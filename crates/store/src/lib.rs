@@ -3,8 +3,9 @@
 //! The rule of the house: an instance is acknowledged only after its file is
 //! fsync'd and renamed into `<data>/instances/<study>/<series>/<sop>.dcm`
 //! and its row (with a job in state `received`) is committed. Duplicates with
-//! identical data are a success that writes nothing; duplicates with other
-//! data are kept beside the first, never over it.
+//! identical data, or the same data set in another encoding, are a success
+//! that writes nothing; duplicates with other data are kept beside the
+//! first, never over it.
 
 mod cp246;
 mod db;
@@ -15,6 +16,7 @@ mod jobs;
 mod lengths;
 mod outbox;
 mod retention;
+mod same_data;
 mod uid_locks;
 mod un_values;
 mod views;
@@ -34,6 +36,7 @@ pub use jobs::{
 };
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use retention::Purged;
+pub use same_data::Decompress;
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
 pub use views::{DeliveryView, InstanceView, JobView, OutboxRowView};
@@ -137,6 +140,8 @@ pub struct Store {
     /// The SQLite file (none for an in-memory database): checked before an
     /// instance is acknowledged, since SQLite writes on into a deleted file.
     database_file: Option<PathBuf>,
+    /// Decodes compressed pixel data to compare a re-encoded copy.
+    decompress: Option<Decompress>,
     /// The exclusive lock on the data directory, held while the store lives.
     _lock: std::fs::File,
 }
@@ -194,6 +199,7 @@ impl Store {
             pool,
             ingest_locks: UidLocks::default(),
             database_file,
+            decompress: None,
             _lock: lock,
         };
         let settled = store.settle_delivered_jobs().await?;
@@ -204,6 +210,14 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// With a decoder, a copy of a stored instance re-sent in another
+    /// transfer syntax is known for the same data set also when one of them
+    /// is compressed (else only among native syntaxes).
+    pub fn with_decompress(mut self, decompress: Decompress) -> Self {
+        self.decompress = Some(decompress);
+        self
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -248,21 +262,20 @@ impl Store {
         let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
         let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
-            // Re-sent: nothing is written, but the routing rules now loaded
-            // (and this caller's AE title) apply, for the destinations that
-            // were never owed it: how an operator forwards a stored study
-            // after adding a rule. One that had it (sent, pending or parked)
-            // is not sent it again.
             self.restore_missing_file(*id, &sha256, &incoming.spool_path)
                 .await?;
-            let mut newly_routed = 0;
-            for d in route(&header) {
-                newly_routed += usize::from(outbox::enqueue(&self.pool, *id, &d).await?);
-            }
-            return Ok(IngestOutcome::Duplicate {
-                instance_id: *id,
-                newly_routed,
-            });
+            return self.routed_again(*id, route(&header)).await;
+        }
+        if let Some(id) = self
+            .same_data_set_in_another_encoding(&existing, &incoming.spool_path)
+            .await
+        {
+            info!(
+                sop_instance_uid = %incoming.sop_instance_uid,
+                transfer_syntax = %incoming.transfer_syntax_uid,
+                "the same data set in another transfer syntax: not stored again"
+            );
+            return self.routed_again(id, route(&header)).await;
         }
         let conflicting = !existing.is_empty();
         let relative = files::instance_path(&header, conflicting.then_some(sha256.as_str()));
@@ -316,6 +329,51 @@ impl Store {
             }
             Err(e) => Err(self.unkeep(&relative, e.into())),
         }
+    }
+
+    /// A stored instance received again: nothing is written, but the
+    /// routing rules now loaded (and this caller's AE title) apply, for the
+    /// destinations that were never owed it: how an operator forwards a
+    /// stored study after adding a rule. One that had it (sent, pending or
+    /// parked) is not sent it again.
+    async fn routed_again(
+        &self,
+        instance_id: i64,
+        destinations: Vec<String>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut newly_routed = 0;
+        for d in destinations {
+            newly_routed += usize::from(outbox::enqueue(&self.pool, instance_id, &d).await?);
+        }
+        Ok(IngestOutcome::Duplicate {
+            instance_id,
+            newly_routed,
+        })
+    }
+
+    /// The stored copy (of `existing`, same SOP Instance UID, other bytes)
+    /// that holds the same data set as `spool`, if one does.
+    async fn same_data_set_in_another_encoding(
+        &self,
+        existing: &[(i64, String)],
+        spool: &Path,
+    ) -> Option<i64> {
+        for (id, _) in existing {
+            let Ok(Some(path)) = db::instance_path(&self.pool, *id).await else {
+                continue;
+            };
+            let (stored, spool) = (self.data_dir.join(path), spool.to_path_buf());
+            let decompress = self.decompress;
+            let same = tokio::task::spawn_blocking(move || {
+                same_data::same_data_set(&spool, &stored, decompress)
+            })
+            .await
+            .unwrap_or(false);
+            if same {
+                return Some(*id);
+            }
+        }
+        None
     }
 
     /// A re-sent copy of a stored instance whose file is gone (deleted by

@@ -14,6 +14,11 @@ const ELE: &str = "1.2.840.10008.1.2.1";
 
 /// Writes a small Part-10 file into the spool and describes it as received.
 fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming {
+    spooled_in(store, sop, modality, comment, ELE)
+}
+
+/// The same, in transfer syntax `ts`.
+fn spooled_in(store: &Store, sop: &str, modality: &str, comment: &str, ts: &str) -> Incoming {
     let mut obj = InMemDicomObject::new_empty();
     for (tag, vr, v) in [
         (tags::SOP_CLASS_UID, VR::UI, CR),
@@ -26,11 +31,11 @@ fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming 
         obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
     }
     let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ELE))
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
         .unwrap();
     let path = store
         .spool_dir()
-        .join(format!("{sop}-{}.part", comment.len()));
+        .join(format!("{sop}-{}-{ts}.part", comment.len()));
     file.write_to_file(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
@@ -39,7 +44,7 @@ fn spooled(store: &Store, sop: &str, modality: &str, comment: &str) -> Incoming 
         spool_path: path,
         sop_class_uid: CR.into(),
         sop_instance_uid: sop.into(),
-        transfer_syntax_uid: ELE.into(),
+        transfer_syntax_uid: ts.into(),
         dataset_len: dataset.len() as u64,
         dataset_sha256: Sha256::digest(dataset).into(),
         calling_ae: "TEST".into(),
@@ -95,6 +100,18 @@ async fn ingest_duplicates_and_conflicts() {
         store.ingest(&again, |_| vec![]).await.unwrap(),
         IngestOutcome::Duplicate { .. }
     ));
+    // The same data set in Implicit and in Explicit VR Big Endian: other
+    // bytes, the same instance.
+    for ts in ["1.2.840.10008.1.2", "1.2.840.10008.1.2.2"] {
+        let reencoded = spooled_in(&store, "1.9.1", "CR", "a", ts);
+        assert!(
+            matches!(
+                store.ingest(&reencoded, |_| vec![]).await.unwrap(),
+                IngestOutcome::Duplicate { .. }
+            ),
+            "{ts}"
+        );
+    }
     let other = spooled(&store, "1.9.1", "CR", "bb");
     assert!(matches!(
         store.ingest(&other, |_| vec![]).await.unwrap(),
