@@ -183,17 +183,20 @@ def final_state(node, orthanc):
     }
 
 
-def test_one_uid_received_twice_in_two_encodings_is_kept_and_analysed_twice(node, rg1_copies, tmp_path):
-    """Radiographs re-sent under their SOP Instance UIDs with other bytes (a
-    router that transcoded them), in one association: every data set is
-    kept and analysed, no job fails on its report, and each pair shares one
-    report (a report's UID derives from its source's UID and the model)."""
+def test_one_uid_received_twice_with_other_content_is_kept_and_analysed_twice(node, rg1_copies, tmp_path):
+    """Radiographs re-sent under their SOP Instance UIDs with other content
+    (a corrected comment, in another encoding), in one association: every
+    data set is kept and analysed, no job fails on its report, and each pair
+    shares one report (a report's UID derives from its source's UID and the
+    model). The same data set in another encoding alone is a duplicate
+    (test_ingest_dcmtk.py)."""
     from pynetdicom import AE  # sends each file in its own syntax (storescu would convert)
 
     files = []
     for i, explicit in enumerate(rg1_copies("UNCI", 4)):
         ds = pydicom.dcmread(explicit)
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.ImageComments = "corrected"
         implicit = tmp_path / f"implicit-{i}.dcm"
         ds.save_as(implicit, enforce_file_format=True)
         files += [explicit, implicit]
