@@ -23,7 +23,9 @@ pub use scu::{
 };
 pub use status::Status;
 
-/// Our implementation class UID (a UUID-derived `2.25.` UID, fixed for this software).
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.242414030665958930933439470661775793017";
+/// Our implementation class UID (a UUID-derived `2.25.` UID, fixed for this
+/// software): the one pneumo-report writes in the files it makes
+/// (`uid::implementation_class_uid`; the node's tests check they agree).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.334948818217358494504281837186560050096";
 /// Our implementation version name (at most 16 characters).
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PNEUMO_", env!("CARGO_PKG_VERSION"));

@@ -86,6 +86,14 @@ mod tests {
     use super::ReportSection;
 
     #[test]
+    fn one_implementation_class_uid_on_the_wire_and_in_the_files() {
+        assert_eq!(
+            pneumo_report::uid::implementation_class_uid(),
+            pneumo_dimse::IMPLEMENTATION_CLASS_UID
+        );
+    }
+
+    #[test]
     fn derived_device_uid_is_under_the_uid_root() {
         let plain = ReportSection::default().node_identity("PNEUMO");
         assert!(
