@@ -72,6 +72,22 @@ def test_four_associations_at_once(node, rg1_copies):
 # and an abort instead (a race in pynetdicom 3.0.4, seen under load).
 
 
+def test_ae_titles_with_control_characters_or_blank_are_rejected_and_logged_escaped(node):
+    """A line feed in an AE title wrote a forged line into the node's log
+    (the calling title was accepted and logged raw); a blank calling AE
+    title was accepted and logged empty."""
+    forged = "INFO forged"  # the title has 16 characters at most
+    assert rejection(node.port, node.ae_title, f"X\n{forged}") == (0x01, 0x01, 0x03)
+    assert rejection(node.port, "PNEU\nMO", "X") == (0x01, 0x01, 0x07)
+    assert rejection(node.port, "PNE\0UMO", "X") == (0x01, 0x01, 0x07)
+    assert rejection(node.port, node.ae_title, " " * 16) == (0x01, 0x01, 0x03)
+    assert node.echo_ok()
+    log = node.log()
+    assert not any(line.startswith(forged) for line in log.splitlines()), log[-2000:]
+    assert "\0" not in log
+    assert "calling AE title has control characters" in log and "calling AE title is blank" in log
+
+
 def test_wrong_called_ae_is_rejected(node):
     # permanent, service user, called AE title not recognised
     assert rejection(node.port, "SOMEONE_ELSE", "PYNETDICOM") == (0x01, 0x01, 0x07)

@@ -387,6 +387,9 @@ async fn serve_connection<H: StoreHandler>(
     let ((ac, contexts, peer_max_pdu), _slot) = match accepted {
         Ok(a) => a,
         Err(refusal) => {
+            // Escaped: a refused title may hold control characters.
+            let calling_ae = calling_ae.escape_debug().to_string();
+            let called_ae = called_ae.escape_debug().to_string();
             warn!(%calling_ae, %called_ae, why = %refusal.why, "association rejected");
             shared
                 .handler
@@ -530,6 +533,27 @@ fn negotiate(
             ),
         ));
     }
+    // PS3.5 6.2 (AE): no control characters nor backslash, and not only
+    // spaces. Refused before anything logs them: a title with a line feed
+    // would forge log lines.
+    if let Some(problem) = ae_title_problem(&rq.calling_ae_title) {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+            ),
+            format!("calling AE title {problem}"),
+        ));
+    }
+    if let Some(problem) = ae_title_problem(&rq.called_ae_title) {
+        return Err(reject(
+            Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ),
+            format!("called AE title {problem}"),
+        ));
+    }
     if config.require_called_ae && rq.called_ae_title.trim() != config.ae_title {
         return Err(reject(
             Permanent,
@@ -645,6 +669,17 @@ fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
             StorageAcceptance::Chest => sop::CHEST_STORAGE.contains(&uid),
             StorageAcceptance::AllStorage => sop::is_storage_sop_class(uid),
         }
+}
+
+/// Why an AE title from the wire is not one (None when it is).
+fn ae_title_problem(title: &str) -> Option<&'static str> {
+    if title.chars().any(|c| c.is_control() || c == '\\') {
+        Some("has control characters or a backslash")
+    } else if title.trim_matches(' ').is_empty() {
+        Some("is blank")
+    } else {
+        None
+    }
 }
 
 fn caller_allowed(allowed: &[AllowedCaller], calling_ae: &str, peer_ip: IpAddr) -> bool {
