@@ -84,6 +84,25 @@ def echo_rq(message_id: int) -> bytes:
     )
 
 
+def test_a_response_is_split_to_the_callers_maximum_pdu_length(node):
+    """A caller announcing Maximum Length Received 64 got the C-ECHO-RSP in
+    one 84-byte P-DATA-TF (PS3.8 9.3.1: no PDU longer than announced)."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])], max_pdu=64)
+    raw.send(pdata(1, True, True, echo_rq(7)))
+    command, last = b"", False
+    while not last:
+        pdu_type, body = raw.read_pdu()
+        assert pdu_type == 0x04 and len(body) <= 64, (pdu_type, len(body))
+        control = body[5]
+        assert control & 1, "a command fragment"
+        command += body[6:]
+        last = bool(control & 2)
+    raw.close()
+    rsp = parse_command(command)
+    assert struct.unpack("<H", rsp[0x0120])[0] == 7 and status_of(rsp) == 0x0000
+
+
 def test_no_presentation_context_or_a_repeated_context_id_is_rejected(node):
     """PS3.8 7.1.1.13: at least one context, each with its own ID. A repeated
     ID was accepted twice, and a C-STORE on it then refused 0122 or parsed
@@ -240,7 +259,8 @@ class ReleaseQuirkScp(threading.Thread):
     as PS3.8 7.2.2 allows: with its own A-RELEASE-RQ (a release collision),
     or with more P-DATA before its A-RELEASE-RP. Records what the node sent
     after its A-RELEASE-RQ. With the quirk "abort", it aborts the
-    association after answering the first C-STORE."""
+    association after answering the first C-STORE; with "wrong-uid" its
+    response names another SOP Instance UID."""
 
     def __init__(self, quirk: str):
         super().__init__(daemon=True)
@@ -275,7 +295,7 @@ class ReleaseQuirkScp(threading.Thread):
                     raw.send(pdata(context_id, True, True, command_set(
                         (0x0002, rq_cmd[0x0002]), (0x0100, u16(0x8001)),
                         (0x0120, rq_cmd[0x0110]), (0x0800, u16(0x0101)), (0x0900, u16(0)),
-                        (0x1000, rq_cmd[0x1000]))))
+                        (0x1000, b"1.2.3.4.5.6.7.8.9\0" if self.quirk == "wrong-uid" else rq_cmd[0x1000]))))
                     command, command_done = b"", False
                     if self.quirk == "abort":
                         raw.send(ABORT)
@@ -289,6 +309,38 @@ class ReleaseQuirkScp(threading.Thread):
             raw.send(pdata(context_id, True, True, echo_rq(99)))
             raw.send(RELEASE_RP)
         conn.close()
+
+
+def test_a_response_naming_another_instance_is_reported(rg1_copies):
+    """Success for the instance sent, but the response names another one
+    (crossed answers at the peer): it was taken silently."""
+    (path,) = rg1_copies("UNCI", 1)
+    scp = ReleaseQuirkScp("wrong-uid")
+    done = subprocess.run([node_binary(), "store", f"QUIRK@127.0.0.1:{scp.port}", path],
+                          capture_output=True, text=True, timeout=60)
+    scp.join(20)
+    assert "the response names another instance, 1.2.3.4.5.6.7.8.9" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_rejection_says_what_to_fix():
+    """The reason was Rust's debug form of the rejection source
+    ("permanent: ServiceUser(CallingAETitleNotRecognized)")."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context(Verification)
+    ae.require_calling_aet = ["ONLY_THIS_ONE"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        done = subprocess.run([node_binary(), "echo", f"STRICT@127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert done.returncode != 0
+    assert "rejected" in done.stderr and "permanently: calling AE title `PNEUMO` not recognized" in done.stderr, \
+        done.stderr
 
 
 def test_the_scu_completes_a_release_the_standard_allows(rg1_copies):

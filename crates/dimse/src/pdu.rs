@@ -290,11 +290,23 @@ pub fn pdata_header(
     out.push(u8::from(is_command) | (u8::from(is_last) << 1));
 }
 
-/// One whole P-DATA-TF PDU with a single, last command fragment.
-pub fn command_pdu(context_id: u8, command: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(command.len() + 12);
-    pdata_header(&mut out, context_id, true, true, command.len());
-    out.extend_from_slice(command);
+/// The P-DATA-TF PDUs of a command, back to back: one, or as many as the
+/// peer's Maximum Length Received (`peer_max_pdu`, 0 for unlimited) needs.
+pub fn command_pdus(context_id: u8, command: &[u8], peer_max_pdu: u32) -> Vec<u8> {
+    let fragments: Vec<&[u8]> = command.chunks(max_pdv_payload(peer_max_pdu)).collect();
+    let mut out = Vec::with_capacity(command.len() + 12 * fragments.len());
+    let mut header = Vec::with_capacity(12);
+    for (n, fragment) in fragments.iter().enumerate() {
+        pdata_header(
+            &mut header,
+            context_id,
+            true,
+            n + 1 == fragments.len(),
+            fragment.len(),
+        );
+        out.extend_from_slice(&header);
+        out.extend_from_slice(fragment);
+    }
     out
 }
 

@@ -423,7 +423,7 @@ async fn serve_connection<H: StoreHandler>(
         shared: &shared,
         context,
         contexts,
-        _peer_max_pdu: peer_max_pdu,
+        peer_max_pdu,
         state: MessageState::Idle,
         stored: 0,
     };
@@ -735,7 +735,8 @@ struct Association<'a, H> {
     shared: &'a Shared<H>,
     context: Arc<AssociationContext>,
     contexts: Vec<NegotiatedContext>,
-    _peer_max_pdu: u32,
+    /// The peer's Maximum Length Received: our responses are split to it.
+    peer_max_pdu: u32,
     state: MessageState,
     stored: u64,
 }
@@ -1104,7 +1105,11 @@ impl<H: StoreHandler> Association<'_, H> {
     ) -> Result<(), String> {
         let rsp = Command::response_to(request, reply.status, reply.comment.as_deref());
         self.conn
-            .send_raw(&pdu::command_pdu(context_id, &rsp.encode()))
+            .send_raw(&pdu::command_pdus(
+                context_id,
+                &rsp.encode(),
+                self.peer_max_pdu,
+            ))
             .await
             .map_err(|e| format!("cannot send response: {e}"))
     }

@@ -320,7 +320,7 @@ impl ClientAssociation {
             }
             Pdu::AssociationRJ(rj) => Err(ScuError::Rejected {
                 addr: addr.to_string(),
-                reason: describe_rejection(&rj),
+                reason: describe_rejection(&rj, &options.calling_ae),
             }),
             Pdu::AbortRQ { .. } => Err(ScuError::Aborted),
             other => Err(ScuError::Protocol(format!(
@@ -362,7 +362,7 @@ impl ClientAssociation {
             .ok_or(ScuError::NoAcceptedContext)?
             .id;
         let rq = Command::c_echo_rq(self.message_id());
-        self.send_timed(&pdu::command_pdu(context, &rq.encode()))
+        self.send_timed(&pdu::command_pdus(context, &rq.encode(), self.peer_max_pdu))
             .await?;
         let rsp = self.read_response(&rq).await?;
         Ok(rsp.status.unwrap_or(Status::SUCCESS))
@@ -392,9 +392,14 @@ impl ClientAssociation {
         {
             (c.id, Some(c.transfer_syntax.clone()))
         } else {
+            let fallback = if file.can_go_native(self.decompress.as_ref()) {
+                " (nor in Explicit or Implicit VR Little Endian)"
+            } else {
+                ""
+            };
             return Ok(outcome(
                     Err(format!(
-                        "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
+                        "the peer accepted no presentation context for SOP class {} in transfer syntax {}{fallback}",
                         file.sop_class_uid, file.transfer_syntax
                     )),
                     None,
@@ -431,7 +436,7 @@ impl ClientAssociation {
                 Err(e) => return Ok(outcome(Err(format!("cannot open: {e}")), None)),
             },
         };
-        self.send_timed(&pdu::command_pdu(context, &rq.encode()))
+        self.send_timed(&pdu::command_pdus(context, &rq.encode(), self.peer_max_pdu))
             .await?;
         match (dataset, source) {
             (Some(bytes), _) => {
@@ -469,7 +474,24 @@ impl ClientAssociation {
         if status.is_warning() {
             debug!(sop_instance_uid = %file.sop_instance_uid, %status, "peer stored with a warning");
         }
-        Ok(outcome(Ok(status), rsp.error_comment))
+        // A response naming another instance: crossed answers at the peer.
+        // Kept in the comment (and so in the outbox's last status).
+        let mut comment = rsp.error_comment;
+        if let Some(other) = rsp
+            .affected_sop_instance_uid
+            .as_deref()
+            .map(sop::trim_uid)
+            .filter(|uid| *uid != file.sop_instance_uid)
+        {
+            warn!(sop_instance_uid = %file.sop_instance_uid, answered_for = %other,
+                "the peer's C-STORE response names another instance");
+            let note = format!("the response names another instance, {other}");
+            comment = Some(match comment {
+                Some(c) => format!("{c}; {note}"),
+                None => note,
+            });
+        }
+        Ok(outcome(Ok(status), comment))
     }
 
     /// Streams `len` bytes of data set as PDUs no larger than the peer takes.
@@ -522,12 +544,16 @@ impl ClientAssociation {
                     if rsp.command_field != request.command_field | 0x8000
                         || rsp.message_id_being_responded_to != request.message_id
                     {
+                        let id = |id: Option<u16>| {
+                            id.map_or_else(|| "without an ID".to_string(), |id| id.to_string())
+                        };
                         return Err(ScuError::Protocol(format!(
-                            "response {:#06x} to message {:?} does not answer {:#06x} message {:?}",
+                            "the peer's response (command {:#06x}, to message {}) does not answer \
+                             our request (command {:#06x}, message {})",
                             rsp.command_field,
-                            rsp.message_id_being_responded_to,
+                            id(rsp.message_id_being_responded_to),
                             request.command_field,
-                            request.message_id
+                            id(request.message_id)
                         )));
                     }
                     return Ok(rsp);
@@ -596,12 +622,46 @@ async fn read_timed(
     }
 }
 
-fn describe_rejection(rj: &AssociationRJ) -> String {
-    let result = match rj.result {
-        dicom_ul::pdu::AssociationRJResult::Permanent => "permanent",
-        dicom_ul::pdu::AssociationRJResult::Transient => "transient",
+/// The rejection in words an operator can act on (PS3.8 9.3.4).
+fn describe_rejection(rj: &AssociationRJ, calling_ae: &str) -> String {
+    use dicom_ul::pdu::{
+        AssociationRJServiceProviderASCEReason as Acse,
+        AssociationRJServiceProviderPresentationReason as Presentation,
+        AssociationRJServiceUserReason as User, AssociationRJSource as Source,
     };
-    format!("{result}: {:?}", rj.source)
+    let result = match rj.result {
+        dicom_ul::pdu::AssociationRJResult::Permanent => "permanently",
+        dicom_ul::pdu::AssociationRJResult::Transient => "for now (transient)",
+    };
+    let why = match &rj.source {
+        Source::ServiceUser(User::NoReasonGiven) => "no reason given".to_string(),
+        Source::ServiceUser(User::ApplicationContextNameNotSupported) => {
+            "application context not supported".to_string()
+        }
+        Source::ServiceUser(User::CallingAETitleNotRecognized) => format!(
+            "calling AE title `{calling_ae}` not recognized (is it configured at the peer, for this host?)"
+        ),
+        Source::ServiceUser(User::CalledAETitleNotRecognized) => {
+            "called AE title not recognized (check the AE title configured for the peer)".to_string()
+        }
+        Source::ServiceUser(User::Reserved(r)) => format!("service user, reason {r}"),
+        Source::ServiceProviderASCE(Acse::NoReasonGiven) => {
+            "no reason given (ACSE service provider)".to_string()
+        }
+        Source::ServiceProviderASCE(Acse::ProtocolVersionNotSupported) => {
+            "protocol version not supported".to_string()
+        }
+        Source::ServiceProviderPresentation(Presentation::TemporaryCongestion) => {
+            "temporary congestion".to_string()
+        }
+        Source::ServiceProviderPresentation(Presentation::LocalLimitExceeded) => {
+            "the peer's limit of associations is reached".to_string()
+        }
+        Source::ServiceProviderPresentation(Presentation::Reserved(r)) => {
+            format!("presentation service provider, reason {r}")
+        }
+    };
+    format!("{result}: {why}")
 }
 
 /// Re-encodes a data set into a native transfer syntax, decompressing

@@ -513,7 +513,11 @@ async fn store(
         match &o.result {
             Ok(s) if s.is_success() => {
                 ok += 1;
-                println!("OK       {} {}", o.path.display(), o.sop_instance_uid);
+                println!(
+                    "OK       {} {}{comment}",
+                    o.path.display(),
+                    o.sop_instance_uid
+                );
             }
             Ok(s) if s.is_warning() => {
                 warned += 1;
