@@ -482,6 +482,9 @@ def test_dx_for_processing_is_stored_but_not_analysed(node, tmp_path):
     state, reason = job(made["processing"])
     assert state == "skipped" and "For Processing" in reason
     assert node.instance_rows(made["processing"]) == 1
+    # Said in the log too (it was in /api/jobs only): no report will come.
+    (line,) = [l for l in node.log().splitlines() if "not analysed" in l]
+    assert made["processing"] in line and "For Processing" in line, line
 
 
 def test_report_times_are_in_the_node_s_local_time_when_the_source_has_no_offset(

@@ -37,10 +37,16 @@ pub async fn run_router(
     loop {
         match store
             .route_received_jobs(|h, ts| {
-                routing.analysis_refusal(h).or_else(|| {
+                let refusal = routing.analysis_refusal(h).or_else(|| {
                     (!pneumo_imaging::can_decode(ts))
                         .then(|| format!("transfer syntax {ts} cannot be decoded for analysis"))
-                })
+                });
+                // Said where an operator looks: no report will come for it.
+                if let Some(reason) = &refusal {
+                    info!(sop_instance_uid = %h.sop_instance_uid, study_instance_uid = %h.study_instance_uid,
+                        reason, "not analysed");
+                }
+                refusal
             })
             .await
         {

@@ -210,14 +210,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn init_logging(config: &Config) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     // A bare level ("info") keeps the libraries' chatter out: ort's notes
-    // on its own loading (the node logs the library and version it loaded)
-    // and OpenJPEG's progress lines. Directives given in full are used as
-    // they are.
+    // on its own loading (the node logs the library and version it loaded),
+    // OpenJPEG's progress lines, and dicom-rs's "unsupported character set"
+    // for ISO 2022 code extensions, which the node decodes itself (its only
+    // warning in `stateful`). Directives given in full are used as they are.
     let level = &config.log.level;
     let directives = if level.contains('=') {
         level.clone()
     } else {
-        format!("{level},ort=warn,jpeg2k=warn")
+        format!("{level},ort=warn,jpeg2k=warn,dicom_parser::stateful=error")
     };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&directives))
