@@ -185,9 +185,9 @@ pub fn banner_lines(result: &AnalysisResult, model: &ModelIdentity) -> Vec<Strin
 /// Series Description of the companion image series.
 pub fn sc_series_description(model: &ModelIdentity) -> String {
     if model.is_demo() {
-        format!("{DEMO_MARK} - AI result image")
+        format!("{DEMO_MARK} - image - {}", model.name_and_version())
     } else {
-        format!("AI pneumoconiosis result image ({})", model.name.trim())
+        format!("AI pneumoconiosis image ({})", model.name_and_version())
     }
 }
 

@@ -16,12 +16,13 @@ use crate::{
 /// What viewers list as the series of a demonstration result.
 pub const DEMO_MARK: &str = "DEMO MODEL - NOT FOR DIAGNOSIS";
 
-/// Series Description of the SR series.
+/// Series Description of the SR series: which model and version made it
+/// (several models' series can sit in one study), the demo mark first.
 pub fn sr_series_description(model: &ModelIdentity) -> String {
     if model.is_demo() {
-        format!("{DEMO_MARK} - AI pneumoconiosis")
+        format!("{DEMO_MARK} - {}", model.name_and_version())
     } else {
-        format!("AI pneumoconiosis ({})", model.name.trim())
+        format!("AI pneumoconiosis ({})", model.name_and_version())
     }
 }
 

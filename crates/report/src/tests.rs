@@ -235,9 +235,16 @@ fn absent_result_and_demo_marking() {
         &time(),
     )
     .unwrap();
-    assert!(str_of(&sr, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    assert_eq!(
+        str_of(&sr, tags::SERIES_DESCRIPTION),
+        format!("{DEMO_MARK} - PneumoLLM 1.0.0")
+    );
     let sr = trained_sr(&source(), 0.2);
-    assert!(!str_of(&sr, tags::SERIES_DESCRIPTION).contains("DEMO"));
+    // Which model and version: several can report on one study.
+    assert_eq!(
+        str_of(&sr, tags::SERIES_DESCRIPTION),
+        "AI pneumoconiosis (PneumoLLM 1.0.0)"
+    );
 }
 
 #[test]
@@ -633,7 +640,10 @@ fn companion_sc() {
     );
     assert_eq!(str_of(&sc, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
     assert_eq!(str_of(&sc, tags::BURNED_IN_ANNOTATION), "YES");
-    assert!(str_of(&sc, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    assert_eq!(
+        str_of(&sc, tags::SERIES_DESCRIPTION),
+        format!("{DEMO_MARK} - image - PneumoLLM 1.0.0")
+    );
     let rows = sc.get(tags::ROWS).unwrap().to_int::<u16>().unwrap();
     let cols = sc.get(tags::COLUMNS).unwrap().to_int::<u16>().unwrap();
     assert_eq!(cols, 200);

@@ -184,6 +184,11 @@ pub struct ModelIdentity {
 }
 
 impl ModelIdentity {
+    /// `name version`, as series descriptions name the model.
+    pub fn name_and_version(&self) -> String {
+        format!("{} {}", self.name.trim(), self.version.trim())
+    }
+
     /// Check the fields; returns the contract's SHA-256 in lower case
     /// (what the report's UIDs derive from).
     pub fn validate(&self) -> Result<String, ReportError> {
