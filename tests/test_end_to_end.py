@@ -186,9 +186,9 @@ def final_state(node, orthanc):
 def test_one_uid_received_twice_with_other_content_is_kept_and_analysed_twice(node, rg1_copies, tmp_path):
     """Radiographs re-sent under their SOP Instance UIDs with other content
     (a corrected comment, in another encoding), in one association: every
-    data set is kept and analysed, no job fails on its report, and each pair
-    shares one report (a report's UID derives from its source's UID and the
-    model). The same data set in another encoding alone is a duplicate
+    data set is kept and analysed, no job fails on its report, and each
+    version has its own report (the second's UIDs derive from its content
+    too). The same data set in another encoding alone is a duplicate
     (test_ingest_dcmtk.py)."""
     from pynetdicom import AE  # sends each file in its own syntax (storescu would convert)
 
@@ -218,9 +218,34 @@ def test_one_uid_received_twice_with_other_content_is_kept_and_analysed_twice(no
                             "AND modality = 'SR' GROUP BY sop_instance_uid").fetchall()
     assert jobs == [("reported", None)] * 8, jobs
     assert list(by_uid.values()) == [{"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}] * 4
-    # one report per UID, shared by both jobs: not two versions under one UID
-    assert len(reports) == 4 and all(n == 1 for _, n in reports), reports
+    # one report per version, each under its own UID: never two under one
+    assert len(reports) == 8 and all(n == 1 for _, n in reports), reports
     assert node.alive() and node.spool_files() == []
+
+
+def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies, tmp_path):
+    """The modality re-sends an image with the patient corrected (same SOP
+    Instance UID): its analysis linked to the first report, which named the
+    old patient, so the corrected patient had no result in the PACS."""
+    (first,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    corrected = pydicom.dcmread(first)
+    corrected.PatientID, corrected.PatientName = "PAT-CORRECTED", "Corrected^Name"
+    path = tmp_path / "corrected.dcm"
+    corrected.save_as(path, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
+    with node.db() as c:
+        paths = [p for (p,) in c.execute("SELECT path FROM instances WHERE generated = 1 AND modality = 'SR' ORDER BY id")]
+    assert len(paths) == 2
+    old, new = (pydicom.dcmread(node.data_dir / p) for p in paths)
+    assert (old.PatientID, new.PatientID) == (pydicom.dcmread(first).PatientID, "PAT-CORRECTED")
+    assert str(new.PatientName) == "Corrected^Name" and old.SOPInstanceUID != new.SOPInstanceUID
+    # both reference the one source instance
+    for sr in (old, new):
+        (ref,) = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+        assert ref.ReferencedSOPInstanceUID == corrected.SOPInstanceUID
 
 
 def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):

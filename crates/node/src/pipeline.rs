@@ -245,8 +245,13 @@ impl Pipeline {
         timings.inference = ms_since(started);
         let t_report = Instant::now();
 
-        let source =
+        let mut source =
             SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
+        source.version = self
+            .store
+            .later_version_digest(job.instance_id)
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))?;
         // The contract's positive label is pneumoconiosis (checked when the
         // model is loaded), in whichever column the labels put it.
         let pneumoconiosis_column = prediction
@@ -273,7 +278,7 @@ impl Pipeline {
         });
         let model = report_model(&prediction);
         let sr_uid = sr_sop_instance_uid(
-            &source.sop_instance_uid,
+            &source.uid_key(),
             &self.node.ae_title,
             &model.contract_sha256,
             self.node.uid_root.as_deref(),
@@ -291,7 +296,7 @@ impl Pipeline {
         let mut companion_id = None;
         if let Some(grey) = &prepared.grey {
             let sc_uid = sc_sop_instance_uid(
-                &source.sop_instance_uid,
+                &source.uid_key(),
                 &self.node.ae_title,
                 &model.contract_sha256,
                 self.node.uid_root.as_deref(),

@@ -209,7 +209,7 @@ pub fn build_companion_sc(
     let root_uid = node.uid_root.as_deref();
     let sop_class_uid = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
     let sop_instance_uid =
-        uid::sc_sop_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
+        uid::sc_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
     let series_uid =
         uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
     let stamp = common::stamp(source, time);

@@ -115,6 +115,11 @@ pub struct SourceInstance {
     /// The Patient / General Study / Patient Study attributes to copy (see
     /// [`COPIED_TAGS`]), as decoded from the source.
     pub copied_elements: Vec<InMemElement>,
+    /// Which version of its SOP Instance UID this source is: None for the
+    /// first data set received under it; for a later one with other content
+    /// (a corrected copy), a digest of that data set. The report's UIDs
+    /// derive from it, so a corrected copy gets its own report.
+    pub version: Option<String>,
 }
 
 fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -225,7 +230,17 @@ impl SourceInstance {
             timezone_offset_from_utc,
             procedure_code,
             copied_elements,
+            version: None,
         })
+    }
+
+    /// What the report's UIDs derive from: the SOP Instance UID, and for a
+    /// later version `#` and its digest (`#` never occurs in a UID).
+    pub fn uid_key(&self) -> String {
+        match &self.version {
+            None => self.sop_instance_uid.clone(),
+            Some(v) => format!("{}#{}", self.sop_instance_uid, v.trim()),
+        }
     }
 
     /// The Specific Character Set to write the report's `texts` in (those

@@ -279,7 +279,7 @@ pub fn build_content_tree(
             Relationship::HasObsContext,
             codes::TRACKING_UNIQUE_IDENTIFIER,
             ItemValue::UidRef(uid::tracking_uid(
-                &source.sop_instance_uid,
+                &source.uid_key(),
                 &node.ae_title,
                 &sha,
                 root_uid,
@@ -444,7 +444,7 @@ pub fn build_sr(
     let root_uid = node.uid_root.as_deref();
     let sop_class_uid = options.sop_class.uid();
     let sop_instance_uid =
-        uid::sr_sop_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
+        uid::sr_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
     let series_uid =
         uid::sr_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
     let stamp = common::stamp(source, time);

@@ -820,3 +820,24 @@ fn a_copied_value_loses_its_padding_when_its_character_set_changes() {
         .any(|w| w == "Sch\u{e4}fer^Anna^^Dr.".as_bytes()));
     assert!(!bytes.windows(4).any(|w| w == b"Dr. "), "no pad kept");
 }
+
+#[test]
+fn a_later_version_of_a_source_gets_its_own_report_uids() {
+    let first = trained_sr(&source(), 0.2);
+    let mut corrected = source();
+    corrected.version = Some("ab12".into());
+    let second = trained_sr(&corrected, 0.2);
+    assert_ne!(
+        str_of(&first, tags::SOP_INSTANCE_UID),
+        str_of(&second, tags::SOP_INSTANCE_UID)
+    );
+    assert_eq!(
+        str_of(&second, tags::SOP_INSTANCE_UID),
+        sr_sop_instance_uid("1.2.3.4.5.6.7#ab12", "PNEUMO", CONTRACT_SHA, None).unwrap()
+    );
+    // one series per node, study and model, whatever the version
+    assert_eq!(
+        str_of(&first, tags::SERIES_INSTANCE_UID),
+        str_of(&second, tags::SERIES_INSTANCE_UID)
+    );
+}

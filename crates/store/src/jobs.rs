@@ -452,6 +452,23 @@ impl Store {
         Ok(true)
     }
 
+    /// For an instance stored beside an earlier one with the same SOP
+    /// Instance UID and other content (a corrected copy), the SHA-256 of its
+    /// data set; None for the first received under its UID.
+    pub async fn later_version_digest(
+        &self,
+        instance_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT i.sha256 FROM instances i WHERE i.id = ?
+               AND EXISTS (SELECT 1 FROM instances f
+                           WHERE f.sop_instance_uid = i.sop_instance_uid AND f.id < i.id)",
+        )
+        .bind(instance_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// The first stored instance with this SOP Instance UID.
     pub async fn instance_id_by_uid(
         &self,
