@@ -93,8 +93,9 @@ def results_to(path, port: int):
 
 def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory, rg1_copies, storescp, tmp_path):
     """The same radiograph re-sent with a change (a corrected comment):
-    kept beside the first, analysed, and its own report delivered too (the
-    second job used to stay `reported`, linked to the first's report)."""
+    kept beside the first, analysed, linked to the first's report (same
+    patient and study), which the results destination already has. The
+    second job used to stay `reported`."""
     port, _ = storescp
     node = node_factory().start(config_file=results_to(tmp_path / "node.toml", port))
     (f,) = rg1_copies("UNCI", 1)
@@ -107,7 +108,7 @@ def test_a_copy_whose_report_was_already_delivered_is_delivered_too(node_factory
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)  # other content
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs") == 2)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
-    assert node.count("SELECT COUNT(*) FROM outbox") == 2  # a report per version, each sent once
+    assert node.count("SELECT COUNT(*) FROM outbox") == 1  # one report, sent once
 
 
 def test_a_re_sent_instance_is_routed_by_the_rules_for_its_caller_once(node_factory, rg1_copies, tmp_path):

@@ -247,11 +247,7 @@ impl Pipeline {
 
         let mut source =
             SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
-        source.version = self
-            .store
-            .later_version_digest(job.instance_id)
-            .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
+        source.version = self.corrected_version(job.instance_id, &source).await?;
         // The contract's positive label is pneumoconiosis (checked when the
         // model is loaded), in whichever column the labels put it.
         let pneumoconiosis_column = prediction
@@ -376,6 +372,47 @@ impl Pipeline {
     /// A UID names one unchanging object, so a source analysed again (a
     /// retry, a re-sent copy with other bytes) never gets a second version
     /// under it; serialised per UID, so two jobs cannot both build one.
+    /// The version key of a source stored beside an earlier data set under
+    /// its UID: its digest when it names another patient or study than the
+    /// first (a corrected copy gets its own report), else None (it shares
+    /// the first's report, as an unreadable first copy makes it).
+    async fn corrected_version(
+        &self,
+        instance_id: i64,
+        source: &SourceInstance,
+    ) -> Result<Option<String>, Failure> {
+        let store_err = |e: pneumo_store::StoreError| Failure::Store(e.to_string());
+        let Some(digest) = self
+            .store
+            .later_version_digest(instance_id)
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let Some(first) = self
+            .store
+            .first_version_path(instance_id)
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let path = self.store.instance_file(&first);
+        let first_identity = tokio::task::spawn_blocking(move || {
+            pneumo_store::open_instance(&path, Some(dicom_dictionary_std::tags::PIXEL_DATA))
+                .ok()
+                .and_then(|obj| SourceInstance::from_dataset(&obj).ok())
+                .map(|s| s.identity())
+        })
+        .await
+        .ok()
+        .flatten();
+        Ok(first_identity
+            .filter(|first| *first != source.identity())
+            .map(|_| digest))
+    }
+
     async fn generated_once(
         &self,
         uid: &str,

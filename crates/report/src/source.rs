@@ -116,9 +116,10 @@ pub struct SourceInstance {
     /// [`COPIED_TAGS`]), as decoded from the source.
     pub copied_elements: Vec<InMemElement>,
     /// Which version of its SOP Instance UID this source is: None for the
-    /// first data set received under it; for a later one with other content
-    /// (a corrected copy), a digest of that data set. The report's UIDs
-    /// derive from it, so a corrected copy gets its own report.
+    /// first data set received under it (and for a later one that names the
+    /// same patient and study); for a corrected copy (see [`Self::identity`]),
+    /// a digest of that data set. The report's UIDs derive from it, so a
+    /// corrected copy gets its own report.
     pub version: Option<String>,
 }
 
@@ -232,6 +233,34 @@ impl SourceInstance {
             copied_elements,
             version: None,
         })
+    }
+
+    /// Whom and what the report is about: the study, and the patient's name,
+    /// ID, birth date and sex and the accession number as the source has
+    /// them. A later copy of a source that changes one of these (the patient
+    /// corrected) needs its own report; one that does not (a PACS that added
+    /// an issuer) shares the first's.
+    pub fn identity(&self) -> Vec<String> {
+        let value = |tag: Tag| {
+            self.copied_elements
+                .iter()
+                .find(|e| e.tag() == tag)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_matches([' ', '\0']).to_string())
+                .unwrap_or_default()
+        };
+        let mut identity = vec![self.study_instance_uid.clone()];
+        identity.extend(
+            [
+                tags::PATIENT_NAME,
+                tags::PATIENT_ID,
+                tags::PATIENT_BIRTH_DATE,
+                tags::PATIENT_SEX,
+                tags::ACCESSION_NUMBER,
+            ]
+            .map(value),
+        );
+        identity
     }
 
     /// What the report's UIDs derive from: the SOP Instance UID, and for a

@@ -469,6 +469,19 @@ impl Store {
         .await?)
     }
 
+    /// The file (relative to the data directory) of the first data set
+    /// stored under the SOP Instance UID of `instance_id`, when that is
+    /// another instance and its file is kept.
+    pub async fn first_version_path(&self, instance_id: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT f.path FROM instances i JOIN instances f ON f.sop_instance_uid = i.sop_instance_uid
+             WHERE i.id = ? AND f.id < i.id AND f.purged_at_ms IS NULL ORDER BY f.id LIMIT 1",
+        )
+        .bind(instance_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// The first stored instance with this SOP Instance UID.
     pub async fn instance_id_by_uid(
         &self,
