@@ -8,6 +8,7 @@ from __future__ import annotations
 import requests
 from nodetest import ROOT, demo_model_with, node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
 from test_pynetdicom_peers import PynetdicomReceiver
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 from test_routing_orthanc import node_config, wait_until
 
 MODELS = ROOT / "fixtures" / "models"
@@ -47,7 +48,7 @@ def test_failed_jobs_run_again_after_the_configuration_is_fixed(node_factory, rg
     assert seg["path"].endswith("lung-seg-synthetic.onnx") and seg["used"] is True, seg
     assert seg["execution_provider"] == "cpu" and seg["input_size"] > 0, seg
     assert [j[0] for j in jobs(node)] == ["failed", "failed"]  # nothing reruns by itself
-    assert post(node, "/api/jobs/retry?state=reported")[0] == 400
+    assert post(node, "/api/jobs/retry?state=analysing")[0] == 400
     # What a client might send to retry one job: refused, nothing requeued
     # (ignoring it would retry every failed job).
     status, body = post(node, "/api/jobs/retry", json={"job_ids": [1]})
@@ -110,3 +111,49 @@ def test_parked_deliveries_are_sent_after_the_destination_is_fixed(node_factory,
         assert len(receiver.received) == 1
     finally:
         receiver.close()
+
+
+def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
+        node_factory, rg1_copies, storescp, tmp_path):
+    """After installing a model, the images analysed by the old one are
+    analysed again on request (`retry?state=delivered`), and their new
+    reports delivered; a PACS that lost a study's results gets them again
+    (`deliveries/resend`). Neither was possible: done jobs could not be
+    retried and sent deliveries not sent again."""
+    import pydicom
+
+    port, out = storescp
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    node = node_factory().start(config_file=config)
+    (f,) = rg1_copies("UNCI", 1)
+    study = pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["delivered"], timeout=60)
+    first_sr = {p.name for p in out.iterdir()}
+    assert len(first_sr) == 1
+
+    # The same model again: the same report, nothing sent twice.
+    assert post(node, "/api/jobs/retry?state=delivered") == (200, {"requeued": 1})
+    wait_until(lambda: [j[0] for j in jobs(node)] == ["delivered"], timeout=60)
+    assert {p.name for p in out.iterdir()} == first_sr
+
+    # A new model: a new report, delivered beside the first.
+    node.stop()
+    node.settings["inference__model"] = str(demo_model_with(tmp_path / "v2.onnx", model_version="2.0.0"))
+    node.start()
+    assert post(node, "/api/jobs/retry?state=delivered") == (200, {"requeued": 1})
+    wait_until(lambda: len(list(out.iterdir())) == 2 and [j[0] for j in jobs(node)] == ["delivered"],
+               timeout=60, what="the new model's report delivered")
+    second = pydicom.dcmread(next(p for p in out.iterdir() if p.name not in first_sr))
+    assert second.SeriesDescription.endswith("pneumollm-tiny 2.0.0")
+
+    # The PACS loses the study's results: sent again on request.
+    for p in out.iterdir():
+        p.unlink()
+    assert post(node, "/api/deliveries/resend?destination=pacs")[0] == 400  # what, then?
+    assert post(node, f"/api/deliveries/resend?destination=nowhere&study_instance_uid={study}")[0] == 400
+    assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}") == (200, {"resent": 2})
+    wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="both reports sent again")
+    assert "sent deliveries to be sent again" in node.log()

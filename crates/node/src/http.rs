@@ -80,6 +80,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/deliveries/retry", post(retry_deliveries))
         .route("/api/deliveries/cancel", post(cancel_deliveries))
         .route("/api/deliveries/move", post(move_deliveries))
+        .route("/api/deliveries/resend", post(resend_deliveries))
         .with_state(state)
 }
 
@@ -355,13 +356,15 @@ const MAX_JOBS_LISTED: i64 = 10_000;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryJobsQuery {
-    /// `failed` (default), `skipped`, or both comma-separated.
+    /// `failed` (default), `skipped`, `reported`, `delivered`, or several
+    /// comma-separated.
     state: Option<String>,
     sop_instance_uid: Option<String>,
 }
 
 /// `POST /api/jobs/retry`: failed (or skipped) jobs go through routing and
-/// analysis again, e.g. after the model or the routing rules were fixed.
+/// analysis again, e.g. after the model or the routing rules were fixed;
+/// reported and delivered ones are analysed again (a new model's reports).
 async fn retry_jobs(
     State(s): State<HttpState>,
     q: Result<Query<RetryJobsQuery>, QueryRejection>,
@@ -375,7 +378,7 @@ async fn retry_jobs(
     let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
     let Some(states) = states else {
         return bad_request(
-            json!({ "error": format!("cannot retry state `{asked}`"), "states": ["failed", "skipped"] }),
+            json!({ "error": format!("cannot retry state `{asked}`"), "states": RetryableState::ALL }),
         );
     };
     match s
@@ -396,6 +399,16 @@ async fn retry_jobs(
     }
 }
 
+/// A 400 naming the configured destinations, when `name` is not one.
+fn unknown_destination(s: &HttpState, name: &str) -> Option<Response> {
+    (!s.destinations.iter().any(|d| d == name)).then(|| {
+        bad_request(json!({
+            "error": format!("no destination named `{name}`"),
+            "destinations": s.destinations,
+        }))
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryDeliveriesQuery {
@@ -414,13 +427,12 @@ async fn retry_deliveries(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    if let Some(name) = &q.destination {
-        if !s.destinations.contains(name) {
-            return bad_request(json!({
-                "error": format!("no destination named `{name}`"),
-                "destinations": s.destinations,
-            }));
-        }
+    if let Some(refused) = q
+        .destination
+        .as_deref()
+        .and_then(|d| unknown_destination(&s, d))
+    {
+        return refused;
     }
     match s.store.requeue_deliveries(q.destination.as_deref()).await {
         Ok(n) => {
@@ -490,6 +502,57 @@ async fn cancel_deliveries(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ResendDeliveriesQuery {
+    destination: String,
+    study_instance_uid: Option<String>,
+    sop_instance_uid: Option<String>,
+}
+
+/// `POST /api/deliveries/resend`: what one destination was sent of a
+/// study (or an instance) goes again, e.g. to a PACS that lost it.
+async fn resend_deliveries(
+    State(s): State<HttpState>,
+    q: Result<Query<ResendDeliveriesQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let q = match action_query(q, &body) {
+        Ok(q) => q,
+        Err(e) => return bad_request(json!({ "error": e })),
+    };
+    if let Some(refused) = unknown_destination(&s, &q.destination) {
+        return refused;
+    }
+    if q.study_instance_uid.is_none() && q.sop_instance_uid.is_none() {
+        return bad_request(json!({
+            "error": "say what to send again: study_instance_uid or sop_instance_uid"
+        }));
+    }
+    match s
+        .store
+        .resend_deliveries(
+            &q.destination,
+            q.study_instance_uid.as_deref(),
+            q.sop_instance_uid.as_deref(),
+        )
+        .await
+    {
+        Ok(n) => {
+            tracing::info!(
+                deliveries = n,
+                destination = %q.destination,
+                study_instance_uid = q.study_instance_uid.as_deref().unwrap_or(""),
+                sop_instance_uid = q.sop_instance_uid.as_deref().unwrap_or(""),
+                "sent deliveries to be sent again"
+            );
+            s.wake_outbox.notify_one();
+            Json(json!({ "resent": n })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MoveDeliveriesQuery {
     /// The destination whose rows move: configured or not (a renamed one).
     from: String,
@@ -508,11 +571,8 @@ async fn move_deliveries(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    if !s.destinations.contains(&q.to) {
-        return bad_request(json!({
-            "error": format!("no destination named `{}`", q.to),
-            "destinations": s.destinations,
-        }));
+    if let Some(refused) = unknown_destination(&s, &q.to) {
+        return refused;
     }
     if q.from == q.to {
         return bad_request(json!({ "error": "`from` and `to` are the same destination" }));

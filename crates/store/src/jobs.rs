@@ -96,13 +96,22 @@ impl Store {
 pub enum RetryableState {
     Failed,
     Skipped,
+    /// Analysed already: analysed again, e.g. by a model installed since
+    /// (its report is new); with the same model the report is the same and
+    /// nothing is sent again.
+    Reported,
+    Delivered,
 }
 
 impl RetryableState {
+    pub const ALL: [&'static str; 4] = ["failed", "skipped", "reported", "delivered"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RetryableState::Failed => "failed",
             RetryableState::Skipped => "skipped",
+            RetryableState::Reported => "reported",
+            RetryableState::Delivered => "delivered",
         }
     }
 
@@ -110,6 +119,8 @@ impl RetryableState {
         match s {
             "failed" => Some(RetryableState::Failed),
             "skipped" => Some(RetryableState::Skipped),
+            "reported" => Some(RetryableState::Reported),
+            "delivered" => Some(RetryableState::Delivered),
             _ => None,
         }
     }

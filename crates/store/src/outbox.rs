@@ -242,6 +242,38 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// An operator's re-send: the `sent` rows of `destination` for one study
+    /// or one instance (originals and reports; at least one filter) are
+    /// pending and due now, attempts cleared: a PACS that lost what it was
+    /// sent. Returns how many.
+    pub async fn resend_deliveries(
+        &self,
+        destination: &str,
+        study_instance_uid: Option<&str>,
+        sop_instance_uid: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        if study_instance_uid.is_none() && sop_instance_uid.is_none() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        Ok(sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+             WHERE destination = ? AND state = 'sent' AND instance_id IN
+                 (SELECT id FROM instances WHERE (? IS NULL OR study_instance_uid = ?)
+                                             AND (? IS NULL OR sop_instance_uid = ?))",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(destination)
+        .bind(study_instance_uid)
+        .bind(study_instance_uid)
+        .bind(sop_instance_uid)
+        .bind(sop_instance_uid)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// An operator's cancel: the `pending` and/or `parked` rows owed to
     /// `destination` are dropped (never to be delivered: a destination
     /// removed for good, a PACS that will never take their syntax). Jobs
