@@ -158,7 +158,11 @@ pub fn add_banner(image: &Raster, lines: &[String]) -> Raster {
 }
 
 /// The lines burned into the companion image.
-pub fn banner_lines(result: &AnalysisResult, model: &ModelIdentity) -> Vec<String> {
+pub fn banner_lines(
+    result: &AnalysisResult,
+    model: &ModelIdentity,
+    source: &SourceInstance,
+) -> Vec<String> {
     let mut lines = Vec::new();
     if model.is_demo() {
         lines.push(DEMO_MARK.to_string());
@@ -171,6 +175,18 @@ pub fn banner_lines(result: &AnalysisResult, model: &ModelIdentity) -> Vec<Strin
     lines.push(format!(
         "PROBABILITY {probability}% (THRESHOLD {threshold}%)"
     ));
+    // Which image of the study: several may be analysed in one.
+    let named: Vec<String> = [
+        source.view_position.clone(),
+        source.series_number.map(|n| format!("SERIES {n}")),
+        source.instance_number.map(|n| format!("IMAGE {n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !named.is_empty() {
+        lines.push(format!("SOURCE: {}", named.join(" - ")));
+    }
     lines.push(format!(
         "MODEL {} {} - NOT REVIEWED BY A PHYSICIAN",
         model.name.trim(),
@@ -215,7 +231,7 @@ pub fn build_companion_sc(
     let stamp = common::stamp(source, time);
 
     let small = downscale(&image, usize::from(options.sc_max_size))?;
-    let raster = add_banner(&small, &banner_lines(result, model));
+    let raster = add_banner(&small, &banner_lines(result, model, source));
     let rows = u16::try_from(raster.rows)
         .map_err(|_| ReportError::InvalidImage(format!("{} rows is too many", raster.rows)))?;
     let columns = u16::try_from(raster.columns).map_err(|_| {

@@ -97,6 +97,10 @@ pub struct SourceInstance {
     pub columns: u16,
     /// Instance Number of the source, when present.
     pub instance_number: Option<i32>,
+    /// Series Number of the source, when present.
+    pub series_number: Option<i32>,
+    /// View Position (PA, AP, ...), when present.
+    pub view_position: Option<String>,
     /// Patient Orientation (row, column), when present.
     pub patient_orientation: Option<(String, String)>,
     /// Imager Pixel Spacing (row spacing, column spacing) in mm, when present
@@ -173,6 +177,10 @@ impl SourceInstance {
         let instance_number = obj
             .get(tags::INSTANCE_NUMBER)
             .and_then(|e| e.to_int::<i32>().ok());
+        let series_number = obj
+            .get(tags::SERIES_NUMBER)
+            .and_then(|e| e.to_int::<i32>().ok());
+        let view_position = get_str(obj, tags::VIEW_POSITION);
         let patient_orientation = obj
             .get(tags::PATIENT_ORIENTATION)
             .and_then(|e| e.to_multi_str().ok())
@@ -223,6 +231,8 @@ impl SourceInstance {
             rows,
             columns,
             instance_number,
+            series_number,
+            view_position,
             patient_orientation,
             imager_pixel_spacing,
             frame_of_reference_uid,

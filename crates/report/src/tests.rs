@@ -841,3 +841,21 @@ fn a_later_version_of_a_source_gets_its_own_report_uids() {
         str_of(&second, tags::SERIES_INSTANCE_UID)
     );
 }
+
+#[test]
+fn the_banner_names_the_image_it_is_about() {
+    let mut src = source();
+    src.view_position = Some("PA".into());
+    src.series_number = Some(2);
+    src.instance_number = Some(7);
+    let lines = crate::sc::banner_lines(&result(0.2), &model(WeightsKind::Trained), &src);
+    assert!(
+        lines.contains(&"SOURCE: PA - SERIES 2 - IMAGE 7".to_string()),
+        "{lines:?}"
+    );
+    src.view_position = None;
+    src.series_number = None;
+    src.instance_number = None;
+    let lines = crate::sc::banner_lines(&result(0.2), &model(WeightsKind::Trained), &src);
+    assert!(!lines.iter().any(|l| l.starts_with("SOURCE")), "{lines:?}");
+}
