@@ -75,6 +75,8 @@ def test_forward_rule_by_modality_and_analysis_routing(node_factory, orthanc, rg
         ).fetchone()
     assert reason == "modality MR is not analysed"
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3
+    # A modality never analysed is not worth a log line per instance.
+    assert "not analysed" not in node.log()
 
 
 def test_forward_rule_by_calling_ae(node_factory, orthanc, rg1_copies, tmp_path):

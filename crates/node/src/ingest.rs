@@ -41,10 +41,17 @@ pub async fn run_router(
                     (!pneumo_imaging::can_decode(ts))
                         .then(|| format!("transfer syntax {ts} cannot be decoded for analysis"))
                 });
-                // Said where an operator looks: no report will come for it.
+                // Said where an operator looks when a report was to be
+                // expected (a modality analysed: a lateral view, a For
+                // Processing image); the slices of a CT routed through are
+                // not worth a line each.
                 if let Some(reason) = &refusal {
-                    info!(sop_instance_uid = %h.sop_instance_uid, study_instance_uid = %h.study_instance_uid,
-                        reason, "not analysed");
+                    if routing.analyses_modality(h.modality.as_deref()) {
+                        info!(sop_instance_uid = %h.sop_instance_uid,
+                            study_instance_uid = %h.study_instance_uid, reason, "not analysed");
+                    } else {
+                        debug!(sop_instance_uid = %h.sop_instance_uid, reason, "not analysed");
+                    }
                 }
                 refusal
             })

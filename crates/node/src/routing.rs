@@ -86,6 +86,11 @@ fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
 
 impl RoutingSection {
     /// Why an instance is not analysed, or `None` when it is.
+    /// Whether images of this modality are analysed (when the rest allows).
+    pub fn analyses_modality(&self, modality: Option<&str>) -> bool {
+        matches(&self.analyse_modalities, modality, false)
+    }
+
     pub fn analysis_refusal(&self, h: &InstanceHeader) -> Option<String> {
         if !self.analyse_for_processing && h.sop_class_uid == DX_FOR_PROCESSING {
             return Some(
@@ -93,7 +98,7 @@ impl RoutingSection {
                     .into(),
             );
         }
-        if !matches(&self.analyse_modalities, h.modality.as_deref(), false) {
+        if !self.analyses_modality(h.modality.as_deref()) {
             return Some(format!(
                 "modality {} is not analysed",
                 h.modality.as_deref().unwrap_or("(absent)")
