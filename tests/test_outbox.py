@@ -451,3 +451,48 @@ def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_ba
     wait_until(lambda: node.log().count("delivery failed; will retry") > before)
     time.sleep(2)
     assert node.log().count("delivery failed; will retry") == before + 1, node.log()[-3000:]
+
+
+def test_rows_moved_or_cancelled_while_their_batch_is_in_flight_are_not_sent_there(
+        node_factory, rg1_copies, tmp_path):
+    """An operator moves what a slow destination is owed while a batch to
+    it is being sent: the association went on sending the moved rows to the
+    old destination and recorded its answers on them, now owed to the new
+    one, which never got them ("sent" with the old one's 0000H)."""
+    from nodetest import free_port
+
+    slow_port = free_port()
+    fast = PynetdicomReceiver(ae_title="FAST")
+    slow = None
+    try:
+        config = node_config(tmp_path / "node.toml",
+                             [{"name": "slow", "ae_title": "SLOW", "port": slow_port},
+                              {"name": "fast", "ae_title": "FAST", "port": fast.port}],
+                             [{"destinations": ["slow"]}], response_timeout_s=120, retry_base_s=60)
+        node = node_factory().start(config_file=config)
+        files = rg1_copies("UNCI", 5)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 5)
+        wait_until(lambda: "delivery failed; will retry" in node.log())  # down: all put off
+        # Back, but slow: the five go in one batch, the first held there.
+        slow = PynetdicomReceiver(ae_title="SLOW", port=slow_port)
+        slow.hold = threading.Event()
+        api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+        assert requests.post(f"{api}/retry?destination=slow", timeout=10).json() == {"requeued": 5}
+        wait_until(lambda: slow.entered == 1)
+        assert requests.post(f"{api}/move?from=slow&to=fast", timeout=10).json() == {"moved": 5, "dropped": 0}
+        slow.hold.set()
+        uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+        wait_until(lambda: set(fast.received) == uids, timeout=60, what="everything delivered to the new destination")
+        time.sleep(1)
+        assert slow.entered == 1, "the moved rows were sent to the old destination"
+        with node.db() as c:
+            rows = c.execute("SELECT destination, state FROM outbox").fetchall()
+        assert rows == [("fast", "sent")] * 5, rows
+        assert node.log().count("no longer owed here") == 4
+    finally:
+        for peer in (slow, fast):
+            if peer:
+                if peer.hold:
+                    peer.hold.set()
+                peer.close()

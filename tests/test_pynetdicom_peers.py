@@ -209,6 +209,7 @@ class PynetdicomReceiver:
         # destination that accepts the association and then does not answer).
         self.hold = None
         self.stores = 0  # C-STOREs answered, repeats included
+        self.entered = 0  # C-STOREs begun (answered or held)
         self.port = port or free_port()
         ae = AE(ae_title=ae_title)
         for sop_class in sop_classes:
@@ -218,6 +219,7 @@ class PynetdicomReceiver:
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
 
     def on_store(self, event):
+        self.entered += 1
         if self.hold is not None:
             self.hold.wait(60)
         uid = event.request.AffectedSOPInstanceUID

@@ -196,7 +196,7 @@ impl OutboxWorker {
         let mut all = true;
         for item in items {
             let delay = self.retry_delay(item.attempts);
-            all &= self.recorded(self.store.mark_retry(item.id, reason, delay).await);
+            all &= self.recorded(self.store.mark_retry(item, reason, delay).await);
         }
         if let Some(first) = items.first() {
             warn!(
@@ -229,7 +229,7 @@ impl OutboxWorker {
                 Ok(f) => sendable.push((item, f)),
                 Err(reason) => {
                     warn!(sop_instance_uid = %item.sop_instance_uid, %reason, "cannot be sent; parked");
-                    all &= self.recorded(self.store.mark_parked(item.id, &reason).await);
+                    all &= self.recorded(self.store.mark_parked(item, &reason).await);
                 }
             }
         }
@@ -266,6 +266,12 @@ impl OutboxWorker {
             if *self.stopping.borrow() {
                 // The rest stay due, untried: sent after the restart.
                 break;
+            }
+            // Moved to another destination or cancelled by an operator
+            // since the batch was taken: not this destination's any more.
+            if !self.store.still_owed(item).await.unwrap_or(true) {
+                info!(sop_instance_uid = %item.sop_instance_uid, "no longer owed here (moved or cancelled); not sent");
+                continue;
             }
             match assoc.store(file).await {
                 Ok(outcome) => all &= self.record_outcome(item, file, &outcome).await,
@@ -304,14 +310,14 @@ impl OutboxWorker {
                     info!(sop_instance_uid = %item.sop_instance_uid, "delivered");
                 }
                 self.store
-                    .mark_sent(item.id, &format!("{status}{comment}"))
+                    .mark_sent(item, &format!("{status}{comment}"))
                     .await
             }
             Ok(status) if status.is_permanent_failure() => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
                 warn!(sop_instance_uid = %item.sop_instance_uid, %status, "refused for good; parked");
                 self.store
-                    .mark_parked(item.id, &format!("{status}{comment}"))
+                    .mark_parked(item, &format!("{status}{comment}"))
                     .await
             }
             Ok(status) => {
@@ -319,7 +325,7 @@ impl OutboxWorker {
                 let delay = self.retry_delay(item.attempts);
                 warn!(sop_instance_uid = %item.sop_instance_uid, %status, retry_in_s = delay.as_secs(), "refused; will retry");
                 self.store
-                    .mark_retry(item.id, &format!("{status}{comment}"), delay)
+                    .mark_retry(item, &format!("{status}{comment}"), delay)
                     .await
             }
             // Nothing could be sent for this file (no accepted context): the
@@ -328,7 +334,7 @@ impl OutboxWorker {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
                 let reason = with_remedy(reason, file);
                 warn!(sop_instance_uid = %item.sop_instance_uid, reason, "cannot be sent; parked");
-                self.store.mark_parked(item.id, &reason).await
+                self.store.mark_parked(item, &reason).await
             }
         };
         self.recorded(result)

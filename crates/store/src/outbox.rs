@@ -188,9 +188,9 @@ impl Store {
     /// every destination becomes `delivered`. One transaction: a process
     /// killed between the two writes left the row sent and its job
     /// `reported` for good (nothing sends it again).
-    pub async fn mark_sent(&self, id: i64, status: &str) -> Result<(), StoreError> {
+    pub async fn mark_sent(&self, item: &OutboxItem, status: &str) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        finish_attempt(&mut *tx, id, "sent", status, None).await?;
+        finish_attempt(&mut *tx, item, "sent", status, None).await?;
         sqlx::query(&format!(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'
@@ -198,7 +198,7 @@ impl Store {
                AND {NOTHING_MADE_UNSENT}"
         ))
         .bind(now_ms())
-        .bind(id)
+        .bind(item.id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -335,18 +335,30 @@ impl Store {
         Ok((moved, dropped))
     }
 
-    pub async fn mark_parked(&self, id: i64, reason: &str) -> Result<(), StoreError> {
-        finish_attempt(self.pool(), id, "parked", reason, None).await
+    pub async fn mark_parked(&self, item: &OutboxItem, reason: &str) -> Result<(), StoreError> {
+        finish_attempt(self.pool(), item, "parked", reason, None).await
     }
 
     /// A failed attempt: stays pending, next try after `delay`.
     pub async fn mark_retry(
         &self,
-        id: i64,
+        item: &OutboxItem,
         reason: &str,
         delay: Duration,
     ) -> Result<(), StoreError> {
-        finish_attempt(self.pool(), id, "pending", reason, Some(delay)).await
+        finish_attempt(self.pool(), item, "pending", reason, Some(delay)).await
+    }
+
+    /// Whether `item` is still owed as it was taken: pending, to the same
+    /// destination (an operator may have moved or cancelled it since).
+    pub async fn still_owed(&self, item: &OutboxItem) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ? AND destination = ? AND state = 'pending')",
+        )
+        .bind(item.id)
+        .bind(&item.destination)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>, StoreError> {
@@ -393,9 +405,12 @@ where
     Ok(r.rows_affected() == 1)
 }
 
+/// Records the answer on the row as it was taken: a row an operator moved
+/// to another destination or cancelled meanwhile is left as it now is (the
+/// answer was the old destination's).
 async fn finish_attempt<'e, E>(
     executor: E,
-    id: i64,
+    item: &OutboxItem,
     state: &str,
     status: &str,
     delay: Option<Duration>,
@@ -406,13 +421,14 @@ where
     let now = now_ms();
     sqlx::query(
         "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
-             next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+             next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ? AND destination = ?",
     )
     .bind(state)
     .bind(status)
     .bind(now + delay.map(|d| d.as_millis() as i64).unwrap_or(0))
     .bind(now)
-    .bind(id)
+    .bind(item.id)
+    .bind(&item.destination)
     .execute(executor)
     .await?;
     Ok(())
