@@ -39,6 +39,14 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     jpeg.PixelData = encapsulate([cut + b"\0" * (len(cut) % 2)])
     save("truncated_jpeg", jpeg, "-xx", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.51) failed: libjpeg-turbo")
 
+    # dicom-rs's RLE decoder panicked on a truncated segment ("imaging task
+    # failed: task panicked"): a decode error like any other.
+    rle = _fresh(FIXTURES / "rg1s_rle.dcm")
+    stream = next(generate_frames(rle.PixelData, number_of_frames=1))
+    cut = stream[: len(stream) // 2]
+    rle.PixelData = encapsulate([cut + b"\0" * (len(cut) % 2)])
+    save("truncated_rle", rle, "-xr", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.5) failed: the decoder failed")
+
     base = FIXTURES / "rg1s_mono2.dcm"
     rgb = _fresh(base, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
                  BitsAllocated=8, BitsStored=8, HighBit=7)

@@ -187,11 +187,25 @@ pub(crate) fn decode_encapsulated_frame(
                 "no pixel data decoder for it in this build".into(),
             ));
         };
-        let mut out = Vec::with_capacity(expected);
-        decoder
-            .decode_frame(obj, frame, &mut out)
-            .map_err(|e| decode_err(e.to_string()))?;
-        out
+        // dicom-rs's RLE decoder indexes past the end of a truncated
+        // segment (a panic); taken as the decode error it is.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut out = Vec::with_capacity(expected);
+            decoder.decode_frame(obj, frame, &mut out).map(|()| out)
+        }));
+        match decoded {
+            Ok(result) => result.map_err(|e| decode_err(e.to_string()))?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                return Err(decode_err(format!(
+                    "the decoder failed on this pixel data (truncated or malformed: {why})"
+                )));
+            }
+        }
     };
     if out.len() < expected || (is_libjpeg_turbo_jpeg(uid) && out.len() != expected) {
         return Err(ImagingError::PixelDataLength {
