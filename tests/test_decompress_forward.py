@@ -188,3 +188,29 @@ def test_what_cannot_be_decompressed_is_parked_with_its_reason_and_the_rest_deli
     assert "NumberOfFrames" in reasons[bogus.SOPInstanceUID], reasons[bogus.SOPInstanceUID]
     assert set(received_by_uid(out)) == {grey_uid}
     assert node.alive() and node.echo_ok()
+
+
+def test_a_dct_jpeg_that_says_it_is_not_lossy_is_marked_lossy_when_decompressed(node_factory, storescp, tmp_path):
+    """A JPEG Baseline image whose header says Lossy Image Compression "00"
+    went out native still saying "00": the syntax, the only sign left, was
+    gone. DCT JPEG is lossy whatever the header says; JPEG 2000 may be
+    reversible, so its "00" stands. A "01" without a method gets one."""
+    port, out = storescp
+    node = forwarding_node(node_factory, tmp_path, port)
+    cases = {"jpeg_baseline": "00", "j2k_lossy": "00", "jpeg_extended": "01"}
+    sent = {}
+    for name, said in cases.items():
+        path = tmp_path / f"{name}.dcm"
+        ds = fresh_copy(FIXTURES / f"rg1s_{name}.dcm", path, drop=LOSSY_TAGS)
+        ds.LossyImageCompression = said
+        ds.save_as(path, enforce_file_format=True)
+        sent[name] = (path, ds.SOPInstanceUID)
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", *(p for p, _ in sent.values()))
+    assert r.returncode == 0, r.stdout + r.stderr
+    uids = {uid for _, uid in sent.values()}
+    wait_until(lambda: uids <= {u for u, s in outbox_states(node).items() if s == "sent"}, timeout=60)
+    got = received_by_uid(out)
+    marks = {name: (pydicom.dcmread(got[uid]).get("LossyImageCompression"),
+                    pydicom.dcmread(got[uid]).get("LossyImageCompressionMethod")) for name, (_, uid) in sent.items()}
+    assert marks == {"jpeg_baseline": ("01", "ISO_10918_1"), "j2k_lossy": ("00", None),
+                     "jpeg_extended": ("01", "ISO_10918_1")}, marks

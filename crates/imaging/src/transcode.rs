@@ -17,7 +17,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 
 use crate::decode::{can_decode, decode_encapsulated_frame};
 use crate::error::ImagingError;
-use crate::header::{elem, get_i64, ImageHeader};
+use crate::header::{elem, get_i64, get_str, ImageHeader};
 
 /// The longest value a defined-length element can have (PS3.5 7.1.1).
 const MAX_NATIVE_LENGTH: u64 = 0xFFFF_FFFE;
@@ -34,6 +34,9 @@ const LOSSY: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),
     ("1.2.840.10008.1.2.4.203", "ISO_15444_15"),
 ];
+
+/// JPEG Baseline and Extended: DCT-based, never lossless.
+const DCT_JPEG: &[&str] = &["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
 
 /// Whether files in this transfer syntax have compressed pixel data that
 /// [`decompress`] can make native.
@@ -131,19 +134,23 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
     obj.remove_element(EXTENDED_OFFSET_TABLE);
     obj.remove_element(EXTENDED_OFFSET_TABLE_LENGTHS);
     if let Some((_, method)) = LOSSY.iter().find(|(ts, _)| *ts == uid) {
-        if elem(&obj, tags::LOSSY_IMAGE_COMPRESSION).is_none() {
+        // JPEG's DCT processes are lossy whatever the header says; the
+        // others may have been used reversibly, so a "00" there stands.
+        let said = get_str(&obj, tags::LOSSY_IMAGE_COMPRESSION);
+        if said.is_none() || DCT_JPEG.contains(&uid.as_str()) {
             obj.put(DataElement::new(
                 tags::LOSSY_IMAGE_COMPRESSION,
                 VR::CS,
                 PrimitiveValue::from("01"),
             ));
-            if elem(&obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD).is_none() {
-                obj.put(DataElement::new(
-                    tags::LOSSY_IMAGE_COMPRESSION_METHOD,
-                    VR::CS,
-                    PrimitiveValue::from(*method),
-                ));
-            }
+        }
+        let lossy = get_str(&obj, tags::LOSSY_IMAGE_COMPRESSION).as_deref() == Some("01");
+        if lossy && elem(&obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD).is_none() {
+            obj.put(DataElement::new(
+                tags::LOSSY_IMAGE_COMPRESSION_METHOD,
+                VR::CS,
+                PrimitiveValue::from(*method),
+            ));
         }
     }
     obj.meta_mut()
