@@ -47,6 +47,12 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     rle.PixelData = encapsulate([cut + b"\0" * (len(cut) % 2)])
     save("truncated_rle", rle, "-xr", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.5) failed: the decoder failed")
 
+    # A JPEG-LS codestream larger than Rows says: analysed (and forwarded)
+    # cropped to the header's size, as if whole.
+    taller = _fresh(FIXTURES / "rg1s_jpegls_lossless.dcm")
+    taller.Rows = taller.Rows - 10
+    save("codestream_larger_than_header", taller, "-xt", "imaging: pixel-data-length")
+
     base = FIXTURES / "rg1s_mono2.dcm"
     rgb = _fresh(base, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
                  BitsAllocated=8, BitsStored=8, HighBit=7)

@@ -172,7 +172,7 @@ pub(crate) fn decode_encapsulated_frame(
         transfer_syntax: uid.to_string(),
         message,
     };
-    let mut out = if is_libjpeg_turbo_jpeg(uid) {
+    let out = if is_libjpeg_turbo_jpeg(uid) {
         // The frame's fragments in order (by the offset table when several
         // frames share fragments), as the registry's decoders read them.
         let codestream = obj
@@ -207,13 +207,15 @@ pub(crate) fn decode_encapsulated_frame(
             }
         }
     };
-    if out.len() < expected || (is_libjpeg_turbo_jpeg(uid) && out.len() != expected) {
+    // A codestream of other dimensions than the header's is refused, larger
+    // too: cut to the header's size it was a cropped image, analysed and
+    // forwarded as if whole.
+    if out.len() != expected {
         return Err(ImagingError::PixelDataLength {
             expected,
             actual: out.len(),
         });
     }
-    out.truncate(expected);
     Ok(out)
 }
 
