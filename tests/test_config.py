@@ -26,3 +26,16 @@ def test_a_missing_onnx_runtime_library_is_found_by_check_config():
     r = check_config({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"})
     assert r.returncode == 1
     assert "inference.ort_library" in r.stderr and "does not exist" in r.stderr, r.stderr
+
+
+def test_a_destination_ae_title_the_standard_does_not_allow_is_refused(tmp_path):
+    """A destination's AE title with a backslash, a control character or only
+    spaces passed `check-config` and `serve`; every delivery to it then
+    failed and was retried for good ("association aborted by the peer",
+    "could not encode PDU")."""
+    for title in ["A\\\\B", "   ", "A\\u0001B", "A\\tB"]:
+        config = tmp_path / "node.toml"
+        config.write_text(f'[[destinations]]\nname = "pacs"\nae_title = "{title}"\nhost = "127.0.0.1"\nport = 104\n')
+        r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode != 0 and "destinations[0]" in r.stderr and "ae_title" in r.stderr, (title, r.stderr)

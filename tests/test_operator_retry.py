@@ -153,6 +153,9 @@ def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
     for p in out.iterdir():
         p.unlink()
     assert post(node, "/api/deliveries/resend?destination=pacs")[0] == 400  # what, then?
+    assert post(node, "/api/deliveries/resend?destination=pacs&study_instance_uid=")[0] == 400
+    assert post(node, "/api/deliveries/move?from=&to=pacs")[0] == 400
+    assert post(node, "/api/deliveries/cancel?destination=")[0] == 400
     assert post(node, f"/api/deliveries/resend?destination=nowhere&study_instance_uid={study}")[0] == 400
     assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}") == (200, {"resent": 2})
     wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="both reports sent again")

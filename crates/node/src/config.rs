@@ -233,7 +233,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let ae = &self.dicom.ae_title;
-        if ae.is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+        if !is_ae_title(ae) {
             bail!("dicom.ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
         }
         if !(16_384..=(64 << 20)).contains(&self.dicom.max_pdu) {
@@ -269,10 +269,17 @@ impl Config {
             if d.port == 0 {
                 bail!("destinations[{i}] (`{}`): port must be 1 to 65535", d.name);
             }
+            if !is_ae_title(&d.ae_title) {
+                bail!(
+                    "destinations[{i}] (`{}`): ae_title `{}` must be 1 to 16 ASCII characters without backslash",
+                    d.name,
+                    d.ae_title.escape_debug()
+                );
+            }
         }
         for (i, c) in self.dicom.allowed_callers.iter().enumerate() {
             let ae = &c.ae_title;
-            if ae.trim().is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+            if !is_ae_title(ae) {
                 bail!("dicom.allowed_callers[{i}].ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
             }
         }
@@ -339,6 +346,16 @@ impl Config {
             spool_dir,
         }
     }
+}
+
+/// An AE title as PS3.5 6.2 has it: 1 to 16 characters of the default
+/// repertoire, no backslash nor control character, not only spaces.
+fn is_ae_title(ae: &str) -> bool {
+    !ae.trim().is_empty()
+        && ae.len() <= 16
+        && ae
+            .chars()
+            .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
 }
 
 #[cfg(test)]

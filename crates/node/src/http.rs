@@ -468,6 +468,9 @@ async fn cancel_deliveries(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
+    if q.destination.trim().is_empty() {
+        return bad_request(json!({ "error": "destination is empty" }));
+    }
     let asked = q.state.as_deref().unwrap_or("pending,parked");
     let (mut pending, mut parked) = (false, false);
     for state in asked.split(',') {
@@ -522,6 +525,10 @@ async fn resend_deliveries(
     if let Some(refused) = unknown_destination(&s, &q.destination) {
         return refused;
     }
+    let empty = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim().is_empty());
+    if empty(&q.study_instance_uid) || empty(&q.sop_instance_uid) {
+        return bad_request(json!({ "error": "an empty UID" }));
+    }
     if q.study_instance_uid.is_none() && q.sop_instance_uid.is_none() {
         return bad_request(json!({
             "error": "say what to send again: study_instance_uid or sop_instance_uid"
@@ -573,6 +580,9 @@ async fn move_deliveries(
     };
     if let Some(refused) = unknown_destination(&s, &q.to) {
         return refused;
+    }
+    if q.from.trim().is_empty() {
+        return bad_request(json!({ "error": "from is empty" }));
     }
     if q.from == q.to {
         return bad_request(json!({ "error": "`from` and `to` are the same destination" }));
