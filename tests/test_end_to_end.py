@@ -246,6 +246,19 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
     for sr in (old, new):
         (ref,) = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == corrected.SOPInstanceUID
+    # A copy of the corrected copy (another series description, the name's
+    # trailing delimiters written out) shares the corrected one's report:
+    # each later version was compared with the first only, and got a third.
+    corrected.SeriesDescription = "re-sent"
+    corrected.PatientName = "Corrected^Name^^^"
+    again = tmp_path / "again.dcm"
+    corrected.save_as(again, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, again)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3, timeout=60)
+    with node.db() as c:
+        srs = c.execute("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'").fetchone()[0]
+        linked = {s for (s,) in c.execute("SELECT sr_instance_id FROM jobs ORDER BY id")}
+    assert srs == 2 and len(linked) == 2
 
 
 def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):

@@ -372,45 +372,58 @@ impl Pipeline {
     /// A UID names one unchanging object, so a source analysed again (a
     /// retry, a re-sent copy with other bytes) never gets a second version
     /// under it; serialised per UID, so two jobs cannot both build one.
-    /// The version key of a source stored beside an earlier data set under
-    /// its UID: its digest when it names another patient or study than the
-    /// first (a corrected copy gets its own report), else None (it shares
-    /// the first's report, as an unreadable first copy makes it).
+    /// The version key of a source stored beside earlier data sets under
+    /// its UID (docs/sr.md, derived UIDs): None when it names the same
+    /// patient and study as the first (it shares the first's report, as
+    /// when the first's file cannot be read); the digest of the earliest
+    /// later version that names the same as it does (a copy of a corrected
+    /// copy shares the corrected one's report); else its own digest.
     async fn corrected_version(
         &self,
         instance_id: i64,
         source: &SourceInstance,
     ) -> Result<Option<String>, Failure> {
         let store_err = |e: pneumo_store::StoreError| Failure::Store(e.to_string());
-        let Some(digest) = self
+        let earlier = self
             .store
-            .later_version_digest(instance_id)
+            .earlier_versions(instance_id)
             .await
-            .map_err(store_err)?
-        else {
+            .map_err(store_err)?;
+        if earlier.is_empty() {
             return Ok(None);
-        };
-        let Some(first) = self
-            .store
-            .first_version_path(instance_id)
-            .await
-            .map_err(store_err)?
-        else {
-            return Ok(None);
-        };
-        let path = self.store.instance_file(&first);
-        let first_identity = tokio::task::spawn_blocking(move || {
-            pneumo_store::open_instance(&path, Some(dicom_dictionary_std::tags::PIXEL_DATA))
-                .ok()
-                .and_then(|obj| SourceInstance::from_dataset(&obj).ok())
-                .map(|s| s.identity())
-        })
-        .await
-        .ok()
-        .flatten();
-        Ok(first_identity
-            .filter(|first| *first != source.identity())
-            .map(|_| digest))
+        }
+        let own = source.identity();
+        for (n, (path, sha)) in earlier.into_iter().enumerate() {
+            let identity = match path {
+                Some(path) => {
+                    let path = self.store.instance_file(&path);
+                    tokio::task::spawn_blocking(move || {
+                        pneumo_store::open_instance(
+                            &path,
+                            Some(dicom_dictionary_std::tags::PIXEL_DATA),
+                        )
+                        .ok()
+                        .and_then(|obj| SourceInstance::from_dataset(&obj).ok())
+                        .map(|s| s.identity())
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }
+                None => None,
+            };
+            match identity {
+                Some(identity) if identity == own => return Ok((n > 0).then_some(sha)),
+                None if n == 0 => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(Some(
+            self.store
+                .instance_sha256(instance_id)
+                .await
+                .map_err(store_err)?,
+        ))
     }
 
     async fn generated_once(

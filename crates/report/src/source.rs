@@ -252,12 +252,23 @@ impl SourceInstance {
     /// an issuer) shares the first's.
     pub fn identity(&self) -> Vec<String> {
         let value = |tag: Tag| {
-            self.copied_elements
+            let text = self
+                .copied_elements
                 .iter()
                 .find(|e| e.tag() == tag)
                 .and_then(|e| e.to_str().ok())
                 .map(|s| s.trim_matches([' ', '\0']).to_string())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            if tag != tags::PATIENT_NAME {
+                return text;
+            }
+            // `DOE^JOHN^^^` is `DOE^JOHN` (PS3.5 6.2: trailing component
+            // delimiters may be left out), in each component group.
+            let groups: Vec<&str> = text
+                .split('=')
+                .map(|g| g.trim_end_matches(['^', ' ']))
+                .collect();
+            groups.join("=").trim_end_matches('=').to_string()
         };
         let mut identity = vec![self.study_instance_uid.clone()];
         identity.extend(

@@ -859,3 +859,15 @@ fn the_banner_names_the_image_it_is_about() {
     let lines = crate::sc::banner_lines(&result(0.2), &model(WeightsKind::Trained), &src);
     assert!(!lines.iter().any(|l| l.starts_with("SOURCE")), "{lines:?}");
 }
+
+#[test]
+fn identity_ignores_trailing_name_delimiters_only() {
+    let named = |name: &str| {
+        SourceInstance::from_dataset(&source_dataset(Some("ISO_IR 192"), name))
+            .unwrap()
+            .identity()
+    };
+    assert_eq!(named("Doe^John"), named("Doe^John^^^"));
+    assert_eq!(named("Doe^John=Y^J"), named("Doe^John^=Y^J^^"));
+    assert_ne!(named("Doe^John"), named("Doe^Jane"));
+}

@@ -463,34 +463,36 @@ impl Store {
         Ok(true)
     }
 
-    /// For an instance stored beside an earlier one with the same SOP
-    /// Instance UID and other content (a corrected copy), the SHA-256 of its
-    /// data set; None for the first received under its UID.
-    pub async fn later_version_digest(
+    /// The data sets stored under the SOP Instance UID of `instance_id`
+    /// before it, oldest first: (file relative to the data directory, or
+    /// None when retention removed it; SHA-256 of the data set). Empty for
+    /// the first received under its UID.
+    pub async fn earlier_versions(
         &self,
         instance_id: i64,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT i.sha256 FROM instances i WHERE i.id = ?
-               AND EXISTS (SELECT 1 FROM instances f
-                           WHERE f.sop_instance_uid = i.sop_instance_uid AND f.id < i.id)",
+    ) -> Result<Vec<(Option<String>, String)>, StoreError> {
+        let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT f.path, f.sha256, f.purged_at_ms FROM instances i
+             JOIN instances f ON f.sop_instance_uid = i.sop_instance_uid
+             WHERE i.id = ? AND f.id < i.id ORDER BY f.id",
         )
         .bind(instance_id)
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(path, sha, purged)| (purged.is_none().then_some(path), sha))
+            .collect())
     }
 
-    /// The file (relative to the data directory) of the first data set
-    /// stored under the SOP Instance UID of `instance_id`, when that is
-    /// another instance and its file is kept.
-    pub async fn first_version_path(&self, instance_id: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT f.path FROM instances i JOIN instances f ON f.sop_instance_uid = i.sop_instance_uid
-             WHERE i.id = ? AND f.id < i.id AND f.purged_at_ms IS NULL ORDER BY f.id LIMIT 1",
+    /// The SHA-256 of an instance's data set.
+    pub async fn instance_sha256(&self, instance_id: i64) -> Result<String, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT sha256 FROM instances WHERE id = ?")
+                .bind(instance_id)
+                .fetch_one(self.pool())
+                .await?,
         )
-        .bind(instance_id)
-        .fetch_optional(self.pool())
-        .await?)
     }
 
     /// The first stored instance with this SOP Instance UID.
