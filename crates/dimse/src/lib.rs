@@ -15,8 +15,8 @@ pub mod sop;
 pub mod status;
 
 pub use scp::{
-    AllowedCaller, AssociationContext, ReceivedInstance, ScpConfig, ScpError, ScpServer,
-    StorageAcceptance, StoreHandler, StoreReply,
+    ae_title_problem, AllowedCaller, AssociationContext, ReceivedInstance, ScpConfig, ScpError,
+    ScpServer, StorageAcceptance, StoreHandler, StoreReply,
 };
 pub use scu::{
     AeAddress, ClientAssociation, EchoOutcome, FileToSend, ScuError, ScuOptions, StoreOutcome,

@@ -536,23 +536,25 @@ fn negotiate(
     // PS3.5 6.2 (AE): no control characters nor backslash, and not only
     // spaces. Refused before anything logs them: a title with a line feed
     // would forge log lines.
-    if let Some(problem) = ae_title_problem(&rq.calling_ae_title) {
-        return Err(reject(
-            Permanent,
-            AssociationRJSource::ServiceUser(
-                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
-            ),
-            format!("calling AE title {problem}"),
-        ));
-    }
-    if let Some(problem) = ae_title_problem(&rq.called_ae_title) {
-        return Err(reject(
-            Permanent,
-            AssociationRJSource::ServiceUser(
-                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
-            ),
-            format!("called AE title {problem}"),
-        ));
+    for (which, title, reason) in [
+        (
+            "calling",
+            &rq.calling_ae_title,
+            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+        ),
+        (
+            "called",
+            &rq.called_ae_title,
+            AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+        ),
+    ] {
+        if let Some(problem) = ae_title_problem(title) {
+            return Err(reject(
+                Permanent,
+                AssociationRJSource::ServiceUser(reason),
+                format!("{which} AE title {problem}"),
+            ));
+        }
     }
     if config.require_called_ae && rq.called_ae_title.trim() != config.ae_title {
         return Err(reject(
@@ -671,8 +673,10 @@ fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
         }
 }
 
-/// Why an AE title from the wire is not one (None when it is).
-fn ae_title_problem(title: &str) -> Option<&'static str> {
+/// Why a title is not an AE title (PS3.5 6.2: no control characters nor
+/// backslash, not only spaces); None when it is one. The configuration adds
+/// the 16-character ASCII limit the wire's fixed field already makes.
+pub fn ae_title_problem(title: &str) -> Option<&'static str> {
     if title.chars().any(|c| c.is_control() || c == '\\') {
         Some("has control characters or a backslash")
     } else if title.trim_matches(' ').is_empty() {

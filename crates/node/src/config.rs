@@ -351,11 +351,7 @@ impl Config {
 /// An AE title as PS3.5 6.2 has it: 1 to 16 characters of the default
 /// repertoire, no backslash nor control character, not only spaces.
 fn is_ae_title(ae: &str) -> bool {
-    !ae.trim().is_empty()
-        && ae.len() <= 16
-        && ae
-            .chars()
-            .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+    ae.len() <= 16 && ae.is_ascii() && pneumo_dimse::ae_title_problem(ae).is_none()
 }
 
 #[cfg(test)]

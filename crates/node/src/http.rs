@@ -378,7 +378,7 @@ async fn retry_jobs(
     let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
     let Some(states) = states else {
         return bad_request(
-            json!({ "error": format!("cannot retry state `{asked}`"), "states": RetryableState::ALL }),
+            json!({ "error": format!("cannot retry state `{asked}`"), "states": RetryableState::ALL.map(RetryableState::as_str) }),
         );
     };
     match s

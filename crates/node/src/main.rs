@@ -262,7 +262,7 @@ async fn serve(config: Config) -> Result<()> {
                     config.node.data_dir.display()
                 )
             })?
-            .with_decompress(|obj| pneumo_imaging::decompress(obj).map_err(|e| e.to_string())),
+            .with_decompress(decompress_pixel_data),
     );
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();
@@ -470,6 +470,15 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The data set with native pixel data, by the analysis decoders: for a
+/// destination that takes no compressed syntax, and to compare a copy
+/// re-sent in another syntax with the stored one.
+fn decompress_pixel_data(
+    obj: dicom_object::DefaultDicomObject,
+) -> Result<dicom_object::DefaultDicomObject, String> {
+    pneumo_imaging::decompress(obj).map_err(|e| e.to_string())
+}
+
 fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
     ScuOptions {
         calling_ae: calling_ae.unwrap_or_else(|| config.dicom.ae_title.clone()),
@@ -477,7 +486,7 @@ fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
         open_file: |path| pneumo_store::open_instance(path, None),
         decompress: Some(scu::Decompressor {
             can_decompress: pneumo_imaging::can_decompress,
-            decompress: |obj| pneumo_imaging::decompress(obj).map_err(|e| e.to_string()),
+            decompress: decompress_pixel_data,
         }),
         ..ScuOptions::default()
     }

@@ -347,8 +347,7 @@ impl Pipeline {
                 },
                 &self.result_destinations,
             )
-            .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
+            .await?;
         if done {
             if !self.result_destinations.is_empty() {
                 self.wake_outbox.notify_one();
@@ -366,12 +365,6 @@ impl Pipeline {
         Ok(done)
     }
 
-    /// Stores an instance this node made, like a received one (no job).
-    /// The generated instance (report or companion image) with this UID:
-    /// the one an earlier job or attempt stored, else `build`'s, stored now.
-    /// A UID names one unchanging object, so a source analysed again (a
-    /// retry, a re-sent copy with other bytes) never gets a second version
-    /// under it; serialised per UID, so two jobs cannot both build one.
     /// The version key of a source stored beside earlier data sets under
     /// its UID (docs/sr.md, derived UIDs): None when it names the same
     /// patient and study as the first (it shares the first's report, as
@@ -383,12 +376,7 @@ impl Pipeline {
         instance_id: i64,
         source: &SourceInstance,
     ) -> Result<Option<String>, Failure> {
-        let store_err = |e: pneumo_store::StoreError| Failure::Store(e.to_string());
-        let earlier = self
-            .store
-            .earlier_versions(instance_id)
-            .await
-            .map_err(store_err)?;
+        let earlier = self.store.earlier_versions(instance_id).await?;
         if earlier.is_empty() {
             return Ok(None);
         }
@@ -418,14 +406,16 @@ impl Pipeline {
                 _ => {}
             }
         }
-        Ok(Some(
-            self.store
-                .instance_sha256(instance_id)
-                .await
-                .map_err(store_err)?,
-        ))
+        Ok(Some(self.store.instance_sha256(instance_id).await?))
     }
 
+    /// Stores an instance this node made, like a received one (no job).
+    /// The generated instance (report or companion image) with this UID:
+    /// the one an earlier job or attempt stored, else `build`'s, stored now.
+    /// A UID names one unchanging object, so a source analysed again (a
+    /// retry, a re-sent copy naming the same patient and study) never gets
+    /// a second version under it; serialised per UID, so two jobs cannot
+    /// both build one.
     async fn generated_once(
         &self,
         uid: &str,
@@ -546,6 +536,12 @@ impl From<String> for Failure {
 impl From<&str> for Failure {
     fn from(reason: &str) -> Failure {
         Failure::Analysis(reason.to_string())
+    }
+}
+
+impl From<pneumo_store::StoreError> for Failure {
+    fn from(e: pneumo_store::StoreError) -> Failure {
+        Failure::Store(e.to_string())
     }
 }
 

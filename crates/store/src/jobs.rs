@@ -104,7 +104,12 @@ pub enum RetryableState {
 }
 
 impl RetryableState {
-    pub const ALL: [&'static str; 4] = ["failed", "skipped", "reported", "delivered"];
+    pub const ALL: [RetryableState; 4] = [
+        RetryableState::Failed,
+        RetryableState::Skipped,
+        RetryableState::Reported,
+        RetryableState::Delivered,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,13 +121,7 @@ impl RetryableState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "failed" => Some(RetryableState::Failed),
-            "skipped" => Some(RetryableState::Skipped),
-            "reported" => Some(RetryableState::Reported),
-            "delivered" => Some(RetryableState::Delivered),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 

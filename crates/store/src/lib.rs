@@ -358,22 +358,19 @@ impl Store {
         existing: &[(i64, String)],
         spool: &Path,
     ) -> Option<i64> {
+        let mut stored = Vec::with_capacity(existing.len());
         for (id, _) in existing {
-            let Ok(Some(path)) = db::instance_path(&self.pool, *id).await else {
-                continue;
-            };
-            let (stored, spool) = (self.data_dir.join(path), spool.to_path_buf());
-            let decompress = self.decompress;
-            let same = tokio::task::spawn_blocking(move || {
-                same_data::same_data_set(&spool, &stored, decompress)
-            })
-            .await
-            .unwrap_or(false);
-            if same {
-                return Some(*id);
+            if let Ok(Some(path)) = db::instance_path(&self.pool, *id).await {
+                stored.push((*id, self.data_dir.join(path)));
             }
         }
-        None
+        let (spool, decompress) = (spool.to_path_buf(), self.decompress);
+        tokio::task::spawn_blocking(move || {
+            same_data::same_data_set_as(&spool, &stored, decompress)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// A re-sent copy of a stored instance whose file is gone (deleted by

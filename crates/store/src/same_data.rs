@@ -3,7 +3,7 @@
 //! negotiated Implicit VR this time, a router that decompressed it) is the
 //! same instance, not a second version of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dicom_core::header::Header;
 use dicom_core::value::Value;
@@ -18,14 +18,19 @@ use crate::header::open_instance;
 /// decoders), so that a compressed and a decompressed copy compare.
 pub type Decompress = fn(DefaultDicomObject) -> Result<DefaultDicomObject, String>;
 
-/// True when both files parse and every element of one has the same tag
-/// and the same value bytes (little endian, whatever the VR they were read
-/// with: OB against OW, UN against the dictionary's VR) as the other's,
-/// sequences item by item, group lengths ignored. Compressed pixel data is
-/// compared decoded, when `decompress` is given and decodes it. Anything
-/// else (a file that does not parse, a decoder missing) is "not the same":
-/// the copy is then kept beside the first, as any other version.
-pub(crate) fn same_data_set(a: &Path, b: &Path, decompress: Option<Decompress>) -> bool {
+/// The first of the `stored` files (id, path) that holds the data set of
+/// `incoming`, read once: both parse and every element of one has the same
+/// tag and the same value bytes (little endian, whatever the VR they were
+/// read with: OB against OW, UN against the dictionary's VR) as the
+/// other's, sequences item by item, group lengths ignored. Compressed pixel
+/// data is compared decoded, when `decompress` is given and decodes it.
+/// Anything else (a file that does not parse, a decoder missing) is "not
+/// the same": the copy is then kept beside the first, as any other version.
+pub(crate) fn same_data_set_as(
+    incoming: &Path,
+    stored: &[(i64, PathBuf)],
+    decompress: Option<Decompress>,
+) -> Option<i64> {
     let read = |path: &Path| -> Option<DefaultDicomObject> {
         let obj = open_instance(path, None).ok()?;
         let encapsulated = TransferSyntaxRegistry
@@ -37,22 +42,25 @@ pub(crate) fn same_data_set(a: &Path, b: &Path, decompress: Option<Decompress>) 
             Some(obj)
         }
     };
-    match (read(a), read(b)) {
-        (Some(x), Some(y)) => same_elements(&x, &y),
-        _ => false,
-    }
+    let incoming = read(incoming)?;
+    stored
+        .iter()
+        .find(|(_, path)| read(path).is_some_and(|copy| same_elements(&incoming, &copy)))
+        .map(|(id, _)| *id)
+}
+
+/// The elements that make a data set's content: not group lengths nor
+/// trailing padding.
+fn significant(o: &InMemDicomObject) -> Vec<&InMemElement> {
+    o.iter()
+        .filter(|e| {
+            e.tag().element() != 0
+                && e.tag() != dicom_dictionary_std::tags::DATA_SET_TRAILING_PADDING
+        })
+        .collect()
 }
 
 fn same_elements(a: &InMemDicomObject, b: &InMemDicomObject) -> bool {
-    let significant = |o: &InMemDicomObject| -> Vec<InMemElement> {
-        o.iter()
-            .filter(|e| {
-                e.tag().element() != 0
-                    && e.tag() != dicom_dictionary_std::tags::DATA_SET_TRAILING_PADDING
-            })
-            .cloned()
-            .collect()
-    };
     let (x, y) = (significant(a), significant(b));
     x.len() == y.len()
         && x.iter()
