@@ -496,3 +496,41 @@ def test_rows_moved_or_cancelled_while_their_batch_is_in_flight_are_not_sent_the
                 if peer.hold:
                     peer.hold.set()
                 peer.close()
+
+
+def test_a_destination_out_of_resources_gets_one_instance_per_back_off(node_factory, rg1_copies, tmp_path):
+    """A full archive answers A700 to every C-STORE: each owed instance was
+    sent and refused, one WARN each, at every back-off (thousands for a
+    backlog). The first refusal now puts off the rest with it."""
+    receiver = PynetdicomReceiver(status=0xA700, ae_title="FULLPACS")
+    try:
+        config = node_config(tmp_path / "node.toml",
+                             [{"name": "pacs", "ae_title": "FULLPACS", "port": receiver.port}],
+                             [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 6))
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 6)
+        wait_until(lambda: receiver.entered >= 1)
+        time.sleep(2)
+        assert receiver.entered <= 2, receiver.entered  # 2: a row made after the first refusal began
+        with node.db() as c:
+            statuses = [s for (s,) in c.execute("SELECT last_status FROM outbox WHERE state = 'pending'")]
+        # The tried ones say why; the others wait with them, untried.
+        assert len(statuses) == 6 and sum("A700H" in (s or "") for s in statuses) >= 1, statuses
+        assert node.log().count("refused; will retry") == receiver.entered, node.log()[-3000:]
+
+        # The operator's retry: one attempt again, not six.
+        before = receiver.entered
+        api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+        assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
+        wait_until(lambda: receiver.entered > before)
+        time.sleep(2)
+        assert receiver.entered == before + 1
+
+        # Space freed: everything goes.
+        receiver.status = 0x0000
+        assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 6)
+        assert len(receiver.received) == 6
+    finally:
+        receiver.close()

@@ -58,6 +58,13 @@ impl Status {
     pub fn is_permanent_failure(self) -> bool {
         matches!(self.0, 0xA900..=0xA9FF | 0xC000..=0xCFFF | 0x0122 | 0x0124)
     }
+
+    /// Refused: out of resources (A7xx). The peer, not the instance, is the
+    /// matter (a full disk, a busy archive): what else it is owed would get
+    /// the same answer now.
+    pub fn is_out_of_resources(self) -> bool {
+        matches!(self.0, 0xA700..=0xA7FF)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -75,6 +82,8 @@ mod tests {
         assert_eq!(Status(0x0000).class(), StatusClass::Success);
         assert_eq!(Status(0xB007).class(), StatusClass::Warning);
         assert_eq!(Status(0xA700).class(), StatusClass::Failure);
+        assert!(Status(0xA702).is_out_of_resources() && !Status(0xA900).is_out_of_resources());
+        assert!(!Status(0xA700).is_permanent_failure());
         assert_eq!(Status(0xC123).class(), StatusClass::Failure);
         assert_eq!(Status(0xFF00).class(), StatusClass::Pending);
         assert!(Status(0xA900).is_permanent_failure());

@@ -209,6 +209,31 @@ impl OutboxWorker {
         all
     }
 
+    /// The destination, not these files, failed: `items` are retried after
+    /// their back-off, and everything else it is owed waits as long as an
+    /// item tried `fewest_attempts` times (`recorded_so_far`: the earlier
+    /// answers of the batch were recorded).
+    async fn put_off(
+        &self,
+        destination: &Destination,
+        items: &[&OutboxItem],
+        fewest_attempts: i64,
+        reason: &str,
+        recorded_so_far: bool,
+    ) -> Delivery {
+        let items: Vec<OutboxItem> = items.iter().map(|i| (*i).clone()).collect();
+        let recorded = items.is_empty() || self.retry_all(&items, reason).await;
+        let put_off = self
+            .store
+            .put_off_destination(&destination.name, self.retry_delay(fewest_attempts))
+            .await;
+        if self.recorded(put_off.map(|_| ())) && recorded && recorded_so_far {
+            Delivery::DestinationFailed
+        } else {
+            Delivery::NotRecorded
+        }
+    }
+
     /// Sends `items` over one association and records each answer. Items
     /// beyond what one association can propose (128 presentation contexts)
     /// are left due, untried, for the next batch.
@@ -241,27 +266,17 @@ impl OutboxWorker {
         files.truncate(fit);
         sendable.truncate(fit);
         let proposals = scu::proposals_for(&files, self.scu.decompress.as_ref());
-        let mut assoc = match ClientAssociation::open(&destination.address(), &self.scu, &proposals)
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                let items: Vec<OutboxItem> = sendable.iter().map(|(i, _)| (*i).clone()).collect();
-                let recorded = self.retry_all(&items, &e.to_string()).await;
-                // The destination, not these files, failed: everything else
-                // it is owed waits as long as the least-tried of them.
-                let fewest = items.iter().map(|i| i.attempts).min().unwrap_or(0);
-                let put_off = self
-                    .store
-                    .put_off_destination(&destination.name, self.retry_delay(fewest))
-                    .await;
-                return if self.recorded(put_off.map(|_| ())) && recorded && all {
-                    Delivery::DestinationFailed
-                } else {
-                    Delivery::NotRecorded
-                };
-            }
-        };
+        let mut assoc =
+            match ClientAssociation::open(&destination.address(), &self.scu, &proposals).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let items: Vec<&OutboxItem> = sendable.iter().map(|(i, _)| *i).collect();
+                    let fewest = items.iter().map(|i| i.attempts).min().unwrap_or(0);
+                    return self
+                        .put_off(destination, &items, fewest, &e.to_string(), all)
+                        .await;
+                }
+            };
         for (n, (item, file)) in sendable.iter().enumerate() {
             if *self.stopping.borrow() {
                 // The rest stay due, untried: sent after the restart.
@@ -274,7 +289,25 @@ impl OutboxWorker {
                 continue;
             }
             match assoc.store(file).await {
-                Ok(outcome) => all &= self.record_outcome(item, file, &outcome).await,
+                Ok(outcome) => {
+                    all &= self.record_outcome(item, file, &outcome).await;
+                    if let Ok(status) = &outcome.result {
+                        if status.is_out_of_resources() {
+                            // Each of the rest would be refused alike (a
+                            // full archive answered a backlog of thousands,
+                            // one WARN each, at every back-off).
+                            if let Err(e) = assoc.release().await {
+                                warn!(error = %e, "release failed after delivery");
+                            }
+                            let rest: Vec<&OutboxItem> =
+                                sendable[n + 1..].iter().map(|(i, _)| *i).collect();
+                            let reason = format!("destination out of resources ({status})");
+                            return self
+                                .put_off(destination, &rest, item.attempts, &reason, all)
+                                .await;
+                        }
+                    }
+                }
                 Err(e) => {
                     let rest: Vec<OutboxItem> =
                         sendable[n..].iter().map(|(i, _)| (*i).clone()).collect();
@@ -345,7 +378,8 @@ impl OutboxWorker {
 enum Delivery {
     /// Every answer (or reason for not sending) recorded.
     Done,
-    /// No association: the destination's owed rows are put off.
+    /// The destination failed (no association, or out of resources): its
+    /// owed rows are put off.
     DestinationFailed,
     /// An answer could not be recorded in the outbox.
     NotRecorded,
