@@ -39,3 +39,18 @@ def test_a_destination_ae_title_the_standard_does_not_allow_is_refused(tmp_path)
         r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert r.returncode != 0 and "destinations[0]" in r.stderr and "ae_title" in r.stderr, (title, r.stderr)
+
+
+def test_results_rules_and_a_results_flag_together_are_refused(tmp_path):
+    """Two ways of saying where results go: one would be silently ignored."""
+    config = tmp_path / "node.toml"
+    base = ('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n{flag}'
+            '[[routing.results]]\ndestinations = ["pacs"]\ncalling_ae_titles = ["SITE_A"]\n')
+    config.write_text(base.format(flag="results = true\n"))
+    r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode != 0 and "`pacs` has results = true" in r.stderr, r.stderr
+    config.write_text(base.format(flag=""))
+    r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and 'calling_ae_titles = ["SITE_A"]' in r.stdout, r.stderr

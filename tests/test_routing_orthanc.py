@@ -198,3 +198,51 @@ def test_a_pacs_pushes_radiographs_and_gets_the_reports_back(node_factory, rg1_c
         assert len(reports) == 2 and {t["StudyInstanceUID"] for t in reports} == sources
     finally:
         pacs.stop()
+
+
+def test_results_go_back_to_the_site_that_sent_the_image(node_factory, rg1_copies, tmp_path):
+    """Two sites' PACSs send to one node: each gets the results of its own
+    images only (a global results destination sent every site's patients to
+    every PACS); a rule without callers (an audit archive) gets them all."""
+    classes = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7")
+    pacs = {name: PynetdicomReceiver(ae_title=name.upper(), sop_classes=classes)
+            for name in ("pacs_a", "pacs_b", "audit")}
+    try:
+        lines = []
+        for name, r in pacs.items():
+            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{name.upper()}"',
+                      'host = "127.0.0.1"', f"port = {r.port}"]
+        lines += ["[[routing.results]]", 'destinations = ["pacs_a"]', 'calling_ae_titles = ["SITE_A"]',
+                  "[[routing.results]]", 'destinations = ["pacs_b"]', 'calling_ae_titles = ["SITE_B"]',
+                  "[[routing.results]]", 'destinations = ["audit"]']
+        config = tmp_path / "node.toml"
+        config.write_text("\n".join(lines) + "\n")
+        node = node_factory().start(config_file=config)
+        *from_a, from_b = rg1_copies("UNCI", 3)
+        run_dcmtk("storescu", "-aet", "SITE_A", "-aec", node.ae_title, "127.0.0.1", node.port, *from_a)
+        run_dcmtk("storescu", "-aet", "SITE_B", "-aec", node.ae_title, "127.0.0.1", node.port, from_b)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 3, 60)
+
+        def reports_of(path):
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            with node.db() as c:
+                return set(c.execute(
+                    "SELECT r.sop_instance_uid FROM jobs j JOIN instances s ON s.id = j.instance_id "
+                    "JOIN instances r ON r.id IN (j.sr_instance_id, j.sc_instance_id) "
+                    "WHERE s.sop_instance_uid = ?", (uid,)).fetchall())
+
+        a = set().union(*(reports_of(f) for f in from_a))
+        b = reports_of(from_b)
+        assert len(a) == 2 and len(b) == 1  # an SR each
+        assert {(u,) for u in pacs["pacs_a"].received} == a
+        assert {(u,) for u in pacs["pacs_b"].received} == b
+        assert {(u,) for u in pacs["audit"].received} == a | b
+
+        # Site B sends site A's first image too: B now has it, and its result.
+        run_dcmtk("storescu", "-aet", "SITE_B", "-aec", node.ae_title, "127.0.0.1", node.port, from_a[0])
+        wait_until(lambda: len(pacs["pacs_b"].received) == 2)
+        assert {(u,) for u in pacs["pacs_b"].received} == b | reports_of(from_a[0])
+        assert len(pacs["pacs_a"].received) == 2
+    finally:
+        for r in pacs.values():
+            r.close()

@@ -19,8 +19,9 @@ pub struct IngestHandler {
     pub routing: RoutingSection,
     /// Woken when an instance is owed to a destination.
     pub wake_outbox: Arc<Notify>,
-    /// Where reports go (`routing.results_to`, else `results = true`).
-    pub result_destinations: Vec<String>,
+    /// Where reports go (a re-sent copy's report, to a destination that
+    /// never had it).
+    pub results: crate::routing::ResultRouting,
     /// Woken when a job is waiting to be routed.
     pub wake_router: Arc<Notify>,
 }
@@ -170,7 +171,7 @@ impl IngestHandler {
                 // Its report, too, to a results destination configured since.
                 let reports_owed = match self
                     .store
-                    .owe_report_of(instance_id, &self.result_destinations)
+                    .owe_report_of(instance_id, &self.results.destinations_for(calling_ae))
                     .await
                 {
                     Ok(n) => n,

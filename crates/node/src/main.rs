@@ -338,7 +338,7 @@ async fn serve(config: Config) -> Result<()> {
         disk: disk.clone(),
         routing: config.routing.clone(),
         wake_outbox: wake_outbox.clone(),
-        result_destinations: config.routing.result_destinations(&config.destinations),
+        results: config.routing.result_routing(&config.destinations),
         wake_router: wake_router.clone(),
     });
     tokio::spawn(ingest::run_router(
@@ -353,7 +353,7 @@ async fn serve(config: Config) -> Result<()> {
         segmenter,
         node: config.report.node_identity(&config.dicom.ae_title),
         report: config.report.options(),
-        result_destinations: config.routing.result_destinations(&config.destinations),
+        results: config.routing.result_routing(&config.destinations),
         settings: config.pipeline.clone(),
         metrics: metrics.clone(),
         wake: wake_pipeline,

@@ -59,7 +59,7 @@ pub struct Pipeline {
     pub node: NodeIdentity,
     pub report: ReportOptions,
     /// Where reports go.
-    pub result_destinations: Vec<String>,
+    pub results: crate::routing::ResultRouting,
     pub settings: PipelineSection,
     pub metrics: Arc<Metrics>,
     /// Woken when jobs are queued.
@@ -335,6 +335,7 @@ impl Pipeline {
             },
         };
         let json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+        let result_destinations = self.results.destinations_for(&job.calling_ae);
         let done = self
             .store
             .complete_job(
@@ -345,11 +346,11 @@ impl Pipeline {
                     report: sr_id,
                     companion: companion_id,
                 },
-                &self.result_destinations,
+                &result_destinations,
             )
             .await?;
         if done {
-            if !self.result_destinations.is_empty() {
+            if !result_destinations.is_empty() {
                 self.wake_outbox.notify_one();
             }
             info!(

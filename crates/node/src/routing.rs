@@ -13,7 +13,8 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
-    /// Whether results (SRs) go here when `routing.results_to` is empty.
+    /// Whether results (SRs) go here when neither `routing.results_to` nor
+    /// `[[routing.results]]` rules are set.
     #[serde(default)]
     pub results: bool,
 }
@@ -39,6 +40,69 @@ pub struct ForwardRule {
     pub calling_ae_titles: Vec<String>,
 }
 
+/// Send the results of images received from these callers (any caller when
+/// empty) to these destinations: several sites' PACSs sending to one node
+/// each get their own patients' results back, not the others'.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsRule {
+    pub destinations: Vec<String>,
+    pub calling_ae_titles: Vec<String>,
+}
+
+/// Where the results of an analysed image go, by the AE title that sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResultRouting {
+    /// Without rules: every image's results go here.
+    everyone: Vec<String>,
+    rules: Vec<ResultsRule>,
+}
+
+impl ResultRouting {
+    /// The destinations of the results of an image `calling_ae` sent, each once.
+    pub fn destinations_for(&self, calling_ae: &str) -> Vec<String> {
+        if self.rules.is_empty() {
+            return self.everyone.clone();
+        }
+        union_of(self.rules.iter().filter_map(|rule| {
+            (rule.calling_ae_titles.is_empty()
+                || rule.calling_ae_titles.iter().any(|a| a == calling_ae))
+            .then_some(&rule.destinations)
+        }))
+    }
+}
+
+/// Each name of these lists once, in order.
+fn union_of<'a>(lists: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in lists.flatten() {
+        if !out.contains(d) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// Each rule (`section[i]`) names at least one destination, all configured.
+fn rules_name_known_destinations<'a>(
+    section: &str,
+    rules: impl Iterator<Item = &'a Vec<String>>,
+    destinations: &[Destination],
+) -> Result<(), String> {
+    for (i, names) in rules.enumerate() {
+        if names.is_empty() {
+            return Err(format!("{section}[{i}] names no destination"));
+        }
+        if let Some(n) = names
+            .iter()
+            .find(|n| !destinations.iter().any(|d| &d.name == *n))
+        {
+            return Err(format!("{section}[{i}] names unknown destination `{n}`"));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSection {
@@ -53,6 +117,8 @@ pub struct RoutingSection {
     pub forward: Vec<ForwardRule>,
     /// Destination names for results; empty: every destination with `results = true`.
     pub results_to: Vec<String>,
+    /// Results routed by the image's caller; when set, they alone decide.
+    pub results: Vec<ResultsRule>,
 }
 
 impl Default for RoutingSection {
@@ -66,6 +132,7 @@ impl Default for RoutingSection {
             analyse_for_processing: false,
             forward: Vec::new(),
             results_to: Vec::new(),
+            results: Vec::new(),
         }
     }
 }
@@ -129,28 +196,20 @@ impl RoutingSection {
 
     /// The destinations a received instance is forwarded to, each once.
     pub fn forward_destinations(&self, h: &InstanceHeader, calling_ae: &str) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for rule in &self.forward {
+        union_of(self.forward.iter().filter_map(|rule| {
             let hit = matches(&rule.modalities, h.modality.as_deref(), false)
                 && (rule.sop_classes.is_empty()
                     || rule.sop_classes.iter().any(|c| c == &h.sop_class_uid))
                 && (rule.calling_ae_titles.is_empty()
                     || rule.calling_ae_titles.iter().any(|a| a == calling_ae));
-            if hit {
-                for d in &rule.destinations {
-                    if !out.contains(d) {
-                        out.push(d.clone());
-                    }
-                }
-            }
-        }
-        out
+            hit.then_some(&rule.destinations)
+        }))
     }
 
-    /// Where results go.
-    #[allow(dead_code)] // used once the pipeline produces results
-    pub fn result_destinations(&self, destinations: &[Destination]) -> Vec<String> {
-        if self.results_to.is_empty() {
+    /// Where results go: by the `[[routing.results]]` rules when there are
+    /// any, else to `results_to`, else to every destination marked `results`.
+    pub fn result_routing(&self, destinations: &[Destination]) -> ResultRouting {
+        let everyone = if self.results_to.is_empty() {
             destinations
                 .iter()
                 .filter(|d| d.results)
@@ -158,26 +217,41 @@ impl RoutingSection {
                 .collect()
         } else {
             self.results_to.clone()
+        };
+        ResultRouting {
+            everyone,
+            rules: self.results.clone(),
         }
     }
 
     /// Every destination a rule names must be configured.
     pub fn validate(&self, destinations: &[Destination]) -> Result<(), String> {
         let known = |n: &String| destinations.iter().any(|d| &d.name == n);
-        for (i, rule) in self.forward.iter().enumerate() {
-            if rule.destinations.is_empty() {
-                return Err(format!("routing.forward[{i}] names no destination"));
-            }
-            if let Some(n) = rule.destinations.iter().find(|n| !known(n)) {
-                return Err(format!(
-                    "routing.forward[{i}] names unknown destination `{n}`"
-                ));
-            }
-        }
+        let forward = self.forward.iter().map(|r| &r.destinations);
+        rules_name_known_destinations("routing.forward", forward, destinations)?;
         if let Some(n) = self.results_to.iter().find(|n| !known(n)) {
             return Err(format!(
                 "routing.results_to names unknown destination `{n}`"
             ));
+        }
+        let results = self.results.iter().map(|r| &r.destinations);
+        rules_name_known_destinations("routing.results", results, destinations)?;
+        // Two ways of saying where results go would leave one ignored.
+        if !self.results.is_empty() {
+            if !self.results_to.is_empty() {
+                return Err(
+                    "routing.results_to and [[routing.results]] rules are both set: \
+                     the rules decide where results go; leave results_to out"
+                        .into(),
+                );
+            }
+            if let Some(d) = destinations.iter().find(|d| d.results) {
+                return Err(format!(
+                    "destination `{}` has results = true and [[routing.results]] rules are \
+                     set: the rules decide where results go; leave results = true out",
+                    d.name
+                ));
+            }
         }
         Ok(())
     }
@@ -304,22 +378,77 @@ mod tests {
             .is_empty());
     }
 
-    #[test]
-    fn results_go_to_marked_destinations_unless_named() {
-        let d = |name: &str, results| Destination {
+    fn d(name: &str, results: bool) -> Destination {
+        Destination {
             name: name.into(),
             ae_title: "A".into(),
             host: "h".into(),
             port: 1,
             results,
-        };
+        }
+    }
+
+    #[test]
+    fn results_go_to_marked_destinations_unless_named() {
         let dests = [d("pacs", true), d("archive", false)];
         let mut r = RoutingSection::default();
-        assert_eq!(r.result_destinations(&dests), vec!["pacs"]);
+        assert_eq!(
+            r.result_routing(&dests).destinations_for("CR1"),
+            vec!["pacs"]
+        );
         r.results_to = vec!["archive".into()];
-        assert_eq!(r.result_destinations(&dests), vec!["archive"]);
+        assert_eq!(
+            r.result_routing(&dests).destinations_for("CR1"),
+            vec!["archive"]
+        );
         assert!(r.validate(&dests).is_ok());
         r.results_to = vec!["nowhere".into()];
         assert!(r.validate(&dests).unwrap_err().contains("nowhere"));
+    }
+
+    #[test]
+    fn results_rules_route_by_caller_and_alone() {
+        let rule = |dests: &[&str], callers: &[&str]| ResultsRule {
+            destinations: dests.iter().map(|s| s.to_string()).collect(),
+            calling_ae_titles: callers.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut dests = vec![d("pacs_a", false), d("pacs_b", false), d("audit", false)];
+        let mut r = RoutingSection {
+            results: vec![
+                rule(&["pacs_a"], &["SITE_A"]),
+                rule(&["pacs_b"], &["SITE_B", "SITE_B2"]),
+                rule(&["audit", "pacs_a"], &[]),
+            ],
+            ..RoutingSection::default()
+        };
+        assert!(r.validate(&dests).is_ok());
+        let routing = r.result_routing(&dests);
+        assert_eq!(routing.destinations_for("SITE_A"), vec!["pacs_a", "audit"]);
+        assert_eq!(
+            routing.destinations_for("SITE_B2"),
+            vec!["pacs_b", "audit", "pacs_a"]
+        );
+        assert_eq!(routing.destinations_for("OTHER"), vec!["audit", "pacs_a"]);
+
+        r.results.push(rule(&["nowhere"], &[]));
+        assert!(r
+            .validate(&dests)
+            .unwrap_err()
+            .contains("routing.results[3]"));
+        r.results.pop();
+        r.results.push(rule(&[], &["X"]));
+        assert!(r
+            .validate(&dests)
+            .unwrap_err()
+            .contains("names no destination"));
+        r.results.pop();
+        r.results_to = vec!["audit".into()];
+        assert!(r.validate(&dests).unwrap_err().contains("results_to"));
+        r.results_to.clear();
+        dests[0].results = true;
+        assert!(r
+            .validate(&dests)
+            .unwrap_err()
+            .contains("`pacs_a` has results = true"));
     }
 }

@@ -139,6 +139,8 @@ pub struct ClaimedJob {
     pub purged_at_ms: Option<i64>,
     /// Attempts including this one.
     pub attempts: i64,
+    /// The AE title that sent this copy (results may be routed by it).
+    pub calling_ae: String,
 }
 
 /// The instances an analysis made: its report, and the companion image
@@ -266,7 +268,8 @@ impl Store {
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
                  (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
-                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms"
+                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms,
+                 (SELECT calling_ae FROM instances WHERE id = instance_id) AS calling_ae"
         ))
         .bind(now)
         .bind(max_attempts)
