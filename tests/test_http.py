@@ -54,6 +54,12 @@ def test_health_metrics_and_api(node, rg1_copies):
     assert "result" not in body["jobs"][0]
     code, body = node.http(f"/api/jobs?limit=5&before_id={first['job_id']}")
     assert len(body["jobs"]) == 1 and body["next_before_id"] is None
+    # A last page that is exactly full is the last too (it pointed at an
+    # empty page).
+    code, body = node.http("/api/jobs?limit=2")
+    assert len(body["jobs"]) == 2 and body["next_before_id"] is None
+    code, body = node.http("/api/deliveries?limit=1")
+    assert body == {"deliveries": [], "next_before_id": None}
     code, body = node.http(f"/api/jobs?state={first['state']}&before_id={first['job_id'] + 1}")
     assert first["job_id"] in [j["job_id"] for j in body["jobs"]]
 
@@ -64,6 +70,8 @@ def test_health_metrics_and_api(node, rg1_copies):
     assert copy["deliveries"] == []
     code, body = node.http("/api/instances/1.2.3.4.5.6.7.8.9")
     assert code == 404
+    code, body = node.http(f"/api/instances/{uid}?sop_uid=1.2.3")  # no parameters: refused, not ignored
+    assert code == 400 and "sop_uid" in body["error"], body
 
     code, body = node.http("/readyz")
     assert body["database"]["ok"] is True

@@ -243,11 +243,11 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
     let with_result = q.result.unwrap_or(true);
     match s
         .store
-        .list_jobs(q.state.as_deref(), q.before_id, limit, with_result)
+        .list_jobs(q.state.as_deref(), q.before_id, limit + 1, with_result)
         .await
     {
         Ok(list) => {
-            let next = next_before_id(list.len(), limit, list.last().map(|j| j.job_id));
+            let (list, next) = one_page(list, limit, |j| j.job_id);
             let jobs: Vec<Value> = list
                 .iter()
                 .map(|j| {
@@ -296,12 +296,12 @@ async fn deliveries(
             q.state.as_deref(),
             q.destination.as_deref(),
             q.before_id,
-            limit,
+            limit + 1,
         )
         .await
     {
         Ok(rows) => {
-            let next = next_before_id(rows.len(), limit, rows.last().map(|r| r.id));
+            let (rows, next) = one_page(rows, limit, |r| r.id);
             let rows: Vec<Value> = rows
                 .iter()
                 .map(|r| {
@@ -344,10 +344,14 @@ fn listing_filter(state: Option<&str>, states: &[&str], limit: Option<i64>) -> R
     Ok(limit)
 }
 
-/// The `before_id` of a listing's next page: a full page may have more
-/// behind it (from below its last id); a short one is the last.
-fn next_before_id(listed: usize, limit: i64, last_id: Option<i64>) -> Option<i64> {
-    (listed as i64 == limit).then_some(last_id).flatten()
+/// A page of `limit` rows from a listing asked for `limit + 1`, and the
+/// `before_id` of the next page: None when nothing is behind it (a full
+/// last page said there was more, and the next was empty).
+fn one_page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    let next = if more { rows.last().map(id) } else { None };
+    (rows, next)
 }
 
 /// The most jobs (or deliveries) one listing returns.
@@ -374,6 +378,12 @@ async fn retry_jobs(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
+    if q.sop_instance_uid
+        .as_deref()
+        .is_some_and(|v| v.trim().is_empty())
+    {
+        return bad_request(json!({ "error": "an empty UID" }));
+    }
     let asked = q.state.as_deref().unwrap_or("failed");
     let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
     let Some(states) = states else {
@@ -603,7 +613,20 @@ async fn move_deliveries(
     }
 }
 
-async fn instance(State(s): State<HttpState>, Path(sop_uid): Path<String>) -> Response {
+/// A GET that takes no parameters: one given is a misunderstanding (a
+/// filter that filters nothing), refused like the listings' unknown ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParameters {}
+
+async fn instance(
+    State(s): State<HttpState>,
+    Path(sop_uid): Path<String>,
+    q: Result<Query<NoParameters>, QueryRejection>,
+) -> Response {
+    if let Err(e) = query(q) {
+        return bad_request(json!({ "error": e }));
+    }
     let details = match s.store.instance_details(&sop_uid).await {
         Ok(d) => d,
         Err(e) => return internal(e),
