@@ -194,3 +194,54 @@ def test_sigterm_lets_the_transfer_in_progress_finish_and_ends_idle_associations
     assert "association aborted between messages: the node is shutting down" in node.log()
     node.start()
     assert node.instance_rows(sop_uid) == 1
+
+
+@pytest.mark.parametrize("bad_uid", ["1.2.abc", "../../x", "1.2.3 4"])
+def test_a_sop_instance_uid_that_is_no_uid_is_refused_by_name(node, rg1_copies, tmp_path, bad_uid):
+    """Letters or an inner space in the SOP Instance UID: refused (C000)
+    naming the attribute and the character. Letters were refused with the
+    parser's words ("Invalid UID in file meta information group"); a space
+    was stored and forwarded, its analysis failing later."""
+    (src,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = bad_uid
+    del ds.PixelData  # one PDU
+    path = tmp_path / "bad-uid.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
+    raw.send(pdata(1, True, True, c_store_rq(7, CR_STORAGE, bad_uid)))
+    raw.send(pdata(1, False, True, dataset_bytes(path)))
+    rsp = raw.read_command()
+    raw.close()
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    comment = rsp[0x0902].decode()
+    assert comment.startswith("SOP Instance UID: ") and "not allowed in a UID" in comment, comment
+    assert_still_serving_and_clean(node)
+    assert node.count("SELECT COUNT(*) FROM instances") == 0
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_uids_with_leading_zeros_are_analysed_and_referenced_as_they_are(node, rg1_copies, tmp_path):
+    """Older modalities write UID components with leading zeros (PS3.5
+    forbids them). The image was stored, but its analysis failed ("not a
+    valid UID"): no result. The report must name the very study and image,
+    so it references them as they are."""
+    (src,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = "1.2.840.0113654.2.70.1.001"
+    ds.SeriesInstanceUID = "1.2.840.0113654.2.70.1.001.02"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.840.0113654.2.70.1.001.02.0003"
+    path = tmp_path / "leading-zeros.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    node.wait_for_analyses()
+    with node.db() as c:
+        state, reason, sr_path = c.execute(
+            "SELECT j.state, j.reason, r.path FROM jobs j LEFT JOIN instances r ON r.id = j.sr_instance_id").fetchone()
+    assert state in ("reported", "delivered"), reason
+    sr = pydicom.dcmread(node.data_dir / sr_path)
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == ds.SeriesInstanceUID
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID

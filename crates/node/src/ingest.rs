@@ -188,7 +188,9 @@ impl IngestHandler {
             }
             Err(e) => {
                 let status = match &e {
-                    StoreError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
+                    StoreError::Unparseable(_) | StoreError::NotAUid(_) => {
+                        Status::CANNOT_UNDERSTAND
+                    }
                     StoreError::Mismatch(_) => Status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
                     _ => Status::OUT_OF_RESOURCES,
                 };

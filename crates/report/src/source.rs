@@ -9,7 +9,7 @@ use dicom_object::mem::InMemElement;
 use dicom_object::InMemDicomObject;
 
 use crate::content::Code;
-use crate::uid::is_valid_uid;
+use crate::uid::is_referable_uid;
 use crate::ReportError;
 
 /// Patient module (PS3.3 C.7.1.1), General Study module (C.7.2.1) and Patient
@@ -143,10 +143,10 @@ fn required_uid(
     name: &'static str,
 ) -> Result<String, ReportError> {
     let v = get_str(obj, tag).ok_or(ReportError::MissingAttribute(name))?;
-    if !is_valid_uid(&v) {
+    if !is_referable_uid(&v) {
         return Err(ReportError::InvalidAttribute {
             name,
-            reason: format!("{v:?} is not a valid UID"),
+            reason: format!("{v:?} is not a UID (digits and dots, at most 64 characters)"),
         });
     }
     Ok(v)
@@ -199,7 +199,7 @@ impl SourceInstance {
                 _ => None,
             });
         let frame_of_reference_uid =
-            get_str(obj, tags::FRAME_OF_REFERENCE_UID).filter(|u| is_valid_uid(u));
+            get_str(obj, tags::FRAME_OF_REFERENCE_UID).filter(|u| is_referable_uid(u));
         let specific_character_set = obj
             .get(tags::SPECIFIC_CHARACTER_SET)
             .and_then(|e| e.to_multi_str().ok())

@@ -53,6 +53,17 @@ pub fn is_valid_uid(s: &str) -> bool {
     })
 }
 
+/// Can a UID the source carries be referenced as it is? Digits and dots,
+/// non-empty components, at most 64 characters: leading zeros in a
+/// component (PS3.5 forbids them; older modalities write them) are kept,
+/// since the report must name the very study, series and image it is about.
+pub fn is_referable_uid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_UID_LEN
+        && s.split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Check a configured UID root; `None` means the `2.25.` UUID form.
 pub fn validate_uid_root(root: Option<&str>) -> Result<(), ReportError> {
     let Some(root) = root else { return Ok(()) };
@@ -286,6 +297,9 @@ mod tests {
         assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.88.34"));
         assert!(is_valid_uid("2.25.0"));
         assert!(!is_valid_uid("1.2.03"));
+        assert!(is_referable_uid("1.2.03") && is_referable_uid("1.2.840.0113654.2"));
+        assert!(!is_referable_uid("1.2.abc") && !is_referable_uid("1..2") && !is_referable_uid(""));
+        assert!(!is_referable_uid(&format!("1.{}", "2".repeat(63))));
         assert!(!is_valid_uid("1.2.3 "));
         assert!(!is_valid_uid(&format!("1.{}", "2".repeat(64))));
     }

@@ -64,6 +64,10 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the data set cannot be parsed: {0}")]
     Unparseable(String),
+    /// A UID of the request that no UID can be (said first: an Error
+    /// Comment holds 64 characters).
+    #[error("{0}")]
+    NotAUid(String),
     #[error("the data set does not match its request: {0}")]
     Mismatch(String),
     #[error("cannot write the instance file: {0}")]
@@ -144,6 +148,25 @@ pub struct Store {
     decompress: Option<Decompress>,
     /// The exclusive lock on the data directory, held while the store lives.
     _lock: std::fs::File,
+}
+
+/// A SOP Class or Instance UID with a character no UID has: refused by
+/// name (the parser's own words, "Invalid UID in file meta information
+/// group", told the sender nothing it could act on).
+fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
+    let uids = [
+        ("SOP Class UID", &incoming.sop_class_uid),
+        ("SOP Instance UID", &incoming.sop_instance_uid),
+    ];
+    for (name, uid) in uids {
+        let value = uid.trim_end_matches(['\0', ' ']);
+        if let Some(c) = value.chars().find(|c| *c != '.' && !c.is_ascii_digit()) {
+            return Err(StoreError::NotAUid(format!(
+                "{name}: {c:?} is not allowed in a UID (digits and dots only, PS3.5 9.1): {uid:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -251,6 +274,7 @@ impl Store {
                 format!("{}: {e}", incoming.spool_path.display()),
             ))
         })?;
+        incoming_uids_problem(incoming)?;
         let spool = incoming.spool_path.clone();
         let header = tokio::task::spawn_blocking(move || InstanceHeader::read(&spool))
             .await
