@@ -54,3 +54,11 @@ def test_results_rules_and_a_results_flag_together_are_refused(tmp_path):
     r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and 'calling_ae_titles = ["SITE_A"]' in r.stdout, r.stderr
+
+
+def test_a_node_ae_title_with_a_control_character_is_shown_escaped():
+    """The refusal printed the title as it was: an escape sequence in it
+    reached the admin's terminal."""
+    r = check_config({"PNEUMO__DICOM__AE_TITLE": "A\x1b[2JB"})
+    assert r.returncode != 0 and "dicom.ae_title" in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "A\\u{1b}[2JB" in r.stderr, r.stderr

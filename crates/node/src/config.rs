@@ -232,10 +232,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let ae = &self.dicom.ae_title;
-        if !is_ae_title(ae) {
-            bail!("dicom.ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
-        }
+        check_ae_title("dicom.ae_title", &self.dicom.ae_title)?;
         if !(16_384..=(64 << 20)).contains(&self.dicom.max_pdu) {
             bail!(
                 "dicom.max_pdu {} must be between 16384 and 67108864 bytes",
@@ -269,19 +266,13 @@ impl Config {
             if d.port == 0 {
                 bail!("destinations[{i}] (`{}`): port must be 1 to 65535", d.name);
             }
-            if !is_ae_title(&d.ae_title) {
-                bail!(
-                    "destinations[{i}] (`{}`): ae_title `{}` must be 1 to 16 ASCII characters without backslash",
-                    d.name,
-                    d.ae_title.escape_debug()
-                );
-            }
+            check_ae_title(
+                &format!("destinations[{i}] (`{}`): ae_title", d.name),
+                &d.ae_title,
+            )?;
         }
         for (i, c) in self.dicom.allowed_callers.iter().enumerate() {
-            let ae = &c.ae_title;
-            if !is_ae_title(ae) {
-                bail!("dicom.allowed_callers[{i}].ae_title `{ae}` must be 1 to 16 ASCII characters without backslash");
-            }
+            check_ae_title(&format!("dicom.allowed_callers[{i}].ae_title"), &c.ae_title)?;
         }
         if self.outbox.retry_base_s == 0 || self.outbox.retry_cap_s < self.outbox.retry_base_s {
             bail!("outbox.retry_base_s must be at least 1 and outbox.retry_cap_s at least retry_base_s");
@@ -349,9 +340,16 @@ impl Config {
 }
 
 /// An AE title as PS3.5 6.2 has it: 1 to 16 characters of the default
-/// repertoire, no backslash nor control character, not only spaces.
-fn is_ae_title(ae: &str) -> bool {
-    ae.len() <= 16 && ae.is_ascii() && pneumo_dimse::ae_title_problem(ae).is_none()
+/// repertoire, no backslash nor control character, not only spaces. The
+/// value is shown escaped (a control character would garble the message).
+fn check_ae_title(key: &str, ae: &str) -> Result<()> {
+    if ae.len() <= 16 && ae.is_ascii() && pneumo_dimse::ae_title_problem(ae).is_none() {
+        return Ok(());
+    }
+    bail!(
+        "{key} `{}` must be 1 to 16 ASCII characters, not all spaces, without backslash or control characters",
+        ae.escape_debug()
+    )
 }
 
 #[cfg(test)]
