@@ -167,7 +167,7 @@ pub fn stored_file_problem(
     stored_size: i64,
     purged_at_ms: Option<i64>,
 ) -> Option<String> {
-    let repair = "send the instance to the node again to restore it";
+    let repair = "send the instance to the node again, the same bytes as first sent, to restore it";
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && purged_at_ms.is_some() => {
             Some(format!(
