@@ -109,7 +109,7 @@ pub struct ModelContract {
     /// Index of `positive_label` in `labels`.
     pub positive_index: usize,
     pub score_function: String,
-    pub decision_threshold: f32,
+    pub decision_threshold: f64,
     pub input_size: u32,
     pub color_mode: String,
     pub input_range: [f32; 2],
@@ -289,10 +289,10 @@ impl ModelContract {
         // 0 would make every image positive, 1 almost none: neither is a
         // decision.
         let k = "pneumo.decision_threshold";
-        let decision_threshold: f32 = v(k)
+        let decision_threshold: f64 = v(k)
             .parse()
             .ok()
-            .filter(|t: &f32| *t > 0.0 && *t < 1.0)
+            .filter(|t: &f64| *t > 0.0 && *t < 1.0)
             .ok_or_else(|| bad(k, v(k), "expected a number strictly between 0 and 1"))?;
         let k = "pneumo.input_range";
         let input_range = floats::<2>(k, v(k))?;

@@ -35,14 +35,14 @@ impl From<&ModelContract> for ModelIdentity {
 pub struct Prediction {
     /// The graph's output row.
     pub logits: Vec<f32>,
-    /// softmax(logits), one per label.
-    pub probabilities: Vec<f32>,
+    /// softmax(logits), one per label, computed in f64 (as the decision is).
+    pub probabilities: Vec<f64>,
     /// The contract's labels, in output order.
     pub labels: Vec<String>,
     pub positive_label: String,
     /// P(positive_label).
-    pub p_positive: f32,
-    pub threshold: f32,
+    pub p_positive: f64,
+    pub threshold: f64,
     /// p_positive ≥ threshold.
     pub positive: bool,
     /// The provider that computed it.
@@ -55,11 +55,16 @@ pub struct Prediction {
 
 /// Numerically stable softmax: exp(z_i - max z) / Σ exp(z_j - max z),
 /// accumulated in f64.
-pub fn softmax(z: &[f32]) -> Vec<f32> {
+pub fn softmax(z: &[f32]) -> Vec<f64> {
+    // In f64 from the start: z - max z in f32 rounds, and so would p, and a
+    // probability a few 1e-9 from the threshold came out on the wrong side.
     let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = z.iter().map(|v| f64::from(v - m).exp()).collect();
+    let e: Vec<f64> = z
+        .iter()
+        .map(|v| (f64::from(*v) - f64::from(m)).exp())
+        .collect();
     let sum: f64 = e.iter().sum();
-    e.iter().map(|v| (v / sum) as f32).collect()
+    e.iter().map(|v| v / sum).collect()
 }
 
 #[cfg(test)]
@@ -72,5 +77,20 @@ mod tests {
         assert!((p[0] + p[1] - 1.0).abs() < 1e-6);
         assert!((p[0] - 0.731_058_6).abs() < 1e-6);
         assert_eq!(softmax(&[0.0, 0.0]), vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_probability_just_off_the_threshold_stays_on_its_side() {
+        // Logits whose softmax is a few 1e-9 from a decimal threshold: in
+        // f32 (or with z - max z rounded to f32) they landed on it or across.
+        for (t, off) in [(0.3, -5e-9), (0.7, -1e-9), (0.1, 1e-9), (0.1, 5e-9)] {
+            let target: f64 = t + off;
+            let z1 = ((1.0 - t) / t).ln() as f32;
+            let z0 = (f64::from(z1) - ((1.0 - target) / target).ln()) as f32;
+            let exact = 1.0 / (1.0 + (f64::from(z1) - f64::from(z0)).exp());
+            let p = softmax(&[z0, z1])[0];
+            assert!((p - exact).abs() < 1e-15, "{p} vs {exact}");
+            assert_eq!(p >= t, exact >= t, "t={t} p={p}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use pneumo_inference::{
     ExecutionProvider, ImageInput, InferenceEngine, Model, WeightsKind, DEMO_WARNING,
 };
 
-const TOL: f32 = 1e-5;
+const TOL: f64 = 1e-5;
 const S: usize = 224;
 
 fn fixture_inputs() -> Vec<Vec<f32>> {
@@ -26,11 +26,11 @@ fn expected_logits() -> Vec<Vec<f32>> {
     v.chunks(2).map(|c| c.to_vec()).collect()
 }
 
-fn close(a: &[f32], b: &[f32]) -> f32 {
+fn close<T: Into<f64> + Copy>(a: &[T], b: &[T]) -> f64 {
     a.iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .map(|(x, y)| ((*x).into() - (*y).into()).abs())
+        .fold(0.0, f64::max)
 }
 
 fn load() -> Model {
@@ -72,7 +72,7 @@ fn predictions_carry_probabilities_decision_identity_and_the_demo_warning() {
         let p = p.unwrap();
         let sm = pneumo_inference::softmax(&z);
         assert!(close(&p.probabilities, &sm) <= 1e-5);
-        assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!((p.probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-5);
         assert_eq!(p.p_positive, p.probabilities[0]);
         assert_eq!(p.positive, p.p_positive >= 0.5);
         assert_eq!(p.execution_provider, ExecutionProvider::Cpu);
@@ -193,13 +193,13 @@ fn an_fp16_model_gets_float16_input_and_matches_pytorch_fp16() {
     let largest = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
     // fp16 arithmetic: relative to the largest logit, as the model issue asks
     assert!(
-        close(&got, &expected) / largest <= 1e-2,
+        close(&got, &expected) / f64::from(largest) <= 1e-2,
         "{got:?} vs {expected:?}"
     );
     // and the probabilities the node reports come from those logits
     let preds = model.run_batch(&refs);
     let p0 = preds[0].as_ref().unwrap().probabilities[0];
-    let softmax0 = 1.0 / (1.0 + (got[1] - got[0]).exp());
+    let softmax0 = 1.0 / (1.0 + f64::from(got[1] - got[0]).exp());
     assert!((p0 - softmax0).abs() < 1e-6, "{p0} vs {softmax0}");
 }
 

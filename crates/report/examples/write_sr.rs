@@ -45,10 +45,10 @@ struct Args {
     out_dir: PathBuf,
     /// Probability of pneumoconiosis, in [0, 1]
     #[arg(long, default_value_t = 0.87)]
-    probability: f32,
+    probability: f64,
     /// Decision threshold, in [0, 1]
     #[arg(long, default_value_t = 0.5)]
-    threshold: f32,
+    threshold: f64,
     /// Weights kind of the model
     #[arg(long, value_enum, default_value = "trained")]
     weights: WeightsArg,

@@ -26,12 +26,6 @@ pub fn sr_series_description(model: &ModelIdentity) -> String {
     }
 }
 
-/// The probability as the user meant it: the shortest decimal form of the
-/// `f32`, so that 0.873 reads 0.873 and not 0.87300002574920654.
-pub(crate) fn as_f64(x: f32) -> f64 {
-    format!("{x}").parse::<f64>().unwrap_or(f64::from(x))
-}
-
 /// The most decimals a percentage is written with (a DS value's form).
 const MAX_PERCENT_DECIMALS: u32 = 6;
 
@@ -47,8 +41,8 @@ fn rounded(x: f64, decimals: u32) -> f64 {
 /// never 50.0 %), and for a value strictly between 0 and 100 % not to read
 /// 0 or 100 (p = 0.99999 is 99.999 %, not a certainty of 100 %).
 fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
-    let p = as_f64(result.p_pneumoconiosis) * 100.0;
-    let t = as_f64(result.threshold) * 100.0;
+    let p = result.p_pneumoconiosis * 100.0;
+    let t = result.threshold * 100.0;
     let present = result.decision == Decision::Present;
     let not_an_extreme = |exact: f64, shown: f64| {
         (shown != 0.0 || exact == 0.0) && (shown != 100.0 || exact == 100.0)
@@ -329,10 +323,7 @@ pub fn build_content_tree(
         text(
             Relationship::HasConceptMod,
             codes::ALGORITHM_PARAMETERS,
-            format!(
-                "threshold={}",
-                crate::content::format_ds(as_f64(result.threshold))
-            ),
+            format!("threshold={}", crate::content::format_ds(result.threshold)),
         ),
         text(
             Relationship::HasConceptMod,

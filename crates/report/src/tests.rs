@@ -52,13 +52,13 @@ fn source() -> SourceInstance {
     SourceInstance::from_dataset(&source_dataset(Some("ISO_IR 192"), "Müller^Jürgen")).unwrap()
 }
 
-fn result(p: f32) -> AnalysisResult {
+fn result(p: f64) -> AnalysisResult {
     AnalysisResult::from_probabilities(vec![p, 1.0 - p], 0.5, "lung", "CPU").unwrap()
 }
 
 /// The SR of `src` with probability `p`, trained weights and the default
 /// node, options and time.
-fn trained_sr(src: &SourceInstance, p: f32) -> dicom_object::FileDicomObject<InMemDicomObject> {
+fn trained_sr(src: &SourceInstance, p: f64) -> dicom_object::FileDicomObject<InMemDicomObject> {
     build_sr(
         src,
         &result(p),
@@ -677,7 +677,7 @@ fn certainty_rounding() {
     );
 }
 
-fn with_threshold(p: f32, threshold: f32) -> AnalysisResult {
+fn with_threshold(p: f64, threshold: f64) -> AnalysisResult {
     AnalysisResult::from_probabilities(vec![p, 1.0 - p], threshold, "lung", "CPU").unwrap()
 }
 
@@ -708,14 +708,14 @@ fn written_numbers_never_contradict_the_decision() {
         sr::result_sentence(&r),
         "Pneumoconiosis absent: probability 33.32% (threshold 33.33%)."
     );
-    // The nearest f32 under a threshold, everywhere in [0, 1].
-    for t in [0.01f32, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999_99] {
-        let below = f32::from_bits(t.to_bits() - 1);
+    // The nearest number under a threshold, everywhere in [0, 1].
+    for t in [0.01f64, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999_99] {
+        let below = f64::from_bits(t.to_bits() - 1);
         for p in [below, t] {
             let r = with_threshold(p, t);
             let present = r.decision == Decision::Present;
             let certainty = sr::certainty_percent(&r);
-            let threshold: f64 = format_ds(sr::as_f64(t) * 100.0).parse().unwrap();
+            let threshold: f64 = format_ds(t * 100.0).parse().unwrap();
             assert_eq!(certainty >= threshold, present, "p={p} t={t}: {certainty}");
             let sentence = sr::result_sentence(&r);
             let shown: f64 = sentence

@@ -13,7 +13,7 @@ pub enum Decision {
 
 impl Decision {
     /// The decision the threshold rule gives (`p >= threshold` is present).
-    pub fn from_threshold(p_pneumoconiosis: f32, threshold: f32) -> Decision {
+    pub fn from_threshold(p_pneumoconiosis: f64, threshold: f64) -> Decision {
         if p_pneumoconiosis >= threshold {
             Decision::Present
         } else {
@@ -35,12 +35,12 @@ impl Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisResult {
     /// Softmax output, in the model's label order.
-    pub probabilities: Vec<f32>,
+    pub probabilities: Vec<f64>,
     /// Probability of pneumoconiosis, in [0, 1] (its column of
     /// `probabilities`).
-    pub p_pneumoconiosis: f32,
+    pub p_pneumoconiosis: f64,
     /// Decision threshold on `p_pneumoconiosis`, in [0, 1].
-    pub threshold: f32,
+    pub threshold: f64,
     /// The decision; must agree with `p_pneumoconiosis` and `threshold`.
     pub decision: Decision,
     /// How the lungs were cropped before inference (e.g. `none`, `center`).
@@ -66,8 +66,8 @@ impl AnalysisResult {
     /// label order (column 0 = pneumoconiosis) and the threshold; the
     /// decision follows the threshold rule.
     pub fn from_probabilities(
-        probabilities: Vec<f32>,
-        threshold: f32,
+        probabilities: Vec<f64>,
+        threshold: f64,
         crop_mode: impl Into<String>,
         execution_provider: impl Into<String>,
     ) -> Result<AnalysisResult, ReportError> {
@@ -78,8 +78,8 @@ impl AnalysisResult {
     /// `pneumoconiosis_index` (the contract's labels may come in any order).
     pub fn with_pneumoconiosis_at(
         pneumoconiosis_index: usize,
-        probabilities: Vec<f32>,
-        threshold: f32,
+        probabilities: Vec<f64>,
+        threshold: f64,
         crop_mode: impl Into<String>,
         execution_provider: impl Into<String>,
     ) -> Result<AnalysisResult, ReportError> {
@@ -104,7 +104,7 @@ impl AnalysisResult {
 
     /// Check ranges and the agreement of decision, probability and threshold.
     pub fn validate(&self) -> Result<(), ReportError> {
-        let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
+        let unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
         if !unit(self.p_pneumoconiosis) {
             return Err(ReportError::InvalidResult(format!(
                 "p_pneumoconiosis {} is not in [0, 1]",
@@ -452,7 +452,7 @@ mod tests {
         bad.decision = Decision::Absent;
         assert!(bad.validate().is_err());
         bad = ok.clone();
-        bad.p_pneumoconiosis = f32::NAN;
+        bad.p_pneumoconiosis = f64::NAN;
         assert!(bad.validate().is_err());
         assert!(AnalysisResult::from_probabilities(vec![], 0.5, "", "").is_err());
         assert!(AnalysisResult::from_probabilities(vec![1.5, 0.0], 0.5, "", "").is_err());
