@@ -199,7 +199,9 @@ def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory,
 def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factory, rg1_copies, tmp_path):
     """The PACS stored it, but "sent" cannot be written (a trigger stands for
     a full disk): the row is still due. The loop used to send it again at
-    once, hundreds of times; it now pauses."""
+    once, hundreds of times; then after each 5 s pause (382 C-STOREs for 50
+    instances a minute). It now pauses, longer each time, and records the
+    answer it has when it can, without sending again."""
     receiver = PynetdicomReceiver(ae_title="PACS")
     try:
         config = node_config(
@@ -214,12 +216,14 @@ def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factor
         (f,) = rg1_copies("UNCI", 1)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
         wait_until(lambda: receiver.stores >= 1)
-        time.sleep(3)
+        time.sleep(8)  # past the first pause (5 s)
         assert receiver.stores == 1, receiver.stores
         assert "deliveries paused" in node.log()
         with node.db() as c:
             c.execute("DROP TRIGGER full_disk")
         wait_until(lambda: outbox(node)["pacs"][0] == "sent", timeout=30)  # after the pause
+        assert receiver.stores == 1, receiver.stores
+        assert "delivered (recorded late)" in node.log()
     finally:
         receiver.close()
 

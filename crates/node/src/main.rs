@@ -379,6 +379,7 @@ async fn serve(config: Config) -> Result<()> {
             wake: wake_outbox.clone(),
             metrics: metrics.clone(),
             stopping: stopping_rx.clone(),
+            delivered_unrecorded: Default::default(),
         }
         .run(),
     );

@@ -1,7 +1,8 @@
 //! Delivery of the outbox: a worker that sends what is due to each
 //! destination, records every answer and retries with back-off.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pneumo_dimse::scu::{self, ClientAssociation};
@@ -53,6 +54,12 @@ pub struct OutboxWorker {
     /// True once the node stops: no new file is sent; the one in flight
     /// is finished and recorded.
     pub stopping: watch::Receiver<bool>,
+    /// Outbox row id → the destination's answer, for deliveries it took
+    /// whose `sent` the database could not record (a full disk): recorded
+    /// when the database can, never sent again meanwhile (each pause sent
+    /// the batch again: a PACS got 382 C-STOREs for 50 instances a minute).
+    /// Lost with the process: then sent once more, at least once.
+    pub delivered_unrecorded: Mutex<HashMap<i64, String>>,
 }
 
 impl OutboxWorker {
@@ -116,6 +123,8 @@ impl OutboxWorker {
     async fn serve_destination(self: Arc<Self>, destination: Destination, wake: Arc<Notify>) {
         let name = Some(destination.name.as_str());
         let mut stopping = self.stopping.clone();
+        // Rounds in a row whose answers could not be recorded.
+        let mut unrecordable = 0u32;
         while !*stopping.borrow() {
             let due = match self
                 .store
@@ -129,6 +138,12 @@ impl OutboxWorker {
                     continue;
                 }
             };
+            let (due, recorded) = self.record_earlier_deliveries(due).await;
+            if !recorded {
+                self.pause_unrecordable(&mut unrecordable, 0, &mut stopping)
+                    .await;
+                continue;
+            }
             if due.is_empty() {
                 let wait = match self.store.next_delivery_in(name).await {
                     Ok(Some(d)) => d.min(Duration::from_secs(5)),
@@ -146,27 +161,81 @@ impl OutboxWorker {
                     break;
                 }
                 match self.deliver(&destination, batch).await {
-                    Delivery::Done => {}
+                    Delivery::Done => unrecordable = 0,
                     // The rest of `due` is put off with it: read again, so
                     // that a destination that is down gets one attempt per
                     // back-off, not one per batch.
-                    Delivery::DestinationFailed => break,
+                    Delivery::DestinationFailed => {
+                        unrecordable = 0;
+                        break;
+                    }
                     // An answer the database could not record leaves its row
-                    // due as before: without a pause the loop would send the
-                    // same instance again at once, again and again (a full
-                    // disk made a PACS receive one instance 700 times).
+                    // due as before (a delivery taken is kept in
+                    // `delivered_unrecorded`, not sent again): without a
+                    // pause the loop would try again at once, again and again.
                     Delivery::NotRecorded => {
-                        let pause = Duration::from_secs(self.settings.retry_base_s.max(5));
-                        Metrics::inc(&self.metrics.deliveries_failed, batch.len() as u64);
-                        warn!(
-                            pause_s = pause.as_secs(),
-                            "the outbox cannot be written; deliveries paused"
-                        );
-                        tokio::time::sleep(pause).await;
+                        self.pause_unrecordable(&mut unrecordable, batch.len(), &mut stopping)
+                            .await;
                         break;
                     }
                 }
             }
+        }
+    }
+
+    /// Records the deliveries among `due` that the destination took before
+    /// the database could record them; returns the rest of `due`, to send,
+    /// and whether every earlier one is recorded now.
+    async fn record_earlier_deliveries(&self, due: Vec<OutboxItem>) -> (Vec<OutboxItem>, bool) {
+        let earlier: Vec<(i64, String)> = {
+            let taken = self.delivered_unrecorded.lock().expect("not poisoned");
+            if taken.is_empty() {
+                return (due, true);
+            }
+            due.iter()
+                .filter_map(|i| taken.get(&i.id).map(|s| (i.id, s.clone())))
+                .collect()
+        };
+        let mut all = true;
+        for (id, status) in &earlier {
+            let item = due.iter().find(|i| i.id == *id).expect("taken from due");
+            if self.recorded(self.store.mark_sent(item, status).await) {
+                info!(sop_instance_uid = %item.sop_instance_uid, "delivered (recorded late)");
+                self.delivered_unrecorded
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(id);
+            } else {
+                all = false;
+            }
+        }
+        let rest = due
+            .into_iter()
+            .filter(|i| !earlier.iter().any(|(id, _)| *id == i.id))
+            .collect();
+        (rest, all)
+    }
+
+    /// The outbox cannot be written: a pause that doubles with each round
+    /// in a row (from `retry_base_s`, at least 5 s, to `retry_cap_s`).
+    async fn pause_unrecordable(
+        &self,
+        rounds: &mut u32,
+        batch: usize,
+        stopping: &mut watch::Receiver<bool>,
+    ) {
+        *rounds += 1;
+        let base = Duration::from_secs(self.settings.retry_base_s.max(5));
+        let cap = Duration::from_secs(self.settings.retry_cap_s).max(base);
+        let pause = backoff(i64::from(*rounds), base, cap);
+        Metrics::inc(&self.metrics.deliveries_failed, batch as u64);
+        warn!(
+            pause_s = pause.as_secs(),
+            "the outbox cannot be written; deliveries paused"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {},
+            _ = stopping.changed() => {},
         }
     }
 
@@ -342,9 +411,15 @@ impl OutboxWorker {
                 } else {
                     info!(sop_instance_uid = %item.sop_instance_uid, "delivered");
                 }
-                self.store
-                    .mark_sent(item, &format!("{status}{comment}"))
-                    .await
+                let answer = format!("{status}{comment}");
+                let sent = self.store.mark_sent(item, &answer).await;
+                if sent.is_err() {
+                    self.delivered_unrecorded
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(item.id, answer);
+                }
+                sent
             }
             Ok(status) if status.is_permanent_failure() => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
