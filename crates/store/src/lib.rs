@@ -54,6 +54,11 @@ pub enum StoreError {
     )]
     InUse { path: PathBuf, lock: PathBuf },
     #[error(
+        "database {path} is in use by another pneumo-node process (it holds the lock on \
+         {lock}); one database serves one node: check database.url"
+    )]
+    DatabaseInUse { path: PathBuf, lock: PathBuf },
+    #[error(
         "the database file {0} is gone (deleted or moved while the node runs); \
          nothing is acknowledged until the node is restarted"
     )]
@@ -78,22 +83,45 @@ pub enum StoreError {
 /// (released by the system when the process ends, however it ends).
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join("pneumo-node.lock");
+    lock_file(&path, || StoreError::InUse {
+        path: data_dir.to_path_buf(),
+        lock: path.clone(),
+    })
+}
+
+/// The same for a database file outside the data directory
+/// (`database.url`): a second node given another data directory and the
+/// first's database took the first's deliveries and parked them, looking
+/// for their files in its own directory.
+fn lock_database(database: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".pneumo-node.lock");
+    let path = PathBuf::from(name);
+    lock_file(&path, || StoreError::DatabaseInUse {
+        path: database.to_path_buf(),
+        lock: path.clone(),
+    })
+}
+
+/// An exclusive advisory lock on `path`, created if needed; `in_use` is
+/// the error when another process holds it.
+fn lock_file(path: &Path, in_use: impl Fn() -> StoreError) -> Result<std::fs::File, StoreError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .map_err(|source| StoreError::DataDir {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
-            path: data_dir.to_path_buf(),
-            lock: path,
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use()),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::DataDir {
+            path: path.to_path_buf(),
+            source,
         }),
-        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::DataDir { path, source }),
     }
 }
 
@@ -146,8 +174,9 @@ pub struct Store {
     database_file: Option<PathBuf>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
-    /// The exclusive lock on the data directory, held while the store lives.
-    _lock: std::fs::File,
+    /// The exclusive locks on the data directory (and on a database outside
+    /// it), held while the store lives.
+    _locks: Vec<std::fs::File>,
 }
 
 /// A SOP Class or Instance UID with a character no UID has: refused by
@@ -185,9 +214,12 @@ impl Store {
         // Before anything is touched: a second process on this directory
         // would clear the first's spool under a transfer in progress, take
         // back its jobs and send every delivery a second time.
-        let lock = lock_data_dir(data_dir)?;
-        let pool = db::connect(data_dir, database_url).await?;
+        let mut locks = vec![lock_data_dir(data_dir)?];
         let database_file = db::database_file(data_dir, database_url);
+        if let Some(file) = database_file.as_ref().filter(|_| database_url.is_some()) {
+            locks.push(lock_database(file)?);
+        }
+        let pool = db::connect(data_dir, database_url).await?;
         // Migrations only add (tables, columns, indexes), so a database an
         // upgrade migrated still serves the build before it: downgrading
         // takes no restore. Without this, sqlx refuses a database with a
@@ -223,7 +255,7 @@ impl Store {
             ingest_locks: UidLocks::default(),
             database_file,
             decompress: None,
-            _lock: lock,
+            _locks: locks,
         };
         let settled = store.settle_delivered_jobs().await?;
         if settled > 0 {

@@ -871,3 +871,25 @@ async fn after_a_crash_the_jobs_it_cut_are_analysed_one_at_a_time() {
         assert!(*attempts <= 2, "{states:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outside_the_data_directory_serves_one_store_at_a_time() {
+    // A configuration copied and half edited: another data directory, the
+    // first node's database. The second took the first's deliveries and
+    // parked them ("the stored file … is missing").
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        shared.path().join("db.sqlite").display()
+    );
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Store::open(a.path(), Some(&url)).await.unwrap();
+    let second = Store::open(b.path(), Some(&url)).await;
+    let message = second.err().expect("refused").to_string();
+    assert!(
+        message.contains("database") && message.contains("database.url"),
+        "{message}"
+    );
+    drop(first);
+    let _again = Store::open(b.path(), Some(&url)).await.unwrap();
+}
