@@ -56,3 +56,22 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
     assert copy["purged_at_ms"] is None
     assert node.count("SELECT COUNT(*) FROM jobs") == 2
+
+    # A results destination added since (a new PACS, a renamed one): the
+    # image sent again is owed to it, but its report, removed, cannot be:
+    # the report was parked for good with "send the instance again to
+    # restore it" and the job stayed `reported`.
+    node.stop()
+    config.write_text(config.read_text().replace(
+        "[retention]", '[[destinations]]\nname = "pacs2"\nae_title = "STORESCP"\n'
+        f'host = "127.0.0.1"\nport = {port}\nresults = true\n\n[retention]'))
+    node.start(config_file=config)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, done)
+    assert source_path.exists()
+    wait_until(lambda: "a report retention removed cannot be sent" in node.log(), timeout=10)
+    with node.db() as c:
+        owed = c.execute("SELECT COUNT(*) FROM outbox o JOIN instances i ON i.id = o.instance_id "
+                         "WHERE o.destination = 'pacs2' AND i.generated = 1").fetchone()[0]
+        state = c.execute("SELECT j.state FROM jobs j JOIN instances i ON i.id = j.instance_id "
+                          "WHERE i.sop_instance_uid = ?", (uid,)).fetchone()[0]
+    assert owed == 0 and state == "delivered", (owed, state)

@@ -171,7 +171,8 @@ pub fn stored_file_problem(
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && purged_at_ms.is_some() => {
             Some(format!(
-                "the stored file {} was removed by retention (retention.keep_days); {repair}",
+                "the stored file {} was removed by retention (retention.keep_days): an image \
+                 sent to the node again is restored; a report the node made is not",
                 path.display()
             ))
         }

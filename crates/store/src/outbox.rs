@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing::warn;
 
 use crate::jobs::{MadeInstances, NOTHING_MADE_UNSENT};
 use crate::{now_ms, Store, StoreError};
@@ -69,7 +70,34 @@ impl Store {
         };
         let mut added = 0;
         for id in (MadeInstances { report, companion }).ids() {
+            // A report retention removed cannot be sent, nor restored by a
+            // re-sent source: a row for it would be parked for good, its
+            // job `reported` for ever (and its files kept by retention).
+            let removed: bool =
+                sqlx::query_scalar("SELECT purged_at_ms IS NOT NULL FROM instances WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(self.pool())
+                    .await?;
             for d in destinations {
+                if removed {
+                    let owed: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM outbox WHERE instance_id = ? AND destination = ?)",
+                    )
+                    .bind(id)
+                    .bind(d)
+                    .fetch_one(self.pool())
+                    .await?;
+                    if !owed {
+                        warn!(
+                            destination = %d,
+                            report_instance_id = id,
+                            "a report retention removed cannot be sent to a destination that \
+                             never had it (a report the node made is not restored by a re-sent \
+                             image)"
+                        );
+                    }
+                    continue;
+                }
                 added += usize::from(enqueue(self.pool(), id, d).await?);
             }
         }
