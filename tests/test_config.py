@@ -62,3 +62,11 @@ def test_a_node_ae_title_with_a_control_character_is_shown_escaped():
     r = check_config({"PNEUMO__DICOM__AE_TITLE": "A\x1b[2JB"})
     assert r.returncode != 0 and "dicom.ae_title" in r.stderr, r.stderr
     assert "\x1b" not in r.stderr and "A\\u{1b}[2JB" in r.stderr, r.stderr
+
+
+def test_one_port_for_dicom_and_http_is_refused_by_check_config():
+    """`check-config` said OK; `serve` then failed on the second bind."""
+    r = check_config({"PNEUMO__DICOM__PORT": "12220", "PNEUMO__HTTP__PORT": "12220"})
+    assert r.returncode != 0 and "dicom.port and http.port are both 12220" in r.stderr, r.stderr
+    r = check_config({"PNEUMO__DICOM__PORT": "12220", "PNEUMO__HTTP__PORT": "12221"})
+    assert r.returncode == 0, r.stderr

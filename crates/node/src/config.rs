@@ -300,6 +300,21 @@ impl Config {
         if self.retention.interval_s == 0 {
             bail!("retention.interval_s must be at least 1 second");
         }
+        // Both on one port: `check-config` said OK and `serve` failed.
+        let (dicom, http) = (
+            self.listen_addr(),
+            SocketAddr::new(self.http.bind, self.http.port),
+        );
+        let overlap =
+            dicom.ip() == http.ip() || dicom.ip().is_unspecified() || http.ip().is_unspecified();
+        if dicom.port() == http.port() && dicom.port() != 0 && overlap {
+            bail!(
+                "dicom.port and http.port are both {} on {} and {}: give each its own port",
+                dicom.port(),
+                dicom.ip(),
+                http.ip()
+            );
+        }
         self.inference.validate()?;
         Ok(())
     }
