@@ -189,9 +189,11 @@ def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory,
         node = node_factory().start(config_file=config)
         files = rg1_copies("UNCI", 3)  # 7 MB each: more than any socket buffer holds
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
-        wait_until(lambda: any("stopped reading" in (status or "") for _, status in outbox(node).values())
-                   if outbox(node) else False, timeout=30)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE last_status LIKE '%stopped reading%'") >= 1,
+                   timeout=30)
         assert node.echo_ok()
+        # The destination is put off: the rows behind wait, untried.
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'") == 3
     finally:
         silent.close()
 
@@ -505,7 +507,7 @@ def test_rows_moved_or_cancelled_while_their_batch_is_in_flight_are_not_sent_the
 def test_a_destination_out_of_resources_gets_one_instance_per_back_off(node_factory, rg1_copies, tmp_path):
     """A full archive answers A700 to every C-STORE: each owed instance was
     sent and refused, one WARN each, at every back-off (thousands for a
-    backlog). The first refusal now puts off the rest with it."""
+    backlog). Two refusals in a row now put off the rest with them, untried."""
     receiver = PynetdicomReceiver(status=0xA700, ae_title="FULLPACS")
     try:
         config = node_config(tmp_path / "node.toml",
@@ -516,25 +518,71 @@ def test_a_destination_out_of_resources_gets_one_instance_per_back_off(node_fact
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 6)
         wait_until(lambda: receiver.entered >= 1)
         time.sleep(2)
-        assert receiver.entered <= 2, receiver.entered  # 2: a row made after the first refusal began
+        assert receiver.entered <= 3, receiver.entered  # 3: a row made after the first refusals began
         with node.db() as c:
-            statuses = [s for (s,) in c.execute("SELECT last_status FROM outbox WHERE state = 'pending'")]
+            rows = c.execute("SELECT attempts, last_status FROM outbox WHERE state = 'pending'").fetchall()
         # The tried ones say why; the others wait with them, untried.
-        assert len(statuses) == 6 and sum("A700H" in (s or "") for s in statuses) >= 1, statuses
+        assert len(rows) == 6 and sum("A700H" in (s or "") for _, s in rows) == receiver.entered, rows
+        assert all(a == 0 for a, s in rows if s is None), rows
         assert node.log().count("refused; will retry") == receiver.entered, node.log()[-3000:]
 
-        # The operator's retry: one attempt again, not six.
+        # The operator's retry: two attempts again, not six.
         before = receiver.entered
         api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
         assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
         wait_until(lambda: receiver.entered > before)
         time.sleep(2)
-        assert receiver.entered == before + 1
+        assert receiver.entered == before + 2
 
         # Space freed: everything goes.
         receiver.status = 0x0000
         assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 6)
         assert len(receiver.received) == 6
+    finally:
+        receiver.close()
+
+
+def test_rows_of_several_attempt_counts_wait_one_back_off_together(node_factory, rg1_copies, tmp_path):
+    """A PACS down while rows arrive: rows tried 0, 1, 2, 3 times each fell
+    due by their own back-off, so the destination got an attempt every few
+    seconds (17 in 95 s with a 30 s cap). A failure now puts every row off
+    by the back-off of the most-tried one."""
+    from nodetest import free_port
+
+    config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": free_port()}],
+                         [{"destinations": ["pacs"]}], batch=2, retry_base_s=1, retry_cap_s=8)
+    node = node_factory().start(config_file=config)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 8))
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 8)
+    wait_until(lambda: "delivery failed; will retry" in node.log())
+    with node.db() as c:  # an outage of a while, rows of every age
+        c.execute("UPDATE outbox SET attempts = id % 4, next_attempt_at_ms = 0")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE next_attempt_at_ms = 0") == 0, timeout=10)
+    before = node.log().count("delivery failed; will retry")
+    time.sleep(6)  # the back-off of a row tried 3 times: 8 s
+    assert node.log().count("delivery failed; will retry") == before, node.log()[-2000:]
+    with node.db() as c:
+        due = {t for (t,) in c.execute("SELECT next_attempt_at_ms FROM outbox")}
+    assert len(due) == 1, due
+
+
+def test_one_instance_refused_out_of_resources_holds_up_no_other(node_factory, rg1_copies, tmp_path):
+    """A PACS that answers A700 for one instance only (too large for it now)
+    and takes the rest: that one headed every batch and put the others off
+    with it, for good."""
+    files = rg1_copies("UNCI", 6)
+    refused = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    receiver = PynetdicomReceiver(ae_title="PACS", status=lambda uid: 0xA700 if uid == refused else 0)
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+                             [{"destinations": ["pacs"]}], batch=3, retry_base_s=1, retry_cap_s=2)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 5, timeout=30)
+        with node.db() as c:
+            (pending,) = c.execute("SELECT i.sop_instance_uid FROM outbox o JOIN instances i "
+                                   "ON i.id = o.instance_id WHERE o.state = 'pending'").fetchall()
+        assert pending == (refused,)  # still owed, retried
     finally:
         receiver.close()

@@ -197,7 +197,7 @@ def test_all_storage_accepts_mr(node_factory):
 
 class PynetdicomReceiver:
     """A pynetdicom Storage SCP that keeps the raw bytes it receives and
-    answers with `status`."""
+    answers with `status` (or `status(sop_instance_uid)` when callable)."""
 
     def __init__(self, status: int = 0x0000, ae_title: str = "PYSCP",
                  transfer_syntaxes=("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"),
@@ -226,7 +226,7 @@ class PynetdicomReceiver:
         self.stores += 1
         self.received[uid] = event.request.DataSet.getvalue()
         self.transfer_syntax[uid] = event.context.transfer_syntax
-        return self.status
+        return self.status(uid) if callable(self.status) else self.status
 
     def dataset(self, uid: str) -> pydicom.Dataset:
         """What arrived for `uid`, decoded in the syntax it came in."""

@@ -259,42 +259,47 @@ impl OutboxWorker {
         }
     }
 
-    /// Puts `items` off by their back-off; false if one could not be recorded.
-    async fn retry_all(&self, items: &[OutboxItem], reason: &str) -> bool {
-        Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
-        let mut all = true;
-        for item in items {
-            let delay = self.retry_delay(item.attempts);
-            all &= self.recorded(self.store.mark_retry(item, reason, delay).await);
-        }
-        if let Some(first) = items.first() {
-            warn!(
-                reason,
-                instances = items.len(),
-                retry_in_s = self.retry_delay(first.attempts).as_secs(),
-                "delivery failed; will retry"
-            );
-        }
-        all
-    }
-
-    /// The destination, not these files, failed: `items` are retried after
-    /// their back-off, and everything else it is owed waits as long as an
-    /// item tried `fewest_attempts` times (`recorded_so_far`: the earlier
-    /// answers of the batch were recorded).
+    /// The destination, not these files, failed: `items` (tried, failing
+    /// for `reason`) and everything else it is owed wait one back-off, that
+    /// of the most-tried row (`most_attempts`, one of `items` or of the
+    /// owed rows: the outage so far). Rows of several attempt counts each
+    /// fell due on their own, so a PACS that was down got an attempt every
+    /// few seconds rather than one per back-off (`recorded_so_far`: the
+    /// earlier answers of the batch were recorded).
     async fn put_off(
         &self,
         destination: &Destination,
         items: &[&OutboxItem],
-        fewest_attempts: i64,
+        most_attempts: i64,
         reason: &str,
         recorded_so_far: bool,
     ) -> Delivery {
-        let items: Vec<OutboxItem> = items.iter().map(|i| (*i).clone()).collect();
-        let recorded = items.is_empty() || self.retry_all(&items, reason).await;
+        let owed = self
+            .store
+            .most_attempts_owed(&destination.name)
+            .await
+            .unwrap_or(0);
+        let most = items
+            .iter()
+            .map(|i| i.attempts)
+            .fold(most_attempts.max(owed), i64::max);
+        let delay = self.retry_delay(most);
+        Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
+        let mut recorded = true;
+        for item in items {
+            recorded &= self.recorded(self.store.mark_retry(item, reason, delay).await);
+        }
+        if !items.is_empty() {
+            warn!(
+                reason,
+                instances = items.len(),
+                retry_in_s = delay.as_secs(),
+                "delivery failed; will retry"
+            );
+        }
         let put_off = self
             .store
-            .put_off_destination(&destination.name, self.retry_delay(fewest_attempts))
+            .put_off_destination(&destination.name, delay)
             .await;
         if self.recorded(put_off.map(|_| ())) && recorded && recorded_so_far {
             Delivery::DestinationFailed
@@ -340,12 +345,14 @@ impl OutboxWorker {
                 Ok(a) => a,
                 Err(e) => {
                     let items: Vec<&OutboxItem> = sendable.iter().map(|(i, _)| *i).collect();
-                    let fewest = items.iter().map(|i| i.attempts).min().unwrap_or(0);
                     return self
-                        .put_off(destination, &items, fewest, &e.to_string(), all)
+                        .put_off(destination, &items, 0, &e.to_string(), all)
                         .await;
                 }
             };
+        // A7xx answers in a row: one is an instance the destination will not
+        // take now (too large?), two are the destination (a full archive).
+        let mut out_of_resources = 0;
         for (n, (item, file)) in sendable.iter().enumerate() {
             if *self.stopping.borrow() {
                 // The rest stay due, untried: sent after the restart.
@@ -360,27 +367,25 @@ impl OutboxWorker {
             match assoc.store(file).await {
                 Ok(outcome) => {
                     all &= self.record_outcome(item, file, &outcome).await;
-                    if let Ok(status) = &outcome.result {
-                        if status.is_out_of_resources() {
-                            // Each of the rest would be refused alike (a
-                            // full archive answered a backlog of thousands,
-                            // one WARN each, at every back-off).
-                            if let Err(e) = assoc.release().await {
-                                warn!(error = %e, "release failed after delivery");
-                            }
-                            let rest: Vec<&OutboxItem> =
-                                sendable[n + 1..].iter().map(|(i, _)| *i).collect();
-                            let reason = format!("destination out of resources ({status})");
-                            return self
-                                .put_off(destination, &rest, item.attempts, &reason, all)
-                                .await;
+                    let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
+                    out_of_resources = if refused { out_of_resources + 1 } else { 0 };
+                    if out_of_resources == 2 {
+                        // The rest would be refused alike (a full archive
+                        // answered a backlog of thousands, one WARN each, at
+                        // every back-off): they wait with the destination,
+                        // untried, their attempts unchanged.
+                        if let Err(e) = assoc.release().await {
+                            warn!(error = %e, "release failed after delivery");
                         }
+                        return self.put_off(destination, &[], item.attempts, "", all).await;
                     }
                 }
+                // The association lost (aborted, timed out): the destination.
                 Err(e) => {
-                    let rest: Vec<OutboxItem> =
-                        sendable[n..].iter().map(|(i, _)| (*i).clone()).collect();
-                    return Delivery::recorded(self.retry_all(&rest, &e.to_string()).await && all);
+                    let rest: Vec<&OutboxItem> = sendable[n..].iter().map(|(i, _)| *i).collect();
+                    return self
+                        .put_off(destination, &rest, 0, &e.to_string(), all)
+                        .await;
                 }
             }
         }

@@ -194,6 +194,17 @@ impl Store {
     /// due one by one, each a connection attempt and a log line, thousands
     /// a minute while a PACS was down; aligned, they are also sent oldest
     /// first when it is back. Returns how many.
+    /// The most attempts among the rows `destination` is owed (pending):
+    /// how long its outage has lasted, in back-offs.
+    pub async fn most_attempts_owed(&self, destination: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(attempts), 0) FROM outbox WHERE destination = ? AND state = 'pending'",
+        )
+        .bind(destination)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     pub async fn put_off_destination(
         &self,
         destination: &str,
