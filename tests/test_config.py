@@ -70,3 +70,17 @@ def test_one_port_for_dicom_and_http_is_refused_by_check_config():
     assert r.returncode != 0 and "dicom.port and http.port are both 12220" in r.stderr, r.stderr
     r = check_config({"PNEUMO__DICOM__PORT": "12220", "PNEUMO__HTTP__PORT": "12221"})
     assert r.returncode == 0, r.stderr
+
+
+def test_a_rule_caller_no_ae_title_can_be_is_refused_and_spaces_do_not_count(tmp_path):
+    """A results rule for a caller of 22 characters, with a backslash, or
+    blank, passed and matched nothing: that site silently got no results."""
+    config = tmp_path / "node.toml"
+    dest = '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n'
+    for section in ("results", "forward"):
+        for title in ["A_TITLE_OF_22_CHARS_XX", "A\\\\B", "  ", ""]:
+            config.write_text(dest + f'[[routing.{section}]]\ndestinations = ["pacs"]\n'
+                              f'calling_ae_titles = ["OK", "{title}"]\n')
+            r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=60)
+            assert r.returncode != 0 and f"routing.{section}[0].calling_ae_titles" in r.stderr, (title, r.stderr)

@@ -274,6 +274,32 @@ impl Config {
         for (i, c) in self.dicom.allowed_callers.iter().enumerate() {
             check_ae_title(&format!("dicom.allowed_callers[{i}].ae_title"), &c.ae_title)?;
         }
+        // A caller no AE can be would make its rule match nothing, silently.
+        let rule_callers = [
+            (
+                "routing.forward",
+                self.routing
+                    .forward
+                    .iter()
+                    .map(|r| &r.calling_ae_titles)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "routing.results",
+                self.routing
+                    .results
+                    .iter()
+                    .map(|r| &r.calling_ae_titles)
+                    .collect(),
+            ),
+        ];
+        for (section, rules) in rule_callers {
+            for (i, titles) in rules.into_iter().enumerate() {
+                for ae in titles {
+                    check_ae_title(&format!("{section}[{i}].calling_ae_titles"), ae)?;
+                }
+            }
+        }
         if self.outbox.retry_base_s == 0 || self.outbox.retry_cap_s < self.outbox.retry_base_s {
             bail!("outbox.retry_base_s must be at least 1 and outbox.retry_cap_s at least retry_base_s");
         }

@@ -65,11 +65,16 @@ impl ResultRouting {
             return self.everyone.clone();
         }
         union_of(self.rules.iter().filter_map(|rule| {
-            (rule.calling_ae_titles.is_empty()
-                || rule.calling_ae_titles.iter().any(|a| a == calling_ae))
-            .then_some(&rule.destinations)
+            caller_matches(&rule.calling_ae_titles, calling_ae).then_some(&rule.destinations)
         }))
     }
+}
+
+/// Whether a rule's `calling_ae_titles` (any caller when empty) names
+/// `calling_ae`: exactly, case included, leading and trailing spaces not
+/// counting (PS3.5 6.2: they are not significant in an AE title).
+fn caller_matches(titles: &[String], calling_ae: &str) -> bool {
+    titles.is_empty() || titles.iter().any(|a| a.trim() == calling_ae.trim())
 }
 
 /// Each name of these lists once, in order.
@@ -200,8 +205,7 @@ impl RoutingSection {
             let hit = matches(&rule.modalities, h.modality.as_deref(), false)
                 && (rule.sop_classes.is_empty()
                     || rule.sop_classes.iter().any(|c| c == &h.sop_class_uid))
-                && (rule.calling_ae_titles.is_empty()
-                    || rule.calling_ae_titles.iter().any(|a| a == calling_ae));
+                && caller_matches(&rule.calling_ae_titles, calling_ae);
             hit.then_some(&rule.destinations)
         }))
     }
@@ -429,6 +433,15 @@ mod tests {
             vec!["pacs_b", "audit", "pacs_a"]
         );
         assert_eq!(routing.destinations_for("OTHER"), vec!["audit", "pacs_a"]);
+        // Spaces around a title do not count (a rule written "SITE_B ").
+        let spaced = RoutingSection {
+            results: vec![rule(&["pacs_b"], &[" SITE_B "])],
+            ..RoutingSection::default()
+        };
+        assert_eq!(
+            spaced.result_routing(&dests).destinations_for("SITE_B"),
+            vec!["pacs_b"]
+        );
 
         r.results.push(rule(&["nowhere"], &[]));
         assert!(r
