@@ -179,8 +179,8 @@ pub struct Store {
     _locks: Vec<std::fs::File>,
 }
 
-/// A SOP Class or Instance UID with a character no UID has: refused by
-/// name (the parser's own words, "Invalid UID in file meta information
+/// A SOP Class or Instance UID with a character no UID has, longer than
+/// 64 characters or with an empty component: refused by name (the parser's own words, "Invalid UID in file meta information
 /// group", told the sender nothing it could act on).
 fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
     let uids = [
@@ -192,6 +192,19 @@ fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
         if let Some(c) = value.chars().find(|c| *c != '.' && !c.is_ascii_digit()) {
             return Err(StoreError::NotAUid(format!(
                 "{name}: {c:?} is not allowed in a UID (digits and dots only, PS3.5 9.1): {uid:?}"
+            )));
+        }
+        // Stored, such a UID failed its analysis later, and a 65-character
+        // one was forwarded to a PACS that reset the connection, for ever.
+        if value.len() > 64 {
+            return Err(StoreError::NotAUid(format!(
+                "{name}: {} characters, a UID has at most 64 (PS3.5 9.1): {uid:?}",
+                value.len()
+            )));
+        }
+        if !value.is_empty() && value.split('.').any(str::is_empty) {
+            return Err(StoreError::NotAUid(format!(
+                "{name}: an empty component, a UID has digits between its dots (PS3.5 9.1): {uid:?}"
             )));
         }
     }
