@@ -5,6 +5,7 @@ import time
 
 import pydicom
 import pytest
+import requests
 
 from nodetest import copy_with_new_uids, data_store, free_port, run_dcmtk
 from orthanc import Orthanc
@@ -243,6 +244,53 @@ def test_results_go_back_to_the_site_that_sent_the_image(node_factory, rg1_copie
         wait_until(lambda: len(pacs["pacs_b"].received) == 2)
         assert {(u,) for u in pacs["pacs_b"].received} == b | reports_of(from_a[0])
         assert len(pacs["pacs_a"].received) == 2
+    finally:
+        for r in pacs.values():
+            r.close()
+
+
+def test_an_image_two_sites_send_at_once_brings_its_results_to_both(node_factory, rg1_copies, tmp_path):
+    """Both sites' PACSs hold the study and send it at the same moment: a
+    copy arriving while the first was analysed found no report to owe, and
+    the report went only to the first caller's site (4 of 30 reached the
+    other). A re-analysis with a new model went to the first caller's site
+    only, likewise."""
+    import subprocess
+    from nodetest import DCMTK, demo_model_with
+
+    classes = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.88.34")
+    pacs = {name: PynetdicomReceiver(ae_title=name.upper(), sop_classes=classes) for name in ("pacs_a", "pacs_b")}
+    try:
+        lines = []
+        for name, r in pacs.items():
+            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{name.upper()}"',
+                      'host = "127.0.0.1"', f"port = {r.port}"]
+        lines += ["[[routing.results]]", 'destinations = ["pacs_a"]', 'calling_ae_titles = ["SITE_A"]',
+                  "[[routing.results]]", 'destinations = ["pacs_b"]', 'calling_ae_titles = ["SITE_B"]']
+        config = tmp_path / "node.toml"
+        config.write_text("\n".join(lines) + "\n")
+        node = node_factory().start(config_file=config)
+        files = rg1_copies("UNCI", 12)
+        senders = [subprocess.Popen([str(DCMTK / "storescu"), "-aet", caller, "-aec", node.ae_title,
+                                     "127.0.0.1", str(node.port), *files], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for caller in ("SITE_A", "SITE_B")]
+        assert [s.wait(timeout=120) for s in senders] == [0, 0]
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 12, 90)
+        wait_until(lambda: min(len(r.received) for r in pacs.values()) >= 12, 30)
+        with node.db() as c:
+            reports = {u for (u,) in c.execute(
+                "SELECT r.sop_instance_uid FROM jobs j JOIN instances r ON r.id = j.sr_instance_id")}
+        assert len(reports) == 12
+        for name, r in pacs.items():
+            assert set(r.received) == reports, name
+
+        # A new model: its reports reach both sites too.
+        node.stop()
+        node.settings["inference__model"] = str(demo_model_with(tmp_path / "v2.onnx", model_version="2.0.0"))
+        node.start()
+        api = f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=delivered"
+        assert requests.post(api, timeout=10).json() == {"requeued": 12}
+        wait_until(lambda: min(len(r.received) for r in pacs.values()) == 24, 90)
     finally:
         for r in pacs.values():
             r.close()

@@ -171,7 +171,10 @@ impl IngestHandler {
                 // Its report, too, to a results destination configured since.
                 let reports_owed = match self
                     .store
-                    .owe_report_of(instance_id, &self.results.destinations_for(calling_ae))
+                    .owe_report_of(
+                        instance_id,
+                        &self.results.destinations_for(&[calling_ae.to_string()]),
+                    )
                     .await
                 {
                     Ok(n) => n,

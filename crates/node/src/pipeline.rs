@@ -335,7 +335,8 @@ impl Pipeline {
             },
         };
         let json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-        let result_destinations = self.results.destinations_for(&job.calling_ae);
+        let callers = self.store.callers_of(job.instance_id).await?;
+        let result_destinations = self.results.destinations_for(&callers);
         let done = self
             .store
             .complete_job(
@@ -350,7 +351,14 @@ impl Pipeline {
             )
             .await?;
         if done {
-            if !result_destinations.is_empty() {
+            // A caller that sent the image again while it was analysed found
+            // no report to owe: its destinations are owed it now.
+            let now = self.store.callers_of(job.instance_id).await?;
+            if now.len() > callers.len() {
+                let late = self.results.destinations_for(&now[callers.len()..]);
+                self.store.owe_report_of(job.instance_id, &late).await?;
+            }
+            if !result_destinations.is_empty() || now.len() > callers.len() {
                 self.wake_outbox.notify_one();
             }
             info!(

@@ -59,13 +59,17 @@ pub struct ResultRouting {
 }
 
 impl ResultRouting {
-    /// The destinations of the results of an image `calling_ae` sent, each once.
-    pub fn destinations_for(&self, calling_ae: &str) -> Vec<String> {
+    /// The destinations of the results of an image these callers sent
+    /// (each caller that sent it), each once.
+    pub fn destinations_for(&self, callers: &[String]) -> Vec<String> {
         if self.rules.is_empty() {
             return self.everyone.clone();
         }
         union_of(self.rules.iter().filter_map(|rule| {
-            caller_matches(&rule.calling_ae_titles, calling_ae).then_some(&rule.destinations)
+            callers
+                .iter()
+                .any(|c| caller_matches(&rule.calling_ae_titles, c))
+                .then_some(&rule.destinations)
         }))
     }
 }
@@ -397,12 +401,14 @@ mod tests {
         let dests = [d("pacs", true), d("archive", false)];
         let mut r = RoutingSection::default();
         assert_eq!(
-            r.result_routing(&dests).destinations_for("CR1"),
+            r.result_routing(&dests)
+                .destinations_for(&["CR1".to_string()]),
             vec!["pacs"]
         );
         r.results_to = vec!["archive".into()];
         assert_eq!(
-            r.result_routing(&dests).destinations_for("CR1"),
+            r.result_routing(&dests)
+                .destinations_for(&["CR1".to_string()]),
             vec!["archive"]
         );
         assert!(r.validate(&dests).is_ok());
@@ -427,19 +433,27 @@ mod tests {
         };
         assert!(r.validate(&dests).is_ok());
         let routing = r.result_routing(&dests);
-        assert_eq!(routing.destinations_for("SITE_A"), vec!["pacs_a", "audit"]);
         assert_eq!(
-            routing.destinations_for("SITE_B2"),
+            routing.destinations_for(&["SITE_A".to_string()]),
+            vec!["pacs_a", "audit"]
+        );
+        assert_eq!(
+            routing.destinations_for(&["SITE_B2".to_string()]),
             vec!["pacs_b", "audit", "pacs_a"]
         );
-        assert_eq!(routing.destinations_for("OTHER"), vec!["audit", "pacs_a"]);
+        assert_eq!(
+            routing.destinations_for(&["OTHER".to_string()]),
+            vec!["audit", "pacs_a"]
+        );
         // Spaces around a title do not count (a rule written "SITE_B ").
         let spaced = RoutingSection {
             results: vec![rule(&["pacs_b"], &[" SITE_B "])],
             ..RoutingSection::default()
         };
         assert_eq!(
-            spaced.result_routing(&dests).destinations_for("SITE_B"),
+            spaced
+                .result_routing(&dests)
+                .destinations_for(&["SITE_B".to_string()]),
             vec!["pacs_b"]
         );
 

@@ -139,8 +139,6 @@ pub struct ClaimedJob {
     pub purged_at_ms: Option<i64>,
     /// Attempts including this one.
     pub attempts: i64,
-    /// The AE title that sent this copy (results may be routed by it).
-    pub calling_ae: String,
 }
 
 /// The instances an analysis made: its report, and the companion image
@@ -269,8 +267,7 @@ impl Store {
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
                  (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
-                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms,
-                 (SELECT calling_ae FROM instances WHERE id = instance_id) AS calling_ae"
+                 (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms"
         ))
         .bind(now)
         .bind(max_attempts)
@@ -499,6 +496,20 @@ impl Store {
     }
 
     /// The first stored instance with this SOP Instance UID.
+    /// Every AE title that sent this instance (its first copy's, then
+    /// those that sent it again), for routing its results.
+    pub async fn callers_of(&self, instance_id: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT calling_ae FROM (
+                 SELECT calling_ae, 0 AS n FROM instances WHERE id = ?1
+                 UNION SELECT calling_ae, rowid AS n FROM instance_callers WHERE instance_id = ?1)
+             GROUP BY calling_ae ORDER BY MIN(n)",
+        )
+        .bind(instance_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub async fn instance_id_by_uid(
         &self,
         sop_instance_uid: &str,

@@ -333,7 +333,9 @@ impl Store {
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
             self.restore_missing_file(*id, &sha256, &incoming.spool_path)
                 .await?;
-            return self.routed_again(*id, route(&header)).await;
+            return self
+                .routed_again(*id, &incoming.calling_ae, route(&header))
+                .await;
         }
         if let Some(id) = self
             .same_data_set_in_another_encoding(&existing, &incoming.spool_path)
@@ -344,7 +346,9 @@ impl Store {
                 transfer_syntax = %incoming.transfer_syntax_uid,
                 "the same data set in another transfer syntax: not stored again"
             );
-            return self.routed_again(id, route(&header)).await;
+            return self
+                .routed_again(id, &incoming.calling_ae, route(&header))
+                .await;
         }
         let conflicting = !existing.is_empty();
         let relative = files::instance_path(&header, conflicting.then_some(sha256.as_str()));
@@ -408,8 +412,18 @@ impl Store {
     async fn routed_again(
         &self,
         instance_id: i64,
+        calling_ae: &str,
         destinations: Vec<String>,
     ) -> Result<IngestOutcome, StoreError> {
+        // Before its report is owed (by the caller of this): an analysis
+        // finishing now reads the callers after it commits.
+        sqlx::query(
+            "INSERT OR IGNORE INTO instance_callers (instance_id, calling_ae) VALUES (?, ?)",
+        )
+        .bind(instance_id)
+        .bind(calling_ae)
+        .execute(&self.pool)
+        .await?;
         let mut newly_routed = 0;
         for d in destinations {
             newly_routed += usize::from(outbox::enqueue(&self.pool, instance_id, &d).await?);
