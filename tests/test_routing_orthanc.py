@@ -201,6 +201,22 @@ def test_a_pacs_pushes_radiographs_and_gets_the_reports_back(node_factory, rg1_c
         pacs.stop()
 
 
+def site_results_config(path, pacs: dict, more_rules=()):
+    """Each receiver of `pacs` (name → PynetdicomReceiver, AE title the name
+    in capitals) a destination; results of SITE_A's images to pacs_a, of
+    SITE_B's to pacs_b, and a results rule per line of `more_rules`."""
+    lines = []
+    for name, r in pacs.items():
+        lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{name.upper()}"',
+                  'host = "127.0.0.1"', f"port = {r.port}"]
+    lines += ["[[routing.results]]", 'destinations = ["pacs_a"]', 'calling_ae_titles = ["SITE_A"]',
+              "[[routing.results]]", 'destinations = ["pacs_b"]', 'calling_ae_titles = ["SITE_B"]']
+    for rule in more_rules:
+        lines += ["[[routing.results]]", rule]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_results_go_back_to_the_site_that_sent_the_image(node_factory, rg1_copies, tmp_path):
     """Two sites' PACSs send to one node: each gets the results of its own
     images only (a global results destination sent every site's patients to
@@ -209,15 +225,7 @@ def test_results_go_back_to_the_site_that_sent_the_image(node_factory, rg1_copie
     pacs = {name: PynetdicomReceiver(ae_title=name.upper(), sop_classes=classes)
             for name in ("pacs_a", "pacs_b", "audit")}
     try:
-        lines = []
-        for name, r in pacs.items():
-            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{name.upper()}"',
-                      'host = "127.0.0.1"', f"port = {r.port}"]
-        lines += ["[[routing.results]]", 'destinations = ["pacs_a"]', 'calling_ae_titles = ["SITE_A"]',
-                  "[[routing.results]]", 'destinations = ["pacs_b"]', 'calling_ae_titles = ["SITE_B"]',
-                  "[[routing.results]]", 'destinations = ["audit"]']
-        config = tmp_path / "node.toml"
-        config.write_text("\n".join(lines) + "\n")
+        config = site_results_config(tmp_path / "node.toml", pacs, ['destinations = ["audit"]'])
         node = node_factory().start(config_file=config)
         *from_a, from_b = rg1_copies("UNCI", 3)
         run_dcmtk("storescu", "-aet", "SITE_A", "-aec", node.ae_title, "127.0.0.1", node.port, *from_a)
@@ -261,14 +269,7 @@ def test_an_image_two_sites_send_at_once_brings_its_results_to_both(node_factory
     classes = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.88.34")
     pacs = {name: PynetdicomReceiver(ae_title=name.upper(), sop_classes=classes) for name in ("pacs_a", "pacs_b")}
     try:
-        lines = []
-        for name, r in pacs.items():
-            lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{name.upper()}"',
-                      'host = "127.0.0.1"', f"port = {r.port}"]
-        lines += ["[[routing.results]]", 'destinations = ["pacs_a"]', 'calling_ae_titles = ["SITE_A"]',
-                  "[[routing.results]]", 'destinations = ["pacs_b"]', 'calling_ae_titles = ["SITE_B"]']
-        config = tmp_path / "node.toml"
-        config.write_text("\n".join(lines) + "\n")
+        config = site_results_config(tmp_path / "node.toml", pacs)
         node = node_factory().start(config_file=config)
         files = rg1_copies("UNCI", 12)
         senders = [subprocess.Popen([str(DCMTK / "storescu"), "-aet", caller, "-aec", node.ae_title,
