@@ -198,6 +198,18 @@ def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory,
         silent.close()
 
 
+def fill_the_disk_for_sent_rows(node):
+    """A trigger stands for a full disk: "sent" cannot be written."""
+    with node.db() as c:
+        c.execute("CREATE TRIGGER full_disk BEFORE UPDATE ON outbox WHEN NEW.state = 'sent' "
+                  "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+
+
+def free_the_disk(node):
+    with node.db() as c:
+        c.execute("DROP TRIGGER full_disk")
+
+
 def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factory, rg1_copies, tmp_path):
     """The PACS stored it, but "sent" cannot be written (a trigger stands for
     a full disk): the row is still due. The loop used to send it again at
@@ -212,17 +224,14 @@ def test_an_answer_the_database_cannot_record_pauses_the_destination(node_factor
             [{"destinations": ["pacs"]}],
         )
         node = node_factory().start(config_file=config)
-        with node.db() as c:
-            c.execute("CREATE TRIGGER full_disk BEFORE UPDATE ON outbox WHEN NEW.state = 'sent' "
-                      "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        fill_the_disk_for_sent_rows(node)
         (f,) = rg1_copies("UNCI", 1)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
         wait_until(lambda: receiver.stores >= 1)
         time.sleep(8)  # past the first pause (5 s)
         assert receiver.stores == 1, receiver.stores
         assert "deliveries paused" in node.log()
-        with node.db() as c:
-            c.execute("DROP TRIGGER full_disk")
+        free_the_disk(node)
         wait_until(lambda: outbox(node)["pacs"][0] == "sent", timeout=30)  # after the pause
         assert receiver.stores == 1, receiver.stores
         assert "delivered (recorded late)" in node.log()
@@ -586,3 +595,29 @@ def test_one_instance_refused_out_of_resources_holds_up_no_other(node_factory, r
         assert pending == (refused,)  # still owed, retried
     finally:
         receiver.close()
+
+
+def test_a_delivery_taken_but_not_recorded_and_then_moved_goes_to_the_new_destination(
+        node_factory, rg1_copies, tmp_path):
+    """The disk full after the PACS took an instance; the operator then
+    moved what it was owed to another destination: the taken answer was
+    recorded as pacs2's, and pacs2 never received the instance."""
+    pacs, pacs2 = PynetdicomReceiver(ae_title="PACS"), PynetdicomReceiver(ae_title="PACS2")
+    try:
+        config = node_config(tmp_path / "node.toml",
+                             [{"name": "pacs", "ae_title": "PACS", "port": pacs.port},
+                              {"name": "pacs2", "ae_title": "PACS2", "port": pacs2.port}],
+                             [{"destinations": ["pacs"]}])
+        node = node_factory().start(config_file=config)
+        fill_the_disk_for_sent_rows(node)
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: pacs.stores == 1)
+        api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+        assert requests.post(f"{api}/move?from=pacs&to=pacs2", timeout=10).json() == {"moved": 1, "dropped": 0}
+        free_the_disk(node)
+        wait_until(lambda: outbox(node).get("pacs2", ("",))[0] == "sent", timeout=30)
+        assert pacs2.stores == 1 and pacs.stores == 1
+    finally:
+        pacs.close()
+        pacs2.close()

@@ -54,12 +54,14 @@ pub struct OutboxWorker {
     /// True once the node stops: no new file is sent; the one in flight
     /// is finished and recorded.
     pub stopping: watch::Receiver<bool>,
-    /// Outbox row id → the destination's answer, for deliveries it took
+    /// (Outbox row id, destination) → its answer, for deliveries it took
     /// whose `sent` the database could not record (a full disk): recorded
     /// when the database can, never sent again meanwhile (each pause sent
     /// the batch again: a PACS got 382 C-STOREs for 50 instances a minute).
     /// Lost with the process: then sent once more, at least once.
-    pub delivered_unrecorded: Mutex<HashMap<i64, String>>,
+    /// Keyed by destination too: a row moved to another destination
+    /// meanwhile is that one's to send.
+    pub delivered_unrecorded: Mutex<HashMap<(i64, String), String>>,
 }
 
 impl OutboxWorker {
@@ -140,7 +142,7 @@ impl OutboxWorker {
             };
             let (due, recorded) = self.record_earlier_deliveries(due).await;
             if !recorded {
-                self.pause_unrecordable(&mut unrecordable, 0, &mut stopping)
+                self.pause_unrecordable(&mut unrecordable, &mut stopping)
                     .await;
                 continue;
             }
@@ -174,7 +176,7 @@ impl OutboxWorker {
                     // `delivered_unrecorded`, not sent again): without a
                     // pause the loop would try again at once, again and again.
                     Delivery::NotRecorded => {
-                        self.pause_unrecordable(&mut unrecordable, batch.len(), &mut stopping)
+                        self.pause_unrecordable(&mut unrecordable, &mut stopping)
                             .await;
                         break;
                     }
@@ -193,7 +195,10 @@ impl OutboxWorker {
                 return (due, true);
             }
             due.iter()
-                .filter_map(|i| taken.get(&i.id).map(|s| (i.id, s.clone())))
+                .filter_map(|i| {
+                    let key = (i.id, i.destination.clone());
+                    taken.get(&key).map(|s| (i.id, s.clone()))
+                })
                 .collect()
         };
         let mut all = true;
@@ -204,7 +209,7 @@ impl OutboxWorker {
                 self.delivered_unrecorded
                     .lock()
                     .expect("not poisoned")
-                    .remove(id);
+                    .remove(&(*id, item.destination.clone()));
             } else {
                 all = false;
             }
@@ -218,17 +223,12 @@ impl OutboxWorker {
 
     /// The outbox cannot be written: a pause that doubles with each round
     /// in a row (from `retry_base_s`, at least 5 s, to `retry_cap_s`).
-    async fn pause_unrecordable(
-        &self,
-        rounds: &mut u32,
-        batch: usize,
-        stopping: &mut watch::Receiver<bool>,
-    ) {
+    /// (Not a delivery failure: the destination may have taken them all.)
+    async fn pause_unrecordable(&self, rounds: &mut u32, stopping: &mut watch::Receiver<bool>) {
         *rounds += 1;
         let base = Duration::from_secs(self.settings.retry_base_s.max(5));
         let cap = Duration::from_secs(self.settings.retry_cap_s).max(base);
         let pause = backoff(i64::from(*rounds), base, cap);
-        Metrics::inc(&self.metrics.deliveries_failed, batch as u64);
         warn!(
             pause_s = pause.as_secs(),
             "the outbox cannot be written; deliveries paused"
@@ -353,7 +353,7 @@ impl OutboxWorker {
         // A7xx answers in a row: one is an instance the destination will not
         // take now (too large?), two are the destination (a full archive).
         let mut out_of_resources = 0;
-        for (n, (item, file)) in sendable.iter().enumerate() {
+        for (item, file) in &sendable {
             if *self.stopping.borrow() {
                 // The rest stay due, untried: sent after the restart.
                 break;
@@ -381,10 +381,10 @@ impl OutboxWorker {
                     }
                 }
                 // The association lost (aborted, timed out): the destination.
+                // The rows behind this one wait with it, untried.
                 Err(e) => {
-                    let rest: Vec<&OutboxItem> = sendable[n..].iter().map(|(i, _)| *i).collect();
                     return self
-                        .put_off(destination, &rest, 0, &e.to_string(), all)
+                        .put_off(destination, &[*item], 0, &e.to_string(), all)
                         .await;
                 }
             }
@@ -422,7 +422,7 @@ impl OutboxWorker {
                     self.delivered_unrecorded
                         .lock()
                         .expect("not poisoned")
-                        .insert(item.id, answer);
+                        .insert((item.id, item.destination.clone()), answer);
                 }
                 sent
             }

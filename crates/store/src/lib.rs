@@ -89,10 +89,10 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
     })
 }
 
-/// The same for a database file outside the data directory
-/// (`database.url`): a second node given another data directory and the
-/// first's database took the first's deliveries and parked them, looking
-/// for their files in its own directory.
+/// The same for the database file, wherever it is: a second node given
+/// another data directory and the first's database (`database.url`) took
+/// the first's deliveries and parked them, looking for their files in its
+/// own directory.
 fn lock_database(database: &Path) -> Result<std::fs::File, StoreError> {
     let mut name = database.as_os_str().to_owned();
     name.push(".pneumo-node.lock");
@@ -229,7 +229,10 @@ impl Store {
         // back its jobs and send every delivery a second time.
         let mut locks = vec![lock_data_dir(data_dir)?];
         let database_file = db::database_file(data_dir, database_url);
-        if let Some(file) = database_file.as_ref().filter(|_| database_url.is_some()) {
+        // Whether or not this node names it by URL: a second node given
+        // another data directory and this database by `database.url` takes
+        // the same lock.
+        if let Some(file) = &database_file {
             locks.push(lock_database(file)?);
         }
         let pool = db::connect(data_dir, database_url).await?;

@@ -891,5 +891,17 @@ async fn a_database_outside_the_data_directory_serves_one_store_at_a_time() {
         "{message}"
     );
     drop(first);
-    let _again = Store::open(b.path(), Some(&url)).await.unwrap();
+    let again = Store::open(b.path(), Some(&url)).await.unwrap();
+    drop(again);
+
+    // The first node keeps its database in its data directory (no URL):
+    // the second, naming that file, is refused all the same.
+    let first = open(a.path()).await;
+    let inside = format!(
+        "sqlite://{}?mode=rwc",
+        a.path().join("pneumo-node.sqlite").display()
+    );
+    let second = Store::open(b.path(), Some(&inside)).await;
+    assert!(matches!(second, Err(StoreError::DatabaseInUse { .. })));
+    drop(first);
 }
