@@ -158,6 +158,7 @@ def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
     assert post(node, "/api/deliveries/cancel?destination=")[0] == 400
     assert post(node, "/api/jobs/retry?state=delivered&sop_instance_uid=")[0] == 400
     assert post(node, f"/api/deliveries/resend?destination=nowhere&study_instance_uid={study}")[0] == 400
-    assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}") == (200, {"resent": 2})
+    # A UID pasted with a space after it (%20) is the UID.
+    assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}%20") == (200, {"resent": 2})
     wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="both reports sent again")
     assert "sent deliveries to be sent again" in node.log()

@@ -393,7 +393,7 @@ async fn retry_jobs(
     };
     match s
         .store
-        .requeue_jobs(&states, q.sop_instance_uid.as_deref())
+        .requeue_jobs(&states, q.sop_instance_uid.as_deref().map(str::trim))
         .await
     {
         Ok(n) => {
@@ -548,8 +548,9 @@ async fn resend_deliveries(
         .store
         .resend_deliveries(
             &q.destination,
-            q.study_instance_uid.as_deref(),
-            q.sop_instance_uid.as_deref(),
+            // A UID pasted with a space around it (`%20`) matched nothing.
+            q.study_instance_uid.as_deref().map(str::trim),
+            q.sop_instance_uid.as_deref().map(str::trim),
         )
         .await
     {
