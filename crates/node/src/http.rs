@@ -118,6 +118,16 @@ fn action_query<T>(q: Result<Query<T>, QueryRejection>, body: &Bytes) -> Result<
     }
 }
 
+/// A UID filter of an action: trimmed (one pasted with a space around it,
+/// `%20`, matched nothing); an empty one is an error (it would match
+/// nothing, or be read as "everything"): the body of the 400.
+fn uid_filter(v: &Option<String>) -> Result<Option<&str>, Value> {
+    match v.as_deref().map(str::trim) {
+        Some("") => Err(json!({ "error": "an empty UID" })),
+        uid => Ok(uid),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -378,12 +388,10 @@ async fn retry_jobs(
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    if q.sop_instance_uid
-        .as_deref()
-        .is_some_and(|v| v.trim().is_empty())
-    {
-        return bad_request(json!({ "error": "an empty UID" }));
-    }
+    let sop_instance_uid = match uid_filter(&q.sop_instance_uid) {
+        Ok(uid) => uid,
+        Err(body) => return bad_request(body),
+    };
     let asked = q.state.as_deref().unwrap_or("failed");
     let states: Option<Vec<RetryableState>> = asked.split(',').map(RetryableState::parse).collect();
     let Some(states) = states else {
@@ -391,11 +399,7 @@ async fn retry_jobs(
             json!({ "error": format!("cannot retry state `{asked}`"), "states": RetryableState::ALL.map(RetryableState::as_str) }),
         );
     };
-    match s
-        .store
-        .requeue_jobs(&states, q.sop_instance_uid.as_deref().map(str::trim))
-        .await
-    {
+    match s.store.requeue_jobs(&states, sop_instance_uid).await {
         Ok(n) => {
             tracing::info!(
                 jobs = n,
@@ -535,31 +539,29 @@ async fn resend_deliveries(
     if let Some(refused) = unknown_destination(&s, &q.destination) {
         return refused;
     }
-    let empty = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim().is_empty());
-    if empty(&q.study_instance_uid) || empty(&q.sop_instance_uid) {
-        return bad_request(json!({ "error": "an empty UID" }));
-    }
-    if q.study_instance_uid.is_none() && q.sop_instance_uid.is_none() {
+    let (study_instance_uid, sop_instance_uid) = match (
+        uid_filter(&q.study_instance_uid),
+        uid_filter(&q.sop_instance_uid),
+    ) {
+        (Ok(study), Ok(sop)) => (study, sop),
+        (Err(body), _) | (_, Err(body)) => return bad_request(body),
+    };
+    if study_instance_uid.is_none() && sop_instance_uid.is_none() {
         return bad_request(json!({
             "error": "say what to send again: study_instance_uid or sop_instance_uid"
         }));
     }
     match s
         .store
-        .resend_deliveries(
-            &q.destination,
-            // A UID pasted with a space around it (`%20`) matched nothing.
-            q.study_instance_uid.as_deref().map(str::trim),
-            q.sop_instance_uid.as_deref().map(str::trim),
-        )
+        .resend_deliveries(&q.destination, study_instance_uid, sop_instance_uid)
         .await
     {
         Ok(n) => {
             tracing::info!(
                 deliveries = n,
                 destination = %q.destination,
-                study_instance_uid = q.study_instance_uid.as_deref().unwrap_or(""),
-                sop_instance_uid = q.sop_instance_uid.as_deref().unwrap_or(""),
+                study_instance_uid = study_instance_uid.unwrap_or(""),
+                sop_instance_uid = sop_instance_uid.unwrap_or(""),
                 "sent deliveries to be sent again"
             );
             s.wake_outbox.notify_one();

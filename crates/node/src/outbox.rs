@@ -189,35 +189,31 @@ impl OutboxWorker {
     /// the database could record them; returns the rest of `due`, to send,
     /// and whether every earlier one is recorded now.
     async fn record_earlier_deliveries(&self, due: Vec<OutboxItem>) -> (Vec<OutboxItem>, bool) {
-        let earlier: Vec<(i64, String)> = {
+        let (mut earlier, mut rest) = (Vec::new(), Vec::new());
+        {
             let taken = self.delivered_unrecorded.lock().expect("not poisoned");
             if taken.is_empty() {
                 return (due, true);
             }
-            due.iter()
-                .filter_map(|i| {
-                    let key = (i.id, i.destination.clone());
-                    taken.get(&key).map(|s| (i.id, s.clone()))
-                })
-                .collect()
-        };
+            for item in due {
+                match taken.get(&(item.id, item.destination.clone())) {
+                    Some(answer) => earlier.push((answer.clone(), item)),
+                    None => rest.push(item),
+                }
+            }
+        }
         let mut all = true;
-        for (id, status) in &earlier {
-            let item = due.iter().find(|i| i.id == *id).expect("taken from due");
-            if self.recorded(self.store.mark_sent(item, status).await) {
+        for (answer, item) in earlier {
+            if self.recorded(self.store.mark_sent(&item, &answer).await) {
                 info!(sop_instance_uid = %item.sop_instance_uid, "delivered (recorded late)");
                 self.delivered_unrecorded
                     .lock()
                     .expect("not poisoned")
-                    .remove(&(*id, item.destination.clone()));
+                    .remove(&(item.id, item.destination));
             } else {
                 all = false;
             }
         }
-        let rest = due
-            .into_iter()
-            .filter(|i| !earlier.iter().any(|(id, _)| *id == i.id))
-            .collect();
         (rest, all)
     }
 
@@ -261,8 +257,7 @@ impl OutboxWorker {
 
     /// The destination, not these files, failed: `items` (tried, failing
     /// for `reason`) and everything else it is owed wait one back-off, that
-    /// of the most-tried row (`most_attempts`, one of `items` or of the
-    /// owed rows: the outage so far). Rows of several attempt counts each
+    /// of its most-tried owed row (the outage so far). Rows of several attempt counts each
     /// fell due on their own, so a PACS that was down got an attempt every
     /// few seconds rather than one per back-off (`recorded_so_far`: the
     /// earlier answers of the batch were recorded).
@@ -270,7 +265,6 @@ impl OutboxWorker {
         &self,
         destination: &Destination,
         items: &[&OutboxItem],
-        most_attempts: i64,
         reason: &str,
         recorded_so_far: bool,
     ) -> Delivery {
@@ -279,10 +273,8 @@ impl OutboxWorker {
             .most_attempts_owed(&destination.name)
             .await
             .unwrap_or(0);
-        let most = items
-            .iter()
-            .map(|i| i.attempts)
-            .fold(most_attempts.max(owed), i64::max);
+        // `items` are owed rows too; counted here should the read fail.
+        let most = items.iter().map(|i| i.attempts).fold(owed, i64::max);
         let delay = self.retry_delay(most);
         Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
         let mut recorded = true;
@@ -345,9 +337,7 @@ impl OutboxWorker {
                 Ok(a) => a,
                 Err(e) => {
                     let items: Vec<&OutboxItem> = sendable.iter().map(|(i, _)| *i).collect();
-                    return self
-                        .put_off(destination, &items, 0, &e.to_string(), all)
-                        .await;
+                    return self.put_off(destination, &items, &e.to_string(), all).await;
                 }
             };
         // A7xx answers in a row: one is an instance the destination will not
@@ -377,14 +367,15 @@ impl OutboxWorker {
                         if let Err(e) = assoc.release().await {
                             warn!(error = %e, "release failed after delivery");
                         }
-                        return self.put_off(destination, &[], item.attempts, "", all).await;
+                        // (The refused ones are owed rows: their attempts count.)
+                        return self.put_off(destination, &[], "", all).await;
                     }
                 }
                 // The association lost (aborted, timed out): the destination.
                 // The rows behind this one wait with it, untried.
                 Err(e) => {
                     return self
-                        .put_off(destination, &[*item], 0, &e.to_string(), all)
+                        .put_off(destination, &[*item], &e.to_string(), all)
                         .await;
                 }
             }
@@ -458,8 +449,8 @@ impl OutboxWorker {
 enum Delivery {
     /// Every answer (or reason for not sending) recorded.
     Done,
-    /// The destination failed (no association, or out of resources): its
-    /// owed rows are put off.
+    /// The destination failed (no association, a lost one, or out of
+    /// resources): its owed rows are put off.
     DestinationFailed,
     /// An answer could not be recorded in the outbox.
     NotRecorded,

@@ -174,14 +174,17 @@ pub struct Store {
     database_file: Option<PathBuf>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
-    /// The exclusive locks on the data directory (and on a database outside
-    /// it), held while the store lives.
+    /// The exclusive locks on the data directory and on the database file,
+    /// held while the store lives.
     _locks: Vec<std::fs::File>,
 }
 
 /// A SOP Class or Instance UID with a character no UID has, longer than
-/// 64 characters or with an empty component: refused by name (the parser's own words, "Invalid UID in file meta information
-/// group", told the sender nothing it could act on).
+/// 64 characters or with an empty component: refused by name (the
+/// parser's own words, "Invalid UID in file meta information group", told
+/// the sender nothing it could act on). Leading zeros in a component pass:
+/// older modalities write them (the report crate's `is_referable_uid`
+/// draws the same line for what a report may reference).
 fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
     let uids = [
         ("SOP Class UID", &incoming.sop_class_uid),
