@@ -40,18 +40,39 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     save("truncated_jpeg", jpeg, "-xx", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.51) failed: libjpeg-turbo")
 
     # dicom-rs's RLE decoder panicked on a truncated segment ("imaging task
-    # failed: task panicked"): a decode error like any other.
+    # failed: task panicked"): a decode error like any other, found short
+    # before the decoder runs.
     rle = _fresh(FIXTURES / "rg1s_rle.dcm")
     stream = next(generate_frames(rle.PixelData, number_of_frames=1))
     cut = stream[: len(stream) // 2]
     rle.PixelData = encapsulate([cut + b"\0" * (len(cut) % 2)])
-    save("truncated_rle", rle, "-xr", "imaging: decode: decoding pixel data (1.2.840.10008.1.2.5) failed: the decoder failed")
+    save("truncated_rle", rle, "-xr",
+         "imaging: decode: decoding pixel data (1.2.840.10008.1.2.5) failed: the RLE frame decodes to")
 
     # A JPEG-LS codestream larger than Rows says: analysed (and forwarded)
     # cropped to the header's size, as if whole.
     taller = _fresh(FIXTURES / "rg1s_jpegls_lossless.dcm")
     taller.Rows = taller.Rows - 10
-    save("codestream_larger_than_header", taller, "-xt", "imaging: pixel-data-length")
+    save("codestream_larger_than_header", taller, "-xt",
+         "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.80) failed: the JPEG-LS"
+         f" codestream is 230x244, the data set says 230x{taller.Rows}")
+
+    # Codestreams of the header's byte count but another shape: the
+    # registry's decoders filled Rows x Columns from them, and a transposed,
+    # sheared or cut image was analysed as a chest.
+    def reshaped(name, fixture, propose, syntax, rows, cols, codec_name):
+        ds = _fresh(FIXTURES / fixture)
+        ds.Rows, ds.Columns = rows, cols
+        save(name, ds, propose, f"imaging: decode: decoding pixel data ({syntax}) failed: the {codec_name}")
+
+    reshaped("j2k_transposed", "rg1s_j2k_lossless.dcm", "-xv", "1.2.840.10008.1.2.4.90", 230, 244,
+             "JPEG 2000 codestream is 230x244, the data set says 244x230")
+    reshaped("j2k_wider", "rg1s_j2k_lossy.dcm", "-xw", "1.2.840.10008.1.2.4.91", 232, 242,
+             "JPEG 2000 codestream is 230x244, the data set says 242x232")
+    reshaped("jpegls_transposed", "rg1s_jpegls_lossless.dcm", "-xt", "1.2.840.10008.1.2.4.80",
+             230, 244, "JPEG-LS codestream is 230x244, the data set says 244x230")
+    reshaped("rle_shorter", "rg1s_rle.dcm", "-xr", "1.2.840.10008.1.2.5", 234, 230,
+             "RLE frame decodes to 56120 bytes a segment, the data set's 230x234 need 53820")
 
     base = FIXTURES / "rg1s_mono2.dcm"
     rgb = _fresh(base, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,

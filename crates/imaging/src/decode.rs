@@ -10,6 +10,7 @@ use dicom_encoding::transfer_syntax::Codec;
 use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
+use crate::codestream;
 use crate::error::ImagingError;
 use crate::header::{elem, ImageHeader};
 use crate::jpeg;
@@ -187,6 +188,19 @@ pub(crate) fn decode_encapsulated_frame(
                 "no pixel data decoder for it in this build".into(),
             ));
         };
+        // The registry's decoders trust Rows and Columns: the codestream's
+        // own size is compared first (see `codestream`).
+        let codestream = obj
+            .frame_pixel_data(frame)
+            .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
+        codestream::check_frame_size(
+            uid,
+            &codestream,
+            header.rows,
+            header.cols,
+            usize::from(header.bits_allocated / 8),
+        )
+        .map_err(decode_err)?;
         // dicom-rs's RLE decoder indexes past the end of a truncated
         // segment (a panic); taken as the decode error it is.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -6,6 +6,7 @@
 //! `lung-box`) → resize as Pillow's bilinear on a float image → 3 identical
 //! channels → normalise with the contract's mean and std → NCHW f32 or f16.
 
+mod codestream;
 mod crop;
 mod decode;
 mod error;
