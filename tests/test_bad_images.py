@@ -93,6 +93,27 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     del none.PixelData
     save("no_pixel_data", none, "-xe", "imaging: no-pixel-data")
 
+    # Samples stored up to High Bit 15 (bits 4-15), as DCMTK reads them:
+    # taken from the low 12 bits they were noise, and analysed.
+    high = _fresh(FIXTURES / "rg1s_bits12.dcm", HighBit=15)
+    high.PixelData = (high.pixel_array.astype(np.uint16) << 4).tobytes()
+    save("samples_at_high_bit", high, "-xe",
+         "imaging: invalid-attribute: attribute HighBit has an unusable value: 15 with Bits Stored 12")
+
+    # Nothing to read: each got the demo model's "present" for a flat tensor.
+    black = _fresh(base)
+    black.PixelData = np.zeros(black.Rows * black.Columns, np.uint16).tobytes()
+    save("all_black", black, "-xe", "imaging: no-image-content: no image content: every pixel is 0")
+    padded = _fresh(base)
+    padded.add_new(0x00280120, "US", 100)  # Pixel Padding Value
+    padded.PixelData = np.full(padded.Rows * padded.Columns, 100, np.uint16).tobytes()
+    save("all_padding", padded, "-xe", "imaging: no-image-content")
+    for name, (rows, cols) in {"one_pixel": (1, 1), "sliver": (3, 500)}.items():
+        tiny = _fresh(base, Rows=rows, Columns=cols)
+        tiny.PixelData = np.arange(rows * cols, dtype=np.uint16).tobytes()
+        save(name, tiny, "-xe",
+             f"imaging: too-small: image too small to analyse: {cols}x{rows}, at least 64 pixels each way")
+
     wide = _fresh(base, BitsAllocated=32, BitsStored=32, HighBit=31)
     wide.PixelData = np.zeros(wide.Rows * wide.Columns, np.uint32).tobytes()
     save("bits_allocated_32", wide, "-xe", "imaging: bits-allocated")
@@ -131,3 +152,24 @@ def test_bad_radiographs_fail_their_jobs_and_the_node_keeps_analysing(node, tmp_
     reasons = {j["sop_instance_uid"]: j["reason"] for j in body["jobs"]}
     for path, _, reason in bad.values():
         assert reasons[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID].startswith(reason)
+
+
+def test_a_high_bit_off_by_one_with_samples_in_the_low_bits_is_analysed_as_they_are(tmp_path):
+    """Writers that get High Bit wrong mostly keep their samples in the low
+    Bits Stored bits: read so, such a file gives the same answer as the
+    correct one (only samples above those bits are refused)."""
+    import json
+    import subprocess
+
+    from nodetest import node_binary
+
+    def p_positive(path):
+        r = subprocess.run([str(node_binary()), "infer", str(path), "--json"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT, check=True)
+        return json.loads(r.stdout)["prediction"]["p_positive"]
+
+    right = FIXTURES / "rg1s_bits12.dcm"
+    for high_bit in (12, 15):
+        off = _fresh(right, HighBit=high_bit)
+        off.save_as(tmp_path / f"hb{high_bit}.dcm", enforce_file_format=True)
+        assert p_positive(tmp_path / f"hb{high_bit}.dcm") == p_positive(right)

@@ -55,6 +55,14 @@ pub enum ImagingError {
         message: String,
     },
 
+    /// Smaller than any radiograph: nothing to read.
+    #[error("image too small to analyse: {cols}x{rows}, at least {min} pixels each way")]
+    TooSmall { rows: u32, cols: u32, min: u32 },
+
+    /// Every pixel has one value after the grey-level steps.
+    #[error("no image content: every pixel is {0} after the grey-level steps (a blank exposure, a placeholder, or a window outside the data)")]
+    NoImageContent(String),
+
     /// The specification asks for a lung-box crop but no box was given.
     #[error("crop mode lung-box needs a lung box, none was given")]
     LungBoxMissing,
@@ -81,6 +89,8 @@ impl ImagingError {
             ImagingError::InvalidAttribute { .. } => "invalid-attribute",
             ImagingError::UnsupportedTransferSyntax { .. } => "unsupported-transfer-syntax",
             ImagingError::Decode { .. } => "decode",
+            ImagingError::TooSmall { .. } => "too-small",
+            ImagingError::NoImageContent(_) => "no-image-content",
             ImagingError::LungBoxMissing => "lung-box-missing",
             ImagingError::InvalidLungBox(_) => "invalid-lung-box",
             ImagingError::InvalidSpec(_) => "invalid-spec",

@@ -558,6 +558,7 @@ mod tests {
             cols: 4,
             bits_allocated,
             bits_stored,
+            high_bit: bits_stored - 1,
             signed,
             photometric: p,
         }

@@ -100,6 +100,8 @@ pub(crate) struct ImageHeader {
     pub cols: u32,
     pub bits_allocated: u16,
     pub bits_stored: u16,
+    /// High Bit as the data set gives it (Bits Stored − 1 when absent).
+    pub high_bit: u16,
     pub signed: bool,
     pub photometric: Photometric,
 }
@@ -173,11 +175,13 @@ impl ImageHeader {
                 })
             }
         };
+        let high_bit = get_u16(obj, tags::HIGH_BIT).unwrap_or(bits_stored - 1);
         Ok(ImageHeader {
             rows: rows.into(),
             cols: cols.into(),
             bits_allocated,
             bits_stored,
+            high_bit,
             signed,
             photometric,
         })
@@ -191,4 +195,43 @@ impl ImageHeader {
     pub fn frame_bytes(&self) -> usize {
         self.pixel_count() * usize::from(self.bits_allocated / 8)
     }
+}
+
+/// High Bit is not read: samples are taken from the low Bits Stored bits
+/// (docs/imaging.md, step 3). Where High Bit is not Bits Stored − 1 that
+/// reading is only sure when no sample has a bit above them (beyond a
+/// sign extension): samples stored at High Bit (bits 4 to 15 for Bits
+/// Stored 12, High Bit 15, as DCMTK reads them) were taken as noise and
+/// analysed. Then the image is refused.
+pub(crate) fn check_high_bit(samples: &[u8], h: &ImageHeader) -> Result<(), ImagingError> {
+    let bs = u32::from(h.bits_stored);
+    if u32::from(h.high_bit) + 1 == bs || bs >= u32::from(h.bits_allocated) {
+        return Ok(());
+    }
+    // Bits from Bits Stored up are all zero; when signed, the bits from
+    // the sign bit up may also all be one (a negative sample sign-extended).
+    let shift = if h.signed { bs - 1 } else { bs };
+    let ones = (1u32 << (u32::from(h.bits_allocated) - shift)) - 1;
+    let fine = |sample: u32| {
+        let above = sample >> shift;
+        above == 0 || (h.signed && above == ones)
+    };
+    let low = if h.bits_allocated == 8 {
+        samples.iter().all(|&b| fine(u32::from(b)))
+    } else {
+        samples
+            .chunks_exact(2)
+            .all(|c| fine(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+    };
+    if low {
+        return Ok(());
+    }
+    Err(ImagingError::InvalidAttribute {
+        name: "HighBit",
+        value: format!(
+            "{} with Bits Stored {}: samples have bits set above the low {}, as if stored \
+             up to High Bit; refused rather than guessed",
+            h.high_bit, h.bits_stored, h.bits_stored
+        ),
+    })
 }

@@ -145,6 +145,7 @@ pub fn grey_image(
     let h = header::ImageHeader::from_obj(obj)?;
     let params = grey::GreyParams::from_obj(obj, &h)?;
     let samples = decode::decode_samples(obj, &h)?;
+    header::check_high_bit(&samples, &h)?;
     let (img, rep) = grey::to_grey(&samples, &h, &params)?;
     let ts = obj
         .meta()
@@ -183,6 +184,33 @@ pub struct PreprocessReportHeader {
     pub bits_stored: u16,
     pub signed: bool,
 }
+
+/// Refuses a grey image no model should be asked about: smaller than
+/// [`MIN_SIDE`] either way (a 1×1 or 3×5000 object got a chest finding
+/// from a flat or smeared tensor), or one value everywhere (all black, all
+/// padding, a window above or below every value: the finding was the
+/// model's answer to a flat tensor). The node and `infer` call it;
+/// `preprocess` shows what any image becomes.
+pub fn analysis_refusal(grey: &GreyImage) -> Result<(), ImagingError> {
+    let (rows, cols) = (grey.height as u32, grey.width as u32);
+    if rows < MIN_SIDE || cols < MIN_SIDE {
+        return Err(ImagingError::TooSmall {
+            rows,
+            cols,
+            min: MIN_SIDE,
+        });
+    }
+    if let Some(&first) = grey.data.first() {
+        if grey.data.iter().all(|&v| v == first) {
+            return Err(ImagingError::NoImageContent(format!("{first}")));
+        }
+    }
+    Ok(())
+}
+
+/// The smallest side of an image analysed: below it no radiograph is left
+/// to read.
+pub const MIN_SIDE: u32 = 64;
 
 /// A DICOM object to the model's input tensor.
 ///

@@ -592,14 +592,14 @@ fn prepare(
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let obj: DefaultDicomObject = pneumo_store::open_instance(path, None)
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
-    let (grey, grey_report, hdr) =
-        grey_image(&obj).map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
+    let imaging = |e: pneumo_imaging::ImagingError| format!("imaging: {}: {e}", e.kind());
+    let (grey, grey_report, hdr) = grey_image(&obj).map_err(imaging)?;
+    pneumo_imaging::analysis_refusal(&grey).map_err(imaging)?;
     let lung_box = match spec.crop {
         CropMode::None => None,
         CropMode::LungBox => Some(lung_box(segmenter, &grey)?),
     };
-    let pre = tensor_from_grey(&grey, grey_report, hdr, spec, lung_box)
-        .map_err(|e| format!("imaging: {}: {e}", e.kind()))?;
+    let pre = tensor_from_grey(&grey, grey_report, hdr, spec, lung_box).map_err(imaging)?;
     let mut header = obj.into_inner();
     header.remove_element(dicom_dictionary_std::tags::PIXEL_DATA);
     Ok(Prepared {
