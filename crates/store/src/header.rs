@@ -25,6 +25,20 @@ pub struct InstanceHeader {
 /// there, so private groups and pixel data further on are never parsed.
 const HEADER_END: Tag = Tag(0x0020, 0x0010);
 
+/// Past the View Code Sequence (0054,0220), read only without a View
+/// Position.
+const VIEW_CODE_END: Tag = Tag(0x0054, 0x0221);
+
+/// The View Position term of the View Code Sequence, for a data set
+/// without View Position; the header is read again that far, and what
+/// cannot be read there leaves the view absent (the instance is not
+/// refused for a part it did not need before).
+fn coded_view(path: &Path) -> Option<String> {
+    check_element_lengths(path, VIEW_CODE_END).ok()?;
+    let obj = open_instance(path, Some(VIEW_CODE_END)).ok()?;
+    crate::coded::view(&obj)
+}
+
 /// Refuses a Part-10 file whose element lengths (up to `stop`) cannot be
 /// right, before a parser allocates what they claim.
 pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
@@ -187,7 +201,11 @@ impl InstanceHeader {
     pub fn read(path: &Path) -> Result<InstanceHeader, StoreError> {
         check_element_lengths(path, HEADER_END)?;
         let obj = open_instance(path, Some(HEADER_END)).map_err(StoreError::Unparseable)?;
-        Self::from_object(&obj)
+        let mut header = Self::from_object(&obj)?;
+        if header.view_position.is_none() {
+            header.view_position = coded_view(path);
+        }
+        Ok(header)
     }
 
     pub fn from_object(obj: &DefaultDicomObject) -> Result<InstanceHeader, StoreError> {
@@ -208,8 +226,9 @@ impl InstanceHeader {
             study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
             series_instance_uid: required(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
             modality: text(tags::MODALITY),
-            body_part_examined: text(tags::BODY_PART_EXAMINED),
-            view_position: text(tags::VIEW_POSITION),
+            body_part_examined: text(tags::BODY_PART_EXAMINED)
+                .or_else(|| crate::coded::body_part(obj)),
+            view_position: text(tags::VIEW_POSITION).or_else(|| crate::coded::view(obj)),
         })
     }
 

@@ -7,6 +7,7 @@
 //! that writes nothing; duplicates with other data are kept beside the
 //! first, never over it.
 
+mod coded;
 mod cp246;
 mod db;
 mod files;
