@@ -9,6 +9,7 @@ import threading
 import time
 
 import pydicom
+import pytest
 import requests
 
 from nodetest import node_factory, rg1_copies, run_dcmtk  # noqa: F401 (fixtures)
@@ -621,3 +622,88 @@ def test_a_delivery_taken_but_not_recorded_and_then_moved_goes_to_the_new_destin
     finally:
         pacs.close()
         pacs2.close()
+
+
+class OneInstanceBreaks(PynetdicomReceiver):
+    """Takes every instance but one, on which it aborts the association
+    (`how="abort"`) or never answers (`how="silent"`), as PACSs do with a
+    data set they cannot parse."""
+
+    def __init__(self, poison: str, how: str, **kw):
+        super().__init__(**kw)
+        self.poison, self.how, self.tries = poison, how, 0
+
+    def on_store(self, event):
+        if event.request.AffectedSOPInstanceUID == self.poison:
+            self.tries += 1
+            if self.how == "abort":
+                event.assoc.abort()
+            else:
+                time.sleep(4)  # past the node's response timeout
+            return 0xC000
+        return super().on_store(event)
+
+
+@pytest.mark.parametrize("how", ["abort", "silent"])
+def test_one_instance_a_pacs_aborts_on_or_never_answers_holds_up_no_other(
+        node_factory, rg1_copies, tmp_path, how):
+    """It went first in every round, the association ended on it, and the
+    destination was put off with everything else it was owed, for good
+    (the operator saw the others pending, untried, with no reason)."""
+    files = rg1_copies("UNCI", 6)
+    poison = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    receiver = OneInstanceBreaks(poison, how, ae_title="PACS")
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+                             [{"destinations": ["pacs"]}], batch=3, retry_base_s=1, retry_cap_s=4,
+                             response_timeout_s=2)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 5, timeout=60)
+        with node.db() as c:
+            ((uid, attempts, why),) = c.execute(
+                "SELECT i.sop_instance_uid, o.attempts, o.last_status FROM outbox o JOIN instances i "
+                "ON i.id = o.instance_id WHERE o.state = 'pending'").fetchall()
+        assert uid == poison and attempts >= 1  # still owed
+        assert ("aborted" if how == "abort" else "no response") in why, why
+        # Retried on its own, after the others: the log names it.
+        wait_until(lambda: "the others go on" in node.log(), timeout=30)
+        failed = [line for line in node.log().splitlines() if "failed" in line and "WARN" in line]
+        assert failed and all(poison in line for line in failed), failed
+        assert len(receiver.received) == 5
+    finally:
+        receiver.close()
+
+
+class ReleasesAfterOne(PynetdicomReceiver):
+    """Takes one instance per association, then asks to release it while the
+    node's next C-STORE waits for its answer (an acceptor may release)."""
+
+    def on_store(self, event):
+        if getattr(event.assoc, "stored_one", False):
+            self.released += 1
+            threading.Thread(target=event.assoc.release, daemon=True).start()
+            time.sleep(1)
+            return 0xC000  # never reaches the node: the association is released
+        event.assoc.stored_one = True
+        return super().on_store(event)
+
+
+def test_a_pacs_that_releases_mid_association_is_answered_and_no_attempt_is_counted(
+        node_factory, rg1_copies, tmp_path):
+    """Its A-RELEASE-RQ was answered with an abort, and the instance in
+    flight counted as a failed delivery, putting the destination off."""
+    receiver = ReleasesAfterOne(ae_title="PACS")
+    receiver.released = 0
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+                             [{"destinations": ["pacs"]}], retry_base_s=30, retry_cap_s=60)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 4))
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 4, timeout=60)
+        assert receiver.released >= 1 and len(receiver.received) == 4
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE attempts != 1") == 0
+        assert "released the association before answering" in node.log()
+        assert "will retry" not in node.log() and "protocol error" not in node.log()
+    finally:
+        receiver.close()

@@ -133,6 +133,10 @@ pub enum ScuError {
     Protocol(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The peer asked to release while an operation was outstanding
+    /// (answered with A-RELEASE-RP; the operation is unanswered).
+    #[error("the peer released the association before answering")]
+    ReleasedByPeer,
     #[error("the peer stopped reading: nothing could be written for {0:?}")]
     WriteTimeout(Duration),
     #[error(transparent)]
@@ -559,6 +563,14 @@ impl ClientAssociation {
                     return Ok(rsp);
                 }
                 pdu::TYPE_ABORT => return Err(ScuError::Aborted),
+                // An acceptor may release (PS3.8 7.2): answered as asked,
+                // not with an abort; the request stays unanswered.
+                pdu::TYPE_RELEASE_RQ => {
+                    if let Err(e) = self.conn.send(&Pdu::ReleaseRP).await {
+                        debug!(error = %e, "A-RELEASE-RP not sent");
+                    }
+                    return Err(ScuError::ReleasedByPeer);
+                }
                 other => {
                     self.conn.abort_as_user().await;
                     return Err(ScuError::Protocol(format!(

@@ -166,8 +166,9 @@ impl OutboxWorker {
                     Delivery::Done => unrecordable = 0,
                     // The rest of `due` is put off with it: read again, so
                     // that a destination that is down gets one attempt per
-                    // back-off, not one per batch.
-                    Delivery::DestinationFailed => {
+                    // back-off, not one per batch. (After `Again`, read
+                    // again for the untried rows, which now go first.)
+                    Delivery::DestinationFailed | Delivery::Again => {
                         unrecordable = 0;
                         break;
                     }
@@ -281,10 +282,11 @@ impl OutboxWorker {
         for item in items {
             recorded &= self.recorded(self.store.mark_retry(item, reason, delay).await);
         }
-        if !items.is_empty() {
+        if let Some(first) = items.first() {
             warn!(
                 reason,
                 instances = items.len(),
+                first_instance = %first.sop_instance_uid,
                 retry_in_s = delay.as_secs(),
                 "delivery failed; will retry"
             );
@@ -343,6 +345,10 @@ impl OutboxWorker {
         // A7xx answers in a row: one is an instance the destination will not
         // take now (too large?), two are the destination (a full archive).
         let mut out_of_resources = 0;
+        // Answers on this association: once it has answered, an association
+        // lost on one instance is that instance's failure, not the
+        // destination's.
+        let mut answered = 0usize;
         for (item, file) in &sendable {
             if *self.stopping.borrow() {
                 // The rest stay due, untried: sent after the restart.
@@ -356,6 +362,7 @@ impl OutboxWorker {
             }
             match assoc.store(file).await {
                 Ok(outcome) => {
+                    answered += 1;
                     all &= self.record_outcome(item, file, &outcome).await;
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
                     out_of_resources = if refused { out_of_resources + 1 } else { 0 };
@@ -371,12 +378,31 @@ impl OutboxWorker {
                         return self.put_off(destination, &[], "", all).await;
                     }
                 }
-                // The association lost (aborted, timed out): the destination.
-                // The rows behind this one wait with it, untried.
-                Err(e) => {
+                // The association lost (aborted, timed out) before any
+                // answer: the destination. The rows behind this one wait
+                // with it, untried.
+                Err(e) if answered == 0 => {
                     return self
                         .put_off(destination, &[*item], &e.to_string(), all)
                         .await;
+                }
+                // After answers: this instance. A PACS that aborts on one
+                // data set, or never answers it, held up everything owed to
+                // it for good; now that row alone waits its back-off, and
+                // the rest go first in a new association.
+                Err(scu::ScuError::ReleasedByPeer) => {
+                    info!(sop_instance_uid = %item.sop_instance_uid,
+                        "the destination released the association before answering; sent again");
+                    return Delivery::recorded(all).or_again();
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.deliveries_failed, 1);
+                    let delay = self.retry_delay(item.attempts);
+                    let reason = e.to_string();
+                    warn!(sop_instance_uid = %item.sop_instance_uid, reason, retry_in_s = delay.as_secs(),
+                        "delivery of this instance failed; will retry it, the others go on");
+                    all &= self.recorded(self.store.mark_retry(item, &reason, delay).await);
+                    return Delivery::recorded(all).or_again();
                 }
             }
         }
@@ -454,6 +480,9 @@ enum Delivery {
     DestinationFailed,
     /// An answer could not be recorded in the outbox.
     NotRecorded,
+    /// The association ended on one instance after others were answered:
+    /// the rest of the batch is untried, and the outbox is read again.
+    Again,
 }
 
 impl Delivery {
@@ -462,6 +491,14 @@ impl Delivery {
             Delivery::Done
         } else {
             Delivery::NotRecorded
+        }
+    }
+
+    /// `Again` where everything so far was recorded.
+    fn or_again(self) -> Delivery {
+        match self {
+            Delivery::Done => Delivery::Again,
+            other => other,
         }
     }
 }

@@ -113,8 +113,10 @@ impl Store {
         Ok(added)
     }
 
-    /// Pending rows whose time has come (of `destination`, or all), oldest
-    /// first.
+    /// Pending rows whose time has come (of `destination`, or all), the
+    /// least tried first, then the oldest: a row a destination aborts or
+    /// never answers on goes behind the rest (first in every round, it held
+    /// up everything else owed there for good).
     pub async fn due_deliveries(
         &self,
         destination: Option<&str>,
@@ -125,7 +127,7 @@ impl Store {
                     i.purged_at_ms
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
-             ORDER BY o.next_attempt_at_ms, o.id LIMIT ?",
+             ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
         )
         .bind(now_ms())
         .bind(destination)
