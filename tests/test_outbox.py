@@ -671,6 +671,12 @@ def test_one_instance_a_pacs_aborts_on_or_never_answers_holds_up_no_other(
         failed = [line for line in node.log().splitlines() if "failed" in line and "WARN" in line]
         assert failed and all(poison in line for line in failed), failed
         assert len(receiver.received) == 5
+        # The operator drops that one instance's row, not all the PACS is owed.
+        api = f"http://127.0.0.1:{node.http_port}/api/deliveries/cancel?destination=pacs"
+        assert requests.post(f"{api}&sop_instance_uid=%20", timeout=10).status_code == 400
+        assert requests.post(f"{api}&study_instance_uid=1.2.3.4", timeout=10).json() == {"cancelled": 0}
+        assert requests.post(f"{api}&sop_instance_uid={poison}", timeout=10).json() == {"cancelled": 1}
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state != 'sent'") == 0
     finally:
         receiver.close()
 

@@ -469,10 +469,15 @@ struct CancelDeliveriesQuery {
     destination: String,
     /// `parked`, `pending`, or both comma-separated (default both).
     state: Option<String>,
+    /// Only this study's or this instance's rows (one a PACS will never
+    /// take, while the rest is still owed).
+    study_instance_uid: Option<String>,
+    sop_instance_uid: Option<String>,
 }
 
 /// `POST /api/deliveries/cancel`: the rows owed to one destination that
-/// will never take them are dropped.
+/// will never take them are dropped (all of them, or a study's or an
+/// instance's).
 async fn cancel_deliveries(
     State(s): State<HttpState>,
     q: Result<Query<CancelDeliveriesQuery>, QueryRejection>,
@@ -485,6 +490,13 @@ async fn cancel_deliveries(
     if q.destination.trim().is_empty() {
         return bad_request(json!({ "error": "destination is empty" }));
     }
+    let (study_instance_uid, sop_instance_uid) = match (
+        uid_filter(&q.study_instance_uid),
+        uid_filter(&q.sop_instance_uid),
+    ) {
+        (Ok(study), Ok(sop)) => (study, sop),
+        (Err(body), _) | (_, Err(body)) => return bad_request(body),
+    };
     let asked = q.state.as_deref().unwrap_or("pending,parked");
     let (mut pending, mut parked) = (false, false);
     for state in asked.split(',') {
@@ -501,7 +513,13 @@ async fn cancel_deliveries(
     }
     match s
         .store
-        .cancel_deliveries(&q.destination, pending, parked)
+        .cancel_deliveries(
+            &q.destination,
+            pending,
+            parked,
+            study_instance_uid,
+            sop_instance_uid,
+        )
         .await
     {
         Ok(n) => {
@@ -509,6 +527,8 @@ async fn cancel_deliveries(
                 deliveries = n,
                 destination = %q.destination,
                 states = asked,
+                study_instance_uid = study_instance_uid.unwrap_or(""),
+                sop_instance_uid = sop_instance_uid.unwrap_or(""),
                 "deliveries cancelled by the operator; they will not be sent"
             );
             Json(json!({ "cancelled": n })).into_response()

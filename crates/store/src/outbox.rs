@@ -316,8 +316,9 @@ impl Store {
     }
 
     /// An operator's cancel: the `pending` and/or `parked` rows owed to
-    /// `destination` are dropped (never to be delivered: a destination
-    /// removed for good, a PACS that will never take their syntax). Jobs
+    /// `destination` (of one study or instance when given) are dropped
+    /// (never to be delivered: a destination removed for good, a PACS that
+    /// will never take their syntax, an instance it aborts on). Jobs
     /// whose reports are then owed nowhere else become `delivered`, and the
     /// instances become removable by retention. Returns how many rows.
     pub async fn cancel_deliveries(
@@ -325,14 +326,23 @@ impl Store {
         destination: &str,
         pending: bool,
         parked: bool,
+        study_instance_uid: Option<&str>,
+        sop_instance_uid: Option<&str>,
     ) -> Result<u64, StoreError> {
         let cancelled = sqlx::query(
             "DELETE FROM outbox WHERE destination = ?
-               AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))",
+               AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
+               AND instance_id IN
+                 (SELECT id FROM instances WHERE (? IS NULL OR study_instance_uid = ?)
+                                             AND (? IS NULL OR sop_instance_uid = ?))",
         )
         .bind(destination)
         .bind(pending)
         .bind(parked)
+        .bind(study_instance_uid)
+        .bind(study_instance_uid)
+        .bind(sop_instance_uid)
+        .bind(sop_instance_uid)
         .execute(self.pool())
         .await?
         .rows_affected();
