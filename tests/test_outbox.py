@@ -631,7 +631,13 @@ class OneInstanceBreaks(PynetdicomReceiver):
 
     def __init__(self, poison: str, how: str, **kw):
         super().__init__(**kw)
-        self.poison, self.how, self.tries = poison, how, 0
+        self.poison, self.how, self.tries, self.aborted = poison, how, 0, 0
+        from pynetdicom import evt
+        self.server.bind(evt.EVT_PDU_RECV, self.on_pdu)
+
+    def on_pdu(self, event):
+        # An A-ABORT PDU received (a closed connection is no PDU).
+        self.aborted += type(event.pdu).__name__ == "A_ABORT_RQ"
 
     def on_store(self, event):
         if event.request.AffectedSOPInstanceUID == self.poison:
@@ -671,6 +677,8 @@ def test_one_instance_a_pacs_aborts_on_or_never_answers_holds_up_no_other(
         failed = [line for line in node.log().splitlines() if "failed" in line and "WARN" in line]
         assert failed and all(poison in line for line in failed), failed
         assert len(receiver.received) == 5
+        if how == "silent":  # the node gave up on it with an A-ABORT, not a closed connection
+            assert receiver.aborted >= 1
         # The operator drops that one instance's row, not all the PACS is owed.
         api = f"http://127.0.0.1:{node.http_port}/api/deliveries/cancel?destination=pacs"
         assert requests.post(f"{api}&sop_instance_uid=%20", timeout=10).status_code == 400

@@ -529,7 +529,17 @@ impl ClientAssociation {
     async fn read_response(&mut self, request: &Command) -> Result<Command, ScuError> {
         let mut bytes = Vec::new();
         loop {
-            let pdu_type = read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await?;
+            let pdu_type =
+                match read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await {
+                    Ok(t) => t,
+                    // Given up on: the peer is told with an A-ABORT, not
+                    // left with a closed connection to make sense of.
+                    Err(e @ ScuError::Timeout(_)) => {
+                        self.conn.abort_as_user().await;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
             match pdu_type {
                 pdu::TYPE_P_DATA_TF => {
                     let mut complete = false;
@@ -551,6 +561,7 @@ impl ClientAssociation {
                         let id = |id: Option<u16>| {
                             id.map_or_else(|| "without an ID".to_string(), |id| id.to_string())
                         };
+                        self.conn.abort_as_user().await;
                         return Err(ScuError::Protocol(format!(
                             "the peer's response (command {:#06x}, to message {}) does not answer \
                              our request (command {:#06x}, message {})",
