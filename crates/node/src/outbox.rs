@@ -386,15 +386,17 @@ impl OutboxWorker {
                         .put_off(destination, &[*item], &e.to_string(), all)
                         .await;
                 }
-                // After answers: this instance. A PACS that aborts on one
-                // data set, or never answers it, held up everything owed to
-                // it for good; now that row alone waits its back-off, and
-                // the rest go first in a new association.
+                // A release the destination asked for mid-way: nothing
+                // failed; the instance goes again, its attempts unchanged.
                 Err(scu::ScuError::ReleasedByPeer) => {
                     info!(sop_instance_uid = %item.sop_instance_uid,
                         "the destination released the association before answering; sent again");
                     return Delivery::recorded(all).or_again();
                 }
+                // After answers: this instance. A PACS that aborts on one
+                // data set, or never answers it, held up everything owed to
+                // it for good; now that row alone waits its back-off, and
+                // the rest go first in a new association.
                 Err(e) => {
                     Metrics::inc(&self.metrics.deliveries_failed, 1);
                     let delay = self.retry_delay(item.attempts);
