@@ -23,6 +23,7 @@ def test_health_metrics_and_api(node, rg1_copies):
     files = rg1_copies("UNCI", 2)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])  # a duplicate
+    node.wait_for_analyses()  # job states stand still for the pages below
 
     code, text = node.http("/metrics")
     assert code == 200
