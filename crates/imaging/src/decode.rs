@@ -173,12 +173,12 @@ pub(crate) fn decode_encapsulated_frame(
         transfer_syntax: uid.to_string(),
         message,
     };
+    // The frame's fragments in order (by the offset table when several
+    // frames share fragments), as the registry's decoders read them.
+    let codestream = obj
+        .frame_pixel_data(frame)
+        .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
     let out = if is_libjpeg_turbo_jpeg(uid) {
-        // The frame's fragments in order (by the offset table when several
-        // frames share fragments), as the registry's decoders read them.
-        let codestream = obj
-            .frame_pixel_data(frame)
-            .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
         decode_jpeg(&codestream, header).map_err(decode_err)?
     } else {
         let Some(Codec::EncapsulatedPixelData(Some(decoder), _)) =
@@ -190,9 +190,6 @@ pub(crate) fn decode_encapsulated_frame(
         };
         // The registry's decoders trust Rows and Columns: the codestream's
         // own size is compared first (see `codestream`).
-        let codestream = obj
-            .frame_pixel_data(frame)
-            .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
         codestream::check_frame_size(
             uid,
             &codestream,

@@ -128,6 +128,18 @@ fn uid_filter(v: &Option<String>) -> Result<Option<&str>, Value> {
     }
 }
 
+/// The study and instance filters of an action, each a [`uid_filter`].
+type StudyAndInstance<'a> = (Option<&'a str>, Option<&'a str>);
+fn study_and_instance_filters<'a>(
+    study_instance_uid: &'a Option<String>,
+    sop_instance_uid: &'a Option<String>,
+) -> Result<StudyAndInstance<'a>, Value> {
+    Ok((
+        uid_filter(study_instance_uid)?,
+        uid_filter(sop_instance_uid)?,
+    ))
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -490,13 +502,11 @@ async fn cancel_deliveries(
     if q.destination.trim().is_empty() {
         return bad_request(json!({ "error": "destination is empty" }));
     }
-    let (study_instance_uid, sop_instance_uid) = match (
-        uid_filter(&q.study_instance_uid),
-        uid_filter(&q.sop_instance_uid),
-    ) {
-        (Ok(study), Ok(sop)) => (study, sop),
-        (Err(body), _) | (_, Err(body)) => return bad_request(body),
-    };
+    let (study_instance_uid, sop_instance_uid) =
+        match study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid) {
+            Ok(filters) => filters,
+            Err(body) => return bad_request(body),
+        };
     let asked = q.state.as_deref().unwrap_or("pending,parked");
     let (mut pending, mut parked) = (false, false);
     for state in asked.split(',') {
@@ -559,13 +569,11 @@ async fn resend_deliveries(
     if let Some(refused) = unknown_destination(&s, &q.destination) {
         return refused;
     }
-    let (study_instance_uid, sop_instance_uid) = match (
-        uid_filter(&q.study_instance_uid),
-        uid_filter(&q.sop_instance_uid),
-    ) {
-        (Ok(study), Ok(sop)) => (study, sop),
-        (Err(body), _) | (_, Err(body)) => return bad_request(body),
-    };
+    let (study_instance_uid, sop_instance_uid) =
+        match study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid) {
+            Ok(filters) => filters,
+            Err(body) => return bad_request(body),
+        };
     if study_instance_uid.is_none() && sop_instance_uid.is_none() {
         return bad_request(json!({
             "error": "say what to send again: study_instance_uid or sop_instance_uid"

@@ -228,7 +228,8 @@ impl InstanceHeader {
             modality: text(tags::MODALITY),
             body_part_examined: text(tags::BODY_PART_EXAMINED)
                 .or_else(|| crate::coded::body_part(obj)),
-            view_position: text(tags::VIEW_POSITION).or_else(|| crate::coded::view(obj)),
+            // (its coded form lies past the header: `read` looks for it)
+            view_position: text(tags::VIEW_POSITION),
         })
     }
 
