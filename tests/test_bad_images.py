@@ -173,3 +173,19 @@ def test_a_high_bit_off_by_one_with_samples_in_the_low_bits_is_analysed_as_they_
         off = _fresh(right, HighBit=high_bit)
         off.save_as(tmp_path / f"hb{high_bit}.dcm", enforce_file_format=True)
         assert p_positive(tmp_path / f"hb{high_bit}.dcm") == p_positive(right)
+
+
+def test_infer_refuses_an_image_with_nothing_to_read_as_the_pipeline_does(tmp_path):
+    """`pneumo-node infer` calls the pipeline's refusal: a blank or tiny
+    image exits non-zero with the same reason, and prints no probability."""
+    import subprocess
+
+    from nodetest import node_binary
+
+    for name in ("all_black", "one_pixel", "sliver"):
+        path, _, reason = bad_radiographs(tmp_path)[name]
+        r = subprocess.run([str(node_binary()), "infer", path, "--json"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert r.returncode != 0, f"{name}: {r.stdout}"
+        assert reason.removeprefix("imaging: ").split(": ", 1)[1] in r.stderr, f"{name}: {r.stderr}"
+        assert "p_positive" not in r.stdout

@@ -12,6 +12,32 @@ use tracing::warn;
 use crate::jobs::{MadeInstances, NOTHING_MADE_UNSENT};
 use crate::{now_ms, Store, StoreError};
 
+/// SQL condition: the row's instance is of the study and/or is the
+/// instance given; a filter bound as NULL matches any. Its four
+/// parameters are bound by [`bind_study_and_instance`].
+macro_rules! of_study_or_instance {
+    () => {
+        "instance_id IN (SELECT id FROM instances
+                          WHERE (? IS NULL OR study_instance_uid = ?)
+                            AND (? IS NULL OR sop_instance_uid = ?))"
+    };
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the parameters of [`of_study_or_instance`], which comes last in the query.
+fn bind_study_and_instance<'q>(
+    query: SqliteQuery<'q>,
+    study_instance_uid: Option<&'q str>,
+    sop_instance_uid: Option<&'q str>,
+) -> SqliteQuery<'q> {
+    query
+        .bind(study_instance_uid)
+        .bind(study_instance_uid)
+        .bind(sop_instance_uid)
+        .bind(sop_instance_uid)
+}
+
 /// An instance due for delivery.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxItem {
@@ -297,22 +323,20 @@ impl Store {
             return Ok(0);
         }
         let now = now_ms();
-        Ok(sqlx::query(
+        let query = sqlx::query(concat!(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
-             WHERE destination = ? AND state = 'sent' AND instance_id IN
-                 (SELECT id FROM instances WHERE (? IS NULL OR study_instance_uid = ?)
-                                             AND (? IS NULL OR sop_instance_uid = ?))",
+             WHERE destination = ? AND state = 'sent' AND ",
+            of_study_or_instance!()
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(destination);
+        Ok(
+            bind_study_and_instance(query, study_instance_uid, sop_instance_uid)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
         )
-        .bind(now)
-        .bind(now)
-        .bind(destination)
-        .bind(study_instance_uid)
-        .bind(study_instance_uid)
-        .bind(sop_instance_uid)
-        .bind(sop_instance_uid)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
     }
 
     /// An operator's cancel: the `pending` and/or `parked` rows owed to
@@ -329,23 +353,19 @@ impl Store {
         study_instance_uid: Option<&str>,
         sop_instance_uid: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let cancelled = sqlx::query(
+        let query = sqlx::query(concat!(
             "DELETE FROM outbox WHERE destination = ?
                AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
-               AND instance_id IN
-                 (SELECT id FROM instances WHERE (? IS NULL OR study_instance_uid = ?)
-                                             AND (? IS NULL OR sop_instance_uid = ?))",
-        )
+               AND ",
+            of_study_or_instance!()
+        ))
         .bind(destination)
         .bind(pending)
-        .bind(parked)
-        .bind(study_instance_uid)
-        .bind(study_instance_uid)
-        .bind(sop_instance_uid)
-        .bind(sop_instance_uid)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+        .bind(parked);
+        let cancelled = bind_study_and_instance(query, study_instance_uid, sop_instance_uid)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
         self.settle_delivered_jobs().await?;
         Ok(cancelled)
     }
