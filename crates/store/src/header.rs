@@ -85,9 +85,9 @@ fn data_set_reader(
 const CHARSET_TEXT_VRS: &[VR] = &[VR::PN, VR::LO, VR::SH, VR::LT, VR::ST, VR::UT, VR::UC];
 
 /// When the data set's Specific Character Set uses ISO 2022 code extensions
-/// (which dicom-rs does not decode), its text values, nested ones included,
-/// are read again from the file's bytes (up to `stop`) and decoded here
-/// (`iso2022`). (An item with a Specific Character Set of its own is rare
+/// or a single term dicom-rs does not know (`iso2022::decoded_here`), its
+/// text values, nested ones included, are read again from the file's bytes
+/// (up to `stop`) and decoded here (`iso2022`). (An item with a Specific Character Set of its own is rare
 /// and read with the data set's.)
 fn with_code_extensions_decoded(
     path: &Path,
@@ -99,7 +99,7 @@ fn with_code_extensions_decoded(
         .ok()
         .and_then(|e| e.to_multi_str().ok())
         .map(|v| v.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>())
-        .filter(|t| crate::iso2022::uses_code_extensions(t))
+        .filter(|t| crate::iso2022::decoded_here(t))
     else {
         return obj;
     };

@@ -8,6 +8,7 @@
 //! as escape bytes and mojibake. This decoder reads the raw bytes the way
 //! PS3.5 Annexes H–K write them.
 
+use dicom_encoding::text::SpecificCharacterSet;
 use encoding::all;
 use encoding::types::EncodingRef;
 use encoding::DecoderTrap;
@@ -46,6 +47,17 @@ pub fn uses_code_extensions(terms: &[String]) -> bool {
     terms.len() > 1 || terms.iter().any(|t| t.trim().starts_with("ISO 2022"))
 }
 
+/// Whether text written under `terms` is decoded here rather than by
+/// dicom-rs: code extensions, and a single term the standard defines that
+/// dicom-rs 0.10 does not know (ISO_IR 148 Turkish, ISO_IR 203 Latin-9),
+/// which it read as ISO 8859-1 ("Şükrü" became "Þükrü").
+pub fn decoded_here(terms: &[String]) -> bool {
+    uses_code_extensions(terms)
+        || terms.first().is_some_and(|t| {
+            SpecificCharacterSet::from_code(t).is_none() && designation(t).1.is_some()
+        })
+}
+
 /// What a defined term designates, as the escape sequence for it would.
 fn designation(term: &str) -> (Option<G0>, Option<G1>) {
     let single = |e: EncodingRef| (Some(G0::Ascii), Some(G1::Single(e)));
@@ -66,6 +78,7 @@ fn designation(term: &str) -> (Option<G0>, Option<G1>) {
         "ISO 2022 IR 138" | "ISO_IR 138" => single(all::ISO_8859_8),
         "ISO 2022 IR 148" | "ISO_IR 148" => single(all::WINDOWS_1254),
         "ISO 2022 IR 166" | "ISO_IR 166" => single(all::WINDOWS_874),
+        "ISO 2022 IR 203" | "ISO_IR 203" => single(all::ISO_8859_15),
         _ => (None, None),
     }
 }
@@ -182,6 +195,7 @@ fn escape(bytes: &[u8], state: &mut State) -> usize {
             b'H' => all::ISO_8859_8,
             b'M' => all::WINDOWS_1254,
             b'T' => all::WINDOWS_874,
+            b'b' => all::ISO_8859_15,
             _ => return None,
         })
     };
@@ -270,5 +284,38 @@ mod tests {
         assert!(uses_code_extensions(&terms(&["", "ISO 2022 IR 87"])));
         assert!(uses_code_extensions(&terms(&["ISO 2022 IR 100"])));
         assert!(!uses_code_extensions(&terms(&["ISO_IR 192"])));
+    }
+
+    #[test]
+    fn single_terms_dicom_rs_does_not_know() {
+        for (term, raw, text) in [
+            (
+                "ISO_IR 148",
+                &b"\xd6zt\xfcrk^\xde\xfckr\xfc"[..],
+                "Öztürk^Şükrü",
+            ),
+            ("ISO_IR 203", &b"\xbcuvre^Zo\xeb \xa4"[..], "Œuvre^Zoë €"),
+        ] {
+            assert!(decoded_here(&terms(&[term])), "{term}");
+            assert_eq!(decode(raw, &terms(&[term]), true), text);
+        }
+        // dicom-rs decodes these itself.
+        for term in [
+            "ISO_IR 100",
+            "ISO_IR 144",
+            "ISO_IR 192",
+            "GB18030",
+            "GBK",
+            "",
+            "ISO_IR 999",
+        ] {
+            assert!(!decoded_here(&terms(&[term])), "{term}");
+        }
+        // Latin-9 designated by its escape sequence (ESC 2/13 6/2).
+        let raw = b"Zo\x1b-b\xeb \xa4";
+        assert_eq!(
+            decode(raw, &terms(&["", "ISO 2022 IR 203"]), false),
+            "Zoë €"
+        );
     }
 }
