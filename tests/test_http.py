@@ -6,8 +6,9 @@ import time
 import pydicom
 import pytest
 
-from nodetest import run_dcmtk
+from nodetest import copy_with_new_uids, data_store, node_factory, run_dcmtk  # noqa: F401 (fixture)
 from test_pynetdicom_peers import sender
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 
 
 def metric(text: str, name: str) -> float:
@@ -151,3 +152,48 @@ def test_instances_directory_unusable_is_a_refusal_naming_it_and_not_ready(node,
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, b)
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 0") == 1
     assert node.http("/readyz")[0] == 200
+
+
+def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tmp_path):
+    """"No AI result for this patient": from the study's UID (looked up in
+    the PACS), the jobs and deliveries of that study alone, or of one of
+    its images, without paging through everything else."""
+    from test_routing_orthanc import wait_until
+
+    port, _ = storescp
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    node = node_factory().start(config_file=config)
+    studies = {}
+    for n in range(3):
+        ds = copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / f"{n}.dcm", new_study=True)
+        studies[ds.StudyInstanceUID] = ds.SOPInstanceUID
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / f"{n}.dcm")
+    node.wait_for_analyses()
+    wait_until(lambda: len(node.http("/api/deliveries?state=sent")[1]["deliveries"]) == 3, timeout=60)
+
+    study, sop = list(studies.items())[1]
+    code, body = node.http(f"/api/jobs?study_instance_uid={study}")
+    assert code == 200 and [(j["study_instance_uid"], j["sop_instance_uid"]) for j in body["jobs"]] == [(study, sop)]
+    code, body = node.http(f"/api/jobs?sop_instance_uid={sop}%20&state=delivered")
+    assert [j["sop_instance_uid"] for j in body["jobs"]] == [sop]
+    code, body = node.http(f"/api/jobs?sop_instance_uid={sop}&state=failed")
+    assert body == {"jobs": [], "next_before_id": None}
+    # Deliveries of a study: its report, newest first, with the state of each.
+    code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=pacs")
+    assert code == 200 and [(d["kind"], d["study_instance_uid"], d["state"]) for d in body["deliveries"]] \
+        == [("report", study, "sent")]
+    code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=elsewhere")
+    assert body["deliveries"] == []
+    code, body = node.http("/api/deliveries?limit=2&state=sent")
+    assert len(body["deliveries"]) == 2 and body["next_before_id"] is not None
+    code, body = node.http(f"/api/deliveries?state=sent&before_id={body['next_before_id']}")
+    assert len(body["deliveries"]) == 1
+    for bad in ("study_instance_uid=", "sop_instance_uid=%20", "study=1.2.3"):
+        for listing in ("jobs", "deliveries"):
+            code, body = node.http(f"/api/{listing}?{bad}")
+            assert code == 400 and body["error"], (listing, bad)
+    # Each listing's own parameter, given to the other: refused, not ignored.
+    assert node.http("/api/jobs?destination=pacs")[0] == 400
+    assert node.http("/api/deliveries?result=false")[0] == 400

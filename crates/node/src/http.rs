@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pneumo_store::{JobView, RetryableState, Store, JOB_STATES};
+use pneumo_store::{JobView, Listing, RetryableState, Store, JOB_STATES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -241,35 +241,43 @@ fn job_json(j: &JobView) -> Value {
     })
 }
 
+/// The query string of the listings, `GET /api/jobs` and `GET
+/// /api/deliveries`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobsQuery {
+struct ListingQuery {
     state: Option<String>,
+    study_instance_uid: Option<String>,
+    sop_instance_uid: Option<String>,
     limit: Option<i64>,
-    /// The next page: jobs older than this one (`next_before_id` of the
+    /// The next page: rows older than this one (`next_before_id` of the
     /// previous answer).
     before_id: Option<i64>,
-    /// `false`: without each job's result (smaller answers).
+    /// Deliveries only: to one destination.
+    destination: Option<String>,
+    /// Jobs only: `false` leaves out each job's result (smaller answers).
     result: Option<bool>,
 }
 
-async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejection>) -> Response {
+async fn jobs(
+    State(s): State<HttpState>,
+    q: Result<Query<ListingQuery>, QueryRejection>,
+) -> Response {
     let q = match query(q) {
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    let limit = match listing_filter(q.state.as_deref(), JOB_STATES, q.limit) {
-        Ok(limit) => limit,
+    if q.destination.is_some() {
+        return bad_request(json!({ "error": "`destination` lists deliveries, not jobs" }));
+    }
+    let listing = match listing(JOB_STATES, &q) {
+        Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
     let with_result = q.result.unwrap_or(true);
-    match s
-        .store
-        .list_jobs(q.state.as_deref(), q.before_id, limit + 1, with_result)
-        .await
-    {
+    match s.store.list_jobs(&one_more(&listing), with_result).await {
         Ok(list) => {
-            let (list, next) = one_page(list, limit, |j| j.job_id);
+            let (list, next) = one_page(list, listing.limit, |j| j.job_id);
             let jobs: Vec<Value> = list
                 .iter()
                 .map(|j| {
@@ -288,42 +296,30 @@ async fn jobs(State(s): State<HttpState>, q: Result<Query<JobsQuery>, QueryRejec
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeliveriesQuery {
-    state: Option<String>,
-    destination: Option<String>,
-    limit: Option<i64>,
-    before_id: Option<i64>,
-}
-
 /// `GET /api/deliveries`: outbox rows, newest first (what is parked, what
 /// is still owed, and why), one page at a time.
 async fn deliveries(
     State(s): State<HttpState>,
-    q: Result<Query<DeliveriesQuery>, QueryRejection>,
+    q: Result<Query<ListingQuery>, QueryRejection>,
 ) -> Response {
     let q = match query(q) {
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
-    let states = ["pending", "sent", "parked"];
-    let limit = match listing_filter(q.state.as_deref(), &states, q.limit) {
-        Ok(limit) => limit,
+    if q.result.is_some() {
+        return bad_request(json!({ "error": "`result` is a job's, not a delivery's" }));
+    }
+    let listing = match listing(&["pending", "sent", "parked"], &q) {
+        Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
     match s
         .store
-        .list_deliveries(
-            q.state.as_deref(),
-            q.destination.as_deref(),
-            q.before_id,
-            limit + 1,
-        )
+        .list_deliveries(&one_more(&listing), q.destination.as_deref())
         .await
     {
         Ok(rows) => {
-            let (rows, next) = one_page(rows, limit, |r| r.id);
+            let (rows, next) = one_page(rows, listing.limit, |r| r.id);
             let rows: Vec<Value> = rows
                 .iter()
                 .map(|r| {
@@ -348,22 +344,39 @@ async fn deliveries(
     }
 }
 
-/// A listing's `state` (one of `states`, if given) and its `limit` (1 to
-/// [`MAX_JOBS_LISTED`], default 100): the limit, or the body of the 400
-/// answer.
-fn listing_filter(state: Option<&str>, states: &[&str], limit: Option<i64>) -> Result<i64, Value> {
+/// A listing's filters: its `state` (one of `states`, if given), study and
+/// instance ([`uid_filter`]s), and its `limit` (1 to [`MAX_JOBS_LISTED`],
+/// default 100); or the body of the 400 answer.
+fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Value> {
+    let state = q.state.as_deref();
     if let Some(state) = state {
         if !states.contains(&state) {
             return Err(json!({ "error": format!("unknown state `{state}`"), "states": states }));
         }
     }
-    let limit = limit.unwrap_or(100);
+    let (study_instance_uid, sop_instance_uid) =
+        study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid)?;
+    let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_JOBS_LISTED).contains(&limit) {
         return Err(
             json!({ "error": format!("limit must be 1 to {MAX_JOBS_LISTED}, not {limit}") }),
         );
     }
-    Ok(limit)
+    Ok(Listing {
+        state,
+        study_instance_uid,
+        sop_instance_uid,
+        before_id: q.before_id,
+        limit,
+    })
+}
+
+/// One more row than the page, to tell whether another page follows.
+fn one_more<'a>(listing: &Listing<'a>) -> Listing<'a> {
+    Listing {
+        limit: listing.limit + 1,
+        ..*listing
+    }
 }
 
 /// A page of `limit` rows from a listing asked for `limit + 1`, and the

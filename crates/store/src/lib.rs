@@ -40,7 +40,7 @@ pub use retention::Purged;
 pub use same_data::Decompress;
 pub use uid_locks::UidLocks;
 pub use un_values::reinterpret_un_values;
-pub use views::{DeliveryView, InstanceView, JobView, OutboxRowView};
+pub use views::{DeliveryView, InstanceView, JobView, Listing, OutboxRowView};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

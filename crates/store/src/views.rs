@@ -74,12 +74,75 @@ const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts,
 /// received) or `report` (the SR or companion image this node made).
 const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original' ELSE 'report' END";
 
-/// ` WHERE a AND b ...`, or nothing without conditions.
-fn where_all(conditions: &[&str]) -> String {
-    if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
+/// Which rows of a listing (jobs or deliveries), newest first; each filter
+/// applies only when given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listing<'a> {
+    /// One state of the row (the job's or the delivery's).
+    pub state: Option<&'a str>,
+    /// Of one study: its originals and, for deliveries, the reports made
+    /// for it.
+    pub study_instance_uid: Option<&'a str>,
+    /// Of one instance (every copy kept under that UID).
+    pub sop_instance_uid: Option<&'a str>,
+    /// Older than this row: the next page.
+    pub before_id: Option<i64>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+/// A value bound to a listing's condition.
+enum Bound<'a> {
+    Text(&'a str),
+    Id(i64),
+}
+
+type ListingQuery<'q, T> =
+    sqlx::query::QueryAs<'q, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'q>>;
+
+impl<'a> Bound<'a> {
+    fn bind_to<'q, T>(self, query: ListingQuery<'q, T>) -> ListingQuery<'q, T>
+    where
+        'a: 'q,
+    {
+        match self {
+            Bound::Text(v) => query.bind(v),
+            Bound::Id(v) => query.bind(v),
+        }
+    }
+}
+
+impl<'a> Listing<'a> {
+    /// ` WHERE a AND b ...` on `row` (the jobs or outbox alias, with
+    /// `instances i` joined), or nothing; and the values to bind, in order.
+    /// Conditions are written only when given: `(? IS NULL OR j.state = ?)`
+    /// kept SQLite off the state index, and a listing of the few failed
+    /// jobs walked every job (45 s at 300,000).
+    fn conditions(&self, row: &str) -> (String, Vec<Bound<'a>>) {
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        if let Some(state) = self.state {
+            conditions.push(format!("{row}.state = ?"));
+            values.push(Bound::Text(state));
+        }
+        if let Some(study) = self.study_instance_uid {
+            conditions.push("i.study_instance_uid = ?".to_string());
+            values.push(Bound::Text(study));
+        }
+        if let Some(sop) = self.sop_instance_uid {
+            conditions.push("i.sop_instance_uid = ?".to_string());
+            values.push(Bound::Text(sop));
+        }
+        if let Some(before) = self.before_id {
+            conditions.push(format!("{row}.id < ?"));
+            values.push(Bound::Id(before));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        (filter, values)
     }
 }
 
@@ -89,58 +152,39 @@ impl Store {
     /// JSON unless `with_result`.
     pub async fn list_jobs(
         &self,
-        state: Option<&str>,
-        before_id: Option<i64>,
-        limit: i64,
+        listing: &Listing<'_>,
         with_result: bool,
     ) -> Result<Vec<JobView>, StoreError> {
-        // Conditions written only when given: `(? IS NULL OR j.state = ?)`
-        // kept SQLite off the state index, and a listing of the few failed
-        // jobs walked every job (45 s at 300,000).
-        let mut conditions = Vec::new();
-        if state.is_some() {
-            conditions.push("j.state = ?");
-        }
-        if before_id.is_some() {
-            conditions.push("j.id < ?");
-        }
         let columns = if with_result {
             JOB_COLUMNS.to_string()
         } else {
             JOB_COLUMNS.replace("j.result_json,", "NULL AS result_json,")
         };
-        let filter = where_all(&conditions);
+        let (filter, values) = listing.conditions("j");
         let sql = format!("{columns}{filter} ORDER BY j.id DESC LIMIT ?");
         let mut query = sqlx::query_as(&sql);
-        if let Some(state) = state {
-            query = query.bind(state);
+        for value in values {
+            query = value.bind_to(query);
         }
-        if let Some(before) = before_id {
-            query = query.bind(before);
-        }
-        Ok(query.bind(limit).fetch_all(self.pool()).await?)
+        Ok(query.bind(listing.limit).fetch_all(self.pool()).await?)
     }
 
-    /// Outbox rows, newest first: optionally in one state, to one
-    /// destination, and older than row `before_id` (the next page).
+    /// Outbox rows, newest first, as `listing` and `destination` say.
     pub async fn list_deliveries(
         &self,
-        state: Option<&str>,
+        listing: &Listing<'_>,
         destination: Option<&str>,
-        before_id: Option<i64>,
-        limit: i64,
     ) -> Result<Vec<OutboxRowView>, StoreError> {
-        let mut conditions = Vec::new();
-        if state.is_some() {
-            conditions.push("o.state = ?");
+        let (mut filter, mut values) = listing.conditions("o");
+        if let Some(destination) = destination {
+            filter.push_str(if filter.is_empty() {
+                " WHERE "
+            } else {
+                " AND "
+            });
+            filter.push_str("o.destination = ?");
+            values.push(Bound::Text(destination));
         }
-        if destination.is_some() {
-            conditions.push("o.destination = ?");
-        }
-        if before_id.is_some() {
-            conditions.push("o.id < ?");
-        }
-        let filter = where_all(&conditions);
         let sql = format!(
             "SELECT o.id, {DELIVERY_KIND} AS kind,
                     i.sop_instance_uid, i.study_instance_uid, o.destination, o.state, o.attempts,
@@ -149,13 +193,10 @@ impl Store {
              ORDER BY o.id DESC LIMIT ?"
         );
         let mut query = sqlx::query_as(&sql);
-        for value in [state, destination].into_iter().flatten() {
-            query = query.bind(value);
+        for value in values {
+            query = value.bind_to(query);
         }
-        if let Some(before) = before_id {
-            query = query.bind(before);
-        }
-        Ok(query.bind(limit).fetch_all(self.pool()).await?)
+        Ok(query.bind(listing.limit).fetch_all(self.pool()).await?)
     }
 
     /// Every instance row with this SOP Instance UID (more than one when a

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use pneumo_store::{Incoming, IngestOutcome, MadeInstances, Store, StoreError};
+use pneumo_store::{Incoming, IngestOutcome, Listing, MadeInstances, Store, StoreError};
 use sha2::{Digest, Sha256};
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
@@ -245,7 +245,14 @@ async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].sop_instance_uid, "1.9.31");
     let failed = store
-        .list_jobs(Some("failed"), None, 10, true)
+        .list_jobs(
+            &Listing {
+                state: Some("failed"),
+                limit: 10,
+                ..Default::default()
+            },
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(failed.len(), 1);
@@ -296,7 +303,14 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
     );
     assert_eq!(
         store
-            .list_jobs(Some("received"), None, 10, true)
+            .list_jobs(
+                &Listing {
+                    state: Some("received"),
+                    limit: 10,
+                    ..Default::default()
+                },
+                true
+            )
             .await
             .unwrap()
             .len(),
@@ -304,14 +318,28 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
     );
     assert_eq!(
         store
-            .list_jobs(Some("skipped"), None, 10, true)
+            .list_jobs(
+                &Listing {
+                    state: Some("skipped"),
+                    limit: 10,
+                    ..Default::default()
+                },
+                true
+            )
             .await
             .unwrap()
             .len(),
         1
     );
     let again = store
-        .list_jobs(Some("received"), None, 10, true)
+        .list_jobs(
+            &Listing {
+                state: Some("received"),
+                limit: 10,
+                ..Default::default()
+            },
+            true,
+        )
         .await
         .unwrap();
     assert!(again.iter().all(|j| j.reason.is_none() && j.attempts == 0));
@@ -413,7 +441,17 @@ async fn a_job_the_store_could_not_finish_runs_again_later_without_using_an_atte
             .unwrap());
         // Not before its time; the reason shows meanwhile.
         assert!(store.claim_jobs("w", lease, 1, 2).await.unwrap().is_empty());
-        let waiting = store.list_jobs(None, None, 10, true).await.unwrap();
+        let waiting = store
+            .list_jobs(
+                &Listing {
+                    state: None,
+                    limit: 10,
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .unwrap();
         assert_eq!(waiting[0].reason.as_deref(), Some("database is locked"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(store.fail_exhausted_jobs(2).await.unwrap().is_empty());
