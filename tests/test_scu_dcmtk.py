@@ -62,6 +62,22 @@ def test_compressed_file_to_a_peer_without_its_syntax_is_decompressed_or_a_clear
     assert (got.pixel_array == pydicom.dcmread(j2k).pixel_array).all()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_file_with_letters_in_its_uid_fails_with_the_rule_named(storescp, rg1_copies, tmp_path):
+    """dicom-rs's "Invalid UID in file meta information group", behind
+    "not a DICOM Part-10 file", named neither the rule nor the cure."""
+    port, out = storescp
+    (plain,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(plain)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.abc"
+    ds.save_as(tmp_path / "letters.dcm", enforce_file_format=True)
+    r = node_cli("store", f"STORESCP@127.0.0.1:{port}", tmp_path / "letters.dcm", plain)
+    assert r.returncode != 0
+    (failed,) = [line for line in r.stdout.splitlines() if line.startswith("FAILED")]
+    assert "letters.dcm" in failed and "other than digits and dots (PS3.5 9.1)" in failed, r.stdout
+    assert "Part-10" not in failed and "1 stored" in r.stdout
+
+
 def test_unreachable_peer_is_an_error():
     r = node_cli("echo", f"NOBODY@127.0.0.1:{free_port()}")
     assert r.returncode != 0

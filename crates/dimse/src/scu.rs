@@ -198,8 +198,13 @@ impl FileToSend {
         reader
             .seek(SeekFrom::Start(128))
             .map_err(|e| format!("cannot read: {e}"))?;
-        let meta = FileMetaTable::from_reader(&mut reader)
-            .map_err(|e| format!("not a DICOM Part-10 file: {e}"))?;
+        let meta = FileMetaTable::from_reader(&mut reader).map_err(|e| match e {
+            // dicom-rs's own wording names no UID and no rule.
+            dicom_object::meta::Error::InvalidUid { .. } => "a UID of its File Meta \
+                Information has characters other than digits and dots (PS3.5 9.1)"
+                .to_string(),
+            e => format!("not a DICOM Part-10 file: {e}"),
+        })?;
         let dataset_offset = reader
             .stream_position()
             .map_err(|e| format!("cannot read: {e}"))?;
