@@ -4,6 +4,7 @@
 mod cmd_infer;
 mod cmd_model;
 mod cmd_preprocess;
+mod cmd_recover;
 mod config;
 mod diskguard;
 mod http;
@@ -78,6 +79,14 @@ enum Command {
     /// Model tools.
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
+    /// With the node stopped: record the files under instances/ that the
+    /// database does not name (after restoring a database backup older than
+    /// the files), so that the next `serve` analyses and forwards them.
+    RecoverFiles {
+        /// List them without recording anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -195,6 +204,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Echo { target, calling_ae } => echo(&config, &target, calling_ae).await,
+            Command::RecoverFiles { dry_run } => {
+                let store = open_store(&config).await?;
+                cmd_recover::run(&config, store, dry_run)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
             Command::Store {
                 target,
                 paths,
@@ -234,36 +249,39 @@ fn init_logging(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The store of `node.data_dir` and its database, locked for this process.
+async fn open_store(config: &Config) -> Result<Store> {
+    Ok(Store::open(&config.node.data_dir, config.database_url())
+        .await
+        .with_context(|| {
+            let database = match config.database_url() {
+                Some(url) => url.to_string(),
+                None => config
+                    .node
+                    .data_dir
+                    .join("pneumo-node.sqlite")
+                    .display()
+                    .to_string(),
+            };
+            // SQLite says "disk I/O error" when it cannot grow its
+            // shared-memory file on a full disk: name the likelier cause.
+            let full = match diskguard::free_bytes(&config.node.data_dir) {
+                Ok(free) if free < 16 * 1_000_000 => format!(
+                    "; the file system of the data directory has {} MB free: a full disk?",
+                    free / 1_000_000
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "opening the store in {} (database {database}{full})",
+                config.node.data_dir.display()
+            )
+        })?
+        .with_decompress(decompress_pixel_data))
+}
+
 async fn serve(config: Config) -> Result<()> {
-    let store = Arc::new(
-        Store::open(&config.node.data_dir, config.database_url())
-            .await
-            .with_context(|| {
-                let database = match config.database_url() {
-                    Some(url) => url.to_string(),
-                    None => config
-                        .node
-                        .data_dir
-                        .join("pneumo-node.sqlite")
-                        .display()
-                        .to_string(),
-                };
-                // SQLite says "disk I/O error" when it cannot grow its
-                // shared-memory file on a full disk: name the likelier cause.
-                let full = match diskguard::free_bytes(&config.node.data_dir) {
-                    Ok(free) if free < 16 * 1_000_000 => format!(
-                        "; the file system of the data directory has {} MB free: a full disk?",
-                        free / 1_000_000
-                    ),
-                    _ => String::new(),
-                };
-                format!(
-                    "opening the store in {} (database {database}{full})",
-                    config.node.data_dir.display()
-                )
-            })?
-            .with_decompress(decompress_pixel_data),
-    );
+    let store = Arc::new(open_store(&config).await?);
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();
     let engine =

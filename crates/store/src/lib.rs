@@ -16,6 +16,7 @@ mod iso2022;
 mod jobs;
 mod lengths;
 mod outbox;
+mod recover;
 mod retention;
 mod same_data;
 mod uid_locks;
@@ -259,7 +260,8 @@ impl Store {
             warn!(
                 data_dir = %data_dir.display(),
                 "instances/ holds files but the database has no instance: was the database \
-                 deleted or replaced? Those files are not known to this node"
+                 deleted or replaced? Those files are not known to this node \
+                 (`pneumo-node recover-files` records them)"
             );
         }
         let cleared = files::clear_spool(&data_dir.join("spool"));

@@ -1,0 +1,96 @@
+"""A database backup restored over newer files: the instances acknowledged
+after the backup are files the database does not name. Their senders were
+told success and will not send them again; without `recover-files` they
+were never analysed nor forwarded (and retention never removed them)."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import subprocess
+
+import pydicom
+from nodetest import copy_with_new_uids, data_store, node_binary, node_factory, run_dcmtk  # noqa: F401
+from test_routing_orthanc import wait_until
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
+
+
+def recover(node, *args) -> subprocess.CompletedProcess:
+    cmd = [str(node_binary()), "--config", str(node.config_file), "recover-files", *args]
+    return subprocess.run(cmd, env=node.env(), cwd=node.workdir, capture_output=True, text=True, timeout=120)
+
+
+def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarded(
+        node_factory, storescp, tmp_path):
+    port, received = storescp
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n'
+                      '[[routing.forward]]\ndestinations = ["pacs"]\nmodalities = ["CR"]\n')
+    node = node_factory().start(config_file=config)
+    sources = [copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / f"{n}.dcm", new_study=True)
+               for n in range(3)]
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
+    node.wait_for_analyses()
+    node.stop()
+    backup = tmp_path / "backup.sqlite"
+    live, copy = node.db(), sqlite3.connect(backup)
+    live.backup(copy)  # SQLite's online backup, as docs/operations.md says
+    copy.close()
+    live.close()
+
+    node.start()
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm", tmp_path / "2.dcm")
+    node.wait_for_analyses()
+    node.stop()
+    # The restore: the backup's database over the newer files. (This
+    # process's own connections of node.count() closed first: SQLite shares
+    # one lock and shared-memory state per file in a process, and a stale
+    # one would see the new file as damaged.)
+    gc.collect()
+    db = node.data_dir / "pneumo-node.sqlite"
+    for extra in ("-wal", "-shm"):
+        db.with_name(db.name + extra).unlink(missing_ok=True)
+    db.write_bytes(backup.read_bytes())
+    assert node.count("SELECT COUNT(*) FROM jobs") == 1
+
+    # A dry run names them and records nothing.
+    r = recover(node, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = [l for l in r.stdout.splitlines() if l.startswith("FOUND")]
+    assert sorted(l.split(": ")[1].split()[0] for l in found) == sorted(ds.SOPInstanceUID for ds in sources[1:])
+    assert all("from STORESCU" in l for l in found)
+    # Their reports are left: made again, with the same UIDs, by the analysis.
+    assert len([l for l in r.stdout.splitlines() if l.startswith("LEFT")]) == 2
+    assert node.count("SELECT COUNT(*) FROM instances") == 2  # the first image and its report
+
+    # Recorded, then analysed and forwarded by the next start.
+    for f in received.iterdir():
+        f.unlink()
+    r = recover(node)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len([l for l in r.stdout.splitlines() if l.startswith("RECORDED")]) == 2
+    node.start()
+    node.wait_for_analyses()
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 3, timeout=60,
+               what="the recovered images analysed and their reports delivered")
+    got = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in received.iterdir()}
+    for ds in sources[1:]:
+        assert ds.SOPInstanceUID in got  # the original, forwarded
+        (job,) = node.http(f"/api/instances/{ds.SOPInstanceUID}")[1]["copies"]
+        assert job["calling_ae"] == "STORESCU"  # routed by its caller, as when it arrived
+    assert len(got) == 4  # and the two reports
+    # While the node serves, the data directory is its own.
+    r = recover(node)
+    assert r.returncode != 0 and "in use by another pneumo-node process" in r.stderr, r.stderr
+    node.stop()
+    r = recover(node)
+    assert r.returncode == 0 and "0 files the database did not name" in r.stdout, r.stdout
+
+    # A file that is not DICOM is named and left where it is.
+    junk = node.data_dir / "instances" / "notes.txt"
+    junk.write_text("not an instance")
+    r = recover(node)
+    assert r.returncode != 0
+    assert "FAILED   instances/notes.txt: not a DICOM Part-10 file" in r.stdout, r.stdout
+    assert junk.exists()
