@@ -155,8 +155,8 @@ def test_instances_directory_unusable_is_a_refusal_naming_it_and_not_ready(node,
 
 
 def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tmp_path):
-    """"No AI result for this patient": from the study's UID (looked up in
-    the PACS), the jobs and deliveries of that study alone, or of one of
+    """"No AI result for this patient": from the study's accession number
+    or its UID, the jobs and deliveries of that study alone, or of one of
     its images, without paging through everything else."""
     from test_routing_orthanc import wait_until
 
@@ -168,6 +168,8 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     studies = {}
     for n in range(3):
         ds = copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / f"{n}.dcm", new_study=True)
+        ds.AccessionNumber = f"ACC{n} "  # as padded in the file
+        ds.save_as(tmp_path / f"{n}.dcm", enforce_file_format=True)
         studies[ds.StudyInstanceUID] = ds.SOPInstanceUID
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / f"{n}.dcm")
     node.wait_for_analyses()
@@ -176,6 +178,13 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     study, sop = list(studies.items())[1]
     code, body = node.http(f"/api/jobs?study_instance_uid={study}")
     assert code == 200 and [(j["study_instance_uid"], j["sop_instance_uid"]) for j in body["jobs"]] == [(study, sop)]
+    # By the accession number a worklist shows: the same study's job and
+    # its report's delivery (reports carry their image's number).
+    code, body = node.http("/api/jobs?accession_number=ACC1")
+    assert code == 200 and [j["sop_instance_uid"] for j in body["jobs"]] == [sop]
+    code, body = node.http("/api/deliveries?accession_number=ACC1")
+    assert [(d["kind"], d["study_instance_uid"]) for d in body["deliveries"]] == [("report", study)]
+    assert node.http("/api/jobs?accession_number=ACC9")[1]["jobs"] == []
     code, body = node.http(f"/api/jobs?sop_instance_uid={sop}%20&state=delivered")
     assert [j["sop_instance_uid"] for j in body["jobs"]] == [sop]
     code, body = node.http(f"/api/jobs?sop_instance_uid={sop}&state=failed")
@@ -190,7 +199,7 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert len(body["deliveries"]) == 2 and body["next_before_id"] is not None
     code, body = node.http(f"/api/deliveries?state=sent&before_id={body['next_before_id']}")
     assert len(body["deliveries"]) == 1
-    for bad in ("study_instance_uid=", "sop_instance_uid=%20", "study=1.2.3"):
+    for bad in ("study_instance_uid=", "sop_instance_uid=%20", "accession_number=", "study=1.2.3"):
         for listing in ("jobs", "deliveries"):
             code, body = node.http(f"/api/{listing}?{bad}")
             assert code == 400 and body["error"], (listing, bad)

@@ -249,6 +249,7 @@ struct ListingQuery {
     state: Option<String>,
     study_instance_uid: Option<String>,
     sop_instance_uid: Option<String>,
+    accession_number: Option<String>,
     limit: Option<i64>,
     /// The next page: rows older than this one (`next_before_id` of the
     /// previous answer).
@@ -356,6 +357,10 @@ fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Valu
     }
     let (study_instance_uid, sop_instance_uid) =
         study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid)?;
+    let accession_number = match q.accession_number.as_deref().map(str::trim) {
+        Some("") => return Err(json!({ "error": "an empty accession number" })),
+        accession => accession,
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_JOBS_LISTED).contains(&limit) {
         return Err(
@@ -366,6 +371,7 @@ fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Valu
         state,
         study_instance_uid,
         sop_instance_uid,
+        accession_number,
         before_id: q.before_id,
         limit,
     })

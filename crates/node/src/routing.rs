@@ -278,6 +278,7 @@ mod tests {
             modality: modality.map(Into::into),
             body_part_examined: body.map(Into::into),
             view_position: view.map(Into::into),
+            accession_number: None,
         }
     }
 

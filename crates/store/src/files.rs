@@ -145,6 +145,7 @@ mod tests {
             modality: None,
             body_part_examined: None,
             view_position: None,
+            accession_number: None,
         }
     }
 

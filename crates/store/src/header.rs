@@ -19,6 +19,9 @@ pub struct InstanceHeader {
     pub modality: Option<String>,
     pub body_part_examined: Option<String>,
     pub view_position: Option<String>,
+    /// Accession Number (0008,0050): how a radiologist's worklist names the
+    /// study, for finding its jobs.
+    pub accession_number: Option<String>,
 }
 
 /// Attributes the store reads all come before (0020,0010): parsing stops
@@ -230,6 +233,7 @@ impl InstanceHeader {
                 .or_else(|| crate::coded::body_part(obj)),
             // (its coded form lies past the header: `read` looks for it)
             view_position: text(tags::VIEW_POSITION),
+            accession_number: text(tags::ACCESSION_NUMBER),
         })
     }
 

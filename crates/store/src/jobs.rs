@@ -59,6 +59,7 @@ impl Store {
                 modality: job.modality,
                 body_part_examined: job.body_part_examined,
                 view_position: job.view_position,
+                accession_number: None, // not a routing criterion
             };
             let refusal = decide(&header, &job.transfer_syntax_uid);
             let state = if refusal.is_some() {

@@ -85,6 +85,8 @@ pub struct Listing<'a> {
     pub study_instance_uid: Option<&'a str>,
     /// Of one instance (every copy kept under that UID).
     pub sop_instance_uid: Option<&'a str>,
+    /// Of the studies with this Accession Number (as received).
+    pub accession_number: Option<&'a str>,
     /// Older than this row: the next page.
     pub before_id: Option<i64>,
     /// At most this many rows.
@@ -132,6 +134,10 @@ impl<'a> Listing<'a> {
         if let Some(sop) = self.sop_instance_uid {
             conditions.push("i.sop_instance_uid = ?".to_string());
             values.push(Bound::Text(sop));
+        }
+        if let Some(accession) = self.accession_number {
+            conditions.push("i.accession_number = ?".to_string());
+            values.push(Bound::Text(accession));
         }
         if let Some(before) = self.before_id {
             conditions.push(format!("{row}.id < ?"));
