@@ -261,6 +261,41 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
     assert srs == 2 and len(linked) == 2
 
 
+def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, rg1_copies, tmp_path):
+    """A sender re-uses the SOP Instance UID for other pixels (same patient
+    and study): the copy was analysed but linked to the first copy's
+    report, so the PACS showed the new pixels with the old result."""
+    import numpy as np
+
+    (first,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    other = pydicom.dcmread(first)
+    pixels = other.pixel_array
+    other.PixelData = np.ascontiguousarray(pixels[::-1, ::-1]).tobytes()  # another image, same UIDs
+    path = tmp_path / "other_pixels.dcm"
+    other.save_as(path, enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
+    with node.db() as c:
+        rows = c.execute("SELECT j.result_json, s.path FROM jobs j JOIN instances s ON s.id = j.sr_instance_id"
+                         " ORDER BY j.id").fetchall()
+    (r1, sr1), (r2, sr2) = rows
+    assert sr1 != sr2, "the second copy linked to the first copy's report"
+    for record, sr_path in rows:
+        p = json.loads(record)["prediction"]["p_positive"]
+        assert certainty(pydicom.dcmread(node.data_dir / sr_path)) == pytest.approx(p * 100, abs=1e-4)
+    assert "gave another result than the report made for an earlier copy" in node.log()
+    # A copy with the first's pixels and a header a router changed shares
+    # the first's report (its result is the same).
+    same = pydicom.dcmread(first)
+    same.SeriesDescription = "routed"
+    same.save_as(tmp_path / "routed.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "routed.dcm")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3, timeout=60)
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 2
+
+
 def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):
     files = radiographs(tmp_path, 0, 8)  # JPEG 2000: slow enough to kill mid-analysis
 

@@ -273,13 +273,32 @@ impl Pipeline {
             y1: b.y1,
         });
         let model = report_model(&prediction);
-        let sr_uid = sr_sop_instance_uid(
-            &source.uid_key(),
-            &self.node.ae_title,
-            &model.contract_sha256,
-            self.node.uid_root.as_deref(),
-        )
-        .map_err(|e| format!("report: {e}"))?;
+        let report_uid = |source: &SourceInstance| {
+            sr_sop_instance_uid(
+                &source.uid_key(),
+                &self.node.ae_title,
+                &model.contract_sha256,
+                self.node.uid_root.as_deref(),
+            )
+            .map_err(|e| format!("report: {e}"))
+        };
+        let mut sr_uid = report_uid(&source)?;
+        if self
+            .states_another_result(&sr_uid, job.instance_id, &prediction, &result)
+            .await?
+        {
+            // The sender re-used the UID for other pixels: linked to the
+            // earlier copy's report, this copy's result would be reported
+            // nowhere, and the PACS would show its pixels with that one.
+            source.version = Some(self.store.instance_sha256(job.instance_id).await?);
+            sr_uid = report_uid(&source)?;
+            warn!(
+                sop_instance_uid = %job.sop_instance_uid,
+                sr = %sr_uid,
+                "a copy stored under the same SOP Instance UID gave another result than the \
+                 report made for an earlier copy: it gets its own report"
+            );
+        }
 
         let sr_id = self
             .generated_once(&sr_uid, || {
@@ -372,6 +391,38 @@ impl Pipeline {
             );
         }
         Ok(done)
+    }
+
+    /// Whether the report `sr_uid`, made for another copy stored under this
+    /// instance's UID, states another result than this one: another
+    /// decision, or another probability as the SR writes it (a millionth;
+    /// the same pixels give the same). False when no such report exists,
+    /// it is this instance's own, or its maker's result cannot be read.
+    async fn states_another_result(
+        &self,
+        sr_uid: &str,
+        instance_id: i64,
+        prediction: &Prediction,
+        result: &AnalysisResult,
+    ) -> Result<bool, Failure> {
+        let Some((maker, Some(record))) = self.store.report_maker(sr_uid).await? else {
+            return Ok(false);
+        };
+        if maker == instance_id {
+            return Ok(false);
+        }
+        let Ok(stated) = serde_json::from_str::<serde_json::Value>(&record) else {
+            return Ok(false);
+        };
+        let (Some(p), Some(decision)) = (
+            stated["prediction"]["p_positive"].as_f64(),
+            stated["decision"].as_str(),
+        ) else {
+            return Ok(false);
+        };
+        let millionths = |p: f64| (p * 1e6).round();
+        Ok(decision != result.decision.as_str()
+            || millionths(p) != millionths(prediction.p_positive))
     }
 
     /// The version key of a source stored beside earlier data sets under

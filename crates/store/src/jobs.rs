@@ -486,6 +486,23 @@ impl Store {
             .collect())
     }
 
+    /// The report with SOP Instance UID `report_uid`, if stored: the
+    /// instance whose job made it (the first job that links to it) and
+    /// that job's result record.
+    pub async fn report_maker(
+        &self,
+        report_uid: &str,
+    ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT j.instance_id, j.result_json FROM jobs j
+             JOIN instances r ON r.id = j.sr_instance_id
+             WHERE r.sop_instance_uid = ? ORDER BY j.id LIMIT 1",
+        )
+        .bind(report_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// The SHA-256 of an instance's data set.
     pub async fn instance_sha256(&self, instance_id: i64) -> Result<String, StoreError> {
         Ok(
