@@ -175,15 +175,7 @@ pub fn banner_lines(
     lines.push(format!(
         "PROBABILITY {probability}% (THRESHOLD {threshold}%)"
     ));
-    // Which image of the study: several may be analysed in one.
-    let named: Vec<String> = [
-        source.view_position.clone(),
-        source.series_number.map(|n| format!("SERIES {n}")),
-        source.instance_number.map(|n| format!("IMAGE {n}")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let named = crate::sr::which_image(source, "SERIES", "IMAGE");
     if !named.is_empty() {
         lines.push(format!("SOURCE: {}", named.join(" - ")));
     }

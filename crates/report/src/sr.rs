@@ -68,6 +68,20 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
     (shown_p, shown_t)
 }
 
+/// Which image of the study the result is for, as a reader names it
+/// (its view, series and instance numbers, those present): several may be
+/// analysed in one study, and viewers list their reports alike.
+pub(crate) fn which_image(source: &SourceInstance, series: &str, image: &str) -> Vec<String> {
+    [
+        source.view_position.clone(),
+        source.series_number.map(|n| format!("{series} {n}")),
+        source.instance_number.map(|n| format!("{image} {n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Certainty of Finding in percent: `p_pneumoconiosis × 100`, rounded to
 /// 4 decimals, or more where the threshold or an extreme needs them
 /// (`shown_percentages`).
@@ -365,11 +379,17 @@ pub fn build_content_tree(
             ),
         ));
     }
+    let named = which_image(source, "series", "image");
+    let image = if named.is_empty() {
+        String::new()
+    } else {
+        format!(" Image analysed: {}.", named.join(", "))
+    };
     group.push(text(
         Relationship::Contains,
         codes::COMMENT,
         format!(
-            "{} Computed by {} {} without human review.",
+            "{}{image} Computed by {} {} without human review.",
             result_sentence(result),
             model.name.trim(),
             model.version.trim()

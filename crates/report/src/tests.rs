@@ -202,6 +202,14 @@ fn tree_structure_follows_tid_1500() {
     let comments: Vec<_> = mg.find(&codes::COMMENT).collect();
     assert_eq!(comments.len(), 1);
     assert!(!format!("{:?}", comments[0].value).contains(DEMO_MARK));
+    // It names the image, as several of a study are reported alike.
+    let ItemValue::Text(sentence) = &comments[0].value else {
+        panic!("the comment is not text")
+    };
+    assert!(
+        sentence.contains("(threshold 50%). Image analysed: image 7. Computed by"),
+        "{sentence}"
+    );
 }
 
 #[test]
