@@ -461,7 +461,10 @@ async fn serve(config: Config) -> Result<()> {
     .is_err()
     {
         tracing::warn!(
-            "analyses or deliveries still running; stopping anyway (they run again after the restart)"
+            grace_s = grace.as_secs(),
+            "analyses or deliveries still running at the end of the shutdown grace; stopping \
+             anyway: they run again after the restart (a destination may receive a cut delivery \
+             twice; raise dicom.shutdown_grace_s where forwards take longer)"
         );
     }
     store.close().await;
