@@ -84,3 +84,35 @@ def test_a_rule_caller_no_ae_title_can_be_is_refused_and_spaces_do_not_count(tmp
             r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
                                capture_output=True, text=True, cwd=ROOT, timeout=60)
             assert r.returncode != 0 and f"routing.{section}[0].calling_ae_titles" in r.stderr, (title, r.stderr)
+
+
+def test_a_log_level_that_is_no_level_is_refused(tmp_path):
+    """`inf` passed check-config and silenced every line, WARN and ERROR
+    included: the filter read it as a target name."""
+    config = tmp_path / "node.toml"
+    config.write_text('[log]\nlevel = "inf"\n')
+    r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 1 and "log.level `inf` is not a level" in r.stderr, r.stderr
+    for fine in ("warn", "DEBUG", "info,pneumo_node=debug"):
+        assert check_config({"PNEUMO__LOG__LEVEL": fine}).returncode == 0, fine
+
+
+def test_an_empty_rust_log_leaves_the_configured_level():
+    image = ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm"
+    r = subprocess.run([str(node_binary()), "infer", str(image)], env={**os.environ, "RUST_LOG": ""},
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and " INFO " in r.stderr, r.stderr
+
+
+def test_check_config_reads_the_model_as_serve_would(tmp_path):
+    """Only a missing path was found: a file that is no model passed
+    `check-config`, and `serve` then failed at every start."""
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"not an onnx file" * 100)
+    r = check_config({"PNEUMO__INFERENCE__MODEL": str(garbage)})
+    assert r.returncode == 1 and "inference.model" in r.stderr and str(garbage) in r.stderr, r.stderr
+    bad = ROOT / "fixtures" / "models" / "bad"
+    contractless = sorted(bad.glob("*contract*.onnx")) or sorted(bad.glob("*.onnx"))
+    r = check_config({"PNEUMO__INFERENCE__MODEL": str(contractless[0])})
+    assert r.returncode == 1 and "inference.model" in r.stderr, r.stderr

@@ -182,17 +182,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Serve => serve(config).await.map(|_| ExitCode::SUCCESS),
             Command::CheckConfig => {
                 // The files `serve` would load first, so that a wrong path is
-                // found here and not at the next start.
-                pneumo_inference::locate_model_file(&config.inference.model)
-                    .context("inference.model")?;
+                // found here and not at the next start: the model read as
+                // `model info` reads it (readable by this account, ONNX, its
+                // contract), without building a session.
+                pneumo_inference::inspect_model(&config.inference.model).with_context(|| {
+                    format!("inference.model {}", config.inference.model.display())
+                })?;
                 if !config
                     .inference
                     .lung_segmentation_model
                     .as_os_str()
                     .is_empty()
                 {
-                    pneumo_inference::locate_model_file(&config.inference.lung_segmentation_model)
-                        .context("inference.lung_segmentation_model")?;
+                    let path = pneumo_inference::locate_model_file(
+                        &config.inference.lung_segmentation_model,
+                    )
+                    .context("inference.lung_segmentation_model")?;
+                    std::fs::File::open(&path).with_context(|| {
+                        format!("inference.lung_segmentation_model {}", path.display())
+                    })?;
                 }
                 // The ONNX Runtime library too (found, loadable, recent
                 // enough), as `serve` checks it before loading it.
@@ -230,14 +238,31 @@ fn init_logging(config: &Config) -> Result<()> {
     // for ISO 2022 code extensions, which the node decodes itself (its only
     // warning in `stateful`). Directives given in full are used as they are.
     let level = &config.log.level;
-    let directives = if level.contains('=') {
+    let directives = if level.contains('=') || level.contains(',') {
         level.clone()
     } else {
+        // A bare word that is no level ("inf") is a target name to the
+        // filter: every line, WARN and ERROR included, would be dropped.
+        level
+            .trim()
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "log.level `{level}` is not a level (trace, debug, info, warn, error, off) \
+                     nor a filter with `=` (`info,pneumo_node=debug`)"
+                )
+            })?;
         format!("{level},ort=warn,jpeg2k=warn,dicom_parser::stateful=error")
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&directives))
-        .with_context(|| format!("log.level `{}` is not a valid filter", config.log.level))?;
+    // An empty RUST_LOG (`RUST_LOG=` in a unit file) is no filter: it
+    // silenced everything but errors.
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
+    let filter = if from_env {
+        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&directives))
+    } else {
+        EnvFilter::try_new(&directives)
+    }
+    .with_context(|| format!("log.level `{}` is not a valid filter", config.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
