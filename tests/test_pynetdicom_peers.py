@@ -298,3 +298,23 @@ def test_node_scu_reencodes_for_a_peer_that_takes_only_implicit_vr(rg1_copies):
         assert got.PixelData == src.PixelData and got.PatientName == src.PatientName
     finally:
         receiver.close()
+
+
+def test_node_scu_reencodes_implicit_vr_for_a_peer_that_takes_only_explicit_vr(rg1_copies, tmp_path):
+    """A PACS configured to take only Explicit VR (against PS3.5 10.1, but
+    one setting away in Orthanc) parked Implicit VR originals for good, with
+    a reason saying the fallback had been proposed."""
+    receiver = PynetdicomReceiver(ae_title="NEWPACS", transfer_syntaxes=["1.2.840.10008.1.2.1"])
+    try:
+        (f,) = rg1_copies("UNCI", 1)
+        src = pydicom.dcmread(f)
+        implicit = tmp_path / "implicit.dcm"
+        src.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+        src.save_as(implicit, enforce_file_format=True, implicit_vr=True, little_endian=True)
+        r = node_cli("store", f"NEWPACS@127.0.0.1:{receiver.port}", implicit)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert receiver.transfer_syntax[src.SOPInstanceUID] == "1.2.840.10008.1.2.1"
+        got = receiver.dataset(src.SOPInstanceUID)
+        assert got.PixelData == src.PixelData and got.PatientName == src.PatientName
+    finally:
+        receiver.close()

@@ -738,8 +738,10 @@ pub fn proposals_for(
         push(&f.sop_class_uid, vec![f.transfer_syntax.clone()]);
         // Every SCP supports Implicit VR Little Endian (the default transfer
         // syntax); a native file in any other syntax can be re-encoded to it,
-        // so an older PACS that takes nothing else still gets it.
-        if f.transfer_syntax != sop::IMPLICIT_VR_LE && f.can_go_native(decompress) {
+        // so an older PACS that takes nothing else still gets it. An
+        // Implicit VR file goes to Explicit for a peer configured to take
+        // only that (PS3.5 10.1 says it must take Implicit; some do not).
+        if f.can_go_native(decompress) {
             push(
                 &f.sop_class_uid,
                 NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
@@ -898,7 +900,7 @@ mod tests {
         let p = proposals_for(&[f(sop::EXPLICIT_VR_LE), f(sop::EXPLICIT_VR_LE)], None);
         assert_eq!(p.len(), 2);
         let p = proposals_for(&[f(sop::IMPLICIT_VR_LE)], None);
-        assert_eq!(p.len(), 1);
+        assert_eq!(p.len(), 2);
         // JPEG 2000: its own syntax only, unless it can be decompressed.
         let j2k = "1.2.840.10008.1.2.4.90";
         let p = proposals_for(&[f(j2k)], None);
