@@ -162,3 +162,29 @@ def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
     assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}%20") == (200, {"resent": 2})
     wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="both reports sent again")
     assert "sent deliveries to be sent again" in node.log()
+
+
+def test_jobs_whose_reports_are_all_cancelled_are_delivered(node_factory, rg1_copies, tmp_path):
+    """Cancelling every report still owed left the jobs `reported` for good
+    (their rows gone, nothing was left to settle them by), against the
+    documented `delivered`."""
+    from nodetest import free_port
+
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "GONE"\n'
+                      f'host = "127.0.0.1"\nport = {free_port()}\nresults = true\n')
+    node = node_factory().start(config_file=config)
+    files = rg1_copies("UNCI", 2)
+    for f in files:
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    node.wait_for_analyses()
+    assert [j[0] for j in jobs(node)] == ["reported", "reported"]  # owed to a PACS that is down
+    import pydicom
+
+    sop = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    (report,) = [r["sr_sop_instance_uid"] for r in node.http("/api/jobs")[1]["jobs"] if r["sop_instance_uid"] == sop]
+    assert post(node, f"/api/deliveries/cancel?destination=pacs&sop_instance_uid={report}") == (200, {"cancelled": 1})
+    states = {r["sop_instance_uid"]: r["state"] for r in node.http("/api/jobs")[1]["jobs"]}
+    assert states[sop] == "delivered" and list(states.values()).count("reported") == 1
+    assert post(node, "/api/deliveries/cancel?destination=pacs") == (200, {"cancelled": 1})
+    assert [j[0] for j in jobs(node)] == ["delivered", "delivered"]

@@ -14,7 +14,7 @@ use crate::{now_ms, Store, StoreError};
 
 /// SQL condition: the row's instance is of the study and/or is the
 /// instance given; a filter bound as NULL matches any. Its four
-/// parameters are bound by [`bind_study_and_instance`].
+/// parameters are bound by `bind_study_and_instance!`.
 macro_rules! of_study_or_instance {
     () => {
         "instance_id IN (SELECT id FROM instances
@@ -23,19 +23,16 @@ macro_rules! of_study_or_instance {
     };
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds the parameters of [`of_study_or_instance`], which comes last in the query.
-fn bind_study_and_instance<'q>(
-    query: SqliteQuery<'q>,
-    study_instance_uid: Option<&'q str>,
-    sop_instance_uid: Option<&'q str>,
-) -> SqliteQuery<'q> {
-    query
-        .bind(study_instance_uid)
-        .bind(study_instance_uid)
-        .bind(sop_instance_uid)
-        .bind(sop_instance_uid)
+/// Binds the parameters of `of_study_or_instance!`, which comes last in
+/// the query (any sqlx query with `bind`).
+macro_rules! bind_study_and_instance {
+    ($query:expr, $study_instance_uid:expr, $sop_instance_uid:expr) => {
+        $query
+            .bind($study_instance_uid)
+            .bind($study_instance_uid)
+            .bind($sop_instance_uid)
+            .bind($sop_instance_uid)
+    };
 }
 
 /// An instance due for delivery.
@@ -332,7 +329,7 @@ impl Store {
         .bind(now)
         .bind(destination);
         Ok(
-            bind_study_and_instance(query, study_instance_uid, sop_instance_uid)
+            bind_study_and_instance!(query, study_instance_uid, sop_instance_uid)
                 .execute(self.pool())
                 .await?
                 .rows_affected(),
@@ -353,6 +350,24 @@ impl Store {
         study_instance_uid: Option<&str>,
         sop_instance_uid: Option<&str>,
     ) -> Result<u64, StoreError> {
+        // The jobs whose reports lose a row: with none left owed anywhere
+        // they are done, though no row of theirs remains for
+        // `settle_delivered_jobs` to see (they stayed `reported` for good).
+        let query = sqlx::query_scalar(concat!(
+            "SELECT DISTINCT j.id FROM jobs j
+               JOIN outbox ON outbox.instance_id IN (j.sr_instance_id, j.sc_instance_id)
+             WHERE j.state = 'reported' AND outbox.destination = ?
+               AND ((outbox.state = 'pending' AND ?) OR (outbox.state = 'parked' AND ?))
+               AND outbox.",
+            of_study_or_instance!()
+        ))
+        .bind(destination)
+        .bind(pending)
+        .bind(parked);
+        let study = study_instance_uid;
+        let jobs: Vec<i64> = bind_study_and_instance!(query, study, sop_instance_uid)
+            .fetch_all(self.pool())
+            .await?;
         let query = sqlx::query(concat!(
             "DELETE FROM outbox WHERE destination = ?
                AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
@@ -362,10 +377,20 @@ impl Store {
         .bind(destination)
         .bind(pending)
         .bind(parked);
-        let cancelled = bind_study_and_instance(query, study_instance_uid, sop_instance_uid)
+        let cancelled = bind_study_and_instance!(query, study, sop_instance_uid)
             .execute(self.pool())
             .await?
             .rows_affected();
+        for job in jobs {
+            sqlx::query(&format!(
+                "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
+                 WHERE id = ? AND state = 'reported' AND {NOTHING_MADE_UNSENT}"
+            ))
+            .bind(now_ms())
+            .bind(job)
+            .execute(self.pool())
+            .await?;
+        }
         self.settle_delivered_jobs().await?;
         Ok(cancelled)
     }
