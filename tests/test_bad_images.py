@@ -189,3 +189,30 @@ def test_infer_refuses_an_image_with_nothing_to_read_as_the_pipeline_does(tmp_pa
         assert r.returncode != 0, f"{name}: {r.stdout}"
         assert reason.removeprefix("imaging: ").split(": ", 1)[1] in r.stderr, f"{name}: {r.stderr}"
         assert "p_positive" not in r.stdout
+
+
+def test_one_rle_frame_in_several_fragments_is_analysed_as_the_whole_frame(tmp_path):
+    """Some senders cut a frame into fragments (against PS3.5 A.4.2 for
+    RLE); the registry's decoder took the first fragment as the frame, and
+    the job failed ("Invalid RLE segment range")."""
+    import json
+    import struct
+    import subprocess
+
+    from nodetest import node_binary
+
+    ds = _fresh(FIXTURES / "rg1s_rle.dcm")
+    stream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    pieces = [stream[i:i + 4096] for i in range(0, len(stream), 4096)]
+    assert len(pieces) > 1 and all(len(p) % 2 == 0 for p in pieces)
+    item = lambda b: b"\xfe\xff\x00\xe0" + struct.pack("<I", len(b)) + b  # noqa: E731
+    ds.PixelData = item(b"") + b"".join(item(p) for p in pieces) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    ds.save_as(tmp_path / "fragments.dcm", enforce_file_format=True)
+
+    def p_positive(path):
+        r = subprocess.run([str(node_binary()), "infer", str(path), "--json"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["prediction"]["p_positive"]
+
+    assert p_positive(tmp_path / "fragments.dcm") == p_positive(FIXTURES / "rg1s_rle.dcm")

@@ -162,6 +162,28 @@ pub(crate) fn decode_samples<'a>(
 /// One frame of encapsulated pixel data as little-endian stored samples,
 /// exactly `header.frame_bytes()` long. The caller has checked that the
 /// transfer syntax is one [`can_decode`] takes and the value a sequence.
+/// A copy of a single-frame `obj` whose pixel data is `codestream` in one
+/// fragment, when it came in several; None otherwise (nothing to copy).
+fn one_fragment_per_frame(
+    obj: &DefaultDicomObject,
+    codestream: &[u8],
+) -> Option<DefaultDicomObject> {
+    let fragments = obj.raw_pixel_data()?.fragments.len();
+    if obj.number_of_frames().unwrap_or(1) != 1 || fragments <= 1 {
+        return None;
+    }
+    let mut copy = obj.clone();
+    copy.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        Value::PixelSequence(dicom_core::value::PixelFragmentSequence::new(
+            Vec::<u32>::new(),
+            vec![codestream.to_vec()],
+        )),
+    ));
+    Some(copy)
+}
+
 pub(crate) fn decode_encapsulated_frame(
     obj: &DefaultDicomObject,
     header: &ImageHeader,
@@ -198,6 +220,11 @@ pub(crate) fn decode_encapsulated_frame(
             usize::from(header.bits_allocated / 8),
         )
         .map_err(decode_err)?;
+        // The registry's decoders take fragment N as frame N: a single
+        // frame sent in several fragments (against PS3.5 A.4.2 for RLE, as
+        // some senders cut them) is handed over as the one fragment it is.
+        let rejoined = one_fragment_per_frame(obj, &codestream);
+        let obj = rejoined.as_ref().unwrap_or(obj);
         // dicom-rs's RLE decoder indexes past the end of a truncated
         // segment (a panic); taken as the decode error it is.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
