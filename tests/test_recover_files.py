@@ -84,6 +84,7 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     r = recover(node)
     assert r.returncode != 0 and "in use by another pneumo-node process" in r.stderr, r.stderr
     node.stop()
+    assert "stopped: the database is closed" in node.log()  # an operator sees the stop complete
     r = recover(node)
     assert r.returncode == 0 and "0 files the database did not name" in r.stdout, r.stdout
 

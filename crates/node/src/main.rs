@@ -493,6 +493,7 @@ async fn serve(config: Config) -> Result<()> {
         );
     }
     store.close().await;
+    info!("stopped: the database is closed");
     Ok(())
 }
 

@@ -515,7 +515,8 @@ fn with_remedy(reason: &str, file: &FileToSend) -> String {
         format!(
             "{reason} (this is Comprehensive 3D SR; for a PACS without it, \
              report.sop_class = \"comprehensive\" makes the node's reports from then on \
-             Comprehensive SR)"
+             Comprehensive SR; reports already made keep their class: cancel them for this \
+             destination)"
         )
     } else {
         reason.to_string()
