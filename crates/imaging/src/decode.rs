@@ -159,16 +159,17 @@ pub(crate) fn decode_samples<'a>(
     }
 }
 
-/// One frame of encapsulated pixel data as little-endian stored samples,
-/// exactly `header.frame_bytes()` long. The caller has checked that the
-/// transfer syntax is one [`can_decode`] takes and the value a sequence.
 /// A copy of a single-frame `obj` whose pixel data is `codestream` in one
 /// fragment, when it came in several; None otherwise (nothing to copy).
 fn one_fragment_per_frame(
     obj: &DefaultDicomObject,
     codestream: &[u8],
 ) -> Option<DefaultDicomObject> {
-    let fragments = obj.raw_pixel_data()?.fragments.len();
+    // Counted on the element: `raw_pixel_data` would copy every fragment.
+    let fragments = match obj.element(tags::PIXEL_DATA).ok()?.value() {
+        Value::PixelSequence(sequence) => sequence.fragments().len(),
+        _ => return None,
+    };
     if obj.number_of_frames().unwrap_or(1) != 1 || fragments <= 1 {
         return None;
     }
@@ -184,6 +185,9 @@ fn one_fragment_per_frame(
     Some(copy)
 }
 
+/// One frame of encapsulated pixel data as little-endian stored samples,
+/// exactly `header.frame_bytes()` long. The caller has checked that the
+/// transfer syntax is one [`can_decode`] takes and the value a sequence.
 pub(crate) fn decode_encapsulated_frame(
     obj: &DefaultDicomObject,
     header: &ImageHeader,

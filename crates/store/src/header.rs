@@ -90,8 +90,8 @@ const CHARSET_TEXT_VRS: &[VR] = &[VR::PN, VR::LO, VR::SH, VR::LT, VR::ST, VR::UT
 /// When the data set's Specific Character Set uses ISO 2022 code extensions
 /// or a single term dicom-rs does not know (`iso2022::decoded_here`), its
 /// text values, nested ones included, are read again from the file's bytes
-/// (up to `stop`) and decoded here (`iso2022`). (An item with a Specific Character Set of its own is rare
-/// and read with the data set's.)
+/// (up to `stop`) and decoded here (`iso2022`). (An item with a Specific
+/// Character Set of its own is rare and read with the data set's.)
 fn with_code_extensions_decoded(
     path: &Path,
     stop: Tag,
