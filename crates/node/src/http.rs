@@ -314,11 +314,7 @@ async fn deliveries(
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
-    match s
-        .store
-        .list_deliveries(&one_more(&listing), q.destination.as_deref())
-        .await
-    {
+    match s.store.list_deliveries(&one_more(&listing)).await {
         Ok(rows) => {
             let (rows, next) = one_page(rows, listing.limit, |r| r.id);
             let rows: Vec<Value> = rows
@@ -372,6 +368,7 @@ fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Valu
         study_instance_uid,
         sop_instance_uid,
         accession_number,
+        destination: q.destination.as_deref(),
         before_id: q.before_id,
         limit,
     })

@@ -87,6 +87,8 @@ pub struct Listing<'a> {
     pub sop_instance_uid: Option<&'a str>,
     /// Of the studies with this Accession Number (as received).
     pub accession_number: Option<&'a str>,
+    /// Deliveries only: to this destination.
+    pub destination: Option<&'a str>,
     /// Older than this row: the next page.
     pub before_id: Option<i64>,
     /// At most this many rows.
@@ -139,6 +141,10 @@ impl<'a> Listing<'a> {
             conditions.push("i.accession_number = ?".to_string());
             values.push(Bound::Text(accession));
         }
+        if let Some(destination) = self.destination {
+            conditions.push(format!("{row}.destination = ?"));
+            values.push(Bound::Text(destination));
+        }
         if let Some(before) = self.before_id {
             conditions.push(format!("{row}.id < ?"));
             values.push(Bound::Id(before));
@@ -175,22 +181,12 @@ impl Store {
         Ok(query.bind(listing.limit).fetch_all(self.pool()).await?)
     }
 
-    /// Outbox rows, newest first, as `listing` and `destination` say.
+    /// Outbox rows, newest first, as `listing` says.
     pub async fn list_deliveries(
         &self,
         listing: &Listing<'_>,
-        destination: Option<&str>,
     ) -> Result<Vec<OutboxRowView>, StoreError> {
-        let (mut filter, mut values) = listing.conditions("o");
-        if let Some(destination) = destination {
-            filter.push_str(if filter.is_empty() {
-                " WHERE "
-            } else {
-                " AND "
-            });
-            filter.push_str("o.destination = ?");
-            values.push(Bound::Text(destination));
-        }
+        let (filter, values) = listing.conditions("o");
         let sql = format!(
             "SELECT o.id, {DELIVERY_KIND} AS kind,
                     i.sop_instance_uid, i.study_instance_uid, o.destination, o.state, o.attempts,
