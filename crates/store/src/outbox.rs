@@ -350,47 +350,36 @@ impl Store {
         study_instance_uid: Option<&str>,
         sop_instance_uid: Option<&str>,
     ) -> Result<u64, StoreError> {
-        // The jobs whose reports lose a row: with none left owed anywhere
-        // they are done, though no row of theirs remains for
-        // `settle_delivered_jobs` to see (they stayed `reported` for good).
         let query = sqlx::query_scalar(concat!(
-            "SELECT DISTINCT j.id FROM jobs j
-               JOIN outbox ON outbox.instance_id IN (j.sr_instance_id, j.sc_instance_id)
-             WHERE j.state = 'reported' AND outbox.destination = ?
-               AND ((outbox.state = 'pending' AND ?) OR (outbox.state = 'parked' AND ?))
-               AND outbox.",
-            of_study_or_instance!()
-        ))
-        .bind(destination)
-        .bind(pending)
-        .bind(parked);
-        let study = study_instance_uid;
-        let jobs: Vec<i64> = bind_study_and_instance!(query, study, sop_instance_uid)
-            .fetch_all(self.pool())
-            .await?;
-        let query = sqlx::query(concat!(
             "DELETE FROM outbox WHERE destination = ?
                AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
                AND ",
-            of_study_or_instance!()
+            of_study_or_instance!(),
+            " RETURNING instance_id"
         ))
         .bind(destination)
         .bind(pending)
         .bind(parked);
-        let cancelled = bind_study_and_instance!(query, study, sop_instance_uid)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
-        for job in jobs {
-            sqlx::query(&format!(
-                "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
-                 WHERE id = ? AND state = 'reported' AND {NOTHING_MADE_UNSENT}"
-            ))
-            .bind(now_ms())
-            .bind(job)
-            .execute(self.pool())
-            .await?;
-        }
+        let dropped: Vec<i64> =
+            bind_study_and_instance!(query, study_instance_uid, sop_instance_uid)
+                .fetch_all(self.pool())
+                .await?;
+        // A job whose report is now owed nowhere is done, though no row of
+        // it remains for `settle_delivered_jobs` to see (it stayed
+        // `reported` for good). One statement, the instances as a JSON array.
+        let ids = dropped.iter().map(i64::to_string).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "UPDATE jobs SET state = 'delivered', updated_at_ms = ?1
+             WHERE state = 'reported'
+               AND (sr_instance_id IN (SELECT value FROM json_each(?2))
+                    OR sc_instance_id IN (SELECT value FROM json_each(?2)))
+               AND {NOTHING_MADE_UNSENT}"
+        ))
+        .bind(now_ms())
+        .bind(format!("[{}]", ids.join(",")))
+        .execute(self.pool())
+        .await?;
+        let cancelled = dropped.len() as u64;
         self.settle_delivered_jobs().await?;
         Ok(cancelled)
     }
