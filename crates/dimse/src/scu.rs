@@ -177,10 +177,10 @@ impl StoreOutcome {
     }
 }
 
-/// What is needed of a Part-10 file to send it.
 /// Deflated Explicit VR Little Endian.
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
+/// What is needed of a Part-10 file to send it.
 #[derive(Debug, Clone)]
 pub struct FileToSend {
     pub path: PathBuf,
@@ -188,6 +188,9 @@ pub struct FileToSend {
     pub sop_instance_uid: String,
     pub transfer_syntax: String,
     pub dataset_offset: u64,
+    /// Source Application Entity Title of its File Meta (for a file the
+    /// node stored, the AE title that sent it); empty when absent.
+    pub source_ae_title: String,
 }
 
 impl FileToSend {
@@ -214,6 +217,10 @@ impl FileToSend {
             sop_instance_uid: sop::trim_uid(meta.media_storage_sop_instance_uid()).to_string(),
             transfer_syntax: sop::trim_uid(meta.transfer_syntax()).to_string(),
             dataset_offset,
+            source_ae_title: meta
+                .source_application_entity_title()
+                .map(|ae| ae.trim().to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -894,6 +901,7 @@ mod tests {
             sop_instance_uid: "1".into(),
             transfer_syntax: ts.into(),
             dataset_offset: 0,
+            source_ae_title: String::new(),
         };
         // Explicit VR LE: its own, and the fallback a peer that takes only
         // Implicit VR LE accepts; twice the same file type, once each.

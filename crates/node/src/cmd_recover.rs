@@ -8,46 +8,13 @@
 //! its commit. Run with the node stopped: the store's lock refuses a second
 //! process on the data directory.
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use dicom_object::meta::FileMetaTable;
+use pneumo_dimse::FileToSend;
 use pneumo_store::{Incoming, IngestOutcome, Store};
 
 use crate::config::Config;
-
-/// What the File Meta Information of a stored file says.
-struct StoredMeta {
-    sop_class_uid: String,
-    sop_instance_uid: String,
-    transfer_syntax_uid: String,
-    /// The calling AE title it arrived from (the node writes it there).
-    source_ae: String,
-}
-
-fn read_meta(path: &Path) -> Result<StoredMeta, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut preamble = [0u8; 128];
-    file.read_exact(&mut preamble).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            "not a DICOM Part-10 file: shorter than its preamble".to_string()
-        }
-        _ => format!("cannot read: {e}"),
-    })?;
-    let meta = FileMetaTable::from_reader(std::io::BufReader::new(file))
-        .map_err(|e| format!("not a DICOM Part-10 file: {e}"))?;
-    let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
-    Ok(StoredMeta {
-        sop_class_uid: trim(meta.media_storage_sop_class_uid()),
-        sop_instance_uid: trim(meta.media_storage_sop_instance_uid()),
-        transfer_syntax_uid: trim(meta.transfer_syntax()),
-        source_ae: meta
-            .source_application_entity_title()
-            .map(|ae| ae.trim().to_string())
-            .unwrap_or_default(),
-    })
-}
 
 pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
     let data_dir = config.node.data_dir.clone();
@@ -60,7 +27,7 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
     for relative in &files {
         let path = data_dir.join(relative);
         let shown = relative.display();
-        let meta = match read_meta(&path) {
+        let meta = match FileToSend::inspect(&path) {
             Ok(meta) => meta,
             Err(why) => {
                 println!("FAILED   {shown}: {why} (left in place)");
@@ -71,7 +38,7 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
         // Reports and companion images this node made carry its own AE
         // title: they are made again, with the same UIDs, when their image
         // is analysed; recorded as received they would be routed as images.
-        if meta.source_ae == node_ae {
+        if meta.source_ae_title == node_ae {
             println!("LEFT     {shown}: made by this node (made again when its image is analysed)");
             reports += 1;
             continue;
@@ -80,7 +47,7 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
             println!(
                 "FOUND    {shown}: {} from {}",
                 meta.sop_instance_uid,
-                display_ae(&meta.source_ae)
+                display_ae(&meta.source_ae_title)
             );
             recorded += 1;
             continue;
@@ -90,7 +57,7 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
                 println!(
                     "RECORDED {shown}: {} from {} ({outcome})",
                     meta.sop_instance_uid,
-                    display_ae(&meta.source_ae)
+                    display_ae(&meta.source_ae_title)
                 );
                 recorded += 1;
             }
@@ -127,7 +94,7 @@ async fn record(
     config: &Config,
     store: &Store,
     path: &Path,
-    meta: &StoredMeta,
+    meta: &FileToSend,
 ) -> Result<&'static str> {
     let spool = store
         .spool_dir()
@@ -140,16 +107,18 @@ async fn record(
             spool_path: spool.clone(),
             sop_class_uid: meta.sop_class_uid.clone(),
             sop_instance_uid: meta.sop_instance_uid.clone(),
-            transfer_syntax_uid: meta.transfer_syntax_uid.clone(),
+            transfer_syntax_uid: meta.transfer_syntax.clone(),
             dataset_len,
             dataset_sha256,
-            calling_ae: meta.source_ae.clone(),
+            calling_ae: meta.source_ae_title.clone(),
             peer_address: "recovered from its file".to_string(),
             generated: false,
         };
         let outcome = store
             .ingest(&incoming, |h| {
-                config.routing.forward_destinations(h, &meta.source_ae)
+                config
+                    .routing
+                    .forward_destinations(h, &meta.source_ae_title)
             })
             .await?;
         Ok::<_, anyhow::Error>(outcome)
