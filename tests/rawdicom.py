@@ -38,16 +38,18 @@ def _items(data: bytes):
         data = data[4 + length :]
 
 
-def associate_ac(rq_body: bytes, max_pdu: int = 16384) -> bytes:
+def associate_ac(rq_body: bytes, max_pdu: int = 16384, syntax: str = None) -> bytes:
     """The A-ASSOCIATE-AC accepting every context of an A-ASSOCIATE-RQ
-    (its body) in the first transfer syntax proposed."""
+    (its body) in the first transfer syntax proposed, or in `syntax`
+    whether proposed or not."""
     body = rq_body[:68]  # protocol version, reserved, AE titles, reserved: echoed
     body += _item(0x10, APP_CONTEXT)
     for item_type, payload in _items(rq_body[68:]):
         if item_type != 0x20:
             continue
         syntaxes = [sub for t, sub in _items(payload[4:]) if t == 0x40]
-        body += _item(0x21, struct.pack(">BxBx", payload[0], 0) + _item(0x40, syntaxes[0]))
+        chosen = _uid(syntax) if syntax else syntaxes[0]
+        body += _item(0x21, struct.pack(">BxBx", payload[0], 0) + _item(0x40, chosen))
     body += _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.3.4"))
     return struct.pack(">BxI", 0x02, len(body)) + body
 

@@ -4,7 +4,10 @@ find before `serve` does."""
 import os
 import subprocess
 
-from nodetest import ROOT, node_binary
+from nodetest import ROOT, free_port, node_binary
+
+# sysexits' EX_CONFIG: the systemd unit does not restart a node that exits so.
+MISCONFIGURED = 78
 
 
 def check_config(env: dict) -> subprocess.CompletedProcess:
@@ -24,7 +27,7 @@ def test_lists_of_words_come_from_the_environment_comma_separated():
 
 def test_a_missing_onnx_runtime_library_is_found_by_check_config():
     r = check_config({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"})
-    assert r.returncode == 1
+    assert r.returncode == MISCONFIGURED
     assert "inference.ort_library" in r.stderr and "does not exist" in r.stderr, r.stderr
 
 
@@ -93,7 +96,7 @@ def test_a_log_level_that_is_no_level_is_refused(tmp_path):
     config.write_text('[log]\nlevel = "inf"\n')
     r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 1 and "log.level `inf` is not a level" in r.stderr, r.stderr
+    assert r.returncode == MISCONFIGURED and "log.level `inf` is not a level" in r.stderr, r.stderr
     for fine in ("warn", "DEBUG", "info,pneumo_node=debug"):
         assert check_config({"PNEUMO__LOG__LEVEL": fine}).returncode == 0, fine
 
@@ -111,8 +114,42 @@ def test_check_config_reads_the_model_as_serve_would(tmp_path):
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"not an onnx file" * 100)
     r = check_config({"PNEUMO__INFERENCE__MODEL": str(garbage)})
-    assert r.returncode == 1 and "inference.model" in r.stderr and str(garbage) in r.stderr, r.stderr
+    assert r.returncode == MISCONFIGURED and "inference.model" in r.stderr and str(garbage) in r.stderr, r.stderr
     bad = ROOT / "fixtures" / "models" / "bad"
     contractless = sorted(bad.glob("*contract*.onnx")) or sorted(bad.glob("*.onnx"))
     r = check_config({"PNEUMO__INFERENCE__MODEL": str(contractless[0])})
-    assert r.returncode == 1 and "inference.model" in r.stderr, r.stderr
+    assert r.returncode == MISCONFIGURED and "inference.model" in r.stderr, r.stderr
+
+
+def test_serve_refused_by_its_configuration_exits_78_and_other_start_failures_exit_1(tmp_path):
+    """Restart=on-failure restarted a misconfigured node every 5 s for good:
+    such a start exits 78, which the unit's RestartPreventExitStatus leaves
+    failed; a port still taken (the previous process stopping) exits 1 and
+    is restarted."""
+    import socket
+
+    base = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(tmp_path / "var"),
+            "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
+
+    def serve(**env) -> subprocess.CompletedProcess:
+        return subprocess.run([str(node_binary()), "serve"], env={**base, **env},
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"not an onnx file" * 100)
+    for env, needle in (({"PNEUMO__INFERENCE__MODEL": str(garbage)}, str(garbage)),
+                        ({"PNEUMO__INFERENCE__MODEL": str(tmp_path / "none.onnx")}, "none.onnx"),
+                        ({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"}, "does not exist"),
+                        ({"PNEUMO__DICOM__AE_TITLE": "A\\B"}, "dicom.ae_title")):
+        r = serve(**env)
+        assert r.returncode == MISCONFIGURED and needle in r.stderr, (env, r.returncode, r.stderr)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        r = serve(PNEUMO__DICOM__PORT=str(taken.getsockname()[1]))
+    finally:
+        taken.close()
+    assert r.returncode == 1 and "Address already in use" in r.stderr, r.stderr
+    unit = (ROOT / "deploy" / "pneumo-node.service").read_text()
+    assert f"RestartPreventExitStatus={MISCONFIGURED}" in unit

@@ -139,6 +139,15 @@ def test_a_re_sent_instance_is_routed_by_the_rules_for_its_caller_once(node_fact
         receiver.close()
 
 
+def results_destination(tmp_path, name: str, ae_title: str, port: int, more: str = ""):
+    """A node configuration with one destination that takes the results,
+    and `more` TOML after it."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[[destinations]]\nname = "{name}"\nae_title = "{ae_title}"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n' + more)
+    return config
+
+
 class SilentReader:
     """A destination that accepts the association and then reads nothing
     more (a PACS process stopped, a stalled network path): the sender's
@@ -175,6 +184,79 @@ class SilentReader:
         self.server.close()
         for c in self.conns:
             c.close()
+
+
+class UnproposedSyntaxAcceptor:
+    """A destination that accepts every presentation context in one
+    transfer syntax, proposed or not (against PS3.8 9.3.3.2), and answers a
+    release."""
+
+    def __init__(self, syntax: str):
+        import socket
+        import struct
+
+        from nodetest import free_port
+        from rawdicom import associate_ac
+
+        self.port = free_port()
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", self.port))
+        self.server.listen()
+        self.associations = 0
+
+        def answer(conn):
+            with conn:
+                while True:
+                    header = conn.recv(6, socket.MSG_WAITALL)
+                    if len(header) < 6:
+                        return
+                    body = conn.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
+                    if header[0] == 0x01:
+                        self.associations += 1
+                        conn.sendall(associate_ac(body, syntax=syntax))
+                    elif header[0] == 0x05:
+                        conn.sendall(bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
+                        return
+                    else:
+                        return  # a P-DATA: nothing should come in a context never proposed
+
+        def serve():
+            try:
+                while True:
+                    conn, _ = self.server.accept()
+                    threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            except OSError:
+                pass  # closed
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_destination_accepting_a_syntax_never_proposed_parks_with_that_reason(node_factory, rg1_copies, tmp_path):
+    """The reason said "accepted no presentation context" and, for the SR,
+    named report.sop_class, which would not help: the peer accepted the
+    contexts, in JPEG Baseline, which the node never proposed for an
+    uncompressed image or an SR. Nothing is sent in such a context."""
+    jpeg_baseline = "1.2.840.10008.1.2.4.50"
+    peer = UnproposedSyntaxAcceptor(jpeg_baseline)
+    try:
+        config = results_destination(tmp_path, "odd", "ODD", peer.port,
+                                     '[[routing.forward]]\ndestinations = ["odd"]\n')
+        node = node_factory().start(config_file=config)
+        (image,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 2, timeout=60)
+        with node.db() as c:
+            reasons = [r for (r,) in c.execute("SELECT last_status FROM outbox")]
+        for reason in reasons:
+            assert f"in transfer syntax {jpeg_baseline}, which was not proposed" in reason, reason
+            assert "no presentation context" not in reason and "report.sop_class" not in reason, reason
+        assert peer.associations >= 1
+        assert "not proposed for it" in node.log() and node.echo_ok()
+    finally:
+        peer.close()
 
 
 def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory, rg1_copies, tmp_path):
@@ -268,10 +350,7 @@ def test_a_job_is_delivered_only_once_its_companion_image_is(node_factory, rg1_c
     comprehensive_3d_sr = "1.2.840.10008.5.1.4.1.1.88.34"
     pacs = PynetdicomReceiver(ae_title="SRONLY", sop_classes=(comprehensive_3d_sr,))
     try:
-        config = tmp_path / "node.toml"
-        config.write_text('[[destinations]]\nname = "pacs"\nae_title = "SRONLY"\n'
-                          f'host = "127.0.0.1"\nport = {pacs.port}\nresults = true\n'
-                          '[report]\ncompanion_sc = true\n')
+        config = results_destination(tmp_path, "pacs", "SRONLY", pacs.port, '[report]\ncompanion_sc = true\n')
         node = node_factory().start(config_file=config)
         (f,) = rg1_copies("UNCI", 1)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
@@ -380,9 +459,7 @@ def test_a_pacs_without_3d_sr_parks_the_report_with_the_remedy_and_takes_compreh
     comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.33"
     pacs = PynetdicomReceiver(ae_title="OLDPACS", sop_classes=(comprehensive_sr,))
     try:
-        config = tmp_path / "node.toml"
-        config.write_text('[[destinations]]\nname = "pacs"\nae_title = "OLDPACS"\n'
-                          f'host = "127.0.0.1"\nport = {pacs.port}\nresults = true\n')
+        config = results_destination(tmp_path, "pacs", "OLDPACS", pacs.port)
         node = node_factory().start(config_file=config)
         first, second = rg1_copies("UNCI", 2)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)

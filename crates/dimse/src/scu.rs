@@ -248,6 +248,10 @@ struct AcceptedContext {
 pub struct ClientAssociation {
     conn: PduStream<TcpStream>,
     accepted: Vec<AcceptedContext>,
+    /// Contexts the peer accepted in a transfer syntax not proposed for
+    /// them (against PS3.8 9.3.3.2): never used, named when a file finds
+    /// no other context.
+    accepted_unproposed: Vec<AcceptedContext>,
     peer_max_pdu: u32,
     max_pdu: u32,
     next_message_id: u16,
@@ -307,25 +311,38 @@ impl ClientAssociation {
         let pdu_type = read_timed(&mut conn, options.response_timeout, options.max_pdu).await?;
         match conn.decode(pdu_type)? {
             Pdu::AssociationAC(ac) => {
-                let accepted = ac
+                let (accepted, accepted_unproposed): (Vec<_>, Vec<_>) = ac
                     .presentation_contexts
                     .iter()
                     .filter(|r| r.reason == PresentationContextResultReason::Acceptance)
                     .filter_map(|r| {
-                        presentation_contexts
+                        let proposed = presentation_contexts.iter().find(|p| p.id == r.id)?;
+                        let context = AcceptedContext {
+                            id: r.id,
+                            abstract_syntax: proposed.abstract_syntax.clone(),
+                            transfer_syntax: sop::trim_uid(&r.transfer_syntax).to_string(),
+                        };
+                        let was_proposed = proposed
+                            .transfer_syntaxes
                             .iter()
-                            .find(|p| p.id == r.id)
-                            .map(|p| AcceptedContext {
-                                id: r.id,
-                                abstract_syntax: p.abstract_syntax.clone(),
-                                transfer_syntax: sop::trim_uid(&r.transfer_syntax).to_string(),
-                            })
+                            .any(|ts| sop::trim_uid(ts) == context.transfer_syntax);
+                        Some((context, was_proposed))
                     })
-                    .collect();
+                    .partition(|(_, was_proposed)| *was_proposed);
+                let accepted = accepted.into_iter().map(|(c, _)| c).collect();
+                let accepted_unproposed: Vec<_> =
+                    accepted_unproposed.into_iter().map(|(c, _)| c).collect();
+                for c in &accepted_unproposed {
+                    warn!(peer = %addr, context = c.id, sop_class = %c.abstract_syntax,
+                        transfer_syntax = %c.transfer_syntax,
+                        "the peer accepted a presentation context in a transfer syntax that was \
+                         not proposed for it (PS3.8 9.3.3.2): it is not used");
+                }
                 let peer_max_pdu = pdu::announced_max_length(&ac.user_variables);
                 Ok(ClientAssociation {
                     conn,
                     accepted,
+                    accepted_unproposed,
                     peer_max_pdu,
                     max_pdu: options.max_pdu,
                     next_message_id: 1,
@@ -354,6 +371,33 @@ impl ClientAssociation {
             c.abstract_syntax == abstract_syntax
                 && transfer_syntax.is_none_or(|ts| c.transfer_syntax == ts)
         })
+    }
+
+    /// Why `file` has no context to be sent in.
+    fn why_no_context(&self, file: &FileToSend) -> String {
+        // Not "no presentation context": the peer did accept one, wrongly,
+        // and no setting of this node's (report.sop_class) would change that.
+        if let Some(c) = self
+            .accepted_unproposed
+            .iter()
+            .find(|c| c.abstract_syntax == file.sop_class_uid)
+        {
+            return format!(
+                "the peer accepted presentation context {} (SOP class {}) in transfer syntax {}, \
+                 which was not proposed for it (PS3.8 9.3.3.2: an acceptor chooses one of the \
+                 syntaxes proposed); nothing is sent in it: the peer's configuration must change",
+                c.id, c.abstract_syntax, c.transfer_syntax
+            );
+        }
+        let fallback = if file.can_go_native(self.decompress.as_ref()) {
+            " (nor in Explicit or Implicit VR Little Endian)"
+        } else {
+            ""
+        };
+        format!(
+            "the peer accepted no presentation context for SOP class {} in transfer syntax {}{fallback}",
+            file.sop_class_uid, file.transfer_syntax
+        )
     }
 
     fn message_id(&mut self) -> u16 {
@@ -393,34 +437,22 @@ impl ClientAssociation {
             result,
             error_comment,
         };
-        let (context, reencode_to) = if let Some(c) =
-            self.context_for(&file.sop_class_uid, Some(&file.transfer_syntax))
-        {
-            (c.id, None)
-        } else if let Some(c) = self
-            .accepted
-            .iter()
-            .find(|c| {
-                c.abstract_syntax == file.sop_class_uid
-                    && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
-            })
-            .filter(|_| file.can_go_native(self.decompress.as_ref()))
-        {
-            (c.id, Some(c.transfer_syntax.clone()))
-        } else {
-            let fallback = if file.can_go_native(self.decompress.as_ref()) {
-                " (nor in Explicit or Implicit VR Little Endian)"
+        let (context, reencode_to) =
+            if let Some(c) = self.context_for(&file.sop_class_uid, Some(&file.transfer_syntax)) {
+                (c.id, None)
+            } else if let Some(c) = self
+                .accepted
+                .iter()
+                .find(|c| {
+                    c.abstract_syntax == file.sop_class_uid
+                        && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
+                })
+                .filter(|_| file.can_go_native(self.decompress.as_ref()))
+            {
+                (c.id, Some(c.transfer_syntax.clone()))
             } else {
-                ""
+                return Ok(outcome(Err(self.why_no_context(file)), None));
             };
-            return Ok(outcome(
-                    Err(format!(
-                        "the peer accepted no presentation context for SOP class {} in transfer syntax {}{fallback}",
-                        file.sop_class_uid, file.transfer_syntax
-                    )),
-                    None,
-                ));
-        };
         let rq = Command::c_store_rq(
             self.message_id(),
             &file.sop_class_uid,

@@ -103,4 +103,24 @@ pub enum ContractError {
     Graph(String),
 }
 
+impl InferenceError {
+    /// Whether only a change of configuration, or of the files it names,
+    /// can cure it: a node that starts again unchanged fails the same way.
+    /// An execution provider that failed is not (a GPU driver can come up
+    /// after the node at boot).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::LibraryNotFound { .. }
+                | Self::LibraryMissing { .. }
+                | Self::LibraryInvalid { .. }
+                | Self::LibraryTooOld { .. }
+                | Self::ModelMissing { .. }
+                | Self::ModelLoad { .. }
+                | Self::Contract { .. }
+                | Self::Settings(_)
+        )
+    }
+}
+
 pub type Result<T, E = InferenceError> = std::result::Result<T, E>;

@@ -98,13 +98,51 @@ fn main() -> ExitCode {
     ) {
         end_quietly_on_closed_stdout();
     }
+    let starts_the_node = matches!(cli.command, Command::Serve | Command::CheckConfig);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            if starts_the_node && is_misconfiguration(&e) {
+                ExitCode::from(EXIT_MISCONFIGURED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The exit status of `serve` (and `check-config`) when the configuration
+/// makes a start impossible (sysexits' EX_CONFIG). The systemd unit does not restart on it
+/// (`RestartPreventExitStatus`): starting again every few seconds would
+/// repeat the same error for good. Other failures (a port still taken, a
+/// database on a disk not yet mounted) exit 1 and are restarted.
+const EXIT_MISCONFIGURED: u8 = 78;
+
+/// An error only a change of the configuration can cure (see
+/// [`EXIT_MISCONFIGURED`]); shown as the error it wraps.
+#[derive(Debug)]
+struct Misconfigured(anyhow::Error);
+
+impl std::fmt::Display for Misconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Misconfigured {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn is_misconfiguration(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<Misconfigured>()
+            || cause
+                .downcast_ref::<pneumo_inference::InferenceError>()
+                .is_some_and(pneumo_inference::InferenceError::is_configuration)
+    })
 }
 
 /// The error and its causes, "a: b: c", each cause once: many library
@@ -160,8 +198,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Preprocess(args) = &cli.command {
         return cmd_preprocess::run(args).map(|_| ExitCode::SUCCESS);
     }
-    let config = Config::load(cli.config.as_deref())?;
-    init_logging(&config)?;
+    let config = Config::load(cli.config.as_deref()).map_err(Misconfigured)?;
+    init_logging(&config).map_err(Misconfigured)?;
     // One-shot inference tools: blocking, before (and without) the runtime.
     match &cli.command {
         Command::Infer(args) => {
@@ -198,9 +236,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         &config.inference.lung_segmentation_model,
                     )
                     .context("inference.lung_segmentation_model")?;
-                    std::fs::File::open(&path).with_context(|| {
-                        format!("inference.lung_segmentation_model {}", path.display())
-                    })?;
+                    std::fs::File::open(&path)
+                        .with_context(|| {
+                            format!("inference.lung_segmentation_model {}", path.display())
+                        })
+                        .map_err(Misconfigured)?;
                 }
                 // The ONNX Runtime library too (found, loadable, recent
                 // enough), as `serve` checks it before loading it.
