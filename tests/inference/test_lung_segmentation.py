@@ -89,6 +89,36 @@ def test_the_synthetic_model_is_what_its_script_makes():
     assert SEG.read_bytes() == mod.build().SerializeToString(), "run fixtures/models/make_synthetic_seg.py"
 
 
+def speck_segmentation_model(out: Path) -> Path:
+    """The synthetic segmentation model with a mask of one pixel, whatever
+    the image: a segmentation that found a speck, not the lungs."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    spec = importlib.util.spec_from_file_location("make_synthetic_seg", MODELS / "make_synthetic_seg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.build()
+    window = np.zeros(mod.SIZE, dtype=np.float32)
+    window[128] = 1.0
+    replace = {"centre": np.array(-1.0, dtype=np.float32),  # every grey value is "lung"
+               "rows": window.reshape(1, 1, mod.SIZE, 1), "cols": window.reshape(1, 1, 1, mod.SIZE)}
+    for i, init in enumerate(m.graph.initializer):
+        if init.name in replace:
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(replace[init.name], init.name))
+    out.write_bytes(m.SerializeToString())
+    return out
+
+
+def test_a_lung_box_too_small_to_hold_lungs_is_refused(lung_box_model, tmp_path):
+    """A segmentation that found a speck gave a 2x3-pixel box: the crop,
+    stretched to the model's size, was a flat tensor, and the job a finding."""
+    r = infer(lung_box_model, str(speck_segmentation_model(tmp_path / "speck.onnx")))
+    assert r.returncode == 1 and "is too small to hold the lungs" in r.stderr, (r.stdout, r.stderr)
+    r = infer(lung_box_model, "", "--lung-box", "100,100,101,101")
+    assert r.returncode == 1 and "is too small to hold the lungs" in r.stderr, r.stderr
+
+
 def job_outcome(node, timeout: float = 60.0):
     """(state, reason, result) of the one job, once it is reported or failed."""
     deadline = time.monotonic() + timeout
@@ -101,16 +131,21 @@ def job_outcome(node, timeout: float = 60.0):
     raise TimeoutError(node.log())
 
 
-@pytest.mark.parametrize("with_seg", [True, False], ids=["with-segmentation", "without"])
-def test_the_pipeline_uses_the_segmentation_model(node_factory, rg1_copies, lung_box_model, with_seg):
+@pytest.mark.parametrize("with_seg", [True, False, "speck"], ids=["with-segmentation", "without", "speck"])
+def test_the_pipeline_uses_the_segmentation_model(node_factory, rg1_copies, lung_box_model, with_seg, tmp_path):
     settings = {"inference__model": lung_box_model, "inference__execution_provider": "cpu"}
-    if with_seg:
+    if with_seg == "speck":
+        settings["inference__lung_segmentation_model"] = speck_segmentation_model(tmp_path / "speck.onnx")
+    elif with_seg:
         settings["inference__lung_segmentation_model"] = SEG
     node = node_factory(**settings).start()
     (f,) = rg1_copies("UNCI", 1)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
     state, reason, result = job_outcome(node)
-    if with_seg:
+    if with_seg == "speck":
+        assert state == "failed" and "imaging: lung-box-too-small: lung box" in reason, (state, reason)
+        assert node.echo_ok()
+    elif with_seg:
         assert state == "reported", (state, reason)
         pre = result["preprocessing"]
         crop = pre["crop"]

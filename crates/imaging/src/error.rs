@@ -71,6 +71,20 @@ pub enum ImagingError {
     #[error("lung box {0} is empty or outside the image")]
     InvalidLungBox(String),
 
+    /// The lung box is too small to hold the lungs: a segmentation that
+    /// found a speck, not the lungs.
+    #[error("lung box {bbox} ({width}x{height} pixels) is too small to hold the lungs of a {image_width}x{image_height} image: at least {min_width}x{min_height} (a tenth of the image each way, and {min_side} pixels); the lung segmentation found too little")]
+    LungBoxTooSmall {
+        bbox: String,
+        width: u32,
+        height: u32,
+        image_width: u32,
+        image_height: u32,
+        min_width: u32,
+        min_height: u32,
+        min_side: u32,
+    },
+
     /// The preprocessing specification itself is unusable.
     #[error("invalid preprocessing specification: {0}")]
     InvalidSpec(String),
@@ -93,6 +107,7 @@ impl ImagingError {
             ImagingError::NoImageContent(_) => "no-image-content",
             ImagingError::LungBoxMissing => "lung-box-missing",
             ImagingError::InvalidLungBox(_) => "invalid-lung-box",
+            ImagingError::LungBoxTooSmall { .. } => "lung-box-too-small",
             ImagingError::InvalidSpec(_) => "invalid-spec",
         }
     }

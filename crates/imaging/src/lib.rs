@@ -212,6 +212,44 @@ pub fn analysis_refusal(grey: &GreyImage) -> Result<(), ImagingError> {
 /// to read.
 pub const MIN_SIDE: u32 = 64;
 
+/// Refuses a lung box (from the segmentation model, or given) that holds
+/// nothing to read: smaller than a tenth of the image or [`MIN_SIDE`]
+/// pixels either way (a segmentation that found a speck: the crop,
+/// stretched to the model's size, was a flat tensor, and got a finding),
+/// or one value everywhere inside it.
+pub fn lung_box_refusal(grey: &GreyImage, b: &LungBox) -> Result<(), ImagingError> {
+    let (iw, ih) = (grey.width as u32, grey.height as u32);
+    b.validate(iw, ih)?;
+    let least = |side: u32| (side / 10).max(MIN_SIDE).min(side);
+    let (width, height) = (b.x1 - b.x0, b.y1 - b.y0);
+    let (min_width, min_height) = (least(iw), least(ih));
+    if width < min_width || height < min_height {
+        return Err(ImagingError::LungBoxTooSmall {
+            bbox: b.to_string(),
+            width,
+            height,
+            image_width: iw,
+            image_height: ih,
+            min_width,
+            min_height,
+            min_side: MIN_SIDE,
+        });
+    }
+    let first = grey.data[b.y0 as usize * grey.width + b.x0 as usize];
+    let flat = (b.y0..b.y1).all(|y| {
+        let row = y as usize * grey.width;
+        grey.data[row + b.x0 as usize..row + b.x1 as usize]
+            .iter()
+            .all(|&v| v == first)
+    });
+    if flat {
+        return Err(ImagingError::NoImageContent(format!(
+            "{first} in lung box {b}"
+        )));
+    }
+    Ok(())
+}
+
 /// A DICOM object to the model's input tensor.
 ///
 /// `lung_box` is the box from the segmentation model, in image pixel

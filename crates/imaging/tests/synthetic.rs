@@ -133,6 +133,46 @@ fn lung_box_mode_without_a_box_is_an_error() {
 }
 
 #[test]
+fn a_lung_box_too_small_or_flat_to_hold_lungs_is_refused() {
+    use pneumo_imaging::{lung_box_refusal, GreyImage};
+    // 1000x800, a gradient with a black band in rows 0..100.
+    let (w, h) = (1000usize, 800usize);
+    let data = (0..w * h)
+        .map(|i| if i / w < 100 { 0.0 } else { (i % w) as f32 })
+        .collect();
+    let grey = GreyImage {
+        width: w,
+        height: h,
+        data,
+    };
+    let b = |x0, y0, x1, y1| LungBox { x0, y0, x1, y1 };
+    // A speck: what a segmentation that found almost nothing gives.
+    let e = lung_box_refusal(&grey, &b(500, 400, 501, 401)).unwrap_err();
+    assert_eq!(e.kind(), "lung-box-too-small");
+    assert!(e.to_string().contains("at least 100x80"), "{e}");
+    // One side short of a tenth of the image is enough to refuse it...
+    let e = lung_box_refusal(&grey, &b(100, 200, 200, 279)).unwrap_err();
+    assert!(e.to_string().contains("(100x79 pixels)"), "{e}");
+    // ...a tenth each way is read.
+    lung_box_refusal(&grey, &b(100, 200, 200, 280)).unwrap();
+    // Below 640 pixels a side, the floor is 64 pixels, not a tenth.
+    let small = GreyImage {
+        width: 300,
+        height: 300,
+        data: (0..300 * 300).map(|i| (i % 300) as f32).collect(),
+    };
+    let e = lung_box_refusal(&small, &b(0, 0, 63, 300)).unwrap_err();
+    assert!(e.to_string().contains("at least 64x64"), "{e}");
+    lung_box_refusal(&small, &b(0, 0, 64, 64)).unwrap();
+    // One value everywhere inside the box.
+    let e = lung_box_refusal(&grey, &b(0, 0, 500, 100)).unwrap_err();
+    assert_eq!(e.kind(), "no-image-content");
+    // Outside the image.
+    let e = lung_box_refusal(&grey, &b(0, 0, 1001, 800)).unwrap_err();
+    assert_eq!(e.kind(), "invalid-lung-box");
+}
+
+#[test]
 fn refuses_rgb() {
     let mut obj = image(4, 4);
     obj.put(el(

@@ -73,6 +73,10 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
         ),
         (_, given) => given,
     };
+    if let Some(b) = &lung_box {
+        pneumo_imaging::lung_box_refusal(&grey, b)
+            .with_context(|| format!("preprocessing {}", file.display()))?;
+    }
     let pre = pneumo_imaging::tensor_from_grey(&grey, grey_report, hdr, &spec, lung_box)
         .with_context(|| format!("preprocessing {}", file.display()))?;
     let p = engine

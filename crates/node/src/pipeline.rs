@@ -648,7 +648,11 @@ fn prepare(
     pneumo_imaging::analysis_refusal(&grey).map_err(imaging)?;
     let lung_box = match spec.crop {
         CropMode::None => None,
-        CropMode::LungBox => Some(lung_box(segmenter, &grey)?),
+        CropMode::LungBox => {
+            let b = lung_box(segmenter, &grey)?;
+            pneumo_imaging::lung_box_refusal(&grey, &b).map_err(imaging)?;
+            Some(b)
+        }
     };
     let pre = tensor_from_grey(&grey, grey_report, hdr, spec, lung_box).map_err(imaging)?;
     let mut header = obj.into_inner();
