@@ -20,11 +20,14 @@ pub const DEMO_MARK: &str = "DEMO MODEL - NOT FOR DIAGNOSIS";
 /// (several models' series can sit in one study), the demo mark first.
 pub fn sr_series_description(model: &ModelIdentity) -> String {
     if model.is_demo() {
-        format!("{DEMO_MARK} - {}", model.name_and_version())
+        model.described_within(&format!("{DEMO_MARK} - "), "", SERIES_DESCRIPTION_MAX)
     } else {
-        format!("AI pneumoconiosis ({})", model.name_and_version())
+        model.described_within("AI pneumoconiosis (", ")", SERIES_DESCRIPTION_MAX)
     }
 }
+
+/// The longest Series Description (LO, PS3.5 6.2).
+pub(crate) const SERIES_DESCRIPTION_MAX: usize = 64;
 
 /// The most decimals a percentage is written with (a DS value's form).
 const MAX_PERCENT_DECIMALS: u32 = 6;

@@ -879,3 +879,40 @@ fn identity_ignores_trailing_name_delimiters_only() {
     assert_eq!(named("Doe^John=Y^J"), named("Doe^John^=Y^J^^"));
     assert_ne!(named("Doe^John"), named("Doe^Jane"));
 }
+
+#[test]
+fn a_long_model_name_is_cut_so_that_the_version_stays_in_the_series_description() {
+    use crate::sc::sc_series_description;
+    use crate::sr::sr_series_description;
+    let long = ModelIdentity {
+        name: "pneumollm-hospital-site-a-retrained-external-validation-cohort-v2".into(),
+        version: "2026.11.28-rc1+build.4711".into(),
+        ..model(WeightsKind::Trained)
+    };
+    for (described, ends) in [
+        (sr_series_description(&long), " 2026.11.28-rc1+build.4711)"),
+        (sc_series_description(&long), " 2026.11.28-rc1+build.4711)"),
+    ] {
+        assert_eq!(described.chars().count(), 64, "{described}");
+        assert!(
+            described.ends_with(ends) && described.contains("..."),
+            "{described}"
+        );
+    }
+    assert_eq!(
+        sr_series_description(&long),
+        "AI pneumoconiosis (pneumollm-hospi... 2026.11.28-rc1+build.4711)"
+    );
+    let demo = ModelIdentity {
+        weights_kind: WeightsKind::RandomDemo,
+        ..long.clone()
+    };
+    let described = sr_series_description(&demo);
+    assert!(described.starts_with(DEMO_MARK) && described.ends_with(" 2026.11.28-rc1+build.4711"));
+    assert!(described.chars().count() <= 64, "{described}");
+    // Names that fit are not touched.
+    assert_eq!(
+        sr_series_description(&model(WeightsKind::Trained)),
+        "AI pneumoconiosis (PneumoLLM 1.0.0)"
+    );
+}

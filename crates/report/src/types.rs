@@ -189,6 +189,26 @@ impl ModelIdentity {
         format!("{} {}", self.name.trim(), self.version.trim())
     }
 
+    /// `before` + `name version` + `after` in at most `max` characters
+    /// (a Series Description's 64): a name too long is cut, marked "...",
+    /// so that the version stays (two versions of one model would
+    /// otherwise read alike in the viewer's series list).
+    pub fn described_within(&self, before: &str, after: &str, max: usize) -> String {
+        let full = format!("{before}{}{after}", self.name_and_version());
+        let excess = full.chars().count().saturating_sub(max);
+        let name = self.name.trim();
+        let keep = name.chars().count().saturating_sub(excess + "...".len());
+        if excess == 0 || keep == 0 {
+            return full; // nothing to cut, or a version too long to keep
+        }
+        let cut: String = name.chars().take(keep).collect();
+        format!(
+            "{before}{}... {}{after}",
+            cut.trim_end(),
+            self.version.trim()
+        )
+    }
+
     /// Check the fields; returns the contract's SHA-256 in lower case
     /// (what the report's UIDs derive from).
     pub fn validate(&self) -> Result<String, ReportError> {
