@@ -62,6 +62,27 @@ def test_a_directory_or_a_missing_model_is_named_by_check_config_too(tmp_path):
     assert node("check-config").returncode == 0
 
 
+@pytest.mark.parametrize("command", ["infer", "info"])
+def test_an_input_without_a_declared_shape_and_an_empty_label_are_refused_by_model_info_too(tmp_path, command):
+    """`model info` said OK to a model whose input declares no shape, which
+    `infer` and `serve` then refused ("rank 0"); and an empty label was
+    taken, and shown empty in `infer` and the API."""
+    import onnx
+
+    from nodetest import demo_model_with
+
+    shapeless = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    shapeless.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(shapeless, str(tmp_path / "shapeless.onnx"))
+    unnamed = demo_model_with(tmp_path / "unnamed-label.onnx", labels='["pneumoconiosis", " "]')
+
+    def run(model):
+        return node(*(["infer", IMAGE, "--model", model] if command == "infer" else ["model", "info", model]))
+
+    refused(run(tmp_path / "shapeless.onnx"), "input `image` declares no shape", "export the input with its shape")
+    refused(run(unnamed), "pneumo.labels", "a label is empty")
+
+
 def test_nan_output_is_an_error_not_a_panic(tmp_path):
     # the model outputs sqrt(-channel means): NaN for RG1, whose normalised means are positive
     refused(node("infer", IMAGE, "--model", BAD / "nan-output.onnx"), "not finite")

@@ -246,6 +246,9 @@ impl ModelContract {
         if labels.len() < 2 {
             return Err(bad(k, v(k), "expected at least two labels"));
         }
+        if labels.iter().any(|l| l.trim().is_empty()) {
+            return Err(bad(k, v(k), "a label is empty: each names its class"));
+        }
         let k = "pneumo.output_shape";
         let output_shape = shape(k, v(k))?;
         match output_shape.as_slice() {

@@ -202,10 +202,24 @@ pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) 
                     ),
                 ));
             }
-            check_shape(
+            // An input without a declared shape is rank 0 to ONNX Runtime
+            // (a session refuses it): `model info` says so too.
+            let shape = shape.as_ref().filter(|s| !s.is_empty()).ok_or_else(|| {
+                graph_err(
+                    path,
+                    format!(
+                        "input `{}` declares no shape (rank 0 to ONNX Runtime), the contract \
+                         says {}: export the input with its shape",
+                        inp.name,
+                        dims(&c.input_shape)
+                    ),
+                )
+            })?;
+            let sizes: Vec<i64> = shape.iter().map(GraphDim::size).collect();
+            check_dims(
                 path,
                 &format!("input `{}`", inp.name),
-                shape,
+                &sizes,
                 &c.input_shape,
             )?;
         }
