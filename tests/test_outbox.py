@@ -451,11 +451,15 @@ def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_
     assert "deliveries moved by the operator" in node.log()
 
 
-def test_a_pacs_without_3d_sr_parks_the_report_with_the_remedy_and_takes_comprehensive_sr(
-        node_factory, rg1_copies, tmp_path):
+def test_a_pacs_without_3d_sr_gets_the_node_s_reports_as_comprehensive_sr(node_factory, rg1_copies, tmp_path):
     """An older PACS knows Comprehensive SR but not Comprehensive 3D SR (the
-    default): the parked report says which setting sends what it takes, and
-    with it the next reports reach it."""
+    default). Its reports were parked for good ("no presentation context"),
+    and reports already made could not be made again in another class. The
+    node's own report now goes as Comprehensive SR, the same document under
+    a UID of its own (another class is another instance), the same UID
+    each time it is sent."""
+    import subprocess
+
     comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.33"
     pacs = PynetdicomReceiver(ae_title="OLDPACS", sop_classes=(comprehensive_sr,))
     try:
@@ -463,18 +467,44 @@ def test_a_pacs_without_3d_sr_parks_the_report_with_the_remedy_and_takes_compreh
         node = node_factory().start(config_file=config)
         first, second = rg1_copies("UNCI", 2)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=60)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state != 'pending'") == 1, timeout=60)
         with node.db() as c:
-            (reason,) = c.execute("SELECT last_status FROM outbox").fetchone()
-        assert "no presentation context" in reason and 'report.sop_class = "comprehensive"' in reason, reason
+            state, reason, report_uid, report_path = c.execute(
+                "SELECT o.state, o.last_status, i.sop_instance_uid, i.path FROM outbox o "
+                "JOIN instances i ON i.id = o.instance_id").fetchone()
+        (sent_uid,) = pacs.received
+        assert state == "sent" and f"sent as Comprehensive SR {sent_uid}" in reason, (state, reason)
+        assert sent_uid != report_uid and sent_uid.startswith("2.25.")
+        sent, stored = pacs.dataset(sent_uid), pydicom.dcmread(node.data_dir / report_path)
+        assert sent.SOPClassUID == comprehensive_sr and stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+        assert sent.SOPInstanceUID == sent_uid
+        assert sent.ContentSequence == stored.ContentSequence and sent.SeriesInstanceUID == stored.SeriesInstanceUID
+        # A valid Comprehensive SR (dciodvfy knows each IOD's rules).
+        copy = tmp_path / "sent.dcm"
+        sent.file_meta = pydicom.dataset.FileMetaDataset()
+        sent.file_meta.MediaStorageSOPClassUID, sent.file_meta.MediaStorageSOPInstanceUID = comprehensive_sr, sent_uid
+        sent.file_meta.TransferSyntaxUID = pacs.transfer_syntax[sent_uid]
+        pydicom.dcmwrite(copy, sent, enforce_file_format=True)
+        out = subprocess.run(["/usr/bin/dciodvfy", str(copy)], capture_output=True, text=True, errors="replace")
+        assert "ComprehensiveSR" in out.stdout + out.stderr, out.stderr
+        assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
 
+        # Sent again (a PACS that lost it): the same UID, not another document.
+        r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/resend",
+                          params={"destination": "pacs", "sop_instance_uid": report_uid})
+        assert r.status_code == 200 and r.json()["resent"] == 1, r.text
+        wait_until(lambda: pacs.stores == 2, timeout=30)
+        assert list(pacs.received) == [sent_uid]
+
+        # report.sop_class = "comprehensive": reports are made so, and go as they are.
         node.stop()
         node.settings["report__sop_class"] = "comprehensive"
         node.start()
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
-        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=60)
-        (uid,) = pacs.received
-        assert pacs.dataset(uid).SOPClassUID == comprehensive_sr
+        wait_until(lambda: len(pacs.received) == 2, timeout=60)
+        with node.db() as c:
+            reasons = [r for (r,) in c.execute("SELECT last_status FROM outbox WHERE state = 'sent'")]
+        assert sum("sent as" in r for r in reasons) == 1, reasons
     finally:
         pacs.close()
 

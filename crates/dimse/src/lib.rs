@@ -19,7 +19,8 @@ pub use scp::{
     ScpServer, StorageAcceptance, StoreHandler, StoreReply,
 };
 pub use scu::{
-    AeAddress, ClientAssociation, EchoOutcome, FileToSend, ScuError, ScuOptions, StoreOutcome,
+    AeAddress, ClientAssociation, EchoOutcome, FileToSend, ScuError, ScuOptions, SendAs,
+    StoreOutcome,
 };
 pub use status::Status;
 

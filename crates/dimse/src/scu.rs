@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTable;
 use dicom_object::DefaultDicomObject;
@@ -169,6 +171,19 @@ pub struct StoreOutcome {
     /// be sent for this file.
     pub result: Result<Status, String>,
     pub error_comment: Option<String>,
+    /// The class and UID it went as, when not its own ([`FileToSend::also_as`]).
+    pub sent_as: Option<SendAs>,
+}
+
+/// Another SOP class, with its own SOP Instance UID (an instance of another
+/// class is another instance), that a file may be sent as when the peer
+/// accepts no context of its own class: the same data set, those two
+/// attributes changed. The node gives it for its own Comprehensive 3D SR
+/// reports (as Comprehensive SR, for a PACS without 3D SR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendAs {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
 }
 
 impl StoreOutcome {
@@ -191,6 +206,8 @@ pub struct FileToSend {
     /// Source Application Entity Title of its File Meta (for a file the
     /// node stored, the AE title that sent it); empty when absent.
     pub source_ae_title: String,
+    /// The class it may go as where its own is not accepted (proposed too).
+    pub also_as: Option<SendAs>,
 }
 
 impl FileToSend {
@@ -221,6 +238,7 @@ impl FileToSend {
                 .source_application_entity_title()
                 .map(|ae| ae.trim().to_string())
                 .unwrap_or_default(),
+            also_as: None,
         })
     }
 
@@ -373,14 +391,34 @@ impl ClientAssociation {
         })
     }
 
+    /// The accepted context `file` can go in as `sop_class`: in its own
+    /// transfer syntax (`None`), or else in a native one it is re-encoded to.
+    fn context_as(&self, sop_class: &str, file: &FileToSend) -> Option<(u8, Option<String>)> {
+        if let Some(c) = self.context_for(sop_class, Some(&file.transfer_syntax)) {
+            return Some((c.id, None));
+        }
+        self.accepted
+            .iter()
+            .find(|c| {
+                c.abstract_syntax == sop_class
+                    && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
+            })
+            .filter(|_| file.can_go_native(self.decompress.as_ref()))
+            .map(|c| (c.id, Some(c.transfer_syntax.clone())))
+    }
+
     /// Why `file` has no context to be sent in.
     fn why_no_context(&self, file: &FileToSend) -> String {
         // Not "no presentation context": the peer did accept one, wrongly,
         // and no setting of this node's (report.sop_class) would change that.
+        let classes = [
+            Some(&file.sop_class_uid),
+            file.also_as.as_ref().map(|a| &a.sop_class_uid),
+        ];
         if let Some(c) = self
             .accepted_unproposed
             .iter()
-            .find(|c| c.abstract_syntax == file.sop_class_uid)
+            .find(|c| classes.contains(&Some(&c.abstract_syntax)))
         {
             return format!(
                 "the peer accepted presentation context {} (SOP class {}) in transfer syntax {}, \
@@ -394,8 +432,13 @@ impl ClientAssociation {
         } else {
             ""
         };
+        let also = match &file.also_as {
+            Some(alt) => format!(", nor for SOP class {}", alt.sop_class_uid),
+            None => String::new(),
+        };
         format!(
-            "the peer accepted no presentation context for SOP class {} in transfer syntax {}{fallback}",
+            "the peer accepted no presentation context for SOP class {} in transfer syntax \
+             {}{fallback}{also}",
             file.sop_class_uid, file.transfer_syntax
         )
     }
@@ -431,47 +474,56 @@ impl ClientAssociation {
     /// Sends one file; a failure of this instance alone is in the outcome,
     /// an error of the association is an `Err`.
     pub async fn store(&mut self, file: &FileToSend) -> Result<StoreOutcome, ScuError> {
-        let outcome = |result, error_comment| StoreOutcome {
+        let mut sent_as = None;
+        let outcome = |result, error_comment, sent_as| StoreOutcome {
             path: file.path.clone(),
             sop_instance_uid: file.sop_instance_uid.clone(),
             result,
             error_comment,
+            sent_as,
         };
         let (context, reencode_to) =
-            if let Some(c) = self.context_for(&file.sop_class_uid, Some(&file.transfer_syntax)) {
-                (c.id, None)
-            } else if let Some(c) = self
-                .accepted
-                .iter()
-                .find(|c| {
-                    c.abstract_syntax == file.sop_class_uid
-                        && NATIVE_FALLBACK.contains(&c.transfer_syntax.as_str())
-                })
-                .filter(|_| file.can_go_native(self.decompress.as_ref()))
+            if let Some(chosen) = self.context_as(&file.sop_class_uid, file) {
+                chosen
+            } else if let Some((alt, (context, ts))) = file
+                .also_as
+                .as_ref()
+                .and_then(|alt| Some((alt, self.context_as(&alt.sop_class_uid, file)?)))
             {
-                (c.id, Some(c.transfer_syntax.clone()))
+                // Two attributes change: the data set is written again.
+                sent_as = Some(alt.clone());
+                (
+                    context,
+                    Some(ts.unwrap_or_else(|| file.transfer_syntax.clone())),
+                )
             } else {
-                return Ok(outcome(Err(self.why_no_context(file)), None));
+                return Ok(outcome(Err(self.why_no_context(file)), None, None));
             };
-        let rq = Command::c_store_rq(
-            self.message_id(),
-            &file.sop_class_uid,
-            &file.sop_instance_uid,
-        );
+        let (sop_class_uid, sop_instance_uid) = match &sent_as {
+            Some(alt) => (&alt.sop_class_uid, &alt.sop_instance_uid),
+            None => (&file.sop_class_uid, &file.sop_instance_uid),
+        };
+        let rq = Command::c_store_rq(self.message_id(), sop_class_uid, sop_instance_uid);
         let dataset = match &reencode_to {
             None => None,
             // Decoding a large image takes CPU time: off the async threads.
             Some(ts) => {
                 let (open_file, decompress) = (self.open_file, self.decompress);
-                let (file, ts) = (file.clone(), ts.clone());
+                let (file, ts, as_class) = (file.clone(), ts.clone(), sent_as.clone());
                 let reencoded = tokio::task::spawn_blocking(move || {
-                    reencode(open_file, decompress.as_ref(), &file, &ts)
+                    reencode(
+                        open_file,
+                        decompress.as_ref(),
+                        &file,
+                        &ts,
+                        as_class.as_ref(),
+                    )
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("re-encoding failed: {e}")));
                 match reencoded {
                     Ok(bytes) => Some(bytes),
-                    Err(e) => return Ok(outcome(Err(e), None)),
+                    Err(e) => return Ok(outcome(Err(e), None, None)),
                 }
             }
         };
@@ -481,7 +533,7 @@ impl ClientAssociation {
             Some(_) => None,
             None => match tokio::fs::File::open(&file.path).await {
                 Ok(f) => Some(f),
-                Err(e) => return Ok(outcome(Err(format!("cannot open: {e}")), None)),
+                Err(e) => return Ok(outcome(Err(format!("cannot open: {e}")), None, None)),
             },
         };
         self.send_timed(&pdu::command_pdus(context, &rq.encode(), self.peer_max_pdu))
@@ -520,7 +572,7 @@ impl ClientAssociation {
         // Callers report it (the outbox logs it, `store` prints it): debug
         // here, or every warning was logged twice.
         if status.is_warning() {
-            debug!(sop_instance_uid = %file.sop_instance_uid, %status, "peer stored with a warning");
+            debug!(sop_instance_uid = %sop_instance_uid, %status, "peer stored with a warning");
         }
         // A response naming another instance: crossed answers at the peer.
         // Kept in the comment (and so in the outbox's last status).
@@ -529,9 +581,9 @@ impl ClientAssociation {
             .affected_sop_instance_uid
             .as_deref()
             .map(sop::trim_uid)
-            .filter(|uid| *uid != file.sop_instance_uid)
+            .filter(|uid| uid != sop_instance_uid)
         {
-            warn!(sop_instance_uid = %file.sop_instance_uid, answered_for = %other,
+            warn!(sop_instance_uid = %sop_instance_uid, answered_for = %other,
                 "the peer's C-STORE response names another instance");
             let note = format!("the response names another instance, {other}");
             comment = Some(match comment {
@@ -539,7 +591,7 @@ impl ClientAssociation {
                 None => note,
             });
         }
-        Ok(outcome(Ok(status), comment))
+        Ok(outcome(Ok(status), comment, sent_as))
     }
 
     /// Streams `len` bytes of data set as PDUs no larger than the peer takes.
@@ -731,20 +783,34 @@ fn describe_rejection(rj: &AssociationRJ, calling_ae: &str) -> String {
     format!("{result}: {why}")
 }
 
-/// Re-encodes a data set into a native transfer syntax, decompressing
-/// its pixel data first when they are compressed.
+/// Re-encodes a data set into a native transfer syntax (or its own, when
+/// it goes as another class), decompressing its pixel data first when they
+/// are compressed and the syntax is not.
 fn reencode(
     open_file: OpenFile,
     decompress: Option<&Decompressor>,
     file: &FileToSend,
     ts_uid: &str,
+    send_as: Option<&SendAs>,
 ) -> Result<Vec<u8>, String> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
     let path = &file.path;
     let mut obj = open_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !file.has_native_pixel_data() {
+    if let Some(alt) = send_as {
+        for (tag, uid) in [
+            (tags::SOP_CLASS_UID, &alt.sop_class_uid),
+            (tags::SOP_INSTANCE_UID, &alt.sop_instance_uid),
+        ] {
+            obj.put(DataElement::new(
+                tag,
+                VR::UI,
+                PrimitiveValue::from(uid.as_str()),
+            ));
+        }
+    }
+    if !file.has_native_pixel_data() && !ts.is_encapsulated_pixel_data() {
         let decompress = decompress.ok_or("no decompressor")?;
         obj = (decompress.decompress)(obj).map_err(|e| {
             format!(
@@ -774,17 +840,22 @@ pub fn proposals_for(
         }
     };
     for f in files {
-        push(&f.sop_class_uid, vec![f.transfer_syntax.clone()]);
-        // Every SCP supports Implicit VR Little Endian (the default transfer
-        // syntax); a native file in any other syntax can be re-encoded to it,
-        // so an older PACS that takes nothing else still gets it. An
-        // Implicit VR file goes to Explicit for a peer configured to take
-        // only that (PS3.5 10.1 says it must take Implicit; some do not).
-        if f.can_go_native(decompress) {
-            push(
-                &f.sop_class_uid,
-                NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
-            );
+        let classes =
+            std::iter::once(&f.sop_class_uid).chain(f.also_as.iter().map(|a| &a.sop_class_uid));
+        for class in classes {
+            push(class, vec![f.transfer_syntax.clone()]);
+            // Every SCP supports Implicit VR Little Endian (the default
+            // transfer syntax); a native file in any other syntax can be
+            // re-encoded to it, so an older PACS that takes nothing else
+            // still gets it. An Implicit VR file goes to Explicit for a peer
+            // configured to take only that (PS3.5 10.1 says it must take
+            // Implicit; some do not).
+            if f.can_go_native(decompress) {
+                push(
+                    class,
+                    NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
+                );
+            }
         }
     }
     out
@@ -844,6 +915,7 @@ pub async fn store_files(
                 sop_instance_uid: String::new(),
                 result: Err(e),
                 error_comment: None,
+                sent_as: None,
             }),
         }
     }
@@ -858,6 +930,7 @@ pub async fn store_files(
             sop_instance_uid: file.sop_instance_uid.clone(),
             result: Err(why),
             error_comment: None,
+            sent_as: None,
         };
         let mut assoc = match ClientAssociation::open(
             addr,
@@ -934,6 +1007,7 @@ mod tests {
             transfer_syntax: ts.into(),
             dataset_offset: 0,
             source_ae_title: String::new(),
+            also_as: None,
         };
         // Explicit VR LE: its own, and the fallback a peer that takes only
         // Implicit VR LE accepts; twice the same file type, once each.

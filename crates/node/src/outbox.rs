@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pneumo_dimse::scu::{self, ClientAssociation};
-use pneumo_dimse::{FileToSend, ScuOptions, StoreOutcome};
+use pneumo_dimse::{FileToSend, ScuOptions, SendAs, StoreOutcome};
 use pneumo_store::{backoff, OutboxItem, Store};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
@@ -62,6 +62,9 @@ pub struct OutboxWorker {
     /// Keyed by destination too: a row moved to another destination
     /// meanwhile is that one's to send.
     pub delivered_unrecorded: Mutex<HashMap<(i64, String), String>>,
+    /// `report.uid_root`: the UIDs of reports sent as another class
+    /// derive under it as the reports' own do.
+    pub report_uid_root: Option<String>,
 }
 
 impl OutboxWorker {
@@ -316,7 +319,8 @@ impl OutboxWorker {
                 match pneumo_store::stored_file_problem(&path, item.file_size, item.purged_at_ms) {
                     Some(problem) => Err(problem),
                     None => FileToSend::inspect(&path)
-                        .map_err(|e| format!("stored file unreadable: {e}")),
+                        .map_err(|e| format!("stored file unreadable: {e}"))
+                        .and_then(|f| self.with_other_class(item, f)),
                 };
             match checked {
                 Ok(f) => sendable.push((item, f)),
@@ -363,7 +367,7 @@ impl OutboxWorker {
             match assoc.store(file).await {
                 Ok(outcome) => {
                     answered += 1;
-                    all &= self.record_outcome(item, file, &outcome).await;
+                    all &= self.record_outcome(item, &outcome).await;
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
                     out_of_resources = if refused { out_of_resources + 1 } else { 0 };
                     if out_of_resources == 2 {
@@ -414,26 +418,56 @@ impl OutboxWorker {
         Delivery::recorded(all)
     }
 
-    /// Records the destination's answer; false if it could not be.
-    async fn record_outcome(
+    /// A report of the node's in Comprehensive 3D SR may also go as
+    /// Comprehensive SR (the same document; no SCOORD3D in TID 1500 as the
+    /// node writes it), under a UID of its own, to a PACS without 3D SR:
+    /// older archives take Comprehensive SR only, and the reports already
+    /// made could not be made again in another class. Received instances
+    /// are never changed.
+    fn with_other_class(
         &self,
         item: &OutboxItem,
-        file: &FileToSend,
-        outcome: &StoreOutcome,
-    ) -> bool {
-        let comment = outcome
+        mut file: FileToSend,
+    ) -> Result<FileToSend, String> {
+        if item.generated && file.sop_class_uid == COMPREHENSIVE_3D_SR {
+            let uid = pneumo_report::comprehensive_sr_copy_uid(
+                &file.sop_instance_uid,
+                self.report_uid_root.as_deref(),
+            )
+            .map_err(|e| format!("report: {e}"))?;
+            file.also_as = Some(SendAs {
+                sop_class_uid: COMPREHENSIVE_SR.to_string(),
+                sop_instance_uid: uid,
+            });
+        }
+        Ok(file)
+    }
+
+    /// Records the destination's answer; false if it could not be.
+    async fn record_outcome(&self, item: &OutboxItem, outcome: &StoreOutcome) -> bool {
+        let mut comment = outcome
             .error_comment
             .as_deref()
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
+        if let Some(alt) = &outcome.sent_as {
+            comment.push_str(&format!(
+                " (sent as Comprehensive SR {}: the destination takes no Comprehensive 3D SR)",
+                alt.sop_instance_uid
+            ));
+        }
         let result = match &outcome.result {
             // Success or Warning only: a Cancel (FExx) or Pending (FFxx)
             // answer to a C-STORE means the peer did not store it.
             Ok(status) if status.is_success() || status.is_warning() => {
+                let sent_as = outcome
+                    .sent_as
+                    .as_ref()
+                    .map(|a| a.sop_instance_uid.as_str());
                 if status.is_warning() {
-                    warn!(sop_instance_uid = %item.sop_instance_uid, %status, "delivered with a warning");
+                    warn!(sop_instance_uid = %item.sop_instance_uid, sent_as, %status, "delivered with a warning");
                 } else {
-                    info!(sop_instance_uid = %item.sop_instance_uid, "delivered");
+                    info!(sop_instance_uid = %item.sop_instance_uid, sent_as, "delivered");
                 }
                 let answer = format!("{status}{comment}");
                 let sent = self.store.mark_sent(item, &answer).await;
@@ -464,9 +498,8 @@ impl OutboxWorker {
             // destination will not take it as it is.
             Err(reason) => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
-                let reason = with_remedy(reason, file);
                 warn!(sop_instance_uid = %item.sop_instance_uid, reason, "cannot be sent; parked");
-                self.store.mark_parked(item, &reason).await
+                self.store.mark_parked(item, reason).await
             }
         };
         self.recorded(result)
@@ -507,18 +540,5 @@ impl Delivery {
 
 /// Comprehensive 3D SR, the node's default report SOP class.
 const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
-
-/// The reason a file cannot go, with what the operator can change when the
-/// node made the choice: an older PACS takes Comprehensive SR, not 3D SR.
-fn with_remedy(reason: &str, file: &FileToSend) -> String {
-    if file.sop_class_uid == COMPREHENSIVE_3D_SR && reason.contains("no presentation context") {
-        format!(
-            "{reason} (this is Comprehensive 3D SR; for a PACS without it, \
-             report.sop_class = \"comprehensive\" makes the node's reports from then on \
-             Comprehensive SR; reports already made keep their class: cancel them for this \
-             destination)"
-        )
-    } else {
-        reason.to_string()
-    }
-}
+/// Comprehensive SR, what an older PACS takes.
+const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";

@@ -30,7 +30,9 @@ pub use types::{
     AnalysisResult, Decision, ModelIdentity, NodeIdentity, PixelRegion, ReportOptions, ReportTime,
     SrSopClass, WeightsKind,
 };
-pub use uid::{sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid};
+pub use uid::{
+    comprehensive_sr_copy_uid, sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid,
+};
 
 /// Why a report could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@
 //! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID, contract SHA-256 |
+//! | SR sent as Comprehensive SR (to a destination without Comprehensive 3D SR) | `sr-as-comprehensive`, SR SOP Instance UID |
 //!
 //! The contract SHA-256 covers everything that makes the model's result
 //! (weights hash, labels, threshold, preprocessing, name and version).
@@ -115,6 +116,16 @@ fn derived(kind: &str, fields: [&str; 3], uid_root: Option<&str>) -> Result<Stri
     let [a, b, sha] = fields;
     let sha = sha.trim().to_ascii_lowercase();
     uuid_to_uid(name_uuid(&[kind, a.trim(), b.trim(), &sha]), uid_root)
+}
+
+/// The SOP Instance UID of report `sr_uid` (a Comprehensive 3D SR) sent
+/// as Comprehensive SR to a destination without 3D SR: another class is
+/// another instance, so another UID, always the same for that report.
+pub fn comprehensive_sr_copy_uid(
+    sr_uid: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    uuid_to_uid(name_uuid(&["sr-as-comprehensive", sr_uid.trim()]), uid_root)
 }
 
 /// The SOP Instance UID of the SR that node `ae_title` makes for

@@ -49,6 +49,8 @@ pub struct OutboxItem {
     pub file_size: i64,
     /// When retention removed the file, if it did.
     pub purged_at_ms: Option<i64>,
+    /// Made by the node (a report), not received.
+    pub generated: bool,
 }
 
 /// Outbox rows per destination and state.
@@ -147,7 +149,7 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
-                    i.purged_at_ms
+                    i.purged_at_ms, i.generated
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
