@@ -16,7 +16,8 @@ from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 
 
 def recover(node, *args) -> subprocess.CompletedProcess:
-    cmd = [str(node_binary()), "--config", str(node.config_file), "recover-files", *args]
+    config = ["--config", str(node.config_file)] if node.config_file else []
+    cmd = [str(node_binary()), *config, "recover-files", *args]
     return subprocess.run(cmd, env=node.env(), cwd=node.workdir, capture_output=True, text=True, timeout=120)
 
 
@@ -95,3 +96,35 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     assert r.returncode != 0
     assert "FAILED   instances/notes.txt: not a DICOM Part-10 file" in r.stdout, r.stdout
     assert junk.exists()
+
+
+def test_a_node_started_without_its_database_but_with_files_is_not_ready(node_factory, tmp_path):
+    """The database deleted (or a wrong `database.url`) and the node started
+    again: it made an empty database and said ready, with one WARN in the
+    log; the instances of its files, and their jobs and deliveries, were
+    silently unknown. /readyz now says why it is not ready until
+    `recover-files` has recorded them."""
+    node = node_factory().start()
+    copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / "0.dcm")
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
+    node.wait_for_analyses()
+    assert node.http("/readyz")[0] == 200
+    node.stop()
+    gc.collect()
+    db = node.data_dir / "pneumo-node.sqlite"
+    for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        f.unlink(missing_ok=True)
+
+    node.start()
+    code, body = node.http("/readyz")
+    assert code == 503, body
+    assert any("the database was deleted or replaced" in reason and "recover-files" in reason
+               for reason in body["reasons"]), body
+    assert node.echo_ok()  # still receives
+    node.stop()
+    r = recover(node)
+    assert r.returncode == 0, r.stdout + r.stderr
+    node.start()
+    assert node.http("/readyz")[0] == 200
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") == 1

@@ -155,9 +155,21 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     };
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
-    let ready =
-        database["ok"] == json!(true) && storage.ok && model.loaded && model.unusable.is_none();
+    let database_lost = s.store.database_lost_at_open();
+    let ready = database["ok"] == json!(true)
+        && !database_lost
+        && storage.ok
+        && model.loaded
+        && model.unusable.is_none();
     let mut reasons = Vec::new();
+    if database_lost {
+        reasons.push(
+            "at start instances/ held files and the database no instance: the database was \
+             deleted or replaced, and the instances of those files are unknown (restore the \
+             database, or stop the node and run `pneumo-node recover-files`)"
+                .to_string(),
+        );
+    }
     if let Some(error) = database["error"].as_str() {
         reasons.push(format!("database unavailable: {error}"));
     }

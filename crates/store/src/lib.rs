@@ -176,6 +176,9 @@ pub struct Store {
     database_file: Option<PathBuf>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
+    /// At open, `instances/` held files and the database no instance: the
+    /// database was deleted or replaced, and those files are unknown.
+    database_lost: bool,
     /// The exclusive locks on the data directory and on the database file,
     /// held while the store lives.
     _locks: Vec<std::fs::File>,
@@ -256,7 +259,8 @@ impl Store {
         let has_files = std::fs::read_dir(data_dir.join("instances"))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-        if rows == 0 && has_files {
+        let database_lost = rows == 0 && has_files;
+        if database_lost {
             warn!(
                 data_dir = %data_dir.display(),
                 "instances/ holds files but the database has no instance: was the database \
@@ -277,6 +281,7 @@ impl Store {
             ingest_locks: UidLocks::default(),
             database_file,
             decompress: None,
+            database_lost,
             _locks: locks,
         };
         let settled = store.settle_delivered_jobs().await?;
@@ -295,6 +300,13 @@ impl Store {
     pub fn with_decompress(mut self, decompress: Decompress) -> Self {
         self.decompress = Some(decompress);
         self
+    }
+
+    /// Whether, when the store was opened, `instances/` held files and the
+    /// database no instance (a database deleted or replaced): those
+    /// instances' jobs and deliveries are lost until `recover-files`.
+    pub fn database_lost_at_open(&self) -> bool {
+        self.database_lost
     }
 
     pub fn data_dir(&self) -> &Path {
