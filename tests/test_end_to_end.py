@@ -162,6 +162,8 @@ def test_twenty_radiographs_and_two_others(node_factory, orthanc, tmp_path):
     _, body = node.http("/api/jobs?state=delivered")
     assert len(body["jobs"]) == 20
     assert all(j["result"]["prediction"]["warning"] == "DEMO MODEL - NOT FOR DIAGNOSIS" for j in body["jobs"])
+    reported = [l for l in node.log().splitlines() if "pipeline: reported " in l]
+    assert len(reported) == 20 and all('demo="DEMO MODEL - NOT FOR DIAGNOSIS"' in l for l in reported), reported[:2]
     uid = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
     _, body = node.http(f"/api/instances/{uid}")
     (copy,) = body["copies"]

@@ -565,8 +565,8 @@ async fn cancel_deliveries(
                 deliveries = n,
                 destination = %q.destination,
                 states = asked,
-                study_instance_uid = study_instance_uid.unwrap_or(""),
-                sop_instance_uid = sop_instance_uid.unwrap_or(""),
+                study_instance_uid,
+                sop_instance_uid,
                 "deliveries cancelled by the operator; they will not be sent"
             );
             Json(json!({ "cancelled": n })).into_response()
@@ -616,8 +616,8 @@ async fn resend_deliveries(
             tracing::info!(
                 deliveries = n,
                 destination = %q.destination,
-                study_instance_uid = study_instance_uid.unwrap_or(""),
-                sop_instance_uid = sop_instance_uid.unwrap_or(""),
+                study_instance_uid,
+                sop_instance_uid,
                 "sent deliveries to be sent again"
             );
             s.wake_outbox.notify_one();

@@ -385,7 +385,7 @@ impl Pipeline {
                 p_pneumoconiosis = prediction.p_positive,
                 decision = result.decision.as_str(),
                 execution_provider = prediction.execution_provider.as_str(),
-                demo = prediction.warning.as_deref().unwrap_or(""),
+                demo = prediction.warning.as_deref(),
                 sr = %sr_uid,
                 "reported"
             );
