@@ -5,6 +5,7 @@ cannot record pauses the destination; an operator's retry names a real
 destination and also hurries deliveries waiting out their back-off; a
 re-sent instance is routed by the rules for its caller."""
 
+import signal
 import threading
 import time
 
@@ -257,6 +258,88 @@ def test_a_destination_accepting_a_syntax_never_proposed_parks_with_that_reason(
         assert "not proposed for it" in node.log() and node.echo_ok()
     finally:
         peer.close()
+
+
+class SlowLink:
+    """A TCP relay to `port` that passes what the node sends at about
+    `rate` bytes a second (a throttled WAN link to a remote archive);
+    `rate = None` passes it at once."""
+
+    def __init__(self, port: int, rate: int = 160_000):
+        import socket
+
+        from nodetest import free_port
+
+        self.rate, self.forwarded = rate, 0
+        self.port = free_port()
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", self.port))
+        self.server.listen()
+
+        def pipe(src, dst, throttled):
+            try:
+                while data := src.recv(16384):
+                    dst.sendall(data)
+                    if throttled:
+                        self.forwarded += len(data)
+                        if self.rate:
+                            time.sleep(len(data) / self.rate)
+            except OSError:
+                pass
+            finally:
+                for end in (src, dst):
+                    try:
+                        end.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            try:
+                while True:
+                    conn, _ = self.server.accept()
+                    upstream = socket.create_connection(("127.0.0.1", port))
+                    threading.Thread(target=pipe, args=(conn, upstream, True), daemon=True).start()
+                    threading.Thread(target=pipe, args=(upstream, conn, False), daemon=True).start()
+            except OSError:
+                pass  # closed
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_forward_cut_by_the_end_of_the_shutdown_grace_is_sent_whole_after_the_restart(
+        node_factory, rg1_copies, tmp_path):
+    """A stop while a 7 MB original crawls over a slow link to the archive:
+    the delivery is cut when dicom.shutdown_grace_s ends (the process does
+    not wait for the link), the archive stores nothing of it, and the row
+    stays owed: after the restart the instance is sent whole, once."""
+    archive = PynetdicomReceiver(ae_title="REMOTE")
+    link = SlowLink(archive.port)
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "remote", "ae_title": "REMOTE", "port": link.port}],
+                             [{"destinations": ["remote"]}])
+        node = node_factory(dicom__shutdown_grace_s=1).start(config_file=config)
+        (image,) = rg1_copies("UNCI", 1)
+        uid = pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        wait_until(lambda: link.forwarded > 1_000_000, timeout=60)
+        node.proc.send_signal(signal.SIGTERM)
+        node.proc.wait(30)
+        assert link.forwarded < image.stat().st_size, "the link was not slow enough to cut the delivery"
+        assert "deliveries still running at the end of the shutdown grace" in node.log()
+        assert archive.received == {}
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'") == 1
+
+        link.rate = None
+        node.start()
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=60)
+        assert list(archive.received) == [uid] and archive.stores == 1
+        assert pydicom.dcmread(image).PixelData == archive.dataset(uid).PixelData
+    finally:
+        link.close()
+        archive.close()
 
 
 def test_a_destination_that_stops_reading_times_out_and_is_retried(node_factory, rg1_copies, tmp_path):
