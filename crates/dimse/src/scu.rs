@@ -410,7 +410,7 @@ impl ClientAssociation {
     /// Why `file` has no context to be sent in.
     fn why_no_context(&self, file: &FileToSend) -> String {
         // Not "no presentation context": the peer did accept one, wrongly,
-        // and no setting of this node's (report.sop_class) would change that.
+        // and only its own configuration can change that.
         let classes = [
             Some(&file.sop_class_uid),
             file.also_as.as_ref().map(|a| &a.sop_class_uid),
