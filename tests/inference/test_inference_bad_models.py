@@ -60,6 +60,13 @@ def test_a_directory_or_a_missing_model_is_named_by_check_config_too(tmp_path):
     refused(node("check-config", env={"PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL": str(tmp_path)}),
             "inference.lung_segmentation_model", "is a directory")
     assert node("check-config").returncode == 0
+    # A segmentation model is read as a model too: a file that is none (here
+    # the classifier) passed, and `serve` failed at every start.
+    models = ROOT / "fixtures" / "models"
+    refused(node("check-config", env={"PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL": str(models / "pneumollm-tiny.onnx")}),
+            "inference.lung_segmentation_model", "`pneumo.seg.contract_version` is missing")
+    seg = {"PNEUMO__INFERENCE__LUNG_SEGMENTATION_MODEL": str(models / "lung-seg-synthetic.onnx")}
+    assert node("check-config", env=seg).returncode == 0
 
 
 @pytest.mark.parametrize("command", ["infer", "info"])

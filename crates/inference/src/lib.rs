@@ -35,5 +35,5 @@ pub use inspect::{inspect_model, InspectedModel};
 pub use model::{ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
 pub use runtime::locate_model_file;
-pub use segment::{LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
+pub use segment::{inspect_segmentation_model, LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
 pub use settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};

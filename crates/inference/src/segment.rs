@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{TensorElementType, TensorRef};
 use pneumo_imaging::{resize_bilinear, GreyImage, LungBox};
 
 use crate::error::{ContractError, InferenceError, Result};
+use crate::graph::{GraphDim, GraphSignature, GraphValue, GraphValueType};
+use crate::inspect::read_header;
 use crate::model::{open_session, ExecutionProvider};
 use crate::runtime::{init_runtime, locate_model_file};
 use crate::settings::InferenceSettings;
@@ -106,26 +108,31 @@ fn contract_err(path: &Path, problem: ContractError) -> InferenceError {
 }
 
 /// The graph has the contract's input [1,1,S,S] and output [1,1,S,S] or
-/// [1,S,S], float32 (a dimension may be dynamic).
-fn check_graph(path: &Path, session: &Session, c: &SegContract) -> Result<()> {
+/// [1,S,S], float32 (a dimension may be dynamic; an output whose shape the
+/// file leaves out is checked at each run).
+fn check_graph(path: &Path, sig: &GraphSignature, c: &SegContract) -> Result<()> {
     let s = i64::from(c.input_size);
     let graph = |msg: String| contract_err(path, ContractError::Graph(msg));
-    let fits = |shape: &[i64], want: &[i64]| {
-        shape.len() == want.len() && shape.iter().zip(want).all(|(g, w)| *g < 0 || g == w)
+    let fits = |shape: &Option<Vec<GraphDim>>, want: &[i64], undeclared: bool| match shape {
+        Some(shape) => {
+            shape.len() == want.len()
+                && shape
+                    .iter()
+                    .zip(want)
+                    .all(|(g, w)| g.size() < 0 || g.size() == *w)
+        }
+        None => undeclared,
     };
-    let input = session
-        .inputs()
-        .iter()
-        .find(|i| i.name() == c.input_name)
-        .ok_or_else(|| {
-            graph(format!(
-                "no input `{}` (pneumo.seg.input_name)",
-                c.input_name
-            ))
-        })?;
-    match input.dtype() {
-        ValueType::Tensor { ty, shape, .. }
-            if *ty == TensorElementType::Float32 && fits(shape, &[1, 1, s, s]) => {}
+    let find = |values: &'_ [GraphValue], name: &str, what: &str, key: &str| {
+        values
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.ty.clone())
+            .ok_or_else(|| graph(format!("no {what} `{name}` ({key})")))
+    };
+    match find(&sig.inputs, &c.input_name, "input", "pneumo.seg.input_name")? {
+        GraphValueType::Tensor { element, shape }
+            if element == TensorElementType::Float32 && fits(&shape, &[1, 1, s, s], false) => {}
         other => {
             return Err(graph(format!(
                 "input `{}` is {other:?}, the contract wants float32 [1, 1, {s}, {s}]",
@@ -133,20 +140,10 @@ fn check_graph(path: &Path, session: &Session, c: &SegContract) -> Result<()> {
             )))
         }
     }
-    let output = session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == c.output_name)
-        .ok_or_else(|| {
-            graph(format!(
-                "no output `{}` (pneumo.seg.output_name)",
-                c.output_name
-            ))
-        })?;
-    match output.dtype() {
-        ValueType::Tensor { ty, shape, .. }
-            if *ty == TensorElementType::Float32
-                && (fits(shape, &[1, 1, s, s]) || fits(shape, &[1, s, s])) => {}
+    match find(&sig.outputs, &c.output_name, "output", "pneumo.seg.output_name")? {
+        GraphValueType::Tensor { element, shape }
+            if element == TensorElementType::Float32
+                && (fits(&shape, &[1, 1, s, s], true) || fits(&shape, &[1, s, s], true)) => {}
         other => {
             return Err(graph(format!(
                 "output `{}` is {other:?}, the contract wants float32 [1, 1, {s}, {s}] or [1, {s}, {s}]",
@@ -155,6 +152,19 @@ fn check_graph(path: &Path, session: &Session, c: &SegContract) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a lung segmentation model's contract and graph signature from the
+/// file and checks them, as [`LungSegmenter::load`] does, without ONNX
+/// Runtime (`check-config`): what only a session finds (an operator the
+/// library does not know) is found at load.
+pub fn inspect_segmentation_model(path: &Path) -> Result<(PathBuf, SegContract)> {
+    let path = locate_model_file(path)?;
+    let header = read_header(&path)?;
+    let contract = SegContract::from_metadata(|k| header.metadata.get(k).cloned())
+        .map_err(|problem| contract_err(&path, problem))?;
+    check_graph(&path, &header.signature, &contract)?;
+    Ok((path, contract))
 }
 
 impl LungSegmenter {
@@ -170,7 +180,7 @@ impl LungSegmenter {
         let contract = SegContract::from_metadata(|k| meta.custom(k))
             .map_err(|problem| contract_err(&path, problem))?;
         drop(meta);
-        check_graph(&path, &session, &contract)?;
+        check_graph(&path, &GraphSignature::from_session(&session), &contract)?;
         tracing::info!(
             path = %path.display(),
             input_size = contract.input_size,

@@ -232,15 +232,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_os_str()
                     .is_empty()
                 {
-                    let path = pneumo_inference::locate_model_file(
+                    pneumo_inference::inspect_segmentation_model(
                         &config.inference.lung_segmentation_model,
                     )
                     .context("inference.lung_segmentation_model")?;
-                    std::fs::File::open(&path)
-                        .with_context(|| {
-                            format!("inference.lung_segmentation_model {}", path.display())
-                        })
-                        .map_err(Misconfigured)?;
                 }
                 // The ONNX Runtime library too (found, loadable, recent
                 // enough), as `serve` checks it before loading it.
