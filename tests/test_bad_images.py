@@ -74,6 +74,19 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     reshaped("rle_shorter", "rg1s_rle.dcm", "-xr", "1.2.840.10008.1.2.5", 234, 230,
              "RLE frame decodes to 56120 bytes a segment, the data set's 230x234 need 53820")
 
+    # Codestreams holding more bits than the data set says (PS3.5 8.2): cut
+    # to Bits Stored, or decoded into Bits Allocated, they were noise, and
+    # got a confident finding (and, decompressed for a PACS, were sent so).
+    narrow = _fresh(FIXTURES / "rg1s_j2k_lossless.dcm", BitsStored=12, HighBit=11)  # samples up to 26169
+    save("j2k_more_bits_than_bits_stored", narrow, "-xv",
+         "imaging: invalid-attribute: attribute BitsStored has an unusable value: 12: ")
+    lossy = _fresh(FIXTURES / "rg1s_j2k_lossy.dcm", BitsStored=12, HighBit=11)
+    save("lossy_j2k_more_bits_than_bits_stored", lossy, "-xw",
+         "imaging: invalid-attribute: attribute BitsStored has an unusable value: 12: ")
+    byte = _fresh(FIXTURES / "rg1s_jpegls_lossless.dcm", BitsAllocated=8, BitsStored=8, HighBit=7)
+    save("jpegls_more_bits_than_bits_allocated", byte, "-xt",
+         "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.80) failed: the JPEG-LS codestream "
+         "has 16-bit samples, more than Bits Allocated 8")
     base = FIXTURES / "rg1s_mono2.dcm"
     rgb = _fresh(base, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
                  BitsAllocated=8, BitsStored=8, HighBit=7)

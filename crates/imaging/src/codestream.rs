@@ -16,26 +16,51 @@ const JPEG_2000: [&str; 5] = [
 ];
 const RLE: &str = "1.2.840.10008.1.2.5";
 
+/// What a codestream header says of its image.
+struct CodestreamHeader {
+    width: u32,
+    height: u32,
+    components: u32,
+    /// Bits per sample (of the first component).
+    precision: u32,
+}
+
 /// The frame's codestream (all its fragments, in order) against the
-/// header's Rows, Columns and samples per pixel: `Err` says how they differ
-/// (or why the codestream header cannot be read). Syntaxes not listed
-/// above pass.
+/// header's Rows, Columns, samples per pixel and Bits Allocated: `Err` says
+/// how they differ (or why the codestream header cannot be read). Syntaxes
+/// not listed above pass.
 pub(crate) fn check_frame_size(
     uid: &str,
     codestream: &[u8],
     rows: u32,
     cols: u32,
-    bytes_per_sample: usize,
+    bits_allocated: u16,
 ) -> Result<(), String> {
-    let (name, (width, height, components)) = if JPEG_2000.contains(&uid) {
-        ("JPEG 2000", jpeg2000_size(codestream)?)
+    let (name, header) = if JPEG_2000.contains(&uid) {
+        ("JPEG 2000", jpeg2000_header(codestream)?)
     } else if JPEG_LS.contains(&uid) {
-        ("JPEG-LS", jpeg_ls_size(codestream)?)
+        ("JPEG-LS", jpeg_ls_header(codestream)?)
     } else if uid == RLE {
-        return rle_frame_matches(codestream, rows, cols, bytes_per_sample);
+        return rle_frame_matches(codestream, rows, cols, usize::from(bits_allocated / 8));
     } else {
         return Ok(());
     };
+    let CodestreamHeader {
+        width,
+        height,
+        components,
+        precision,
+    } = header;
+    // Decoded into Bits Allocated, wider samples lost their high bits: a
+    // 15-bit image under Bits Allocated 8 was analysed, and forwarded
+    // decompressed, as noise (PS3.5 8.2: the data set must describe the
+    // codestream).
+    if precision > u32::from(bits_allocated) {
+        return Err(format!(
+            "the {name} codestream has {precision}-bit samples, more than Bits Allocated \
+             {bits_allocated}"
+        ));
+    }
     if (width, height) != (cols, rows) {
         return Err(format!(
             "the {name} codestream is {width}x{height}, the data set says {cols}x{rows}"
@@ -59,10 +84,11 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Width, height and components from the SIZ marker segment (ITU-T T.800
-/// A.5.1), which follows SOC; a JP2 file (not allowed in DICOM, but
-/// written) is looked into for its contiguous codestream box.
-fn jpeg2000_size(data: &[u8]) -> Result<(u32, u32, u32), String> {
+/// Width, height, components and the first component's precision from the
+/// SIZ marker segment (ITU-T T.800 A.5.1), which follows SOC; a JP2 file
+/// (not allowed in DICOM, but written) is looked into for its contiguous
+/// codestream box.
+fn jpeg2000_header(data: &[u8]) -> Result<CodestreamHeader, String> {
     let unreadable = || "the JPEG 2000 codestream has no readable SIZ header".to_string();
     let cs = if data.starts_with(&[0xFF, 0x4F]) {
         data
@@ -76,10 +102,17 @@ fn jpeg2000_size(data: &[u8]) -> Result<(u32, u32, u32), String> {
     let field = |at| be32(cs, at).ok_or_else(unreadable);
     let (xsiz, ysiz, xosiz, yosiz) = (field(8)?, field(12)?, field(16)?, field(20)?);
     let csiz = be16(cs, 40).ok_or_else(unreadable)?;
+    // Ssiz: bit 7 the sign, bits 0-6 the precision less one.
+    let ssiz = *cs.get(42).ok_or_else(unreadable)?;
     if xosiz >= xsiz || yosiz >= ysiz {
         return Err(unreadable());
     }
-    Ok((xsiz - xosiz, ysiz - yosiz, csiz))
+    Ok(CodestreamHeader {
+        width: xsiz - xosiz,
+        height: ysiz - yosiz,
+        components: csiz,
+        precision: u32::from(ssiz & 0x7F) + 1,
+    })
 }
 
 /// The contents of a JP2 file's `jp2c` box.
@@ -110,9 +143,9 @@ fn jp2_codestream(data: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Width, height and components from the JPEG-LS frame header (SOF55,
-/// ITU-T T.87 5.1), found by walking the marker segments after SOI.
-fn jpeg_ls_size(data: &[u8]) -> Result<(u32, u32, u32), String> {
+/// Width, height, components and precision from the JPEG-LS frame header
+/// (SOF55, ITU-T T.87 5.1), found by walking the marker segments after SOI.
+fn jpeg_ls_header(data: &[u8]) -> Result<CodestreamHeader, String> {
     let unreadable = || "the JPEG-LS codestream has no readable frame header".to_string();
     if !data.starts_with(&[0xFF, 0xD8]) {
         return Err(unreadable());
@@ -129,10 +162,16 @@ fn jpeg_ls_size(data: &[u8]) -> Result<(u32, u32, u32), String> {
         let length = be16(data, at + 2).ok_or_else(unreadable)? as usize;
         if marker == 0xF7 {
             // Lf, P, Y, X, Nf
+            let precision = u32::from(*data.get(at + 4).ok_or_else(unreadable)?);
             let height = be16(data, at + 5).ok_or_else(unreadable)?;
             let width = be16(data, at + 7).ok_or_else(unreadable)?;
             let components = u32::from(*data.get(at + 9).ok_or_else(unreadable)?);
-            return Ok((width, height, components));
+            return Ok(CodestreamHeader {
+                width,
+                height,
+                components,
+                precision,
+            });
         }
         // SOS before a frame header, or a standalone marker: no frame header.
         if marker == 0xDA || length < 2 {
@@ -206,29 +245,48 @@ fn packbits_length(segment: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    fn siz(width: u32, height: u32, components: u16) -> Vec<u8> {
+    fn siz_of_precision(width: u32, height: u32, components: u16, precision: u8) -> Vec<u8> {
         let mut cs = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
         for v in [width, height, 0, 0, width, height, 0, 0] {
             cs.extend(v.to_be_bytes());
         }
         cs.extend(components.to_be_bytes());
+        cs.extend([precision - 1, 1, 1]); // Ssiz, XRsiz, YRsiz
         cs
     }
 
+    fn siz(width: u32, height: u32, components: u16) -> Vec<u8> {
+        siz_of_precision(width, height, components, 12)
+    }
+
+    fn size_of(h: CodestreamHeader) -> (u32, u32, u32) {
+        (h.width, h.height, h.components)
+    }
+
     #[test]
-    fn jpeg2000_size_is_read_from_siz_and_compared() {
+    fn jpeg2000_size_and_precision_are_read_from_siz_and_compared() {
         let j2k = "1.2.840.10008.1.2.4.90";
         assert_eq!(
-            check_frame_size(j2k, &siz(230, 244, 1), 244, 230, 2),
+            check_frame_size(j2k, &siz(230, 244, 1), 244, 230, 16),
             Ok(())
         );
-        let swapped = check_frame_size(j2k, &siz(244, 230, 1), 244, 230, 2).unwrap_err();
+        let swapped = check_frame_size(j2k, &siz(244, 230, 1), 244, 230, 16).unwrap_err();
         assert_eq!(
             swapped,
             "the JPEG 2000 codestream is 244x230, the data set says 230x244"
         );
-        assert!(check_frame_size(j2k, &siz(230, 244, 3), 244, 230, 2).is_err());
-        assert!(check_frame_size(j2k, b"not a codestream", 244, 230, 2).is_err());
+        assert!(check_frame_size(j2k, &siz(230, 244, 3), 244, 230, 16).is_err());
+        assert!(check_frame_size(j2k, b"not a codestream", 244, 230, 16).is_err());
+        // 15-bit samples under Bits Allocated 8: their high bits would be lost
+        let wide = check_frame_size(j2k, &siz_of_precision(230, 244, 1, 15), 244, 230, 8);
+        assert_eq!(
+            wide.unwrap_err(),
+            "the JPEG 2000 codestream has 15-bit samples, more than Bits Allocated 8"
+        );
+        assert_eq!(
+            check_frame_size(j2k, &siz_of_precision(230, 244, 1, 8), 244, 230, 8),
+            Ok(())
+        );
     }
 
     #[test]
@@ -238,19 +296,25 @@ mod tests {
         jp2.extend(((cs.len() + 8) as u32).to_be_bytes());
         jp2.extend(b"jp2c");
         jp2.extend(&cs);
-        assert_eq!(jpeg2000_size(&jp2), Ok((16, 8, 1)));
+        assert_eq!(jpeg2000_header(&jp2).map(size_of), Ok((16, 8, 1)));
     }
 
     #[test]
-    fn jpeg_ls_size_is_read_from_its_frame_header() {
+    fn jpeg_ls_size_and_precision_are_read_from_its_frame_header() {
         // SOI, an APP segment, SOF55 (Lf 11, P 16, Y 244, X 230, Nf 1, ...)
         let ls = [
             0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xF7, 0, 11, 16, 0, 244, 0, 230, 1, 1, 0x11,
             0,
         ];
-        assert_eq!(jpeg_ls_size(&ls), Ok((230, 244, 1)));
-        assert!(check_frame_size("1.2.840.10008.1.2.4.80", &ls, 230, 244, 2).is_err());
-        assert!(jpeg_ls_size(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2]).is_err());
+        assert_eq!(jpeg_ls_header(&ls).map(size_of), Ok((230, 244, 1)));
+        assert_eq!(jpeg_ls_header(&ls).map(|h| h.precision), Ok(16));
+        assert!(check_frame_size("1.2.840.10008.1.2.4.80", &ls, 230, 244, 16).is_err());
+        let wide = check_frame_size("1.2.840.10008.1.2.4.80", &ls, 244, 230, 8).unwrap_err();
+        assert!(
+            wide.contains("16-bit samples, more than Bits Allocated 8"),
+            "{wide}"
+        );
+        assert!(jpeg_ls_header(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2]).is_err());
     }
 
     fn rle(segments: &[Vec<u8>]) -> Vec<u8> {
@@ -273,14 +337,14 @@ mod tests {
             run12.clone(),
             vec![11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
         ]);
-        assert_eq!(check_frame_size(RLE, &frame, 3, 4, 2), Ok(()));
+        assert_eq!(check_frame_size(RLE, &frame, 3, 4, 16), Ok(()));
         // padding (a zero byte with nothing after it) counts nothing
         let padded = rle(&[[run12.clone(), vec![0]].concat(), run12.clone()]);
-        assert_eq!(check_frame_size(RLE, &padded, 3, 4, 2), Ok(()));
+        assert_eq!(check_frame_size(RLE, &padded, 3, 4, 16), Ok(()));
         // header taller (short segments) or shorter by a row (long ones)
-        assert!(check_frame_size(RLE, &frame, 4, 4, 2).is_err());
-        assert!(check_frame_size(RLE, &frame, 2, 4, 2).is_err());
-        assert!(check_frame_size(RLE, &rle(&[run12]), 3, 4, 2).is_err());
-        assert!(check_frame_size(RLE, &[1, 0], 3, 4, 2).is_err());
+        assert!(check_frame_size(RLE, &frame, 4, 4, 16).is_err());
+        assert!(check_frame_size(RLE, &frame, 2, 4, 16).is_err());
+        assert!(check_frame_size(RLE, &rle(&[run12]), 3, 4, 16).is_err());
+        assert!(check_frame_size(RLE, &[1, 0], 3, 4, 16).is_err());
     }
 }

@@ -221,7 +221,7 @@ pub(crate) fn decode_encapsulated_frame(
             &codestream,
             header.rows,
             header.cols,
-            usize::from(header.bits_allocated / 8),
+            header.bits_allocated,
         )
         .map_err(decode_err)?;
         // The registry's decoders take fragment N as frame N: a single

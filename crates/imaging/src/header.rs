@@ -235,3 +235,111 @@ pub(crate) fn check_high_bit(samples: &[u8], h: &ImageHeader) -> Result<(), Imag
         ),
     })
 }
+
+/// Samples a codestream decoded against Bits Stored (PS3.5 8.2: the data
+/// set must describe the codestream). Masked to Bits Stored as native
+/// samples are, a 15-bit image under Bits Stored 12 was cut to noise and
+/// analysed. Unsigned samples must not exceed the largest value Bits Stored
+/// holds, except in a lossy codestream of higher precision, which may
+/// overshoot it at a bright edge by up to a sixteenth of the range (clamped
+/// to it). Signed samples, which JPEG codes as their bit patterns, must
+/// have no bit set above Bits Stored beyond a sign extension. Otherwise the
+/// image is refused.
+pub(crate) fn fit_decoded_samples(
+    samples: &mut [u8],
+    h: &ImageHeader,
+    lossy: bool,
+) -> Result<(), ImagingError> {
+    let (bs, ba) = (u32::from(h.bits_stored), u32::from(h.bits_allocated));
+    if bs >= ba {
+        return Ok(());
+    }
+    let max = (1u32 << bs) - 1;
+    let tolerance = if lossy && !h.signed {
+        (max + 1) / 16
+    } else {
+        0
+    };
+    // Signed: the Bits Stored pattern alone, or sign-extended to Bits Allocated.
+    let sign_extended = (1u32 << (ba - bs + 1)) - 1;
+    let (mut outside, mut refused) = (0usize, None);
+    let mut fit = |raw: u32| -> u32 {
+        if raw >> bs == 0 || (h.signed && raw >> (bs - 1) == sign_extended) {
+            return raw;
+        }
+        outside += 1;
+        if raw > max + tolerance || h.signed {
+            refused.get_or_insert(raw);
+        }
+        raw.min(max)
+    };
+    if ba == 8 {
+        for b in samples.iter_mut() {
+            *b = fit(u32::from(*b)) as u8;
+        }
+    } else {
+        for c in samples.chunks_exact_mut(2) {
+            let v = fit(u32::from(u16::from_le_bytes([c[0], c[1]])));
+            c.copy_from_slice(&(v as u16).to_le_bytes());
+        }
+    }
+    match refused {
+        None => Ok(()),
+        Some(v) => Err(ImagingError::InvalidAttribute {
+            name: "BitsStored",
+            value: format!(
+                "{bs}: {outside} decoded samples have bits set above the low {bs} (e.g. {v:#x}): \
+                 the codestream holds more bits than the data set says (PS3.5 8.2); refused \
+                 rather than cut to noise"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(bits_stored: u16, signed: bool) -> ImageHeader {
+        ImageHeader {
+            rows: 1,
+            cols: 4,
+            bits_allocated: 16,
+            bits_stored,
+            high_bit: bits_stored - 1,
+            signed,
+            photometric: Photometric::Monochrome2,
+        }
+    }
+
+    fn le(values: &[u16]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn decoded_samples_wider_than_bits_stored_are_refused_or_clamped_when_lossy_overshoot() {
+        // 15-bit samples under Bits Stored 12: refused, lossless or lossy.
+        for lossy in [false, true] {
+            let mut s = le(&[100, 26169, 4095, 0]);
+            let e = fit_decoded_samples(&mut s, &header(12, false), lossy).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("1 decoded samples have bits set above the low 12"),
+                "{e}"
+            );
+        }
+        // A lossy codestream's overshoot of 4095 at a bright edge is clamped...
+        let mut s = le(&[100, 4095 + 200, 4095, 0]);
+        fit_decoded_samples(&mut s, &header(12, false), true).unwrap();
+        assert_eq!(s, le(&[100, 4095, 4095, 0]));
+        // ...a lossless one has none to have.
+        let mut s = le(&[100, 4095 + 200, 4095, 0]);
+        assert!(fit_decoded_samples(&mut s, &header(12, false), false).is_err());
+        // Signed samples coded as their 12-bit patterns or sign-extended pass.
+        let mut s = le(&[0x0800, 0xF800, 0x07FF, 0xFFFF]);
+        fit_decoded_samples(&mut s, &header(12, true), false).unwrap();
+        assert_eq!(s, le(&[0x0800, 0xF800, 0x07FF, 0xFFFF]));
+        let mut s = le(&[0x4000]);
+        assert!(fit_decoded_samples(&mut s, &header(12, true), true).is_err());
+    }
+}

@@ -35,6 +35,11 @@ const LOSSY: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.203", "ISO_15444_15"),
 ];
 
+/// Whether the transfer syntax may be lossy.
+pub(crate) fn is_lossy(ts_uid: &str) -> bool {
+    LOSSY.iter().any(|(ts, _)| *ts == ts_uid)
+}
+
 /// JPEG Baseline and Extended: DCT-based, never lossless.
 const DCT_JPEG: &[&str] = &["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
 
