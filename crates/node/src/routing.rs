@@ -134,7 +134,9 @@ impl Default for RoutingSection {
     fn default() -> Self {
         RoutingSection {
             analyse_modalities: vec!["CR".into(), "DX".into()],
-            analyse_body_parts: vec!["CHEST".into()],
+            // CHEST is the defined term (PS3.16 Annex L); THORAX is what
+            // many European modalities write, LUNG what some others do.
+            analyse_body_parts: vec!["CHEST".into(), "THORAX".into(), "LUNG".into()],
             analyse_when_body_part_absent: true,
             analyse_view_positions: vec!["PA".into(), "AP".into()],
             analyse_when_view_position_absent: true,
@@ -310,10 +312,12 @@ mod tests {
     #[test]
     fn analysis_rule_body_part() {
         let mut r = RoutingSection::default();
-        assert_eq!(
-            r.analysis_refusal(&header(Some("CR"), Some("CHEST"), None)),
-            None
-        );
+        for chest in ["CHEST", "THORAX", "lung"] {
+            assert_eq!(
+                r.analysis_refusal(&header(Some("CR"), Some(chest), None)),
+                None
+            );
+        }
         assert!(r
             .analysis_refusal(&header(Some("CR"), Some("HAND"), None))
             .unwrap()
