@@ -103,7 +103,8 @@ def test_a_node_started_without_its_database_but_with_files_is_not_ready(node_fa
     again: it made an empty database and said ready, with one WARN in the
     log; the instances of its files, and their jobs and deliveries, were
     silently unknown. /readyz now says why it is not ready until
-    `recover-files` has recorded them."""
+    `recover-files` has recorded them, across restarts (it forgot once an
+    instance had been received meanwhile)."""
     node = node_factory().start()
     copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / "0.dcm")
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
@@ -120,11 +121,18 @@ def test_a_node_started_without_its_database_but_with_files_is_not_ready(node_fa
     assert code == 503, body
     assert any("the database was deleted or replaced" in reason and "recover-files" in reason
                for reason in body["reasons"]), body
-    assert node.echo_ok()  # still receives
+    # Still receives; one instance received and a restart do not end it
+    # (the database is no longer empty, the files before it still unknown).
+    copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / "1.dcm")
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm")
+    node.stop()
+    node.start()
+    code, body = node.http("/readyz")
+    assert code == 503 and "recover-files" in " ".join(body["reasons"]), body
     node.stop()
     r = recover(node)
     assert r.returncode == 0, r.stdout + r.stderr
     node.start()
     assert node.http("/readyz")[0] == 200
     node.wait_for_analyses()
-    assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") == 1
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") == 2

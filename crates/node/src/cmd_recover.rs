@@ -67,6 +67,14 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
             }
         }
     }
+    if !dry_run {
+        // What a lost database left unknown is known now (a file that is no
+        // instance was named above and is the operator's).
+        store
+            .clear_database_lost()
+            .await
+            .context("recording that the files are recovered")?;
+    }
     let verb = if dry_run { "to record" } else { "recorded" };
     println!(
         "{} files the database did not name: {recorded} {verb}, {reports} made by this node left, {failed} failed",

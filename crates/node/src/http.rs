@@ -164,9 +164,9 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let mut reasons = Vec::new();
     if database_lost {
         reasons.push(
-            "at start instances/ held files and the database no instance: the database was \
-             deleted or replaced, and the instances of those files are unknown (restore the \
-             database, or stop the node and run `pneumo-node recover-files`)"
+            "a start found instances/ holding files and the database no instance: the \
+             database was deleted or replaced, and the instances of those files are unknown \
+             (restore the database, or stop the node and run `pneumo-node recover-files`)"
                 .to_string(),
         );
     }

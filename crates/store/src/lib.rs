@@ -259,13 +259,27 @@ impl Store {
         let has_files = std::fs::read_dir(data_dir.join("instances"))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-        let database_lost = rows == 0 && has_files;
+        if rows == 0 && has_files {
+            // Kept until recover-files: one instance received meanwhile,
+            // and the next start would find the database no longer empty.
+            sqlx::query(
+                "INSERT OR IGNORE INTO node_flags (name, since_ms) VALUES ('database_lost', ?)",
+            )
+            .bind(now_ms())
+            .execute(&pool)
+            .await?;
+        }
+        let database_lost: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM node_flags WHERE name = 'database_lost')",
+        )
+        .fetch_one(&pool)
+        .await?;
         if database_lost {
             warn!(
                 data_dir = %data_dir.display(),
-                "instances/ holds files but the database has no instance: was the database \
-                 deleted or replaced? Those files are not known to this node \
-                 (`pneumo-node recover-files` records them)"
+                "a start found instances/ holding files and the database no instance: was the \
+                 database deleted or replaced? Those files are not known to this node \
+                 (`pneumo-node recover-files` records them; /readyz is not ready until then)"
             );
         }
         let cleared = files::clear_spool(&data_dir.join("spool"));
@@ -302,11 +316,20 @@ impl Store {
         self
     }
 
-    /// Whether, when the store was opened, `instances/` held files and the
-    /// database no instance (a database deleted or replaced): those
-    /// instances' jobs and deliveries are lost until `recover-files`.
+    /// Whether a start found `instances/` holding files and the database
+    /// no instance (a database deleted or replaced), and `recover-files`
+    /// has not recorded them since: those instances' jobs and deliveries
+    /// are lost until it does.
     pub fn database_lost_at_open(&self) -> bool {
         self.database_lost
+    }
+
+    /// `recover-files` has recorded the files a lost database did not name.
+    pub async fn clear_database_lost(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM node_flags WHERE name = 'database_lost'")
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     pub fn data_dir(&self) -> &Path {
