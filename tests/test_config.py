@@ -3,6 +3,7 @@ find before `serve` does."""
 
 import os
 import subprocess
+from pathlib import Path
 
 from nodetest import ROOT, free_port, node_binary
 
@@ -151,5 +152,33 @@ def test_serve_refused_by_its_configuration_exits_78_and_other_start_failures_ex
     finally:
         taken.close()
     assert r.returncode == 1 and "Address already in use" in r.stderr, r.stderr
+    # A data disk not yet mounted: its mount point's folder is missing. The
+    # data directory was made with its parents, and the node served a fresh
+    # store on the root file system. It exits 1 now (restarted: it mounts).
+    unmounted = tmp_path / "not-mounted" / "pneumo"
+    r = serve(PNEUMO__NODE__DATA_DIR=str(unmounted))
+    assert r.returncode == 1 and "a disk not yet mounted?" in r.stderr, r.stderr
+    assert not unmounted.parent.exists()
     unit = (ROOT / "deploy" / "pneumo-node.service").read_text()
     assert f"RestartPreventExitStatus={MISCONFIGURED}" in unit
+    assert "RequiresMountsFor=" in unit
+
+
+def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
+    """Port 104 under an account without CAP_NET_BIND_SERVICE failed with
+    exit 1, and the unit restarted it for good."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        import pytest
+        pytest.skip("needs root and setpriv to run as another account")
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="pneumo-nobody-", dir="/tmp"))  # pytest's folders are root's alone
+    home.chmod(0o777)
+    env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(home / "var"), "PNEUMO__DICOM__PORT": "104",
+           "PNEUMO__HTTP__PORT": str(free_port())}
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+    assert r.returncode == MISCONFIGURED and "104: Permission denied" in r.stderr, (r.returncode, r.stderr)

@@ -136,6 +136,21 @@ impl std::error::Error for Misconfigured {
     }
 }
 
+/// A port this account may not listen on (below 1024 without the
+/// capability to) stays so at every restart: a misconfiguration.
+fn refused_port(e: anyhow::Error) -> anyhow::Error {
+    let denied = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if denied {
+        Misconfigured(e).into()
+    } else {
+        e
+    }
+}
+
 fn is_misconfiguration(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause.is::<Misconfigured>()
@@ -477,7 +492,8 @@ async fn serve(config: Config) -> Result<()> {
         handler,
     )
     .await
-    .context("the DICOM listener (dicom.bind, dicom.port)")?;
+    .context("the DICOM listener (dicom.bind, dicom.port)")
+    .map_err(refused_port)?;
     if config.http.enabled {
         let state = http::HttpState {
             store: store.clone(),
@@ -493,7 +509,8 @@ async fn serve(config: Config) -> Result<()> {
         let addr = std::net::SocketAddr::new(config.http.bind, config.http.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen for HTTP on {addr} (http.port)"))?;
+            .with_context(|| format!("cannot listen for HTTP on {addr} (http.port)"))
+            .map_err(refused_port)?;
         tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state).await {
                 tracing::error!(error = %e, "HTTP server stopped");

@@ -50,6 +50,9 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+
+    #[error("data directory {path} does not exist, nor the folder {parent} it would be made in (a disk not yet mounted?): create that folder, or correct node.data_dir")]
+    DataDirParentMissing { path: PathBuf, parent: PathBuf },
     #[error(
         "data directory {path} is in use by another pneumo-node process \
          (it holds the lock on {lock}); one data directory serves one node"
@@ -224,6 +227,20 @@ impl Store {
     /// applies the embedded migrations and clears spool files left by a
     /// previous process (never acknowledged, so never owed to anyone).
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
+        // The data directory is made, its parents are not: a data disk not
+        // yet mounted would otherwise get a fresh store on the root file
+        // system, acknowledged instances hidden once the disk mounts.
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let missing = |p: &Path| {
+                std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            };
+            if missing(data_dir) && missing(parent) {
+                return Err(StoreError::DataDirParentMissing {
+                    path: data_dir.to_path_buf(),
+                    parent: parent.to_path_buf(),
+                });
+            }
+        }
         for dir in [
             data_dir.to_path_buf(),
             data_dir.join("instances"),
