@@ -146,7 +146,7 @@ def test_a_database_deleted_under_the_running_node_stops_acknowledgements(node_f
     assert node.alive()
     node.stop()
     node.start()
-    assert "instances/ holds files but the database has no instance" in node.log()
+    assert "a start found instances/ holding files and the database no instance" in node.log()
 
 
 def test_an_instance_the_database_refuses_leaves_no_file(node, rg1_copies):
