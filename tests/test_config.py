@@ -138,7 +138,10 @@ def test_serve_refused_by_its_configuration_exits_78_and_other_start_failures_ex
 
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"not an onnx file" * 100)
-    for env, needle in (({"PNEUMO__INFERENCE__MODEL": str(garbage)}, str(garbage)),
+    # The test machines' library is the CPU-only wheel's: `cuda` cannot be had from it.
+    cuda = ({"PNEUMO__INFERENCE__EXECUTION_PROVIDER": "cuda"}, "was built without it (install onnxruntime-gpu")
+    assert check_config(cuda[0]).returncode == MISCONFIGURED and cuda[1] in check_config(cuda[0]).stderr
+    for env, needle in (cuda, ({"PNEUMO__INFERENCE__MODEL": str(garbage)}, str(garbage)),
                         ({"PNEUMO__INFERENCE__MODEL": str(tmp_path / "none.onnx")}, "none.onnx"),
                         ({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"}, "does not exist"),
                         ({"PNEUMO__DICOM__AE_TITLE": "A\\B"}, "dicom.ae_title")):

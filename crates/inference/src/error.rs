@@ -45,6 +45,16 @@ pub enum InferenceError {
         problem: ContractError,
     },
 
+    /// The library has no such execution provider (a CPU-only build
+    /// configured for `cuda`): no restart can change that.
+    #[error("execution provider {provider}: ONNX Runtime at {library} ({version}) was built without it ({remedy})")]
+    ProviderNotBuilt {
+        provider: String,
+        library: PathBuf,
+        version: String,
+        remedy: String,
+    },
+
     /// The requested execution provider could not be used.
     #[error("execution provider {provider}: {message}")]
     ExecutionProvider { provider: String, message: String },
@@ -118,6 +128,7 @@ impl InferenceError {
                 | Self::ModelMissing { .. }
                 | Self::ModelLoad { .. }
                 | Self::Contract { .. }
+                | Self::ProviderNotBuilt { .. }
                 | Self::Settings(_)
         )
     }

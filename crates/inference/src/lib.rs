@@ -32,7 +32,7 @@ pub use contract::{Dim, InputDType, ModelContract, WeightsKind, CONTRACT_KEYS, D
 pub use error::{ContractError, InferenceError, Result};
 pub use graph::{GraphDim, GraphSignature, GraphValue, GraphValueType};
 pub use inspect::{inspect_model, InspectedModel};
-pub use model::{ExecutionProvider, ImageInput, Model};
+pub use model::{check_provider_built, ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
 pub use runtime::locate_model_file;
 pub use segment::{inspect_segmentation_model, LungSegmenter, SegContract, SEG_CONTRACT_KEYS};

@@ -123,6 +123,32 @@ fn base_builder(
     Ok(b)
 }
 
+/// Refuses, before any session, an ONNX Runtime library without the
+/// execution provider the settings name (`cuda` with the CPU-only wheel's
+/// library): `check-config` finds it, and `serve` exits as misconfigured.
+pub fn check_provider_built(s: &InferenceSettings) -> Result<()> {
+    if s.execution_provider != ExecutionProviderChoice::Cuda {
+        return Ok(());
+    }
+    cuda_built(init_runtime(&s.ort_library)?)
+}
+
+fn cuda_built(rt: &Runtime) -> Result<()> {
+    let available = ep::CUDA::is_available().map_err(|e| InferenceError::ExecutionProvider {
+        provider: "cuda".into(),
+        message: e.to_string(),
+    })?;
+    if available {
+        return Ok(());
+    }
+    Err(InferenceError::ProviderNotBuilt {
+        provider: "cuda".into(),
+        library: rt.library.clone(),
+        version: rt.version.clone(),
+        remedy: "install onnxruntime-gpu and name its library in inference.ort_library".into(),
+    })
+}
+
 /// Builds a session on `provider`. With CUDA, `strict` refuses a graph in
 /// which any node would be placed on the CPU (ONNX Runtime's
 /// `session.disable_cpu_ep_fallback`).
@@ -140,13 +166,7 @@ fn build_session(
                 provider: "cuda".into(),
                 message: e,
             };
-            if !ep::CUDA::is_available().map_err(|e| ep_err(e.to_string()))? {
-                return Err(ep_err(format!(
-                    "ONNX Runtime at {} ({}) was built without CUDA (install onnxruntime-gpu)",
-                    rt.library.display(),
-                    rt.version
-                )));
-            }
+            cuda_built(rt)?;
             let mut cuda = ep::CUDA::default()
                 .with_device_id(s.device_id)
                 .with_arena_extend_strategy(match s.arena_strategy {

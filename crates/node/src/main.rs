@@ -256,6 +256,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // enough), as `serve` checks it before loading it.
                 pneumo_inference::runtime::library_info(&config.inference.ort_library)
                     .context("inference.ort_library")?;
+                pneumo_inference::check_provider_built(&config.inference)
+                    .context("inference.execution_provider")?;
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
                 println!("# configuration OK");
