@@ -572,11 +572,23 @@ def test_a_pacs_without_3d_sr_gets_the_node_s_reports_as_comprehensive_sr(node_f
         assert "ComprehensiveSR" in out.stdout + out.stderr, out.stderr
         assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
 
-        # Sent again (a PACS that lost it): the same UID, not another document.
-        r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/resend",
-                          params={"destination": "pacs", "sop_instance_uid": report_uid})
-        assert r.status_code == 200 and r.json()["resent"] == 1, r.text
-        wait_until(lambda: pacs.stores == 2, timeout=30)
+        # Found by the UID the PACS holds (the only one its viewer shows).
+        code, body = node.http(f"/api/instances/{sent_uid}")
+        assert code == 200 and body["copies"][0]["sop_instance_uid"] == report_uid, body
+        (delivery,) = body["copies"][0]["deliveries"]
+        assert delivery["sent_as_uid"] == sent_uid and delivery["sop_instance_uid"] == report_uid, delivery
+        code, body = node.http(f"/api/deliveries?sop_instance_uid={sent_uid}")
+        assert [d["sent_as_uid"] for d in body["deliveries"]] == [sent_uid], body
+
+        # Sent again (a PACS that lost it), asked by either UID: the same
+        # UID each time, not another document.
+        for uid in (report_uid, sent_uid):
+            stores = pacs.stores
+            r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/resend",
+                              params={"destination": "pacs", "sop_instance_uid": uid})
+            assert r.status_code == 200 and r.json()["resent"] == 1, r.text
+            wait_until(lambda: pacs.stores == stores + 1
+                       and node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
         assert list(pacs.received) == [sent_uid]
 
         # report.sop_class = "comprehensive": reports are made so, and go as they are.

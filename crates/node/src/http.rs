@@ -336,6 +336,7 @@ async fn deliveries(
                         "id": r.id,
                         "kind": r.kind,
                         "sop_instance_uid": r.sop_instance_uid,
+                        "sent_as_uid": r.sent_as_uid,
                         "study_instance_uid": r.study_instance_uid,
                         "destination": r.destination,
                         "configured": s.destinations.contains(&r.destination),
@@ -718,6 +719,7 @@ async fn instance(
                 "deliveries": deliveries.iter().map(|d| json!({
                     "kind": d.kind,
                     "sop_instance_uid": d.sop_instance_uid,
+                    "sent_as_uid": d.sent_as_uid,
                     "destination": d.destination,
                     "state": d.state,
                     "attempts": d.attempts,

@@ -43,6 +43,10 @@ impl Default for OutboxSection {
     }
 }
 
+/// A destination's answer to a delivery: its status text, and the UID the
+/// instance went under when not its own.
+pub type TakenAnswer = (String, Option<String>);
+
 pub struct OutboxWorker {
     pub store: Arc<Store>,
     pub destinations: Vec<Destination>,
@@ -61,7 +65,7 @@ pub struct OutboxWorker {
     /// Lost with the process: then sent once more, at least once.
     /// Keyed by destination too: a row moved to another destination
     /// meanwhile is that one's to send.
-    pub delivered_unrecorded: Mutex<HashMap<(i64, String), String>>,
+    pub delivered_unrecorded: Mutex<HashMap<(i64, String), TakenAnswer>>,
     /// `report.uid_root`: the UIDs of reports sent as another class
     /// derive under it as the reports' own do.
     pub report_uid_root: Option<String>,
@@ -207,8 +211,12 @@ impl OutboxWorker {
             }
         }
         let mut all = true;
-        for (answer, item) in earlier {
-            if self.recorded(self.store.mark_sent(&item, &answer).await) {
+        for ((answer, sent_as), item) in earlier {
+            if self.recorded(
+                self.store
+                    .mark_sent(&item, &answer, sent_as.as_deref())
+                    .await,
+            ) {
                 info!(sop_instance_uid = %item.sop_instance_uid, "delivered (recorded late)");
                 self.delivered_unrecorded
                     .lock()
@@ -470,12 +478,15 @@ impl OutboxWorker {
                     info!(sop_instance_uid = %item.sop_instance_uid, sent_as, "delivered");
                 }
                 let answer = format!("{status}{comment}");
-                let sent = self.store.mark_sent(item, &answer).await;
+                let sent = self.store.mark_sent(item, &answer, sent_as).await;
                 if sent.is_err() {
                     self.delivered_unrecorded
                         .lock()
                         .expect("not poisoned")
-                        .insert((item.id, item.destination.clone()), answer);
+                        .insert(
+                            (item.id, item.destination.clone()),
+                            (answer, sent_as.map(String::from)),
+                        );
                 }
                 sent
             }

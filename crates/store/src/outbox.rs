@@ -12,14 +12,16 @@ use tracing::warn;
 use crate::jobs::{MadeInstances, NOTHING_MADE_UNSENT};
 use crate::{now_ms, Store, StoreError};
 
-/// SQL condition: the row's instance is of the study and/or is the
-/// instance given; a filter bound as NULL matches any. Its four
-/// parameters are bound by `bind_study_and_instance!`.
+/// SQL condition on an outbox row: its instance is of the study and/or is
+/// the instance given (by its UID, or by the UID it was sent under); a
+/// filter bound as NULL matches any. Its five parameters are bound by
+/// `bind_study_and_instance!`.
 macro_rules! of_study_or_instance {
     () => {
-        "instance_id IN (SELECT id FROM instances
-                          WHERE (? IS NULL OR study_instance_uid = ?)
-                            AND (? IS NULL OR sop_instance_uid = ?))"
+        "(instance_id IN (SELECT id FROM instances
+                           WHERE (? IS NULL OR study_instance_uid = ?)
+                             AND (? IS NULL OR sop_instance_uid = ?))
+          OR sent_as_uid = ?)"
     };
 }
 
@@ -30,6 +32,7 @@ macro_rules! bind_study_and_instance {
         $query
             .bind($study_instance_uid)
             .bind($study_instance_uid)
+            .bind($sop_instance_uid)
             .bind($sop_instance_uid)
             .bind($sop_instance_uid)
     };
@@ -254,9 +257,21 @@ impl Store {
     /// every destination becomes `delivered`. One transaction: a process
     /// killed between the two writes left the row sent and its job
     /// `reported` for good (nothing sends it again).
-    pub async fn mark_sent(&self, item: &OutboxItem, status: &str) -> Result<(), StoreError> {
+    /// `sent_as_uid`: the UID it went under when not its own
+    /// (`pneumo_dimse::SendAs`), which the destination now holds.
+    pub async fn mark_sent(
+        &self,
+        item: &OutboxItem,
+        status: &str,
+        sent_as_uid: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         finish_attempt(&mut *tx, item, "sent", status, None).await?;
+        sqlx::query("UPDATE outbox SET sent_as_uid = ? WHERE id = ?")
+            .bind(sent_as_uid)
+            .bind(item.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&format!(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'

@@ -40,8 +40,11 @@ pub struct DeliveryView {
     /// What is delivered: `original` (the instance, by a forwarding rule)
     /// or `report` (the SR or companion image made from it).
     pub kind: String,
-    /// The SOP Instance UID delivered.
+    /// The SOP Instance UID of what is delivered, as stored.
     pub sop_instance_uid: String,
+    /// The UID it was delivered under when it went as another class (the
+    /// one the destination holds).
+    pub sent_as_uid: Option<String>,
     pub destination: String,
     pub state: String,
     pub attempts: i64,
@@ -56,6 +59,8 @@ pub struct OutboxRowView {
     /// `original` or `report` (the SR or companion image the node made).
     pub kind: String,
     pub sop_instance_uid: String,
+    /// As in [`DeliveryView`].
+    pub sent_as_uid: Option<String>,
     pub study_instance_uid: String,
     pub destination: String,
     pub state: String,
@@ -134,7 +139,13 @@ impl<'a> Listing<'a> {
             values.push(Bound::Text(study));
         }
         if let Some(sop) = self.sop_instance_uid {
-            conditions.push("i.sop_instance_uid = ?".to_string());
+            if row == "o" {
+                // A delivery is also found by the UID it was sent under.
+                conditions.push("(i.sop_instance_uid = ? OR o.sent_as_uid = ?)".to_string());
+                values.push(Bound::Text(sop));
+            } else {
+                conditions.push("i.sop_instance_uid = ?".to_string());
+            }
             values.push(Bound::Text(sop));
         }
         if let Some(accession) = self.accession_number {
@@ -189,7 +200,8 @@ impl Store {
         let (filter, values) = listing.conditions("o");
         let sql = format!(
             "SELECT o.id, {DELIVERY_KIND} AS kind,
-                    i.sop_instance_uid, i.study_instance_uid, o.destination, o.state, o.attempts,
+                    i.sop_instance_uid, o.sent_as_uid, i.study_instance_uid, o.destination, o.state,
+                    o.attempts,
                     o.last_status, o.next_attempt_at_ms, o.updated_at_ms
              FROM outbox o JOIN instances i ON i.id = o.instance_id{filter}
              ORDER BY o.id DESC LIMIT ?"
@@ -202,11 +214,20 @@ impl Store {
     }
 
     /// Every instance row with this SOP Instance UID (more than one when a
-    /// conflicting copy was kept), with its job and deliveries.
+    /// conflicting copy was kept), with its job and deliveries; for a UID a
+    /// report was sent under (as another class), that report's.
     pub async fn instance_details(
         &self,
         sop_instance_uid: &str,
     ) -> Result<Vec<(InstanceView, Option<JobView>, Vec<DeliveryView>)>, StoreError> {
+        let sent_as_report: Option<String> = sqlx::query_scalar(
+            "SELECT i.sop_instance_uid FROM outbox o JOIN instances i ON i.id = o.instance_id
+             WHERE o.sent_as_uid = ? LIMIT 1",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(self.pool())
+        .await?;
+        let sop_instance_uid = sent_as_report.as_deref().unwrap_or(sop_instance_uid);
         let instances: Vec<InstanceView> = sqlx::query_as(
             "SELECT id AS instance_id, sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
                     transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms, purged_at_ms
@@ -227,7 +248,8 @@ impl Store {
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
                 &format!(
                     "SELECT {DELIVERY_KIND} AS kind,
-                        i.sop_instance_uid, o.destination, o.state, o.attempts, o.last_status, o.updated_at_ms
+                        i.sop_instance_uid, o.sent_as_uid, o.destination, o.state, o.attempts,
+                        o.last_status, o.updated_at_ms
                      FROM outbox o JOIN instances i ON i.id = o.instance_id
                      WHERE o.instance_id = ?
                         OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?

@@ -205,7 +205,7 @@ async fn jobs_are_routed_claimed_reclaimed_after_lease_and_completed_once() {
     let due = store.due_deliveries(None, 100).await.unwrap();
     assert_eq!(due.len(), 3);
     for item in &due {
-        store.mark_sent(item, "0000H").await.unwrap();
+        store.mark_sent(item, "0000H", None).await.unwrap();
     }
     let counts = store.job_counts().await.unwrap();
     assert!(
@@ -501,7 +501,7 @@ async fn a_job_left_reported_with_its_report_delivered_everywhere_is_settled_at_
         .await
         .unwrap();
     for item in store.due_deliveries(None, 10).await.unwrap() {
-        store.mark_sent(&item, "0000H").await.unwrap();
+        store.mark_sent(&item, "0000H", None).await.unwrap();
     }
     sqlx::query("UPDATE jobs SET state = 'reported' WHERE state = 'delivered'")
         .execute(store.pool())
@@ -666,13 +666,13 @@ async fn a_job_is_delivered_once_its_report_and_companion_image_are() {
     let due = store.due_deliveries(None, 10).await.unwrap();
     let uids: Vec<&str> = due.iter().map(|d| d.sop_instance_uid.as_str()).collect();
     assert_eq!(uids, ["1.9.61", "1.9.62"], "both owed to the PACS");
-    store.mark_sent(&due[0], "0000H").await.unwrap();
+    store.mark_sent(&due[0], "0000H", None).await.unwrap();
     assert_eq!(
         state(&store).await,
         "reported",
         "the companion is still owed"
     );
-    store.mark_sent(&due[1], "0000H").await.unwrap();
+    store.mark_sent(&due[1], "0000H", None).await.unwrap();
     assert_eq!(state(&store).await, "delivered");
 
     // The status view lists both deliveries of what the job made.
@@ -776,7 +776,7 @@ async fn retention_removes_only_the_files_of_finished_instances_left_alone_long_
         match item.sop_instance_uid.as_str() {
             "1.9.92" => store.mark_parked(&item, "A900H").await.unwrap(),
             "1.9.93" => {}
-            _ => store.mark_sent(&item, "0000H").await.unwrap(),
+            _ => store.mark_sent(&item, "0000H", None).await.unwrap(),
         }
     }
     // Everything happened ten days ago, except to 1.9.94's job yesterday.
