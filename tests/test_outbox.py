@@ -604,6 +604,50 @@ def test_a_pacs_without_3d_sr_gets_the_node_s_reports_as_comprehensive_sr(node_f
         pacs.close()
 
 
+def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(node_factory, rg1_copies, tmp_path):
+    """A PACS that accepts Comprehensive 3D SR in negotiation and answers
+    0122 (SOP class not supported) to its C-STORE: the report was parked
+    for good, and no setting could deliver it. It goes as Comprehensive SR
+    at once, and stays parked only if that is refused too."""
+    comprehensive_3d_sr, comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33"
+
+    class RefusesThreeD(PynetdicomReceiver):
+        refused = 0
+
+        def on_store(self, event):
+            if event.request.AffectedSOPClassUID == comprehensive_3d_sr:
+                self.refused += 1
+                return 0x0122
+            return super().on_store(event)
+
+    class RefusesBoth(PynetdicomReceiver):
+        def on_store(self, event):
+            self.stores += 1
+            return 0x0122
+
+    pacs = RefusesThreeD(ae_title="PICKY", sop_classes=(comprehensive_3d_sr, comprehensive_sr))
+    stubborn = RefusesBoth(ae_title="STUBBORN", sop_classes=(comprehensive_3d_sr, comprehensive_sr))
+    try:
+        config = results_destination(tmp_path, "pacs", "PICKY", pacs.port,
+                                     f'[[destinations]]\nname = "stubborn"\nae_title = "STUBBORN"\n'
+                                     f'host = "127.0.0.1"\nport = {stubborn.port}\nresults = true\n')
+        node = node_factory().start(config_file=config)
+        (image,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state != 'pending'") == 2, timeout=60)
+        (sent_uid,) = pacs.received
+        assert pacs.refused == 1 and pacs.dataset(sent_uid).SOPClassUID == comprehensive_sr
+        with node.db() as c:
+            states = dict(c.execute("SELECT destination, state || ' ' || last_status FROM outbox"))
+        assert states["pacs"].startswith("sent") and f"sent as Comprehensive SR {sent_uid}" in states["pacs"], states
+        # Refused in both classes: parked, after one try of each.
+        assert states["stubborn"].startswith("parked 0122H") and stubborn.stores == 2, (states, stubborn.stores)
+        assert "refused Comprehensive 3D SR at C-STORE" in node.log()
+    finally:
+        pacs.close()
+        stubborn.close()
+
+
 def test_a_backlog_needing_more_than_one_association_is_sent_not_parked(node_factory, tmp_path):
     """A PACS back after an outage, owed 100 instances of 50 SOP classes in
     two syntaxes (150 presentation contexts; one association holds 128)

@@ -208,6 +208,9 @@ pub struct FileToSend {
     pub source_ae_title: String,
     /// The class it may go as where its own is not accepted (proposed too).
     pub also_as: Option<SendAs>,
+    /// Send as `also_as` where that is accepted, before its own class (a
+    /// peer that accepted its own class and refused it at C-STORE, 0122).
+    pub prefer_also_as: bool,
 }
 
 impl FileToSend {
@@ -239,6 +242,7 @@ impl FileToSend {
                 .map(|ae| ae.trim().to_string())
                 .unwrap_or_default(),
             also_as: None,
+            prefer_also_as: false,
         })
     }
 
@@ -474,7 +478,6 @@ impl ClientAssociation {
     /// Sends one file; a failure of this instance alone is in the outcome,
     /// an error of the association is an `Err`.
     pub async fn store(&mut self, file: &FileToSend) -> Result<StoreOutcome, ScuError> {
-        let mut sent_as = None;
         let outcome = |result, error_comment, sent_as| StoreOutcome {
             path: file.path.clone(),
             sop_instance_uid: file.sop_instance_uid.clone(),
@@ -482,23 +485,25 @@ impl ClientAssociation {
             error_comment,
             sent_as,
         };
-        let (context, reencode_to) =
-            if let Some(chosen) = self.context_as(&file.sop_class_uid, file) {
-                chosen
-            } else if let Some((alt, (context, ts))) = file
-                .also_as
-                .as_ref()
-                .and_then(|alt| Some((alt, self.context_as(&alt.sop_class_uid, file)?)))
-            {
-                // Two attributes change: the data set is written again.
-                sent_as = Some(alt.clone());
-                (
-                    context,
-                    Some(ts.unwrap_or_else(|| file.transfer_syntax.clone())),
-                )
-            } else {
-                return Ok(outcome(Err(self.why_no_context(file)), None, None));
-            };
+        let own = || {
+            self.context_as(&file.sop_class_uid, file)
+                .map(|c| (c, None))
+        };
+        let other = || {
+            let alt = file.also_as.as_ref()?;
+            let (context, ts) = self.context_as(&alt.sop_class_uid, file)?;
+            // Two attributes change: the data set is written again.
+            let ts = ts.unwrap_or_else(|| file.transfer_syntax.clone());
+            Some(((context, Some(ts)), Some(alt.clone())))
+        };
+        let chosen = if file.prefer_also_as {
+            other().or_else(own)
+        } else {
+            own().or_else(other)
+        };
+        let Some(((context, reencode_to), sent_as)) = chosen else {
+            return Ok(outcome(Err(self.why_no_context(file)), None, None));
+        };
         let (sop_class_uid, sop_instance_uid) = match &sent_as {
             Some(alt) => (&alt.sop_class_uid, &alt.sop_instance_uid),
             None => (&file.sop_class_uid, &file.sop_instance_uid),
@@ -1008,6 +1013,7 @@ mod tests {
             dataset_offset: 0,
             source_ae_title: String::new(),
             also_as: None,
+            prefer_also_as: false,
         };
         // Explicit VR LE: its own, and the fallback a peer that takes only
         // Implicit VR LE accepts; twice the same file type, once each.

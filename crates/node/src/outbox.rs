@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pneumo_dimse::scu::{self, ClientAssociation};
-use pneumo_dimse::{FileToSend, ScuOptions, SendAs, StoreOutcome};
+use pneumo_dimse::{FileToSend, ScuOptions, SendAs, Status, StoreOutcome};
 use pneumo_store::{backoff, OutboxItem, Store};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
@@ -375,7 +375,7 @@ impl OutboxWorker {
             match assoc.store(file).await {
                 Ok(outcome) => {
                     answered += 1;
-                    all &= self.record_outcome(item, &outcome).await;
+                    all &= self.record_outcome(item, file, &outcome).await;
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
                     out_of_resources = if refused { out_of_resources + 1 } else { 0 };
                     if out_of_resources == 2 {
@@ -447,12 +447,22 @@ impl OutboxWorker {
                 sop_class_uid: COMPREHENSIVE_SR.to_string(),
                 sop_instance_uid: uid,
             });
+            // It accepted 3D SR in negotiation and refused it at C-STORE.
+            file.prefer_also_as = item
+                .last_status
+                .as_deref()
+                .is_some_and(|s| s.starts_with(REFUSED_CLASS));
         }
         Ok(file)
     }
 
     /// Records the destination's answer; false if it could not be.
-    async fn record_outcome(&self, item: &OutboxItem, outcome: &StoreOutcome) -> bool {
+    async fn record_outcome(
+        &self,
+        item: &OutboxItem,
+        file: &FileToSend,
+        outcome: &StoreOutcome,
+    ) -> bool {
         let mut comment = outcome
             .error_comment
             .as_deref()
@@ -489,6 +499,21 @@ impl OutboxWorker {
                         );
                 }
                 sent
+            }
+            // Refused in its class at C-STORE though accepted in negotiation
+            // (0122): due again at once, to go as the other class.
+            Ok(status)
+                if *status == Status::SOP_CLASS_NOT_SUPPORTED
+                    && file.also_as.is_some()
+                    && outcome.sent_as.is_none() =>
+            {
+                warn!(sop_instance_uid = %item.sop_instance_uid, %status,
+                    "the destination refused Comprehensive 3D SR at C-STORE; sent as Comprehensive SR next");
+                let reason = format!(
+                    "{status}{comment} (SOP class not supported: the destination refused \
+                     Comprehensive 3D SR; it goes as Comprehensive SR next)"
+                );
+                self.store.mark_retry(item, &reason, Duration::ZERO).await
             }
             Ok(status) if status.is_permanent_failure() => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
@@ -553,3 +578,5 @@ impl Delivery {
 const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 /// Comprehensive SR, what an older PACS takes.
 const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+/// How the last status of a report refused in its class begins (0122).
+const REFUSED_CLASS: &str = "0122H";

@@ -54,6 +54,8 @@ pub struct OutboxItem {
     pub purged_at_ms: Option<i64>,
     /// Made by the node (a report), not received.
     pub generated: bool,
+    /// The destination's last answer, or why none came.
+    pub last_status: Option<String>,
 }
 
 /// Outbox rows per destination and state.
@@ -152,7 +154,7 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
-                    i.purged_at_ms, i.generated
+                    i.purged_at_ms, i.generated, o.last_status
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
