@@ -140,6 +140,12 @@ def test_serve_refused_by_its_configuration_exits_78_and_other_start_failures_ex
     garbage.write_bytes(b"not an onnx file" * 100)
     # The test machines' library is the CPU-only wheel's: `cuda` cannot be had from it.
     cuda = ({"PNEUMO__INFERENCE__EXECUTION_PROVIDER": "cuda"}, "was built without it (install onnxruntime-gpu")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    r = check_config({"PNEUMO__NODE__DATA_DIR": str(a_file)})
+    assert r.returncode == MISCONFIGURED and "is not a directory" in r.stderr, r.stderr
+    r = serve(PNEUMO__NODE__DATA_DIR=str(a_file))
+    assert r.returncode == MISCONFIGURED and "is not a directory" in r.stderr, r.stderr
     assert check_config(cuda[0]).returncode == MISCONFIGURED and cuda[1] in check_config(cuda[0]).stderr
     for env, needle in (cuda, ({"PNEUMO__INFERENCE__MODEL": str(garbage)}, str(garbage)),
                         ({"PNEUMO__INFERENCE__MODEL": str(tmp_path / "none.onnx")}, "none.onnx"),

@@ -258,6 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .context("inference.ort_library")?;
                 pneumo_inference::check_provider_built(&config.inference)
                     .context("inference.execution_provider")?;
+                check_data_dir(&config)?;
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
                 println!("# configuration OK");
@@ -326,8 +327,22 @@ fn init_logging(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// A file where the data directory should be: every start would fail.
+fn check_data_dir(config: &Config) -> Result<()> {
+    let data_dir = &config.node.data_dir;
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(Misconfigured(anyhow::anyhow!(
+            "node.data_dir {} is not a directory",
+            data_dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The store of `node.data_dir` and its database, locked for this process.
 async fn open_store(config: &Config) -> Result<Store> {
+    check_data_dir(config)?;
     Ok(Store::open(&config.node.data_dir, config.database_url())
         .await
         .with_context(|| {
