@@ -178,22 +178,31 @@ def test_what_cannot_be_decompressed_is_parked_with_its_reason_and_the_rest_deli
     narrow = fresh_copy(FIXTURES / "rg1s_j2k_lossless.dcm", byte)
     narrow.BitsAllocated, narrow.BitsStored, narrow.HighBit = 8, 8, 7
     narrow.save_as(byte, enforce_file_format=True)
+    # 15-bit samples under Bits Stored 12: decompressed, they went out with
+    # bits above Bits Stored, noise to any viewer, and were answered success.
+    twelve = tmp_path / "twelve.dcm"
+    understated = fresh_copy(FIXTURES / "rg1s_j2k_lossless.dcm", twelve)
+    understated.BitsStored, understated.HighBit = 12, 11
+    understated.save_as(twelve, enforce_file_format=True)
     grey_jpeg = tmp_path / "grey.dcm"
     grey_uid = fresh_copy(FIXTURES / "rg1s_jpeg_lossless_sv1.dcm", grey_jpeg).SOPInstanceUID
-    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", colour, part2, frames, byte, grey_jpeg)
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", colour, part2, frames, byte, twelve,
+                 grey_jpeg)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_until(lambda: outbox_states(node).get(grey_uid) == "sent", timeout=60,
                what=f"delivery: {outbox_states(node)}")
     wait_until(lambda: outbox_states(node).get(colour_uid) == "parked"
                and outbox_states(node).get(p2.SOPInstanceUID) == "parked"
                and outbox_states(node).get(bogus.SOPInstanceUID) == "parked"
-               and outbox_states(node).get(narrow.SOPInstanceUID) == "parked",
+               and outbox_states(node).get(narrow.SOPInstanceUID) == "parked"
+               and outbox_states(node).get(understated.SOPInstanceUID) == "parked",
                timeout=60, what=f"parked: {outbox_states(node)}")
     reasons = {uid: status for uid, (_, status) in outbox_rows(node).items()}
     assert "colour" in reasons[colour_uid] and "decompressing" in reasons[colour_uid], reasons[colour_uid]
     assert "no presentation context" in reasons[p2.SOPInstanceUID], reasons[p2.SOPInstanceUID]
     assert "NumberOfFrames" in reasons[bogus.SOPInstanceUID], reasons[bogus.SOPInstanceUID]
     assert "15-bit samples, more than Bits Allocated 8" in reasons[narrow.SOPInstanceUID], reasons
+    assert "BitsStored" in reasons[understated.SOPInstanceUID], reasons[understated.SOPInstanceUID]
     assert set(received_by_uid(out)) == {grey_uid}
     assert node.alive() and node.echo_ok()
 
