@@ -116,7 +116,7 @@ fn main() -> ExitCode {
 /// makes a start impossible (sysexits' EX_CONFIG). The systemd unit does not restart on it
 /// (`RestartPreventExitStatus`): starting again every few seconds would
 /// repeat the same error for good. Other failures (a port still taken, a
-/// database on a disk not yet mounted) exit 1 and are restarted.
+/// data directory on a disk not yet mounted) exit 1 and are restarted.
 const EXIT_MISCONFIGURED: u8 = 78;
 
 /// An error only a change of the configuration can cure (see

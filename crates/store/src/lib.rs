@@ -179,8 +179,9 @@ pub struct Store {
     database_file: Option<PathBuf>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
-    /// At open, `instances/` held files and the database no instance: the
-    /// database was deleted or replaced, and those files are unknown.
+    /// A start found `instances/` holding files and the database no
+    /// instance (deleted or replaced), and `recover-files` has not run since
+    /// (the `database_lost` row of `node_flags`, read at open).
     database_lost: bool,
     /// The exclusive locks on the data directory and on the database file,
     /// held while the store lives.
