@@ -70,3 +70,45 @@ def test_coded_anatomy_and_view_decide_when_the_text_attributes_are_absent(node,
     for name, (uid, state, reason) in cases.items():
         wait_until(lambda: (job(uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
         assert job(uid) == (state, reason), name
+
+
+def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_factory, tmp_path):
+    """A general hospital's CR room sends children's chests too: each got a
+    pneumoconiosis result from a model of adult workers. Under
+    routing.analyse_min_age_years (16) they are skipped with the reason, by
+    Patient's Age or else Birth Date against Study Date; no age, analysed."""
+    cases = {
+        "age_7": (dx(tmp_path / "a.dcm", PatientAge="007Y"), "skipped",
+                  "patient age 7.0 years is under routing.analyse_min_age_years (16): "
+                  "the model reads adults' radiographs"),
+        "months_18": (dx(tmp_path / "b.dcm", PatientAge="018M"), "skipped", None),
+        "born_2020": (dx(tmp_path / "c.dcm", PatientBirthDate="20200101", StudyDate="20240701"),
+                      "skipped", None),
+        "age_45": (dx(tmp_path / "d.dcm", PatientAge="045Y"), "reported", None),
+        "no_age": (dx(tmp_path / "e.dcm", PatientBirthDate=""), "reported", None),
+    }
+    node = node_factory().start()
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *sorted(tmp_path.glob("*.dcm")))
+
+    def job(uid):
+        with node.db() as c:
+            return c.execute("SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
+                             " WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
+
+    for name, (uid, state, reason) in cases.items():
+        wait_until(lambda: (job(uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
+        got = job(uid)
+        assert got[0] == state, (name, got)
+        if state == "skipped":
+            assert "is under routing.analyse_min_age_years (16)" in got[1], (name, got)
+        if reason:
+            assert got[1] == reason, (name, got)
+    # 0 analyses any age (a retry routes the skipped ones again).
+    node.stop()
+    node.settings["routing__analyse_min_age_years"] = 0
+    node.start()
+    import requests
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry", params={"state": "skipped"})
+    assert r.json()["requeued"] == 3, r.text
+    for name, (uid, _, _) in cases.items():
+        wait_until(lambda: (job(uid) or ("",))[0] == "reported", timeout=60, what=name)

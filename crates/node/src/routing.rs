@@ -123,6 +123,10 @@ pub struct RoutingSection {
     /// Also analyse DX "For Processing" images (raw detector data, not meant
     /// for display; the model was trained on images for presentation).
     pub analyse_for_processing: bool,
+    /// Images of patients younger than this (in years, at the study) are
+    /// not analysed: the model reads adult workers' radiographs. 0: any
+    /// age. An image that gives no age is analysed.
+    pub analyse_min_age_years: u32,
     pub forward: Vec<ForwardRule>,
     /// Destination names for results; empty: every destination with `results = true`.
     pub results_to: Vec<String>,
@@ -141,6 +145,8 @@ impl Default for RoutingSection {
             analyse_view_positions: vec!["PA".into(), "AP".into()],
             analyse_when_view_position_absent: true,
             analyse_for_processing: false,
+            // Occupational lung disease: workers, not children.
+            analyse_min_age_years: 16,
             forward: Vec::new(),
             results_to: Vec::new(),
             results: Vec::new(),
@@ -200,6 +206,16 @@ impl RoutingSection {
             return Some(format!(
                 "view position {} is not analysed",
                 h.view_position.as_deref().unwrap_or("(absent)")
+            ));
+        }
+        if let Some(age) = h
+            .patient_age_years
+            .filter(|age| *age < f64::from(self.analyse_min_age_years))
+        {
+            return Some(format!(
+                "patient age {age:.1} years is under routing.analyse_min_age_years ({}): the \
+                 model reads adults' radiographs",
+                self.analyse_min_age_years
             ));
         }
         None
@@ -281,6 +297,7 @@ mod tests {
             body_part_examined: body.map(Into::into),
             view_position: view.map(Into::into),
             accession_number: None,
+            patient_age_years: None,
         }
     }
 
@@ -326,6 +343,22 @@ mod tests {
         assert!(r
             .analysis_refusal(&header(Some("CR"), None, None))
             .is_some());
+    }
+
+    #[test]
+    fn analysis_rule_age() {
+        let mut r = RoutingSection::default();
+        let mut h = header(Some("CR"), Some("CHEST"), Some("PA"));
+        h.patient_age_years = Some(4.5);
+        let why = r.analysis_refusal(&h).unwrap();
+        assert!(why.contains("patient age 4.5 years is under"), "{why}");
+        for adult in [Some(16.0), Some(45.0), None] {
+            h.patient_age_years = adult;
+            assert_eq!(r.analysis_refusal(&h), None, "{adult:?}");
+        }
+        r.analyse_min_age_years = 0;
+        h.patient_age_years = Some(0.1);
+        assert_eq!(r.analysis_refusal(&h), None);
     }
 
     #[test]

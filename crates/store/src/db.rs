@@ -116,8 +116,9 @@ pub async fn insert_instance_with_job(
     let instance_id: i64 = sqlx::query_scalar(
         "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
              transfer_syntax_uid, modality, body_part_examined, view_position, path, file_size,
-             dataset_size, sha256, calling_ae, peer_address, received_at_ms, generated, accession_number)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             dataset_size, sha256, calling_ae, peer_address, received_at_ms, generated, accession_number,
+             patient_age_years)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&h.sop_instance_uid)
     .bind(&h.sop_class_uid)
@@ -136,6 +137,7 @@ pub async fn insert_instance_with_job(
     .bind(row.now_ms)
     .bind(!row.with_job)
     .bind(&h.accession_number)
+    .bind(h.patient_age_years)
     .fetch_one(&mut *tx)
     .await?;
     let job_id = if row.with_job {

@@ -146,6 +146,7 @@ mod tests {
             body_part_examined: None,
             view_position: None,
             accession_number: None,
+            patient_age_years: None,
         }
     }
 

@@ -10,7 +10,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use crate::cp246::rewrite_un_sequences;
 use crate::{Incoming, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceHeader {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
@@ -22,6 +22,9 @@ pub struct InstanceHeader {
     /// Accession Number (0008,0050): how a radiologist's worklist names the
     /// study, for finding its jobs.
     pub accession_number: Option<String>,
+    /// The patient's age in years at the study: Patient's Age (0010,1010),
+    /// else Patient's Birth Date against the Study Date.
+    pub patient_age_years: Option<f64>,
 }
 
 /// Attributes the store reads all come before (0020,0010): parsing stops
@@ -198,6 +201,45 @@ fn with_un_values_reinterpreted(mut obj: DefaultDicomObject) -> DefaultDicomObje
     obj
 }
 
+/// An AS value ("045Y", "006M", "003W", "010D": PS3.5 6.2) in years;
+/// "000Y", which many systems write for an age they do not know, is none
+/// (a newborn's is given in days, weeks or months).
+fn age_string_years(age: &str) -> Option<f64> {
+    if age.trim() == "000Y" {
+        return None;
+    }
+    let (number, unit) = age.split_at(age.len().checked_sub(1)?);
+    let n: f64 = number.trim().parse().ok().filter(|n: &f64| *n >= 0.0)?;
+    let per_year = match unit.to_ascii_uppercase().as_str() {
+        "Y" => 1.0,
+        "M" => 12.0,
+        "W" => 52.1775,
+        "D" => 365.25,
+        _ => return None,
+    };
+    Some(n / per_year)
+}
+
+/// Years from DA `born` to DA `on` (YYYYMMDD; the old YYYY.MM.DD form too),
+/// none when either is unreadable or `on` comes first.
+fn years_between(born: &str, on: &str) -> Option<f64> {
+    let day = |da: &str| -> Option<f64> {
+        let digits: String = da.chars().filter(char::is_ascii_digit).collect();
+        if digits.len() != 8 {
+            return None;
+        }
+        let (y, m, d): (f64, f64, f64) = (
+            digits[..4].parse().ok()?,
+            digits[4..6].parse().ok()?,
+            digits[6..].parse().ok()?,
+        );
+        ((1.0..=12.0).contains(&m) && (1.0..=31.0).contains(&d))
+            .then_some(y + (m - 1.0) / 12.0 + (d - 1.0) / 365.25)
+    };
+    let years = day(on)? - day(born)?;
+    (years >= 0.0).then_some(years)
+}
+
 impl InstanceHeader {
     /// Parses the header of a Part-10 file, after checking that no element
     /// claims more bytes than the file has (see `lengths`).
@@ -234,6 +276,13 @@ impl InstanceHeader {
             // (its coded form lies past the header: `read` looks for it)
             view_position: text(tags::VIEW_POSITION),
             accession_number: text(tags::ACCESSION_NUMBER),
+            patient_age_years: text(tags::PATIENT_AGE)
+                .and_then(|age| age_string_years(&age))
+                .or_else(|| {
+                    let born = text(tags::PATIENT_BIRTH_DATE)?;
+                    let study = text(tags::STUDY_DATE)?;
+                    years_between(&born, &study)
+                }),
         })
     }
 
@@ -252,5 +301,28 @@ impl InstanceHeader {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod age_tests {
+    use super::*;
+
+    #[test]
+    fn ages_in_every_unit_and_from_dates() {
+        assert_eq!(age_string_years("045Y"), Some(45.0));
+        assert_eq!(age_string_years("018M"), Some(1.5));
+        assert!(age_string_years("010D").is_some_and(|y| y < 0.03));
+        assert!(age_string_years("003W").is_some_and(|y| y < 0.06));
+        assert_eq!(age_string_years("45"), None);
+        assert_eq!(age_string_years("000Y"), None);
+        assert_eq!(age_string_years("000D"), Some(0.0));
+        assert_eq!(age_string_years("Y"), None);
+        assert_eq!(age_string_years(""), None);
+        let y = years_between("19800615", "20261129").unwrap();
+        assert!((46.4..46.5).contains(&y), "{y}");
+        assert!(years_between("2024.01.01", "20261129").is_some_and(|y| y < 3.0));
+        assert_eq!(years_between("20300101", "20261129"), None);
+        assert_eq!(years_between("unknown", "20261129"), None);
     }
 }

@@ -32,6 +32,7 @@ struct ReceivedJob {
     body_part_examined: Option<String>,
     view_position: Option<String>,
     transfer_syntax_uid: String,
+    patient_age_years: Option<f64>,
 }
 
 impl Store {
@@ -44,7 +45,8 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         let jobs: Vec<ReceivedJob> = sqlx::query_as(
             "SELECT j.id, i.sop_class_uid, i.sop_instance_uid, i.study_instance_uid, i.series_instance_uid,
-                    i.modality, i.body_part_examined, i.view_position, i.transfer_syntax_uid
+                    i.modality, i.body_part_examined, i.view_position, i.transfer_syntax_uid,
+                    i.patient_age_years
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.state = 'received' ORDER BY j.id",
         )
         .fetch_all(self.pool())
@@ -60,6 +62,7 @@ impl Store {
                 body_part_examined: job.body_part_examined,
                 view_position: job.view_position,
                 accession_number: None, // not a routing criterion
+                patient_age_years: job.patient_age_years,
             };
             let refusal = decide(&header, &job.transfer_syntax_uid);
             let state = if refusal.is_some() {
