@@ -12,7 +12,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 
 use crate::codestream;
 use crate::error::ImagingError;
-use crate::header::{elem, ImageHeader};
+use crate::header::{check_high_bit, elem, fit_decoded_samples, ImageHeader};
 use crate::jpeg;
 
 /// Transfer syntaxes whose pixel data this crate decodes for analysis.
@@ -84,7 +84,8 @@ fn ts_name(uid: &str) -> String {
 }
 
 /// The stored samples of the single frame, little endian, exactly
-/// `header.frame_bytes()` long.
+/// `header.frame_bytes()` long, checked against Bits Stored: native ones by
+/// [`check_high_bit`], decoded ones by [`fit_decoded_samples`].
 pub(crate) fn decode_samples<'a>(
     obj: &'a DefaultDicomObject,
     header: &ImageHeader,
@@ -147,13 +148,15 @@ pub(crate) fn decode_samples<'a>(
             if actual != expected && actual != padded {
                 return Err(ImagingError::PixelDataLength { expected, actual });
             }
-            Ok(match bytes {
+            let samples = match bytes {
                 Cow::Borrowed(b) => Cow::Borrowed(&b[..expected]),
                 Cow::Owned(mut v) => {
                     v.truncate(expected);
                     Cow::Owned(v)
                 }
-            })
+            };
+            check_high_bit(&samples, header)?;
+            Ok(samples)
         }
         _ => Err(unsupported("no pixel data decoder for it in this build")),
     }
@@ -186,8 +189,10 @@ fn one_fragment_per_frame(
 }
 
 /// One frame of encapsulated pixel data as little-endian stored samples,
-/// exactly `header.frame_bytes()` long. The caller has checked that the
-/// transfer syntax is one [`can_decode`] takes and the value a sequence.
+/// exactly `header.frame_bytes()` long and within Bits Stored
+/// ([`fit_decoded_samples`]: for the analysis and for decompressing alike).
+/// The caller has checked that the transfer syntax is one [`can_decode`]
+/// takes and the value a sequence.
 pub(crate) fn decode_encapsulated_frame(
     obj: &DefaultDicomObject,
     header: &ImageHeader,
@@ -204,7 +209,7 @@ pub(crate) fn decode_encapsulated_frame(
     let codestream = obj
         .frame_pixel_data(frame)
         .ok_or_else(|| decode_err(format!("no fragments for frame {}", frame + 1)))?;
-    let out = if is_libjpeg_turbo_jpeg(uid) {
+    let mut out = if is_libjpeg_turbo_jpeg(uid) {
         decode_jpeg(&codestream, header).map_err(decode_err)?
     } else {
         let Some(Codec::EncapsulatedPixelData(Some(decoder), _)) =
@@ -258,6 +263,7 @@ pub(crate) fn decode_encapsulated_frame(
             actual: out.len(),
         });
     }
+    fit_decoded_samples(&mut out, header, crate::transcode::is_lossy(uid))?;
     Ok(out)
 }
 

@@ -144,20 +144,17 @@ pub fn grey_image(
 ) -> Result<(GreyImage, GreyReport, PreprocessReportHeader), ImagingError> {
     let h = header::ImageHeader::from_obj(obj)?;
     let params = grey::GreyParams::from_obj(obj, &h)?;
-    let mut samples = decode::decode_samples(obj, &h)?;
+    let samples = decode::decode_samples(obj, &h)?;
+    let (img, rep) = grey::to_grey(&samples, &h, &params)?;
     let ts = obj
         .meta()
         .transfer_syntax()
         .trim_end_matches(['\0', ' '])
         .to_string();
-    let registered = TransferSyntaxRegistry.get(&ts);
-    if registered.is_some_and(|t| t.is_encapsulated_pixel_data()) {
-        header::fit_decoded_samples(samples.to_mut(), &h, transcode::is_lossy(&ts))?;
-    } else {
-        header::check_high_bit(&samples, &h)?;
-    }
-    let (img, rep) = grey::to_grey(&samples, &h, &params)?;
-    let ts_name = registered.map(|t| t.name().to_string()).unwrap_or_default();
+    let ts_name = TransferSyntaxRegistry
+        .get(&ts)
+        .map(|t| t.name().to_string())
+        .unwrap_or_default();
     Ok((
         img,
         rep,

@@ -116,11 +116,9 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
     one_fragment_per_frame(&mut obj, frames, &uid)?;
     let mut samples_le = Vec::with_capacity(total as usize);
     for frame in 0..frames {
-        let mut samples = decode_encapsulated_frame(&obj, &header, frame)?;
-        // Bits above Bits Stored (a codestream wider than the header says)
-        // went out native under that header: noise to every viewer.
-        crate::header::fit_decoded_samples(&mut samples, &header, is_lossy(&uid))?;
-        samples_le.extend(samples);
+        // Within Bits Stored (checked there): samples wider than the
+        // header says went out native under it, noise to every viewer.
+        samples_le.extend(decode_encapsulated_frame(&obj, &header, frame)?);
     }
     let pixel_data = if header.bits_allocated == 8 {
         // Values have even length (PS3.5 7.1.1): one NUL pads an odd count.

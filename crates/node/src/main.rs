@@ -490,7 +490,7 @@ async fn serve(config: Config) -> Result<()> {
             metrics: metrics.clone(),
             stopping: stopping_rx.clone(),
             delivered_unrecorded: Default::default(),
-            report_uid_root: Some(config.report.uid_root.clone()).filter(|r| !r.is_empty()),
+            report_uid_root: config.report.node_identity(&config.dicom.ae_title).uid_root,
         }
         .run(),
     );
