@@ -121,13 +121,39 @@ impl<'a> Bound<'a> {
     }
 }
 
+/// The table a listing reads, joined with `instances i`.
+#[derive(Clone, Copy)]
+enum Listed {
+    Jobs,
+    Deliveries,
+}
+
+impl Listed {
+    /// The table's alias in the listing's query.
+    fn alias(self) -> &'static str {
+        match self {
+            Listed::Jobs => "j",
+            Listed::Deliveries => "o",
+        }
+    }
+
+    /// The condition matching a SOP Instance UID, and how many times it
+    /// binds the UID: a delivery is also found by the UID it was sent under.
+    fn sop_instance_condition(self) -> (&'static str, usize) {
+        match self {
+            Listed::Jobs => ("i.sop_instance_uid = ?", 1),
+            Listed::Deliveries => ("(i.sop_instance_uid = ? OR o.sent_as_uid = ?)", 2),
+        }
+    }
+}
+
 impl<'a> Listing<'a> {
-    /// ` WHERE a AND b ...` on `row` (the jobs or outbox alias, with
-    /// `instances i` joined), or nothing; and the values to bind, in order.
-    /// Conditions are written only when given: `(? IS NULL OR j.state = ?)`
-    /// kept SQLite off the state index, and a listing of the few failed
-    /// jobs walked every job (45 s at 300,000).
-    fn conditions(&self, row: &str) -> (String, Vec<Bound<'a>>) {
+    /// ` WHERE a AND b ...` on the `listed` table, or nothing; and the
+    /// values to bind, in order. Conditions are written only when given:
+    /// `(? IS NULL OR j.state = ?)` kept SQLite off the state index, and a
+    /// listing of the few failed jobs walked every job (45 s at 300,000).
+    fn conditions(&self, listed: Listed) -> (String, Vec<Bound<'a>>) {
+        let row = listed.alias();
         let mut conditions = Vec::new();
         let mut values = Vec::new();
         if let Some(state) = self.state {
@@ -139,14 +165,9 @@ impl<'a> Listing<'a> {
             values.push(Bound::Text(study));
         }
         if let Some(sop) = self.sop_instance_uid {
-            if row == "o" {
-                // A delivery is also found by the UID it was sent under.
-                conditions.push("(i.sop_instance_uid = ? OR o.sent_as_uid = ?)".to_string());
-                values.push(Bound::Text(sop));
-            } else {
-                conditions.push("i.sop_instance_uid = ?".to_string());
-            }
-            values.push(Bound::Text(sop));
+            let (condition, binds) = listed.sop_instance_condition();
+            conditions.push(condition.to_string());
+            values.extend((0..binds).map(|_| Bound::Text(sop)));
         }
         if let Some(accession) = self.accession_number {
             conditions.push("i.accession_number = ?".to_string());
@@ -183,7 +204,7 @@ impl Store {
         } else {
             JOB_COLUMNS.replace("j.result_json,", "NULL AS result_json,")
         };
-        let (filter, values) = listing.conditions("j");
+        let (filter, values) = listing.conditions(Listed::Jobs);
         let sql = format!("{columns}{filter} ORDER BY j.id DESC LIMIT ?");
         let mut query = sqlx::query_as(&sql);
         for value in values {
@@ -197,7 +218,7 @@ impl Store {
         &self,
         listing: &Listing<'_>,
     ) -> Result<Vec<OutboxRowView>, StoreError> {
-        let (filter, values) = listing.conditions("o");
+        let (filter, values) = listing.conditions(Listed::Deliveries);
         let sql = format!(
             "SELECT o.id, {DELIVERY_KIND} AS kind,
                     i.sop_instance_uid, o.sent_as_uid, i.study_instance_uid, o.destination, o.state,
