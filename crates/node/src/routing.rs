@@ -213,8 +213,9 @@ impl RoutingSection {
             .filter(|age| *age < f64::from(self.analyse_min_age_years))
         {
             return Some(format!(
-                "patient age {age:.1} years is under routing.analyse_min_age_years ({}): the \
-                 model reads adults' radiographs",
+                "patient age {} is under routing.analyse_min_age_years ({}): the model reads \
+                 adults' radiographs",
+                spoken_age(age),
                 self.analyse_min_age_years
             ));
         }
@@ -280,6 +281,20 @@ impl RoutingSection {
             }
         }
         Ok(())
+    }
+}
+
+/// An age in years as a person says it: completed years, or months, or
+/// days under a month (rounding 15.99 up to "16.0 years" read as a
+/// contradiction of the minimum it was under).
+fn spoken_age(years: f64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if years >= 1.0 {
+        plural(years.floor() as u64, "year")
+    } else if years >= 1.0 / 12.0 {
+        plural((years * 12.0).floor() as u64, "month")
+    } else {
+        plural((years * 365.25).floor() as u64, "day")
     }
 }
 
@@ -351,7 +366,13 @@ mod tests {
         let mut h = header(Some("CR"), Some("CHEST"), Some("PA"));
         h.patient_age_years = Some(4.5);
         let why = r.analysis_refusal(&h).unwrap();
-        assert!(why.contains("patient age 4.5 years is under"), "{why}");
+        assert!(why.contains("patient age 4 years is under"), "{why}");
+        h.patient_age_years = Some(15.999);
+        let why = r.analysis_refusal(&h).unwrap();
+        assert!(why.contains("patient age 15 years is under"), "{why}");
+        assert_eq!(spoken_age(1.0), "1 year");
+        assert_eq!(spoken_age(0.5), "6 months");
+        assert_eq!(spoken_age(10.0 / 365.25), "10 days");
         for adult in [Some(16.0), Some(45.0), None] {
             h.patient_age_years = adult;
             assert_eq!(r.analysis_refusal(&h), None, "{adult:?}");

@@ -201,44 +201,83 @@ fn with_un_values_reinterpreted(mut obj: DefaultDicomObject) -> DefaultDicomObje
     obj
 }
 
-/// An AS value ("045Y", "006M", "003W", "010D": PS3.5 6.2) in years;
+/// An AS value ("045Y", "006M", "003W", "010D": PS3.5 6.2) in years; a
+/// bare number ("12", written by some systems against the VR) is years.
 /// "000Y", which many systems write for an age they do not know, is none
 /// (a newborn's is given in days, weeks or months).
 fn age_string_years(age: &str) -> Option<f64> {
-    if age.trim() == "000Y" {
+    let age = age.trim();
+    if age == "000Y" {
         return None;
     }
-    let (number, unit) = age.split_at(age.len().checked_sub(1)?);
-    let n: f64 = number.trim().parse().ok().filter(|n: &f64| *n >= 0.0)?;
-    let per_year = match unit.to_ascii_uppercase().as_str() {
-        "Y" => 1.0,
-        "M" => 12.0,
-        "W" => 52.1775,
-        "D" => 365.25,
-        _ => return None,
+    let (number, per_year) = match age.char_indices().last()? {
+        (i, unit) if unit.is_ascii_alphabetic() => {
+            let per_year = match unit.to_ascii_uppercase() {
+                'Y' => 1.0,
+                'M' => 12.0,
+                'W' => 52.1775,
+                'D' => 365.25,
+                _ => return None,
+            };
+            (&age[..i], per_year)
+        }
+        _ => (age, 1.0),
     };
-    Some(n / per_year)
+    let number = number.trim();
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(number.parse::<f64>().ok()? / per_year)
 }
 
-/// Years from DA `born` to DA `on` (YYYYMMDD; the old YYYY.MM.DD form too),
-/// none when either is unreadable or `on` comes first.
-fn years_between(born: &str, on: &str) -> Option<f64> {
-    let day = |da: &str| -> Option<f64> {
-        let digits: String = da.chars().filter(char::is_ascii_digit).collect();
-        if digits.len() != 8 {
-            return None;
-        }
-        let (y, m, d): (f64, f64, f64) = (
+/// A DA value (YYYYMMDD; the old YYYY.MM.DD form too) as (year, month,
+/// day). A birth date of a year alone ("1975", against the VR: some
+/// registries know no more) is the year's first day, as registries record
+/// an unknown birthday.
+fn calendar_day(da: &str, year_alone: bool) -> Option<(i32, u32, u32)> {
+    let digits: String = da.chars().filter(char::is_ascii_digit).collect();
+    let (y, m, d) = match digits.len() {
+        8 => (
             digits[..4].parse().ok()?,
             digits[4..6].parse().ok()?,
             digits[6..].parse().ok()?,
-        );
-        ((1.0..=12.0).contains(&m) && (1.0..=31.0).contains(&d))
-            .then_some(y + (m - 1.0) / 12.0 + (d - 1.0) / 365.25)
+        ),
+        4 if year_alone && da.trim().len() == 4 => (digits.parse().ok()?, 1, 1),
+        _ => return None,
     };
-    let years = day(on)? - day(born)?;
-    (years >= 0.0).then_some(years)
+    ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y, m, d))
 }
+
+/// The age in years on DA `on` of a patient born on DA `born`: the
+/// completed years (a birthday counts from its day), plus the part of the
+/// year since the last birthday; none when either is unreadable or `on`
+/// comes first.
+fn years_between(born: &str, on: &str) -> Option<f64> {
+    let (by, bm, bd) = calendar_day(born, true)?;
+    let (oy, om, od) = calendar_day(on, false)?;
+    let before_birthday = (om, od) < (bm, bd);
+    let completed = oy - by - i32::from(before_birthday);
+    if completed < 0 {
+        return None;
+    }
+    // days since the last birthday, by 31-day months: under a year, so
+    // the completed years are never rounded up
+    let month_days = |m: u32, d: u32| i64::from(m) * 31 + i64::from(d);
+    let mut since = month_days(om, od) - month_days(bm, bd);
+    if before_birthday {
+        since += 12 * 31;
+    }
+    Some(f64::from(completed) + since as f64 / (12.0 * 31.0 + 1.0))
+}
+
+/// The dates a patient's age is counted to, most telling first: Study
+/// Date is Type 2 and may be empty, while the image's own dates are there.
+const AGE_REFERENCE_DATES: [Tag; 4] = [
+    tags::STUDY_DATE,
+    tags::SERIES_DATE,
+    tags::ACQUISITION_DATE,
+    tags::CONTENT_DATE,
+];
 
 impl InstanceHeader {
     /// Parses the header of a Part-10 file, after checking that no element
@@ -280,8 +319,11 @@ impl InstanceHeader {
                 .and_then(|age| age_string_years(&age))
                 .or_else(|| {
                     let born = text(tags::PATIENT_BIRTH_DATE)?;
-                    let study = text(tags::STUDY_DATE)?;
-                    years_between(&born, &study)
+                    AGE_REFERENCE_DATES
+                        .iter()
+                        .filter_map(|tag| text(*tag))
+                        .chain(text(tags::ACQUISITION_DATE_TIME))
+                        .find_map(|on| years_between(&born, on.get(..8).unwrap_or(&on)))
                 }),
         })
     }
@@ -314,7 +356,10 @@ mod age_tests {
         assert_eq!(age_string_years("018M"), Some(1.5));
         assert!(age_string_years("010D").is_some_and(|y| y < 0.03));
         assert!(age_string_years("003W").is_some_and(|y| y < 0.06));
-        assert_eq!(age_string_years("45"), None);
+        assert_eq!(age_string_years("45"), Some(45.0));
+        assert_eq!(age_string_years(" 012 "), Some(12.0));
+        assert_eq!(age_string_years("12X"), None);
+        assert_eq!(age_string_years("1.5Y"), None);
         assert_eq!(age_string_years("000Y"), None);
         assert_eq!(age_string_years("000D"), Some(0.0));
         assert_eq!(age_string_years("Y"), None);
@@ -324,5 +369,13 @@ mod age_tests {
         assert!(years_between("2024.01.01", "20261129").is_some_and(|y| y < 3.0));
         assert_eq!(years_between("20300101", "20261129"), None);
         assert_eq!(years_between("unknown", "20261129"), None);
+        // the day before the sixteenth birthday, and the birthday itself
+        assert!(years_between("20101121", "20261120").is_some_and(|y| y < 16.0));
+        assert!(years_between("20101121", "20261121").is_some_and(|y| y >= 16.0));
+        assert!(years_between("20100131", "20260130").is_some_and(|y| y < 16.0));
+        assert!(years_between("20101231", "20261230").is_some_and(|y| (15.99..16.0).contains(&y)));
+        // a year alone is its first day, for a birth date only
+        assert!(years_between("2016", "20261120").is_some_and(|y| (10.8..11.0).contains(&y)));
+        assert_eq!(years_between("19800615", "2026"), None);
     }
 }
