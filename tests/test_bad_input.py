@@ -246,3 +246,59 @@ def test_uids_with_leading_zeros_are_analysed_and_referenced_as_they_are(node, r
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == ds.SeriesInstanceUID
     assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+def cut_in_pixel_data(path, tmp_path, encapsulated):
+    """(SOP Class UID, SOP Instance UID, transfer syntax, data set bytes cut
+    halfway through its pixel data) of a copy of `path` with fresh UIDs."""
+    from nodetest import copy_with_new_uids
+
+    dst = tmp_path / "whole.dcm"
+    copy_with_new_uids(path, dst)
+    ds = pydicom.dcmread(dst)
+    data = dataset_bytes(dst)
+    at = data.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010)
+    assert at > 0 and (b"\xff\xff\xff\xff" in data[at:at + 12]) == encapsulated
+    cut = at + (len(data) - at) // 2
+    return ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, data[:cut]
+
+
+@pytest.mark.parametrize("fixture", ["rg1s_mono2.dcm", "rg1s_jpeg_lossless_sv1.dcm"])
+def test_a_data_set_cut_in_its_pixel_data_is_refused_not_acknowledged(node, rg1_copies, tmp_path, fixture):
+    """A sender that stops halfway through the pixel data but marks its last
+    fragment as last: the header parsed, so the instance was acknowledged
+    0000 (the sender may then delete its copy) and stored broken; it is
+    refused C000 now, naming the pixel data, and what was stored before
+    stays."""
+    from nodetest import ROOT
+
+    (good,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, good)
+    good_uid = pydicom.dcmread(good).SOPInstanceUID
+    encapsulated = "jpeg" in fixture
+    sop_class, sop_uid, syntax, cut = cut_in_pixel_data(
+        ROOT / "fixtures" / "imaging" / fixture, tmp_path, encapsulated)
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, sop_class, [syntax])])
+    raw.send(pdata(1, True, True, c_store_rq(7, sop_class, sop_uid)))
+    raw.send(pdata(1, False, True, cut))
+    rsp = raw.read_command()
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    comment = rsp[0x0902].decode()
+    assert ("fragment" in comment) if encapsulated else ("(7FE0,0010)" in comment), comment
+    raw.close()
+    assert_still_serving_and_clean(node, sop_uid)
+    assert node.instance_rows(good_uid) == 1
+    # A data set with an undefined-length sequence never closed after the
+    # pixel data: refused too.
+    whole = dataset_bytes(tmp_path / "whole.dcm")
+    open_sq = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, sop_class, [syntax])])
+    raw.send(pdata(1, True, True, c_store_rq(8, sop_class, sop_uid)))
+    raw.send(pdata(1, False, True, whole + open_sq + item))
+    rsp = raw.read_command()
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    raw.close()
+    assert_still_serving_and_clean(node, sop_uid)

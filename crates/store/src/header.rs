@@ -55,6 +55,15 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
     crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
 }
 
+/// Refuses a Part-10 file whose data set does not end where its elements
+/// say: a value, a sequence or the pixel data cut off (a sender that
+/// stopped mid-instance but marked the last fragment as last). Checked
+/// before the instance is acknowledged: a success status tells the sender
+/// it may delete its copy.
+pub fn check_whole_data_set(path: &Path) -> Result<(), StoreError> {
+    check_element_lengths(path, Tag(0xFFFF, 0xFFFF))
+}
+
 type FileReader = std::io::BufReader<std::fs::File>;
 
 /// The file positioned at its data set, the data set's encoding and the

@@ -3,9 +3,10 @@
 //! The DICOM parser allocates (and zero-fills) as many bytes as an element
 //! claims before reading them, so a garbled or hostile data set claiming a
 //! 4 GB element costs 4 GB of memory and seconds of CPU before it fails.
-//! This scan walks the element headers up to the pixel data, following
-//! sequences and items, and refuses any length that does not fit in what
-//! actually arrived, without allocating.
+//! This scan walks the element headers up to a given tag (or the whole data
+//! set, encapsulated pixel data's fragments included), following sequences
+//! and items, and refuses any length that does not fit in what actually
+//! arrived, without allocating.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -14,6 +15,7 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
+const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const MAX_DEPTH: usize = 32;
 
 /// VRs whose explicit VR header has a 32-bit length (PS3.5 §7.1.2).
@@ -174,6 +176,11 @@ impl<R: Read + Seek> Scanner<R> {
                 (vr, self.u32()?)
             };
             let is_sequence = vr == VR::SQ || (len == UNDEFINED && vr == VR::UN);
+            if len == UNDEFINED && tag == PIXEL_DATA && !is_sequence {
+                // Encapsulated pixel data: fragments up to its delimiter.
+                self.fragments(end)?;
+                continue;
+            }
             if len == UNDEFINED {
                 if !is_sequence {
                     return Err(format!(
@@ -225,6 +232,34 @@ impl<R: Read + Seek> Scanner<R> {
         if let Some((_, item)) = self.path.last_mut() {
             *item += 1;
         }
+    }
+
+    /// The fragments of encapsulated pixel data (PS3.5 A.4): items of
+    /// defined length holding bytes, up to the sequence delimiter.
+    fn fragments(&mut self, end: u64) -> Result<(), String> {
+        while self.pos < end {
+            let at = self.pos;
+            let tag = Tag(self.u16()?, self.u16()?);
+            let len = self.u32()?;
+            match (tag.group(), tag.element()) {
+                (0xFFFE, 0xE0DD) => return Ok(()),
+                (0xFFFE, 0xE000) if len != UNDEFINED => {
+                    if self.pos + u64::from(len) > end {
+                        return Err(format!(
+                            "pixel data fragment at byte {at} claims {len} bytes; only {} remain",
+                            end - self.pos
+                        ));
+                    }
+                    self.skip(u64::from(len))?;
+                }
+                _ => {
+                    return Err(format!(
+                        "expected a pixel data fragment, found {tag} at byte {at}"
+                    ))
+                }
+            }
+        }
+        Err("encapsulated pixel data never ends (no sequence delimiter)".into())
     }
 
     /// The items of a sequence, up to `end` or its delimiter.

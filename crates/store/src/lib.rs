@@ -383,9 +383,12 @@ impl Store {
         })?;
         incoming_uids_problem(incoming)?;
         let spool = incoming.spool_path.clone();
-        let header = tokio::task::spawn_blocking(move || InstanceHeader::read(&spool))
-            .await
-            .map_err(|e| StoreError::Unparseable(e.to_string()))??;
+        let header = tokio::task::spawn_blocking(move || {
+            header::check_whole_data_set(&spool)?;
+            InstanceHeader::read(&spool)
+        })
+        .await
+        .map_err(|e| StoreError::Unparseable(e.to_string()))??;
         header.check_against(incoming)?;
         let sha256 = hex::encode(incoming.dataset_sha256);
 
