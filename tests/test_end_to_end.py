@@ -5,6 +5,7 @@ not analysed; a kill -9 mid-analysis changes nothing in the end."""
 import io
 import json
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,6 +226,31 @@ def test_one_uid_received_twice_with_other_content_is_kept_and_analysed_twice(no
     assert node.alive() and node.spool_files() == []
 
 
+def assert_replaces(node, new, old, why):
+    """`new` names `old` in its Predecessor Documents Sequence and in a
+    comment, and passes dciodvfy with it."""
+    (study,) = new.PredecessorDocumentsSequence
+    (series,) = study.ReferencedSeriesSequence
+    (sop,) = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID, sop.ReferencedSOPClassUID,
+            sop.ReferencedSOPInstanceUID) == (old.StudyInstanceUID, old.SeriesInstanceUID,
+                                              old.SOPClassUID, old.SOPInstanceUID)
+    def texts(item):
+        for child in item.get("ContentSequence", []):
+            if child.ValueType == "TEXT":
+                yield child.TextValue
+            yield from texts(child)
+
+    texts = list(texts(new))
+    assert any(t.startswith(f"This report replaces report {old.SOPInstanceUID}, made by the same "
+                            "model") and t.endswith(why) for t in texts), texts
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "replacing.dcm"
+        new.save_as(path)
+        out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
+    assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
 def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies, tmp_path):
     """The modality re-sends an image with the patient corrected (same SOP
     Instance UID): its analysis linked to the first report, which named the
@@ -248,6 +274,10 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
     for sr in (old, new):
         (ref,) = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == corrected.SOPInstanceUID
+    # The new one names the one it replaces, so a viewer can tell the
+    # current report (both sat unlinked in one series), and says why.
+    assert_replaces(node, new, old, "this copy names another patient or study.")
+    assert "PredecessorDocumentsSequence" not in old
     # A copy of the corrected copy (another series description, the name's
     # trailing delimiters written out) shares the corrected one's report:
     # each later version was compared with the first only, and got a third.
@@ -288,6 +318,9 @@ def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, r
         p = json.loads(record)["prediction"]["p_positive"]
         assert certainty(pydicom.dcmread(node.data_dir / sr_path)) == pytest.approx(p * 100, abs=1e-4)
     assert "gave another result than the report made for an earlier copy" in node.log()
+    assert_replaces(node, pydicom.dcmread(node.data_dir / sr2), pydicom.dcmread(node.data_dir / sr1),
+                    "this copy's analysis gave another result.")
+    assert json.loads(r2)["replaces_sr_sop_instance_uid"] == pydicom.dcmread(node.data_dir / sr1).SOPInstanceUID
     # A copy with the first's pixels and a header a router changed shares
     # the first's report (its result is the same).
     same = pydicom.dcmread(first)
@@ -396,13 +429,20 @@ def one_report(node, rg1_copies):
     return node.data_dir / sr_rel, json.loads(result)
 
 
-def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_copies):
+@pytest.mark.parametrize("body_part", [None, "THORAX"])
+def test_the_node_s_own_sr_and_companion_pass_the_validators(node_factory, rg1_copies, body_part):
     """The SR and the companion image the running node makes (not the
-    builder alone): dciodvfy, dsrdump and highdicom."""
+    builder alone): dciodvfy, dsrdump and highdicom. THORAX (analysed by
+    default) is a paired part for the companion's series: it needs an
+    (empty) Laterality."""
     import highdicom as hd
 
     node = node_factory(report__companion_sc="true").start()
     (f,) = rg1_copies("UNCI", 1)
+    if body_part:
+        ds = pydicom.dcmread(f)
+        ds.BodyPartExamined = body_part
+        ds.save_as(f)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
     with node.db() as c:

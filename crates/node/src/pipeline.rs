@@ -16,8 +16,9 @@ use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
 use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
     build_companion_sc, build_sr, sc_sop_instance_uid, sr_sop_instance_uid, AnalysisResult,
-    GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity, PixelRegion,
-    ReportOptions, ReportTime, SourceInstance, WeightsKind as ReportWeights,
+    EarlierReport, GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity,
+    PixelRegion, Replacement, ReportOptions, ReportTime, SourceInstance,
+    WeightsKind as ReportWeights,
 };
 use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks};
 use serde::Deserialize;
@@ -80,6 +81,10 @@ struct ResultRecord<'a> {
     decision: &'static str,
     preprocessing: &'a PreprocessReport,
     sr_sop_instance_uid: &'a str,
+    /// The report made for an earlier copy under the same UID that this
+    /// one replaces (docs/sr.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces_sr_sop_instance_uid: Option<&'a str>,
     /// Where the job's time went, in milliseconds.
     timings_ms: Timings,
 }
@@ -283,10 +288,12 @@ impl Pipeline {
             .map_err(|e| format!("report: {e}"))
         };
         let mut sr_uid = report_uid(&source)?;
+        let mut because = Replacement::OtherPatientOrStudy;
         if self
             .states_another_result(&sr_uid, job.instance_id, &prediction, &result)
             .await?
         {
+            because = Replacement::OtherResult;
             // The sender re-used the UID for other pixels: linked to the
             // earlier copy's report, this copy's result would be reported
             // nowhere, and the PACS would show its pixels with that one.
@@ -300,6 +307,19 @@ impl Pipeline {
             );
         }
 
+        if source.version.is_some() {
+            source.replaces = self
+                .store
+                .earlier_copy_report(job.instance_id, &model.contract_sha256, &sr_uid)
+                .await?
+                .map(|(study, series, class, uid)| EarlierReport {
+                    study_instance_uid: study,
+                    series_instance_uid: series,
+                    sop_class_uid: class,
+                    sop_instance_uid: uid,
+                    because,
+                });
+        }
         let sr_id = self
             .generated_once(&sr_uid, || {
                 let time = report_time_now();
@@ -348,6 +368,10 @@ impl Pipeline {
             decision: result.decision.as_str(),
             preprocessing: &prepared.report,
             sr_sop_instance_uid: &sr_uid,
+            replaces_sr_sop_instance_uid: source
+                .replaces
+                .as_ref()
+                .map(|r| r.sop_instance_uid.as_str()),
             timings_ms: Timings {
                 report: ms_since(t_report),
                 ..timings
@@ -387,6 +411,7 @@ impl Pipeline {
                 execution_provider = prediction.execution_provider.as_str(),
                 demo = prediction.warning.as_deref(),
                 sr = %sr_uid,
+                replaces = source.replaces.as_ref().map(|r| r.sop_instance_uid.as_str()),
                 "reported"
             );
         }

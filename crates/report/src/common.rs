@@ -246,19 +246,32 @@ pub(crate) fn contributing_equipment(
 /// One study/series/instance reference (Hierarchical SOP Instance Reference
 /// Macro) to the source.
 pub(crate) fn evidence_item(source: &SourceInstance) -> InMemDicomObject {
+    hierarchical_reference(
+        &source.study_instance_uid,
+        &source.series_instance_uid,
+        &source.sop_class_uid,
+        &source.sop_instance_uid,
+    )
+}
+
+/// One study's item of a Hierarchical SOP Instance Reference (PS3.3
+/// C.17.2.1): the study, its one series and its one instance.
+pub(crate) fn hierarchical_reference(
+    study_instance_uid: &str,
+    series_instance_uid: &str,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+) -> InMemDicomObject {
     let mut series = InMemDicomObject::new_empty();
     put_str(
         &mut series,
         tags::SERIES_INSTANCE_UID,
         VR::UI,
-        source.series_instance_uid.clone(),
+        series_instance_uid,
     );
     series.put(sequence(
         tags::REFERENCED_SOP_SEQUENCE,
-        vec![sop_reference(
-            &source.sop_class_uid,
-            &source.sop_instance_uid,
-        )],
+        vec![sop_reference(sop_class_uid, sop_instance_uid)],
     ));
     let mut study = InMemDicomObject::new_empty();
     study.put(sequence(tags::REFERENCED_SERIES_SEQUENCE, vec![series]));
@@ -266,7 +279,7 @@ pub(crate) fn evidence_item(source: &SourceInstance) -> InMemDicomObject {
         &mut study,
         tags::STUDY_INSTANCE_UID,
         VR::UI,
-        source.study_instance_uid.clone(),
+        study_instance_uid,
     );
     study
 }

@@ -24,7 +24,7 @@ pub mod uid;
 pub use common::IMPLEMENTATION_VERSION_NAME;
 pub use content::{Code, ContentItem, ItemValue, Relationship};
 pub use sc::{build_companion_sc, GreyImage};
-pub use source::SourceInstance;
+pub use source::{EarlierReport, Replacement, SourceInstance};
 pub use sr::{build_content_tree, build_sr, DEMO_MARK};
 pub use types::{
     AnalysisResult, Decision, ModelIdentity, NodeIdentity, PixelRegion, ReportOptions, ReportTime,

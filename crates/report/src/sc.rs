@@ -86,6 +86,12 @@ pub fn downscale(img: &GreyImage<'_>, max_side: usize) -> Result<Raster, ReportE
 
 /// Split `text` into lines of at most `width` characters, at spaces where
 /// possible.
+/// Body Part Examined terms of the chest and around it that PS3.16 Annex L
+/// calls paired structures: their series needs a Laterality (Type 2C).
+const PAIRED_BODY_PARTS: [&str; 8] = [
+    "LUNG", "THORAX", "PLEURA", "BREAST", "RIB", "CLAVICLE", "SCAPULA", "SHOULDER",
+];
+
 fn wrap(text: &str, width: usize) -> Vec<String> {
     let width = width.max(1);
     let mut lines = Vec::new();
@@ -246,10 +252,18 @@ pub fn build_companion_sc(
         &sc_series_description(model),
     );
     // General Series: Body Part Examined copied from the source, else CHEST
-    // (the node only analyses chest radiographs). Chest is unpaired, so
-    // Laterality (Type 2C, for paired parts) is left out.
+    // (the node only analyses chest radiographs). Laterality (Type 2C) is
+    // there for a paired part only: the source's R or L, else empty (a
+    // chest shows both sides, and the series' Laterality has no value for
+    // both).
     let body_part = source.body_part_examined.as_deref().unwrap_or("CHEST");
     put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
+    if PAIRED_BODY_PARTS.contains(&body_part) {
+        match source.series_laterality.as_deref() {
+            Some(side) => put_str(&mut obj, tags::LATERALITY, VR::CS, side),
+            None => put_empty(&mut obj, tags::LATERALITY, VR::CS),
+        }
+    }
     // SC Equipment
     put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
     // General Image

@@ -112,6 +112,8 @@ pub struct SourceInstance {
     pub specific_character_set: Option<String>,
     /// Body Part Examined (CS), when present.
     pub body_part_examined: Option<String>,
+    /// Laterality of the series (0020,0060), when `R` or `L`.
+    pub series_laterality: Option<String>,
     /// Timezone Offset From UTC as found, when present and valid.
     pub timezone_offset_from_utc: Option<String>,
     /// First item of the Procedure Code Sequence, when present and complete.
@@ -125,6 +127,42 @@ pub struct SourceInstance {
     /// a digest of that data set. The report's UIDs derive from it, so a
     /// corrected copy gets its own report.
     pub version: Option<String>,
+    /// The report this node made, with the same model, for an earlier copy
+    /// stored under this SOP Instance UID, which this copy's report
+    /// replaces (its Predecessor Documents Sequence and a comment say so).
+    pub replaces: Option<EarlierReport>,
+}
+
+/// A report made for an earlier copy of the source (see
+/// [`SourceInstance::replaces`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlierReport {
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// Why it does not stand for this copy.
+    pub because: Replacement,
+}
+
+/// Why a copy's report replaces an earlier copy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    /// The copy names another patient or study (corrected at the modality).
+    OtherPatientOrStudy,
+    /// The copy names the same, but its analysis gave another result (a
+    /// sender that re-used the UID for other pixels).
+    OtherResult,
+}
+
+impl Replacement {
+    /// The words of the report's comment.
+    pub fn explained(self) -> &'static str {
+        match self {
+            Replacement::OtherPatientOrStudy => "this copy names another patient or study",
+            Replacement::OtherResult => "this copy's analysis gave another result",
+        }
+    }
 }
 
 fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -210,6 +248,8 @@ impl SourceInstance {
                 && s.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
         });
+        let series_laterality =
+            get_str(obj, tags::LATERALITY).filter(|s| s.as_str() == "R" || s.as_str() == "L");
         let timezone_offset_from_utc = get_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC)
             .filter(|s| crate::types::parse_tz_offset(s).is_some());
         let procedure_code = match obj.get(tags::PROCEDURE_CODE_SEQUENCE).map(|e| e.value()) {
@@ -238,10 +278,12 @@ impl SourceInstance {
             frame_of_reference_uid,
             specific_character_set,
             body_part_examined,
+            series_laterality,
             timezone_offset_from_utc,
             procedure_code,
             copied_elements,
             version: None,
+            replaces: None,
         })
     }
 

@@ -398,6 +398,18 @@ pub fn build_content_tree(
             model.version.trim()
         ),
     ));
+    if let Some(earlier) = &source.replaces {
+        group.push(text(
+            Relationship::Contains,
+            codes::COMMENT,
+            format!(
+                "This report replaces report {}, made by the same model for an earlier copy \
+                 of this image under the same SOP Instance UID; {}.",
+                earlier.sop_instance_uid,
+                earlier.because.explained()
+            ),
+        ));
+    }
     let measurements = ContentItem::new(
         Relationship::Contains,
         codes::IMAGING_MEASUREMENTS,
@@ -498,6 +510,19 @@ pub fn build_sr(
         tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
         vec![common::evidence_item(source)],
     ));
+    if let Some(earlier) = &source.replaces {
+        // The report it replaces, as a revised report names its earlier
+        // version, so a viewer can tell the current one.
+        obj.put(sequence(
+            tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+            vec![common::hierarchical_reference(
+                &earlier.study_instance_uid,
+                &earlier.series_instance_uid,
+                &earlier.sop_class_uid,
+                &earlier.sop_instance_uid,
+            )],
+        ));
+    }
     let description = format!(
         "{} {} ({} weights) classified the referenced image for pneumoconiosis.",
         model.name.trim(),

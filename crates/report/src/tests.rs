@@ -92,6 +92,15 @@ fn time() -> ReportTime {
     }
 }
 
+/// The one measurement group of a content tree.
+fn measurement_group(tree: &ContentItem) -> &ContentItem {
+    &tree
+        .find(&codes::IMAGING_MEASUREMENTS)
+        .next()
+        .unwrap()
+        .children[0]
+}
+
 fn str_of(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.get(tag)
         .and_then(|e| e.to_str().ok())
@@ -221,11 +230,7 @@ fn absent_result_and_demo_marking() {
         &node(),
     )
     .unwrap();
-    let mg = &tree
-        .find(&codes::IMAGING_MEASUREMENTS)
-        .next()
-        .unwrap()
-        .children[0];
+    let mg = measurement_group(&tree);
     let verdict = mg.find(&codes::PNEUMOCONIOSIS).next().unwrap();
     assert_eq!(verdict.value, ItemValue::Code(codes::ABSENT));
     let demo = mg
@@ -848,6 +853,62 @@ fn a_later_version_of_a_source_gets_its_own_report_uids() {
         str_of(&first, tags::SERIES_INSTANCE_UID),
         str_of(&second, tags::SERIES_INSTANCE_UID)
     );
+    assert!(second.get(tags::PREDECESSOR_DOCUMENTS_SEQUENCE).is_none());
+}
+
+#[test]
+fn a_replacing_report_names_the_one_it_replaces() {
+    let first = trained_sr(&source(), 0.2);
+    let mut corrected = source();
+    corrected.version = Some("ab12".into());
+    corrected.replaces = Some(crate::EarlierReport {
+        study_instance_uid: str_of(&first, tags::STUDY_INSTANCE_UID),
+        series_instance_uid: str_of(&first, tags::SERIES_INSTANCE_UID),
+        sop_class_uid: str_of(&first, tags::SOP_CLASS_UID),
+        sop_instance_uid: str_of(&first, tags::SOP_INSTANCE_UID),
+        because: crate::Replacement::OtherPatientOrStudy,
+    });
+    let second = trained_sr(&corrected, 0.2);
+    let items = second
+        .get(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+        .and_then(|e| e.items())
+        .expect("a Predecessor Documents Sequence");
+    let study = &items[0];
+    assert_eq!(
+        str_of(study, tags::STUDY_INSTANCE_UID),
+        str_of(&first, tags::STUDY_INSTANCE_UID)
+    );
+    let series = &study
+        .get(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let sop = &series
+        .get(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(
+        str_of(sop, tags::REFERENCED_SOP_INSTANCE_UID),
+        str_of(&first, tags::SOP_INSTANCE_UID)
+    );
+    let tree = build_content_tree(
+        &corrected,
+        &result(0.2),
+        &model(WeightsKind::Trained),
+        &node(),
+    )
+    .unwrap();
+    let mg = measurement_group(&tree);
+    let replaces = format!(
+        "This report replaces report {}",
+        str_of(&first, tags::SOP_INSTANCE_UID)
+    );
+    let said = mg.find(&codes::COMMENT).any(|c| {
+        matches!(&c.value, ItemValue::Text(t) if t.starts_with(&replaces)
+            && t.ends_with("this copy names another patient or study."))
+    });
+    assert!(said, "{mg:?}");
 }
 
 #[test]

@@ -506,6 +506,34 @@ impl Store {
         .await?)
     }
 
+    /// The latest report made, by the model whose contract hash is
+    /// `contract_sha256`, for an earlier copy stored under the SOP
+    /// Instance UID of instance `instance_id`, other than `report_uid`:
+    /// (study, series, SOP class, SOP instance UID) of that report.
+    pub async fn earlier_copy_report(
+        &self,
+        instance_id: i64,
+        contract_sha256: &str,
+        report_uid: &str,
+    ) -> Result<Option<(String, String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.study_instance_uid, r.series_instance_uid, r.sop_class_uid,
+                    r.sop_instance_uid
+             FROM instances me
+             JOIN instances s ON s.sop_instance_uid = me.sop_instance_uid AND s.id < me.id
+             JOIN jobs j ON j.instance_id = s.id
+             JOIN instances r ON r.id = j.sr_instance_id
+             WHERE me.id = ?1 AND r.sop_instance_uid <> ?2
+               AND json_extract(j.result_json, '$.prediction.model.contract_sha256') = ?3
+             ORDER BY r.id DESC LIMIT 1",
+        )
+        .bind(instance_id)
+        .bind(report_uid)
+        .bind(contract_sha256)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// The SHA-256 of an instance's data set.
     pub async fn instance_sha256(&self, instance_id: i64) -> Result<String, StoreError> {
         Ok(
