@@ -200,11 +200,24 @@ def test_a_model_with_external_weights_loads_through_a_link(tmp_path):
     assert json.loads(linked.stdout)["prediction"]["logits"] == json.loads(direct.stdout)["prediction"]["logits"]
 
 
-def test_a_graph_that_ends_in_its_own_softmax_is_said_once():
-    """The contract says logits, the graph outputs probabilities: the node's
-    softmax comes second and squeezes them (a threshold of 0.8 is never
-    reached with two labels). Not refusable, but said in the log."""
-    r = node("infer", IMAGE, "--model", BAD / "softmax-output.onnx")
+@pytest.mark.parametrize("name,op", [("softmax-output", "Softmax"), ("sigmoid-output", "Sigmoid")])
+def test_a_graph_whose_output_is_already_scored_is_refused(name, op):
+    """The contract says logits, the graph ends in a Softmax (or a Sigmoid,
+    behind an Identity): the node's softmax came second and squeezed the
+    probabilities (softmax(sigmoid) took 0.957 to 0.518). Refused by
+    `model info`, `infer` and `check-config`, naming the operator."""
+    said = (f"output `logits` is computed by a {op} node, and pneumo.output_kind says logits")
+    for r in (node("model", "info", BAD / f"{name}.onnx"),
+              node("infer", IMAGE, "--model", BAD / f"{name}.onnx")):
+        assert r.returncode != 0 and said in r.stderr, r.stderr
+
+
+def test_a_graph_that_normalises_its_own_output_is_said_once():
+    """The contract says logits, the graph outputs probabilities by a
+    softmax written out (no operator to refuse it by): the node's softmax
+    comes second and squeezes them (a threshold of 0.8 is never reached with
+    two labels). Said in the log."""
+    r = node("infer", IMAGE, "--model", BAD / "exp-normalised-output.onnx")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("sums to 1, as probabilities do") == 1, r.stderr
     plain = node("infer", IMAGE)

@@ -155,6 +155,28 @@ fn check_shape(
     }
 }
 
+/// The contract says the output is logits (`pneumo.output_kind`), to which
+/// the node applies softmax: an output a `Softmax`, `LogSoftmax` or
+/// `Sigmoid` computes is refused, as the probabilities it would report are
+/// not the model's (softmax over a sigmoid squeezes them towards 1/2).
+pub(crate) fn check_output_is_logits(
+    path: &Path,
+    activations: &std::collections::HashMap<String, String>,
+    c: &ModelContract,
+) -> Result<()> {
+    match activations.get(&c.output_name) {
+        Some(op) => Err(graph_err(
+            path,
+            format!(
+                "output `{}` is computed by a {op} node, and pneumo.output_kind says logits \
+                 (the node applies softmax itself): export the model without its final {op}",
+                c.output_name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks the graph's one input and one output against the contract.
 pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) -> Result<()> {
     let (inputs, outputs) = (&sig.inputs, &sig.outputs);

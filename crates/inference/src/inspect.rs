@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::contract::{ModelContract, CONTRACT_KEYS};
 use crate::error::{ContractError, InferenceError, Result};
-use crate::graph::{check_graph, GraphSignature};
+use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
 use crate::onnx_proto::{read_onnx_header, OnnxHeader};
 use crate::runtime::locate_model_file;
 
@@ -33,6 +33,7 @@ pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
     let header = read_header(&path)?;
     let contract = read_contract(&path, &header)?;
     check_graph(&path, &header.signature, &contract)?;
+    check_output_is_logits(&path, &header.output_activations, &contract)?;
     Ok(InspectedModel {
         path,
         contract,

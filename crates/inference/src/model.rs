@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
 use crate::error::{InferenceError, Result};
-use crate::graph::{check_graph, GraphSignature};
+use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
 use crate::inspect::{read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, locate_model_file, Runtime};
@@ -267,7 +267,9 @@ impl Model {
         let rt = init_runtime(&settings.ort_library)?;
         // The contract is read from the file as `model info` reads it (a
         // key given twice is refused there, where a session would keep one).
-        let contract = read_contract(&path, &read_header(&path)?)?;
+        let header = read_header(&path)?;
+        let contract = read_contract(&path, &header)?;
+        check_output_is_logits(&path, &header.output_activations, &contract)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let signature = GraphSignature::from_session(&session);
         check_graph(&path, &signature, &contract)?;

@@ -32,7 +32,12 @@ mod field {
     pub const MODEL_METADATA_PROPS: u32 = 14;
     pub const ENTRY_KEY: u32 = 1;
     pub const ENTRY_VALUE: u32 = 2;
+    pub const GRAPH_NODE: u32 = 1;
     pub const GRAPH_INITIALIZER: u32 = 5;
+    pub const NODE_INPUT: u32 = 1;
+    pub const NODE_OUTPUT: u32 = 2;
+    pub const NODE_OP_TYPE: u32 = 4;
+    pub const NODE_DOMAIN: u32 = 7;
     pub const GRAPH_INPUT: u32 = 11;
     pub const GRAPH_OUTPUT: u32 = 12;
     pub const GRAPH_SPARSE_INITIALIZER: u32 = 15;
@@ -60,7 +65,25 @@ pub(crate) struct OnnxHeader {
     /// Keys of `metadata_props` given more than once.
     pub repeated_keys: Vec<String>,
     pub signature: GraphSignature,
+    /// For each graph output computed by a scoring operator of the default
+    /// domain (`Softmax`, `LogSoftmax`, `Sigmoid`), through any reshaping
+    /// or casting after it: that operator.
+    pub output_activations: HashMap<String, String>,
 }
+
+/// Operators that turn scores into probabilities: an output computed by
+/// one is not logits.
+const SCORING_OPS: [&str; 3] = ["Softmax", "LogSoftmax", "Sigmoid"];
+
+/// Operators that pass their first input's values on unchanged in value.
+const PASS_THROUGH_OPS: [&str; 6] = [
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+];
 
 /// Why a file cannot be read as ONNX: what, and at which byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +279,29 @@ struct GraphParts {
     inputs: Vec<GraphValue>,
     outputs: Vec<GraphValue>,
     initializers: HashSet<String>,
+    /// Each node output's producer: (op type, first input); default
+    /// domain only (a custom domain's `Softmax` is another operator).
+    producers: HashMap<String, (String, String)>,
+}
+
+impl GraphParts {
+    /// The scoring operator that computes `output`, if any, looking
+    /// through pass-through operators after it.
+    fn activation_of(&self, output: &str) -> Option<String> {
+        let mut name = output;
+        // bounded: a malformed graph may loop
+        for _ in 0..=self.producers.len() {
+            let (op, input) = self.producers.get(name)?;
+            if SCORING_OPS.contains(&op.as_str()) {
+                return Some(op.clone());
+            }
+            if !PASS_THROUGH_OPS.contains(&op.as_str()) {
+                return None;
+            }
+            name = input;
+        }
+        None
+    }
 }
 
 fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader, ProtoError> {
@@ -281,6 +327,11 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
     let Some(graph) = graph else {
         return fail(end, "no graph: not an ONNX model");
     };
+    let output_activations = graph
+        .outputs
+        .iter()
+        .filter_map(|o| Some((o.name.clone(), graph.activation_of(&o.name)?)))
+        .collect();
     // Older IR versions list the initializers among the graph inputs too;
     // ONNX Runtime does not count them as inputs, nor do we.
     let inputs = graph
@@ -295,6 +346,7 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
             inputs,
             outputs: graph.outputs,
         },
+        output_activations,
     })
 }
 
@@ -335,11 +387,42 @@ fn read_graph<R: Read + Seek>(
                     graph.initializers.insert(name);
                 }
             }
-            // The nodes, and the initializers' data, are skipped unread.
+            field::GRAPH_NODE => {
+                let stop = bytes_end(wire, "GraphProto.node", w.pos)?;
+                let (op_type, domain, inputs, outputs) = read_node(w, stop)?;
+                if domain.is_empty() || domain == "ai.onnx" {
+                    let first_input = inputs.into_iter().next().unwrap_or_default();
+                    for output in outputs {
+                        graph
+                            .producers
+                            .insert(output, (op_type.clone(), first_input.clone()));
+                    }
+                }
+            }
+            // The initializers' data is skipped unread.
             _ => w.skip(wire, end)?,
         }
     }
     Ok(())
+}
+
+/// A NodeProto's op type, domain, inputs and outputs (its attributes,
+/// subgraphs included, are skipped).
+type NodeParts = (String, String, Vec<String>, Vec<String>);
+
+fn read_node<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<NodeParts, ProtoError> {
+    let (mut op_type, mut domain) = (String::new(), String::new());
+    let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+    while let Some((number, wire)) = w.next_field(end)? {
+        match number {
+            field::NODE_INPUT => inputs.push(string_field(w, wire, "NodeProto.input")?),
+            field::NODE_OUTPUT => outputs.push(string_field(w, wire, "NodeProto.output")?),
+            field::NODE_OP_TYPE => op_type = string_field(w, wire, "NodeProto.op_type")?,
+            field::NODE_DOMAIN => domain = string_field(w, wire, "NodeProto.domain")?,
+            _ => w.skip(wire, end)?,
+        }
+    }
+    Ok((op_type, domain, inputs, outputs))
 }
 
 /// The name of a TensorProto; its data (raw_data, possibly gigabytes) is
@@ -556,12 +639,30 @@ mod tests {
         [bytes(1, name.as_bytes()), bytes(2, &bytes(1, &tensor))].concat()
     }
 
+    /// A NodeProto: op type, inputs, outputs.
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in inputs {
+            out.extend(bytes(1, i.as_bytes()));
+        }
+        for o in outputs {
+            out.extend(bytes(2, o.as_bytes()));
+        }
+        out.extend(bytes(4, op.as_bytes()));
+        out
+    }
+
     /// A model with a metadata entry, a weight listed as an input (IR 3
     /// style) with 1 kB of raw data, a node, one input and one output.
     fn model() -> Vec<u8> {
+        model_with(&[node("MatMul", &["image", "w"], &["logits"])])
+    }
+
+    fn model_with(nodes: &[Vec<u8>]) -> Vec<u8> {
         let weight = [bytes(8, b"w"), int(2, 1), bytes(9, &[0u8; 1024])].concat();
+        let nodes: Vec<u8> = nodes.iter().flat_map(|n| bytes(1, n)).collect();
         let graph = [
-            bytes(1, b"node bytes, skipped"),
+            nodes,
             bytes(5, &weight),
             bytes(11, &value_info("image", 10, &[Err("batch"), Ok(3)])),
             bytes(11, &value_info("w", 1, &[Ok(256)])),
@@ -585,6 +686,31 @@ mod tests {
             element,
             shape: Some(dims),
         }
+    }
+
+    #[test]
+    fn the_scoring_operator_that_computes_an_output_is_found() {
+        assert!(read(&model()).unwrap().output_activations.is_empty());
+        let scored = model_with(&[
+            node("MatMul", &["image", "w"], &["z"]),
+            node("Sigmoid", &["z"], &["s"]),
+            node("Reshape", &["s", "shape"], &["r"]),
+            node("Identity", &["r"], &["logits"]),
+        ]);
+        let h = read(&scored).unwrap();
+        assert_eq!(
+            h.output_activations.get("logits").map(String::as_str),
+            Some("Sigmoid")
+        );
+        // a scoring operator before another computation is not the output's
+        let later = model_with(&[
+            node("Softmax", &["image"], &["p"]),
+            node("MatMul", &["p", "w"], &["logits"]),
+        ]);
+        assert!(read(&later).unwrap().output_activations.is_empty());
+        // a graph that loops on itself ends the walk
+        let looped = model_with(&[node("Identity", &["logits"], &["logits"])]);
+        assert!(read(&looped).unwrap().output_activations.is_empty());
     }
 
     #[test]

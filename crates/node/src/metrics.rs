@@ -166,7 +166,7 @@ impl Metrics {
         counter(
             &mut out,
             "pneumo_delivery_failures_total",
-            "Delivery attempts that failed (retried or parked).",
+            "Deliveries that failed an attempt (retried or parked): each waiting delivery counts once per failed connection to its destination.",
             get(&self.deliveries_failed),
         );
         counter(
