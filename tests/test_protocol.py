@@ -378,3 +378,24 @@ def test_the_scu_keeps_the_answers_given_before_the_association_was_lost(rg1_cop
     assert lines[0].startswith("OK "), lines
     assert all(line.startswith("FAILED ") for line in lines[1:3]), lines
     assert "1 stored, 0 with warnings, 2 failed" in done.stdout
+
+
+def test_a_malformed_associate_rq_is_aborted_and_the_log_says_why(node):
+    """An item running past the end of the A-ASSOCIATE-RQ: aborted, and the
+    log named no cause ("malformed A-ASSOCIATE-RQ" for every fault), so a
+    site could not tell its modality what was wrong."""
+    import struct
+
+    rq = associate_rq(node.ae_title, "RAWSCU", [(1, VERIFICATION, [IMPLICIT])])
+    # the last item (User Information) claims 200 bytes more than it has
+    at = rq.rfind(b"\x50\x00")
+    (length,) = struct.unpack(">H", rq[at + 2:at + 4])
+    bad = rq[:at + 2] + struct.pack(">H", length + 200) + rq[at + 4:]
+    raw = RawAssociation(node.port)
+    raw.send(bad)
+    pdu_type, _ = raw.read_pdu()
+    raw.close()
+    assert pdu_type == 0x07, "expected an A-ABORT"
+    (line,) = [l for l in node.log().splitlines() if "malformed A-ASSOCIATE-RQ" in l]
+    assert "error=" in line and len(line.split("error=", 1)[1]) > 10, line
+    assert node.echo_ok()

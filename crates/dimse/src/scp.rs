@@ -342,8 +342,13 @@ async fn serve_connection<H: StoreHandler>(
     let rq = match read_with_timeout(&mut conn, config.read_timeout, config.max_pdu).await {
         Ok(pdu::TYPE_ASSOCIATE_RQ) => match conn.decode(pdu::TYPE_ASSOCIATE_RQ) {
             Ok(Pdu::AssociationRQ(rq)) => rq,
-            Ok(_) | Err(_) => {
-                warn!("malformed A-ASSOCIATE-RQ; aborting");
+            other => {
+                // the cause, so a site can tell its modality's fault
+                let error = match other {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "it decoded as another PDU".to_string(),
+                };
+                warn!(%error, "malformed A-ASSOCIATE-RQ; aborting");
                 conn.abort(AbortRQServiceProviderReason::InvalidPduParameter)
                     .await;
                 return;
