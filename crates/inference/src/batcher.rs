@@ -66,6 +66,7 @@ pub struct InferenceEngine {
     provider: ExecutionProvider,
     batch: BatchConfig,
     counters: Arc<Counters>,
+    files: Arc<crate::files::ModelFiles>,
 }
 
 impl std::fmt::Debug for InferenceEngine {
@@ -139,6 +140,7 @@ impl InferenceEngine {
         let contract = model.contract().clone();
         let identity = model.identity().clone();
         let provider = model.execution_provider();
+        let files = model.files();
         let (tx, rx) = mpsc::channel::<Request>();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
@@ -154,7 +156,14 @@ impl InferenceEngine {
             provider,
             batch,
             counters,
+            files,
         })
+    }
+
+    /// Why the model no longer runs: one of its files changed on disk
+    /// since it was loaded (see `files`).
+    pub fn files_changed(&self) -> Option<String> {
+        self.files.changed()
     }
 
     /// Batches and images run so far.

@@ -55,6 +55,11 @@ pub enum InferenceError {
         remedy: String,
     },
 
+    /// A model file changed on disk after the model was loaded: the
+    /// running session may compute with a mix of two models.
+    #[error("{0}: the model does not run until the node is restarted to load it anew")]
+    ModelFilesChanged(String),
+
     /// The requested execution provider could not be used.
     #[error("execution provider {provider}: {message}")]
     ExecutionProvider { provider: String, message: String },

@@ -18,6 +18,7 @@
 mod batcher;
 mod contract;
 mod error;
+mod files;
 mod graph;
 mod inspect;
 mod model;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
 use crate::error::{InferenceError, Result};
+use crate::files::ModelFiles;
 use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
 use crate::inspect::{read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
@@ -88,6 +89,8 @@ pub struct Model {
     provider: ExecutionProvider,
     path: PathBuf,
     runtime: &'static Runtime,
+    /// The model's files as loaded, looked at around each batch.
+    files: std::sync::Arc<ModelFiles>,
     /// Set once the "output already a probability distribution" warning
     /// has been logged.
     warned_probabilities: std::sync::atomic::AtomicBool,
@@ -270,6 +273,9 @@ impl Model {
         let header = read_header(&path)?;
         let contract = read_contract(&path, &header)?;
         check_output_is_logits(&path, &header.output_activations, &contract)?;
+        // Stamped before the session reads them: a change while it loads
+        // is found at the first batch.
+        let files = std::sync::Arc::new(ModelFiles::stamp(&path, &header.external_files));
         let (session, provider) = open_session(rt, settings, &path)?;
         let signature = GraphSignature::from_session(&session);
         check_graph(&path, &signature, &contract)?;
@@ -298,6 +304,7 @@ impl Model {
             provider,
             path,
             runtime: rt,
+            files,
             warned_probabilities: Default::default(),
         })
     }
@@ -337,6 +344,31 @@ impl Model {
         if n == 0 {
             return Vec::new();
         }
+        let files = self.files.clone();
+        let changed = || {
+            let why = files.changed()?;
+            Some(
+                (0..n)
+                    .map(|_| Err(InferenceError::ModelFilesChanged(why.clone())))
+                    .collect(),
+            )
+        };
+        if let Some(refused) = changed() {
+            return refused;
+        }
+        let results = self.run_batch_unchecked(inputs);
+        // a change during the run may have fed it a mix of two models
+        changed().unwrap_or(results)
+    }
+
+    /// The files of the model, as stamped at load (shared with the engine,
+    /// for `/readyz`).
+    pub(crate) fn files(&self) -> std::sync::Arc<ModelFiles> {
+        self.files.clone()
+    }
+
+    fn run_batch_unchecked(&mut self, inputs: &[&ImageInput]) -> Vec<Result<Prediction>> {
+        let n = inputs.len();
         match self.run_logits(inputs) {
             Ok(rows) => rows
                 .into_iter()
@@ -349,7 +381,7 @@ impl Model {
                 tracing::warn!(batch = n, error = %e, "a batch failed; its images run one at a time");
                 inputs
                     .iter()
-                    .map(|input| self.run_batch(&[*input]).remove(0))
+                    .map(|input| self.run_batch_unchecked(&[*input]).remove(0))
                     .collect()
             }
             Err(e) => vec![Err(e)],

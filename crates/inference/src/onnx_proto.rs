@@ -43,6 +43,7 @@ mod field {
     pub const GRAPH_SPARSE_INITIALIZER: u32 = 15;
     pub const SPARSE_TENSOR_VALUES: u32 = 1;
     pub const TENSOR_NAME: u32 = 8;
+    pub const TENSOR_EXTERNAL_DATA: u32 = 13;
     pub const VALUE_INFO_NAME: u32 = 1;
     pub const VALUE_INFO_TYPE: u32 = 2;
     pub const TYPE_TENSOR: u32 = 1;
@@ -69,6 +70,9 @@ pub(crate) struct OnnxHeader {
     /// domain (`Softmax`, `LogSoftmax`, `Sigmoid`), through any reshaping
     /// or casting after it: that operator.
     pub output_activations: HashMap<String, String>,
+    /// The files the initializers' data lies in (`external_data`
+    /// `location`, relative to the model file's directory).
+    pub external_files: std::collections::BTreeSet<String>,
 }
 
 /// Operators that turn scores into probabilities: an output computed by
@@ -282,6 +286,7 @@ struct GraphParts {
     /// Each node output's producer: (op type, first input); default
     /// domain only (a custom domain's `Softmax` is another operator).
     producers: HashMap<String, (String, String)>,
+    external_files: std::collections::BTreeSet<String>,
 }
 
 impl GraphParts {
@@ -347,6 +352,7 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
             outputs: graph.outputs,
         },
         output_activations,
+        external_files: graph.external_files,
     })
 }
 
@@ -379,12 +385,15 @@ fn read_graph<R: Read + Seek>(
             }
             field::GRAPH_INITIALIZER => {
                 let stop = bytes_end(wire, "GraphProto.initializer", w.pos)?;
-                graph.initializers.insert(read_tensor_name(w, stop)?);
+                let (name, location) = read_tensor_name(w, stop)?;
+                graph.initializers.insert(name);
+                graph.external_files.extend(location);
             }
             field::GRAPH_SPARSE_INITIALIZER => {
                 let stop = bytes_end(wire, "GraphProto.sparse_initializer", w.pos)?;
-                if let Some(name) = read_sparse_tensor_name(w, stop)? {
+                if let Some((name, location)) = read_sparse_tensor_name(w, stop)? {
                     graph.initializers.insert(name);
+                    graph.external_files.extend(location);
                 }
             }
             field::GRAPH_NODE => {
@@ -425,23 +434,33 @@ fn read_node<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<NodeParts, P
     Ok((op_type, domain, inputs, outputs))
 }
 
-/// The name of a TensorProto; its data (raw_data, possibly gigabytes) is
-/// skipped with a seek.
-fn read_tensor_name<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<String, ProtoError> {
-    let mut name = String::new();
+/// The name of a TensorProto, and the file its data lies in when that is
+/// external; its data (raw_data, possibly gigabytes) is skipped with a seek.
+fn read_tensor_name<R: Read + Seek>(
+    w: &mut Walker<R>,
+    end: u64,
+) -> Result<(String, Option<String>), ProtoError> {
+    let (mut name, mut location) = (String::new(), None);
     while let Some((number, wire)) = w.next_field(end)? {
         match number {
             field::TENSOR_NAME => name = string_field(w, wire, "TensorProto.name")?,
+            field::TENSOR_EXTERNAL_DATA => {
+                let stop = bytes_end(wire, "TensorProto.external_data", w.pos)?;
+                let (key, value) = read_entry(w, stop)?;
+                if key == "location" {
+                    location = Some(value);
+                }
+            }
             _ => w.skip(wire, end)?,
         }
     }
-    Ok(name)
+    Ok((name, location))
 }
 
 fn read_sparse_tensor_name<R: Read + Seek>(
     w: &mut Walker<R>,
     end: u64,
-) -> Result<Option<String>, ProtoError> {
+) -> Result<Option<(String, Option<String>)>, ProtoError> {
     let mut name = None;
     while let Some((number, wire)) = w.next_field(end)? {
         match number {

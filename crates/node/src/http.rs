@@ -156,11 +156,13 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
     let database_lost = s.store.database_lost_at_open();
+    let model_files_changed = s.engine.as_ref().and_then(|e| e.files_changed());
     let ready = database["ok"] == json!(true)
         && !database_lost
         && storage.ok
         && model.loaded
-        && model.unusable.is_none();
+        && model.unusable.is_none()
+        && model_files_changed.is_none();
     let mut reasons = Vec::new();
     if database_lost {
         reasons.push(
@@ -181,6 +183,11 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
     if let Some(why) = &model.unusable {
         reasons.push(why.clone());
+    }
+    if let Some(why) = model_files_changed {
+        reasons.push(format!(
+            "{why}: analyses wait until the node is restarted to load the model anew"
+        ));
     }
     let body = json!({
         "ready": ready,

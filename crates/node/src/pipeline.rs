@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dicom_object::DefaultDicomObject;
 use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
-use pneumo_inference::{InferenceEngine, LungSegmenter, Prediction, WeightsKind};
+use pneumo_inference::{InferenceEngine, InferenceError, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
     build_companion_sc, build_sr, sc_sop_instance_uid, sr_sop_instance_uid, AnalysisResult,
     EarlierReport, GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity,
@@ -205,10 +205,17 @@ impl Pipeline {
                     .await
                     .map(|_| ())
             }
-            // Not the image's fault: the database locked or the disk full.
-            // Tried again later, without using up one of its attempts.
-            Err(Failure::Store(reason)) => {
-                warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "the analysis could not be kept; will retry");
+            // Not the image's fault: the database locked or the disk full,
+            // or the model's files changed (waiting for a restart). Tried
+            // again later, without using up one of its attempts.
+            Err(failure @ (Failure::Store(_) | Failure::ModelChanged(_))) => {
+                let (reason, what) = match failure {
+                    Failure::ModelChanged(r) => (r, "the model cannot run; the job waits"),
+                    Failure::Store(r) | Failure::Analysis(r) => {
+                        (r, "the analysis could not be kept; will retry")
+                    }
+                };
+                warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "{what}");
                 self.store
                     .retry_job_later(job.job_id, &self.owner, &reason, STORE_RETRY)
                     .await
@@ -243,7 +250,11 @@ impl Pipeline {
             .engine
             .infer(prepared.tensor)
             .await
-            .map_err(|e| format!("inference: {e}"))?;
+            .map_err(|e| match e {
+                // Not the image's fault: the job waits for the restart.
+                InferenceError::ModelFilesChanged(_) => Failure::ModelChanged(e.to_string()),
+                e => Failure::Analysis(format!("inference: {e}")),
+            })?;
         self.metrics
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -610,6 +621,9 @@ enum Failure {
     /// The store could not keep the result (the database locked or full, the
     /// disk full): the job runs again later by itself.
     Store(String),
+    /// The model's files changed on disk since it was loaded: the job waits
+    /// (runs again later by itself) for a restart to load the model anew.
+    ModelChanged(String),
 }
 
 impl From<String> for Failure {

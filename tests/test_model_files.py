@@ -1,0 +1,47 @@
+"""The model's files changed on disk under a running node: ONNX Runtime
+maps the external-data file, so bytes copied over it changed the weights of
+the running session (a mix of two models, reported under the first one's
+contract). The node stops analysing, says so in /readyz and keeps the jobs
+for the restart that loads the model anew."""
+
+import onnx
+import requests
+
+from nodetest import ROOT, run_dcmtk
+from test_routing_orthanc import wait_until
+
+
+def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_restart(
+        node_factory, rg1_copies, tmp_path):
+    model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    (tmp_path / "v1").mkdir()
+    path = tmp_path / "v1" / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    data = tmp_path / "v1" / "model.onnx.data"
+    node = node_factory(inference__model=path).start()
+    ready = lambda: requests.get(f"http://127.0.0.1:{node.http_port}/readyz")  # noqa: E731
+    assert ready().status_code == 200, ready().text
+    first, second = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+
+    # The same bytes written over the mapped file, as `cp` does in place.
+    weights = data.read_bytes()
+    with open(data, "r+b") as f:
+        f.write(weights)
+    r = ready()
+    assert r.status_code == 503, r.text
+    (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]
+    assert "model.onnx.data" in reason and "restarted" in reason, reason
+
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+    wait_until(lambda: "the model cannot run; the job waits" in node.log(), timeout=60)
+    with node.db() as c:
+        states = [s for (s,) in c.execute("SELECT state FROM jobs ORDER BY id")]
+    assert states[0] == "reported" and states[1] != "reported" and states[1] != "failed", states
+
+    node.stop()
+    node.start()
+    assert ready().status_code == 200, ready().text
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=90)
