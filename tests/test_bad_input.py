@@ -302,3 +302,37 @@ def test_a_data_set_cut_in_its_pixel_data_is_refused_not_acknowledged(node, rg1_
     assert status_of(rsp) == 0xC000, hex(status_of(rsp))
     raw.close()
     assert_still_serving_and_clean(node, sop_uid)
+
+
+def test_file_meta_elements_inside_a_data_set_are_not_kept_in_the_stored_file(node, radiograph):
+    """A sender that sends a file's meta with its data set (group 0002 in
+    the data set, which PS3.10 7.1 does not allow): stored as received, the
+    file had two Transfer Syntax UIDs and pydicom read it as Big Endian
+    (dciodvfy: no SOP Instance UID). Accepted, and stored without them."""
+    sop_uid, data = radiograph
+
+    def meta_element(element, vr, value):
+        if len(value) % 2:
+            value += b"\0"
+        return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+    inner_meta = meta_element(0x0002, b"UI", CR_STORAGE.encode()) + meta_element(
+        0x0010, b"UI", b"1.2.840.10008.1.2.2")  # Big Endian, the wrong syntax
+    raw = open_store(node)
+    raw.send(pdata(1, True, True, c_store_rq(9, CR_STORAGE, sop_uid)))
+    sent = inner_meta + data
+    for i in range(0, len(sent), 16000):
+        raw.send(pdata(1, False, i + 16000 >= len(sent), sent[i:i + 16000]))
+    rsp = raw.read_command()
+    raw.close()
+    assert status_of(rsp) == 0x0000, hex(status_of(rsp))
+    (path,) = [p for p in node.instance_files() if sop_uid in p.name]
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert stored.SOPInstanceUID == sop_uid and stored.Rows > 0
+    assert not [e for e in stored if e.tag.group == 0x0002]
+    assert path.read_bytes().endswith(data)
+    assert "File Meta Information elements (group 0002)" in node.log()
+    node.wait_for_analyses()
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
+    assert_still_serving_and_clean(node)

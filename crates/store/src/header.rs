@@ -64,6 +64,91 @@ pub fn check_whole_data_set(path: &Path) -> Result<(), StoreError> {
     check_element_lengths(path, Tag(0xFFFF, 0xFFFF))
 }
 
+/// Removes File Meta Information elements (group 0002) from the start of a
+/// received data set, where PS3.10 7.1 does not allow them (some senders
+/// send a file's meta with its data set): readers take them for the file's
+/// own, and a Transfer Syntax UID there made pydicom read the file as Big
+/// Endian. The file is rewritten without them (fsync'd, renamed over it);
+/// returns how many bytes were removed (0: none there, file untouched).
+pub fn drop_meta_elements_from_data_set(path: &Path) -> Result<u64, StoreError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let bad = |e: String| StoreError::Unparseable(e);
+    let Some((mut file, enc, size)) = data_set_reader(path).map_err(bad)? else {
+        return Ok(0);
+    };
+    let start = file.stream_position().map_err(|e| bad(e.to_string()))?;
+    let mut end = start;
+    let word = |b: [u8; 2]| {
+        if enc.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    loop {
+        let mut head = [0u8; 8];
+        if size - end < 8 || file.read_exact(&mut head).is_err() {
+            break;
+        }
+        if word([head[0], head[1]]) != 0x0002 {
+            break;
+        }
+        let (header_len, len) = if enc.explicit_vr {
+            let vr = VR::from_binary([head[4], head[5]]).unwrap_or(VR::UN);
+            if crate::lengths::long_length(vr) {
+                let mut long = [0u8; 4];
+                file.read_exact(&mut long).map_err(|e| bad(e.to_string()))?;
+                let len = if enc.big_endian {
+                    u32::from_be_bytes(long)
+                } else {
+                    u32::from_le_bytes(long)
+                };
+                (12, len)
+            } else {
+                (8, u32::from(word([head[6], head[7]])))
+            }
+        } else {
+            let b = [head[4], head[5], head[6], head[7]];
+            (
+                8,
+                if enc.big_endian {
+                    u32::from_be_bytes(b)
+                } else {
+                    u32::from_le_bytes(b)
+                },
+            )
+        };
+        let value_end = end + header_len + u64::from(len);
+        if len == u32::MAX || value_end > size {
+            return Err(bad(format!(
+                "a group 0002 element at byte {end} of the data set claims {len} bytes"
+            )));
+        }
+        end = value_end;
+        file.seek(SeekFrom::Start(end))
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if end == start {
+        return Ok(0);
+    }
+    let io = |e: std::io::Error| {
+        StoreError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))
+    };
+    let cleaned = path.with_extension("meta-dropped");
+    let mut out = std::fs::File::create(&cleaned).map_err(io)?;
+    let mut source = std::fs::File::open(path).map_err(io)?;
+    std::io::copy(&mut (&mut source).take(start), &mut out).map_err(io)?;
+    source.seek(SeekFrom::Start(end)).map_err(io)?;
+    std::io::copy(&mut source, &mut out).map_err(io)?;
+    out.flush().map_err(io)?;
+    out.sync_all().map_err(io)?;
+    std::fs::rename(&cleaned, path).map_err(io)?;
+    Ok(end - start)
+}
+
 type FileReader = std::io::BufReader<std::fs::File>;
 
 /// The file positioned at its data set, the data set's encoding and the

@@ -384,6 +384,14 @@ impl Store {
         incoming_uids_problem(incoming)?;
         let spool = incoming.spool_path.clone();
         let header = tokio::task::spawn_blocking(move || {
+            let dropped = header::drop_meta_elements_from_data_set(&spool)?;
+            if dropped > 0 {
+                warn!(
+                    bytes = dropped,
+                    "the data set began with File Meta Information elements (group 0002), which \
+                     a data set sent over the network must not hold: not kept in the stored file"
+                );
+            }
             header::check_whole_data_set(&spool)?;
             InstanceHeader::read(&spool)
         })
