@@ -399,3 +399,37 @@ def test_a_malformed_associate_rq_is_aborted_and_the_log_says_why(node):
     (line,) = [l for l in node.log().splitlines() if "malformed A-ASSOCIATE-RQ" in l]
     assert "error=" in line and len(line.split("error=", 1)[1]) > 10, line
     assert node.echo_ok()
+
+
+def test_the_sop_classes_refused_in_negotiation_are_logged(node):
+    """findscu against the node: every context refused, and the log said only
+    "accepted=0", never which SOP class a site's C-FIND asked for."""
+    study_root_find = "1.2.840.10008.5.1.4.1.2.2.1"
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, study_root_find, [IMPLICIT]), (3, VERIFICATION, [IMPLICIT]),
+                                  (5, study_root_find, [EXPLICIT])])
+    raw.close()
+    (line,) = [l for l in node.log().splitlines() if "association accepted" in l]
+    assert f"refused={study_root_find}" in line and "accepted=1" in line, line
+    assert node.echo_ok()
+    ok = [l for l in node.log().splitlines() if "association accepted" in l][-1]
+    assert "refused=" not in ok, ok
+
+
+def test_ae_titles_padded_with_nuls_are_accepted(node):
+    """An older modality pads its titles with NULs, not spaces: the node
+    refused it (control characters), where DCMTK accepts it. The padding is
+    dropped; a NUL inside a title is still refused."""
+    padded = lambda title: title + "\0" * (16 - len(title))  # noqa: E731
+    raw = RawAssociation(node.port)
+    raw.send(associate_rq(padded(node.ae_title), padded("KAMERA"), [(1, VERIFICATION, [IMPLICIT])]))
+    pdu_type, _ = raw.read_pdu()
+    raw.close()
+    assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
+    (line,) = [l for l in node.log().splitlines() if "association accepted" in l]
+    assert "calling_ae=KAMERA " in line, line
+    raw = RawAssociation(node.port)
+    raw.send(associate_rq(node.ae_title, "KAM\0ERA", [(1, VERIFICATION, [IMPLICIT])]))
+    pdu_type, _ = raw.read_pdu()
+    raw.close()
+    assert pdu_type == 0x03, "a NUL inside a title: expected an A-ASSOCIATE-RJ"

@@ -339,7 +339,7 @@ async fn serve_connection<H: StoreHandler>(
     let mut conn = PduStream::new(stream);
     let config = &shared.config;
 
-    let rq = match read_with_timeout(&mut conn, config.read_timeout, config.max_pdu).await {
+    let mut rq = match read_with_timeout(&mut conn, config.read_timeout, config.max_pdu).await {
         Ok(pdu::TYPE_ASSOCIATE_RQ) => match conn.decode(pdu::TYPE_ASSOCIATE_RQ) {
             Ok(Pdu::AssociationRQ(rq)) => rq,
             other => {
@@ -369,6 +369,12 @@ async fn serve_connection<H: StoreHandler>(
         }
     };
 
+    // Titles padded with NULs instead of spaces (older modalities; DCMTK
+    // accepts them) are read without the padding.
+    for title in [&mut rq.calling_ae_title, &mut rq.called_ae_title] {
+        let unpadded = title.trim_end_matches(['\0', ' ']).len();
+        title.truncate(unpadded);
+    }
     let calling_ae = rq.calling_ae_title.trim().to_string();
     let called_ae = rq.called_ae_title.trim().to_string();
     // A rejected request never holds an association slot: it stays counted
@@ -417,10 +423,21 @@ async fn serve_connection<H: StoreHandler>(
         peer,
     });
     shared.handler.association_accepted(&context);
+    // The SOP classes refused, so a site can tell why its C-FIND or
+    // storage commitment fails on this node.
+    let mut refused: Vec<&str> = Vec::new();
+    for c in contexts.iter().filter(|c| !c.accepted) {
+        if !refused.contains(&c.abstract_syntax.as_str()) {
+            refused.push(c.abstract_syntax.as_str());
+        }
+    }
     info!(
         calling_ae = %context.calling_ae,
         accepted = contexts.iter().filter(|c| c.accepted).count(),
         proposed = contexts.len(),
+        refused = (!refused.is_empty())
+            .then(|| refused.join(","))
+            .map(tracing::field::display),
         "association accepted"
     );
     let mut association = Association {
