@@ -979,3 +979,51 @@ def test_a_pacs_that_releases_mid_association_is_answered_and_no_attempt_is_coun
         assert node.log().count("will retry") == failures and "protocol error" not in node.log()
     finally:
         receiver.close()
+
+
+def test_a_cancelled_or_moved_resend_keeps_the_record_of_the_earlier_delivery(node_factory, rg1_copies, tmp_path):
+    """An operator resends a delivered original to a PACS that now refuses
+    it, then cancels (or moves) the resend: the row was deleted (moved), and
+    with it the record that the PACS had the instance (/api/instances and
+    the sent count no longer said so). The row goes back to sent; a moved
+    resend gets a row of its own at the other destination."""
+    from nodetest import free_port
+
+    def post(path):
+        r = requests.post(f"http://127.0.0.1:{node.http_port}{path}", timeout=10)
+        return r.status_code, r.json()
+
+    def rows():
+        with node.db() as c:
+            return sorted(c.execute("SELECT destination, state FROM outbox").fetchall())
+
+    peer = PynetdicomReceiver()
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text(
+            f'[[destinations]]\nname = "pacs"\nae_title = "PYSCP"\nhost = "127.0.0.1"\nport = {peer.port}\n'
+            f'[[destinations]]\nname = "other"\nae_title = "GONE"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            '[[routing.forward]]\ndestinations = ["pacs"]\n')
+        node = node_factory().start(config_file=config)
+        (image,) = rg1_copies("UNCI", 1)
+        sop = pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        wait_until(lambda: rows() == [("pacs", "sent")], timeout=60)
+        peer.status = 0xA700  # out of resources: retried, stays pending
+        for step in ("cancel", "move"):
+            assert post(f"/api/deliveries/resend?destination=pacs&sop_instance_uid={sop}") == (200, {"resent": 1})
+            tried = peer.stores
+            wait_until(lambda: peer.stores > tried, timeout=30, what="the resend tried")
+            if step == "cancel":
+                assert post(f"/api/deliveries/cancel?destination=pacs&sop_instance_uid={sop}") == (
+                    200, {"cancelled": 1})
+                assert rows() == [("pacs", "sent")]
+                (delivery,) = node.http(f"/api/deliveries?sop_instance_uid={sop}")[1]["deliveries"]
+                assert (delivery["state"], delivery["last_status"]) == ("sent", "resend cancelled")
+            else:
+                assert post("/api/deliveries/move?from=pacs&to=other") == (200, {"moved": 1, "dropped": 0})
+                assert rows() == [("other", "pending"), ("pacs", "sent")]
+        _, metrics = node.http("/metrics")
+        assert 'pneumo_outbox{destination="pacs",state="sent"} 1' in metrics, metrics
+    finally:
+        peer.close()

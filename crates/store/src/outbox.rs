@@ -269,8 +269,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         finish_attempt(&mut *tx, item, "sent", status, None).await?;
-        sqlx::query("UPDATE outbox SET sent_as_uid = ? WHERE id = ?")
+        sqlx::query("UPDATE outbox SET sent_as_uid = ?, sent_at_ms = ? WHERE id = ?")
             .bind(sent_as_uid)
+            .bind(now_ms())
             .bind(item.id)
             .execute(&mut *tx)
             .await?;
@@ -369,6 +370,23 @@ impl Store {
         study_instance_uid: Option<&str>,
         sop_instance_uid: Option<&str>,
     ) -> Result<u64, StoreError> {
+        // A resend cancelled: the row goes back to sent, as the destination
+        // still has what it was sent before.
+        let query = sqlx::query(concat!(
+            "UPDATE outbox SET state = 'sent', last_status = 'resend cancelled', updated_at_ms = ?
+             WHERE destination = ? AND sent_at_ms IS NOT NULL
+               AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
+               AND ",
+            of_study_or_instance!()
+        ))
+        .bind(now_ms())
+        .bind(destination)
+        .bind(pending)
+        .bind(parked);
+        let resends = bind_study_and_instance!(query, study_instance_uid, sop_instance_uid)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
         let query = sqlx::query_scalar(concat!(
             "DELETE FROM outbox WHERE destination = ?
                AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
@@ -398,7 +416,7 @@ impl Store {
         .bind(format!("[{}]", ids.join(",")))
         .execute(self.pool())
         .await?;
-        let cancelled = dropped.len() as u64;
+        let cancelled = dropped.len() as u64 + resends;
         self.settle_delivered_jobs().await?;
         Ok(cancelled)
     }
@@ -412,21 +430,46 @@ impl Store {
     pub async fn move_deliveries(&self, from: &str, to: &str) -> Result<(u64, u64), StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE outbox SET destination = ?, state = 'pending', attempts = 0,
+        // A resend moved: `to` is owed a new row, and `from`'s goes back to
+        // sent, as `from` still has what it was sent before.
+        let resends = sqlx::query(
+            "INSERT INTO outbox (instance_id, destination, state, attempts, next_attempt_at_ms,
+                                 created_at_ms, updated_at_ms)
+             SELECT instance_id, ?1, 'pending', 0, ?2, ?2, ?2 FROM outbox
+             WHERE destination = ?3 AND state IN ('pending', 'parked') AND sent_at_ms IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                               WHERE o.instance_id = outbox.instance_id AND o.destination = ?1)",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE outbox SET state = 'sent', last_status = 'resend moved', updated_at_ms = ?
+             WHERE destination = ? AND state IN ('pending', 'parked') AND sent_at_ms IS NOT NULL",
+        )
+        .bind(now)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+        let moved = resends
+            + sqlx::query(
+                "UPDATE outbox SET destination = ?, state = 'pending', attempts = 0,
                                next_attempt_at_ms = ?, updated_at_ms = ?
              WHERE destination = ? AND state IN ('pending', 'parked')
                AND NOT EXISTS (SELECT 1 FROM outbox o
                                WHERE o.instance_id = outbox.instance_id AND o.destination = ?)",
-        )
-        .bind(to)
-        .bind(now)
-        .bind(now)
-        .bind(from)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+            )
+            .bind(to)
+            .bind(now)
+            .bind(now)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let dropped = sqlx::query(
             "DELETE FROM outbox WHERE destination = ? AND state IN ('pending', 'parked')",
         )
