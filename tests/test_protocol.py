@@ -401,6 +401,17 @@ def test_a_malformed_associate_rq_is_aborted_and_the_log_says_why(node):
     assert node.echo_ok()
 
 
+def accepted_lines(node, n: int) -> list:
+    """The log's first `n` "association accepted" lines, waited for: the
+    node logs the line after it has sent the A-ASSOCIATE-AC."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [l for l in node.log().splitlines() if "association accepted" in l]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines[:n]
+        time.sleep(0.05)
+
+
 def test_the_sop_classes_refused_in_negotiation_are_logged(node):
     """findscu against the node: every context refused, and the log said only
     "accepted=0", never which SOP class a site's C-FIND asked for."""
@@ -409,10 +420,10 @@ def test_the_sop_classes_refused_in_negotiation_are_logged(node):
     raw.associate(node.ae_title, [(1, study_root_find, [IMPLICIT]), (3, VERIFICATION, [IMPLICIT]),
                                   (5, study_root_find, [EXPLICIT])])
     raw.close()
-    (line,) = [l for l in node.log().splitlines() if "association accepted" in l]
+    (line,) = accepted_lines(node, 1)
     assert f"refused={study_root_find}" in line and "accepted=1" in line, line
     assert node.echo_ok()
-    ok = [l for l in node.log().splitlines() if "association accepted" in l][-1]
+    ok = accepted_lines(node, 2)[-1]
     assert "refused=" not in ok, ok
 
 
@@ -426,7 +437,7 @@ def test_ae_titles_padded_with_nuls_are_accepted(node):
     pdu_type, _ = raw.read_pdu()
     raw.close()
     assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
-    (line,) = [l for l in node.log().splitlines() if "association accepted" in l]
+    (line,) = accepted_lines(node, 1)
     assert "calling_ae=KAMERA " in line, line
     raw = RawAssociation(node.port)
     raw.send(associate_rq(node.ae_title, "KAM\0ERA", [(1, VERIFICATION, [IMPLICIT])]))
