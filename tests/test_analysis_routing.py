@@ -98,6 +98,8 @@ def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_f
                              StudyDate="20261120"), "reported", None),
         "no_date": (dx(tmp_path / "k.dcm", PatientAge="", PatientBirthDate="20160601", **no_dates),
                     "reported", None),
+        "iso_study_date": (dx(tmp_path / "l.dcm", PatientAge="", PatientBirthDate="20100101",
+                              **{**no_dates, "StudyDate": "2020-01-01"}), "skipped", None),
         "months_18": (dx(tmp_path / "b.dcm", PatientAge="018M"), "skipped", None),
         "born_2020": (dx(tmp_path / "c.dcm", PatientBirthDate="20200101", StudyDate="20240701"),
                       "skipped", None),
@@ -126,6 +128,6 @@ def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_f
     node.start()
     import requests
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry", params={"state": "skipped"})
-    assert r.json()["requeued"] == 7, r.text
+    assert r.json()["requeued"] == 8, r.text
     for name, (uid, _, _) in cases.items():
         wait_until(lambda: (job(uid) or ("",))[0] == "reported", timeout=60, what=name)

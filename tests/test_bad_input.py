@@ -336,3 +336,38 @@ def test_file_meta_elements_inside_a_data_set_are_not_kept_in_the_stored_file(no
     node.wait_for_analyses()
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1
     assert_still_serving_and_clean(node)
+
+
+@pytest.mark.parametrize("cut", ["inflated", "stream"])
+def test_a_deflated_data_set_cut_short_is_refused_not_acknowledged(node, tmp_path, cut):
+    """A Deflated data set cut in its pixel data (re-deflated, or its
+    compressed stream cut): acknowledged 0000 and stored unreadable, as
+    the length check skipped Deflated data sets. Refused C000 now."""
+    import zlib
+
+    from nodetest import ROOT, copy_with_new_uids
+
+    deflated = "1.2.840.10008.1.2.1.99"
+    dst = tmp_path / "deflated.dcm"
+    copy_with_new_uids(ROOT / "fixtures" / "imaging" / "rg1s_deflated.dcm", dst)
+    ds = pydicom.dcmread(dst)
+    assert ds.file_meta.TransferSyntaxUID == deflated
+    stream = dataset_bytes(dst)
+    inflated = zlib.decompress(stream, -15)
+    if cut == "inflated":
+        body = zlib.compressobj(9, zlib.DEFLATED, -15)
+        sent = body.compress(inflated[: len(inflated) - 1000]) + body.flush()
+    else:
+        sent = stream[: len(stream) - 200]
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, ds.SOPClassUID, [deflated])])
+    raw.send(pdata(1, True, True, c_store_rq(3, ds.SOPClassUID, ds.SOPInstanceUID)))
+    for i in range(0, len(sent), 16000):
+        raw.send(pdata(1, False, i + 16000 >= len(sent), sent[i:i + 16000]))
+    rsp = raw.read_command()
+    raw.close()
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert_still_serving_and_clean(node, ds.SOPInstanceUID)
+    # the whole one is taken
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, dst)
+    assert node.instance_rows(ds.SOPInstanceUID) == 1

@@ -11,28 +11,31 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// What identifies a file's content cheaply: its size, modification time
-/// and (on Unix) device and inode.
+/// and (on Unix) device, inode and change time (which every write moves,
+/// also one that sets the modification time back, as `cp -p` does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
     file: (u64, u64),
+    changed: (i64, i64),
 }
 
 impl Stamp {
     fn of(path: &Path) -> Option<Stamp> {
         let m = std::fs::metadata(path).ok()?;
         #[cfg(unix)]
-        let file = {
+        let (file, changed) = {
             use std::os::unix::fs::MetadataExt;
-            (m.dev(), m.ino())
+            ((m.dev(), m.ino()), (m.ctime(), m.ctime_nsec()))
         };
         #[cfg(not(unix))]
-        let file = (0, 0);
+        let (file, changed) = ((0, 0), (0, 0));
         Some(Stamp {
             len: m.len(),
             modified: m.modified().ok(),
             file,
+            changed,
         })
     }
 }
@@ -88,6 +91,18 @@ mod tests {
             .changed()
             .unwrap()
             .contains("m.onnx.data changed on disk"));
+        let files = ModelFiles::stamp(&model, [&"m.onnx.data".to_string()]);
+        // rewritten with the modification time set back (`cp -p`)
+        let mtime = std::fs::metadata(&data).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&data, b"weights").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(files.changed().is_some());
         let files = ModelFiles::stamp(&model, [&"m.onnx.data".to_string()]);
         // replaced by another file under its name
         let other = dir.path().join("other");

@@ -314,7 +314,8 @@ impl Pipeline {
                 sop_instance_uid = %job.sop_instance_uid,
                 sr = %sr_uid,
                 "a copy stored under the same SOP Instance UID gave another result than the \
-                 report made for an earlier copy: it gets its own report"
+                 report made for an earlier copy: it gets its own report, naming that one as \
+                 replaced (a PACS that keeps the first copy of a UID still shows its pixels)"
             );
         }
 

@@ -61,8 +61,49 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
 /// before the instance is acknowledged: a success status tells the sender
 /// it may delete its copy.
 pub fn check_whole_data_set(path: &Path) -> Result<(), StoreError> {
-    check_element_lengths(path, Tag(0xFFFF, 0xFFFF))
+    check_element_lengths(path, Tag(0xFFFF, 0xFFFF))?;
+    check_deflated_data_set(path)
 }
+
+/// A Deflated data set (PS3.5 A.5): the raw deflate stream after the meta
+/// must inflate, and the inflated data set's lengths hold, as another
+/// syntax's do (a cut one was acknowledged and stored unreadable). Two
+/// passes over the stream: its inflated size first, which bounds the walk.
+fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |e: String| StoreError::Unparseable(e);
+    let open = || -> Result<Option<flate2::read::DeflateDecoder<FileReader>>, String> {
+        let mut file =
+            std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
+        file.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
+        let meta =
+            dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| e.to_string())?;
+        Ok((meta.transfer_syntax().trim_end_matches('\0') == DEFLATED)
+            .then(|| flate2::read::DeflateDecoder::new(file)))
+    };
+    let Some(mut stream) = open().map_err(bad)? else {
+        return Ok(());
+    };
+    let size = std::io::copy(&mut stream, &mut std::io::sink())
+        .map_err(|e| bad(format!("the deflated data set does not inflate: {e}")))?;
+    let stream = open()
+        .map_err(bad)?
+        .ok_or_else(|| bad("the file changed".into()))?;
+    let encoding = crate::lengths::Encoding {
+        explicit_vr: true,
+        big_endian: false,
+    };
+    crate::lengths::check(
+        crate::lengths::ForwardOnly::new(stream),
+        encoding,
+        size,
+        Tag(0xFFFF, 0xFFFF),
+    )
+    .map_err(|e| bad(format!("the inflated data set: {e}")))
+}
+
+/// Deflated Explicit VR Little Endian.
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
 /// Removes File Meta Information elements (group 0002) from the start of a
 /// received data set, where PS3.10 7.1 does not allow them (some senders
@@ -171,7 +212,7 @@ fn data_set_reader(
             explicit_vr: true,
             big_endian: true,
         },
-        "1.2.840.10008.1.2.1.99" => return Ok(None),
+        DEFLATED => return Ok(None),
         // the rest are explicit little endian up to their (encapsulated) pixel data
         _ => crate::lengths::Encoding {
             explicit_vr: true,
@@ -324,11 +365,12 @@ fn age_string_years(age: &str) -> Option<f64> {
     Some(number.parse::<f64>().ok()? / per_year)
 }
 
-/// A DA value (YYYYMMDD; the old YYYY.MM.DD form too) as (year, month,
-/// day). A birth date of a year alone ("1975", against the VR: some
-/// registries know no more) is the year's first day, as registries record
-/// an unknown birthday.
-fn calendar_day(da: &str, year_alone: bool) -> Option<(i32, u32, u32)> {
+/// A DA value (YYYYMMDD; the old YYYY.MM.DD and the ISO YYYY-MM-DD forms
+/// too) as (year, month, day). A birth date (`birth`) of a year alone
+/// ("1975", against the VR: some registries know no more) is the year's
+/// first day, as registries record an unknown birthday; a date counted to
+/// may be a DT, whose date is taken.
+fn calendar_day(da: &str, birth: bool) -> Option<(i32, u32, u32)> {
     let digits: String = da.chars().filter(char::is_ascii_digit).collect();
     let (y, m, d) = match digits.len() {
         8 => (
@@ -336,7 +378,13 @@ fn calendar_day(da: &str, year_alone: bool) -> Option<(i32, u32, u32)> {
             digits[4..6].parse().ok()?,
             digits[6..].parse().ok()?,
         ),
-        4 if year_alone && da.trim().len() == 4 => (digits.parse().ok()?, 1, 1),
+        4 if birth && da.trim().len() == 4 => (digits.parse().ok()?, 1, 1),
+        // a date-time (DT) counted to: its date
+        n if n > 8 && !birth => (
+            digits[..4].parse().ok()?,
+            digits[4..6].parse().ok()?,
+            digits[6..8].parse().ok()?,
+        ),
         _ => return None,
     };
     ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y, m, d))
@@ -417,7 +465,7 @@ impl InstanceHeader {
                         .iter()
                         .filter_map(|tag| text(*tag))
                         .chain(text(tags::ACQUISITION_DATE_TIME))
-                        .find_map(|on| years_between(&born, on.get(..8).unwrap_or(&on)))
+                        .find_map(|on| years_between(&born, &on))
                 }),
         })
     }
@@ -471,5 +519,17 @@ mod age_tests {
         // a year alone is its first day, for a birth date only
         assert!(years_between("2016", "20261120").is_some_and(|y| (10.8..11.0).contains(&y)));
         assert_eq!(years_between("19800615", "2026"), None);
+        // dates in the old or ISO forms, and a date-time, counted to
+        for on in [
+            "2020-01-01",
+            "2020.01.01",
+            "20200101120000",
+            "2020-01-01T12:00:00",
+        ] {
+            assert!(
+                years_between("20100101", on).is_some_and(|y| (10.0..10.01).contains(&y)),
+                "{on}"
+            );
+        }
     }
 }

@@ -296,6 +296,49 @@ impl<R: Read + Seek> Scanner<R> {
     }
 }
 
+/// A reader that seeks forward only, by reading and discarding: the walk
+/// over a stream that cannot seek (an inflating one).
+pub struct ForwardOnly<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> ForwardOnly<R> {
+    pub fn new(inner: R) -> Self {
+        ForwardOnly { inner, pos: 0 }
+    }
+}
+
+impl<R: Read> Read for ForwardOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Seek for ForwardOnly<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Current(n) if n >= 0 => self.pos + n as u64,
+            SeekFrom::Start(n) if n >= self.pos => n,
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a forward-only reader cannot seek back",
+                ))
+            }
+        };
+        let want = target - self.pos;
+        let skipped = std::io::copy(&mut (&mut self.inner).take(want), &mut std::io::sink())?;
+        self.pos += skipped;
+        if skipped < want {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(self.pos)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -373,7 +373,9 @@ impl Store {
         // A resend cancelled: the row goes back to sent, as the destination
         // still has what it was sent before.
         let query = sqlx::query(concat!(
-            "UPDATE outbox SET state = 'sent', last_status = 'resend cancelled', updated_at_ms = ?
+            "UPDATE outbox SET state = 'sent', updated_at_ms = ?,
+                    last_status = 'resend cancelled; sent before at '
+                                  || strftime('%Y-%m-%dT%H:%M:%SZ', sent_at_ms / 1000, 'unixepoch')
              WHERE destination = ? AND sent_at_ms IS NOT NULL
                AND ((state = 'pending' AND ?) OR (state = 'parked' AND ?))
                AND ",
@@ -447,7 +449,9 @@ impl Store {
         .await?
         .rows_affected();
         sqlx::query(
-            "UPDATE outbox SET state = 'sent', last_status = 'resend moved', updated_at_ms = ?
+            "UPDATE outbox SET state = 'sent', updated_at_ms = ?,
+                    last_status = 'resend moved; sent before at '
+                                  || strftime('%Y-%m-%dT%H:%M:%SZ', sent_at_ms / 1000, 'unixepoch')
              WHERE destination = ? AND state IN ('pending', 'parked') AND sent_at_ms IS NOT NULL",
         )
         .bind(now)
