@@ -643,6 +643,15 @@ def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(no
         # Refused in both classes: parked, after one try of each.
         assert states["stubborn"].startswith("parked 0122H") and stubborn.stores == 2, (states, stubborn.stores)
         assert "refused Comprehensive 3D SR at C-STORE" in node.log()
+        # Sent again on request: as Comprehensive SR at once (a resend cost
+        # one refused 3D C-STORE first).
+        r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/resend",
+                          params={"destination": "pacs", "sop_instance_uid": sent_uid}, timeout=10)
+        assert r.json() == {"resent": 1}, r.text
+        stores = pacs.stores
+        wait_until(lambda: pacs.stores == stores + 1, timeout=30, what="the resend")
+        assert pacs.refused == 1
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
     finally:
         pacs.close()
         stubborn.close()

@@ -447,11 +447,13 @@ impl OutboxWorker {
                 sop_class_uid: COMPREHENSIVE_SR.to_string(),
                 sop_instance_uid: uid,
             });
-            // It accepted 3D SR in negotiation and refused it at C-STORE.
-            file.prefer_also_as = item
-                .last_status
-                .as_deref()
-                .is_some_and(|s| s.starts_with(REFUSED_CLASS));
+            // It accepted 3D SR in negotiation and refused it at C-STORE,
+            // or (a resend) took it as Comprehensive SR before.
+            file.prefer_also_as = item.sent_as_uid.is_some()
+                || item
+                    .last_status
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(REFUSED_CLASS));
         }
         Ok(file)
     }

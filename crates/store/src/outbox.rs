@@ -56,6 +56,9 @@ pub struct OutboxItem {
     pub generated: bool,
     /// The destination's last answer, or why none came.
     pub last_status: Option<String>,
+    /// The UID it was last delivered under when not its own (a resend of a
+    /// report that went as Comprehensive SR).
+    pub sent_as_uid: Option<String>,
 }
 
 /// Outbox rows per destination and state.
@@ -154,7 +157,7 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
-                    i.purged_at_ms, i.generated, o.last_status
+                    i.purged_at_ms, i.generated, o.last_status, o.sent_as_uid
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
