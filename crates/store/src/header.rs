@@ -70,16 +70,10 @@ pub fn check_whole_data_set(path: &Path) -> Result<(), StoreError> {
 /// syntax's do (a cut one was acknowledged and stored unreadable). Two
 /// passes over the stream: its inflated size first, which bounds the walk.
 fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
-    use std::io::{Seek, SeekFrom};
     let bad = |e: String| StoreError::Unparseable(e);
     let open = || -> Result<Option<flate2::read::DeflateDecoder<FileReader>>, String> {
-        let mut file =
-            std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
-        file.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
-        let meta =
-            dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| e.to_string())?;
-        Ok((meta.transfer_syntax().trim_end_matches('\0') == DEFLATED)
-            .then(|| flate2::read::DeflateDecoder::new(file)))
+        let (file, syntax, _) = open_data_set(path)?;
+        Ok((syntax == DEFLATED).then(|| flate2::read::DeflateDecoder::new(file)))
     };
     let Some(mut stream) = open().map_err(bad)? else {
         return Ok(());
@@ -118,57 +112,22 @@ pub fn drop_meta_elements_from_data_set(path: &Path) -> Result<u64, StoreError> 
         return Ok(0);
     };
     let start = file.stream_position().map_err(|e| bad(e.to_string()))?;
-    let mut end = start;
-    let word = |b: [u8; 2]| {
-        if enc.big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        }
-    };
-    loop {
-        let mut head = [0u8; 8];
-        if size - end < 8 || file.read_exact(&mut head).is_err() {
-            break;
-        }
-        if word([head[0], head[1]]) != 0x0002 {
-            break;
-        }
-        let (header_len, len) = if enc.explicit_vr {
-            let vr = VR::from_binary([head[4], head[5]]).unwrap_or(VR::UN);
-            if crate::lengths::long_length(vr) {
-                let mut long = [0u8; 4];
-                file.read_exact(&mut long).map_err(|e| bad(e.to_string()))?;
-                let len = if enc.big_endian {
-                    u32::from_be_bytes(long)
-                } else {
-                    u32::from_le_bytes(long)
-                };
-                (12, len)
-            } else {
-                (8, u32::from(word([head[6], head[7]])))
-            }
-        } else {
-            let b = [head[4], head[5], head[6], head[7]];
-            (
-                8,
-                if enc.big_endian {
-                    u32::from_be_bytes(b)
-                } else {
-                    u32::from_le_bytes(b)
-                },
-            )
-        };
-        let value_end = end + header_len + u64::from(len);
-        if len == u32::MAX || value_end > size {
-            return Err(bad(format!(
-                "a group 0002 element at byte {end} of the data set claims {len} bytes"
-            )));
-        }
-        end = value_end;
-        file.seek(SeekFrom::Start(end))
-            .map_err(|e| bad(e.to_string()))?;
+    let mut group = [0u8; 2];
+    if file.read_exact(&mut group).is_err() {
+        return Ok(0);
     }
+    let group = if enc.big_endian {
+        u16::from_be_bytes(group)
+    } else {
+        u16::from_le_bytes(group)
+    };
+    if group != 0x0002 {
+        return Ok(0);
+    }
+    // Tags ascend: the group ends where the first element after it begins.
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| bad(e.to_string()))?;
+    let end = crate::lengths::start_of(&mut file, enc, size, Tag(0x0003, 0x0000)).map_err(bad)?;
     if end == start {
         return Ok(0);
     }
@@ -192,18 +151,26 @@ pub fn drop_meta_elements_from_data_set(path: &Path) -> Result<u64, StoreError> 
 
 type FileReader = std::io::BufReader<std::fs::File>;
 
-/// The file positioned at its data set, the data set's encoding and the
-/// file's size; None for a Deflated data set (no raw walk possible).
-fn data_set_reader(
-    path: &Path,
-) -> Result<Option<(FileReader, crate::lengths::Encoding, u64)>, String> {
+/// The file positioned at its data set, its transfer syntax and the file's
+/// size.
+fn open_data_set(path: &Path) -> Result<(FileReader, String, u64), String> {
     use std::io::{Seek, SeekFrom};
     let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
     let size = file.get_ref().metadata().map_err(|e| e.to_string())?.len();
     file.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
     let meta =
         dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| e.to_string())?;
-    let encoding = match meta.transfer_syntax().trim_end_matches('\0') {
+    let syntax = meta.transfer_syntax().trim_end_matches('\0').to_string();
+    Ok((file, syntax, size))
+}
+
+/// The file positioned at its data set, the data set's encoding and the
+/// file's size; None for a Deflated data set (no raw walk possible).
+fn data_set_reader(
+    path: &Path,
+) -> Result<Option<(FileReader, crate::lengths::Encoding, u64)>, String> {
+    let (file, syntax, size) = open_data_set(path)?;
+    let encoding = match syntax.as_str() {
         "1.2.840.10008.1.2" => crate::lengths::Encoding {
             explicit_vr: false,
             big_endian: false,

@@ -53,6 +53,8 @@ struct Scanner<R> {
     collected: Vec<RawValue>,
     /// The sequences (and item numbers) the walk is inside.
     path: Vec<(Tag, usize)>,
+    /// Where the top-level element at or after `stop` begins, once met.
+    stopped_at: Option<u64>,
 }
 
 /// A value read by `values_of_vrs`: where it is, and its bytes.
@@ -82,27 +84,40 @@ pub fn check<R: Read + Seek>(r: R, enc: Encoding, end: u64, stop: Tag) -> Result
 /// sequences too) whose VR is in `vrs` (as the header has it; implicit VR:
 /// the dictionary's).
 pub fn values_of_vrs<R: Read + Seek>(
-    mut r: R,
+    r: R,
     enc: Encoding,
     end: u64,
     stop: Tag,
     vrs: &'static [VR],
 ) -> Result<Vec<RawValue>, String> {
-    let pos = r.stream_position().map_err(|e| e.to_string())?;
-    let mut s = Scanner {
-        r,
-        enc,
-        pos,
-        stop,
-        collect: vrs,
-        collected: Vec::new(),
-        path: Vec::new(),
-    };
+    let mut s = Scanner::new(r, enc, stop, vrs)?;
     s.elements(end, 0, true)?;
     Ok(s.collected)
 }
 
+/// The same walk, returning where the first top-level element at or after
+/// `stop` begins (where the walk ended when there is none).
+pub fn start_of<R: Read + Seek>(r: R, enc: Encoding, end: u64, stop: Tag) -> Result<u64, String> {
+    let mut s = Scanner::new(r, enc, stop, &[])?;
+    s.elements(end, 0, true)?;
+    Ok(s.stopped_at.unwrap_or(s.pos))
+}
+
 impl<R: Read + Seek> Scanner<R> {
+    fn new(mut r: R, enc: Encoding, stop: Tag, collect: &'static [VR]) -> Result<Self, String> {
+        let pos = r.stream_position().map_err(|e| e.to_string())?;
+        Ok(Scanner {
+            r,
+            enc,
+            pos,
+            stop,
+            collect,
+            collected: Vec::new(),
+            path: Vec::new(),
+            stopped_at: None,
+        })
+    }
+
     fn u16(&mut self) -> Result<u16, String> {
         let mut b = [0u8; 2];
         self.read(&mut b)?;
@@ -154,6 +169,7 @@ impl<R: Read + Seek> Scanner<R> {
                 };
             }
             if top && tag >= self.stop {
+                self.stopped_at = Some(at);
                 return Ok(Stop::Done);
             }
             let (vr, len) = if self.enc.explicit_vr {
