@@ -205,26 +205,36 @@ impl Pipeline {
                     .await
                     .map(|_| ())
             }
-            // Not the image's fault: the database locked or the disk full,
-            // or the model's files changed (waiting for a restart). Tried
-            // again later, without using up one of its attempts.
-            Err(failure @ (Failure::Store(_) | Failure::ModelChanged(_))) => {
-                let (reason, what) = match failure {
-                    Failure::ModelChanged(r) => (r, "the model cannot run; the job waits"),
-                    Failure::Store(r) | Failure::Analysis(r) => {
-                        (r, "the analysis could not be kept; will retry")
-                    }
-                };
-                warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "{what}");
-                self.store
-                    .retry_job_later(job.job_id, &self.owner, &reason, STORE_RETRY)
+            // Not the image's fault: tried again later, without using up
+            // one of its attempts.
+            Err(Failure::Store(reason)) => {
+                self.retry_later(&job, &reason, "the analysis could not be kept; will retry")
                     .await
-                    .map(|_| ())
+            }
+            Err(Failure::ModelChanged(reason)) => {
+                self.retry_later(&job, &reason, "the model cannot run; the job waits")
+                    .await
             }
         };
         if let Err(e) = recorded {
             warn!(error = %e, "cannot record the job's outcome; it will be retried after its lease");
         }
+    }
+
+    /// A job whose analysis could not finish for a reason of the node's
+    /// (the database locked or the disk full, the model's files changed)
+    /// runs again after `STORE_RETRY`.
+    async fn retry_later(
+        &self,
+        job: &ClaimedJob,
+        reason: &str,
+        what: &str,
+    ) -> Result<(), pneumo_store::StoreError> {
+        warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "{what}");
+        self.store
+            .retry_job_later(job.job_id, &self.owner, reason, STORE_RETRY)
+            .await
+            .map(|_| ())
     }
 
     /// Ok(true): reported; Ok(false): the lease was lost; Err: why it failed.
