@@ -401,6 +401,23 @@ def test_a_malformed_associate_rq_is_aborted_and_the_log_says_why(node):
     assert node.echo_ok()
 
 
+def test_items_of_unknown_type_in_an_associate_rq_are_skipped(node):
+    """PS3.8 9.3.1: items of unrecognised types are ignored and skipped. The
+    node aborted an A-ASSOCIATE-RQ carrying one (DCMTK accepts it)."""
+    rq = associate_rq(node.ae_title, "RAWSCU", [(1, VERIFICATION, [IMPLICIT])])
+    body = rq[6:]
+    first_context = body.index(b"\x20\x00", 68)
+    body = (body[:first_context] + struct.pack(">BxH", 0x15, 3) + b"abc" + body[first_context:]
+            + struct.pack(">BxH", 0x7F, 0))
+    raw = RawAssociation(node.port)
+    raw.send(struct.pack(">BxI", 0x01, len(body)) + body)
+    pdu_type, _ = raw.read_pdu()
+    raw.close()
+    assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
+    (line,) = accepted_lines(node, 1)
+    assert "accepted=1" in line, line
+
+
 def accepted_lines(node, n: int) -> list:
     """The log's first `n` "association accepted" lines, waited for: the
     node logs the line after it has sent the A-ASSOCIATE-AC."""

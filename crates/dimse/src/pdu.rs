@@ -96,6 +96,39 @@ pub fn split_pdvs(body: &[u8]) -> Result<Vec<Pdv<'_>>, PduError> {
     Ok(pdvs)
 }
 
+/// Bytes before the first item of an A-ASSOCIATE-RQ/AC body: protocol
+/// version, reserved, the two AE titles, reserved.
+const ASSOCIATE_FIXED_FIELDS: usize = 68;
+/// Application Context, Presentation Context (RQ), User Information.
+const ASSOCIATE_RQ_ITEMS: [u8; 3] = [0x10, 0x20, 0x50];
+/// Application Context, Presentation Context (AC), User Information.
+const ASSOCIATE_AC_ITEMS: [u8; 3] = [0x10, 0x21, 0x50];
+
+/// The body without its top-level items of types not in `known`, or None
+/// when there are none to leave out (or the items do not parse: dicom-ul
+/// then names the fault).
+fn without_unknown_items(body: &[u8], known: &[u8]) -> Option<Vec<u8>> {
+    let mut kept = body.get(..ASSOCIATE_FIXED_FIELDS)?.to_vec();
+    let mut items = &body[ASSOCIATE_FIXED_FIELDS..];
+    let mut left_out = false;
+    while !items.is_empty() {
+        let header = items.get(..4)?;
+        let end = 4 + usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let item = items.get(..end)?;
+        if known.contains(&item[0]) {
+            kept.extend_from_slice(item);
+        } else {
+            tracing::debug!(
+                item_type = item[0],
+                "item of unknown type ignored in association PDU"
+            );
+            left_out = true;
+        }
+        items = &items[end..];
+    }
+    left_out.then_some(kept)
+}
+
 /// A connection that frames PDUs, with a reusable receive buffer.
 pub struct PduStream<S> {
     stream: S,
@@ -198,12 +231,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     }
 
     /// Decodes the PDU last read (of type `pdu_type`) with dicom-ul's codec.
+    /// Top-level items of an A-ASSOCIATE-RQ/AC of a type the standard does
+    /// not define there are left out first: PS3.8 9.3.1 asks the receiver
+    /// to ignore and skip them, where dicom-ul refuses the whole PDU.
     pub fn decode(&self, pdu_type: u8) -> Result<Pdu, PduError> {
-        let len = self.body.len() as u32;
+        let known = match pdu_type {
+            TYPE_ASSOCIATE_RQ => Some(&ASSOCIATE_RQ_ITEMS),
+            TYPE_ASSOCIATE_AC => Some(&ASSOCIATE_AC_ITEMS),
+            _ => None,
+        };
+        let kept = known.and_then(|known| without_unknown_items(&self.body, known));
+        let body = kept.as_deref().unwrap_or(&self.body);
+        let len = body.len() as u32;
         let mut header = [0u8; 6];
         header[0] = pdu_type;
         header[2..6].copy_from_slice(&len.to_be_bytes());
-        let buf = Buf::chain(&header[..], &self.body[..]);
+        let buf = Buf::chain(&header[..], body);
         match read_pdu(buf, MAX_CONTROL_PDU.max(len), false) {
             Ok(Some(pdu)) => Ok(pdu),
             Ok(None) => Err(PduError::Malformed("incomplete PDU".into())),
@@ -332,6 +375,37 @@ pub fn max_pdv_payload(max_pdu: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_of_unknown_type_are_left_out_of_an_associate_pdu() {
+        let item = |t: u8, v: &[u8]| {
+            let mut i = vec![t, 0];
+            i.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            i.extend_from_slice(v);
+            i
+        };
+        let fixed = vec![7u8; ASSOCIATE_FIXED_FIELDS];
+        let known = [item(0x10, b"ctx"), item(0x20, b"pc"), item(0x50, b"user")].concat();
+        let mut body = fixed.clone();
+        body.extend(item(0x10, b"ctx"));
+        body.extend(item(0x15, b"odd"));
+        body.extend(item(0x20, b"pc"));
+        body.extend(item(0x50, b"user"));
+        body.extend(item(0x7F, b""));
+        let kept = without_unknown_items(&body, &ASSOCIATE_RQ_ITEMS).unwrap();
+        assert_eq!(kept, [fixed.clone(), known.clone()].concat());
+        // nothing to leave out, or items that do not parse: the body as read
+        let clean = [fixed.clone(), known].concat();
+        assert_eq!(without_unknown_items(&clean, &ASSOCIATE_RQ_ITEMS), None);
+        assert_eq!(
+            without_unknown_items(&body[..body.len() - 2], &ASSOCIATE_RQ_ITEMS),
+            None
+        );
+        assert_eq!(
+            without_unknown_items(&fixed[..10], &ASSOCIATE_RQ_ITEMS),
+            None
+        );
+    }
 
     #[test]
     fn pdvs_split_and_check_lengths() {
