@@ -45,3 +45,41 @@ def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_rest
     node.start()
     assert ready().status_code == 200, ready().text
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=90)
+
+
+def test_a_lung_segmentation_model_changed_under_the_running_node_stops_analyses(
+        node_factory, rg1_copies, tmp_path):
+    """The lung segmentation model (for a `lung-box` crop) was not stamped:
+    replaced on disk, the node ran the old one on and said nothing."""
+    import shutil
+
+    from nodetest import demo_model_with
+
+    seg = tmp_path / "seg.onnx"
+    shutil.copy(ROOT / "fixtures" / "models" / "lung-seg-synthetic.onnx", seg)
+    node = node_factory(inference__model=demo_model_with(tmp_path / "lung-box.onnx", crop_mode="lung-box"),
+                        inference__lung_segmentation_model=seg).start()
+    ready = lambda: requests.get(f"http://127.0.0.1:{node.http_port}/readyz")  # noqa: E731
+    assert ready().status_code == 200, ready().text
+    first, second = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+
+    replacement = tmp_path / "seg.new"
+    shutil.copy(seg, replacement)
+    replacement.rename(seg)
+    r = ready()
+    assert r.status_code == 503, r.text
+    (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]
+    assert reason.startswith("lung segmentation:") and "seg.onnx" in reason, reason
+
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+    wait_until(lambda: "the model cannot run; the job waits" in node.log(), timeout=60)
+    with node.db() as c:
+        (state, reason) = c.execute("SELECT state, reason FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+    assert state not in ("reported", "failed") and "lung segmentation" in reason, (state, reason)
+
+    node.stop()
+    node.start()
+    assert ready().status_code == 200, ready().text
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=90)

@@ -10,6 +10,7 @@ use ort::value::{TensorElementType, TensorRef};
 use pneumo_imaging::{resize_bilinear, GreyImage, LungBox};
 
 use crate::error::{ContractError, InferenceError, Result};
+use crate::files::ModelFiles;
 use crate::graph::{GraphDim, GraphSignature, GraphValue, GraphValueType};
 use crate::inspect::read_header;
 use crate::model::{open_session, ExecutionProvider};
@@ -88,6 +89,8 @@ pub struct LungSegmenter {
     contract: SegContract,
     provider: ExecutionProvider,
     path: PathBuf,
+    /// Its files as loaded, looked at around each run (as the classifier's).
+    files: ModelFiles,
 }
 
 impl std::fmt::Debug for LungSegmenter {
@@ -172,6 +175,7 @@ impl LungSegmenter {
     /// and execution provider choice of `settings`, and checks its contract.
     pub fn load(path: &Path, settings: &InferenceSettings) -> Result<LungSegmenter> {
         let path = locate_model_file(path)?;
+        let files = ModelFiles::stamp(&path, &read_header(&path)?.external_files);
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let meta = session
@@ -192,6 +196,7 @@ impl LungSegmenter {
             contract,
             provider,
             path,
+            files,
         })
     }
 
@@ -215,6 +220,18 @@ impl LungSegmenter {
         self.provider
     }
 
+    /// The first of its files changed on disk since it was loaded, in words.
+    pub fn files_changed(&self) -> Option<String> {
+        self.files.changed()
+    }
+
+    fn check_files(&self) -> Result<()> {
+        match self.files.changed() {
+            Some(why) => Err(InferenceError::ModelFilesChanged(why)),
+            None => Ok(()),
+        }
+    }
+
     /// The lung mask of `grey` (the image in [0, 1], bone bright) at the
     /// model's resolution: `S`×`S` values, 1 = lung (blocking).
     pub fn mask(&self, grey: &GreyImage) -> Result<Vec<u8>> {
@@ -231,9 +248,12 @@ impl LungSegmenter {
         let tensor = TensorRef::from_array_view(([1usize, 1, s, s], input.as_slice()))
             .map_err(|e| InferenceError::Run(e.to_string()))?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_files()?;
         let outputs = session
             .run(ort::inputs![self.contract.input_name.as_str() => tensor])
             .map_err(|e| InferenceError::Run(format!("lung segmentation: {e}")))?;
+        // a change during the run may have fed it a mix of two models
+        self.check_files()?;
         let out = outputs
             .get(self.contract.output_name.as_str())
             .ok_or_else(|| {

@@ -60,6 +60,8 @@ pub struct HttpState {
     pub model: Arc<std::sync::RwLock<ModelStatus>>,
     /// For batch statistics in /metrics.
     pub engine: Option<Arc<pneumo_inference::InferenceEngine>>,
+    /// The lung segmentation model, when the model's crop uses it.
+    pub segmenter: Option<Arc<pneumo_inference::LungSegmenter>>,
     /// Woken when jobs are sent back to `received` (the router takes them).
     pub wake_router: Arc<tokio::sync::Notify>,
     /// Woken when parked deliveries are pending again.
@@ -156,7 +158,15 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
     let database_lost = s.store.database_lost_at_open();
-    let model_files_changed = s.engine.as_ref().and_then(|e| e.files_changed());
+    let model_files_changed = s
+        .engine
+        .as_ref()
+        .and_then(|e| e.files_changed())
+        .or_else(|| {
+            let seg = s.segmenter.as_ref()?;
+            seg.files_changed()
+                .map(|why| format!("lung segmentation: {why}"))
+        });
     let ready = database["ok"] == json!(true)
         && !database_lost
         && storage.ok

@@ -457,6 +457,9 @@ async fn serve(config: Config) -> Result<()> {
         wake_router.clone(),
         wake_pipeline.clone(),
     ));
+    let segmenter_in_use = segmenter
+        .clone()
+        .filter(|_| engine.contract().crop_mode == pneumo_imaging::CropMode::LungBox);
     let pipeline = Arc::new(pipeline::Pipeline {
         store: store.clone(),
         engine: engine.clone(),
@@ -519,6 +522,7 @@ async fn serve(config: Config) -> Result<()> {
             active_associations: scp.active_counter(),
             model: Arc::new(std::sync::RwLock::new(model_status)),
             engine: Some(engine.clone()),
+            segmenter: segmenter_in_use,
             wake_router,
             wake_outbox,
             destinations: config.destinations.iter().map(|d| d.name.clone()).collect(),

@@ -252,7 +252,12 @@ impl Pipeline {
             prepare(&path, &spec, segmenter.as_deref(), companion)
         })
         .await
-        .map_err(|e| format!("imaging task failed: {e}"))??;
+        .map_err(|e| format!("imaging task failed: {e}"))?;
+        // Not the image's fault: the job waits for the restart.
+        if let Some(why) = self.segmenter.as_ref().and_then(|s| s.files_changed()) {
+            return Err(Failure::ModelChanged(format!("lung segmentation: {why}")));
+        }
+        let prepared = prepared?;
 
         timings.imaging = ms_since(t_imaging);
         let started = Instant::now();
