@@ -218,6 +218,25 @@ def attribute_variants(base: Dataset) -> dict[str, Dataset]:
     ds = variant("bits12")
     _set_pixels(ds, (arr >> 3).astype(np.uint16), 12)
     ds.WindowCenter, ds.WindowWidth = 1875, 3750
+
+    # Display shutters: what a viewer shows (the collimated border outside
+    # them is painted black, or in the Shutter Presentation Value).
+    rows, cols = arr.shape
+    ds = variant("shutter_rectangular")
+    ds.ShutterShape = "RECTANGULAR"
+    ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge = cols // 8, cols - cols // 6
+    ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = rows // 10, rows - rows // 7
+    ds = variant("shutter_circular_rectangular")
+    ds.ShutterShape = ["CIRCULAR", "RECTANGULAR"]
+    ds.CenterOfCircularShutter = [rows // 2, cols // 2 + 3]
+    ds.RadiusOfCircularShutter = min(rows, cols) * 9 // 20
+    ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge = 1, cols - cols // 5
+    ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = 1, rows
+    ds.ShutterPresentationValue = 20000
+    ds = variant("shutter_polygonal")
+    ds.ShutterShape = "POLYGONAL"
+    ds.VerticesOfThePolygonalShutter = [5, cols // 2, rows // 2, cols - 4, rows - 3, cols * 3 // 4,
+                                        rows - 3, cols // 4, rows // 2 + 1, 6]
     return out
 
 

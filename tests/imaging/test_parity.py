@@ -66,6 +66,7 @@ def check(node_bin: str, path: Path, tmp: Path) -> float:
     assert report["voi"] == info["voi"]
     assert report["modality_lut"] == info["modality_lut"]
     assert report["inverted"] == info["inverted"]
+    assert report["shuttered_pixels"] == info.get("shuttered_pixels", 0)
     assert report["crop"]["mode"] == "none"
     grey_ref, _ = ref.grey(ref.read(str(path)))
     assert np.abs(grey_rust - grey_ref).max() <= 1e-6

@@ -156,7 +156,62 @@ def grey(ds) -> tuple[np.ndarray, dict]:
         y = 1.0 - y
     y = np.where(pad, 0.0, y)
     info["inverted"] = bool(inverse)
+
+    # 4b. Display shutter (PS3.3 C.7.6.11): what lies outside every shape
+    # is shown in the Shutter Presentation Value, else black.
+    shown = shutter_mask(ds, y.shape)
+    if shown is not None:
+        value = int(ds.get("ShutterPresentationValue", 0)) / 65535.0
+        y = np.where(shown, y, value)
+        info["shuttered_pixels"] = int((~shown).sum())
     return y.astype(np.float32), info
+
+
+def shutter_mask(ds, shape) -> np.ndarray | None:
+    """True where the display shutter shows the image (1-based pixel
+    centres; the shapes' intersection); None without a shutter."""
+    kinds = [str(k).strip().upper() for k in _values(ds.get("ShutterShape"))]
+    if not kinds:
+        return None
+    rows, cols = np.mgrid[1 : shape[0] + 1, 1 : shape[1] + 1].astype(np.float64)
+    shown = np.ones(shape, dtype=bool)
+    for kind in kinds:
+        if kind == "RECTANGULAR":
+            left, right = float(ds.ShutterLeftVerticalEdge), float(ds.ShutterRightVerticalEdge)
+            upper, lower = float(ds.ShutterUpperHorizontalEdge), float(ds.ShutterLowerHorizontalEdge)
+            shown &= (cols >= left) & (cols <= right) & (rows >= upper) & (rows <= lower)
+        elif kind == "CIRCULAR":
+            cr, cc = (float(v) for v in ds.CenterOfCircularShutter)
+            r = float(ds.RadiusOfCircularShutter)
+            shown &= (rows - cr) ** 2 + (cols - cc) ** 2 <= r * r
+        elif kind == "POLYGONAL":
+            v = [float(x) for x in ds.VerticesOfThePolygonalShutter]
+            shown &= _inside_polygon(list(zip(v[0::2], v[1::2])), shape)
+    return shown
+
+
+def _inside_polygon(vertices, shape) -> np.ndarray:
+    """Even-odd rule on each row's centre line: an edge crosses row y when
+    exactly one of its ends has row <= y; inside between pairs of
+    crossings, ends included."""
+    inside = np.zeros(shape, dtype=bool)
+    cols = np.arange(1, shape[1] + 1, dtype=np.float64)
+    for i in range(shape[0]):
+        y = i + 1.0
+        xs = sorted(
+            c0 + (y - r0) * (c1 - c0) / (r1 - r0)
+            for (r0, c0), (r1, c1) in zip(vertices, vertices[1:] + vertices[:1])
+            if (r0 <= y) != (r1 <= y)
+        )
+        for a, b in zip(xs[0::2], xs[1::2]):
+            inside[i] |= (cols >= a) & (cols <= b)
+    return inside
+
+
+def _values(v) -> list:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v]
 
 
 def preprocess(

@@ -200,6 +200,9 @@ pub struct GreyReport {
     pub pixel_padding_value: Option<i64>,
     pub pixel_padding_range_limit: Option<i64>,
     pub padding_pixels: usize,
+    /// The display shutter applied after the grey levels (none: default).
+    #[serde(flatten)]
+    pub shutter: crate::shutter::ShutterReport,
 }
 
 /// All grey-level parameters read from the data set.
@@ -456,6 +459,7 @@ pub fn to_grey(
         pixel_padding_value: params.padding_value,
         pixel_padding_range_limit: params.padding_limit,
         padding_pixels,
+        shutter: Default::default(),
     };
     Ok((
         GreyImage {

@@ -2,7 +2,8 @@
 //!
 //! Pure functions, no I/O. The steps, in order (docs/imaging.md):
 //! decode the pixel data → Modality LUT → VOI → MONOCHROME1 / INVERSE
-//! inversion (bone bright) with padding black, in [0, 1] → crop (`none` or
+//! inversion (bone bright) with padding black, in [0, 1] → the display
+//! shutter (outside it black, or its presentation value) → crop (`none` or
 //! `lung-box`) → resize as Pillow's bilinear on a float image → 3 identical
 //! channels → normalise with the contract's mean and std → NCHW f32 or f16.
 
@@ -15,6 +16,7 @@ mod header;
 mod jpeg;
 mod npy;
 mod resize;
+mod shutter;
 mod transcode;
 
 use dicom_object::DefaultDicomObject;
@@ -28,6 +30,7 @@ pub use grey::{GreyImage, GreyReport, Lut, ModalityLut, Voi, VoiFunction};
 pub use header::Photometric;
 pub use npy::encode_npy;
 pub use resize::resize_bilinear;
+pub use shutter::ShutterReport;
 pub use transcode::{can_decompress, decompress};
 
 /// Element type of the output tensor, as the model asks for it.
@@ -145,7 +148,10 @@ pub fn grey_image(
     let h = header::ImageHeader::from_obj(obj)?;
     let params = grey::GreyParams::from_obj(obj, &h)?;
     let samples = decode::decode_samples(obj, &h)?;
-    let (img, rep) = grey::to_grey(&samples, &h, &params)?;
+    let (mut img, mut rep) = grey::to_grey(&samples, &h, &params)?;
+    if let Some(shutter) = shutter::DisplayShutter::from_obj(obj) {
+        rep.shutter = shutter.apply(&mut img);
+    }
     let ts = obj
         .meta()
         .transfer_syntax()
