@@ -38,6 +38,14 @@ def dx(path, anatomy=None, view=None, **text) -> str:
     return ds.SOPInstanceUID
 
 
+def job_of(node, uid):
+    """(state, reason) of the job of the instance `uid`."""
+    with node.db() as c:
+        return c.execute(
+            "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
+            " WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
+
+
 def test_coded_anatomy_and_view_decide_when_the_text_attributes_are_absent(node, tmp_path):
     hand = ("85562004", "SCT", "Hand")
     chest = ("51185008", "SCT", "Chest")
@@ -61,15 +69,9 @@ def test_coded_anatomy_and_view_decide_when_the_text_attributes_are_absent(node,
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port,
               *sorted(tmp_path.glob("*.dcm")))
 
-    def job(uid):
-        with node.db() as c:
-            return c.execute(
-                "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
-                " WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
-
     for name, (uid, state, reason) in cases.items():
-        wait_until(lambda: (job(uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
-        assert job(uid) == (state, reason), name
+        wait_until(lambda: (job_of(node, uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
+        assert job_of(node, uid) == (state, reason), name
 
 
 def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_factory, tmp_path):
@@ -109,14 +111,9 @@ def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_f
     node = node_factory().start()
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *sorted(tmp_path.glob("*.dcm")))
 
-    def job(uid):
-        with node.db() as c:
-            return c.execute("SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id"
-                             " WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
-
     for name, (uid, state, reason) in cases.items():
-        wait_until(lambda: (job(uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
-        got = job(uid)
+        wait_until(lambda: (job_of(node, uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
+        got = job_of(node, uid)
         assert got[0] == state, (name, got)
         if state == "skipped":
             assert "is under routing.analyse_min_age_years (16)" in got[1], (name, got)
@@ -130,4 +127,112 @@ def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_f
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry", params={"state": "skipped"})
     assert r.json()["requeued"] == 8, r.text
     for name, (uid, _, _) in cases.items():
-        wait_until(lambda: (job(uid) or ("",))[0] == "reported", timeout=60, what=name)
+        wait_until(lambda: (job_of(node, uid) or ("",))[0] == "reported", timeout=60, what=name)
+
+
+def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_view(node_factory, tmp_path):
+    """A stitched long-leg image with no body part got a chest result (its
+    companion image labelled CHEST); a lateral with an empty View Position
+    was analysed though Patient Orientation said lateral; a DX For
+    Presentation image whose Presentation Intent Type said FOR PROCESSING
+    was analysed; Body Part `CHEST PA` was skipped."""
+    node = node_factory(report__companion_sc="true").start()
+    cases = {
+        "stitched_leg": (dx(tmp_path / "a.dcm", None, None, SeriesDescription="Long Leg Stitched",
+                            ImageType=["DERIVED", "PRIMARY", "STITCHED"]),
+                         "skipped", "a stitched image (Image Type DERIVED\\PRIMARY\\STITCHED) is not "
+                                    "analysed: a chest radiograph is one exposure"),
+        "knee_in_words": (dx(tmp_path / "b.dcm", None, None, StudyDescription="RX Knie rechts"),
+                          "skipped", 'body part LEG (Study Description "RX Knie rechts") is not analysed'),
+        "lateral_by_orientation": (dx(tmp_path / "c.dcm", None, None, SeriesDescription="Thorax lat",
+                                      PatientOrientation=["P", "F"], ViewPosition=""),
+                                   "skipped", "view position LATERAL (Patient Orientation P\\F) is not analysed"),
+        "intent_for_processing": (dx(tmp_path / "d.dcm", None, None, PresentationIntentType="FOR PROCESSING"),
+                                  "skipped", "Presentation Intent Type FOR PROCESSING (raw detector data, "
+                                             "not meant for display) is not analysed"),
+        "chest_pa_words": (dx(tmp_path / "e.dcm", None, None, BodyPartExamined="CHEST PA",
+                              PatientOrientation=["L", "F"]), "reported", None),
+        # nothing said: analysed as before, and the companion image does
+        # not name a body part the source did not
+        "view_code_only_no_numbers": (
+            dx(tmp_path / "f.dcm", None, ("399348003", "SCT", "antero-posterior"),
+               AcquisitionTime="081403", InstanceNumber=None),
+            "reported", None),
+    }
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port,
+              *sorted(tmp_path.glob("*.dcm")))
+
+    for name, (uid, state, reason) in cases.items():
+        wait_until(lambda: (job_of(node, uid) or ("",))[0] in ("skipped", "reported", "failed"), timeout=60)
+        assert job_of(node, uid) == (state, reason), name
+
+    uid = cases["view_code_only_no_numbers"][0]
+    with node.db() as c:
+        made = dict(c.execute(
+            "SELECT m.modality, m.path FROM jobs j JOIN instances i ON i.id = j.instance_id"
+            " JOIN instances m ON m.id IN (j.sr_instance_id, j.sc_instance_id)"
+            " WHERE i.sop_instance_uid = ?", (uid,)).fetchall())
+    sr = pydicom.dcmread(node.data_dir / made["SR"])
+    comments = [str(item.TextValue) for item in _walk(sr) if "TextValue" in item]
+    assert any("Image analysed: antero-posterior, series" in t and "acquired 08:14:03" in t
+               for t in comments), comments
+    sc = pydicom.dcmread(node.data_dir / made["OT"])
+    assert "BodyPartExamined" not in sc, sc.BodyPartExamined
+
+
+def _walk(ds):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
+def test_a_report_or_companion_image_sent_back_is_neither_analysed_nor_forwarded(node_factory, tmp_path):
+    """A PACS that routes everything back to the node (and coerces what it
+    stores: another issuer, a new UID) made the node analyse its own
+    companion image as a chest radiograph, report on it, send that back,
+    and so on without end; its report came back and was forwarded to a
+    teaching archive as an original."""
+    from nodetest import free_port
+
+    config = tmp_path / "loop.toml"
+    config.write_text(f"""
+[dicom]
+accept = "all-storage"
+[report]
+companion_sc = true
+[routing]
+analyse_modalities = ["CR", "DX", "OT"]
+[[routing.forward]]
+destinations = ["teaching"]
+[[destinations]]
+name = "teaching"
+ae_title = "TEACH"
+host = "127.0.0.1"
+port = {free_port()}
+""")
+    node = node_factory().start(config_file=config)
+    original = dx(tmp_path / "original.dcm", None, None)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "original.dcm")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        made = c.execute("SELECT path FROM instances WHERE generated = 1 ORDER BY id").fetchall()
+    assert len(made) == 2  # the report and its companion image
+    back = []
+    for i, (path,) in enumerate(made):
+        ds = pydicom.dcmread(node.data_dir / path)
+        ds.IssuerOfPatientID = "PACS"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / f"back{i}.dcm", enforce_file_format=True)
+        back.append(ds.SOPInstanceUID)
+    run_dcmtk("storescu", "-R", "-aet", "PACS", "-aec", node.ae_title, "127.0.0.1", node.port,
+              tmp_path / "back0.dcm", tmp_path / "back1.dcm")
+
+    for uid in back:
+        wait_until(lambda: (job_of(node, uid) or ("",))[0] == "skipped", timeout=60)
+        assert "made by pneumo-node" in job_of(node, uid)[1], job_of(node, uid)
+    with node.db() as c:
+        forwarded = [u for (u,) in c.execute(
+            "SELECT i.sop_instance_uid FROM outbox o JOIN instances i ON i.id = o.instance_id"
+            " WHERE o.destination = 'teaching'")]
+    assert forwarded == [original], forwarded
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1

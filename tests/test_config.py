@@ -26,6 +26,39 @@ def test_lists_of_words_come_from_the_environment_comma_separated():
     assert 'level = "info,ort=debug"' in r.stdout  # a comma elsewhere is just a comma
 
 
+def test_values_that_start_a_node_which_takes_or_analyses_nothing_are_refused():
+    """Each passed check-config and started a node that refused every
+    image (an empty data_dir), listened where no one knew (port 0), failed
+    every job as a crash (lease_s = 0), or lost everything at a stop (an
+    in-memory database); an empty list from the environment was [""], which
+    skipped every image."""
+    for key, value, said in [
+        ("NODE__DATA_DIR", "", "node.data_dir is empty"),
+        ("DICOM__PORT", "0", "dicom.port and http.port must be 1 to 65535"),
+        ("HTTP__PORT", "0", "dicom.port and http.port must be 1 to 65535"),
+        ("PIPELINE__LEASE_S", "0", "pipeline.lease_s 0 must be at least 30 seconds"),
+        ("PIPELINE__CONCURRENCY", "0", "pipeline.concurrency and pipeline.max_attempts"),
+        ("DATABASE__URL", "sqlite:", "names no database file"),
+        ("DATABASE__URL", "sqlite::memory:", "names no database file"),
+    ]:
+        r = check_config({f"PNEUMO__{key}": value})
+        assert r.returncode == MISCONFIGURED and said in r.stderr, (key, value, r.stderr)
+    r = check_config({"PNEUMO__ROUTING__ANALYSE_MODALITIES": ""})
+    assert r.returncode == 0, r.stderr
+    assert "analyse_modalities = []" in r.stdout, r.stdout
+
+
+def test_a_configuration_path_that_is_no_file_says_what_it_is(tmp_path):
+    """`--config DIR` and `--config /dev/null` said "does not exist"."""
+    for path, said in [(tmp_path, "is a directory"), ("/dev/null", "is not a regular file"),
+                       (tmp_path / "none.toml", "does not exist")]:
+        r = subprocess.run([str(node_binary()), "--config", str(path), "check-config"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == MISCONFIGURED and said in r.stderr, (path, r.stderr)
+    r = check_config({"PNEUMO__INFERENCE__MODEL": "/dev/null"})
+    assert r.returncode == MISCONFIGURED and "is not a regular file" in r.stderr, r.stderr
+
+
 def test_a_missing_onnx_runtime_library_is_found_by_check_config():
     r = check_config({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"})
     assert r.returncode == MISCONFIGURED
@@ -158,9 +191,16 @@ def test_serve_refused_by_its_configuration_exits_78_and_other_start_failures_ex
     taken.listen()
     try:
         r = serve(PNEUMO__DICOM__PORT=str(taken.getsockname()[1]))
+        # With JSON logs, the error that ends the start is a JSON line too:
+        # it was plain text, which a log pipeline of JSON lines dropped.
+        in_json = serve(PNEUMO__DICOM__PORT=str(taken.getsockname()[1]), PNEUMO__LOG__FORMAT="json")
     finally:
         taken.close()
     assert r.returncode == 1 and "Address already in use" in r.stderr, r.stderr
+    import json
+
+    last = json.loads(in_json.stderr.strip().splitlines()[-1])
+    assert last["level"] == "ERROR" and "Address already in use" in last["fields"]["error"], last
     # A data disk not yet mounted: its mount point's folder is missing. The
     # data directory was made with its parents, and the node served a fresh
     # store on the root file system. It exits 1 now (restarted: it mounts).
@@ -189,5 +229,14 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
            "PNEUMO__HTTP__PORT": str(free_port())}
     r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                         str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
-    shutil.rmtree(home, ignore_errors=True)
     assert r.returncode == MISCONFIGURED and "104: Permission denied" in r.stderr, (r.returncode, r.stderr)
+    # A data directory the account may not write (a first run as root made
+    # it) was exit 1, restarted every 5 s for good, reloading the model.
+    owned_by_root = home / "by-root"
+    owned_by_root.mkdir(mode=0o755)
+    env = {**env, "PNEUMO__NODE__DATA_DIR": str(owned_by_root / "var"), "PNEUMO__DICOM__PORT": str(free_port())}
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+    assert r.returncode == MISCONFIGURED and "cannot prepare data directory" in r.stderr, (r.returncode, r.stderr)
+    assert "Permission denied" in r.stderr, r.stderr

@@ -150,6 +150,36 @@ def test_a_database_deleted_under_the_running_node_stops_acknowledgements(node_f
     assert "a start found instances/ holding files and the database no instance" in node.log()
 
 
+def test_a_database_truncated_under_the_running_node_is_not_ready(node_factory, rg1_copies):
+    """The database truncated while the node ran: every C-STORE was refused
+    (A700, "database disk image is malformed") while /readyz, answered from
+    SQLite's page cache, said ready."""
+    from nodetest import run_dcmtk
+    from test_pynetdicom_peers import sender
+
+    node = node_factory().start()
+    first, second = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    # after a restart, so that the rows are in the file (a clean stop
+    # checkpoints the write-ahead log), not only in the log
+    node.stop()
+    node.start()
+    with open(node.data_dir / "pneumo-node.sqlite", "r+b") as f:
+        f.truncate(0)
+    code, body = node.http("/readyz")
+    assert code == 503 and any("is damaged" in r for r in body["reasons"]), body
+    db = node.data_dir / "pneumo-node.sqlite"
+    print("DBG size", db.stat().st_size, db.read_bytes()[:16])
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(second)
+    assoc.release()
+    print("DBG after", db.stat().st_size, db.read_bytes()[:16], node.http("/readyz")[0])
+    assert status.Status == 0xA700, status
+    assert "restore the database" in node.log(), "the log says what to do"
+    assert node.alive() and node.echo_ok()
+
+
 def test_an_instance_the_database_refuses_leaves_no_file(node, rg1_copies):
     """The row cannot be committed after the file was moved into place (here
     a trigger stands for a locked or full database): A700, and the file is
@@ -199,3 +229,27 @@ def test_clean_restarts_during_analysis_fail_no_job(node_factory, rg1_copies):
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 0, node.log()
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 12
     assert "closed pool" not in node.log()
+
+
+def test_patient_data_is_not_readable_by_other_accounts(node_factory, rg1_copies):
+    """Every instance, the database and their folders were 0644/0755 under
+    the usual umask 0022: any local account could read the radiographs."""
+    import os
+    import stat
+
+    from nodetest import run_dcmtk
+
+    old = os.umask(0o022)  # what the node is started with, usually
+    try:
+        node = node_factory().start()
+    finally:
+        os.umask(old)
+    (first,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    written = [node.data_dir / "pneumo-node.sqlite", node.data_dir / "instances"]
+    written += list((node.data_dir / "instances").rglob("*"))
+    assert len(written) > 5, written
+    for path in written:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o007 == 0, f"{path}: {oct(mode)}"

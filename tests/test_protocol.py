@@ -290,6 +290,16 @@ class ReleaseQuirkScp(threading.Thread):
                 if control & 1:
                     command += data
                     command_done = bool(control & 2)
+                elif control & 2 and command_done and self.quirk == "release-instead":
+                    # released instead of answering: what follows, to the close
+                    raw.send(RELEASE_RQ)
+                    while True:
+                        try:
+                            self.after_release.append(raw.read_pdu()[0])
+                        except (OSError, ValueError, struct.error):
+                            break
+                    conn.close()
+                    return
                 elif control & 2 and command_done:
                     rq_cmd = parse_command(command)
                     raw.send(pdata(context_id, True, True, command_set(
@@ -360,6 +370,19 @@ def test_the_scu_completes_a_release_the_standard_allows(rg1_copies):
         assert "1 stored, 0 with warnings, 0 failed" in done.stdout
         if quirk == "collision":
             assert scp.after_release == [0x06]  # A-RELEASE-RP
+
+
+def test_a_release_asked_by_the_receiver_is_answered_and_not_aborted(rg1_copies):
+    """A receiver that releases instead of answering a C-STORE: the node
+    answered A-RELEASE-RP and then, at once, A-ABORT; the releasing side
+    closes the connection (PS3.8 7.2.1)."""
+    (path,) = rg1_copies("UNCI", 1)
+    scp = ReleaseQuirkScp("release-instead")
+    done = subprocess.run([node_binary(), "store", f"QUIRK@127.0.0.1:{scp.port}", path],
+                          capture_output=True, text=True, timeout=60)
+    scp.join(20)
+    assert done.returncode == 1 and "released the association" in done.stdout, (done.stdout, done.stderr)
+    assert scp.after_release == [0x06], scp.after_release
 
 
 def test_the_scu_keeps_the_answers_given_before_the_association_was_lost(rg1_copies):

@@ -165,14 +165,16 @@ def test_a_spool_directory_removed_under_the_node_is_made_again(node, rg1_copies
     assert status == 200, body
 
 
+@pytest.mark.parametrize("damage", ["truncated", "one_byte_changed"])
 def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_repairs_it(
-        node_factory, rg1_copies, tmp_path):
+        node_factory, rg1_copies, tmp_path, damage):
     """A stored file truncated on disk: the truncated file used to be sent
     to the destination (and aborted by it at every retry) and its analysis
     failed with "cannot be parsed"; a re-sent copy was answered as a
     duplicate and left the damage. Now both stop with a reason saying how
     to repair it, and sending the instance again repairs it and resumes
-    them."""
+    them. A byte changed in the pixel data (the same size) was analysed and
+    forwarded as if intact: only the size was compared."""
     from nodetest import free_port
     from test_pynetdicom_peers import PynetdicomReceiver
 
@@ -196,7 +198,12 @@ def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_r
         node.stop()
         stored = node.stored_path(ds)
         whole = stored.read_bytes()
-        stored.write_bytes(whole[: len(whole) // 2])
+        if damage == "truncated":
+            stored.write_bytes(whole[: len(whole) // 2])
+        else:
+            changed = bytearray(whole)
+            changed[-1000] ^= 0x40
+            stored.write_bytes(bytes(changed))
 
         node.start(config_file=config("serve.toml", pacs.port))
         api = f"http://127.0.0.1:{node.http_port}/api"
@@ -223,3 +230,49 @@ def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_r
 def stored_header_length(part10: bytes) -> int:
     """Preamble, DICM and the File Meta group of a Part-10 file."""
     return 144 + int.from_bytes(part10[140:144], "little")
+
+
+def test_a_report_file_lost_before_delivery_is_made_again_by_a_retry(node_factory, rg1_copies, tmp_path):
+    """A report's file lost before it was delivered (a clean-up by hand, a
+    disk error) could never be made again: its delivery was parked telling
+    the operator to send the instance again, which does not make a report,
+    and a retry of the job kept the row without a file."""
+    from nodetest import free_port
+    from test_pynetdicom_peers import PynetdicomReceiver
+
+    def config(name, port):
+        path = tmp_path / name
+        path.write_text('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                        f"port = {port}\nresults = true\n[outbox]\nretry_base_s = 600\nretry_cap_s = 600\n")
+        return path
+
+    pacs = PynetdicomReceiver(ae_title="PACS", sop_classes=("1.2.840.10008.5.1.4.1.1.88.34",))
+    try:
+        node = node_factory().start(config_file=config("down.toml", free_port()))
+        (f,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE attempts > 0") == 1, timeout=60)
+        node.stop()
+        with node.db() as c:
+            (path, sr_uid) = c.execute(
+                "SELECT path, sop_instance_uid FROM instances WHERE generated = 1").fetchone()
+        (node.data_dir / path).unlink()
+
+        node.start(config_file=config("up.toml", pacs.port))
+        api = f"http://127.0.0.1:{node.http_port}/api"
+        assert requests.post(f"{api}/deliveries/retry", timeout=10).json() == {"requeued": 1}
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1, timeout=30)
+        with node.db() as c:
+            (status,) = c.execute("SELECT last_status FROM outbox").fetchone()
+        assert "is missing" in status and "retry the analysis of its image" in status, status
+
+        source = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        r = requests.post(f"{api}/jobs/retry?state=reported&sop_instance_uid={source}", timeout=10)
+        assert r.json() == {"requeued": 1}, r.text
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=60)
+        assert (node.data_dir / path).exists()
+        assert sr_uid in pacs.received
+        assert "made again under its UID" in node.log()
+        assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 1
+    finally:
+        pacs.close()

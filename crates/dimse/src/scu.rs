@@ -280,6 +280,9 @@ pub struct ClientAssociation {
     response_timeout: Duration,
     open_file: OpenFile,
     decompress: Option<Decompressor>,
+    /// The peer released the association and was answered: nothing more
+    /// is sent on it (no A-ABORT after the A-RELEASE-RP).
+    released_by_peer: bool,
 }
 
 const NATIVE_FALLBACK: [&str; 2] = [sop::EXPLICIT_VR_LE, sop::IMPLICIT_VR_LE];
@@ -371,6 +374,7 @@ impl ClientAssociation {
                     response_timeout: options.response_timeout,
                     open_file: options.open_file,
                     decompress: options.decompress,
+                    released_by_peer: false,
                 })
             }
             Pdu::AssociationRJ(rj) => Err(ScuError::Rejected {
@@ -677,10 +681,14 @@ impl ClientAssociation {
                 pdu::TYPE_ABORT => return Err(ScuError::Aborted),
                 // An acceptor may release (PS3.8 7.2): answered as asked,
                 // not with an abort; the request stays unanswered.
+                // The releasing side closes the connection (PS3.8 7.2.1):
+                // waited for, as an acceptor waits, never aborted after.
                 pdu::TYPE_RELEASE_RQ => {
                     if let Err(e) = self.conn.send(&Pdu::ReleaseRP).await {
                         debug!(error = %e, "A-RELEASE-RP not sent");
                     }
+                    self.conn.close_after(pdu::ARTIM).await;
+                    self.released_by_peer = true;
                     return Err(ScuError::ReleasedByPeer);
                 }
                 other => {
@@ -726,8 +734,11 @@ impl ClientAssociation {
         result
     }
 
+    /// Aborts the association (A-ABORT), unless the peer released it.
     pub async fn abort(mut self) {
-        self.conn.abort_as_user().await;
+        if !self.released_by_peer {
+            self.conn.abort_as_user().await;
+        }
     }
 }
 

@@ -244,12 +244,19 @@ pub fn locate_model_file(path: &Path) -> Result<PathBuf, crate::InferenceError> 
         return Ok(resolved.canonicalize().unwrap_or(resolved));
     } else if resolved.is_dir() {
         "is a directory, not a model file".to_string()
-    } else if path.is_relative() {
-        "does not exist (a relative path is looked up in the working directory, \
-         then in the directories above the executable)"
-            .to_string()
     } else {
-        "does not exist".to_string()
+        // There but not reachable (a folder the account cannot enter), or a
+        // device, is said as it is, not "does not exist".
+        match std::fs::metadata(&resolved) {
+            Ok(_) => "is not a regular file".to_string(),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                format!("cannot be reached ({e})")
+            }
+            Err(_) if path.is_relative() => "does not exist (a relative path is looked up in \
+                the working directory, then in the directories above the executable)"
+                .to_string(),
+            Err(_) => "does not exist".to_string(),
+        }
     };
     Err(crate::InferenceError::ModelMissing {
         path: resolved,

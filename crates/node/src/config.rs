@@ -151,6 +151,10 @@ impl Default for LogSection {
     }
 }
 
+/// The shortest `pipeline.lease_s`: shorter, an analysis still running (a
+/// large image decoded on a busy machine) is taken again by another worker.
+const MIN_LEASE_S: u64 = 30;
+
 /// Keys whose value is a list of words, given comma-separated in a
 /// `PNEUMO__…` variable.
 const ENV_LIST_KEYS: [&str; 4] = [
@@ -171,7 +175,19 @@ impl Config {
         if let Some(path) = file {
             let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             if !path.is_file() {
-                bail!("configuration file {} does not exist", shown.display());
+                match std::fs::metadata(path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        bail!("configuration file {} does not exist", shown.display())
+                    }
+                    Err(e) => bail!("configuration file {} cannot be read: {e}", shown.display()),
+                    Ok(m) if m.is_dir() => {
+                        bail!("configuration file {} is a directory", shown.display())
+                    }
+                    Ok(_) => bail!(
+                        "configuration file {} is not a regular file",
+                        shown.display()
+                    ),
+                }
             }
             origins.push(shown.display().to_string());
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
@@ -209,7 +225,7 @@ impl Config {
                 .and_then(|plain| plain.try_into::<Config>().err())
                 .map(|t| t.to_string().trim().replace('\n', " "))
         };
-        let config: Config = match built.clone().try_deserialize() {
+        let mut config: Config = match built.clone().try_deserialize() {
             Ok(c) => c,
             Err(e) => {
                 return Err(match strict_error() {
@@ -222,6 +238,16 @@ impl Config {
         if let Some(fraction) = strict_error().filter(|m| m.contains("floating point")) {
             return Err(anyhow::anyhow!(fraction).context(invalid.clone()));
         }
+        // `PNEUMO__ROUTING__ANALYSE_MODALITIES=` (empty) is the empty list,
+        // which accepts any value: it was [""], which accepted none.
+        for list in [
+            &mut config.routing.analyse_modalities,
+            &mut config.routing.analyse_body_parts,
+            &mut config.routing.analyse_view_positions,
+            &mut config.routing.results_to,
+        ] {
+            list.retain(|v| !v.trim().is_empty());
+        }
         config.validate().context(invalid)?;
         Ok(config)
     }
@@ -233,6 +259,26 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         check_ae_title("dicom.ae_title", &self.dicom.ae_title)?;
+        // Each of these started a node that took nothing, or analysed
+        // nothing, or failed every job with a false reason.
+        if self.node.data_dir.as_os_str().is_empty() {
+            bail!("node.data_dir is empty: name the directory the node keeps its data in");
+        }
+        if self.dicom.port == 0 || self.http.port == 0 {
+            bail!(
+                "dicom.port and http.port must be 1 to 65535 (0 would listen on a port no one knows)"
+            );
+        }
+        if self.pipeline.concurrency == 0 || self.pipeline.max_attempts == 0 {
+            bail!("pipeline.concurrency and pipeline.max_attempts must be at least 1");
+        }
+        if self.pipeline.lease_s < MIN_LEASE_S {
+            bail!(
+                "pipeline.lease_s {} must be at least {MIN_LEASE_S} seconds: a job still being \
+                 analysed is taken again when its lease ends",
+                self.pipeline.lease_s
+            );
+        }
         if !(16_384..=(64 << 20)).contains(&self.dicom.max_pdu) {
             bail!(
                 "dicom.max_pdu {} must be between 16384 and 67108864 bytes",
@@ -322,6 +368,20 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("report.device_uid / report.uid_root: {e}"))?;
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
+        }
+        if let Some(rest) = self.database.url.strip_prefix("sqlite:") {
+            let file = rest
+                .trim_start_matches('/')
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            if file.is_empty() || file == ":memory:" || rest.contains("mode=memory") {
+                bail!(
+                    "database.url `{}` names no database file (an in-memory database loses \
+                     every acknowledged instance at a stop)",
+                    self.database.url
+                );
+            }
         }
         if self.retention.interval_s == 0 {
             bail!("retention.interval_s must be at least 1 second");

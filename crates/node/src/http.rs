@@ -227,10 +227,14 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             .collect::<Vec<_>>(),
         Err(e) => return internal(e),
     };
+    let now = pneumo_store::now_ms();
     let outbox = match s.store.outbox_counts().await {
         Ok(o) => o
             .into_iter()
-            .map(|c| (c.destination, c.state, c.count))
+            .map(|c| {
+                let age_s = (now - c.oldest_created_at_ms).max(0) / 1000;
+                (c.destination, c.state, c.count, age_s)
+            })
             .collect::<Vec<_>>(),
         Err(e) => return internal(e),
     };

@@ -102,7 +102,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            if LOGS_IN_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+                // one more line a JSON log pipeline can read, not plain text
+                tracing::error!(error = %error_chain(&e), "the command failed");
+            } else {
+                eprintln!("error: {}", error_chain(&e));
+            }
             if starts_the_node && is_misconfiguration(&e) {
                 ExitCode::from(EXIT_MISCONFIGURED)
             } else {
@@ -111,6 +116,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Whether the logs are JSON lines (`log.format = "json"`): the error that
+/// ends the process is then one of them.
+static LOGS_IN_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The exit status of `serve` (and `check-config`) when the configuration
 /// makes a start impossible (sysexits' EX_CONFIG). The systemd unit does not restart on it
@@ -137,12 +146,17 @@ impl std::error::Error for Misconfigured {
 }
 
 /// A port this account may not listen on (below 1024 without the
-/// capability to) stays so at every restart: a misconfiguration.
-fn refused_port(e: anyhow::Error) -> anyhow::Error {
+/// capability to), or a data directory it may not write (made by a first
+/// run as root, or on a read-only file system), stays so at every restart:
+/// a misconfiguration, not restarted every 5 s for good.
+fn denied_is_misconfigured(e: anyhow::Error) -> anyhow::Error {
     let denied = e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            )
+        })
     });
     if denied {
         Misconfigured(e).into()
@@ -322,9 +336,24 @@ fn init_logging(config: &Config) -> Result<()> {
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            builder.json().init();
+            LOGS_IN_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     Ok(())
+}
+
+/// Radiographs and the database name patients: what the node writes from
+/// here on is not readable by other accounts (umask 027: files 0640,
+/// folders 0750), whatever umask it was started with (0022 made them
+/// world-readable).
+fn keep_data_from_other_accounts() {
+    #[cfg(unix)]
+    // SAFETY: sets the process's file mode creation mask; no memory involved.
+    unsafe {
+        libc::umask(0o027);
+    }
 }
 
 /// A file where the data directory should be: every start would fail.
@@ -343,6 +372,7 @@ fn check_data_dir(config: &Config) -> Result<()> {
 /// The store of `node.data_dir` and its database, locked for this process.
 async fn open_store(config: &Config) -> Result<Store> {
     check_data_dir(config)?;
+    keep_data_from_other_accounts();
     Ok(Store::open(&config.node.data_dir, config.database_url())
         .await
         .with_context(|| {
@@ -368,7 +398,8 @@ async fn open_store(config: &Config) -> Result<Store> {
                 "opening the store in {} (database {database}{full})",
                 config.node.data_dir.display()
             )
-        })?
+        })
+        .map_err(denied_is_misconfigured)?
         .with_decompress(decompress_pixel_data))
 }
 
@@ -513,7 +544,7 @@ async fn serve(config: Config) -> Result<()> {
     )
     .await
     .context("the DICOM listener (dicom.bind, dicom.port)")
-    .map_err(refused_port)?;
+    .map_err(denied_is_misconfigured)?;
     if config.http.enabled {
         let state = http::HttpState {
             store: store.clone(),
@@ -531,7 +562,7 @@ async fn serve(config: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {addr} (http.port)"))
-            .map_err(refused_port)?;
+            .map_err(denied_is_misconfigured)?;
         tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state).await {
                 tracing::error!(error = %e, "HTTP server stopped");
@@ -571,16 +602,32 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM, SIGINT, or SIGHUP (a closed terminal: its default action
+/// killed the node at once, without the drain) start the clean stop. A
+/// SIGHUP ignored when the node started (`nohup`) stays ignored.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let hangup = async {
+            // asked before the handler below replaces the disposition
+            if hangup_ignored_at_start() {
+                return std::future::pending::<()>().await;
+            }
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    hup.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
                     _ = ctrl_c => {},
                     _ = term.recv() => {},
+                    _ = hangup => info!("SIGHUP: stopping (the configuration is read at start only)"),
                 }
             }
             Err(_) => {
@@ -590,6 +637,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Whether SIGHUP was ignored when the process started (as `nohup` does),
+/// asked before anything handles it.
+#[cfg(unix)]
+fn hangup_ignored_at_start() -> bool {
+    static IGNORED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        // SAFETY: reads the current disposition only (no new action).
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        }
+    })
 }
 
 /// The data set with native pixel data, by the analysis decoders: for a

@@ -99,7 +99,7 @@ impl Metrics {
     pub fn render(
         &self,
         jobs: &[(String, i64)],
-        outbox: &[(String, String, i64)],
+        outbox: &[(String, String, i64, i64)],
         active_associations: usize,
     ) -> String {
         let mut out = String::new();
@@ -151,16 +151,26 @@ impl Metrics {
             let _ = writeln!(out, "pneumo_jobs{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP pneumo_outbox Outbox rows by destination and state.\n# TYPE pneumo_outbox gauge");
-        for (destination, state, n) in outbox {
+        for (destination, state, n, _) in outbox {
             let _ = writeln!(
                 out,
                 "pneumo_outbox{{destination=\"{destination}\",state=\"{state}\"}} {n}"
             );
         }
+        // What to alert on: a delivery waiting long, whatever the count.
+        let _ = writeln!(out, "# HELP pneumo_outbox_oldest_seconds Age of the oldest delivery waiting (pending) or given up on (parked), by destination.\n# TYPE pneumo_outbox_oldest_seconds gauge");
+        for (destination, state, _, age_s) in outbox {
+            if state == "pending" || state == "parked" {
+                let _ = writeln!(
+                    out,
+                    "pneumo_outbox_oldest_seconds{{destination=\"{destination}\",state=\"{state}\"}} {age_s}"
+                );
+            }
+        }
         let depth: i64 = outbox
             .iter()
-            .filter(|(_, s, _)| s == "pending")
-            .map(|(_, _, n)| n)
+            .filter(|(_, s, _, _)| s == "pending")
+            .map(|(_, _, n, _)| n)
             .sum();
         let _ = writeln!(out, "# HELP pneumo_outbox_depth Deliveries not yet done.\n# TYPE pneumo_outbox_depth gauge\npneumo_outbox_depth {depth}");
         counter(
@@ -202,9 +212,15 @@ mod tests {
         m.inference_seconds.observe(0.3);
         let text = m.render(
             &[("queued".into(), 2)],
-            &[("pacs".into(), "pending".into(), 4)],
+            &[
+                ("pacs".into(), "pending".into(), 4, 95),
+                ("pacs".into(), "sent".into(), 7, 3600),
+            ],
             1,
         );
+        assert!(text
+            .contains("pneumo_outbox_oldest_seconds{destination=\"pacs\",state=\"pending\"} 95"));
+        assert!(!text.contains("pneumo_outbox_oldest_seconds{destination=\"pacs\",state=\"sent\"}"));
         assert!(text.contains("pneumo_instances_received_total 3"));
         assert!(text.contains("pneumo_jobs{state=\"queued\"} 2"));
         assert!(text.contains("pneumo_jobs{state=\"failed\"} 0"));

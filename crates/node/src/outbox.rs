@@ -323,13 +323,35 @@ impl OutboxWorker {
             let path = self.store.instance_file(&item.path);
             // A truncated file would be sent as it is (a destination may
             // store the broken image) or aborted by it at every retry.
-            let checked =
+            // Same size, other bytes: a changed image reached the archive
+            // as if it were the one sent.
+            let problem =
                 match pneumo_store::stored_file_problem(&path, item.file_size, item.purged_at_ms) {
-                    Some(problem) => Err(problem),
-                    None => FileToSend::inspect(&path)
-                        .map_err(|e| format!("stored file unreadable: {e}"))
-                        .and_then(|f| self.with_other_class(item, f)),
+                    Some(problem) => Some(problem),
+                    None => {
+                        let (stored, sha256) = (path.clone(), item.sha256.clone());
+                        tokio::task::spawn_blocking(move || {
+                            pneumo_store::stored_data_set_problem(&stored, &sha256)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Some(format!("checking the stored file failed: {e}")))
+                    }
                 };
+            // A report cannot be sent to the node again, as an image can:
+            // re-analysing its image makes it again.
+            let problem = problem.map(|p| match p.split_once("; send the instance") {
+                Some((what, _)) if item.generated => format!(
+                    "{what}; retry the analysis of its image to make it again \
+                     (POST /api/jobs/retry?state=reported,delivered&sop_instance_uid=<the image's UID>)"
+                ),
+                _ => p,
+            });
+            let checked = match problem {
+                Some(problem) => Err(problem),
+                None => FileToSend::inspect(&path)
+                    .map_err(|e| format!("stored file unreadable: {e}"))
+                    .and_then(|f| self.with_other_class(item, f)),
+            };
             match checked {
                 Ok(f) => sendable.push((item, f)),
                 Err(reason) => {

@@ -243,6 +243,16 @@ impl Pipeline {
         if let Some(problem) = job.file_problem(&path) {
             return Err(Failure::Analysis(problem));
         }
+        // Same size, other bytes (a disk error, a hand): not the image sent.
+        let (stored, sha256) = (path.clone(), job.sha256.clone());
+        let changed = tokio::task::spawn_blocking(move || {
+            pneumo_store::stored_data_set_problem(&stored, &sha256)
+        })
+        .await
+        .map_err(|e| format!("checking the stored file failed: {e}"))?;
+        if let Some(problem) = changed {
+            return Err(Failure::Analysis(problem));
+        }
         let spec = self.engine.contract().preprocess_spec();
         let companion = self.report.companion_sc;
         let mut timings = Timings::default();
@@ -542,17 +552,61 @@ impl Pipeline {
             .instance_id_by_uid(uid)
             .await
             .map_err(|e| Generated::NotStored(e.to_string()))?;
-        if let Some(id) = stored {
-            return Ok(id);
+        let Some(id) = stored else {
+            let obj = build().map_err(Generated::NotMade)?;
+            return self.keep_generated(obj).await.map_err(Generated::NotStored);
+        };
+        // Its file lost or damaged (a report cannot be sent to the node
+        // again, as an image can): made again under its UID, or it never
+        // reached the PACS.
+        let problem = self
+            .store
+            .stored_instance_problem(id)
+            .await
+            .map_err(|e| Generated::NotStored(e.to_string()))?;
+        if let Some(problem) = problem {
+            let obj = build().map_err(Generated::NotMade)?;
+            let (incoming, spool) = self
+                .write_generated(obj)
+                .await
+                .map_err(Generated::NotStored)?;
+            let resumed = self
+                .store
+                .replace_generated_file(
+                    id,
+                    &spool,
+                    incoming.dataset_len,
+                    &hex::encode(incoming.dataset_sha256),
+                )
+                .await;
+            let _ = std::fs::remove_file(&spool);
+            let resumed = resumed.map_err(|e| Generated::NotStored(e.to_string()))?;
+            warn!(sop_instance_uid = %uid, was = %problem, deliveries_resumed = resumed,
+                "a report's file was missing or damaged: made again under its UID");
         }
-        let obj = build().map_err(Generated::NotMade)?;
-        self.keep_generated(obj).await.map_err(Generated::NotStored)
+        Ok(id)
     }
 
     async fn keep_generated(
         &self,
         obj: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
     ) -> Result<i64, String> {
+        let (incoming, spool) = self.write_generated(obj).await?;
+        let outcome = self.store.ingest(&incoming, |_| Vec::new()).await;
+        let _ = std::fs::remove_file(&spool);
+        match outcome.map_err(|e| format!("cannot store the report: {e}"))? {
+            IngestOutcome::Stored { instance_id, .. }
+            | IngestOutcome::Duplicate { instance_id, .. }
+            | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
+        }
+    }
+
+    /// Writes an object the node made to a spool file of its own; the
+    /// instance to ingest, and the spool file (the caller removes it).
+    async fn write_generated(
+        &self,
+        obj: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+    ) -> Result<(Incoming, std::path::PathBuf), String> {
         let sop_uid = obj
             .meta()
             .media_storage_sop_instance_uid()
@@ -608,13 +662,7 @@ impl Pipeline {
             peer_address: "local".into(),
             generated: true,
         };
-        let outcome = self.store.ingest(&incoming, |_| Vec::new()).await;
-        let _ = std::fs::remove_file(&spool);
-        match outcome.map_err(|e| format!("cannot store the report: {e}"))? {
-            IngestOutcome::Stored { instance_id, .. }
-            | IngestOutcome::Duplicate { instance_id, .. }
-            | IngestOutcome::StoredConflicting { instance_id, .. } => Ok(instance_id),
-        }
+        Ok((incoming, spool))
     }
 }
 

@@ -139,8 +139,14 @@ impl Default for RoutingSection {
         RoutingSection {
             analyse_modalities: vec!["CR".into(), "DX".into()],
             // CHEST is the defined term (PS3.16 Annex L); THORAX is what
-            // many European modalities write, LUNG what some others do.
-            analyse_body_parts: vec!["CHEST".into(), "THORAX".into(), "LUNG".into()],
+            // many European modalities write, TORAX Spanish and Portuguese
+            // ones, LUNG what some others do.
+            analyse_body_parts: vec![
+                "CHEST".into(),
+                "THORAX".into(),
+                "TORAX".into(),
+                "LUNG".into(),
+            ],
             analyse_when_body_part_absent: true,
             analyse_view_positions: vec!["PA".into(), "AP".into()],
             analyse_when_view_position_absent: true,
@@ -168,6 +174,28 @@ fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
     }
 }
 
+/// Whether a received instance is a report or companion image a node made
+/// (its Manufacturer's Model Name is the product's): a PACS that sends
+/// everything back made the node analyse its own companion image, and
+/// with a PACS giving it a new UID each time, loop.
+fn made_by_a_node(h: &InstanceHeader) -> bool {
+    h.manufacturer_model_name
+        .as_deref()
+        .is_some_and(|m| m.trim() == pneumo_report::PRODUCT)
+}
+
+/// A body part against the rule's terms: a term matches the value or one
+/// of its words ("CHEST PA", "CHEST_PA" are CHEST), case ignored.
+fn matches_body_part(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    match value {
+        None => when_absent,
+        Some(v) => list.iter().any(|term| pneumo_store::names_term(v, term)),
+    }
+}
+
 impl RoutingSection {
     /// Why an instance is not analysed, or `None` when it is.
     /// Whether images of this modality are analysed (when the rest allows).
@@ -176,9 +204,25 @@ impl RoutingSection {
     }
 
     pub fn analysis_refusal(&self, h: &InstanceHeader) -> Option<String> {
+        if made_by_a_node(h) {
+            return Some(format!(
+                "an instance made by {} (a report or companion image sent back to it) is not \
+                 analysed",
+                pneumo_report::PRODUCT
+            ));
+        }
         if !self.analyse_for_processing && h.sop_class_uid == DX_FOR_PROCESSING {
             return Some(
                 "DX For Processing image (raw detector data, not meant for display) is not analysed"
+                    .into(),
+            );
+        }
+        if !self.analyse_for_processing
+            && h.presentation_intent_type.as_deref() == Some("FOR PROCESSING")
+        {
+            return Some(
+                "Presentation Intent Type FOR PROCESSING (raw detector data, not meant for \
+                 display) is not analysed"
                     .into(),
             );
         }
@@ -188,7 +232,16 @@ impl RoutingSection {
                 h.modality.as_deref().unwrap_or("(absent)")
             ));
         }
-        if !matches(
+        if let Some(image_type) = h.image_type.as_deref().filter(|t| {
+            t.split('\\')
+                .any(|v| v.trim().eq_ignore_ascii_case("STITCHED"))
+        }) {
+            return Some(format!(
+                "a stitched image (Image Type {image_type}) is not analysed: a chest radiograph \
+                 is one exposure"
+            ));
+        }
+        if !matches_body_part(
             &self.analyse_body_parts,
             h.body_part_examined.as_deref(),
             self.analyse_when_body_part_absent,
@@ -224,6 +277,10 @@ impl RoutingSection {
 
     /// The destinations a received instance is forwarded to, each once.
     pub fn forward_destinations(&self, h: &InstanceHeader, calling_ae: &str) -> Vec<String> {
+        // Not an original: results go by the results rules alone.
+        if made_by_a_node(h) {
+            return Vec::new();
+        }
         union_of(self.forward.iter().filter_map(|rule| {
             let hit = matches(&rule.modalities, h.modality.as_deref(), false)
                 && (rule.sop_classes.is_empty()
@@ -313,6 +370,9 @@ mod tests {
             view_position: view.map(Into::into),
             accession_number: None,
             patient_age_years: None,
+            image_type: None,
+            presentation_intent_type: None,
+            manufacturer_model_name: None,
         }
     }
 
@@ -339,12 +399,49 @@ mod tests {
         h.sop_class_uid = "1.2.840.10008.5.1.4.1.1.1.1".into(); // For Presentation
         r.analyse_for_processing = false;
         assert_eq!(r.analysis_refusal(&h), None);
+        // the class says presentation, the Type 1 attribute says raw data
+        h.presentation_intent_type = Some("FOR PROCESSING".into());
+        assert!(r
+            .analysis_refusal(&h)
+            .unwrap()
+            .contains("Presentation Intent Type FOR PROCESSING"));
+        r.analyse_for_processing = true;
+        assert_eq!(r.analysis_refusal(&h), None);
+    }
+
+    #[test]
+    fn what_a_node_made_is_neither_analysed_nor_forwarded() {
+        let mut r = RoutingSection::default();
+        r.analyse_modalities.push("OT".into());
+        r.forward = vec![ForwardRule {
+            destinations: vec!["teaching".into()],
+            ..Default::default()
+        }];
+        let mut h = header(Some("OT"), Some("CHEST"), None);
+        assert_eq!(r.analysis_refusal(&h), None);
+        assert_eq!(r.forward_destinations(&h, "PACS"), vec!["teaching"]);
+        h.manufacturer_model_name = Some(pneumo_report::PRODUCT.into());
+        assert!(r
+            .analysis_refusal(&h)
+            .unwrap()
+            .contains("made by pneumo-node"));
+        assert!(r.forward_destinations(&h, "PACS").is_empty());
+    }
+
+    #[test]
+    fn stitched_images_are_not_analysed() {
+        let r = RoutingSection::default();
+        let mut h = header(Some("DX"), None, Some("AP"));
+        h.image_type = Some("DERIVED\\PRIMARY\\STITCHED".into());
+        assert!(r.analysis_refusal(&h).unwrap().contains("stitched"));
+        h.image_type = Some("ORIGINAL\\PRIMARY".into());
+        assert_eq!(r.analysis_refusal(&h), None);
     }
 
     #[test]
     fn analysis_rule_body_part() {
         let mut r = RoutingSection::default();
-        for chest in ["CHEST", "THORAX", "lung"] {
+        for chest in ["CHEST", "THORAX", "lung", "TORAX", "CHEST PA", "chest_pa"] {
             assert_eq!(
                 r.analysis_refusal(&header(Some("CR"), Some(chest), None)),
                 None

@@ -28,7 +28,7 @@ pub use source::{EarlierReport, Replacement, SourceInstance};
 pub use sr::{build_content_tree, build_sr, DEMO_MARK};
 pub use types::{
     AnalysisResult, Decision, ModelIdentity, NodeIdentity, PixelRegion, ReportOptions, ReportTime,
-    SrSopClass, WeightsKind,
+    SrSopClass, WeightsKind, PRODUCT,
 };
 pub use uid::{
     comprehensive_sr_copy_uid, sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid,

@@ -181,7 +181,7 @@ pub fn banner_lines(
     lines.push(format!(
         "PROBABILITY {probability}% (THRESHOLD {threshold}%)"
     ));
-    let named = crate::sr::which_image(source, "SERIES", "IMAGE");
+    let named = crate::sr::which_image(source, "SERIES", "IMAGE", "ACQUIRED");
     if !named.is_empty() {
         lines.push(format!("SOURCE: {}", named.join(" - ")));
     }
@@ -251,14 +251,22 @@ pub fn build_companion_sc(
         options.sc_series_number,
         &sc_series_description(model),
     );
-    // General Series: Body Part Examined copied from the source, else CHEST
-    // (the node only analyses chest radiographs). Laterality (Type 2C) is
-    // there for a paired part only: the source's R or L, else empty (a
-    // chest shows both sides, and the series' Laterality has no value for
-    // both).
-    let body_part = source.body_part_examined.as_deref().unwrap_or("CHEST");
-    put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
-    if PAIRED_BODY_PARTS.contains(&body_part) {
+    // General Series: Body Part Examined copied from the source, when it
+    // has one (Type 3: left out rather than guessed; CHEST written on an
+    // image the routing let through without a body part put a chest into
+    // the record of a leg). Laterality (Type 2C) is there for a paired part
+    // (or an unknown one) only: the source's R or L, else empty (a chest
+    // shows both sides, and the series' Laterality has no value for both).
+    // Without a body part, whether it is paired is unknown: Laterality is
+    // there too (dciodvfy asks for it then).
+    if let Some(body_part) = source.body_part_examined.as_deref() {
+        put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
+    }
+    let paired = source
+        .body_part_examined
+        .as_deref()
+        .is_none_or(|part| PAIRED_BODY_PARTS.contains(&part));
+    if paired {
         match source.series_laterality.as_deref() {
             Some(side) => put_str(&mut obj, tags::LATERALITY, VR::CS, side),
             None => put_empty(&mut obj, tags::LATERALITY, VR::CS),

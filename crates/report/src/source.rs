@@ -99,8 +99,13 @@ pub struct SourceInstance {
     pub instance_number: Option<i32>,
     /// Series Number of the source, when present.
     pub series_number: Option<i32>,
-    /// View Position (PA, AP, ...), when present.
+    /// View Position (PA, AP, ...), else the meaning of the first View Code
+    /// Sequence item ("postero-anterior"), when present.
     pub view_position: Option<String>,
+    /// When the image was acquired, "HH:MM:SS" (Acquisition DateTime, else
+    /// Acquisition Time, else Content Time): what tells a retake from the
+    /// first exposure when the source has no Instance Number.
+    pub acquired_at: Option<String>,
     /// Patient Orientation (row, column), when present.
     pub patient_orientation: Option<(String, String)>,
     /// Imager Pixel Spacing (row spacing, column spacing) in mm, when present
@@ -165,6 +170,23 @@ impl Replacement {
     }
 }
 
+/// "HH:MM:SS" of a TM value ("081403.123", "0814", "08:14:03" as some
+/// write it); None when it does not read as a time of day.
+fn time_of_day(tm: &str) -> Option<String> {
+    let digits: String = tm
+        .trim()
+        .chars()
+        .take_while(|c| *c != '.' && *c != '+' && *c != '-')
+        .filter(|c| *c != ':')
+        .collect();
+    if digits.len() < 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let part = |i: usize| digits.get(i..i + 2).unwrap_or("00");
+    let (h, m, s) = (part(0), part(2), part(4));
+    (h < "24" && m < "60" && s < "61").then(|| format!("{h}:{m}:{s}"))
+}
+
 fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     obj.get(tag)
         .and_then(|e| e.to_str().ok())
@@ -218,7 +240,18 @@ impl SourceInstance {
         let series_number = obj
             .get(tags::SERIES_NUMBER)
             .and_then(|e| e.to_int::<i32>().ok());
-        let view_position = get_str(obj, tags::VIEW_POSITION);
+        let view_position = get_str(obj, tags::VIEW_POSITION).or_else(|| {
+            let item = match obj.get(tags::VIEW_CODE_SEQUENCE)?.value() {
+                Value::Sequence(seq) => seq.items().first()?.clone(),
+                _ => return None,
+            };
+            get_str(&item, tags::CODE_MEANING).filter(|m| m.chars().count() <= 64)
+        });
+        let acquired_at = get_str(obj, tags::ACQUISITION_DATE_TIME)
+            .and_then(|dt| dt.get(8..).map(str::to_string))
+            .or_else(|| get_str(obj, tags::ACQUISITION_TIME))
+            .or_else(|| get_str(obj, tags::CONTENT_TIME))
+            .and_then(|t| time_of_day(&t));
         let patient_orientation = obj
             .get(tags::PATIENT_ORIENTATION)
             .and_then(|e| e.to_multi_str().ok())
@@ -273,6 +306,7 @@ impl SourceInstance {
             instance_number,
             series_number,
             view_position,
+            acquired_at,
             patient_orientation,
             imager_pixel_spacing,
             frame_of_reference_uid,

@@ -74,11 +74,22 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
 /// Which image of the study the result is for, as a reader names it
 /// (its view, series and instance numbers, those present): several may be
 /// analysed in one study, and viewers list their reports alike.
-pub(crate) fn which_image(source: &SourceInstance, series: &str, image: &str) -> Vec<String> {
+pub(crate) fn which_image(
+    source: &SourceInstance,
+    series: &str,
+    image: &str,
+    acquired: &str,
+) -> Vec<String> {
     [
         source.view_position.clone(),
         source.series_number.map(|n| format!("{series} {n}")),
         source.instance_number.map(|n| format!("{image} {n}")),
+        // without an Instance Number, what tells a retake from the first
+        source
+            .acquired_at
+            .as_ref()
+            .filter(|_| source.instance_number.is_none())
+            .map(|t| format!("{acquired} {t}")),
     ]
     .into_iter()
     .flatten()
@@ -382,7 +393,7 @@ pub fn build_content_tree(
             ),
         ));
     }
-    let named = which_image(source, "series", "image");
+    let named = which_image(source, "series", "image", "acquired");
     let image = if named.is_empty() {
         String::new()
     } else {

@@ -925,8 +925,55 @@ fn the_banner_names_the_image_it_is_about() {
     src.view_position = None;
     src.series_number = None;
     src.instance_number = None;
+    src.acquired_at = None;
     let lines = crate::sc::banner_lines(&result(0.2), &model(WeightsKind::Trained), &src);
     assert!(!lines.iter().any(|l| l.starts_with("SOURCE")), "{lines:?}");
+    // no Instance Number: the time tells a retake from the first exposure
+    src.acquired_at = Some("08:14:03".into());
+    let lines = crate::sc::banner_lines(&result(0.2), &model(WeightsKind::Trained), &src);
+    assert!(
+        lines.contains(&"SOURCE: ACQUIRED 08:14:03".to_string()),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_view_comes_from_its_code_and_the_time_from_the_acquisition() {
+    let mut obj = source_dataset(None, "Doe^Jane");
+    obj.remove_element(tags::VIEW_POSITION);
+    obj.remove_element(tags::INSTANCE_NUMBER);
+    let mut code = InMemDicomObject::new_empty();
+    code.put(DataElement::new(
+        tags::CODE_VALUE,
+        VR::SH,
+        PrimitiveValue::from("399348003"),
+    ));
+    code.put(DataElement::new(
+        tags::CODING_SCHEME_DESIGNATOR,
+        VR::SH,
+        PrimitiveValue::from("SCT"),
+    ));
+    code.put(DataElement::new(
+        tags::CODE_MEANING,
+        VR::LO,
+        PrimitiveValue::from("antero-posterior"),
+    ));
+    obj.put(DataElement::new(
+        tags::VIEW_CODE_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(vec![code]),
+    ));
+    obj.put(DataElement::new(
+        tags::ACQUISITION_TIME,
+        VR::TM,
+        PrimitiveValue::from("081403.25"),
+    ));
+    let src = SourceInstance::from_dataset(&obj).unwrap();
+    assert_eq!(src.view_position.as_deref(), Some("antero-posterior"));
+    assert_eq!(src.acquired_at.as_deref(), Some("08:14:03"));
+    let named = crate::sr::which_image(&src, "series", "image", "acquired");
+    assert_eq!(named.first().map(String::as_str), Some("antero-posterior"));
+    assert_eq!(named.last().map(String::as_str), Some("acquired 08:14:03"));
 }
 
 #[test]

@@ -262,6 +262,11 @@ pub struct NodeIdentity {
     pub uid_root: Option<String>,
 }
 
+/// The product name every object the node makes carries as Manufacturer's
+/// Model Name: what tells the node its own report or companion image when
+/// a PACS sends it back.
+pub const PRODUCT: &str = "pneumo-node";
+
 impl NodeIdentity {
     /// A node identity with the given AE title and device UID, the product
     /// name `pneumo-node` and this crate's version.
@@ -269,7 +274,7 @@ impl NodeIdentity {
         NodeIdentity {
             ae_title: ae_title.into(),
             manufacturer: "pneumo-node".into(),
-            model_name: "pneumo-node".into(),
+            model_name: PRODUCT.into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
             device_uid: device_uid.into(),
             station_name: None,

@@ -117,8 +117,8 @@ pub async fn insert_instance_with_job(
         "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
              transfer_syntax_uid, modality, body_part_examined, view_position, path, file_size,
              dataset_size, sha256, calling_ae, peer_address, received_at_ms, generated, accession_number,
-             patient_age_years)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             patient_age_years, image_type, presentation_intent_type, manufacturer_model_name)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&h.sop_instance_uid)
     .bind(&h.sop_class_uid)
@@ -138,6 +138,9 @@ pub async fn insert_instance_with_job(
     .bind(!row.with_job)
     .bind(&h.accession_number)
     .bind(h.patient_age_years)
+    .bind(&h.image_type)
+    .bind(&h.presentation_intent_type)
+    .bind(&h.manufacturer_model_name)
     .fetch_one(&mut *tx)
     .await?;
     let job_id = if row.with_job {
@@ -159,4 +162,24 @@ pub async fn insert_instance_with_job(
     }
     tx.commit().await?;
     Ok((instance_id, job_id))
+}
+
+/// The deliveries of instance `id` parked because its file was missing or
+/// damaged are due again (the file was put back); returns how many.
+pub(crate) async fn resume_deliveries_parked_for_the_file(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+         WHERE instance_id = ? AND state = 'parked'
+           AND (last_status LIKE 'the stored file%' OR last_status LIKE 'stored file unreadable%')",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }

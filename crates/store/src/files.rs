@@ -147,6 +147,9 @@ mod tests {
             view_position: None,
             accession_number: None,
             patient_age_years: None,
+            image_type: None,
+            presentation_intent_type: None,
+            manufacturer_model_name: None,
         }
     }
 

@@ -25,11 +25,31 @@ pub struct InstanceHeader {
     /// The patient's age in years at the study: Patient's Age (0010,1010),
     /// else Patient's Birth Date against the Study Date.
     pub patient_age_years: Option<f64>,
+    /// Image Type (0008,0008), its values joined by `\`.
+    pub image_type: Option<String>,
+    /// Presentation Intent Type (0008,0068): FOR PRESENTATION or FOR
+    /// PROCESSING (raw detector data, whatever the SOP class says).
+    pub presentation_intent_type: Option<String>,
+    /// Manufacturer's Model Name (0008,1090): the node's product name on
+    /// objects it made itself.
+    pub manufacturer_model_name: Option<String>,
 }
 
-/// Attributes the store reads all come before (0020,0010): parsing stops
-/// there, so private groups and pixel data further on are never parsed.
-const HEADER_END: Tag = Tag(0x0020, 0x0010);
+/// Attributes the store reads all come before (0020,0021), Patient
+/// Orientation last: parsing stops there, so private groups and pixel data
+/// further on are never parsed.
+const HEADER_END: Tag = Tag(0x0020, 0x0021);
+
+/// The descriptions that may name a body part when nothing else does.
+const DESCRIPTIONS: [(Tag, &str); 4] = [
+    (tags::STUDY_DESCRIPTION, "Study Description"),
+    (tags::SERIES_DESCRIPTION, "Series Description"),
+    (tags::PROTOCOL_NAME, "Protocol Name"),
+    (
+        tags::ACQUISITION_DEVICE_PROCESSING_DESCRIPTION,
+        "Acquisition Device Processing Description",
+    ),
+];
 
 /// Past the View Code Sequence (0054,0220), read only without a View
 /// Position.
@@ -396,7 +416,10 @@ impl InstanceHeader {
         let obj = open_instance(path, Some(HEADER_END)).map_err(StoreError::Unparseable)?;
         let mut header = Self::from_object(&obj)?;
         if header.view_position.is_none() {
-            header.view_position = coded_view(path);
+            header.view_position = coded_view(path).or_else(|| {
+                let orientation = obj.element_opt(tags::PATIENT_ORIENTATION).ok()??;
+                crate::described::lateral_from_orientation(&orientation.to_str().ok()?)
+            });
         }
         Ok(header)
     }
@@ -420,10 +443,25 @@ impl InstanceHeader {
             series_instance_uid: required(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
             modality: text(tags::MODALITY),
             body_part_examined: text(tags::BODY_PART_EXAMINED)
-                .or_else(|| crate::coded::body_part(obj)),
+                .or_else(|| crate::coded::body_part(obj))
+                .or_else(|| {
+                    let described: Vec<(&str, String)> = DESCRIPTIONS
+                        .iter()
+                        .filter_map(|(tag, name)| Some((*name, text(*tag)?)))
+                        .collect();
+                    crate::described::body_part_in_descriptions(
+                        described
+                            .iter()
+                            .map(|(name, value)| (*name, value.as_str())),
+                    )
+                }),
             // (its coded form lies past the header: `read` looks for it)
             view_position: text(tags::VIEW_POSITION),
             accession_number: text(tags::ACCESSION_NUMBER),
+            image_type: text(tags::IMAGE_TYPE),
+            presentation_intent_type: text(tags::PRESENTATION_INTENT_TYPE)
+                .map(|t| t.to_ascii_uppercase()),
+            manufacturer_model_name: text(tags::MANUFACTURER_MODEL_NAME),
             patient_age_years: text(tags::PATIENT_AGE)
                 .and_then(|age| age_string_years(&age))
                 .or_else(|| {

@@ -33,6 +33,9 @@ struct ReceivedJob {
     view_position: Option<String>,
     transfer_syntax_uid: String,
     patient_age_years: Option<f64>,
+    image_type: Option<String>,
+    presentation_intent_type: Option<String>,
+    manufacturer_model_name: Option<String>,
 }
 
 impl Store {
@@ -46,7 +49,8 @@ impl Store {
         let jobs: Vec<ReceivedJob> = sqlx::query_as(
             "SELECT j.id, i.sop_class_uid, i.sop_instance_uid, i.study_instance_uid, i.series_instance_uid,
                     i.modality, i.body_part_examined, i.view_position, i.transfer_syntax_uid,
-                    i.patient_age_years
+                    i.patient_age_years, i.image_type, i.presentation_intent_type,
+                    i.manufacturer_model_name
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.state = 'received' ORDER BY j.id",
         )
         .fetch_all(self.pool())
@@ -63,6 +67,9 @@ impl Store {
                 view_position: job.view_position,
                 accession_number: None, // not a routing criterion
                 patient_age_years: job.patient_age_years,
+                image_type: job.image_type,
+                presentation_intent_type: job.presentation_intent_type,
+                manufacturer_model_name: job.manufacturer_model_name,
             };
             let refusal = decide(&header, &job.transfer_syntax_uid);
             let state = if refusal.is_some() {
@@ -139,6 +146,8 @@ pub struct ClaimedJob {
     pub path: String,
     /// The file's size when it was stored.
     pub file_size: i64,
+    /// The SHA-256 of its data set as received (hex).
+    pub sha256: String,
     /// When retention removed the file, if it did.
     pub purged_at_ms: Option<i64>,
     /// Attempts including this one.
@@ -192,6 +201,26 @@ pub fn stored_file_problem(
             m.len()
         )),
         Ok(_) => None,
+    }
+}
+
+/// Why a stored file of the right size is still not what was stored: its
+/// data set's SHA-256 is not the one recorded when it was received (a
+/// byte changed on disk was analysed and forwarded as if intact). Reads
+/// the whole file: call it from a blocking thread.
+pub fn stored_data_set_problem(path: &std::path::Path, sha256: &str) -> Option<String> {
+    let repair = "send the instance to the node again, the same bytes as first sent, to restore it";
+    match crate::files::dataset_digest(path) {
+        Ok((_, digest)) if hex::encode(digest) == sha256 => None,
+        Ok(_) => Some(format!(
+            "the stored file {} is damaged (its data set is not the one received: another \
+             SHA-256); {repair}",
+            path.display()
+        )),
+        Err(e) => Some(format!(
+            "the stored file {} cannot be read ({e}); {repair}",
+            path.display()
+        )),
     }
 }
 
@@ -271,6 +300,7 @@ impl Store {
                  (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
                  (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
+                 (SELECT sha256 FROM instances WHERE id = instance_id) AS sha256,
                  (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms"
         ))
         .bind(now)
@@ -542,6 +572,63 @@ impl Store {
                 .fetch_one(self.pool())
                 .await?,
         )
+    }
+
+    /// Why the file of a stored instance is not what was stored (missing,
+    /// another size, another data set), if it is not. Reads the whole file.
+    pub async fn stored_instance_problem(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let (path, file_size, sha256, purged_at_ms): (String, i64, String, Option<i64>) =
+            sqlx::query_as(
+                "SELECT path, file_size, sha256, purged_at_ms FROM instances WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
+        let path = self.instance_file(&path);
+        tokio::task::spawn_blocking(move || {
+            stored_file_problem(&path, file_size, purged_at_ms)
+                .or_else(|| stored_data_set_problem(&path, &sha256))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+    }
+
+    /// Puts a report the node made again, under its UID, where its file was
+    /// lost or damaged (a report cannot be sent to the node again, as an
+    /// image can): `spool` (written, its data set `sha256`) replaces the
+    /// file, and the deliveries parked for want of it are due again.
+    /// Returns how many deliveries resumed.
+    pub async fn replace_generated_file(
+        &self,
+        id: i64,
+        spool: &std::path::Path,
+        dataset_size: u64,
+        sha256: &str,
+    ) -> Result<u64, StoreError> {
+        let relative: String =
+            sqlx::query_scalar("SELECT path FROM instances WHERE id = ? AND generated = 1")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?;
+        let (from, to) = (spool.to_path_buf(), self.instance_file(&relative));
+        let file_size = tokio::task::spawn_blocking(move || crate::files::persist(&from, &to))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE instances SET file_size = ?, dataset_size = ?, sha256 = ?, purged_at_ms = NULL
+             WHERE id = ?",
+        )
+        .bind(file_size as i64)
+        .bind(dataset_size as i64)
+        .bind(sha256)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let resumed = crate::db::resume_deliveries_parked_for_the_file(&mut tx, id, now).await?;
+        tx.commit().await?;
+        Ok(resumed)
     }
 
     /// The first stored instance with this SOP Instance UID.

@@ -10,6 +10,7 @@
 mod coded;
 mod cp246;
 mod db;
+mod described;
 mod files;
 mod header;
 mod iso2022;
@@ -31,10 +32,12 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
+pub use described::names_term;
 pub use files::dataset_digest;
 pub use header::{check_element_lengths, open_instance, InstanceHeader};
 pub use jobs::{
-    stored_file_problem, ClaimedJob, JobCount, MadeInstances, RetryableState, JOB_STATES,
+    stored_data_set_problem, stored_file_problem, ClaimedJob, JobCount, MadeInstances,
+    RetryableState, JOB_STATES,
 };
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use retention::Purged;
@@ -68,6 +71,11 @@ pub enum StoreError {
          nothing is acknowledged until the node is restarted"
     )]
     DatabaseGone(PathBuf),
+    #[error(
+        "the database file {path} is damaged ({why}: truncated while the node runs); nothing \
+         is acknowledged; stop the node and restore the database from a backup"
+    )]
+    DatabaseDamaged { path: PathBuf, why: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -177,6 +185,9 @@ pub struct Store {
     /// The SQLite file (none for an in-memory database): checked before an
     /// instance is acknowledged, since SQLite writes on into a deleted file.
     database_file: Option<PathBuf>,
+    /// The database file's largest size seen, and why it is damaged once
+    /// it was found so (kept until a restart): see `check_database_file`.
+    database_file_watch: std::sync::Mutex<(u64, Option<String>)>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
     /// A start found `instances/` holding files and the database no
@@ -307,11 +318,17 @@ impl Store {
                 "removed spool files of unfinished transfers"
             );
         }
+        // what the file must never fall below (see `check_database_file`)
+        let database_file_size = database_file
+            .as_deref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map_or(0, |m| m.len());
         let store = Store {
             data_dir: data_dir.to_path_buf(),
             pool,
             ingest_locks: UidLocks::default(),
             database_file,
+            database_file_watch: std::sync::Mutex::new((database_file_size, None)),
             decompress: None,
             database_lost,
             _locks: locks,
@@ -383,22 +400,28 @@ impl Store {
         })?;
         incoming_uids_problem(incoming)?;
         let spool = incoming.spool_path.clone();
-        let header = tokio::task::spawn_blocking(move || {
+        let (header, stored_digest) = tokio::task::spawn_blocking(move || {
             let dropped = header::drop_meta_elements_from_data_set(&spool)?;
+            // What is stored is what its digest is checked against later
+            // (and what an identical re-send, dropped alike, compares to).
+            let mut stored_digest = None;
             if dropped > 0 {
                 warn!(
                     bytes = dropped,
                     "the data set began with File Meta Information elements (group 0002), which \
                      a data set sent over the network must not hold: not kept in the stored file"
                 );
+                stored_digest = Some(files::dataset_digest(&spool)?);
             }
             header::check_whole_data_set(&spool)?;
-            InstanceHeader::read(&spool)
+            InstanceHeader::read(&spool).map(|h| (h, stored_digest))
         })
         .await
         .map_err(|e| StoreError::Unparseable(e.to_string()))??;
         header.check_against(incoming)?;
-        let sha256 = hex::encode(incoming.dataset_sha256);
+        let (dataset_len, digest) =
+            stored_digest.unwrap_or((incoming.dataset_len, incoming.dataset_sha256));
+        let sha256 = hex::encode(digest);
 
         self.check_database_file()?;
         let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
@@ -417,7 +440,8 @@ impl Store {
             info!(
                 sop_instance_uid = %incoming.sop_instance_uid,
                 transfer_syntax = %incoming.transfer_syntax_uid,
-                "the same data set in another transfer syntax: not stored again"
+                "the same data set in another encoding (transfer syntax, or sequence and item \
+                 lengths): not stored again"
             );
             return self
                 .routed_again(id, &incoming.calling_ae, route(&header))
@@ -444,7 +468,7 @@ impl Store {
             transfer_syntax_uid: &incoming.transfer_syntax_uid,
             path: &relative.to_string_lossy(),
             file_size,
-            dataset_size: incoming.dataset_len,
+            dataset_size: dataset_len,
             sha256: &sha256,
             calling_ae: &incoming.calling_ae,
             peer_address: &incoming.peer_address,
@@ -568,17 +592,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let now = now_ms();
-        let deliveries = sqlx::query(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
-             WHERE instance_id = ? AND state = 'parked'
-               AND (last_status LIKE 'the stored file%' OR last_status LIKE 'stored file unreadable%')",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let deliveries = db::resume_deliveries_parked_for_the_file(&mut tx, id, now).await?;
         let jobs = sqlx::query(
             "UPDATE jobs SET state = 'received', reason = NULL, attempts = 0, updated_at_ms = ?
              WHERE instance_id = ? AND state = 'failed' AND reason LIKE 'the stored file%'",
@@ -615,11 +629,30 @@ impl Store {
 
     /// Err when the database file was deleted or moved under the running
     /// node: SQLite would go on writing into the unlinked file, and every
-    /// acknowledgement would be lost at the next start.
+    /// acknowledgement would be lost at the next start. Err too, until a
+    /// restart, once the file was found shorter than it was (truncated:
+    /// queries answered from SQLite's page cache and write-ahead log went
+    /// on while the rows were gone, and `/readyz` said ready).
     pub fn check_database_file(&self) -> Result<(), StoreError> {
-        match &self.database_file {
-            Some(f) if !f.exists() => Err(StoreError::DatabaseGone(f.clone())),
-            _ => Ok(()),
+        let Some(f) = &self.database_file else {
+            return Ok(());
+        };
+        if !f.exists() {
+            return Err(StoreError::DatabaseGone(f.clone()));
+        }
+        let mut watch = self
+            .database_file_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if watch.1.is_none() {
+            watch.1 = database_file_damage(f, &mut watch.0);
+        }
+        match &watch.1 {
+            Some(why) => Err(StoreError::DatabaseDamaged {
+                path: f.clone(),
+                why: why.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -636,6 +669,23 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Why the database file is damaged, if it is: shorter than `largest`
+/// (its largest size seen, raised here; SQLite never shrinks it, as the
+/// node does not vacuum). Only `stat`ed: opening and closing the file
+/// would drop the POSIX locks SQLite holds on it (closing any descriptor
+/// of a file releases the process's locks on it).
+fn database_file_damage(f: &Path, largest: &mut u64) -> Option<String> {
+    let size = match std::fs::metadata(f) {
+        Ok(m) => m.len(),
+        Err(e) => return Some(format!("it cannot be read ({e})")),
+    };
+    if size < *largest {
+        return Some(format!("it shrank from {} to {size} bytes", *largest));
+    }
+    *largest = size;
+    None
 }
 
 /// Milliseconds since the Unix epoch: the clock of every time in the

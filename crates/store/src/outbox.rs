@@ -50,6 +50,8 @@ pub struct OutboxItem {
     pub path: String,
     /// The file's size when it was stored.
     pub file_size: i64,
+    /// The SHA-256 of its data set as stored (hex).
+    pub sha256: String,
     /// When retention removed the file, if it did.
     pub purged_at_ms: Option<i64>,
     /// Made by the node (a report), not received.
@@ -67,6 +69,8 @@ pub struct OutboxCount {
     pub destination: String,
     pub state: String,
     pub count: i64,
+    /// When the oldest of these rows was made (ms since the epoch).
+    pub oldest_created_at_ms: i64,
 }
 
 /// Back-off before attempt `attempts + 1`: `base × 2^(attempts-1)`, capped.
@@ -157,7 +161,7 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
-                    i.purged_at_ms, i.generated, o.last_status, o.sent_as_uid
+                    i.sha256, i.purged_at_ms, i.generated, o.last_status, o.sent_as_uid
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
@@ -517,7 +521,8 @@ impl Store {
 
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT destination, state, COUNT(*) AS count FROM outbox GROUP BY destination, state ORDER BY destination, state",
+            "SELECT destination, state, COUNT(*) AS count, MIN(created_at_ms) AS oldest_created_at_ms
+             FROM outbox GROUP BY destination, state ORDER BY destination, state",
         )
         .fetch_all(self.pool())
         .await?)
