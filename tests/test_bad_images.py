@@ -127,6 +127,19 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
         save(name, tiny, "-xe",
              f"imaging: too-small: image too small to analyse: {cols}x{rows}, at least 64 pixels each way")
 
+    # A display shutter that shows a speck (its values written in another
+    # grid) or nothing: the speck was analysed as a whole chest.
+    speck = _fresh(base, ShutterShape="RECTANGULAR", ShutterLeftVerticalEdge=100,
+                   ShutterRightVerticalEdge=104, ShutterUpperHorizontalEdge=100,
+                   ShutterLowerHorizontalEdge=104)
+    save("shutter_shows_a_speck", speck, "-xe",
+         "imaging: shutter-hides-image: the display shutter (RECTANGULAR) shows only 5x5 pixels")
+    hidden = _fresh(base, ShutterShape=["RECTANGULAR", "CIRCULAR"], ShutterLeftVerticalEdge=1,
+                    ShutterRightVerticalEdge=50, ShutterUpperHorizontalEdge=1, ShutterLowerHorizontalEdge=50,
+                    CenterOfCircularShutter=[200, 200], RadiusOfCircularShutter=20)
+    save("shutter_shows_nothing", hidden, "-xe",
+         "imaging: shutter-hides-image: the display shutter (RECTANGULAR\\CIRCULAR) shows nothing")
+
     wide = _fresh(base, BitsAllocated=32, BitsStored=32, HighBit=31)
     wide.PixelData = np.zeros(wide.Rows * wide.Columns, np.uint32).tobytes()
     save("bits_allocated_32", wide, "-xe", "imaging: bits-allocated")

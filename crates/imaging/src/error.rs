@@ -63,6 +63,19 @@ pub enum ImagingError {
     #[error("no image content: every pixel is {0} after the grey-level steps (a blank exposure, a placeholder, or a window outside the data)")]
     NoImageContent(String),
 
+    /// The display shutter shows too little of the image to read (or
+    /// nothing): shutter values written in other coordinates.
+    #[error("the display shutter ({shape}) shows {shown} of a {width}x{height} image: at least {min_width}x{min_height} (a tenth of the image each way, and {min_side} pixels)")]
+    ShutterHidesImage {
+        shape: String,
+        shown: String,
+        width: u32,
+        height: u32,
+        min_width: u32,
+        min_height: u32,
+        min_side: u32,
+    },
+
     /// The specification asks for a lung-box crop but no box was given.
     #[error("crop mode lung-box needs a lung box, none was given")]
     LungBoxMissing,
@@ -105,6 +118,7 @@ impl ImagingError {
             ImagingError::Decode { .. } => "decode",
             ImagingError::TooSmall { .. } => "too-small",
             ImagingError::NoImageContent(_) => "no-image-content",
+            ImagingError::ShutterHidesImage { .. } => "shutter-hides-image",
             ImagingError::LungBoxMissing => "lung-box-missing",
             ImagingError::InvalidLungBox(_) => "invalid-lung-box",
             ImagingError::LungBoxTooSmall { .. } => "lung-box-too-small",

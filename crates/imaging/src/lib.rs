@@ -196,7 +196,7 @@ pub struct PreprocessReportHeader {
 /// padding, a window above or below every value: the finding was the
 /// model's answer to a flat tensor). The node and `infer` call it;
 /// `preprocess` shows what any image becomes.
-pub fn analysis_refusal(grey: &GreyImage) -> Result<(), ImagingError> {
+pub fn analysis_refusal(grey: &GreyImage, report: &GreyReport) -> Result<(), ImagingError> {
     let (rows, cols) = (grey.height as u32, grey.width as u32);
     if rows < MIN_SIDE || cols < MIN_SIDE {
         return Err(ImagingError::TooSmall {
@@ -204,6 +204,29 @@ pub fn analysis_refusal(grey: &GreyImage) -> Result<(), ImagingError> {
             cols,
             min: MIN_SIDE,
         });
+    }
+    // A display shutter that leaves too little shown (its values written
+    // in another grid): a speck was analysed as a whole chest.
+    if let Some(shape) = &report.shutter.shutter_shape {
+        let least = |side: u32| (side / 10).max(MIN_SIDE).min(side);
+        let (min_width, min_height) = (least(cols), least(rows));
+        let shown = report.shutter.shutter_shown_box;
+        let enough =
+            shown.is_some_and(|[x0, y0, x1, y1]| x1 - x0 >= min_width && y1 - y0 >= min_height);
+        if !enough {
+            return Err(ImagingError::ShutterHidesImage {
+                shape: shape.clone(),
+                shown: match shown {
+                    Some([x0, y0, x1, y1]) => format!("only {}x{} pixels", x1 - x0, y1 - y0),
+                    None => "nothing".to_string(),
+                },
+                width: cols,
+                height: rows,
+                min_width,
+                min_height,
+                min_side: MIN_SIDE,
+            });
+        }
     }
     if let Some(&first) = grey.data.first() {
         if grey.data.iter().all(|&v| v == first) {

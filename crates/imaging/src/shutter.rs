@@ -39,6 +39,9 @@ pub struct ShutterReport {
     /// Shapes written but not applied, and why (a bitmap shutter, values
     /// that do not make a shape).
     pub shutter_not_applied: Vec<String>,
+    /// The box of the pixels the shutter shows, [x0, y0, x1, y1] half-open
+    /// (None: it shows none, or there is no shutter).
+    pub shutter_shown_box: Option<[u32; 4]>,
 }
 
 /// The shutter of a data set: the shapes it describes and the grey value
@@ -97,7 +100,8 @@ impl DisplayShutter {
             .presentation_value
             .map_or(0.0, |v| f32::from(v) / f32::from(u16::MAX));
         let mut shuttered = 0;
-        if !self.shapes.is_empty() && img.width > 0 {
+        let mut shown_box: Option<[u32; 4]> = None;
+        if img.width > 0 && !self.shapes.is_empty() {
             let mut shown = vec![true; img.width];
             for (r, row) in img.data.chunks_mut(img.width).enumerate() {
                 shown.fill(true);
@@ -108,13 +112,25 @@ impl DisplayShutter {
                     *v = value;
                     shuttered += 1;
                 }
+                let first = shown.iter().position(|s| *s);
+                let last = shown.iter().rposition(|s| *s);
+                if let (Some(first), Some(last)) = (first, last) {
+                    let (x0, x1, y) = (first as u32, last as u32 + 1, r as u32);
+                    shown_box = Some(match shown_box {
+                        None => [x0, y, x1, y + 1],
+                        Some([a, b, c, _]) => [a.min(x0), b, c.max(x1), y + 1],
+                    });
+                }
             }
+        } else {
+            shown_box = Some([0, 0, img.width as u32, img.height as u32]);
         }
         ShutterReport {
             shutter_shape: Some(self.written.clone()),
             shuttered_pixels: shuttered,
             shutter_presentation_value: self.presentation_value,
             shutter_not_applied: self.not_applied.clone(),
+            shutter_shown_box: shown_box,
         }
     }
 }
@@ -279,6 +295,7 @@ mod tests {
         let report = DisplayShutter::from_obj(&o).unwrap().apply(&mut img);
         assert_eq!(picture(&img), [".....", ".###.", ".###.", "....."]);
         assert_eq!(report.shuttered_pixels, 14);
+        assert_eq!(report.shutter_shown_box, Some([1, 1, 4, 3]));
         assert_eq!(report.shutter_shape.as_deref(), Some("RECTANGULAR"));
         assert!(report.shutter_not_applied.is_empty());
     }

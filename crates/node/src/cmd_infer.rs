@@ -53,7 +53,7 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("reading {}", file.display()))?;
     let (grey, grey_report, hdr) = pneumo_imaging::grey_image(&obj)
-        .and_then(|g| pneumo_imaging::analysis_refusal(&g.0).map(|()| g))
+        .and_then(|g| pneumo_imaging::analysis_refusal(&g.0, &g.1).map(|()| g))
         .with_context(|| format!("preprocessing {}", file.display()))?;
     let lung_box = match (spec.crop, lung_box) {
         (CropMode::LungBox, None) => {

@@ -748,7 +748,7 @@ fn prepare(
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let imaging = |e: pneumo_imaging::ImagingError| format!("imaging: {}: {e}", e.kind());
     let (grey, grey_report, hdr) = grey_image(&obj).map_err(imaging)?;
-    pneumo_imaging::analysis_refusal(&grey).map_err(imaging)?;
+    pneumo_imaging::analysis_refusal(&grey, &grey_report).map_err(imaging)?;
     let lung_box = match spec.crop {
         CropMode::None => None,
         CropMode::LungBox => {

@@ -181,7 +181,7 @@ fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
 fn made_by_a_node(h: &InstanceHeader) -> bool {
     h.manufacturer_model_name
         .as_deref()
-        .is_some_and(|m| m.trim() == pneumo_report::PRODUCT)
+        .is_some_and(pneumo_store::is_product)
 }
 
 /// A body part against the rule's terms: a term matches the value or one
@@ -426,6 +426,11 @@ mod tests {
             .unwrap()
             .contains("made by pneumo-node"));
         assert!(r.forward_destinations(&h, "PACS").is_empty());
+        // as a PACS may have rewritten it
+        for rewritten in ["PNEUMO-NODE", "pneumo-node 0.1.0"] {
+            h.manufacturer_model_name = Some(rewritten.into());
+            assert!(r.analysis_refusal(&h).is_some(), "{rewritten}");
+        }
     }
 
     #[test]

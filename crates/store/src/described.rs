@@ -8,39 +8,139 @@
 /// Words of a description that name the chest: any of them and the
 /// descriptions are no evidence against a chest image.
 const CHEST_WORDS: &[&str] = &[
-    "CHEST", "THORAX", "THORAKS", "TORAX", "TÓRAX", "TORACE", "LUNG", "LUNGS", "LUNGE", "POUMON",
-    "POUMONS", "CXR",
+    "CHEST",
+    "THORAX",
+    "THORAKS",
+    "TORAX",
+    "TÓRAX",
+    "TORACE",
+    "LUNG",
+    "LUNGS",
+    "LUNGE",
+    "POUMON",
+    "POUMONS",
+    "PULMONAIRE",
+    "PULMON",
+    "PULMONES",
+    "PULMONAR",
+    "POLMONE",
+    "POLMONI",
+    "BRUST",
+    "BRUSTKORB",
+    "BORST",
+    "CXR",
 ];
 
 /// Words of a description that name another body part (PS3.16 Annex L
-/// terms and their common forms), with the term they stand for.
+/// terms, their common forms and abbreviations, in English, German,
+/// French, Spanish, Italian), with the term they stand for. Words that are
+/// also positioning vocabulary ("face", French for frontal; "head up";
+/// "hand-held detector") are left out or read with the next word.
 const OTHER_PARTS: &[(&str, &[&str])] = &[
-    ("ABDOMEN", &["ABDOMEN", "ABD", "KUB", "BAUCH"]),
-    ("PELVIS", &["PELVIS", "BECKEN"]),
-    ("HIP", &["HIP", "HIPS"]),
+    (
+        "ABDOMEN",
+        &[
+            "ABDOMEN",
+            "ABDOMINAL",
+            "ABD",
+            "ABDO",
+            "AXR",
+            "KUB",
+            "IVU",
+            "BAUCH",
+        ],
+    ),
+    ("PELVIS", &["PELVIS", "BECKEN", "BASSIN"]),
+    ("HIP", &["HIP", "HIPS", "HÜFTE", "HUEFTE", "CADERA"]),
     (
         "LEG",
         &[
-            "LEG", "LEGS", "FEMUR", "TIBIA", "FIBULA", "KNEE", "KNEES", "KNIE",
+            "LEG",
+            "LEGS",
+            "FEMUR",
+            "TIBIA",
+            "FIBULA",
+            "TIB",
+            "FIB",
+            "KNEE",
+            "KNEES",
+            "KNIE",
+            "GENOU",
+            "RODILLA",
+            "GINOCCHIO",
         ],
     ),
-    ("ANKLE", &["ANKLE", "ANKLES"]),
+    (
+        "ANKLE",
+        &["ANKLE", "ANKLES", "SPRUNGGELENK", "CHEVILLE", "TOBILLO"],
+    ),
     (
         "FOOT",
-        &["FOOT", "FEET", "TOE", "TOES", "HEEL", "CALCANEUS"],
+        &[
+            "FOOT",
+            "FEET",
+            "TOE",
+            "TOES",
+            "HEEL",
+            "CALCANEUS",
+            "CALCIS",
+            "FUSS",
+            "PIED",
+        ],
     ),
-    ("HAND", &["HAND", "HANDS", "FINGER", "FINGERS", "THUMB"]),
-    ("WRIST", &["WRIST", "WRISTS"]),
-    ("ARM", &["ARM", "FOREARM", "ELBOW", "HUMERUS"]),
+    (
+        "HAND",
+        &[
+            "HAND", "HANDS", "FINGER", "FINGERS", "THUMB", "SCAPHOID", "MANO",
+        ],
+    ),
+    ("WRIST", &["WRIST", "WRISTS", "HANDGELENK", "POIGNET"]),
+    (
+        "ARM",
+        &[
+            "ARM",
+            "FOREARM",
+            "ELBOW",
+            "HUMERUS",
+            "ELLENBOGEN",
+            "COUDE",
+            "CODO",
+        ],
+    ),
     (
         "SHOULDER",
-        &["SHOULDER", "SHOULDERS", "CLAVICLE", "SCAPULA"],
+        &[
+            "SHOULDER",
+            "SHOULDERS",
+            "CLAVICLE",
+            "SCAPULA",
+            "SCHULTER",
+            "ÉPAULE",
+            "EPAULE",
+            "HOMBRO",
+        ],
     ),
-    ("RIB", &["RIB", "RIBS", "STERNUM"]),
+    ("RIB", &["RIB", "RIBS", "STERNUM", "RIPPEN"]),
     (
         "SKULL",
         &[
-            "SKULL", "HEAD", "FACE", "SINUS", "SINUSES", "MANDIBLE", "JAW", "ORBIT", "ORBITS",
+            "SKULL",
+            "SINUS",
+            "SINUSES",
+            "MANDIBLE",
+            "JAW",
+            "ORBIT",
+            "ORBITS",
+            "FACIAL",
+            "CEPH",
+            "CEPHALOMETRIC",
+            "OPG",
+            "SCHÄDEL",
+            "SCHAEDEL",
+            "CRÂNE",
+            "CRANE",
+            "CRÁNEO",
+            "CRANEO",
         ],
     ),
     ("NECK", &["NECK"]),
@@ -52,13 +152,30 @@ const OTHER_PARTS: &[(&str, &[&str])] = &[
             "TSPINE",
             "LSPINE",
             "LUMBAR",
+            "LUMBOSACRAL",
             "CERVICAL",
             "SACRUM",
             "COCCYX",
             "SCOLIOSIS",
+            "HWS",
+            "BWS",
+            "LWS",
+            "WIRBELSÄULE",
+            "WIRBELSAEULE",
+            "RACHIS",
+            "COLUMNA",
         ],
     ),
-    ("EXTREMITY", &["EXTREMITY", "EXTREMITIES", "LIMB"]),
+    (
+        "EXTREMITY",
+        &["EXTREMITY", "EXTREMITIES", "LIMB", "SKELETAL"],
+    ),
+];
+
+/// Words after which a body part's word is positioning, not the anatomy
+/// ("hand held detector", "arms up", "spine board").
+const POSITIONING_NEXT: &[&str] = &[
+    "HELD", "UP", "DOWN", "FIRST", "BOARD", "RAISED", "ELEVATED", "REST", "SUPPORT",
 ];
 
 /// The words of a text, upper case, split at anything not a letter or digit
@@ -73,7 +190,9 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 /// Examined "CHEST PA" or "CHEST_PA" is CHEST.
 pub fn names_term(value: &str, term: &str) -> bool {
     let term = term.trim();
-    value.trim().eq_ignore_ascii_case(term) || words(value).any(|w| w.eq_ignore_ascii_case(term))
+    let plural = format!("{term}S");
+    value.trim().eq_ignore_ascii_case(term)
+        || words(value).any(|w| w.eq_ignore_ascii_case(term) || w.eq_ignore_ascii_case(&plural))
 }
 
 /// The body part another than the chest that the descriptions name, as
@@ -91,18 +210,23 @@ pub(crate) fn body_part_in_descriptions<'a>(
         return None;
     }
     descriptions.into_iter().find_map(|(attribute, text)| {
-        words(text).find_map(|w| {
+        let all: Vec<String> = words(text).collect();
+        all.iter().enumerate().find_map(|(i, w)| {
+            let positioning = all
+                .get(i + 1)
+                .is_some_and(|next| POSITIONING_NEXT.contains(&next.as_str()));
             OTHER_PARTS
                 .iter()
-                .find(|(_, forms)| forms.contains(&w.as_str()))
+                .find(|(_, forms)| !positioning && forms.contains(&w.as_str()))
                 .map(|(term, _)| format!("{term} ({attribute} \"{}\")", text.trim()))
         })
     })
 }
 
-/// "LATERAL (Patient Orientation P\F)" when Patient Orientation says the
-/// image's axes are antero-posterior and head-feet (a lateral projection:
-/// a frontal one has a left-right axis); None otherwise.
+/// "LATERAL (Patient Orientation P\F)" when Patient Orientation's main
+/// directions (each value's first letter, PS3.3 C.7.6.1.1.1) are
+/// antero-posterior and head-feet (a lateral projection: a frontal one has
+/// a left-right axis; "AL\F" is a steep oblique); None otherwise.
 pub(crate) fn lateral_from_orientation(orientation: &str) -> Option<String> {
     let main: Vec<char> = orientation
         .split('\\')
@@ -127,6 +251,7 @@ mod tests {
         assert!(!names_term("CHESTWALL", "CHEST"));
         assert!(!names_term("LEG", "CHEST"));
         assert!(names_term("CHEST PA", "CHEST PA"));
+        assert!(names_term("LUNGS", "LUNG"));
     }
 
     #[test]
@@ -161,6 +286,35 @@ mod tests {
             body_part_in_descriptions([("Series Description", "Handheld")]),
             None
         );
+        // chest radiographs described in French, or by their positioning
+        for chest in [
+            "Pulmonaire de face",
+            "FACE DEBOUT",
+            "AP semi-erect head up 45",
+            "Trauma AP supine on spine board",
+            "AP portable hand-held detector",
+        ] {
+            assert_eq!(
+                body_part_in_descriptions([("Series Description", chest)]),
+                None,
+                "{chest}"
+            );
+        }
+        for (other, term) in [
+            ("AXR supine", "ABDOMEN"),
+            ("Tib/Fib", "LEG"),
+            ("RX RODILLA", "LEG"),
+            ("Schädel", "SKULL"),
+            ("HWS 2 Ebenen", "SPINE"),
+            ("Rachis lombaire", "SPINE"),
+            ("Hand PA", "HAND"),
+        ] {
+            let found = body_part_in_descriptions([("Series Description", other)]);
+            assert!(
+                found.as_deref().is_some_and(|f| f.starts_with(term)),
+                "{other}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,37 @@ pub struct InstanceHeader {
 /// further on are never parsed.
 const HEADER_END: Tag = Tag(0x0020, 0x0021);
 
+/// The product name the node writes on what it makes (Manufacturer's Model
+/// Name, and in the Contributing Equipment's Software Versions).
+const PRODUCT: &str = "pneumo-node";
+
+/// Whether a name is the product's, as a PACS may have rewritten it
+/// ("PNEUMO-NODE", "pneumo-node 0.1.0").
+pub fn is_product(name: &str) -> bool {
+    name.trim().to_ascii_lowercase().starts_with(PRODUCT)
+}
+
+/// Whether an item of the Contributing Equipment Sequence names the
+/// product in its Software Versions (which a PACS rewriting the General
+/// Equipment leaves alone).
+fn contributed_by_product(obj: &InMemDicomObject) -> bool {
+    let Some(items) = obj
+        .element_opt(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+    else {
+        return false;
+    };
+    items.iter().any(|item| {
+        item.element_opt(tags::SOFTWARE_VERSIONS)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_multi_str().ok())
+            .is_some_and(|versions| versions.iter().any(|v| is_product(v)))
+    })
+}
+
 /// The descriptions that may name a body part when nothing else does.
 const DESCRIPTIONS: [(Tag, &str); 4] = [
     (tags::STUDY_DESCRIPTION, "Study Description"),
@@ -461,7 +492,10 @@ impl InstanceHeader {
             image_type: text(tags::IMAGE_TYPE),
             presentation_intent_type: text(tags::PRESENTATION_INTENT_TYPE)
                 .map(|t| t.to_ascii_uppercase()),
-            manufacturer_model_name: text(tags::MANUFACTURER_MODEL_NAME),
+            manufacturer_model_name: text(tags::MANUFACTURER_MODEL_NAME)
+                .filter(|m| is_product(m))
+                .or_else(|| contributed_by_product(obj).then(|| PRODUCT.to_string()))
+                .or_else(|| text(tags::MANUFACTURER_MODEL_NAME)),
             patient_age_years: text(tags::PATIENT_AGE)
                 .and_then(|age| age_string_years(&age))
                 .or_else(|| {

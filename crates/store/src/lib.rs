@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub use cp246::rewrite_un_sequences;
 pub use described::names_term;
 pub use files::dataset_digest;
-pub use header::{check_element_lengths, open_instance, InstanceHeader};
+pub use header::{check_element_lengths, is_product, open_instance, InstanceHeader};
 pub use jobs::{
     stored_data_set_problem, stored_file_problem, ClaimedJob, JobCount, MadeInstances,
     RetryableState, JOB_STATES,

@@ -276,12 +276,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         finish_attempt(&mut *tx, item, "sent", status, None).await?;
-        sqlx::query("UPDATE outbox SET sent_as_uid = ?, sent_at_ms = ? WHERE id = ?")
-            .bind(sent_as_uid)
-            .bind(now_ms())
-            .bind(item.id)
-            .execute(&mut *tx)
-            .await?;
+        // (not on a row moved to another destination meanwhile)
+        sqlx::query(
+            "UPDATE outbox SET sent_as_uid = ?, sent_at_ms = ? WHERE id = ? AND destination = ?",
+        )
+        .bind(sent_as_uid)
+        .bind(now_ms())
+        .bind(item.id)
+        .bind(&item.destination)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!(
             "UPDATE jobs SET state = 'delivered', updated_at_ms = ?
              WHERE state = 'reported'
@@ -578,9 +582,12 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let now = now_ms();
+    // Still pending: an answer that arrives after an operator cancelled the
+    // row (back to `sent`) must not make it owed again.
     sqlx::query(
         "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
-             next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ? AND destination = ?",
+             next_attempt_at_ms = ?, updated_at_ms = ?
+         WHERE id = ? AND destination = ? AND state = 'pending'",
     )
     .bind(state)
     .bind(status)
