@@ -40,12 +40,16 @@ def test_values_that_start_a_node_which_takes_or_analyses_nothing_are_refused():
         ("PIPELINE__CONCURRENCY", "0", "pipeline.concurrency and pipeline.max_attempts"),
         ("DATABASE__URL", "sqlite:", "names no database file"),
         ("DATABASE__URL", "sqlite::memory:", "names no database file"),
+        ("DATABASE__URL", "sqlite:file::memory:?cache=shared", "names no database file"),
+        ("ROUTING__ANALYSE_MODALITIES", '["CR","DX"]', "comma-separated (CR,DX), not a TOML list"),
     ]:
         r = check_config({f"PNEUMO__{key}": value})
         assert r.returncode == MISCONFIGURED and said in r.stderr, (key, value, r.stderr)
     r = check_config({"PNEUMO__ROUTING__ANALYSE_MODALITIES": ""})
     assert r.returncode == 0, r.stderr
     assert "analyse_modalities = []" in r.stdout, r.stdout
+    r = check_config({"PNEUMO__ROUTING__ANALYSE_MODALITIES": "CR, DX"})  # " DX" matched nothing
+    assert r.returncode == 0 and 'analyse_modalities = [\n    "CR",\n    "DX",\n]' in r.stdout, r.stdout
 
 
 def test_a_configuration_path_that_is_no_file_says_what_it_is(tmp_path):

@@ -169,13 +169,14 @@ def test_a_database_truncated_under_the_running_node_is_not_ready(node_factory, 
         f.truncate(0)
     code, body = node.http("/readyz")
     assert code == 503 and any("is damaged" in r for r in body["reasons"]), body
-    db = node.data_dir / "pneumo-node.sqlite"
-    print("DBG size", db.stat().st_size, db.read_bytes()[:16])
     assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
     status = assoc.send_c_store(second)
     assoc.release()
-    print("DBG after", db.stat().st_size, db.read_bytes()[:16], node.http("/readyz")[0])
     assert status.Status == 0xA700, status
+    assert node.http("/readyz")[0] == 503  # until a restart, whatever SQLite writes back
+    code, metrics = node.http("/metrics")  # still scraped, saying so
+    assert code == 200 and "pneumo_database_up 0" in metrics, (code, metrics[-300:])
+    assert "pneumo_instances_refused_total 1" in metrics
     assert "restore the database" in node.log(), "the log says what to do"
     assert node.alive() and node.echo_ok()
 

@@ -165,7 +165,7 @@ def test_a_spool_directory_removed_under_the_node_is_made_again(node, rg1_copies
     assert status == 200, body
 
 
-@pytest.mark.parametrize("damage", ["truncated", "one_byte_changed"])
+@pytest.mark.parametrize("damage", ["truncated", "one_byte_changed", "meta_transfer_syntax"])
 def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_repairs_it(
         node_factory, rg1_copies, tmp_path, damage):
     """A stored file truncated on disk: the truncated file used to be sent
@@ -200,6 +200,13 @@ def test_a_damaged_stored_file_is_neither_analysed_nor_sent_and_a_re_sent_copy_r
         whole = stored.read_bytes()
         if damage == "truncated":
             stored.write_bytes(whole[: len(whole) // 2])
+        elif damage == "meta_transfer_syntax":
+            # the File Meta now says Big Endian: read, and sent, as such
+            meta_end = stored_header_length(whole)
+            syntax = pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            assert syntax == "1.2.840.10008.1.2.1", syntax
+            at = whole.index(b"1.2.840.10008.1.2.1\0", 132, meta_end)
+            stored.write_bytes(whole[:at] + b"1.2.840.10008.1.2.2\0" + whole[at + 20:])
         else:
             changed = bytearray(whole)
             changed[-1000] ^= 0x40

@@ -239,7 +239,8 @@ impl Config {
             return Err(anyhow::anyhow!(fraction).context(invalid.clone()));
         }
         // `PNEUMO__ROUTING__ANALYSE_MODALITIES=` (empty) is the empty list,
-        // which accepts any value: it was [""], which accepted none.
+        // which accepts any value: it was [""], which accepted none; and
+        // `CR, DX` is CR and DX (" DX" matched no modality).
         for list in [
             &mut config.routing.analyse_modalities,
             &mut config.routing.analyse_body_parts,
@@ -247,6 +248,9 @@ impl Config {
             &mut config.routing.results_to,
         ] {
             list.retain(|v| !v.trim().is_empty());
+            for v in list.iter_mut() {
+                *v = v.trim().to_string();
+            }
         }
         config.validate().context(invalid)?;
         Ok(config)
@@ -263,6 +267,29 @@ impl Config {
         // nothing, or failed every job with a false reason.
         if self.node.data_dir.as_os_str().is_empty() {
             bail!("node.data_dir is empty: name the directory the node keeps its data in");
+        }
+        // A TOML list given to a `PNEUMO__` variable (`'["CR","DX"]'`) is
+        // read as words with brackets and quotes, which match nothing.
+        for (key, list) in [
+            (
+                "routing.analyse_modalities",
+                &self.routing.analyse_modalities,
+            ),
+            (
+                "routing.analyse_body_parts",
+                &self.routing.analyse_body_parts,
+            ),
+            (
+                "routing.analyse_view_positions",
+                &self.routing.analyse_view_positions,
+            ),
+        ] {
+            if let Some(v) = list.iter().find(|v| v.contains(['[', ']', '"', '\''])) {
+                bail!(
+                    "{key} has the value `{v}`: in a PNEUMO__ variable, give the words \
+                     comma-separated (CR,DX), not a TOML list"
+                );
+            }
         }
         if self.dicom.port == 0 || self.http.port == 0 {
             bail!(
@@ -375,7 +402,7 @@ impl Config {
                 .split('?')
                 .next()
                 .unwrap_or_default();
-            if file.is_empty() || file == ":memory:" || rest.contains("mode=memory") {
+            if file.is_empty() || rest.contains(":memory:") || rest.contains("mode=memory") {
                 bail!(
                     "database.url `{}` names no database file (an in-memory database loses \
                      every acknowledged instance at a stop)",

@@ -220,29 +220,34 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let jobs = match s.store.job_counts().await {
-        Ok(j) => j
-            .into_iter()
+    // A database that cannot answer still leaves the process's counters
+    // (refused instances above all) to scrape, with pneumo_database_up 0:
+    // the scrape failed exactly when they mattered.
+    let jobs = s.store.job_counts().await.map(|j| {
+        j.into_iter()
             .map(|c| (c.state, c.count))
-            .collect::<Vec<_>>(),
-        Err(e) => return internal(e),
-    };
+            .collect::<Vec<_>>()
+    });
     let now = pneumo_store::now_ms();
-    let outbox = match s.store.outbox_counts().await {
-        Ok(o) => o
-            .into_iter()
+    let outbox = s.store.outbox_counts().await.map(|o| {
+        o.into_iter()
             .map(|c| {
                 let age_s = (now - c.oldest_created_at_ms).max(0) / 1000;
                 (c.destination, c.state, c.count, age_s)
             })
-            .collect::<Vec<_>>(),
-        Err(e) => return internal(e),
-    };
+            .collect::<Vec<_>>()
+    });
+    let database_up = jobs.is_ok() && outbox.is_ok() && s.store.check_database_file().is_ok();
     let mut text = s.metrics.render(
-        &jobs,
-        &outbox,
+        &jobs.unwrap_or_default(),
+        &outbox.unwrap_or_default(),
         s.active_associations.load(Ordering::Relaxed),
     );
+    text.push_str(&format!(
+        "# HELP pneumo_database_up Whether the database answers and its file is sound (0: see /readyz).\n\
+         # TYPE pneumo_database_up gauge\npneumo_database_up {}\n",
+        u8::from(database_up)
+    ));
     if let Some(engine) = &s.engine {
         let st = engine.stats();
         text.push_str(&format!(

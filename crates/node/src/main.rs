@@ -156,7 +156,9 @@ fn denied_is_misconfigured(e: anyhow::Error) -> anyhow::Error {
                 io.kind(),
                 std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
             )
-        })
+        }) || cause
+            .to_string()
+            .contains("attempt to write a readonly database")
     });
     if denied {
         Misconfigured(e).into()

@@ -329,9 +329,13 @@ impl OutboxWorker {
                 match pneumo_store::stored_file_problem(&path, item.file_size, item.purged_at_ms) {
                     Some(problem) => Some(problem),
                     None => {
-                        let (stored, sha256) = (path.clone(), item.sha256.clone());
+                        let (stored, sha256, syntax) = (
+                            path.clone(),
+                            item.sha256.clone(),
+                            item.transfer_syntax_uid.clone(),
+                        );
                         tokio::task::spawn_blocking(move || {
-                            pneumo_store::stored_data_set_problem(&stored, &sha256)
+                            pneumo_store::stored_data_set_problem(&stored, &sha256, &syntax)
                         })
                         .await
                         .unwrap_or_else(|e| Some(format!("checking the stored file failed: {e}")))

@@ -244,9 +244,13 @@ impl Pipeline {
             return Err(Failure::Analysis(problem));
         }
         // Same size, other bytes (a disk error, a hand): not the image sent.
-        let (stored, sha256) = (path.clone(), job.sha256.clone());
+        let (stored, sha256, syntax) = (
+            path.clone(),
+            job.sha256.clone(),
+            job.transfer_syntax_uid.clone(),
+        );
         let changed = tokio::task::spawn_blocking(move || {
-            pneumo_store::stored_data_set_problem(&stored, &sha256)
+            pneumo_store::stored_data_set_problem(&stored, &sha256, &syntax)
         })
         .await
         .map_err(|e| format!("checking the stored file failed: {e}"))?;

@@ -202,6 +202,11 @@ pub fn drop_meta_elements_from_data_set(path: &Path) -> Result<u64, StoreError> 
 
 type FileReader = std::io::BufReader<std::fs::File>;
 
+/// The transfer syntax a Part-10 file's File Meta names.
+pub(crate) fn file_transfer_syntax(path: &Path) -> Result<String, String> {
+    open_data_set(path).map(|(_, syntax, _)| syntax)
+}
+
 /// The file positioned at its data set, its transfer syntax and the file's
 /// size.
 fn open_data_set(path: &Path) -> Result<(FileReader, String, u64), String> {

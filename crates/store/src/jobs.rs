@@ -148,6 +148,8 @@ pub struct ClaimedJob {
     pub file_size: i64,
     /// The SHA-256 of its data set as received (hex).
     pub sha256: String,
+    /// The transfer syntax it was stored in.
+    pub transfer_syntax_uid: String,
     /// When retention removed the file, if it did.
     pub purged_at_ms: Option<i64>,
     /// Attempts including this one.
@@ -206,10 +208,32 @@ pub fn stored_file_problem(
 
 /// Why a stored file of the right size is still not what was stored: its
 /// data set's SHA-256 is not the one recorded when it was received (a
-/// byte changed on disk was analysed and forwarded as if intact). Reads
-/// the whole file: call it from a blocking thread.
-pub fn stored_data_set_problem(path: &std::path::Path, sha256: &str) -> Option<String> {
+/// byte changed on disk was analysed and forwarded as if intact), or its
+/// File Meta names another transfer syntax than it was stored in (the
+/// data set then read, and sent, in the wrong encoding). Reads the whole
+/// file: call it from a blocking thread.
+pub fn stored_data_set_problem(
+    path: &std::path::Path,
+    sha256: &str,
+    transfer_syntax: &str,
+) -> Option<String> {
     let repair = "send the instance to the node again, the same bytes as first sent, to restore it";
+    match crate::header::file_transfer_syntax(path) {
+        Ok(ts) if ts.trim_end_matches(['\0', ' ']) == transfer_syntax => {}
+        Ok(ts) => {
+            return Some(format!(
+                "the stored file {} is damaged (its File Meta names transfer syntax {ts}, it \
+                 was stored in {transfer_syntax}); {repair}",
+                path.display()
+            ))
+        }
+        Err(e) => {
+            return Some(format!(
+                "the stored file {} is damaged (its File Meta cannot be read: {e}); {repair}",
+                path.display()
+            ))
+        }
+    }
     match crate::files::dataset_digest(path) {
         Ok((_, digest)) if hex::encode(digest) == sha256 => None,
         Ok(_) => Some(format!(
@@ -301,6 +325,7 @@ impl Store {
                  (SELECT path FROM instances WHERE id = instance_id) AS path,
                  (SELECT file_size FROM instances WHERE id = instance_id) AS file_size,
                  (SELECT sha256 FROM instances WHERE id = instance_id) AS sha256,
+                 (SELECT transfer_syntax_uid FROM instances WHERE id = instance_id) AS transfer_syntax_uid,
                  (SELECT purged_at_ms FROM instances WHERE id = instance_id) AS purged_at_ms"
         ))
         .bind(now)
@@ -577,17 +602,18 @@ impl Store {
     /// Why the file of a stored instance is not what was stored (missing,
     /// another size, another data set), if it is not. Reads the whole file.
     pub async fn stored_instance_problem(&self, id: i64) -> Result<Option<String>, StoreError> {
-        let (path, file_size, sha256, purged_at_ms): (String, i64, String, Option<i64>) =
-            sqlx::query_as(
-                "SELECT path, file_size, sha256, purged_at_ms FROM instances WHERE id = ?",
-            )
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?;
+        type Row = (String, i64, String, String, Option<i64>);
+        let (path, file_size, sha256, syntax, purged_at_ms): Row = sqlx::query_as(
+            "SELECT path, file_size, sha256, transfer_syntax_uid, purged_at_ms
+             FROM instances WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?;
         let path = self.instance_file(&path);
         tokio::task::spawn_blocking(move || {
             stored_file_problem(&path, file_size, purged_at_ms)
-                .or_else(|| stored_data_set_problem(&path, &sha256))
+                .or_else(|| stored_data_set_problem(&path, &sha256, &syntax))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))

@@ -564,17 +564,30 @@ impl Store {
         sha256: &str,
         spool: &Path,
     ) -> Result<(), StoreError> {
-        let relative: String = sqlx::query_scalar("SELECT path FROM instances WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+        let (relative, syntax): (String, String) =
+            sqlx::query_as("SELECT path, transfer_syntax_uid FROM instances WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
         let final_path = self.data_dir.join(&relative);
         let stored = final_path.clone();
-        let found = tokio::task::spawn_blocking(move || files::dataset_digest(&stored))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // The File Meta too: a transfer syntax changed there (the same
+        // data set bytes) made the file read, and sent, in another encoding.
+        let found = tokio::task::spawn_blocking(move || {
+            files::dataset_digest(&stored)
+                .map(|(_, digest)| (digest, header::file_transfer_syntax(&stored)))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         let damage = match found {
-            Ok((_, now)) if hex::encode(now) == sha256 => return Ok(()),
+            Ok((now, Ok(ts)))
+                if hex::encode(now) == sha256 && ts.trim_end_matches(['\0', ' ']) == syntax =>
+            {
+                return Ok(())
+            }
+            Ok((now, _)) if hex::encode(now) == sha256 => {
+                "damaged (its File Meta is not the one stored)".to_string()
+            }
             Ok(_) => "damaged (its data set is not the one received)".to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
             Err(e) => format!("unreadable ({e})"),

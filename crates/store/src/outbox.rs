@@ -52,6 +52,8 @@ pub struct OutboxItem {
     pub file_size: i64,
     /// The SHA-256 of its data set as stored (hex).
     pub sha256: String,
+    /// The transfer syntax it was stored in.
+    pub transfer_syntax_uid: String,
     /// When retention removed the file, if it did.
     pub purged_at_ms: Option<i64>,
     /// Made by the node (a report), not received.
@@ -161,7 +163,8 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.id, o.instance_id, o.destination, o.attempts, i.sop_instance_uid, i.path, i.file_size,
-                    i.sha256, i.purged_at_ms, i.generated, o.last_status, o.sent_as_uid
+                    i.sha256, i.transfer_syntax_uid, i.purged_at_ms, i.generated, o.last_status,
+                    o.sent_as_uid
              FROM outbox o JOIN instances i ON i.id = o.instance_id
              WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
              ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
