@@ -241,6 +241,18 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
     env = {**env, "PNEUMO__NODE__DATA_DIR": str(owned_by_root / "var"), "PNEUMO__DICOM__PORT": str(free_port())}
     r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                         str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
-    shutil.rmtree(home, ignore_errors=True)
     assert r.returncode == MISCONFIGURED and "cannot prepare data directory" in r.stderr, (r.returncode, r.stderr)
     assert "Permission denied" in r.stderr, r.stderr
+    # A database restored as root into the account's data directory: exit 1
+    # before, restarted for good.
+    restored = home / "restored"
+    restored.mkdir()
+    import sqlite3
+    sqlite3.connect(restored / "pneumo-node.sqlite").execute("CREATE TABLE restored (x)").connection.commit()
+    os.chmod(restored / "pneumo-node.sqlite", 0o644)
+    shutil.chown(restored, "nobody")
+    env = {**env, "PNEUMO__NODE__DATA_DIR": str(restored), "PNEUMO__DICOM__PORT": str(free_port())}
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+    assert r.returncode == MISCONFIGURED and "readonly database" in r.stderr, (r.returncode, r.stderr)
