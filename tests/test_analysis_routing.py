@@ -178,6 +178,12 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
                for t in comments), comments
     sc = pydicom.dcmread(node.data_dir / made["OT"])
     assert "BodyPartExamined" not in sc, sc.BodyPartExamined
+    # Two analysed images of one study: a report series each (OHIF shows
+    # one SR per series; with one series per study it showed one report).
+    with node.db() as c:
+        series = c.execute("SELECT DISTINCT study_instance_uid, series_instance_uid FROM instances"
+                           " WHERE generated = 1 AND modality = 'SR'").fetchall()
+    assert len(series) == 2 and len({study for study, _ in series}) == 1, series
 
 
 def _walk(ds):

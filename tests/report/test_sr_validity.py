@@ -285,7 +285,7 @@ def test_same_source_and_model_give_the_same_sr(write_sr, utf8_source, tmp_path)
     assert a.SOPInstanceUID.startswith("2.25.")
     assert c.SOPInstanceUID != a.SOPInstanceUID
     assert d.SOPInstanceUID != a.SOPInstanceUID
-    # one series per node, study and model
+    # one series per node, image and model
     assert a.SeriesInstanceUID == b.SeriesInstanceUID
     assert len({a.SeriesInstanceUID, c.SeriesInstanceUID, d.SeriesInstanceUID}) == 3
 

@@ -483,7 +483,7 @@ pub fn build_sr(
     let sop_instance_uid =
         uid::sr_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
     let series_uid =
-        uid::sr_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
+        uid::sr_series_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
     let stamp = common::stamp(source, time);
 
     let mut obj = common::base_dataset(

@@ -284,7 +284,7 @@ fn sr_attributes() {
     assert_eq!(str_of(&sr, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
     assert_eq!(
         str_of(&sr, tags::SERIES_INSTANCE_UID),
-        sr_series_instance_uid("PNEUMO", "1.2.3.4.5", CONTRACT_SHA, None).unwrap()
+        sr_series_instance_uid("1.2.3.4.5.6.7", "PNEUMO", CONTRACT_SHA, None).unwrap()
     );
     assert_ne!(str_of(&sr, tags::SERIES_INSTANCE_UID), "1.2.3.4.5.6");
     assert_eq!(str_of(&sr, tags::MODALITY), "SR");
@@ -848,7 +848,7 @@ fn a_later_version_of_a_source_gets_its_own_report_uids() {
         str_of(&second, tags::SOP_INSTANCE_UID),
         sr_sop_instance_uid("1.2.3.4.5.6.7#ab12", "PNEUMO", CONTRACT_SHA, None).unwrap()
     );
-    // one series per node, study and model, whatever the version
+    // one series per node, image and model, whatever the version
     assert_eq!(
         str_of(&first, tags::SERIES_INSTANCE_UID),
         str_of(&second, tags::SERIES_INSTANCE_UID)

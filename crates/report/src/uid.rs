@@ -140,18 +140,20 @@ pub fn sr_sop_instance_uid(
     derived("sr", [source_sop_uid, ae_title, contract_sha256], uid_root)
 }
 
-/// The Series Instance UID of the SR series of node `ae_title` in study
-/// `study_uid` for one model: one series per node, study and model, so a
-/// series holds the results of one model only (its description names it).
+/// The Series Instance UID of the SRs of node `ae_title` about one source
+/// image (its SOP Instance UID) for one model: a series per analysed
+/// image, which a later copy's report (naming the one it replaces) shares.
+/// OHIF shows one SR per series: with one series per study, a study with
+/// two analysed images (a retake, PA and AP) showed one report there.
 pub fn sr_series_instance_uid(
+    source_sop_uid: &str,
     ae_title: &str,
-    study_uid: &str,
     contract_sha256: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
     derived(
-        "sr-series",
-        [ae_title, study_uid, contract_sha256],
+        "sr-series-of-image",
+        [source_sop_uid, ae_title, contract_sha256],
         uid_root,
     )
 }
@@ -244,36 +246,37 @@ mod tests {
     }
 
     #[test]
-    fn series_uid_per_node_study_and_model() {
-        let a = sr_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap();
+    fn series_uid_per_report() {
+        let a = sr_series_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap();
         let other_sha = SHA.replace('9', "8");
         assert_ne!(
             a,
-            sr_series_instance_uid("PNEUMO", "1.2.3", &other_sha, None).unwrap()
+            sr_series_instance_uid("1.2.3.4", "PNEUMO", &other_sha, None).unwrap()
         );
         assert_eq!(
             a,
-            sr_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap()
+            sr_series_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap()
         );
         assert_ne!(
             a,
-            sr_series_instance_uid("OTHER", "1.2.3", SHA, None).unwrap()
+            sr_series_instance_uid("1.2.3.4", "OTHER", SHA, None).unwrap()
+        );
+        // another image of the same study
+        assert_ne!(
+            a,
+            sr_series_instance_uid("1.2.3.5", "PNEUMO", SHA, None).unwrap()
         );
         assert_ne!(
             a,
-            sr_series_instance_uid("PNEUMO", "1.2.4", SHA, None).unwrap()
-        );
-        assert_ne!(
-            a,
-            sc_series_instance_uid("PNEUMO", "1.2.3", SHA, None).unwrap()
+            sr_sop_instance_uid("1.2.3.4", "PNEUMO", SHA, None).unwrap()
         );
     }
 
     #[test]
     fn fields_cannot_run_together() {
         // "1.2" + "3" vs "1.23" + "" would collide without a separator
-        let a = sr_series_instance_uid("AE1", "2.3", SHA, None).unwrap();
-        let b = sr_series_instance_uid("AE1.2", ".3", SHA, None).unwrap();
+        let a = sr_series_instance_uid("2.3", "AE1", SHA, None).unwrap();
+        let b = sr_series_instance_uid("2.3AE1", "", SHA, None).unwrap();
         assert_ne!(a, b);
     }
 
