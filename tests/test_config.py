@@ -41,6 +41,8 @@ def test_values_that_start_a_node_which_takes_or_analyses_nothing_are_refused():
         ("DATABASE__URL", "sqlite:", "names no database file"),
         ("DATABASE__URL", "sqlite::memory:", "names no database file"),
         ("DATABASE__URL", "sqlite:file::memory:?cache=shared", "names no database file"),
+        ("DATABASE__URL", "sqlite:///dev/null", "which is not a regular file"),
+        ("DATABASE__URL", "sqlite:/tmp", "which is not a regular file"),
         ("ROUTING__ANALYSE_MODALITIES", '["CR","DX"]', "comma-separated (CR,DX), not a TOML list"),
     ]:
         r = check_config({f"PNEUMO__{key}": value})

@@ -409,6 +409,18 @@ impl Config {
                     self.database.url
                 );
             }
+            // A directory or a device (`/dev/null`, where SQLite then made
+            // `/dev/null-journal`): every start would fail.
+            // (read as sqlx does: `sqlite://` or `sqlite:` before the path)
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let named = Path::new(path.split('?').next().unwrap_or_default());
+            if named.exists() && !named.is_file() {
+                bail!(
+                    "database.url `{}` names {}, which is not a regular file",
+                    self.database.url,
+                    named.display()
+                );
+            }
         }
         if self.retention.interval_s == 0 {
             bail!("retention.interval_s must be at least 1 second");
