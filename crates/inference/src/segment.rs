@@ -220,9 +220,12 @@ impl LungSegmenter {
         self.provider
     }
 
-    /// The first of its files changed on disk since it was loaded, in words.
+    /// The first of its files changed on disk since it was loaded, in words
+    /// ("lung segmentation: the model's file … changed").
     pub fn files_changed(&self) -> Option<String> {
-        self.files.changed()
+        self.files
+            .changed()
+            .map(|why| format!("lung segmentation: {why}"))
     }
 
     fn check_files(&self) -> Result<()> {

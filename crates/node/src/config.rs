@@ -397,12 +397,11 @@ impl Config {
             bail!("database.url must be a sqlite: URL (PostgreSQL is not supported yet)");
         }
         if let Some(rest) = self.database.url.strip_prefix("sqlite:") {
-            let file = rest
-                .trim_start_matches('/')
-                .split('?')
-                .next()
-                .unwrap_or_default();
-            if file.is_empty() || rest.contains(":memory:") || rest.contains("mode=memory") {
+            // the path as sqlx reads it: after `sqlite://` or `sqlite:`
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let named = Path::new(path.split('?').next().unwrap_or_default());
+            let no_file = named.as_os_str().is_empty() || named == Path::new("/");
+            if no_file || rest.contains(":memory:") || rest.contains("mode=memory") {
                 bail!(
                     "database.url `{}` names no database file (an in-memory database loses \
                      every acknowledged instance at a stop)",
@@ -411,9 +410,6 @@ impl Config {
             }
             // A directory or a device (`/dev/null`, where SQLite then made
             // `/dev/null-journal`): every start would fail.
-            // (read as sqlx does: `sqlite://` or `sqlite:` before the path)
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            let named = Path::new(path.split('?').next().unwrap_or_default());
             if named.exists() && !named.is_file() {
                 bail!(
                     "database.url `{}` names {}, which is not a regular file",

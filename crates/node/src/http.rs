@@ -162,11 +162,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
         .engine
         .as_ref()
         .and_then(|e| e.files_changed())
-        .or_else(|| {
-            let seg = s.segmenter.as_ref()?;
-            seg.files_changed()
-                .map(|why| format!("lung segmentation: {why}"))
-        });
+        .or_else(|| s.segmenter.as_ref()?.files_changed());
     let ready = database["ok"] == json!(true)
         && !database_lost
         && storage.ok

@@ -325,31 +325,10 @@ impl OutboxWorker {
             // store the broken image) or aborted by it at every retry.
             // Same size, other bytes: a changed image reached the archive
             // as if it were the one sent.
-            let problem =
-                match pneumo_store::stored_file_problem(&path, item.file_size, item.purged_at_ms) {
-                    Some(problem) => Some(problem),
-                    None => {
-                        let (stored, sha256, syntax) = (
-                            path.clone(),
-                            item.sha256.clone(),
-                            item.transfer_syntax_uid.clone(),
-                        );
-                        tokio::task::spawn_blocking(move || {
-                            pneumo_store::stored_data_set_problem(&stored, &sha256, &syntax)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Some(format!("checking the stored file failed: {e}")))
-                    }
-                };
-            // A report cannot be sent to the node again, as an image can:
-            // re-analysing its image makes it again.
-            let problem = problem.map(|p| match p.split_once("; send the instance") {
-                Some((what, _)) if item.generated => format!(
-                    "{what}; retry the analysis of its image to make it again \
-                     (POST /api/jobs/retry?state=reported,delivered&sop_instance_uid=<the image's UID>)"
-                ),
-                _ => p,
-            });
+            let (stored, owed) = (path.clone(), item.clone());
+            let problem = tokio::task::spawn_blocking(move || owed.file_problem(&stored))
+                .await
+                .unwrap_or_else(|e| Some(format!("checking the stored file failed: {e}")));
             let checked = match problem {
                 Some(problem) => Err(problem),
                 None => FileToSend::inspect(&path)

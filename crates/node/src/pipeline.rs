@@ -240,20 +240,11 @@ impl Pipeline {
     /// Ok(true): reported; Ok(false): the lease was lost; Err: why it failed.
     async fn analyse(&self, job: &ClaimedJob) -> Result<bool, Failure> {
         let path = self.store.instance_file(&job.path);
-        if let Some(problem) = job.file_problem(&path) {
-            return Err(Failure::Analysis(problem));
-        }
-        // Same size, other bytes (a disk error, a hand): not the image sent.
-        let (stored, sha256, syntax) = (
-            path.clone(),
-            job.sha256.clone(),
-            job.transfer_syntax_uid.clone(),
-        );
-        let changed = tokio::task::spawn_blocking(move || {
-            pneumo_store::stored_data_set_problem(&stored, &sha256, &syntax)
-        })
-        .await
-        .map_err(|e| format!("checking the stored file failed: {e}"))?;
+        // Gone, cut, or other bytes (a disk error, a hand): not the image sent.
+        let (stored, claimed) = (path.clone(), job.clone());
+        let changed = tokio::task::spawn_blocking(move || claimed.file_problem(&stored))
+            .await
+            .map_err(|e| format!("checking the stored file failed: {e}"))?;
         if let Some(problem) = changed {
             return Err(Failure::Analysis(problem));
         }
@@ -269,7 +260,7 @@ impl Pipeline {
         .map_err(|e| format!("imaging task failed: {e}"))?;
         // Not the image's fault: the job waits for the restart.
         if let Some(why) = self.segmenter.as_ref().and_then(|s| s.files_changed()) {
-            return Err(Failure::ModelChanged(format!("lung segmentation: {why}")));
+            return Err(Failure::ModelChanged(why));
         }
         let prepared = prepared?;
 

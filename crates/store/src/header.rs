@@ -497,10 +497,13 @@ impl InstanceHeader {
             image_type: text(tags::IMAGE_TYPE),
             presentation_intent_type: text(tags::PRESENTATION_INTENT_TYPE)
                 .map(|t| t.to_ascii_uppercase()),
-            manufacturer_model_name: text(tags::MANUFACTURER_MODEL_NAME)
-                .filter(|m| is_product(m))
-                .or_else(|| contributed_by_product(obj).then(|| PRODUCT.to_string()))
-                .or_else(|| text(tags::MANUFACTURER_MODEL_NAME)),
+            // the product's, where a PACS rewrote it but not the
+            // Contributing Equipment
+            manufacturer_model_name: match text(tags::MANUFACTURER_MODEL_NAME) {
+                named if named.as_deref().is_some_and(is_product) => named,
+                _ if contributed_by_product(obj) => Some(PRODUCT.to_string()),
+                named => named,
+            },
             patient_age_years: text(tags::PATIENT_AGE)
                 .and_then(|age| age_string_years(&age))
                 .or_else(|| {

@@ -165,85 +165,103 @@ pub struct MadeInstances {
 }
 
 impl ClaimedJob {
-    /// Why the job's stored file cannot be analysed (missing, or not the
-    /// size it was stored with), if it cannot; `path` is where it is.
+    /// Why the job's stored file cannot be analysed, if it cannot (see
+    /// [`stored_copy_problem`]); `path` is where it is. Reads the whole
+    /// file: call it from a blocking thread.
     pub fn file_problem(&self, path: &std::path::Path) -> Option<String> {
-        stored_file_problem(path, self.file_size, self.purged_at_ms)
+        stored_copy_problem(
+            path,
+            &StoredCopy {
+                size: self.file_size,
+                purged_at_ms: self.purged_at_ms,
+                sha256: &self.sha256,
+                transfer_syntax: &self.transfer_syntax_uid,
+                generated: false,
+            },
+        )
     }
 }
 
-/// Why a stored file is not what was stored: removed by retention, gone,
-/// or another size (a truncated copy, a disk error); the way to repair it
-/// is to send the instance again (the node puts the received copy back).
-pub fn stored_file_problem(
-    path: &std::path::Path,
-    stored_size: i64,
-    purged_at_ms: Option<i64>,
-) -> Option<String> {
-    let repair = "send the instance to the node again, the same bytes as first sent, to restore it";
+/// What was recorded of a stored file, to tell whether the file on disk is
+/// still it.
+pub struct StoredCopy<'a> {
+    /// The file's size when it was stored.
+    pub size: i64,
+    /// When retention removed the file, if it did.
+    pub purged_at_ms: Option<i64>,
+    /// The SHA-256 of its data set (hex).
+    pub sha256: &'a str,
+    /// The transfer syntax it was stored in.
+    pub transfer_syntax: &'a str,
+    /// Made by the node (a report, a companion image), not received.
+    pub generated: bool,
+}
+
+/// Why a stored file is not what was stored, if it is not: removed by
+/// retention, gone, another size (a truncated copy, a disk error), then
+/// its File Meta naming another transfer syntax (the data set read, and
+/// sent, in the wrong encoding) or its data set another SHA-256 (a byte
+/// changed at the same size was analysed and forwarded as if intact).
+/// The reason says how to put it back: an image by sending it to the node
+/// again (the node puts the received copy back), what the node made by
+/// re-analysing its image. Reads the whole file once the cheap checks
+/// pass: call it from a blocking thread.
+pub fn stored_copy_problem(path: &std::path::Path, copy: &StoredCopy<'_>) -> Option<String> {
+    let repair = if copy.generated {
+        "retry the analysis of its image to make it again \
+         (POST /api/jobs/retry?state=reported,delivered&sop_instance_uid=<the image's UID>)"
+    } else {
+        "send the instance to the node again, the same bytes as first sent, to restore it"
+    };
+    let stored_size = copy.size;
+    let shown = path.display();
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && purged_at_ms.is_some() => {
-            Some(format!(
-                "the stored file {} was removed by retention (retention.keep_days): an image \
-                 sent to the node again is restored; a report the node made is not",
-                path.display()
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && copy.purged_at_ms.is_some() => {
+            return Some(format!(
+                "the stored file {shown} was removed by retention (retention.keep_days): an image \
+                 sent to the node again is restored; a report the node made is not"
             ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
-            "the stored file {} is missing; {repair}",
-            path.display()
-        )),
-        Err(e) => Some(format!(
-            "the stored file {} cannot be read ({e}); {repair}",
-            path.display()
-        )),
-        Ok(m) if m.len() as i64 != stored_size => Some(format!(
-            "the stored file {} is damaged ({} bytes, {stored_size} when it was stored); {repair}",
-            path.display(),
-            m.len()
-        )),
-        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("the stored file {shown} is missing; {repair}"))
+        }
+        Err(e) => {
+            return Some(format!(
+                "the stored file {shown} cannot be read ({e}); {repair}"
+            ))
+        }
+        Ok(m) if m.len() as i64 != stored_size => {
+            return Some(format!(
+                "the stored file {shown} is damaged ({} bytes, {stored_size} when it was \
+                 stored); {repair}",
+                m.len()
+            ))
+        }
+        Ok(_) => {}
     }
-}
-
-/// Why a stored file of the right size is still not what was stored: its
-/// data set's SHA-256 is not the one recorded when it was received (a
-/// byte changed on disk was analysed and forwarded as if intact), or its
-/// File Meta names another transfer syntax than it was stored in (the
-/// data set then read, and sent, in the wrong encoding). Reads the whole
-/// file: call it from a blocking thread.
-pub fn stored_data_set_problem(
-    path: &std::path::Path,
-    sha256: &str,
-    transfer_syntax: &str,
-) -> Option<String> {
-    let repair = "send the instance to the node again, the same bytes as first sent, to restore it";
     match crate::header::file_transfer_syntax(path) {
-        Ok(ts) if ts.trim_end_matches(['\0', ' ']) == transfer_syntax => {}
+        Ok(ts) if ts.trim_end_matches(['\0', ' ']) == copy.transfer_syntax => {}
         Ok(ts) => {
             return Some(format!(
-                "the stored file {} is damaged (its File Meta names transfer syntax {ts}, it \
-                 was stored in {transfer_syntax}); {repair}",
-                path.display()
+                "the stored file {shown} is damaged (its File Meta names transfer syntax {ts}, \
+                 it was stored in {}); {repair}",
+                copy.transfer_syntax
             ))
         }
         Err(e) => {
             return Some(format!(
-                "the stored file {} is damaged (its File Meta cannot be read: {e}); {repair}",
-                path.display()
+                "the stored file {shown} is damaged (its File Meta cannot be read: {e}); {repair}"
             ))
         }
     }
     match crate::files::dataset_digest(path) {
-        Ok((_, digest)) if hex::encode(digest) == sha256 => None,
+        Ok((_, digest)) if hex::encode(digest) == copy.sha256 => None,
         Ok(_) => Some(format!(
-            "the stored file {} is damaged (its data set is not the one received: another \
-             SHA-256); {repair}",
-            path.display()
+            "the stored file {shown} is damaged (its data set is not the one received: another \
+             SHA-256); {repair}"
         )),
         Err(e) => Some(format!(
-            "the stored file {} cannot be read ({e}); {repair}",
-            path.display()
+            "the stored file {shown} cannot be read ({e}); {repair}"
         )),
     }
 }
@@ -599,12 +617,12 @@ impl Store {
         )
     }
 
-    /// Why the file of a stored instance is not what was stored (missing,
-    /// another size, another data set), if it is not. Reads the whole file.
+    /// Why the file of a stored instance is not what was stored, if it is
+    /// not (see [`stored_copy_problem`]). Reads the whole file.
     pub async fn stored_instance_problem(&self, id: i64) -> Result<Option<String>, StoreError> {
-        type Row = (String, i64, String, String, Option<i64>);
-        let (path, file_size, sha256, syntax, purged_at_ms): Row = sqlx::query_as(
-            "SELECT path, file_size, sha256, transfer_syntax_uid, purged_at_ms
+        type Row = (String, i64, String, String, Option<i64>, bool);
+        let (path, size, sha256, syntax, purged_at_ms, generated): Row = sqlx::query_as(
+            "SELECT path, file_size, sha256, transfer_syntax_uid, purged_at_ms, generated
              FROM instances WHERE id = ?",
         )
         .bind(id)
@@ -612,8 +630,16 @@ impl Store {
         .await?;
         let path = self.instance_file(&path);
         tokio::task::spawn_blocking(move || {
-            stored_file_problem(&path, file_size, purged_at_ms)
-                .or_else(|| stored_data_set_problem(&path, &sha256, &syntax))
+            stored_copy_problem(
+                &path,
+                &StoredCopy {
+                    size,
+                    purged_at_ms,
+                    sha256: &sha256,
+                    transfer_syntax: &syntax,
+                    generated,
+                },
+            )
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))

@@ -36,8 +36,8 @@ pub use described::names_term;
 pub use files::dataset_digest;
 pub use header::{check_element_lengths, is_product, open_instance, InstanceHeader};
 pub use jobs::{
-    stored_data_set_problem, stored_file_problem, ClaimedJob, JobCount, MadeInstances,
-    RetryableState, JOB_STATES,
+    stored_copy_problem, ClaimedJob, JobCount, MadeInstances, RetryableState, StoredCopy,
+    JOB_STATES,
 };
 pub use outbox::{backoff, OutboxCount, OutboxItem};
 pub use retention::Purged;
@@ -427,8 +427,7 @@ impl Store {
         let _same_uid = self.ingest_locks.lock(&incoming.sop_instance_uid).await;
         let existing = db::instances_with_uid(&self.pool, &incoming.sop_instance_uid).await?;
         if let Some((id, _)) = existing.iter().find(|(_, sha)| *sha == sha256) {
-            self.restore_missing_file(*id, &sha256, &incoming.spool_path)
-                .await?;
+            self.restore_missing_file(*id, &incoming.spool_path).await?;
             return self
                 .routed_again(*id, &incoming.calling_ae, route(&header))
                 .await;
@@ -558,40 +557,17 @@ impl Store {
     /// bytes than were received) puts the file back: the sender is told the
     /// node holds the instance, and re-sending is how an operator repairs a
     /// lost or damaged file. The data set is the same bytes (same SHA-256).
-    async fn restore_missing_file(
-        &self,
-        id: i64,
-        sha256: &str,
-        spool: &Path,
-    ) -> Result<(), StoreError> {
-        let (relative, syntax): (String, String) =
-            sqlx::query_as("SELECT path, transfer_syntax_uid FROM instances WHERE id = ?")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await?;
-        let final_path = self.data_dir.join(&relative);
-        let stored = final_path.clone();
-        // The File Meta too: a transfer syntax changed there (the same
-        // data set bytes) made the file read, and sent, in another encoding.
-        let found = tokio::task::spawn_blocking(move || {
-            files::dataset_digest(&stored)
-                .map(|(_, digest)| (digest, header::file_transfer_syntax(&stored)))
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let damage = match found {
-            Ok((now, Ok(ts)))
-                if hex::encode(now) == sha256 && ts.trim_end_matches(['\0', ' ']) == syntax =>
-            {
-                return Ok(())
-            }
-            Ok((now, _)) if hex::encode(now) == sha256 => {
-                "damaged (its File Meta is not the one stored)".to_string()
-            }
-            Ok(_) => "damaged (its data set is not the one received)".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
-            Err(e) => format!("unreadable ({e})"),
+    async fn restore_missing_file(&self, id: i64, spool: &Path) -> Result<(), StoreError> {
+        // Missing, another size, another File Meta or data set: the same
+        // check as before an analysis or a sending.
+        let Some(damage) = self.stored_instance_problem(id).await? else {
+            return Ok(());
         };
+        let relative: String = sqlx::query_scalar("SELECT path FROM instances WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let final_path = self.data_dir.join(&relative);
         let (from, to) = (spool.to_path_buf(), final_path.clone());
         let file_size = tokio::task::spawn_blocking(move || files::persist(&from, &to))
             .await

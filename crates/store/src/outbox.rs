@@ -65,6 +65,24 @@ pub struct OutboxItem {
     pub sent_as_uid: Option<String>,
 }
 
+impl OutboxItem {
+    /// Why its stored file cannot be sent, if it cannot (see
+    /// [`crate::stored_copy_problem`]); `path` is where it is. Reads the
+    /// whole file: call it from a blocking thread.
+    pub fn file_problem(&self, path: &std::path::Path) -> Option<String> {
+        crate::stored_copy_problem(
+            path,
+            &crate::StoredCopy {
+                size: self.file_size,
+                purged_at_ms: self.purged_at_ms,
+                sha256: &self.sha256,
+                transfer_syntax: &self.transfer_syntax_uid,
+                generated: self.generated,
+            },
+        )
+    }
+}
+
 /// Outbox rows per destination and state.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxCount {
