@@ -208,8 +208,7 @@ pub fn analysis_refusal(grey: &GreyImage, report: &GreyReport) -> Result<(), Ima
     // A display shutter that leaves too little shown (its values written
     // in another grid): a speck was analysed as a whole chest.
     if let Some(shape) = &report.shutter.shutter_shape {
-        let least = |side: u32| (side / 10).max(MIN_SIDE).min(side);
-        let (min_width, min_height) = (least(cols), least(rows));
+        let (min_width, min_height) = (least_readable(cols), least_readable(rows));
         let shown = report.shutter.shutter_shown_box;
         let enough =
             shown.is_some_and(|[x0, y0, x1, y1]| x1 - x0 >= min_width && y1 - y0 >= min_height);
@@ -240,6 +239,12 @@ pub fn analysis_refusal(grey: &GreyImage, report: &GreyReport) -> Result<(), Ima
 /// to read.
 pub const MIN_SIDE: u32 = 64;
 
+/// The least part of an image side (`side` pixels) a crop or a shutter
+/// may leave to read: a tenth of it, at least [`MIN_SIDE`], at most all.
+fn least_readable(side: u32) -> u32 {
+    (side / 10).max(MIN_SIDE).min(side)
+}
+
 /// Refuses a lung box (from the segmentation model, or given) that holds
 /// nothing to read: smaller than a tenth of the image or [`MIN_SIDE`]
 /// pixels either way (a segmentation that found a speck: the crop,
@@ -248,9 +253,8 @@ pub const MIN_SIDE: u32 = 64;
 pub fn lung_box_refusal(grey: &GreyImage, b: &LungBox) -> Result<(), ImagingError> {
     let (iw, ih) = (grey.width as u32, grey.height as u32);
     b.validate(iw, ih)?;
-    let least = |side: u32| (side / 10).max(MIN_SIDE).min(side);
     let (width, height) = (b.x1 - b.x0, b.y1 - b.y0);
-    let (min_width, min_height) = (least(iw), least(ih));
+    let (min_width, min_height) = (least_readable(iw), least_readable(ih));
     if width < min_width || height < min_height {
         return Err(ImagingError::LungBoxTooSmall {
             bbox: b.to_string(),

@@ -254,11 +254,10 @@ pub fn build_companion_sc(
     // General Series: Body Part Examined copied from the source, when it
     // has one (Type 3: left out rather than guessed; CHEST written on an
     // image the routing let through without a body part put a chest into
-    // the record of a leg). Laterality (Type 2C) is there for a paired part
-    // (or an unknown one) only: the source's R or L, else empty (a chest
-    // shows both sides, and the series' Laterality has no value for both).
-    // Without a body part, whether it is paired is unknown: Laterality is
-    // there too (dciodvfy asks for it then).
+    // the record of a leg). Laterality (Type 2C) is there for a paired part,
+    // or an unknown one (dciodvfy asks for it then): the source's R or L,
+    // else empty (a chest shows both sides, and the series' Laterality has
+    // no value for both).
     if let Some(body_part) = source.body_part_examined.as_deref() {
         put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
     }

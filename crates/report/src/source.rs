@@ -187,6 +187,14 @@ fn time_of_day(tm: &str) -> Option<String> {
     (h < "24" && m < "60" && s < "61").then(|| format!("{h}:{m}:{s}"))
 }
 
+/// The first item of a sequence attribute, when it has one.
+fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
+    match obj.get(tag)?.value() {
+        Value::Sequence(seq) => seq.items().first(),
+        _ => None,
+    }
+}
+
 fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     obj.get(tag)
         .and_then(|e| e.to_str().ok())
@@ -241,11 +249,11 @@ impl SourceInstance {
             .get(tags::SERIES_NUMBER)
             .and_then(|e| e.to_int::<i32>().ok());
         let view_position = get_str(obj, tags::VIEW_POSITION).or_else(|| {
-            let item = match obj.get(tags::VIEW_CODE_SEQUENCE)?.value() {
-                Value::Sequence(seq) => seq.items().first()?.clone(),
-                _ => return None,
-            };
-            get_str(&item, tags::CODE_MEANING).filter(|m| m.chars().count() <= 64)
+            get_str(
+                first_item(obj, tags::VIEW_CODE_SEQUENCE)?,
+                tags::CODE_MEANING,
+            )
+            .filter(|m| m.chars().count() <= 64)
         });
         let acquired_at = get_str(obj, tags::ACQUISITION_DATE_TIME)
             .and_then(|dt| dt.get(8..).map(str::to_string))
@@ -285,10 +293,8 @@ impl SourceInstance {
             get_str(obj, tags::LATERALITY).filter(|s| s.as_str() == "R" || s.as_str() == "L");
         let timezone_offset_from_utc = get_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC)
             .filter(|s| crate::types::parse_tz_offset(s).is_some());
-        let procedure_code = match obj.get(tags::PROCEDURE_CODE_SEQUENCE).map(|e| e.value()) {
-            Some(Value::Sequence(seq)) => seq.items().first().and_then(Code::from_item),
-            _ => None,
-        };
+        let procedure_code =
+            first_item(obj, tags::PROCEDURE_CODE_SEQUENCE).and_then(Code::from_item);
         let copied_elements = COPIED_TAGS
             .iter()
             .filter_map(|t| obj.get(*t))
