@@ -90,6 +90,13 @@ def test_an_instance_whose_analysis_kills_the_node_every_time_fails_after_three_
     assert node.instance_rows(pydicom.dcmread(poison, stop_before_pixels=True).SOPInstanceUID) == 1
     # the warning follows the commit the state was read from
     wait_until(lambda: "analysis never finished: job failed, not retried" in node.log(), timeout=10)
+    # Its notice (an SR saying it was not analysed, and why) is made from
+    # the header alone: reading it does not run the decoder that crashed.
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE notice_instance_id IS NOT NULL") == 1, timeout=10)
+    with node.db() as c:
+        (notice_path,) = c.execute("SELECT i.path FROM jobs j JOIN instances i ON i.id = j.notice_instance_id").fetchone()
+    notice = pydicom.dcmread(node.data_dir / notice_path)
+    assert notice.Modality == "SR" and "never finished" in str(notice.ContentSequence[-1].ContentSequence[-1].TextValue)
 
     run_dcmtk("storescu", "-xv", "-aec", node.ae_title, "127.0.0.1", node.port, good)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)

@@ -34,6 +34,8 @@ def test_failed_jobs_run_again_after_the_configuration_is_fixed(node_factory, rg
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
     wait_until(lambda: [j[0] for j in jobs(node)] == ["failed", "failed"], timeout=60)
     assert "lung" in jobs(node)[0][1]
+    # The node's configuration, not the images: no not-analysed notice for each.
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 0
     code, ready = node.http("/readyz")  # stores, but cannot analyse: not ready, and why
     assert code == 503 and any("lung_segmentation_model" in r for r in ready["reasons"]), ready
     assert ready["model"]["lung_segmentation"] is None

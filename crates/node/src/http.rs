@@ -272,6 +272,7 @@ fn job_json(j: &JobView) -> Value {
         "modality": j.modality,
         "result": j.result_json.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
         "sr_sop_instance_uid": j.sr_sop_instance_uid,
+        "notice_sop_instance_uid": j.notice_sop_instance_uid,
     })
 }
 

@@ -10,6 +10,7 @@ mod diskguard;
 mod http;
 mod ingest;
 mod metrics;
+mod notice;
 mod outbox;
 mod pipeline;
 mod reportcfg;

@@ -20,7 +20,9 @@ use pneumo_report::{
     PixelRegion, Replacement, ReportOptions, ReportTime, SourceInstance,
     WeightsKind as ReportWeights,
 };
-use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks};
+use pneumo_store::{
+    ClaimedJob, FailedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -115,13 +117,14 @@ impl Pipeline {
             let max_attempts = i64::from(self.settings.max_attempts.max(1));
             match self.store.fail_exhausted_jobs(max_attempts).await {
                 Ok(exhausted) => {
-                    for (job_id, sop_instance_uid) in exhausted {
+                    for job in exhausted {
                         warn!(
-                            job_id,
-                            sop_instance_uid,
+                            job_id = job.job_id,
+                            sop_instance_uid = %job.sop_instance_uid,
                             max_attempts,
                             "analysis never finished: job failed, not retried"
                         );
+                        self.send_notice(&job).await;
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot fail exhausted jobs"),
@@ -200,10 +203,21 @@ impl Pipeline {
             }
             Err(Failure::Analysis(reason)) => {
                 warn!(%reason, "analysis failed");
-                self.store
-                    .fail_job(job.job_id, &self.owner, &reason)
-                    .await
-                    .map(|_| ())
+                let failed = self.store.fail_job(job.job_id, &self.owner, &reason).await;
+                // A node that can analyse no image (a lung-box model without
+                // its segmentation model) says so in /readyz; a notice for
+                // every image would be left beside each report once fixed.
+                if let (Ok(true), false) = (&failed, self.analyses_nothing()) {
+                    self.send_notice(&FailedJob {
+                        job_id: job.job_id,
+                        instance_id: job.instance_id,
+                        sop_instance_uid: job.sop_instance_uid.clone(),
+                        path: job.path.clone(),
+                        reason,
+                    })
+                    .await;
+                }
+                failed.map(|_| ())
             }
             // Not the image's fault: tried again later, without using up
             // one of its attempts.
@@ -235,6 +249,13 @@ impl Pipeline {
             .retry_job_later(job.job_id, &self.owner, reason, STORE_RETRY)
             .await
             .map(|_| ())
+    }
+
+    /// Whether the configuration fails every analysis: a `lung-box`
+    /// contract without a lung segmentation model.
+    fn analyses_nothing(&self) -> bool {
+        self.segmenter.is_none()
+            && self.engine.contract().preprocess_spec().crop == CropMode::LungBox
     }
 
     /// Ok(true): reported; Ok(false): the lease was lost; Err: why it failed.
@@ -308,7 +329,7 @@ impl Pipeline {
             x1: b.x1,
             y1: b.y1,
         });
-        let model = report_model(&prediction);
+        let model = report_model(&prediction.model);
         let report_uid = |source: &SourceInstance| {
             sr_sop_instance_uid(
                 &source.uid_key(),
@@ -488,7 +509,7 @@ impl Pipeline {
     /// when the first's file cannot be read); the digest of the earliest
     /// later version that names the same as it does (a copy of a corrected
     /// copy shares the corrected one's report); else its own digest.
-    async fn corrected_version(
+    pub(crate) async fn corrected_version(
         &self,
         instance_id: i64,
         source: &SourceInstance,
@@ -533,7 +554,7 @@ impl Pipeline {
     /// retry, a re-sent copy naming the same patient and study) never gets
     /// a second version under it; serialised per UID, so two jobs cannot
     /// both build one.
-    async fn generated_once(
+    pub(crate) async fn generated_once(
         &self,
         uid: &str,
         build: impl FnOnce() -> Result<
@@ -673,7 +694,7 @@ const STORE_RETRY: Duration = Duration::from_secs(30);
 
 /// Why an analysis did not finish.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Because of the image, the model or the configuration: the job fails
     /// with this reason (the operator may retry it once that is fixed).
     Analysis(String),
@@ -713,7 +734,7 @@ impl From<Generated> for Failure {
 }
 
 /// Why `generated_once` has no instance.
-enum Generated {
+pub(crate) enum Generated {
     /// The object could not be built (from this source).
     NotMade(String),
     /// The store failed.
@@ -782,16 +803,16 @@ pub(crate) fn lung_box(
         })
 }
 
-fn report_model(p: &Prediction) -> ReportModel {
+pub(crate) fn report_model(model: &pneumo_inference::ModelIdentity) -> ReportModel {
     ReportModel {
-        name: p.model.name.clone(),
-        version: p.model.version.clone(),
-        weights_kind: match p.model.weights_kind {
+        name: model.name.clone(),
+        version: model.version.clone(),
+        weights_kind: match model.weights_kind {
             WeightsKind::Trained => ReportWeights::Trained,
             WeightsKind::RandomDemo => ReportWeights::RandomDemo,
         },
-        sha256: p.model.weights_sha256.clone(),
-        contract_sha256: p.model.contract_sha256.clone(),
+        sha256: model.weights_sha256.clone(),
+        contract_sha256: model.contract_sha256.clone(),
     }
 }
 
@@ -817,7 +838,7 @@ fn uuid_like(uid: &str) -> String {
 /// /etc/localtime): a source without Timezone Offset From UTC has its times
 /// in local time, and the report's times must read in that clock too (in
 /// UTC they looked made before the study east of Greenwich).
-fn report_time_now() -> ReportTime {
+pub(crate) fn report_time_now() -> ReportTime {
     let now = ReportTime::now_utc();
     ReportTime {
         local_offset_minutes: local_offset_minutes(now.unix_seconds),

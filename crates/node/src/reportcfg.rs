@@ -17,6 +17,9 @@ pub enum SrClass {
 pub struct ReportSection {
     pub sop_class: SrClass,
     pub companion_sc: bool,
+    /// An SR saying an image was not analysed, and why, where its analysis
+    /// failed, sent where its report would have gone.
+    pub not_analysed_notice: bool,
     pub uid_root: String,
     pub manufacturer: String,
     pub institution_name: String,
@@ -31,6 +34,7 @@ impl Default for ReportSection {
         ReportSection {
             sop_class: SrClass::Comprehensive3d,
             companion_sc: false,
+            not_analysed_notice: true,
             uid_root: String::new(),
             manufacturer: "pneumo-node".into(),
             institution_name: String::new(),
@@ -49,6 +53,7 @@ impl ReportSection {
                 SrClass::Comprehensive => SrSopClass::Comprehensive,
             },
             companion_sc: self.companion_sc,
+            not_analysed_notice: self.not_analysed_notice,
             ..ReportOptions::default()
         }
     }

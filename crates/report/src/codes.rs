@@ -66,6 +66,10 @@ pub const CERTAINTY_OF_FINDING: Code = Code::new("111012", "DCM", "Certainty of 
 pub const PERCENT: Code = Code::new("%", "UCUM", "Percent");
 pub const PRESENT: Code = Code::new("52101004", "SCT", "Present");
 pub const ABSENT: Code = Code::new("272519000", "SCT", "Absent");
+/// The value of the finding in a notice that the image was not analysed.
+pub const NOT_EVALUATED: Code = Code::new("373121007", "SCT", "Not Evaluated");
+/// TID 1500 row 12: the report's evaluations outside any measurement group.
+pub const QUALITATIVE_EVALUATIONS: Code = Code::new("C0034375", "UMLS", "Qualitative Evaluations");
 pub const SOURCE_OF_MEASUREMENT: Code = Code::new("121112", "DCM", "Source of Measurement");
 /// The region a measurement was inferred from (TID 300 INFERRED FROM, as
 /// highdicom names a region), and the image it was selected from.

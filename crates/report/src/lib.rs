@@ -6,7 +6,9 @@
 //!   SR), in the source's study, in a series of its own per node and study;
 //! * optionally, a Secondary Capture companion image
 //!   ([`build_companion_sc`]) showing the result in words, for viewers that
-//!   do not display SR.
+//!   do not display SR;
+//! * the notice that an image was not analysed, and why
+//!   ([`build_not_analysed_sr`]), in the shape of the report.
 //!
 //! Pure: no I/O, no clock (the caller passes a [`ReportTime`]). The layout,
 //! the codes and the UID derivations are described in `docs/sr.md`.
@@ -15,6 +17,7 @@ pub mod codes;
 mod common;
 pub mod content;
 mod font;
+pub mod notice;
 pub mod sc;
 pub mod source;
 pub mod sr;
@@ -23,6 +26,7 @@ pub mod uid;
 
 pub use common::IMPLEMENTATION_VERSION_NAME;
 pub use content::{Code, ContentItem, ItemValue, Relationship};
+pub use notice::build_not_analysed_sr;
 pub use sc::{build_companion_sc, GreyImage};
 pub use source::{EarlierReport, Replacement, SourceInstance};
 pub use sr::{build_content_tree, build_sr, DEMO_MARK};
@@ -31,7 +35,8 @@ pub use types::{
     SrSopClass, WeightsKind, PRODUCT,
 };
 pub use uid::{
-    comprehensive_sr_copy_uid, sc_sop_instance_uid, sr_series_instance_uid, sr_sop_instance_uid,
+    comprehensive_sr_copy_uid, not_analysed_sop_instance_uid, sc_sop_instance_uid,
+    sr_series_instance_uid, sr_sop_instance_uid,
 };
 
 /// Why a report could not be built.

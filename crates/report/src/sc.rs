@@ -9,7 +9,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use crate::common::{self, put_empty, put_str};
 use crate::content::{sequence, sop_reference};
 use crate::font::{glyph, GLYPH_H, GLYPH_W};
-use crate::sr::{instance_number, DEMO_MARK, SERIES_DESCRIPTION_MAX};
+use crate::sr::{instance_number, DEMO_MARK};
 use crate::uid;
 use crate::{
     AnalysisResult, ModelIdentity, NodeIdentity, ReportError, ReportOptions, ReportTime,
@@ -198,15 +198,7 @@ pub fn banner_lines(
 
 /// Series Description of the companion image series.
 pub fn sc_series_description(model: &ModelIdentity) -> String {
-    if model.is_demo() {
-        model.described_within(
-            &format!("{DEMO_MARK} - image - "),
-            "",
-            SERIES_DESCRIPTION_MAX,
-        )
-    } else {
-        model.described_within("AI pneumoconiosis image (", ")", SERIES_DESCRIPTION_MAX)
-    }
+    crate::sr::series_description(model, "image - ", "AI pneumoconiosis image")
 }
 
 /// Build the companion Secondary Capture image of one analysed instance

@@ -19,10 +19,21 @@ pub const DEMO_MARK: &str = "DEMO MODEL - NOT FOR DIAGNOSIS";
 /// Series Description of the SR series: which model and version made it
 /// (several models' series can sit in one study), the demo mark first.
 pub fn sr_series_description(model: &ModelIdentity) -> String {
+    series_description(model, "", "AI pneumoconiosis")
+}
+
+/// A Series Description naming the model within the longest one allowed:
+/// `<DEMO_MARK> - <demo_kind><name> <version>` with demo weights, else
+/// `<kind> (<name> <version>)`.
+pub(crate) fn series_description(model: &ModelIdentity, demo_kind: &str, kind: &str) -> String {
     if model.is_demo() {
-        model.described_within(&format!("{DEMO_MARK} - "), "", SERIES_DESCRIPTION_MAX)
+        model.described_within(
+            &format!("{DEMO_MARK} - {demo_kind}"),
+            "",
+            SERIES_DESCRIPTION_MAX,
+        )
     } else {
-        model.described_within("AI pneumoconiosis (", ")", SERIES_DESCRIPTION_MAX)
+        model.described_within(&format!("{kind} ("), ")", SERIES_DESCRIPTION_MAX)
     }
 }
 
@@ -163,23 +174,10 @@ fn analysed_region(
     )]))
 }
 
-/// The content tree of the SR (root CONTAINER and all its descendants).
-pub fn build_content_tree(
-    source: &SourceInstance,
-    result: &AnalysisResult,
-    model: &ModelIdentity,
-    node: &NodeIdentity,
-) -> Result<ContentItem, ReportError> {
-    let sha = model.validate()?;
-    result.validate()?;
-    let root_uid = node.uid_root.as_deref();
-    let image = || ItemValue::Image {
-        class_uid: source.sop_class_uid.clone(),
-        instance_uid: source.sop_instance_uid.clone(),
-    };
-
-    // Observer context: the node, as a device (TID 1002 / 1004)
-    let observer = vec![
+/// The observer context every report of the node starts with: the node,
+/// as a device (TID 1002 / 1004).
+fn observer_context(node: &NodeIdentity) -> Vec<ContentItem> {
+    vec![
         ContentItem::new(
             Relationship::HasObsContext,
             codes::OBSERVER_TYPE,
@@ -205,9 +203,20 @@ pub fn build_content_tree(
             codes::DEVICE_OBSERVER_MODEL_NAME,
             node.model_name.trim(),
         ),
-    ];
+    ]
+}
 
-    // Image library (TID 1600): one group, one entry
+/// The reference to the source image, as an IMAGE item's value.
+fn source_image(source: &SourceInstance) -> ItemValue {
+    ItemValue::Image {
+        class_uid: source.sop_class_uid.clone(),
+        instance_uid: source.sop_instance_uid.clone(),
+    }
+}
+
+/// The Image Library (TID 1600): one group, one entry, the source image
+/// with its acquisition descriptors.
+fn image_library(source: &SourceInstance) -> ContentItem {
     let mut descriptors = Vec::new();
     if let Some(m) = codes::modality_code(&source.modality) {
         descriptors.push(ContentItem::new(
@@ -269,7 +278,7 @@ pub fn build_content_tree(
             },
         ));
     }
-    let library = ContentItem::new(
+    ContentItem::new(
         Relationship::Contains,
         codes::IMAGE_LIBRARY,
         ItemValue::Container { template: None },
@@ -282,16 +291,21 @@ pub fn build_content_tree(
     .with_children(vec![ContentItem::new(
         Relationship::Contains,
         codes::SOURCE,
-        image(),
+        source_image(source),
     )
-    .with_children(descriptors)])]);
+    .with_children(descriptors)])])
+}
 
-    // Measurement group (TID 1501)
-    let verdict = match result.decision {
-        Decision::Present => codes::PRESENT,
-        Decision::Absent => codes::ABSENT,
-    };
-    let mut group = vec![
+/// The head of a measurement group (TID 1501) about pneumoconiosis:
+/// tracking identifiers, the finding and its site, and the algorithm
+/// (TID 4019) with the parameters that name the model exactly.
+fn finding_and_algorithm(
+    source: &SourceInstance,
+    model: &ModelIdentity,
+    node: &NodeIdentity,
+) -> Result<Vec<ContentItem>, ReportError> {
+    let sha = model.validate()?;
+    Ok(vec![
         text(
             Relationship::HasObsContext,
             codes::TRACKING_IDENTIFIER,
@@ -304,7 +318,7 @@ pub fn build_content_tree(
                 &source.uid_key(),
                 &node.ae_title,
                 &sha,
-                root_uid,
+                node.uid_root.as_deref(),
             )?),
         ),
         ContentItem::new(
@@ -317,7 +331,6 @@ pub fn build_content_tree(
             codes::FINDING_SITE,
             ItemValue::Code(codes::LUNG),
         ),
-        // Algorithm identification (TID 4019)
         text(
             Relationship::HasConceptMod,
             codes::ALGORITHM_NAME,
@@ -348,6 +361,105 @@ pub fn build_content_tree(
             codes::ALGORITHM_PARAMETERS,
             format!("contract_sha256={sha}"),
         ),
+    ])
+}
+
+/// The demonstration model's warning, as a comment of the group.
+pub(crate) fn demo_comment(model: &ModelIdentity, what: &str) -> Option<ContentItem> {
+    model.is_demo().then(|| {
+        text(
+            Relationship::Contains,
+            codes::COMMENT,
+            format!(
+                "{DEMO_MARK}. This {what} comes from a model with random demonstration \
+                 weights; it carries no diagnostic information."
+            ),
+        )
+    })
+}
+
+/// A TID 1500 report: language, observer, procedure reported, the image
+/// library, then Imaging Measurements around `group` (a measurement
+/// group's items) or, without one, the report's own Qualitative
+/// Evaluations (row 12), one of the two being required.
+pub(crate) fn report_tree(
+    source: &SourceInstance,
+    node: &NodeIdentity,
+    group: Option<Vec<ContentItem>>,
+    evaluations: Vec<ContentItem>,
+) -> ContentItem {
+    // An empty Imaging Measurements container is not written: highdicom
+    // failed on one (no Content Sequence); OHIF reads none as no
+    // measurement.
+    let measurements = group.map(|items| {
+        ContentItem::new(
+            Relationship::Contains,
+            codes::IMAGING_MEASUREMENTS,
+            ItemValue::Container { template: None },
+        )
+        .with_children(vec![ContentItem::new(
+            Relationship::Contains,
+            codes::MEASUREMENT_GROUP,
+            ItemValue::Container {
+                template: Some("1501"),
+            },
+        )
+        .with_children(items)])
+    });
+    let procedure = source
+        .procedure_code
+        .clone()
+        .unwrap_or(codes::XR_UNSPECIFIED_BODY_REGION);
+    let mut children = vec![ContentItem::new(
+        Relationship::HasConceptMod,
+        codes::LANGUAGE_OF_CONTENT,
+        ItemValue::Code(codes::ENGLISH_US),
+    )];
+    children.extend(observer_context(node));
+    children.push(ContentItem::new(
+        Relationship::HasConceptMod,
+        codes::PROCEDURE_REPORTED,
+        ItemValue::Code(procedure),
+    ));
+    children.push(image_library(source));
+    children.extend(measurements);
+    if !evaluations.is_empty() {
+        children.push(
+            ContentItem::new(
+                Relationship::Contains,
+                codes::QUALITATIVE_EVALUATIONS,
+                ItemValue::Container { template: None },
+            )
+            .with_children(evaluations),
+        );
+    }
+    ContentItem {
+        relationship: None,
+        name: codes::IMAGING_MEASUREMENT_REPORT,
+        value: ItemValue::Container {
+            template: Some("1500"),
+        },
+        children,
+    }
+}
+
+/// The content tree of the SR (root CONTAINER and all its descendants).
+pub fn build_content_tree(
+    source: &SourceInstance,
+    result: &AnalysisResult,
+    model: &ModelIdentity,
+    node: &NodeIdentity,
+) -> Result<ContentItem, ReportError> {
+    result.validate()?;
+    let image = || source_image(source);
+
+    // Measurement group (TID 1501)
+    let verdict = match result.decision {
+        Decision::Present => codes::PRESENT,
+        Decision::Absent => codes::ABSENT,
+    };
+    let mut group = finding_and_algorithm(source, model, node)?;
+    group.extend([
         text(
             Relationship::HasConceptMod,
             codes::ALGORITHM_PARAMETERS,
@@ -382,17 +494,8 @@ pub fn build_content_tree(
             codes::SOURCE_OF_MEASUREMENT,
             image(),
         ),
-    ];
-    if model.is_demo() {
-        group.push(text(
-            Relationship::Contains,
-            codes::COMMENT,
-            format!(
-                "{DEMO_MARK}. This result comes from a model with random demonstration \
-                 weights; it carries no diagnostic information."
-            ),
-        ));
-    }
+    ]);
+    group.extend(demo_comment(model, "result"));
     let named = which_image(source, "series", "image", "acquired");
     let image = if named.is_empty() {
         String::new()
@@ -421,47 +524,7 @@ pub fn build_content_tree(
             ),
         ));
     }
-    let measurements = ContentItem::new(
-        Relationship::Contains,
-        codes::IMAGING_MEASUREMENTS,
-        ItemValue::Container { template: None },
-    )
-    .with_children(vec![ContentItem::new(
-        Relationship::Contains,
-        codes::MEASUREMENT_GROUP,
-        ItemValue::Container {
-            template: Some("1501"),
-        },
-    )
-    .with_children(group)]);
-
-    let procedure = source
-        .procedure_code
-        .clone()
-        .unwrap_or(codes::XR_UNSPECIFIED_BODY_REGION);
-
-    let mut children = vec![ContentItem::new(
-        Relationship::HasConceptMod,
-        codes::LANGUAGE_OF_CONTENT,
-        ItemValue::Code(codes::ENGLISH_US),
-    )];
-    children.extend(observer);
-    children.push(ContentItem::new(
-        Relationship::HasConceptMod,
-        codes::PROCEDURE_REPORTED,
-        ItemValue::Code(procedure),
-    ));
-    children.push(library);
-    children.push(measurements);
-
-    Ok(ContentItem {
-        relationship: None,
-        name: codes::IMAGING_MEASUREMENT_REPORT,
-        value: ItemValue::Container {
-            template: Some("1500"),
-        },
-        children,
-    })
+    Ok(report_tree(source, node, Some(group), Vec::new()))
 }
 
 /// Build the SR of one analysed instance: a Part-10 object (File Meta
@@ -479,73 +542,112 @@ pub fn build_sr(
     let sha = model.validate()?;
     let tree = build_content_tree(source, result, model, node)?;
     let root_uid = node.uid_root.as_deref();
-    let sop_class_uid = options.sop_class.uid();
-    let sop_instance_uid =
-        uid::sr_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
-    let series_uid =
-        uid::sr_series_instance_uid(&source.sop_instance_uid, &node.ae_title, &sha, root_uid)?;
-    let stamp = common::stamp(source, time);
+    let document = Document {
+        sop_instance_uid: uid::sr_sop_instance_uid(
+            &source.uid_key(),
+            &node.ae_title,
+            &sha,
+            root_uid,
+        )?,
+        series_instance_uid: uid::sr_series_instance_uid(
+            &source.sop_instance_uid,
+            &node.ae_title,
+            &sha,
+            root_uid,
+        )?,
+        series_number: options.sr_series_number,
+        series_description: sr_series_description(model),
+        equipment_description: format!(
+            "{} {} ({} weights) classified the referenced image for pneumoconiosis.",
+            model.name.trim(),
+            model.version.trim(),
+            model.weights_kind.as_str()
+        ),
+        tree,
+    };
+    document.build(source, model, node, options, time)
+}
 
-    let mut obj = common::base_dataset(
-        source,
-        node,
-        &stamp,
-        sop_class_uid,
-        &sop_instance_uid,
-        "SR",
-        &series_uid,
-        options.sr_series_number,
-        &sr_series_description(model),
-    );
-    // SR Document Series
-    put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
-    put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
-    obj.put(sequence(
-        tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
-        vec![],
-    ));
+/// What tells one SR document of the node from another; the rest of the
+/// header comes from the source, the node and the model alike.
+pub(crate) struct Document {
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub series_number: i32,
+    pub series_description: String,
+    /// What the algorithm did, for the Contributing Equipment.
+    pub equipment_description: String,
+    pub tree: ContentItem,
+}
 
-    // SR Document General
-    put_str(
-        &mut obj,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        instance_number(source).to_string(),
-    );
-    put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
-    put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
-    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
-    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
-    obj.put(sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]));
-    obj.put(sequence(
-        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
-        vec![common::evidence_item(source)],
-    ));
-    if let Some(earlier) = &source.replaces {
-        // The report it replaces, as a revised report names its earlier
-        // version, so a viewer can tell the current one.
+impl Document {
+    /// The Part-10 object: the source's patient and study, an SR Document
+    /// Series, SR Document General and the content tree.
+    pub(crate) fn build(
+        self,
+        source: &SourceInstance,
+        model: &ModelIdentity,
+        node: &NodeIdentity,
+        options: &ReportOptions,
+        time: &ReportTime,
+    ) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
+        let sop_class_uid = options.sop_class.uid();
+        let stamp = common::stamp(source, time);
+        let mut obj = common::base_dataset(
+            source,
+            node,
+            &stamp,
+            sop_class_uid,
+            &self.sop_instance_uid,
+            "SR",
+            &self.series_instance_uid,
+            self.series_number,
+            &self.series_description,
+        );
+        // SR Document Series
+        put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
+        put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
         obj.put(sequence(
-            tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
-            vec![common::hierarchical_reference(
-                &earlier.study_instance_uid,
-                &earlier.series_instance_uid,
-                &earlier.sop_class_uid,
-                &earlier.sop_instance_uid,
-            )],
+            tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+            vec![],
         ));
+
+        // SR Document General
+        put_str(
+            &mut obj,
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            instance_number(source).to_string(),
+        );
+        put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+        put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+        put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
+        put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
+        obj.put(sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]));
+        obj.put(sequence(
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![common::evidence_item(source)],
+        ));
+        if let Some(earlier) = &source.replaces {
+            // The report it replaces, as a revised report names its earlier
+            // version, so a viewer can tell the current one.
+            obj.put(sequence(
+                tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+                vec![common::hierarchical_reference(
+                    &earlier.study_instance_uid,
+                    &earlier.series_instance_uid,
+                    &earlier.sop_class_uid,
+                    &earlier.sop_instance_uid,
+                )],
+            ));
+        }
+        common::contributing_equipment(&mut obj, node, model, &stamp, &self.equipment_description);
+
+        // SR Document Content
+        self.tree.write_into(&mut obj);
+
+        common::to_file(obj, source, sop_class_uid, &self.sop_instance_uid, node)
     }
-    let description = format!(
-        "{} {} ({} weights) classified the referenced image for pneumoconiosis.",
-        model.name.trim(),
-        model.version.trim(),
-        model.weights_kind.as_str()
-    );
-    common::contributing_equipment(&mut obj, node, model, &stamp, &description);
-
-    // SR Document Content
-    tree.write_into(&mut obj);
-
-    common::to_file(obj, source, sop_class_uid, &sop_instance_uid, node)
 }
 
 /// Instance Number of the SR: the source's Instance Number when it is

@@ -1024,3 +1024,94 @@ fn a_long_model_name_is_cut_so_that_the_version_stays_in_the_series_description(
         "AI pneumoconiosis (PneumoLLM 1.0.0)"
     );
 }
+
+/// The notice of `src` for `reason` with the default node, options and time.
+fn notice_of(
+    src: &SourceInstance,
+    reason: &str,
+    m: &ModelIdentity,
+) -> Result<dicom_object::FileDicomObject<InMemDicomObject>, ReportError> {
+    build_not_analysed_sr(src, reason, m, &node(), &ReportOptions::default(), &time())
+}
+
+/// The (concept, value) pairs of a group's CODE items, and its TEXT items.
+fn codes_and_texts(group: &ContentItem) -> (Vec<(Code, Code)>, Vec<String>) {
+    let mut coded = Vec::new();
+    let mut texts = Vec::new();
+    for c in &group.children {
+        match &c.value {
+            ItemValue::Code(v) => coded.push((c.name.clone(), v.clone())),
+            ItemValue::Text(t) => texts.push(t.clone()),
+            _ => {}
+        }
+    }
+    (coded, texts)
+}
+
+#[test]
+fn a_notice_says_the_image_was_not_analysed_and_why() {
+    let src = source();
+    let reason = "imaging: colour images are not analysed (RGB)";
+    let m = model(WeightsKind::Trained);
+    let obj = notice_of(&src, reason, &m).unwrap();
+    let tree = notice::build_not_analysed_tree(&src, reason, &m, &node()).unwrap();
+    assert_eq!(tree.name, codes::IMAGING_MEASUREMENT_REPORT);
+    assert!(tree.find(&codes::IMAGE_LIBRARY).next().is_some());
+    // No measurement group (OHIF fails on a group without a measurement).
+    assert!(tree.find(&codes::IMAGING_MEASUREMENTS).next().is_none());
+    let evaluations = tree.find(&codes::QUALITATIVE_EVALUATIONS).next().unwrap();
+    let (coded, texts) = codes_and_texts(evaluations);
+    assert_eq!(coded, vec![(codes::PNEUMOCONIOSIS, codes::NOT_EVALUATED)]);
+    let sentence = texts
+        .iter()
+        .find(|t| t.starts_with("NOT ANALYSED."))
+        .unwrap();
+    assert!(sentence.contains(reason), "{sentence}");
+    assert!(sentence.contains("image 7"), "{sentence}");
+    assert!(!texts.iter().any(|t| t.contains(DEMO_MARK)));
+
+    assert_eq!(str_of(&obj, tags::MODALITY), "SR");
+    assert_eq!(str_of(&obj, tags::SERIES_NUMBER), "9903");
+    assert_eq!(str_of(&obj, tags::STUDY_INSTANCE_UID), "1.2.3.4.5");
+    assert!(str_of(&obj, tags::SERIES_DESCRIPTION).starts_with("NOT ANALYSED by AI (PneumoLLM"));
+    assert_eq!(str_of(&obj, tags::COMPLETION_FLAG), "COMPLETE");
+    // Its own UIDs: neither the report's nor its series'.
+    let sr = trained_sr(&src, 0.7);
+    assert_ne!(
+        str_of(&obj, tags::SOP_INSTANCE_UID),
+        str_of(&sr, tags::SOP_INSTANCE_UID)
+    );
+    assert_ne!(
+        str_of(&obj, tags::SERIES_INSTANCE_UID),
+        str_of(&sr, tags::SERIES_INSTANCE_UID)
+    );
+    // The same failure gives the same notice; another reason, another.
+    let again = notice_of(&src, reason, &m).unwrap();
+    assert_eq!(
+        str_of(&obj, tags::SOP_INSTANCE_UID),
+        str_of(&again, tags::SOP_INSTANCE_UID)
+    );
+    let other = notice_of(&src, "imaging: multi-frame images are not analysed", &m).unwrap();
+    assert_ne!(
+        str_of(&obj, tags::SOP_INSTANCE_UID),
+        str_of(&other, tags::SOP_INSTANCE_UID)
+    );
+    assert_eq!(
+        str_of(&obj, tags::SERIES_INSTANCE_UID),
+        str_of(&other, tags::SERIES_INSTANCE_UID)
+    );
+    // A notice without its reason is refused.
+    assert!(notice_of(&src, "  ", &m).is_err());
+}
+
+#[test]
+fn a_demo_models_notice_says_so() {
+    let src = source();
+    let m = model(WeightsKind::RandomDemo);
+    let obj = notice_of(&src, "inference: the output is not finite", &m).unwrap();
+    assert!(str_of(&obj, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    let tree = notice::build_not_analysed_tree(&src, "x", &m, &node()).unwrap();
+    let evaluations = tree.find(&codes::QUALITATIVE_EVALUATIONS).next().unwrap();
+    let (_, texts) = codes_and_texts(evaluations);
+    assert!(texts.iter().any(|t| t.starts_with(DEMO_MARK)), "{texts:?}");
+}

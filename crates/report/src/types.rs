@@ -338,12 +338,18 @@ pub struct ReportOptions {
     pub sr_series_number: i32,
     /// Series Number of the companion Secondary Capture series (default 9902).
     pub sc_series_number: i32,
+    /// Series Number of the not-analysed notices' series (default 9903).
+    pub notice_series_number: i32,
     /// Write the companion Secondary Capture image (default off). The
     /// builder does not look at this; the caller decides whether to call
     /// [`crate::build_companion_sc`].
     pub companion_sc: bool,
     /// Longest side of the companion image in pixels (default 1024).
     pub sc_max_size: u16,
+    /// Send a notice (an SR, [`crate::build_not_analysed_sr`]) where an
+    /// image's analysis failed (default on). The caller decides, as for
+    /// `companion_sc`.
+    pub not_analysed_notice: bool,
 }
 
 impl Default for ReportOptions {
@@ -352,8 +358,10 @@ impl Default for ReportOptions {
             sop_class: SrSopClass::Comprehensive3D,
             sr_series_number: 9901,
             sc_series_number: 9902,
+            notice_series_number: 9903,
             companion_sc: false,
             sc_max_size: 1024,
+            not_analysed_notice: true,
         }
     }
 }

@@ -15,9 +15,11 @@
 //! | UID | name |
 //! | --- | --- |
 //! | SR SOP Instance UID | `sr`, source SOP Instance UID, node AE title, contract SHA-256 (lower-case hex) |
-//! | SR Series Instance UID | `sr-series`, node AE title, Study Instance UID, contract SHA-256 |
+//! | SR Series Instance UID | `sr-series-of-image`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, node AE title, contract SHA-256 |
+//! | not-analysed notice SOP Instance UID | `not-analysed`, source SOP Instance UID, node AE title, contract SHA-256, the reason |
+//! | not-analysed notice Series Instance UID | `not-analysed-series`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID, contract SHA-256 |
 //! | SR sent as Comprehensive SR (to a destination without Comprehensive 3D SR) | `sr-as-comprehensive`, SR SOP Instance UID |
 //!
@@ -25,8 +27,8 @@
 //! (weights hash, labels, threshold, preprocessing, name and version).
 //! Re-running a job (after a crash, or a retry) therefore yields the same
 //! SR; another model, or the same weights with another threshold, or
-//! another node, yields another SR; and the SRs one node writes into one
-//! study with one model land in one series.
+//! another node, yields another SR; and the SRs one node writes about one
+//! image with one model land in one series.
 
 use uuid::Uuid;
 
@@ -153,6 +155,44 @@ pub fn sr_series_instance_uid(
 ) -> Result<String, ReportError> {
     derived(
         "sr-series-of-image",
+        [source_sop_uid, ae_title, contract_sha256],
+        uid_root,
+    )
+}
+
+/// The SOP Instance UID of the notice that node `ae_title` could not
+/// analyse `source_sop_uid` with the model `contract_sha256`, for
+/// `reason`: the same failure gives the same notice again (a retry that
+/// fails alike sends nothing new); another reason, another notice.
+pub fn not_analysed_sop_instance_uid(
+    source_sop_uid: &str,
+    ae_title: &str,
+    contract_sha256: &str,
+    reason: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let sha = contract_sha256.trim().to_ascii_lowercase();
+    let name = [
+        "not-analysed",
+        source_sop_uid.trim(),
+        ae_title.trim(),
+        &sha,
+        reason.trim(),
+    ];
+    uuid_to_uid(name_uuid(&name), uid_root)
+}
+
+/// The Series Instance UID of the notices about one source image for one
+/// model: a series apart from its reports', so a viewer that shows one SR
+/// a series (OHIF) shows a report made after a retry beside the notice.
+pub fn not_analysed_series_instance_uid(
+    source_sop_uid: &str,
+    ae_title: &str,
+    contract_sha256: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    derived(
+        "not-analysed-series",
         [source_sop_uid, ae_title, contract_sha256],
         uid_root,
     )

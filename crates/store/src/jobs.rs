@@ -156,6 +156,17 @@ pub struct ClaimedJob {
     pub attempts: i64,
 }
 
+/// A job that has just failed, with what a notice of it needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedJob {
+    pub job_id: i64,
+    pub instance_id: i64,
+    pub sop_instance_uid: String,
+    /// The instance's file, relative to the data directory.
+    pub path: String,
+    pub reason: String,
+}
+
 /// The instances an analysis made: its report, and the companion image
 /// when one is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,22 +371,24 @@ impl Store {
     /// died: a crash, a kill or an out-of-memory while analysing that
     /// instance) become `failed` instead of being claimed again, so one
     /// instance that brings the process down cannot keep it down. Returns
-    /// (job id, SOP Instance UID) of each.
+    /// each.
     pub async fn fail_exhausted_jobs(
         &self,
         max_attempts: i64,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<FailedJob>, StoreError> {
         let now = now_ms();
         let reason = format!(
             "analysis started {max_attempts} times and never finished (the node stopped during \
              each: a crash, a kill or running out of memory while analysing this instance); \
              not retried"
         );
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<FailedJob> = sqlx::query_as(
             "UPDATE jobs SET state = 'failed', reason = ?, lease_owner = NULL, lease_expires_at_ms = NULL,
                  updated_at_ms = ?
              WHERE attempts >= ? AND (state = 'queued' OR (state = 'analysing' AND lease_expires_at_ms < ?))
-             RETURNING id, (SELECT sop_instance_uid FROM instances WHERE id = instance_id)",
+             RETURNING id AS job_id, instance_id,
+                 (SELECT sop_instance_uid FROM instances WHERE id = instance_id) AS sop_instance_uid,
+                 (SELECT path FROM instances WHERE id = instance_id) AS path, reason",
         )
         .bind(&reason)
         .bind(now)
@@ -489,6 +502,33 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The notice that a failed job's image was not analysed (stored like
+    /// a report): recorded on the job and owed to `destinations`, in one
+    /// transaction. False when the job is no longer `failed` (an operator
+    /// sent it back meanwhile): nothing is recorded nor owed.
+    pub async fn owe_notice(
+        &self,
+        job_id: i64,
+        notice_instance_id: i64,
+        destinations: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done =
+            sqlx::query("UPDATE jobs SET notice_instance_id = ? WHERE id = ? AND state = 'failed'")
+                .bind(notice_instance_id)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for d in destinations {
+            crate::outbox::enqueue(&mut *tx, notice_instance_id, d).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The analysis is done and what it made is stored: the job becomes

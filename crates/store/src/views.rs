@@ -15,6 +15,8 @@ pub struct JobView {
     pub study_instance_uid: String,
     pub modality: Option<String>,
     pub sr_sop_instance_uid: Option<String>,
+    /// The notice that the image was not analysed (a failed job's).
+    pub notice_sop_instance_uid: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -37,8 +39,9 @@ pub struct InstanceView {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryView {
-    /// What is delivered: `original` (the instance, by a forwarding rule)
-    /// or `report` (the SR or companion image made from it).
+    /// What is delivered: `original` (the instance, by a forwarding rule),
+    /// `report` (the SR or companion image made from it) or `notice` (the
+    /// SR saying it was not analysed).
     pub kind: String,
     /// The SOP Instance UID of what is delivered, as stored.
     pub sop_instance_uid: String,
@@ -56,7 +59,7 @@ pub struct DeliveryView {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRowView {
     pub id: i64,
-    /// `original` or `report` (the SR or companion image the node made).
+    /// `original`, `report` or `notice`, as in [`DeliveryView`].
     pub kind: String,
     pub sop_instance_uid: String,
     /// As in [`DeliveryView`].
@@ -72,12 +75,16 @@ pub struct OutboxRowView {
 
 const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts, j.created_at_ms, j.updated_at_ms,
         j.result_json, i.sop_instance_uid, i.study_instance_uid, i.modality,
-        (SELECT sop_instance_uid FROM instances s WHERE s.id = j.sr_instance_id) AS sr_sop_instance_uid
+        (SELECT sop_instance_uid FROM instances s WHERE s.id = j.sr_instance_id) AS sr_sop_instance_uid,
+        (SELECT sop_instance_uid FROM instances s WHERE s.id = j.notice_instance_id) AS notice_sop_instance_uid
      FROM jobs j JOIN instances i ON i.id = j.instance_id";
 
 /// What an outbox row delivers, on `instances i`: `original` (an instance
-/// received) or `report` (the SR or companion image this node made).
-const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original' ELSE 'report' END";
+/// received), `report` (the SR or companion image this node made) or
+/// `notice` (the SR saying an image was not analysed).
+const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original'
+     WHEN EXISTS (SELECT 1 FROM jobs n WHERE n.notice_instance_id = i.id) THEN 'notice'
+     ELSE 'report' END";
 
 /// Which rows of a listing (jobs or deliveries), newest first; each filter
 /// applies only when given.
@@ -274,10 +281,12 @@ impl Store {
                      FROM outbox o JOIN instances i ON i.id = o.instance_id
                      WHERE o.instance_id = ?
                         OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
-                                             UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?)
+                                             UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?
+                                             UNION SELECT notice_instance_id FROM jobs WHERE instance_id = ?)
                      ORDER BY o.id"
                 ),
             )
+            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)

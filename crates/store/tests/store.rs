@@ -237,7 +237,8 @@ async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
     // Not claimed a third time: failed, with the reason, and the next job goes on.
     let exhausted = store.fail_exhausted_jobs(2).await.unwrap();
     assert_eq!(exhausted.len(), 1);
-    assert_eq!(exhausted[0].1, "1.9.30");
+    assert_eq!(exhausted[0].sop_instance_uid, "1.9.30");
+    assert!(exhausted[0].reason.contains("never finished"));
     let next = store
         .claim_jobs("w", Duration::from_secs(60), 10, 2)
         .await

@@ -1,0 +1,154 @@
+"""An image the node could not analyse gets a notice in the PACS: an SR in
+the image's study saying it was not analysed, and why, sent where its
+report would have gone. Without it a reader saw no result and could not
+tell "not analysed" from "not yet" (the reason was in the API only)."""
+
+import subprocess
+
+import pydicom
+import requests
+
+from nodetest import node_factory, run_dcmtk  # noqa: F401 (fixture)
+from test_bad_images import bad_radiographs
+from test_operator_retry import post
+from test_routing_orthanc import wait_until
+from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
+
+NOT_EVALUATED = ("373121007", "SCT", "Not Evaluated")
+
+
+def results_to(tmp_path, port):
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "STORESCP"\n'
+                      f'host = "127.0.0.1"\nport = {port}\nresults = true\n')
+    return config
+
+
+def received(out):
+    return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
+
+
+def job_of(node, uid):
+    status, body = node.http(f"/api/jobs?sop_instance_uid={uid}")
+    assert status == 200
+    (job,) = body["jobs"]
+    return job
+
+
+def test_a_failed_image_gets_a_notice_in_the_pacs_and_a_good_one_its_report(
+        node_factory, storescp, rg1_copies, tmp_path):
+    import highdicom as hd
+
+    port, out = storescp
+    node = node_factory().start(config_file=results_to(tmp_path, port))
+    path, propose, reason = bad_radiographs(tmp_path)["shutter_shows_a_speck"]
+    bad = pydicom.dcmread(path, stop_before_pixels=True)
+    (good_file,) = rg1_copies("UNCI", 1)
+    good = pydicom.dcmread(good_file, stop_before_pixels=True)
+    run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, good_file)
+
+    wait_until(lambda: job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"] is not None
+               and job_of(node, good.SOPInstanceUID)["state"] == "delivered", timeout=60)
+    failed = job_of(node, bad.SOPInstanceUID)
+    assert failed["state"] == "failed" and failed["reason"].startswith(reason)
+    notice_uid = failed["notice_sop_instance_uid"]
+    wait_until(lambda: notice_uid in received(out), timeout=30, what="the notice at the PACS")
+    got = received(out)
+    assert set(got) == {notice_uid, job_of(node, good.SOPInstanceUID)["sr_sop_instance_uid"]}
+    assert job_of(node, good.SOPInstanceUID)["notice_sop_instance_uid"] is None
+
+    notice_path = got[notice_uid]
+    notice = pydicom.dcmread(notice_path)
+    assert notice.Modality == "SR"
+    assert notice.StudyInstanceUID == bad.StudyInstanceUID
+    assert notice.PatientID == bad.PatientID
+    assert "NOT ANALYSED" in notice.SeriesDescription
+    (study,) = notice.CurrentRequestedProcedureEvidenceSequence
+    assert study.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == bad.SOPInstanceUID
+    # Validators: no error; DCMTK shows the tree; highdicom reads "not evaluated" and the reason.
+    v = subprocess.run(["/usr/bin/dciodvfy", str(notice_path)], capture_output=True, text=True, errors="replace")
+    errors = [line for line in (v.stdout + v.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], errors
+    dump = subprocess.run(["/usr/bin/dsrdump", str(notice_path)], capture_output=True, text=True, errors="replace")
+    assert dump.returncode == 0 and "Not Evaluated" in dump.stdout, dump.stdout
+    # TID 1500 with its own Qualitative Evaluations (row 12) and no
+    # measurement group: highdicom finds none, so no measurement to misread.
+    sr = hd.sr.srread(notice_path)
+    assert sr.content.get_image_measurement_groups() == []
+    (evaluations,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    coded = [(i.ConceptNameCodeSequence[0].CodeValue,
+              tuple(getattr(i.ConceptCodeSequence[0], k) for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")))
+             for i in evaluations.ContentSequence if i.ValueType == "CODE"]
+    assert coded == [("40122008", NOT_EVALUATED)]
+    comments = [i.TextValue for i in evaluations.ContentSequence
+                if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert any(c.startswith("NOT ANALYSED.") and reason in c for c in comments), comments
+    assert any("DEMO MODEL - NOT FOR DIAGNOSIS" in c for c in comments)
+
+    # The deliveries say what went: a notice.
+    status, body = node.http(f"/api/instances/{bad.SOPInstanceUID}")
+    assert status == 200
+    assert {d["kind"] for c in body["copies"] for d in c["deliveries"]} == {"notice"}, body
+    status, body = node.http("/api/deliveries?destination=pacs")
+    assert {(d["kind"], d["sop_instance_uid"]) for d in body["deliveries"]} >= {("notice", notice_uid)}
+
+    # An operator's retry that fails alike makes the same notice: nothing new at the PACS.
+    before = set(received(out))
+    assert post(node, f"/api/jobs/retry?state=failed&sop_instance_uid={bad.SOPInstanceUID}") == (200, {"requeued": 1})
+    wait_until(lambda: job_of(node, bad.SOPInstanceUID)["state"] == "failed"
+               and job_of(node, bad.SOPInstanceUID)["attempts"] >= 1
+               and job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"] == notice_uid, timeout=60)
+    with node.db() as c:
+        (rows,) = c.execute("SELECT COUNT(*) FROM outbox o JOIN instances i ON i.id = o.instance_id"
+                            " WHERE i.sop_instance_uid = ?", (notice_uid,)).fetchone()
+    assert rows == 1
+    assert set(received(out)) == before
+    assert "not-analysed notice made" in node.log()
+    assert node.alive()
+
+
+def test_notices_can_be_turned_off(node_factory, storescp, tmp_path):
+    port, out = storescp
+    node = node_factory(report__not_analysed_notice="false").start(config_file=results_to(tmp_path, port))
+    path, propose, reason = bad_radiographs(tmp_path)["shutter_shows_nothing"]
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: job_of(node, uid)["state"] == "failed", timeout=60)
+    assert job_of(node, uid)["notice_sop_instance_uid"] is None
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 0
+    assert node.count("SELECT COUNT(*) FROM outbox") == 0
+    assert list(out.iterdir()) == []
+
+
+def test_a_notice_reaches_orthanc_in_the_image_s_study(node_factory, tmp_path):
+    """A real PACS stores the notice in the study of the image it is about."""
+    from orthanc import Orthanc
+
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text(f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.ae_title}"\n'
+                          f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\nresults = true\n'
+                          '[[routing.forward]]\ndestinations = ["pacs"]\n')
+        node = node_factory().start(config_file=config)
+        path, propose, _ = bad_radiographs(tmp_path)["bits_allocated_32"]
+        bad = pydicom.dcmread(path, stop_before_pixels=True)
+        run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+
+        def study_modalities():
+            found = orthanc.post("/tools/find", {"Level": "Series", "Expand": True,
+                                                 "Query": {"StudyInstanceUID": bad.StudyInstanceUID}})
+            return sorted(s["MainDicomTags"].get("Modality", "") for s in found)
+
+        wait_until(lambda: study_modalities() == sorted([bad.Modality, "SR"]), timeout=60,
+                   what="the image and its notice in one study at Orthanc")
+        (sr_series,) = [s for s in orthanc.post("/tools/find", {
+            "Level": "Series", "Expand": True,
+            "Query": {"StudyInstanceUID": bad.StudyInstanceUID, "Modality": "SR"}})]
+        assert "NOT ANALYSED" in sr_series["MainDicomTags"]["SeriesDescription"]
+        (oid,) = sr_series["Instances"]
+        raw = requests.get(f"http://127.0.0.1:{orthanc.http_port}/instances/{oid}/file", timeout=10).content
+        assert b"Not Evaluated" in raw
+    finally:
+        orthanc.stop()
