@@ -136,3 +136,33 @@ def test_a_node_started_without_its_database_but_with_files_is_not_ready(node_fa
     assert node.http("/readyz")[0] == 200
     node.wait_for_analyses()
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") == 2
+
+
+def test_a_dry_run_writes_nothing_and_wants_a_database(node_factory, tmp_path):
+    """`recover-files --dry-run` opened the database as `serve` does: it
+    migrated a restored backup, and on a data directory whose database was
+    not yet back it made an empty one whose `-wal`, left behind, SQLite
+    replayed over the backup copied in next (0 instances, integrity ok)."""
+    node = node_factory().start()
+    copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / "0.dcm", new_study=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
+    node.wait_for_analyses()
+    node.stop()
+    gc.collect()
+    db = node.data_dir / "pneumo-node.sqlite"
+    beside = [db.with_name(db.name + extra) for extra in ("-wal", "-shm")]
+    for f in beside:
+        f.unlink(missing_ok=True)
+    before = db.read_bytes()
+
+    r = recover(node, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert db.read_bytes() == before
+    assert not any(f.exists() for f in beside), [f.name for f in beside if f.exists()]
+
+    # The database not yet put back: an error, and nothing made in its place.
+    db.rename(tmp_path / "elsewhere.sqlite")
+    r = recover(node, "--dry-run")
+    assert r.returncode != 0
+    assert "no database at" in r.stderr and "put the database" in r.stderr, r.stderr
+    assert not db.exists() and not any(f.exists() for f in beside)

@@ -283,7 +283,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Command::Echo { target, calling_ae } => echo(&config, &target, calling_ae).await,
             Command::RecoverFiles { dry_run } => {
-                let store = open_store(&config).await?;
+                let store = if dry_run {
+                    Store::open_to_read(&config.node.data_dir, config.database_url())
+                        .await
+                        .context("opening the database to read it")?
+                } else {
+                    open_store(&config).await?
+                };
                 cmd_recover::run(&config, store, dry_run)
                     .await
                     .map(|_| ExitCode::SUCCESS)

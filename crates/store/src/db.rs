@@ -31,6 +31,19 @@ pub async fn connect(
         .await
 }
 
+/// A database file opened to read only, writing nothing beside it
+/// (`Store::open_to_read`).
+pub async fn connect_to_read(file: &Path) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .read_only(true)
+        .immutable(true);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+}
+
 /// Whether a pooled connection may be handed out: no transaction open,
 /// neither in sqlx's count nor in SQLite. A statement that fails with
 /// SQLITE_FULL or SQLITE_IOERR may make SQLite roll the whole transaction

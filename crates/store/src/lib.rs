@@ -56,6 +56,8 @@ pub enum StoreError {
 
     #[error("data directory {path} does not exist, nor the folder {parent} it would be made in (a disk not yet mounted?): create that folder, or correct node.data_dir")]
     DataDirParentMissing { path: PathBuf, parent: PathBuf },
+    #[error("no database at {0}: nothing to compare the files with (put the database, or its backup, in place first; or correct node.data_dir or database.url)")]
+    NoDatabase(PathBuf),
     #[error(
         "data directory {path} is in use by another pneumo-node process \
          (it holds the lock on {lock}); one data directory serves one node"
@@ -341,6 +343,34 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Opens an existing database to read it only, for `recover-files
+    /// --dry-run` (the node stopped): no migration, no flag, no spool
+    /// cleared, and nothing written, not even a `-wal` or `-shm` file
+    /// (SQLite's `immutable`): a dry run that made them, run before a
+    /// backup was copied in place, had SQLite replay an empty database over
+    /// the backup. A database file that does not exist is an error.
+    pub async fn open_to_read(
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Store, StoreError> {
+        let file = db::database_file(data_dir, database_url)
+            .unwrap_or_else(|| data_dir.join("pneumo-node.sqlite"));
+        if !file.is_file() {
+            return Err(StoreError::NoDatabase(file));
+        }
+        let pool = db::connect_to_read(&file).await?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            pool,
+            ingest_locks: UidLocks::default(),
+            database_file: Some(file),
+            database_file_watch: std::sync::Mutex::new((0, None)),
+            decompress: None,
+            database_lost: false,
+            _locks: Vec::new(),
+        })
     }
 
     /// With a decoder, a copy of a stored instance re-sent in another
