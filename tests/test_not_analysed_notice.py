@@ -152,3 +152,107 @@ def test_a_notice_reaches_orthanc_in_the_image_s_study(node_factory, tmp_path):
         assert b"Not Evaluated" in raw
     finally:
         orthanc.stop()
+
+
+def test_with_companion_images_the_notice_is_an_image_too(node_factory, storescp, tmp_path):
+    """A site whose viewers show no SR (report.companion_sc = true) sees
+    the notice as an image: the words on black, in a series of its own."""
+    port, out = storescp
+    node = node_factory(report__companion_sc="true").start(config_file=results_to(tmp_path, port))
+    path, propose, reason = bad_radiographs(tmp_path)["bits_allocated_32"]
+    bad = pydicom.dcmread(path, stop_before_pixels=True)
+    run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="the notice and its image")
+    got = {pydicom.dcmread(p, stop_before_pixels=True).Modality: p for p in out.iterdir()}
+    assert set(got) == {"SR", "OT"}, got
+    image = pydicom.dcmread(got["OT"])
+    assert image.StudyInstanceUID == bad.StudyInstanceUID
+    assert "NOT ANALYSED" in image.SeriesDescription and image.SeriesNumber == 9904
+    assert image.ImageComments.startswith("DEMO MODEL - NOT FOR DIAGNOSIS. NOT ANALYSED.")
+    assert reason in image.ImageComments
+    assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == bad.SOPInstanceUID
+    assert set(image.pixel_array.ravel().tolist()) == {0, 255}  # words on black, no pixel of the source
+    v = subprocess.run(["/usr/bin/dciodvfy", str(got["OT"])], capture_output=True, text=True, errors="replace")
+    errors = [line for line in (v.stdout + v.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], errors
+    status, body = node.http(f"/api/instances/{bad.SOPInstanceUID}")
+    assert sorted(d["kind"] for c in body["copies"] for d in c["deliveries"]) == ["notice", "notice"]
+
+
+def test_the_image_fixed_and_sent_again_gets_a_report_that_replaces_the_notice(
+        node_factory, storescp, tmp_path):
+    """A reader saw "not analysed" and, later, a result for the same image,
+    with nothing linking them: the report now names the notice it
+    replaces, as a report that replaces another does."""
+    from test_bad_images import FIXTURES
+
+    port, out = storescp
+    node = node_factory().start(config_file=results_to(tmp_path, port))
+    path, propose, _ = bad_radiographs(tmp_path)["bits_allocated_32"]
+    bad = pydicom.dcmread(path, stop_before_pixels=True)
+    run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"] is not None, timeout=60)
+    notice_uid = job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"]
+
+    fixed = pydicom.dcmread(FIXTURES / "rg1s_mono2.dcm")  # what it was made from
+    fixed.SOPInstanceUID = fixed.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+    fixed.save_as(tmp_path / "fixed.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "fixed.dcm")
+
+    def report():
+        status, body = node.http(f"/api/instances/{bad.SOPInstanceUID}")
+        uids = [c["job"]["sr_sop_instance_uid"] for c in body["copies"] if c.get("job")]
+        return next((u for u in uids if u), None)
+
+    wait_until(lambda: report() is not None and report() in received(out), timeout=60,
+               what="the fixed copy's report at the PACS")
+    sr = pydicom.dcmread(received(out)[report()])
+    (predecessor,) = sr.PredecessorDocumentsSequence
+    (series,) = predecessor.ReferencedSeriesSequence
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == notice_uid
+
+    def texts(items):
+        for i in items:
+            if i.ValueType == "TEXT":
+                yield i.TextValue
+            yield from texts(getattr(i, "ContentSequence", []))
+
+    assert any(t.startswith(f"This report replaces notice {notice_uid}") for t in texts(sr.ContentSequence))
+
+
+def test_no_notice_for_the_node_s_damaged_copy_nor_beside_a_report(node_factory, storescp, rg1_copies, tmp_path):
+    """The node's own copy damaged (a disk fault): the PACS's copy is not at
+    fault, and a notice carried the node's file path and an instruction
+    for its operator into the patient's record, beside the report already
+    there. A job that made a report and fails when analysed again (another
+    model) leaves that report alone too."""
+    from nodetest import ROOT
+
+    port, out = storescp
+    config = results_to(tmp_path, port)
+    node = node_factory().start(config_file=config)
+    (f,) = rg1_copies("UNCI", 1)
+    uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: job_of(node, uid)["state"] == "delivered", timeout=60)
+    stored = node.stored_path(pydicom.dcmread(f, stop_before_pixels=True))
+    good = stored.read_bytes()
+    stored.write_bytes(good[:5000])
+    assert post(node, f"/api/jobs/retry?state=delivered&sop_instance_uid={uid}") == (200, {"requeued": 1})
+    wait_until(lambda: job_of(node, uid)["state"] == "failed", timeout=60)
+    assert "damaged" in job_of(node, uid)["reason"]
+    assert job_of(node, uid)["notice_sop_instance_uid"] is None
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 1  # the report alone
+
+    # Repaired, then analysed by a model that fails on every image.
+    stored.write_bytes(good)
+    node.stop()
+    node.settings["inference__model"] = str(ROOT / "fixtures" / "models" / "bad" / "nan-output.onnx")
+    node.start()
+    assert post(node, f"/api/jobs/retry?state=failed&sop_instance_uid={uid}") == (200, {"requeued": 1})
+    wait_until(lambda: job_of(node, uid)["state"] == "failed", timeout=60)
+    assert "not finite" in job_of(node, uid)["reason"]
+    assert job_of(node, uid)["notice_sop_instance_uid"] is None
+    assert "the report of an earlier analysis of this image stands" in node.log()
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 1
+    assert len(list(out.iterdir())) == 1

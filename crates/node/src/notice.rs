@@ -3,8 +3,13 @@
 //! (`report.not_analysed_notice`, docs/sr.md). Without it a reader saw no
 //! result and could not tell "not analysed" from "not yet".
 
-use pneumo_report::{build_not_analysed_sr, not_analysed_sop_instance_uid, SourceInstance};
-use pneumo_store::FailedJob;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use pneumo_report::{
+    build_not_analysed_sc, build_not_analysed_sr, not_analysed_sc_sop_instance_uid,
+    not_analysed_sop_instance_uid, ModelIdentity as ReportModel, NodeIdentity, ReportError,
+    ReportOptions, ReportTime, SourceInstance,
+};
+use pneumo_store::{FailedJob, MadeInstances};
 use tracing::{info, warn};
 
 use crate::pipeline::{report_model, report_time_now, Failure, Generated, Pipeline};
@@ -33,8 +38,23 @@ impl Pipeline {
         }
     }
 
-    /// Ok(None): the job is no longer failed (an operator sent it back).
+    /// Ok(None): no notice is due (the job is no longer failed, or an
+    /// earlier analysis of it made a report, which a notice would
+    /// contradict).
     async fn notice(&self, job: &FailedJob) -> Result<Option<String>, String> {
+        if self
+            .store
+            .job_has_report(job.job_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            info!(
+                sop_instance_uid = %job.sop_instance_uid,
+                "no not-analysed notice: the report of an earlier analysis of this image stands"
+            );
+            return Ok(None);
+        }
+        let reason = for_the_reader(&job.reason);
         let path = self.store.instance_file(&job.path);
         let header = tokio::task::spawn_blocking(move || {
             pneumo_store::open_instance(&path, Some(dicom_dictionary_std::tags::PIXEL_DATA))
@@ -47,33 +67,41 @@ impl Pipeline {
             .corrected_version(job.instance_id, &source)
             .await
             .map_err(|e| match e {
-                Failure::Analysis(e) | Failure::Store(e) | Failure::ModelChanged(e) => e,
+                Failure::Analysis(e)
+                | Failure::Store(e)
+                | Failure::ModelChanged(e)
+                | Failure::StoredFile(e) => e,
             })?;
         let model = report_model(self.engine.identity());
-        let uid = not_analysed_sop_instance_uid(
-            &source.uid_key(),
-            &self.node.ae_title,
-            &model.contract_sha256,
-            &job.reason,
-            self.node.uid_root.as_deref(),
-        )
-        .map_err(|e| e.to_string())?;
-        let notice_id = self
-            .generated_once(&uid, || {
-                build_not_analysed_sr(
-                    &source,
-                    &job.reason,
-                    &model,
-                    &self.node,
-                    &self.report,
-                    &report_time_now(),
-                )
-                .map_err(|e| e.to_string())
-            })
+        let uid_of = |derive: NoticeUid| {
+            derive(
+                &source.uid_key(),
+                &self.node.ae_title,
+                &model.contract_sha256,
+                &reason,
+                self.node.uid_root.as_deref(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let uid = uid_of(not_analysed_sop_instance_uid)?;
+        let unmade = |e| match e {
+            Generated::NotMade(e) | Generated::NotStored(e) => e,
+        };
+        let report = self
+            .notice_made(&uid, build_not_analysed_sr, &source, &model, &reason)
             .await
-            .map_err(|e| match e {
-                Generated::NotMade(e) | Generated::NotStored(e) => e,
-            })?;
+            .map_err(unmade)?;
+        let mut companion = None;
+        if self.report.companion_sc {
+            let sc_uid = uid_of(not_analysed_sc_sop_instance_uid)?;
+            let made = self
+                .notice_made(&sc_uid, build_not_analysed_sc, &source, &model, &reason)
+                .await;
+            match made {
+                Ok(id) => companion = Some(id),
+                Err(e) => warn!(error = %unmade(e), "the not-analysed notice as an image not made"),
+            }
+        }
         let callers = self
             .store
             .callers_of(job.instance_id)
@@ -82,12 +110,123 @@ impl Pipeline {
         let destinations = self.results.destinations_for(&callers);
         let owed = self
             .store
-            .owe_notice(job.job_id, notice_id, &destinations)
+            .owe_notice(
+                job.job_id,
+                MadeInstances { report, companion },
+                &destinations,
+            )
             .await
             .map_err(|e| e.to_string())?;
         if owed && !destinations.is_empty() {
             self.wake_outbox.notify_one();
         }
         Ok(owed.then_some(uid))
+    }
+
+    /// The notice (SR or image) under `uid`: stored already, else built
+    /// by `build` and stored now.
+    async fn notice_made(
+        &self,
+        uid: &str,
+        build: NoticeBuilder,
+        source: &SourceInstance,
+        model: &ReportModel,
+        reason: &str,
+    ) -> Result<i64, Generated> {
+        self.generated_once(uid, || {
+            let time = report_time_now();
+            build(source, reason, model, &self.node, &self.report, &time).map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
+
+/// `build_not_analysed_sr` or `build_not_analysed_sc`.
+type NoticeBuilder = fn(
+    &SourceInstance,
+    &str,
+    &ReportModel,
+    &NodeIdentity,
+    &ReportOptions,
+    &ReportTime,
+) -> Result<FileDicomObject<InMemDicomObject>, ReportError>;
+
+/// `not_analysed_sop_instance_uid` or `not_analysed_sc_sop_instance_uid`.
+type NoticeUid = fn(&str, &str, &str, &str, Option<&str>) -> Result<String, ReportError>;
+
+/// The job's reason as the reader of a notice needs it: what happened in
+/// plain words, then the node's own words for its administrator, without
+/// file paths (a notice is a document in the patient's record).
+pub(crate) fn for_the_reader(reason: &str) -> String {
+    let kind = reason
+        .strip_prefix("imaging: ")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or("");
+    let plain = match kind {
+        "decode" | "pixel-data-length" | "no-pixel-data" | "unsupported-transfer-syntax" => {
+            "The image data could not be read: damaged, incomplete, or in a form the node \
+             does not decode. Sending the image again from the modality may help."
+        }
+        "missing-attribute" | "invalid-attribute" => {
+            "The image's header lacks, or misstates, what reading its pixels needs."
+        }
+        "colour" => "Colour images are not analysed: the model reads greyscale radiographs.",
+        "multi-frame" => "Images of several frames are not analysed: the model reads one exposure.",
+        "bits-allocated" => "The image's pixel format is not one the node reads.",
+        "too-small" => "The image is too small to be a chest radiograph.",
+        "no-image-content" => "The image is blank: every pixel has the same value.",
+        "shutter-hides-image" => "The image's display shutter hides almost all of it.",
+        "lung-box-missing" | "lung-box-too-small" | "invalid-lung-box" => {
+            "The lungs could not be found in the image."
+        }
+        _ if reason.starts_with("lung segmentation:") => {
+            "The lungs could not be found in the image."
+        }
+        _ if reason.starts_with("inference:") => "The model gave no usable result for this image.",
+        _ if reason.starts_with("analysis started") => {
+            "Analysing this image stopped the node each time it was tried."
+        }
+        _ if reason.starts_with("cannot read the stored instance") => {
+            "The image could not be read."
+        }
+        _ => "The node could not analyse it.",
+    };
+    let detail: Vec<&str> = reason
+        .split(' ')
+        .map(|word| {
+            if word.starts_with('/') {
+                "(a file of the node)"
+            } else {
+                word
+            }
+        })
+        .collect();
+    format!("{plain} (Detail: {})", detail.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_the_reader;
+
+    #[test]
+    fn a_reason_reads_in_plain_words_first_and_names_no_file() {
+        let r = for_the_reader(
+            "imaging: decode: decoding pixel data (1.2.840.10008.1.2.4.50) failed: libjpeg-turbo: \
+             Premature end of JPEG file",
+        );
+        assert!(r.starts_with("The image data could not be read"), "{r}");
+        assert!(r.contains("(Detail: imaging: decode:"), "{r}");
+        let r = for_the_reader(
+            "cannot read the stored instance: /var/lib/pneumo/instances/1/2/3.dcm: eof",
+        );
+        assert!(!r.contains("/var"), "{r}");
+        assert!(r.contains("(a file of the node)"), "{r}");
+        assert!(
+            for_the_reader("imaging: colour: colour image refused").starts_with("Colour images")
+        );
+        assert!(
+            for_the_reader("analysis started 3 times and never finished").starts_with("Analysing")
+        );
+        assert!(for_the_reader("something new").starts_with("The node could not analyse it."));
     }
 }

@@ -15,10 +15,10 @@ use dicom_object::DefaultDicomObject;
 use pneumo_imaging::{grey_image, tensor_from_grey, CropMode, PreprocessReport};
 use pneumo_inference::{InferenceEngine, InferenceError, LungSegmenter, Prediction, WeightsKind};
 use pneumo_report::{
-    build_companion_sc, build_sr, sc_sop_instance_uid, sr_sop_instance_uid, AnalysisResult,
-    EarlierReport, GreyImage as ReportGreyImage, ModelIdentity as ReportModel, NodeIdentity,
-    PixelRegion, Replacement, ReportOptions, ReportTime, SourceInstance,
-    WeightsKind as ReportWeights,
+    build_companion_sc, build_sr, not_analysed_series_instance_uid, sc_sop_instance_uid,
+    sr_sop_instance_uid, AnalysisResult, EarlierReport, GreyImage as ReportGreyImage,
+    ModelIdentity as ReportModel, NodeIdentity, PixelRegion, Replacement, ReportOptions,
+    ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
 use pneumo_store::{
     ClaimedJob, FailedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks,
@@ -201,6 +201,13 @@ impl Pipeline {
                 warn!("lease lost: another worker finished this job");
                 Ok(())
             }
+            Err(Failure::StoredFile(reason)) => {
+                warn!(%reason, "analysis failed: the stored file");
+                self.store
+                    .fail_job(job.job_id, &self.owner, &reason)
+                    .await
+                    .map(|_| ())
+            }
             Err(Failure::Analysis(reason)) => {
                 warn!(%reason, "analysis failed");
                 let failed = self.store.fail_job(job.job_id, &self.owner, &reason).await;
@@ -267,7 +274,7 @@ impl Pipeline {
             .await
             .map_err(|e| format!("checking the stored file failed: {e}"))?;
         if let Some(problem) = changed {
-            return Err(Failure::Analysis(problem));
+            return Err(Failure::StoredFile(problem));
         }
         let spec = self.engine.contract().preprocess_spec();
         let companion = self.report.companion_sc;
@@ -372,6 +379,26 @@ impl Pipeline {
                     sop_instance_uid: uid,
                     because,
                 });
+        }
+        if source.replaces.is_none() {
+            // An earlier analysis of this image (or of a copy under its UID)
+            // failed and sent a notice: this report names it as replaced.
+            let notices = not_analysed_series_instance_uid(
+                &source.sop_instance_uid,
+                &self.node.ae_title,
+                &model.contract_sha256,
+                self.node.uid_root.as_deref(),
+            )
+            .map_err(|e| format!("report: {e}"))?;
+            source.replaces = self.store.latest_report_in_series(&notices).await?.map(
+                |(study, series, class, uid)| EarlierReport {
+                    study_instance_uid: study,
+                    series_instance_uid: series,
+                    sop_class_uid: class,
+                    sop_instance_uid: uid,
+                    because: Replacement::Notice,
+                },
+            );
         }
         let sr_id = self
             .generated_once(&sr_uid, || {
@@ -704,6 +731,10 @@ pub(crate) enum Failure {
     /// The model's files changed on disk since it was loaded: the job waits
     /// (runs again later by itself) for a restart to load the model anew.
     ModelChanged(String),
+    /// The node's stored copy of the image is gone or damaged: the job
+    /// fails until the image is sent again, and no notice goes to the
+    /// PACS (whose copy is not at fault).
+    StoredFile(String),
 }
 
 impl From<String> for Failure {

@@ -26,7 +26,7 @@ pub mod uid;
 
 pub use common::IMPLEMENTATION_VERSION_NAME;
 pub use content::{Code, ContentItem, ItemValue, Relationship};
-pub use notice::build_not_analysed_sr;
+pub use notice::{build_not_analysed_sc, build_not_analysed_sr};
 pub use sc::{build_companion_sc, GreyImage};
 pub use source::{EarlierReport, Replacement, SourceInstance};
 pub use sr::{build_content_tree, build_sr, DEMO_MARK};
@@ -35,8 +35,9 @@ pub use types::{
     SrSopClass, WeightsKind, PRODUCT,
 };
 pub use uid::{
-    comprehensive_sr_copy_uid, not_analysed_sop_instance_uid, sc_sop_instance_uid,
-    sr_series_instance_uid, sr_sop_instance_uid,
+    comprehensive_sr_copy_uid, not_analysed_sc_sop_instance_uid, not_analysed_series_instance_uid,
+    not_analysed_sop_instance_uid, sc_sop_instance_uid, sr_series_instance_uid,
+    sr_sop_instance_uid,
 };
 
 /// Why a report could not be built.

@@ -8,8 +8,10 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use crate::codes;
 use crate::content::{ContentItem, ItemValue, Relationship};
+use crate::sc::{add_banner, Raster, ScImage};
 use crate::sr::{demo_comment, report_tree, series_description, which_image, Document};
 use crate::uid;
+use crate::DEMO_MARK;
 use crate::{ModelIdentity, NodeIdentity, ReportError, ReportOptions, ReportTime, SourceInstance};
 
 /// The longest reason written (a UT value holds far more; a reader needs
@@ -40,6 +42,21 @@ pub fn not_analysed_sentence(
         model.name.trim(),
         model.version.trim(),
     )
+}
+
+/// The contract hash of a valid model, for a valid node and a reason.
+fn checked(
+    node: &NodeIdentity,
+    model: &ModelIdentity,
+    reason: &str,
+) -> Result<String, ReportError> {
+    node.validate()?;
+    if reason.trim().is_empty() {
+        return Err(ReportError::InvalidResult(
+            "a notice of no analysis needs its reason".into(),
+        ));
+    }
+    model.validate()
 }
 
 /// The content tree of the notice: no measurement group (OHIF fails on
@@ -80,13 +97,7 @@ pub fn build_not_analysed_sr(
     options: &ReportOptions,
     time: &ReportTime,
 ) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
-    node.validate()?;
-    let sha = model.validate()?;
-    if reason.trim().is_empty() {
-        return Err(ReportError::InvalidResult(
-            "a notice of no analysis needs its reason".into(),
-        ));
-    }
+    let sha = checked(node, model, reason)?;
     let root_uid = node.uid_root.as_deref();
     let document = Document {
         sop_instance_uid: uid::not_analysed_sop_instance_uid(
@@ -104,13 +115,87 @@ pub fn build_not_analysed_sr(
         )?,
         series_number: options.notice_series_number,
         series_description: not_analysed_series_description(model),
-        equipment_description: format!(
-            "{} {} ({} weights) could not analyse the referenced image.",
-            model.name.trim(),
-            model.version.trim(),
-            model.weights_kind.as_str()
-        ),
+        equipment_description: model.contribution("could not analyse the referenced image."),
         tree: build_not_analysed_tree(source, reason, model, node)?,
     };
     document.build(source, model, node, options, time)
+}
+
+/// The lines of the notice as an image.
+fn notice_lines(source: &SourceInstance, model: &ModelIdentity, reason: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    if model.is_demo() {
+        lines.push(DEMO_MARK.to_string());
+    }
+    lines.push("NOT ANALYSED BY AI".to_string());
+    lines.push("THERE IS NO PNEUMOCONIOSIS RESULT FOR THIS IMAGE".to_string());
+    let named = which_image(source, "SERIES", "IMAGE", "ACQUIRED");
+    if !named.is_empty() {
+        lines.push(format!("SOURCE: {}", named.join(" - ")));
+    }
+    lines.push(format!(
+        "MODEL {} {}",
+        model.name.trim(),
+        model.version.trim()
+    ));
+    let reason = crate::content::truncate_chars(reason.trim(), REASON_MAX_CHARS);
+    lines.push(format!("REASON: {reason}"));
+    if model.is_demo() {
+        lines.push(DEMO_MARK.to_string());
+    }
+    lines
+}
+
+/// The notice as a Secondary Capture image, for viewers that show no SR
+/// (made with `companion_sc`, as the result's companion image is): the
+/// notice's words in white on black, no pixel of the source, in a series
+/// of its own.
+pub fn build_not_analysed_sc(
+    source: &SourceInstance,
+    reason: &str,
+    model: &ModelIdentity,
+    node: &NodeIdentity,
+    options: &ReportOptions,
+    time: &ReportTime,
+) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
+    let sha = checked(node, model, reason)?;
+    let root_uid = node.uid_root.as_deref();
+    // As wide as a companion image, so its words are as large.
+    let canvas = Raster {
+        rows: 0,
+        columns: usize::from(options.sc_max_size).max(320),
+        data: Vec::new(),
+    };
+    let sentence = not_analysed_sentence(source, model, reason);
+    let image = ScImage {
+        sop_instance_uid: uid::not_analysed_sc_sop_instance_uid(
+            &source.uid_key(),
+            &node.ae_title,
+            &sha,
+            reason,
+            root_uid,
+        )?,
+        series_instance_uid: uid::not_analysed_sc_series_instance_uid(
+            &source.sop_instance_uid,
+            &node.ae_title,
+            &sha,
+            root_uid,
+        )?,
+        series_number: options.notice_sc_series_number,
+        series_description: series_description(
+            model,
+            "NOT ANALYSED - image - ",
+            "NOT ANALYSED by AI image",
+        ),
+        raster: add_banner(&canvas, &notice_lines(source, model, reason)),
+        derivation: "The notice that the referenced image was not analysed, in words; \
+                     none of its pixels.",
+        comments: if model.is_demo() {
+            format!("{DEMO_MARK}. {sentence}")
+        } else {
+            sentence
+        },
+        contribution: model.contribution("could not analyse the referenced image."),
+    };
+    image.build(source, model, node, time)
 }

@@ -217,106 +217,13 @@ pub fn build_companion_sc(
     let sha = model.validate()?;
     result.validate()?;
     let root_uid = node.uid_root.as_deref();
-    let sop_class_uid = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
     let sop_instance_uid =
         uid::sc_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
     let series_uid =
         uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
-    let stamp = common::stamp(source, time);
 
     let small = downscale(&image, usize::from(options.sc_max_size))?;
     let raster = add_banner(&small, &banner_lines(result, model, source));
-    let rows = u16::try_from(raster.rows)
-        .map_err(|_| ReportError::InvalidImage(format!("{} rows is too many", raster.rows)))?;
-    let columns = u16::try_from(raster.columns).map_err(|_| {
-        ReportError::InvalidImage(format!("{} columns is too many", raster.columns))
-    })?;
-
-    let mut obj = common::base_dataset(
-        source,
-        node,
-        &stamp,
-        sop_class_uid,
-        &sop_instance_uid,
-        "OT",
-        &series_uid,
-        options.sc_series_number,
-        &sc_series_description(model),
-    );
-    // General Series: Body Part Examined copied from the source, when it
-    // has one (Type 3: left out rather than guessed; CHEST written on an
-    // image the routing let through without a body part put a chest into
-    // the record of a leg). Laterality (Type 2C) is there for a paired part,
-    // or an unknown one (dciodvfy asks for it then): the source's R or L,
-    // else empty (a chest shows both sides, and the series' Laterality has
-    // no value for both).
-    if let Some(body_part) = source.body_part_examined.as_deref() {
-        put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
-    }
-    let paired = source
-        .body_part_examined
-        .as_deref()
-        .is_none_or(|part| PAIRED_BODY_PARTS.contains(&part));
-    if paired {
-        match source.series_laterality.as_deref() {
-            Some(side) => put_str(&mut obj, tags::LATERALITY, VR::CS, side),
-            None => put_empty(&mut obj, tags::LATERALITY, VR::CS),
-        }
-    }
-    // SC Equipment
-    put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
-    // General Image
-    put_str(
-        &mut obj,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        instance_number(source).to_string(),
-    );
-    match &source.patient_orientation {
-        Some((r, c)) => obj.put(DataElement::new(
-            tags::PATIENT_ORIENTATION,
-            VR::CS,
-            PrimitiveValue::Strs([r.clone(), c.clone()].as_slice().into()),
-        )),
-        None => {
-            put_empty(&mut obj, tags::PATIENT_ORIENTATION, VR::CS);
-            None
-        }
-    };
-    // General Series (Type 3, as the SR has them): viewers' series lists
-    // show the date beside the SR's.
-    put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
-    put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
-    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
-    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
-    obj.put(DataElement::new(
-        tags::IMAGE_TYPE,
-        VR::CS,
-        PrimitiveValue::Strs(
-            ["DERIVED".to_string(), "SECONDARY".to_string()]
-                .as_slice()
-                .into(),
-        ),
-    ));
-    put_str(
-        &mut obj,
-        tags::DERIVATION_DESCRIPTION,
-        VR::ST,
-        format!(
-            "Downscaled copy of the analysed radiograph with the AI result burned in. {}",
-            if model.is_demo() { DEMO_MARK } else { "" }
-        )
-        .trim()
-        .to_string(),
-    );
-    obj.put(sequence(
-        tags::SOURCE_IMAGE_SEQUENCE,
-        vec![sop_reference(
-            &source.sop_class_uid,
-            &source.sop_instance_uid,
-        )],
-    ));
-    put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
     // Viewers that overlay Image Comments show it without the banner: the
     // demo mark goes first there too.
     let comments = if model.is_demo() {
@@ -324,68 +231,196 @@ pub fn build_companion_sc(
     } else {
         crate::sr::result_sentence(result)
     };
-    put_str(&mut obj, tags::IMAGE_COMMENTS, VR::LT, comments);
-    // Image Pixel
-    obj.put(DataElement::new(
-        tags::SAMPLES_PER_PIXEL,
-        VR::US,
-        PrimitiveValue::from(1u16),
-    ));
-    put_str(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    obj.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(rows),
-    ));
-    obj.put(DataElement::new(
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(columns),
-    ));
-    obj.put(DataElement::new(
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(8u16),
-    ));
-    obj.put(DataElement::new(
-        tags::BITS_STORED,
-        VR::US,
-        PrimitiveValue::from(8u16),
-    ));
-    obj.put(DataElement::new(
-        tags::HIGH_BIT,
-        VR::US,
-        PrimitiveValue::from(7u16),
-    ));
-    obj.put(DataElement::new(
-        tags::PIXEL_REPRESENTATION,
-        VR::US,
-        PrimitiveValue::from(0u16),
-    ));
-    let mut pixels = raster.data;
-    if pixels.len() % 2 == 1 {
-        pixels.push(0); // OB values have even length: one trailing pad byte
-    }
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PrimitiveValue::from(pixels),
-    ));
-    // Contributing Equipment
-    let description = format!(
-        "{} {} ({} weights) result burned into a downscaled copy of the referenced image.",
-        model.name.trim(),
-        model.version.trim(),
-        model.weights_kind.as_str()
-    );
-    common::contributing_equipment(&mut obj, node, model, &stamp, &description);
+    let image = ScImage {
+        sop_instance_uid,
+        series_instance_uid: series_uid,
+        series_number: options.sc_series_number,
+        series_description: sc_series_description(model),
+        raster,
+        derivation: "Downscaled copy of the analysed radiograph with the AI result burned in.",
+        comments,
+        contribution: model
+            .contribution("result burned into a downscaled copy of the referenced image."),
+    };
+    image.build(source, model, node, time)
+}
 
-    common::to_file(obj, source, sop_class_uid, &sop_instance_uid, node)
+/// What tells one Secondary Capture of the node from another; the rest
+/// comes from the source, the node and the model alike.
+pub(crate) struct ScImage {
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub series_number: i32,
+    pub series_description: String,
+    pub raster: Raster,
+    /// Derivation Description (the demo mark is added with demo weights).
+    pub derivation: &'static str,
+    pub comments: String,
+    /// The Contributing Equipment's description.
+    pub contribution: String,
+}
+
+impl ScImage {
+    pub(crate) fn build(
+        self,
+        source: &SourceInstance,
+        model: &ModelIdentity,
+        node: &NodeIdentity,
+        time: &ReportTime,
+    ) -> Result<FileDicomObject<InMemDicomObject>, ReportError> {
+        let sop_class_uid = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
+        let sop_instance_uid = self.sop_instance_uid.as_str();
+        let stamp = common::stamp(source, time);
+        let raster = self.raster;
+        let rows = u16::try_from(raster.rows)
+            .map_err(|_| ReportError::InvalidImage(format!("{} rows is too many", raster.rows)))?;
+        let columns = u16::try_from(raster.columns).map_err(|_| {
+            ReportError::InvalidImage(format!("{} columns is too many", raster.columns))
+        })?;
+
+        let mut obj = common::base_dataset(
+            source,
+            node,
+            &stamp,
+            sop_class_uid,
+            sop_instance_uid,
+            "OT",
+            &self.series_instance_uid,
+            self.series_number,
+            &self.series_description,
+        );
+        // General Series: Body Part Examined copied from the source, when it
+        // has one (Type 3: left out rather than guessed; CHEST written on an
+        // image the routing let through without a body part put a chest into
+        // the record of a leg). Laterality (Type 2C) is there for a paired part,
+        // or an unknown one (dciodvfy asks for it then): the source's R or L,
+        // else empty (a chest shows both sides, and the series' Laterality has
+        // no value for both).
+        if let Some(body_part) = source.body_part_examined.as_deref() {
+            put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, body_part);
+        }
+        let paired = source
+            .body_part_examined
+            .as_deref()
+            .is_none_or(|part| PAIRED_BODY_PARTS.contains(&part));
+        if paired {
+            match source.series_laterality.as_deref() {
+                Some(side) => put_str(&mut obj, tags::LATERALITY, VR::CS, side),
+                None => put_empty(&mut obj, tags::LATERALITY, VR::CS),
+            }
+        }
+        // SC Equipment
+        put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
+        // General Image
+        put_str(
+            &mut obj,
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            instance_number(source).to_string(),
+        );
+        match &source.patient_orientation {
+            Some((r, c)) => obj.put(DataElement::new(
+                tags::PATIENT_ORIENTATION,
+                VR::CS,
+                PrimitiveValue::Strs([r.clone(), c.clone()].as_slice().into()),
+            )),
+            None => {
+                put_empty(&mut obj, tags::PATIENT_ORIENTATION, VR::CS);
+                None
+            }
+        };
+        // General Series (Type 3, as the SR has them): viewers' series lists
+        // show the date beside the SR's.
+        put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
+        put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
+        put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
+        put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
+        obj.put(DataElement::new(
+            tags::IMAGE_TYPE,
+            VR::CS,
+            PrimitiveValue::Strs(
+                ["DERIVED".to_string(), "SECONDARY".to_string()]
+                    .as_slice()
+                    .into(),
+            ),
+        ));
+        put_str(
+            &mut obj,
+            tags::DERIVATION_DESCRIPTION,
+            VR::ST,
+            format!(
+                "{} {}",
+                self.derivation,
+                if model.is_demo() { DEMO_MARK } else { "" }
+            )
+            .trim()
+            .to_string(),
+        );
+        obj.put(sequence(
+            tags::SOURCE_IMAGE_SEQUENCE,
+            vec![sop_reference(
+                &source.sop_class_uid,
+                &source.sop_instance_uid,
+            )],
+        ));
+        put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+        put_str(&mut obj, tags::IMAGE_COMMENTS, VR::LT, self.comments);
+        // Image Pixel
+        obj.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        ));
+        put_str(
+            &mut obj,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "MONOCHROME2",
+        );
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(rows),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(columns),
+        ));
+        obj.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(8u16),
+        ));
+        obj.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(8u16),
+        ));
+        obj.put(DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(7u16),
+        ));
+        obj.put(DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ));
+        let mut pixels = raster.data;
+        if pixels.len() % 2 == 1 {
+            pixels.push(0); // OB values have even length: one trailing pad byte
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(pixels),
+        ));
+        // Contributing Equipment
+        common::contributing_equipment(&mut obj, node, model, &stamp, &self.contribution);
+
+        common::to_file(obj, source, sop_class_uid, sop_instance_uid, node)
+    }
 }
 
 #[cfg(test)]

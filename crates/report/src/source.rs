@@ -150,7 +150,8 @@ pub struct EarlierReport {
     pub because: Replacement,
 }
 
-/// Why a copy's report replaces an earlier copy's.
+/// Why a copy's report replaces an earlier copy's report, or the notice
+/// that the image was not analysed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replacement {
     /// The copy names another patient or study (corrected at the modality).
@@ -158,6 +159,9 @@ pub enum Replacement {
     /// The copy names the same, but its analysis gave another result (a
     /// sender that re-used the UID for other pixels).
     OtherResult,
+    /// What it replaces is the notice that the image had not been analysed
+    /// (an analysis that failed, then succeeded after a retry or a re-send).
+    Notice,
 }
 
 impl Replacement {
@@ -166,6 +170,7 @@ impl Replacement {
         match self {
             Replacement::OtherPatientOrStudy => "this copy names another patient or study",
             Replacement::OtherResult => "this copy's analysis gave another result",
+            Replacement::Notice => "the image has been analysed since",
         }
     }
 }

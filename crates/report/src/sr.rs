@@ -9,8 +9,8 @@ use crate::common::{self, put_str};
 use crate::content::{sequence, ContentItem, ItemValue, Relationship};
 use crate::uid;
 use crate::{
-    AnalysisResult, Decision, ModelIdentity, NodeIdentity, ReportError, ReportOptions, ReportTime,
-    SourceInstance,
+    AnalysisResult, Decision, ModelIdentity, NodeIdentity, Replacement, ReportError, ReportOptions,
+    ReportTime, SourceInstance,
 };
 
 /// What viewers list as the series of a demonstration result.
@@ -513,16 +513,21 @@ pub fn build_content_tree(
         ),
     ));
     if let Some(earlier) = &source.replaces {
-        group.push(text(
-            Relationship::Contains,
-            codes::COMMENT,
-            format!(
-                "This report replaces report {}, made by the same model for an earlier copy \
-                 of this image under the same SOP Instance UID; {}.",
+        let replaced = match earlier.because {
+            Replacement::Notice => format!(
+                "This report replaces notice {}, made by the same model, which said this image \
+                 had not been analysed; {}.",
                 earlier.sop_instance_uid,
                 earlier.because.explained()
             ),
-        ));
+            because => format!(
+                "This report replaces report {}, made by the same model for an earlier copy \
+                 of this image under the same SOP Instance UID; {}.",
+                earlier.sop_instance_uid,
+                because.explained()
+            ),
+        };
+        group.push(text(Relationship::Contains, codes::COMMENT, replaced));
     }
     Ok(report_tree(source, node, Some(group), Vec::new()))
 }
@@ -557,12 +562,8 @@ pub fn build_sr(
         )?,
         series_number: options.sr_series_number,
         series_description: sr_series_description(model),
-        equipment_description: format!(
-            "{} {} ({} weights) classified the referenced image for pneumoconiosis.",
-            model.name.trim(),
-            model.version.trim(),
-            model.weights_kind.as_str()
-        ),
+        equipment_description: model
+            .contribution("classified the referenced image for pneumoconiosis."),
         tree,
     };
     document.build(source, model, node, options, time)

@@ -1115,3 +1115,51 @@ fn a_demo_models_notice_says_so() {
     let (_, texts) = codes_and_texts(evaluations);
     assert!(texts.iter().any(|t| t.starts_with(DEMO_MARK)), "{texts:?}");
 }
+
+#[test]
+fn a_notice_as_an_image_for_viewers_without_sr() {
+    let src = source();
+    let m = model(WeightsKind::Trained);
+    let reason = "imaging: bits-allocated: 32 bits a sample are not analysed";
+    let options = ReportOptions::default();
+    let sc = build_not_analysed_sc(&src, reason, &m, &node(), &options, &time()).unwrap();
+    assert_eq!(
+        str_of(&sc, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.7"
+    );
+    assert_eq!(str_of(&sc, tags::SERIES_NUMBER), "9904");
+    assert!(str_of(&sc, tags::SERIES_DESCRIPTION).starts_with("NOT ANALYSED by AI image ("));
+    assert!(str_of(&sc, tags::IMAGE_COMMENTS).starts_with("NOT ANALYSED."));
+    assert!(str_of(&sc, tags::IMAGE_COMMENTS).contains(reason));
+    assert_eq!(str_of(&sc, tags::BURNED_IN_ANNOTATION), "YES");
+    // Words on black, as wide as a companion image: no pixel of the source.
+    let columns = sc.get(tags::COLUMNS).unwrap().to_int::<u16>().unwrap();
+    let rows = sc.get(tags::ROWS).unwrap().to_int::<u16>().unwrap();
+    assert_eq!(columns, options.sc_max_size);
+    assert!(rows > 50 && rows < 1024, "{rows}");
+    let px = sc.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    assert!(px.iter().all(|&v| v == 0 || v == 255));
+    assert!(px.contains(&255));
+    // Its own UIDs, stable for one failure.
+    let sr = notice_of(&src, reason, &m).unwrap();
+    assert_ne!(
+        str_of(&sc, tags::SERIES_INSTANCE_UID),
+        str_of(&sr, tags::SERIES_INSTANCE_UID)
+    );
+    let again = build_not_analysed_sc(&src, reason, &m, &node(), &options, &time()).unwrap();
+    assert_eq!(
+        str_of(&sc, tags::SOP_INSTANCE_UID),
+        str_of(&again, tags::SOP_INSTANCE_UID)
+    );
+    let demo = build_not_analysed_sc(
+        &src,
+        reason,
+        &model(WeightsKind::RandomDemo),
+        &node(),
+        &options,
+        &time(),
+    )
+    .unwrap();
+    assert!(str_of(&demo, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
+    assert!(str_of(&demo, tags::IMAGE_COMMENTS).starts_with(DEMO_MARK));
+}

@@ -236,6 +236,17 @@ impl ModelIdentity {
     pub fn is_demo(&self) -> bool {
         self.weights_kind == WeightsKind::RandomDemo
     }
+
+    /// The Contribution Description of what the node made: `<name>
+    /// <version> (<kind> weights) <did>`.
+    pub(crate) fn contribution(&self, did: &str) -> String {
+        format!(
+            "{} {} ({} weights) {did}",
+            self.name.trim(),
+            self.version.trim(),
+            self.weights_kind.as_str()
+        )
+    }
 }
 
 /// Who writes the report: this node.
@@ -340,6 +351,9 @@ pub struct ReportOptions {
     pub sc_series_number: i32,
     /// Series Number of the not-analysed notices' series (default 9903).
     pub notice_series_number: i32,
+    /// Series Number of the notices as images, with `companion_sc`
+    /// (default 9904).
+    pub notice_sc_series_number: i32,
     /// Write the companion Secondary Capture image (default off). The
     /// builder does not look at this; the caller decides whether to call
     /// [`crate::build_companion_sc`].
@@ -359,6 +373,7 @@ impl Default for ReportOptions {
             sr_series_number: 9901,
             sc_series_number: 9902,
             notice_series_number: 9903,
+            notice_sc_series_number: 9904,
             companion_sc: false,
             sc_max_size: 1024,
             not_analysed_notice: true,

@@ -19,6 +19,8 @@
 //! | Tracking Unique Identifier | `tracking`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC SOP Instance UID | `sc`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | not-analysed notice SOP Instance UID | `not-analysed`, source SOP Instance UID, node AE title, contract SHA-256, the reason |
+//! | not-analysed notice image SOP Instance UID | `not-analysed-sc`, source SOP Instance UID, node AE title, contract SHA-256, the reason |
+//! | not-analysed notice image Series Instance UID | `not-analysed-sc-series`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | not-analysed notice Series Instance UID | `not-analysed-series`, source SOP Instance UID, node AE title, contract SHA-256 |
 //! | companion SC Series Instance UID | `sc-series`, node AE title, Study Instance UID, contract SHA-256 |
 //! | SR sent as Comprehensive SR (to a destination without Comprehensive 3D SR) | `sr-as-comprehensive`, SR SOP Instance UID |
@@ -160,8 +162,8 @@ pub fn sr_series_instance_uid(
     )
 }
 
-/// The SOP Instance UID of the notice that node `ae_title` could not
-/// analyse `source_sop_uid` with the model `contract_sha256`, for
+/// The SOP Instance UID of the notice (an SR) that node `ae_title` could
+/// not analyse `source_sop_uid` with the model `contract_sha256`, for
 /// `reason`: the same failure gives the same notice again (a retry that
 /// fails alike sends nothing new); another reason, another notice.
 pub fn not_analysed_sop_instance_uid(
@@ -171,14 +173,31 @@ pub fn not_analysed_sop_instance_uid(
     reason: &str,
     uid_root: Option<&str>,
 ) -> Result<String, ReportError> {
-    let sha = contract_sha256.trim().to_ascii_lowercase();
-    let name = [
-        "not-analysed",
-        source_sop_uid.trim(),
-        ae_title.trim(),
-        &sha,
-        reason.trim(),
-    ];
+    let fields = [source_sop_uid, ae_title, contract_sha256, reason];
+    notice_uid("not-analysed", fields, uid_root)
+}
+
+/// The SOP Instance UID of the same notice as an image (with
+/// `companion_sc`).
+pub fn not_analysed_sc_sop_instance_uid(
+    source_sop_uid: &str,
+    ae_title: &str,
+    contract_sha256: &str,
+    reason: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let fields = [source_sop_uid, ae_title, contract_sha256, reason];
+    notice_uid("not-analysed-sc", fields, uid_root)
+}
+
+fn notice_uid(
+    kind: &str,
+    fields: [&str; 4],
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    let [source, ae_title, sha, reason] = fields;
+    let sha = sha.trim().to_ascii_lowercase();
+    let name = [kind, source.trim(), ae_title.trim(), &sha, reason.trim()];
     uuid_to_uid(name_uuid(&name), uid_root)
 }
 
@@ -193,6 +212,21 @@ pub fn not_analysed_series_instance_uid(
 ) -> Result<String, ReportError> {
     derived(
         "not-analysed-series",
+        [source_sop_uid, ae_title, contract_sha256],
+        uid_root,
+    )
+}
+
+/// The Series Instance UID of the notices as images about one source
+/// image for one model (Modality OT, so not the SR notices' series).
+pub fn not_analysed_sc_series_instance_uid(
+    source_sop_uid: &str,
+    ae_title: &str,
+    contract_sha256: &str,
+    uid_root: Option<&str>,
+) -> Result<String, ReportError> {
+    derived(
+        "not-analysed-sc-series",
         [source_sop_uid, ae_title, contract_sha256],
         uid_root,
     )

@@ -380,7 +380,7 @@ impl Store {
         let reason = format!(
             "analysis started {max_attempts} times and never finished (the node stopped during \
              each: a crash, a kill or running out of memory while analysing this instance); \
-             not retried"
+             not retried automatically"
         );
         let rows: Vec<FailedJob> = sqlx::query_as(
             "UPDATE jobs SET state = 'failed', reason = ?, lease_owner = NULL, lease_expires_at_ms = NULL,
@@ -504,28 +504,34 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The notice that a failed job's image was not analysed (stored like
-    /// a report): recorded on the job and owed to `destinations`, in one
-    /// transaction. False when the job is no longer `failed` (an operator
-    /// sent it back meanwhile): nothing is recorded nor owed.
+    /// The notice that a failed job's image was not analysed (an SR, and
+    /// the same as an image when one is made; stored like a report):
+    /// recorded on the job and owed to `destinations`, in one transaction.
+    /// False when the job is no longer `failed` (an operator sent it back
+    /// meanwhile): nothing is recorded nor owed.
     pub async fn owe_notice(
         &self,
         job_id: i64,
-        notice_instance_id: i64,
+        notice: MadeInstances,
         destinations: &[String],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let done =
-            sqlx::query("UPDATE jobs SET notice_instance_id = ? WHERE id = ? AND state = 'failed'")
-                .bind(notice_instance_id)
-                .bind(job_id)
-                .execute(&mut *tx)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET notice_instance_id = ?, notice_sc_instance_id = ?
+             WHERE id = ? AND state = 'failed'",
+        )
+        .bind(notice.report)
+        .bind(notice.companion)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        for d in destinations {
-            crate::outbox::enqueue(&mut *tx, notice_instance_id, d).await?;
+        for id in notice.ids() {
+            for d in destinations {
+                crate::outbox::enqueue(&mut *tx, id, d).await?;
+            }
         }
         tx.commit().await?;
         Ok(true)
@@ -617,6 +623,35 @@ impl Store {
         .bind(report_uid)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    /// The latest SR the node made in series `series_instance_uid` (the
+    /// not-analysed notices of one image and model have a series of their
+    /// own): (study, series, SOP class, SOP instance UID).
+    pub async fn latest_report_in_series(
+        &self,
+        series_instance_uid: &str,
+    ) -> Result<Option<(String, String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT study_instance_uid, series_instance_uid, sop_class_uid, sop_instance_uid
+             FROM instances
+             WHERE generated = 1 AND series_instance_uid = ?
+               AND sop_class_uid LIKE '1.2.840.10008.5.1.4.1.1.88.%'
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(series_instance_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Whether the job made a report (an earlier analysis of it did).
+    pub async fn job_has_report(&self, job_id: i64) -> Result<bool, StoreError> {
+        let made: Option<i64> = sqlx::query_scalar("SELECT sr_instance_id FROM jobs WHERE id = ?")
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten();
+        Ok(made.is_some())
     }
 
     /// The latest report made, by the model whose contract hash is

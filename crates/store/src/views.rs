@@ -41,7 +41,7 @@ pub struct InstanceView {
 pub struct DeliveryView {
     /// What is delivered: `original` (the instance, by a forwarding rule),
     /// `report` (the SR or companion image made from it) or `notice` (the
-    /// SR saying it was not analysed).
+    /// SR, or image, saying it was not analysed).
     pub kind: String,
     /// The SOP Instance UID of what is delivered, as stored.
     pub sop_instance_uid: String,
@@ -81,9 +81,10 @@ const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts,
 
 /// What an outbox row delivers, on `instances i`: `original` (an instance
 /// received), `report` (the SR or companion image this node made) or
-/// `notice` (the SR saying an image was not analysed).
+/// `notice` (the SR, or image, saying an image was not analysed).
 const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original'
-     WHEN EXISTS (SELECT 1 FROM jobs n WHERE n.notice_instance_id = i.id) THEN 'notice'
+     WHEN EXISTS (SELECT 1 FROM jobs n WHERE i.id IN (n.notice_instance_id, n.notice_sc_instance_id))
+          THEN 'notice'
      ELSE 'report' END";
 
 /// Which rows of a listing (jobs or deliveries), newest first; each filter
@@ -282,10 +283,12 @@ impl Store {
                      WHERE o.instance_id = ?
                         OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
                                              UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?
-                                             UNION SELECT notice_instance_id FROM jobs WHERE instance_id = ?)
+                                             UNION SELECT notice_instance_id FROM jobs WHERE instance_id = ?
+                                             UNION SELECT notice_sc_instance_id FROM jobs WHERE instance_id = ?)
                      ORDER BY o.id"
                 ),
             )
+            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
