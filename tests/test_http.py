@@ -4,6 +4,7 @@ import subprocess
 import time
 
 import pydicom
+import requests
 import pytest
 
 from nodetest import copy_with_new_uids, data_store, node_factory, run_dcmtk  # noqa: F401 (fixture)
@@ -206,3 +207,43 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     # Each listing's own parameter, given to the other: refused, not ignored.
     assert node.http("/api/jobs?destination=pacs")[0] == 400
     assert node.http("/api/deliveries?result=false")[0] == 400
+
+
+def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_factory):
+    """After an upgrade or a rollback an administrator could not tell
+    which build served (every build said 0.1.0) nor what its start did
+    to the database."""
+    import re
+    import sqlite3
+
+    from nodetest import ROOT, node_binary
+
+    out = subprocess.run([str(node_binary()), "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.fullmatch(r"pneumo-node (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}|unknown)\)\n", out)
+    assert m, out
+    version, commit = m.groups()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0 and commit != "unknown":
+        # built from this checkout (maybe an earlier commit of it)
+        assert subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", commit]).returncode == 0
+
+    node = node_factory().start()
+    assert "database created" in node.log()
+    status, ready = node.http("/readyz")
+    assert ready["build"] == {"version": version, "commit": commit}
+    metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    assert f'pneumo_build_info{{version="{version}",commit="{commit}"}} 1' in metrics
+    from test_routing_orthanc import wait_until
+    wait_until(lambda: "pneumo-node listening" in node.log(), timeout=10)
+    assert f"commit={commit}" in node.log()
+    node.stop()
+
+    # A newer build's migration: this build still serves, and says so.
+    with sqlite3.connect(node.data_dir / "pneumo-node.sqlite") as c:
+        c.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum,"
+                  " execution_time) VALUES (9999, 'from a newer build', CURRENT_TIMESTAMP, 1, x'00', 0)")
+    node.start()
+    assert "the database was migrated by a newer build" in node.log()
+    assert "database migrated" not in node.log()
+    assert node.echo_ok()

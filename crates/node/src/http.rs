@@ -206,6 +206,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
             "floor_bytes": storage.floor_bytes,
         },
         "model": model.detail,
+        "build": { "version": crate::BUILD_VERSION, "commit": crate::BUILD_COMMIT },
     });
     let code = if ready {
         StatusCode::OK
@@ -239,6 +240,12 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         &outbox.unwrap_or_default(),
         s.active_associations.load(Ordering::Relaxed),
     );
+    text.push_str(&format!(
+        "# HELP pneumo_build_info The build that serves: its version and commit.\n\
+         # TYPE pneumo_build_info gauge\npneumo_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+        crate::BUILD_VERSION,
+        crate::BUILD_COMMIT
+    ));
     text.push_str(&format!(
         "# HELP pneumo_database_up Whether the database answers and its file is sound (0: see /readyz).\n\
          # TYPE pneumo_database_up gauge\npneumo_database_up {}\n",

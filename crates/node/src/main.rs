@@ -29,10 +29,20 @@ use tracing::info;
 
 use crate::config::{Config, LogFormat};
 
+/// The build: the package version and the commit it was built from.
+pub(crate) const BUILD_COMMIT: &str = env!("PNEUMO_BUILD_COMMIT");
+pub(crate) const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PNEUMO_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "pneumo-node",
-    version,
+    version = VERSION_LINE,
     about = "DICOM node for the PneumoLLM pneumoconiosis classifier"
 )]
 struct Cli {
@@ -582,6 +592,8 @@ async fn serve(config: Config) -> Result<()> {
         ae_title = %config.dicom.ae_title,
         addr = %scp.local_addr()?,
         data_dir = %config.node.data_dir.display(),
+        version = %BUILD_VERSION,
+        commit = %BUILD_COMMIT,
         "pneumo-node listening"
     );
     scp.serve(shutdown_signal()).await;

@@ -236,6 +236,34 @@ fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a start did to the database's schema, for the administrator
+/// after an upgrade or a rollback: made it, migrated it (from which
+/// migration to which), or found it migrated by a newer build.
+fn log_schema(migrator: &sqlx::migrate::Migrator, applied_before: Option<&[i64]>) {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let Some(before) = applied_before else {
+        info!(schema = known, "database created");
+        return;
+    };
+    let was = before.iter().copied().max().unwrap_or(0);
+    let added: Vec<i64> = migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !before.contains(v))
+        .collect();
+    if !added.is_empty() {
+        info!(from = was, to = known, migrations = ?added, "database migrated");
+    }
+    if was > known {
+        warn!(
+            schema = was,
+            this_build_knows = known,
+            "the database was migrated by a newer build: this build runs on it (migrations only \
+             add), without what the newer build added"
+        );
+    }
+}
+
 impl Store {
     /// Opens (creating when needed) the data directory and the database,
     /// applies the embedded migrations and clears spool files left by a
@@ -281,7 +309,14 @@ impl Store {
         // migration this build does not know.
         let mut migrator = sqlx::migrate!("./migrations");
         migrator.set_ignore_missing(true);
+        // None: a new database (no migration table yet).
+        let applied: Option<Vec<i64>> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+                .fetch_all(&pool)
+                .await
+                .ok();
         migrator.run(&pool).await?;
+        log_schema(&migrator, applied.as_deref());
         // EXISTS, not COUNT(*): a year of instances made the count take 6 s
         // of every start.
         let rows: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instances)")
