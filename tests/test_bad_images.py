@@ -106,6 +106,12 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     del none.PixelData
     save("no_pixel_data", none, "-xe", "imaging: no-pixel-data")
 
+    floats = _fresh(base)
+    del floats.PixelData
+    floats.FloatPixelData = np.zeros(floats.Rows * floats.Columns, np.float32).tobytes()
+    save("float_pixel_data", floats, "-xe",
+         "imaging: float-pixel-data: no Pixel Data: the data set holds Float Pixel Data (7FE0,0008)")
+
     # Samples stored up to High Bit 15 (bits 4-15), as DCMTK reads them:
     # taken from the low 12 bits they were noise, and analysed.
     high = _fresh(FIXTURES / "rg1s_bits12.dcm", HighBit=15)

@@ -12,6 +12,13 @@ pub enum ImagingError {
     #[error("no pixel data in the data set")]
     NoPixelData,
 
+    /// No Pixel Data, but floating-point samples (Float or Double Float
+    /// Pixel Data: a parametric map, never a radiograph's detector values).
+    #[error(
+        "no Pixel Data: the data set holds {0}, floating-point samples, which are not analysed"
+    )]
+    FloatPixelData(&'static str),
+
     /// Colour images (RGB, YBR_*, PALETTE COLOR, or more than one sample per
     /// pixel) are not radiographs the model was trained on.
     #[error("colour image refused: photometric interpretation {photometric:?}, {samples_per_pixel} sample(s) per pixel")]
@@ -108,6 +115,7 @@ impl ImagingError {
     pub fn kind(&self) -> &'static str {
         match self {
             ImagingError::NoPixelData => "no-pixel-data",
+            ImagingError::FloatPixelData(_) => "float-pixel-data",
             ImagingError::Colour { .. } => "colour",
             ImagingError::MultiFrame { .. } => "multi-frame",
             ImagingError::UnsupportedBitsAllocated { .. } => "bits-allocated",

@@ -121,7 +121,14 @@ impl ImageHeader {
 
     fn checked(obj: &InMemDicomObject, multi_frame_ok: bool) -> Result<Self, ImagingError> {
         if elem(obj, tags::PIXEL_DATA).is_none() {
-            return Err(ImagingError::NoPixelData);
+            // "no pixel data" misled a reader looking at a file that has them
+            return Err(if elem(obj, tags::FLOAT_PIXEL_DATA).is_some() {
+                ImagingError::FloatPixelData("Float Pixel Data (7FE0,0008)")
+            } else if elem(obj, tags::DOUBLE_FLOAT_PIXEL_DATA).is_some() {
+                ImagingError::FloatPixelData("Double Float Pixel Data (7FE0,0009)")
+            } else {
+                ImagingError::NoPixelData
+            });
         }
         let samples = get_u16(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
         let pi = get_str(obj, tags::PHOTOMETRIC_INTERPRETATION)

@@ -170,6 +170,9 @@ pub(crate) fn for_the_reader(reason: &str) -> String {
         "missing-attribute" | "invalid-attribute" => {
             "The image's header lacks, or misstates, what reading its pixels needs."
         }
+        "float-pixel-data" => {
+            "The image holds floating-point samples (a parametric map), not a radiograph's."
+        }
         "colour" => "Colour images are not analysed: the model reads greyscale radiographs.",
         "multi-frame" => "Images of several frames are not analysed: the model reads one exposure.",
         "bits-allocated" => "The image's pixel format is not one the node reads.",
