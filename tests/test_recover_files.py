@@ -160,9 +160,26 @@ def test_a_dry_run_writes_nothing_and_wants_a_database(node_factory, tmp_path):
     assert db.read_bytes() == before
     assert not any(f.exists() for f in beside), [f.name for f in beside if f.exists()]
 
-    # The database not yet put back: an error, and nothing made in its place.
-    db.rename(tmp_path / "elsewhere.sqlite")
+    # A write-ahead log beside it (the node killed): its commits are
+    # invisible to a read-only look, which refuses rather than mislead.
+    wal = beside[0]
+    wal.write_bytes(b"\0" * 32)
     r = recover(node, "--dry-run")
-    assert r.returncode != 0
-    assert "no database at" in r.stderr and "put the database" in r.stderr, r.stderr
-    assert not db.exists() and not any(f.exists() for f in beside)
+    assert r.returncode != 0 and "write-ahead log" in r.stderr, r.stdout + r.stderr
+    assert db.read_bytes() == before
+    wal.unlink()
+
+    # The real run closes the database: nothing left beside it to be
+    # replayed over a database copied in later.
+    r = recover(node)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not any(f.exists() for f in beside), [f.name for f in beside if f.exists()]
+
+    # The database not yet put back: an error, and nothing made in its
+    # place, by the dry run or the real one.
+    db.rename(tmp_path / "elsewhere.sqlite")
+    for args in (["--dry-run"], []):
+        r = recover(node, *args)
+        assert r.returncode != 0, args
+        assert "no database at" in r.stderr and "put the database" in r.stderr, r.stderr
+        assert not db.exists() and not any(f.exists() for f in beside), args

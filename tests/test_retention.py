@@ -50,6 +50,11 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     assert copy["purged_at_ms"] is not None and copy["job"]["state"] == "delivered"
     metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
     assert "pneumo_retention_files_removed_total 2" in metrics, metrics
+    # Re-analysis (a new model, say) leaves it alone: nothing to analyse,
+    # and it turned `failed`, an alert, for a file removed on purpose.
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=delivered", timeout=10)
+    assert r.json() == {"requeued": 1}, r.text  # `fresh` only
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
 
     # Sent again: acknowledged, the file back, nothing analysed again.
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, done)

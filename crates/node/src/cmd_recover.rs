@@ -75,6 +75,11 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
             .await
             .context("recording that the files are recovered")?;
     }
+    // Closed, so SQLite folds the write-ahead log into the database file
+    // and removes it: left behind, it held what was recorded (a copy of
+    // the main file alone lacked it) and was replayed over any database
+    // copied in afterwards.
+    store.close().await;
     let verb = if dry_run { "to record" } else { "recorded" };
     println!(
         "{} files the database did not name: {recorded} {verb}, {reports} made by this node left, {failed} failed",

@@ -298,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .await
                         .context("opening the database to read it")?
                 } else {
+                    Store::existing_database(&config.node.data_dir, config.database_url())?;
                     open_store(&config).await?
                 };
                 cmd_recover::run(&config, store, dry_run)

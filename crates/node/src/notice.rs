@@ -66,12 +66,7 @@ impl Pipeline {
         source.version = self
             .corrected_version(job.instance_id, &source)
             .await
-            .map_err(|e| match e {
-                Failure::Analysis(e)
-                | Failure::Store(e)
-                | Failure::ModelChanged(e)
-                | Failure::StoredFile(e) => e,
-            })?;
+            .map_err(Failure::reason)?;
         let model = report_model(self.engine.identity());
         let uid_of = |derive: NoticeUid| {
             derive(

@@ -737,6 +737,18 @@ pub(crate) enum Failure {
     StoredFile(String),
 }
 
+impl Failure {
+    /// Its reason, whatever the kind.
+    pub(crate) fn reason(self) -> String {
+        match self {
+            Failure::Analysis(r)
+            | Failure::Store(r)
+            | Failure::ModelChanged(r)
+            | Failure::StoredFile(r) => r,
+        }
+    }
+}
+
 impl From<String> for Failure {
     fn from(reason: String) -> Failure {
         Failure::Analysis(reason)

@@ -402,7 +402,10 @@ impl Store {
     /// An operator's retry: jobs in `states` (`failed`, `skipped`) go back
     /// to `received`, their reason and attempts cleared, so the routing
     /// rules and the analysis run again as for a new instance. With
-    /// `sop_instance_uid`, only that instance's job. Returns how many.
+    /// `sop_instance_uid`, only that instance's job. Jobs of instances
+    /// whose file retention removed are left as they are (nothing to
+    /// analyse: they turned `failed`, their own reason overwritten).
+    /// Returns how many.
     pub async fn requeue_jobs(
         &self,
         states: &[RetryableState],
@@ -414,7 +417,8 @@ impl Store {
                 "UPDATE jobs SET state = 'received', reason = NULL, attempts = 0, lease_owner = NULL,
                      lease_expires_at_ms = NULL, updated_at_ms = ?
                  WHERE state = ? AND (? IS NULL OR instance_id IN
-                     (SELECT id FROM instances WHERE sop_instance_uid = ?))",
+                     (SELECT id FROM instances WHERE sop_instance_uid = ?))
+                   AND instance_id NOT IN (SELECT id FROM instances WHERE purged_at_ms IS NOT NULL)",
             )
             .bind(now_ms())
             .bind(state.as_str())

@@ -56,8 +56,10 @@ pub enum StoreError {
 
     #[error("data directory {path} does not exist, nor the folder {parent} it would be made in (a disk not yet mounted?): create that folder, or correct node.data_dir")]
     DataDirParentMissing { path: PathBuf, parent: PathBuf },
-    #[error("no database at {0}: nothing to compare the files with (put the database, or its backup, in place first; or correct node.data_dir or database.url)")]
+    #[error("no database at {0}: nothing to compare the files with (put the database, or its backup, in place first, or correct node.data_dir or database.url; with no backup at all, start `pneumo-node serve` once to make an empty database)")]
     NoDatabase(PathBuf),
+    #[error("the database has a write-ahead log {0} (the node is running, or was killed): recent commits are there and a read-only dry run cannot see them; stop the node (or start and stop it once), then run this again")]
+    UnfoldedLog(PathBuf),
     #[error(
         "data directory {path} is in use by another pneumo-node process \
          (it holds the lock on {lock}); one data directory serves one node"
@@ -252,7 +254,12 @@ fn log_schema(migrator: &sqlx::migrate::Migrator, applied_before: Option<&[i64]>
         .filter(|v| !before.contains(v))
         .collect();
     if !added.is_empty() {
-        info!(from = was, to = known, migrations = ?added, "database migrated");
+        info!(
+            from = was,
+            to = known,
+            migrations = added.len(),
+            "database migrated"
+        );
     }
     if was > known {
         warn!(
@@ -380,20 +387,42 @@ impl Store {
         Ok(store)
     }
 
+    /// The database file, which must exist (`recover-files`: a database
+    /// made empty in place of a backup not yet restored recorded every
+    /// file as new, and its `-wal` was replayed over the backup copied in
+    /// next).
+    pub fn existing_database(
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<PathBuf, StoreError> {
+        let file = db::database_file(data_dir, database_url)
+            .unwrap_or_else(|| data_dir.join("pneumo-node.sqlite"));
+        if file.is_file() {
+            Ok(file)
+        } else {
+            Err(StoreError::NoDatabase(file))
+        }
+    }
+
     /// Opens an existing database to read it only, for `recover-files
     /// --dry-run` (the node stopped): no migration, no flag, no spool
     /// cleared, and nothing written, not even a `-wal` or `-shm` file
     /// (SQLite's `immutable`): a dry run that made them, run before a
     /// backup was copied in place, had SQLite replay an empty database over
-    /// the backup. A database file that does not exist is an error.
+    /// the backup. A database file that does not exist is an error, and so
+    /// is a `-wal` beside it (its commits are invisible to an immutable
+    /// read: the node runs, or was killed).
     pub async fn open_to_read(
         data_dir: &Path,
         database_url: Option<&str>,
     ) -> Result<Store, StoreError> {
-        let file = db::database_file(data_dir, database_url)
-            .unwrap_or_else(|| data_dir.join("pneumo-node.sqlite"));
-        if !file.is_file() {
-            return Err(StoreError::NoDatabase(file));
+        let file = Store::existing_database(data_dir, database_url)?;
+        let log = file.with_file_name(format!(
+            "{}-wal",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+            return Err(StoreError::UnfoldedLog(log));
         }
         let pool = db::connect_to_read(&file).await?;
         Ok(Store {
