@@ -123,6 +123,19 @@ class Node:
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.data_dir / "pneumo-node.sqlite")
 
+    def database_at_rest(self) -> Path:
+        """The stopped node's database file, alone: this process's own
+        connections closed first (SQLite shares one lock and shared-memory
+        state per file in a process, and a stale one would see a file put
+        in its place as damaged), its -wal and -shm removed."""
+        import gc
+
+        gc.collect()
+        db = self.data_dir / "pneumo-node.sqlite"
+        for extra in ("-wal", "-shm"):
+            db.with_name(db.name + extra).unlink(missing_ok=True)
+        return db
+
     def count(self, sql: str, *params) -> int:
         with self.db() as c:
             return c.execute(sql, params).fetchone()[0]

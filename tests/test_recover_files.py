@@ -44,14 +44,8 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm", tmp_path / "2.dcm")
     node.wait_for_analyses()
     node.stop()
-    # The restore: the backup's database over the newer files. (This
-    # process's own connections of node.count() closed first: SQLite shares
-    # one lock and shared-memory state per file in a process, and a stale
-    # one would see the new file as damaged.)
-    gc.collect()
-    db = node.data_dir / "pneumo-node.sqlite"
-    for extra in ("-wal", "-shm"):
-        db.with_name(db.name + extra).unlink(missing_ok=True)
+    # The restore: the backup's database over the newer files.
+    db = node.database_at_rest()
     db.write_bytes(backup.read_bytes())
     assert node.count("SELECT COUNT(*) FROM jobs") == 1
 
@@ -148,11 +142,8 @@ def test_a_dry_run_writes_nothing_and_wants_a_database(node_factory, tmp_path):
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
     node.wait_for_analyses()
     node.stop()
-    gc.collect()
-    db = node.data_dir / "pneumo-node.sqlite"
+    db = node.database_at_rest()
     beside = [db.with_name(db.name + extra) for extra in ("-wal", "-shm")]
-    for f in beside:
-        f.unlink(missing_ok=True)
     before = db.read_bytes()
 
     r = recover(node, "--dry-run")

@@ -283,3 +283,37 @@ def test_a_report_file_lost_before_delivery_is_made_again_by_a_retry(node_factor
         assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 1
     finally:
         pacs.close()
+
+
+def test_a_malformed_database_is_not_ready_and_says_so(node_factory, rg1_copies):
+    """A backup restored over a stale write-ahead log came up malformed:
+    `/readyz` said ready and `pneumo_database_up` 1 while routing failed
+    and every C-STORE was refused. SQLite's quick check at start finds it."""
+    import gc
+
+    node = node_factory().start()
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 3))
+    node.wait_for_analyses()
+    node.stop()
+    db = node.database_at_rest()
+    with sqlite3.connect(db) as c:
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        # an index a start does not read (a malformed page a start reads
+        # stops it: exit 1, "database disk image is malformed")
+        (root,) = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox_by_sent_as'").fetchone()
+    assert pages >= root
+    gc.collect()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page)
+        f.write(b"\x55" * page)  # the index's page overwritten: malformed
+
+    node.start()
+    def not_ready():
+        status, body = node.http("/readyz")
+        return status == 503 and any("malformed" in r for r in body["reasons"])
+    wait_until(not_ready, timeout=30, what="/readyz naming the malformed database")
+    metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    assert "pneumo_database_up 0" in metrics
+    assert "the database is damaged" in node.log()
+    assert node.alive()

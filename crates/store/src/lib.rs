@@ -76,8 +76,8 @@ pub enum StoreError {
     )]
     DatabaseGone(PathBuf),
     #[error(
-        "the database file {path} is damaged ({why}: truncated while the node runs); nothing \
-         is acknowledged; stop the node and restore the database from a backup"
+        "the database file {path} is damaged ({why}); nothing is acknowledged; stop the node \
+         and restore the database from a backup"
     )]
     DatabaseDamaged { path: PathBuf, why: String },
     #[error("database error: {0}")]
@@ -191,7 +191,10 @@ pub struct Store {
     database_file: Option<PathBuf>,
     /// The database file's largest size seen, and why it is damaged once
     /// it was found so (kept until a restart): see `check_database_file`.
-    database_file_watch: std::sync::Mutex<(u64, Option<String>)>,
+    database_file_watch: std::sync::Arc<std::sync::Mutex<(u64, Option<String>)>>,
+    /// SQLite's quick check of the whole database, run once after open in
+    /// the background (stopped by `close`).
+    integrity_check: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
     /// A start found `instances/` holding files and the database no
@@ -372,11 +375,16 @@ impl Store {
             pool,
             ingest_locks: UidLocks::default(),
             database_file,
-            database_file_watch: std::sync::Mutex::new((database_file_size, None)),
+            database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((
+                database_file_size,
+                None,
+            ))),
+            integrity_check: std::sync::Mutex::new(None),
             decompress: None,
             database_lost,
             _locks: locks,
         };
+        store.start_integrity_check();
         let settled = store.settle_delivered_jobs().await?;
         if settled > 0 {
             info!(
@@ -430,7 +438,8 @@ impl Store {
             pool,
             ingest_locks: UidLocks::default(),
             database_file: Some(file),
-            database_file_watch: std::sync::Mutex::new((0, None)),
+            database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((0, None))),
+            integrity_check: std::sync::Mutex::new(None),
             decompress: None,
             database_lost: false,
             _locks: Vec::new(),
@@ -750,7 +759,56 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(check) = self
+            .integrity_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            check.abort();
+        }
         self.pool.close().await;
+    }
+
+    /// Runs SQLite's `quick_check` over the whole database in the
+    /// background; a database it finds malformed is damaged until a
+    /// restart, as a shrunk one is (`check_database_file`): a backup
+    /// restored over a stale write-ahead log was malformed, and `/readyz`
+    /// said ready while every C-STORE was refused.
+    fn start_integrity_check(&self) {
+        if self.database_file.is_none() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let watch = self.database_file_watch.clone();
+        let check = tokio::spawn(async move {
+            let found = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(3)")
+                .fetch_all(&pool)
+                .await
+            {
+                Ok(lines) if lines == ["ok"] => return,
+                Ok(lines) => format!(
+                    "SQLite's quick_check found it malformed: {}",
+                    lines.join("; ").replace('\n', " ")
+                ),
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("11") | Some("26")) =>
+                {
+                    format!("SQLite's quick_check found it malformed: {e}")
+                }
+                Err(e) => {
+                    warn!(error = %e, "the database's integrity check could not run");
+                    return;
+                }
+            };
+            warn!(why = %found, "the database is damaged");
+            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+            w.1.get_or_insert(found);
+        });
+        *self
+            .integrity_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(check);
     }
 }
 
@@ -765,7 +823,10 @@ fn database_file_damage(f: &Path, largest: &mut u64) -> Option<String> {
         Err(e) => return Some(format!("it cannot be read ({e})")),
     };
     if size < *largest {
-        return Some(format!("it shrank from {} to {size} bytes", *largest));
+        return Some(format!(
+            "it shrank from {} to {size} bytes: truncated while the node runs",
+            *largest
+        ));
     }
     *largest = size;
     None
