@@ -253,6 +253,55 @@ def test_no_notice_for_the_node_s_damaged_copy_nor_beside_a_report(node_factory,
     wait_until(lambda: job_of(node, uid)["state"] == "failed", timeout=60)
     assert "not finite" in job_of(node, uid)["reason"]
     assert job_of(node, uid)["notice_sop_instance_uid"] is None
-    assert "the report of an earlier analysis of this image stands" in node.log()
+    assert "no not-analysed notice: a report of this image" in node.log()
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1") == 1
     assert len(list(out.iterdir())) == 1
+
+
+def test_a_second_sender_is_owed_the_notice_and_a_copy_with_a_report_gets_none(
+        node_factory, storescp, rg1_copies, tmp_path):
+    """Routed by calling AE title, the second sender of a failed image got
+    nothing (a report is owed to a later caller; the notice was not). And a
+    damaged copy of an image already reported, sent under its UID, made a
+    notice beside that report."""
+    import numpy as np
+
+    port, out = storescp
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[[destinations]]\nname = "north"\nae_title = "STORESCP"\n'
+        f'host = "127.0.0.1"\nport = {port}\n'
+        '[[destinations]]\nname = "south"\nae_title = "SOUTH"\n'
+        f'host = "127.0.0.1"\nport = {port}\n'
+        '[[routing.results]]\ndestinations = ["north"]\ncalling_ae_titles = ["NORTH"]\n'
+        '[[routing.results]]\ndestinations = ["south"]\ncalling_ae_titles = ["SOUTH"]\n')
+    node = node_factory().start(config_file=config)
+    path, propose, _ = bad_radiographs(tmp_path)["bits_allocated_32"]
+    bad = pydicom.dcmread(path, stop_before_pixels=True)
+    run_dcmtk("storescu", propose, "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"] is not None, timeout=60)
+    notice_uid = job_of(node, bad.SOPInstanceUID)["notice_sop_instance_uid"]
+    run_dcmtk("storescu", propose, "-aet", "SOUTH", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+
+    def sent_to(destination):
+        status, body = node.http(f"/api/deliveries?destination={destination}")
+        return {(d["kind"], d["sop_instance_uid"]) for d in body["deliveries"] if d["state"] == "sent"}
+
+    wait_until(lambda: ("notice", notice_uid) in sent_to("south"), timeout=60, what="the notice to SOUTH")
+    assert ("notice", notice_uid) in sent_to("north")
+
+    # An image reported, then a damaged copy of it under its UID: no notice.
+    (good_file,) = rg1_copies("UNCI", 1)
+    good = pydicom.dcmread(good_file)
+    run_dcmtk("storescu", "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port, good_file)
+    wait_until(lambda: job_of(node, good.SOPInstanceUID)["state"] == "delivered", timeout=60)
+    good.BitsAllocated, good.BitsStored, good.HighBit = 32, 32, 31
+    good.PixelData = np.zeros(good.Rows * good.Columns, np.uint32).tobytes()
+    good.save_as(tmp_path / "damaged_copy.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port,
+              tmp_path / "damaged_copy.dcm")
+    wait_until(lambda: "no not-analysed notice: a report of this image" in node.log(), timeout=60)
+    status, body = node.http(f"/api/instances/{good.SOPInstanceUID}")
+    jobs = [c["job"] for c in body["copies"]]
+    assert sorted(j["state"] for j in jobs) == ["delivered", "failed"]
+    assert all(j["notice_sop_instance_uid"] is None for j in jobs)

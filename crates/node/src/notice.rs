@@ -38,19 +38,20 @@ impl Pipeline {
         }
     }
 
-    /// Ok(None): no notice is due (the job is no longer failed, or an
-    /// earlier analysis of it made a report, which a notice would
-    /// contradict).
+    /// Ok(None): no notice is due (the job is no longer failed, or the
+    /// image has a report, of an earlier analysis or of another copy under
+    /// its UID, which a notice would contradict).
     async fn notice(&self, job: &FailedJob) -> Result<Option<String>, String> {
         if self
             .store
-            .job_has_report(job.job_id)
+            .image_has_report(job.job_id)
             .await
             .map_err(|e| e.to_string())?
         {
             info!(
                 sop_instance_uid = %job.sop_instance_uid,
-                "no not-analysed notice: the report of an earlier analysis of this image stands"
+                "no not-analysed notice: a report of this image (an earlier analysis, or another \
+                 copy under its UID) stands"
             );
             return Ok(None);
         }

@@ -316,10 +316,15 @@ const GLYPHS: &[(char, [u8; GLYPH_H])] = &[
     ),
 ];
 
-/// The glyph of `c` (lower case is drawn as upper case; characters the font
-/// lacks are drawn as `?`).
+/// The glyph of `c` (lower case is drawn as upper case, `×` as X;
+/// characters the font lacks are drawn as `?`).
 pub fn glyph(c: char) -> [u8; GLYPH_H] {
-    let c = c.to_ascii_uppercase();
+    // the multiplication sign of sizes ("230 × 244") reads as X
+    let c = if c == '×' {
+        'X'
+    } else {
+        c.to_ascii_uppercase()
+    };
     GLYPHS
         .iter()
         .find(|(g, _)| *g == c)

@@ -185,6 +185,19 @@ pub fn banner_lines(
     if !named.is_empty() {
         lines.push(format!("SOURCE: {}", named.join(" - ")));
     }
+    // As the report says it: a viewer without SR shows this image beside
+    // the one it replaces (which said there was no result).
+    if let Some(earlier) = &source.replaces {
+        lines.push(
+            match earlier.because {
+                crate::Replacement::Notice => {
+                    "REPLACES THE EARLIER NOTICE THAT THIS IMAGE WAS NOT ANALYSED"
+                }
+                _ => "REPLACES THE RESULT OF AN EARLIER COPY OF THIS IMAGE",
+            }
+            .to_string(),
+        );
+    }
     lines.push(format!(
         "MODEL {} {} - NOT REVIEWED BY A PHYSICIAN",
         model.name.trim(),

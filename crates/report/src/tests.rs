@@ -1163,3 +1163,28 @@ fn a_notice_as_an_image_for_viewers_without_sr() {
     assert!(str_of(&demo, tags::SERIES_DESCRIPTION).starts_with(DEMO_MARK));
     assert!(str_of(&demo, tags::IMAGE_COMMENTS).starts_with(DEMO_MARK));
 }
+
+#[test]
+fn a_companion_image_says_it_replaces_the_notice_and_sizes_read_with_an_x() {
+    let mut src = source();
+    src.replaces = Some(EarlierReport {
+        study_instance_uid: "1.2.3.4.5".into(),
+        series_instance_uid: "1.2.3.4.5.9".into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.34".into(),
+        sop_instance_uid: "1.2.3.4.5.9.1".into(),
+        because: Replacement::Notice,
+    });
+    let lines = sc::banner_lines(&result(0.7), &model(WeightsKind::Trained), &src);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "REPLACES THE EARLIER NOTICE THAT THIS IMAGE WAS NOT ANALYSED"),
+        "{lines:?}"
+    );
+    assert!(
+        !sc::banner_lines(&result(0.7), &model(WeightsKind::Trained), &source())
+            .iter()
+            .any(|l| l.starts_with("REPLACES"))
+    );
+    assert_eq!(crate::font::glyph('×'), crate::font::glyph('X'));
+}

@@ -648,14 +648,19 @@ impl Store {
         .await?)
     }
 
-    /// Whether the job made a report (an earlier analysis of it did).
-    pub async fn job_has_report(&self, job_id: i64) -> Result<bool, StoreError> {
-        let made: Option<i64> = sqlx::query_scalar("SELECT sr_instance_id FROM jobs WHERE id = ?")
-            .bind(job_id)
-            .fetch_optional(self.pool())
-            .await?
-            .flatten();
-        Ok(made.is_some())
+    /// Whether the job's image has a report: one an earlier analysis of
+    /// the job made, or one of another copy stored under its SOP Instance
+    /// UID (a PACS keeping the first copy shows that report beside it).
+    pub async fn image_has_report(&self, job_id: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs j2 JOIN instances i2 ON i2.id = j2.instance_id
+                 WHERE j2.sr_instance_id IS NOT NULL AND i2.sop_instance_uid =
+                     (SELECT i.sop_instance_uid FROM jobs j JOIN instances i ON i.id = j.instance_id
+                      WHERE j.id = ?))",
+        )
+        .bind(job_id)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// The latest report made, by the model whose contract hash is

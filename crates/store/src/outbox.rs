@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tracing::warn;
 
-use crate::jobs::{MadeInstances, NOTHING_MADE_UNSENT};
+use crate::jobs::NOTHING_MADE_UNSENT;
 use crate::{now_ms, Store, StoreError};
 
 /// SQL condition on an outbox row: its instance is of the study and/or is
@@ -107,26 +107,31 @@ impl Store {
     }
 
     /// The report (SR) made from `instance_id`, and its companion image,
-    /// owed to each of
-    /// `destinations` that was never owed it (a results destination
-    /// configured after the analysis). Returns how many rows were added.
+    /// or the notice that it was not analysed (and its image), owed to each
+    /// of `destinations` that was never owed it (a results destination
+    /// configured after the analysis, or a second sender's). Returns how
+    /// many rows were added.
     pub async fn owe_report_of(
         &self,
         instance_id: i64,
         destinations: &[String],
     ) -> Result<usize, StoreError> {
-        let made: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT sr_instance_id, sc_instance_id FROM jobs
-             WHERE instance_id = ? AND sr_instance_id IS NOT NULL",
+        type Made = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let made: Option<Made> = sqlx::query_as(
+            "SELECT sr_instance_id, sc_instance_id, notice_instance_id, notice_sc_instance_id
+             FROM jobs WHERE instance_id = ?",
         )
         .bind(instance_id)
         .fetch_optional(self.pool())
         .await?;
-        let Some((report, companion)) = made else {
+        let Some((report, companion, notice, notice_image)) = made else {
             return Ok(0);
         };
         let mut added = 0;
-        for id in (MadeInstances { report, companion }).ids() {
+        for id in [report, companion, notice, notice_image]
+            .into_iter()
+            .flatten()
+        {
             // A report retention removed cannot be sent, nor restored by a
             // re-sent source: a row for it would be parked for good, its
             // job `reported` for ever (and its files kept by retention).
