@@ -174,3 +174,26 @@ def test_a_dry_run_writes_nothing_and_wants_a_database(node_factory, tmp_path):
         assert r.returncode != 0, args
         assert "no database at" in r.stderr and "put the database" in r.stderr, r.stderr
         assert not db.exists() and not any(f.exists() for f in beside), args
+
+
+def test_recover_files_as_root_on_the_service_s_data_is_refused(node_factory, tmp_path):
+    """Run as root on a data directory the service's account owns, it wrote
+    the files it recorded as root: the service could not read them, and the
+    instances acknowledged after the backup were never analysed."""
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the administrator who would run it so")
+    node = node_factory().start()
+    node.stop()
+    os.chown(node.data_dir, 65534, 65534)  # nobody's, as a service account's would be
+    try:
+        r = recover(node)
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert "run it as the node's account" in r.stderr, r.stderr
+        assert "RECORDED" not in r.stdout
+    finally:
+        os.chown(node.data_dir, 0, 0)
+    assert recover(node).returncode == 0  # root's own directory: as before

@@ -299,6 +299,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .context("opening the database to read it")?
                 } else {
                     Store::existing_database(&config.node.data_dir, config.database_url())?;
+                    refuse_root_on_another_accounts_data(&config.node.data_dir)?;
                     open_store(&config).await?
                 };
                 cmd_recover::run(&config, store, dry_run)
@@ -374,6 +375,31 @@ fn keep_data_from_other_accounts() {
     unsafe {
         libc::umask(0o027);
     }
+}
+
+/// `recover-files` as root on a data directory another account owns (the
+/// service's) wrote the files it recorded, and the study folders it made,
+/// as root: the service could not read them, and exactly the instances
+/// acknowledged after the backup were never analysed nor forwarded.
+fn refuse_root_on_another_accounts_data(data_dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: reads the process's effective user ID; no memory involved.
+        let euid = unsafe { libc::geteuid() };
+        let owner = std::fs::metadata(data_dir).map(|m| m.uid()).ok();
+        if let Some(owner) = owner.filter(|&o| euid == 0 && o != 0) {
+            return Err(Misconfigured(anyhow::anyhow!(
+                "recover-files runs as root on data directory {}, owned by user ID {owner}: the \
+                 files it would record and the folders it would make would be root's, and the \
+                 node could not read them; run it as the node's account (sudo -u <account> \
+                 pneumo-node --config ... recover-files)",
+                data_dir.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A file where the data directory should be: every start would fail.
