@@ -514,10 +514,12 @@ pub fn build_content_tree(
     ));
     if let Some(earlier) = &source.replaces {
         let replaced = match earlier.because {
+            // No UID: a reader has no use for one (OHIF showed it as the
+            // label), and a PACS sent Comprehensive SR copies holds the
+            // notice under another; the Predecessor Documents name it.
             Replacement::Notice => format!(
-                "This report replaces notice {}, made by the same model, which said this image \
-                 had not been analysed; {}.",
-                earlier.sop_instance_uid,
+                "This report replaces the earlier notice, made by the same model, that this \
+                 image had not been analysed; {}.",
                 earlier.because.explained()
             ),
             because => format!(
