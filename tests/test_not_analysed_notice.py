@@ -306,3 +306,43 @@ def test_a_second_sender_is_owed_the_notice_and_a_copy_with_a_report_gets_none(
     jobs = [c["job"] for c in body["copies"]]
     assert sorted(j["state"] for j in jobs) == ["delivered", "failed"]
     assert all(j["notice_sop_instance_uid"] is None for j in jobs)
+
+
+def test_a_pacs_without_3d_sr_gets_a_report_naming_the_notice_it_holds(node_factory, tmp_path):
+    """Sent as Comprehensive SR copies, the notice and the report replacing
+    it went under UIDs of their own, but the report's copy named the
+    notice's 3D UID, which that PACS never received."""
+    from test_bad_images import FIXTURES
+    from test_pynetdicom_peers import PynetdicomReceiver
+
+    comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.33"
+    pacs = PynetdicomReceiver(ae_title="OLDPACS", sop_classes=(comprehensive_sr,))
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text('[[destinations]]\nname = "pacs"\nae_title = "OLDPACS"\n'
+                          f'host = "127.0.0.1"\nport = {pacs.port}\nresults = true\n')
+        node = node_factory().start(config_file=config)
+        path, propose, _ = bad_radiographs(tmp_path)["bits_allocated_32"]
+        bad = pydicom.dcmread(path, stop_before_pixels=True)
+        run_dcmtk("storescu", propose, "-aec", node.ae_title, "127.0.0.1", node.port, path)
+        wait_until(lambda: len(pacs.received) == 1, timeout=60, what="the notice, as Comprehensive SR")
+        (notice_copy,) = pacs.received
+
+        fixed = pydicom.dcmread(FIXTURES / "rg1s_mono2.dcm")
+        fixed.SOPInstanceUID = fixed.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+        fixed.save_as(tmp_path / "fixed.dcm", enforce_file_format=True)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "fixed.dcm")
+        wait_until(lambda: len(pacs.received) == 2, timeout=60, what="the report, as Comprehensive SR")
+        report_copy = next(u for u in pacs.received if u != notice_copy)
+        report = pacs.dataset(report_copy)
+        (study,) = report.PredecessorDocumentsSequence
+        (ref,) = study.ReferencedSeriesSequence[0].ReferencedSOPSequence
+        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (comprehensive_sr, notice_copy)
+        assert report.SOPClassUID == comprehensive_sr and report.SOPInstanceUID == report_copy
+        # The node's own file names its own notice, as it was made.
+        status, body = node.http(f"/api/instances/{bad.SOPInstanceUID}")
+        stored_notice = next(c["job"]["notice_sop_instance_uid"] for c in body["copies"]
+                             if c["job"]["notice_sop_instance_uid"])
+        assert stored_notice != notice_copy
+    finally:
+        pacs.close()

@@ -184,6 +184,10 @@ pub struct StoreOutcome {
 pub struct SendAs {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
+    /// UIDs it references renamed too, (from, to), wherever a UI value
+    /// holds one: a report naming an earlier document that went to the
+    /// same peer as the other class, under that class's UID.
+    pub renamed_references: Vec<(String, String)>,
 }
 
 impl StoreOutcome {
@@ -799,6 +803,41 @@ fn describe_rejection(rj: &AssociationRJ, calling_ae: &str) -> String {
     format!("{result}: {why}")
 }
 
+/// Every UI value equal to a `from` becomes its `to`, in nested sequences
+/// too.
+fn rename_uids(obj: &mut dicom_object::InMemDicomObject, renames: &[(String, String)]) {
+    if renames.is_empty() {
+        return;
+    }
+    let tags_here: Vec<_> = obj.iter().map(|e| e.header().tag).collect();
+    for tag in tags_here {
+        let Some(e) = obj.get(tag) else { continue };
+        if e.vr() == VR::UI {
+            let value = e
+                .to_str()
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string());
+            if let Some((_, to)) = value
+                .ok()
+                .and_then(|v| renames.iter().find(|(from, _)| *from == v))
+            {
+                obj.put(DataElement::new(
+                    tag,
+                    VR::UI,
+                    PrimitiveValue::from(to.as_str()),
+                ));
+            }
+        } else if e.vr() == VR::SQ {
+            obj.update_value(tag, |value| {
+                if let Some(items) = value.items_mut() {
+                    for item in items.iter_mut() {
+                        rename_uids(item, renames);
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// Re-encodes a data set into a native transfer syntax (or its own, when
 /// it goes as another class), decompressing its pixel data first when they
 /// are compressed and the syntax is not.
@@ -815,6 +854,7 @@ fn reencode(
     let path = &file.path;
     let mut obj = open_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if let Some(alt) = send_as {
+        rename_uids(&mut obj, &alt.renamed_references);
         for (tag, uid) in [
             (tags::SOP_CLASS_UID, &alt.sop_class_uid),
             (tags::SOP_INSTANCE_UID, &alt.sop_instance_uid),

@@ -451,6 +451,7 @@ impl OutboxWorker {
             file.also_as = Some(SendAs {
                 sop_class_uid: COMPREHENSIVE_SR.to_string(),
                 sop_instance_uid: uid,
+                renamed_references: self.predecessors_as_copies(&file.path),
             });
             // It accepted 3D SR in negotiation and refused it at C-STORE,
             // or (a resend) took it as Comprehensive SR before.
@@ -461,6 +462,54 @@ impl OutboxWorker {
                     .is_some_and(|s| s.starts_with(REFUSED_CLASS));
         }
         Ok(file)
+    }
+
+    /// The earlier documents a report names (its Predecessor Documents: a
+    /// notice, a report it replaces) in Comprehensive 3D SR went to a PACS
+    /// without 3D SR as Comprehensive SR too, under their copy's UID: the
+    /// copy of this report names those, or it named UIDs that PACS never
+    /// received.
+    fn predecessors_as_copies(&self, path: &std::path::Path) -> Vec<(String, String)> {
+        use dicom_dictionary_std::tags;
+        let Ok(obj) = pneumo_store::open_instance(path, None) else {
+            return Vec::new();
+        };
+        let items = |o: &dicom_object::InMemDicomObject, tag| {
+            o.get(tag)
+                .and_then(|e| e.items())
+                .map(|i| i.to_vec())
+                .unwrap_or_default()
+        };
+        let text = |o: &dicom_object::InMemDicomObject, tag| {
+            o.get(tag)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        };
+        let mut renames = Vec::new();
+        for study in items(&obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE) {
+            for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+                for sop in items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+                    let class = text(&sop, tags::REFERENCED_SOP_CLASS_UID);
+                    let Some(uid) = text(&sop, tags::REFERENCED_SOP_INSTANCE_UID) else {
+                        continue;
+                    };
+                    if class.as_deref() != Some(COMPREHENSIVE_3D_SR) {
+                        continue;
+                    }
+                    let root = self.report_uid_root.as_deref();
+                    if let Ok(copy) = pneumo_report::comprehensive_sr_copy_uid(&uid, root) {
+                        renames.push((uid, copy));
+                    }
+                }
+            }
+        }
+        if !renames.is_empty() {
+            renames.push((
+                COMPREHENSIVE_3D_SR.to_string(),
+                COMPREHENSIVE_SR.to_string(),
+            ));
+        }
+        renames
     }
 
     /// Records the destination's answer; false if it could not be.
