@@ -20,9 +20,7 @@ use pneumo_report::{
     ModelIdentity as ReportModel, NodeIdentity, PixelRegion, Replacement, ReportOptions,
     ReportTime, SourceInstance, WeightsKind as ReportWeights,
 };
-use pneumo_store::{
-    ClaimedJob, FailedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks,
-};
+use pneumo_store::{ClaimedJob, Incoming, IngestOutcome, MadeInstances, Store, UidLocks};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -215,14 +213,7 @@ impl Pipeline {
                 // its segmentation model) says so in /readyz; a notice for
                 // every image would be left beside each report once fixed.
                 if let (Ok(true), false) = (&failed, self.analyses_nothing()) {
-                    self.send_notice(&FailedJob {
-                        job_id: job.job_id,
-                        instance_id: job.instance_id,
-                        sop_instance_uid: job.sop_instance_uid.clone(),
-                        path: job.path.clone(),
-                        reason,
-                    })
-                    .await;
+                    self.send_notice(&job.failed(reason)).await;
                 }
                 failed.map(|_| ())
             }
@@ -390,15 +381,17 @@ impl Pipeline {
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))?;
-            source.replaces = self.store.latest_report_in_series(&notices).await?.map(
-                |(study, series, class, uid)| EarlierReport {
+            source.replaces = self
+                .store
+                .latest_notice_of(job.instance_id, &notices)
+                .await?
+                .map(|(study, series, class, uid)| EarlierReport {
                     study_instance_uid: study,
                     series_instance_uid: series,
                     sop_class_uid: class,
                     sop_instance_uid: uid,
                     because: Replacement::Notice,
-                },
-            );
+                });
         }
         let sr_id = self
             .generated_once(&sr_uid, || {

@@ -156,6 +156,19 @@ pub struct ClaimedJob {
     pub attempts: i64,
 }
 
+impl ClaimedJob {
+    /// This job, failed for `reason`.
+    pub fn failed(&self, reason: String) -> FailedJob {
+        FailedJob {
+            job_id: self.job_id,
+            instance_id: self.instance_id,
+            sop_instance_uid: self.sop_instance_uid.clone(),
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
 /// A job that has just failed, with what a notice of it needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FailedJob {
@@ -629,20 +642,28 @@ impl Store {
         .await?)
     }
 
-    /// The latest SR the node made in series `series_instance_uid` (the
-    /// not-analysed notices of one image and model have a series of their
-    /// own): (study, series, SOP class, SOP instance UID).
-    pub async fn latest_report_in_series(
+    /// The latest not-analysed notice (SR) made for a copy stored under
+    /// the SOP Instance UID of instance `instance_id` (this one included),
+    /// in series `series_instance_uid` (one image's notices by one model):
+    /// (study, series, SOP class, SOP instance UID). Found through the
+    /// SOP Instance UID's index: a series has none, and every analysis
+    /// asks.
+    pub async fn latest_notice_of(
         &self,
+        instance_id: i64,
         series_instance_uid: &str,
     ) -> Result<Option<(String, String, String, String)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT study_instance_uid, series_instance_uid, sop_class_uid, sop_instance_uid
-             FROM instances
-             WHERE generated = 1 AND series_instance_uid = ?
-               AND sop_class_uid LIKE '1.2.840.10008.5.1.4.1.1.88.%'
-             ORDER BY id DESC LIMIT 1",
+            "SELECT r.study_instance_uid, r.series_instance_uid, r.sop_class_uid,
+                    r.sop_instance_uid
+             FROM instances me
+             JOIN instances s ON s.sop_instance_uid = me.sop_instance_uid
+             JOIN jobs j ON j.instance_id = s.id
+             JOIN instances r ON r.id = j.notice_instance_id
+             WHERE me.id = ? AND r.series_instance_uid = ?
+             ORDER BY r.id DESC LIMIT 1",
         )
+        .bind(instance_id)
         .bind(series_instance_uid)
         .fetch_optional(self.pool())
         .await?)
