@@ -451,6 +451,7 @@ async fn open_store(config: &Config) -> Result<Store> {
 
 async fn serve(config: Config) -> Result<()> {
     let store = Arc::new(open_store(&config).await?);
+    store.start_integrity_check();
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();
     let engine =

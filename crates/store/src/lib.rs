@@ -384,7 +384,6 @@ impl Store {
             database_lost,
             _locks: locks,
         };
-        store.start_integrity_check();
         let settled = store.settle_delivered_jobs().await?;
         if settled > 0 {
             info!(
@@ -771,11 +770,14 @@ impl Store {
     }
 
     /// Runs SQLite's `quick_check` over the whole database in the
-    /// background; a database it finds malformed is damaged until a
-    /// restart, as a shrunk one is (`check_database_file`): a backup
-    /// restored over a stale write-ahead log was malformed, and `/readyz`
-    /// said ready while every C-STORE was refused.
-    fn start_integrity_check(&self) {
+    /// background (`serve`, after opening the store); a database it finds
+    /// malformed is damaged until a restart, as a shrunk one is
+    /// (`check_database_file`): a backup restored over a stale write-ahead
+    /// log was malformed, and `/readyz` said ready while every C-STORE was
+    /// refused. Not for one-shot commands: a check cut by `close` left its
+    /// connection to close after the process, and `recover-files` left
+    /// the `-wal` it must fold in.
+    pub fn start_integrity_check(&self) {
         if self.database_file.is_none() {
             return;
         }
