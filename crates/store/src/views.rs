@@ -83,8 +83,8 @@ const JOB_COLUMNS: &str = "SELECT j.id AS job_id, j.state, j.reason, j.attempts,
 /// received), `report` (the SR or companion image this node made) or
 /// `notice` (the SR, or image, saying an image was not analysed).
 const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original'
-     WHEN EXISTS (SELECT 1 FROM jobs n WHERE i.id IN (n.notice_instance_id, n.notice_sc_instance_id))
-          THEN 'notice'
+     WHEN EXISTS (SELECT 1 FROM jobs n WHERE n.notice_instance_id = i.id)
+       OR EXISTS (SELECT 1 FROM jobs n WHERE n.notice_sc_instance_id = i.id) THEN 'notice'
      ELSE 'report' END";
 
 /// Which rows of a listing (jobs or deliveries), newest first; each filter

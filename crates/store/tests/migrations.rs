@@ -70,6 +70,10 @@ const APPLIED: &[(&str, &str)] = &[
         "0016_not_analysed_notice_image.sql",
         "2627b05d8937577f5c4031b9d6f7f2224727c23f0f7195fd37c93179e577bfb5",
     ),
+    (
+        "0017_notice_indexes.sql",
+        "af8dd8b45af211b35b55e02deb261b9bf406b258ed42f83e0508ba8f16d97dea",
+    ),
 ];
 
 #[test]
