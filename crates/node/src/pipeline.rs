@@ -359,17 +359,11 @@ impl Pipeline {
         }
 
         if source.version.is_some() {
-            source.replaces = self
+            let found = self
                 .store
                 .earlier_copy_report(job.instance_id, &model.contract_sha256, &sr_uid)
-                .await?
-                .map(|(study, series, class, uid)| EarlierReport {
-                    study_instance_uid: study,
-                    series_instance_uid: series,
-                    sop_class_uid: class,
-                    sop_instance_uid: uid,
-                    because,
-                });
+                .await?;
+            source.replaces = found.map(|document| replaced(document, because));
         }
         if source.replaces.is_none() {
             // An earlier analysis of this image (or of a copy under its UID)
@@ -381,17 +375,11 @@ impl Pipeline {
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))?;
-            source.replaces = self
+            let found = self
                 .store
                 .latest_notice_of(job.instance_id, &notices)
-                .await?
-                .map(|(study, series, class, uid)| EarlierReport {
-                    study_instance_uid: study,
-                    series_instance_uid: series,
-                    sop_class_uid: class,
-                    sop_instance_uid: uid,
-                    because: Replacement::Notice,
-                });
+                .await?;
+            source.replaces = found.map(|document| replaced(document, Replacement::Notice));
         }
         let sr_id = self
             .generated_once(&sr_uid, || {
@@ -837,6 +825,19 @@ pub(crate) fn lung_box(
                 seg.path().display()
             )
         })
+}
+
+/// An earlier document as the store names it (study, series, SOP class,
+/// SOP instance UID), replaced by this report `because`.
+fn replaced(document: (String, String, String, String), because: Replacement) -> EarlierReport {
+    let (study_instance_uid, series_instance_uid, sop_class_uid, sop_instance_uid) = document;
+    EarlierReport {
+        study_instance_uid,
+        series_instance_uid,
+        sop_class_uid,
+        sop_instance_uid,
+        because,
+    }
 }
 
 pub(crate) fn report_model(model: &pneumo_inference::ModelIdentity) -> ReportModel {

@@ -169,6 +169,20 @@ impl ClaimedJob {
     }
 }
 
+/// Each instance of `made` owed to each of `destinations`, in `tx`.
+async fn owe_each(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    made: MadeInstances,
+    destinations: &[String],
+) -> Result<(), StoreError> {
+    for id in made.ids() {
+        for d in destinations {
+            crate::outbox::enqueue(&mut **tx, id, d).await?;
+        }
+    }
+    Ok(())
+}
+
 /// A job that has just failed, with what a notice of it needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FailedJob {
@@ -545,11 +559,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        for id in notice.ids() {
-            for d in destinations {
-                crate::outbox::enqueue(&mut *tx, id, d).await?;
-            }
-        }
+        owe_each(&mut tx, notice, destinations).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -583,11 +593,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        for id in made.ids() {
-            for d in destinations {
-                crate::outbox::enqueue(&mut *tx, id, d).await?;
-            }
-        }
+        owe_each(&mut tx, made, destinations).await?;
         if !destinations.is_empty() {
             // A report an earlier job made (a copy of the source received
             // again under its UID) may have reached every destination
