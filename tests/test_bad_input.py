@@ -46,6 +46,19 @@ def open_store(node):
     return raw
 
 
+def store_raw(node, sop_class: str, syntax: str, request_uid: str, data: bytes) -> dict:
+    """One C-STORE of `data` (a data set's bytes, sent as they are) under a
+    request naming `request_uid`; its response."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, sop_class, [syntax])])
+    raw.send(pdata(1, True, True, c_store_rq(3, sop_class, request_uid)))
+    for i in range(0, len(data), 16000):
+        raw.send(pdata(1, False, i + 16000 >= len(data), data[i:i + 16000]))
+    rsp = raw.read_command()
+    raw.close()
+    return rsp
+
+
 def test_sender_aborting_mid_dataset(node, radiograph):
     sop_uid, data = radiograph
     raw = open_store(node)
@@ -57,6 +70,33 @@ def test_sender_aborting_mid_dataset(node, radiograph):
     raw.close()
     assert_still_serving_and_clean(node, sop_uid)
     assert "aborted by peer" in node.log()
+
+
+@pytest.mark.parametrize("trailing", [1, 7, 8])
+def test_bytes_after_the_last_element_are_named_so(node, radiograph, trailing):
+    """A data set followed by a few extra bytes was refused "data set
+    truncated at byte N": nothing was cut, bytes were added."""
+    sop_uid, data = radiograph
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, sop_uid, data + bytes(trailing))
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert f"{trailing} stray bytes end the data set" in node.log(), node.log()[-2000:]
+    assert rsp[0x0902].decode().startswith(f"{trailing} stray bytes end the data set")
+    assert_still_serving_and_clean(node, sop_uid)
+
+
+def test_a_data_set_of_another_instance_than_its_request_is_refused_a900(node, radiograph):
+    """The request names one SOP Instance UID, the data set holds another:
+    refused A900, nothing kept under either; the comment (64 characters
+    at most) says which UID differs and begins the data set's."""
+    sop_uid, data = radiograph
+    claimed = generate_uid()
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, claimed, data)
+    assert status_of(rsp) == 0xA900, hex(status_of(rsp))
+    comment = rsp[0x0902].decode().strip()
+    assert comment.startswith("data set's UID ") and len(comment) <= 64, comment
+    assert sop_uid.startswith(comment.split()[-1]), comment
+    assert_still_serving_and_clean(node, sop_uid)
+    assert node.instance_rows(claimed) == 0
 
 
 def test_truncated_pdu(node, radiograph):
@@ -359,15 +399,42 @@ def test_a_deflated_data_set_cut_short_is_refused_not_acknowledged(node, tmp_pat
         sent = body.compress(inflated[: len(inflated) - 1000]) + body.flush()
     else:
         sent = stream[: len(stream) - 200]
-    raw = RawAssociation(node.port)
-    raw.associate(node.ae_title, [(1, ds.SOPClassUID, [deflated])])
-    raw.send(pdata(1, True, True, c_store_rq(3, ds.SOPClassUID, ds.SOPInstanceUID)))
-    for i in range(0, len(sent), 16000):
-        raw.send(pdata(1, False, i + 16000 >= len(sent), sent[i:i + 16000]))
-    rsp = raw.read_command()
-    raw.close()
+    rsp = store_raw(node, ds.SOPClassUID, deflated, ds.SOPInstanceUID, sent)
     assert status_of(rsp) == 0xC000, hex(status_of(rsp))
     assert_still_serving_and_clean(node, ds.SOPInstanceUID)
     # the whole one is taken
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, dst)
     assert node.instance_rows(ds.SOPInstanceUID) == 1
+
+
+def test_a_deflated_data_set_that_inflates_past_256_mib_is_refused(node, tmp_path):
+    """A radiograph with one private element of 300 MB of zeros, deflated:
+    about 300 KB over the wire. Acknowledged, stored and analysed, each
+    read of its header held the gigabyte-scale value in memory (three times
+    per instance: an upload of a few MB could cost gigabytes). Refused C000
+    now, before anything of it is kept; the node goes on serving."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from nodetest import ROOT, copy_with_new_uids
+
+    deflated = "1.2.840.10008.1.2.1.99"
+    dst = tmp_path / "bomb.dcm"
+    copy_with_new_uids(ROOT / "fixtures" / "imaging" / "rg1s_deflated.dcm", dst)
+    ds = pydicom.dcmread(dst)
+    ds.add_new(0x00090010, "LO", "BOMB")
+    ds.add_new(0x00091000, "OB", bytes(300 << 20))
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    body = zlib.compressobj(9, zlib.DEFLATED, -15)
+    sent = body.compress(fp.getvalue()) + body.flush()
+    del fp
+    assert len(sent) < 1 << 20, len(sent)
+    rsp = store_raw(node, ds.SOPClassUID, deflated, ds.SOPInstanceUID, sent)
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert "deflated data set inflates past 256 MiB" in node.log()
+    assert rsp[0x0902].decode().startswith("deflated data set inflates past 256 MiB")
+    assert_still_serving_and_clean(node, ds.SOPInstanceUID)

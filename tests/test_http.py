@@ -190,6 +190,13 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert [j["sop_instance_uid"] for j in body["jobs"]] == [sop]
     code, body = node.http(f"/api/jobs?sop_instance_uid={sop}&state=failed")
     assert body == {"jobs": [], "next_before_id": None}
+    # Several states, comma-separated, as the retry takes them.
+    code, body = node.http(f"/api/jobs?sop_instance_uid={sop}&state=failed,delivered")
+    assert code == 200 and [j["sop_instance_uid"] for j in body["jobs"]] == [sop]
+    code, body = node.http("/api/deliveries?state=parked,sent")
+    assert code == 200 and len(body["deliveries"]) == 3
+    code, body = node.http("/api/jobs?state=failed,nonsense")
+    assert code == 400 and "unknown state `nonsense`" in body["error"]
     # Deliveries of a study: its report, newest first, with the state of each.
     code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=pacs")
     assert code == 200 and [(d["kind"], d["study_instance_uid"], d["state"]) for d in body["deliveries"]] \

@@ -190,3 +190,29 @@ def test_jobs_whose_reports_are_all_cancelled_are_delivered(node_factory, rg1_co
     assert states[sop] == "delivered" and list(states.values()).count("reported") == 1
     assert post(node, "/api/deliveries/cancel?destination=pacs") == (200, {"cancelled": 1})
     assert [j[0] for j in jobs(node)] == ["delivered", "delivered"]
+
+
+def test_a_resent_delivery_is_as_old_as_its_resend(node_factory, rg1_copies, tmp_path):
+    """The age of the oldest waiting delivery (/metrics) counted from the
+    row's making: a resend of a study sent a month ago read a month old at
+    once, and set off the alert on a destination that was fine."""
+    import pydicom
+
+    receiver = PynetdicomReceiver()
+    config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PYSCP", "port": receiver.port}],
+                         [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
+    node = node_factory().start(config_file=config)
+    (f,) = rg1_copies("UNCI", 1)
+    study = pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
+    receiver.close()  # the PACS is down when the operator resends
+    with node.db() as c:  # sent a month ago
+        c.execute("UPDATE outbox SET created_at_ms = created_at_ms - 30 * 86400000")
+    assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}") == (200, {"resent": 1})
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND attempts > 0") == 1,
+               timeout=30, what="the resend tried")
+    _, text = node.http("/metrics")
+    (age,) = [float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith('pneumo_outbox_oldest_seconds{destination="pacs",state="pending"}')]
+    assert age < 120, age

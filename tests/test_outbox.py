@@ -652,6 +652,12 @@ def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(no
         wait_until(lambda: pacs.stores == stores + 1, timeout=30, what="the resend")
         assert pacs.refused == 1
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
+        # The next image's report goes as Comprehensive SR at once: the
+        # destination's refusal is remembered, not met once per report.
+        second = rg1_copies("UNCI", 2)[1]
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+        wait_until(lambda: len(pacs.received) == 2, timeout=60, what="the second report")
+        assert pacs.refused == 1
     finally:
         pacs.close()
         stubborn.close()
@@ -1037,3 +1043,39 @@ def test_a_cancelled_or_moved_resend_keeps_the_record_of_the_earlier_delivery(no
         assert 'pneumo_outbox{destination="pacs",state="sent"} 1' in metrics, metrics
     finally:
         peer.close()
+
+
+class AbortsEveryStore(PynetdicomReceiver):
+    """Accepts the association, then aborts it at the first C-STORE, as
+    Orthanc does with a caller whose AE title it does not know."""
+
+    def on_store(self, event):
+        self.entered += 1
+        event.assoc.abort()
+        return 0xC000
+
+
+def test_a_destination_lost_before_any_answer_backs_off_by_doubling_whatever_row_is_tried(
+        node_factory, rg1_copies, tmp_path):
+    """Each such failure tries one row, and rows go least-tried first: the
+    back-off followed the most-tried row, so it grew once per round of the
+    whole backlog (8 rows: 8 connections every 4 s, then 8 every 8 s). Now
+    it doubles with each failure in a row; the reason asks whether the
+    destination knows the node's AE title."""
+    receiver = AbortsEveryStore(ae_title="PACS")
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": receiver.port}],
+                             [{"destinations": ["pacs"]}], retry_base_s=1, retry_cap_s=64)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 8))
+        failures = lambda: [line for line in node.log().splitlines() if "delivery failed; will retry" in line]
+        wait_until(lambda: len(failures()) >= 4, timeout=30)
+        delays = [int(line.split("retry_in_s=")[1].split()[0]) for line in failures()]
+        assert delays[:4] == [1, 2, 4, 8], failures()
+        assert "does the destination know this node's AE title" in failures()[0], failures()[0]
+        assert abs(receiver.entered - len(failures())) <= 1
+        with node.db() as c:
+            ((why,),) = set(c.execute("SELECT last_status FROM outbox WHERE attempts > 0").fetchall())
+        assert f"AE title {node.ae_title}?" in why, why
+    finally:
+        receiver.close()

@@ -232,8 +232,9 @@ def test_an_announced_pdu_length_is_not_allocated_before_its_bytes_arrive(node_f
     assert node.echo_ok()
     before = rss_kib(node.proc.pid)
     held = []
-    for _ in range(60):
-        s = socket.create_connection(("127.0.0.1", node.port))
+    for n in range(60):
+        # from four addresses: one holds a quarter of the handshakes at most
+        s = socket.create_connection(("127.0.0.1", node.port), source_address=(f"127.0.0.{2 + n % 4}", 0))
         s.sendall(struct.pack(">BxI", 0x01, (1 << 20) - 1))
         held.append(s)
     for _ in range(4):
@@ -484,3 +485,49 @@ def test_ae_titles_padded_with_nuls_are_accepted(node):
     pdu_type, _ = raw.read_pdu()
     raw.close()
     assert pdu_type == 0x03, "a NUL inside a title: expected an A-ASSOCIATE-RJ"
+
+
+def test_ae_titles_outside_ascii_are_refused(node):
+    """PS3.5 6.2: an AE title is of the default character repertoire. A
+    Latin-1 `É` (0xC9) was accepted (and logged garbled); UTF-8's was
+    refused only for its 0x89 byte, a C1 control character."""
+    for raw_title in (b"KAM\xc9RA", "KAMÉRA".encode()):
+        rq = associate_rq(node.ae_title, "KAMXRA", [(1, VERIFICATION, [IMPLICIT])])
+        rq = rq.replace(b"KAMXRA" + b" " * (len(raw_title) - 6), raw_title, 1)
+        raw = RawAssociation(node.port)
+        raw.send(rq)
+        pdu_type, _ = raw.read_pdu()
+        raw.close()
+        assert pdu_type == 0x03, f"{raw_title!r}: expected an A-ASSOCIATE-RJ"
+    assert node.log().count("characters outside ASCII") == 2, node.log()[-2000:]
+    assert node.echo_ok()
+
+
+def test_a_c_echo_is_of_verification_and_its_answer_names_no_instance(node):
+    """A C-ECHO naming CR Image Storage was answered 0000 (a C-STORE
+    naming another class than its context's is refused 0122), and an
+    Affected SOP Instance UID in a C-ECHO came back in its response, which
+    PS3.7 9.3.5.2 gives none. A C-ECHO announcing a data set was answered
+    at once and the association aborted when the data came: its data is
+    now read, then it is refused."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT]), (3, CR_STORAGE, [IMPLICIT])])
+
+    def echo(pc_id, message_id, sop_class, instance=None, data=None):
+        elements = [(0x0002, sop_class.encode()), (0x0100, u16(0x0030)), (0x0110, u16(message_id)),
+                    (0x0800, u16(0x0101 if data is None else 0x0000))]
+        if instance:
+            elements.append((0x1000, instance.encode()))
+        raw.send(pdata(pc_id, True, True, command_set(*elements)))
+        if data is not None:
+            raw.send(pdata(pc_id, False, True, data))
+        return raw.read_command()
+
+    plain = echo(1, 1, VERIFICATION, instance="1.2.3.4")
+    assert status_of(plain) == 0x0000 and 0x1000 not in plain, plain
+    assert status_of(echo(3, 2, CR_STORAGE)) == 0x0122
+    with_data = echo(1, 3, VERIFICATION, data=bytes(8))
+    assert status_of(with_data) == 0x0211, hex(status_of(with_data))
+    assert status_of(echo(1, 4, VERIFICATION)) == 0x0000  # still associated
+    raw.close()
+    assert node.echo_ok()

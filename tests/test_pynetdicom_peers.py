@@ -107,6 +107,9 @@ def test_calling_ae_not_allowed_and_host_check(node_factory, tmp_path):
     # permanent, service user, calling AE title not recognised
     assert rejection(node.port, node.ae_title, "INTRUDER") == (0x01, 0x01, 0x03)
     assert rejection(node.port, node.ae_title, "ELSEWHERE") == (0x01, 0x01, 0x03)  # wrong host
+    # the log tells the two apart: a listed caller from another host
+    assert "calling AE title not in dicom.allowed_callers" in node.log()
+    assert "is in dicom.allowed_callers, but not from 127.0.0.1" in node.log()
     assoc = sender(calling="GOODMOD").associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
     assoc.release()
@@ -148,6 +151,36 @@ def test_bare_connections_do_not_take_the_association_slots(node_factory):
         assert_both_slots_free(node)
     finally:
         for s in bare:
+            s.close()
+
+
+def test_silent_connections_from_one_address_do_not_shut_out_the_others(node_factory):
+    """Silent connections from one host (64 here, renewed as they time out)
+    held every handshake slot: every modality was refused for
+    read_timeout_s. One address now holds a quarter of them at most."""
+    import socket
+
+    node = node_factory(dicom__max_associations=2).start()  # 64 handshakes, 16 per address
+
+    def silent(source: str) -> socket.socket:
+        s = socket.socket()
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", node.port))
+        return s
+
+    held = [silent("127.0.0.2") for _ in range(16)]
+    try:
+        time.sleep(0.2)
+        extra = silent("127.0.0.2")
+        extra.settimeout(5)
+        assert extra.recv(1) == b"", "the 17th silent connection from one address is closed"
+        extra.close()
+        assert "from this address (16); closing this one" in node.log()
+        # another address is served
+        assert_both_slots_free(node)
+        assert node.echo_ok()
+    finally:
+        for s in held:
             s.close()
 
 

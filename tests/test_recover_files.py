@@ -41,7 +41,10 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     live.close()
 
     node.start()
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm", tmp_path / "2.dcm")
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm")
+    # One sent under the node's own AE title (its `store` calls so by
+    # default): an image all the same, not a report of this node's.
+    run_dcmtk("storescu", "-aet", node.ae_title, "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "2.dcm")
     node.wait_for_analyses()
     node.stop()
     # The restore: the backup's database over the newer files.
@@ -54,7 +57,8 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     assert r.returncode == 0, r.stdout + r.stderr
     found = [l for l in r.stdout.splitlines() if l.startswith("FOUND")]
     assert sorted(l.split(": ")[1].split()[0] for l in found) == sorted(ds.SOPInstanceUID for ds in sources[1:])
-    assert all("from STORESCU" in l for l in found)
+    callers = {ds.SOPInstanceUID: caller for ds, caller in zip(sources[1:], ("STORESCU", node.ae_title))}
+    assert all(f"{uid} from {callers[uid]}" in l for l in found for uid in callers if uid in l), found
     # Their reports are left: made again, with the same UIDs, by the analysis.
     assert len([l for l in r.stdout.splitlines() if l.startswith("LEFT")]) == 2
     assert node.count("SELECT COUNT(*) FROM instances") == 2  # the first image and its report
@@ -65,6 +69,9 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     r = recover(node)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len([l for l in r.stdout.splitlines() if l.startswith("RECORDED")]) == 2
+    # what was recorded is in the database file itself: no write-ahead log left
+    db = node.database_at_rest()
+    assert not db.with_name(db.name + "-wal").exists() and not db.with_name(db.name + "-shm").exists()
     node.start()
     node.wait_for_analyses()
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 3, timeout=60,
@@ -73,7 +80,7 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     for ds in sources[1:]:
         assert ds.SOPInstanceUID in got  # the original, forwarded
         (job,) = node.http(f"/api/instances/{ds.SOPInstanceUID}")[1]["copies"]
-        assert job["calling_ae"] == "STORESCU"  # routed by its caller, as when it arrived
+        assert job["calling_ae"] == callers[ds.SOPInstanceUID]  # routed by its caller, as when it arrived
     assert len(got) == 4  # and the two reports
     # While the node serves, the data directory is its own.
     r = recover(node)

@@ -200,25 +200,115 @@ def test_a_model_with_external_weights_loads_through_a_link(tmp_path):
     assert json.loads(linked.stdout)["prediction"]["logits"] == json.loads(direct.stdout)["prediction"]["logits"]
 
 
-@pytest.mark.parametrize("name,op", [("softmax-output", "Softmax"), ("sigmoid-output", "Sigmoid")])
+@pytest.mark.parametrize("name,op", [("softmax-output", "Softmax"), ("sigmoid-output", "Sigmoid"),
+                                     ("softmax-percent-output", "Softmax"),
+                                     ("sigmoid-concat-output", "Sigmoid")])
 def test_a_graph_whose_output_is_already_scored_is_refused(name, op):
     """The contract says logits, the graph ends in a Softmax (or a Sigmoid,
-    behind an Identity): the node's softmax came second and squeezed the
-    probabilities (softmax(sigmoid) took 0.957 to 0.518). Refused by
-    `model info`, `infer` and `check-config`, naming the operator."""
-    said = (f"output `logits` is computed by a {op} node, and pneumo.output_kind says logits")
+    behind an Identity; a Softmax × 100; per-class Sigmoids joined by a
+    Concat): the node's softmax came second and squeezed the probabilities
+    (softmax(sigmoid) took 0.957 to 0.518; a percentage read 1.0).
+    Refused by `model info`, `infer` and `check-config`, naming the
+    operator."""
+    said = f"output `logits` is computed by a {op} node (or holds its values"
     for r in (node("model", "info", BAD / f"{name}.onnx"),
-              node("infer", IMAGE, "--model", BAD / f"{name}.onnx")):
-        assert r.returncode != 0 and said in r.stderr, r.stderr
+              node("infer", IMAGE, "--model", BAD / f"{name}.onnx"),
+              node("check-config", env={"PNEUMO__INFERENCE__MODEL": str(BAD / f"{name}.onnx")})):
+        refused(r, said)
 
 
-def test_a_graph_that_normalises_its_own_output_is_said_once():
+def test_a_graph_that_normalises_its_own_output_is_refused_when_run():
     """The contract says logits, the graph outputs probabilities by a
     softmax written out (no operator to refuse it by): the node's softmax
-    comes second and squeezes them (a threshold of 0.8 is never reached with
-    two labels). Said in the log."""
-    r = node("infer", IMAGE, "--model", BAD / "exp-normalised-output.onnx")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("sums to 1, as probabilities do") == 1, r.stderr
+    would come second and squeeze them (a threshold of 0.8 never reached
+    with two labels). Found when the model is loaded (an image of zeros and
+    one of ones give rows that sum to 1): `infer` and `serve` refuse it;
+    `model info`, which runs nothing, does not see it."""
+    said = "output `logits` sums to 1 with every value in [0, 1] for unlike images"
+    refused(node("infer", IMAGE, "--model", BAD / "exp-normalised-output.onnx"), said)
+    assert node("model", "info", BAD / "exp-normalised-output.onnx").returncode == 0
     plain = node("infer", IMAGE)
-    assert "as probabilities do" not in plain.stderr, plain.stderr
+    assert plain.returncode == 0 and "sums to 1" not in plain.stderr, plain.stderr
+
+
+def external_copy(tmp_path: Path) -> Path:
+    """The demo model saved with its weights in `m.onnx.data` beside it."""
+    import onnx
+
+    model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    return tmp_path / "m.onnx"
+
+
+def test_external_weights_left_behind_or_cut_short_are_named_before_a_start(tmp_path):
+    """The likeliest deployment mistake: the .onnx copied without its
+    .onnx.data, or the .data cut short by a copy. `check-config` and
+    `model info` passed such a model and `serve` failed at start with
+    ONNX Runtime's message; now each names the file."""
+    model = external_copy(tmp_path)
+    data = tmp_path / "m.onnx.data"
+    env = {"PNEUMO__INFERENCE__MODEL": str(model)}
+    assert node("check-config", env=env).returncode == 0
+    whole = data.read_bytes()
+    data.write_bytes(whole[: len(whole) // 2])
+    cut = f"its weights file {data} is {len(whole) // 2} bytes"
+    for r in (node("check-config", env=env), node("infer", IMAGE, "--model", model)):
+        refused(r, cut, "a copy cut short?")
+    # `model info` shows the contract of the .onnx alone, and says it
+    info = node("model", "info", model, "--json")
+    assert info.returncode == 0 and cut in info.stderr, info.stderr
+    assert cut in json.loads(info.stdout)["weights_problem"]
+    data.unlink()
+    gone = f"are in {data}, beside the model, which cannot be read"
+    for r in (node("check-config", env=env), node("infer", IMAGE, "--model", model)):
+        refused(r, gone)
+    assert gone in node("model", "info", model).stderr
+
+
+def test_a_cache_of_links_to_content_named_files_loads(tmp_path):
+    """The layout of a model cache that keeps files under their hashes:
+    `snapshot/m.onnx -> ../blobs/<hash>`, `snapshot/m.onnx.data ->
+    ../blobs/<other hash>`. ONNX Runtime loads it by the link; the node,
+    giving it the real file, found no weights beside `blobs/<hash>`."""
+    model = external_copy(tmp_path)
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshot").mkdir()
+    model.rename(tmp_path / "blobs" / "3f2a")
+    (tmp_path / "m.onnx.data").rename(tmp_path / "blobs" / "9c1e")
+    (tmp_path / "snapshot" / "m.onnx").symlink_to(Path("..") / "blobs" / "3f2a")
+    (tmp_path / "snapshot" / "m.onnx.data").symlink_to(Path("..") / "blobs" / "9c1e")
+    linked = tmp_path / "snapshot" / "m.onnx"
+    r = node("infer", IMAGE, "--json", "--model", linked)
+    assert r.returncode == 0, r.stderr
+    plain = node("infer", IMAGE, "--json")
+    assert json.loads(r.stdout)["prediction"]["logits"] == json.loads(plain.stdout)["prediction"]["logits"]
+    info = node("model", "info", linked, "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["weights_problem"] is None, info.stderr
+    assert node("check-config", env={"PNEUMO__INFERENCE__MODEL": str(linked)}).returncode == 0
+
+
+@pytest.mark.parametrize("key,value,said", [
+    ("location", "../m.onnx.data", "outside the model's directory"),
+    ("offset", "-1", "its `offset` `-1` is no byte count"),
+])
+def test_external_weights_ort_would_refuse_are_named_before_a_start(tmp_path, key, value, said):
+    """Weights outside the model's directory, or at an offset that is no
+    byte count, passed `check-config` and failed at start with ONNX
+    Runtime's message."""
+    import onnx
+
+    (tmp_path / "in").mkdir()
+    model = external_copy(tmp_path / "in")
+    m = onnx.load(str(model), load_external_data=False)
+    for t in m.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == key:
+                entry.value = value
+        if key == "offset" and not any(e.key == "offset" for e in t.external_data):
+            entry = t.external_data.add()
+            entry.key, entry.value = "offset", value
+    onnx.save(m, str(model))
+    env = {"PNEUMO__INFERENCE__MODEL": str(model)}
+    for r in (node("check-config", env=env), node("infer", IMAGE, "--model", model)):
+        refused(r, said)

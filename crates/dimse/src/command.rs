@@ -123,7 +123,11 @@ impl Command {
         Command {
             command_field: request.command_field | 0x8000,
             affected_sop_class_uid: request.affected_sop_class_uid.clone(),
-            affected_sop_instance_uid: request.affected_sop_instance_uid.clone(),
+            // A C-ECHO-RSP has none (PS3.7 9.3.5.2), whatever the request held.
+            affected_sop_instance_uid: request
+                .affected_sop_instance_uid
+                .clone()
+                .filter(|_| request.command_field != field::C_ECHO_RQ),
             message_id_being_responded_to: request.message_id,
             data_set_type: NO_DATA_SET,
             status: Some(status),

@@ -196,6 +196,10 @@ struct Shared<H> {
     /// so that bare TCP connections (a port scan, a health check) cannot
     /// hold the association slots for `read_timeout`.
     handshaking: AtomicUsize,
+    /// The same, by the address they come from: a few silent connections
+    /// from one host (renewed as they time out) held every handshake slot
+    /// and shut out every modality.
+    handshaking_from: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     next_id: AtomicU64,
     /// True once the node is shutting down: associations finish the message
     /// in progress, then are aborted.
@@ -222,6 +226,7 @@ impl<H: StoreHandler> ScpServer<H> {
                 handler,
                 active: Arc::new(AtomicUsize::new(0)),
                 handshaking: AtomicUsize::new(0),
+                handshaking_from: Default::default(),
                 next_id: AtomicU64::new(1),
                 draining: tokio::sync::watch::Sender::new(false),
             }),
@@ -260,9 +265,21 @@ impl<H: StoreHandler> ScpServer<H> {
                     let span = info_span!("association", id, %peer);
                     tokio::spawn(
                         async move {
-                            let handshake = Slot::take(&shared.handshaking, max_handshaking(&shared.config));
-                            if !handshake.within_limit {
+                            let limit = max_handshaking(&shared.config);
+                            let handshake = Handshake {
+                                all: Slot::take(&shared.handshaking, limit),
+                                from_peer: PeerSlot::take(&shared.handshaking_from, peer.ip(), limit / 4),
+                            };
+                            if !handshake.all.within_limit {
                                 warn!("too many connections without an A-ASSOCIATE-RQ; closing this one");
+                                return;
+                            }
+                            if !handshake.from_peer.within_limit {
+                                warn!(
+                                    "too many connections without an A-ASSOCIATE-RQ from this \
+                                     address ({}); closing this one",
+                                    limit / 4
+                                );
                                 return;
                             }
                             serve_connection(stream, peer, id, shared.clone(), handshake).await;
@@ -305,6 +322,50 @@ fn max_handshaking(config: &ScpConfig) -> usize {
     (config.max_associations * 4).max(64)
 }
 
+/// A connection whose A-ASSOCIATE-RQ has not arrived yet, counted in all
+/// and by its address (a quarter of the limit each).
+struct Handshake<'a> {
+    all: Slot<'a>,
+    from_peer: PeerSlot<'a>,
+}
+
+/// Counts a connection under its address while it lives.
+struct PeerSlot<'a> {
+    counts: &'a std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    ip: std::net::IpAddr,
+    within_limit: bool,
+}
+
+impl<'a> PeerSlot<'a> {
+    fn take(
+        counts: &'a std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+        ip: std::net::IpAddr,
+        limit: usize,
+    ) -> Self {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        *n += 1;
+        let within_limit = *n <= limit;
+        PeerSlot {
+            counts,
+            ip,
+            within_limit,
+        }
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Counts a connection in one of the counters while it lives;
 /// `within_limit` says whether it may go on.
 struct Slot<'a> {
@@ -333,7 +394,7 @@ async fn serve_connection<H: StoreHandler>(
     peer: SocketAddr,
     id: u64,
     shared: Arc<Shared<H>>,
-    handshake: Slot<'_>,
+    handshake: Handshake<'_>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut conn = PduStream::new(stream);
@@ -591,12 +652,23 @@ fn negotiate(
         ));
     }
     if !caller_allowed(&config.allowed_callers, rq.calling_ae_title.trim(), peer_ip) {
+        let listed = config
+            .allowed_callers
+            .iter()
+            .any(|c| c.ae_title == rq.calling_ae_title.trim());
         return Err(reject(
             Permanent,
             AssociationRJSource::ServiceUser(
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized,
             ),
-            "calling AE title not in dicom.allowed_callers (or not from its host)",
+            if listed {
+                format!(
+                    "calling AE title is in dicom.allowed_callers, but not from {peer_ip}: \
+                     its entry names another host"
+                )
+            } else {
+                "calling AE title not in dicom.allowed_callers".to_string()
+            },
         ));
     }
     // PS3.8 7.1.1.13 / 9.3.2: at least one presentation context, each with
@@ -695,12 +767,16 @@ fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
         }
 }
 
-/// Why a title is not an AE title (PS3.5 6.2: no control characters nor
-/// backslash, not only spaces); None when it is one. The configuration adds
-/// the 16-character ASCII limit the wire's fixed field already makes.
+/// Why a title is not an AE title (PS3.5 6.2: the default character
+/// repertoire, ASCII, without control characters nor backslash, and not
+/// only spaces); None when it is one. The configuration adds the
+/// 16-character limit the wire's fixed field already makes.
 pub fn ae_title_problem(title: &str) -> Option<&'static str> {
-    if title.chars().any(|c| c.is_control() || c == '\\') {
-        Some("has control characters or a backslash")
+    if title
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_control() || c == '\\')
+    {
+        Some("has control characters, a backslash or characters outside ASCII")
     } else if title.trim_matches(' ').is_empty() {
         Some("is blank")
     } else {
@@ -971,10 +1047,18 @@ impl<H: StoreHandler> Association<'_, H> {
             return Err("request without a Message ID (its response could not name it)".into());
         }
         match command.command_field {
-            field::C_ECHO_RQ => {
+            // (One with a data set is read and refused below.)
+            field::C_ECHO_RQ if !command.has_data_set() => {
                 debug!(message_id = ?command.message_id, "C-ECHO");
-                self.respond(context_id, &command, StoreReply::success())
-                    .await?;
+                let class = command.affected_sop_class_uid.as_deref().map(sop::trim_uid);
+                let reply = match class {
+                    Some(class) if class != sop::VERIFICATION => StoreReply::failure(
+                        Status::SOP_CLASS_NOT_SUPPORTED,
+                        "a C-ECHO is of the Verification SOP class",
+                    ),
+                    _ => StoreReply::success(),
+                };
+                self.respond(context_id, &command, reply).await?;
                 Ok(MessageState::Idle)
             }
             field::C_STORE_RQ if command.has_data_set() => {

@@ -96,14 +96,7 @@ impl InferenceEngine {
     ) -> Result<InferenceEngine> {
         if warmup {
             let t = Instant::now();
-            let zeros = match model.contract().input_dtype {
-                crate::contract::InputDType::Float32 => {
-                    ImageInput::F32(vec![0.0; model.contract().image_len()])
-                }
-                crate::contract::InputDType::Float16 => {
-                    ImageInput::F16(vec![half::f16::ZERO; model.contract().image_len()])
-                }
-            };
+            let zeros = model.constant_image(0.0);
             model.run_logits(&[&zeros])?;
             // A batch too: on CUDA a full one (the memory arena grows to the
             // largest batch now rather than during the first busy minute),

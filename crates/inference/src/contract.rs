@@ -7,6 +7,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ContractError;
 
+/// How close to 0 or 1 `pneumo.decision_threshold` may be: the report
+/// writes it as a percentage of at most six decimals.
+const MIN_THRESHOLD: f64 = 1e-6;
+
 /// Every key of contract version 1, in the documentation's order.
 pub const CONTRACT_KEYS: [&str; 28] = [
     "pneumo.contract_version",
@@ -290,13 +294,21 @@ impl ModelContract {
             ));
         }
         // 0 would make every image positive, 1 almost none: neither is a
-        // decision.
+        // decision, nor is a threshold closer to them than the report's
+        // percentages can show (1e-300 read "threshold 0%").
         let k = "pneumo.decision_threshold";
         let decision_threshold: f64 = v(k)
             .parse()
             .ok()
-            .filter(|t: &f64| *t > 0.0 && *t < 1.0)
-            .ok_or_else(|| bad(k, v(k), "expected a number strictly between 0 and 1"))?;
+            .filter(|t: &f64| (MIN_THRESHOLD..=1.0 - MIN_THRESHOLD).contains(t))
+            .ok_or_else(|| {
+                bad(
+                    k,
+                    v(k),
+                    "expected a number from 0.000001 to 0.999999 (0 or 1, or closer to them, \
+                     decides every image alike)",
+                )
+            })?;
         let k = "pneumo.input_range";
         let input_range = floats::<2>(k, v(k))?;
         if input_range != [0.0, 1.0] {
@@ -533,6 +545,8 @@ mod tests {
             ("pneumo.decision_threshold", "1.5"),
             ("pneumo.decision_threshold", "0"), // every image positive
             ("pneumo.decision_threshold", "1.0"),
+            ("pneumo.decision_threshold", "1e-300"),
+            ("pneumo.decision_threshold", "0.9999999"),
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),
             ("pneumo.mean", "[124.0,116.0,104.0]"), // the 0-255 scale

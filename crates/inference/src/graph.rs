@@ -127,10 +127,19 @@ fn check_dims(path: &Path, what: &str, graph: &[i64], contract: &[Dim]) -> Resul
             Dim::Fixed(n) => *g < 0 || g == n,
         };
         if !ok {
+            // The usual cause: an export without a dynamic batch axis.
+            let hint = match c {
+                Dim::Named(name) => format!(
+                    ": export the model with its axis `{name}` dynamic (torch.onnx.export's \
+                     dynamic_axes or dynamic_shapes; docs/model-contract.md)"
+                ),
+                Dim::Fixed(_) => String::new(),
+            };
             return Err(graph_err(
                 path,
                 format!(
-                    "{what} dimension {i} is {g} in the graph, {} in the contract (graph shape {graph:?})",
+                    "{what} dimension {i} is {g} in the graph, {} in the contract (graph shape \
+                     {graph:?}){hint}",
                     dims(std::slice::from_ref(c))
                 ),
             ));
@@ -156,9 +165,11 @@ fn check_shape(
 }
 
 /// The contract says the output is logits (`pneumo.output_kind`), to which
-/// the node applies softmax: an output a `Softmax`, `LogSoftmax` or
-/// `Sigmoid` computes is refused, as the probabilities it would report are
-/// not the model's (softmax over a sigmoid squeezes them towards 1/2).
+/// the node applies softmax: an output holding what a `Softmax`,
+/// `LogSoftmax`, `Sigmoid` or `HardSigmoid` computed (also sliced,
+/// clipped, joined, negated or scaled to a percentage after it) is refused, as the probabilities it
+/// would report are not the model's (softmax over a sigmoid squeezes them
+/// towards 1/2).
 pub(crate) fn check_output_is_logits(
     path: &Path,
     activations: &std::collections::HashMap<String, String>,
@@ -168,12 +179,49 @@ pub(crate) fn check_output_is_logits(
         Some(op) => Err(graph_err(
             path,
             format!(
-                "output `{}` is computed by a {op} node, and pneumo.output_kind says logits \
-                 (the node applies softmax itself): export the model without its final {op}",
+                "output `{}` is computed by a {op} node (or holds its values, rescaled, cut \
+                 or joined), and pneumo.output_kind says logits (the node applies softmax \
+                 itself): export the model without its final {op}",
                 c.output_name
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// What a graph that normalises its output without an operator the header
+/// check can name (its softmax written out as Exp, ReduceSum and Div) shows
+/// when run: rows `probe_rows`, one per unlike input, each in [0, s] and
+/// summing to s (1, or 100 for a percentage). Logits do that for two
+/// unlike inputs only by a chance of about one in ten thousand squared;
+/// such a model is refused, as the node's softmax would come second.
+pub(crate) fn check_output_is_not_a_distribution(
+    path: &Path,
+    output_name: &str,
+    probe_rows: &[Vec<f32>],
+) -> Result<()> {
+    let distribution_of = |row: &[f32]| {
+        let sum: f64 = row.iter().map(|&v| f64::from(v)).sum();
+        [1.0, 100.0].into_iter().find(|&s: &f64| {
+            row.len() > 1
+                && row.iter().all(|&v| (0.0..=s).contains(&f64::from(v)))
+                && (sum - s).abs() < 1e-4 * s
+        })
+    };
+    let scales: Vec<Option<f64>> = probe_rows.iter().map(|r| distribution_of(r)).collect();
+    match scales.first() {
+        Some(Some(s)) if probe_rows.len() > 1 && scales.iter().all(|x| *x == Some(*s)) => {
+            Err(graph_err(
+                path,
+                format!(
+                    "output `{output_name}` sums to {s} with every value in [0, {s}] for unlike images \
+                     (rows {probe_rows:?}, for an image of zeros and one of ones): the graph \
+                     normalises its own output, and pneumo.output_kind says logits (the node \
+                     applies softmax itself): export the model without its final normalisation"
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -284,7 +332,28 @@ mod tests {
         let wrong = check_dims(path, "output", &[-1, 3], &contract).unwrap_err();
         assert!(wrong.to_string().contains("dimension 1 is 3"), "{wrong}");
         // a fixed batch where the contract wants it dynamic, and a wrong rank
-        assert!(check_dims(path, "output", &[1, 2], &contract).is_err());
+        let fixed = check_dims(path, "output", &[1, 2], &contract).unwrap_err();
+        assert!(
+            fixed.to_string().contains("axis `batch` dynamic"),
+            "{fixed}"
+        );
         assert!(check_dims(path, "output", &[-1, 2, 1], &contract).is_err());
+    }
+
+    #[test]
+    fn outputs_that_are_distributions_for_every_probe_are_refused() {
+        let path = Path::new("m.onnx");
+        let check = |rows: &[Vec<f32>]| check_output_is_not_a_distribution(path, "logits", rows);
+        assert!(check(&[vec![0.5, 0.5], vec![0.2, 0.8]]).is_err());
+        assert!(check(&[vec![50.0, 50.0], vec![2.0, 98.0]]).is_err());
+        let said = check(&[vec![0.3, 0.7], vec![0.1, 0.9]]).unwrap_err();
+        assert!(said.to_string().contains("`logits` sums to 1"), "{said}");
+        // logits, or one probe by chance, or a scale that changes
+        assert!(check(&[vec![0.5, 0.5], vec![1.3, -0.2]]).is_ok());
+        assert!(check(&[vec![0.5, 0.5], vec![50.0, 50.0]]).is_ok());
+        assert!(check(&[vec![1.2, -0.2], vec![0.4, 0.6]]).is_ok());
+        assert!(check(&[vec![0.5, 0.5]]).is_ok());
+        assert!(check(&[vec![1.0], vec![1.0]]).is_ok());
+        assert!(check(&[vec![f32::NAN, 0.5], vec![0.5, 0.5]]).is_ok());
     }
 }

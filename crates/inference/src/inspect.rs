@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::contract::{ModelContract, CONTRACT_KEYS};
 use crate::error::{ContractError, InferenceError, Result};
 use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
-use crate::onnx_proto::{read_onnx_header, OnnxHeader};
+use crate::onnx_proto::{read_onnx_header, ExternalTensor, OnnxHeader};
 use crate::runtime::locate_model_file;
 
 /// A model file's contract, checked against its graph, without a session.
@@ -17,6 +17,23 @@ pub struct InspectedModel {
     pub path: PathBuf,
     pub contract: ModelContract,
     pub signature: GraphSignature,
+    /// Why its external weights would not load (missing, cut short), if
+    /// they would not: `model info` still shows the contract, `check-config`
+    /// refuses it.
+    pub weights_problem: Option<String>,
+}
+
+impl InspectedModel {
+    /// `weights_problem` as the error a load would end with.
+    pub fn check_weights(&self) -> Result<()> {
+        match &self.weights_problem {
+            Some(message) => Err(InferenceError::ModelLoad {
+                path: self.path.clone(),
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Reads the contract (`metadata_props`) and the graph's inputs and outputs
@@ -35,6 +52,7 @@ pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
     check_graph(&path, &header.signature, &contract)?;
     check_output_is_logits(&path, &header.output_activations, &contract)?;
     Ok(InspectedModel {
+        weights_problem: external_weights_problem(&path, &header.external_tensors),
         path,
         contract,
         signature: header.signature,
@@ -47,6 +65,77 @@ pub(crate) fn read_header(path: &Path) -> Result<OnnxHeader> {
         path: path.to_path_buf(),
         message: format!("not a readable ONNX file: {e}"),
     })
+}
+
+/// What keeps a model's external weights from loading: a file missing, or
+/// too short for a weight's bytes (the `.onnx.data` left behind, or cut
+/// short by a copy), found from their sizes without reading them.
+pub(crate) fn external_weights_problem(path: &Path, tensors: &[ExternalTensor]) -> Option<String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut sizes = std::collections::HashMap::new();
+    for t in tensors {
+        if let Some(why) = &t.malformed {
+            return Some(format!("its weight `{}`: {why}", t.name));
+        }
+        // ONNX Runtime reads weights only from within the model's directory.
+        let location = Path::new(&t.location);
+        if location.is_absolute()
+            || location
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Some(format!(
+                "its weight `{}` lies in `{}`, outside the model's directory, which ONNX \
+                 Runtime refuses: keep the weights beside the model",
+                t.name, t.location
+            ));
+        }
+        let file = dir.join(&t.location);
+        let size = match sizes.get(&t.location) {
+            Some(size) => *size,
+            None => match std::fs::metadata(&file) {
+                Ok(m) if m.is_dir() => {
+                    return Some(format!(
+                        "its weights (`{}`) are to be in {}, which is a directory",
+                        t.name,
+                        file.display()
+                    ))
+                }
+                Ok(m) => *sizes.entry(t.location.clone()).or_insert(m.len()),
+                Err(e) => {
+                    return Some(format!(
+                        "its weights (`{}`) are in {}, beside the model, which cannot be \
+                         read: {e} (copy the model with its .data file)",
+                        t.name,
+                        file.display()
+                    ))
+                }
+            },
+        };
+        let needed = t.length.and_then(|n| t.offset.checked_add(n));
+        if needed.map_or(t.offset > size, |n| n > size) {
+            return Some(format!(
+                "its weights file {} is {size} bytes, and weight `{}` lies at bytes {}..{} \
+                 (a copy cut short?)",
+                file.display(),
+                t.name,
+                t.offset,
+                needed.map_or("?".to_string(), |n| n.to_string())
+            ));
+        }
+    }
+    None
+}
+
+/// [`external_weights_problem`] as the error of a load.
+pub(crate) fn check_external_weights(path: &Path, header: &OnnxHeader) -> Result<()> {
+    match external_weights_problem(path, &header.external_tensors) {
+        Some(message) => Err(InferenceError::ModelLoad {
+            path: path.to_path_buf(),
+            message,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The contract in a model's custom metadata. A contract key given twice

@@ -13,8 +13,10 @@ use serde::Serialize;
 use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
 use crate::error::{InferenceError, Result};
 use crate::files::ModelFiles;
-use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
-use crate::inspect::{read_contract, read_header};
+use crate::graph::{
+    check_graph, check_output_is_logits, check_output_is_not_a_distribution, GraphSignature,
+};
+use crate::inspect::{check_external_weights, read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, locate_model_file, Runtime};
 use crate::settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
@@ -273,6 +275,7 @@ impl Model {
         let header = read_header(&path)?;
         let contract = read_contract(&path, &header)?;
         check_output_is_logits(&path, &header.output_activations, &contract)?;
+        check_external_weights(&path, &header)?;
         // Stamped before the session reads them: a change while it loads
         // is found at the first batch.
         let files = std::sync::Arc::new(ModelFiles::stamp(&path, &header.external_files));
@@ -296,7 +299,7 @@ impl Model {
             path = %path.display(),
             "model loaded"
         );
-        Ok(Model {
+        let mut model = Model {
             session,
             contract,
             signature,
@@ -306,7 +309,31 @@ impl Model {
             runtime: rt,
             files,
             warned_probabilities: Default::default(),
-        })
+        };
+        model.refuse_a_normalised_output()?;
+        Ok(model)
+    }
+
+    /// Runs the graph on two unlike images (zeros, the mean image, and
+    /// ones) and refuses it when both outputs are probability
+    /// distributions (`check_output_is_not_a_distribution`).
+    fn refuse_a_normalised_output(&mut self) -> Result<()> {
+        let zeros = self.constant_image(0.0);
+        let ones = self.constant_image(1.0);
+        let rows = [
+            self.run_logits(&[&zeros])?.remove(0),
+            self.run_logits(&[&ones])?.remove(0),
+        ];
+        check_output_is_not_a_distribution(&self.path, &self.contract.output_name, &rows)
+    }
+
+    /// An image of one value throughout, in the model's element type.
+    pub fn constant_image(&self, value: f32) -> ImageInput {
+        let len = self.contract.image_len();
+        match self.contract.input_dtype {
+            InputDType::Float32 => ImageInput::F32(vec![value; len]),
+            InputDType::Float16 => ImageInput::F16(vec![f16::from_f32(value); len]),
+        }
     }
 
     pub fn contract(&self) -> &ModelContract {

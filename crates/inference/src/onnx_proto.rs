@@ -42,6 +42,8 @@ mod field {
     pub const GRAPH_OUTPUT: u32 = 12;
     pub const GRAPH_SPARSE_INITIALIZER: u32 = 15;
     pub const SPARSE_TENSOR_VALUES: u32 = 1;
+    pub const TENSOR_DIMS: u32 = 1;
+    pub const TENSOR_DATA_TYPE: u32 = 2;
     pub const TENSOR_NAME: u32 = 8;
     pub const TENSOR_EXTERNAL_DATA: u32 = 13;
     pub const VALUE_INFO_NAME: u32 = 1;
@@ -66,28 +68,62 @@ pub(crate) struct OnnxHeader {
     /// Keys of `metadata_props` given more than once.
     pub repeated_keys: Vec<String>,
     pub signature: GraphSignature,
-    /// For each graph output computed by a scoring operator of the default
-    /// domain (`Softmax`, `LogSoftmax`, `Sigmoid`), through any reshaping
-    /// or casting after it: that operator.
+    /// For each graph output whose values a scoring operator of the
+    /// default domain (`Softmax`, `LogSoftmax`, `Sigmoid`) computed, moved,
+    /// cut, joined or rescaled by constants after it: that operator.
     pub output_activations: HashMap<String, String>,
     /// The files the initializers' data lies in (`external_data`
     /// `location`, relative to the model file's directory).
     pub external_files: std::collections::BTreeSet<String>,
+    /// Each initializer whose data lies in one of those files.
+    pub external_tensors: Vec<ExternalTensor>,
+}
+
+/// Where an initializer's data lies outside the model file.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExternalTensor {
+    pub name: String,
+    /// The file, relative to the model file's directory.
+    pub location: String,
+    pub offset: u64,
+    /// Its `length`, else its elements × their size (None for a type of
+    /// no fixed size).
+    pub length: Option<u64>,
+    /// An `offset` or `length` that is no byte count (`-1`), said so.
+    pub malformed: Option<String>,
 }
 
 /// Operators that turn scores into probabilities: an output computed by
 /// one is not logits.
-const SCORING_OPS: [&str; 3] = ["Softmax", "LogSoftmax", "Sigmoid"];
+const SCORING_OPS: [&str; 4] = ["Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid"];
 
-/// Operators that pass their first input's values on unchanged in value.
-const PASS_THROUGH_OPS: [&str; 6] = [
+/// Operators whose output holds values of their first input, moved,
+/// cut, cast, bounded or mapped one by one, never combined with anything
+/// learned: a probability behind them is still one (a softmax sliced to
+/// two columns, clipped to [0, 1]), or its negative log (LogSoftmax then
+/// Neg), which the node's softmax would turn into the wrong class.
+const VALUE_KEEPING_OPS: [&str; 16] = [
     "Identity",
     "Cast",
     "Reshape",
     "Squeeze",
     "Unsqueeze",
     "Flatten",
+    "Transpose",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "Clip",
+    "Expand",
+    "Split",
+    "Neg",
+    "Log",
+    "Exp",
 ];
+
+/// Arithmetic that, with every other operand a constant, only rescales or
+/// shifts its input (a softmax × 100 is a percentage).
+const CONSTANT_ARITHMETIC_OPS: [&str; 4] = ["Mul", "Div", "Add", "Sub"];
 
 /// Why a file cannot be read as ONNX: what, and at which byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,29 +319,59 @@ struct GraphParts {
     inputs: Vec<GraphValue>,
     outputs: Vec<GraphValue>,
     initializers: HashSet<String>,
-    /// Each node output's producer: (op type, first input); default
-    /// domain only (a custom domain's `Softmax` is another operator).
-    producers: HashMap<String, (String, String)>,
+    /// Each node output's producer: (op type, inputs); default domain
+    /// only (a custom domain's `Softmax` is another operator).
+    producers: HashMap<String, (String, Vec<String>)>,
     external_files: std::collections::BTreeSet<String>,
+    external_tensors: Vec<ExternalTensor>,
 }
 
 impl GraphParts {
-    /// The scoring operator that computes `output`, if any, looking
-    /// through pass-through operators after it.
+    fn add_initializer(&mut self, name: String, external: Option<ExternalTensor>) {
+        if let Some(t) = external {
+            self.external_files.insert(t.location.clone());
+            self.external_tensors.push(t);
+        }
+        self.initializers.insert(name);
+    }
+
+    /// The scoring operator whose values `output` holds, if any: looking
+    /// back through operators that keep values (`VALUE_KEEPING_OPS`),
+    /// arithmetic with constants, and every input of a `Concat` (per-class
+    /// sigmoids joined into one output).
     fn activation_of(&self, output: &str) -> Option<String> {
-        let mut name = output;
-        // bounded: a malformed graph may loop
-        for _ in 0..=self.producers.len() {
-            let (op, input) = self.producers.get(name)?;
-            if SCORING_OPS.contains(&op.as_str()) {
-                return Some(op.clone());
+        let mut seen = HashSet::new();
+        let mut todo = vec![output];
+        // `seen` bounds the walk: a malformed graph may loop
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name) {
+                continue;
             }
-            if !PASS_THROUGH_OPS.contains(&op.as_str()) {
-                return None;
+            let Some((op, inputs)) = self.producers.get(name) else {
+                continue;
+            };
+            let op = op.as_str();
+            if SCORING_OPS.contains(&op) {
+                return Some(op.to_string());
             }
-            name = input;
+            if VALUE_KEEPING_OPS.contains(&op) {
+                todo.extend(inputs.first().map(String::as_str));
+            } else if op == "Concat" {
+                todo.extend(inputs.iter().map(String::as_str));
+            } else if CONSTANT_ARITHMETIC_OPS.contains(&op) {
+                let mut varying = inputs.iter().filter(|i| !self.is_constant(i));
+                if let (Some(only), None) = (varying.next(), varying.next()) {
+                    todo.push(only);
+                }
+            }
         }
         None
+    }
+
+    /// An initializer, or a `Constant` node's output.
+    fn is_constant(&self, name: &str) -> bool {
+        self.initializers.contains(name)
+            || matches!(self.producers.get(name), Some((op, _)) if op == "Constant")
     }
 }
 
@@ -353,6 +419,7 @@ fn read_model<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<OnnxHeader,
         },
         output_activations,
         external_files: graph.external_files,
+        external_tensors: graph.external_tensors,
     })
 }
 
@@ -385,26 +452,23 @@ fn read_graph<R: Read + Seek>(
             }
             field::GRAPH_INITIALIZER => {
                 let stop = bytes_end(wire, "GraphProto.initializer", w.pos)?;
-                let (name, location) = read_tensor_name(w, stop)?;
-                graph.initializers.insert(name);
-                graph.external_files.extend(location);
+                let (name, external) = read_tensor(w, stop)?;
+                graph.add_initializer(name, external);
             }
             field::GRAPH_SPARSE_INITIALIZER => {
                 let stop = bytes_end(wire, "GraphProto.sparse_initializer", w.pos)?;
-                if let Some((name, location)) = read_sparse_tensor_name(w, stop)? {
-                    graph.initializers.insert(name);
-                    graph.external_files.extend(location);
+                if let Some((name, external)) = read_sparse_tensor(w, stop)? {
+                    graph.add_initializer(name, external);
                 }
             }
             field::GRAPH_NODE => {
                 let stop = bytes_end(wire, "GraphProto.node", w.pos)?;
                 let (op_type, domain, inputs, outputs) = read_node(w, stop)?;
                 if domain.is_empty() || domain == "ai.onnx" {
-                    let first_input = inputs.into_iter().next().unwrap_or_default();
                     for output in outputs {
                         graph
                             .producers
-                            .insert(output, (op_type.clone(), first_input.clone()));
+                            .insert(output, (op_type.clone(), inputs.clone()));
                     }
                 }
             }
@@ -434,44 +498,88 @@ fn read_node<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<NodeParts, P
     Ok((op_type, domain, inputs, outputs))
 }
 
-/// The name of a TensorProto, and the file its data lies in when that is
-/// external; its data (raw_data, possibly gigabytes) is skipped with a seek.
-fn read_tensor_name<R: Read + Seek>(
+/// The name of a TensorProto, and where its data lies when outside the
+/// model file; its data (raw_data, possibly gigabytes) is skipped with a
+/// seek.
+fn read_tensor<R: Read + Seek>(
     w: &mut Walker<R>,
     end: u64,
-) -> Result<(String, Option<String>), ProtoError> {
-    let (mut name, mut location) = (String::new(), None);
+) -> Result<(String, Option<ExternalTensor>), ProtoError> {
+    let mut name = String::new();
+    let (mut dims, mut data_type) = (Vec::new(), 0u64);
+    let mut external: HashMap<String, String> = HashMap::new();
     while let Some((number, wire)) = w.next_field(end)? {
-        match number {
-            field::TENSOR_NAME => name = string_field(w, wire, "TensorProto.name")?,
-            field::TENSOR_EXTERNAL_DATA => {
+        match (number, wire) {
+            (field::TENSOR_NAME, _) => name = string_field(w, wire, "TensorProto.name")?,
+            (field::TENSOR_DIMS, Wire::Varint) => dims.push(w.varint(end)?),
+            // packed
+            (field::TENSOR_DIMS, Wire::Bytes { end: stop }) => {
+                while w.pos < stop {
+                    dims.push(w.varint(stop)?);
+                }
+            }
+            (field::TENSOR_DATA_TYPE, Wire::Varint) => data_type = w.varint(end)?,
+            (field::TENSOR_EXTERNAL_DATA, _) => {
                 let stop = bytes_end(wire, "TensorProto.external_data", w.pos)?;
                 let (key, value) = read_entry(w, stop)?;
-                if key == "location" {
-                    location = Some(value);
-                }
+                external.insert(key, value);
             }
             _ => w.skip(wire, end)?,
         }
     }
-    Ok((name, location))
+    let Some(location) = external.remove("location") else {
+        return Ok((name, None));
+    };
+    let number = |key: &str| external.get(key).map(|v| v.trim().parse::<u64>().ok());
+    let malformed = ["offset", "length"]
+        .into_iter()
+        .find(|key| matches!(number(key), Some(None)))
+        .map(|key| format!("its `{key}` `{}` is no byte count", external[key]));
+    let elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    let length = match number("length") {
+        Some(given) => given,
+        None => element_size(data_type)
+            .zip(elements)
+            .and_then(|(size, n)| size.checked_mul(n)),
+    };
+    let tensor = ExternalTensor {
+        name: name.clone(),
+        location,
+        offset: number("offset").flatten().unwrap_or(0),
+        length,
+        malformed,
+    };
+    Ok((name, Some(tensor)))
 }
 
-fn read_sparse_tensor_name<R: Read + Seek>(
+/// Bytes per element of an ONNX `TensorProto.DataType`, for the types of
+/// a fixed whole size.
+fn element_size(data_type: u64) -> Option<u64> {
+    match data_type {
+        2 | 3 | 9 | 17..=20 => Some(1), // uint8, int8, bool, float8 kinds
+        4 | 5 | 10 | 16 => Some(2),     // uint16, int16, float16, bfloat16
+        1 | 6 | 12 => Some(4),          // float, int32, uint32
+        7 | 11 | 13 | 14 => Some(8),    // int64, double, uint64, complex64
+        15 => Some(16),                 // complex128
+        _ => None,
+    }
+}
+
+fn read_sparse_tensor<R: Read + Seek>(
     w: &mut Walker<R>,
     end: u64,
-) -> Result<Option<(String, Option<String>)>, ProtoError> {
-    let mut name = None;
+) -> Result<Option<(String, Option<ExternalTensor>)>, ProtoError> {
+    let mut tensor = None;
     while let Some((number, wire)) = w.next_field(end)? {
         match number {
             field::SPARSE_TENSOR_VALUES => {
                 let stop = bytes_end(wire, "SparseTensorProto.values", w.pos)?;
-                name = Some(read_tensor_name(w, stop)?);
+                tensor = Some(read_tensor(w, stop)?);
             }
             _ => w.skip(wire, end)?,
         }
     }
-    Ok(name)
+    Ok(tensor)
 }
 
 fn read_value_info<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<GraphValue, ProtoError> {
@@ -730,6 +838,51 @@ mod tests {
         // a graph that loops on itself ends the walk
         let looped = model_with(&[node("Identity", &["logits"], &["logits"])]);
         assert!(read(&looped).unwrap().output_activations.is_empty());
+    }
+
+    #[test]
+    fn a_probability_rescaled_cut_or_joined_is_still_found() {
+        let found = |nodes: &[Vec<u8>]| {
+            read(&model_with(nodes))
+                .unwrap()
+                .output_activations
+                .get("logits")
+                .cloned()
+        };
+        // a percentage: × an initializer, or ÷ a Constant node's output
+        let percent = found(&[
+            node("Softmax", &["image"], &["p"]),
+            node("Mul", &["w", "p"], &["logits"]),
+        ]);
+        assert_eq!(percent.as_deref(), Some("Softmax"));
+        let divided = found(&[
+            node("Constant", &[], &["c"]),
+            node("Softmax", &["image"], &["p"]),
+            node("Clip", &["p", "c", "c"], &["q"]),
+            node("Slice", &["q", "c", "c"], &["r"]),
+            node("Div", &["r", "c"], &["logits"]),
+        ]);
+        assert_eq!(divided.as_deref(), Some("Softmax"));
+        // a negative log-probability
+        let nll = found(&[
+            node("LogSoftmax", &["image"], &["l"]),
+            node("Neg", &["l"], &["logits"]),
+        ]);
+        assert_eq!(nll.as_deref(), Some("LogSoftmax"));
+        // per-class sigmoids joined
+        let joined = found(&[
+            node("Sigmoid", &["image"], &["a"]),
+            node("MatMul", &["image", "w"], &["b"]),
+            node("Concat", &["b", "a"], &["logits"]),
+        ]);
+        assert_eq!(joined.as_deref(), Some("Sigmoid"));
+        // a probability weighting learned features is a computation
+        let weighted = found(&[
+            node("Softmax", &["image"], &["p"]),
+            node("MatMul", &["image", "w"], &["f"]),
+            node("Mul", &["f", "p"], &["logits"]),
+        ]);
+        assert_eq!(weighted, None);
     }
 
     #[test]

@@ -238,10 +238,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 pub fn locate_model_file(path: &Path) -> Result<PathBuf, crate::InferenceError> {
     let resolved = resolve_data_path(path);
     let why = if resolved.is_file() {
-        // The real file: ONNX Runtime looks for external weights beside the
-        // path it is given and refuses any outside that directory, so a
-        // link (`current.onnx -> v2/model.onnx`) must not be what it gets.
-        return Ok(resolved.canonicalize().unwrap_or(resolved));
+        return Ok(path_beside_the_weights(&resolved));
     } else if resolved.is_dir() {
         "is a directory, not a model file".to_string()
     } else {
@@ -262,6 +259,33 @@ pub fn locate_model_file(path: &Path) -> Result<PathBuf, crate::InferenceError> 
         path: resolved,
         why,
     })
+}
+
+/// The path ONNX Runtime is to load `model` by: it looks for external
+/// weights beside the path it is given and refuses any outside that
+/// directory. Usually the real file, so that a link (`current.onnx ->
+/// v2/model.onnx`) finds the weights beside its target; but the link itself
+/// where the weights are beside it and not beside the target (a cache of
+/// links to content-named files: `snapshot/model.onnx -> blobs/3f2a…`,
+/// `snapshot/model.onnx.data -> blobs/9c1e…`).
+fn path_beside_the_weights(model: &Path) -> PathBuf {
+    let real = model.canonicalize().unwrap_or_else(|_| model.to_path_buf());
+    let given = std::path::absolute(model).unwrap_or_else(|_| model.to_path_buf());
+    if real == given {
+        return real;
+    }
+    let Ok(header) = crate::onnx_proto::read_onnx_header(&real) else {
+        return real;
+    };
+    let all_beside = |file: &Path| {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        header.external_files.iter().all(|f| dir.join(f).is_file())
+    };
+    if !all_beside(&real) && all_beside(&given) {
+        given
+    } else {
+        real
+    }
 }
 
 pub fn resolve_data_path(path: &Path) -> PathBuf {

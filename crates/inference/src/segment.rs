@@ -12,7 +12,7 @@ use pneumo_imaging::{resize_bilinear, GreyImage, LungBox};
 use crate::error::{ContractError, InferenceError, Result};
 use crate::files::ModelFiles;
 use crate::graph::{GraphDim, GraphSignature, GraphValue, GraphValueType};
-use crate::inspect::read_header;
+use crate::inspect::{check_external_weights, read_header};
 use crate::model::{open_session, ExecutionProvider};
 use crate::runtime::{init_runtime, locate_model_file};
 use crate::settings::InferenceSettings;
@@ -167,6 +167,7 @@ pub fn inspect_segmentation_model(path: &Path) -> Result<(PathBuf, SegContract)>
     let contract = SegContract::from_metadata(|k| header.metadata.get(k).cloned())
         .map_err(|problem| contract_err(&path, problem))?;
     check_graph(&path, &header.signature, &contract)?;
+    check_external_weights(&path, &header)?;
     Ok((path, contract))
 }
 
@@ -175,7 +176,9 @@ impl LungSegmenter {
     /// and execution provider choice of `settings`, and checks its contract.
     pub fn load(path: &Path, settings: &InferenceSettings) -> Result<LungSegmenter> {
         let path = locate_model_file(path)?;
-        let files = ModelFiles::stamp(&path, &read_header(&path)?.external_files);
+        let header = read_header(&path)?;
+        check_external_weights(&path, &header)?;
+        let files = ModelFiles::stamp(&path, &header.external_files);
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let meta = session

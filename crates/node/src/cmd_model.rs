@@ -32,6 +32,11 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
         .context("checking the ONNX Runtime library")?;
     let c = &inspected.contract;
     let path = &inspected.path;
+    // The contract is read from the .onnx alone: shown, and the weights'
+    // problem said, as `infer` and `serve` refuse the model for it.
+    if let Some(problem) = &inspected.weights_problem {
+        eprintln!("warning: {problem}: `infer` and `serve` refuse this model until it is fixed");
+    }
     if *json {
         // A struct, not json!: a Value would widen each f32 (0.485 printed
         // as 0.48500001430511475).
@@ -46,6 +51,7 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
             contract: &'a pneumo_inference::ModelContract,
             preprocess: pneumo_imaging::PreprocessSpec,
             warning: Option<&'a str>,
+            weights_problem: Option<&'a str>,
             onnxruntime: Runtime<'a>,
         }
         let out = Out {
@@ -53,6 +59,7 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
             contract: c,
             preprocess: c.preprocess_spec(),
             warning: c.is_demo().then_some(DEMO_WARNING),
+            weights_problem: inspected.weights_problem.as_deref(),
             onnxruntime: Runtime {
                 library: &lib,
                 version: &version,

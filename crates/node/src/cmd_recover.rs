@@ -36,9 +36,11 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
             }
         };
         // Reports and companion images this node made carry its own AE
-        // title: they are made again, with the same UIDs, when their image
-        // is analysed; recorded as received they would be routed as images.
-        if meta.source_ae_title == node_ae {
+        // title and the product's name: they are made again, with the same
+        // UIDs, when their image is analysed; recorded as received they
+        // would be routed as images. The AE title alone is not enough: the
+        // node's own `store` sends originals under it.
+        if meta.source_ae_title == node_ae && made_by_the_product(&path) {
             println!("LEFT     {shown}: made by this node (made again when its image is analysed)");
             reports += 1;
             continue;
@@ -89,6 +91,16 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
         anyhow::bail!("{failed} files could not be recorded");
     }
     Ok(())
+}
+
+/// Whether the file's Manufacturer's Model Name (or its Contributing
+/// Equipment) is the product's, as on every report and image a node makes.
+fn made_by_the_product(path: &Path) -> bool {
+    pneumo_store::InstanceHeader::read(path).is_ok_and(|h| {
+        h.manufacturer_model_name
+            .as_deref()
+            .is_some_and(pneumo_store::is_product)
+    })
 }
 
 fn display_ae(ae: &str) -> &str {

@@ -261,6 +261,33 @@ impl Config {
         toml::to_string_pretty(self).context("writing the configuration as TOML")
     }
 
+    /// What the configuration allows but is most likely a mistake, said
+    /// at each start and by `check-config`: an allowed caller that no
+    /// `[[routing.results]]` rule names gets its images analysed and its
+    /// reports sent nowhere (its jobs stay `reported`).
+    pub fn warnings(&self) -> Vec<String> {
+        let results = &self.routing.results;
+        if results.is_empty() || results.iter().any(|r| r.calling_ae_titles.is_empty()) {
+            return Vec::new();
+        }
+        self.dicom
+            .allowed_callers
+            .iter()
+            .filter(|c| {
+                !results
+                    .iter()
+                    .any(|r| r.calling_ae_titles.contains(&c.ae_title))
+            })
+            .map(|c| {
+                format!(
+                    "allowed caller `{}` is named by no [[routing.results]] rule: the results \
+                     of its images go to no destination",
+                    c.ae_title
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<()> {
         check_ae_title("dicom.ae_title", &self.dicom.ae_title)?;
         // Each of these started a node that took nothing, or analysed
@@ -366,11 +393,33 @@ impl Config {
                     .collect(),
             ),
         ];
+        let allowed = &self.dicom.allowed_callers;
         for (section, rules) in rule_callers {
             for (i, titles) in rules.into_iter().enumerate() {
                 for ae in titles {
                     check_ae_title(&format!("{section}[{i}].calling_ae_titles"), ae)?;
+                    // Nor one the node refuses (titles compare exactly).
+                    if !allowed.is_empty() && !allowed.iter().any(|c| &c.ae_title == ae) {
+                        bail!(
+                            "{section}[{i}].calling_ae_titles names `{ae}`, which \
+                             dicom.allowed_callers does not list (AE titles compare exactly, \
+                             upper and lower case too): the rule could never match"
+                        );
+                    }
                 }
+            }
+        }
+        for (i, rule) in self.routing.forward.iter().enumerate() {
+            if let Some(c) = rule
+                .sop_classes
+                .iter()
+                .find(|c| !pneumo_report::is_valid_uid(c))
+            {
+                bail!(
+                    "routing.forward[{i}].sop_classes has `{c}`, which is not a SOP Class UID \
+                     (CR Image Storage is 1.2.840.10008.5.1.4.1.1.1; docs/conformance.md): \
+                     the rule could never match"
+                );
             }
         }
         if self.outbox.retry_base_s == 0 || self.outbox.retry_cap_s < self.outbox.retry_base_s {
@@ -591,6 +640,20 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_caller_no_results_rule_names_is_warned_about() {
+        let text = "[[dicom.allowed_callers]]\nae_title = \"CR_ROOM1\"\n\
+                    [[dicom.allowed_callers]]\nae_title = \"CR_ROOM2\"\n\
+                    [[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\
+                    [[routing.results]]\ndestinations = [\"pacs\"]\ncalling_ae_titles = [\"CR_ROOM1\"]\n";
+        let warnings = load_text(text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("`CR_ROOM2`"), "{warnings:?}");
+        // a rule for every caller covers them all
+        let everyone = text.replace("calling_ae_titles = [\"CR_ROOM1\"]\n", "");
+        assert!(load_text(&everyone).unwrap().warnings().is_empty());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = format!(
             "{:#}",
@@ -613,6 +676,17 @@ mod tests {
             (
                 "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 0\n",
                 "destinations[0] (`pacs`): port",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\
+                 [[routing.forward]]\ndestinations = [\"pacs\"]\nsop_classes = [\"CR\"]\n",
+                "routing.forward[0].sop_classes has `CR`",
+            ),
+            (
+                "[[dicom.allowed_callers]]\nae_title = \"CR_ROOM1\"\n\
+                 [[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\
+                 [[routing.results]]\ndestinations = [\"pacs\"]\ncalling_ae_titles = [\"cr_room1\"]\n",
+                "routing.results[0].calling_ae_titles names `cr_room1`",
             ),
         ] {
             let err = format!("{:#}", load_text(text).unwrap_err());

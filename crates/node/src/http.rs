@@ -229,7 +229,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     let outbox = s.store.outbox_counts().await.map(|o| {
         o.into_iter()
             .map(|c| {
-                let age_s = (now - c.oldest_created_at_ms).max(0) / 1000;
+                let age_s = (now - c.oldest_owed_since_ms).max(0) / 1000;
                 (c.destination, c.state, c.count, age_s)
             })
             .collect::<Vec<_>>()
@@ -313,7 +313,8 @@ async fn jobs(
     if q.destination.is_some() {
         return bad_request(json!({ "error": "`destination` lists deliveries, not jobs" }));
     }
-    let listing = match listing(JOB_STATES, &q) {
+    let mut states = Vec::new();
+    let listing = match listing(JOB_STATES, &q, &mut states) {
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
@@ -352,7 +353,8 @@ async fn deliveries(
     if q.result.is_some() {
         return bad_request(json!({ "error": "`result` is a job's, not a delivery's" }));
     }
-    let listing = match listing(&["pending", "sent", "parked"], &q) {
+    let mut states = Vec::new();
+    let listing = match listing(&["pending", "sent", "parked"], &q, &mut states) {
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
@@ -387,12 +389,25 @@ async fn deliveries(
 /// A listing's filters: its `state` (one of `states`, if given), study and
 /// instance ([`uid_filter`]s), and its `limit` (1 to [`MAX_JOBS_LISTED`],
 /// default 100); or the body of the 400 answer.
-fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Value> {
-    let state = q.state.as_deref();
-    if let Some(state) = state {
-        if !states.contains(&state) {
-            return Err(json!({ "error": format!("unknown state `{state}`"), "states": states }));
+/// The listing `q` asks for; `asked` holds its states (`state`, one or
+/// several comma-separated, each among `known`).
+fn listing<'a>(
+    known: &[&str],
+    q: &'a ListingQuery,
+    asked: &'a mut Vec<&'a str>,
+) -> Result<Listing<'a>, Value> {
+    for state in q
+        .state
+        .as_deref()
+        .map(|s| s.split(','))
+        .into_iter()
+        .flatten()
+    {
+        let state = state.trim();
+        if !known.contains(&state) {
+            return Err(json!({ "error": format!("unknown state `{state}`"), "states": known }));
         }
+        asked.push(state);
     }
     let (study_instance_uid, sop_instance_uid) =
         study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid)?;
@@ -407,7 +422,7 @@ fn listing<'a>(states: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Valu
         );
     }
     Ok(Listing {
-        state,
+        states: asked,
         study_instance_uid,
         sop_instance_uid,
         accession_number,

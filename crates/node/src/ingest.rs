@@ -198,7 +198,13 @@ impl IngestHandler {
                     _ => Status::OUT_OF_RESOURCES,
                 };
                 warn!(sop_instance_uid = %instance.sop_instance_uid, %status, error = %e, "instance refused");
-                StoreReply::failure(status, e.to_string())
+                // The sender's Error Comment keeps 64 characters: the why
+                // itself, without the status's own words before it.
+                let comment = match &e {
+                    StoreError::Unparseable(why) | StoreError::Mismatch(why) => why.clone(),
+                    _ => e.to_string(),
+                };
+                StoreReply::failure(status, comment)
             }
         }
     }

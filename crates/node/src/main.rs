@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pneumo_dimse::{scu, AeAddress, ScpServer, ScuOptions};
 use pneumo_store::Store;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, LogFormat};
 
@@ -265,9 +265,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // found here and not at the next start: the model read as
                 // `model info` reads it (readable by this account, ONNX, its
                 // contract), without building a session.
-                pneumo_inference::inspect_model(&config.inference.model).with_context(|| {
-                    format!("inference.model {}", config.inference.model.display())
-                })?;
+                let model = &config.inference.model;
+                pneumo_inference::inspect_model(model)
+                    .and_then(|inspected| inspected.check_weights())
+                    .with_context(|| format!("inference.model {}", model.display()))?;
                 if !config
                     .inference
                     .lung_segmentation_model
@@ -286,6 +287,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pneumo_inference::check_provider_built(&config.inference)
                     .context("inference.execution_provider")?;
                 check_data_dir(&config)?;
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
                 println!("# configuration OK");
@@ -450,6 +454,9 @@ async fn open_store(config: &Config) -> Result<Store> {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let store = Arc::new(open_store(&config).await?);
     store.start_integrity_check();
     // The model first: a wrong model or runtime is an error at start.
@@ -571,6 +578,8 @@ async fn serve(config: Config) -> Result<()> {
             metrics: metrics.clone(),
             stopping: stopping_rx.clone(),
             delivered_unrecorded: Default::default(),
+            failures_in_a_row: Default::default(),
+            take_comprehensive_sr: Default::default(),
             report_uid_root: config.report.node_identity(&config.dicom.ae_title).uid_root,
         }
         .run(),

@@ -69,6 +69,20 @@ pub struct OutboxWorker {
     /// `report.uid_root`: the UIDs of reports sent as another class
     /// derive under it as the reports' own do.
     pub report_uid_root: Option<String>,
+    /// Destination → how many times in a row it failed as a whole (no
+    /// association, one lost before any answer, two A7xx): its back-off
+    /// doubles with each, whichever row was tried (rows go least-tried
+    /// first, so the most-tried row's attempts grew once per round of the
+    /// whole backlog: a PACS owed 8 rows got 8 connections per back-off
+    /// step). Ended by a success or warning answer; lost with the process
+    /// (the rows' attempts are then the floor).
+    pub failures_in_a_row: Mutex<HashMap<String, i64>>,
+    /// Destinations that took a report as Comprehensive SR in place of its
+    /// Comprehensive 3D SR: their later reports go so at once (a PACS that
+    /// accepts 3D SR in negotiation and refuses it at C-STORE cost a
+    /// refused C-STORE and a WARN per report, for good). Lost with the
+    /// process: learnt again from the next report.
+    pub take_comprehensive_sr: Mutex<std::collections::HashSet<String>>,
 }
 
 impl OutboxWorker {
@@ -287,7 +301,16 @@ impl OutboxWorker {
             .unwrap_or(0);
         // `items` are owed rows too; counted here should the read fail.
         let most = items.iter().map(|i| i.attempts).fold(owed, i64::max);
-        let delay = self.retry_delay(most);
+        let before = {
+            let mut failures = self
+                .failures_in_a_row
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = failures.entry(destination.name.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let delay = self.retry_delay(most.max(before));
         Metrics::inc(&self.metrics.deliveries_failed, items.len() as u64);
         let mut recorded = true;
         for item in items {
@@ -300,6 +323,13 @@ impl OutboxWorker {
                 first_instance = %first.sop_instance_uid,
                 retry_in_s = delay.as_secs(),
                 "delivery failed; will retry"
+            );
+        } else {
+            // Two A7xx in a row (each said with its own row's delay): the
+            // wait everything owed now has.
+            warn!(
+                retry_in_s = delay.as_secs(),
+                "the destination is out of resources; all it is owed waits"
             );
         }
         let put_off = self
@@ -380,6 +410,18 @@ impl OutboxWorker {
             match assoc.store(file).await {
                 Ok(outcome) => {
                     answered += 1;
+                    if matches!(&outcome.result, Ok(s) if s.is_success() || s.is_warning()) {
+                        self.failures_in_a_row
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&destination.name);
+                        if outcome.sent_as.is_some() {
+                            self.take_comprehensive_sr
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(destination.name.clone());
+                        }
+                    }
                     all &= self.record_outcome(item, file, &outcome).await;
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
                     out_of_resources = if refused { out_of_resources + 1 } else { 0 };
@@ -399,9 +441,15 @@ impl OutboxWorker {
                 // answer: the destination. The rows behind this one wait
                 // with it, untried.
                 Err(e) if answered == 0 => {
-                    return self
-                        .put_off(destination, &[*item], &e.to_string(), all)
-                        .await;
+                    // What a PACS that does not know the calling AE title
+                    // does, among others (Orthanc accepts, then drops the
+                    // connection at the first C-STORE).
+                    let reason = format!(
+                        "{e} (before any answer on the association: does the destination \
+                         know this node's AE title {}?)",
+                        self.scu.calling_ae
+                    );
+                    return self.put_off(destination, &[*item], &reason, all).await;
                 }
                 // A release the destination asked for mid-way: nothing
                 // failed; the instance goes again, its attempts unchanged.
@@ -459,7 +507,12 @@ impl OutboxWorker {
                 || item
                     .last_status
                     .as_deref()
-                    .is_some_and(|s| s.starts_with(REFUSED_CLASS));
+                    .is_some_and(|s| s.starts_with(REFUSED_CLASS))
+                || self
+                    .take_comprehensive_sr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&item.destination);
         }
         Ok(file)
     }

@@ -1023,6 +1023,33 @@ fn a_long_model_name_is_cut_so_that_the_version_stays_in_the_series_description(
         sr_series_description(&model(WeightsKind::Trained)),
         "AI pneumoconiosis (PneumoLLM 1.0.0)"
     );
+    // A version too long to keep whole keeps its start and its end, where
+    // two versions differ; the name keeps its first letters.
+    let versioned = |version: &str, kind| ModelIdentity {
+        version: version.into(),
+        weights_kind: kind,
+        ..long.clone()
+    };
+    let base = "2026.11.28-site-a-retrained-external-validation-cohort-build";
+    for kind in [WeightsKind::Trained, WeightsKind::RandomDemo] {
+        for describe in [
+            sr_series_description,
+            crate::sc::sc_series_description,
+            crate::notice::not_analysed_series_description,
+        ] {
+            let (a, b) = (
+                describe(&versioned(&format!("{base}-4711"), kind)),
+                describe(&versioned(&format!("{base}-4712"), kind)),
+            );
+            assert_ne!(a, b);
+            assert!(a.chars().count() <= 64 && a.contains("2026"), "{a}");
+            assert!(a.trim_end_matches(')').ends_with("711"), "{a}");
+        }
+    }
+    assert_eq!(
+        sr_series_description(&versioned(&format!("{base}-4711"), WeightsKind::Trained)),
+        "AI pneumoconiosis (pneumollm... 2026.11.28-sit...ort-build-4711)"
+    );
 }
 
 /// The notice of `src` for `reason` with the default node, options and time.

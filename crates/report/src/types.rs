@@ -192,21 +192,40 @@ impl ModelIdentity {
     /// `before` + `name version` + `after` in at most `max` characters
     /// (a Series Description's 64): a name too long is cut, marked "...",
     /// so that the version stays (two versions of one model would
-    /// otherwise read alike in the viewer's series list).
+    /// otherwise read alike in the viewer's series list); a version too
+    /// long for that keeps its start and its end (where versions differ:
+    /// "-rc3", a build number), its middle marked "...".
     pub fn described_within(&self, before: &str, after: &str, max: usize) -> String {
-        let full = format!("{before}{}{after}", self.name_and_version());
-        let excess = full.chars().count().saturating_sub(max);
-        let name = self.name.trim();
-        let keep = name.chars().count().saturating_sub(excess + "...".len());
-        if excess == 0 || keep == 0 {
-            return full; // nothing to cut, or a version too long to keep
+        let (name, version) = (self.name.trim(), self.version.trim());
+        let full = format!("{before}{name} {version}{after}");
+        let count = |s: &str| s.chars().count();
+        if count(&full) <= max {
+            return full;
         }
-        let cut: String = name.chars().take(keep).collect();
-        format!(
-            "{before}{}... {}{after}",
-            cut.trim_end(),
-            self.version.trim()
-        )
+        // Room for "name version" between `before` and `after`.
+        let room = max.saturating_sub(count(before) + count(after));
+        let shown = if count(version) + " ...".len() < room {
+            let keep = room - count(version) - " ...".len();
+            format!("{}... {version}", first_chars(name, keep).trim_end())
+        } else {
+            // Both give way, the version keeping two thirds of the room or
+            // all but a short name; a name left fewer letters than that
+            // goes.
+            let version_room = (room * 2 / 3).max(room.saturating_sub(SHORTEST_NAME + 1));
+            let cut_version = middle_cut(version, version_room);
+            let name_room = room.saturating_sub(count(&cut_version) + 1);
+            if count(name) <= name_room {
+                format!("{name} {cut_version}")
+            } else if name_room >= SHORTEST_NAME / 2 {
+                format!(
+                    "{}... {cut_version}",
+                    first_chars(name, name_room - 3).trim_end()
+                )
+            } else {
+                middle_cut(version, room)
+            }
+        };
+        first_chars(&format!("{before}{shown}{after}"), max).to_string()
     }
 
     /// Check the fields; returns the contract's SHA-256 in lower case
@@ -459,6 +478,32 @@ pub(crate) fn parse_tz_offset(s: &str) -> Option<i32> {
     }
     let v = h * 60 + m;
     Some(if b[0] == b'-' { -v } else { v })
+}
+
+/// The most of a model's name kept where its version needs the room.
+const SHORTEST_NAME: usize = 12;
+
+/// The first `n` characters of `s`.
+fn first_chars(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(at, _)| &s[..at])
+}
+
+/// `s` in at most `n` characters: its start and its end, "..." between.
+fn middle_cut(s: &str, n: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= n {
+        return s.to_string();
+    }
+    if n <= 3 {
+        return chars[..n].iter().collect();
+    }
+    let tail = (n - 3) / 2;
+    let head = n - 3 - tail;
+    let (start, end): (String, String) = (
+        chars[..head].iter().collect(),
+        chars[chars.len() - tail..].iter().collect(),
+    );
+    format!("{start}...{end}")
 }
 
 #[cfg(test)]

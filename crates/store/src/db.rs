@@ -185,10 +185,12 @@ pub(crate) async fn resume_deliveries_parked_for_the_file(
     now: i64,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?,
+                owed_since_ms = ?
          WHERE instance_id = ? AND state = 'parked'
            AND (last_status LIKE 'the stored file%' OR last_status LIKE 'stored file unreadable%')",
     )
+    .bind(now)
     .bind(now)
     .bind(now)
     .bind(id)

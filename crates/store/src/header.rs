@@ -129,8 +129,20 @@ fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
     let Some(mut stream) = open().map_err(bad)? else {
         return Ok(());
     };
-    let size = std::io::copy(&mut stream, &mut std::io::sink())
-        .map_err(|e| bad(format!("the deflated data set does not inflate: {e}")))?;
+    use std::io::Read;
+    let size = std::io::copy(
+        &mut (&mut stream).take(MAX_INFLATED + 1),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| bad(format!("the deflated data set does not inflate: {e}")))?;
+    if size > MAX_INFLATED {
+        return Err(bad(format!(
+            "deflated data set inflates past {} MiB, the most this node reads \
+             (a few hundred kilobytes of zeros inflate to a gigabyte: each read of the \
+             header held it all in memory)",
+            MAX_INFLATED >> 20
+        )));
+    }
     let stream = open()
         .map_err(bad)?
         .ok_or_else(|| bad("the file changed".into()))?;
@@ -149,6 +161,11 @@ fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
 
 /// Deflated Explicit VR Little Endian.
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// The largest inflated Deflated data set: a chest radiograph inflates to
+/// tens of megabytes; this bounds what one association can make the node
+/// hold in memory from a small upload.
+pub const MAX_INFLATED: u64 = 256 << 20;
 
 /// Removes File Meta Information elements (group 0002) from the start of a
 /// received data set, where PS3.10 7.1 does not allow them (some senders
@@ -521,13 +538,13 @@ impl InstanceHeader {
     pub fn check_against(&self, incoming: &Incoming) -> Result<(), StoreError> {
         if self.sop_instance_uid != incoming.sop_instance_uid {
             return Err(StoreError::Mismatch(format!(
-                "SOP Instance UID {} in the data set, {} in the request",
+                "data set's UID {}, request's {} (SOP Instance UIDs differ)",
                 self.sop_instance_uid, incoming.sop_instance_uid
             )));
         }
         if self.sop_class_uid != incoming.sop_class_uid {
             return Err(StoreError::Mismatch(format!(
-                "SOP Class UID {} in the data set, {} in the request",
+                "data set's class {}, request's {} (SOP Class UIDs differ)",
                 self.sop_class_uid, incoming.sop_class_uid
             )));
         }

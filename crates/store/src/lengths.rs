@@ -160,7 +160,25 @@ impl<R: Read + Seek> Scanner<R> {
         }
         while self.pos < end {
             let at = self.pos;
+            // Every element header is 8 bytes at least: fewer left are a
+            // data set cut inside one, or bytes after its last element.
+            // (Said first: a sender's Error Comment keeps 64 characters.)
+            let stray = |n: u64| format!("{n} stray bytes end the data set, at byte {at}");
+            if top && end - at < 8 {
+                return Err(format!(
+                    "{}: too few for an element (cut short, or bytes after its last)",
+                    stray(end - at)
+                ));
+            }
             let tag = Tag(self.u16()?, self.u16()?);
+            // Group 0000 is the command's, never a data set's: zeros (NUL
+            // padding) after the last element.
+            if top && tag.group() == 0x0000 {
+                return Err(format!(
+                    "{}: no element (tag {tag}; padding after the last element?)",
+                    stray(end - at)
+                ));
+            }
             if tag.group() == 0xFFFE {
                 let _len = self.u32()?;
                 return match tag.element() {
@@ -397,6 +415,20 @@ pub(crate) mod tests {
         good.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         good.extend(el((0x0010, 0x0010), b"PN", b"DOE^J"));
         assert_eq!(explicit(&good), Ok(()));
+        // bytes after the last element are named so, not "truncated"
+        for extra in 1..8 {
+            let mut trailing = good.clone();
+            trailing.extend(std::iter::repeat_n(0u8, extra));
+            let err = explicit(&trailing).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{extra} stray bytes end")),
+                "{err}"
+            );
+        }
+        let mut padded = good.clone();
+        padded.extend([0u8; 8]);
+        let err = explicit(&padded).unwrap_err();
+        assert!(err.starts_with("8 stray bytes end"), "{err}");
 
         let mut huge = el((0x0008, 0x0060), b"CS", b"CR");
         huge.extend_from_slice(&[

@@ -90,7 +90,9 @@ pub enum StoreError {
     /// Comment holds 64 characters).
     #[error("{0}")]
     NotAUid(String),
-    #[error("the data set does not match its request: {0}")]
+    /// Said first in the sender's 64-character Error Comment: which UID,
+    /// then the data set's value.
+    #[error("{0}")]
     Mismatch(String),
     #[error("cannot write the instance file: {0}")]
     Io(#[from] std::io::Error),

@@ -89,8 +89,10 @@ pub struct OutboxCount {
     pub destination: String,
     pub state: String,
     pub count: i64,
-    /// When the oldest of these rows was made (ms since the epoch).
-    pub oldest_created_at_ms: i64,
+    /// Since when the longest-owed of these rows has been owed (made, or
+    /// made owed again by a resend, a retry of a parked row or the repair
+    /// of its file; ms since the epoch).
+    pub oldest_owed_since_ms: i64,
 }
 
 /// Back-off before attempt `attempts + 1`: `base × 2^(attempts-1)`, capped.
@@ -349,14 +351,12 @@ impl Store {
     pub async fn requeue_deliveries(&self, destination: Option<&str>) -> Result<u64, StoreError> {
         let now = now_ms();
         let r = sqlx::query(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
-             WHERE (state = 'parked' OR (state = 'pending' AND next_attempt_at_ms > ?))
-               AND (? IS NULL OR destination = ?)",
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?1, updated_at_ms = ?1,
+                    owed_since_ms = CASE WHEN state = 'parked' THEN ?1 ELSE owed_since_ms END
+             WHERE (state = 'parked' OR (state = 'pending' AND next_attempt_at_ms > ?1))
+               AND (?2 IS NULL OR destination = ?2)",
         )
         .bind(now)
-        .bind(now)
-        .bind(now)
-        .bind(destination)
         .bind(destination)
         .execute(self.pool())
         .await?;
@@ -378,10 +378,12 @@ impl Store {
         }
         let now = now_ms();
         let query = sqlx::query(concat!(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?,
+                    owed_since_ms = ?
              WHERE destination = ? AND state = 'sent' AND ",
             of_study_or_instance!()
         ))
+        .bind(now)
         .bind(now)
         .bind(now)
         .bind(destination);
@@ -551,7 +553,8 @@ impl Store {
 
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT destination, state, COUNT(*) AS count, MIN(created_at_ms) AS oldest_created_at_ms
+            "SELECT destination, state, COUNT(*) AS count,
+                    MIN(COALESCE(owed_since_ms, created_at_ms)) AS oldest_owed_since_ms
              FROM outbox GROUP BY destination, state ORDER BY destination, state",
         )
         .fetch_all(self.pool())

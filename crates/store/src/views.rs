@@ -91,8 +91,9 @@ const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original'
 /// applies only when given.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Listing<'a> {
-    /// One state of the row (the job's or the delivery's).
-    pub state: Option<&'a str>,
+    /// The states of the rows (the job's or the delivery's); any when
+    /// empty.
+    pub states: &'a [&'a str],
     /// Of one study: its originals and, for deliveries, the reports made
     /// for it.
     pub study_instance_uid: Option<&'a str>,
@@ -164,9 +165,10 @@ impl<'a> Listing<'a> {
         let row = listed.alias();
         let mut conditions = Vec::new();
         let mut values = Vec::new();
-        if let Some(state) = self.state {
-            conditions.push(format!("{row}.state = ?"));
-            values.push(Bound::Text(state));
+        if !self.states.is_empty() {
+            let marks = vec!["?"; self.states.len()].join(", ");
+            conditions.push(format!("{row}.state IN ({marks})"));
+            values.extend(self.states.iter().map(|s| Bound::Text(s)));
         }
         if let Some(study) = self.study_instance_uid {
             conditions.push("i.study_instance_uid = ?".to_string());

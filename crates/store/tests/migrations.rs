@@ -74,6 +74,10 @@ const APPLIED: &[(&str, &str)] = &[
         "0017_notice_indexes.sql",
         "af8dd8b45af211b35b55e02deb261b9bf406b258ed42f83e0508ba8f16d97dea",
     ),
+    (
+        "0018_outbox_owed_since.sql",
+        "636167dcaaea44bdc5604d65e64eaed61fb546c79f5a6198c452f3bcf880503b",
+    ),
 ];
 
 #[test]
