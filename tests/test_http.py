@@ -207,10 +207,14 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert len(body["deliveries"]) == 2 and body["next_before_id"] is not None
     code, body = node.http(f"/api/deliveries?state=sent&before_id={body['next_before_id']}")
     assert len(body["deliveries"]) == 1
-    for bad in ("study_instance_uid=", "sop_instance_uid=%20", "accession_number=", "study=1.2.3"):
+    for bad in ("study_instance_uid=", "sop_instance_uid=%20", "accession_number=", "study=1.2.3",
+                "sop_instance_uid=abc", "sop_instance_uid=1..2", f"study_instance_uid={'1.2' * 40}"):
         for listing in ("jobs", "deliveries"):
             code, body = node.http(f"/api/{listing}?{bad}")
             assert code == 400 and body["error"], (listing, bad)
+    # An action given what is no UID is refused, not answered "0 done".
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?sop_instance_uid=abc", timeout=10)
+    assert r.status_code == 400 and "is not a UID" in r.json()["error"], r.text
     # Each listing's own parameter, given to the other: refused, not ignored.
     assert node.http("/api/jobs?destination=pacs")[0] == 400
     assert node.http("/api/deliveries?result=false")[0] == 400
@@ -254,3 +258,18 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     assert "the database was migrated by a newer build" in node.log()
     assert "database migrated" not in node.log()
     assert node.echo_ok()
+
+
+def test_a_request_whose_body_never_comes_is_answered_408(node):
+    """A POST announcing 5 bytes of body and sending none held its
+    connection until the node stopped (12 minutes seen)."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", node.http_port), timeout=30)
+    s.sendall(b"POST /api/jobs/retry HTTP/1.1\r\nHost: node\r\nContent-Length: 5\r\n\r\n")
+    started = time.monotonic()
+    answer = s.recv(4096)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 25
+    assert node.http("/healthz")[0] == 200

@@ -71,6 +71,9 @@ def test_a_full_disk_loses_nothing_acknowledged_and_the_node_recovers(node_facto
     node.start()
     ballast = small_disk / "ballast"
     fill(ballast)
+    # A full disk is said to be full, not "not writable" (a permissions hunt)
+    status, body = node.http("/readyz")
+    assert status == 503 and any("is full" in r for r in body["reasons"]), body
     with open(ballast, "r+b") as f:  # room for the retry's own write, little more
         f.truncate(ballast.stat().st_size - 16 * 1024)
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=skipped", timeout=40)
@@ -80,6 +83,8 @@ def test_a_full_disk_loses_nothing_acknowledged_and_the_node_recovers(node_facto
     time.sleep(3)  # several routing and claim rounds on the full disk
     assert not [p for p in node.spool_files() if p.name.startswith("generated-")], \
         "a report that could not be written left its part file"
+    # said when it starts, not at every round
+    assert node.log().count("cannot claim jobs") <= 2, node.log()[-3000:]
 
     ballast.unlink()
     # Once there is room: the database is not held by a connection stuck

@@ -36,11 +36,16 @@ impl DiskGuard {
             self.data_dir.join("instances"),
         ]
         .into_iter()
-        .find(|dir| !tempfile_probe(dir));
+        .find_map(|dir| tempfile_probe(&dir).err().map(|e| (dir, e)));
         let writable = not_writable.is_none();
         let free = self.free_bytes().ok();
         let reason = match (&not_writable, free) {
-            (Some(dir), _) => Some(format!("{} is not writable", dir.display())),
+            // A full disk is not a permission problem: said so.
+            (Some((dir, e)), _) if e.kind() == std::io::ErrorKind::StorageFull => Some(format!(
+                "the disk of {} is full ({e}): free space, e.g. lower retention.keep_days",
+                dir.display()
+            )),
+            (Some((dir, e)), _) => Some(format!("{} is not writable: {e}", dir.display())),
             (_, None) => Some("cannot read free space of the data directory".to_string()),
             (_, Some(f)) if f < self.floor_bytes => Some(format!(
                 "free space {} MB is below the floor of {} MB (node.min_free_mb)",
@@ -87,11 +92,11 @@ impl DiskGuard {
     }
 }
 
-fn tempfile_probe(dir: &std::path::Path) -> bool {
+fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
     let probe = dir.join(".write-probe");
-    let ok = std::fs::write(&probe, b"ok").is_ok();
+    let written = std::fs::write(&probe, b"ok");
     let _ = std::fs::remove_file(&probe);
-    ok
+    written
 }
 
 #[cfg(unix)]

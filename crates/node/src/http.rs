@@ -83,7 +83,43 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/deliveries/cancel", post(cancel_deliveries))
         .route("/api/deliveries/move", post(move_deliveries))
         .route("/api/deliveries/resend", post(resend_deliveries))
+        .layer(axum::middleware::from_fn(body_in_time))
         .with_state(state)
+}
+
+/// How long a request's body may take to arrive, and how large it may be:
+/// the API's actions take none, and a request that announced 5 bytes and
+/// sent nothing held its connection for good.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const BODY_LIMIT: usize = 64 << 10;
+
+/// Reads the body before the handler does: 408 when it does not arrive in
+/// [`BODY_TIMEOUT`], 413 when larger than [`BODY_LIMIT`].
+async fn body_in_time(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({ "error": format!("a body of more than {BODY_LIMIT} bytes, or cut") })),
+            )
+                .into_response()
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(json!({ "error": format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()) })),
+            )
+                .into_response()
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyhow::Result<()> {
@@ -126,6 +162,13 @@ fn action_query<T>(q: Result<Query<T>, QueryRejection>, body: &Bytes) -> Result<
 fn uid_filter(v: &Option<String>) -> Result<Option<&str>, Value> {
     match v.as_deref().map(str::trim) {
         Some("") => Err(json!({ "error": "an empty UID" })),
+        // A typo answered as "nothing found" (or "0 resent") reads as the
+        // truth; no instance is stored under what is no UID.
+        Some(uid) if !pneumo_report::is_referable_uid(uid) => Err(json!({
+            "error": format!(
+                "`{uid}` is not a UID (digits and dots, at most 64 characters, no empty part)"
+            )
+        })),
         uid => Ok(uid),
     }
 }

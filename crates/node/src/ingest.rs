@@ -35,6 +35,7 @@ pub async fn run_router(
     wake: Arc<Notify>,
     wake_pipeline: Arc<Notify>,
 ) {
+    let mut routing_failing = crate::repeated::RepeatedWarning::new("cannot route jobs");
     loop {
         match store
             .route_received_jobs(|h, ts| {
@@ -58,15 +59,16 @@ pub async fn run_router(
             })
             .await
         {
-            Ok((0, 0)) => {}
+            Ok((0, 0)) => routing_failing.succeeded(),
             Ok((queued, skipped)) => {
+                routing_failing.succeeded();
                 debug!(queued, skipped, "jobs routed");
                 if queued > 0 {
                     wake_pipeline.notify_one();
                 }
             }
             Err(e) => {
-                warn!(error = %e, "cannot route jobs");
+                routing_failing.failed(&e);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }

@@ -13,6 +13,7 @@ mod metrics;
 mod notice;
 mod outbox;
 mod pipeline;
+mod repeated;
 mod reportcfg;
 mod retention;
 mod routing;

@@ -110,6 +110,7 @@ impl Pipeline {
     pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>, grace: Duration) {
         let concurrency = self.settings.concurrency.max(1);
         let permits = Arc::new(Semaphore::new(concurrency));
+        let mut claim_failing = crate::repeated::RepeatedWarning::new("cannot claim jobs");
         while !*stopping.borrow() {
             let free = permits.available_permits();
             let max_attempts = i64::from(self.settings.max_attempts.max(1));
@@ -140,9 +141,12 @@ impl Pipeline {
                     )
                     .await
                 {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        claim_failing.succeeded();
+                        c
+                    }
                     Err(e) => {
-                        warn!(error = %e, "cannot claim jobs");
+                        claim_failing.failed(&e);
                         Vec::new()
                     }
                 }

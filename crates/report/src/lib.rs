@@ -35,7 +35,7 @@ pub use types::{
     SrSopClass, WeightsKind, PRODUCT,
 };
 pub use uid::{
-    comprehensive_sr_copy_uid, is_valid_uid, not_analysed_sc_sop_instance_uid,
+    comprehensive_sr_copy_uid, is_referable_uid, is_valid_uid, not_analysed_sc_sop_instance_uid,
     not_analysed_series_instance_uid, not_analysed_sop_instance_uid, sc_sop_instance_uid,
     sr_series_instance_uid, sr_sop_instance_uid,
 };
