@@ -93,14 +93,10 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-/// Whether the file's Manufacturer's Model Name (or its Contributing
-/// Equipment) is the product's, as on every report and image a node makes.
+/// Whether the file is a report or image a node made (the product's name
+/// on it).
 fn made_by_the_product(path: &Path) -> bool {
-    pneumo_store::InstanceHeader::read(path).is_ok_and(|h| {
-        h.manufacturer_model_name
-            .as_deref()
-            .is_some_and(pneumo_store::is_product)
-    })
+    pneumo_store::InstanceHeader::read(path).is_ok_and(|h| h.made_by_the_product())
 }
 
 fn display_ae(ae: &str) -> &str {

@@ -174,16 +174,6 @@ fn matches(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
     }
 }
 
-/// Whether a received instance is a report or companion image a node made
-/// (its Manufacturer's Model Name is the product's): a PACS that sends
-/// everything back made the node analyse its own companion image, and
-/// with a PACS giving it a new UID each time, loop.
-fn made_by_a_node(h: &InstanceHeader) -> bool {
-    h.manufacturer_model_name
-        .as_deref()
-        .is_some_and(pneumo_store::is_product)
-}
-
 /// A body part against the rule's terms: a term matches the value or one
 /// of its words ("CHEST PA", "CHEST_PA" are CHEST), case ignored.
 fn matches_body_part(list: &[String], value: Option<&str>, when_absent: bool) -> bool {
@@ -204,7 +194,10 @@ impl RoutingSection {
     }
 
     pub fn analysis_refusal(&self, h: &InstanceHeader) -> Option<String> {
-        if made_by_a_node(h) {
+        // A report or companion image a node made: a PACS that sends
+        // everything back made the node analyse its own companion image,
+        // and with a PACS giving it a new UID each time, loop.
+        if h.made_by_the_product() {
             return Some(format!(
                 "an instance made by {} (a report or companion image sent back to it) is not \
                  analysed",
@@ -278,7 +271,7 @@ impl RoutingSection {
     /// The destinations a received instance is forwarded to, each once.
     pub fn forward_destinations(&self, h: &InstanceHeader, calling_ae: &str) -> Vec<String> {
         // Not an original: results go by the results rules alone.
-        if made_by_a_node(h) {
+        if h.made_by_the_product() {
             return Vec::new();
         }
         union_of(self.forward.iter().filter_map(|rule| {

@@ -535,6 +535,15 @@ impl InstanceHeader {
     }
 
     /// The data set must be the instance the C-STORE request announced.
+    /// Whether this is a report or companion image a node made: its
+    /// Manufacturer's Model Name (or, where a PACS rewrote that, its
+    /// Contributing Equipment) is the product's.
+    pub fn made_by_the_product(&self) -> bool {
+        self.manufacturer_model_name
+            .as_deref()
+            .is_some_and(is_product)
+    }
+
     pub fn check_against(&self, incoming: &Incoming) -> Result<(), StoreError> {
         if self.sop_instance_uid != incoming.sop_instance_uid {
             return Err(StoreError::Mismatch(format!(
