@@ -84,6 +84,24 @@ def test_bytes_after_the_last_element_are_named_so(node, radiograph, trailing):
     assert_still_serving_and_clean(node, sop_uid)
 
 
+@pytest.mark.parametrize("tail", ["ff", "sop-uid-again", "pixel-data-again"])
+def test_elements_after_the_pixel_data_out_of_order_or_twice_are_refused(node, radiograph, tail):
+    """Acknowledged 0000, then unreadable by the node itself (its job
+    failed, its notice and the broken original went to the PACS): eight
+    0xFF bytes after the last element, an empty SOP Instance UID after the
+    pixel data (read as the instance having none), a second empty Pixel
+    Data. PS3.5 7.1: a data set's elements ascend, each once."""
+    sop_uid, data = radiograph
+    extra = {
+        "ff": b"\xff" * 8,
+        "sop-uid-again": struct.pack("<HH2sH", 0x0008, 0x0018, b"UI", 0),
+        "pixel-data-again": struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 0),
+    }[tail]
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, sop_uid, data + extra)
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert_still_serving_and_clean(node, sop_uid)
+
+
 def test_a_data_set_of_another_instance_than_its_request_is_refused_a900(node, radiograph):
     """The request names one SOP Instance UID, the data set holds another:
     refused A900, nothing kept under either; the comment (64 characters

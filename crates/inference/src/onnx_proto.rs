@@ -102,7 +102,7 @@ const SCORING_OPS: [&str; 4] = ["Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid
 /// learned: a probability behind them is still one (a softmax sliced to
 /// two columns, clipped to [0, 1]), or its negative log (LogSoftmax then
 /// Neg), which the node's softmax would turn into the wrong class.
-const VALUE_KEEPING_OPS: [&str; 16] = [
+const VALUE_KEEPING_OPS: [&str; 22] = [
     "Identity",
     "Cast",
     "Reshape",
@@ -119,6 +119,12 @@ const VALUE_KEEPING_OPS: [&str; 16] = [
     "Neg",
     "Log",
     "Exp",
+    "Abs",
+    "Relu",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
 ];
 
 /// Arithmetic that, with every other operand a constant, only rescales or
@@ -869,6 +875,12 @@ mod tests {
             node("Neg", &["l"], &["logits"]),
         ]);
         assert_eq!(nll.as_deref(), Some("LogSoftmax"));
+        let absolute = found(&[
+            node("Softmax", &["image"], &["p"]),
+            node("Log", &["p"], &["l"]),
+            node("Abs", &["l"], &["logits"]),
+        ]);
+        assert_eq!(absolute.as_deref(), Some("Softmax"));
         // per-class sigmoids joined
         let joined = found(&[
             node("Sigmoid", &["image"], &["a"]),

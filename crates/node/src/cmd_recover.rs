@@ -81,7 +81,7 @@ pub async fn run(config: &Config, store: Store, dry_run: bool) -> Result<()> {
     // and removes it: left behind, it held what was recorded (a copy of
     // the main file alone lacked it) and was replayed over any database
     // copied in afterwards.
-    store.close().await;
+    store.close_and_wait_for_the_log().await;
     let verb = if dry_run { "to record" } else { "recorded" };
     println!(
         "{} files the database did not name: {recorded} {verb}, {reports} made by this node left, {failed} failed",

@@ -65,10 +65,23 @@ async fn outside_any_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bo
     drop(handle);
     let clean = sqlite_autocommit && !conn.is_in_transaction();
     if !clean {
-        tracing::warn!(
-            "a database connection was left inside a transaction (after a failed write); \
-             closed and replaced"
-        );
+        // On a full disk every round of every loop meets one: said once a
+        // minute, with how many (45 lines a minute before).
+        static SAID: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+            std::sync::Mutex::new((None, 0));
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        said.1 += 1;
+        if said
+            .0
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            tracing::warn!(
+                connections = said.1,
+                "a database connection was left inside a transaction (after a failed \
+                 write); closed and replaced"
+            );
+            *said = (Some(std::time::Instant::now()), 0);
+        }
     }
     Ok(clean)
 }

@@ -55,6 +55,8 @@ struct Scanner<R> {
     path: Vec<(Tag, usize)>,
     /// Where the top-level element at or after `stop` begins, once met.
     stopped_at: Option<u64>,
+    /// The last top-level element's tag: they must ascend.
+    last_top: Option<Tag>,
 }
 
 /// A value read by `values_of_vrs`: where it is, and its bytes.
@@ -115,6 +117,7 @@ impl<R: Read + Seek> Scanner<R> {
             collected: Vec::new(),
             path: Vec::new(),
             stopped_at: None,
+            last_top: None,
         })
     }
 
@@ -186,9 +189,23 @@ impl<R: Read + Seek> Scanner<R> {
                     _ => Err(format!("unexpected item tag {tag} at byte {at}")),
                 };
             }
-            if top && tag >= self.stop {
+            // (FFFF,FFFF) is the whole data set's walk: an element so
+            // tagged is no stop but an error below.
+            if top && tag >= self.stop && self.stop != Tag(0xFFFF, 0xFFFF) {
                 self.stopped_at = Some(at);
                 return Ok(Stop::Done);
+            }
+            // PS3.5 7.1: elements ascend. One out of order or given twice
+            // (an empty SOP Instance UID after the pixel data, a second
+            // Pixel Data) was acknowledged, then read as missing or empty.
+            if top {
+                if let Some(last) = self.last_top.filter(|last| tag <= *last) {
+                    return Err(format!(
+                        "element {tag} at byte {at} comes after {last}: a data set's elements \
+                         ascend, each once"
+                    ));
+                }
+                self.last_top = Some(tag);
             }
             let (vr, len) = if self.enc.explicit_vr {
                 let mut v = [0u8; 2];
@@ -429,10 +446,18 @@ pub(crate) mod tests {
         padded.extend([0u8; 8]);
         let err = explicit(&padded).unwrap_err();
         assert!(err.starts_with("8 stray bytes end"), "{err}");
+        // elements out of order, or twice
+        let mut twice = good.clone();
+        twice.extend(el((0x0008, 0x0060), b"CS", b"DX"));
+        let err = explicit(&twice).unwrap_err();
+        assert!(err.contains("comes after (0010,0010)"), "{err}");
+        let mut again = good.clone();
+        again.extend(el((0x0010, 0x0010), b"PN", b""));
+        assert!(explicit(&again).unwrap_err().contains("ascend, each once"));
 
         let mut huge = el((0x0008, 0x0060), b"CS", b"CR");
         huge.extend_from_slice(&[
-            0x08, 0x00, 0x16, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+            0x08, 0x00, 0x70, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
         ]);
         let err = explicit(&huge).unwrap_err();
         assert!(err.contains("claims 4294967280 bytes"), "{err}");

@@ -426,10 +426,7 @@ impl Store {
         database_url: Option<&str>,
     ) -> Result<Store, StoreError> {
         let file = Store::existing_database(data_dir, database_url)?;
-        let log = file.with_file_name(format!(
-            "{}-wal",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let log = write_ahead_log(&file);
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
             return Err(StoreError::UnfoldedLog(log));
         }
@@ -768,7 +765,36 @@ impl Store {
         {
             check.abort();
         }
+        // The write-ahead log folded into the database file and emptied
+        // now: the last connection's close, which removes it, may still be
+        // under way on its worker thread when the process exits, and what
+        // was committed is then in the database file all the same.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot fold the write-ahead log into the database");
+        }
         self.pool.close().await;
+    }
+
+    /// [`Store::close`], for a one-shot command that exits next
+    /// (`recover-files`): the pool's close returns once its connections are
+    /// told to close; their worker threads close them (and the last removes
+    /// the log) a moment later, which is waited for here, at most 2 s, so
+    /// that the process does not exit first (a `-wal` was left every other
+    /// run).
+    pub async fn close_and_wait_for_the_log(&self) {
+        self.close().await;
+        if let Some(file) = &self.database_file {
+            let log = write_ahead_log(file);
+            for _ in 0..100 {
+                if !log.exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Runs SQLite's `quick_check` over the whole database in the
@@ -843,4 +869,12 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The write-ahead log SQLite keeps beside `database` (`<name>-wal`).
+fn write_ahead_log(database: &Path) -> PathBuf {
+    database.with_file_name(format!(
+        "{}-wal",
+        database.file_name().unwrap_or_default().to_string_lossy()
+    ))
 }
