@@ -26,13 +26,7 @@ pub struct InspectedModel {
 impl InspectedModel {
     /// `weights_problem` as the error a load would end with.
     pub fn check_weights(&self) -> Result<()> {
-        match &self.weights_problem {
-            Some(message) => Err(InferenceError::ModelLoad {
-                path: self.path.clone(),
-                message: message.clone(),
-            }),
-            None => Ok(()),
-        }
+        weights_loadable(&self.path, self.weights_problem.clone())
     }
 }
 
@@ -129,7 +123,15 @@ pub(crate) fn external_weights_problem(path: &Path, tensors: &[ExternalTensor]) 
 
 /// [`external_weights_problem`] as the error of a load.
 pub(crate) fn check_external_weights(path: &Path, header: &OnnxHeader) -> Result<()> {
-    match external_weights_problem(path, &header.external_tensors) {
+    weights_loadable(
+        path,
+        external_weights_problem(path, &header.external_tensors),
+    )
+}
+
+/// A weights problem of the model `path` as the error of its load.
+fn weights_loadable(path: &Path, problem: Option<String>) -> Result<()> {
+    match problem {
         Some(message) => Err(InferenceError::ModelLoad {
             path: path.to_path_buf(),
             message,

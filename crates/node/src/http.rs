@@ -356,8 +356,7 @@ async fn jobs(
     if q.destination.is_some() {
         return bad_request(json!({ "error": "`destination` lists deliveries, not jobs" }));
     }
-    let mut states = Vec::new();
-    let listing = match listing(JOB_STATES, &q, &mut states) {
+    let listing = match listing(JOB_STATES, &q) {
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
@@ -396,8 +395,7 @@ async fn deliveries(
     if q.result.is_some() {
         return bad_request(json!({ "error": "`result` is a job's, not a delivery's" }));
     }
-    let mut states = Vec::new();
-    let listing = match listing(&["pending", "sent", "parked"], &q, &mut states) {
+    let listing = match listing(&["pending", "sent", "parked"], &q) {
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
@@ -432,13 +430,10 @@ async fn deliveries(
 /// A listing's filters: its `state` (one of `states`, if given), study and
 /// instance ([`uid_filter`]s), and its `limit` (1 to [`MAX_JOBS_LISTED`],
 /// default 100); or the body of the 400 answer.
-/// The listing `q` asks for; `asked` holds its states (`state`, one or
-/// several comma-separated, each among `known`).
-fn listing<'a>(
-    known: &[&str],
-    q: &'a ListingQuery,
-    asked: &'a mut Vec<&'a str>,
-) -> Result<Listing<'a>, Value> {
+/// The listing `q` asks for; its states (`state`) one or several
+/// comma-separated, each among `known`.
+fn listing<'a>(known: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Value> {
+    let mut asked = Vec::new();
     for state in q
         .state
         .as_deref()
@@ -479,7 +474,7 @@ fn listing<'a>(
 fn one_more<'a>(listing: &Listing<'a>) -> Listing<'a> {
     Listing {
         limit: listing.limit + 1,
-        ..*listing
+        ..listing.clone()
     }
 }
 

@@ -89,11 +89,11 @@ const DELIVERY_KIND: &str = "CASE WHEN i.generated = 0 THEN 'original'
 
 /// Which rows of a listing (jobs or deliveries), newest first; each filter
 /// applies only when given.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Listing<'a> {
     /// The states of the rows (the job's or the delivery's); any when
     /// empty.
-    pub states: &'a [&'a str],
+    pub states: Vec<&'a str>,
     /// Of one study: its originals and, for deliveries, the reports made
     /// for it.
     pub study_instance_uid: Option<&'a str>,

@@ -248,7 +248,7 @@ async fn a_job_whose_holder_dies_every_time_fails_after_max_attempts() {
     let failed = store
         .list_jobs(
             &Listing {
-                states: &["failed"],
+                states: vec!["failed"],
                 limit: 10,
                 ..Default::default()
             },
@@ -306,7 +306,7 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
         store
             .list_jobs(
                 &Listing {
-                    states: &["received"],
+                    states: vec!["received"],
                     limit: 10,
                     ..Default::default()
                 },
@@ -321,7 +321,7 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
         store
             .list_jobs(
                 &Listing {
-                    states: &["skipped"],
+                    states: vec!["skipped"],
                     limit: 10,
                     ..Default::default()
                 },
@@ -335,7 +335,7 @@ async fn an_operator_sends_failed_jobs_and_parked_deliveries_back() {
     let again = store
         .list_jobs(
             &Listing {
-                states: &["received"],
+                states: vec!["received"],
                 limit: 10,
                 ..Default::default()
             },
@@ -445,7 +445,7 @@ async fn a_job_the_store_could_not_finish_runs_again_later_without_using_an_atte
         let waiting = store
             .list_jobs(
                 &Listing {
-                    states: &[],
+                    states: vec![],
                     limit: 10,
                     ..Default::default()
                 },
