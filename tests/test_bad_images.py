@@ -94,6 +94,21 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     rgb["PixelData"].VR = "OB"
     save("colour", rgb, "-xe", "imaging: colour")
 
+    # Type 1 attributes missing or empty: a signed image read as unsigned
+    # (its negative samples the brightest) was analysed.
+    unsigned_guess = _fresh(base)
+    del unsigned_guess.PixelRepresentation
+    save("no_pixel_representation", unsigned_guess, "-xe",
+         "imaging: missing-attribute: required attribute PixelRepresentation is missing or empty")
+    empty = _fresh(base)
+    empty["PixelRepresentation"].value = None
+    save("empty_pixel_representation", empty, "-xe",
+         "imaging: missing-attribute: required attribute PixelRepresentation is missing or empty")
+    no_bits_stored = _fresh(base)
+    del no_bits_stored.BitsStored
+    save("no_bits_stored", no_bits_stored, "-xe",
+         "imaging: missing-attribute: required attribute BitsStored is missing or empty")
+
     two = _fresh(base, NumberOfFrames=2)
     two.PixelData = two.PixelData * 2
     save("multi_frame", two, "-xe", "imaging: multi-frame")

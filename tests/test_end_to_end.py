@@ -242,13 +242,24 @@ def assert_replaces(node, new, old, why):
             yield from texts(child)
 
     texts = list(texts(new))
-    assert any(t.startswith(f"This report replaces report {old.SOPInstanceUID}, made by the same "
-                            "model") and t.endswith(why) for t in texts), texts
+    assert any(t.startswith("This report replaces the report made by the same model for an earlier copy")
+               and t.endswith(why) for t in texts), texts
+    assert not any(old.SOPInstanceUID in t for t in texts), "no UID in the words a radiologist reads"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "replacing.dcm"
         new.save_as(path)
         out = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
     assert [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")] == []
+
+
+def send_and_read_reports(node, path, reported: int) -> list:
+    """Sends `path`, waits for `reported` jobs reported, and reads every SR
+    the node made, oldest first."""
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == reported, timeout=60)
+    with node.db() as c:
+        paths = [p for (p,) in c.execute("SELECT path FROM instances WHERE generated = 1 AND modality = 'SR' ORDER BY id")]
+    return [pydicom.dcmread(node.data_dir / p) for p in paths]
 
 
 def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies, tmp_path):
@@ -262,12 +273,7 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
     corrected.PatientID, corrected.PatientName = "PAT-CORRECTED", "Corrected^Name"
     path = tmp_path / "corrected.dcm"
     corrected.save_as(path, enforce_file_format=True)
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
-    with node.db() as c:
-        paths = [p for (p,) in c.execute("SELECT path FROM instances WHERE generated = 1 AND modality = 'SR' ORDER BY id")]
-    assert len(paths) == 2
-    old, new = (pydicom.dcmread(node.data_dir / p) for p in paths)
+    old, new = send_and_read_reports(node, path, reported=2)
     assert (old.PatientID, new.PatientID) == (pydicom.dcmread(first).PatientID, "PAT-CORRECTED")
     assert str(new.PatientName) == "Corrected^Name" and old.SOPInstanceUID != new.SOPInstanceUID
     # both reference the one source instance
@@ -275,7 +281,7 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
         (ref,) = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == corrected.SOPInstanceUID
     # The new one names the one it replaces, so a viewer can tell the
-    # current report (both sat unlinked in one series), and says why.
+    # current report (both sat unlinked in one series once), and says why.
     assert_replaces(node, new, old, "this copy names another patient or study.")
     assert "PredecessorDocumentsSequence" not in old
     # A copy of the corrected copy (another series description, the name's
@@ -291,6 +297,25 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
         srs = c.execute("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'").fetchone()[0]
         linked = {s for (s,) in c.execute("SELECT sr_instance_id FROM jobs ORDER BY id")}
     assert srs == 2 and len(linked) == 2
+    # A series names one patient: the corrected patient's report has a
+    # series of its own (it shared the first's, two patients in one series).
+    assert new.SeriesInstanceUID != old.SeriesInstanceUID
+
+    # Moved to another patient's study at the modality: its report is in
+    # that study, in a series of its own (it went into the first patient's
+    # report series, one series across two studies).
+    corrected.PatientID, corrected.PatientName = "PAT-MOVED", "Moved^To"
+    corrected.StudyInstanceUID = pydicom.uid.generate_uid()
+    moved = tmp_path / "moved.dcm"
+    corrected.save_as(moved, enforce_file_format=True)
+    _, _, third = send_and_read_reports(node, moved, reported=4)
+    assert third.StudyInstanceUID == corrected.StudyInstanceUID and third.PatientID == "PAT-MOVED"
+    assert third.SeriesInstanceUID not in (old.SeriesInstanceUID, new.SeriesInstanceUID)
+    out = subprocess.run(["/usr/bin/dcentvfy", *(str(sr.filename) for sr in (old, new, third))],
+                         capture_output=True, text=True, errors="replace")
+    # (The modality's corrected copy names another patient in the same
+    # study: the study's complaint is the source's own.)
+    assert "same SeriesInstanceUID" not in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, rg1_copies, tmp_path):

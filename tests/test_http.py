@@ -218,6 +218,21 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     # Each listing's own parameter, given to the other: refused, not ignored.
     assert node.http("/api/jobs?destination=pacs")[0] == 400
     assert node.http("/api/deliveries?result=false")[0] == 400
+    # Row ids start at 1: "before -1" was an empty page, and a path that is
+    # no UID read as an instance never received.
+    for listing in ("jobs", "deliveries"):
+        code, body = node.http(f"/api/{listing}?before_id=-1")
+        assert code == 400 and "before_id must be at least 1" in body["error"], body
+    code, body = node.http("/api/instances/abc")
+    assert code == 400 and "is not a UID" in body["error"], body
+    assert node.http("/api/instances/1.2.3.4")[0] == 404
+
+    # Every state of a configured destination is in /metrics, 0 when empty:
+    # series that vanished left alert rules to `absent()`.
+    metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    assert 'pneumo_outbox{destination="pacs",state="parked"} 0' in metrics, metrics
+    assert 'pneumo_outbox{destination="pacs",state="sent"} 3' in metrics, metrics
+    assert 'pneumo_outbox_oldest_seconds{destination="pacs",state="pending"} 0' in metrics, metrics
 
 
 def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_factory):
@@ -258,18 +273,47 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     assert "the database was migrated by a newer build" in node.log()
     assert "database migrated" not in node.log()
     assert node.echo_ok()
+    node.stop()
+
+    # A development build's migration 15 differed from the released one: a
+    # start failed with sqlx's words and exit 1, restarted every 5 s.
+    with sqlite3.connect(node.data_dir / "pneumo-node.sqlite") as c:
+        c.execute("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 15")
+    with pytest.raises(RuntimeError, match="exited with 78"):
+        node.start()
+    assert "the database was migrated by a build whose migration 15 differs from this build's" in node.log()
 
 
-def test_a_request_whose_body_never_comes_is_answered_408(node):
+def test_requests_that_never_finish_are_ended_and_a_huge_body_refused_at_once(node):
     """A POST announcing 5 bytes of body and sending none held its
-    connection until the node stopped (12 minutes seen)."""
+    connection until the node stopped (12 minutes seen); so did a request
+    whose headers never ended; a body announced at 10 GB was answered only
+    after the body's whole timeout."""
     import socket
 
-    s = socket.create_connection(("127.0.0.1", node.http_port), timeout=30)
-    s.sendall(b"POST /api/jobs/retry HTTP/1.1\r\nHost: node\r\nContent-Length: 5\r\n\r\n")
+    def connect():
+        return socket.create_connection(("127.0.0.1", node.http_port), timeout=30)
+
+    half_headers, no_body, huge = connect(), connect(), connect()
     started = time.monotonic()
-    answer = s.recv(4096)
-    s.close()
+    half_headers.sendall(b"GET /healthz HTTP/1.1\r\nHost: no")
+    no_body.sendall(b"POST /api/jobs/retry HTTP/1.1\r\nHost: node\r\nContent-Length: 5\r\n\r\n")
+    huge.sendall(b"POST /api/jobs/retry HTTP/1.1\r\nHost: node\r\nContent-Length: 10000000000\r\n\r\n")
+
+    answer = huge.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert time.monotonic() - started < 5
+    huge.close()
+
+    answer = no_body.recv(4096)
+    no_body.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 25
+
+    # The connection is closed (hyper may say 408 first).
+    answer = half_headers.recv(4096)
+    while answer and not answer.startswith(b"HTTP/1.1 408"):
+        answer = half_headers.recv(4096)
+    half_headers.close()
     assert time.monotonic() - started < 25
     assert node.http("/healthz")[0] == 200

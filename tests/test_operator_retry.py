@@ -150,6 +150,12 @@ def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
                timeout=60, what="the new model's report delivered")
     second = pydicom.dcmread(next(p for p in out.iterdir() if p.name not in first_sr))
     assert second.SeriesDescription.endswith("pneumollm-tiny 2.0.0")
+    # The image's listing still names the first report and its delivery
+    # (the job now links the second: the first was found only by its UID).
+    uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+    (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
+    reports = {d["sop_instance_uid"] for d in copy["deliveries"] if d["kind"] == "report" and d["state"] == "sent"}
+    assert reports == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in out.iterdir()}, copy
 
     # The PACS loses the study's results: sent again on request.
     for p in out.iterdir():

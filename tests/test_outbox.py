@@ -498,6 +498,36 @@ def test_a_destination_that_is_down_gets_one_attempt_per_back_off_not_one_per_in
     assert "deliveries cancelled by the operator" in node.log()
 
 
+def test_after_an_outage_an_image_reaches_the_pacs_before_its_report(node_factory, rg1_copies, tmp_path):
+    """Rows go least-tried first: the image, tried while the PACS was down,
+    went behind its report, made later and never tried, and the PACS had a
+    report of an image it did not have."""
+    from nodetest import free_port
+
+    port = free_port()
+    config = results_destination(tmp_path, "pacs", "PACS", port,
+                                 '[[routing.forward]]\ndestinations = ["pacs"]\n'
+                                 '[outbox]\nretry_base_s = 5\nretry_cap_s = 5\n')
+    node = node_factory().start(config_file=config)
+    (f,) = rg1_copies("UNCI", 1)
+    image_uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    query = ("SELECT i.generated, o.attempts FROM outbox o JOIN instances i ON i.id = o.instance_id"
+             " ORDER BY o.id")
+    wait_until(lambda: [g for g, _ in node.db().execute(query)] == [0, 1], timeout=30,
+               what="the image and its report owed")
+    wait_until(lambda: node.db().execute(query).fetchall()[0][1] >= 1, what="the image tried")
+    assert node.db().execute(query).fetchall()[1][1] == 0, "the report is not tried yet"
+
+    pacs = PynetdicomReceiver(ae_title="PACS", port=port, sop_classes=(
+        "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.88.34"))
+    try:
+        wait_until(lambda: len(pacs.received) == 2, timeout=30, what="both delivered")
+        assert list(pacs.received)[0] == image_uid, "the image arrives first"
+    finally:
+        pacs.close()
+
+
 def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_copies, storescp, tmp_path):
     """The PACS was down and is then configured under another name: its
     rows stayed owed to the old one. The operator moves them; an instance
@@ -515,6 +545,10 @@ def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_
     renamed = node_config(tmp_path / "new.toml", [{"name": "pacs-main", "ae_title": "STORESCP", "port": port}],
                           [{"destinations": ["pacs-main"]}])
     node.start(config_file=renamed)
+    # Said at start, not when the rows next fall due (up to retry_cap_s later).
+    wait_until(lambda: "deliveries owed to a destination that is not configured" in node.log(), timeout=10,
+               what="the warning at start")
+    assert "destination=pacs state=pending deliveries=3" in node.log(), node.log()[-2000:]
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])  # owed to pacs-main anew
     wait_until(lambda: len(list(out.iterdir())) == 1, what="the re-sent instance delivered")
 

@@ -39,8 +39,8 @@ pub enum ImagingError {
     #[error("pixel data length {actual} bytes does not match Rows × Columns × Samples × Bits Allocated = {expected} bytes")]
     PixelDataLength { expected: usize, actual: usize },
 
-    /// A required attribute is missing.
-    #[error("required attribute {0} is missing")]
+    /// A required (Type 1) attribute is missing, empty or no number.
+    #[error("required attribute {0} is missing or empty")]
     MissingAttribute(&'static str),
 
     /// An attribute has a value the pipeline cannot use.

@@ -157,7 +157,11 @@ impl ImageHeader {
                 bits: bits_allocated,
             });
         }
-        let bits_stored = get_u16(obj, tags::BITS_STORED).unwrap_or(bits_allocated);
+        // Bits Stored and Pixel Representation are Type 1: guessed, a signed
+        // image was read as unsigned (its negative samples the brightest)
+        // and a 12-bit one with bits above it set was read as 16-bit.
+        let bits_stored =
+            get_u16(obj, tags::BITS_STORED).ok_or(ImagingError::MissingAttribute("BitsStored"))?;
         if bits_stored == 0 || bits_stored > bits_allocated {
             return Err(ImagingError::InvalidAttribute {
                 name: "BitsStored",
@@ -172,7 +176,9 @@ impl ImageHeader {
                 value: format!("{rows}x{cols}"),
             });
         }
-        let signed = match get_u16(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) {
+        let pixel_representation = get_u16(obj, tags::PIXEL_REPRESENTATION)
+            .ok_or(ImagingError::MissingAttribute("PixelRepresentation"))?;
+        let signed = match pixel_representation {
             0 => false,
             1 => true,
             other => {

@@ -97,16 +97,20 @@ const BODY_LIMIT: usize = 64 << 10;
 /// [`BODY_TIMEOUT`], 413 when larger than [`BODY_LIMIT`].
 async fn body_in_time(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = request.into_parts();
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > BODY_LIMIT as u64) {
+        // Said at once: waiting for a body that will be refused anyway
+        // held the connection the whole timeout.
+        return too_large();
+    }
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await
     {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({ "error": format!("a body of more than {BODY_LIMIT} bytes, or cut") })),
-            )
-                .into_response()
-        }
+        Ok(Err(_)) => return too_large(),
         Err(_) => {
             return (
                 StatusCode::REQUEST_TIMEOUT,
@@ -122,12 +126,45 @@ async fn body_in_time(request: axum::extract::Request, next: axum::middleware::N
     .await
 }
 
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(json!({ "error": format!("a body of more than {BODY_LIMIT} bytes, or cut") })),
+    )
+        .into_response()
+}
+
+/// How long a client may take to send a request's line and headers (and,
+/// between requests, to start the next one): `axum::serve` sets no timer,
+/// and a client that sent half a header line held its connection for good.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP listening");
     }
-    axum::serve(listener, router(state)).await?;
-    Ok(())
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
 }
 
 fn bad_request(body: Value) -> Response {
@@ -281,6 +318,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     let mut text = s.metrics.render(
         &jobs.unwrap_or_default(),
         &outbox.unwrap_or_default(),
+        &s.destinations,
         s.active_associations.load(Ordering::Relaxed),
     );
     text.push_str(&format!(
@@ -395,7 +433,7 @@ async fn deliveries(
     if q.result.is_some() {
         return bad_request(json!({ "error": "`result` is a job's, not a delivery's" }));
     }
-    let listing = match listing(&["pending", "sent", "parked"], &q) {
+    let listing = match listing(pneumo_store::OUTBOX_STATES, &q) {
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
@@ -453,6 +491,10 @@ fn listing<'a>(known: &[&str], q: &'a ListingQuery) -> Result<Listing<'a>, Value
         Some("") => return Err(json!({ "error": "an empty accession number" })),
         accession => accession,
     };
+    if let Some(before_id) = q.before_id.filter(|id| *id < 1) {
+        // Row ids start at 1: "before 0" is an empty page read as the truth.
+        return Err(json!({ "error": format!("before_id must be at least 1, not {before_id}") }));
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_JOBS_LISTED).contains(&limit) {
         return Err(
@@ -770,6 +812,13 @@ async fn instance(
     if let Err(e) = query(q) {
         return bad_request(json!({ "error": e }));
     }
+    // A typo is told apart from an instance never received, as in the
+    // filters (the node stores no instance under what is no UID).
+    let sop_uid = match uid_filter(&Some(sop_uid)) {
+        Ok(Some(uid)) => uid.to_string(),
+        Ok(None) => unreachable!("a filter given is Some"),
+        Err(body) => return bad_request(body),
+    };
     let details = match s.store.instance_details(&sop_uid).await {
         Ok(d) => d,
         Err(e) => return internal(e),

@@ -182,6 +182,10 @@ fn denied_is_misconfigured(e: anyhow::Error) -> anyhow::Error {
 fn is_misconfiguration(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause.is::<Misconfigured>()
+            || matches!(
+                cause.downcast_ref::<pneumo_store::StoreError>(),
+                Some(pneumo_store::StoreError::MigrationDiffers(_))
+            )
             || cause
                 .downcast_ref::<pneumo_inference::InferenceError>()
                 .is_some_and(pneumo_inference::InferenceError::is_configuration)

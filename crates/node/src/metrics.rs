@@ -100,6 +100,7 @@ impl Metrics {
         &self,
         jobs: &[(String, i64)],
         outbox: &[(String, String, i64, i64)],
+        destinations: &[String],
         active_associations: usize,
     ) -> String {
         let mut out = String::new();
@@ -150,17 +151,35 @@ impl Metrics {
                 .unwrap_or(0);
             let _ = writeln!(out, "pneumo_jobs{{state=\"{state}\"}} {n}");
         }
+        // Every configured destination (and any other still owed rows) in
+        // every state, 0 when it has none: a series that vanished when its
+        // last parked row was retried left alert rules to `absent()`.
+        let mut names: Vec<&str> = destinations.iter().map(String::as_str).collect();
+        names.extend(outbox.iter().map(|(d, ..)| d.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        let row = |destination: &str, state: &str| {
+            outbox
+                .iter()
+                .find(|(d, s, ..)| d == destination && s == state)
+                .map(|(_, _, n, age_s)| (*n, *age_s))
+                .unwrap_or((0, 0))
+        };
         let _ = writeln!(out, "# HELP pneumo_outbox Outbox rows by destination and state.\n# TYPE pneumo_outbox gauge");
-        for (destination, state, n, _) in outbox {
-            let _ = writeln!(
-                out,
-                "pneumo_outbox{{destination=\"{destination}\",state=\"{state}\"}} {n}"
-            );
+        for destination in &names {
+            for state in pneumo_store::OUTBOX_STATES {
+                let (n, _) = row(destination, state);
+                let _ = writeln!(
+                    out,
+                    "pneumo_outbox{{destination=\"{destination}\",state=\"{state}\"}} {n}"
+                );
+            }
         }
         // What to alert on: a delivery waiting long, whatever the count.
-        let _ = writeln!(out, "# HELP pneumo_outbox_oldest_seconds Age of the oldest delivery waiting (pending) or given up on (parked), by destination.\n# TYPE pneumo_outbox_oldest_seconds gauge");
-        for (destination, state, _, age_s) in outbox {
-            if state == "pending" || state == "parked" {
+        let _ = writeln!(out, "# HELP pneumo_outbox_oldest_seconds Age of the oldest delivery waiting (pending) or given up on (parked), by destination (0: none).\n# TYPE pneumo_outbox_oldest_seconds gauge");
+        for destination in &names {
+            for state in ["pending", "parked"] {
+                let (_, age_s) = row(destination, state);
                 let _ = writeln!(
                     out,
                     "pneumo_outbox_oldest_seconds{{destination=\"{destination}\",state=\"{state}\"}} {age_s}"
@@ -216,8 +235,14 @@ mod tests {
                 ("pacs".into(), "pending".into(), 4, 95),
                 ("pacs".into(), "sent".into(), 7, 3600),
             ],
+            &["archive".into(), "pacs".into()],
             1,
         );
+        // Configured but owed nothing: its series are there, at 0.
+        assert!(text.contains("pneumo_outbox{destination=\"archive\",state=\"parked\"} 0"));
+        assert!(text
+            .contains("pneumo_outbox_oldest_seconds{destination=\"archive\",state=\"pending\"} 0"));
+        assert!(text.contains("pneumo_outbox{destination=\"pacs\",state=\"parked\"} 0"));
         assert!(text
             .contains("pneumo_outbox_oldest_seconds{destination=\"pacs\",state=\"pending\"} 95"));
         assert!(!text.contains("pneumo_outbox_oldest_seconds{destination=\"pacs\",state=\"sent\"}"));

@@ -64,8 +64,7 @@ impl Pipeline {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
         let mut source = SourceInstance::from_dataset(&header).map_err(|e| e.to_string())?;
-        source.version = self
-            .corrected_version(job.instance_id, &source)
+        self.place_among_copies(job.instance_id, &mut source)
             .await
             .map_err(Failure::reason)?;
         let model = report_model(self.engine.identity());

@@ -107,6 +107,7 @@ impl OutboxWorker {
             );
         }
         let configured: Vec<String> = worker.destinations.iter().map(|d| d.name.clone()).collect();
+        worker.warn_of_unconfigured_owed(&configured).await;
         let cap = Duration::from_secs(worker.settings.retry_cap_s);
         while !*stopping.borrow() {
             match worker
@@ -141,6 +142,28 @@ impl OutboxWorker {
             }
         }
         while loops.join_next().await.is_some() {}
+    }
+
+    /// Said at start: rows owed to a destination no longer configured
+    /// (renamed, removed) were warned of only when next due, up to
+    /// `retry_cap_s` later, or never while parked.
+    async fn warn_of_unconfigured_owed(&self, configured: &[String]) {
+        let counts = match self.store.outbox_counts().await {
+            Ok(counts) => counts,
+            Err(e) => return warn!(error = %e, "cannot read the outbox"),
+        };
+        for c in counts.iter().filter(|c| {
+            (c.state == "pending" || c.state == "parked") && !configured.contains(&c.destination)
+        }) {
+            warn!(
+                destination = %c.destination,
+                state = %c.state,
+                deliveries = c.count,
+                "deliveries owed to a destination that is not configured; kept until it is \
+                 (renamed? POST /api/deliveries/move?from=OLD&to=NEW; gone? \
+                 POST /api/deliveries/cancel?destination=OLD)"
+            );
+        }
     }
 
     async fn serve_destination(self: Arc<Self>, destination: Destination, wake: Arc<Notify>) {

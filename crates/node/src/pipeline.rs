@@ -306,7 +306,8 @@ impl Pipeline {
 
         let mut source =
             SourceInstance::from_dataset(&prepared.header).map_err(|e| format!("report: {e}"))?;
-        source.version = self.corrected_version(job.instance_id, &source).await?;
+        self.place_among_copies(job.instance_id, &mut source)
+            .await?;
         // The contract's positive label is pneumoconiosis (checked when the
         // model is loaded), in whichever column the labels put it.
         let pneumoconiosis_column = prediction
@@ -373,7 +374,7 @@ impl Pipeline {
             // An earlier analysis of this image (or of a copy under its UID)
             // failed and sent a notice: this report names it as replaced.
             let notices = not_analysed_series_instance_uid(
-                &source.sop_instance_uid,
+                &source.series_key(),
                 &self.node.ae_title,
                 &model.contract_sha256,
                 self.node.uid_root.as_deref(),
@@ -513,6 +514,18 @@ impl Pipeline {
         let millionths = |p: f64| (p * 1e6).round();
         Ok(decision != result.decision.as_str()
             || millionths(p) != millionths(prediction.p_positive))
+    }
+
+    /// Where `source` stands among the data sets stored under its UID: its
+    /// version key ([`Self::corrected_version`]), which its series follow.
+    pub(crate) async fn place_among_copies(
+        &self,
+        instance_id: i64,
+        source: &mut SourceInstance,
+    ) -> Result<(), Failure> {
+        source.version = self.corrected_version(instance_id, source).await?;
+        source.corrected_copy = source.version.clone();
+        Ok(())
     }
 
     /// The version key of a source stored beside earlier data sets under

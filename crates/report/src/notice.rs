@@ -108,7 +108,7 @@ pub fn build_not_analysed_sr(
             root_uid,
         )?,
         series_instance_uid: uid::not_analysed_series_instance_uid(
-            &source.sop_instance_uid,
+            &source.series_key(),
             &node.ae_title,
             &sha,
             root_uid,
@@ -176,7 +176,7 @@ pub fn build_not_analysed_sc(
             root_uid,
         )?,
         series_instance_uid: uid::not_analysed_sc_series_instance_uid(
-            &source.sop_instance_uid,
+            &source.series_key(),
             &node.ae_title,
             &sha,
             root_uid,

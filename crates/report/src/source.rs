@@ -136,6 +136,11 @@ pub struct SourceInstance {
     /// stored under this SOP Instance UID, which this copy's report
     /// replaces (its Predecessor Documents Sequence and a comment say so).
     pub replaces: Option<EarlierReport>,
+    /// The version key of a copy that names another patient or study than
+    /// the first stored under its SOP Instance UID (the modality corrected
+    /// it); None for the first and for copies that name the same (even
+    /// with other pixels). See [`Self::series_key`].
+    pub corrected_copy: Option<String>,
 }
 
 /// A report made for an earlier copy of the source (see
@@ -329,7 +334,21 @@ impl SourceInstance {
             copied_elements,
             version: None,
             replaces: None,
+            corrected_copy: None,
         })
+    }
+
+    /// What the Series Instance UIDs of its reports and notices derive
+    /// from: its SOP Instance UID, and the version of a corrected copy. A
+    /// series names one patient in one study: a copy moved to another
+    /// patient's study had its report put in the series of the first
+    /// patient's report. (A copy with other pixels only shares the series
+    /// of the report it replaces.)
+    pub fn series_key(&self) -> String {
+        match &self.corrected_copy {
+            Some(version) => format!("{}#{}", self.sop_instance_uid, version.trim()),
+            None => self.sop_instance_uid.clone(),
+        }
     }
 
     /// Whom and what the report is about: the study, and the patient's name,

@@ -522,10 +522,11 @@ pub fn build_content_tree(
                  image had not been analysed; {}.",
                 earlier.because.explained()
             ),
+            // No UID either: 44 digits in the text a radiologist reads;
+            // the Predecessor Documents, the API and the log name it.
             because => format!(
-                "This report replaces report {}, made by the same model for an earlier copy \
+                "This report replaces the report made by the same model for an earlier copy \
                  of this image under the same SOP Instance UID; {}.",
-                earlier.sop_instance_uid,
                 because.explained()
             ),
         };
@@ -557,7 +558,7 @@ pub fn build_sr(
             root_uid,
         )?,
         series_instance_uid: uid::sr_series_instance_uid(
-            &source.sop_instance_uid,
+            &source.series_key(),
             &node.ae_title,
             &sha,
             root_uid,

@@ -900,12 +900,13 @@ fn a_replacing_report_names_the_one_it_replaces() {
     )
     .unwrap();
     let mg = measurement_group(&tree);
-    let replaces = format!(
-        "This report replaces report {}",
-        str_of(&first, tags::SOP_INSTANCE_UID)
+    let replaces = "This report replaces the report made by the same model for an earlier copy";
+    assert!(
+        !format!("{mg:?}").contains(&str_of(&first, tags::SOP_INSTANCE_UID)),
+        "the comment names no UID (the Predecessor Documents do)"
     );
     let said = mg.find(&codes::COMMENT).any(|c| {
-        matches!(&c.value, ItemValue::Text(t) if t.starts_with(&replaces)
+        matches!(&c.value, ItemValue::Text(t) if t.starts_with(replaces)
             && t.ends_with("this copy names another patient or study."))
     });
     assert!(said, "{mg:?}");

@@ -169,6 +169,26 @@ impl ClaimedJob {
     }
 }
 
+/// Records which image `made` was made for (the image of job `job_id`),
+/// once: a later job sharing the report, or a re-analysis linking the job
+/// to another report, leaves it. (Migration 0020.)
+async fn record_made_for(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job_id: i64,
+    made: MadeInstances,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE instances SET made_for_instance_id = (SELECT instance_id FROM jobs WHERE id = ?1)
+         WHERE id IN (?2, ?3) AND made_for_instance_id IS NULL",
+    )
+    .bind(job_id)
+    .bind(made.report)
+    .bind(made.companion)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Each instance of `made` owed to each of `destinations`, in `tx`.
 async fn owe_each(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -559,6 +579,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        record_made_for(&mut tx, job_id, notice).await?;
         owe_each(&mut tx, notice, destinations).await?;
         tx.commit().await?;
         Ok(true)
@@ -593,6 +614,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        record_made_for(&mut tx, job_id, made).await?;
         owe_each(&mut tx, made, destinations).await?;
         if !destinations.is_empty() {
             // A report an earlier job made (a copy of the source received

@@ -39,7 +39,7 @@ pub use jobs::{
     stored_copy_problem, ClaimedJob, FailedJob, JobCount, MadeInstances, RetryableState,
     StoredCopy, JOB_STATES,
 };
-pub use outbox::{backoff, OutboxCount, OutboxItem};
+pub use outbox::{backoff, OutboxCount, OutboxItem, OUTBOX_STATES};
 pub use retention::Purged;
 pub use same_data::Decompress;
 pub use uid_locks::UidLocks;
@@ -84,6 +84,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// An applied migration is not this build's: every start fails alike.
+    #[error(
+        "the database was migrated by a build whose migration {0} differs from this build's \
+         (a development build): this build cannot use it; run the build that wrote it, or \
+         restore a backup this build or an earlier release made (docs/operations.md)"
+    )]
+    MigrationDiffers(i64),
     #[error("the data set cannot be parsed: {0}")]
     Unparseable(String),
     /// A UID of the request that no UID can be (said first: an Error
@@ -327,7 +334,12 @@ impl Store {
                 .fetch_all(&pool)
                 .await
                 .ok();
-        migrator.run(&pool).await?;
+        migrator.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMismatch(version) => {
+                StoreError::MigrationDiffers(version)
+            }
+            e => StoreError::Migration(e),
+        })?;
         log_schema(&migrator, applied.as_deref());
         // EXISTS, not COUNT(*): a year of instances made the count take 6 s
         // of every start.

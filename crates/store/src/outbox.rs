@@ -12,6 +12,10 @@ use tracing::warn;
 use crate::jobs::NOTHING_MADE_UNSENT;
 use crate::{now_ms, Store, StoreError};
 
+/// Every state an outbox row can be in (the `outbox.state` CHECK of the
+/// migrations).
+pub const OUTBOX_STATES: &[&str] = &["pending", "sent", "parked"];
+
 /// SQL condition on an outbox row: its instance is of the study and/or is
 /// the instance given (by its UID, or by the UID it was sent under); a
 /// filter bound as NULL matches any. Its five parameters are bound by
@@ -181,6 +185,13 @@ impl Store {
     /// least tried first, then the oldest: a row a destination aborts or
     /// never answers on goes behind the rest (first in every round, it held
     /// up everything else owed there for good).
+    ///
+    /// What the node made of an image (report, notice, their images) is
+    /// not due while that image's delivery to the same destination is: it
+    /// goes in a later round. After an outage the image, tried more often,
+    /// went behind its report, and the PACS had a report of an image it
+    /// did not have. An image put off on its own (a PACS refusing just it)
+    /// holds nothing up.
     pub async fn due_deliveries(
         &self,
         destination: Option<&str>,
@@ -191,11 +202,19 @@ impl Store {
                     i.sha256, i.transfer_syntax_uid, i.purged_at_ms, i.generated, o.last_status,
                     o.sent_as_uid
              FROM outbox o JOIN instances i ON i.id = o.instance_id
-             WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ? AND (? IS NULL OR o.destination = ?)
-             ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?",
+             WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?1 AND (?2 IS NULL OR o.destination = ?2)
+               AND NOT (i.generated = 1 AND EXISTS (
+                   SELECT 1 FROM outbox image
+                   WHERE image.destination = o.destination AND image.state = 'pending'
+                     AND image.next_attempt_at_ms <= ?1
+                     AND image.instance_id IN (
+                         SELECT instance_id FROM jobs WHERE sr_instance_id = o.instance_id
+                         UNION ALL SELECT instance_id FROM jobs WHERE sc_instance_id = o.instance_id
+                         UNION ALL SELECT instance_id FROM jobs WHERE notice_instance_id = o.instance_id
+                         UNION ALL SELECT instance_id FROM jobs WHERE notice_sc_instance_id = o.instance_id)))
+             ORDER BY o.attempts, o.next_attempt_at_ms, o.id LIMIT ?3",
         )
         .bind(now_ms())
-        .bind(destination)
         .bind(destination)
         .bind(limit)
         .fetch_all(self.pool())

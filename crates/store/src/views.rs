@@ -275,7 +275,8 @@ impl Store {
                     .fetch_optional(self.pool())
                     .await?;
             // Deliveries of the instance itself, of its report and of its
-            // companion image.
+            // companion image (and notices), and of those made for it
+            // before a re-analysis linked its job to others.
             let deliveries: Vec<DeliveryView> = sqlx::query_as(
                 &format!(
                     "SELECT {DELIVERY_KIND} AS kind,
@@ -286,10 +287,12 @@ impl Store {
                         OR o.instance_id IN (SELECT sr_instance_id FROM jobs WHERE instance_id = ?
                                              UNION SELECT sc_instance_id FROM jobs WHERE instance_id = ?
                                              UNION SELECT notice_instance_id FROM jobs WHERE instance_id = ?
-                                             UNION SELECT notice_sc_instance_id FROM jobs WHERE instance_id = ?)
+                                             UNION SELECT notice_sc_instance_id FROM jobs WHERE instance_id = ?
+                                             UNION SELECT id FROM instances WHERE made_for_instance_id = ?)
                      ORDER BY o.id"
                 ),
             )
+            .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)
             .bind(inst.instance_id)

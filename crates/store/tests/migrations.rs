@@ -78,6 +78,14 @@ const APPLIED: &[(&str, &str)] = &[
         "0018_outbox_owed_since.sql",
         "636167dcaaea44bdc5604d65e64eaed61fb546c79f5a6198c452f3bcf880503b",
     ),
+    (
+        "0019_jobs_by_companion.sql",
+        "bb5739eef23d2efb9e4ad6990e1bbe6cb0f6e572561d8c70eb08901d093d2587",
+    ),
+    (
+        "0020_made_for.sql",
+        "1bf979b6d334252f1daff22ae6da90fa8b418fe219d6ac481a7ca2a1b73c477a",
+    ),
 ];
 
 #[test]
