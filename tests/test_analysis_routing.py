@@ -38,6 +38,16 @@ def dx(path, anatomy=None, view=None, **text) -> str:
     return ds.SOPInstanceUID
 
 
+def secondary_capture(path, conversion_type: str) -> str:
+    """A chest Secondary Capture with Modality CR of `conversion_type`."""
+    uid = dx(path, None, None, Modality="CR", BodyPartExamined="CHEST", ViewPosition="PA",
+             ConversionType=conversion_type, ImageType=["DERIVED", "SECONDARY"])
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.save_as(path, enforce_file_format=True)
+    return uid
+
+
 def job_of(node, uid):
     """(state, reason) of the job of the instance `uid`."""
     with node.db() as c:
@@ -150,6 +160,13 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
         "intent_for_processing": (dx(tmp_path / "d.dcm", None, None, PresentationIntentType="FOR PROCESSING"),
                                   "skipped", "Presentation Intent Type FOR PROCESSING (raw detector data, "
                                              "not meant for display) is not analysed"),
+        # Another vendor's annotated overlay, a Secondary Capture with
+        # Modality CR: it got a chest result. A digitised film is analysed.
+        "workstation_capture": (secondary_capture(tmp_path / "g.dcm", "WSD"), "skipped",
+                                "a Secondary Capture of Conversion Type WSD (a workstation's capture, a "
+                                "drawing, a synthetic image or a scanned document: annotated or derived, "
+                                "not a radiograph) is not analysed"),
+        "digitised_film": (secondary_capture(tmp_path / "h.dcm", "DF"), "reported", None),
         "chest_pa_words": (dx(tmp_path / "e.dcm", None, None, BodyPartExamined="CHEST PA",
                               PatientOrientation=["L", "F"]), "reported", None),
         # nothing said: analysed as before, and the companion image does
@@ -178,12 +195,12 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
                for t in comments), comments
     sc = pydicom.dcmread(node.data_dir / made["OT"])
     assert "BodyPartExamined" not in sc, sc.BodyPartExamined
-    # Two analysed images of one study: a report series each (OHIF shows
+    # Three analysed images of one study: a report series each (OHIF shows
     # one SR per series; with one series per study it showed one report).
     with node.db() as c:
         series = c.execute("SELECT DISTINCT study_instance_uid, series_instance_uid FROM instances"
                            " WHERE generated = 1 AND modality = 'SR'").fetchall()
-    assert len(series) == 2 and len({study for study, _ in series}) == 1, series
+    assert len(series) == 3 and len({study for study, _ in series}) == 1, series
 
 
 def _walk(ds):

@@ -105,13 +105,13 @@ def test_elements_after_the_pixel_data_out_of_order_or_twice_are_refused(node, r
 def test_a_data_set_of_another_instance_than_its_request_is_refused_a900(node, radiograph):
     """The request names one SOP Instance UID, the data set holds another:
     refused A900, nothing kept under either; the comment (64 characters
-    at most) says which UID differs and begins the data set's."""
+    at most) says which UID differs, then begins the data set's."""
     sop_uid, data = radiograph
     claimed = generate_uid()
     rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, claimed, data)
     assert status_of(rsp) == 0xA900, hex(status_of(rsp))
     comment = rsp[0x0902].decode().strip()
-    assert comment.startswith("data set's UID ") and len(comment) <= 64, comment
+    assert comment.startswith("SOP Instance UIDs differ: data set's ") and len(comment) <= 64, comment
     assert sop_uid.startswith(comment.split()[-1]), comment
     assert_still_serving_and_clean(node, sop_uid)
     assert node.instance_rows(claimed) == 0

@@ -258,3 +258,19 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
                         str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
     shutil.rmtree(home, ignore_errors=True)
     assert r.returncode == MISCONFIGURED and "readonly database" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_a_spool_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(tmp_path):
+    """The spool's files are removed at start (transfers a stop cut): a
+    spool linked to another directory had that directory emptied."""
+    data_dir, elsewhere = tmp_path / "var", tmp_path / "elsewhere"
+    data_dir.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("not the node's")
+    (data_dir / "spool").symlink_to(elsewhere)
+    env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(data_dir),
+           "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
+    r = subprocess.run([str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == MISCONFIGURED and "spool is a symbolic link" in r.stderr, r.stderr
+    assert (elsewhere / "precious.txt").exists()

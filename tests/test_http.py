@@ -227,6 +227,15 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert code == 400 and "is not a UID" in body["error"], body
     assert node.http("/api/instances/1.2.3.4")[0] == 404
 
+    # A browser's cross-site request (a web page on the node's host, a form
+    # POST) is refused; curl and scripts send no Origin.
+    url = f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=failed"
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = requests.post(url, headers=headers, timeout=10)
+        assert r.status_code == 403 and "another site" in r.json()["error"], (headers, r.text)
+    same = requests.post(url, headers={"Origin": f"http://127.0.0.1:{node.http_port}"}, timeout=10)
+    assert same.status_code == 200, same.text
+
     # Every state of a configured destination is in /metrics, 0 when empty:
     # series that vanished left alert rules to `absent()`.
     metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text

@@ -468,6 +468,20 @@ def test_the_sop_classes_refused_in_negotiation_are_logged(node):
     assert "refused=" not in ok, ok
 
 
+def test_what_a_peer_sends_cannot_forge_a_log_line(node):
+    """A newline in a value the node logs (here a refused SOP class) wrote
+    a line of the caller's choosing into the text log."""
+    forged = "2026-01-01T00:00:00.000000Z  INFO pneumo_node::ingest: instance stored sop_instance_uid=9.9.9"
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, "1.2.3\n" + forged + "\r\x1b[31m", [IMPLICIT]),
+                                  (3, VERIFICATION, [IMPLICIT])])
+    raw.close()
+    (line,) = accepted_lines(node, 1)
+    assert "refused=1.2.3\\n2026-01-01" in line and "\\r\\x1b[31m" in line, line
+    assert not any(l.startswith("2026-01-01") for l in node.log().splitlines())
+    assert node.echo_ok()
+
+
 def test_ae_titles_padded_with_nuls_are_accepted(node):
     """An older modality pads its titles with NULs, not spaces: the node
     refused it (control characters), where DCMTK accepts it. The padding is

@@ -241,6 +241,9 @@ class PynetdicomReceiver:
         # While set, each C-STORE is answered only once it is cleared (a
         # destination that accepts the association and then does not answer).
         self.hold = None
+        # SOP classes whose C-STORE aborts the association, unanswered (a
+        # PACS that cannot take that data set).
+        self.abort_classes = ()
         self.stores = 0  # C-STOREs answered, repeats included
         self.entered = 0  # C-STOREs begun (answered or held)
         self.port = port or free_port()
@@ -255,6 +258,9 @@ class PynetdicomReceiver:
         self.entered += 1
         if self.hold is not None:
             self.hold.wait(60)
+        if event.request.AffectedSOPClassUID in self.abort_classes:
+            event.assoc.abort()
+            return 0xC000  # never sent: the association is gone
         uid = event.request.AffectedSOPInstanceUID
         self.stores += 1
         self.received[uid] = event.request.DataSet.getvalue()

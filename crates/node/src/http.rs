@@ -97,6 +97,16 @@ const BODY_LIMIT: usize = 64 << 10;
 /// [`BODY_TIMEOUT`], 413 when larger than [`BODY_LIMIT`].
 async fn body_in_time(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = request.into_parts();
+    if let Some(origin) = cross_site(&parts.headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!(
+                "a request from a web page of another site ({origin}) is refused: the API \
+                 has no authentication, and a page in a browser on this host could act on it"
+            ) })),
+        )
+            .into_response();
+    }
     let announced = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -124,6 +134,20 @@ async fn body_in_time(request: axum::extract::Request, next: axum::middleware::N
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// The site of a browser's cross-site request (its `Origin` names another
+/// host than `Host`, or the browser says so): a web page on the node's host
+/// re-queued every failed job with a form POST. Scripts, curl and
+/// Prometheus send no `Origin`.
+fn cross_site(headers: &axum::http::HeaderMap) -> Option<String> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("sec-fetch-site") == Some("cross-site") {
+        return Some(header("origin").unwrap_or("cross-site").to_string());
+    }
+    let origin = header("origin")?;
+    let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
+    (Some(origin_host) != header("host")).then(|| origin.to_string())
 }
 
 fn too_large() -> Response {
@@ -197,11 +221,16 @@ fn action_query<T>(q: Result<Query<T>, QueryRejection>, body: &Bytes) -> Result<
 /// `%20`, matched nothing); an empty one is an error (it would match
 /// nothing, or be read as "everything"): the body of the 400.
 fn uid_filter(v: &Option<String>) -> Result<Option<&str>, Value> {
-    match v.as_deref().map(str::trim) {
-        Some("") => Err(json!({ "error": "an empty UID" })),
+    v.as_deref().map(checked_uid).transpose()
+}
+
+/// A UID given by the operator, trimmed, or the body of the 400.
+fn checked_uid(uid: &str) -> Result<&str, Value> {
+    match uid.trim() {
+        "" => Err(json!({ "error": "an empty UID" })),
         // A typo answered as "nothing found" (or "0 resent") reads as the
         // truth; no instance is stored under what is no UID.
-        Some(uid) if !pneumo_report::is_referable_uid(uid) => Err(json!({
+        uid if !pneumo_report::is_referable_uid(uid) => Err(json!({
             "error": format!(
                 "`{uid}` is not a UID (digits and dots, at most 64 characters, no empty part)"
             )
@@ -814,12 +843,11 @@ async fn instance(
     }
     // A typo is told apart from an instance never received, as in the
     // filters (the node stores no instance under what is no UID).
-    let sop_uid = match uid_filter(&Some(sop_uid)) {
-        Ok(Some(uid)) => uid.to_string(),
-        Ok(None) => unreachable!("a filter given is Some"),
+    let sop_uid = match checked_uid(&sop_uid) {
+        Ok(uid) => uid,
         Err(body) => return bad_request(body),
     };
-    let details = match s.store.instance_details(&sop_uid).await {
+    let details = match s.store.instance_details(sop_uid).await {
         Ok(d) => d,
         Err(e) => return internal(e),
     };

@@ -9,6 +9,7 @@ mod config;
 mod diskguard;
 mod http;
 mod ingest;
+mod logline;
 mod metrics;
 mod notice;
 mod outbox;
@@ -184,7 +185,10 @@ fn is_misconfiguration(e: &anyhow::Error) -> bool {
         cause.is::<Misconfigured>()
             || matches!(
                 cause.downcast_ref::<pneumo_store::StoreError>(),
-                Some(pneumo_store::StoreError::MigrationDiffers(_))
+                Some(
+                    pneumo_store::StoreError::MigrationDiffers(_)
+                        | pneumo_store::StoreError::SpoolIsALink(_)
+                )
             )
             || cause
                 .downcast_ref::<pneumo_inference::InferenceError>()
@@ -360,10 +364,11 @@ fn init_logging(config: &Config) -> Result<()> {
         EnvFilter::try_new(&directives)
     }
     .with_context(|| format!("log.level `{}` is not a valid filter", config.log.level))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(move || logline::OneLine::stderr(ansi));
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => {
@@ -584,6 +589,7 @@ async fn serve(config: Config) -> Result<()> {
             stopping: stopping_rx.clone(),
             delivered_unrecorded: Default::default(),
             failures_in_a_row: Default::default(),
+            lost_before_any_answer: Default::default(),
             take_comprehensive_sr: Default::default(),
             report_uid_root: config.report.node_identity(&config.dicom.ae_title).uid_root,
         }

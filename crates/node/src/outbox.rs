@@ -77,6 +77,13 @@ pub struct OutboxWorker {
     /// step). Ended by a success or warning answer; lost with the process
     /// (the rows' attempts are then the floor).
     pub failures_in_a_row: Mutex<HashMap<String, i64>>,
+    /// Destination → the row its last association was lost on before any
+    /// answer, since its last answer: lost so on one row, that row alone
+    /// waits its back-off and the others go on at once; on a second row
+    /// too, the destination waits. A row a PACS aborts on went first
+    /// whenever it was due alone, and put everything owed there off (up to
+    /// `retry_cap_s`) at each of its turns.
+    pub lost_before_any_answer: Mutex<HashMap<String, i64>>,
     /// Destinations that took a report as Comprehensive SR in place of its
     /// Comprehensive 3D SR: their later reports go so at once (a PACS that
     /// accepts 3D SR in negotiation and refuses it at C-STORE cost a
@@ -438,6 +445,10 @@ impl OutboxWorker {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&destination.name);
+                        self.lost_before_any_answer
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&destination.name);
                         if outcome.sent_as.is_some() {
                             self.take_comprehensive_sr
                                 .lock()
@@ -461,15 +472,46 @@ impl OutboxWorker {
                     }
                 }
                 // The association lost (aborted, timed out) before any
-                // answer: the destination. The rows behind this one wait
+                // answer: this row, the first time (or again the same row);
+                // the destination, when another row was lost so before
+                // since its last answer. Then the rows behind this one wait
                 // with it, untried.
                 Err(e) if answered == 0 => {
+                    let first_loss = {
+                        let mut lost = self
+                            .lost_before_any_answer
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        let before = lost.insert(destination.name.clone(), item.id);
+                        before.is_none_or(|row| row == item.id)
+                    };
+                    if first_loss {
+                        // Still a failure of the destination's in a row (its
+                        // back-off, should the next one be its, doubles on).
+                        *self
+                            .failures_in_a_row
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(destination.name.clone())
+                            .or_insert(0) += 1;
+                        Metrics::inc(&self.metrics.deliveries_failed, 1);
+                        let delay = self.retry_delay(item.attempts);
+                        let reason = format!(
+                            "{e} ({} on this instance; the others go on)",
+                            pneumo_store::LOST_BEFORE_ANY_ANSWER
+                        );
+                        warn!(sop_instance_uid = %item.sop_instance_uid, reason, retry_in_s = delay.as_secs(),
+                            "delivery of this instance failed; will retry it, the others go on");
+                        all &= self.recorded(self.store.mark_retry(item, &reason, delay).await);
+                        return Delivery::recorded(all).or_again();
+                    }
                     // What a PACS that does not know the calling AE title
                     // does, among others (Orthanc accepts, then drops the
                     // connection at the first C-STORE).
                     let reason = format!(
-                        "{e} (before any answer on the association: does the destination \
-                         know this node's AE title {}?)",
+                        "{e} ({} on two instances in a row: does the destination know this \
+                         node's AE title {}?)",
+                        pneumo_store::LOST_BEFORE_ANY_ANSWER,
                         self.scu.calling_ae
                     );
                     return self.put_off(destination, &[*item], &reason, all).await;

@@ -225,6 +225,17 @@ impl RoutingSection {
                 h.modality.as_deref().unwrap_or("(absent)")
             ));
         }
+        if let Some(conversion) = h
+            .conversion_type
+            .as_deref()
+            .filter(|c| NOT_RADIOGRAPHS.contains(&c.trim()))
+        {
+            return Some(format!(
+                "a Secondary Capture of Conversion Type {conversion} (a workstation's capture, a \
+                 drawing, a synthetic image or a scanned document: annotated or derived, not a \
+                 radiograph) is not analysed"
+            ));
+        }
         if let Some(image_type) = h.image_type.as_deref().filter(|t| {
             t.split('\\')
                 .any(|v| v.trim().eq_ignore_ascii_case("STITCHED"))
@@ -348,6 +359,12 @@ fn spoken_age(years: f64) -> String {
     }
 }
 
+/// Conversion Types (0008,0064) of Secondary Captures that are no
+/// radiograph: a workstation's capture (another vendor's annotated
+/// overlay, sent with Modality CR, got a chest result), a drawing, a
+/// synthetic image, a scanned document. A digitised film (DF), a digital
+/// interface's (DI), video (DV) or scanned image (SI) may be analysed.
+const NOT_RADIOGRAPHS: [&str; 4] = ["WSD", "DRW", "SYN", "SD"];
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +382,7 @@ mod tests {
             patient_age_years: None,
             image_type: None,
             presentation_intent_type: None,
+            conversion_type: None,
             manufacturer_model_name: None,
         }
     }
@@ -400,6 +418,25 @@ mod tests {
             .contains("Presentation Intent Type FOR PROCESSING"));
         r.analyse_for_processing = true;
         assert_eq!(r.analysis_refusal(&h), None);
+    }
+
+    #[test]
+    fn a_workstation_s_capture_is_not_analysed_a_digitised_film_is() {
+        let r = RoutingSection::default();
+        let mut h = header(Some("CR"), Some("CHEST"), Some("PA"));
+        h.sop_class_uid = "1.2.840.10008.5.1.4.1.1.7".into();
+        for conversion in ["WSD", "SYN", "DRW", "SD"] {
+            h.conversion_type = Some(conversion.into());
+            let refusal = r.analysis_refusal(&h).unwrap();
+            assert!(
+                refusal.contains(&format!("Conversion Type {conversion}")),
+                "{refusal}"
+            );
+        }
+        for conversion in ["DF", "DI"] {
+            h.conversion_type = Some(conversion.into());
+            assert_eq!(r.analysis_refusal(&h), None);
+        }
     }
 
     #[test]

@@ -143,8 +143,9 @@ pub async fn insert_instance_with_job(
         "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
              transfer_syntax_uid, modality, body_part_examined, view_position, path, file_size,
              dataset_size, sha256, calling_ae, peer_address, received_at_ms, generated, accession_number,
-             patient_age_years, image_type, presentation_intent_type, manufacturer_model_name)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             patient_age_years, image_type, presentation_intent_type, manufacturer_model_name,
+             conversion_type)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(&h.sop_instance_uid)
     .bind(&h.sop_class_uid)
@@ -167,6 +168,7 @@ pub async fn insert_instance_with_job(
     .bind(&h.image_type)
     .bind(&h.presentation_intent_type)
     .bind(&h.manufacturer_model_name)
+    .bind(&h.conversion_type)
     .fetch_one(&mut *tx)
     .await?;
     let job_id = if row.with_job {

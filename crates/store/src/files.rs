@@ -149,6 +149,7 @@ mod tests {
             patient_age_years: None,
             image_type: None,
             presentation_intent_type: None,
+            conversion_type: None,
             manufacturer_model_name: None,
         }
     }

@@ -33,6 +33,9 @@ pub struct InstanceHeader {
     /// Manufacturer's Model Name (0008,1090): the node's product name on
     /// objects it made itself.
     pub manufacturer_model_name: Option<String>,
+    /// Conversion Type (0008,0064) of a Secondary Capture (DF: a digitised
+    /// film; WSD: a workstation's capture, ...), upper case.
+    pub conversion_type: Option<String>,
 }
 
 /// Attributes the store reads all come before (0020,0021), Patient
@@ -161,6 +164,19 @@ fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
 
 /// Deflated Explicit VR Little Endian.
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// Whose turn it is to hold a Deflated data set in memory on receipt.
+static DEFLATED_IN_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// For a Deflated data set, a turn (held until dropped) to read it on
+/// receipt: its header is read by inflating it whole in memory (up to
+/// [`MAX_INFLATED`], several copies), and six sent at once of 250 KB each
+/// took 2 GB; one at a time, what many associations can make the node hold
+/// is one data set's. Other syntaxes (read from the file as they go): none.
+pub(crate) fn deflated_in_memory_turn(syntax: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    (syntax.trim_end_matches('\0') == DEFLATED)
+        .then(|| DEFLATED_IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// The largest inflated Deflated data set: a chest radiograph inflates to
 /// tens of megabytes; this bounds what one association can make the node
@@ -514,6 +530,7 @@ impl InstanceHeader {
             image_type: text(tags::IMAGE_TYPE),
             presentation_intent_type: text(tags::PRESENTATION_INTENT_TYPE)
                 .map(|t| t.to_ascii_uppercase()),
+            conversion_type: text(tags::CONVERSION_TYPE).map(|t| t.to_ascii_uppercase()),
             // the product's, where a PACS rewrote it but not the
             // Contributing Equipment
             manufacturer_model_name: match text(tags::MANUFACTURER_MODEL_NAME) {
@@ -546,14 +563,16 @@ impl InstanceHeader {
 
     pub fn check_against(&self, incoming: &Incoming) -> Result<(), StoreError> {
         if self.sop_instance_uid != incoming.sop_instance_uid {
+            // What differs first: the sender's Error Comment holds 64
+            // characters, and "differ" came after both UIDs, cut off.
             return Err(StoreError::Mismatch(format!(
-                "data set's UID {}, request's {} (SOP Instance UIDs differ)",
+                "SOP Instance UIDs differ: data set's {}, request's {}",
                 self.sop_instance_uid, incoming.sop_instance_uid
             )));
         }
         if self.sop_class_uid != incoming.sop_class_uid {
             return Err(StoreError::Mismatch(format!(
-                "data set's class {}, request's {} (SOP Class UIDs differ)",
+                "SOP Class UIDs differ: data set's {}, request's {}",
                 self.sop_class_uid, incoming.sop_class_uid
             )));
         }

@@ -36,6 +36,7 @@ struct ReceivedJob {
     image_type: Option<String>,
     presentation_intent_type: Option<String>,
     manufacturer_model_name: Option<String>,
+    conversion_type: Option<String>,
 }
 
 impl Store {
@@ -50,7 +51,7 @@ impl Store {
             "SELECT j.id, i.sop_class_uid, i.sop_instance_uid, i.study_instance_uid, i.series_instance_uid,
                     i.modality, i.body_part_examined, i.view_position, i.transfer_syntax_uid,
                     i.patient_age_years, i.image_type, i.presentation_intent_type,
-                    i.manufacturer_model_name
+                    i.manufacturer_model_name, i.conversion_type
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.state = 'received' ORDER BY j.id",
         )
         .fetch_all(self.pool())
@@ -70,6 +71,7 @@ impl Store {
                 image_type: job.image_type,
                 presentation_intent_type: job.presentation_intent_type,
                 manufacturer_model_name: job.manufacturer_model_name,
+                conversion_type: job.conversion_type,
             };
             let refusal = decide(&header, &job.transfer_syntax_uid);
             let state = if refusal.is_some() {

@@ -39,7 +39,7 @@ pub use jobs::{
     stored_copy_problem, ClaimedJob, FailedJob, JobCount, MadeInstances, RetryableState,
     StoredCopy, JOB_STATES,
 };
-pub use outbox::{backoff, OutboxCount, OutboxItem, OUTBOX_STATES};
+pub use outbox::{backoff, OutboxCount, OutboxItem, LOST_BEFORE_ANY_ANSWER, OUTBOX_STATES};
 pub use retention::Purged;
 pub use same_data::Decompress;
 pub use uid_locks::UidLocks;
@@ -84,6 +84,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The spool directory is a symbolic link: every start refuses it.
+    #[error(
+        "{0} is a symbolic link: the node removes the files it finds in its spool at start \
+         (transfers a stop cut short), and would remove the link target's; make it a \
+         directory on the same file system as instances/"
+    )]
+    SpoolIsALink(PathBuf),
     /// An applied migration is not this build's: every start fails alike.
     #[error(
         "the database was migrated by a build whose migration {0} differs from this build's \
@@ -302,11 +309,13 @@ impl Store {
                 });
             }
         }
-        for dir in [
-            data_dir.to_path_buf(),
-            data_dir.join("instances"),
-            data_dir.join("spool"),
-        ] {
+        // Every regular file in the spool is removed at start (transfers a
+        // stop cut): through a link, that was another directory's files.
+        let spool = data_dir.join("spool");
+        if std::fs::symlink_metadata(&spool).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::SpoolIsALink(spool));
+        }
+        for dir in [data_dir.to_path_buf(), data_dir.join("instances"), spool] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| StoreError::DataDir { path: dir, source })?;
         }
@@ -513,7 +522,9 @@ impl Store {
         })?;
         incoming_uids_problem(incoming)?;
         let spool = incoming.spool_path.clone();
+        let syntax = incoming.transfer_syntax_uid.clone();
         let (header, stored_digest) = tokio::task::spawn_blocking(move || {
+            let _turn = header::deflated_in_memory_turn(&syntax);
             let dropped = header::drop_meta_elements_from_data_set(&spool)?;
             // What is stored is what its digest is checked against later
             // (and what an identical re-send, dropped alike, compares to).

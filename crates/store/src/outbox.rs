@@ -16,6 +16,12 @@ use crate::{now_ms, Store, StoreError};
 /// migrations).
 pub const OUTBOX_STATES: &[&str] = &["pending", "sent", "parked"];
 
+/// In the last status of a row whose association was lost on it before
+/// any answer (aborted, or no answer in time): the destination may be
+/// refusing that very instance, so what the node made of it does not wait
+/// for it (see [`Store::due_deliveries`]).
+pub const LOST_BEFORE_ANY_ANSWER: &str = "before any answer on the association";
+
 /// SQL condition on an outbox row: its instance is of the study and/or is
 /// the instance given (by its UID, or by the UID it was sent under); a
 /// filter bound as NULL matches any. Its five parameters are bound by
@@ -190,8 +196,10 @@ impl Store {
     /// not due while that image's delivery to the same destination is: it
     /// goes in a later round. After an outage the image, tried more often,
     /// went behind its report, and the PACS had a report of an image it
-    /// did not have. An image put off on its own (a PACS refusing just it)
-    /// holds nothing up.
+    /// did not have. An image put off on its own (a PACS refusing just it),
+    /// or whose last try lost the association on it before any answer (a
+    /// PACS that aborts on it: it goes first in every round), holds
+    /// nothing up.
     pub async fn due_deliveries(
         &self,
         destination: Option<&str>,
@@ -207,6 +215,7 @@ impl Store {
                    SELECT 1 FROM outbox image
                    WHERE image.destination = o.destination AND image.state = 'pending'
                      AND image.next_attempt_at_ms <= ?1
+                     AND instr(COALESCE(image.last_status, ''), ?4) = 0
                      AND image.instance_id IN (
                          SELECT instance_id FROM jobs WHERE sr_instance_id = o.instance_id
                          UNION ALL SELECT instance_id FROM jobs WHERE sc_instance_id = o.instance_id
@@ -217,6 +226,7 @@ impl Store {
         .bind(now_ms())
         .bind(destination)
         .bind(limit)
+        .bind(LOST_BEFORE_ANY_ANSWER)
         .fetch_all(self.pool())
         .await?)
     }
@@ -297,16 +307,28 @@ impl Store {
         delay: Duration,
     ) -> Result<u64, StoreError> {
         let until = now_ms() + delay.as_millis() as i64;
-        Ok(sqlx::query(
+        let mut tx = self.pool().begin().await?;
+        // What a row owed to it meanwhile waits for (see `enqueue`).
+        sqlx::query(
+            "INSERT INTO destination_put_off (destination, until_ms) VALUES (?1, ?2)
+             ON CONFLICT (destination) DO UPDATE SET until_ms = ?2",
+        )
+        .bind(destination)
+        .bind(until)
+        .execute(&mut *tx)
+        .await?;
+        let put_off = sqlx::query(
             "UPDATE outbox SET next_attempt_at_ms = ?
              WHERE destination = ? AND state = 'pending' AND next_attempt_at_ms < ?",
         )
         .bind(until)
         .bind(destination)
         .bind(until)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(put_off)
     }
 
     /// Delivered. A job whose report and companion image have now reached
@@ -369,6 +391,11 @@ impl Store {
     /// until the next answer replaces it. Returns how many.
     pub async fn requeue_deliveries(&self, destination: Option<&str>) -> Result<u64, StoreError> {
         let now = now_ms();
+        // Rows owed from now on are due at once too.
+        sqlx::query("DELETE FROM destination_put_off WHERE ?1 IS NULL OR destination = ?1")
+            .bind(destination)
+            .execute(self.pool())
+            .await?;
         let r = sqlx::query(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?1, updated_at_ms = ?1,
                     owed_since_ms = CASE WHEN state = 'parked' THEN ?1 ELSE owed_since_ms END
@@ -597,14 +624,14 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let now = now_ms();
-    // Due when the destination's other rows are: one that is down and
-    // backing off is not tried again for each new row (a study arriving
-    // meant one connection attempt per instance).
+    // Due when the destination is: one that is down and backing off is
+    // not tried again for each new row (a study arriving meant one
+    // connection attempt per instance). A row's own back-off (an instance
+    // the destination refused or aborted on) holds up no new row.
     let r = sqlx::query(
         "INSERT INTO outbox (instance_id, destination, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
          VALUES (?1, ?2, 'pending',
-                 MAX(?3, COALESCE((SELECT MAX(next_attempt_at_ms) FROM outbox
-                                   WHERE destination = ?2 AND state = 'pending' AND attempts > 0), ?3)),
+                 MAX(?3, COALESCE((SELECT until_ms FROM destination_put_off WHERE destination = ?2), ?3)),
                  ?3, ?3)
          ON CONFLICT (instance_id, destination) DO NOTHING",
     )

@@ -86,6 +86,14 @@ const APPLIED: &[(&str, &str)] = &[
         "0020_made_for.sql",
         "1bf979b6d334252f1daff22ae6da90fa8b418fe219d6ac481a7ca2a1b73c477a",
     ),
+    (
+        "0021_destination_put_off.sql",
+        "e18056b9bf38c9aa3e1ea266e71ef724dd4f7eb99220e6d1b1fb8450a09c0692",
+    ),
+    (
+        "0022_conversion_type.sql",
+        "b9a5d8165a6ecd652714dba52e69b13c7fd89004442a6f3b4d610b8227f92231",
+    ),
 ];
 
 #[test]
