@@ -44,6 +44,7 @@ def test_values_that_start_a_node_which_takes_or_analyses_nothing_are_refused():
         ("DATABASE__URL", "sqlite:///dev/null", "which is not a regular file"),
         ("DATABASE__URL", "sqlite:/tmp", "which is not a regular file"),
         ("ROUTING__ANALYSE_MODALITIES", '["CR","DX"]', "comma-separated (CR,DX), not a TOML list"),
+        ("DICOM__ALSO_ACCEPT", "CSA", "dicom.also_accept has `CSA`, which is not a SOP Class UID"),
     ]:
         r = check_config({f"PNEUMO__{key}": value})
         assert r.returncode == MISCONFIGURED and said in r.stderr, (key, value, r.stderr)

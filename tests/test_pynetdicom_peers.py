@@ -216,12 +216,68 @@ def test_unsupported_abstract_syntax_is_rejected_alone(node, rg1_copies):
     assoc.release()
 
 
-def test_all_storage_accepts_mr(node_factory):
-    node = node_factory(dicom__accept="all-storage").start()
+def test_what_a_cr_room_sends_with_its_images_is_stored_and_not_analysed(node, tmp_path):
+    """A dose report, a presentation state, a key object selection or a
+    scanned requisition sent with the radiographs was refused under the
+    default `chest`, which failed the modality's (or a PACS's) whole send
+    of the study, the radiographs included."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    companions = {
+        "1.2.840.10008.5.1.4.1.1.88.67": "SR",  # X-Ray Radiation Dose SR
+        "1.2.840.10008.5.1.4.1.1.88.59": "KO",  # Key Object Selection
+        "1.2.840.10008.5.1.4.1.1.11.1": "PR",   # Grayscale Softcopy Presentation State
+        "1.2.840.10008.5.1.4.1.1.104.1": "DOC",  # Encapsulated PDF
+    }
+    ae = sender()
+    for sop_class in companions:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    uids = {}
+    for sop_class, modality in companions.items():
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.Modality, ds.PatientID, ds.PatientName = modality, "ROOM", "Room^Companion"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        assert assoc.send_c_store(ds).Status == 0x0000, sop_class
+        uids[ds.SOPInstanceUID] = modality
+    assoc.release()
+    from test_routing_orthanc import wait_until
+
+    def states():
+        with node.db() as c:
+            return {uid: c.execute("SELECT j.state FROM jobs j JOIN instances i ON i.id = j.instance_id"
+                                   " WHERE i.sop_instance_uid = ?", (uid,)).fetchone() for uid in uids}
+    wait_until(lambda: all(s == ("skipped",) for s in states().values()), what="stored, not analysed")
+
+
+def test_all_storage_accepts_mr_and_also_accept_a_private_class(node_factory):
+    """A vendor's private class travelling with a study (Siemens CSA
+    Non-Image) was refused even under all-storage: Orthanc failed its
+    whole send of the study."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    csa = "1.3.12.2.1107.5.9.1"
+    node = node_factory(dicom__accept="all-storage", dicom__also_accept=csa).start()
     ae = sender()
     ae.add_requested_context(MRImageStorage)
+    ae.add_requested_context(csa, ExplicitVRLittleEndian)
+    ae.add_requested_context("1.3.12.2.1107.5.9.2", ExplicitVRLittleEndian)  # not named: refused
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
-    assert MRImageStorage in [cx.abstract_syntax for cx in assoc.accepted_contexts]
+    accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
+    assert MRImageStorage in accepted and csa in accepted and "1.3.12.2.1107.5.9.2" not in accepted
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = csa, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "MR", "CSA"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
 
 

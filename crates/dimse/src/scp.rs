@@ -62,6 +62,9 @@ pub struct ScpConfig {
     /// Longest wait for the next message on an idle association.
     pub idle_timeout: Duration,
     pub acceptance: StorageAcceptance,
+    /// SOP classes accepted besides `acceptance`'s (a vendor's private
+    /// storage classes that travel with its studies).
+    pub also_accept: Vec<String>,
     /// Where incoming data sets are spooled; on the same file system as the
     /// final store so that keeping an instance is a rename.
     pub spool_dir: PathBuf,
@@ -81,6 +84,7 @@ impl Default for ScpConfig {
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(30),
             acceptance: StorageAcceptance::Chest,
+            also_accept: Vec::new(),
             spool_dir: std::env::temp_dir(),
         }
     }
@@ -696,13 +700,7 @@ fn negotiate(
         .iter()
         .map(|pc| {
             let abstract_syntax = sop::trim_uid(&pc.abstract_syntax).to_string();
-            let supported = abstract_syntax == sop::VERIFICATION
-                || match config.acceptance {
-                    StorageAcceptance::Chest => {
-                        sop::CHEST_STORAGE.contains(&abstract_syntax.as_str())
-                    }
-                    StorageAcceptance::AllStorage => sop::is_storage_sop_class(&abstract_syntax),
-                };
+            let supported = abstract_supported(config, &abstract_syntax);
             let ts = pc
                 .transfer_syntaxes
                 .iter()
@@ -761,6 +759,7 @@ fn negotiate(
 
 fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
     uid == sop::VERIFICATION
+        || config.also_accept.iter().any(|c| c == uid)
         || match config.acceptance {
             StorageAcceptance::Chest => sop::CHEST_STORAGE.contains(&uid),
             StorageAcceptance::AllStorage => sop::is_storage_sop_class(uid),

@@ -14,8 +14,12 @@ pub const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
 pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 
 /// The storage SOP classes a chest radiography node meets: radiographs
-/// (CR; DX for presentation and for processing), secondary captures, and
-/// the structured reports its own results and other systems' come as.
+/// (CR; DX for presentation and for processing), secondary captures, the
+/// structured reports its own results and other systems' come as, and what
+/// a CR or DX room sends with its images (the dose report, presentation
+/// states, key images, a scanned requisition): refused, they failed the
+/// modality's or a PACS's whole send of the study, the radiographs
+/// included.
 pub const CHEST_STORAGE: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography Image Storage
     "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray Image Storage - For Presentation
@@ -28,6 +32,10 @@ pub const CHEST_STORAGE: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR Storage
     "1.2.840.10008.5.1.4.1.1.88.34", // Comprehensive 3D SR Storage
     "1.2.840.10008.5.1.4.1.1.88.35", // Extensible SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.67", // X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.59", // Key Object Selection Document Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  // Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.104.1", // Encapsulated PDF Storage
 ];
 
 /// Whether `uid` names a storage SOP class of the standard: a known SOP

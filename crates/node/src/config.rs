@@ -84,6 +84,9 @@ pub struct DicomSection {
     pub port: u16,
     pub require_called_ae: bool,
     pub accept: Accept,
+    /// SOP Class UIDs accepted besides `accept`'s: a vendor's private
+    /// storage classes (refused, one failed a PACS's whole send of a study).
+    pub also_accept: Vec<String>,
     pub max_pdu: u32,
     pub max_associations: usize,
     pub read_timeout_s: u64,
@@ -101,6 +104,7 @@ impl Default for DicomSection {
             port: 11112,
             require_called_ae: true,
             accept: Accept::Chest,
+            also_accept: Vec::new(),
             max_pdu: 1 << 20,
             max_associations: 32,
             read_timeout_s: 30,
@@ -157,7 +161,8 @@ const MIN_LEASE_S: u64 = 30;
 
 /// Keys whose value is a list of words, given comma-separated in a
 /// `PNEUMO__…` variable.
-const ENV_LIST_KEYS: [&str; 4] = [
+const ENV_LIST_KEYS: [&str; 5] = [
+    "dicom.also_accept",
     "routing.analyse_modalities",
     "routing.analyse_body_parts",
     "routing.analyse_view_positions",
@@ -409,6 +414,17 @@ impl Config {
                 }
             }
         }
+        if let Some(c) = self
+            .dicom
+            .also_accept
+            .iter()
+            .find(|c| !pneumo_report::is_valid_uid(c))
+        {
+            bail!(
+                "dicom.also_accept has `{c}`, which is not a SOP Class UID (a private class \
+                 is its vendor's UID, as in 1.3.12.2.1107.5.9.1; docs/conformance.md)"
+            );
+        }
         for (i, rule) in self.routing.forward.iter().enumerate() {
             if let Some(c) = rule
                 .sop_classes
@@ -519,6 +535,7 @@ impl Config {
                 Accept::Chest => StorageAcceptance::Chest,
                 Accept::AllStorage => StorageAcceptance::AllStorage,
             },
+            also_accept: d.also_accept.clone(),
             spool_dir,
         }
     }
