@@ -5,6 +5,8 @@ or a lateral chest said so only in codes was analysed as a chest PA."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pydicom
 from nodetest import ROOT, node, node_factory, run_dcmtk  # noqa: F401 (fixtures)
 from pydicom.dataset import Dataset
@@ -201,6 +203,16 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
         series = c.execute("SELECT DISTINCT study_instance_uid, series_instance_uid FROM instances"
                            " WHERE generated = 1 AND modality = 'SR'").fetchall()
     assert len(series) == 3 and len({study for study, _ in series}) == 1, series
+    # The study's companion images share a series: one date and time for it
+    # (each was dated when made, and dcentvfy found the series inconsistent).
+    with node.db() as c:
+        companions = [node.data_dir / p for (p,) in c.execute(
+            "SELECT path FROM instances WHERE generated = 1 AND modality = 'OT'")]
+    assert len(companions) == 3
+    out = subprocess.run(["/usr/bin/dcentvfy", *map(str, companions)], capture_output=True, text=True,
+                         errors="replace")
+    said = out.stdout + out.stderr
+    assert "<SeriesDate>" not in said and "<SeriesTime>" not in said, said
 
 
 def _walk(ds):

@@ -235,6 +235,9 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
         assert r.status_code == 403 and "another site" in r.json()["error"], (headers, r.text)
     same = requests.post(url, headers={"Origin": f"http://127.0.0.1:{node.http_port}"}, timeout=10)
     assert same.status_code == 200, same.text
+    same = requests.post(url, headers={"Origin": f"http://localhost:{node.http_port}",
+                                       "Host": f"LOCALHOST:{node.http_port}"}, timeout=10)
+    assert same.status_code == 200, same.text  # host names compare without case
 
     # Every state of a configured destination is in /metrics, 0 when empty:
     # series that vanished left alert rules to `absent()`.

@@ -557,7 +557,8 @@ def test_an_instance_the_pacs_aborts_on_holds_up_no_later_image(node_factory, rg
     """Due alone, the row a PACS aborts on was the first C-STORE of its
     association: lost before any answer, it put the whole destination off,
     and every image and report owed there meanwhile waited up to
-    retry_cap_s, at each of its turns."""
+    retry_cap_s, at each of its turns. Two such instances put it off still,
+    but what is owed to it from then on is tried at once."""
     cr, dx = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
     pacs = PynetdicomReceiver(ae_title="PACS", sop_classes=(cr, dx))
     pacs.abort_classes = (cr,)
@@ -565,11 +566,13 @@ def test_an_instance_the_pacs_aborts_on_holds_up_no_later_image(node_factory, rg
         config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": pacs.port}],
                              [{"destinations": ["pacs"]}], retry_base_s=30, retry_cap_s=300)
         node = node_factory().start(config_file=config)
-        (f,) = rg1_copies("UNCI", 1)
+        f, g = rg1_copies("UNCI", 2)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE attempts = 1") == 1,
                    what="the image the PACS aborts on tried")
         assert "on this instance; the others go on" in node.log()
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, g)
+        wait_until(lambda: "on two instances in a row" in node.log(), what="a second such image")
 
         later = pydicom.dcmread(f)
         later.SOPClassUID = later.file_meta.MediaStorageSOPClassUID = dx

@@ -147,7 +147,12 @@ fn cross_site(headers: &axum::http::HeaderMap) -> Option<String> {
     }
     let origin = header("origin")?;
     let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
-    (Some(origin_host) != header("host")).then(|| origin.to_string())
+    // Host names compare without case, and port 80 may be left out.
+    let site = |host: &str| {
+        let host = host.trim().to_ascii_lowercase();
+        host.strip_suffix(":80").map(str::to_string).unwrap_or(host)
+    };
+    (Some(site(origin_host)) != header("host").map(site)).then(|| origin.to_string())
 }
 
 fn too_large() -> Response {

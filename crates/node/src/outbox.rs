@@ -316,13 +316,18 @@ impl OutboxWorker {
     /// of its most-tried owed row (the outage so far). Rows of several attempt counts each
     /// fell due on their own, so a PACS that was down got an attempt every
     /// few seconds rather than one per back-off (`recorded_so_far`: the
-    /// earlier answers of the batch were recorded).
+    /// earlier answers of the batch were recorded). `new_rows_wait`: rows
+    /// owed to it from now on wait too (it cannot be reached, or is full);
+    /// else they are tried when owed (associations lost on two rows: the
+    /// PACS may refuse those data sets alone, and every later image and
+    /// report waited).
     async fn put_off(
         &self,
         destination: &Destination,
         items: &[&OutboxItem],
         reason: &str,
         recorded_so_far: bool,
+        new_rows_wait: bool,
     ) -> Delivery {
         let owed = self
             .store
@@ -364,7 +369,7 @@ impl OutboxWorker {
         }
         let put_off = self
             .store
-            .put_off_destination(&destination.name, delay)
+            .put_off_destination(&destination.name, delay, new_rows_wait)
             .await;
         if self.recorded(put_off.map(|_| ())) && recorded && recorded_so_far {
             Delivery::DestinationFailed
@@ -416,7 +421,9 @@ impl OutboxWorker {
                 Ok(a) => a,
                 Err(e) => {
                     let items: Vec<&OutboxItem> = sendable.iter().map(|(i, _)| *i).collect();
-                    return self.put_off(destination, &items, &e.to_string(), all).await;
+                    return self
+                        .put_off(destination, &items, &e.to_string(), all, true)
+                        .await;
                 }
             };
         // A7xx answers in a row: one is an instance the destination will not
@@ -468,7 +475,7 @@ impl OutboxWorker {
                             warn!(error = %e, "release failed after delivery");
                         }
                         // (The refused ones are owed rows: their attempts count.)
-                        return self.put_off(destination, &[], "", all).await;
+                        return self.put_off(destination, &[], "", all, true).await;
                     }
                 }
                 // The association lost (aborted, timed out) before any
@@ -514,7 +521,9 @@ impl OutboxWorker {
                         pneumo_store::LOST_BEFORE_ANY_ANSWER,
                         self.scu.calling_ae
                     );
-                    return self.put_off(destination, &[*item], &reason, all).await;
+                    return self
+                        .put_off(destination, &[*item], &reason, all, false)
+                        .await;
                 }
                 // A release the destination asked for mid-way: nothing
                 // failed; the instance goes again, its attempts unchanged.

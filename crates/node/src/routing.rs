@@ -228,7 +228,8 @@ impl RoutingSection {
         if let Some(conversion) = h
             .conversion_type
             .as_deref()
-            .filter(|c| NOT_RADIOGRAPHS.contains(&c.trim()))
+            // (one value; several, which the VR does not allow, count if any is)
+            .filter(|c| c.split('\\').any(|v| NOT_RADIOGRAPHS.contains(&v.trim())))
         {
             return Some(format!(
                 "a Secondary Capture of Conversion Type {conversion} (a workstation's capture, a \
@@ -425,7 +426,7 @@ mod tests {
         let r = RoutingSection::default();
         let mut h = header(Some("CR"), Some("CHEST"), Some("PA"));
         h.sop_class_uid = "1.2.840.10008.5.1.4.1.1.7".into();
-        for conversion in ["WSD", "SYN", "DRW", "SD"] {
+        for conversion in ["WSD", "SYN", "DRW", "SD", "WSD\\DF"] {
             h.conversion_type = Some(conversion.into());
             let refusal = r.analysis_refusal(&h).unwrap();
             assert!(

@@ -57,6 +57,22 @@ pub(crate) fn stamp(source: &SourceInstance, t: &ReportTime) -> Stamp {
     Stamp { date, time, tz }
 }
 
+/// Series Date and Time (Type 3) of a series the node makes: the study's
+/// (none when the source has no Study Date). A series the node adds to over
+/// time (a study's companion images, an image's reports) had each instance
+/// dated when it was made, and dcentvfy found one series with several dates.
+pub(crate) fn put_series_date_time(obj: &mut InMemDicomObject, source: &SourceInstance) {
+    let date = source.copied_text(tags::STUDY_DATE);
+    if date.is_empty() {
+        return;
+    }
+    put_str(obj, tags::SERIES_DATE, VR::DA, date);
+    let time = source.copied_text(tags::STUDY_TIME);
+    if !time.is_empty() {
+        put_str(obj, tags::SERIES_TIME, VR::TM, time);
+    }
+}
+
 /// The data set with: SOP Common, Patient, General Study, Patient Study
 /// (copied), General Series basics (Modality, Series Instance UID, Series
 /// Number, Series Description, Series Date/Time), General Equipment.

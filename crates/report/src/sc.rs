@@ -344,8 +344,7 @@ impl ScImage {
         };
         // General Series (Type 3, as the SR has them): viewers' series lists
         // show the date beside the SR's.
-        put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
-        put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
+        common::put_series_date_time(&mut obj, source);
         put_str(&mut obj, tags::CONTENT_DATE, VR::DA, stamp.date.clone());
         put_str(&mut obj, tags::CONTENT_TIME, VR::TM, stamp.time.clone());
         obj.put(DataElement::new(

@@ -351,6 +351,16 @@ impl SourceInstance {
         }
     }
 
+    /// The value of a copied attribute, trimmed; empty when absent.
+    pub fn copied_text(&self, tag: Tag) -> String {
+        self.copied_elements
+            .iter()
+            .find(|e| e.tag() == tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_matches([' ', '\0']).to_string())
+            .unwrap_or_default()
+    }
+
     /// Whom and what the report is about: the study, and the patient's name,
     /// ID, birth date and sex and the accession number as the source has
     /// them. A later copy of a source that changes one of these (the patient
@@ -358,13 +368,7 @@ impl SourceInstance {
     /// an issuer) shares the first's.
     pub fn identity(&self) -> Vec<String> {
         let value = |tag: Tag| {
-            let text = self
-                .copied_elements
-                .iter()
-                .find(|e| e.tag() == tag)
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_matches([' ', '\0']).to_string())
-                .unwrap_or_default();
+            let text = self.copied_text(tag);
             if tag != tags::PATIENT_NAME {
                 return text;
             }

@@ -609,8 +609,7 @@ impl Document {
             &self.series_description,
         );
         // SR Document Series
-        put_str(&mut obj, tags::SERIES_DATE, VR::DA, stamp.date.clone());
-        put_str(&mut obj, tags::SERIES_TIME, VR::TM, stamp.time.clone());
+        common::put_series_date_time(&mut obj, source);
         obj.put(sequence(
             tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
             vec![],

@@ -139,6 +139,11 @@ impl Store {
         let Some((report, companion, notice, notice_image)) = made else {
             return Ok(0);
         };
+        // The rows and the job's state in one transaction: a row delivered
+        // between the two (its job made `delivered`) was followed by the job
+        // set back to `reported`, for good. IMMEDIATE: its reads decide its
+        // writes (a deferred one fails when another connection wrote since).
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let mut added = 0;
         for id in [report, companion, notice, notice_image]
             .into_iter()
@@ -150,7 +155,7 @@ impl Store {
             let removed: bool =
                 sqlx::query_scalar("SELECT purged_at_ms IS NOT NULL FROM instances WHERE id = ?")
                     .bind(id)
-                    .fetch_one(self.pool())
+                    .fetch_one(&mut *tx)
                     .await?;
             for d in destinations {
                 if removed {
@@ -159,7 +164,7 @@ impl Store {
                     )
                     .bind(id)
                     .bind(d)
-                    .fetch_one(self.pool())
+                    .fetch_one(&mut *tx)
                     .await?;
                     if !owed {
                         warn!(
@@ -172,7 +177,7 @@ impl Store {
                     }
                     continue;
                 }
-                added += usize::from(enqueue(self.pool(), id, d).await?);
+                added += usize::from(enqueue(&mut *tx, id, d).await?);
             }
         }
         if added > 0 {
@@ -181,9 +186,10 @@ impl Store {
                 "UPDATE jobs SET state = 'reported' WHERE instance_id = ? AND state = 'delivered'",
             )
             .bind(instance_id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(added)
     }
 
@@ -301,10 +307,13 @@ impl Store {
         .await?)
     }
 
+    /// Puts everything pending to `destination` off by `delay`, and the
+    /// rows owed to it from now on too when `new_rows_wait`.
     pub async fn put_off_destination(
         &self,
         destination: &str,
         delay: Duration,
+        new_rows_wait: bool,
     ) -> Result<u64, StoreError> {
         let until = now_ms() + delay.as_millis() as i64;
         let mut tx = self.pool().begin().await?;
@@ -314,7 +323,7 @@ impl Store {
              ON CONFLICT (destination) DO UPDATE SET until_ms = ?2",
         )
         .bind(destination)
-        .bind(until)
+        .bind(if new_rows_wait { until } else { 0 })
         .execute(&mut *tx)
         .await?;
         let put_off = sqlx::query(

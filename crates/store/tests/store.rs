@@ -579,7 +579,7 @@ async fn an_unreachable_destination_puts_off_its_other_rows_untried() {
     let before = pacs(&store).await;
     assert_eq!(
         store
-            .put_off_destination("pacs", Duration::from_secs(600))
+            .put_off_destination("pacs", Duration::from_secs(600), true)
             .await
             .unwrap(),
         2
