@@ -501,15 +501,11 @@ impl OutboxWorker {
                             .unwrap_or_else(|e| e.into_inner())
                             .entry(destination.name.clone())
                             .or_insert(0) += 1;
-                        Metrics::inc(&self.metrics.deliveries_failed, 1);
-                        let delay = self.retry_delay(item.attempts);
                         let reason = format!(
                             "{e} ({} on this instance; the others go on)",
                             pneumo_store::LOST_BEFORE_ANY_ANSWER
                         );
-                        warn!(sop_instance_uid = %item.sop_instance_uid, reason, retry_in_s = delay.as_secs(),
-                            "delivery of this instance failed; will retry it, the others go on");
-                        all &= self.recorded(self.store.mark_retry(item, &reason, delay).await);
+                        all &= self.instance_failed(item, &reason).await;
                         return Delivery::recorded(all).or_again();
                     }
                     // What a PACS that does not know the calling AE title
@@ -537,12 +533,7 @@ impl OutboxWorker {
                 // it for good; now that row alone waits its back-off, and
                 // the rest go first in a new association.
                 Err(e) => {
-                    Metrics::inc(&self.metrics.deliveries_failed, 1);
-                    let delay = self.retry_delay(item.attempts);
-                    let reason = e.to_string();
-                    warn!(sop_instance_uid = %item.sop_instance_uid, reason, retry_in_s = delay.as_secs(),
-                        "delivery of this instance failed; will retry it, the others go on");
-                    all &= self.recorded(self.store.mark_retry(item, &reason, delay).await);
+                    all &= self.instance_failed(item, &e.to_string()).await;
                     return Delivery::recorded(all).or_again();
                 }
             }
@@ -551,6 +542,17 @@ impl OutboxWorker {
             warn!(error = %e, "release failed after delivery");
         }
         Delivery::recorded(all)
+    }
+
+    /// The association was lost on `item` alone: its row waits its own
+    /// back-off, the others go on in a new association. Whether the outbox
+    /// took it.
+    async fn instance_failed(&self, item: &OutboxItem, reason: &str) -> bool {
+        Metrics::inc(&self.metrics.deliveries_failed, 1);
+        let delay = self.retry_delay(item.attempts);
+        warn!(sop_instance_uid = %item.sop_instance_uid, reason, retry_in_s = delay.as_secs(),
+            "delivery of this instance failed; will retry it, the others go on");
+        self.recorded(self.store.mark_retry(item, reason, delay).await)
     }
 
     /// A report of the node's in Comprehensive 3D SR may also go as
