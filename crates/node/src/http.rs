@@ -84,6 +84,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/deliveries/move", post(move_deliveries))
         .route("/api/deliveries/resend", post(resend_deliveries))
         .layer(axum::middleware::from_fn(body_in_time))
+        // (the last layer runs first: nothing of the body is read)
+        .layer(axum::middleware::from_fn(refuse_cross_site))
         .with_state(state)
 }
 
@@ -97,16 +99,6 @@ const BODY_LIMIT: usize = 64 << 10;
 /// [`BODY_TIMEOUT`], 413 when larger than [`BODY_LIMIT`].
 async fn body_in_time(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = request.into_parts();
-    if let Some(origin) = cross_site(&parts.headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!(
-                "a request from a web page of another site ({origin}) is refused: the API \
-                 has no authentication, and a page in a browser on this host could act on it"
-            ) })),
-        )
-            .into_response();
-    }
     let announced = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -153,6 +145,24 @@ fn cross_site(headers: &axum::http::HeaderMap) -> Option<String> {
         host.strip_suffix(":80").map(str::to_string).unwrap_or(host)
     };
     (Some(site(origin_host)) != header("host").map(site)).then(|| origin.to_string())
+}
+
+/// 403 for a browser's cross-site request ([`cross_site`]).
+async fn refuse_cross_site(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match cross_site(request.headers()) {
+        Some(origin) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!(
+                "a request from a web page of another site ({origin}) is refused: the API \
+                 has no authentication, and a page in a browser on this host could act on it"
+            ) })),
+        )
+            .into_response(),
+        None => next.run(request).await,
+    }
 }
 
 fn too_large() -> Response {
