@@ -5,6 +5,8 @@ refusal's reason, and the node goes on analysing the next good image.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pydicom
 from nodetest import ROOT, node, node_factory, run_dcmtk  # noqa: F401 (fixtures)
@@ -161,6 +163,18 @@ def bad_radiographs(tmp) -> dict[str, tuple[str, str, str]]:
     save("shutter_shows_nothing", hidden, "-xe",
          "imaging: shutter-hides-image: the display shutter (RECTANGULAR\\CIRCULAR) shows nothing")
 
+    # A compressed file of a few megabytes claiming a hundred million
+    # pixels: decoded (and its grey image made) before anything looked at
+    # its size; up to 65535x65535 is 8 GB.
+    side = 10_001
+    huge = _fresh(base, Rows=side, Columns=side, BitsAllocated=8, BitsStored=8, HighBit=7,
+                  PixelRepresentation=0)
+    runs, rest = divmod(side * side, 128)
+    segment = b"\x81\x00" * runs + bytes([rest - 1]) + b"\x01" * rest  # replicate runs, one literal
+    huge.PixelData = encapsulate([struct.pack("<16I", 1, 64, *[0] * 14) + segment])
+    huge.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"
+    save("too_large", huge, "-xr", "imaging: too-large: image too large to analyse: 10001x10001, at most 100000000 pixels")
+
     wide = _fresh(base, BitsAllocated=32, BitsStored=32, HighBit=31)
     wide.PixelData = np.zeros(wide.Rows * wide.Columns, np.uint32).tobytes()
     save("bits_allocated_32", wide, "-xe", "imaging: bits-allocated")
@@ -220,6 +234,36 @@ def test_a_high_bit_off_by_one_with_samples_in_the_low_bits_is_analysed_as_they_
         off = _fresh(right, HighBit=high_bit)
         off.save_as(tmp_path / f"hb{high_bit}.dcm", enforce_file_format=True)
         assert p_positive(tmp_path / f"hb{high_bit}.dcm") == p_positive(right)
+
+
+def test_an_overlay_above_bits_stored_reads_alike_in_rle_and_native(tmp_path):
+    """An old CR unit keeps an overlay in bit 15 above Bits Stored 15: the
+    native image was analysed (the bit masked, as viewers do), the same
+    pixels RLE-compressed refused as "bits set above the low 15" (RLE
+    codes the words as stored, overlay included)."""
+    import json
+    import subprocess
+
+    from nodetest import node_binary
+    from pydicom.uid import RLELossless
+
+    ds = _fresh(FIXTURES / "rg1s_mono2.dcm")
+    pixels = ds.pixel_array.copy()
+    pixels[20:60, 20:120] |= 0x8000
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "native.dcm", enforce_file_format=True)
+    ds.BitsStored, ds.HighBit = 16, 15  # (pydicom checks the words against Bits Stored)
+    ds.compress(RLELossless, pixels)
+    ds.BitsStored, ds.HighBit = 15, 14
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+
+    def logits(name):
+        r = subprocess.run([str(node_binary()), "infer", str(tmp_path / name), "--json"], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, (name, r.stderr)
+        return json.loads(r.stdout)["prediction"]["logits"]
+
+    assert logits("rle.dcm") == logits("native.dcm")
 
 
 def test_infer_refuses_an_image_with_nothing_to_read_as_the_pipeline_does(tmp_path):

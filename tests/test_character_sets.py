@@ -41,6 +41,10 @@ CASES = {
     "turkish": ("ISO_IR 148", "Öztürk^Şükrü", None, "Akciğer"),
     # Latin-9, which pydicom cannot write: its bytes as a modality sends them
     "latin9": ("ISO_IR 203", b"\xbcuvre^Zo\xeb", "Œuvre^Zoë", "Thorax"),
+    # Latin-1 bytes under a declared UTF-8 (a modality switched to UTF-8,
+    # an archive migrated): each undecodable byte became a backslash escape,
+    # splitting the name into three values ("M", "374ller^J", "374rgen").
+    "utf8_declared_latin1_bytes": ("ISO_IR 192", b"M\xfcller^J\xfcrgen", "M\ufffdller^J\ufffdrgen", "Thorax"),
     "katakana": ("ISO_IR 13", "ﾔﾏﾀﾞ^ﾀﾛｳ", None, "ｷｮｳﾌﾞ"),
     "jis13": (["ISO 2022 IR 13", "ISO 2022 IR 87"], "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう", None, "胸部"),
     "multi100": (["ISO 2022 IR 6", "ISO 2022 IR 100"], "Müller^Jürgen", None, "Thorax"),

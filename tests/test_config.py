@@ -237,6 +237,12 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
     r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                         str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
     assert r.returncode == MISCONFIGURED and "104: Permission denied" in r.stderr, (r.returncode, r.stderr)
+    # check-config, run as the service's account, said "configuration OK"
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "check-config"], env=env, capture_output=True, text=True, cwd=home,
+                       timeout=60)
+    assert r.returncode == MISCONFIGURED and "dicom.bind/dicom.port 127.0.0.1:104: this account may not listen" \
+        in r.stderr, (r.returncode, r.stderr)
     # A data directory the account may not write (a first run as root made
     # it) was exit 1, restarted every 5 s for good, reloading the model.
     owned_by_root = home / "by-root"
@@ -246,6 +252,11 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
                         str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=home, timeout=60)
     assert r.returncode == MISCONFIGURED and "cannot prepare data directory" in r.stderr, (r.returncode, r.stderr)
     assert "Permission denied" in r.stderr, r.stderr
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "check-config"], env=env, capture_output=True, text=True, cwd=home,
+                       timeout=60)
+    assert r.returncode == MISCONFIGURED and "node.data_dir" in r.stderr and "cannot be made in" in r.stderr, \
+        (r.returncode, r.stderr)
     # A database restored as root into the account's data directory: exit 1
     # before, restarted for good.
     restored = home / "restored"
@@ -271,7 +282,53 @@ def test_a_spool_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(tm
     (data_dir / "spool").symlink_to(elsewhere)
     env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(data_dir),
            "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
-    r = subprocess.run([str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=ROOT,
-                       timeout=60)
-    assert r.returncode == MISCONFIGURED and "spool is a symbolic link" in r.stderr, r.stderr
+    # check-config said "configuration OK"
+    for command in (["serve"], ["check-config"]):
+        r = subprocess.run([str(node_binary()), *command], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+        assert r.returncode == MISCONFIGURED and "spool is a symbolic link" in r.stderr, (command, r.stderr)
+        assert "configuration OK" not in r.stdout
     assert (elsewhere / "precious.txt").exists()
+
+
+def test_check_config_finds_an_address_and_a_database_folder_a_start_would_fail_on(tmp_path):
+    """An address this host does not have, and a database.url in a folder
+    that does not exist: check-config said "configuration OK", serve
+    exited 1 (restarted every 5 s)."""
+    base = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(tmp_path / "var"),
+            "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
+    for extra, said in [
+        ({"PNEUMO__DICOM__BIND": "192.0.2.1"}, "dicom.bind/dicom.port 192.0.2.1:"),
+        ({"PNEUMO__HTTP__BIND": "192.0.2.1"}, "http.bind/http.port 192.0.2.1:"),
+        ({"PNEUMO__DATABASE__URL": f"sqlite:{tmp_path}/nowhere/x.sqlite"}, "database.url: the database's folder"),
+    ]:
+        r = subprocess.run([str(node_binary()), "check-config"], env={**base, **extra}, capture_output=True,
+                           text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == MISCONFIGURED and said in r.stderr, (extra, r.returncode, r.stderr)
+        assert "configuration OK" not in r.stdout
+    # the node's own ports, taken by the node running: not a problem
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", int(base["PNEUMO__DICOM__PORT"])))
+        held.listen()
+        r = subprocess.run([str(node_binary()), "check-config"], env=base, capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+        assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+
+
+def test_check_config_warns_of_values_the_node_would_change_or_never_match(tmp_path):
+    """A station name cut to 16 characters in every report, a backslash
+    written as a space, `PA;AP` from the environment taken as one View
+    Position matching nothing (every PA image skipped without a word): all
+    printed as "configuration OK"."""
+    env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(tmp_path / "var"),
+           "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port()),
+           "PNEUMO__REPORT__STATION_NAME": "RADIOLOGY-NORTH-WING-3",
+           "PNEUMO__REPORT__INSTITUTION_NAME": "North\\South Hospital",
+           "PNEUMO__ROUTING__ANALYSE_VIEW_POSITIONS": "PA;AP"}
+    r = subprocess.run([str(node_binary()), "check-config"], env=env, capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+    assert 'warning: report.station_name "RADIOLOGY-NORTH-WING-3": longer than the 16 characters' in r.stderr
+    assert "report.institution_name" in r.stderr and "written as a space" in r.stderr, r.stderr
+    assert 'routing.analyse_view_positions term "PA;AP" holds a separator' in r.stderr, r.stderr

@@ -188,6 +188,69 @@ def test_a_database_truncated_under_the_running_node_is_not_ready(node_factory, 
     assert node.alive() and node.echo_ok()
 
 
+def test_a_write_ahead_log_deleted_under_the_running_node_stops_acknowledgements(node_factory, rg1_copies):
+    """The database's -wal deleted while the node ran: SQLite wrote on
+    into the deleted file, instances were acknowledged, /readyz said ready,
+    and a kill -9 then lost everything committed since the last checkpoint
+    (acknowledged instances included, delivered rows sent again). Now
+    refused (A700) and not ready; a clean stop folds the deleted log into
+    the database, and nothing acknowledged before is lost."""
+    from nodetest import run_dcmtk
+
+    node = node_factory().start()
+    first, second = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    (node.data_dir / "pneumo-node.sqlite-wal").unlink()
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(second)
+    assoc.release()
+    assert status.Status == 0xA700, status
+    code, body = node.http("/readyz")
+    assert code == 503 and any("write-ahead log" in r and "is gone" in r for r in body["reasons"]), body
+    assert "pneumo_database_up 0" in node.http("/metrics")[1]
+    node.stop()
+    node.start()
+    assert node.http("/readyz")[0] == 200
+    assert node.instance_rows(pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID) == 1
+    assert node.instance_rows(pydicom.dcmread(second, stop_before_pixels=True).SOPInstanceUID) == 0
+
+
+def test_a_database_locked_for_writing_by_another_process_is_not_ready(node_factory, rg1_copies):
+    """A sqlite3 shell left in a transaction holds the write lock: every
+    C-STORE waited 30 s and was refused (A700, its comment cut to "(code:
+    5) database"), while /readyz and pneumo_database_up, answered by reads,
+    said all was well. Released, the node takes instances again."""
+    import sqlite3
+
+    from test_pynetdicom_peers import sender
+
+    node = node_factory().start()
+    locked, after = rg1_copies("UNCI", 2)
+    holder = sqlite3.connect(node.data_dir / "pneumo-node.sqlite", isolation_level=None, timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, body = node.http("/readyz")
+        assert code == 503 and any("database locked for writing" in r for r in body["reasons"]), body
+        assert "pneumo_database_up 0" in node.http("/metrics")[1]
+        patient = sender()
+        patient.dimse_timeout = patient.network_timeout = 90
+        assoc = patient.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        status = assoc.send_c_store(locked)  # waits the node's 30 s for the lock
+        assoc.release()
+        assert status.Status == 0xA700, status
+        assert str(status.ErrorComment).startswith("database is locked"), status.ErrorComment
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert node.http("/readyz")[0] == 200
+    assert "pneumo_database_up 1" in node.http("/metrics")[1]
+    assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    status = assoc.send_c_store(after)
+    assoc.release()
+    assert status.Status == 0x0000, status
+
+
 def test_an_instance_the_database_refuses_leaves_no_file(node, rg1_copies):
     """The row cannot be committed after the file was moved into place (here
     a trigger stands for a locked or full database): A700, and the file is

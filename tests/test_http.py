@@ -7,7 +7,7 @@ import pydicom
 import requests
 import pytest
 
-from nodetest import copy_with_new_uids, data_store, node_factory, run_dcmtk  # noqa: F401 (fixture)
+from nodetest import copy_with_new_uids, data_store, node_binary, node_factory, run_dcmtk  # noqa: F401 (fixture)
 from test_pynetdicom_peers import sender
 from test_scu_dcmtk import storescp  # noqa: F401 (fixture)
 
@@ -201,8 +201,14 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=pacs")
     assert code == 200 and [(d["kind"], d["study_instance_uid"], d["state"]) for d in body["deliveries"]] \
         == [("report", study, "sent")]
-    code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=elsewhere")
-    assert body["deliveries"] == []
+    # A name no destination has and no row owes: said (it read "nothing owed")
+    for name in ("elsewhere", "PACS", "pacs,elsewhere", ""):
+        code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination={name}")
+        assert code == 400 and body["destinations"] == ["pacs"], (name, code, body)
+    # Errors are JSON everywhere (a 404 and a 405 were empty, without a type)
+    assert node.http("/api/nowhere") == (404, {"error": "no such path"})
+    r = requests.delete(f"http://127.0.0.1:{node.http_port}/api/jobs", timeout=10)
+    assert r.status_code == 405 and "error" in r.json()
     code, body = node.http("/api/deliveries?limit=2&state=sent")
     assert len(body["deliveries"]) == 2 and body["next_before_id"] is not None
     code, body = node.http(f"/api/deliveries?state=sent&before_id={body['next_before_id']}")
@@ -294,6 +300,9 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     with pytest.raises(RuntimeError, match="exited with 78"):
         node.start()
     assert "the database was migrated by a build whose migration 15 differs from this build's" in node.log()
+    r = subprocess.run([str(node_binary()), "recover-files"], env=node.env(), capture_output=True,
+                       text=True, timeout=60, cwd=node.workdir)
+    assert r.returncode == 78 and "migration 15 differs" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_requests_that_never_finish_are_ended_and_a_huge_body_refused_at_once(node):

@@ -866,16 +866,21 @@ def test_rows_moved_or_cancelled_while_their_batch_is_in_flight_are_not_sent_the
                 peer.close()
 
 
+def node_sending_to(receiver, node_factory, tmp_path, ae_title: str = "FULLPACS"):
+    """A node whose one destination, `pacs`, is `receiver` (1 min back-off)."""
+    config = node_config(tmp_path / "node.toml",
+                         [{"name": "pacs", "ae_title": ae_title, "port": receiver.port}],
+                         [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
+    return node_factory().start(config_file=config)
+
+
 def test_a_destination_out_of_resources_gets_one_instance_per_back_off(node_factory, rg1_copies, tmp_path):
     """A full archive answers A700 to every C-STORE: each owed instance was
     sent and refused, one WARN each, at every back-off (thousands for a
     backlog). Two refusals in a row now put off the rest with them, untried."""
     receiver = PynetdicomReceiver(status=0xA700, ae_title="FULLPACS")
     try:
-        config = node_config(tmp_path / "node.toml",
-                             [{"name": "pacs", "ae_title": "FULLPACS", "port": receiver.port}],
-                             [{"destinations": ["pacs"]}], retry_base_s=60, retry_cap_s=600)
-        node = node_factory().start(config_file=config)
+        node = node_sending_to(receiver, node_factory, tmp_path)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 6))
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox") == 6)
         wait_until(lambda: receiver.entered >= 1)
@@ -888,19 +893,42 @@ def test_a_destination_out_of_resources_gets_one_instance_per_back_off(node_fact
         assert all(a == 0 for a, s in rows if s is None), rows
         assert node.log().count("refused; will retry") == receiver.entered, node.log()[-3000:]
 
-        # The operator's retry: two attempts again, not six.
+        # The operator's retry: one attempt, not six (the archive was full at
+        # its last answer: a refusal of another row is the archive again).
         before = receiver.entered
         api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
         assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
         wait_until(lambda: receiver.entered > before)
         time.sleep(2)
-        assert receiver.entered == before + 2
+        assert receiver.entered == before + 1
 
         # Space freed: everything goes.
         receiver.status = 0x0000
         assert requests.post(f"{api}/retry", timeout=10).json() == {"requeued": 6}
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 6)
         assert len(receiver.received) == 6
+    finally:
+        receiver.close()
+
+
+def test_a_full_destination_is_known_across_associations_as_rows_arrive_one_by_one(
+        node_factory, rg1_copies, tmp_path):
+    """Two A7xx in a row were counted within one association: images a
+    modality sent one at a time each got an association of their own, each
+    tried and refused (a WARN each). One row refused is that instance's
+    (the next row is tried at once); refusals of two rows put the
+    destination off, whichever associations carried them."""
+    receiver = PynetdicomReceiver(status=0xA700, ae_title="FULLPACS")
+    try:
+        node = node_sending_to(receiver, node_factory, tmp_path)
+        for n, path in enumerate(rg1_copies("UNCI", 5), start=1):
+            run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+            if n <= 2:
+                wait_until(lambda: node.count(
+                    "SELECT COUNT(*) FROM outbox WHERE last_status LIKE '%A700H%'") == n)
+        time.sleep(3)
+        assert receiver.entered == 2, receiver.entered
+        assert node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND attempts = 0") == 3
     finally:
         receiver.close()
 
@@ -1169,6 +1197,6 @@ def test_a_destination_lost_before_any_answer_backs_off_by_doubling_whatever_row
         assert abs(receiver.entered - 1 - len(failures())) <= 1
         with node.db() as c:
             whys = {why for (why,) in c.execute("SELECT last_status FROM outbox WHERE attempts > 0")}
-        assert any(f"AE title {node.ae_title}?" in why for why in whys), whys
+        assert any(f"AE title {node.ae_title}, and take" in why for why in whys), whys
     finally:
         receiver.close()

@@ -189,6 +189,24 @@ def test_an_unsupported_operation_is_0211_and_no_refused_instance(node):
     assert "instance refused" not in node.log()
 
 
+def test_a_c_store_without_a_data_set_is_refused_logged_and_counted(node):
+    """A C-STORE-RQ saying it has no data set was answered C000 but neither
+    logged nor counted, unlike every other refusal."""
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [IMPLICIT])])
+    raw.send(pdata(1, True, True, command_set(
+        (0x0002, CR_STORAGE.encode()), (0x0100, u16(0x0001)), (0x0110, u16(7)),
+        (0x0700, u16(0)), (0x0800, u16(0x0101)), (0x1000, b"1.2.3.4\0"))))
+    rsp = raw.read_command()
+    raw.close()
+    assert status_of(rsp) == 0xC000
+    wait_for_log(node, "C-STORE without a data set")
+    assert "instance refused" in node.log()
+    _, metrics = node.http("/metrics")
+    assert "pneumo_instances_refused_total 1" in metrics.splitlines()
+    assert node.echo_ok()
+
+
 def test_a_pdu_trickling_into_an_idle_association_is_bounded_by_the_read_timeout(node_factory):
     """Once a PDU has begun, the rest must come within read_timeout_s, also
     when it starts an idle association's next message (the idle timeout,
@@ -198,23 +216,52 @@ def test_a_pdu_trickling_into_an_idle_association_is_bounded_by_the_read_timeout
     raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
     pdu = pdata(1, True, True, echo_rq(1))
     started = time.monotonic()
+    closed = drip(raw, [bytes([byte]) for byte in pdu[:-1]], pause=0.5)
+    assert closed and time.monotonic() - started < 30, "the trickling PDU was not cut off"
+    wait_for_log(node, "PDU not complete within 2 s")
+
+
+def drip(raw: RawAssociation, pieces: list, pause: float) -> bool:
+    """Sends `pieces` one by one, `pause` seconds apart; whether the node
+    closed the connection before the last."""
     closed = False
-    for byte in pdu[:-1]:
+    for piece in pieces:
         try:
-            raw.send(bytes([byte]))
+            raw.send(piece)
         except (BrokenPipeError, ConnectionResetError):
             closed = True
             break
-        if raw.closed_by_peer(0.5):
+        if raw.closed_by_peer(pause):
             closed = True
             break
     raw.close()
-    assert closed and time.monotonic() - started < 30, "the trickling PDU was not cut off"
+    return closed
+
+
+def wait_for_log(node, text: str) -> None:
     # Logged once the abort is sent: poll, the close can come first.
     deadline = time.monotonic() + 10
-    while "PDU not complete within 2 s" not in node.log():
-        assert time.monotonic() < deadline, "the abort's reason was not logged"
+    while text not in node.log():
+        assert time.monotonic() < deadline, f"not logged: {text}"
         time.sleep(0.05)
+
+
+def test_a_message_dripping_in_pdu_by_pdu_is_cut_off_and_the_node_serves_on(node_factory):
+    """Each PDU of a message came within read_timeout_s while the message
+    never ended: the association held its slot for good (max_associations
+    such peers shut out every modality). A message must now arrive at
+    min_receive_rate_kib_s on average once begun, after read_timeout_s."""
+    node = node_factory(dicom__read_timeout_s=2, dicom__idle_timeout_s=120).start()
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT])])
+    command = echo_rq(1)
+    started = time.monotonic()
+    # a P-DATA-TF of one byte a second: each PDU well within read_timeout_s
+    pdus = [pdata(1, True, i == len(command) - 1, bytes([byte])) for i, byte in enumerate(command)]
+    closed = drip(raw, pdus, pause=1.0)
+    assert closed and time.monotonic() - started < 20, "the dripping message was not cut off"
+    wait_for_log(node, "message arriving slower than 16 KiB/s")
+    assert node.echo_ok()
 
 
 def rss_kib(pid: int) -> int:
@@ -466,6 +513,23 @@ def test_the_sop_classes_refused_in_negotiation_are_logged(node):
     assert node.echo_ok()
     ok = accepted_lines(node, 2)[-1]
     assert "refused=" not in ok, ok
+
+
+def test_a_class_proposed_in_syntaxes_the_node_lacks_is_not_logged_as_refused(node):
+    """CR proposed only in the retired JPEG 4.52 (result 4), and again in
+    Explicit VR (accepted): the log said "refused=<CR>" both times, read as
+    "CR refused" under a configuration that accepts CR."""
+    cr, retired_jpeg = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.4.52"
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, cr, [retired_jpeg])])
+    raw.close()
+    (line,) = accepted_lines(node, 1)
+    assert f"refused_for_transfer_syntax={cr}" in line and " refused=" not in line, line
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, cr, [retired_jpeg]), (3, cr, [EXPLICIT])])
+    raw.close()
+    line = accepted_lines(node, 2)[-1]
+    assert "refused" not in line, line
 
 
 def test_what_a_peer_sends_cannot_forge_a_log_line(node):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodetest import ROOT, node_binary
+from nodetest import ROOT, free_port, node_binary
 
 BAD = ROOT / "fixtures" / "models" / "bad"
 IMAGE = ROOT / "fixtures" / "imaging" / "rg1s_mono2.dcm"
@@ -229,6 +229,33 @@ def test_a_graph_that_normalises_its_own_output_is_refused_when_run():
     assert node("model", "info", BAD / "exp-normalised-output.onnx").returncode == 0
     plain = node("infer", IMAGE)
     assert plain.returncode == 0 and "sums to 1" not in plain.stderr, plain.stderr
+
+
+@pytest.mark.parametrize("name", ["batch-mixing", "rows-reversed"])
+def test_a_graph_whose_rows_depend_on_their_batch_is_refused_when_batches_are_served(name, tmp_path):
+    """A batch normalisation exported in training mode (a mean across the
+    batch) or rows put in another order: each image alone was right, so
+    `infer` looked fine, while a batch of several patients gave each a
+    result moved by the others' images, or another's outright. Refused
+    when loaded with batches (exit 78 for `serve`); served one at a time
+    with inference.max_batch = 1."""
+    model = BAD / f"{name}.onnx"
+    said = "output `logits` for an image depends on the other images of its batch"
+    refused(node("infer", IMAGE, "--model", model), said, "evaluation mode")
+    one_by_one = node("infer", IMAGE, "--model", model, env={"PNEUMO__INFERENCE__MAX_BATCH": "1"})
+    assert one_by_one.returncode == 0, one_by_one.stderr
+    served = node("serve", env={"PNEUMO__INFERENCE__MODEL": str(model), "PNEUMO__NODE__DATA_DIR": str(tmp_path),
+                                "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__ENABLED": "false"})
+    assert served.returncode == 78 and said in served.stderr, (served.returncode, served.stderr)
+
+
+def test_a_graph_whose_output_is_never_finite_is_refused_when_run():
+    """Minus infinity for every image: the node started ready and failed
+    every analysis with a NOT ANALYSED notice each."""
+    refused(node("infer", IMAGE, "--model", BAD / "inf-output.onnx"),
+            "is not finite for an image of zeros (the mean image) nor for one of ones")
+    # finite for some images: left to fail those alone
+    assert "nor for one of ones" not in node("infer", IMAGE, "--model", BAD / "nan-output.onnx").stderr
 
 
 def external_copy(tmp_path: Path) -> Path:

@@ -147,6 +147,18 @@ def test_model_info_prints_the_contract(session):
     assert text.returncode == 0 and DEMO in text.stdout and meta["pneumo.weights_sha256"] in text.stdout
 
 
+def test_model_info_does_not_hand_a_models_control_characters_to_the_terminal(tmp_path):
+    """A model named with escape sequences (a clear screen, a colour) drove
+    the operator's terminal through `model info`."""
+    from nodetest import demo_model_with
+
+    model = demo_model_with(tmp_path / "m.onnx", model_name="pneumo\x1b[2J\x1b[31mred\r", model_version="1\x07")
+    text = node("model", "info", model)
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout and "\r" not in text.stdout and "\x07" not in text.stdout, repr(text.stdout)
+    assert "pneumo\\u{1b}[2J" in text.stdout, text.stdout
+
+
 @pytest.mark.parametrize("weights", ["deleted", "truncated"])
 def test_model_info_never_reads_the_external_weights(tmp_path, weights):
     """The model saved with every weight in an external-data file (as the

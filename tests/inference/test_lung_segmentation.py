@@ -89,9 +89,9 @@ def test_the_synthetic_model_is_what_its_script_makes():
     assert SEG.read_bytes() == mod.build().SerializeToString(), "run fixtures/models/make_synthetic_seg.py"
 
 
-def speck_segmentation_model(out: Path) -> Path:
-    """The synthetic segmentation model with a mask of one pixel, whatever
-    the image: a segmentation that found a speck, not the lungs."""
+def segmentation_model_with_window(out: Path, first: int, past: int, centre: float = 0.5) -> Path:
+    """The synthetic segmentation model with its window on rows and columns
+    first..past (and its grey threshold at `centre`)."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -100,14 +100,20 @@ def speck_segmentation_model(out: Path) -> Path:
     spec.loader.exec_module(mod)
     m = mod.build()
     window = np.zeros(mod.SIZE, dtype=np.float32)
-    window[128] = 1.0
-    replace = {"centre": np.array(-1.0, dtype=np.float32),  # every grey value is "lung"
+    window[first:past] = 1.0
+    replace = {"centre": np.array(centre, dtype=np.float32),
                "rows": window.reshape(1, 1, mod.SIZE, 1), "cols": window.reshape(1, 1, 1, mod.SIZE)}
     for i, init in enumerate(m.graph.initializer):
         if init.name in replace:
             m.graph.initializer[i].CopyFrom(numpy_helper.from_array(replace[init.name], init.name))
     out.write_bytes(m.SerializeToString())
     return out
+
+
+def speck_segmentation_model(out: Path) -> Path:
+    """A mask of one pixel, whatever the image (every grey value is "lung"
+    inside a window of one pixel): a segmentation that found a speck."""
+    return segmentation_model_with_window(out, 128, 129, centre=-1.0)
 
 
 def test_a_lung_box_too_small_to_hold_lungs_is_refused(lung_box_model, tmp_path):
@@ -158,3 +164,45 @@ def test_the_pipeline_uses_the_segmentation_model(node_factory, rg1_copies, lung
         assert state == "failed", (state, reason)
         assert "inference.lung_segmentation_model" in reason, reason
         assert "inference.lung_segmentation_model is not set" in node.log()
+
+
+def test_another_segmentation_model_gives_another_report(node_factory, rg1_copies, lung_box_model, tmp_path):
+    """The classifier's input cropped to another segmentation model's box
+    gives another result: after a re-analysis the API said Present while
+    the report the hospital held (its UID derived from the classifier's
+    contract only, so kept) still said Absent."""
+    import pydicom
+    import requests
+
+    node = node_factory(inference__model=lung_box_model, inference__execution_provider="cpu",
+                        inference__lung_segmentation_model=SEG).start()
+    (f,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
+    assert job_outcome(node)[0] == "reported"
+
+    def reports():
+        with node.db() as c:
+            return dict(c.execute("SELECT sop_instance_uid, path FROM instances "
+                                  "WHERE generated = 1 AND modality = 'SR'").fetchall())
+
+    first = reports()
+    _, ready = node.http("/readyz")
+    first_sha = ready["model"]["lung_segmentation"]["sha256"]
+    node.stop()
+    other = segmentation_model_with_window(tmp_path / "narrow.onnx", 64, 192)
+    node.settings["inference__lung_segmentation_model"] = other
+    node.start()
+    _, ready = node.http("/readyz")
+    assert ready["model"]["lung_segmentation"]["sha256"] != first_sha
+    uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry",
+                      params={"state": "reported", "sop_instance_uid": uid}, timeout=10)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    while len(reports()) < 2:
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.2)
+    (new_uid,) = set(reports()) - set(first)
+    sr = pydicom.dcmread(node.data_dir / reports()[new_uid])
+    params = [str(e.value) for e in sr.iterall() if e.tag == 0x0040A160]
+    assert f"lung_segmentation_sha256={ready['model']['lung_segmentation']['sha256']}" in params, params

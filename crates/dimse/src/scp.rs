@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_ul::pdu::{
@@ -61,6 +61,11 @@ pub struct ScpConfig {
     pub read_timeout: Duration,
     /// Longest wait for the next message on an idle association.
     pub idle_timeout: Duration,
+    /// Slowest average rate, in bytes per second, at which a message may
+    /// arrive once begun (over `read_timeout` of grace); 0: no bound. Each
+    /// PDU of a message dripping in can come within `read_timeout` while the
+    /// message never ends, holding its association slot.
+    pub min_receive_rate: u64,
     pub acceptance: StorageAcceptance,
     /// SOP classes accepted besides `acceptance`'s (a vendor's private
     /// storage classes that travel with its studies).
@@ -82,6 +87,7 @@ impl Default for ScpConfig {
             max_associations: 32,
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            min_receive_rate: 16 * 1024,
             shutdown_grace: Duration::from_secs(30),
             acceptance: StorageAcceptance::Chest,
             also_accept: Vec::new(),
@@ -489,20 +495,37 @@ async fn serve_connection<H: StoreHandler>(
     });
     shared.handler.association_accepted(&context);
     // The SOP classes refused, so a site can tell why its C-FIND or
-    // storage commitment fails on this node.
+    // storage commitment fails on this node; apart, the classes it takes
+    // proposed only in transfer syntaxes it does not (they read as "CR
+    // refused" under a configuration that accepts CR). A class accepted on
+    // another context is in neither.
     let mut refused: Vec<&str> = Vec::new();
+    let mut no_transfer_syntax: Vec<&str> = Vec::new();
     for c in contexts.iter().filter(|c| !c.accepted) {
-        if !refused.contains(&c.abstract_syntax.as_str()) {
-            refused.push(c.abstract_syntax.as_str());
+        let class = c.abstract_syntax.as_str();
+        let accepted_elsewhere = contexts
+            .iter()
+            .any(|o| o.accepted && o.abstract_syntax == class);
+        let list = if abstract_supported(&shared.config, class) {
+            &mut no_transfer_syntax
+        } else {
+            &mut refused
+        };
+        if !accepted_elsewhere && !list.contains(&class) {
+            list.push(class);
         }
     }
+    let listed = |l: &Vec<&str>| {
+        (!l.is_empty())
+            .then(|| l.join(","))
+            .map(tracing::field::display)
+    };
     info!(
         calling_ae = %context.calling_ae,
         accepted = contexts.iter().filter(|c| c.accepted).count(),
         proposed = contexts.len(),
-        refused = (!refused.is_empty())
-            .then(|| refused.join(","))
-            .map(tracing::field::display),
+        refused = listed(&refused),
+        refused_for_transfer_syntax = listed(&no_transfer_syntax),
         "association accepted"
     );
     let mut association = Association {
@@ -513,6 +536,7 @@ async fn serve_connection<H: StoreHandler>(
         peer_max_pdu,
         state: MessageState::Idle,
         stored: 0,
+        message_pace: MessagePace::default(),
     };
     let end = association.run().await;
     match end {
@@ -840,6 +864,38 @@ struct Association<'a, H> {
     peer_max_pdu: u32,
     state: MessageState,
     stored: u64,
+    message_pace: MessagePace,
+}
+
+/// How long the message in progress has waited for its PDUs, and how many
+/// bytes they brought: the node's own time (spooling, storing) is not the
+/// peer's.
+#[derive(Default)]
+struct MessagePace {
+    waited: Duration,
+    bytes: u64,
+}
+
+impl MessagePace {
+    /// The wait the message may still spend on its next PDU; `None` when
+    /// the rate is not bounded.
+    fn wait_left(&self, config: &ScpConfig) -> Option<Duration> {
+        if config.min_receive_rate == 0 {
+            return None;
+        }
+        let allowed = config.read_timeout
+            + Duration::from_secs_f64(self.bytes as f64 / config.min_receive_rate as f64);
+        Some(allowed.saturating_sub(self.waited))
+    }
+
+    fn too_slow(&self, config: &ScpConfig) -> PduError {
+        timed_out(format!(
+            "message arriving slower than {} KiB/s ({} bytes in {:.0} s of waiting)",
+            config.min_receive_rate as f64 / 1024.0,
+            self.bytes,
+            self.waited.as_secs_f64()
+        ))
+    }
 }
 
 impl<H: StoreHandler> Association<'_, H> {
@@ -872,7 +928,18 @@ impl<H: StoreHandler> Association<'_, H> {
                     ),
                 }
             } else {
-                Some(read_with_timeout(&mut self.conn, config.read_timeout, config.max_pdu).await)
+                let began = Instant::now();
+                let left = self.message_pace.wait_left(config);
+                let read = read_with_timeout(&mut self.conn, config.read_timeout, config.max_pdu);
+                let next = match left {
+                    None => read.await,
+                    Some(left) => match tokio::time::timeout(left, read).await {
+                        Ok(next) => next,
+                        Err(_) => Err(self.message_pace.too_slow(config)),
+                    },
+                };
+                self.message_pace.waited += began.elapsed();
+                Some(next)
             };
             let Some(next) = next else {
                 self.conn
@@ -893,11 +960,15 @@ impl<H: StoreHandler> Association<'_, H> {
             };
             match pdu_type {
                 pdu::TYPE_P_DATA_TF => {
+                    self.message_pace.bytes += self.conn.body().len() as u64;
                     if let Err(e) = self.on_pdata().await {
                         self.conn
                             .abort(AbortRQServiceProviderReason::UnexpectedPduParameter)
                             .await;
                         return AssociationEnd::Error(e);
+                    }
+                    if matches!(self.state, MessageState::Idle) {
+                        self.message_pace = MessagePace::default();
                     }
                 }
                 pdu::TYPE_RELEASE_RQ => {
@@ -1082,7 +1153,12 @@ impl<H: StoreHandler> Association<'_, H> {
             }
             _ => {
                 let reply = if command.command_field == field::C_STORE_RQ {
-                    StoreReply::failure(Status::CANNOT_UNDERSTAND, "C-STORE without a data set")
+                    let reply = StoreReply::failure(
+                        Status::CANNOT_UNDERSTAND,
+                        "C-STORE without a data set",
+                    );
+                    self.refused_before_the_handler(&command, &reply);
+                    reply
                 } else {
                     warn!(
                         command_field = format_args!("{:#06x}", command.command_field),
@@ -1144,6 +1220,19 @@ impl<H: StoreHandler> Association<'_, H> {
         })
     }
 
+    /// Logs and counts a C-STORE refused before it reached the handler
+    /// (spooling failed, a request it did not admit, no data set): the
+    /// handler logs and counts what it refuses itself.
+    fn refused_before_the_handler(&self, command: &Command, reply: &StoreReply) {
+        warn!(
+            sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+            status = %reply.status,
+            error = reply.comment.as_deref().unwrap_or(""),
+            "instance refused"
+        );
+        self.shared.handler.instance_refused(reply);
+    }
+
     /// The last data fragment arrived: hand the instance over and answer.
     async fn finish_store(
         &mut self,
@@ -1185,23 +1274,16 @@ impl<H: StoreHandler> Association<'_, H> {
                 "operation not supported; its data set was dropped"
             );
         } else if refused_here && reply.status.is_failure() {
-            // The handler logs and counts what it refuses; these never
-            // reached it (spooling failed, a request it did not admit, ...).
-            warn!(
-                sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
-                status = %reply.status,
-                error = reply.comment.as_deref().unwrap_or(""),
-                "instance refused"
-            );
-            self.shared.handler.instance_refused(&reply);
+            self.refused_before_the_handler(&command, &reply);
         }
         if !reply.status.is_failure() {
             self.stored += 1;
         }
         debug!(
             sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+            command_field = format_args!("{:#06x}", command.command_field),
             status = %reply.status,
-            "C-STORE"
+            "request answered"
         );
         self.respond(context_id, &command, reply).await
     }

@@ -83,9 +83,12 @@ fn ts_name(uid: &str) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
 /// The stored samples of the single frame, little endian, exactly
-/// `header.frame_bytes()` long, checked against Bits Stored: native ones by
-/// [`check_high_bit`], decoded ones by [`fit_decoded_samples`].
+/// `header.frame_bytes()` long, checked against Bits Stored: native ones
+/// and RLE's by [`check_high_bit`], other decoded ones by
+/// [`fit_decoded_samples`].
 pub(crate) fn decode_samples<'a>(
     obj: &'a DefaultDicomObject,
     header: &ImageHeader,
@@ -263,7 +266,15 @@ pub(crate) fn decode_encapsulated_frame(
             actual: out.len(),
         });
     }
-    fit_decoded_samples(&mut out, header, crate::transcode::is_lossy(uid))?;
+    if uid == RLE_LOSSLESS {
+        // RLE codes the sample words byte by byte as a native data set
+        // holds them, bits above Bits Stored (an overlay, in old CR units'
+        // images) included: read as native samples are (the same pixels
+        // uncompressed were analysed, compressed refused).
+        check_high_bit(&out, header)?;
+    } else {
+        fit_decoded_samples(&mut out, header, crate::transcode::is_lossy(uid))?;
+    }
     Ok(out)
 }
 

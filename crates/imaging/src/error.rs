@@ -66,6 +66,12 @@ pub enum ImagingError {
     #[error("image too small to analyse: {cols}x{rows}, at least {min} pixels each way")]
     TooSmall { rows: u32, cols: u32, min: u32 },
 
+    /// Larger than any radiograph: decoding it would take more memory than
+    /// a node beside a PACS should give one image (a small compressed file
+    /// can claim 65535x65535).
+    #[error("image too large to analyse: {cols}x{rows}, at most {max} pixels")]
+    TooLarge { rows: u32, cols: u32, max: usize },
+
     /// Every pixel has one value after the grey-level steps.
     #[error("no image content: every pixel is {0} after the grey-level steps (a blank exposure, a placeholder, or a window outside the data)")]
     NoImageContent(String),
@@ -125,6 +131,7 @@ impl ImagingError {
             ImagingError::UnsupportedTransferSyntax { .. } => "unsupported-transfer-syntax",
             ImagingError::Decode { .. } => "decode",
             ImagingError::TooSmall { .. } => "too-small",
+            ImagingError::TooLarge { .. } => "too-large",
             ImagingError::NoImageContent(_) => "no-image-content",
             ImagingError::ShutterHidesImage { .. } => "shutter-hides-image",
             ImagingError::LungBoxMissing => "lung-box-missing",

@@ -146,6 +146,13 @@ pub fn grey_image(
     obj: &DefaultDicomObject,
 ) -> Result<(GreyImage, GreyReport, PreprocessReportHeader), ImagingError> {
     let h = header::ImageHeader::from_obj(obj)?;
+    if h.pixel_count() > MAX_PIXELS {
+        return Err(ImagingError::TooLarge {
+            rows: h.rows,
+            cols: h.cols,
+            max: MAX_PIXELS,
+        });
+    }
     let params = grey::GreyParams::from_obj(obj, &h)?;
     let samples = decode::decode_samples(obj, &h)?;
     let (mut img, mut rep) = grey::to_grey(&samples, &h, &params)?;
@@ -234,6 +241,11 @@ pub fn analysis_refusal(grey: &GreyImage, report: &GreyReport) -> Result<(), Ima
     }
     Ok(())
 }
+
+/// The most pixels of an image analysed, checked before its pixel data is
+/// decoded: a digitised 14x17 inch film at 50 micrometres is 61 million; a
+/// compressed file of a few megabytes can claim 4 billion.
+pub const MAX_PIXELS: usize = 100_000_000;
 
 /// The smallest side of an image analysed: below it no radiograph is left
 /// to read.

@@ -328,11 +328,14 @@ impl ModelContract {
         }
         let k = "pneumo.std";
         let std = floats::<3>(k, v(k))?;
-        if std.iter().any(|x| *x <= 0.0 || *x > 1.0) {
+        // Dividing by less than 0.001 overflows nothing in f32 but blows a
+        // 1/255 step up past anything a network was trained on (1e-40
+        // gave an input of infinities, every image "not finite").
+        if std.iter().any(|x| !(0.001..=1.0).contains(x)) {
             return Err(bad(
                 k,
                 v(k),
-                "standard deviations must be positive and at most 1 (the input range is [0.0,1.0])",
+                "standard deviations must lie in [0.001,1] (the input range is [0.0,1.0])",
             ));
         }
         for k in ["pneumo.model_name", "pneumo.model_version"] {
@@ -549,6 +552,7 @@ mod tests {
             ("pneumo.decision_threshold", "0.9999999"),
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),
+            ("pneumo.std", "[1e-40,0.2,0.2]"),
             ("pneumo.mean", "[124.0,116.0,104.0]"), // the 0-255 scale
             ("pneumo.std", "[58.4,57.1,57.4]"),
             ("pneumo.model_name", " "),

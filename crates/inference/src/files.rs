@@ -58,6 +58,19 @@ impl ModelFiles {
         }
     }
 
+    /// SHA-256 over the files' contents, in order, each preceded by its
+    /// length: what was loaded, whatever the files are called.
+    pub(crate) fn sha256(&self) -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (path, _) in &self.stamped {
+            let mut file = std::fs::File::open(path)?;
+            hasher.update(file.metadata()?.len().to_le_bytes());
+            std::io::copy(&mut file, &mut hasher)?;
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
     /// The first file that is no longer as it was stamped, said in words.
     pub(crate) fn changed(&self) -> Option<String> {
         self.stamped.iter().find_map(|(path, stamp)| {

@@ -225,6 +225,65 @@ pub(crate) fn check_output_is_not_a_distribution(
     }
 }
 
+/// Refuses a graph whose output is not finite for an image of zeros (the
+/// mean image) nor for one of ones: such a model started "ready" and failed
+/// every analysis (a NOT ANALYSED notice for each image). Not finite for
+/// one of them only, it is left to fail the images it fails on.
+pub(crate) fn check_output_is_finite(
+    path: &Path,
+    output_name: &str,
+    probe_rows: &[Vec<f32>],
+) -> Result<()> {
+    let finite = |row: &Vec<f32>| row.iter().all(|v| v.is_finite());
+    if probe_rows.is_empty() || probe_rows.iter().any(finite) {
+        return Ok(());
+    }
+    Err(graph_err(
+        path,
+        format!(
+            "output `{output_name}` is not finite for an image of zeros (the mean image) nor \
+             for one of ones ({probe_rows:?}): every analysis would fail"
+        ),
+    ))
+}
+
+/// Refuses a graph whose row for an image changes with the other images
+/// of its batch: a train-mode batch normalisation (a statistic across the
+/// batch) or a graph reordering its rows gave one patient's result another
+/// image's influence, or another patient's result outright, with nothing
+/// logged. `alone` are the rows of the two probe images run one at a
+/// time, `together` theirs run as one batch.
+pub(crate) fn check_rows_do_not_depend_on_the_batch(
+    path: &Path,
+    output_name: &str,
+    alone: &[Vec<f32>],
+    together: &[Vec<f32>],
+) -> Result<()> {
+    // Kernels chosen for another batch size round differently, by far less.
+    // (A NaN or an infinity in both is the same: that image's own.)
+    let close = |a: f32, b: f32| {
+        a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-3 + 1e-3 * a.abs().max(b.abs())
+    };
+    let same = alone.len() == together.len()
+        && alone
+            .iter()
+            .zip(together)
+            .all(|(a, t)| a.len() == t.len() && a.iter().zip(t).all(|(&x, &y)| close(x, y)));
+    if same {
+        return Ok(());
+    }
+    Err(graph_err(
+        path,
+        format!(
+            "output `{output_name}` for an image depends on the other images of its batch: \
+             run alone {alone:?}, together {together:?} (an image of zeros and one of ones): \
+             export the model in evaluation mode (batch normalisation with its running \
+             statistics) with rows in the order of the images; inference.max_batch = 1 \
+             serves one image at a time"
+        ),
+    ))
+}
+
 /// Checks the graph's one input and one output against the contract.
 pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) -> Result<()> {
     let (inputs, outputs) = (&sig.inputs, &sig.outputs);

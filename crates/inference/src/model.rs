@@ -14,7 +14,8 @@ use crate::contract::{InputDType, ModelContract, WeightsKind, DEMO_WARNING};
 use crate::error::{InferenceError, Result};
 use crate::files::ModelFiles;
 use crate::graph::{
-    check_graph, check_output_is_logits, check_output_is_not_a_distribution, GraphSignature,
+    check_graph, check_output_is_finite, check_output_is_logits,
+    check_output_is_not_a_distribution, check_rows_do_not_depend_on_the_batch, GraphSignature,
 };
 use crate::inspect::{check_external_weights, read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
@@ -310,21 +311,35 @@ impl Model {
             files,
             warned_probabilities: Default::default(),
         };
-        model.refuse_a_normalised_output()?;
+        model.probe(settings.max_batch)?;
         Ok(model)
     }
 
     /// Runs the graph on two unlike images (zeros, the mean image, and
-    /// ones) and refuses it when both outputs are probability
-    /// distributions (`check_output_is_not_a_distribution`).
-    fn refuse_a_normalised_output(&mut self) -> Result<()> {
+    /// ones), alone and, when batches are served, together; refuses it when
+    /// its output for them is not finite, when both outputs are probability
+    /// distributions (`check_output_is_not_a_distribution`), or when an
+    /// image's row depends on the other images of its batch
+    /// (`check_rows_do_not_depend_on_the_batch`).
+    fn probe(&mut self, max_batch: usize) -> Result<()> {
         let zeros = self.constant_image(0.0);
         let ones = self.constant_image(1.0);
         let rows = [
             self.run_logits(&[&zeros])?.remove(0),
             self.run_logits(&[&ones])?.remove(0),
         ];
-        check_output_is_not_a_distribution(&self.path, &self.contract.output_name, &rows)
+        let output = self.contract.output_name.clone();
+        let output = output.as_str();
+        check_output_is_finite(&self.path, output, &rows)?;
+        check_output_is_not_a_distribution(&self.path, output, &rows)?;
+        if max_batch > 1 {
+            // A batch the graph cannot run at all is the warm-up's to find
+            // (images then go one at a time).
+            if let Ok(together) = self.run_logits(&[&zeros, &ones]) {
+                check_rows_do_not_depend_on_the_batch(&self.path, output, &rows, &together)?;
+            }
+        }
+        Ok(())
     }
 
     /// An image of one value throughout, in the model's element type.

@@ -91,6 +91,9 @@ pub struct LungSegmenter {
     path: PathBuf,
     /// Its files as loaded, looked at around each run (as the classifier's).
     files: ModelFiles,
+    /// SHA-256 of its files at load: the reports of a classifier that
+    /// crops to its lung box derive their UIDs from it too.
+    sha256: String,
 }
 
 impl std::fmt::Debug for LungSegmenter {
@@ -179,6 +182,10 @@ impl LungSegmenter {
         let header = read_header(&path)?;
         check_external_weights(&path, &header)?;
         let files = ModelFiles::stamp(&path, &header.external_files);
+        let sha256 = files.sha256().map_err(|e| InferenceError::ModelLoad {
+            path: path.clone(),
+            message: format!("reading it to hash it: {e}"),
+        })?;
         let rt = init_runtime(&settings.ort_library)?;
         let (session, provider) = open_session(rt, settings, &path)?;
         let meta = session
@@ -192,6 +199,7 @@ impl LungSegmenter {
             path = %path.display(),
             input_size = contract.input_size,
             execution_provider = %provider,
+            sha256 = %sha256,
             "lung segmentation model loaded"
         );
         Ok(LungSegmenter {
@@ -200,6 +208,7 @@ impl LungSegmenter {
             provider,
             path,
             files,
+            sha256,
         })
     }
 
@@ -217,6 +226,11 @@ impl LungSegmenter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// SHA-256 of its files as loaded (lower-case hex).
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     pub fn execution_provider(&self) -> ExecutionProvider {

@@ -74,7 +74,10 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
     println!("model file        {}", path.display());
     println!(
         "model             {} {} ({})",
-        c.model_name, c.model_version, c.model_config
+        // (escaped: a name's control characters drove the terminal)
+        c.model_name.escape_debug(),
+        c.model_version.escape_debug(),
+        c.model_config.escape_debug()
     );
     println!(
         "weights           {} sha256 {} ({})",
@@ -86,14 +89,14 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
     println!("precision         {}", c.precision);
     println!(
         "input             {} {} {} {}",
-        c.input_name,
+        c.input_name.escape_debug(),
         serde_json::to_string(&c.input_dtype)?.trim_matches('"'),
         serde_json::to_string(&c.input_shape)?,
         c.input_layout
     );
     println!(
         "output            {} {} {} ({})",
-        c.output_name,
+        c.output_name.escape_debug(),
         c.output_dtype,
         serde_json::to_string(&c.output_shape)?,
         c.output_kind
@@ -101,7 +104,9 @@ pub fn run(cmd: &ModelCommand, settings: &InferenceSettings) -> anyhow::Result<(
     println!("labels            {:?}", c.labels);
     println!(
         "decision          {}(output) -> P({}) >= {}",
-        c.score_function, c.positive_label, c.decision_threshold
+        c.score_function,
+        c.positive_label.escape_debug(),
+        c.decision_threshold
     );
     println!(
         "size              {}x{} ({}, {})",

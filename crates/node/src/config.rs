@@ -91,6 +91,9 @@ pub struct DicomSection {
     pub max_associations: usize,
     pub read_timeout_s: u64,
     pub idle_timeout_s: u64,
+    /// Slowest average rate a message may arrive at once begun, KiB/s
+    /// (0: no bound).
+    pub min_receive_rate_kib_s: u64,
     /// On SIGTERM, how long transfers in progress may take to finish.
     pub shutdown_grace_s: u64,
     pub allowed_callers: Vec<AllowedCallerEntry>,
@@ -109,6 +112,7 @@ impl Default for DicomSection {
             max_associations: 32,
             read_timeout_s: 30,
             idle_timeout_s: 120,
+            min_receive_rate_kib_s: 16,
             shutdown_grace_s: 30,
             allowed_callers: Vec::new(),
         }
@@ -271,6 +275,13 @@ impl Config {
     /// `[[routing.results]]` rule names gets its images analysed and its
     /// reports sent nowhere (its jobs stay `reported`).
     pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.callers_without_results();
+        warnings.extend(self.report_texts_changed());
+        warnings.extend(self.routing_terms_that_match_nothing());
+        warnings
+    }
+
+    fn callers_without_results(&self) -> Vec<String> {
         let results = &self.routing.results;
         if results.is_empty() || results.iter().any(|r| r.calling_ae_titles.is_empty()) {
             return Vec::new();
@@ -291,6 +302,67 @@ impl Config {
                 )
             })
             .collect()
+    }
+
+    /// The report's names as the reports will carry them: longer than
+    /// their attribute holds (cut), or with a backslash (a value
+    /// delimiter, written as a space). Warned of, not refused: a
+    /// configuration that started before must start after an upgrade.
+    fn report_texts_changed(&self) -> Vec<String> {
+        let r = &self.report;
+        [
+            ("report.manufacturer", &r.manufacturer, 64),
+            ("report.institution_name", &r.institution_name, 64),
+            ("report.department", &r.department, 64),
+            ("report.station_name", &r.station_name, 16),
+        ]
+        .into_iter()
+        .filter_map(|(key, value, max)| {
+            let long = value.chars().count() > max;
+            let delimiter = value.contains('\\');
+            (long || delimiter).then(|| {
+                format!(
+                    "{key} {value:?}: {}{}{}",
+                    if long {
+                        format!("longer than the {max} characters its attribute holds: cut")
+                    } else {
+                        String::new()
+                    },
+                    if long && delimiter { "; " } else { "" },
+                    if delimiter {
+                        "a backslash separates values in DICOM: written as a space"
+                    } else {
+                        ""
+                    }
+                )
+            })
+        })
+        .collect()
+    }
+
+    /// Routing terms holding a separator (`PA;AP` set from the
+    /// environment is one term, matching nothing: every image with a View
+    /// Position was skipped without a word).
+    fn routing_terms_that_match_nothing(&self) -> Vec<String> {
+        let r = &self.routing;
+        [
+            ("routing.analyse_modalities", &r.analyse_modalities),
+            ("routing.analyse_body_parts", &r.analyse_body_parts),
+            ("routing.analyse_view_positions", &r.analyse_view_positions),
+        ]
+        .into_iter()
+        .flat_map(|(key, terms)| {
+            terms
+                .iter()
+                .filter(|t| t.contains([';', ',', '\\', '|']))
+                .map(move |t| {
+                    format!(
+                        "{key} term {t:?} holds a separator and matches no value: list each \
+                         term on its own (in the environment: a comma-separated list)"
+                    )
+                })
+        })
+        .collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -530,6 +602,7 @@ impl Config {
             max_associations: d.max_associations,
             read_timeout: Duration::from_secs(d.read_timeout_s),
             idle_timeout: Duration::from_secs(d.idle_timeout_s),
+            min_receive_rate: d.min_receive_rate_kib_s.saturating_mul(1024),
             shutdown_grace: Duration::from_secs(d.shutdown_grace_s),
             acceptance: match d.accept {
                 Accept::Chest => StorageAcceptance::Chest,

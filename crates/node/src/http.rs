@@ -83,6 +83,19 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/deliveries/cancel", post(cancel_deliveries))
         .route("/api/deliveries/move", post(move_deliveries))
         .route("/api/deliveries/resend", post(resend_deliveries))
+        // JSON like every other error (these were empty, without a type)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": "no such path" })),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({ "error": "this path does not take that method" })),
+            )
+        })
         .layer(axum::middleware::from_fn(body_in_time))
         // (the last layer runs first: nothing of the body is read)
         .layer(axum::middleware::from_fn(refuse_cross_site))
@@ -358,7 +371,8 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             })
             .collect::<Vec<_>>()
     });
-    let database_up = jobs.is_ok() && outbox.is_ok() && s.store.check_database_file().is_ok();
+    // (ping: the file, a read, and whether a write could begin)
+    let database_up = jobs.is_ok() && outbox.is_ok() && s.store.ping().await.is_ok();
     let mut text = s.metrics.render(
         &jobs.unwrap_or_default(),
         &outbox.unwrap_or_default(),
@@ -482,6 +496,17 @@ async fn deliveries(
         Err(body) => return bad_request(body),
     };
     match s.store.list_deliveries(&one_more(&listing)).await {
+        // A name no destination has, nor any row (a typo, another case, a
+        // comma list): said, as the actions say it, not "nothing owed".
+        Ok(rows)
+            if rows.is_empty()
+                && q.destination
+                    .as_deref()
+                    .is_some_and(|d| !s.destinations.iter().any(|c| c == d)) =>
+        {
+            unknown_destination(&s, q.destination.as_deref().unwrap_or_default())
+                .unwrap_or_else(|| bad_request(json!({ "error": "no such destination" })))
+        }
         Ok(rows) => {
             let (rows, next) = one_page(rows, listing.limit, |r| r.id);
             let rows: Vec<Value> = rows

@@ -14,6 +14,7 @@ mod metrics;
 mod notice;
 mod outbox;
 mod pipeline;
+mod preflight;
 mod repeated;
 mod reportcfg;
 mod retention;
@@ -111,7 +112,10 @@ fn main() -> ExitCode {
     ) {
         end_quietly_on_closed_stdout();
     }
-    let starts_the_node = matches!(cli.command, Command::Serve | Command::CheckConfig);
+    let exits_78_when_misconfigured = matches!(
+        cli.command,
+        Command::Serve | Command::CheckConfig | Command::RecoverFiles { .. }
+    );
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -121,7 +125,7 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("error: {}", error_chain(&e));
             }
-            if starts_the_node && is_misconfiguration(&e) {
+            if exits_78_when_misconfigured && is_misconfiguration(&e) {
                 ExitCode::from(EXIT_MISCONFIGURED)
             } else {
                 ExitCode::FAILURE
@@ -134,7 +138,7 @@ fn main() -> ExitCode {
 /// ends the process is then one of them.
 static LOGS_IN_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The exit status of `serve` (and `check-config`) when the configuration
+/// The exit status of `serve` (and `check-config`, `recover-files`) when the configuration
 /// makes a start impossible (sysexits' EX_CONFIG). The systemd unit does not restart on it
 /// (`RestartPreventExitStatus`): starting again every few seconds would
 /// repeat the same error for good. Other failures (a port still taken, a
@@ -275,9 +279,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // `model info` reads it (readable by this account, ONNX, its
                 // contract), without building a session.
                 let model = &config.inference.model;
-                pneumo_inference::inspect_model(model)
-                    .and_then(|inspected| inspected.check_weights())
+                let inspected = pneumo_inference::inspect_model(model)
+                    .and_then(|inspected| inspected.check_weights().map(|()| inspected))
                     .with_context(|| format!("inference.model {}", model.display()))?;
+                let inspected_crop_needs_segmentation = |config: &Config| {
+                    inspected.contract.crop_mode == pneumo_imaging::CropMode::LungBox
+                        && config
+                            .inference
+                            .lung_segmentation_model
+                            .as_os_str()
+                            .is_empty()
+                };
                 if !config
                     .inference
                     .lung_segmentation_model
@@ -296,8 +308,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pneumo_inference::check_provider_built(&config.inference)
                     .context("inference.execution_provider")?;
                 check_data_dir(&config)?;
+                let problems = preflight::problems(&config);
+                if !problems.is_empty() {
+                    return Err(Misconfigured(anyhow::anyhow!(
+                        "a start would fail: {}",
+                        problems.join("; ")
+                    ))
+                    .into());
+                }
                 for warning in config.warnings() {
                     eprintln!("warning: {warning}");
+                }
+                if inspected_crop_needs_segmentation(&config) {
+                    eprintln!(
+                        "warning: the model's contract asks for crop lung-box and \
+                         inference.lung_segmentation_model is not set: every analysis will fail"
+                    );
                 }
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
@@ -426,6 +452,7 @@ fn check_data_dir(config: &Config) -> Result<()> {
         ))
         .into());
     }
+    pneumo_store::refuse_a_linked_spool(data_dir)?;
     Ok(())
 }
 
@@ -489,6 +516,7 @@ async fn serve(config: Config) -> Result<()> {
     model_status.detail["lung_segmentation"] = match &segmenter {
         Some(seg) => serde_json::json!({
             "path": seg.path().display().to_string(),
+            "sha256": seg.sha256(),
             "input_size": seg.contract().input_size,
             "threshold": seg.contract().threshold,
             "execution_provider": seg.execution_provider().as_str(),
@@ -589,6 +617,7 @@ async fn serve(config: Config) -> Result<()> {
             stopping: stopping_rx.clone(),
             delivered_unrecorded: Default::default(),
             failures_in_a_row: Default::default(),
+            out_of_resources_on: Default::default(),
             lost_before_any_answer: Default::default(),
             take_comprehensive_sr: Default::default(),
             report_uid_root: config.report.node_identity(&config.dicom.ae_title).uid_root,

@@ -12,7 +12,7 @@ use pneumo_report::{
 use pneumo_store::{FailedJob, MadeInstances};
 use tracing::{info, warn};
 
-use crate::pipeline::{report_model, report_time_now, Failure, Generated, Pipeline};
+use crate::pipeline::{report_time_now, Failure, Generated, Pipeline};
 
 impl Pipeline {
     /// After `job` failed: its notice made, stored and owed to the results
@@ -67,12 +67,12 @@ impl Pipeline {
         self.place_among_copies(job.instance_id, &mut source)
             .await
             .map_err(Failure::reason)?;
-        let model = report_model(self.engine.identity());
+        let model = self.reported_model(self.engine.identity());
         let uid_of = |derive: NoticeUid| {
             derive(
                 &source.uid_key(),
                 &self.node.ae_title,
-                &model.contract_sha256,
+                &model.uid_basis(),
                 &reason,
                 self.node.uid_root.as_deref(),
             )
@@ -172,6 +172,7 @@ pub(crate) fn for_the_reader(reason: &str) -> String {
         "multi-frame" => "Images of several frames are not analysed: the model reads one exposure.",
         "bits-allocated" => "The image's pixel format is not one the node reads.",
         "too-small" => "The image is too small to be a chest radiograph.",
+        "too-large" => "The image is larger than any chest radiograph (over 100 megapixels).",
         "no-image-content" => "The image is blank: every pixel has the same value.",
         "shutter-hides-image" => "The image's display shutter hides almost all of it.",
         "lung-box-missing" | "lung-box-too-small" | "invalid-lung-box" => {

@@ -84,6 +84,12 @@ pub struct OutboxWorker {
     /// whenever it was due alone, and put everything owed there off (up to
     /// `retry_cap_s`) at each of its turns.
     pub lost_before_any_answer: Mutex<HashMap<String, i64>>,
+    /// Destination → the row of its last A7xx answer, when no other answer
+    /// came since: an A7xx on one row is that instance (too large now?), on
+    /// a second row the destination (a full archive), across associations.
+    /// Counted per association, rows arriving one at a time (as a modality
+    /// sends) were each tried and refused. Lost with the process.
+    pub out_of_resources_on: Mutex<HashMap<String, i64>>,
     /// Destinations that took a report as Comprehensive SR in place of its
     /// Comprehensive 3D SR: their later reports go so at once (a PACS that
     /// accepts 3D SR in negotiation and refuses it at C-STORE cost a
@@ -426,9 +432,6 @@ impl OutboxWorker {
                         .await;
                 }
             };
-        // A7xx answers in a row: one is an instance the destination will not
-        // take now (too large?), two are the destination (a full archive).
-        let mut out_of_resources = 0;
         // Answers on this association: once it has answered, an association
         // lost on one instance is that instance's failure, not the
         // destination's.
@@ -465,8 +468,20 @@ impl OutboxWorker {
                     }
                     all &= self.record_outcome(item, file, &outcome).await;
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
-                    out_of_resources = if refused { out_of_resources + 1 } else { 0 };
-                    if out_of_resources == 2 {
+                    let full = {
+                        let mut last = self
+                            .out_of_resources_on
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if refused {
+                            let before = last.insert(destination.name.clone(), item.id);
+                            before.is_some_and(|row| row != item.id)
+                        } else {
+                            last.remove(&destination.name);
+                            false
+                        }
+                    };
+                    if full {
                         // The rest would be refused alike (a full archive
                         // answered a backlog of thousands, one WARN each, at
                         // every back-off): they wait with the destination,
@@ -513,7 +528,7 @@ impl OutboxWorker {
                     // connection at the first C-STORE).
                     let reason = format!(
                         "{e} ({} on two instances in a row: does the destination know this \
-                         node's AE title {}?)",
+                         node's AE title {}, and take these instances' SOP class?)",
                         pneumo_store::LOST_BEFORE_ANY_ANSWER,
                         self.scu.calling_ae
                     );

@@ -253,6 +253,14 @@ impl Pipeline {
             .map(|_| ())
     }
 
+    /// The model as reports name it and derive their UIDs from: with the
+    /// lung segmentation model's hash when the classifier crops to its box.
+    pub(crate) fn reported_model(&self, model: &pneumo_inference::ModelIdentity) -> ReportModel {
+        let crops_to_lungs = self.engine.contract().preprocess_spec().crop == CropMode::LungBox;
+        let segmentation = self.segmenter.as_ref().filter(|_| crops_to_lungs);
+        report_model(model, segmentation.map(|s| s.sha256().to_string()))
+    }
+
     /// Whether the configuration fails every analysis: a `lung-box`
     /// contract without a lung segmentation model.
     fn analyses_nothing(&self) -> bool {
@@ -332,12 +340,12 @@ impl Pipeline {
             x1: b.x1,
             y1: b.y1,
         });
-        let model = report_model(&prediction.model);
+        let model = self.reported_model(&prediction.model);
         let report_uid = |source: &SourceInstance| {
             sr_sop_instance_uid(
                 &source.uid_key(),
                 &self.node.ae_title,
-                &model.contract_sha256,
+                &model.uid_basis(),
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))
@@ -376,7 +384,7 @@ impl Pipeline {
             let notices = not_analysed_series_instance_uid(
                 &source.series_key(),
                 &self.node.ae_title,
-                &model.contract_sha256,
+                &model.uid_basis(),
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))?;
@@ -399,7 +407,7 @@ impl Pipeline {
             let sc_uid = sc_sop_instance_uid(
                 &source.uid_key(),
                 &self.node.ae_title,
-                &model.contract_sha256,
+                &model.uid_basis(),
                 self.node.uid_root.as_deref(),
             )
             .map_err(|e| format!("report: {e}"))?;
@@ -857,7 +865,10 @@ fn replaced(document: (String, String, String, String), because: Replacement) ->
     }
 }
 
-pub(crate) fn report_model(model: &pneumo_inference::ModelIdentity) -> ReportModel {
+fn report_model(
+    model: &pneumo_inference::ModelIdentity,
+    lung_segmentation_sha256: Option<String>,
+) -> ReportModel {
     ReportModel {
         name: model.name.clone(),
         version: model.version.clone(),
@@ -867,6 +878,7 @@ pub(crate) fn report_model(model: &pneumo_inference::ModelIdentity) -> ReportMod
         },
         sha256: model.weights_sha256.clone(),
         contract_sha256: model.contract_sha256.clone(),
+        lung_segmentation_sha256,
     }
 }
 

@@ -191,6 +191,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         sha256: args.sha256.clone(),
         contract_sha256: args.contract_sha256.clone(),
+        lung_segmentation_sha256: None,
     };
     let mut node = NodeIdentity::new(
         args.ae_title.clone(),

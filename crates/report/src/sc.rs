@@ -84,14 +84,14 @@ pub fn downscale(img: &GreyImage<'_>, max_side: usize) -> Result<Raster, ReportE
     })
 }
 
-/// Split `text` into lines of at most `width` characters, at spaces where
-/// possible.
 /// Body Part Examined terms of the chest and around it that PS3.16 Annex L
 /// calls paired structures: their series needs a Laterality (Type 2C).
 const PAIRED_BODY_PARTS: [&str; 8] = [
     "LUNG", "THORAX", "PLEURA", "BREAST", "RIB", "CLAVICLE", "SCAPULA", "SHOULDER",
 ];
 
+/// Split `text` into lines of at most `width` characters, at spaces where
+/// possible.
 fn wrap(text: &str, width: usize) -> Vec<String> {
     let width = width.max(1);
     let mut lines = Vec::new();

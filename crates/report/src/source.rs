@@ -310,6 +310,10 @@ impl SourceInstance {
             .filter_map(|t| obj.get(*t))
             .filter(|e| !is_empty_sequence(e))
             .map(|e| rebuild(&with_current_date_time_form(e)))
+            .map(|e| match &specific_character_set {
+                Some(_) => with_undecodable_bytes_replaced(&e),
+                None => e,
+            })
             .collect();
         Ok(SourceInstance {
             sop_class_uid,
@@ -478,6 +482,81 @@ fn with_current_date_time_form(e: &InMemElement) -> InMemElement {
 /// lengths are recomputed when written, and whose text values lose their
 /// trailing padding: written in another character set (UTF-8 beside a
 /// Latin-1 source) a value's pad byte would become part of it.
+/// Text the source's declared character set could not decode (Latin-1 or
+/// GB18030 bytes under `ISO_IR 192`, after a modality's switch to UTF-8):
+/// dicom-rs writes each such byte as `\ooo`, whose backslash, written
+/// out, split the value (Patient's Name "M\374ller^J\374rgen" became
+/// three values, "M", "374ller^J", "374rgen", in the report). Each such
+/// byte is U+FFFD, the replacement character, in one value. (Only bytes
+/// from 0x80: ASCII always decodes; a value of its own beginning with 200
+/// to 377 in a multi-valued name would be taken for one, which no name
+/// does.)
+pub(crate) fn with_undecodable_bytes_replaced(e: &InMemElement) -> InMemElement {
+    use dicom_core::VR;
+    fn escaped_byte(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() >= 3
+            && matches!(b[0], b'2' | b'3')
+            && b[1..3].iter().all(|d| (b'0'..=b'7').contains(d))
+    }
+    let mend = |v: &str| -> String {
+        // within one value (ST, LT, UT are never split)
+        let mut out = String::with_capacity(v.len());
+        let mut rest = v;
+        while let Some(at) = rest.find('\\') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if escaped_byte(after) {
+                out.push('\u{FFFD}');
+                rest = &after[3..];
+            } else {
+                out.push('\\');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    match (e.vr(), e.value()) {
+        (VR::PN | VR::LO | VR::SH | VR::UC, Value::Primitive(PrimitiveValue::Strs(vs))) => {
+            let mut values: Vec<String> = Vec::with_capacity(vs.len());
+            for v in vs.iter() {
+                match values.last_mut() {
+                    Some(last) if escaped_byte(v) => {
+                        last.push('\u{FFFD}');
+                        last.push_str(&v[3..]);
+                    }
+                    _ => values.push(v.to_string()),
+                }
+            }
+            let values: Vec<String> = values.iter().map(|v| mend(v)).collect();
+            DataElement::new(e.tag(), e.vr(), PrimitiveValue::Strs(values.into()))
+        }
+        (
+            VR::PN | VR::LO | VR::SH | VR::UC | VR::ST | VR::LT | VR::UT,
+            Value::Primitive(PrimitiveValue::Str(v)),
+        ) => DataElement::new(e.tag(), e.vr(), PrimitiveValue::from(mend(v))),
+        (VR::ST | VR::LT | VR::UT, Value::Primitive(PrimitiveValue::Strs(vs))) => DataElement::new(
+            e.tag(),
+            e.vr(),
+            PrimitiveValue::Strs(vs.iter().map(|v| mend(v)).collect()),
+        ),
+        (_, Value::Sequence(seq)) => {
+            let items: Vec<InMemDicomObject> = seq
+                .items()
+                .iter()
+                .map(|item| {
+                    InMemDicomObject::from_element_iter(
+                        item.iter().map(with_undecodable_bytes_replaced),
+                    )
+                })
+                .collect();
+            DataElement::new(e.tag(), e.vr(), DataSetSequence::from(items))
+        }
+        _ => e.clone(),
+    }
+}
+
 pub(crate) fn rebuild(e: &InMemElement) -> InMemElement {
     let unpadded = |v: &str| v.trim_end_matches([' ', '\0']).to_string();
     match e.value() {

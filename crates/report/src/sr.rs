@@ -70,15 +70,22 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
             return (shown_p, shown_t);
         }
     }
-    // Closer than the last decimal (possible only for an "absent" just
-    // under the threshold): one unit under the threshold as written.
     let shown_t = rounded(t, MAX_PERCENT_DECIMALS);
     let unit = 10f64.powi(-(MAX_PERCENT_DECIMALS as i32));
-    let shown_p = if present {
-        rounded(p, MAX_PERCENT_DECIMALS)
-    } else {
-        (shown_t - unit).max(0.0)
-    };
+    let mut shown_p = rounded(p, MAX_PERCENT_DECIMALS);
+    // Closer to 0 or 100 % than the last decimal (a confident model's
+    // 1e-9): one unit inside. (It was written one unit under the threshold,
+    // 49.999999 % for the plainest normal chest.)
+    if shown_p == 0.0 && p > 0.0 {
+        shown_p = unit;
+    } else if shown_p == 100.0 && p < 100.0 {
+        shown_p = 100.0 - unit;
+    }
+    // Closer to the threshold than the last decimal (an "absent" just
+    // under it): one unit under the threshold as written.
+    if !present && shown_p >= shown_t {
+        shown_p = (shown_t - unit).max(0.0);
+    }
     (shown_p, shown_t)
 }
 
@@ -304,7 +311,8 @@ fn finding_and_algorithm(
     model: &ModelIdentity,
     node: &NodeIdentity,
 ) -> Result<Vec<ContentItem>, ReportError> {
-    let sha = model.validate()?;
+    let uid_basis = model.validate()?;
+    let sha = model.contract_sha256.trim().to_ascii_lowercase();
     Ok(vec![
         text(
             Relationship::HasObsContext,
@@ -317,7 +325,7 @@ fn finding_and_algorithm(
             ItemValue::UidRef(uid::tracking_uid(
                 &source.uid_key(),
                 &node.ae_title,
-                &sha,
+                &uid_basis,
                 node.uid_root.as_deref(),
             )?),
         ),
@@ -361,7 +369,19 @@ fn finding_and_algorithm(
             codes::ALGORITHM_PARAMETERS,
             format!("contract_sha256={sha}"),
         ),
-    ])
+    ]
+    .into_iter()
+    .chain(model.lung_segmentation_sha256.as_ref().map(|seg| {
+        text(
+            Relationship::HasConceptMod,
+            codes::ALGORITHM_PARAMETERS,
+            format!(
+                "lung_segmentation_sha256={}",
+                seg.trim().to_ascii_lowercase()
+            ),
+        )
+    }))
+    .collect())
 }
 
 /// The demonstration model's warning, as a comment of the group.
@@ -463,7 +483,10 @@ pub fn build_content_tree(
         text(
             Relationship::HasConceptMod,
             codes::ALGORITHM_PARAMETERS,
-            format!("threshold={}", crate::content::format_ds(result.threshold)),
+            // As the decision used it (shortest exact form): rounded, a
+            // threshold of 0.3000000099 read 0.3 beside a certainty of 30
+            // and "Absent".
+            format!("threshold={}", result.threshold),
         ),
         text(
             Relationship::HasConceptMod,

@@ -77,6 +77,7 @@ fn model(kind: WeightsKind) -> ModelIdentity {
         weights_kind: kind,
         sha256: SHA.into(),
         contract_sha256: CONTRACT_SHA.into(),
+        lung_segmentation_sha256: None,
     }
 }
 
@@ -432,6 +433,51 @@ fn another_contract_with_the_same_weights_is_another_sr_in_another_series() {
 }
 
 #[test]
+fn another_lung_segmentation_model_is_another_sr_which_names_it() {
+    // The classifier's input cropped to another model's lung box: another
+    // result, which kept the first report's UID (the report the hospital
+    // held said Absent, the API Present after a re-analysis).
+    let with_seg = |seg: &str| ModelIdentity {
+        lung_segmentation_sha256: Some(seg.repeat(64)),
+        ..model(WeightsKind::Trained)
+    };
+    let build = |m: &ModelIdentity| {
+        build_sr(
+            &source(),
+            &result(0.6),
+            m,
+            &node(),
+            &ReportOptions::default(),
+            &time(),
+        )
+        .unwrap()
+    };
+    let (none, a, b) = (
+        trained_sr(&source(), 0.6),
+        build(&with_seg("a")),
+        build(&with_seg("b")),
+    );
+    for tag in [tags::SOP_INSTANCE_UID, tags::SERIES_INSTANCE_UID] {
+        assert_ne!(str_of(&a, tag), str_of(&b, tag));
+        assert_ne!(str_of(&none, tag), str_of(&a, tag));
+    }
+    let tree = |m: &ModelIdentity| {
+        format!(
+            "{:?}",
+            build_content_tree(&source(), &result(0.6), m, &node()).unwrap()
+        )
+    };
+    assert!(tree(&with_seg("a")).contains(&format!("lung_segmentation_sha256={}", "a".repeat(64))));
+    assert!(!tree(&model(WeightsKind::Trained)).contains("lung_segmentation_sha256"));
+    // not a hash: refused as the others are
+    let bad = ModelIdentity {
+        lung_segmentation_sha256: Some("zz".into()),
+        ..model(WeightsKind::Trained)
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
 fn custom_uid_root() {
     let mut n = node();
     n.uid_root = Some("1.2.826.0.1.3680043.10.543".into());
@@ -721,6 +767,15 @@ fn written_numbers_never_contradict_the_decision() {
         sr::result_sentence(&r),
         "Pneumoconiosis absent: probability 33.32% (threshold 33.33%)."
     );
+    // A threshold of more decimals than a percentage shows: the parameter
+    // says it as the decision used it.
+    let r = with_threshold(0.300_000_002_75, 0.300_000_009_9);
+    assert_eq!(r.decision, Decision::Absent);
+    let tree = format!(
+        "{:?}",
+        build_content_tree(&source(), &r, &model(WeightsKind::Trained), &node()).unwrap()
+    );
+    assert!(tree.contains("threshold=0.3000000099"), "{tree}");
     // The nearest number under a threshold, everywhere in [0, 1].
     for t in [0.01f64, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999_99] {
         let below = f64::from_bits(t.to_bits() - 1);
@@ -752,6 +807,11 @@ fn written_probabilities_read_0_or_100_only_when_they_are() {
         (1.0, "100", "100"),
         (0.000_01, "0.001", "0.001"),
         (0.000_000_1, "0.00001", "0.00001"),
+        // closer to 0 or 1 than the last decimal: one unit inside, never
+        // one unit under the threshold (a plain normal chest read 49.999999)
+        (1e-9, "0.000001", "0.000001"),
+        (1e-76, "0.000001", "0.000001"),
+        (1.0 - 1e-11, "99.999999", "99.999999"),
         (0.0, "0", "0"),
     ] {
         let r = result(p);

@@ -181,6 +181,12 @@ pub struct ModelIdentity {
     /// from it, never from the weights alone (a recalibrated threshold
     /// with the same weights is another result).
     pub contract_sha256: String,
+    /// SHA-256 of the lung segmentation model whose box the classifier's
+    /// input was cropped to, when it was: another segmentation model
+    /// crops otherwise and gives another result (which kept the first
+    /// one's report UID: the report the hospital held contradicted the
+    /// API after a re-analysis).
+    pub lung_segmentation_sha256: Option<String>,
 }
 
 impl ModelIdentity {
@@ -228,8 +234,22 @@ impl ModelIdentity {
         first_chars(&format!("{before}{shown}{after}"), max).to_string()
     }
 
-    /// Check the fields; returns the contract's SHA-256 in lower case
-    /// (what the report's UIDs derive from).
+    /// What the report's UIDs derive from: the contract's SHA-256 in lower
+    /// case, and `+lung-segmentation:` and that model's SHA-256 when the
+    /// input was cropped to its box (a classifier without one keeps the
+    /// UIDs it always had).
+    pub fn uid_basis(&self) -> String {
+        let contract = self.contract_sha256.trim().to_ascii_lowercase();
+        match &self.lung_segmentation_sha256 {
+            Some(seg) => format!(
+                "{contract}+lung-segmentation:{}",
+                seg.trim().to_ascii_lowercase()
+            ),
+            None => contract,
+        }
+    }
+
+    /// Check the fields; returns [`Self::uid_basis`].
     pub fn validate(&self) -> Result<String, ReportError> {
         if self.name.trim().is_empty() {
             return Err(ReportError::InvalidModel("empty model name".into()));
@@ -237,10 +257,15 @@ impl ModelIdentity {
         if self.version.trim().is_empty() {
             return Err(ReportError::InvalidModel("empty model version".into()));
         }
+        let seg = self.lung_segmentation_sha256.as_ref();
         for (what, value) in [
-            ("SHA-256", &self.sha256),
-            ("contract SHA-256", &self.contract_sha256),
-        ] {
+            ("SHA-256", Some(&self.sha256)),
+            ("contract SHA-256", Some(&self.contract_sha256)),
+            ("lung segmentation SHA-256", seg),
+        ]
+        .into_iter()
+        .filter_map(|(what, value)| value.map(|v| (what, v)))
+        {
             let v = value.trim();
             if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ReportError::InvalidModel(format!(
@@ -248,7 +273,7 @@ impl ModelIdentity {
                 )));
             }
         }
-        Ok(self.contract_sha256.trim().to_ascii_lowercase())
+        Ok(self.uid_basis())
     }
 
     /// True for demonstration weights.

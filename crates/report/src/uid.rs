@@ -26,7 +26,10 @@
 //! | SR sent as Comprehensive SR (to a destination without Comprehensive 3D SR) | `sr-as-comprehensive`, SR SOP Instance UID |
 //!
 //! The contract SHA-256 covers everything that makes the model's result
-//! (weights hash, labels, threshold, preprocessing, name and version).
+//! (weights hash, labels, threshold, preprocessing, name and version); for
+//! a model that crops its input to the lung box of a segmentation model,
+//! it is followed by `+lung-segmentation:` and that model's SHA-256 (its
+//! files as loaded), which crops otherwise and so gives another result.
 //! Re-running a job (after a crash, or a retry) therefore yields the same
 //! SR; another model, or the same weights with another threshold, or
 //! another node, yields another SR; and the SRs one node writes about one

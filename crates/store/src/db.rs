@@ -15,20 +15,90 @@ pub async fn connect(
     data_dir: &Path,
     database_url: Option<&str>,
 ) -> Result<SqlitePool, sqlx::Error> {
-    let options = match database_url {
-        Some(url) => SqliteConnectOptions::from_str(url)?,
-        None => SqliteConnectOptions::new().filename(data_dir.join("pneumo-node.sqlite")),
-    }
-    .create_if_missing(true)
-    .journal_mode(SqliteJournalMode::Wal)
-    .synchronous(SqliteSynchronous::Full)
-    .foreign_keys(true)
-    .busy_timeout(Duration::from_secs(30));
+    let options = connect_options(data_dir, database_url)?.create_if_missing(true);
     SqlitePoolOptions::new()
         .max_connections(8)
+        // One connection always open: with none, SQLite folds and removes
+        // the write-ahead log, and a log that is gone while the node runs
+        // means it was deleted (see `Store::check_database_file`).
+        .min_connections(1)
         .before_acquire(|conn, _| Box::pin(outside_any_transaction(conn)))
         .connect_with(options)
         .await
+}
+
+fn connect_options(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(match database_url {
+        Some(url) => SqliteConnectOptions::from_str(url)?,
+        None => SqliteConnectOptions::new().filename(data_dir.join("pneumo-node.sqlite")),
+    }
+    .journal_mode(SqliteJournalMode::Wal)
+    .synchronous(SqliteSynchronous::Full)
+    .foreign_keys(true)
+    .busy_timeout(Duration::from_secs(30)))
+}
+
+/// How long the write probe waits for the write lock: the node's own
+/// transactions hold it for milliseconds.
+pub const WRITE_PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// A connection of its own on which a write is begun and rolled back, to
+/// tell whether one could begin now: another process holding the write
+/// lock (a `sqlite3` shell left in a transaction) had every C-STORE wait
+/// 30 s and be refused while reads, and so `/readyz`, answered. Connected
+/// when first used, and again after any error (a connection whose rollback
+/// failed might hold the lock itself).
+pub struct WriteProbe {
+    options: Option<SqliteConnectOptions>,
+    conn: tokio::sync::Mutex<Option<sqlx::SqliteConnection>>,
+}
+
+impl WriteProbe {
+    /// None for a database that another connection cannot see (in memory).
+    pub fn new(options: Option<SqliteConnectOptions>) -> WriteProbe {
+        WriteProbe {
+            options: options.map(|o| o.busy_timeout(WRITE_PROBE_WAIT)),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn for_database(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        file: Option<&Path>,
+    ) -> WriteProbe {
+        WriteProbe::new(file.and_then(|_| connect_options(data_dir, database_url).ok()))
+    }
+
+    /// Ok(true): a write could begin; Ok(false): the write lock stayed
+    /// taken for [`WRITE_PROBE_WAIT`].
+    pub async fn write_could_begin(&self) -> Result<bool, sqlx::Error> {
+        use sqlx::Connection;
+        let Some(options) = &self.options else {
+            return Ok(true);
+        };
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(sqlx::SqliteConnection::connect_with(options).await?);
+        }
+        let c = conn.as_mut().expect("connected above");
+        let began = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await;
+        let outcome = match began {
+            Ok(_) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(|_| true),
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("5") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            // closed: SQLite rolls back whatever it holds
+            *conn = None;
+        }
+        outcome
+    }
 }
 
 /// A database file opened to read only, writing nothing beside it

@@ -32,6 +32,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use cp246::rewrite_un_sequences;
+pub use db::database_file;
 pub use described::names_term;
 pub use files::dataset_digest;
 pub use header::{check_element_lengths, is_product, open_instance, InstanceHeader};
@@ -76,12 +77,27 @@ pub enum StoreError {
     )]
     DatabaseGone(PathBuf),
     #[error(
+        "the database's write-ahead log {0} is gone (deleted while the node runs): what was \
+         committed since its last checkpoint is only in the deleted file, which a clean stop \
+         (SIGTERM) folds into the database and a kill -9 loses; nothing is acknowledged until \
+         the node is stopped cleanly and started again"
+    )]
+    WriteAheadLogGone(PathBuf),
+    #[error(
         "the database file {path} is damaged ({why}); nothing is acknowledged; stop the node \
          and restore the database from a backup"
     )]
     DatabaseDamaged { path: PathBuf, why: String },
-    #[error("database error: {0}")]
+    #[error("{}", database_error_in_words(.0))]
     Database(#[from] sqlx::Error),
+    /// No write could begin: another process holds the database's write
+    /// lock (reads still answer).
+    #[error(
+        "database locked for writing: no write could begin within {0} s (another process \
+         holds its write lock: a sqlite3 shell or a tool left in a transaction?); instances \
+         are refused (A700) until it is released"
+    )]
+    WriteLocked(u64),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     /// The spool directory is a symbolic link: every start refuses it.
@@ -198,6 +214,9 @@ pub enum IngestOutcome {
 pub struct Store {
     data_dir: PathBuf,
     pool: SqlitePool,
+    /// A connection of its own that `ping` begins a write on (see
+    /// `check_writable`); none for an in-memory database.
+    write_probe: db::WriteProbe,
     /// Ingests of one SOP Instance UID run one at a time: two data sets
     /// arriving together under one UID must not both take the first's path,
     /// where the second rename would replace acknowledged bytes.
@@ -205,6 +224,9 @@ pub struct Store {
     /// The SQLite file (none for an in-memory database): checked before an
     /// instance is acknowledged, since SQLite writes on into a deleted file.
     database_file: Option<PathBuf>,
+    /// Its write-ahead log, which exists while the node runs (a connection
+    /// is always open): checked alike (none when opened to read only).
+    write_ahead_log: Option<PathBuf>,
     /// The database file's largest size seen, and why it is damaged once
     /// it was found so (kept until a restart): see `check_database_file`.
     database_file_watch: std::sync::Arc<std::sync::Mutex<(u64, Option<String>)>>,
@@ -309,12 +331,7 @@ impl Store {
                 });
             }
         }
-        // Every regular file in the spool is removed at start (transfers a
-        // stop cut): through a link, that was another directory's files.
-        let spool = data_dir.join("spool");
-        if std::fs::symlink_metadata(&spool).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(StoreError::SpoolIsALink(spool));
-        }
+        let spool = refuse_a_linked_spool(data_dir)?;
         for dir in [data_dir.to_path_buf(), data_dir.join("instances"), spool] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| StoreError::DataDir { path: dir, source })?;
@@ -331,6 +348,8 @@ impl Store {
             locks.push(lock_database(file)?);
         }
         let pool = db::connect(data_dir, database_url).await?;
+        let write_probe =
+            db::WriteProbe::for_database(data_dir, database_url, database_file.as_deref());
         // Migrations only add (tables, columns, indexes), so a database an
         // upgrade migrated still serves the build before it: downgrading
         // takes no restore. Without this, sqlx refuses a database with a
@@ -396,7 +415,9 @@ impl Store {
         let store = Store {
             data_dir: data_dir.to_path_buf(),
             pool,
+            write_probe,
             ingest_locks: UidLocks::default(),
+            write_ahead_log: database_file.as_deref().map(write_ahead_log),
             database_file,
             database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((
                 database_file_size,
@@ -455,7 +476,9 @@ impl Store {
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             pool,
+            write_probe: db::WriteProbe::new(None),
             ingest_locks: UidLocks::default(),
+            write_ahead_log: None,
             database_file: Some(file),
             database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((0, None))),
             integrity_check: std::sync::Mutex::new(None),
@@ -500,6 +523,10 @@ impl Store {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub(crate) fn write_probe(&self) -> &db::WriteProbe {
+        &self.write_probe
     }
 
     /// Makes a received instance durable; see the crate documentation.
@@ -753,6 +780,9 @@ impl Store {
         if !f.exists() {
             return Err(StoreError::DatabaseGone(f.clone()));
         }
+        if let Some(log) = self.write_ahead_log.as_ref().filter(|log| !log.exists()) {
+            return Err(StoreError::WriteAheadLogGone(log.clone()));
+        }
         let mut watch = self
             .database_file_watch
             .lock()
@@ -900,4 +930,25 @@ fn write_ahead_log(database: &Path) -> PathBuf {
         "{}-wal",
         database.file_name().unwrap_or_default().to_string_lossy()
     ))
+}
+
+/// The spool directory of `data_dir`, unless it is a symbolic link: every
+/// regular file in the spool is removed at start (transfers a stop cut),
+/// through a link another directory's files.
+pub fn refuse_a_linked_spool(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let spool = data_dir.join("spool");
+    if std::fs::symlink_metadata(&spool).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(StoreError::SpoolIsALink(spool));
+    }
+    Ok(spool)
+}
+
+/// A database error as the log and a sender's Error Comment (64
+/// characters) show it: SQLite's "database is locked" came out cut as
+/// "database error: error returned from database: (code: 5) database".
+fn database_error_in_words(e: &sqlx::Error) -> String {
+    match e.as_database_error().and_then(|d| d.code()).as_deref() {
+        Some("5") | Some("6") => format!("database is locked (by another process?): {e}"),
+        _ => format!("database error: {e}"),
+    }
 }

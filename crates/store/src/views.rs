@@ -305,10 +305,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers, and a write could begin.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.check_database_file()?;
         sqlx::query("SELECT 1").execute(self.pool()).await?;
+        if !self.write_probe().write_could_begin().await? {
+            return Err(StoreError::WriteLocked(
+                crate::db::WRITE_PROBE_WAIT.as_secs(),
+            ));
+        }
         Ok(())
     }
 }

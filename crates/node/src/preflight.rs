@@ -1,0 +1,101 @@
+//! What `check-config` finds that only a start would find otherwise: the
+//! ports this account may listen on, addresses this host has, the folders
+//! the node must write. (A configuration that passed `check-config` and
+//! then failed to start, exit 78, was what check-config is run to avoid.)
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+
+use crate::config::Config;
+
+/// Every problem found, in words naming the key; empty when none.
+pub fn problems(config: &Config) -> Vec<String> {
+    let mut found = Vec::new();
+    let http = SocketAddr::new(config.http.bind, config.http.port);
+    let mut listens = vec![("dicom", config.listen_addr())];
+    if config.http.enabled {
+        listens.push(("http", http));
+    }
+    for (section, addr) in listens {
+        if let Err(e) = may_listen(addr) {
+            found.push(format!("{section}.bind/{section}.port {addr}: {e}"));
+        }
+    }
+    let data_dir = &config.node.data_dir;
+    if let Err(e) = writable_or_creatable(data_dir) {
+        found.push(format!("node.data_dir {}: {e}", data_dir.display()));
+    }
+    if config.database_url().is_some() {
+        if let Some(folder) = pneumo_store::database_file(data_dir, config.database_url())
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            if let Err(e) = writable(folder) {
+                found.push(format!(
+                    "database.url: the database's folder {}: {e}",
+                    folder.display()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Whether this process could listen on `addr`. Taken already is fine (the
+/// node itself, running while its next configuration is checked).
+fn may_listen(addr: SocketAddr) -> Result<()> {
+    match TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(anyhow!(
+            "this account may not listen there (a port below 1024 needs the \
+             CAP_NET_BIND_SERVICE capability: the unit's AmbientCapabilities)"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Err(anyhow!("no interface of this host has that address"))
+        }
+        Err(e) => Err(anyhow!("cannot listen there: {e}")),
+    }
+}
+
+/// The data directory must be writable by this account, or, not made yet,
+/// its parent (which must exist: the node makes the directory, never its
+/// parents).
+fn writable_or_creatable(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return writable(dir);
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) if parent.is_dir() => writable(parent).map_err(|e| {
+            anyhow!(
+                "does not exist, and it cannot be made in {}: {e}",
+                parent.display()
+            )
+        }),
+        Some(parent) => Err(anyhow!(
+            "does not exist, nor the folder {} it would be made in",
+            parent.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn writable(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if !dir.is_dir() {
+        return Err(anyhow!("is not a folder"));
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // access(2) asks with this process's real account: the one the unit runs.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(anyhow!(
+            "this account ({}) cannot write it: {e}",
+            std::env::var("USER").unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+        ));
+    }
+    Ok(())
+}
