@@ -257,6 +257,17 @@ def test_a_port_the_account_may_not_listen_on_exits_78(tmp_path):
                        timeout=60)
     assert r.returncode == MISCONFIGURED and "node.data_dir" in r.stderr and "cannot be made in" in r.stderr, \
         (r.returncode, r.stderr)
+    # Only the top folder chowned after a first run as root: check-config
+    # passed, the start failed on the lock or refused every instance.
+    partial = home / "partial"
+    (partial / "instances").mkdir(parents=True, mode=0o755)
+    shutil.chown(partial, "nobody")
+    env = {**env, "PNEUMO__NODE__DATA_DIR": str(partial), "PNEUMO__DICOM__PORT": str(free_port())}
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        str(node_binary()), "check-config"], env=env, capture_output=True, text=True, cwd=home,
+                       timeout=60)
+    assert r.returncode == MISCONFIGURED and f"{partial / 'instances'}: this account" in r.stderr, \
+        (r.returncode, r.stderr)
     # A database restored as root into the account's data directory: exit 1
     # before, restarted for good.
     restored = home / "restored"
@@ -325,10 +336,12 @@ def test_check_config_warns_of_values_the_node_would_change_or_never_match(tmp_p
            "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port()),
            "PNEUMO__REPORT__STATION_NAME": "RADIOLOGY-NORTH-WING-3",
            "PNEUMO__REPORT__INSTITUTION_NAME": "North\\South Hospital",
-           "PNEUMO__ROUTING__ANALYSE_VIEW_POSITIONS": "PA;AP"}
+           "PNEUMO__ROUTING__ANALYSE_VIEW_POSITIONS": "PA;AP",
+           "PNEUMO__ROUTING__ANALYSE_BODY_PARTS": "CHEST/THORAX"}
     r = subprocess.run([str(node_binary()), "check-config"], env=env, capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
     assert 'warning: report.station_name "RADIOLOGY-NORTH-WING-3": longer than the 16 characters' in r.stderr
     assert "report.institution_name" in r.stderr and "written as a space" in r.stderr, r.stderr
     assert 'routing.analyse_view_positions term "PA;AP" holds a separator' in r.stderr, r.stderr
+    assert 'routing.analyse_body_parts term "CHEST/THORAX" holds a separator' in r.stderr, r.stderr

@@ -610,6 +610,11 @@ def test_an_operator_moves_what_a_renamed_destination_is_owed(node_factory, rg1_
     wait_until(lambda: len(list(out.iterdir())) == 1, what="the re-sent instance delivered")
 
     api = f"http://127.0.0.1:{node.http_port}/api/deliveries"
+    # The old name lists its rows, and "none" under a filter that matches
+    # none of them (it was a 400 "no destination named", as for a typo)
+    assert node.http("/api/deliveries?destination=pacs")[0] == 200
+    assert node.http("/api/deliveries?destination=pacs&state=parked") == \
+        (200, {"deliveries": [], "next_before_id": None})
     assert requests.post(f"{api}/move?from=pacs&to=nowhere", timeout=10).status_code == 400
     assert requests.post(f"{api}/move?from=pacs-main&to=pacs-main", timeout=10).status_code == 400
     assert requests.post(f"{api}/move?to=pacs-main", timeout=10).status_code == 400

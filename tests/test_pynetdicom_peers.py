@@ -130,6 +130,27 @@ def test_too_many_associations(node_factory):
     assert "pneumo_associations_rejected_total 1" in text.splitlines()
 
 
+def test_one_address_never_holds_every_association(node_factory):
+    """One host keeping its associations open (a C-ECHO on each just inside
+    idle_timeout_s) held every slot: every modality was refused "local
+    limit exceeded" for as long as it liked. One address holds three
+    quarters of them at most."""
+    node = node_factory(dicom__max_associations=4).start()
+    held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title, bind_address=("127.0.0.2", 0))
+            for _ in range(3)]
+    try:
+        assert all(a.is_established for a in held)
+        fourth = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title, bind_address=("127.0.0.2", 0))
+        assert fourth.is_rejected
+        assert "association limit per address (3 of 4) reached by 127.0.0.2" in node.log()
+        other = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title, bind_address=("127.0.0.3", 0))
+        assert other.is_established, "another address is served"
+        other.release()
+    finally:
+        for a in held:
+            a.release()
+
+
 def assert_both_slots_free(node):
     """Two associations (the node's max_associations here) open at once."""
     held = [sender().associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(2)]

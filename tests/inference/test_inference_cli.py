@@ -149,14 +149,16 @@ def test_model_info_prints_the_contract(session):
 
 def test_model_info_does_not_hand_a_models_control_characters_to_the_terminal(tmp_path):
     """A model named with escape sequences (a clear screen, a colour) drove
-    the operator's terminal through `model info`."""
+    the operator's terminal through `model info`, and went into its
+    reports as written."""
     from nodetest import demo_model_with
 
     model = demo_model_with(tmp_path / "m.onnx", model_name="pneumo\x1b[2J\x1b[31mred\r", model_version="1\x07")
     text = node("model", "info", model)
-    assert text.returncode == 0, text.stderr
-    assert "\x1b" not in text.stdout and "\r" not in text.stdout and "\x07" not in text.stdout, repr(text.stdout)
-    assert "pneumo\\u{1b}[2J" in text.stdout, text.stdout
+    # refused (the name goes into every report too), and said escaped
+    assert text.returncode == 1, text.stdout
+    assert "\x1b" not in text.stderr and "\r" not in text.stderr, repr(text.stderr)
+    assert "pneumo.model_name" in text.stderr and "holds a control or text-direction character" in text.stderr
 
 
 @pytest.mark.parametrize("weights", ["deleted", "truncated"])
@@ -263,3 +265,37 @@ def test_printing_into_a_closed_pipe_ends_quietly():
                            capture_output=True, text=True, timeout=60)
         assert "panicked" not in r.stderr, r.stderr
         assert r.stdout.strip() in ("0", "141"), (args, r.stdout, r.stderr)
+
+
+def test_every_graph_optimization_level_gives_the_same_result():
+    """`inference.graph_optimization` lowers ONNX Runtime's optimisation
+    (its layout optimiser killed the process on a float16 ViT export):
+    each level loads the model and gives its logits; an unknown one is
+    refused naming the key."""
+    logits = {}
+    for level in ("all", "extended", "basic", "disabled"):
+        r = node("infer", IMAGES / "rg1s_mono2.dcm", "--json", env={"PNEUMO__INFERENCE__GRAPH_OPTIMIZATION": level})
+        assert r.returncode == 0, (level, r.stderr)
+        logits[level] = json.loads(r.stdout)["prediction"]["logits"]
+    for level, z in logits.items():
+        assert np.allclose(z, logits["all"], atol=1e-5), (level, z, logits["all"])
+    r = node("infer", IMAGES / "rg1s_mono2.dcm", env={"PNEUMO__INFERENCE__GRAPH_OPTIMIZATION": "fastest"})
+    assert r.returncode != 0 and "graph_optimization" in r.stderr, r.stderr
+
+
+def test_infer_never_prints_a_probability_that_reads_on_the_other_side_of_the_threshold(tmp_path):
+    """Six decimals printed "P = 0.500000 < threshold 0.5": the probability
+    is printed in full where its six decimals would compare with the
+    threshold otherwise than it does."""
+    from nodetest import demo_model_with
+
+    image = IMAGES / "rg1s_mono2.dcm"
+    p = json.loads(node("infer", image, "--json").stdout)["prediction"]["p_positive"]
+    six = float(f"{p:.6f}")
+    assert six != p
+    threshold = (p + six) / 2  # between the value and its six decimals
+    model = demo_model_with(tmp_path / "m.onnx", decision_threshold=repr(threshold))
+    r = node("infer", image, "--model", model)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("decision"))
+    assert f"= {p!r} " in line or f"= {p} " in line, (line, p)

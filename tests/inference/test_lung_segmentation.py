@@ -206,3 +206,11 @@ def test_another_segmentation_model_gives_another_report(node_factory, rg1_copie
     sr = pydicom.dcmread(node.data_dir / reports()[new_uid])
     params = [str(e.value) for e in sr.iterall() if e.tag == 0x0040A160]
     assert f"lung_segmentation_sha256={ready['model']['lung_segmentation']['sha256']}" in params, params
+
+
+def test_a_segmentation_model_whose_output_is_never_finite_is_refused_when_loaded(lung_box_model, tmp_path):
+    """NaN everywhere: the node started ready and sent every image a notice
+    saying its lungs could not be found, blaming the image for the model."""
+    nan_seg = segmentation_model_with_window(tmp_path / "nan.onnx", 16, 240, centre=float("nan"))
+    r = infer(lung_box_model, str(nan_seg))
+    assert r.returncode == 1 and "is not finite for a ramp nor for a flat grey image" in r.stderr, r.stderr

@@ -210,6 +210,10 @@ struct Shared<H> {
     /// from one host (renewed as they time out) held every handshake slot
     /// and shut out every modality.
     handshaking_from: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Associations by the address they come from: one host keeping
+    /// associations open (a C-ECHO on each just inside `idle_timeout`) held
+    /// every slot and shut out every modality.
+    associated_from: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     next_id: AtomicU64,
     /// True once the node is shutting down: associations finish the message
     /// in progress, then are aborted.
@@ -237,6 +241,7 @@ impl<H: StoreHandler> ScpServer<H> {
                 active: Arc::new(AtomicUsize::new(0)),
                 handshaking: AtomicUsize::new(0),
                 handshaking_from: Default::default(),
+                associated_from: Default::default(),
                 next_id: AtomicU64::new(1),
                 draining: tokio::sync::watch::Sender::new(false),
             }),
@@ -325,6 +330,12 @@ impl<H: StoreHandler> ScpServer<H> {
             );
         }
     }
+}
+
+/// Associations one address may hold at once: three quarters of them
+/// (rounded up), so that one host never takes the last ones.
+fn max_associations_per_host(config: &ScpConfig) -> usize {
+    (config.max_associations * 3).div_ceil(4).max(1)
 }
 
 /// Connections allowed to be waiting for their A-ASSOCIATE-RQ at once.
@@ -453,20 +464,34 @@ async fn serve_connection<H: StoreHandler>(
     // peer given its time to close (it would otherwise let requests nobody
     // accepts lock out real senders).
     let accepted = negotiate(config, &rq, peer.ip()).and_then(|negotiated| {
-        let slot = Slot::take(&shared.active, config.max_associations);
-        if slot.within_limit {
-            Ok((negotiated, slot))
-        } else {
-            Err(reject(
+        let limit_exceeded = |why: String| {
+            reject(
                 AssociationRJResult::Transient,
                 AssociationRJSource::ServiceProviderPresentation(
                     AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
                 ),
-                format!("association limit ({}) reached", config.max_associations),
-            ))
+                why,
+            )
+        };
+        let slot = Slot::take(&shared.active, config.max_associations);
+        let per_host = max_associations_per_host(config);
+        let from_peer = PeerSlot::take(&shared.associated_from, peer.ip(), per_host);
+        if !slot.within_limit {
+            Err(limit_exceeded(format!(
+                "association limit ({}) reached",
+                config.max_associations
+            )))
+        } else if !from_peer.within_limit {
+            Err(limit_exceeded(format!(
+                "association limit per address ({per_host} of {}) reached by {}",
+                config.max_associations,
+                peer.ip()
+            )))
+        } else {
+            Ok((negotiated, (slot, from_peer)))
         }
     });
-    let ((ac, contexts, peer_max_pdu), _slot) = match accepted {
+    let ((ac, contexts, peer_max_pdu), _slots) = match accepted {
         Ok(a) => a,
         Err(refusal) => {
             // Escaped: a refused title may hold control characters.
@@ -517,17 +542,28 @@ async fn serve_connection<H: StoreHandler>(
     }
     let listed = |l: &Vec<&str>| {
         (!l.is_empty())
-            .then(|| l.join(","))
+            .then(|| proposed_classes_for_the_log(l))
             .map(tracing::field::display)
     };
-    info!(
-        calling_ae = %context.calling_ae,
-        accepted = contexts.iter().filter(|c| c.accepted).count(),
-        proposed = contexts.len(),
-        refused = listed(&refused),
-        refused_for_transfer_syntax = listed(&no_transfer_syntax),
-        "association accepted"
-    );
+    let accepted = contexts.iter().filter(|c| c.accepted).count();
+    // An association that can carry nothing is a sender's failure to see.
+    macro_rules! accepted_line {
+        ($level:ident) => {
+            $level!(
+                calling_ae = %context.calling_ae,
+                accepted,
+                proposed = contexts.len(),
+                refused = listed(&refused),
+                refused_for_transfer_syntax = listed(&no_transfer_syntax),
+                "association accepted"
+            )
+        };
+    }
+    if accepted == 0 {
+        accepted_line!(warn);
+    } else {
+        accepted_line!(info);
+    }
     let mut association = Association {
         conn,
         shared: &shared,
@@ -781,6 +817,29 @@ fn negotiate(
     Ok((ac, contexts, peer_max_pdu))
 }
 
+/// SOP classes a peer proposed, for one log field: a UID as it is; any
+/// other name quoted and cut to 64 characters (a name with spaces and `=`
+/// put fields of the peer's choosing inside the line, and 8,000-character
+/// names made 800 KB lines); 16 at most.
+fn proposed_classes_for_the_log(classes: &[&str]) -> String {
+    const SHOWN: usize = 16;
+    let mut shown: Vec<String> = classes
+        .iter()
+        .take(SHOWN)
+        .map(|&class| {
+            if class.len() <= 64 && class.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                class.to_string()
+            } else {
+                format!("{:?}", class.chars().take(64).collect::<String>())
+            }
+        })
+        .collect();
+    if classes.len() > SHOWN {
+        shown.push(format!("and {} more", classes.len() - SHOWN));
+    }
+    shown.join(",")
+}
+
 fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
     uid == sop::VERIFICATION
         || config.also_accept.iter().any(|c| c == uid)
@@ -931,15 +990,14 @@ impl<H: StoreHandler> Association<'_, H> {
                 let began = Instant::now();
                 let left = self.message_pace.wait_left(config);
                 let read = read_with_timeout(&mut self.conn, config.read_timeout, config.max_pdu);
+                // None: the message's time ran out (said once this wait is
+                // counted, so that the log's figures are the real ones)
                 let next = match left {
-                    None => read.await,
-                    Some(left) => match tokio::time::timeout(left, read).await {
-                        Ok(next) => next,
-                        Err(_) => Err(self.message_pace.too_slow(config)),
-                    },
+                    None => Some(read.await),
+                    Some(left) => tokio::time::timeout(left, read).await.ok(),
                 };
                 self.message_pace.waited += began.elapsed();
-                Some(next)
+                Some(next.unwrap_or_else(|| Err(self.message_pace.too_slow(config))))
             };
             let Some(next) = next else {
                 self.conn

@@ -129,6 +129,26 @@ pub struct ModelContract {
     pub contract_sha256: String,
 }
 
+/// Names are written into reports and printed to terminals: a control
+/// character (an escape sequence, a newline, NUL) or a direction override
+/// there drove the terminal, broke the SR's text (dciodvfy errors) or
+/// reversed a viewer's line, and NUL made two contracts hash alike.
+const CONTROL_CHARACTER: &str =
+    "holds a control or text-direction character: names go into reports and terminals as written";
+
+fn is_control_or_direction(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // direction marks and overrides
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            // invisible: soft hyphen, zero-width, line and paragraph
+            // separators, word joiner and invisible operators, BOM, tags
+            | '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2028}' | '\u{2029}'
+            | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
 fn bad(key: &'static str, value: &str, expected: impl Into<String>) -> ContractError {
     ContractError::InvalidValue {
         key,
@@ -253,6 +273,12 @@ impl ModelContract {
         if labels.iter().any(|l| l.trim().is_empty()) {
             return Err(bad(k, v(k), "a label is empty: each names its class"));
         }
+        if labels
+            .iter()
+            .any(|l| l.chars().any(is_control_or_direction))
+        {
+            return Err(bad(k, &v(k).escape_debug().to_string(), CONTROL_CHARACTER));
+        }
         let k = "pneumo.output_shape";
         let output_shape = shape(k, v(k))?;
         match output_shape.as_slice() {
@@ -337,6 +363,15 @@ impl ModelContract {
                 v(k),
                 "standard deviations must lie in [0.001,1] (the input range is [0.0,1.0])",
             ));
+        }
+        for k in [
+            "pneumo.model_name",
+            "pneumo.model_version",
+            "pneumo.model_config",
+        ] {
+            if v(k).chars().any(is_control_or_direction) {
+                return Err(bad(k, &v(k).escape_debug().to_string(), CONTROL_CHARACTER));
+            }
         }
         for k in ["pneumo.model_name", "pneumo.model_version"] {
             if v(k).trim().is_empty() {
@@ -553,6 +588,13 @@ mod tests {
             ("pneumo.mean", "[0.5,0.5]"),
             ("pneumo.std", "[0.2,0.0,0.2]"),
             ("pneumo.std", "[1e-40,0.2,0.2]"),
+            ("pneumo.model_name", "pneumo\u{1b}[2Jllm"),
+            ("pneumo.model_version", "1.0\n"),
+            ("pneumo.model_config", "vit\u{0}"),
+            ("pneumo.model_name", "\u{202E}mllomuenp"),
+            ("pneumo.model_name", "\u{200B}"),
+            ("pneumo.model_version", "1.0\u{2028}"),
+            ("pneumo.labels", "[\"pneumo\\u0007coniosis\",\"normal\"]"),
             ("pneumo.mean", "[124.0,116.0,104.0]"), // the 0-255 scale
             ("pneumo.std", "[58.4,57.1,57.4]"),
             ("pneumo.model_name", " "),

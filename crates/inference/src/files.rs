@@ -58,15 +58,13 @@ impl ModelFiles {
         }
     }
 
-    /// SHA-256 over the files' contents, in order, each preceded by its
-    /// length: what was loaded, whatever the files are called.
+    /// SHA-256 over the files' contents, one after the other: of a model
+    /// in one file, what `sha256sum` prints for it.
     pub(crate) fn sha256(&self) -> std::io::Result<String> {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         for (path, _) in &self.stamped {
-            let mut file = std::fs::File::open(path)?;
-            hasher.update(file.metadata()?.len().to_le_bytes());
-            std::io::copy(&mut file, &mut hasher)?;
+            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
         }
         Ok(format!("{:x}", hasher.finalize()))
     }

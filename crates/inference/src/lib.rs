@@ -37,4 +37,6 @@ pub use model::{check_provider_built, ExecutionProvider, ImageInput, Model};
 pub use prediction::{softmax, ModelIdentity, Prediction};
 pub use runtime::locate_model_file;
 pub use segment::{inspect_segmentation_model, LungSegmenter, SegContract, SEG_CONTRACT_KEYS};
-pub use settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
+pub use settings::{
+    ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, GraphOptimization, InferenceSettings,
+};

@@ -20,7 +20,9 @@ use crate::graph::{
 use crate::inspect::{check_external_weights, read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
 use crate::runtime::{init_runtime, locate_model_file, Runtime};
-use crate::settings::{ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, InferenceSettings};
+use crate::settings::{
+    ArenaStrategy, ConvAlgoSearch, ExecutionProviderChoice, GraphOptimization, InferenceSettings,
+};
 
 /// The execution provider a session actually runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,7 +121,12 @@ fn base_builder(
 ) -> Result<ort::session::builder::SessionBuilder> {
     let mut b = Session::builder(&rt.env)
         .map_err(ort_err)?
-        .with_optimization_level(GraphOptimizationLevel::All)
+        .with_optimization_level(match s.graph_optimization {
+            GraphOptimization::All => GraphOptimizationLevel::All,
+            GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+            GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+            GraphOptimization::Disabled => GraphOptimizationLevel::Disable,
+        })
         .map_err(ort_err)?
         .with_log_level(ort::logging::LogLevel::Warning)
         .map_err(ort_err)?;
@@ -315,31 +322,77 @@ impl Model {
         Ok(model)
     }
 
-    /// Runs the graph on two unlike images (zeros, the mean image, and
-    /// ones), alone and, when batches are served, together; refuses it when
-    /// its output for them is not finite, when both outputs are probability
-    /// distributions (`check_output_is_not_a_distribution`), or when an
-    /// image's row depends on the other images of its batch
-    /// (`check_rows_do_not_depend_on_the_batch`).
+    /// Runs the graph on probe images: two flat ones (zeros, the mean
+    /// image, and ones) and three patterned ones, alone, and the patterned
+    /// ones as one batch when batches are served. Refuses it when its output
+    /// is finite for none of them, when both flat images' outputs are
+    /// probability distributions (`check_output_is_not_a_distribution`), or
+    /// when an image's row depends on the other images of its batch
+    /// (`check_rows_do_not_depend_on_the_batch`). (Flat images alone missed
+    /// a graph that standardises each image before reordering rows: both
+    /// became the same tensor.)
     fn probe(&mut self, max_batch: usize) -> Result<()> {
-        let zeros = self.constant_image(0.0);
-        let ones = self.constant_image(1.0);
-        let rows = [
-            self.run_logits(&[&zeros])?.remove(0),
-            self.run_logits(&[&ones])?.remove(0),
-        ];
+        let flat = [self.constant_image(0.0), self.constant_image(1.0)];
+        let patterned = [0, 1, 2].map(|which| self.patterned_image(which));
+        let mut alone = |images: &[ImageInput]| -> Result<Vec<Vec<f32>>> {
+            images
+                .iter()
+                .map(|image| Ok(self.run_logits(&[image])?.remove(0)))
+                .collect()
+        };
+        let (flat_rows, patterned_rows) = (alone(&flat)?, alone(&patterned)?);
         let output = self.contract.output_name.clone();
         let output = output.as_str();
-        check_output_is_finite(&self.path, output, &rows)?;
-        check_output_is_not_a_distribution(&self.path, output, &rows)?;
-        if max_batch > 1 {
-            // A batch the graph cannot run at all is the warm-up's to find
-            // (images then go one at a time).
-            if let Ok(together) = self.run_logits(&[&zeros, &ones]) {
-                check_rows_do_not_depend_on_the_batch(&self.path, output, &rows, &together)?;
-            }
+        let every_row: Vec<Vec<f32>> = flat_rows.iter().chain(&patterned_rows).cloned().collect();
+        check_output_is_finite(&self.path, output, &every_row)?;
+        check_output_is_not_a_distribution(&self.path, output, &flat_rows)?;
+        // The largest batch of them the graph runs, up to three (a graph may
+        // reorder only longer batches; one that runs only some sizes was
+        // not probed at all), in their order and reversed (a graph sorting
+        // its rows found them in order). A batch the graph cannot run at
+        // all is the warm-up's to find (images then go one at a time).
+        for n in (2..=max_batch.min(patterned.len())).rev() {
+            let forward: Vec<&ImageInput> = patterned.iter().take(n).collect();
+            let Ok(together) = self.run_logits(&forward) else {
+                continue;
+            };
+            let alone = &patterned_rows[..n];
+            check_rows_do_not_depend_on_the_batch(&self.path, output, alone, &together)?;
+            let backward: Vec<&ImageInput> = forward.iter().rev().copied().collect();
+            let mut together = self.run_logits(&backward)?;
+            together.reverse();
+            check_rows_do_not_depend_on_the_batch(&self.path, output, alone, &together)?;
+            break;
         }
         Ok(())
+    }
+
+    /// A probe image of varied values, in the range a normalised image
+    /// takes: 0, a ramp across; 1, a ramp down; 2, a fixed pseudo-random
+    /// texture; each plane shifted by its own amount. Unlike one another in
+    /// their channels' means (what a small head reads) and in their shapes
+    /// (what survives a per-image standardisation).
+    fn patterned_image(&self, which: usize) -> ImageInput {
+        const SHIFT: [[f32; 3]; 3] = [[-1.0, 0.5, 0.2], [0.8, -0.6, 0.1], [0.3, 0.9, -0.9]];
+        let s = self.contract.input_size as usize;
+        let mut seed = 0x9e37_79b9_u32;
+        let values = (0..self.contract.image_len()).map(|i| {
+            let (x, y, plane) = ((i % s) as f32, ((i / s) % s) as f32, i / (s * s));
+            let unit = match which {
+                0 => x / s as f32,
+                1 => y / s as f32,
+                _ => {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32
+                }
+            };
+            // [-3, 3]: as far as a normalised radiograph goes
+            unit * 4.0 - 2.0 + SHIFT[which % 3][plane % 3]
+        });
+        match self.contract.input_dtype {
+            InputDType::Float32 => ImageInput::F32(values.collect()),
+            InputDType::Float16 => ImageInput::F16(values.map(f16::from_f32).collect()),
+        }
     }
 
     /// An image of one value throughout, in the model's element type.

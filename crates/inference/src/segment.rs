@@ -195,21 +195,55 @@ impl LungSegmenter {
             .map_err(|problem| contract_err(&path, problem))?;
         drop(meta);
         check_graph(&path, &GraphSignature::from_session(&session), &contract)?;
-        tracing::info!(
-            path = %path.display(),
-            input_size = contract.input_size,
-            execution_provider = %provider,
-            sha256 = %sha256,
-            "lung segmentation model loaded"
-        );
-        Ok(LungSegmenter {
+        let segmenter = LungSegmenter {
             session: Mutex::new(session),
             contract,
             provider,
             path,
             files,
             sha256,
-        })
+        };
+        segmenter.probe()?;
+        tracing::info!(
+            path = %segmenter.path.display(),
+            input_size = segmenter.contract.input_size,
+            execution_provider = %provider,
+            sha256 = %segmenter.sha256,
+            "lung segmentation model loaded"
+        );
+        Ok(segmenter)
+    }
+
+    /// Runs the model on two probe images (a ramp, a flat grey) and refuses
+    /// it when its output is finite for neither: it started ready, and
+    /// every image got a notice saying its lungs could not be found, the
+    /// image blamed for the model.
+    fn probe(&self) -> Result<()> {
+        let s = self.contract.input_size as usize;
+        let ramp = GreyImage {
+            width: s,
+            height: s,
+            data: (0..s * s).map(|i| (i % s) as f32 / s as f32).collect(),
+        };
+        let flat = GreyImage {
+            width: s,
+            height: s,
+            data: vec![0.5; s * s],
+        };
+        let finite = |grey: &GreyImage| -> Result<bool> {
+            Ok(self.output(grey)?.iter().all(|v| v.is_finite()))
+        };
+        if finite(&ramp)? || finite(&flat)? {
+            return Ok(());
+        }
+        Err(contract_err(
+            &self.path,
+            ContractError::Graph(format!(
+                "output `{}` is not finite for a ramp nor for a flat grey image: every \
+                 analysis would fail",
+                self.contract.output_name
+            )),
+        ))
     }
 
     /// Loads `settings.lung_segmentation_model`, or `None` when it is empty.
@@ -253,8 +287,21 @@ impl LungSegmenter {
     }
 
     /// The lung mask of `grey` (the image in [0, 1], bone bright) at the
-    /// model's resolution: `S`×`S` values, 1 = lung (blocking).
+    /// model's resolution: `S`×`S` values, 1 = lung (blocking). An output
+    /// not finite is the model's failure, not an image without lungs.
     pub fn mask(&self, grey: &GreyImage) -> Result<Vec<u8>> {
+        let values = self.output(grey)?;
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(InferenceError::BadOutput(format!(
+                "the lung segmentation model's output is not finite ({v}) for this image"
+            )));
+        }
+        let t = self.contract.threshold;
+        Ok(values.iter().map(|&v| u8::from(v > t)).collect())
+    }
+
+    /// The model's output for `grey`, `S`×`S` values (blocking).
+    fn output(&self, grey: &GreyImage) -> Result<Vec<f32>> {
         if grey.width == 0 || grey.height == 0 || grey.data.len() != grey.width * grey.height {
             return Err(InferenceError::BadInput(format!(
                 "grey image {}x{} with {} values",
@@ -291,8 +338,7 @@ impl LungSegmenter {
                 &shape[..]
             )));
         }
-        let t = self.contract.threshold;
-        Ok(values.iter().map(|&v| u8::from(v > t)).collect())
+        Ok(values.to_vec())
     }
 
     /// The bounding box of the lung mask in `grey`'s pixel coordinates, or

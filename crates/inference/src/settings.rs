@@ -44,6 +44,23 @@ pub enum ConvAlgoSearch {
     Default,
 }
 
+/// Which of ONNX Runtime's graph optimisations run when a session is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GraphOptimization {
+    /// Every level (ONNX Runtime's default).
+    #[default]
+    All,
+    /// Basic and extended fusions, no layout transformations (one of which
+    /// crashed ONNX Runtime, the process killed by a signal, on a float16
+    /// ViT export).
+    Extended,
+    /// Constant folding and redundant node elimination only.
+    Basic,
+    /// None: the graph runs as exported.
+    Disabled,
+}
+
 /// `[inference]`: every key has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +93,9 @@ pub struct InferenceSettings {
     /// Intra-op threads of the CPU provider; 0 = ONNX Runtime's default
     /// (one per physical core).
     pub cpu_threads: usize,
+    /// ONNX Runtime's graph optimisations: `all`, `extended`, `basic` or
+    /// `disabled`.
+    pub graph_optimization: GraphOptimization,
     /// Most images run together in one batch.
     pub max_batch: usize,
     /// Longest time the first request of a batch waits for others, ms.
@@ -98,6 +118,7 @@ impl Default for InferenceSettings {
             arena_strategy: ArenaStrategy::SameAsRequested,
             cuda_conv_algo_search: ConvAlgoSearch::Heuristic,
             cpu_threads: 0,
+            graph_optimization: GraphOptimization::All,
             max_batch: 8,
             max_wait_ms: 5,
             warmup: true,

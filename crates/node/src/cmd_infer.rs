@@ -124,16 +124,34 @@ fn print_prediction(p: &Prediction) {
         .unwrap_or(0);
     for ((label, prob), z) in p.labels.iter().zip(&p.probabilities).zip(&p.logits) {
         let pad = " ".repeat(width - label.chars().count());
-        println!("P({label}){pad} = {prob:.6}   (logit {z:.6})");
+        println!(
+            "P({label}){pad} = {}   (logit {z:.6})",
+            probability(*prob, p.threshold)
+        );
     }
     println!(
-        "decision            {} (P({}) = {:.6} {} threshold {})",
+        "decision            {} (P({}) = {} {} threshold {})",
         if p.positive { "POSITIVE" } else { "negative" },
         p.positive_label,
-        p.p_positive,
+        probability(p.p_positive, p.threshold),
         if p.positive { ">=" } else { "<" },
         p.threshold
     );
+}
+
+/// Six decimals, or the value in full where they would read 0 or 1 (a
+/// confident model's 1e-9 read "0.000000") or compare with the threshold
+/// otherwise than the value does ("0.500000 < threshold 0.5").
+fn probability(p: f64, threshold: f64) -> String {
+    let six = format!("{p:.6}");
+    let shown: f64 = six.parse().unwrap_or(p);
+    if shown == 0.0 && p > 0.0 {
+        format!("{p:e}")
+    } else if (shown == 1.0 && p < 1.0) || (shown >= threshold) != (p >= threshold) {
+        format!("{p}")
+    } else {
+        six
+    }
 }
 
 /// The images of an N×C×H×W `.npy` file (`<f4` or `<f2`, C order).

@@ -354,7 +354,7 @@ impl Config {
         .flat_map(|(key, terms)| {
             terms
                 .iter()
-                .filter(|t| t.contains([';', ',', '\\', '|']))
+                .filter(|t| t.contains([';', ',', '\\', '|', '/']))
                 .map(move |t| {
                     format!(
                         "{key} term {t:?} holds a separator and matches no value: list each \

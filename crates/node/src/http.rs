@@ -495,18 +495,22 @@ async fn deliveries(
         Ok(listing) => listing,
         Err(body) => return bad_request(body),
     };
-    match s.store.list_deliveries(&one_more(&listing)).await {
-        // A name no destination has, nor any row (a typo, another case, a
-        // comma list): said, as the actions say it, not "nothing owed".
-        Ok(rows)
-            if rows.is_empty()
-                && q.destination
-                    .as_deref()
-                    .is_some_and(|d| !s.destinations.iter().any(|c| c == d)) =>
-        {
-            unknown_destination(&s, q.destination.as_deref().unwrap_or_default())
-                .unwrap_or_else(|| bad_request(json!({ "error": "no such destination" })))
+    // A name no destination has, nor any row (a typo, another case, a
+    // comma list): said, as the actions say it, not "nothing owed". A
+    // destination no longer configured lists its rows, none included.
+    if let Some(name) = q.destination.as_deref() {
+        if !s.destinations.iter().any(|d| d == name) {
+            match s.store.has_deliveries_to(name).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return unknown_destination(&s, name)
+                        .unwrap_or_else(|| bad_request(json!({ "error": "no such destination" })))
+                }
+                Err(e) => return internal(e),
+            }
         }
+    }
+    match s.store.list_deliveries(&one_more(&listing)).await {
         Ok(rows) => {
             let (rows, next) = one_page(rows, listing.limit, |r| r.id);
             let rows: Vec<Value> = rows

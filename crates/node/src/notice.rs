@@ -178,6 +178,9 @@ pub(crate) fn for_the_reader(reason: &str) -> String {
         "lung-box-missing" | "lung-box-too-small" | "invalid-lung-box" => {
             "The lungs could not be found in the image."
         }
+        _ if reason.starts_with("lung segmentation:") && reason.contains("not finite") => {
+            "The lung segmentation model gave no usable result for this image."
+        }
         _ if reason.starts_with("lung segmentation:") => {
             "The lungs could not be found in the image."
         }

@@ -366,11 +366,12 @@ impl OutboxWorker {
                 "delivery failed; will retry"
             );
         } else {
-            // Two A7xx in a row (each said with its own row's delay): the
-            // wait everything owed now has.
+            // A7xx on two rows in a row (each said with its own row's
+            // delay): the wait everything owed now has, theirs included.
             warn!(
                 retry_in_s = delay.as_secs(),
-                "the destination is out of resources; all it is owed waits"
+                "the destination is out of resources (A7xx on two instances in a row); all it \
+                 is owed waits, the refused instances included"
             );
         }
         let put_off = self

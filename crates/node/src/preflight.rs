@@ -27,6 +27,25 @@ pub fn problems(config: &Config) -> Vec<String> {
     if let Err(e) = writable_or_creatable(data_dir) {
         found.push(format!("node.data_dir {}: {e}", data_dir.display()));
     }
+    // What a first run as root left inside (only the top folder chowned
+    // after): the start failed on the lock, or served refusing everything.
+    let database = pneumo_store::database_file(data_dir, config.database_url());
+    let mut inside: Vec<std::path::PathBuf> = ["instances", "spool", "pneumo-node.lock"]
+        .iter()
+        .map(|name| data_dir.join(name))
+        .collect();
+    if let Some(db) = &database {
+        for suffix in ["", "-wal", "-shm", ".pneumo-node.lock"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            inside.push(name.into());
+        }
+    }
+    for path in inside.iter().filter(|p| p.exists()) {
+        if let Err(e) = writable(path) {
+            found.push(format!("node.data_dir: {}: {e}", path.display()));
+        }
+    }
     if config.database_url().is_some() {
         if let Some(folder) = pneumo_store::database_file(data_dir, config.database_url())
             .as_deref()
@@ -83,14 +102,19 @@ fn writable_or_creatable(dir: &Path) -> Result<()> {
     }
 }
 
-fn writable(dir: &Path) -> Result<()> {
+/// A folder this account can write into, or a file it can write.
+fn writable(path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    if !dir.is_dir() {
+    let mode = if path.is_dir() {
+        libc::W_OK | libc::X_OK
+    } else if path.is_file() {
+        libc::R_OK | libc::W_OK
+    } else {
         return Err(anyhow!("is not a folder"));
-    }
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // access(2) asks with this process's real account: the one the unit runs.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+    if unsafe { libc::access(c.as_ptr(), mode) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(anyhow!(
             "this account ({}) cannot write it: {e}",

@@ -54,6 +54,8 @@ pub const WRITE_PROBE_WAIT: Duration = Duration::from_secs(2);
 pub struct WriteProbe {
     options: Option<SqliteConnectOptions>,
     conn: tokio::sync::Mutex<Option<sqlx::SqliteConnection>>,
+    /// The last probe's answer, for callers that come while one runs.
+    last: std::sync::atomic::AtomicBool,
 }
 
 impl WriteProbe {
@@ -62,6 +64,7 @@ impl WriteProbe {
         WriteProbe {
             options: options.map(|o| o.busy_timeout(WRITE_PROBE_WAIT)),
             conn: tokio::sync::Mutex::new(None),
+            last: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -73,14 +76,29 @@ impl WriteProbe {
         WriteProbe::new(file.and_then(|_| connect_options(data_dir, database_url).ok()))
     }
 
+    /// Closes its connection (before the pool's, so that the last one to
+    /// close folds and removes the write-ahead log).
+    pub async fn close(&self) {
+        use sqlx::Connection;
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
+
     /// Ok(true): a write could begin; Ok(false): the write lock stayed
-    /// taken for [`WRITE_PROBE_WAIT`].
+    /// taken for [`WRITE_PROBE_WAIT`]. While another caller's probe runs,
+    /// its predecessor's answer at once: callers queued [`WRITE_PROBE_WAIT`]
+    /// each behind one another while the lock was held (twenty `/readyz`
+    /// pollers waited 9 s, a scrape timed out).
     pub async fn write_could_begin(&self) -> Result<bool, sqlx::Error> {
         use sqlx::Connection;
+        use std::sync::atomic::Ordering;
         let Some(options) = &self.options else {
             return Ok(true);
         };
-        let mut conn = self.conn.lock().await;
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return Ok(self.last.load(Ordering::Relaxed));
+        };
         if conn.is_none() {
             *conn = Some(sqlx::SqliteConnection::connect_with(options).await?);
         }
@@ -93,9 +111,10 @@ impl WriteProbe {
             }
             Err(e) => Err(e),
         };
-        if outcome.is_err() {
+        match outcome {
+            Ok(could) => self.last.store(could, Ordering::Relaxed),
             // closed: SQLite rolls back whatever it holds
-            *conn = None;
+            Err(_) => *conn = None,
         }
         outcome
     }

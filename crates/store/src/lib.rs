@@ -224,9 +224,10 @@ pub struct Store {
     /// The SQLite file (none for an in-memory database): checked before an
     /// instance is acknowledged, since SQLite writes on into a deleted file.
     database_file: Option<PathBuf>,
-    /// Its write-ahead log, which exists while the node runs (a connection
-    /// is always open): checked alike (none when opened to read only).
-    write_ahead_log: Option<PathBuf>,
+    /// The database file and its write-ahead log as opened (the log exists
+    /// while the node runs: a connection is always open), checked by
+    /// identity: none when opened to read only.
+    opened_files: Option<[OpenedFile; 2]>,
     /// The database file's largest size seen, and why it is damaged once
     /// it was found so (kept until a restart): see `check_database_file`.
     database_file_watch: std::sync::Arc<std::sync::Mutex<(u64, Option<String>)>>,
@@ -417,7 +418,12 @@ impl Store {
             pool,
             write_probe,
             ingest_locks: UidLocks::default(),
-            write_ahead_log: database_file.as_deref().map(write_ahead_log),
+            opened_files: database_file.as_deref().map(|f| {
+                [
+                    OpenedFile::of(f.to_path_buf()),
+                    OpenedFile::of(write_ahead_log(f)),
+                ]
+            }),
             database_file,
             database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((
                 database_file_size,
@@ -478,7 +484,7 @@ impl Store {
             pool,
             write_probe: db::WriteProbe::new(None),
             ingest_locks: UidLocks::default(),
-            write_ahead_log: None,
+            opened_files: None,
             database_file: Some(file),
             database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((0, None))),
             integrity_check: std::sync::Mutex::new(None),
@@ -767,21 +773,27 @@ impl Store {
         error
     }
 
-    /// Err when the database file was deleted or moved under the running
-    /// node: SQLite would go on writing into the unlinked file, and every
-    /// acknowledgement would be lost at the next start. Err too, until a
-    /// restart, once the file was found shorter than it was (truncated:
-    /// queries answered from SQLite's page cache and write-ahead log went
-    /// on while the rows were gone, and `/readyz` said ready).
+    /// Err when the database file or its write-ahead log was deleted or
+    /// moved under the running node (or replaced: any SQLite client opening
+    /// the path after makes a new, empty one): SQLite would go on writing
+    /// into the unlinked file, and every acknowledgement would be lost at
+    /// the next start; until a restart. Err too, until a restart, once the
+    /// file was found shorter than it was (truncated: queries answered from
+    /// SQLite's page cache and write-ahead log went on while the rows were
+    /// gone, and `/readyz` said ready).
     pub fn check_database_file(&self) -> Result<(), StoreError> {
         let Some(f) = &self.database_file else {
             return Ok(());
         };
-        if !f.exists() {
+        if let Some([database, log]) = &self.opened_files {
+            if database.gone() {
+                return Err(StoreError::DatabaseGone(f.clone()));
+            }
+            if log.gone() {
+                return Err(StoreError::WriteAheadLogGone(log.path.clone()));
+            }
+        } else if !f.exists() {
             return Err(StoreError::DatabaseGone(f.clone()));
-        }
-        if let Some(log) = self.write_ahead_log.as_ref().filter(|log| !log.exists()) {
-            return Err(StoreError::WriteAheadLogGone(log.clone()));
         }
         let mut watch = self
             .database_file_watch
@@ -818,6 +830,7 @@ impl Store {
         {
             check.abort();
         }
+        self.write_probe.close().await;
         // The write-ahead log folded into the database file and emptied
         // now: the last connection's close, which removes it, may still be
         // under way on its worker thread when the process exits, and what
@@ -951,4 +964,41 @@ fn database_error_in_words(e: &sqlx::Error) -> String {
         Some("5") | Some("6") => format!("database is locked (by another process?): {e}"),
         _ => format!("database error: {e}"),
     }
+}
+
+/// A file SQLite holds open, known by its device and inode when the store
+/// opened: deleted, or replaced by another file at its path, it is no
+/// longer what SQLite writes into. Once found so, so until a restart.
+struct OpenedFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl OpenedFile {
+    fn of(path: PathBuf) -> OpenedFile {
+        OpenedFile {
+            identity: file_identity(&path),
+            path,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.lost.load(Ordering::Relaxed) {
+            return true;
+        }
+        // (unknown at open: nothing to compare with)
+        let gone = self.identity.is_some() && file_identity(&self.path) != self.identity;
+        if gone {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        gone
+    }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

@@ -305,6 +305,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether any outbox row, in any state, is or was owed to
+    /// `destination` (one no longer configured still has its rows listed).
+    pub async fn has_deliveries_to(&self, destination: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE destination = ?)")
+                .bind(destination)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
     /// Whether the database answers, and a write could begin.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.check_database_file()?;
