@@ -47,7 +47,7 @@ pub fn problems(config: &Config) -> Vec<String> {
         }
     }
     if config.database_url().is_some() {
-        if let Some(folder) = pneumo_store::database_file(data_dir, config.database_url())
+        if let Some(folder) = database
             .as_deref()
             .and_then(Path::parent)
             .filter(|p| !p.as_os_str().is_empty())
@@ -116,9 +116,10 @@ fn writable(path: &Path) -> Result<()> {
     // access(2) asks with this process's real account: the one the unit runs.
     if unsafe { libc::access(c.as_ptr(), mode) } != 0 {
         let e = std::io::Error::last_os_error();
+        // (by number: $USER is the caller's, not the account's, under sudo)
         return Err(anyhow!(
-            "this account ({}) cannot write it: {e}",
-            std::env::var("USER").unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+            "this account (uid {}) cannot write it: {e}",
+            unsafe { libc::getuid() }
         ));
     }
     Ok(())
