@@ -318,24 +318,16 @@ impl Config {
         ]
         .into_iter()
         .filter_map(|(key, value, max)| {
-            let long = value.chars().count() > max;
-            let delimiter = value.contains('\\');
-            (long || delimiter).then(|| {
-                format!(
-                    "{key} {value:?}: {}{}{}",
-                    if long {
-                        format!("longer than the {max} characters its attribute holds: cut")
-                    } else {
-                        String::new()
-                    },
-                    if long && delimiter { "; " } else { "" },
-                    if delimiter {
-                        "a backslash separates values in DICOM: written as a space"
-                    } else {
-                        ""
-                    }
-                )
-            })
+            let mut changes = Vec::new();
+            if value.chars().count() > max {
+                changes.push(format!(
+                    "longer than the {max} characters its attribute holds: cut"
+                ));
+            }
+            if value.contains('\\') {
+                changes.push("a backslash separates values in DICOM: written as a space".into());
+            }
+            (!changes.is_empty()).then(|| format!("{key} {value:?}: {}", changes.join("; ")))
         })
         .collect()
     }

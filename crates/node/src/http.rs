@@ -499,13 +499,10 @@ async fn deliveries(
     // comma list): said, as the actions say it, not "nothing owed". A
     // destination no longer configured lists its rows, none included.
     if let Some(name) = q.destination.as_deref() {
-        if !s.destinations.iter().any(|d| d == name) {
+        if let Some(refused) = unknown_destination(&s, name) {
             match s.store.has_deliveries_to(name).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    return unknown_destination(&s, name)
-                        .unwrap_or_else(|| bad_request(json!({ "error": "no such destination" })))
-                }
+                Ok(false) => return refused,
                 Err(e) => return internal(e),
             }
         }

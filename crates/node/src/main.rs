@@ -145,6 +145,11 @@ static LOGS_IN_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// data directory on a disk not yet mounted) exit 1 and are restarted.
 const EXIT_MISCONFIGURED: u8 = 78;
 
+/// What `serve` and `check-config` say of a lung-box model without a lung
+/// segmentation model.
+const LUNG_BOX_WITHOUT_SEGMENTATION: &str = "the model's contract asks for crop lung-box and \
+     inference.lung_segmentation_model is not set: every analysis will fail";
+
 /// An error only a change of the configuration can cure (see
 /// [`EXIT_MISCONFIGURED`]); shown as the error it wraps.
 #[derive(Debug)]
@@ -282,20 +287,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let inspected = pneumo_inference::inspect_model(model)
                     .and_then(|inspected| inspected.check_weights().map(|()| inspected))
                     .with_context(|| format!("inference.model {}", model.display()))?;
-                let inspected_crop_needs_segmentation = |config: &Config| {
-                    inspected.contract.crop_mode == pneumo_imaging::CropMode::LungBox
-                        && config
-                            .inference
-                            .lung_segmentation_model
-                            .as_os_str()
-                            .is_empty()
-                };
-                if !config
+                let no_segmentation_model = config
                     .inference
                     .lung_segmentation_model
                     .as_os_str()
-                    .is_empty()
-                {
+                    .is_empty();
+                if !no_segmentation_model {
                     pneumo_inference::inspect_segmentation_model(
                         &config.inference.lung_segmentation_model,
                     )
@@ -319,11 +316,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for warning in config.warnings() {
                     eprintln!("warning: {warning}");
                 }
-                if inspected_crop_needs_segmentation(&config) {
-                    eprintln!(
-                        "warning: the model's contract asks for crop lung-box and \
-                         inference.lung_segmentation_model is not set: every analysis will fail"
-                    );
+                if inspected.contract.crop_mode == pneumo_imaging::CropMode::LungBox
+                    && no_segmentation_model
+                {
+                    eprintln!("warning: {LUNG_BOX_WITHOUT_SEGMENTATION}");
                 }
                 // TOML, so that what is printed can be kept as a config file.
                 println!("{}", config.to_toml()?);
@@ -526,10 +522,8 @@ async fn serve(config: Config) -> Result<()> {
     };
     match (engine.contract().crop_mode, &segmenter) {
         (pneumo_imaging::CropMode::LungBox, None) => {
-            let why = "the model's contract asks for crop lung-box and \
-                       inference.lung_segmentation_model is not set: every analysis will fail";
-            tracing::warn!("{why}");
-            model_status.unusable = Some(why.to_string());
+            tracing::warn!("{LUNG_BOX_WITHOUT_SEGMENTATION}");
+            model_status.unusable = Some(LUNG_BOX_WITHOUT_SEGMENTATION.to_string());
         }
         (pneumo_imaging::CropMode::None, Some(_)) => info!(
             "inference.lung_segmentation_model is set but the model's contract says crop none: \

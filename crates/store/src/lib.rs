@@ -215,7 +215,7 @@ pub struct Store {
     data_dir: PathBuf,
     pool: SqlitePool,
     /// A connection of its own that `ping` begins a write on (see
-    /// `check_writable`); none for an in-memory database.
+    /// `WriteProbe::write_could_begin`); none for an in-memory database.
     write_probe: db::WriteProbe,
     /// Ingests of one SOP Instance UID run one at a time: two data sets
     /// arriving together under one UID must not both take the first's path,
