@@ -145,7 +145,8 @@ def test_children_s_radiographs_are_stored_and_forwarded_but_not_analysed(node_f
 def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_view(node_factory, tmp_path):
     """A stitched long-leg image with no body part got a chest result (its
     companion image labelled CHEST); a lateral with an empty View Position
-    was analysed though Patient Orientation said lateral; a DX For
+    was analysed though Patient Orientation, or only its Series Description
+    and Protocol Name, said lateral; a DX For
     Presentation image whose Presentation Intent Type said FOR PROCESSING
     was analysed; Body Part `CHEST PA` was skipped."""
     node = node_factory(report__companion_sc="true").start()
@@ -171,6 +172,18 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
         "digitised_film": (secondary_capture(tmp_path / "h.dcm", "DF"), "reported", None),
         "chest_pa_words": (dx(tmp_path / "e.dcm", None, None, BodyPartExamined="CHEST PA",
                               PatientOrientation=["L", "F"]), "reported", None),
+        # A lateral said only in words (no orientation, View Position
+        # empty) got a report as a frontal chest; words naming two views,
+        # or beside a frontal orientation, leave it analysed.
+        "lateral_in_words": (dx(tmp_path / "i.dcm", None, None, SeriesDescription="Thorax lat.",
+                                ProtocolName="CHEST LAT", ViewPosition="", PatientOrientation=""),
+                             "skipped", 'view position LATERAL (Series Description "Thorax lat.") is '
+                                        "not analysed"),
+        "two_views_in_words": (dx(tmp_path / "j.dcm", None, None, SeriesDescription="Thorax PA + LAT",
+                                  ViewPosition="", PatientOrientation=""), "reported", None),
+        "lateral_words_frontal_orientation": (
+            dx(tmp_path / "k.dcm", None, None, SeriesDescription="Thorax lateral",
+               PatientOrientation=["L", "F"]), "reported", None),
         # nothing said: analysed as before, and the companion image does
         # not name a body part the source did not
         "view_code_only_no_numbers": (
@@ -197,18 +210,18 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
                for t in comments), comments
     sc = pydicom.dcmread(node.data_dir / made["OT"])
     assert "BodyPartExamined" not in sc, sc.BodyPartExamined
-    # Three analysed images of one study: a report series each (OHIF shows
+    # Five analysed images of one study: a report series each (OHIF shows
     # one SR per series; with one series per study it showed one report).
     with node.db() as c:
         series = c.execute("SELECT DISTINCT study_instance_uid, series_instance_uid FROM instances"
                            " WHERE generated = 1 AND modality = 'SR'").fetchall()
-    assert len(series) == 3 and len({study for study, _ in series}) == 1, series
+    assert len(series) == 5 and len({study for study, _ in series}) == 1, series
     # The study's companion images share a series: one date and time for it
     # (each was dated when made, and dcentvfy found the series inconsistent).
     with node.db() as c:
         companions = [node.data_dir / p for (p,) in c.execute(
             "SELECT path FROM instances WHERE generated = 1 AND modality = 'OT'")]
-    assert len(companions) == 3
+    assert len(companions) == 5
     out = subprocess.run(["/usr/bin/dcentvfy", *map(str, companions)], capture_output=True, text=True,
                          errors="replace")
     said = out.stdout + out.stderr

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from nodetest import dataset_bytes, run_dcmtk
+from nodetest import ROOT, dataset_bytes, run_dcmtk
 from rawdicom import (
     ABORT,
     CR_STORAGE,
@@ -99,6 +99,35 @@ def test_elements_after_the_pixel_data_out_of_order_or_twice_are_refused(node, r
     }[tail]
     rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, sop_uid, data + extra)
     assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert_still_serving_and_clean(node, sop_uid)
+
+
+@pytest.mark.parametrize("case", ["native-on-jpeg-ls", "encapsulated-on-explicit", "encapsulated-on-implicit"])
+def test_pixel_data_contradicting_the_agreed_transfer_syntax_is_refused(node, radiograph, tmp_path, case):
+    """Native pixel data on a context agreed as JPEG-LS, and JPEG-LS
+    fragments on one agreed as Explicit or Implicit VR Little Endian, were
+    acknowledged 0000: the job failed, and every forward of the original
+    aborted the PACS's association (its parser could not read it), while
+    the modality had been told it was stored (PS3.5 A.4)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    if case == "native-on-jpeg-ls":
+        sop_uid, data = radiograph
+        syntax = "1.2.840.10008.1.2.4.80"
+    else:
+        implicit = case == "encapsulated-on-implicit"
+        ds = pydicom.dcmread(ROOT / "fixtures" / "imaging" / "rg1s_jpegls_lossless.dcm")
+        ds.SOPInstanceUID = sop_uid = generate_uid()
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, implicit
+        write_dataset(out, pydicom.Dataset(ds))
+        data = out.getvalue()
+        syntax = "1.2.840.10008.1.2" if implicit else EXPLICIT_LE
+    rsp = store_raw(node, CR_STORAGE, syntax, sop_uid, data)
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    said = "native pixel data in an encapsulated" if case == "native-on-jpeg-ls" else "encapsulated pixel data in a native"
+    assert rsp[0x0902].decode().startswith(said), rsp[0x0902]
     assert_still_serving_and_clean(node, sop_uid)
 
 

@@ -345,3 +345,13 @@ def test_check_config_warns_of_values_the_node_would_change_or_never_match(tmp_p
     assert "report.institution_name" in r.stderr and "written as a space" in r.stderr, r.stderr
     assert 'routing.analyse_view_positions term "PA;AP" holds a separator' in r.stderr, r.stderr
     assert 'routing.analyse_body_parts term "CHEST/THORAX" holds a separator' in r.stderr, r.stderr
+    # A destination host this machine cannot resolve (a typo): every
+    # delivery there failed, and check-config said nothing.
+    config = tmp_path / "node.toml"
+    config.write_text('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "pacs.invalid"\nport = 104\n'
+                      '[[destinations]]\nname = "ws"\nae_title = "WS"\nhost = "127.0.0.1"\nport = 104\n')
+    r = subprocess.run([str(node_binary()), "--config", str(config), "check-config"], env=env,
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+    assert "warning: destination `pacs`: host `pacs.invalid` does not resolve here" in r.stderr, r.stderr
+    assert "destination `ws`" not in r.stderr, r.stderr

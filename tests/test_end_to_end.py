@@ -696,3 +696,24 @@ def test_a_backlog_drains_without_waiting_for_new_arrivals(node_factory, tmp_pat
     node.wait_for_analyses(timeout=90)
     assert time.monotonic() - started < 15, "the backlog drained at one job per poll"
     assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 30
+
+
+def test_a_study_s_companion_images_are_numbered_apart(node_factory, rg1_copies):
+    """A study's companion images share one series: image 1 of series 1 and
+    image 1 of series 2 both got Instance Number 1 there, and a viewer
+    ordered them at random."""
+    node = node_factory(report__companion_sc="true").start()
+    first, second = rg1_copies("UNCI", 2)
+    study = pydicom.dcmread(first).StudyInstanceUID
+    for path, series_number in ((first, 1), (second, 2)):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.SeriesNumber, ds.InstanceNumber = series_number, 1
+        ds.save_as(path)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first, second)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
+    with node.db() as c:
+        paths = [p for (p,) in c.execute("SELECT path FROM instances WHERE generated = 1 AND modality = 'OT'")]
+    companions = [pydicom.dcmread(node.data_dir / p, stop_before_pixels=True) for p in paths]
+    assert len({c.SeriesInstanceUID for c in companions}) == 1, companions
+    assert sorted(int(c.InstanceNumber) for c in companions) == [10001, 20001]

@@ -284,9 +284,11 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     node.stop()
 
     # A newer build's migration: this build still serves, and says so.
-    with sqlite3.connect(node.data_dir / "pneumo-node.sqlite") as c:
-        c.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum,"
-                  " execution_time) VALUES (9999, 'from a newer build', CURRENT_TIMESTAMP, 1, x'00', 0)")
+    c = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
+    c.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum,"
+              " execution_time) VALUES (9999, 'from a newer build', CURRENT_TIMESTAMP, 1, x'00', 0)")
+    c.commit()
+    c.close()
     node.start()
     assert "the database was migrated by a newer build" in node.log()
     assert "database migrated" not in node.log()
@@ -295,14 +297,73 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
 
     # A development build's migration 15 differed from the released one: a
     # start failed with sqlx's words and exit 1, restarted every 5 s.
-    with sqlite3.connect(node.data_dir / "pneumo-node.sqlite") as c:
-        c.execute("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 15")
+    c = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
+    c.execute("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 15")
+    c.commit()
+    c.close()  # the log folded in: a dry run reads the database file alone
     with pytest.raises(RuntimeError, match="exited with 78"):
         node.start()
     assert "the database was migrated by a build whose migration 15 differs from this build's" in node.log()
     r = subprocess.run([str(node_binary()), "recover-files"], env=node.env(), capture_output=True,
                        text=True, timeout=60, cwd=node.workdir)
     assert r.returncode == 78 and "migration 15 differs" in r.stderr, (r.returncode, r.stderr)
+    # check-config passed it and a dry run listed 0 files to record.
+    for command in (["check-config"], ["recover-files", "--dry-run"]):
+        r = subprocess.run([str(node_binary()), *command], env=node.env(), capture_output=True,
+                           text=True, timeout=60, cwd=node.workdir)
+        assert r.returncode == 78 and "migration 15 differs" in r.stderr, (command, r.returncode, r.stderr)
+
+
+# Migration 15 as builds 1c202ad to a99d25a applied it (the notice image's
+# column, which the released migrations add in 16).
+DEVELOPMENT_MIGRATION_15 = """\
+-- The notice a failed job made (an SR saying its image was not analysed,
+-- and why), and the same notice as an image (with report.companion_sc),
+-- owed to the results destinations like a report. NULL: none (notices
+-- turned off, the job failed before this migration, or the notice could
+-- not be made).
+ALTER TABLE jobs ADD COLUMN notice_instance_id INTEGER REFERENCES instances (id);
+ALTER TABLE jobs ADD COLUMN notice_sc_instance_id INTEGER REFERENCES instances (id);
+"""
+
+
+def test_a_database_a_development_build_migrated_is_taken_over(node_factory, tmp_path):
+    """A site that ran one of the builds whose migration 15 differed could
+    not upgrade: every later build refused its database (exit 78, or exit 1
+    and a restart every 5 s), and the ways left lost its history or sent
+    everything again."""
+    import hashlib
+    import sqlite3
+    from contextlib import closing
+
+    from nodetest import ROOT
+
+    node = node_factory()
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    checksum = hashlib.sha384(DEVELOPMENT_MIGRATION_15.encode()).hexdigest()
+    assert checksum.startswith("2055f0aa36a46e2f"), checksum
+    migrations = [(int(f.name[:4]), f.name[5:-4].replace("_", " "), f.read_text())
+                  for f in sorted((ROOT / "crates" / "store" / "migrations").glob("00*.sql"))][:14]
+    migrations.append((15, "not analysed notice", DEVELOPMENT_MIGRATION_15))
+    with closing(sqlite3.connect(node.data_dir / "pneumo-node.sqlite")) as c:
+        c.execute("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,"
+                  " installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,"
+                  " checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)")
+        for version, description, sql in migrations:
+            c.executescript(sql)
+            c.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)"
+                      " VALUES (?, ?, 1, ?, 0)", (version, description, hashlib.sha384(sql.encode()).digest()))
+        c.commit()
+    r = subprocess.run([str(node_binary()), "check-config"], env=node.env(), capture_output=True,
+                       text=True, timeout=60, cwd=node.workdir)
+    assert r.returncode == 0, r.stderr
+    node.start()
+    assert "the database was migrated by a development build" in node.log()
+    assert "database migrated" in node.log() and "from=15" in node.log(), node.log()
+    assert node.echo_ok()
+    node.stop()
+    node.start()  # once taken over, an ordinary database
+    assert node.log().count("migrated by a development build") == 1, node.log()
 
 
 def test_requests_that_never_finish_are_ended_and_a_huge_body_refused_at_once(node):

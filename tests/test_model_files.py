@@ -2,7 +2,12 @@
 maps the external-data file, so bytes copied over it changed the weights of
 the running session (a mix of two models, reported under the first one's
 contract). The node stops analysing, says so in /readyz and keeps the jobs
-for the restart that loads the model anew."""
+for the restart that loads the model anew. A moved stamp with the same bytes
+(chmod, touch, a deployment copying the same file) is no change: it stopped
+analyses too until the files were hashed at load and compared."""
+
+import os
+import time
 
 import onnx
 import requests
@@ -21,30 +26,48 @@ def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_rest
     data = tmp_path / "v1" / "model.onnx.data"
     node = node_factory(inference__model=path).start()
     ready = lambda: requests.get(f"http://127.0.0.1:{node.http_port}/readyz")  # noqa: E731
+    reported = lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'")  # noqa: E731
     assert ready().status_code == 200, ready().text
-    first, second = rg1_copies("UNCI", 2)
+    wait_until(lambda: "model files hashed" in node.log(), timeout=60)
+    first, second, third = rg1_copies("UNCI", 3)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    wait_until(lambda: reported() == 1, timeout=60)
 
-    # The same bytes written over the mapped file, as `cp` does in place.
+    # What operations do to a model's files without changing them: chmod,
+    # touch, and the same bytes written over the mapped file (`cp` in place).
+    time.sleep(0.05)
+    os.chmod(data, 0o640)
+    path.touch()
     weights = data.read_bytes()
     with open(data, "r+b") as f:
         f.write(weights)
     r = ready()
+    assert r.status_code == 200, r.text
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+    wait_until(lambda: reported() == 2, timeout=60)
+
+    # One weight's lowest bit flipped in place: other weights under the
+    # running session.
+    changed = bytearray(weights)
+    changed[-1] ^= 1
+    with open(data, "r+b") as f:
+        f.write(changed)
+    r = ready()
     assert r.status_code == 503, r.text
     (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]
-    assert "model.onnx.data" in reason and "restarted" in reason, reason
+    assert "model.onnx.data" in reason and "no longer those loaded" in reason, reason
+    assert "restarted" in reason, reason
 
-    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, second)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, third)
     wait_until(lambda: "the model cannot run; the job waits" in node.log(), timeout=60)
     with node.db() as c:
         states = [s for (s,) in c.execute("SELECT state FROM jobs ORDER BY id")]
-    assert states[0] == "reported" and states[1] != "reported" and states[1] != "failed", states
+    assert states[:2] == ["reported", "reported"] and states[2] not in ("reported", "failed"), states
 
     node.stop()
     node.start()
     assert ready().status_code == 200, ready().text
-    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=90)
+    wait_until(lambda: reported() == 3, timeout=90)
 
 
 def test_a_lung_segmentation_model_changed_under_the_running_node_stops_analyses(
@@ -65,8 +88,15 @@ def test_a_lung_segmentation_model_changed_under_the_running_node_stops_analyses
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
 
+    # The same file deployed again (a copy renamed over it): no change.
     replacement = tmp_path / "seg.new"
     shutil.copy(seg, replacement)
+    replacement.rename(seg)
+    assert ready().status_code == 200, ready().text
+    # Another one: a byte of its weights changed.
+    changed = bytearray(seg.read_bytes())
+    changed[-1] ^= 1
+    replacement.write_bytes(changed)
     replacement.rename(seg)
     r = ready()
     assert r.status_code == 503, r.text

@@ -166,6 +166,12 @@ def test_an_operator_reanalyses_with_a_new_model_and_resends_what_a_pacs_lost(
     assert post(node, "/api/deliveries/cancel?destination=")[0] == 400
     assert post(node, "/api/jobs/retry?state=delivered&sop_instance_uid=")[0] == 400
     assert post(node, f"/api/deliveries/resend?destination=nowhere&study_instance_uid={study}")[0] == 400
+    # A typo, another case, a comma list: cancel and move said 200, "0 done".
+    for bad in ("nowhere", "PACS", "pacs,ws"):
+        status, body = post(node, f"/api/deliveries/cancel?destination={bad}")
+        assert status == 400 and body["destinations"] == ["pacs"], (bad, status, body)
+        status, body = post(node, f"/api/deliveries/move?from={bad}&to=pacs")
+        assert status == 400 and f"`{bad}`" in body["error"], (bad, status, body)
     # A UID pasted with a space after it (%20) is the UID.
     assert post(node, f"/api/deliveries/resend?destination=pacs&study_instance_uid={study}%20") == (200, {"resent": 2})
     wait_until(lambda: len(list(out.iterdir())) == 2, timeout=60, what="both reports sent again")

@@ -1165,6 +1165,24 @@ def test_a_cancelled_or_moved_resend_keeps_the_record_of_the_earlier_delivery(no
                 assert rows() == [("other", "pending"), ("pacs", "sent")]
         _, metrics = node.http("/metrics")
         assert 'pneumo_outbox{destination="pacs",state="sent"} 1' in metrics, metrics
+        # A resend cancelled while it was on the wire, then taken: its row
+        # said "resend cancelled" though the PACS had it again.
+        import threading
+        peer.status, peer.hold = 0x0000, threading.Event()
+        assert post(f"/api/deliveries/resend?destination=pacs&sop_instance_uid={sop}") == (200, {"resent": 1})
+        entered = peer.entered
+        wait_until(lambda: peer.entered > entered, timeout=30, what="the resend on the wire")
+        assert post(f"/api/deliveries/cancel?destination=pacs&sop_instance_uid={sop}") == (200, {"cancelled": 1})
+        stores = peer.stores
+        peer.hold.set()
+        wait_until(lambda: peer.stores > stores, timeout=30, what="the resend answered")
+
+        def last_status():
+            deliveries = node.http(f"/api/deliveries?sop_instance_uid={sop}&destination=pacs")[1]["deliveries"]
+            return deliveries[0]["state"], deliveries[0]["last_status"]
+        wait_until(lambda: not last_status()[1].startswith("resend cancelled"), timeout=30,
+                   what="the answer recorded")
+        assert last_status()[0] == "sent", last_status()
     finally:
         peer.close()
 

@@ -318,6 +318,15 @@ class ReleaseQuirkScp(threading.Thread):
         self.after_release = []
         self.start()
 
+    def read_to_the_close(self, raw, conn):
+        """The PDU types the node sends until it closes the connection."""
+        while True:
+            try:
+                self.after_release.append(raw.read_pdu()[0])
+            except (OSError, ValueError, struct.error):
+                break
+        conn.close()
+
     def run(self):
         conn, _ = self.server.accept()
         conn.settimeout(20)
@@ -341,12 +350,7 @@ class ReleaseQuirkScp(threading.Thread):
                 elif control & 2 and command_done and self.quirk == "release-instead":
                     # released instead of answering: what follows, to the close
                     raw.send(RELEASE_RQ)
-                    while True:
-                        try:
-                            self.after_release.append(raw.read_pdu()[0])
-                        except (OSError, ValueError, struct.error):
-                            break
-                    conn.close()
+                    self.read_to_the_close(raw, conn)
                     return
                 elif control & 2 and command_done:
                     rq_cmd = parse_command(command)
@@ -359,6 +363,10 @@ class ReleaseQuirkScp(threading.Thread):
                         raw.send(ABORT)
                         conn.close()
                         return
+        if self.quirk == "silent-release":
+            # never answers the A-RELEASE-RQ: what follows, to the close
+            self.read_to_the_close(raw, conn)
+            return
         if self.quirk == "collision":
             raw.send(RELEASE_RQ)
             self.after_release.append(raw.read_pdu()[0])  # the requestor answers first
@@ -378,6 +386,25 @@ def test_a_response_naming_another_instance_is_reported(rg1_copies):
                           capture_output=True, text=True, timeout=60)
     scp.join(20)
     assert "the response names another instance, 1.2.3.4.5.6.7.8.9" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_release_never_answered_ends_with_an_abort(rg1_copies):
+    """A peer that never answered the A-RELEASE-RQ saw the connection
+    closed after 60 s without the A-ABORT PS3.8 9.2 calls for (ARTIM
+    expiry, AA-2); and `store` waited 60 s whatever `outbox.response_timeout_s`
+    said."""
+    import os
+
+    (path,) = rg1_copies("UNCI", 1)
+    scp = ReleaseQuirkScp("silent-release")
+    started = time.monotonic()
+    done = subprocess.run([node_binary(), "store", f"QUIRK@127.0.0.1:{scp.port}", path],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PNEUMO__OUTBOX__RESPONSE_TIMEOUT_S": "2"})
+    scp.join(20)
+    assert time.monotonic() - started < 20
+    assert done.returncode == 0 and "1 stored" in done.stdout, done.stdout + done.stderr
+    assert scp.after_release == [0x07], scp.after_release  # A-ABORT, then the close
 
 
 def test_a_rejection_says_what_to_fix():
@@ -531,6 +558,37 @@ def test_a_class_proposed_in_syntaxes_the_node_lacks_is_not_logged_as_refused(no
     raw.close()
     line = accepted_lines(node, 2)[-1]
     assert "refused" not in line and "INFO" in line, line
+
+
+def test_a_chest_cad_sr_and_an_enhanced_dose_sr_are_taken_by_the_chest_profile(node):
+    """Another chest CAD's SR and an Enhanced X-Ray Radiation Dose SR in a
+    study with a radiograph were refused: Orthanc failed the whole send,
+    and the radiograph was neither analysed nor forwarded."""
+    chest_cad, enhanced_dose = "1.2.840.10008.5.1.4.1.1.88.65", "1.2.840.10008.5.1.4.1.1.88.76"
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, chest_cad, [EXPLICIT]), (3, enhanced_dose, [EXPLICIT])])
+    raw.close()
+    (line,) = accepted_lines(node, 1)
+    assert "accepted=2" in line and "refused" not in line, line
+
+
+def test_jpip_referenced_deflate_is_refused_in_negotiation(node):
+    """JPIP (HTJ2K) Referenced Deflate were accepted, then every data set
+    in them refused at C-STORE (deflated, and the node inflates only
+    Deflated Explicit VR Little Endian's): refused per context, the sender
+    offers another syntax."""
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    for n, syntax in enumerate(("1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"), start=1):
+        raw = RawAssociation(node.port)
+        raw.associate(node.ae_title, [(1, cr, [syntax]), (3, cr, [EXPLICIT])])
+        raw.close()
+        line = accepted_lines(node, n)[-1]
+        assert "accepted=1" in line, line
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, cr, ["1.2.840.10008.1.2.4.95"])])
+    raw.close()
+    line = accepted_lines(node, 3)[-1]
+    assert f"refused_for_transfer_syntax={cr}" in line and "accepted=0" in line, line
 
 
 def test_what_a_peer_sends_cannot_forge_a_log_line(node):

@@ -84,6 +84,25 @@ def test_unreachable_peer_is_an_error():
     assert "cannot connect" in r.stderr
 
 
+def test_ae_titles_given_on_the_command_line_are_checked_before_connecting(storescp, rg1_copies):
+    """`--calling-ae` of 17 characters failed inside the association
+    request ("could not encode PDU: Could not write chunk"), and a called
+    title with a backslash went on the wire."""
+    port, out = storescp
+    (f,) = rg1_copies("UNCI", 1)
+    for args, said in (
+        (["--calling-ae", "A" * 17, f"STORESCP@127.0.0.1:{port}", f], "must have 1 to 16 characters"),
+        (["--calling-ae", "CR\\1", f"STORESCP@127.0.0.1:{port}", f], "backslash"),
+        (["STORE\\SCP@127.0.0.1:" + str(port), f], "backslash"),
+    ):
+        r = node_cli("store", *args)
+        assert r.returncode == 2 and said in r.stderr, (args, r.returncode, r.stderr)
+        assert "encode PDU" not in r.stderr, r.stderr
+    assert list(out.iterdir()) == []
+    r = node_cli("store", "--calling-ae", "A" * 16, f"STORESCP@127.0.0.1:{port}", f)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_deflated_data_set_of_odd_length_reaches_dcmtk(tmp_path):
     """A deflate stream may end on an odd byte (the committed fixture's data
     set is 102,899 bytes); sent as it is, DCMTK aborted the association

@@ -131,10 +131,19 @@ impl Command {
             message_id_being_responded_to: request.message_id,
             data_set_type: NO_DATA_SET,
             status: Some(status),
-            // Error Comment is only allowed with failure and warning statuses.
-            error_comment: error_comment
-                .filter(|_| !status.is_success())
-                .map(|c| c.chars().take(64).collect()),
+            // Error Comment is only allowed with failure and warning
+            // statuses; an LO of the default repertoire (a command set has
+            // no character set): 64 characters, others as '?' (a request's
+            // non-ASCII UID, echoed, put raw UTF-8 in it).
+            error_comment: error_comment.filter(|_| !status.is_success()).map(|c| {
+                c.chars()
+                    .map(|ch| match ch {
+                        ' '..='~' if ch != '\\' => ch,
+                        _ => '?',
+                    })
+                    .take(64)
+                    .collect()
+            }),
             ..Default::default()
         }
     }
@@ -292,6 +301,16 @@ mod tests {
         assert_eq!(back.status, Some(Status(0xA700)));
         assert_eq!(back.error_comment.as_deref(), Some("disk full"));
         assert!(!back.has_data_set());
+    }
+
+    #[test]
+    fn an_error_comment_is_64_characters_of_the_default_repertoire() {
+        let rq = Command::c_store_rq(1, "1.2", "1.2.3");
+        let long = format!("uid 1.2.é\\x\n{}", "y".repeat(100));
+        let rsp = Command::response_to(&rq, Status(0xC000), Some(&long));
+        let comment = rsp.error_comment.unwrap();
+        assert!(comment.starts_with("uid 1.2.??x?yyy"), "{comment}");
+        assert_eq!(comment.chars().count(), 64);
     }
 
     #[test]

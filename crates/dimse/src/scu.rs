@@ -57,6 +57,9 @@ impl FromStr for AeAddress {
                 "`{s}`: the AE title must have 1 to 16 characters, and a host is needed"
             ));
         }
+        if let Some(problem) = crate::scp::ae_title_problem(ae) {
+            return Err(format!("`{}`: the AE title {problem}", s.escape_debug()));
+        }
         Ok(AeAddress {
             ae_title: ae.to_string(),
             host: host
@@ -715,7 +718,14 @@ impl ClientAssociation {
             let pdu_type =
                 match read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await {
                     Ok(t) => t,
-                    Err(e) => break Err(e),
+                    Err(e) => {
+                        // ARTIM expired (or the reply unreadable): A-ABORT,
+                        // then close (PS3.8 9.2, AA-2), not a bare close.
+                        if matches!(e, ScuError::Timeout(_)) {
+                            self.conn.abort_as_user().await;
+                        }
+                        break Err(e);
+                    }
                 };
             match pdu_type {
                 pdu::TYPE_RELEASE_RP => break Ok(()),

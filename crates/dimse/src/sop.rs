@@ -15,9 +15,10 @@ pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 
 /// The storage SOP classes a chest radiography node meets: radiographs
 /// (CR; DX for presentation and for processing), secondary captures, the
-/// structured reports its own results and other systems' come as, and what
-/// a CR or DX room sends with its images (the dose report, presentation
-/// states, key images, a scanned requisition): refused, they failed the
+/// structured reports its own results and other systems' come as (another
+/// chest CAD's), and what a CR or DX room sends with its images (the dose
+/// report, presentation states, key images, a scanned requisition):
+/// refused, they failed the
 /// modality's or a PACS's whole send of the study, the radiographs
 /// included.
 pub const CHEST_STORAGE: &[&str] = &[
@@ -33,6 +34,8 @@ pub const CHEST_STORAGE: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.88.34", // Comprehensive 3D SR Storage
     "1.2.840.10008.5.1.4.1.1.88.35", // Extensible SR Storage
     "1.2.840.10008.5.1.4.1.1.88.67", // X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.76", // Enhanced X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.65", // Chest CAD SR Storage
     "1.2.840.10008.5.1.4.1.1.88.59", // Key Object Selection Document Storage
     "1.2.840.10008.5.1.4.1.1.11.1",  // Grayscale Softcopy Presentation State Storage
     "1.2.840.10008.5.1.4.1.1.104.1", // Encapsulated PDF Storage
@@ -61,8 +64,14 @@ pub fn is_storage_sop_class(uid: &str) -> bool {
 /// data is stored as received, never decoded on ingest). Deflated data sets
 /// are inflated to read their attributes.
 pub fn is_storable_transfer_syntax(uid: &str) -> bool {
-    TransferSyntaxRegistry.get(uid).is_some()
+    TransferSyntaxRegistry.get(uid).is_some() && !JPIP_REFERENCED_DEFLATE.contains(&uid)
 }
+
+/// JPIP Referenced Deflate and JPIP HTJ2K Referenced Deflate: deflated data
+/// sets the node does not inflate (only Deflated Explicit VR Little
+/// Endian's). Accepted, every data set in them was refused at C-STORE;
+/// refused in negotiation, the sender offers another syntax.
+const JPIP_REFERENCED_DEFLATE: &[&str] = &["1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"];
 
 /// Trims the trailing NUL or space padding a UID may carry on the wire.
 pub fn trim_uid(uid: &str) -> &str {
@@ -99,6 +108,9 @@ mod tests {
             assert!(is_storable_transfer_syntax(ts), "{ts}");
         }
         assert!(!is_storable_transfer_syntax("1.2.3.4"));
+        assert!(is_storable_transfer_syntax("1.2.840.10008.1.2.4.94")); // JPIP Referenced
+        assert!(!is_storable_transfer_syntax("1.2.840.10008.1.2.4.95"));
+        assert!(!is_storable_transfer_syntax("1.2.840.10008.1.2.4.205"));
         assert_eq!(trim_uid("1.2.840.10008.1.2\0"), IMPLICIT_VR_LE);
     }
 }

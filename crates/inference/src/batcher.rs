@@ -134,6 +134,7 @@ impl InferenceEngine {
         let identity = model.identity().clone();
         let provider = model.execution_provider();
         let files = model.files();
+        hash_in_background(files.clone());
         let (tx, rx) = mpsc::channel::<Request>();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
@@ -274,5 +275,25 @@ fn worker_loop(
         for (req, res) in batch.drain(..).zip(results) {
             let _ = req.reply.send(res);
         }
+    }
+}
+
+/// Hashes the model's files as loaded, off the start's path (a model of
+/// gigabytes takes seconds): once the hash is known, a stamp moved by
+/// `chmod`, `touch` or the same bytes copied over them no longer stops the
+/// model (see `files`).
+fn hash_in_background(files: Arc<crate::files::ModelFiles>) {
+    let spawned = std::thread::Builder::new()
+        .name("pneumo-model-hash".into())
+        .spawn(move || match files.sha256() {
+            Ok(sha256) => tracing::info!(%sha256, "model files hashed"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the model's files could not be hashed as loaded: any later change of their \
+                 stamps (even chmod or touch) stops analyses until a restart"
+            ),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread hashing the model's files");
     }
 }

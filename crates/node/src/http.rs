@@ -295,11 +295,16 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let storage = s.disk.status();
     let model = s.model.read().map(|m| m.clone()).unwrap_or_default();
     let database_lost = s.store.database_lost_at_open();
-    let model_files_changed = s
-        .engine
-        .as_ref()
-        .and_then(|e| e.files_changed())
-        .or_else(|| s.segmenter.as_ref()?.files_changed());
+    // Blocking: a moved stamp costs a hash of the files.
+    let (engine, segmenter) = (s.engine.clone(), s.segmenter.clone());
+    let model_files_changed = tokio::task::spawn_blocking(move || {
+        engine
+            .as_ref()
+            .and_then(|e| e.files_changed())
+            .or_else(|| segmenter.as_ref()?.files_changed())
+    })
+    .await
+    .unwrap_or_else(|e| Some(format!("looking at the model's files failed: {e}")));
     let ready = database["ok"] == json!(true)
         && !database_lost
         && storage.ok
@@ -499,12 +504,8 @@ async fn deliveries(
     // comma list): said, as the actions say it, not "nothing owed". A
     // destination no longer configured lists its rows, none included.
     if let Some(name) = q.destination.as_deref() {
-        if let Some(refused) = unknown_destination(&s, name) {
-            match s.store.has_deliveries_to(name).await {
-                Ok(true) => {}
-                Ok(false) => return refused,
-                Err(e) => return internal(e),
-            }
+        if let Some(refused) = unknown_destination_without_rows(&s, name).await {
+            return refused;
         }
     }
     match s.store.list_deliveries(&one_more(&listing)).await {
@@ -659,6 +660,18 @@ fn unknown_destination(s: &HttpState, name: &str) -> Option<Response> {
     })
 }
 
+/// The same for a name that may also be a destination no longer
+/// configured whose rows are still there (a renamed one): a 400 only when
+/// no row names it either.
+async fn unknown_destination_without_rows(s: &HttpState, name: &str) -> Option<Response> {
+    let refused = unknown_destination(s, name)?;
+    match s.store.has_deliveries_to(name).await {
+        Ok(true) => None,
+        Ok(false) => Some(refused),
+        Err(e) => Some(internal(e)),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryDeliveriesQuery {
@@ -725,6 +738,10 @@ async fn cancel_deliveries(
     };
     if q.destination.trim().is_empty() {
         return bad_request(json!({ "error": "destination is empty" }));
+    }
+    // A typo, another case or a comma list cancelled nothing and said 200.
+    if let Some(refused) = unknown_destination_without_rows(&s, &q.destination).await {
+        return refused;
     }
     let (study_instance_uid, sop_instance_uid) =
         match study_and_instance_filters(&q.study_instance_uid, &q.sop_instance_uid) {
@@ -848,6 +865,9 @@ async fn move_deliveries(
     }
     if q.from.trim().is_empty() {
         return bad_request(json!({ "error": "from is empty" }));
+    }
+    if let Some(refused) = unknown_destination_without_rows(&s, &q.from).await {
+        return refused;
     }
     if q.from == q.to {
         return bad_request(json!({ "error": "`from` and `to` are the same destination" }));

@@ -57,6 +57,22 @@ struct Cli {
     command: Command,
 }
 
+/// A `--calling-ae` value: 1 to 16 characters of the default repertoire,
+/// as the configuration's (17 failed inside the association request with
+/// an encoder's message).
+fn ae_title_argument(ae: &str) -> std::result::Result<String, String> {
+    if ae.is_empty() || ae.len() > 16 {
+        return Err(format!(
+            "`{}` must have 1 to 16 characters",
+            ae.escape_debug()
+        ));
+    }
+    match pneumo_dimse::ae_title_problem(ae) {
+        Some(problem) => Err(format!("`{}` {problem}", ae.escape_debug())),
+        None => Ok(ae.to_string()),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the node: receive instances over DICOM and keep them, analyse the
@@ -70,7 +86,7 @@ enum Command {
         /// AE@host:port
         target: AeAddress,
         /// Our AE title (default: dicom.ae_title).
-        #[arg(long)]
+        #[arg(long, value_parser = ae_title_argument)]
         calling_ae: Option<String>,
     },
     /// C-STORE files (directories are searched recursively) to a remote AE.
@@ -82,7 +98,7 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Our AE title (default: dicom.ae_title).
-        #[arg(long)]
+        #[arg(long, value_parser = ae_title_argument)]
         calling_ae: Option<String>,
     },
     /// Write the model input tensor of one DICOM file (.npy) and a JSON report.
@@ -305,7 +321,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pneumo_inference::check_provider_built(&config.inference)
                     .context("inference.execution_provider")?;
                 check_data_dir(&config)?;
-                let problems = preflight::problems(&config);
+                let mut problems = preflight::problems(&config);
+                if let Err(e @ pneumo_store::StoreError::MigrationDiffers(_)) =
+                    pneumo_store::check_database_migrations(
+                        &config.node.data_dir,
+                        config.database_url(),
+                    )
+                    .await
+                {
+                    problems.push(format!("database: {e}"));
+                }
                 if !problems.is_empty() {
                     return Err(Misconfigured(anyhow::anyhow!(
                         "a start would fail: {}",
@@ -313,7 +338,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ))
                     .into());
                 }
-                for warning in config.warnings() {
+                for warning in config
+                    .warnings()
+                    .into_iter()
+                    .chain(preflight::warnings(&config))
+                {
                     eprintln!("warning: {warning}");
                 }
                 if inspected.contract.crop_mode == pneumo_imaging::CropMode::LungBox
@@ -759,12 +788,14 @@ fn scu_options(config: &Config, calling_ae: Option<String>) -> ScuOptions {
     ScuOptions {
         calling_ae: calling_ae.unwrap_or_else(|| config.dicom.ae_title.clone()),
         max_pdu: config.dicom.max_pdu,
+        // the outbox's, as the same peers answer both
+        connect_timeout: std::time::Duration::from_secs(config.outbox.connect_timeout_s),
+        response_timeout: std::time::Duration::from_secs(config.outbox.response_timeout_s),
         open_file: |path| pneumo_store::open_instance(path, None),
         decompress: Some(scu::Decompressor {
             can_decompress: pneumo_imaging::can_decompress,
             decompress: decompress_pixel_data,
         }),
-        ..ScuOptions::default()
     }
 }
 

@@ -683,13 +683,16 @@ impl OutboxWorker {
                     .sent_as
                     .as_ref()
                     .map(|a| a.sop_instance_uid.as_str());
-                if status.is_warning() {
-                    warn!(sop_instance_uid = %item.sop_instance_uid, sent_as, %status, "delivered with a warning");
-                } else {
-                    info!(sop_instance_uid = %item.sop_instance_uid, sent_as, "delivered");
-                }
                 let answer = format!("{status}{comment}");
                 let sent = self.store.mark_sent(item, &answer, sent_as).await;
+                // Said once recorded: a log ending in "delivered" before a
+                // crash read as recorded, and the row went again.
+                let recorded = sent.is_ok();
+                if status.is_warning() {
+                    warn!(sop_instance_uid = %item.sop_instance_uid, sent_as, %status, recorded, "delivered with a warning");
+                } else {
+                    info!(sop_instance_uid = %item.sop_instance_uid, sent_as, recorded, "delivered");
+                }
                 if sent.is_err() {
                     self.delivered_unrecorded
                         .lock()

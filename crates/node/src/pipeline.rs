@@ -289,8 +289,13 @@ impl Pipeline {
         })
         .await
         .map_err(|e| format!("imaging task failed: {e}"))?;
-        // Not the image's fault: the job waits for the restart.
-        if let Some(why) = self.segmenter.as_ref().and_then(|s| s.files_changed()) {
+        // Not the image's fault: the job waits for the restart. (Blocking:
+        // a moved stamp costs a hash of the files.)
+        let segmenter = self.segmenter.clone();
+        let changed = tokio::task::spawn_blocking(move || segmenter?.files_changed())
+            .await
+            .map_err(|e| format!("looking at the model's files failed: {e}"))?;
+        if let Some(why) = changed {
             return Err(Failure::ModelChanged(why));
         }
         let prepared = prepared?;

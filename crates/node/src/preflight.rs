@@ -63,6 +63,30 @@ pub fn problems(config: &Config) -> Vec<String> {
     found
 }
 
+/// What `check-config` says without refusing: destinations whose host
+/// name this machine cannot resolve now (a typo, or a name the site's DNS
+/// does not know: every delivery there fails until it does). Not a
+/// refusal: the DNS may answer later, or only on the node's network.
+pub fn warnings(config: &Config) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    config
+        .destinations
+        .iter()
+        .filter_map(|d| match (d.host.as_str(), d.port).to_socket_addrs() {
+            Ok(addrs) if addrs.len() > 0 => None,
+            Ok(_) => Some(format!(
+                "destination `{}`: host `{}` resolves to no address",
+                d.name, d.host
+            )),
+            Err(e) => Some(format!(
+                "destination `{}`: host `{}` does not resolve here ({e}): every delivery there \
+                 fails until it does",
+                d.name, d.host
+            )),
+        })
+        .collect()
+}
+
 /// Whether this process could listen on `addr`. Taken already is fine (the
 /// node itself, running while its next configuration is checked).
 fn may_listen(addr: SocketAddr) -> Result<()> {

@@ -209,6 +209,23 @@ pub fn banner_lines(
     lines
 }
 
+/// Instance Number of a companion image. A study's companion images share
+/// one series, so the source's Instance Number alone repeated there (image
+/// 1 of series 1 and image 1 of series 2): the source's Series Number
+/// times 10,000 plus its Instance Number keeps them apart and in the
+/// study's order (series 2 image 7 is 20007); where either is missing or
+/// out of that range, the SR's rule. Deterministic, like the UIDs.
+pub fn companion_instance_number(source: &SourceInstance) -> i32 {
+    match (source.series_number, source.instance_number) {
+        (Some(series), Some(image))
+            if (1..=200_000).contains(&series) && (1..10_000).contains(&image) =>
+        {
+            series * 10_000 + image
+        }
+        _ => instance_number(source),
+    }
+}
+
 /// Series Description of the companion image series.
 pub fn sc_series_description(model: &ModelIdentity) -> String {
     crate::sr::series_description(model, "image - ", "AI pneumoconiosis image")
@@ -329,7 +346,7 @@ impl ScImage {
             &mut obj,
             tags::INSTANCE_NUMBER,
             VR::IS,
-            instance_number(source).to_string(),
+            companion_instance_number(source).to_string(),
         );
         match &source.patient_orientation {
             Some((r, c)) => obj.put(DataElement::new(

@@ -973,6 +973,25 @@ fn a_replacing_report_names_the_one_it_replaces() {
 }
 
 #[test]
+fn companion_images_of_one_study_are_numbered_apart() {
+    use crate::sc::companion_instance_number;
+    let mut src = source();
+    src.series_number = Some(2);
+    src.instance_number = Some(7);
+    assert_eq!(companion_instance_number(&src), 20_007);
+    src.series_number = Some(1);
+    assert_eq!(companion_instance_number(&src), 10_007);
+    // out of range or missing: the source's Instance Number, else 1
+    src.instance_number = Some(12_345);
+    assert_eq!(companion_instance_number(&src), 12_345);
+    src.series_number = None;
+    src.instance_number = Some(7);
+    assert_eq!(companion_instance_number(&src), 7);
+    src.instance_number = None;
+    assert_eq!(companion_instance_number(&src), 1);
+}
+
+#[test]
 fn the_banner_names_the_image_it_is_about() {
     let mut src = source();
     src.view_position = Some("PA".into());

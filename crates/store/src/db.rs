@@ -133,6 +133,16 @@ pub async fn connect_to_read(file: &Path) -> Result<SqlitePool, sqlx::Error> {
         .await
 }
 
+/// A read-only connection that reads a database's `-wal` too (it may add
+/// a `-shm` beside them): for a database whose log holds commits.
+pub async fn connect_to_read_with_log(file: &Path) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::new().filename(file).read_only(true);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+}
+
 /// Whether a pooled connection may be handed out: no transaction open,
 /// neither in sqlx's count nor in SQLite. A statement that fails with
 /// SQLITE_FULL or SQLITE_IOERR may make SQLite roll the whole transaction

@@ -239,6 +239,89 @@ pub(crate) fn lateral_from_orientation(orientation: &str) -> Option<String> {
         .then(|| format!("LATERAL (Patient Orientation {})", orientation.trim()))
 }
 
+/// Words of a description that name a lateral projection: English,
+/// German, French, Spanish and Italian forms and the usual abbreviations.
+const LATERAL_WORDS: &[&str] = &[
+    "LAT",
+    "LATERAL",
+    "LATERALE",
+    "LATÉRAL",
+    "LATÉRALE",
+    "LATEROLATERALE",
+    "LL",
+    "RL",
+    "LLAT",
+    "RLAT",
+    "SEITLICH",
+    "SEITL",
+    "PROFIL",
+    "PROFILE",
+    "PERFIL",
+];
+
+/// Words that name a frontal projection, or a view that is frontal though
+/// it says "lateral" ("lateral decubitus": an AP or PA beam on a patient
+/// lying on the side). With a lateral word beside them, the description
+/// names two views (a "PA + LAT" series) and tells nothing of one image's.
+const FRONTAL_WORDS: &[&str] = &[
+    "PA",
+    "AP",
+    "APPA",
+    "PAAP",
+    "FRONTAL",
+    "FRONTALE",
+    "FACE",
+    "DECUBITUS",
+    "DECUB",
+    "DÉCUBITUS",
+];
+
+/// "LATERAL (Series Description "Thorax lat.")" when the image's own
+/// descriptions (Series Description, Protocol Name, Acquisition Device
+/// Processing Description) name a lateral view and no frontal one; when
+/// they name no view at all, the same of the Study Description. None
+/// otherwise. `descriptions` are (attribute name, value); a Study
+/// Description is the one named "Study Description".
+pub(crate) fn lateral_in_descriptions<'a>(
+    descriptions: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+) -> Option<String> {
+    let is_study = |name: &str| name == "Study Description";
+    let image_level = descriptions
+        .clone()
+        .into_iter()
+        .filter(|(n, _)| !is_study(n));
+    let study_level = descriptions.into_iter().filter(|(n, _)| is_study(n));
+    for level in [
+        image_level.collect::<Vec<_>>(),
+        study_level.collect::<Vec<_>>(),
+    ] {
+        let names = |list: &[&str]| {
+            level
+                .iter()
+                .find(|(_, text)| words(text).any(|w| list.contains(&w.as_str())))
+                .copied()
+        };
+        match (names(LATERAL_WORDS), names(FRONTAL_WORDS)) {
+            (Some((attribute, text)), None) => {
+                return Some(format!("LATERAL ({attribute} \"{}\")", text.trim()))
+            }
+            (None, None) => continue,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Whether Patient Orientation has a left-right main direction: a frontal
+/// projection (or a shallow oblique), which a description does not
+/// overrule.
+pub(crate) fn frontal_orientation(orientation: &str) -> bool {
+    orientation
+        .split('\\')
+        .filter_map(|d| d.trim().chars().next())
+        .any(|c| matches!(c.to_ascii_uppercase(), 'L' | 'R'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +414,53 @@ mod tests {
         assert_eq!(lateral_from_orientation("RP\\F"), None); // oblique, frontal-ish
         assert_eq!(lateral_from_orientation("P"), None);
         assert_eq!(lateral_from_orientation(""), None);
+    }
+    #[test]
+    fn descriptions_name_a_lateral_only_without_a_frontal_view() {
+        let lateral = |d: &[(&'static str, &'static str)]| lateral_in_descriptions(d.to_vec());
+        assert_eq!(
+            lateral(&[("Series Description", "Thorax lat.")]).as_deref(),
+            Some("LATERAL (Series Description \"Thorax lat.\")")
+        );
+        assert!(lateral(&[("Protocol Name", "CHEST LAT")]).is_some());
+        assert!(lateral(&[("Series Description", "Thorax seitlich")]).is_some());
+        assert!(lateral(&[("Series Description", "Thorax de profil")]).is_some());
+        assert!(lateral(&[("Series Description", "Chest LL")]).is_some());
+        // two views named, a frontal one, a decubitus, nothing
+        assert_eq!(lateral(&[("Series Description", "Thorax PA + LAT")]), None);
+        assert_eq!(
+            lateral(&[("Series Description", "Chest lateral decubitus")]),
+            None
+        );
+        assert_eq!(lateral(&[("Series Description", "Thorax p.a.")]), None);
+        assert_eq!(lateral(&[("Series Description", "Lateralität")]), None);
+        assert_eq!(lateral(&[("Series Description", "Chest")]), None);
+        // the image's own descriptions first, the study's when they say nothing
+        let study_both = [
+            ("Study Description", "Thorax PA und seitlich"),
+            ("Series Description", "Thorax seitl."),
+        ];
+        assert!(lateral(&study_both).is_some());
+        let series_frontal = [
+            ("Study Description", "Chest lateral"),
+            ("Series Description", "Chest PA"),
+        ];
+        assert_eq!(lateral(&series_frontal), None);
+        let only_study = [
+            ("Study Description", "Chest lateral"),
+            ("Series Description", "Chest"),
+        ];
+        assert_eq!(
+            lateral(&only_study).as_deref(),
+            Some("LATERAL (Study Description \"Chest lateral\")")
+        );
+    }
+
+    #[test]
+    fn an_orientation_with_a_left_right_axis_is_frontal() {
+        assert!(frontal_orientation("L\\F"));
+        assert!(frontal_orientation("RP\\F"));
+        assert!(!frontal_orientation("P\\F"));
+        assert!(!frontal_orientation(""));
     }
 }

@@ -74,7 +74,8 @@ fn contributed_by_product(obj: &InMemDicomObject) -> bool {
     })
 }
 
-/// The descriptions that may name a body part when nothing else does.
+/// The descriptions that may name a body part or a lateral view when
+/// nothing else does.
 const DESCRIPTIONS: [(Tag, &str); 4] = [
     (tags::STUDY_DESCRIPTION, "Study Description"),
     (tags::SERIES_DESCRIPTION, "Series Description"),
@@ -84,6 +85,18 @@ const DESCRIPTIONS: [(Tag, &str); 4] = [
         "Acquisition Device Processing Description",
     ),
 ];
+
+/// The descriptions present, as (attribute name, value).
+fn descriptions(obj: &DefaultDicomObject) -> Vec<(&'static str, String)> {
+    DESCRIPTIONS
+        .iter()
+        .filter_map(|(tag, name)| {
+            let value = obj.element_opt(*tag).ok()??.to_str().ok()?;
+            let value = value.trim_end_matches(['\0', ' ']).trim();
+            (!value.is_empty()).then(|| (*name, value.to_string()))
+        })
+        .collect()
+}
 
 /// Past the View Code Sequence (0054,0220), read only without a View
 /// Position.
@@ -152,6 +165,7 @@ fn check_deflated_data_set(path: &Path) -> Result<(), StoreError> {
     let encoding = crate::lengths::Encoding {
         explicit_vr: true,
         big_endian: false,
+        pixel_data: crate::lengths::PixelDataForm::Native,
     };
     crate::lengths::check(
         crate::lengths::ForwardOnly::new(stream),
@@ -259,20 +273,24 @@ fn data_set_reader(
     path: &Path,
 ) -> Result<Option<(FileReader, crate::lengths::Encoding, u64)>, String> {
     let (file, syntax, size) = open_data_set(path)?;
+    let pixel_data = crate::lengths::PixelDataForm::of_syntax(&syntax);
     let encoding = match syntax.as_str() {
         "1.2.840.10008.1.2" => crate::lengths::Encoding {
             explicit_vr: false,
             big_endian: false,
+            pixel_data,
         },
         "1.2.840.10008.1.2.2" => crate::lengths::Encoding {
             explicit_vr: true,
             big_endian: true,
+            pixel_data,
         },
         DEFLATED => return Ok(None),
         // the rest are explicit little endian up to their (encapsulated) pixel data
         _ => crate::lengths::Encoding {
             explicit_vr: true,
             big_endian: false,
+            pixel_data,
         },
     };
     Ok(Some((file, encoding, size)))
@@ -485,10 +503,24 @@ impl InstanceHeader {
         let obj = open_instance(path, Some(HEADER_END)).map_err(StoreError::Unparseable)?;
         let mut header = Self::from_object(&obj)?;
         if header.view_position.is_none() {
-            header.view_position = coded_view(path).or_else(|| {
-                let orientation = obj.element_opt(tags::PATIENT_ORIENTATION).ok()??;
-                crate::described::lateral_from_orientation(&orientation.to_str().ok()?)
-            });
+            let orientation = obj
+                .element_opt(tags::PATIENT_ORIENTATION)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
+                .unwrap_or_default();
+            header.view_position = coded_view(path)
+                .or_else(|| crate::described::lateral_from_orientation(&orientation))
+                .or_else(|| {
+                    // the image's orientation, where it is frontal, over words
+                    if crate::described::frontal_orientation(&orientation) {
+                        return None;
+                    }
+                    let described = descriptions(&obj);
+                    crate::described::lateral_in_descriptions(
+                        described.iter().map(|(n, v)| (*n, v.as_str())),
+                    )
+                });
         }
         Ok(header)
     }
@@ -514,14 +546,9 @@ impl InstanceHeader {
             body_part_examined: text(tags::BODY_PART_EXAMINED)
                 .or_else(|| crate::coded::body_part(obj))
                 .or_else(|| {
-                    let described: Vec<(&str, String)> = DESCRIPTIONS
-                        .iter()
-                        .filter_map(|(tag, name)| Some((*name, text(*tag)?)))
-                        .collect();
+                    let described = descriptions(obj);
                     crate::described::body_part_in_descriptions(
-                        described
-                            .iter()
-                            .map(|(name, value)| (*name, value.as_str())),
+                        described.iter().map(|(n, v)| (*n, v.as_str())),
                     )
                 }),
             // (its coded form lies past the header: `read` looks for it)

@@ -41,6 +41,44 @@ pub(crate) fn long_length(vr: VR) -> bool {
 pub struct Encoding {
     pub explicit_vr: bool,
     pub big_endian: bool,
+    /// What the transfer syntax says of the top-level Pixel Data's form.
+    pub pixel_data: PixelDataForm,
+}
+
+/// The form of Pixel Data a transfer syntax allows (PS3.5 A.4): a native
+/// syntax's has a defined length, an encapsulated one's is fragments of
+/// undefined length. Data sets contradicting their syntax were
+/// acknowledged, then failed analysis and every forward (the PACS's parser
+/// aborted the association), and the sender had been told they were stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PixelDataForm {
+    Native,
+    Encapsulated,
+    /// A syntax this node does not know the form of: either is taken.
+    Either,
+}
+
+impl PixelDataForm {
+    /// The form transfer syntax `uid` allows.
+    pub fn of_syntax(uid: &str) -> PixelDataForm {
+        const JPIP_REFERENCED: &[&str] = &[
+            "1.2.840.10008.1.2.4.94",
+            "1.2.840.10008.1.2.4.95",
+            "1.2.840.10008.1.2.4.204",
+            "1.2.840.10008.1.2.4.205",
+        ];
+        match uid.trim_end_matches(['\0', ' ']) {
+            "1.2.840.10008.1.2"
+            | "1.2.840.10008.1.2.1"
+            | "1.2.840.10008.1.2.2"
+            | "1.2.840.10008.1.2.1.99" => PixelDataForm::Native,
+            // (JPIP: the pixels are elsewhere, Pixel Data is absent)
+            u if JPIP_REFERENCED.contains(&u) => PixelDataForm::Either,
+            "1.2.840.10008.1.2.5" | "1.2.840.10008.1.2.1.98" => PixelDataForm::Encapsulated,
+            u if u.starts_with("1.2.840.10008.1.2.4.") => PixelDataForm::Encapsulated,
+            _ => PixelDataForm::Either,
+        }
+    }
 }
 
 struct Scanner<R> {
@@ -227,6 +265,23 @@ impl<R: Read + Seek> Scanner<R> {
                 (vr, self.u32()?)
             };
             let is_sequence = vr == VR::SQ || (len == UNDEFINED && vr == VR::UN);
+            if top && tag == PIXEL_DATA {
+                match (self.enc.pixel_data, len == UNDEFINED) {
+                    (PixelDataForm::Native, true) => {
+                        return Err(format!(
+                            "encapsulated pixel data in a native transfer syntax (Pixel Data \
+                             at byte {at} has an undefined length)"
+                        ))
+                    }
+                    (PixelDataForm::Encapsulated, false) => {
+                        return Err(format!(
+                            "native pixel data in an encapsulated transfer syntax (Pixel Data \
+                             at byte {at} has a defined length, not fragments)"
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             if len == UNDEFINED && tag == PIXEL_DATA && !is_sequence {
                 // Encapsulated pixel data: fragments up to its delimiter.
                 self.fragments(end)?;
@@ -410,6 +465,7 @@ pub(crate) mod tests {
         let enc = Encoding {
             explicit_vr: true,
             big_endian: false,
+            pixel_data: PixelDataForm::Either,
         };
         check(
             Cursor::new(bytes),

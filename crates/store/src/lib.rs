@@ -355,7 +355,7 @@ impl Store {
         // upgrade migrated still serves the build before it: downgrading
         // takes no restore. Without this, sqlx refuses a database with a
         // migration this build does not know.
-        let mut migrator = sqlx::migrate!("./migrations");
+        let mut migrator = migrator();
         migrator.set_ignore_missing(true);
         // None: a new database (no migration table yet).
         let applied: Option<Vec<i64>> =
@@ -363,6 +363,7 @@ impl Store {
                 .fetch_all(&pool)
                 .await
                 .ok();
+        adopt_development_migration_15(&pool).await?;
         migrator.run(&pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::VersionMismatch(version) => {
                 StoreError::MigrationDiffers(version)
@@ -479,6 +480,8 @@ impl Store {
             return Err(StoreError::UnfoldedLog(log));
         }
         let pool = db::connect_to_read(&file).await?;
+        // What a start would refuse, a dry run says (it listed nothing).
+        check_applied_migrations(&pool).await?;
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             pool,
@@ -938,6 +941,125 @@ pub fn now_ms() -> i64 {
 }
 
 /// The write-ahead log SQLite keeps beside `database` (`<name>-wal`).
+/// This build's migrations, embedded.
+fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations")
+}
+
+/// The migrations applied to the database (version, sqlx's checksum);
+/// None without the migrations table (a new database).
+async fn applied_migrations(pool: &sqlx::SqlitePool) -> Option<Vec<(i64, Vec<u8>)>> {
+    sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success = 1")
+        .fetch_all(pool)
+        .await
+        .ok()
+}
+
+/// `MigrationDiffers` when a migration applied to the database is not this
+/// build's (the start would refuse it), read without writing; migrations
+/// this build does not know (a newer build's) are no difference, and
+/// neither is a database without any.
+async fn check_applied_migrations(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let Some(applied) = applied_migrations(pool).await else {
+        return Ok(());
+    };
+    let ours = migrator();
+    for (version, checksum) in applied {
+        let adopted = version == 15 && is_development_migration_15(&checksum);
+        if !adopted
+            && ours
+                .iter()
+                .any(|m| m.version == version && *m.checksum != *checksum)
+        {
+            return Err(StoreError::MigrationDiffers(version));
+        }
+    }
+    Ok(())
+}
+
+/// sqlx's checksum (SHA-384 of the text) of migration 15 as builds
+/// 1c202ad to a99d25a wrote it: with the notice image's column, which the
+/// released migrations add in 16.
+const DEVELOPMENT_MIGRATION_15: &str = "2055f0aa36a46e2f1fe421bd4dc32d4c2beeee1d9c5ad93f45b61bf58355cdc9d87a1758d8fec978763205d7956ba508";
+
+fn is_development_migration_15(checksum: &[u8]) -> bool {
+    let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
+    hex == DEVELOPMENT_MIGRATION_15
+}
+
+/// A database those builds migrated has this build's schema up to 16 by
+/// another path (15 with both columns, no 16), and every start refused it
+/// (`MigrationDiffers`): no upgrade kept its data. Its records are set to
+/// the released migrations' (15's checksum, 16 applied) when its `jobs`
+/// has both columns; the migrations after 16 then run as on any database.
+async fn adopt_development_migration_15(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let Some(applied) = applied_migrations(pool).await else {
+        return Ok(());
+    };
+    let development_15 = applied
+        .iter()
+        .any(|(v, c)| *v == 15 && is_development_migration_15(c));
+    if !development_15 || applied.iter().any(|(v, _)| *v == 16) {
+        return Ok(());
+    }
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('jobs') \
+         WHERE name IN ('notice_instance_id', 'notice_sc_instance_id')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let ours = migrator();
+    let released = |version| ours.iter().find(|m| m.version == version);
+    let (Some(m15), Some(m16), 2) = (released(15), released(16), columns) else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = ? WHERE version = 15")
+        .bind(m15.checksum.as_ref())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations \
+         (version, description, installed_on, success, checksum, execution_time) \
+         VALUES (16, ?, CURRENT_TIMESTAMP, 1, ?, 0)",
+    )
+    .bind(m16.description.as_ref())
+    .bind(m16.checksum.as_ref())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(
+        "the database was migrated by a development build (its migration 15 added the notice \
+         image's column, which the released migration 16 adds): the schema is the same, its \
+         migration records are now the released ones"
+    );
+    Ok(())
+}
+
+/// For `check-config`: `MigrationDiffers` when the SQLite database of
+/// `data_dir` holds a migration this build's start would refuse. Nothing
+/// said of a database that is not there yet. Read as it is: without its
+/// log when it has none (nothing written, not even a `-wal`; see
+/// `open_to_read`), through it when it has one (a node running, or one
+/// killed: what it holds is the database's newest state).
+pub async fn check_database_migrations(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> Result<(), StoreError> {
+    let Ok(file) = Store::existing_database(data_dir, database_url) else {
+        return Ok(());
+    };
+    let logged = std::fs::metadata(write_ahead_log(&file)).is_ok_and(|m| m.len() > 0);
+    let pool = if logged {
+        db::connect_to_read_with_log(&file).await?
+    } else {
+        db::connect_to_read(&file).await?
+    };
+    let checked = check_applied_migrations(&pool).await;
+    pool.close().await;
+    checked
+}
+
 fn write_ahead_log(database: &Path) -> PathBuf {
     database.with_file_name(format!(
         "{}-wal",

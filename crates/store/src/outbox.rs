@@ -353,7 +353,17 @@ impl Store {
         sent_as_uid: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        finish_attempt(&mut *tx, item, "sent", status, None).await?;
+        // Also over a resend an operator cancelled or moved back to `sent`
+        // while it was on the wire: it went, and its row said it had not.
+        let recorded = finish_attempt(&mut *tx, item, "sent", status, None, true).await?;
+        if recorded == 0 {
+            tracing::warn!(
+                sop_instance_uid = %item.sop_instance_uid,
+                destination = %item.destination,
+                "delivered while an operator cancelled or moved its row: the destination has it, \
+                 though no row says so"
+            );
+        }
         // (not on a row moved to another destination meanwhile)
         sqlx::query(
             "UPDATE outbox SET sent_as_uid = ?, sent_at_ms = ? WHERE id = ? AND destination = ?",
@@ -581,7 +591,9 @@ impl Store {
     }
 
     pub async fn mark_parked(&self, item: &OutboxItem, reason: &str) -> Result<(), StoreError> {
-        finish_attempt(self.pool(), item, "parked", reason, None).await
+        finish_attempt(self.pool(), item, "parked", reason, None, false)
+            .await
+            .map(|_| ())
     }
 
     /// A failed attempt: stays pending, next try after `delay`.
@@ -591,7 +603,9 @@ impl Store {
         reason: &str,
         delay: Duration,
     ) -> Result<(), StoreError> {
-        finish_attempt(self.pool(), item, "pending", reason, Some(delay)).await
+        finish_attempt(self.pool(), item, "pending", reason, Some(delay), false)
+            .await
+            .map(|_| ())
     }
 
     /// Whether `item` is still owed as it was taken: pending, to the same
@@ -661,17 +675,19 @@ async fn finish_attempt<'e, E>(
     state: &str,
     status: &str,
     delay: Option<Duration>,
-) -> Result<(), StoreError>
+    over_sent: bool,
+) -> Result<u64, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let now = now_ms();
     // Still pending: an answer that arrives after an operator cancelled the
-    // row (back to `sent`) must not make it owed again.
-    sqlx::query(
+    // row (back to `sent`) must not make it owed again; a success
+    // (`over_sent`) is recorded over that `sent` too.
+    let done = sqlx::query(
         "UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
              next_attempt_at_ms = ?, updated_at_ms = ?
-         WHERE id = ? AND destination = ? AND state = 'pending'",
+         WHERE id = ? AND destination = ? AND (state = 'pending' OR (state = 'sent' AND ?))",
     )
     .bind(state)
     .bind(status)
@@ -679,9 +695,10 @@ where
     .bind(now)
     .bind(item.id)
     .bind(&item.destination)
+    .bind(over_sent)
     .execute(executor)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
 #[cfg(test)]
