@@ -181,6 +181,15 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
                                         "not analysed"),
         "two_views_in_words": (dx(tmp_path / "j.dcm", None, None, SeriesDescription="Thorax PA + LAT",
                                   ViewPosition="", PatientOrientation=""), "reported", None),
+        # "p.a." in two words: the frontal was skipped as a lateral
+        "frontal_in_two_words": (dx(tmp_path / "l.dcm", None, None, SeriesDescription="Thorax p.a. + seitl.",
+                                    StudyDescription="Rö Thorax p.a. + seitl.", ViewPosition="",
+                                    PatientOrientation=""), "reported", None),
+        # the series names one view, the protocol both: the series decides
+        "series_lateral_protocol_both": (
+            dx(tmp_path / "m.dcm", None, None, SeriesDescription="CHEST LATERAL", ProtocolName="CHEST PA/LAT",
+               ViewPosition="", PatientOrientation=""),
+            "skipped", 'view position LATERAL (Series Description "CHEST LATERAL") is not analysed'),
         "lateral_words_frontal_orientation": (
             dx(tmp_path / "k.dcm", None, None, SeriesDescription="Thorax lateral",
                PatientOrientation=["L", "F"]), "reported", None),
@@ -210,18 +219,18 @@ def test_words_orientation_and_intent_route_images_that_name_no_body_part_or_vie
                for t in comments), comments
     sc = pydicom.dcmread(node.data_dir / made["OT"])
     assert "BodyPartExamined" not in sc, sc.BodyPartExamined
-    # Five analysed images of one study: a report series each (OHIF shows
+    # Six analysed images of one study: a report series each (OHIF shows
     # one SR per series; with one series per study it showed one report).
     with node.db() as c:
         series = c.execute("SELECT DISTINCT study_instance_uid, series_instance_uid FROM instances"
                            " WHERE generated = 1 AND modality = 'SR'").fetchall()
-    assert len(series) == 5 and len({study for study, _ in series}) == 1, series
+    assert len(series) == 6 and len({study for study, _ in series}) == 1, series
     # The study's companion images share a series: one date and time for it
     # (each was dated when made, and dcentvfy found the series inconsistent).
     with node.db() as c:
         companions = [node.data_dir / p for (p,) in c.execute(
             "SELECT path FROM instances WHERE generated = 1 AND modality = 'OT'")]
-    assert len(companions) == 5
+    assert len(companions) == 6
     out = subprocess.run(["/usr/bin/dcentvfy", *map(str, companions)], capture_output=True, text=True,
                          errors="replace")
     said = out.stdout + out.stderr

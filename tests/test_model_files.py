@@ -16,19 +16,28 @@ from nodetest import ROOT, run_dcmtk
 from test_routing_orthanc import wait_until
 
 
-def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_restart(
-        node_factory, rg1_copies, tmp_path):
+def tiny_model_with_external_data(folder):
+    """The tiny model saved in `folder` with its weights in model.onnx.data
+    (the file ONNX Runtime maps): (model path, data path)."""
     model = onnx.load(str(ROOT / "fixtures" / "models" / "pneumollm-tiny.onnx"))
-    (tmp_path / "v1").mkdir()
-    path = tmp_path / "v1" / "model.onnx"
+    folder.mkdir()
+    path = folder / "model.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.onnx.data", size_threshold=0)
-    data = tmp_path / "v1" / "model.onnx.data"
+    return path, folder / "model.onnx.data"
+
+
+def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_restart(
+        node_factory, rg1_copies, tmp_path):
+    path, data = tiny_model_with_external_data(tmp_path / "v1")
     node = node_factory(inference__model=path).start()
     ready = lambda: requests.get(f"http://127.0.0.1:{node.http_port}/readyz")  # noqa: E731
     reported = lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'")  # noqa: E731
     assert ready().status_code == 200, ready().text
     wait_until(lambda: "model files hashed" in node.log(), timeout=60)
+    # each file's hash, as sha256sum prints it, to check against a release's list
+    import hashlib
+    assert f"model.onnx.data={hashlib.sha256(data.read_bytes()).hexdigest()}" in node.log()
     first, second, third = rg1_copies("UNCI", 3)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
     wait_until(lambda: reported() == 1, timeout=60)
@@ -113,3 +122,33 @@ def test_a_lung_segmentation_model_changed_under_the_running_node_stops_analyses
     node.start()
     assert ready().status_code == 200, ready().text
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=90)
+
+
+def test_the_loaded_weights_written_through_another_name_stop_analyses(node_factory, rg1_copies, tmp_path):
+    """An identical copy renamed over the weights passed (the same bytes at
+    the path) while the session still mapped the old file; written then
+    through a hard link (a snapshot's), it fed the running model other
+    weights, reported under its name, /readyz 200."""
+    path, data = tiny_model_with_external_data(tmp_path / "v1")
+    snapshot = tmp_path / "snapshot.data"
+    os.link(data, snapshot)
+    node = node_factory(inference__model=path).start()
+    ready = lambda: requests.get(f"http://127.0.0.1:{node.http_port}/readyz")  # noqa: E731
+    wait_until(lambda: "model files hashed" in node.log(), timeout=60)
+    time.sleep(0.05)
+    copy = tmp_path / "v1" / ".model.onnx.data.new"
+    copy.write_bytes(data.read_bytes())
+    copy.rename(data)
+    assert ready().status_code == 200, ready().text
+    changed = bytearray(snapshot.read_bytes())
+    changed[-1] ^= 1
+    with open(snapshot, "r+b") as f:
+        f.write(changed)
+    r = ready()
+    assert r.status_code == 503, r.text
+    (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]
+    assert "still open, was written" in reason, reason
+    (image,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+    wait_until(lambda: "the model cannot run; the job waits" in node.log(), timeout=60)
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 0

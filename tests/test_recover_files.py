@@ -54,6 +54,16 @@ def test_files_newer_than_a_restored_database_are_recorded_analysed_and_forwarde
     db = node.database_at_rest()
     db.write_bytes(backup.read_bytes())
     assert node.count("SELECT COUNT(*) FROM jobs") == 1
+    # A start on the restored database without recover-files: the two
+    # acknowledged instances (and their reports) were unknown to the node
+    # without a word.
+    node.start()
+    wait_until(lambda: "files under instances/ that the database does not name" in node.log(), timeout=60)
+    assert "files=4" in node.log() and "recover-files" in node.log()
+    _, metrics = node.http("/metrics")
+    assert "pneumo_unrecorded_files 4" in metrics, metrics
+    node.stop()
+    db = node.database_at_rest()
 
     # A dry run names them and records nothing.
     r = recover(node, "--dry-run")

@@ -43,8 +43,9 @@ impl FromStr for AeAddress {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // At the last '@': an AE title may hold one, a host never does.
         let (ae, rest) = s
-            .split_once('@')
+            .rsplit_once('@')
             .ok_or_else(|| format!("`{s}` is not AE@host:port"))?;
         let (host, port) = rest
             .rsplit_once(':')
@@ -1062,6 +1063,13 @@ mod tests {
         assert!("SEVENTEEN_CHARS_X@h:1".parse::<AeAddress>().is_err());
         let v6: AeAddress = "X@[::1]:11112".parse().unwrap();
         assert_eq!(v6.host, "::1");
+        // '@' is of the AE title's repertoire; a host has none
+        let at: AeAddress = "PNE@MO@127.0.0.1:104".parse().unwrap();
+        assert_eq!(
+            (at.ae_title.as_str(), at.host.as_str()),
+            ("PNE@MO", "127.0.0.1")
+        );
+        assert!("BACK\\SLASH@h:1".parse::<AeAddress>().is_err());
     }
 
     #[test]

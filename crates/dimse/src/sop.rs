@@ -35,6 +35,7 @@ pub const CHEST_STORAGE: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.88.35", // Extensible SR Storage
     "1.2.840.10008.5.1.4.1.1.88.67", // X-Ray Radiation Dose SR Storage
     "1.2.840.10008.5.1.4.1.1.88.76", // Enhanced X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.73", // Patient Radiation Dose SR Storage
     "1.2.840.10008.5.1.4.1.1.88.65", // Chest CAD SR Storage
     "1.2.840.10008.5.1.4.1.1.88.59", // Key Object Selection Document Storage
     "1.2.840.10008.5.1.4.1.1.11.1",  // Grayscale Softcopy Presentation State Storage

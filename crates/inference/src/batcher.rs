@@ -286,11 +286,21 @@ fn hash_in_background(files: Arc<crate::files::ModelFiles>) {
     let spawned = std::thread::Builder::new()
         .name("pneumo-model-hash".into())
         .spawn(move || match files.sha256() {
-            Ok(sha256) => tracing::info!(%sha256, "model files hashed"),
+            Ok(sha256) => {
+                // each file's as `sha256sum` prints it, to check against
+                // a release's list; the first over them all, one after
+                // the other
+                let each: Vec<String> = files
+                    .file_hashes()
+                    .into_iter()
+                    .map(|(path, hash)| format!("{}={}", path.display(), hash.unwrap_or_default()))
+                    .collect();
+                tracing::info!(%sha256, files = %each.join(" "), "model files hashed")
+            }
             Err(e) => tracing::warn!(
                 error = %e,
-                "the model's files could not be hashed as loaded: any later change of their \
-                 stamps (even chmod or touch) stops analyses until a restart"
+                "the model's files could not be hashed as loaded: the next change of their \
+                 stamps (even a chmod or touch) stops analyses until a restart"
             ),
         });
     if let Err(e) = spawned {

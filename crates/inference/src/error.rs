@@ -57,7 +57,10 @@ pub enum InferenceError {
 
     /// A model file changed on disk after the model was loaded: the
     /// running session may compute with a mix of two models.
-    #[error("{0}: the model does not run until the node is restarted to load it anew")]
+    #[error(
+        "{0}: the model does not run until its files hold the loaded bytes again, or the node is \
+         restarted to load it anew"
+    )]
     ModelFilesChanged(String),
 
     /// The requested execution provider could not be used.

@@ -440,20 +440,21 @@ impl Model {
             return Vec::new();
         }
         let files = self.files.clone();
-        let changed = || {
-            let why = files.changed()?;
-            Some(
-                (0..n)
-                    .map(|_| Err(InferenceError::ModelFilesChanged(why.clone())))
-                    .collect(),
-            )
+        let refused = |why: String| {
+            (0..n)
+                .map(|_| Err(InferenceError::ModelFilesChanged(why.clone())))
+                .collect()
         };
-        if let Some(refused) = changed() {
-            return refused;
-        }
+        let before = match files.before_run() {
+            Ok(look) => look,
+            Err(why) => return refused(why),
+        };
         let results = self.run_batch_unchecked(inputs);
         // a change during the run may have fed it a mix of two models
-        changed().unwrap_or(results)
+        match files.after_run(&before) {
+            Ok(()) => results,
+            Err(why) => refused(why),
+        }
     }
 
     /// The files of the model, as stamped at load (shared with the engine,

@@ -279,13 +279,6 @@ impl LungSegmenter {
             .map(|why| format!("lung segmentation: {why}"))
     }
 
-    fn check_files(&self) -> Result<()> {
-        match self.files.changed() {
-            Some(why) => Err(InferenceError::ModelFilesChanged(why)),
-            None => Ok(()),
-        }
-    }
-
     /// The lung mask of `grey` (the image in [0, 1], bone bright) at the
     /// model's resolution: `S`×`S` values, 1 = lung (blocking). An output
     /// not finite is the model's failure, not an image without lungs.
@@ -315,12 +308,14 @@ impl LungSegmenter {
         let tensor = TensorRef::from_array_view(([1usize, 1, s, s], input.as_slice()))
             .map_err(|e| InferenceError::Run(e.to_string()))?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        self.check_files()?;
+        let changed =
+            |why: String| InferenceError::ModelFilesChanged(format!("lung segmentation: {why}"));
+        let before = self.files.before_run().map_err(changed)?;
         let outputs = session
             .run(ort::inputs![self.contract.input_name.as_str() => tensor])
             .map_err(|e| InferenceError::Run(format!("lung segmentation: {e}")))?;
         // a change during the run may have fed it a mix of two models
-        self.check_files()?;
+        self.files.after_run(&before).map_err(changed)?;
         let out = outputs
             .get(self.contract.output_name.as_str())
             .ok_or_else(|| {

@@ -64,7 +64,7 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
                 )
             })?;
             let b = crate::pipeline::lung_box(segmenter.as_ref(), &grey)
-                .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
+                .map_err(|failure| anyhow::anyhow!("{}: {}", file.display(), failure.reason()))?;
             Some(b)
         }
         (CropMode::None, Some(_)) => bail!(

@@ -334,7 +334,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
     if let Some(why) = model_files_changed {
         reasons.push(format!(
-            "{why}: analyses wait until the node is restarted to load the model anew"
+            "{why}: analyses wait until the files hold the loaded bytes again, or the node is \
+             restarted to load the model anew"
         ));
     }
     let body = json!({
@@ -394,6 +395,11 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         "# HELP pneumo_database_up Whether the database answers and its file is sound (0: see /readyz).\n\
          # TYPE pneumo_database_up gauge\npneumo_database_up {}\n",
         u8::from(database_up)
+    ));
+    text.push_str(&format!(
+        "# HELP pneumo_unrecorded_files Files under instances/ no instance row named when the start looked (run recover-files).\n\
+         # TYPE pneumo_unrecorded_files gauge\npneumo_unrecorded_files {}\n",
+        s.store.unrecorded_files_found()
     ));
     if let Some(engine) = &s.engine {
         let st = engine.stats();

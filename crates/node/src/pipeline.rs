@@ -811,7 +811,7 @@ fn prepare(
     spec: &pneumo_imaging::PreprocessSpec,
     segmenter: Option<&LungSegmenter>,
     keep_grey: bool,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, Failure> {
     pneumo_store::check_element_lengths(path, dicom_dictionary_std::tags::PIXEL_DATA)
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
     let obj: DefaultDicomObject = pneumo_store::open_instance(path, None)
@@ -839,21 +839,26 @@ fn prepare(
 }
 
 /// The lung box of a `lung-box` crop, or the job's failure reason.
+/// (A change of the segmentation model's files while it ran is the
+/// node's, not the image's: the job waits.)
 pub(crate) fn lung_box(
     segmenter: Option<&LungSegmenter>,
     grey: &pneumo_imaging::GreyImage,
-) -> Result<pneumo_imaging::LungBox, String> {
+) -> Result<pneumo_imaging::LungBox, Failure> {
     let seg = segmenter.ok_or(
         "imaging: lung-box-missing: the model's contract asks for crop lung-box and no lung \
          segmentation model is configured (set inference.lung_segmentation_model)",
     )?;
     seg.lung_box(grey)
-        .map_err(|e| format!("lung segmentation: {e}"))?
+        .map_err(|e| match e {
+            InferenceError::ModelFilesChanged(_) => Failure::ModelChanged(e.to_string()),
+            e => Failure::Analysis(format!("lung segmentation: {e}")),
+        })?
         .ok_or_else(|| {
-            format!(
+            Failure::Analysis(format!(
                 "imaging: lung-box-missing: the lung segmentation model {} found no lung in this image",
                 seg.path().display()
-            )
+            ))
         })
 }
 

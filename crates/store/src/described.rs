@@ -240,7 +240,10 @@ pub(crate) fn lateral_from_orientation(orientation: &str) -> Option<String> {
 }
 
 /// Words of a description that name a lateral projection: English,
-/// German, French, Spanish and Italian forms and the usual abbreviations.
+/// German, French, Spanish, Italian, Dutch and Polish forms and the usual
+/// abbreviations (not LL nor RL: in German they are also Linkslage and
+/// Rückenlage, a lateral decubitus and a supine AP, both frontal beams).
+/// Compared without accents.
 const LATERAL_WORDS: &[&str] = &[
     "LAT",
     "LATERAL",
@@ -248,65 +251,134 @@ const LATERAL_WORDS: &[&str] = &[
     "LATÉRAL",
     "LATÉRALE",
     "LATEROLATERALE",
-    "LL",
-    "RL",
+    "LATERAAL",
     "LLAT",
     "RLAT",
     "SEITLICH",
+    "SEITLICHE",
+    "SEITLICHER",
+    "SEITLICHEN",
     "SEITL",
     "PROFIL",
     "PROFILE",
     "PERFIL",
+    "BOCZNE",
+    "BOCZNA",
+    "BOCZNY",
 ];
 
 /// Words that name a frontal projection, or a view that is frontal though
 /// it says "lateral" ("lateral decubitus": an AP or PA beam on a patient
-/// lying on the side). With a lateral word beside them, the description
-/// names two views (a "PA + LAT" series) and tells nothing of one image's.
+/// lying on the side).
 const FRONTAL_WORDS: &[&str] = &[
     "PA",
     "AP",
     "APPA",
     "PAAP",
+    "DV",
+    "VD",
     "FRONTAL",
     "FRONTALE",
+    "FRONT",
     "FACE",
+    "FRENTE",
+    "SAGITTAL",
+    "SAG",
+    "UPRIGHT",
+    "ERECT",
+    "SUPINE",
     "DECUBITUS",
+    "DECUBITO",
     "DECUB",
-    "DÉCUBITUS",
+    "DEC",
 ];
 
-/// "LATERAL (Series Description "Thorax lat.")" when the image's own
-/// descriptions (Series Description, Protocol Name, Acquisition Device
-/// Processing Description) name a lateral view and no frontal one; when
-/// they name no view at all, the same of the Study Description. None
-/// otherwise. `descriptions` are (attribute name, value); a Study
-/// Description is the one named "Study Description".
+/// Beginnings of words naming a frontal beam in one word or two, whatever
+/// their ending ("posteroanterior", "postero-anteriore", "póstero-anterior",
+/// "postéro-antérieur", "antero-posteriore", "dorsoventral").
+const FRONTAL_STEMS: &[(&str, &str)] = &[
+    ("POSTERO", "ANTERI"),
+    ("ANTERO", "POSTERI"),
+    ("DORSO", "VENTRAL"),
+    ("VENTRO", "DORSAL"),
+    ("TYLNO", "PRZEDNI"),
+    ("PRZEDNIO", "TYLN"),
+];
+
+/// The abbreviations in two letters: "p.a.", "P/A", "a. p.", "d.v."
+/// (German dorso-ventral).
+const FRONTAL_PAIRS: &[(&str, &str)] = &[("P", "A"), ("A", "P"), ("D", "V"), ("V", "D")];
+
+/// `word` upper case without its accents (É is E, Ó is O, Ñ is N, ...),
+/// as descriptions write the same word both ways.
+fn unaccented(word: &str) -> String {
+    word.chars()
+        .map(|c| match c {
+            'Á' | 'À' | 'Â' | 'Ä' | 'Ã' | 'Ą' => 'A',
+            'É' | 'È' | 'Ê' | 'Ë' | 'Ę' => 'E',
+            'Í' | 'Ì' | 'Î' | 'Ï' => 'I',
+            'Ó' | 'Ò' | 'Ô' | 'Ö' | 'Õ' => 'O',
+            'Ú' | 'Ù' | 'Û' | 'Ü' => 'U',
+            'Ç' => 'C',
+            'Ñ' => 'N',
+            other => other,
+        })
+        .collect()
+}
+
+/// Whether `text` names a lateral view, and whether it names a frontal one.
+fn views_named(text: &str) -> (bool, bool) {
+    let all: Vec<String> = words(text).map(|w| unaccented(&w)).collect();
+    let lateral = all.iter().any(|w| LATERAL_WORDS.contains(&w.as_str()));
+    let stem = |w: &str| {
+        FRONTAL_STEMS
+            .iter()
+            .any(|(first, second)| w.starts_with(first) && w[first.len()..].starts_with(second))
+    };
+    let stems = |a: &str, b: &str| {
+        FRONTAL_STEMS
+            .iter()
+            .any(|(first, second)| a.starts_with(first) && b.starts_with(second))
+    };
+    let frontal = all
+        .iter()
+        .any(|w| FRONTAL_WORDS.contains(&w.as_str()) || stem(w))
+        || all.windows(2).any(|w| {
+            FRONTAL_PAIRS.contains(&(w[0].as_str(), w[1].as_str())) || stems(&w[0], &w[1])
+        });
+    (lateral, frontal)
+}
+
+/// The descriptions read for the view, the most particular to one image
+/// first: a series holds one view more often than a protocol does. Not
+/// the Study Description: it names the whole examination, and its two
+/// views written in words not listed here ("frente y perfil") read as a
+/// lateral only and skipped every frontal image of the study.
+const VIEW_DESCRIPTIONS: [&str; 3] = [
+    "Series Description",
+    "Acquisition Device Processing Description",
+    "Protocol Name",
+];
+
+/// "LATERAL (Series Description "Thorax lat.")" when the first of the
+/// image's descriptions (in `VIEW_DESCRIPTIONS`' order) that names one
+/// view only names a lateral; None when it names a frontal one, or none
+/// names one view only (a "PA + LAT" series tells nothing of one image's
+/// view). `descriptions` are (attribute name, value). A missed report is
+/// worse than a lateral analysed: unknown words leave the image analysed.
 pub(crate) fn lateral_in_descriptions<'a>(
     descriptions: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
 ) -> Option<String> {
-    let is_study = |name: &str| name == "Study Description";
-    let image_level = descriptions
-        .clone()
-        .into_iter()
-        .filter(|(n, _)| !is_study(n));
-    let study_level = descriptions.into_iter().filter(|(n, _)| is_study(n));
-    for level in [
-        image_level.collect::<Vec<_>>(),
-        study_level.collect::<Vec<_>>(),
-    ] {
-        let names = |list: &[&str]| {
-            level
-                .iter()
-                .find(|(_, text)| words(text).any(|w| list.contains(&w.as_str())))
-                .copied()
-        };
-        match (names(LATERAL_WORDS), names(FRONTAL_WORDS)) {
-            (Some((attribute, text)), None) => {
-                return Some(format!("LATERAL ({attribute} \"{}\")", text.trim()))
+    for name in VIEW_DESCRIPTIONS {
+        for (attribute, text) in descriptions.clone() {
+            if attribute != name {
+                continue;
             }
-            (None, None) => continue,
-            _ => return None,
+            match views_named(text) {
+                (true, false) => return Some(format!("LATERAL ({attribute} \"{}\")", text.trim())),
+                (false, true) => return None,
+                _ => {}
+            }
         }
     }
     None
@@ -418,42 +490,88 @@ mod tests {
     #[test]
     fn descriptions_name_a_lateral_only_without_a_frontal_view() {
         let lateral = |d: &[(&'static str, &'static str)]| lateral_in_descriptions(d.to_vec());
+        let series = |text: &'static str| lateral(&[("Series Description", text)]);
         assert_eq!(
-            lateral(&[("Series Description", "Thorax lat.")]).as_deref(),
+            series("Thorax lat.").as_deref(),
             Some("LATERAL (Series Description \"Thorax lat.\")")
         );
         assert!(lateral(&[("Protocol Name", "CHEST LAT")]).is_some());
-        assert!(lateral(&[("Series Description", "Thorax seitlich")]).is_some());
-        assert!(lateral(&[("Series Description", "Thorax de profil")]).is_some());
-        assert!(lateral(&[("Series Description", "Chest LL")]).is_some());
-        // two views named, a frontal one, a decubitus, nothing
-        assert_eq!(lateral(&[("Series Description", "Thorax PA + LAT")]), None);
-        assert_eq!(
-            lateral(&[("Series Description", "Chest lateral decubitus")]),
-            None
-        );
-        assert_eq!(lateral(&[("Series Description", "Thorax p.a.")]), None);
-        assert_eq!(lateral(&[("Series Description", "Lateralität")]), None);
-        assert_eq!(lateral(&[("Series Description", "Chest")]), None);
-        // the image's own descriptions first, the study's when they say nothing
-        let study_both = [
+        for text in [
+            "Thorax seitlich",
+            "Thorax seitlicher Strahlengang",
+            "Thorax de profil",
+            "Chest Rt Lat",
+            "Thorax lateraal",
+            "RTG klatki piersiowej boczne",
+            "Tórax lateral izquierdo",
+        ] {
+            assert!(series(text).is_some(), "{text}");
+        }
+        // two views named, a frontal one (in one word or two), a
+        // decubitus, nothing
+        for text in [
+            "Thorax PA + LAT",
+            "Thorax p.a. + seitl.",
+            "Thorax p. a. und seitlich",
+            "Thorax d.v. und seitlich",
+            "Thorax v.d. + seitlich",
+            "CHEST POSTEROANTERIOR AND LATERAL",
+            "Thorax postero-anterior + lateral",
+            "Torax posteroanterior y lateral",
+            "CHEST P/A AND LATERAL",
+            "CHEST P-A & LAT",
+            "Chest lateral decubitus",
+            "CHEST LT LAT DEC",
+            "Tórax en decúbito lateral",
+            "Torace in decubito laterale",
+            "Tórax frente y perfil",
+            "Thorax sagittal + seitlich",
+            "Thorax 2 Eb. (sag. + seitl.)",
+            "CXR 2 VIEW (FRONT & LAT)",
+            "XR CHEST UPRIGHT AND LATERAL",
+            "Chest erect + lateral",
+            "Chest supine and lateral",
+            "Thorax postéro-antérieur et profil",
+            "Rx torace postero-anteriore e laterale",
+            "Tórax póstero-anterior e perfil",
+            "Torace antero-posteriore e latero-laterale",
+            "Zdjęcie klatki piersiowej tylno-przednie i boczne",
+            "Thorax RL",
+            "Thorax LL",
+            "Thorax p.a.",
+            "Lateralität",
+            "Chest",
+        ] {
+            assert_eq!(series(text), None, "{text}");
+        }
+        // the most particular description naming one view decides
+        let series_lateral = [
             ("Study Description", "Thorax PA und seitlich"),
+            ("Protocol Name", "CHEST PA/LAT"),
             ("Series Description", "Thorax seitl."),
         ];
-        assert!(lateral(&study_both).is_some());
+        assert!(lateral(&series_lateral).is_some());
         let series_frontal = [
             ("Study Description", "Chest lateral"),
             ("Series Description", "Chest PA"),
         ];
         assert_eq!(lateral(&series_frontal), None);
+        let series_both_processing_lateral = [
+            ("Series Description", "Thorax p.a. + seitl."),
+            ("Acquisition Device Processing Description", "THORAX LAT"),
+        ];
+        assert!(lateral(&series_both_processing_lateral).is_some());
+        let frontal_study_both = [
+            ("Study Description", "Thorax p.a. und seitlich"),
+            ("Series Description", "Thorax p.a."),
+        ];
+        assert_eq!(lateral(&frontal_study_both), None);
+        // the study's description names the examination, not the image
         let only_study = [
             ("Study Description", "Chest lateral"),
             ("Series Description", "Chest"),
         ];
-        assert_eq!(
-            lateral(&only_study).as_deref(),
-            Some("LATERAL (Study Description \"Chest lateral\")")
-        );
+        assert_eq!(lateral(&only_study), None);
     }
 
     #[test]

@@ -273,7 +273,8 @@ impl<R: Read + Seek> Scanner<R> {
                              at byte {at} has an undefined length)"
                         ))
                     }
-                    (PixelDataForm::Encapsulated, false) => {
+                    // (empty: no pixels, in any syntax)
+                    (PixelDataForm::Encapsulated, false) if len > 0 => {
                         return Err(format!(
                             "native pixel data in an encapsulated transfer syntax (Pixel Data \
                              at byte {at} has a defined length, not fragments)"
@@ -523,5 +524,46 @@ pub(crate) mod tests {
             0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
         ]);
         assert!(explicit(&open).is_err());
+    }
+
+    #[test]
+    fn pixel_data_must_have_the_form_of_its_syntax() {
+        let with = |form, len: u32| {
+            let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+            v.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend(std::iter::repeat_n(0u8, len as usize));
+            let enc = Encoding {
+                explicit_vr: true,
+                big_endian: false,
+                pixel_data: form,
+            };
+            check(Cursor::new(&v), enc, v.len() as u64, Tag(0xFFFF, 0xFFFF))
+        };
+        assert!(with(PixelDataForm::Native, 4).is_ok());
+        let err = with(PixelDataForm::Encapsulated, 4).unwrap_err();
+        assert!(
+            err.starts_with("native pixel data in an encapsulated"),
+            "{err}"
+        );
+        // empty: no pixels, in any syntax
+        assert!(with(PixelDataForm::Encapsulated, 0).is_ok());
+        assert!(with(PixelDataForm::Either, 4).is_ok());
+        assert_eq!(
+            PixelDataForm::of_syntax("1.2.840.10008.1.2.4.80\0"),
+            PixelDataForm::Encapsulated
+        );
+        assert_eq!(
+            PixelDataForm::of_syntax("1.2.840.10008.1.2.1.98"),
+            PixelDataForm::Encapsulated
+        );
+        assert_eq!(
+            PixelDataForm::of_syntax("1.2.840.10008.1.2"),
+            PixelDataForm::Native
+        );
+        assert_eq!(
+            PixelDataForm::of_syntax("1.2.840.10008.1.2.4.94"),
+            PixelDataForm::Either
+        );
     }
 }

@@ -232,8 +232,12 @@ pub struct Store {
     /// it was found so (kept until a restart): see `check_database_file`.
     database_file_watch: std::sync::Arc<std::sync::Mutex<(u64, Option<String>)>>,
     /// SQLite's quick check of the whole database, run once after open in
-    /// the background (stopped by `close`).
+    /// the background (stopped by `close`), then the look for files no
+    /// instance row names.
     integrity_check: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Files under `instances/` that no instance row named when the start
+    /// looked (`start_integrity_check`).
+    unrecorded_files: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Decodes compressed pixel data to compare a re-encoded copy.
     decompress: Option<Decompress>,
     /// A start found `instances/` holding files and the database no
@@ -431,6 +435,7 @@ impl Store {
                 None,
             ))),
             integrity_check: std::sync::Mutex::new(None),
+            unrecorded_files: Default::default(),
             decompress: None,
             database_lost,
             _locks: locks,
@@ -491,6 +496,7 @@ impl Store {
             database_file: Some(file),
             database_file_watch: std::sync::Arc::new(std::sync::Mutex::new((0, None))),
             integrity_check: std::sync::Mutex::new(None),
+            unrecorded_files: Default::default(),
             decompress: None,
             database_lost: false,
             _locks: Vec::new(),
@@ -874,40 +880,111 @@ impl Store {
     /// refused. Not for one-shot commands: a check cut by `close` left its
     /// connection to close after the process, and `recover-files` left
     /// the `-wal` it must fold in.
+    ///
+    /// Then files under `instances/` that no instance row names are
+    /// counted (`unrecorded_files`) and a warning says to run
+    /// `recover-files`: a database backup restored over newer files
+    /// without it, or a `-wal` deleted after a crash, left instances
+    /// acknowledged to their senders unknown to the node, without a word
+    /// (a start that finds the database empty says so already).
     pub fn start_integrity_check(&self) {
         if self.database_file.is_none() {
             return;
         }
         let pool = self.pool.clone();
         let watch = self.database_file_watch.clone();
+        let (data_dir, counted) = (self.data_dir.clone(), self.unrecorded_files.clone());
+        let database_lost = self.database_lost;
         let check = tokio::spawn(async move {
-            let found = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(3)")
-                .fetch_all(&pool)
-                .await
-            {
-                Ok(lines) if lines == ["ok"] => return,
-                Ok(lines) => format!(
-                    "SQLite's quick_check found it malformed: {}",
-                    lines.join("; ").replace('\n', " ")
-                ),
-                Err(sqlx::Error::Database(e))
-                    if matches!(e.code().as_deref(), Some("11") | Some("26")) =>
-                {
-                    format!("SQLite's quick_check found it malformed: {e}")
-                }
-                Err(e) => {
-                    warn!(error = %e, "the database's integrity check could not run");
-                    return;
-                }
-            };
-            warn!(why = %found, "the database is damaged");
-            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
-            w.1.get_or_insert(found);
+            quick_check(&pool, &watch).await;
+            if !database_lost {
+                count_unrecorded_files(&pool, &data_dir, &counted).await;
+            }
         });
         *self
             .integrity_check
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(check);
+    }
+
+    /// Files under `instances/` no instance row named when the start looked.
+    pub fn unrecorded_files_found(&self) -> u64 {
+        self.unrecorded_files
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// See `Store::start_integrity_check`.
+async fn quick_check(pool: &sqlx::SqlitePool, watch: &std::sync::Mutex<(u64, Option<String>)>) {
+    let found = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(3)")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(lines) if lines == ["ok"] => return,
+        Ok(lines) => format!(
+            "SQLite's quick_check found it malformed: {}",
+            lines.join("; ").replace('\n', " ")
+        ),
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("11") | Some("26")) => {
+            format!("SQLite's quick_check found it malformed: {e}")
+        }
+        Err(e) => {
+            warn!(error = %e, "the database's integrity check could not run");
+            return;
+        }
+    };
+    warn!(why = %found, "the database is damaged");
+    let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+    w.1.get_or_insert(found);
+}
+
+/// See `Store::start_integrity_check`.
+async fn count_unrecorded_files(
+    pool: &sqlx::SqlitePool,
+    data_dir: &Path,
+    counted: &std::sync::atomic::AtomicU64,
+) {
+    let root = data_dir.join("instances");
+    let files = match tokio::task::spawn_blocking(move || recover::files_under(&root)).await {
+        Ok(Ok(files)) => files,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot look for files the database does not name");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut unrecorded = Vec::new();
+    for path in &files {
+        let Some(relative) = path.strip_prefix(data_dir).ok().and_then(Path::to_str) else {
+            continue;
+        };
+        let known =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM instances WHERE path = ?)")
+                .bind(relative)
+                .fetch_one(pool)
+                .await;
+        match known {
+            Ok(true) => {}
+            Ok(false) => unrecorded.push(relative.to_string()),
+            Err(e) => {
+                warn!(error = %e, "cannot look for files the database does not name");
+                return;
+            }
+        }
+    }
+    counted.store(
+        unrecorded.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if let Some(first) = unrecorded.first() {
+        warn!(
+            files = unrecorded.len(),
+            first = %first,
+            "files under instances/ that the database does not name: instances acknowledged \
+             to their senders are unknown to the node (a database backup restored over newer \
+             files, a -wal deleted after a crash) or a stop fell between a file and its row; \
+             stop the node and run `pneumo-node recover-files` (docs/operations.md)"
+        );
     }
 }
 

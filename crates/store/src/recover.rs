@@ -44,7 +44,7 @@ impl Store {
 }
 
 /// Every regular file below `root`, sorted.
-fn files_under(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+pub(crate) fn files_under(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
