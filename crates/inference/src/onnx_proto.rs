@@ -38,6 +38,11 @@ mod field {
     pub const NODE_OUTPUT: u32 = 2;
     pub const NODE_OP_TYPE: u32 = 4;
     pub const NODE_DOMAIN: u32 = 7;
+    pub const NODE_ATTRIBUTE: u32 = 5;
+    pub const ATTRIBUTE_T: u32 = 5;
+    pub const ATTRIBUTE_G: u32 = 6;
+    pub const ATTRIBUTE_TENSORS: u32 = 10;
+    pub const ATTRIBUTE_GRAPHS: u32 = 11;
     pub const GRAPH_INPUT: u32 = 11;
     pub const GRAPH_OUTPUT: u32 = 12;
     pub const GRAPH_SPARSE_INITIALIZER: u32 = 15;
@@ -176,11 +181,21 @@ enum Wire {
 struct Walker<R> {
     r: R,
     pos: u64,
+    /// Subgraphs the walk is inside (`If`, `Loop`, `Scan` bodies).
+    depth: usize,
 }
+
+/// The deepest subgraph nesting read (a file of a few bytes per level
+/// nested a million deep would exhaust the stack).
+const MAX_SUBGRAPH_DEPTH: usize = 64;
 
 impl<R: Read + Seek> Walker<R> {
     fn new(r: R) -> Self {
-        Walker { r, pos: 0 }
+        Walker {
+            r,
+            pos: 0,
+            depth: 0,
+        }
     }
 
     fn byte(&mut self, end: u64) -> Result<u8, ProtoError> {
@@ -335,10 +350,16 @@ struct GraphParts {
 impl GraphParts {
     fn add_initializer(&mut self, name: String, external: Option<ExternalTensor>) {
         if let Some(t) = external {
-            self.external_files.insert(t.location.clone());
-            self.external_tensors.push(t);
+            self.add_external(t);
         }
         self.initializers.insert(name);
+    }
+
+    /// A tensor whose data lies in another file (an initializer's, a
+    /// subgraph's, a constant's).
+    fn add_external(&mut self, t: ExternalTensor) {
+        self.external_files.insert(t.location.clone());
+        self.external_tensors.push(t);
     }
 
     /// The scoring operator whose values `output` holds, if any: looking
@@ -469,7 +490,7 @@ fn read_graph<R: Read + Seek>(
             }
             field::GRAPH_NODE => {
                 let stop = bytes_end(wire, "GraphProto.node", w.pos)?;
-                let (op_type, domain, inputs, outputs) = read_node(w, stop)?;
+                let (op_type, domain, inputs, outputs) = read_node(w, stop, graph)?;
                 if domain.is_empty() || domain == "ai.onnx" {
                     for output in outputs {
                         graph
@@ -485,11 +506,16 @@ fn read_graph<R: Read + Seek>(
     Ok(())
 }
 
-/// A NodeProto's op type, domain, inputs and outputs (its attributes,
-/// subgraphs included, are skipped).
+/// A NodeProto's op type, domain, inputs and outputs. Of its attributes,
+/// only the tensors with external data are kept (into `graph`'s external
+/// files), their subgraphs' included: ONNX Runtime maps those files too.
 type NodeParts = (String, String, Vec<String>, Vec<String>);
 
-fn read_node<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<NodeParts, ProtoError> {
+fn read_node<R: Read + Seek>(
+    w: &mut Walker<R>,
+    end: u64,
+    graph: &mut GraphParts,
+) -> Result<NodeParts, ProtoError> {
     let (mut op_type, mut domain) = (String::new(), String::new());
     let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
     while let Some((number, wire)) = w.next_field(end)? {
@@ -498,10 +524,54 @@ fn read_node<R: Read + Seek>(w: &mut Walker<R>, end: u64) -> Result<NodeParts, P
             field::NODE_OUTPUT => outputs.push(string_field(w, wire, "NodeProto.output")?),
             field::NODE_OP_TYPE => op_type = string_field(w, wire, "NodeProto.op_type")?,
             field::NODE_DOMAIN => domain = string_field(w, wire, "NodeProto.domain")?,
+            field::NODE_ATTRIBUTE => {
+                let stop = bytes_end(wire, "NodeProto.attribute", w.pos)?;
+                read_attribute(w, stop, graph)?;
+            }
             _ => w.skip(wire, end)?,
         }
     }
     Ok((op_type, domain, inputs, outputs))
+}
+
+/// An AttributeProto's tensors and subgraphs, for their external data
+/// (a `Constant`'s value, an `If` branch's or a `Loop` body's
+/// initializers); the rest is skipped.
+fn read_attribute<R: Read + Seek>(
+    w: &mut Walker<R>,
+    end: u64,
+    graph: &mut GraphParts,
+) -> Result<(), ProtoError> {
+    while let Some((number, wire)) = w.next_field(end)? {
+        match number {
+            field::ATTRIBUTE_T | field::ATTRIBUTE_TENSORS => {
+                let stop = bytes_end(wire, "AttributeProto.t", w.pos)?;
+                if let (_, Some(t)) = read_tensor(w, stop)? {
+                    graph.add_external(t);
+                }
+            }
+            field::ATTRIBUTE_G | field::ATTRIBUTE_GRAPHS => {
+                let stop = bytes_end(wire, "AttributeProto.g", w.pos)?;
+                if w.depth >= MAX_SUBGRAPH_DEPTH {
+                    return fail(
+                        w.pos,
+                        format!("subgraphs nested deeper than {MAX_SUBGRAPH_DEPTH}"),
+                    );
+                }
+                // Its names are its own scope: only its external data is kept.
+                let mut sub = GraphParts::default();
+                w.depth += 1;
+                let read = read_graph(w, stop, &mut sub);
+                w.depth -= 1;
+                read?;
+                sub.external_tensors
+                    .into_iter()
+                    .for_each(|t| graph.add_external(t));
+            }
+            _ => w.skip(wire, end)?,
+        }
+    }
+    Ok(())
 }
 
 /// The name of a TensorProto, and where its data lies when outside the
@@ -920,6 +990,67 @@ mod tests {
                     ),
                 }],
             }
+        );
+    }
+
+    #[test]
+    fn external_data_inside_subgraphs_and_constants_is_found() {
+        // a tensor whose data lies in `file`
+        let external = |name: &str, file: &str| {
+            let entry = |k: &str, v: &str| {
+                bytes(
+                    13,
+                    &[bytes(1, k.as_bytes()), bytes(2, v.as_bytes())].concat(),
+                )
+            };
+            [
+                bytes(8, name.as_bytes()),
+                int(2, 1),
+                int(1, 4),
+                entry("location", file),
+                entry("length", "16"),
+            ]
+            .concat()
+        };
+        // an If whose branch holds an initializer in branch.data, and a
+        // Constant whose value is in constant.data
+        let branch = bytes(5, &external("b", "branch.data"));
+        let mut if_node = node("If", &["cond"], &["y"]);
+        if_node.extend(bytes(
+            5,
+            &[bytes(1, b"then_branch"), bytes(6, &branch)].concat(),
+        ));
+        let mut constant = node("Constant", &[], &["c"]);
+        constant.extend(bytes(
+            5,
+            &[
+                bytes(1, b"value"),
+                bytes(5, &external("c", "constant.data")),
+            ]
+            .concat(),
+        ));
+        let h = read(&model_with(&[if_node, constant])).unwrap();
+        let files: Vec<&str> = h.external_files.iter().map(String::as_str).collect();
+        assert_eq!(files, ["branch.data", "constant.data"]);
+        // nested past any real model: refused, not a stack exhausted
+        let mut deep = bytes(5, &external("d", "deep.data"));
+        for _ in 0..100 {
+            let mut n = node("If", &["cond"], &["y"]);
+            n.extend(bytes(
+                5,
+                &[bytes(1, b"then_branch"), bytes(6, &deep)].concat(),
+            ));
+            deep = bytes(1, &n);
+        }
+        let mut top = node("If", &["cond"], &["y"]);
+        top.extend(bytes(
+            5,
+            &[bytes(1, b"then_branch"), bytes(6, &deep)].concat(),
+        ));
+        let err = read(&model_with(&[top])).unwrap_err();
+        assert!(
+            err.to_string().contains("subgraphs nested deeper than 64"),
+            "{err}"
         );
     }
 

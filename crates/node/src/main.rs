@@ -212,6 +212,7 @@ fn is_misconfiguration(e: &anyhow::Error) -> bool {
                 cause.downcast_ref::<pneumo_store::StoreError>(),
                 Some(
                     pneumo_store::StoreError::MigrationDiffers(_)
+                        | pneumo_store::StoreError::MigrationFailed(_)
                         | pneumo_store::StoreError::SpoolIsALink(_)
                 )
             )
@@ -322,12 +323,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .context("inference.execution_provider")?;
                 check_data_dir(&config)?;
                 let mut problems = preflight::problems(&config);
-                if let Err(e @ pneumo_store::StoreError::MigrationDiffers(_)) =
-                    pneumo_store::check_database_migrations(
-                        &config.node.data_dir,
-                        config.database_url(),
-                    )
-                    .await
+                if let Err(
+                    e @ (pneumo_store::StoreError::MigrationDiffers(_)
+                    | pneumo_store::StoreError::MigrationFailed(_)),
+                ) = pneumo_store::check_database_migrations(
+                    &config.node.data_dir,
+                    config.database_url(),
+                )
+                .await
                 {
                     problems.push(format!("database: {e}"));
                 }

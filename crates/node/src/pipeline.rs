@@ -224,12 +224,25 @@ impl Pipeline {
             // Not the image's fault: tried again later, without using up
             // one of its attempts.
             Err(Failure::Store(reason)) => {
-                self.retry_later(&job, &reason, "the analysis could not be kept; will retry")
-                    .await
+                self.retry_later(
+                    &job,
+                    &reason,
+                    STORE_RETRY,
+                    "the analysis could not be kept; will retry",
+                )
+                .await
             }
+            // Sooner: a stamp moved by a chmod during a batch costs no
+            // more than this (the look before the next batch is a few
+            // `stat`s while the files stay changed).
             Err(Failure::ModelChanged(reason)) => {
-                self.retry_later(&job, &reason, "the model cannot run; the job waits")
-                    .await
+                self.retry_later(
+                    &job,
+                    &reason,
+                    MODEL_CHANGED_RETRY,
+                    "the model cannot run; the job waits",
+                )
+                .await
             }
         };
         if let Err(e) = recorded {
@@ -244,11 +257,12 @@ impl Pipeline {
         &self,
         job: &ClaimedJob,
         reason: &str,
+        after: Duration,
         what: &str,
     ) -> Result<(), pneumo_store::StoreError> {
-        warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "{what}");
+        warn!(%reason, retry_in_s = after.as_secs(), "{what}");
         self.store
-            .retry_job_later(job.job_id, &self.owner, reason, STORE_RETRY)
+            .retry_job_later(job.job_id, &self.owner, reason, after)
             .await
             .map(|_| ())
     }
@@ -729,6 +743,9 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// How long a job whose result the store could not keep waits to run again.
 const STORE_RETRY: Duration = Duration::from_secs(30);
+
+/// How long a job waits to run again when the model's files changed.
+const MODEL_CHANGED_RETRY: Duration = Duration::from_secs(5);
 
 /// Why an analysis did not finish.
 #[derive(Debug)]

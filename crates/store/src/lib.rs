@@ -114,6 +114,13 @@ pub enum StoreError {
          restore a backup this build or an earlier release made (docs/operations.md)"
     )]
     MigrationDiffers(i64),
+    /// An applied migration is recorded as failed (sqlx's "partially
+    /// applied"): every start fails alike.
+    #[error(
+        "the database records migration {0} as failed (partially applied): this build cannot \
+         use it; restore a backup of the database made before it (docs/operations.md)"
+    )]
+    MigrationFailed(i64),
     #[error("the data set cannot be parsed: {0}")]
     Unparseable(String),
     /// A UID of the request that no UID can be (said first: an Error
@@ -372,6 +379,7 @@ impl Store {
             sqlx::migrate::MigrateError::VersionMismatch(version) => {
                 StoreError::MigrationDiffers(version)
             }
+            sqlx::migrate::MigrateError::Dirty(version) => StoreError::MigrationFailed(version),
             e => StoreError::Migration(e),
         })?;
         log_schema(&migrator, applied.as_deref());
@@ -1040,6 +1048,15 @@ async fn check_applied_migrations(pool: &sqlx::SqlitePool) -> Result<(), StoreEr
     let Some(applied) = applied_migrations(pool).await else {
         return Ok(());
     };
+    let failed: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(version) FROM _sqlx_migrations WHERE success = 0")
+            .fetch_one(pool)
+            .await
+            .ok()
+            .flatten();
+    if let Some(version) = failed {
+        return Err(StoreError::MigrationFailed(version));
+    }
     let ours = migrator();
     for (version, checksum) in applied {
         let adopted = version == 15 && is_development_migration_15(&checksum);
