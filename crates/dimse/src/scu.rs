@@ -720,8 +720,8 @@ impl ClientAssociation {
                 match read_timed(&mut self.conn, self.response_timeout, self.max_pdu).await {
                     Ok(t) => t,
                     Err(e) => {
-                        // ARTIM expired (or the reply unreadable): A-ABORT,
-                        // then close (PS3.8 9.2, AA-2), not a bare close.
+                        // ARTIM expired: A-ABORT, then close (PS3.8 9.2,
+                        // AA-2), not a bare close.
                         if matches!(e, ScuError::Timeout(_)) {
                             self.conn.abort_as_user().await;
                         }

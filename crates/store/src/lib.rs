@@ -1025,7 +1025,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The write-ahead log SQLite keeps beside `database` (`<name>-wal`).
 /// This build's migrations, embedded.
 fn migrator() -> sqlx::migrate::Migrator {
     sqlx::migrate!("./migrations")
@@ -1040,10 +1039,12 @@ async fn applied_migrations(pool: &sqlx::SqlitePool) -> Option<Vec<(i64, Vec<u8>
         .ok()
 }
 
-/// `MigrationDiffers` when a migration applied to the database is not this
-/// build's (the start would refuse it), read without writing; migrations
-/// this build does not know (a newer build's) are no difference, and
-/// neither is a database without any.
+/// `MigrationFailed` when the database records a migration as failed, and
+/// `MigrationDiffers` when a migration applied to it is not this build's
+/// (the start would refuse either), read without writing; migrations this
+/// build does not know (a newer build's) are no difference, nor is the
+/// development builds' 15 (`adopt_development_migration_15`), nor a
+/// database without any.
 async fn check_applied_migrations(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
     let Some(applied) = applied_migrations(pool).await else {
         return Ok(());
@@ -1130,8 +1131,9 @@ async fn adopt_development_migration_15(pool: &sqlx::SqlitePool) -> Result<(), S
     Ok(())
 }
 
-/// For `check-config`: `MigrationDiffers` when the SQLite database of
-/// `data_dir` holds a migration this build's start would refuse. Nothing
+/// For `check-config`: `MigrationDiffers` or `MigrationFailed` when the
+/// SQLite database of `data_dir` holds a migration this build's start
+/// would refuse (see `check_applied_migrations`). Nothing
 /// said of a database that is not there yet. Read as it is: without its
 /// log when it has none (nothing written, not even a `-wal`; see
 /// `open_to_read`), through it when it has one (a node running, or one
@@ -1154,6 +1156,7 @@ pub async fn check_database_migrations(
     checked
 }
 
+/// The write-ahead log SQLite keeps beside `database` (`<name>-wal`).
 fn write_ahead_log(database: &Path) -> PathBuf {
     database.with_file_name(format!(
         "{}-wal",
