@@ -864,14 +864,14 @@ impl Store {
     /// [`Store::close`], for a one-shot command that exits next
     /// (`recover-files`): the pool's close returns once its connections are
     /// told to close; their worker threads close them (and the last removes
-    /// the log) a moment later, which is waited for here, at most 2 s, so
+    /// the log) a moment later, which is waited for here, at most 10 s, so
     /// that the process does not exit first (a `-wal` was left every other
-    /// run).
+    /// run; with 2 s, still now and then on a loaded machine).
     pub async fn close_and_wait_for_the_log(&self) {
         self.close().await;
         if let Some(file) = &self.database_file {
             let log = write_ahead_log(file);
-            for _ in 0..100 {
+            for _ in 0..500 {
                 if !log.exists() {
                     break;
                 }
