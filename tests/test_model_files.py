@@ -16,6 +16,15 @@ from nodetest import ROOT, run_dcmtk
 from test_routing_orthanc import wait_until
 
 
+def flip_last_byte(path):
+    """The file's last byte's lowest bit flipped, in place (the same inode,
+    as a write to a mapped file is)."""
+    changed = bytearray(path.read_bytes())
+    changed[-1] ^= 1
+    with open(path, "r+b") as f:
+        f.write(changed)
+
+
 def tiny_model_with_external_data(folder):
     """The tiny model saved in `folder` with its weights in model.onnx.data
     (the file ONNX Runtime maps): (model path, data path)."""
@@ -57,10 +66,7 @@ def test_a_model_file_changed_under_the_running_node_stops_analyses_until_a_rest
 
     # One weight's lowest bit flipped in place: other weights under the
     # running session.
-    changed = bytearray(weights)
-    changed[-1] ^= 1
-    with open(data, "r+b") as f:
-        f.write(changed)
+    flip_last_byte(data)
     r = ready()
     assert r.status_code == 503, r.text
     (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]
@@ -140,10 +146,7 @@ def test_the_loaded_weights_written_through_another_name_stop_analyses(node_fact
     copy.write_bytes(data.read_bytes())
     copy.rename(data)
     assert ready().status_code == 200, ready().text
-    changed = bytearray(snapshot.read_bytes())
-    changed[-1] ^= 1
-    with open(snapshot, "r+b") as f:
-        f.write(changed)
+    flip_last_byte(snapshot)
     r = ready()
     assert r.status_code == 503, r.text
     (reason,) = [x for x in r.json()["reasons"] if "changed on disk" in x]

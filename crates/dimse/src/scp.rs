@@ -851,8 +851,9 @@ fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
 
 /// Why a title is not an AE title (PS3.5 6.2: the default character
 /// repertoire, ASCII, without control characters nor backslash, and not
-/// only spaces); None when it is one. The configuration adds the
-/// 16-character limit the wire's fixed field already makes.
+/// only spaces, 16 characters at most: the wire's fixed field makes that
+/// limit for a received title, the configuration and the command line must
+/// check it); None when it is one.
 pub fn ae_title_problem(title: &str) -> Option<&'static str> {
     if title
         .chars()
@@ -861,6 +862,8 @@ pub fn ae_title_problem(title: &str) -> Option<&'static str> {
         Some("has control characters, a backslash or characters outside ASCII")
     } else if title.trim_matches(' ').is_empty() {
         Some("is blank")
+    } else if title.len() > 16 {
+        Some("must have 1 to 16 characters")
     } else {
         None
     }

@@ -294,11 +294,8 @@ impl ModelFiles {
 
     /// SHA-256 of held file `i`, taken while its stamp stays `stamp`.
     fn sha256_of_held(&self, i: usize, stamp: &Option<Stamp>) -> Option<String> {
-        use sha2::{Digest, Sha256};
         let file = self.held[i].as_ref()?;
-        let mut hasher = Sha256::new();
-        read_all(file, |bytes| hasher.update(bytes)).ok()?;
-        let hex = format!("{:x}", hasher.finalize());
+        let hex = sha256_of(file)?;
         (Stamp::of_open(file) == *stamp).then_some(hex)
     }
 }
@@ -321,11 +318,16 @@ fn read_all(file: &std::fs::File, mut take: impl FnMut(&[u8])) -> std::io::Resul
 
 /// SHA-256 of one file by its path, taken while its stamp stays `stamp`.
 fn sha256_of_path(path: &Path, stamp: &Stamp) -> Option<String> {
+    let hex = sha256_of(&std::fs::File::open(path).ok()?)?;
+    (Stamp::of(path).as_ref() == Some(stamp)).then_some(hex)
+}
+
+/// SHA-256 of an open file's bytes (lower-case hex).
+fn sha256_of(file: &std::fs::File) -> Option<String> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).ok()?, &mut hasher).ok()?;
-    let hex = format!("{:x}", hasher.finalize());
-    (Stamp::of(path).as_ref() == Some(stamp)).then_some(hex)
+    read_all(file, |bytes| hasher.update(bytes)).ok()?;
+    Some(format!("{:x}", hasher.finalize()))
 }
 
 #[cfg(test)]

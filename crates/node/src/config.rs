@@ -610,7 +610,7 @@ impl Config {
 /// repertoire, no backslash nor control character, not only spaces. The
 /// value is shown escaped (a control character would garble the message).
 fn check_ae_title(key: &str, ae: &str) -> Result<()> {
-    if ae.len() <= 16 && ae.is_ascii() && pneumo_dimse::ae_title_problem(ae).is_none() {
+    if pneumo_dimse::ae_title_problem(ae).is_none() {
         return Ok(());
     }
     bail!(

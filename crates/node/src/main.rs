@@ -61,12 +61,6 @@ struct Cli {
 /// as the configuration's (17 failed inside the association request with
 /// an encoder's message).
 fn ae_title_argument(ae: &str) -> std::result::Result<String, String> {
-    if ae.is_empty() || ae.len() > 16 {
-        return Err(format!(
-            "`{}` must have 1 to 16 characters",
-            ae.escape_debug()
-        ));
-    }
     match pneumo_dimse::ae_title_problem(ae) {
         Some(problem) => Err(format!("`{}` {problem}", ae.escape_debug())),
         None => Ok(ae.to_string()),
