@@ -686,6 +686,11 @@ def test_a_pacs_without_3d_sr_gets_the_node_s_reports_as_comprehensive_sr(node_f
             wait_until(lambda: pacs.stores == stores + 1
                        and node.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == 1, timeout=30)
         assert list(pacs.received) == [sent_uid]
+        with node.db() as c:
+            (reason,) = c.execute("SELECT last_status FROM outbox WHERE state = 'sent'").fetchone()
+        # why it went so this time: as before, not "takes no 3D SR" again
+        assert f"sent as Comprehensive SR {sent_uid}: again, as the destination received it before" in reason, \
+            reason
 
         # report.sop_class = "comprehensive": reports are made so, and go as they are.
         node.stop()

@@ -220,3 +220,30 @@ def test_recover_files_as_root_on_the_service_s_data_is_refused(node_factory, tm
     finally:
         os.chown(node.data_dir, 0, 0)
     assert recover(node).returncode == 0  # root's own directory: as before
+
+
+def test_a_data_directory_that_never_stored_an_instance_has_nothing_to_recover(node_factory, tmp_path):
+    """Without `instances/` (no instance ever stored), the dry run failed
+    with "cannot write the instance file", a write error of a read-only
+    look; an unreadable directory below it is named as unreadable."""
+    import os
+    import shutil
+
+    node = node_factory().start()
+    node.stop()
+    shutil.rmtree(node.data_dir / "instances", ignore_errors=True)
+    for args in (["--dry-run"], []):
+        r = recover(node, *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "0 files the database did not name" in r.stdout, r.stdout
+    if os.geteuid() == 0:
+        return  # root reads any directory: the unreadable case cannot be made
+    locked = node.data_dir / "instances" / "1.2.3"
+    locked.mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        r = recover(node, "--dry-run")
+        assert r.returncode != 0 and f"cannot read {locked}" in r.stderr, r.stdout + r.stderr
+        assert "cannot write" not in r.stderr, r.stderr
+    finally:
+        locked.chmod(0o755)

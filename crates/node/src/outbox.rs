@@ -670,8 +670,16 @@ impl OutboxWorker {
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
         if let Some(alt) = &outcome.sent_as {
+            // A resend goes as it went before (one document for the PACS),
+            // whether the destination takes 3D SR now or not: said so, not
+            // the first delivery's reason again.
+            let why = if item.sent_as_uid.is_some() {
+                "again, as the destination received it before"
+            } else {
+                "the destination takes no Comprehensive 3D SR"
+            };
             comment.push_str(&format!(
-                " (sent as Comprehensive SR {}: the destination takes no Comprehensive 3D SR)",
+                " (sent as Comprehensive SR {}: {why})",
                 alt.sop_instance_uid
             ));
         }

@@ -240,8 +240,8 @@ pub(crate) fn lateral_from_orientation(orientation: &str) -> Option<String> {
 }
 
 /// Words of a description that name a lateral projection: English,
-/// German, French, Spanish, Italian, Dutch and Polish forms and the usual
-/// abbreviations (not LL nor RL: in German they are also Linkslage and
+/// German, French, Spanish, Italian, Dutch, Polish, Turkish and Swedish
+/// forms and the usual abbreviations (not LL nor RL: in German they are also Linkslage and
 /// Rückenlage, a lateral decubitus and a supine AP, both frontal beams).
 /// Compared without accents.
 const LATERAL_WORDS: &[&str] = &[
@@ -262,9 +262,17 @@ const LATERAL_WORDS: &[&str] = &[
     "PROFIL",
     "PROFILE",
     "PERFIL",
+    "ZIJ",
+    "ZIJAANZICHT",
+    "ZIJDELINGS",
+    "ZIJDELINGSE",
     "BOCZNE",
     "BOCZNA",
     "BOCZNY",
+    "BOCZNEJ",
+    "BOCZNYM",
+    "YAN",
+    "SIDOBILD",
 ];
 
 /// Words that name a frontal projection, or a view that is frontal though
@@ -504,6 +512,11 @@ mod tests {
             "Thorax lateraal",
             "RTG klatki piersiowej boczne",
             "Tórax lateral izquierdo",
+            "Thorax zij",
+            "X-thorax zijaanzicht",
+            "RTG klatki piersiowej w projekcji bocznej",
+            "Akciğer grafisi yan",
+            "Lungor sidobild",
         ] {
             assert!(series(text).is_some(), "{text}");
         }
@@ -536,6 +549,8 @@ mod tests {
             "Tórax póstero-anterior e perfil",
             "Torace antero-posteriore e latero-laterale",
             "Zdjęcie klatki piersiowej tylno-przednie i boczne",
+            "Thorax PA en zij",
+            "Akciğer PA ve yan",
             "Thorax RL",
             "Thorax LL",
             "Thorax p.a.",

@@ -133,6 +133,13 @@ pub enum StoreError {
     Mismatch(String),
     #[error("cannot write the instance file: {0}")]
     Io(#[from] std::io::Error),
+    /// A directory or entry under `instances/` that cannot be read, while
+    /// looking for files the database does not name.
+    #[error("cannot read {path}: {source}")]
+    ListingFiles {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Takes the exclusive advisory lock on `<data_dir>/pneumo-node.lock`

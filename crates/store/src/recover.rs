@@ -43,20 +43,22 @@ impl Store {
     }
 }
 
-/// Every regular file below `root`, sorted.
+/// Every regular file below `root`, sorted; none when `root` does not
+/// exist (a data directory that never stored an instance).
 pub(crate) fn files_under(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut files = Vec::new();
+    if !root.exists() {
+        return Ok(files);
+    }
+    let unreadable = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::ListingFiles { path, source }
+    };
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
-            StoreError::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", dir.display()),
-            ))
-        })?;
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
+        for entry in std::fs::read_dir(&dir).map_err(unreadable(&dir))? {
+            let entry = entry.map_err(unreadable(&dir))?;
+            let kind = entry.file_type().map_err(unreadable(&entry.path()))?;
             if kind.is_dir() {
                 dirs.push(entry.path());
             } else if kind.is_file() {
