@@ -16,6 +16,10 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    pub const N_ACTION_RSP: u16 = 0x8130;
 
     /// The DIMSE request command fields (PS3.7 E.1-1, E.2-1), C-CANCEL
     /// included; their responses are these with bit 15 set.
@@ -46,6 +50,7 @@ pub const DATA_SET_PRESENT: u16 = 0x0000;
 
 const TAG_GROUP_LENGTH: u16 = 0x0000;
 const TAG_AFFECTED_SOP_CLASS: u16 = 0x0002;
+const TAG_REQUESTED_SOP_CLASS: u16 = 0x0003;
 const TAG_COMMAND_FIELD: u16 = 0x0100;
 const TAG_MESSAGE_ID: u16 = 0x0110;
 const TAG_MESSAGE_ID_RESPONDED: u16 = 0x0120;
@@ -54,6 +59,9 @@ const TAG_DATA_SET_TYPE: u16 = 0x0800;
 const TAG_STATUS: u16 = 0x0900;
 const TAG_ERROR_COMMENT: u16 = 0x0902;
 const TAG_AFFECTED_SOP_INSTANCE: u16 = 0x1000;
+const TAG_REQUESTED_SOP_INSTANCE: u16 = 0x1001;
+const TAG_EVENT_TYPE_ID: u16 = 0x1002;
+const TAG_ACTION_TYPE_ID: u16 = 0x1008;
 const TAG_MOVE_ORIGINATOR_AE: u16 = 0x1030;
 const TAG_MOVE_ORIGINATOR_ID: u16 = 0x1031;
 
@@ -89,6 +97,12 @@ pub struct Command {
     pub error_comment: Option<String>,
     pub move_originator_ae: Option<String>,
     pub move_originator_message_id: Option<u16>,
+    /// DIMSE-N: the SOP class and instance an N-ACTION (and N-GET, N-SET,
+    /// N-DELETE) request is for.
+    pub requested_sop_class_uid: Option<String>,
+    pub requested_sop_instance_uid: Option<String>,
+    pub event_type_id: Option<u16>,
+    pub action_type_id: Option<u16>,
 }
 
 impl Command {
@@ -148,12 +162,44 @@ impl Command {
         }
     }
 
+    /// The N-ACTION-RSP to `request`: its Affected SOP Class and Instance
+    /// are the request's Requested ones (PS3.7 10.3.4).
+    pub fn n_action_rsp(request: &Command, status: Status, error_comment: Option<&str>) -> Self {
+        Command {
+            affected_sop_class_uid: request.requested_sop_class_uid.clone(),
+            affected_sop_instance_uid: request.requested_sop_instance_uid.clone(),
+            action_type_id: request.action_type_id,
+            ..Command::response_to(request, status, error_comment)
+        }
+    }
+
+    /// An N-EVENT-REPORT-RQ with a data set (its Event Information).
+    pub fn n_event_report_rq(
+        message_id: u16,
+        sop_class: &str,
+        sop_instance: &str,
+        event_type_id: u16,
+    ) -> Self {
+        Command {
+            command_field: field::N_EVENT_REPORT_RQ,
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            affected_sop_instance_uid: Some(sop_instance.to_string()),
+            message_id: Some(message_id),
+            event_type_id: Some(event_type_id),
+            data_set_type: DATA_SET_PRESENT,
+            ..Default::default()
+        }
+    }
+
     /// Encodes the command set in Implicit VR Little Endian, group length first.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(256);
         // Elements in ascending tag order.
         if let Some(uid) = &self.affected_sop_class_uid {
             put_text(&mut body, TAG_AFFECTED_SOP_CLASS, uid, 0);
+        }
+        if let Some(uid) = &self.requested_sop_class_uid {
+            put_text(&mut body, TAG_REQUESTED_SOP_CLASS, uid, 0);
         }
         put_u16(&mut body, TAG_COMMAND_FIELD, self.command_field);
         if let Some(id) = self.message_id {
@@ -174,6 +220,15 @@ impl Command {
         }
         if let Some(uid) = &self.affected_sop_instance_uid {
             put_text(&mut body, TAG_AFFECTED_SOP_INSTANCE, uid, 0);
+        }
+        if let Some(uid) = &self.requested_sop_instance_uid {
+            put_text(&mut body, TAG_REQUESTED_SOP_INSTANCE, uid, 0);
+        }
+        if let Some(id) = self.event_type_id {
+            put_u16(&mut body, TAG_EVENT_TYPE_ID, id);
+        }
+        if let Some(id) = self.action_type_id {
+            put_u16(&mut body, TAG_ACTION_TYPE_ID, id);
         }
         if let Some(ae) = &self.move_originator_ae {
             put_text(&mut body, TAG_MOVE_ORIGINATOR_AE, ae, b' ');
@@ -224,6 +279,10 @@ impl Command {
                 TAG_STATUS => cmd.status = Some(Status(u16_value(element, value)?)),
                 TAG_ERROR_COMMENT => cmd.error_comment = Some(text(value)),
                 TAG_AFFECTED_SOP_INSTANCE => cmd.affected_sop_instance_uid = Some(text(value)),
+                TAG_REQUESTED_SOP_CLASS => cmd.requested_sop_class_uid = Some(text(value)),
+                TAG_REQUESTED_SOP_INSTANCE => cmd.requested_sop_instance_uid = Some(text(value)),
+                TAG_EVENT_TYPE_ID => cmd.event_type_id = Some(u16_value(element, value)?),
+                TAG_ACTION_TYPE_ID => cmd.action_type_id = Some(u16_value(element, value)?),
                 TAG_MOVE_ORIGINATOR_AE => cmd.move_originator_ae = Some(text(value)),
                 TAG_MOVE_ORIGINATOR_ID => {
                     cmd.move_originator_message_id = Some(u16_value(element, value)?)
@@ -279,6 +338,38 @@ fn text(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn n_action_and_event_report_round_trip() {
+        let rq = Command {
+            command_field: field::N_ACTION_RQ,
+            requested_sop_class_uid: Some("1.2.840.10008.1.20.1".into()),
+            requested_sop_instance_uid: Some("1.2.840.10008.1.20.1.1".into()),
+            message_id: Some(3),
+            action_type_id: Some(1),
+            data_set_type: DATA_SET_PRESENT,
+            ..Default::default()
+        };
+        assert_eq!(Command::decode(&rq.encode()).unwrap(), rq);
+        let rsp =
+            Command::decode(&Command::n_action_rsp(&rq, Status::SUCCESS, None).encode()).unwrap();
+        assert_eq!(rsp.command_field, field::N_ACTION_RSP);
+        assert_eq!(
+            rsp.affected_sop_class_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1")
+        );
+        assert_eq!(
+            rsp.affected_sop_instance_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1.1")
+        );
+        assert_eq!(
+            (rsp.message_id_being_responded_to, rsp.action_type_id),
+            (Some(3), Some(1))
+        );
+        let report =
+            Command::n_event_report_rq(9, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 2);
+        assert_eq!(Command::decode(&report.encode()).unwrap(), report);
+    }
 
     #[test]
     fn store_request_round_trips() {

@@ -1,4 +1,5 @@
-//! DICOM associations for pneumo-node: C-ECHO and C-STORE, as SCP and as SCU.
+//! DICOM associations for pneumo-node: C-ECHO and C-STORE, as SCP and as SCU,
+//! and Storage Commitment (push model) as SCP.
 //!
 //! The PDU codec and types come from dicom-ul 0.10; the upper-layer state
 //! machine, the DIMSE command sets and the streaming of data sets to disk are
@@ -8,6 +9,7 @@
 //! [`StoreHandler`].
 
 pub mod command;
+pub mod commitment;
 pub mod pdu;
 pub mod scp;
 pub mod scu;

@@ -336,14 +336,23 @@ pub fn pdata_header(
 /// The P-DATA-TF PDUs of a command, back to back: one, or as many as the
 /// peer's Maximum Length Received (`peer_max_pdu`, 0 for unlimited) needs.
 pub fn command_pdus(context_id: u8, command: &[u8], peer_max_pdu: u32) -> Vec<u8> {
-    let fragments: Vec<&[u8]> = command.chunks(max_pdv_payload(peer_max_pdu)).collect();
-    let mut out = Vec::with_capacity(command.len() + 12 * fragments.len());
+    message_pdus(context_id, true, command, peer_max_pdu)
+}
+
+/// The same for a data set held in memory.
+pub fn data_set_pdus(context_id: u8, data_set: &[u8], peer_max_pdu: u32) -> Vec<u8> {
+    message_pdus(context_id, false, data_set, peer_max_pdu)
+}
+
+fn message_pdus(context_id: u8, is_command: bool, bytes: &[u8], peer_max_pdu: u32) -> Vec<u8> {
+    let fragments: Vec<&[u8]> = bytes.chunks(max_pdv_payload(peer_max_pdu)).collect();
+    let mut out = Vec::with_capacity(bytes.len() + 12 * fragments.len());
     let mut header = Vec::with_capacity(12);
     for (n, fragment) in fragments.iter().enumerate() {
         pdata_header(
             &mut header,
             context_id,
-            true,
+            is_command,
             n + 1 == fragments.len(),
             fragment.len(),
         );

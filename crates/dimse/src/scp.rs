@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::command::{field, Command};
+use crate::commitment::{self, CommitmentItem};
 use crate::pdu::{self, PduError, PduStream};
 use crate::sop;
 use crate::status::Status;
@@ -75,6 +76,9 @@ pub struct ScpConfig {
     pub spool_dir: PathBuf,
     /// On shutdown, how long messages in progress may take to finish.
     pub shutdown_grace: Duration,
+    /// Accept Storage Commitment (push model) requests, answered on the
+    /// same association ([`StoreHandler::commit`]).
+    pub storage_commitment: bool,
 }
 
 impl Default for ScpConfig {
@@ -92,6 +96,7 @@ impl Default for ScpConfig {
             acceptance: StorageAcceptance::Chest,
             also_accept: Vec::new(),
             spool_dir: std::env::temp_dir(),
+            storage_commitment: true,
         }
     }
 }
@@ -176,6 +181,19 @@ pub trait StoreHandler: Send + Sync + 'static {
 
     /// Keeps a received instance; the reply goes back to the sender.
     fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
+
+    /// Whether each instance of a Storage Commitment request is kept: None
+    /// when it is (received, acknowledged, and not removed since), else the
+    /// Failure Reason ([`crate::commitment::failure`]). One answer per item,
+    /// in order. A handler that keeps nothing commits nothing.
+    fn commit(
+        &self,
+        _context: &AssociationContext,
+        items: &[CommitmentItem],
+    ) -> impl Future<Output = Vec<Option<u16>>> + Send {
+        let failed = vec![Some(crate::commitment::failure::PROCESSING_FAILURE); items.len()];
+        async move { failed }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -573,6 +591,8 @@ async fn serve_connection<H: StoreHandler>(
         state: MessageState::Idle,
         stored: 0,
         message_pace: MessagePace::default(),
+        next_message_id: 1,
+        awaiting_event_report: Vec::new(),
     };
     let end = association.run().await;
     match end {
@@ -765,7 +785,7 @@ fn negotiate(
                 .transfer_syntaxes
                 .iter()
                 .map(|t| sop::trim_uid(t))
-                .find(|t| sop::is_storable_transfer_syntax(t));
+                .find(|t| transfer_syntax_acceptable(&abstract_syntax, t));
             NegotiatedContext {
                 id: pc.id,
                 accepted: supported && ts.is_some(),
@@ -783,7 +803,7 @@ fn negotiate(
                 || pc
                     .transfer_syntaxes
                     .iter()
-                    .all(|t| !sop::is_storable_transfer_syntax(sop::trim_uid(t)));
+                    .all(|t| !transfer_syntax_acceptable(&c.abstract_syntax, sop::trim_uid(t)));
             PresentationContextResult {
                 id: c.id,
                 reason: if c.accepted {
@@ -840,8 +860,19 @@ fn proposed_classes_for_the_log(classes: &[&str]) -> String {
     shown.join(",")
 }
 
+/// Storage Commitment's data sets are read and written in memory, in the
+/// uncompressed syntaxes; any other class's in any syntax it may be stored in.
+fn transfer_syntax_acceptable(abstract_syntax: &str, ts: &str) -> bool {
+    if abstract_syntax == commitment::STORAGE_COMMITMENT_PUSH {
+        commitment::TRANSFER_SYNTAXES.contains(&ts)
+    } else {
+        sop::is_storable_transfer_syntax(ts)
+    }
+}
+
 fn abstract_supported(config: &ScpConfig, uid: &str) -> bool {
     uid == sop::VERIFICATION
+        || (config.storage_commitment && uid == commitment::STORAGE_COMMITMENT_PUSH)
         || config.also_accept.iter().any(|c| c == uid)
         || match config.acceptance {
             StorageAcceptance::Chest => sop::CHEST_STORAGE.contains(&uid),
@@ -903,6 +934,14 @@ enum MessageState {
         command: Command,
         sink: Box<Result<Spool, StoreReply>>,
     },
+    /// The small data set of a message other than a C-STORE (an N-ACTION
+    /// request, an N-EVENT-REPORT response), held in memory; None once it
+    /// grew past [`commitment::MAX_REQUEST_BYTES`] (read and dropped).
+    InMemory {
+        context_id: u8,
+        command: Command,
+        bytes: Option<Vec<u8>>,
+    },
 }
 
 enum AssociationEnd {
@@ -927,6 +966,11 @@ struct Association<'a, H> {
     state: MessageState,
     stored: u64,
     message_pace: MessagePace,
+    /// Message ID of the next request this node sends on the association.
+    next_message_id: u16,
+    /// The N-EVENT-REPORT-RQs sent and not answered yet: their Message ID
+    /// and transaction.
+    awaiting_event_report: Vec<(u16, String)>,
 }
 
 /// How long the message in progress has waited for its PDUs, and how many
@@ -1036,11 +1080,15 @@ impl<H: StoreHandler> Association<'_, H> {
                     if !matches!(self.state, MessageState::Idle) {
                         warn!("release requested in the middle of a message; partial data dropped");
                     }
+                    self.results_unconfirmed("released");
                     let _ = self.conn.send(&Pdu::ReleaseRP).await;
                     self.conn.close_after(pdu::ARTIM).await;
                     return AssociationEnd::Released;
                 }
-                pdu::TYPE_ABORT => return AssociationEnd::AbortedByPeer,
+                pdu::TYPE_ABORT => {
+                    self.results_unconfirmed("aborted");
+                    return AssociationEnd::AbortedByPeer;
+                }
                 other => {
                     self.conn
                         .abort(AbortRQServiceProviderReason::UnexpectedPdu)
@@ -1122,6 +1170,32 @@ impl<H: StoreHandler> Association<'_, H> {
                         }
                     }
                 }
+                (
+                    MessageState::InMemory {
+                        context_id,
+                        command,
+                        mut bytes,
+                    },
+                    false,
+                ) if context_id == pdv.context_id => {
+                    if let Some(held) = bytes.as_mut() {
+                        if held.len() + pdv.data.len() > commitment::MAX_REQUEST_BYTES {
+                            bytes = None;
+                        } else {
+                            held.extend_from_slice(pdv.data);
+                        }
+                    }
+                    if pdv.is_last {
+                        self.finish_in_memory(context_id, command, bytes).await?;
+                        MessageState::Idle
+                    } else {
+                        MessageState::InMemory {
+                            context_id,
+                            command,
+                            bytes,
+                        }
+                    }
+                }
                 (_, is_command) => {
                     return Err(format!(
                         "unexpected {} fragment on context {}",
@@ -1166,6 +1240,23 @@ impl<H: StoreHandler> Association<'_, H> {
             debug!(message_id = ?command.message_id_being_responded_to, "C-CANCEL ignored");
             return Ok(MessageState::Idle);
         }
+        if command.command_field == field::N_EVENT_REPORT_RSP
+            && self
+                .awaiting_event_report
+                .iter()
+                .any(|(id, _)| command.message_id_being_responded_to == Some(*id))
+        {
+            if command.has_data_set() {
+                // an Event Reply, read and dropped
+                return Ok(MessageState::InMemory {
+                    context_id,
+                    command,
+                    bytes: None,
+                });
+            }
+            self.event_report_answered(&command);
+            return Ok(MessageState::Idle);
+        }
         if !field::is_request(command.command_field) {
             // A response, or no DIMSE command at all: there is no response
             // to give it, so the association cannot go on.
@@ -1199,6 +1290,19 @@ impl<H: StoreHandler> Association<'_, H> {
                     command,
                     sink,
                 })
+            }
+            field::N_ACTION_RQ if command.has_data_set() => Ok(MessageState::InMemory {
+                context_id,
+                command,
+                bytes: Some(Vec::new()),
+            }),
+            field::N_ACTION_RQ => {
+                let reply = (
+                    commitment::refusal::INVALID_ARGUMENT_VALUE,
+                    "N-ACTION without its data set (Action Information)".to_string(),
+                );
+                self.refuse_action(context_id, &command, reply).await?;
+                Ok(MessageState::Idle)
             }
             _ if command.has_data_set() => {
                 // An operation we do not serve: read its data, then refuse it.
@@ -1347,6 +1451,180 @@ impl<H: StoreHandler> Association<'_, H> {
             "request answered"
         );
         self.respond(context_id, &command, reply).await
+    }
+
+    /// The end of a message held in memory: an N-ACTION request, or an
+    /// N-EVENT-REPORT response with its Event Reply (dropped).
+    async fn finish_in_memory(
+        &mut self,
+        context_id: u8,
+        command: Command,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        if command.command_field == field::N_EVENT_REPORT_RSP {
+            self.event_report_answered(&command);
+            return Ok(());
+        }
+        let Some(bytes) = bytes else {
+            let why = format!(
+                "Action Information larger than {} MiB",
+                commitment::MAX_REQUEST_BYTES >> 20
+            );
+            return self
+                .refuse_action(context_id, &command, (Status(0x0213), why))
+                .await;
+        };
+        self.storage_commitment(context_id, &command, &bytes).await
+    }
+
+    /// A Storage Commitment request (PS3.4 J.3.2): answered N-ACTION-RSP,
+    /// then, as every instance it names was kept before its C-STORE was
+    /// acknowledged, its result at once in an N-EVENT-REPORT on this
+    /// association.
+    async fn storage_commitment(
+        &mut self,
+        context_id: u8,
+        command: &Command,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        use commitment::{refusal, STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH};
+        let negotiated = self.context(context_id)?;
+        let (abstract_syntax, ts) = (
+            negotiated.abstract_syntax.clone(),
+            negotiated.transfer_syntax.clone(),
+        );
+        let class = command
+            .requested_sop_class_uid
+            .as_deref()
+            .map(sop::trim_uid);
+        let instance = command
+            .requested_sop_instance_uid
+            .as_deref()
+            .map(sop::trim_uid);
+        let refused = if abstract_syntax != STORAGE_COMMITMENT_PUSH
+            || class != Some(STORAGE_COMMITMENT_PUSH)
+        {
+            Some((
+                refusal::NO_SUCH_SOP_CLASS,
+                "N-ACTION is served for Storage Commitment only, on its context".to_string(),
+            ))
+        } else if instance != Some(STORAGE_COMMITMENT_INSTANCE) {
+            Some((
+                refusal::INVALID_OBJECT_INSTANCE,
+                format!("Requested SOP Instance must be {STORAGE_COMMITMENT_INSTANCE}"),
+            ))
+        } else if command.action_type_id != Some(commitment::REQUEST_STORAGE_COMMITMENT) {
+            Some((
+                refusal::NO_SUCH_ACTION,
+                "Action Type ID must be 1 (request storage commitment)".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refused {
+            return self.refuse_action(context_id, command, refusal).await;
+        }
+        let request = match commitment::read_request(bytes, &ts) {
+            Ok(request) => request,
+            Err(refusal) => return self.refuse_action(context_id, command, refusal).await,
+        };
+        let rsp = Command::n_action_rsp(command, Status::SUCCESS, None);
+        self.conn
+            .send_raw(&pdu::command_pdus(
+                context_id,
+                &rsp.encode(),
+                self.peer_max_pdu,
+            ))
+            .await
+            .map_err(|e| format!("cannot send response: {e}"))?;
+        let mut outcomes = self
+            .shared
+            .handler
+            .commit(&self.context, &request.items)
+            .await;
+        outcomes.resize(
+            request.items.len(),
+            Some(commitment::failure::PROCESSING_FAILURE),
+        );
+        let committed = outcomes.iter().filter(|o| o.is_none()).count();
+        info!(
+            transaction_uid = %request.transaction_uid,
+            instances = request.items.len(),
+            committed,
+            failed = request.items.len() - committed,
+            "storage commitment"
+        );
+        let (event_type, data) =
+            commitment::event_report(&request, &outcomes, &self.shared.config.ae_title, &ts)
+                .map_err(|e| format!("cannot write the storage commitment result: {e}"))?;
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.checked_add(1).unwrap_or(1);
+        let rq = Command::n_event_report_rq(
+            id,
+            STORAGE_COMMITMENT_PUSH,
+            STORAGE_COMMITMENT_INSTANCE,
+            event_type,
+        );
+        let mut pdus = pdu::command_pdus(context_id, &rq.encode(), self.peer_max_pdu);
+        pdus.extend(pdu::data_set_pdus(context_id, &data, self.peer_max_pdu));
+        self.conn
+            .send_raw(&pdus)
+            .await
+            .map_err(|e| format!("cannot send the storage commitment result: {e}"))?;
+        self.awaiting_event_report
+            .push((id, request.transaction_uid));
+        Ok(())
+    }
+
+    /// Answers an N-ACTION that cannot be taken with `status`, and why.
+    async fn refuse_action(
+        &mut self,
+        context_id: u8,
+        command: &Command,
+        (status, why): (Status, String),
+    ) -> Result<(), String> {
+        warn!(%status, reason = %why, "storage commitment request refused");
+        let rsp = Command::n_action_rsp(command, status, Some(&why));
+        self.conn
+            .send_raw(&pdu::command_pdus(
+                context_id,
+                &rsp.encode(),
+                self.peer_max_pdu,
+            ))
+            .await
+            .map_err(|e| format!("cannot send response: {e}"))
+    }
+
+    /// The requester's N-EVENT-REPORT-RSP to a commitment result.
+    fn event_report_answered(&mut self, rsp: &Command) {
+        let Some(at) = self
+            .awaiting_event_report
+            .iter()
+            .position(|(id, _)| rsp.message_id_being_responded_to == Some(*id))
+        else {
+            return;
+        };
+        let (_, transaction_uid) = self.awaiting_event_report.remove(at);
+        match rsp.status {
+            Some(status) if status.is_success() || status.is_warning() => {
+                info!(%transaction_uid, %status, "storage commitment result delivered")
+            }
+            status => warn!(
+                %transaction_uid,
+                status = %status.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+                "storage commitment result not taken by the requester"
+            ),
+        }
+    }
+
+    /// Said when the association ends with commitment results sent and not
+    /// answered: the requester may not have them (it asks again, as its
+    /// own time-out tells it).
+    fn results_unconfirmed(&self, how: &str) {
+        for (_, transaction_uid) in &self.awaiting_event_report {
+            warn!(%transaction_uid, how,
+                "storage commitment result sent, not answered before the association ended");
+        }
     }
 
     async fn respond(

@@ -96,6 +96,8 @@ pub struct DicomSection {
     pub min_receive_rate_kib_s: u64,
     /// On SIGTERM, how long transfers in progress may take to finish.
     pub shutdown_grace_s: u64,
+    /// Answer Storage Commitment (push model) requests.
+    pub storage_commitment: bool,
     pub allowed_callers: Vec<AllowedCallerEntry>,
 }
 
@@ -114,6 +116,7 @@ impl Default for DicomSection {
             idle_timeout_s: 120,
             min_receive_rate_kib_s: 16,
             shutdown_grace_s: 30,
+            storage_commitment: true,
             allowed_callers: Vec::new(),
         }
     }
@@ -602,6 +605,7 @@ impl Config {
             },
             also_accept: d.also_accept.clone(),
             spool_dir,
+            storage_commitment: d.storage_commitment,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pneumo_dimse::commitment::CommitmentItem;
 use pneumo_dimse::{AssociationContext, ReceivedInstance, Status, StoreHandler, StoreReply};
 use pneumo_store::{Incoming, IngestOutcome, Store, StoreError};
 use tokio::sync::Notify;
@@ -104,6 +105,33 @@ impl StoreHandler for IngestHandler {
 
     fn instance_refused(&self, _reply: &StoreReply) {
         Metrics::inc(&self.metrics.instances_refused, 1);
+    }
+
+    async fn commit(
+        &self,
+        context: &AssociationContext,
+        items: &[CommitmentItem],
+    ) -> Vec<Option<u16>> {
+        use pneumo_dimse::commitment::failure;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let outcome = match self.store.kept_classes(&item.sop_instance_uid).await {
+                Ok(classes) if classes.contains(&item.sop_class_uid) => None,
+                Ok(classes) if !classes.is_empty() => Some(failure::CLASS_INSTANCE_CONFLICT),
+                Ok(_) => Some(failure::NO_SUCH_OBJECT_INSTANCE),
+                Err(e) => {
+                    warn!(error = %e, sop_instance_uid = %item.sop_instance_uid,
+                        "cannot look up an instance for storage commitment");
+                    Some(failure::PROCESSING_FAILURE)
+                }
+            };
+            if let Some(reason) = outcome {
+                info!(calling_ae = %context.calling_ae, sop_instance_uid = %item.sop_instance_uid,
+                    failure_reason = format_args!("{reason:04X}H"), "not committed");
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     async fn store(&self, instance: ReceivedInstance) -> StoreReply {

@@ -835,6 +835,25 @@ impl Store {
         }
     }
 
+    /// The SOP classes under which an instance with this SOP Instance UID
+    /// is kept, file present (none when never received, or removed by
+    /// retention or by hand): what a Storage Commitment request is
+    /// answered by.
+    pub async fn kept_classes(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT sop_class_uid, path FROM instances \
+             WHERE sop_instance_uid = ? AND purged_at_ms IS NULL",
+        )
+        .bind(sop_instance_uid)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, path)| self.data_dir.join(path).is_file())
+            .map(|(class, _)| class)
+            .collect())
+    }
+
     /// Number of instance rows for a SOP Instance UID.
     pub async fn count_instances_with_uid(
         &self,
