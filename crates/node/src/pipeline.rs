@@ -81,6 +81,10 @@ struct ResultRecord<'a> {
     decision: &'static str,
     preprocessing: &'a PreprocessReport,
     sr_sop_instance_uid: &'a str,
+    /// SHA-256 of the model's input tensor: a later copy under the same
+    /// UID with the same input has this result, whatever the last digits
+    /// of its own run.
+    model_input_sha256: &'a str,
     /// The report made for an earlier copy under the same UID that this
     /// one replaces (docs/sr.md).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -372,7 +376,13 @@ impl Pipeline {
         let mut sr_uid = report_uid(&source)?;
         let mut because = Replacement::OtherPatientOrStudy;
         if self
-            .states_another_result(&sr_uid, job.instance_id, &prediction, &result)
+            .states_another_result(
+                &sr_uid,
+                job.instance_id,
+                &prepared.input_sha256,
+                &prediction,
+                &result,
+            )
             .await?
         {
             because = Replacement::OtherResult;
@@ -461,6 +471,7 @@ impl Pipeline {
             decision: result.decision.as_str(),
             preprocessing: &prepared.report,
             sr_sop_instance_uid: &sr_uid,
+            model_input_sha256: &prepared.input_sha256,
             replaces_sr_sop_instance_uid: source
                 .replaces
                 .as_ref()
@@ -513,13 +524,18 @@ impl Pipeline {
 
     /// Whether the report `sr_uid`, made for another copy stored under this
     /// instance's UID, states another result than this one: another
-    /// decision, or another probability as the SR writes it (a millionth;
-    /// the same pixels give the same). False when no such report exists,
-    /// it is this instance's own, or its maker's result cannot be read.
+    /// decision, or another probability as the SR writes it (a millionth),
+    /// from another model input. The same input is the same result: ONNX
+    /// Runtime's sums differ with the batch an image ran in (about 1e-8),
+    /// and a re-sent copy batched otherwise got a second report "with
+    /// another result" for one millionth. False when no such report
+    /// exists, it is this instance's own, or its maker's result cannot be
+    /// read.
     async fn states_another_result(
         &self,
         sr_uid: &str,
         instance_id: i64,
+        input_sha256: &str,
         prediction: &Prediction,
         result: &AnalysisResult,
     ) -> Result<bool, Failure> {
@@ -538,9 +554,17 @@ impl Pipeline {
         ) else {
             return Ok(false);
         };
-        let millionths = |p: f64| (p * 1e6).round();
-        Ok(decision != result.decision.as_str()
-            || millionths(p) != millionths(prediction.p_positive))
+        let other = decision != result.decision.as_str();
+        match stated["model_input_sha256"].as_str() {
+            Some(input) if input == input_sha256 => Ok(false),
+            Some(_) => {
+                let millionths = |p: f64| (p * 1e6).round();
+                Ok(other || millionths(p) != millionths(prediction.p_positive))
+            }
+            // Made by an earlier version, which recorded no input: a
+            // difference well above the batches' (ten millionths).
+            None => Ok(other || (p - prediction.p_positive).abs() > 1e-5),
+        }
     }
 
     /// Where `source` stands among the data sets stored under its UID: its
@@ -814,6 +838,8 @@ pub(crate) enum Generated {
 
 struct Prepared {
     tensor: pneumo_imaging::Tensor,
+    /// SHA-256 of the tensor's bytes (`ResultRecord::model_input_sha256`).
+    input_sha256: String,
     report: PreprocessReport,
     /// The header, for the report's patient and study modules.
     header: dicom_object::InMemDicomObject,
@@ -848,11 +874,26 @@ fn prepare(
     let mut header = obj.into_inner();
     header.remove_element(dicom_dictionary_std::tags::PIXEL_DATA);
     Ok(Prepared {
+        input_sha256: tensor_sha256(&pre.tensor),
         tensor: pre.tensor,
         report: pre.report,
         header,
         grey: keep_grey.then_some(grey),
     })
+}
+
+/// SHA-256 of a model input: its shape, then its values' little-endian bytes.
+fn tensor_sha256(tensor: &pneumo_imaging::Tensor) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for d in tensor.shape {
+        hasher.update((d as u64).to_le_bytes());
+    }
+    match &tensor.data {
+        pneumo_imaging::TensorData::F32(v) => v.iter().for_each(|x| hasher.update(x.to_le_bytes())),
+        pneumo_imaging::TensorData::F16(v) => v.iter().for_each(|x| hasher.update(x.to_le_bytes())),
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// The lung box of a `lung-box` crop, or the job's failure reason.
