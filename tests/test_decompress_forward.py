@@ -231,3 +231,35 @@ def test_a_dct_jpeg_that_says_it_is_not_lossy_is_marked_lossy_when_decompressed(
                     pydicom.dcmread(got[uid]).get("LossyImageCompressionMethod")) for name, (_, uid) in sent.items()}
     assert marks == {"jpeg_baseline": ("01", "ISO_10918_1"), "j2k_lossy": ("00", None),
                      "jpeg_extended": ("01", "ISO_10918_1")}, marks
+
+
+def test_an_icon_compressed_with_the_image_is_dropped_when_it_is_decompressed(node_factory, storescp, tmp_path):
+    """DCMTK's dcmcrle compresses an Icon Image Sequence with the image: the
+    image was decompressed for a destination without RLE, the icon left
+    encapsulated in the native data set, and the destination (storescp)
+    refused it A700 at every retry."""
+    from pydicom.dataset import Dataset
+
+    port, out = storescp
+    node = forwarding_node(node_factory, tmp_path, port)
+    native = tmp_path / "native.dcm"
+    ds = fresh_copy(FIXTURES / "rg1s_mono2.dcm", native)
+    icon = Dataset()
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.Rows, icon.Columns = 48, 64
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.PixelData = bytes(range(256)) * 12
+    ds.IconImageSequence = [icon]
+    ds.save_as(native, enforce_file_format=True)
+    rle = tmp_path / "rle.dcm"
+    subprocess.run(["/usr/bin/dcmcrle", str(native), str(rle)], check=True, timeout=60)
+    sent = pydicom.dcmread(rle)
+    assert sent.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    assert sent.IconImageSequence[0]["PixelData"].is_undefined_length  # the icon is encapsulated too
+    r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", rle)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: outbox_states(node).get(ds.SOPInstanceUID) == "sent", timeout=60,
+               what=f"the forward sent ({outbox_rows(node)})")
+    got = pydicom.dcmread(received_by_uid(out)[ds.SOPInstanceUID])
+    assert "IconImageSequence" not in got
+    assert np.array_equal(got.pixel_array, pydicom.dcmread(native).pixel_array)

@@ -138,6 +138,14 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
         DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(words))
     };
     obj.put(pixel_data);
+    // DCMTK compresses an Icon Image Sequence's pixel data with the
+    // image's: left encapsulated in a native syntax (PS3.5 A.4 allows it
+    // only in encapsulated ones) the data set was unreadable to the
+    // destination, which refused it at every retry. The icon is Type 3, a
+    // convenience of browsers: dropped.
+    if has_encapsulated_icon(&obj) {
+        obj.remove_element(tags::ICON_IMAGE_SEQUENCE);
+    }
     obj.remove_element(EXTENDED_OFFSET_TABLE);
     obj.remove_element(EXTENDED_OFFSET_TABLE_LENGTHS);
     if let Some((_, method)) = LOSSY.iter().find(|(ts, _)| *ts == uid) {
@@ -163,6 +171,19 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
     obj.meta_mut()
         .set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN);
     Ok(obj)
+}
+
+/// Whether an item of the Icon Image Sequence holds encapsulated pixel data.
+fn has_encapsulated_icon(obj: &DefaultDicomObject) -> bool {
+    obj.get(tags::ICON_IMAGE_SEQUENCE)
+        .and_then(|e| e.items())
+        .is_some_and(|items| {
+            items.iter().any(|icon| {
+                icon.get(tags::PIXEL_DATA).is_some_and(|p| {
+                    matches!(p.value(), dicom_core::value::Value::PixelSequence(_))
+                })
+            })
+        })
 }
 
 /// Regroups the fragments of a multi-frame image that has no Basic Offset
