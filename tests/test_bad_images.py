@@ -213,6 +213,10 @@ def test_bad_radiographs_fail_their_jobs_and_the_node_keeps_analysing(node, tmp_
     reasons = {j["sop_instance_uid"]: j["reason"] for j in body["jobs"]}
     for path, _, reason in bad.values():
         assert reasons[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID].startswith(reason)
+    # The log's "analysis failed" line, one an operator must act on, names
+    # the image (it gave a job number only, which the API cannot look up).
+    failed = [line for line in node.log().splitlines() if "analysis failed" in line]
+    assert len(failed) >= len(bad) and all("sop_instance_uid=" in line for line in failed), failed[:3]
 
 
 def test_a_high_bit_off_by_one_with_samples_in_the_low_bits_is_analysed_as_they_are(tmp_path):

@@ -62,6 +62,9 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
     assert copy["purged_at_ms"] is None
     assert node.count("SELECT COUNT(*) FROM jobs") == 2
+    # said as retention's doing, not as damage to look for
+    assert "removed by retention, is kept again from the copy just received" in node.log()
+    assert "missing or damaged" not in node.log(), node.log()[-3000:]
 
     # A results destination added since (a new PACS, a renamed one): the
     # image sent again is owed to it, but its report, removed, cannot be:

@@ -42,7 +42,7 @@ impl DiskGuard {
         let reason = match (&not_writable, free) {
             // A full disk is not a permission problem: said so.
             (Some((dir, e)), _) if e.kind() == std::io::ErrorKind::StorageFull => Some(format!(
-                "the disk of {} is full ({e}): free space, e.g. lower retention.keep_days",
+                "the disk of {} is full ({e}): free space on it (retention.keep_days, when set, removes the files of finished instances)",
                 dir.display()
             )),
             (Some((dir, e)), _) => Some(format!("{} is not writable: {e}", dir.display())),

@@ -216,7 +216,7 @@ impl IngestHandler {
                 if reports_owed > 0 {
                     self.wake_outbox.notify_one();
                 }
-                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, newly_routed, reports_owed, "duplicate of a stored instance; nothing written");
+                info!(sop_instance_uid = %instance.sop_instance_uid, instance_id, newly_routed, reports_owed, "duplicate of a stored instance; not stored again");
                 StoreReply::success()
             }
             Err(e) => {

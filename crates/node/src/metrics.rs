@@ -191,11 +191,11 @@ impl Metrics {
             .filter(|(_, s, _, _)| s == "pending")
             .map(|(_, _, n, _)| n)
             .sum();
-        let _ = writeln!(out, "# HELP pneumo_outbox_depth Deliveries not yet done.\n# TYPE pneumo_outbox_depth gauge\npneumo_outbox_depth {depth}");
+        let _ = writeln!(out, "# HELP pneumo_outbox_depth Deliveries pending (waiting to be sent or retried; parked ones are not counted).\n# TYPE pneumo_outbox_depth gauge\npneumo_outbox_depth {depth}");
         counter(
             &mut out,
             "pneumo_delivery_failures_total",
-            "Deliveries that failed an attempt (retried or parked): each waiting delivery counts once per failed connection to its destination.",
+            "Deliveries that failed an attempt (retried or parked): each delivery of the batch tried (up to outbox.batch) counts once per failed connection to its destination.",
             get(&self.deliveries_failed),
         );
         counter(

@@ -168,7 +168,7 @@ impl Pipeline {
                     break;
                 };
                 let this = self.clone();
-                let span = info_span!("job", id = job.job_id, attempt = job.attempts);
+                let span = info_span!("job", id = job.job_id, attempt = job.attempts, sop_instance_uid = %job.sop_instance_uid);
                 tokio::spawn(
                     async move {
                         this.process(job).await;
@@ -657,6 +657,11 @@ impl Pipeline {
             .await
             .map_err(|e| Generated::NotStored(e.to_string()))?;
         if let Some(problem) = problem {
+            let purged = self
+                .store
+                .removed_by_retention(id)
+                .await
+                .map_err(|e| Generated::NotStored(e.to_string()))?;
             let obj = build().map_err(Generated::NotMade)?;
             let (incoming, spool) = self
                 .write_generated(obj)
@@ -673,8 +678,13 @@ impl Pipeline {
                 .await;
             let _ = std::fs::remove_file(&spool);
             let resumed = resumed.map_err(|e| Generated::NotStored(e.to_string()))?;
-            warn!(sop_instance_uid = %uid, was = %problem, deliveries_resumed = resumed,
-                "a report's file was missing or damaged: made again under its UID");
+            if purged {
+                info!(sop_instance_uid = %uid, deliveries_resumed = resumed,
+                    "a report's file, removed by retention, is made again under its UID");
+            } else {
+                warn!(sop_instance_uid = %uid, was = %problem, deliveries_resumed = resumed,
+                    "a report's file was missing or damaged: made again under its UID");
+            }
         }
         Ok(id)
     }

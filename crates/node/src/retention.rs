@@ -86,7 +86,7 @@ impl Retention {
         if total.files > 0 {
             info!(
                 files = total.files,
-                mb = total.bytes / 1_000_000,
+                bytes = total.bytes,
                 keep_days = self.settings.keep_days,
                 "retention removed the files of finished instances"
             );

@@ -196,7 +196,9 @@ pub fn names_term(value: &str, term: &str) -> bool {
 }
 
 /// The body part another than the chest that the descriptions name, as
-/// "LEG (Series Description "Long Leg Stitched")"; None when one of them
+/// "LEG (Series Description word "LEG")" (the word, never the whole
+/// value: a description may hold the patient's name, and the reason goes
+/// to the log and the API); None when one of them
 /// names the chest, or none names a body part. `descriptions` are
 /// (attribute name, value).
 pub(crate) fn body_part_in_descriptions<'a>(
@@ -218,7 +220,7 @@ pub(crate) fn body_part_in_descriptions<'a>(
             OTHER_PARTS
                 .iter()
                 .find(|(_, forms)| !positioning && forms.contains(&w.as_str()))
-                .map(|(term, _)| format!("{term} ({attribute} \"{}\")", text.trim()))
+                .map(|(term, _)| format!("{term} ({attribute} word \"{w}\")"))
         })
     })
 }
@@ -334,10 +336,14 @@ fn unaccented(word: &str) -> String {
         .collect()
 }
 
-/// Whether `text` names a lateral view, and whether it names a frontal one.
-fn views_named(text: &str) -> (bool, bool) {
+/// The word of `text` that names a lateral view, if any, and whether it
+/// names a frontal one.
+fn views_named(text: &str) -> (Option<String>, bool) {
     let all: Vec<String> = words(text).map(|w| unaccented(&w)).collect();
-    let lateral = all.iter().any(|w| LATERAL_WORDS.contains(&w.as_str()));
+    let lateral = all
+        .iter()
+        .find(|w| LATERAL_WORDS.contains(&w.as_str()))
+        .cloned();
     let stem = |w: &str| {
         FRONTAL_STEMS
             .iter()
@@ -368,7 +374,7 @@ const VIEW_DESCRIPTIONS: [&str; 3] = [
     "Protocol Name",
 ];
 
-/// "LATERAL (Series Description "Thorax lat.")" when the first of the
+/// "LATERAL (Series Description word "LAT")" when the first of the
 /// image's descriptions (in `VIEW_DESCRIPTIONS`' order) that names one
 /// view only names a lateral; None when it names a frontal one, or none
 /// names one view only (a "PA + LAT" series tells nothing of one image's
@@ -383,8 +389,10 @@ pub(crate) fn lateral_in_descriptions<'a>(
                 continue;
             }
             match views_named(text) {
-                (true, false) => return Some(format!("LATERAL ({attribute} \"{}\")", text.trim())),
-                (false, true) => return None,
+                (Some(word), false) => {
+                    return Some(format!("LATERAL ({attribute} word \"{word}\")"))
+                }
+                (None, true) => return None,
                 _ => {}
             }
         }
@@ -422,12 +430,12 @@ mod tests {
         let leg = [("Series Description", "Long Leg Stitched")];
         assert_eq!(
             body_part_in_descriptions(leg).as_deref(),
-            Some("LEG (Series Description \"Long Leg Stitched\")")
+            Some("LEG (Series Description word \"LEG\")")
         );
         let knee = [("Study Description", "RX KNIE re."), ("Protocol Name", "")];
         assert_eq!(
             body_part_in_descriptions(knee).as_deref(),
-            Some("LEG (Study Description \"RX KNIE re.\")")
+            Some("LEG (Study Description word \"KNIE\")")
         );
         // the chest named anywhere: no evidence against a chest image
         let both = [
@@ -501,7 +509,7 @@ mod tests {
         let series = |text: &'static str| lateral(&[("Series Description", text)]);
         assert_eq!(
             series("Thorax lat.").as_deref(),
-            Some("LATERAL (Series Description \"Thorax lat.\")")
+            Some("LATERAL (Series Description word \"LAT\")")
         );
         assert!(lateral(&[("Protocol Name", "CHEST LAT")]).is_some());
         for text in [

@@ -780,6 +780,16 @@ impl Store {
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
     }
 
+    /// Whether retention removed the instance's file (its row says so).
+    pub async fn removed_by_retention(&self, id: i64) -> Result<bool, StoreError> {
+        let purged: Option<i64> =
+            sqlx::query_scalar("SELECT purged_at_ms FROM instances WHERE id = ?")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(purged.is_some())
+    }
+
     /// Puts a report the node made again, under its UID, where its file was
     /// lost or damaged (a report cannot be sent to the node again, as an
     /// image can): `spool` (written, its data set `sha256`) replaces the

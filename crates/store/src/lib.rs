@@ -744,10 +744,11 @@ impl Store {
         let Some(damage) = self.stored_instance_problem(id).await? else {
             return Ok(());
         };
-        let relative: String = sqlx::query_scalar("SELECT path FROM instances WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+        let (relative, purged_at_ms): (String, Option<i64>) =
+            sqlx::query_as("SELECT path, purged_at_ms FROM instances WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
         let final_path = self.data_dir.join(&relative);
         let (from, to) = (spool.to_path_buf(), final_path.clone());
         let file_size = tokio::task::spawn_blocking(move || files::persist(&from, &to))
@@ -773,13 +774,23 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
-        warn!(
-            path = %final_path.display(),
-            was = %damage,
-            deliveries_resumed = deliveries,
-            analyses_resumed = jobs,
-            "the file of a stored instance was missing or damaged; restored from the copy just received"
-        );
+        if purged_at_ms.is_some() {
+            // Retention's doing, as documented: no damage to look for.
+            info!(
+                path = %final_path.display(),
+                deliveries_resumed = deliveries,
+                analyses_resumed = jobs,
+                "the file of a stored instance, removed by retention, is kept again from the copy just received"
+            );
+        } else {
+            warn!(
+                path = %final_path.display(),
+                was = %damage,
+                deliveries_resumed = deliveries,
+                analyses_resumed = jobs,
+                "the file of a stored instance was missing or damaged; restored from the copy just received"
+            );
+        }
         Ok(())
     }
 
