@@ -102,6 +102,30 @@ def test_elements_after_the_pixel_data_out_of_order_or_twice_are_refused(node, r
     assert_still_serving_and_clean(node, sop_uid)
 
 
+@pytest.mark.parametrize("case", ["deep-nesting", "cut-pixel-data"])
+def test_a_stray_delimiter_does_not_hide_what_follows_it(node, radiograph, case):
+    """The length check stopped at an item delimiter outside any item: what
+    followed went unchecked. Sequences nested 3,000 deep behind it
+    overflowed the parser's stack and killed the process (any accepted
+    caller could); a Pixel Data cut short behind it was acknowledged 0000,
+    then failed its analysis (DCMTK stops reading at the delimiter)."""
+    sop_uid, data = radiograph
+    pixel_at = data.index(struct.pack("<HH2s", 0x7FE0, 0x0010, b"OW"))
+    stray = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    if case == "deep-nesting":
+        depth = 3000
+        opening = struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"SQ", 0, 0xFFFFFFFF) + \
+            struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        sent = data[:pixel_at] + stray + opening * depth + closing * depth + data[pixel_at:]
+    else:
+        sent = data[:pixel_at] + stray + data[pixel_at:-50_000]
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, sop_uid, sent)
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert "delimiter (FFFE,E00D)" in rsp[0x0902].decode() + node.log(), node.log()[-2000:]
+    assert_still_serving_and_clean(node, sop_uid)
+
+
 @pytest.mark.parametrize("case", ["native-on-jpeg-ls", "encapsulated-on-explicit", "encapsulated-on-implicit"])
 def test_pixel_data_contradicting_the_agreed_transfer_syntax_is_refused(node, radiograph, tmp_path, case):
     """Native pixel data on a context agreed as JPEG-LS, and JPEG-LS

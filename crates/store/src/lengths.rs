@@ -131,7 +131,7 @@ pub fn values_of_vrs<R: Read + Seek>(
     vrs: &'static [VR],
 ) -> Result<Vec<RawValue>, String> {
     let mut s = Scanner::new(r, enc, stop, vrs)?;
-    s.elements(end, 0, true)?;
+    s.elements(end, 0, true, false)?;
     Ok(s.collected)
 }
 
@@ -139,7 +139,7 @@ pub fn values_of_vrs<R: Read + Seek>(
 /// `stop` begins (where the walk ended when there is none).
 pub fn start_of<R: Read + Seek>(r: R, enc: Encoding, end: u64, stop: Tag) -> Result<u64, String> {
     let mut s = Scanner::new(r, enc, stop, &[])?;
-    s.elements(end, 0, true)?;
+    s.elements(end, 0, true, false)?;
     Ok(s.stopped_at.unwrap_or(s.pos))
 }
 
@@ -195,7 +195,20 @@ impl<R: Read + Seek> Scanner<R> {
         Ok(())
     }
 
-    fn elements(&mut self, end: u64, depth: usize, top: bool) -> Result<Stop, String> {
+    /// The elements up to `end`, or up to the item delimiter of an item of
+    /// undefined length (`in_undefined_item`): a delimiter anywhere else
+    /// (at the top level, in an item of defined length, a sequence
+    /// delimiter in an item) is an error. The walk stopped at one, and
+    /// what followed went unchecked: a data set cut short behind a stray
+    /// delimiter was acknowledged, and sequences nested past the depth
+    /// limit behind one overflowed the parser's stack (the process died).
+    fn elements(
+        &mut self,
+        end: u64,
+        depth: usize,
+        top: bool,
+        in_undefined_item: bool,
+    ) -> Result<Stop, String> {
         if depth > MAX_DEPTH {
             return Err(format!("sequences nested deeper than {MAX_DEPTH}"));
         }
@@ -223,7 +236,20 @@ impl<R: Read + Seek> Scanner<R> {
             if tag.group() == 0xFFFE {
                 let _len = self.u32()?;
                 return match tag.element() {
-                    0xE00D | 0xE0DD => Ok(Stop::Delimiter),
+                    0xE00D if in_undefined_item => Ok(Stop::Delimiter),
+                    0xE00D | 0xE0DD => Err(format!(
+                        "{} delimiter {tag} at byte {at} outside any {}",
+                        if tag.element() == 0xE00D {
+                            "item"
+                        } else {
+                            "sequence"
+                        },
+                        if tag.element() == 0xE00D {
+                            "item of undefined length"
+                        } else {
+                            "sequence of undefined length"
+                        }
+                    )),
                     _ => Err(format!("unexpected item tag {tag} at byte {at}")),
                 };
             }
@@ -376,11 +402,18 @@ impl<R: Read + Seek> Scanner<R> {
             let tag = Tag(self.u16()?, self.u16()?);
             let len = self.u32()?;
             match (tag.group(), tag.element()) {
-                (0xFFFE, 0xE0DD) => return Ok(()),
-                (0xFFFE, 0xE000) if len == UNDEFINED => match self.elements(end, depth, false)? {
-                    Stop::Delimiter => self.next_item(),
-                    Stop::Done => return Err(format!("item at byte {at} never ends")),
-                },
+                (0xFFFE, 0xE0DD) if undefined => return Ok(()),
+                (0xFFFE, 0xE0DD) => {
+                    return Err(format!(
+                        "sequence delimiter at byte {at} in a sequence of defined length"
+                    ))
+                }
+                (0xFFFE, 0xE000) if len == UNDEFINED => {
+                    match self.elements(end, depth, false, true)? {
+                        Stop::Delimiter => self.next_item(),
+                        Stop::Done => return Err(format!("item at byte {at} never ends")),
+                    }
+                }
                 (0xFFFE, 0xE000) => {
                     let item_end = self.pos + u64::from(len);
                     if item_end > end {
@@ -389,7 +422,7 @@ impl<R: Read + Seek> Scanner<R> {
                             end - self.pos
                         ));
                     }
-                    self.elements(item_end, depth, false)?;
+                    self.elements(item_end, depth, false, false)?;
                     self.skip(item_end.saturating_sub(self.pos))?;
                     self.next_item();
                 }
@@ -524,6 +557,49 @@ pub(crate) mod tests {
             0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
         ]);
         assert!(explicit(&open).is_err());
+    }
+
+    #[test]
+    fn delimiters_close_only_what_has_an_undefined_length() {
+        let item_delimiter = [0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0];
+        let sequence_delimiter = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+        // at the top level, before an element claiming more than there is:
+        // the walk stopped there, and the cut-off data set was acknowledged
+        for stray in [item_delimiter, sequence_delimiter] {
+            let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+            v.extend_from_slice(&stray);
+            v.extend_from_slice(&[
+                0x08, 0x00, 0x70, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0x00, 0x00,
+            ]);
+            let err = explicit(&v).unwrap_err();
+            assert!(
+                err.contains("delimiter (FFFE,E0") && err.contains("outside any"),
+                "{err}"
+            );
+        }
+        // a sequence delimiter in a sequence of defined length
+        let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+        v.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 8, 0, 0, 0]);
+        v.extend_from_slice(&sequence_delimiter);
+        let err = explicit(&v).unwrap_err();
+        assert!(err.contains("in a sequence of defined length"), "{err}");
+        // an item delimiter in an item of defined length
+        let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+        v.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 16, 0, 0, 0]);
+        v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0]);
+        v.extend_from_slice(&item_delimiter);
+        assert!(explicit(&v)
+            .unwrap_err()
+            .contains("outside any item of undefined length"));
+        // a sequence delimiter inside an undefined-length item
+        let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+        v.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        v.extend_from_slice(&sequence_delimiter);
+        v.extend_from_slice(&sequence_delimiter);
+        assert!(explicit(&v).is_err());
     }
 
     #[test]
