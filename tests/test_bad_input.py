@@ -102,6 +102,54 @@ def test_elements_after_the_pixel_data_out_of_order_or_twice_are_refused(node, r
     assert_still_serving_and_clean(node, sop_uid)
 
 
+def test_a_peer_that_stops_reading_loses_its_association(node_factory):
+    """A peer that sends requests and never reads the responses (its
+    receive window full) held the association, and a slot of
+    max_associations, for as long as it kept the connection open: writes
+    had no time limit. Now a write waits read_timeout_s at most."""
+    import socket
+
+    from rawdicom import IMPLICIT_LE, VERIFICATION, associate_rq, command_set, u16
+
+    node = node_factory(dicom__read_timeout_s=2).start()
+    echo = command_set((0x0002, VERIFICATION.encode()), (0x0100, u16(0x0030)), (0x0110, u16(1)),
+                       (0x0800, u16(0x0101)))
+    requests_ = pdata(1, True, True, echo) * 200
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", node.port))
+    try:
+        s.sendall(associate_rq(node.ae_title, "STALLER", [(1, VERIFICATION, [IMPLICIT_LE])]))
+        header = s.recv(6)
+        assert header[0] == 0x02, header  # A-ASSOCIATE-AC
+        length = struct.unpack(">I", header[2:6])[0]
+        while length:
+            length -= len(s.recv(length))
+        # requests until the node, blocked writing responses, takes no more
+        s.setblocking(False)
+        stalled_since = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                s.send(requests_)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 1:
+                    break
+                time.sleep(0.05)
+            except OSError:
+                break  # already aborted
+        deadline = time.monotonic() + 30
+        while "not reading" not in node.log():
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            time.sleep(0.2)
+    finally:
+        s.close()
+    assert node.alive() and node.echo_ok()
+
+
 @pytest.mark.parametrize("case", ["deep-nesting", "cut-pixel-data"])
 def test_a_stray_delimiter_does_not_hide_what_follows_it(node, radiograph, case):
     """The length check stopped at an item delimiter outside any item: what

@@ -133,6 +133,8 @@ fn without_unknown_items(body: &[u8], known: &[u8]) -> Option<Vec<u8>> {
 pub struct PduStream<S> {
     stream: S,
     body: Vec<u8>,
+    /// Longest wait for a write to be taken by the peer; None: no bound.
+    write_timeout: Option<std::time::Duration>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
@@ -140,6 +142,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
         PduStream {
             stream,
             body: Vec::new(),
+            write_timeout: None,
+        }
+    }
+
+    /// Bounds each write: a peer that stops reading (its receive window
+    /// full) held the association, and its slot, for as long as it kept
+    /// the connection open, past every read and idle timeout.
+    pub fn with_write_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.write_timeout = Some(limit);
+        self
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), PduError> {
+        match self.write_timeout {
+            None => Ok(self.stream.write_all(bytes).await?),
+            Some(limit) => tokio::time::timeout(limit, self.stream.write_all(bytes))
+                .await
+                .map_err(|_| {
+                    PduError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the peer took nothing of a write for {} s (not reading)",
+                            limit.as_secs_f32()
+                        ),
+                    ))
+                })?
+                .map_err(PduError::from),
         }
     }
 
@@ -258,14 +287,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     pub async fn send(&mut self, pdu: &Pdu) -> Result<(), PduError> {
         let mut out = Vec::with_capacity(256);
         write_pdu(&mut out, pdu).map_err(|e| PduError::Encode(e.to_string()))?;
-        self.stream.write_all(&out).await?;
-        Ok(())
+        self.write_all(&out).await
     }
 
     /// Writes pre-encoded PDU bytes in one write.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), PduError> {
-        self.stream.write_all(bytes).await?;
-        Ok(())
+        self.write_all(bytes).await
     }
 
     /// Sends an A-ABORT from the service provider, ignoring write errors

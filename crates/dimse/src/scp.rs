@@ -436,8 +436,8 @@ async fn serve_connection<H: StoreHandler>(
     handshake: Handshake<'_>,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut conn = PduStream::new(stream);
     let config = &shared.config;
+    let mut conn = PduStream::new(stream).with_write_timeout(config.read_timeout);
 
     let mut rq = match read_with_timeout(&mut conn, config.read_timeout, config.max_pdu).await {
         Ok(pdu::TYPE_ASSOCIATE_RQ) => match conn.decode(pdu::TYPE_ASSOCIATE_RQ) {
