@@ -397,6 +397,26 @@ def test_a_sop_instance_uid_that_is_no_uid_is_refused_by_name(node, rg1_copies, 
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize("attribute", ["StudyInstanceUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize("bad_uid", ["../../../tmp/evil", "1.2.x", "1." + "2" * 70])
+def test_a_study_or_series_uid_that_is_no_uid_is_refused_by_name(node, rg1_copies, tmp_path, attribute, bad_uid):
+    """Acknowledged 0000, such an image's analysis failed ("the source
+    attribute StudyInstanceUID is invalid") and no notice could be made in
+    its study: the radiologist was never told. Refused (C000) by name, as
+    a SOP Instance UID that is no UID is."""
+    (src,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(src)
+    setattr(ds, attribute, bad_uid)
+    path = tmp_path / "bad-study.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, ds.SOPInstanceUID, dataset_bytes(path))
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    name = {"StudyInstanceUID": "Study Instance UID", "SeriesInstanceUID": "Series Instance UID"}[attribute]
+    assert rsp[0x0902].decode().startswith(f"{name}: "), rsp[0x0902]
+    assert_still_serving_and_clean(node, ds.SOPInstanceUID)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_uids_with_leading_zeros_are_analysed_and_referenced_as_they_are(node, rg1_copies, tmp_path):
     """Older modalities write UID components with leading zeros (PS3.5
     forbids them). The image was stored, but its analysis failed ("not a

@@ -270,11 +270,25 @@ pub struct Store {
 /// older modalities write them (the report crate's `is_referable_uid`
 /// draws the same line for what a report may reference).
 fn incoming_uids_problem(incoming: &Incoming) -> Result<(), StoreError> {
-    let uids = [
+    uids_problem(&[
         ("SOP Class UID", &incoming.sop_class_uid),
         ("SOP Instance UID", &incoming.sop_instance_uid),
-    ];
-    for (name, uid) in uids {
+    ])
+}
+
+/// The same for the Study and Series Instance UIDs of the data set: such
+/// an image was acknowledged, its analysis failed ("the source attribute
+/// StudyInstanceUID is invalid"), and no notice could be made (its series
+/// and study are the image's): the radiologist was never told.
+fn header_uids_problem(header: &InstanceHeader) -> Result<(), StoreError> {
+    uids_problem(&[
+        ("Study Instance UID", &header.study_instance_uid),
+        ("Series Instance UID", &header.series_instance_uid),
+    ])
+}
+
+fn uids_problem(uids: &[(&str, &String)]) -> Result<(), StoreError> {
+    for &(name, uid) in uids {
         let value = uid.trim_end_matches(['\0', ' ']);
         if let Some(c) = value.chars().find(|c| *c != '.' && !c.is_ascii_digit()) {
             return Err(StoreError::NotAUid(format!(
@@ -600,6 +614,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::Unparseable(e.to_string()))??;
         header.check_against(incoming)?;
+        header_uids_problem(&header)?;
         let (dataset_len, digest) =
             stored_digest.unwrap_or((incoming.dataset_len, incoming.dataset_sha256));
         let sha256 = hex::encode(digest);
