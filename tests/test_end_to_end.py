@@ -4,6 +4,7 @@ not analysed; a kill -9 mid-analysis changes nothing in the end."""
 
 import io
 import json
+import math
 import sqlite3
 import subprocess
 import tempfile
@@ -747,3 +748,26 @@ def test_a_study_s_companion_images_are_numbered_apart(node_factory, rg1_copies)
     companions = [pydicom.dcmread(node.data_dir / p, stop_before_pixels=True) for p in paths]
     assert len({c.SeriesInstanceUID for c in companions}) == 1, companions
     assert sorted(int(c.InstanceNumber) for c in companions) == [10001, 20001]
+
+
+def test_the_companion_image_of_a_radiograph_with_oblong_pixels_has_square_ones(node_factory, rg1_copies):
+    """A radiograph whose pixels are twice as high as wide (Pixel Spacing
+    0.2\\0.1): its companion image kept the source's grid and carried no
+    Pixel Aspect Ratio, so viewers drew it squashed to half its height."""
+    node = node_factory(report__companion_sc="true").start()
+    (path,) = rg1_copies("UNCI", 1)
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = ds.ImagerPixelSpacing = [0.2, 0.1]
+    ds.save_as(path)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 1, timeout=60)
+    with node.db() as c:
+        (companion,) = [p for (p,) in c.execute("SELECT path FROM instances WHERE generated = 1 AND modality = 'OT'")]
+    sc = pydicom.dcmread(node.data_dir / companion, stop_before_pixels=True)
+    assert "PixelAspectRatio" not in sc
+    # 1955 rows of 0.2 mm by 1841 columns of 0.1 mm, 1024 at most on the
+    # longer side (the banner adds rows below): 1024 rows, and 1841 / 2
+    # columns scaled alike (965 on the source's grid)
+    assert (int(ds.Rows), int(ds.Columns)) == (1955, 1841)
+    assert int(sc.Columns) == math.ceil(1841 / 2 * 1024 / 1955) == 483, (sc.Rows, sc.Columns)
+    assert int(sc.Rows) > 1024

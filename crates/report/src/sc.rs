@@ -35,8 +35,11 @@ pub struct Raster {
 }
 
 /// Shrink `img` (area average) so that its longer side is at most
-/// `max_side`, and quantise to 8 bits. Never enlarges.
-pub fn downscale(img: &GreyImage<'_>, max_side: usize) -> Result<Raster, ReportError> {
+/// `max_side`, with square pixels where the source's are `aspect` (height
+/// over width) high, and quantise to 8 bits. Never enlarges: the longer
+/// side of a pixel sets the size. (A 2:1 image kept on its own grid was
+/// drawn squashed by viewers, the companion image having no aspect ratio.)
+pub fn downscale(img: &GreyImage<'_>, max_side: usize, aspect: f64) -> Result<Raster, ReportError> {
     let (rows, cols) = (img.rows, img.columns);
     if rows == 0 || cols == 0 {
         return Err(ReportError::InvalidImage("empty image".into()));
@@ -47,16 +50,21 @@ pub fn downscale(img: &GreyImage<'_>, max_side: usize) -> Result<Raster, ReportE
             img.pixels.len()
         )));
     }
-    let max_side = max_side.max(16);
-    let longest = rows.max(cols);
-    let (out_r, out_c) = if longest <= max_side {
-        (rows, cols)
+    let max_side = max_side.max(16) as f64;
+    // on square pixels the size of the source's longer side
+    let aspect = if aspect.is_finite() && aspect > 0.0 {
+        aspect
     } else {
-        (
-            (rows * max_side).div_ceil(longest).max(1),
-            (cols * max_side).div_ceil(longest).max(1),
-        )
+        1.0
     };
+    let (square_r, square_c) = if aspect >= 1.0 {
+        (rows as f64, cols as f64 / aspect)
+    } else {
+        (rows as f64 * aspect, cols as f64)
+    };
+    let scale = (max_side / square_r.max(square_c)).min(1.0);
+    let fit = |n: f64, whole: usize| (((n * scale) - 1e-9).ceil() as usize).clamp(1, whole);
+    let (out_r, out_c) = (fit(square_r, rows), fit(square_c, cols));
     let mut sums = vec![0f64; out_r * out_c];
     let mut counts = vec![0u32; out_r * out_c];
     for y in 0..rows {
@@ -252,7 +260,11 @@ pub fn build_companion_sc(
     let series_uid =
         uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
 
-    let small = downscale(&image, usize::from(options.sc_max_size))?;
+    let small = downscale(
+        &image,
+        usize::from(options.sc_max_size),
+        source.pixel_aspect.unwrap_or(1.0),
+    )?;
     let raster = add_banner(&small, &banner_lines(result, model, source));
     // Viewers that overlay Image Comments show it without the banner: the
     // demo mark goes first there too.
@@ -468,10 +480,29 @@ mod tests {
                 columns: 1000,
             },
             500,
+            1.0,
         )
         .unwrap();
         assert_eq!((r.rows, r.columns), (500, 250));
         assert!(r.data.iter().all(|v| (127..=128).contains(v)));
+    }
+
+    #[test]
+    fn pixels_twice_as_high_as_wide_come_out_square() {
+        let px = vec![0.5f32; 400 * 600];
+        let image = GreyImage {
+            pixels: &px,
+            rows: 400,
+            columns: 600,
+        };
+        // 400 rows of 0.2 mm, 600 columns of 0.1 mm: 80 x 60 mm
+        let r = downscale(&image, 1024, 2.0).unwrap();
+        assert_eq!((r.rows, r.columns), (400, 300));
+        let r = downscale(&image, 200, 2.0).unwrap();
+        assert_eq!((r.rows, r.columns), (200, 150));
+        // and the other way: rows half as high
+        let r = downscale(&image, 1024, 0.5).unwrap();
+        assert_eq!((r.rows, r.columns), (200, 600));
     }
 
     #[test]
@@ -482,13 +513,13 @@ mod tests {
             rows: 3,
             columns: 3,
         };
-        assert!(downscale(&bad, 100).is_err());
+        assert!(downscale(&bad, 100, 1.0).is_err());
         let empty = GreyImage {
             pixels: &[],
             rows: 0,
             columns: 0,
         };
-        assert!(downscale(&empty, 100).is_err());
+        assert!(downscale(&empty, 100, 1.0).is_err());
     }
 
     #[test]

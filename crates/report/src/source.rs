@@ -111,6 +111,10 @@ pub struct SourceInstance {
     /// Imager Pixel Spacing (row spacing, column spacing) in mm, when present
     /// and positive.
     pub imager_pixel_spacing: Option<(f64, f64)>,
+    /// A pixel's height over its width when not 1 (Pixel Aspect Ratio,
+    /// else Pixel Spacing, else Imager Pixel Spacing): the companion image
+    /// is resampled to square pixels by it.
+    pub pixel_aspect: Option<f64>,
     /// Frame of Reference UID, when present.
     pub frame_of_reference_uid: Option<String>,
     /// Specific Character Set as found (values joined by `\`), when present.
@@ -287,6 +291,20 @@ impl SourceInstance {
                 [r, c] if r.is_finite() && c.is_finite() && *r > 0.0 && *c > 0.0 => Some((*r, *c)),
                 _ => None,
             });
+        let pair = |tag| {
+            obj.get(tag)
+                .and_then(|e| e.to_multi_float64().ok())
+                .and_then(|v| match v.as_slice() {
+                    [a, b] if a.is_finite() && b.is_finite() && *a > 0.0 && *b > 0.0 => Some(a / b),
+                    _ => None,
+                })
+        };
+        // (vertical, horizontal) for the ratio; (row spacing, column
+        // spacing), the same order, for the spacings
+        let pixel_aspect = pair(tags::PIXEL_ASPECT_RATIO)
+            .or_else(|| pair(tags::PIXEL_SPACING))
+            .or_else(|| pair(tags::IMAGER_PIXEL_SPACING))
+            .filter(|ratio| (ratio - 1.0).abs() > 1e-3 && (0.1..=10.0).contains(ratio));
         let frame_of_reference_uid =
             get_str(obj, tags::FRAME_OF_REFERENCE_UID).filter(|u| is_referable_uid(u));
         let specific_character_set = obj
@@ -329,6 +347,7 @@ impl SourceInstance {
             acquired_at,
             patient_orientation,
             imager_pixel_spacing,
+            pixel_aspect,
             frame_of_reference_uid,
             specific_character_set,
             body_part_examined,
