@@ -66,6 +66,20 @@ def test_a_configuration_path_that_is_no_file_says_what_it_is(tmp_path):
     assert r.returncode == MISCONFIGURED and "is not a regular file" in r.stderr, r.stderr
 
 
+def test_a_file_that_is_no_toml_is_named_by_its_full_path_only(tmp_path):
+    """The TOML error ended with the file's path relative to the working
+    directory ("in ../../srv/pneumo/node.toml") after the full one."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "work").mkdir()
+    bad = tmp_path / "conf" / "node.toml"
+    bad.write_text("[dicom]\nport = 1\nport = 2\n")
+    r = subprocess.run([str(node_binary()), "--config", str(bad), "check-config"], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path / "work")
+    assert r.returncode == 78, r.stderr
+    assert str(bad) in r.stderr and "line 3" in r.stderr, r.stderr
+    assert "../conf" not in r.stderr, r.stderr
+
+
 def test_a_missing_onnx_runtime_library_is_found_by_check_config():
     r = check_config({"PNEUMO__INFERENCE__ORT_LIBRARY": "/nonexistent/libonnxruntime.so"})
     assert r.returncode == MISCONFIGURED

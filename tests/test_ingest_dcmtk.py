@@ -127,3 +127,48 @@ def test_big_endian_and_deflated_radiographs_are_stored_so_and_analysed_alike(no
         ("1.2.840.10008.1.2.2", "reported")]
     probabilities = [json.loads(r)["prediction"]["probabilities"] for _, _, r in rows]
     assert probabilities[1] == probabilities[0] and probabilities[2] == probabilities[0]
+
+
+def test_a_private_sequence_re_sent_with_defined_lengths_is_the_same_data_set(node, rg1_copies, tmp_path):
+    """An Implicit VR image with private sequences of undefined length,
+    re-sent with defined lengths (as DCMTK writes them): read as a sequence
+    the first time and as bytes the second (no dictionary entry says SQ),
+    it was kept as "different content", analysed and forwarded again."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from test_pynetdicom_peers import node_cli
+
+    (path,) = rg1_copies("UNCI", 1)
+
+    def with_private_sequences(undefined: bool) -> Dataset:
+        ds = pydicom.dcmread(path)
+        ds.add_new((0x0019, 0x0010), "LO", "ACME IMAGING")
+        nested = Dataset()
+        nested.add_new((0x0029, 0x0010), "LO", "ACME")
+        nested.add_new((0x0029, 0x1001), "OB", b"x" * 300)
+        inner = Dataset()
+        inner.add_new((0x0019, 0x1002), "LO", "detector 2")
+        inner.add_new((0x0019, 0x1003), "SQ", Sequence([nested]))
+        ds.add_new((0x0019, 0x1001), "SQ", Sequence([inner, Dataset()]))
+        for sequence in (ds[0x0019, 0x1001], inner[0x0019, 0x1003]):
+            sequence.is_undefined_length = undefined
+            for item in sequence.value:
+                item.is_undefined_length_sequence_item = undefined
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        return ds
+
+    files = []
+    for undefined in (True, False):
+        out = tmp_path / f"private_sq_{'undefined' if undefined else 'defined'}.dcm"
+        with_private_sequences(undefined).save_as(out, enforce_file_format=True)
+        files.append(out)
+    undefined_bytes, defined_bytes = (f.read_bytes() for f in files)
+    sequence_undefined = b"\x19\x00\x01\x10\xff\xff\xff\xff"  # (0019,1001), length FFFFFFFF
+    assert sequence_undefined in undefined_bytes and sequence_undefined not in defined_bytes
+    for f in files:  # each sent as it is
+        r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", f)
+        assert r.returncode == 0, r.stdout + r.stderr
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+    assert node.instance_rows(uid) == 1, node.log()[-2000:]
+    assert "the same data set in another encoding" in node.log()
+    assert "different content" not in node.log()

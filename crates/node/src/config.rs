@@ -224,7 +224,24 @@ impl Config {
         } else {
             format!("invalid configuration ({})", origins.join(", "))
         };
-        let built = builder.build().context(invalid.clone())?;
+        // The config crate ends a file's error with " in <the path relative
+        // to the working directory>" ("../../srv/..."): the file is named
+        // above by its full path.
+        let file_name = file
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned());
+        let built = builder
+            .build()
+            .map_err(|e| {
+                let message = e.to_string();
+                match (message.rfind(" in "), &file_name) {
+                    (Some(at), Some(name)) if message.trim_end().ends_with(name.as_str()) => {
+                        anyhow::anyhow!(message[..at].to_string())
+                    }
+                    _ => anyhow::Error::new(e),
+                }
+            })
+            .context(invalid.clone())?;
         // The same values read by serde through toml: its message for a bad
         // enum value lists the accepted ones (the config crate's does not),
         // and it refuses a number with a fraction for an integer key, which
