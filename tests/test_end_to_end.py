@@ -356,6 +356,54 @@ def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, r
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "routed.dcm")
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3, timeout=60)
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 2
+    # And a copy of the other pixels with a header changed shares their
+    # report: compared with the first copy's report only, it got a third
+    # "with another result".
+    other.ImageComments = "routed"
+    other.save_as(tmp_path / "other_routed.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "other_routed.dcm")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 4, timeout=60)
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 2
+    with node.db() as c:
+        (linked,) = c.execute("SELECT s.path FROM jobs j JOIN instances s ON s.id = j.sr_instance_id"
+                              " ORDER BY j.id DESC LIMIT 1").fetchone()
+    assert linked == sr2
+
+
+def test_a_copy_is_compared_with_what_the_report_states_not_with_a_later_run(node, rg1_copies, tmp_path):
+    """An operator's retry re-analysed the first copy (in another batch:
+    its last digits moved) and overwrote its job's result; a later copy
+    with other pixels but the report's result was compared with that run,
+    and got a second report stating the same number as the first, "with
+    another result". (The re-run is written into the job's result here.)"""
+    import numpy as np
+
+    (first,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
+    node.wait_for_analyses()
+    db = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
+    try:
+        (job_id, record), = db.execute("SELECT id, result_json FROM jobs").fetchall()
+        record = json.loads(record)
+        record["prediction"]["p_positive"] += 3e-6
+        db.execute("UPDATE jobs SET result_json = ? WHERE id = ?", (json.dumps(record), job_id))
+        db.commit()
+    finally:
+        db.close()
+    one_pixel = pydicom.dcmread(first)
+    pixels = one_pixel.pixel_array.copy()
+    pixels[0, 0] += 1  # another model input, the same result to the millionth
+    one_pixel.PixelData = pixels.tobytes()
+    one_pixel.save_as(tmp_path / "one_pixel.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "one_pixel.dcm")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 2, timeout=60)
+    with node.db() as c:
+        results = [json.loads(r) for (r,) in c.execute("SELECT result_json FROM jobs ORDER BY id")]
+    assert results[0]["model_input_sha256"] != results[1]["model_input_sha256"]
+    assert round(results[1]["prediction"]["p_positive"] * 1e6) == round(
+        (results[0]["prediction"]["p_positive"] - 3e-6) * 1e6), "the one-pixel change moved the result"
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 1
+    assert "gave another result" not in node.log()
 
 
 def test_a_copy_with_the_same_pixels_shares_the_report_whatever_its_last_digits(node, rg1_copies, tmp_path):
@@ -385,6 +433,24 @@ def test_a_copy_with_the_same_pixels_shares_the_report_whatever_its_last_digits(
     assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 1
     assert "gave another result" not in node.log()
     assert len(record["model_input_sha256"]) == 64, record
+    # The API says what the shared report states when this run's numbers
+    # differ (another batch's digits): the PACS shows the report's.
+    db = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
+    try:
+        (stated,) = db.execute("SELECT p_positive FROM report_results").fetchone()
+        db.execute("UPDATE report_results SET p_positive = ?", (stated + 1e-9,))
+        db.commit()
+    finally:
+        db.close()
+    routed.ImageComments = "routed again"
+    routed.save_as(tmp_path / "routed2.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "routed2.dcm")
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == 3, timeout=60)
+    code, body = node.http("/api/jobs?limit=1")
+    (latest,) = body["jobs"]
+    assert latest["result"]["report_states"]["p_positive"] == pytest.approx(stated + 1e-9, abs=1e-15), \
+        latest["result"]
+    assert node.count("SELECT COUNT(*) FROM instances WHERE generated = 1 AND modality = 'SR'") == 1
 
 
 def test_kill_9_while_analysing_ends_as_a_run_without_it(node_factory, tmp_path):
@@ -766,7 +832,7 @@ def test_the_companion_image_of_a_radiograph_with_oblong_pixels_has_square_ones(
     sc = pydicom.dcmread(node.data_dir / companion, stop_before_pixels=True)
     assert "PixelAspectRatio" not in sc
     # 1955 rows of 0.2 mm by 1841 columns of 0.1 mm, 1024 at most on the
-    # longer side (the banner adds rows below): 1024 rows, and 1841 / 2
+    # longer side (the banner adds rows above it): 1024 rows, and 1841 / 2
     # columns scaled alike (965 on the source's grid)
     assert (int(ds.Rows), int(ds.Columns)) == (1955, 1841)
     assert int(sc.Columns) == math.ceil(1841 / 2 * 1024 / 1955) == 483, (sc.Rows, sc.Columns)

@@ -81,6 +81,11 @@ struct ResultRecord<'a> {
     decision: &'static str,
     preprocessing: &'a PreprocessReport,
     sr_sop_instance_uid: &'a str,
+    /// What the report states when it is not this run's result (a report
+    /// an earlier run, or a copy with the same model input, made): the
+    /// PACS shows these numbers, not `prediction`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_states: Option<StatedResult>,
     /// SHA-256 of the model's input tensor: a later copy under the same
     /// UID with the same input has this result, whatever the last digits
     /// of its own run.
@@ -91,6 +96,13 @@ struct ResultRecord<'a> {
     replaces_sr_sop_instance_uid: Option<&'a str>,
     /// Where the job's time went, in milliseconds.
     timings_ms: Timings,
+}
+
+/// A report's probability and decision (`ResultRecord::report_states`).
+#[derive(serde::Serialize)]
+struct StatedResult {
+    p_positive: f64,
+    decision: String,
 }
 
 #[derive(serde::Serialize, Default)]
@@ -375,7 +387,23 @@ impl Pipeline {
         };
         let mut sr_uid = report_uid(&source)?;
         let mut because = Replacement::OtherPatientOrStudy;
-        if self
+        let identity = identity_sha256(&source);
+        // A report made from this very input for a copy naming the same
+        // patient and study is this copy's, whatever its own run's last
+        // digits: a header-only re-send of a re-pixelled copy got a third
+        // report, compared with the first copy's only.
+        let same_input = self
+            .store
+            .report_from_input(
+                &job.sop_instance_uid,
+                &identity,
+                &model.contract_sha256,
+                &prepared.input_sha256,
+            )
+            .await?;
+        if let Some(made) = same_input {
+            sr_uid = made;
+        } else if self
             .states_another_result(
                 &sr_uid,
                 job.instance_id,
@@ -423,14 +451,40 @@ impl Pipeline {
                 .await?;
             source.replaces = found.map(|document| replaced(document, Replacement::Notice));
         }
+        let built = std::sync::atomic::AtomicBool::new(false);
         let sr_id = self
             .generated_once(&sr_uid, || {
+                built.store(true, std::sync::atomic::Ordering::Relaxed);
                 let time = report_time_now();
                 build_sr(&source, &result, &model, &self.node, &self.report, &time)
                     .map_err(|e| format!("report: {e}"))
             })
             .await
             .map_err(Failure::from)?;
+        // What the report states: recorded when made (or made again);
+        // else, when it is an earlier run's, said beside this run's result
+        // (the API showed this run's numbers for a report stating others).
+        let mut report_states = None;
+        if built.load(std::sync::atomic::Ordering::Relaxed) {
+            self.store
+                .record_report_result(&pneumo_store::ReportResult {
+                    sr_instance_id: sr_id,
+                    source_sop_instance_uid: job.sop_instance_uid.clone(),
+                    source_identity: identity.clone(),
+                    contract_sha256: model.contract_sha256.clone(),
+                    model_input_sha256: prepared.input_sha256.clone(),
+                    p_positive: prediction.p_positive,
+                    decision: result.decision.as_str().to_string(),
+                })
+                .await?;
+        } else if let Some((_, p, decision)) = self.store.report_result(&sr_uid).await? {
+            if p != prediction.p_positive || decision != result.decision.as_str() {
+                report_states = Some(StatedResult {
+                    p_positive: p,
+                    decision,
+                });
+            }
+        }
         let mut companion_id = None;
         if let Some(grey) = &prepared.grey {
             let sc_uid = sc_sop_instance_uid(
@@ -471,6 +525,7 @@ impl Pipeline {
             decision: result.decision.as_str(),
             preprocessing: &prepared.report,
             sr_sop_instance_uid: &sr_uid,
+            report_states,
             model_input_sha256: &prepared.input_sha256,
             replaces_sr_sop_instance_uid: source
                 .replaces
@@ -539,6 +594,14 @@ impl Pipeline {
         prediction: &Prediction,
         result: &AnalysisResult,
     ) -> Result<bool, Failure> {
+        let millionths = |p: f64| (p * 1e6).round();
+        if let Some((input, p, decision)) = self.store.report_result(sr_uid).await? {
+            // what the report states, which a re-analysis of its maker
+            // does not change
+            return Ok(input != input_sha256
+                && (decision != result.decision.as_str()
+                    || millionths(p) != millionths(prediction.p_positive)));
+        }
         let Some((maker, Some(record))) = self.store.report_maker(sr_uid).await? else {
             return Ok(false);
         };
@@ -557,10 +620,7 @@ impl Pipeline {
         let other = decision != result.decision.as_str();
         match stated["model_input_sha256"].as_str() {
             Some(input) if input == input_sha256 => Ok(false),
-            Some(_) => {
-                let millionths = |p: f64| (p * 1e6).round();
-                Ok(other || millionths(p) != millionths(prediction.p_positive))
-            }
+            Some(_) => Ok(other || millionths(p) != millionths(prediction.p_positive)),
             // Made by an earlier version, which recorded no input: a
             // difference well above the batches' (ten millionths).
             None => Ok(other || (p - prediction.p_positive).abs() > 1e-5),
@@ -890,6 +950,18 @@ fn prepare(
         header,
         grey: keep_grey.then_some(grey),
     })
+}
+
+/// SHA-256 of the patient and study a report of `source` names (its
+/// identity, as copies are told apart by).
+fn identity_sha256(source: &SourceInstance) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in source.identity() {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// SHA-256 of a model input: its shape, then its values' little-endian bytes.

@@ -61,9 +61,14 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
     let not_an_extreme = |exact: f64, shown: f64| {
         (shown != 0.0 || exact == 0.0) && (shown != 100.0 || exact == 100.0)
     };
+    // The threshold is also written whole (the algorithm's parameters):
+    // the certainty must not cross it either (a "Present" written 91.7735
+    // under threshold=0.91773549). Within 1e-9 % is equal.
+    let against_whole = |shown_p: f64| (shown_p + 1e-9 >= t) == present;
     for d in decimals..=MAX_PERCENT_DECIMALS {
         let (shown_p, shown_t) = (rounded(p, d), rounded(t, d));
         if (shown_p >= shown_t) == present
+            && against_whole(shown_p)
             && not_an_extreme(p, shown_p)
             && not_an_extreme(t, shown_t)
         {

@@ -776,6 +776,12 @@ fn written_numbers_never_contradict_the_decision() {
         build_content_tree(&source(), &r, &model(WeightsKind::Trained), &node()).unwrap()
     );
     assert!(tree.contains("threshold=0.3000000099"), "{tree}");
+    // "Present" just over a threshold of six decimals: the certainty does
+    // not go under the threshold the parameter writes whole (it was
+    // 91.7735 under threshold=0.91773549).
+    let r = with_threshold(0.917_735_498_9, 0.917_735_49);
+    assert_eq!(r.decision, Decision::Present);
+    assert_eq!(format_ds(sr::certainty_percent(&r)), "91.77355");
     // The nearest number under a threshold, everywhere in [0, 1].
     for t in [0.01f64, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999_99] {
         let below = f64::from_bits(t.to_bits() - 1);

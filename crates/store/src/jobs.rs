@@ -672,6 +672,67 @@ impl Store {
         .await?)
     }
 
+    /// Records what report `sr_instance_id` states and the model input it
+    /// was made from (made now, or made again over a lost file).
+    pub async fn record_report_result(&self, r: &ReportResult) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO report_results (sr_instance_id, source_sop_instance_uid,
+                 source_identity, contract_sha256, model_input_sha256, p_positive, decision)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.sr_instance_id)
+        .bind(&r.source_sop_instance_uid)
+        .bind(&r.source_identity)
+        .bind(&r.contract_sha256)
+        .bind(&r.model_input_sha256)
+        .bind(r.p_positive)
+        .bind(&r.decision)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// What report `report_uid` states: (model input SHA-256, p, decision);
+    /// None for a report made before they were recorded.
+    pub async fn report_result(
+        &self,
+        report_uid: &str,
+    ) -> Result<Option<(String, f64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.model_input_sha256, r.p_positive, r.decision FROM report_results r
+             JOIN instances s ON s.id = r.sr_instance_id WHERE s.sop_instance_uid = ?",
+        )
+        .bind(report_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// The report (its SOP Instance UID) made by model `contract_sha256`
+    /// for a copy of `source_sop_instance_uid` naming the same patient and
+    /// study (`source_identity`) from this very model input, if any: the
+    /// earliest.
+    pub async fn report_from_input(
+        &self,
+        source_sop_instance_uid: &str,
+        source_identity: &str,
+        contract_sha256: &str,
+        model_input_sha256: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.sop_instance_uid FROM report_results r
+             JOIN instances s ON s.id = r.sr_instance_id
+             WHERE r.source_sop_instance_uid = ? AND r.model_input_sha256 = ?
+               AND r.source_identity = ? AND r.contract_sha256 = ?
+             ORDER BY r.sr_instance_id LIMIT 1",
+        )
+        .bind(source_sop_instance_uid)
+        .bind(model_input_sha256)
+        .bind(source_identity)
+        .bind(contract_sha256)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// The latest not-analysed notice (SR) made for a copy stored under
     /// the SOP Instance UID of instance `instance_id` (this one included),
     /// in series `series_instance_uid` (one image's notices by one model):
@@ -852,4 +913,15 @@ impl Store {
             .first()
             .map(|(id, _)| *id))
     }
+}
+
+/// What a report states, and what it was made from (`record_report_result`).
+pub struct ReportResult {
+    pub sr_instance_id: i64,
+    pub source_sop_instance_uid: String,
+    pub source_identity: String,
+    pub contract_sha256: String,
+    pub model_input_sha256: String,
+    pub p_positive: f64,
+    pub decision: String,
 }

@@ -37,8 +37,8 @@ pub use described::names_term;
 pub use files::dataset_digest;
 pub use header::{check_element_lengths, is_product, open_instance, InstanceHeader};
 pub use jobs::{
-    stored_copy_problem, ClaimedJob, FailedJob, JobCount, MadeInstances, RetryableState,
-    StoredCopy, JOB_STATES,
+    stored_copy_problem, ClaimedJob, FailedJob, JobCount, MadeInstances, ReportResult,
+    RetryableState, StoredCopy, JOB_STATES,
 };
 pub use outbox::{backoff, OutboxCount, OutboxItem, LOST_BEFORE_ANY_ANSWER, OUTBOX_STATES};
 pub use retention::Purged;
