@@ -165,6 +165,26 @@ def test_a_peer_that_stops_reading_loses_its_association(node_factory):
     assert node.alive() and node.echo_ok()
 
 
+def test_a_sequence_sent_as_un_of_defined_length_is_walked_before_the_acknowledgement(node, radiograph):
+    """(0400,0561) Original Attributes Sequence sent as UN of defined length
+    holding implicit VR items nested thousands deep: the length walk took
+    the value for bytes, and the node's reading of it as the sequence it is
+    overflowed the parser's stack (the process died, at some depths after
+    answering 0000, and at each restart while analysing it)."""
+    sop_uid, data = radiograph
+    depth = 3000
+    opening = struct.pack("<HHI", 0x0400, 0x0561, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    inner = opening * depth + closing * depth
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner
+    un = struct.pack("<HH2sHI", 0x0400, 0x0561, b"UN", 0, len(item)) + item
+    at = data.index(struct.pack("<HH", 0x7FE0, 0x0010))  # before the pixel data, in tag order
+    rsp = store_raw(node, CR_STORAGE, EXPLICIT_LE, sop_uid, data[:at] + un + data[at:])
+    assert status_of(rsp) == 0xC000, hex(status_of(rsp))
+    assert "nested deeper than" in rsp[0x0902].decode(), rsp[0x0902]
+    assert_still_serving_and_clean(node, sop_uid)
+
+
 @pytest.mark.parametrize("case", ["deep-nesting", "cut-pixel-data"])
 def test_a_stray_delimiter_does_not_hide_what_follows_it(node, radiograph, case):
     """The length check stopped at an item delimiter outside any item: what

@@ -250,16 +250,25 @@ def test_an_icon_compressed_with_the_image_is_dropped_when_it_is_decompressed(no
     icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
     icon.PixelData = bytes(range(256)) * 12
     ds.IconImageSequence = [icon]
+    # and one nested in a Referenced Image Sequence item (DCMTK compresses
+    # it too; the first fix dropped top-level icons only)
+    reference = Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = ds.SOPClassUID, generate_uid()
+    reference.IconImageSequence = [icon]
+    ds.ReferencedImageSequence = [reference]
     ds.save_as(native, enforce_file_format=True)
     rle = tmp_path / "rle.dcm"
     subprocess.run(["/usr/bin/dcmcrle", str(native), str(rle)], check=True, timeout=60)
     sent = pydicom.dcmread(rle)
     assert sent.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert sent.IconImageSequence[0]["PixelData"].is_undefined_length  # the icon is encapsulated too
+    assert sent.ReferencedImageSequence[0].IconImageSequence[0]["PixelData"].is_undefined_length
     r = node_cli("store", f"{node.ae_title}@127.0.0.1:{node.port}", rle)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_until(lambda: outbox_states(node).get(ds.SOPInstanceUID) == "sent", timeout=60,
                what=f"the forward sent ({outbox_rows(node)})")
     got = pydicom.dcmread(received_by_uid(out)[ds.SOPInstanceUID])
     assert "IconImageSequence" not in got
+    assert "IconImageSequence" not in got.ReferencedImageSequence[0]
+    assert got.ReferencedImageSequence[0].ReferencedSOPInstanceUID == reference.ReferencedSOPInstanceUID
     assert np.array_equal(got.pixel_array, pydicom.dcmread(native).pixel_array)

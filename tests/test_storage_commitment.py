@@ -113,15 +113,24 @@ def test_bad_commitment_requests_are_refused_and_the_node_goes_on(node_factory, 
     try:
         no_transaction = request(generate_uid(), kept)
         del no_transaction.TransactionUID
-        bad_uid = request(generate_uid(), [(CR, "1.2.x")])
+        no_instance = request(generate_uid(), kept)
+        del no_instance.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         empty = request(generate_uid(), [])
-        for ds, why in ((no_transaction, "Transaction UID"), (bad_uid, "item 1"),
+        for ds, why in ((no_transaction, "Transaction UID"), (no_instance, "item 1: no Referenced SOP Instance"),
                         (empty, "Referenced SOP Sequence")):
             status = requester.ask(ds)
             assert status.Status == 0x0115 and why in status.ErrorComment, (status, why)
         assert requester.ask(request(generate_uid(), kept), action_type=2).Status == 0x0123
         assert requester.ask(request(generate_uid(), kept), instance="1.2.3").Status == 0x0117
         assert requester.reports == []
+        # An item whose UID is none fails alone (it failed the whole
+        # request); leading zeros pass, as at C-STORE.
+        status = requester.ask(request(generate_uid(), kept + [(CR, "1.2.x"), (CR, "1.2.099.1")]))
+        assert status.Status == 0x0000, status
+        event_type, _, info = requester.result()
+        assert event_type == 2 and uids(info.ReferencedSOPSequence) == kept
+        assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == \
+            [("1.2.x", 0x0112), ("1.2.099.1", 0x0112)]
         # the association still serves
         status = requester.ask(request(generate_uid(), kept))
         assert status.Status == 0x0000 and requester.result()[0] == 1
@@ -137,6 +146,62 @@ def test_bad_commitment_requests_are_refused_and_the_node_goes_on(node_factory, 
         assert requester.result()[0] == 1
     finally:
         requester.release()
+
+
+def test_a_request_nested_thousands_deep_is_refused_before_it_is_parsed(node_factory):
+    """A valid request followed by 20,000 nested sequences (720 KB, under
+    the 16 MiB limit) overflowed the parser's stack: the process died. The
+    request's data set is walked first, as a C-STORE's is. (Sent raw:
+    pynetdicom would parse and re-encode it.)"""
+    import struct
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from rawdicom import RawAssociation, command_set, pdata, u16
+
+    node = node_factory().start()
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, request(generate_uid(), [(CR, generate_uid())]))
+    depth = 20_000
+    opening = struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF) + \
+        struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    # (0009,1010) sorts after (0008,1199): the data set stays in order
+    data = buffer.getvalue() + opening * depth + closing * depth
+    command = command_set((0x0003, b"1.2.840.10008.1.20.1"), (0x0100, u16(0x0130)), (0x0110, u16(7)),
+                          (0x0800, u16(0)), (0x1001, COMMITMENT_INSTANCE.encode()), (0x1008, u16(1)))
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, StorageCommitmentPushModel, ["1.2.840.10008.1.2.1"])])
+    raw.send(pdata(1, True, True, command))
+    for i in range(0, len(data), 16000):
+        raw.send(pdata(1, False, i + 16000 >= len(data), data[i:i + 16000]))
+    rsp = raw.read_command()
+    raw.close()
+    assert int.from_bytes(rsp[0x0900], "little") == 0x0115, rsp
+    assert b"nested deeper than" in rsp[0x0902], rsp[0x0902]
+    assert node.alive() and node.echo_ok()
+
+
+def test_a_file_cut_short_is_not_committed(node_factory, rg1_copies):
+    """A stored file emptied or cut was reported committed (present was
+    enough), and a modality deletes its copy on commitment."""
+    node = node_factory().start()
+    files = rg1_copies("UNCI", 2)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files)
+    node.wait_for_analyses()
+    kept = [(CR, pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    damaged = node.stored_path(pydicom.dcmread(files[1], stop_before_pixels=True))
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    requester = Requester(node)
+    try:
+        assert requester.ask(request(generate_uid(), kept)).Status == 0x0000
+        event_type, _, info = requester.result()
+        assert event_type == 2 and uids(info.ReferencedSOPSequence) == kept[:1]
+        assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == [(kept[1][1], 0x0112)]
+    finally:
+        requester.release()
+    assert "instances not committed" in node.log() and "count=1" in node.log()
 
 
 def test_commitment_can_be_turned_off(node_factory):

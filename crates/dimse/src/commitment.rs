@@ -49,6 +49,14 @@ pub struct CommitmentItem {
     pub sop_instance_uid: String,
 }
 
+impl CommitmentItem {
+    /// Whether both UIDs can be UIDs: an item naming no instance the node
+    /// could hold fails alone (0112), the others are answered.
+    pub fn names_uids(&self) -> bool {
+        is_uid(&self.sop_class_uid) && is_uid(&self.sop_instance_uid)
+    }
+}
+
 /// A request's content: its transaction and the instances it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitmentRequest {
@@ -75,15 +83,14 @@ fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether `uid` can be a UID (PS3.5 9.1): digits and dots, 64 at most,
-/// no empty component.
+/// Whether `uid` can be a UID as the node takes one at C-STORE: digits
+/// and dots, 64 at most, no empty component (leading zeros in a component
+/// pass, as older modalities write them).
 fn is_uid(uid: &str) -> bool {
     uid.len() <= 64
-        && uid.split('.').all(|c| {
-            !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_digit())
-                && (c == "0" || !c.starts_with('0'))
-        })
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Reads an N-ACTION-RQ's data set (in transfer syntax `ts_uid`); the
@@ -111,8 +118,9 @@ pub fn read_request(bytes: &[u8], ts_uid: &str) -> Result<CommitmentRequest, (St
         .iter()
         .enumerate()
         .map(|(n, item)| {
+            // present but no UID: that item fails alone (names_uids)
             let field = |tag, name| {
-                text(item, tag).filter(|uid| is_uid(uid)).ok_or_else(|| {
+                text(item, tag).ok_or_else(|| {
                     invalid(format!("Referenced SOP Sequence item {}: no {name}", n + 1))
                 })
             };
@@ -296,7 +304,11 @@ mod tests {
             .1
             .contains("Referenced SOP Sequence"));
         let bad_uid = request_bytes(ts, "1.2.3", &[("1.2.840.10008.5.1.4.1.1.1", "1.2.x")]);
-        assert!(read_request(&bad_uid, ts).unwrap_err().1.contains("item 1"));
+        let read = read_request(&bad_uid, ts).unwrap();
+        assert!(!read.items[0].names_uids());
+        let leading_zero =
+            request_bytes(ts, "1.2.3", &[("1.2.840.10008.5.1.4.1.1.1", "1.2.099.1")]);
+        assert!(read_request(&leading_zero, ts).unwrap().items[0].names_uids());
         let bad_transaction = request_bytes(ts, "1..2", &[("1.2.840.10008.5.1.4.1.1.1", "1.2")]);
         assert!(read_request(&bad_transaction, ts)
             .unwrap_err()

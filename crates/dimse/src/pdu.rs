@@ -154,10 +154,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
         self
     }
 
+    /// Writes all of `bytes`; with a write timeout, fails when the peer
+    /// takes nothing for that long (a peer reading slowly but steadily
+    /// goes on: a 12 MB commitment result read at 200 KB/s was cut).
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), PduError> {
-        match self.write_timeout {
-            None => Ok(self.stream.write_all(bytes).await?),
-            Some(limit) => tokio::time::timeout(limit, self.stream.write_all(bytes))
+        let Some(limit) = self.write_timeout else {
+            return Ok(self.stream.write_all(bytes).await?);
+        };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let written = tokio::time::timeout(limit, self.stream.write(rest))
                 .await
                 .map_err(|_| {
                     PduError::Io(std::io::Error::new(
@@ -167,9 +173,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
                             limit.as_secs_f32()
                         ),
                     ))
-                })?
-                .map_err(PduError::from),
+                })??;
+            if written == 0 {
+                return Err(PduError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            rest = &rest[written..];
         }
+        Ok(())
     }
 
     pub fn get_mut(&mut self) -> &mut S {
@@ -301,7 +311,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
         let pdu = Pdu::AbortRQ {
             source: AbortRQSource::ServiceProvider(reason),
         };
+        // A peer that stopped reading takes no A-ABORT either: its write
+        // waits ARTIM at most, not the write timeout again.
+        let limit = self.write_timeout;
+        self.write_timeout = Some(limit.map_or(ARTIM, |l| l.min(ARTIM)));
         let _ = self.send(&pdu).await;
+        self.write_timeout = limit;
         self.close_after(ARTIM).await;
     }
 

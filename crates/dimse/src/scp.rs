@@ -182,6 +182,15 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// Keeps a received instance; the reply goes back to the sender.
     fn store(&self, instance: ReceivedInstance) -> impl Future<Output = StoreReply> + Send;
 
+    /// Checks a data set received in memory (a Storage Commitment
+    /// request's) before it is parsed: every length, the nesting depth and
+    /// the element count, as a C-STORE's is checked on its spool file. The
+    /// parser recurses without bound, so a handler that checks nothing
+    /// refuses them all.
+    fn check_data_set(&self, _bytes: &[u8], _transfer_syntax: &str) -> Result<(), String> {
+        Err("data sets are not checked by this handler".into())
+    }
+
     /// Whether each instance of a Storage Commitment request is kept: None
     /// when it is (received, acknowledged, and not removed since), else the
     /// Failure Reason ([`crate::commitment::failure`]). One answer per item,
@@ -595,6 +604,13 @@ async fn serve_connection<H: StoreHandler>(
         awaiting_event_report: Vec::new(),
     };
     let end = association.run().await;
+    association.results_unconfirmed(match &end {
+        AssociationEnd::Released => "released",
+        AssociationEnd::AbortedByPeer => "aborted by the peer",
+        AssociationEnd::Closed => "closed",
+        AssociationEnd::ShuttingDown => "aborted: the node is shutting down",
+        AssociationEnd::Error(_) => "aborted by the node",
+    });
     match end {
         AssociationEnd::Released => info!(instances = association.stored, "association released"),
         AssociationEnd::AbortedByPeer => warn!(
@@ -1080,15 +1096,11 @@ impl<H: StoreHandler> Association<'_, H> {
                     if !matches!(self.state, MessageState::Idle) {
                         warn!("release requested in the middle of a message; partial data dropped");
                     }
-                    self.results_unconfirmed("released");
                     let _ = self.conn.send(&Pdu::ReleaseRP).await;
                     self.conn.close_after(pdu::ARTIM).await;
                     return AssociationEnd::Released;
                 }
-                pdu::TYPE_ABORT => {
-                    self.results_unconfirmed("aborted");
-                    return AssociationEnd::AbortedByPeer;
-                }
+                pdu::TYPE_ABORT => return AssociationEnd::AbortedByPeer,
                 other => {
                     self.conn
                         .abort(AbortRQServiceProviderReason::UnexpectedPdu)
@@ -1256,6 +1268,15 @@ impl<H: StoreHandler> Association<'_, H> {
             }
             self.event_report_answered(&command);
             return Ok(MessageState::Idle);
+        }
+        if command.command_field == field::N_EVENT_REPORT_RSP {
+            return Err(format!(
+                "an N-EVENT-REPORT-RSP for Message ID {}, which no N-EVENT-REPORT sent on this \
+                 association waits for",
+                command
+                    .message_id_being_responded_to
+                    .map_or("(none)".to_string(), |id| id.to_string())
+            ));
         }
         if !field::is_request(command.command_field) {
             // A response, or no DIMSE command at all: there is no response
@@ -1524,6 +1545,13 @@ impl<H: StoreHandler> Association<'_, H> {
         if let Some(refusal) = refused {
             return self.refuse_action(context_id, command, refusal).await;
         }
+        // Walked before it is parsed, as a C-STORE's data set is: nesting
+        // thousands deep overflowed the parser's stack (the process died).
+        if let Err(why) = self.shared.handler.check_data_set(bytes, &ts) {
+            return self
+                .refuse_action(context_id, command, (refusal::INVALID_ARGUMENT_VALUE, why))
+                .await;
+        }
         let request = match commitment::read_request(bytes, &ts) {
             Ok(request) => request,
             Err(refusal) => return self.refuse_action(context_id, command, refusal).await,
@@ -1537,15 +1565,33 @@ impl<H: StoreHandler> Association<'_, H> {
             ))
             .await
             .map_err(|e| format!("cannot send response: {e}"))?;
-        let mut outcomes = self
+        // Items whose UIDs can be none fail alone; the handler is asked of
+        // the others.
+        let named: Vec<CommitmentItem> = request
+            .items
+            .iter()
+            .filter(|i| i.names_uids())
+            .cloned()
+            .collect();
+        let mut answers = self
             .shared
             .handler
-            .commit(&self.context, &request.items)
-            .await;
-        outcomes.resize(
-            request.items.len(),
-            Some(commitment::failure::PROCESSING_FAILURE),
-        );
+            .commit(&self.context, &named)
+            .await
+            .into_iter();
+        let outcomes: Vec<Option<u16>> = request
+            .items
+            .iter()
+            .map(|item| {
+                if item.names_uids() {
+                    answers
+                        .next()
+                        .unwrap_or(Some(commitment::failure::PROCESSING_FAILURE))
+                } else {
+                    Some(commitment::failure::NO_SUCH_OBJECT_INSTANCE)
+                }
+            })
+            .collect();
         let committed = outcomes.iter().filter(|o| o.is_none()).count();
         info!(
             transaction_uid = %request.transaction_uid,

@@ -143,9 +143,8 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
     // only in encapsulated ones) the data set was unreadable to the
     // destination, which refused it at every retry. The icon is Type 3, a
     // convenience of browsers: dropped.
-    if has_encapsulated_icon(&obj) {
-        obj.remove_element(tags::ICON_IMAGE_SEQUENCE);
-    }
+    // (nested ones too: an icon in a Referenced Image Sequence item)
+    drop_encapsulated_icons(&mut obj);
     obj.remove_element(EXTENDED_OFFSET_TABLE);
     obj.remove_element(EXTENDED_OFFSET_TABLE_LENGTHS);
     if let Some((_, method)) = LOSSY.iter().find(|(ts, _)| *ts == uid) {
@@ -173,17 +172,47 @@ pub fn decompress(mut obj: DefaultDicomObject) -> Result<DefaultDicomObject, Ima
     Ok(obj)
 }
 
-/// Whether an item of the Icon Image Sequence holds encapsulated pixel data.
-fn has_encapsulated_icon(obj: &DefaultDicomObject) -> bool {
-    obj.get(tags::ICON_IMAGE_SEQUENCE)
+/// Removes every Icon Image Sequence, at any depth, an item of which
+/// holds encapsulated pixel data; whether any was.
+fn drop_encapsulated_icons(obj: &mut dicom_object::InMemDicomObject) -> bool {
+    use dicom_core::header::Header;
+    use dicom_core::value::{DataSetSequence, Value};
+    let encapsulated = |item: &dicom_object::InMemDicomObject| {
+        item.get(tags::PIXEL_DATA)
+            .is_some_and(|p| matches!(p.value(), Value::PixelSequence(_)))
+    };
+    let mut dropped = false;
+    if obj
+        .get(tags::ICON_IMAGE_SEQUENCE)
         .and_then(|e| e.items())
-        .is_some_and(|items| {
-            items.iter().any(|icon| {
-                icon.get(tags::PIXEL_DATA).is_some_and(|p| {
-                    matches!(p.value(), dicom_core::value::Value::PixelSequence(_))
-                })
-            })
-        })
+        .is_some_and(|items| items.iter().any(encapsulated))
+    {
+        obj.remove_element(tags::ICON_IMAGE_SEQUENCE);
+        dropped = true;
+    }
+    let sequences: Vec<(dicom_core::Tag, VR)> = obj
+        .iter()
+        .filter(|e| matches!(e.value(), Value::Sequence(_)))
+        .map(|e| (e.tag(), e.vr()))
+        .collect();
+    for (tag, vr) in sequences {
+        let Some(mut items) = obj.get(tag).and_then(|e| e.items()).map(|i| i.to_vec()) else {
+            continue;
+        };
+        let mut changed = false;
+        for item in &mut items {
+            changed |= drop_encapsulated_icons(item);
+        }
+        if changed {
+            obj.put(DataElement::new(
+                tag,
+                vr,
+                Value::Sequence(DataSetSequence::new(items, dicom_core::Length::UNDEFINED)),
+            ));
+            dropped = true;
+        }
+    }
+    dropped
 }
 
 /// Regroups the fragments of a multi-frame image that has no Basic Offset

@@ -122,6 +122,32 @@ pub fn check_element_lengths(path: &Path, stop: Tag) -> Result<(), StoreError> {
     crate::lengths::check(&mut file, encoding, size, stop).map_err(bad)
 }
 
+/// Checks a data set held in memory (`bytes`, in transfer syntax
+/// `transfer_syntax`) as a received file's is: every length, delimiters,
+/// nesting depth and element count, before a parser recurses into it (a
+/// Storage Commitment request's). Deflated and unknown syntaxes are
+/// refused: such a data set is never read from memory.
+pub fn check_data_set_bytes(bytes: &[u8], transfer_syntax: &str) -> Result<(), String> {
+    let syntax = transfer_syntax.trim_end_matches(['\0', ' ']);
+    let (explicit_vr, big_endian) = match syntax {
+        "1.2.840.10008.1.2" => (false, false),
+        "1.2.840.10008.1.2.1" => (true, false),
+        "1.2.840.10008.1.2.2" => (true, true),
+        other => return Err(format!("a data set in memory is not read in {other}")),
+    };
+    let encoding = crate::lengths::Encoding {
+        explicit_vr,
+        big_endian,
+        pixel_data: crate::lengths::PixelDataForm::Native,
+    };
+    crate::lengths::check(
+        std::io::Cursor::new(bytes),
+        encoding,
+        bytes.len() as u64,
+        Tag(0xFFFF, 0xFFFF),
+    )
+}
+
 /// Refuses a Part-10 file whose data set does not end where its elements
 /// say: a value, a sequence or the pixel data cut off (a sender that
 /// stopped mid-instance but marked the last fragment as last). Checked

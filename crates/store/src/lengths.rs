@@ -352,10 +352,26 @@ impl<R: Read + Seek> Scanner<R> {
                     end - self.pos
                 ));
             }
-            if is_sequence {
+            // A standard sequence sent as UN with a defined length holds
+            // implicit VR items (PS3.5 6.2.2), which the node reads as the
+            // sequence (un_values): walked as one, or nesting thousands
+            // deep inside it overflowed the parser's stack after the
+            // acknowledgement, and a million items in it went uncounted.
+            let un_sequence = vr == VR::UN
+                && self.enc.explicit_vr
+                && !self.enc.big_endian
+                && StandardDataDictionary
+                    .by_tag(tag)
+                    .is_some_and(|e| e.vr().relaxed() == VR::SQ);
+            if is_sequence || un_sequence {
+                let explicit = self.enc.explicit_vr;
+                if un_sequence {
+                    self.enc.explicit_vr = false;
+                }
                 self.path.push((tag, 0));
                 let r = self.items(value_end, depth + 1, false);
                 self.path.pop();
+                self.enc.explicit_vr = explicit;
                 r?;
                 self.skip(value_end.saturating_sub(self.pos))?;
             } else if self.collect.contains(&vr) {
@@ -607,6 +623,34 @@ pub(crate) mod tests {
             err.starts_with("more than 1000000 elements and sequence items"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_standard_sequence_sent_as_un_of_defined_length_is_walked() {
+        // (0008,1140) Referenced Image Sequence as UN, defined length,
+        // holding implicit VR items nested past the depth limit
+        let nest = |depth: usize| {
+            let mut inner = Vec::new();
+            for _ in 0..depth {
+                inner.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
+                inner.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            }
+            for _ in 0..depth {
+                inner.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+                inner.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            }
+            let mut value = vec![0xFE, 0xFF, 0x00, 0xE0];
+            value.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+            value.extend(inner);
+            let mut v = el((0x0008, 0x0060), b"CS", b"CR");
+            v.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, b'U', b'N', 0, 0]);
+            v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            v.extend(value);
+            v
+        };
+        assert_eq!(explicit(&nest(3)), Ok(()));
+        let err = explicit(&nest(3000)).unwrap_err();
+        assert!(err.contains("nested deeper than"), "{err}");
     }
 
     #[test]

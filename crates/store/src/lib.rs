@@ -35,7 +35,9 @@ pub use cp246::rewrite_un_sequences;
 pub use db::database_file;
 pub use described::names_term;
 pub use files::dataset_digest;
-pub use header::{check_element_lengths, is_product, open_instance, InstanceHeader};
+pub use header::{
+    check_data_set_bytes, check_element_lengths, is_product, open_instance, InstanceHeader,
+};
 pub use jobs::{
     stored_copy_problem, ClaimedJob, FailedJob, JobCount, MadeInstances, ReportResult,
     RetryableState, StoredCopy, JOB_STATES,
@@ -862,21 +864,27 @@ impl Store {
     }
 
     /// The SOP classes under which an instance with this SOP Instance UID
-    /// is kept, file present (none when never received, or removed by
-    /// retention or by hand): what a Storage Commitment request is
-    /// answered by.
+    /// is kept, file present at its stored size (none when never
+    /// received, or removed by retention or by hand): what a Storage
+    /// Commitment request is answered by.
     pub async fn kept_classes(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT sop_class_uid, path FROM instances \
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT sop_class_uid, path, file_size FROM instances \
              WHERE sop_instance_uid = ? AND purged_at_ms IS NULL",
         )
         .bind(sop_instance_uid)
         .fetch_all(&self.pool)
         .await?;
+        // Present with the size it was stored with: a file emptied or cut
+        // was committed (and a modality deletes its copy on commitment).
+        // The bytes themselves are checked before each analysis and send.
         Ok(rows
             .into_iter()
-            .filter(|(_, path)| self.data_dir.join(path).is_file())
-            .map(|(class, _)| class)
+            .filter(|(_, path, size)| {
+                std::fs::metadata(self.data_dir.join(path))
+                    .is_ok_and(|m| m.is_file() && m.len() == *size as u64)
+            })
+            .map(|(class, _, _)| class)
             .collect())
     }
 
