@@ -94,6 +94,10 @@ const APPLIED: &[(&str, &str)] = &[
         "0022_conversion_type.sql",
         "b9a5d8165a6ecd652714dba52e69b13c7fd89004442a6f3b4d610b8227f92231",
     ),
+    (
+        "0023_report_results.sql",
+        "a4269eee2696c596292a666e498221aba75d156d173a4e9af5a81b9735f80105",
+    ),
 ];
 
 #[test]
