@@ -370,26 +370,32 @@ def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, r
     assert linked == sr2
 
 
+def move_the_only_result(node, dp: float) -> dict:
+    """Moves the probability of the one job's recorded result by `dp`, as a
+    re-run in another batch moves its last digits; the record as it was."""
+    db = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
+    try:
+        (job_id, record), = db.execute("SELECT id, result_json FROM jobs").fetchall()
+        record = json.loads(record)
+        moved = json.loads(json.dumps(record))
+        moved["prediction"]["p_positive"] += dp
+        db.execute("UPDATE jobs SET result_json = ? WHERE id = ?", (json.dumps(moved), job_id))
+        db.commit()
+    finally:
+        db.close()
+    return record
+
+
 def test_a_copy_is_compared_with_what_the_report_states_not_with_a_later_run(node, rg1_copies, tmp_path):
     """An operator's retry re-analysed the first copy (in another batch:
     its last digits moved) and overwrote its job's result; a later copy
     with other pixels but the report's result was compared with that run,
     and got a second report stating the same number as the first, "with
     another result". (The re-run is written into the job's result here.)"""
-    import numpy as np
-
     (first,) = rg1_copies("UNCI", 1)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
     node.wait_for_analyses()
-    db = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
-    try:
-        (job_id, record), = db.execute("SELECT id, result_json FROM jobs").fetchall()
-        record = json.loads(record)
-        record["prediction"]["p_positive"] += 3e-6
-        db.execute("UPDATE jobs SET result_json = ? WHERE id = ?", (json.dumps(record), job_id))
-        db.commit()
-    finally:
-        db.close()
+    record = move_the_only_result(node, 3e-6)
     one_pixel = pydicom.dcmread(first)
     pixels = one_pixel.pixel_array.copy()
     pixels[0, 0] += 1  # another model input, the same result to the millionth
@@ -416,15 +422,7 @@ def test_a_copy_with_the_same_pixels_shares_the_report_whatever_its_last_digits(
     (first,) = rg1_copies("UNCI", 1)
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, first)
     node.wait_for_analyses()
-    db = sqlite3.connect(node.data_dir / "pneumo-node.sqlite")
-    try:
-        (job_id, record), = db.execute("SELECT id, result_json FROM jobs").fetchall()
-        record = json.loads(record)
-        record["prediction"]["p_positive"] += 2e-6
-        db.execute("UPDATE jobs SET result_json = ? WHERE id = ?", (json.dumps(record), job_id))
-        db.commit()
-    finally:
-        db.close()
+    record = move_the_only_result(node, 2e-6)
     routed = pydicom.dcmread(first)
     routed.ImageComments = "routed"
     routed.save_as(tmp_path / "routed.dcm", enforce_file_format=True)

@@ -1557,14 +1557,7 @@ impl<H: StoreHandler> Association<'_, H> {
             Err(refusal) => return self.refuse_action(context_id, command, refusal).await,
         };
         let rsp = Command::n_action_rsp(command, Status::SUCCESS, None);
-        self.conn
-            .send_raw(&pdu::command_pdus(
-                context_id,
-                &rsp.encode(),
-                self.peer_max_pdu,
-            ))
-            .await
-            .map_err(|e| format!("cannot send response: {e}"))?;
+        self.send_response(context_id, &rsp).await?;
         // Items whose UIDs can be none fail alone; the handler is asked of
         // the others.
         let named: Vec<CommitmentItem> = request
@@ -1631,14 +1624,7 @@ impl<H: StoreHandler> Association<'_, H> {
     ) -> Result<(), String> {
         warn!(%status, reason = %why, "storage commitment request refused");
         let rsp = Command::n_action_rsp(command, status, Some(&why));
-        self.conn
-            .send_raw(&pdu::command_pdus(
-                context_id,
-                &rsp.encode(),
-                self.peer_max_pdu,
-            ))
-            .await
-            .map_err(|e| format!("cannot send response: {e}"))
+        self.send_response(context_id, &rsp).await
     }
 
     /// The requester's N-EVENT-REPORT-RSP to a commitment result.
@@ -1664,8 +1650,8 @@ impl<H: StoreHandler> Association<'_, H> {
     }
 
     /// Said when the association ends with commitment results sent and not
-    /// answered: the requester may not have them (it asks again, as its
-    /// own time-out tells it).
+    /// answered: the requester may not have them (a modality may ask again
+    /// after its own time-out; Orthanc does not).
     fn results_unconfirmed(&self, how: &str) {
         for (_, transaction_uid) in &self.awaiting_event_report {
             warn!(%transaction_uid, how,
@@ -1680,6 +1666,12 @@ impl<H: StoreHandler> Association<'_, H> {
         reply: StoreReply,
     ) -> Result<(), String> {
         let rsp = Command::response_to(request, reply.status, reply.comment.as_deref());
+        self.send_response(context_id, &rsp).await
+    }
+
+    /// Sends a response command set on context `context_id`, split to the
+    /// peer's Maximum Length Received.
+    async fn send_response(&mut self, context_id: u8, rsp: &Command) -> Result<(), String> {
         self.conn
             .send_raw(&pdu::command_pdus(
                 context_id,
