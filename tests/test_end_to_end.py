@@ -346,7 +346,8 @@ def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, r
         assert certainty(pydicom.dcmread(node.data_dir / sr_path)) == pytest.approx(p * 100, abs=1e-4)
     assert "gave another result than the report made for an earlier copy" in node.log()
     assert_replaces(node, pydicom.dcmread(node.data_dir / sr2), pydicom.dcmread(node.data_dir / sr1),
-                    "this copy's analysis gave another result.")
+                    "this copy's analysis gave another result (where a viewer still shows the earlier "
+                    "copy's pixels, the earlier report is the one that applies to them).")
     assert json.loads(r2)["replaces_sr_sop_instance_uid"] == pydicom.dcmread(node.data_dir / sr1).SOPInstanceUID
     # A copy with the first's pixels and a header a router changed shares
     # the first's report (its result is the same).

@@ -307,6 +307,25 @@ def test_a_second_sender_is_owed_the_notice_and_a_copy_with_a_report_gets_none(
     assert sorted(j["state"] for j in jobs) == ["delivered", "failed"]
     assert all(j["notice_sop_instance_uid"] is None for j in jobs)
 
+    # The damaged copy naming another patient (corrected at the modality):
+    # the report is in the first patient's record, and this patient's had
+    # nothing saying the image was not analysed. It gets its notice.
+    good.PatientID, good.PatientName = "OTHER-PATIENT", "Other^Patient"
+    good.save_as(tmp_path / "other_patient.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port,
+              tmp_path / "other_patient.dcm")
+
+    def notices():
+        status, body = node.http(f"/api/instances/{good.SOPInstanceUID}")
+        return [c["job"]["notice_sop_instance_uid"] for c in body["copies"]
+                if c["job"]["notice_sop_instance_uid"]]
+
+    wait_until(lambda: notices(), timeout=60, what="a notice for the other patient's copy")
+    (notice_uid,) = notices()
+    wait_until(lambda: notice_uid in received(out), timeout=60, what="the notice delivered")
+    notice = pydicom.dcmread(received(out)[notice_uid])
+    assert (notice.PatientID, str(notice.PatientName)) == ("OTHER-PATIENT", "Other^Patient")
+
 
 def test_a_pacs_without_3d_sr_gets_a_report_naming_the_notice_it_holds(node_factory, tmp_path):
     """Sent as Comprehensive SR copies, the notice and the report replacing

@@ -30,6 +30,15 @@ def request(transaction_uid, refs):
     return ds
 
 
+def first_report(reports, timeout):
+    """The first N-EVENT-REPORT received (taken off `reports`), waited for."""
+    deadline = time.monotonic() + timeout
+    while not reports:
+        assert time.monotonic() < deadline, "no N-EVENT-REPORT"
+        time.sleep(0.05)
+    return reports.pop(0)
+
+
 class Requester:
     """A modality asking for commitment, taking the result on its association."""
 
@@ -53,11 +62,7 @@ class Requester:
         return status
 
     def result(self, timeout=20):
-        deadline = time.monotonic() + timeout
-        while not self.reports:
-            assert time.monotonic() < deadline, "no N-EVENT-REPORT"
-            time.sleep(0.05)
-        return self.reports.pop(0)
+        return first_report(self.reports, timeout)
 
     def release(self):
         self.assoc.release()
@@ -123,14 +128,15 @@ def test_bad_commitment_requests_are_refused_and_the_node_goes_on(node_factory, 
         assert requester.ask(request(generate_uid(), kept), action_type=2).Status == 0x0123
         assert requester.ask(request(generate_uid(), kept), instance="1.2.3").Status == 0x0117
         assert requester.reports == []
-        # An item whose UID is none fails alone (it failed the whole
-        # request); leading zeros pass, as at C-STORE.
-        status = requester.ask(request(generate_uid(), kept + [(CR, "1.2.x"), (CR, "1.2.099.1")]))
+        # An item whose UID is none, or empty, fails alone (each failed
+        # the whole request); leading zeros pass, as at C-STORE.
+        status = requester.ask(request(generate_uid(),
+                                       kept + [(CR, "1.2.x"), (CR, "1.2.099.1"), (CR, "")]))
         assert status.Status == 0x0000, status
         event_type, _, info = requester.result()
         assert event_type == 2 and uids(info.ReferencedSOPSequence) == kept
         assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == \
-            [("1.2.x", 0x0112), ("1.2.099.1", 0x0112)]
+            [("1.2.x", 0x0112), ("1.2.099.1", 0x0112), ("", 0x0112)]
         # the association still serves
         status = requester.ask(request(generate_uid(), kept))
         assert status.Status == 0x0000 and requester.result()[0] == 1
@@ -216,3 +222,169 @@ def test_commitment_can_be_turned_off(node_factory):
         assert [c.abstract_syntax for c in assoc.rejected_contexts] == [StorageCommitmentPushModel]
     finally:
         assoc.release()
+
+
+class ResultListener:
+    """A requester's own SCP, taking commitment results on associations
+    the node opens (the node as SCP of the class: role selection)."""
+
+    def __init__(self, ae_title="MODALITY", port=None, status=0x0000):
+        from nodetest import free_port
+
+        self.reports, self.status = [], status
+        self.port = port or free_port()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.add_supported_context(StorageCommitmentPushModel, ["1.2.840.10008.1.2"],
+                                      scu_role=True, scp_role=True)
+        self.server = None
+
+    def start(self):
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+                                           evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.on_report)])
+        return self
+
+    def on_report(self, event):
+        self.reports.append((event.request.EventTypeID, event.assoc.requestor.ae_title,
+                             event.event_information))
+        return self.status, None
+
+    def result(self, timeout=30):
+        return first_report(self.reports, timeout)
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+
+
+def requesters_config(node, listener_port, ae_title="MODALITY"):
+    path = node.workdir / "requesters.toml"
+    path.write_text(f'[[dicom.commitment_requesters]]\nae_title = "{ae_title}"\n'
+                    f'host = "127.0.0.1"\nport = {listener_port}\n')
+    return path
+
+
+def test_a_requester_set_so_gets_its_result_on_an_association_the_node_opens(node_factory, rg1_copies):
+    """Requesters such as Orthanc release their association once the
+    N-ACTION is answered and take the result on one of their own: they got
+    none, and kept the commitment pending. Others still get it on theirs."""
+    listener = ResultListener().start()
+    try:
+        node = node_factory()
+        node.start(requesters_config(node, listener.port))
+        files = rg1_copies("UNCI", 2)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])
+        kept = [(CR, pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)]
+        never_sent = (CR, pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID)
+        requester = Requester(node)
+        transaction = generate_uid()
+        assert requester.ask(request(transaction, kept + [never_sent])).Status == 0x0000
+        requester.release()
+        event_type, calling_ae, info = listener.result()
+        assert (event_type, calling_ae.strip()) == (2, node.ae_title)
+        assert info.TransactionUID == transaction and uids(info.ReferencedSOPSequence) == kept
+        assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == \
+            [(never_sent[1], 0x0112)]
+        assert requester.reports == []
+        time.sleep(0.5)
+        assert 'pneumo_commitment_results{state="sent"} 1' in node.http("/metrics")[1]
+
+        # another requester: on its own association, as before
+        other = Requester.__new__(Requester)
+        other.reports = []
+        ae = AE(ae_title="OTHER")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        other.assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, other.on_report)])
+        try:
+            assert other.ask(request(generate_uid(), kept)).Status == 0x0000
+            assert other.result()[0] == 1
+        finally:
+            other.release()
+        assert listener.reports == []
+    finally:
+        listener.stop()
+
+
+def test_a_result_the_requester_cannot_take_yet_is_kept_across_a_restart(node_factory, rg1_copies):
+    """The requester's SCP is down when it asks: the result is retried,
+    and still owed after the node restarts; nothing is lost."""
+    from nodetest import free_port
+
+    port = free_port()
+    node = node_factory()
+    node.start(requesters_config(node, port))
+    (image,) = rg1_copies("UNCI", 1)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+    kept = [(CR, pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)]
+    requester = Requester(node)
+    transaction = generate_uid()
+    assert requester.ask(request(transaction, kept)).Status == 0x0000
+    requester.release()
+    deadline = time.monotonic() + 20
+    while "storage commitment result not sent" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.1)
+    assert 'pneumo_commitment_results{state="pending"} 1' in node.http("/metrics")[1]
+    node.stop()
+    listener = ResultListener(port=port).start()
+    try:
+        node.start()
+        event_type, _, info = listener.result(timeout=40)
+        assert event_type == 1 and info.TransactionUID == transaction
+        assert uids(info.ReferencedSOPSequence) == kept
+        time.sleep(0.5)
+        assert listener.reports == []  # once
+    finally:
+        listener.stop()
+    assert "storage commitment result delivered" in node.log()
+
+
+def test_a_result_the_requester_refuses_is_not_sent_again(node_factory, rg1_copies):
+    listener = ResultListener(status=0x0110).start()
+    try:
+        node = node_factory()
+        node.start(requesters_config(node, listener.port))
+        (image,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        requester = Requester(node)
+        sop = pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID
+        assert requester.ask(request(generate_uid(), [(CR, sop)])).Status == 0x0000
+        requester.release()
+        listener.result()
+        time.sleep(8)  # past the first retry's wait
+        assert listener.reports == []
+        assert "storage commitment result not taken by the requester" in node.log()
+        assert node.alive() and node.echo_ok()
+    finally:
+        listener.stop()
+
+
+def test_orthanc_gets_its_commitment_result(node_factory, rg1_copies, tmp_path):
+    """Orthanc (1.10) asks with an N-ACTION, releases, and takes the
+    N-EVENT-REPORT on its own DICOM server: its commitment stayed
+    "Pending" for ever. Set as a requester, it gets the result."""
+    from nodetest import free_port
+    from orthanc import Orthanc
+
+    node = node_factory()
+    orthanc_port = free_port()
+    node.start(requesters_config(node, orthanc_port, ae_title="ORTHANC"))
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=orthanc_port,
+                   modalities={"pneumo": [node.ae_title, "127.0.0.1", node.port]}).start()
+    try:
+        files = rg1_copies("UNCI", 2)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])
+        kept = pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        missing = pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID
+        answer = pacs.post("/modalities/pneumo/storage-commitment", {
+            "DicomInstances": [{"SOPClassUID": CR, "SOPInstanceUID": kept},
+                               {"SOPClassUID": CR, "SOPInstanceUID": missing}]})
+        deadline = time.monotonic() + 30
+        while (report := pacs.get(answer["Path"]))["Status"] == "Pending":
+            assert time.monotonic() < deadline, (report, node.log()[-3000:])
+            time.sleep(0.2)
+        assert report["Status"] == "Failure", report  # one of the two is missing
+        assert report["Success"] == [{"SOPClassUID": CR, "SOPInstanceUID": kept}], report
+        assert [(f["SOPInstanceUID"], f["FailureReason"]) for f in report["Failures"]] == [(missing, 0x0112)], report
+    finally:
+        pacs.stop()

@@ -118,11 +118,14 @@ pub fn read_request(bytes: &[u8], ts_uid: &str) -> Result<CommitmentRequest, (St
         .iter()
         .enumerate()
         .map(|(n, item)| {
-            // present but no UID: that item fails alone (names_uids)
-            let field = |tag, name| {
-                text(item, tag).ok_or_else(|| {
-                    invalid(format!("Referenced SOP Sequence item {}: no {name}", n + 1))
-                })
+            // Present, even empty or no UID: that item fails alone
+            // (names_uids); absent: the request is malformed.
+            let field = |tag, name| match item.get(tag) {
+                Some(_) => Ok(text(item, tag).unwrap_or_default()),
+                None => Err(invalid(format!(
+                    "Referenced SOP Sequence item {}: no {name}",
+                    n + 1
+                ))),
             };
             Ok(CommitmentItem {
                 sop_class_uid: field(tags::REFERENCED_SOP_CLASS_UID, "Referenced SOP Class UID")?,
@@ -222,6 +225,23 @@ pub fn event_report(
     Ok((event_type, bytes))
 }
 
+/// A result's data set, written in Explicit VR Little Endian (as it is
+/// kept until sent on an association of the node's own), in `ts_uid`.
+pub fn reencode(explicit_le: &[u8], ts_uid: &str) -> Result<Vec<u8>, String> {
+    let registry = |uid: &str| {
+        TransferSyntaxRegistry
+            .get(uid)
+            .ok_or_else(|| format!("transfer syntax {uid} unknown"))
+    };
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(explicit_le, registry(crate::sop::EXPLICIT_VR_LE)?)
+            .map_err(|e| format!("cannot read the commitment result: {e}"))?;
+    let mut bytes = Vec::new();
+    obj.write_dataset_with_ts(&mut bytes, registry(ts_uid)?)
+        .map_err(|e| format!("cannot write the commitment result in {ts_uid}: {e}"))?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +326,8 @@ mod tests {
         let bad_uid = request_bytes(ts, "1.2.3", &[("1.2.840.10008.5.1.4.1.1.1", "1.2.x")]);
         let read = read_request(&bad_uid, ts).unwrap();
         assert!(!read.items[0].names_uids());
+        let empty = request_bytes(ts, "1.2.3", &[("1.2.840.10008.5.1.4.1.1.1", "")]);
+        assert!(!read_request(&empty, ts).unwrap().items[0].names_uids());
         let leading_zero =
             request_bytes(ts, "1.2.3", &[("1.2.840.10008.5.1.4.1.1.1", "1.2.099.1")]);
         assert!(read_request(&leading_zero, ts).unwrap().items[0].names_uids());

@@ -203,6 +203,22 @@ pub trait StoreHandler: Send + Sync + 'static {
         let failed = vec![Some(crate::commitment::failure::PROCESSING_FAILURE); items.len()];
         async move { failed }
     }
+
+    /// Takes a Storage Commitment result to send on an association of the
+    /// node's own, for a requester set to take it so: `Ok(true)` once it is
+    /// kept to be sent (the N-ACTION is then answered success), `Ok(false)`
+    /// when it goes on the requester's association, `Err` when it can go
+    /// nowhere (the N-ACTION fails 0110, with the reason). `data` is the
+    /// Event Information in Explicit VR Little Endian.
+    fn send_result_apart(
+        &self,
+        _context: &AssociationContext,
+        _transaction_uid: &str,
+        _event_type_id: u16,
+        _data: &[u8],
+    ) -> impl Future<Output = Result<bool, String>> + Send {
+        async { Ok(false) }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -1501,7 +1517,8 @@ impl<H: StoreHandler> Association<'_, H> {
     /// A Storage Commitment request (PS3.4 J.3.2): answered N-ACTION-RSP,
     /// then, as every instance it names was kept before its C-STORE was
     /// acknowledged, its result at once in an N-EVENT-REPORT on this
-    /// association.
+    /// association, or, for a requester set to take it on its own, handed
+    /// to the handler to send (before the N-ACTION-RSP says it will come).
     async fn storage_commitment(
         &mut self,
         context_id: u8,
@@ -1556,8 +1573,6 @@ impl<H: StoreHandler> Association<'_, H> {
             Ok(request) => request,
             Err(refusal) => return self.refuse_action(context_id, command, refusal).await,
         };
-        let rsp = Command::n_action_rsp(command, Status::SUCCESS, None);
-        self.send_response(context_id, &rsp).await?;
         // Items whose UIDs can be none fail alone; the handler is asked of
         // the others.
         let named: Vec<CommitmentItem> = request
@@ -1593,9 +1608,44 @@ impl<H: StoreHandler> Association<'_, H> {
             failed = request.items.len() - committed,
             "storage commitment"
         );
-        let (event_type, data) =
-            commitment::event_report(&request, &outcomes, &self.shared.config.ae_title, &ts)
-                .map_err(|e| format!("cannot write the storage commitment result: {e}"))?;
+        // Written once, in Explicit VR Little Endian (how a result sent
+        // apart is kept), and re-encoded for this association if need be.
+        let written = commitment::event_report(
+            &request,
+            &outcomes,
+            &self.shared.config.ae_title,
+            sop::EXPLICIT_VR_LE,
+        )
+        .map_err(|e| format!("cannot write the result: {e}"));
+        let apart = match &written {
+            Ok((event_type, data)) => {
+                self.shared
+                    .handler
+                    .send_result_apart(&self.context, &request.transaction_uid, *event_type, data)
+                    .await
+            }
+            Err(why) => Err(why.clone()),
+        };
+        let (event_type, data) = match (written, apart) {
+            (Ok(written), Ok(apart)) => {
+                let rsp = Command::n_action_rsp(command, Status::SUCCESS, None);
+                self.send_response(context_id, &rsp).await?;
+                if apart {
+                    return Ok(());
+                }
+                written
+            }
+            (_, Err(why)) | (Err(why), _) => {
+                let failed = (Status::PROCESSING_FAILURE, why);
+                return self.refuse_action(context_id, command, failed).await;
+            }
+        };
+        let data = if ts == sop::EXPLICIT_VR_LE {
+            data
+        } else {
+            commitment::reencode(&data, &ts)
+                .map_err(|e| format!("cannot write the storage commitment result: {e}"))?
+        };
         let id = self.next_message_id;
         self.next_message_id = self.next_message_id.checked_add(1).unwrap_or(1);
         let rq = Command::n_event_report_rq(

@@ -19,7 +19,7 @@ use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed,
-    PresentationContextResultReason, UserVariableItem,
+    PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -302,6 +302,19 @@ impl ClientAssociation {
         options: &ScuOptions,
         proposals: &[(String, Vec<String>)],
     ) -> Result<Self, ScuError> {
+        Self::open_as(addr, options, proposals, &[]).await
+    }
+
+    /// Connects and negotiates `proposals`, asking to act as SCP (not SCU)
+    /// of each SOP class in `scp_role_for` (SCP/SCU Role Selection, PS3.7
+    /// D.3.3.4): how a Storage Commitment result goes on an association
+    /// the node opens. A peer that refuses that role refuses its context.
+    pub async fn open_as(
+        addr: &AeAddress,
+        options: &ScuOptions,
+        proposals: &[(String, Vec<String>)],
+        scp_role_for: &[&str],
+    ) -> Result<Self, ScuError> {
         let target = format!("{}:{}", addr.host, addr.port);
         let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(&target))
             .await
@@ -338,7 +351,18 @@ impl ClientAssociation {
                 UserVariableItem::ImplementationVersionName(
                     crate::IMPLEMENTATION_VERSION_NAME.to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(scp_role_for.iter().map(|class| {
+                UserVariableItem::ScuScpRoleSelectionSubItem(
+                    class.to_string(),
+                    RequestorRoles {
+                        scu: false,
+                        scp: true,
+                    },
+                )
+            }))
+            .collect(),
         };
         conn.send(&Pdu::AssociationRQ(rq)).await?;
         let pdu_type = read_timed(&mut conn, options.response_timeout, options.max_pdu).await?;
@@ -362,7 +386,29 @@ impl ClientAssociation {
                         Some((context, was_proposed))
                     })
                     .partition(|(_, was_proposed)| *was_proposed);
-                let accepted = accepted.into_iter().map(|(c, _)| c).collect();
+                // The role asked is ours only where the answer grants it;
+                // a peer that answers no role item keeps the default roles
+                // (PS3.7 D.3.3.4), which many that take the message anyway
+                // do: their context is kept.
+                let role_refused = |class: &str| {
+                    scp_role_for.contains(&class)
+                        && ac.user_variables.iter().any(|v| {
+                            matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(c, roles)
+                                if sop::trim_uid(c) == class && !roles.scp)
+                        })
+                };
+                let accepted: Vec<AcceptedContext> = accepted
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| {
+                        let refused = role_refused(&c.abstract_syntax);
+                        if refused {
+                            warn!(peer = %addr, sop_class = %c.abstract_syntax,
+                                "the peer refused the node the SCP role for this SOP class");
+                        }
+                        !refused
+                    })
+                    .collect();
                 let accepted_unproposed: Vec<_> =
                     accepted_unproposed.into_iter().map(|(c, _)| c).collect();
                 for c in &accepted_unproposed {
@@ -483,6 +529,34 @@ impl ClientAssociation {
         let rq = Command::c_echo_rq(self.message_id());
         self.send_timed(&pdu::command_pdus(context, &rq.encode(), self.peer_max_pdu))
             .await?;
+        let rsp = self.read_response(&rq).await?;
+        Ok(rsp.status.unwrap_or(Status::SUCCESS))
+    }
+
+    /// Sends an N-EVENT-REPORT-RQ of `sop_class`'s `sop_instance` with its
+    /// Event Information `data` (in Explicit VR Little Endian; re-encoded
+    /// when the context took another syntax); the peer's status.
+    pub async fn event_report(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        event_type_id: u16,
+        data: &[u8],
+    ) -> Result<Status, ScuError> {
+        let context = self
+            .context_for(sop_class, None)
+            .ok_or(ScuError::NoAcceptedContext)?;
+        let (context, ts) = (context.id, context.transfer_syntax.clone());
+        let data = if ts == sop::EXPLICIT_VR_LE {
+            data.to_vec()
+        } else {
+            crate::commitment::reencode(data, &ts).map_err(ScuError::Protocol)?
+        };
+        let rq =
+            Command::n_event_report_rq(self.message_id(), sop_class, sop_instance, event_type_id);
+        let mut pdus = pdu::command_pdus(context, &rq.encode(), self.peer_max_pdu);
+        pdus.extend(pdu::data_set_pdus(context, &data, self.peer_max_pdu));
+        self.send_timed(&pdus).await?;
         let rsp = self.read_response(&rq).await?;
         Ok(rsp.status.unwrap_or(Status::SUCCESS))
     }
@@ -954,6 +1028,41 @@ pub async fn echo(addr: &AeAddress, options: &ScuOptions) -> Result<EchoOutcome,
     let status = assoc.echo().await?;
     release_answered(assoc).await;
     Ok(EchoOutcome { status })
+}
+
+/// Sends a Storage Commitment result on an association of its own, the
+/// node as SCP of the Push Model (PS3.4 J.3.3): opens it, sends the
+/// N-EVENT-REPORT, releases; the requester's status.
+pub async fn send_commitment_result(
+    addr: &AeAddress,
+    options: &ScuOptions,
+    event_type_id: u16,
+    data: &[u8],
+) -> Result<Status, ScuError> {
+    use crate::commitment::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH};
+    let proposals = vec![(
+        STORAGE_COMMITMENT_PUSH.to_string(),
+        NATIVE_FALLBACK.iter().map(|s| s.to_string()).collect(),
+    )];
+    let mut assoc =
+        ClientAssociation::open_as(addr, options, &proposals, &[STORAGE_COMMITMENT_PUSH]).await?;
+    let status = match assoc
+        .event_report(
+            STORAGE_COMMITMENT_PUSH,
+            STORAGE_COMMITMENT_INSTANCE,
+            event_type_id,
+            data,
+        )
+        .await
+    {
+        Ok(status) => status,
+        Err(e) => {
+            assoc.abort().await;
+            return Err(e);
+        }
+    };
+    release_answered(assoc).await;
+    Ok(status)
 }
 
 /// Releases an association whose requests were all answered: a peer that

@@ -99,6 +99,9 @@ pub struct DicomSection {
     /// Answer Storage Commitment (push model) requests.
     pub storage_commitment: bool,
     pub allowed_callers: Vec<AllowedCallerEntry>,
+    /// Storage Commitment requesters that take the result on an
+    /// association of their own, which the node opens to them.
+    pub commitment_requesters: Vec<CommitmentRequester>,
 }
 
 impl Default for DicomSection {
@@ -118,6 +121,27 @@ impl Default for DicomSection {
             shutdown_grace_s: 30,
             storage_commitment: true,
             allowed_callers: Vec::new(),
+            commitment_requesters: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitmentRequester {
+    /// The calling AE title its requests come from, and the called AE
+    /// title of the association its results go on.
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl CommitmentRequester {
+    pub fn address(&self) -> pneumo_dimse::AeAddress {
+        pneumo_dimse::AeAddress {
+            ae_title: self.ae_title.clone(),
+            host: self.host.clone(),
+            port: self.port,
         }
     }
 }
@@ -463,6 +487,20 @@ impl Config {
         for (i, c) in self.dicom.allowed_callers.iter().enumerate() {
             check_ae_title(&format!("dicom.allowed_callers[{i}].ae_title"), &c.ae_title)?;
         }
+        let requesters = &self.dicom.commitment_requesters;
+        for (i, r) in requesters.iter().enumerate() {
+            let key = format!("dicom.commitment_requesters[{i}]");
+            check_ae_title(&format!("{key}.ae_title"), &r.ae_title)?;
+            if r.host.is_empty() || r.port == 0 {
+                bail!(
+                    "{key} (`{}`) needs a host and a port of 1 to 65535",
+                    r.ae_title
+                );
+            }
+            if requesters[..i].iter().any(|o| o.ae_title == r.ae_title) {
+                bail!("{key}: the AE title `{}` is listed twice", r.ae_title);
+            }
+        }
         // A caller no AE can be would make its rule match nothing, silently.
         let rule_callers = [
             (
@@ -779,6 +817,15 @@ mod tests {
             (
                 "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 0\n",
                 "destinations[0] (`pacs`): port",
+            ),
+            (
+                "[[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"\"\nport = 4242\n",
+                "dicom.commitment_requesters[0] (`ORTHANC`) needs a host",
+            ),
+            (
+                "[[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"h\"\nport = 4242\n\
+                 [[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"g\"\nport = 4242\n",
+                "dicom.commitment_requesters[1]: the AE title `ORTHANC` is listed twice",
             ),
             (
                 "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\

@@ -391,6 +391,21 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         crate::BUILD_VERSION,
         crate::BUILD_COMMIT
     ));
+    if let Ok(counts) = s.store.commitment_result_counts().await {
+        text.push_str(
+            "# HELP pneumo_commitment_results Storage Commitment results for requesters that take them on an association of their own, by state (pending: to be sent; sent: answered by the requester; given_up).\n\
+             # TYPE pneumo_commitment_results gauge\n",
+        );
+        for state in ["pending", "sent", "given_up"] {
+            let n = counts
+                .iter()
+                .find(|c| c.state == state)
+                .map_or(0, |c| c.count);
+            text.push_str(&format!(
+                "pneumo_commitment_results{{state=\"{state}\"}} {n}\n"
+            ));
+        }
+    }
     text.push_str(&format!(
         "# HELP pneumo_database_up Whether the database answers and its file is sound (0: see /readyz).\n\
          # TYPE pneumo_database_up gauge\npneumo_database_up {}\n",

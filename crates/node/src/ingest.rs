@@ -25,6 +25,11 @@ pub struct IngestHandler {
     pub results: crate::routing::ResultRouting,
     /// Woken when a job is waiting to be routed.
     pub wake_router: Arc<Notify>,
+    /// The AE titles of Storage Commitment requesters whose results go on
+    /// an association of the node's own (`dicom.commitment_requesters`).
+    pub commitment_requesters: Vec<String>,
+    /// Woken when such a result is owed.
+    pub wake_commitment: Arc<Notify>,
 }
 
 /// Moves received jobs to `queued` (to be analysed) or `skipped` (with the
@@ -145,6 +150,27 @@ impl StoreHandler for IngestHandler {
                 first = %first.join(","), "instances not committed");
         }
         outcomes
+    }
+
+    async fn send_result_apart(
+        &self,
+        context: &AssociationContext,
+        transaction_uid: &str,
+        event_type_id: u16,
+        data: &[u8],
+    ) -> Result<bool, String> {
+        // AE titles compare exactly, as dicom.allowed_callers do.
+        if !self.commitment_requesters.contains(&context.calling_ae) {
+            return Ok(false);
+        }
+        self.store
+            .owe_commitment_result(&context.calling_ae, transaction_uid, event_type_id, data)
+            .await
+            .map_err(|e| format!("cannot keep the result to send it: {e}"))?;
+        info!(calling_ae = %context.calling_ae, %transaction_uid,
+            "storage commitment result to be sent on an association of its own");
+        self.wake_commitment.notify_one();
+        Ok(true)
     }
 
     async fn store(&self, instance: ReceivedInstance) -> StoreReply {

@@ -5,6 +5,7 @@ mod cmd_infer;
 mod cmd_model;
 mod cmd_preprocess;
 mod cmd_recover;
+mod commitment;
 mod config;
 mod diskguard;
 mod http;
@@ -580,6 +581,7 @@ async fn serve(config: Config) -> Result<()> {
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let wake_router = Arc::new(tokio::sync::Notify::new());
     let wake_pipeline = Arc::new(tokio::sync::Notify::new());
+    let wake_commitment = Arc::new(tokio::sync::Notify::new());
     let metrics = Arc::new(metrics::Metrics::default());
     let disk = Arc::new(diskguard::DiskGuard {
         data_dir: config.node.data_dir.clone(),
@@ -593,6 +595,13 @@ async fn serve(config: Config) -> Result<()> {
         wake_outbox: wake_outbox.clone(),
         results: config.routing.result_routing(&config.destinations),
         wake_router: wake_router.clone(),
+        commitment_requesters: config
+            .dicom
+            .commitment_requesters
+            .iter()
+            .map(|r| r.ae_title.clone())
+            .collect(),
+        wake_commitment: wake_commitment.clone(),
     });
     tokio::spawn(ingest::run_router(
         store.clone(),
@@ -641,6 +650,16 @@ async fn serve(config: Config) -> Result<()> {
             lost_before_any_answer: Default::default(),
             take_comprehensive_sr: Default::default(),
             report_uid_root: config.report.node_identity(&config.dicom.ae_title).uid_root,
+        }
+        .run(),
+    );
+    let commitment_done = tokio::spawn(
+        commitment::CommitmentSender {
+            store: store.clone(),
+            requesters: config.dicom.commitment_requesters.clone(),
+            scu: scu_options(&config, None),
+            wake: wake_commitment,
+            stopping: stopping_rx.clone(),
         }
         .run(),
     );
@@ -703,6 +722,7 @@ async fn serve(config: Config) -> Result<()> {
     if tokio::time::timeout(limit, async {
         let _ = pipeline_done.await;
         let _ = outbox_done.await;
+        let _ = commitment_done.await;
         let _ = retention_done.await;
     })
     .await

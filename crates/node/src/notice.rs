@@ -40,21 +40,10 @@ impl Pipeline {
 
     /// Ok(None): no notice is due (the job is no longer failed, or the
     /// image has a report, of an earlier analysis or of another copy under
-    /// its UID, which a notice would contradict).
+    /// its UID naming the same patient and study, which a notice would
+    /// contradict; a report in another patient's record says nothing in
+    /// this one's).
     async fn notice(&self, job: &FailedJob) -> Result<Option<String>, String> {
-        if self
-            .store
-            .image_has_report(job.job_id)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            info!(
-                sop_instance_uid = %job.sop_instance_uid,
-                "no not-analysed notice: a report of this image (an earlier analysis, or another \
-                 copy under its UID) stands"
-            );
-            return Ok(None);
-        }
         let reason = for_the_reader(&job.reason);
         let path = self.store.instance_file(&job.path);
         let header = tokio::task::spawn_blocking(move || {
@@ -64,6 +53,19 @@ impl Pipeline {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
         let mut source = SourceInstance::from_dataset(&header).map_err(|e| e.to_string())?;
+        if self
+            .store
+            .image_has_report(job.job_id, &crate::pipeline::identity_sha256(&source))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            info!(
+                sop_instance_uid = %job.sop_instance_uid,
+                "no not-analysed notice: a report of this image (an earlier analysis, or another \
+                 copy under its UID naming the same patient and study) stands"
+            );
+            return Ok(None);
+        }
         self.place_among_copies(job.instance_id, &mut source)
             .await
             .map_err(Failure::reason)?;

@@ -954,7 +954,7 @@ fn prepare(
 
 /// SHA-256 of the patient and study a report of `source` names (its
 /// identity, as copies are told apart by).
-fn identity_sha256(source: &SourceInstance) -> String {
+pub(crate) fn identity_sha256(source: &SourceInstance) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for part in source.identity() {

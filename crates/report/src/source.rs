@@ -178,7 +178,10 @@ impl Replacement {
     pub fn explained(self) -> &'static str {
         match self {
             Replacement::OtherPatientOrStudy => "this copy names another patient or study",
-            Replacement::OtherResult => "this copy's analysis gave another result",
+            Replacement::OtherResult => {
+                "this copy's analysis gave another result (where a viewer still shows the earlier \
+                 copy's pixels, the earlier report is the one that applies to them)"
+            }
             Replacement::Notice => "the image has been analysed since",
         }
     }

@@ -760,17 +760,28 @@ impl Store {
         .await?)
     }
 
-    /// Whether the job's image has a report: one an earlier analysis of
-    /// the job made, or one of another copy stored under its SOP Instance
-    /// UID (a PACS keeping the first copy shows that report beside it).
-    pub async fn image_has_report(&self, job_id: i64) -> Result<bool, StoreError> {
+    /// Whether the job's image has a report for the patient and study its
+    /// copy names (`source_identity`, as report_results has it): one an
+    /// earlier analysis of the job made, or one of another copy stored
+    /// under its SOP Instance UID (a PACS keeping the first copy shows that
+    /// report beside it). Another patient's report is in another record.
+    pub async fn image_has_report(
+        &self,
+        job_id: i64,
+        source_identity: &str,
+    ) -> Result<bool, StoreError> {
+        // A report made before report_results (no row) counts whatever it
+        // names, as it did.
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM jobs j2 JOIN instances i2 ON i2.id = j2.instance_id
+                 LEFT JOIN report_results rr ON rr.sr_instance_id = j2.sr_instance_id
                  WHERE j2.sr_instance_id IS NOT NULL AND i2.sop_instance_uid =
                      (SELECT i.sop_instance_uid FROM jobs j JOIN instances i ON i.id = j.instance_id
-                      WHERE j.id = ?))",
+                      WHERE j.id = ?)
+                   AND (rr.sr_instance_id IS NULL OR rr.source_identity = ?))",
         )
         .bind(job_id)
+        .bind(source_identity)
         .fetch_one(self.pool())
         .await?)
     }

@@ -8,6 +8,7 @@
 //! first, never over it.
 
 mod coded;
+mod commitment;
 mod cp246;
 mod db;
 mod described;
@@ -31,6 +32,7 @@ use sqlx::SqlitePool;
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use commitment::{CommitmentResult, CommitmentResultCount};
 pub use cp246::rewrite_un_sequences;
 pub use db::database_file;
 pub use described::names_term;

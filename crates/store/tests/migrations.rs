@@ -98,6 +98,10 @@ const APPLIED: &[(&str, &str)] = &[
         "0023_report_results.sql",
         "a4269eee2696c596292a666e498221aba75d156d173a4e9af5a81b9735f80105",
     ),
+    (
+        "0024_commitment_results.sql",
+        "4f24466330631799eacd3fb69608ce9f715449a7237c33e3b23dafe1a32ba446",
+    ),
 ];
 
 #[test]

@@ -1,0 +1,126 @@
+//! Sends Storage Commitment results to requesters that take them on an
+//! association of their own (`dicom.commitment_requesters`): each result
+//! was kept in the database before its N-ACTION was answered, and is sent
+//! until the requester answers it, retried with back-off when it cannot be
+//! reached, and given up after a day (a requester asks again after its own
+//! time-out).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pneumo_dimse::{scu, ScuOptions};
+use pneumo_store::{CommitmentResult, Store};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::config::CommitmentRequester;
+use crate::repeated::RepeatedWarning;
+
+/// How long a result is tried for.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Waits between attempts: doubling from the first, up to the cap.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
+pub struct CommitmentSender {
+    pub store: Arc<Store>,
+    pub requesters: Vec<CommitmentRequester>,
+    pub scu: ScuOptions,
+    pub wake: Arc<Notify>,
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl CommitmentSender {
+    pub async fn run(mut self) {
+        let mut failing = RepeatedWarning::new("cannot read the commitment results owed");
+        loop {
+            match self.store.due_commitment_results().await {
+                Ok(due) => {
+                    failing.succeeded();
+                    for result in due {
+                        if *self.stopping.borrow() {
+                            return;
+                        }
+                        self.send(result).await;
+                    }
+                }
+                Err(e) => failing.failed(&e),
+            }
+            let next = match self.store.next_commitment_result_in().await {
+                Ok(Some(next)) => next.min(Duration::from_secs(60)),
+                Ok(None) => Duration::from_secs(60),
+                Err(_) => Duration::from_secs(5),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(next) => {}
+                _ = self.stopping.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn send(&self, result: CommitmentResult) {
+        let (id, transaction_uid) = (result.id, result.transaction_uid.as_str());
+        let requester = &result.requester_ae;
+        let Some(address) = self
+            .requesters
+            .iter()
+            .find(|r| r.ae_title == *requester)
+            .map(CommitmentRequester::address)
+        else {
+            let why = "the requester is no longer in dicom.commitment_requesters";
+            warn!(%requester, %transaction_uid, "storage commitment result given up: {why}");
+            self.record(self.store.commitment_result_given_up(id, why).await);
+            return;
+        };
+        let age = pneumo_store::now_ms() - result.created_at_ms;
+        if age > GIVE_UP_AFTER.as_millis() as i64 {
+            let why = format!(
+                "not delivered within {} hours ({} attempts)",
+                GIVE_UP_AFTER.as_secs() / 3600,
+                result.attempts
+            );
+            warn!(%requester, %transaction_uid, "storage commitment result given up: {why}");
+            self.record(self.store.commitment_result_given_up(id, &why).await);
+            return;
+        }
+        let event_type = result.event_type_id as u16;
+        let written = match scu::send_commitment_result(
+            &address,
+            &self.scu,
+            event_type,
+            &result.data,
+        )
+        .await
+        {
+            Ok(status) => {
+                if status.is_success() || status.is_warning() {
+                    info!(%requester, %transaction_uid, %status, peer = %address,
+                        "storage commitment result delivered");
+                } else {
+                    // An answer, if a refusal: the same again gets the same.
+                    warn!(%requester, %transaction_uid, %status, peer = %address,
+                        "storage commitment result not taken by the requester");
+                }
+                let status = status.to_string();
+                self.store.commitment_result_answered(id, &status).await
+            }
+            Err(e) => {
+                let delay = pneumo_store::backoff(result.attempts + 1, RETRY_FIRST, RETRY_CAP);
+                warn!(%requester, %transaction_uid, peer = %address, error = %e,
+                    retry_in_s = delay.as_secs(), "storage commitment result not sent");
+                let why = e.to_string();
+                self.store.commitment_result_retry(id, &why, delay).await
+            }
+        };
+        self.record(written);
+    }
+
+    /// A result's state that could not be written is sent again (the
+    /// requester matches it by its Transaction UID).
+    fn record(&self, written: Result<(), pneumo_store::StoreError>) {
+        if let Err(e) = written {
+            warn!(error = %e, "cannot record a storage commitment result's delivery");
+        }
+    }
+}
