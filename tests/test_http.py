@@ -197,6 +197,14 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert code == 200 and len(body["deliveries"]) == 3
     code, body = node.http("/api/jobs?state=failed,nonsense")
     assert code == 400 and "unknown state `nonsense`" in body["error"]
+    # A misspelt parameter is named with the listing's own (each listed
+    # the other's too, which it then refused).
+    code, body = node.http("/api/jobs?stat=failed")
+    assert code == 400 and "unknown parameter `stat`" in body["error"], body
+    assert "result" in body["error"] and "destination" not in body["error"], body
+    code, body = node.http("/api/deliveries?bogus=1")
+    assert code == 400 and "unknown parameter `bogus`" in body["error"], body
+    assert "destination" in body["error"] and "result" not in body["error"], body
     # Deliveries of a study: its report, newest first, with the state of each.
     code, body = node.http(f"/api/deliveries?study_instance_uid={study}&destination=pacs")
     assert code == 200 and [(d["kind"], d["study_instance_uid"], d["state"]) for d in body["deliveries"]] \
@@ -413,3 +421,36 @@ def test_requests_that_never_finish_are_ended_and_a_huge_body_refused_at_once(no
     half_headers.close()
     assert time.monotonic() - started < 25
     assert node.http("/healthz")[0] == 200
+
+
+def test_idle_http_connections_hold_a_bounded_number_of_descriptors(node):
+    """1,100 idle HTTP connections at a limit of 1,024 descriptors made the
+    DICOM listener's accepts fail for seconds: each held a descriptor of
+    the process. Past a cap they wait in the kernel's backlog."""
+    import os
+    import socket
+
+    def descriptors():
+        return len(os.listdir(f"/proc/{node.proc.pid}/fd"))
+
+    before = descriptors()
+    # (fewer than the cap and the listen backlog together)
+    idle = [socket.create_connection(("127.0.0.1", node.http_port), timeout=10) for _ in range(200)]
+    try:
+        time.sleep(1)
+        held = descriptors() - before
+        assert held <= 130, f"{held} descriptors for 200 idle connections"
+        assert node.echo_ok()
+    finally:
+        for s in idle:
+            s.close()
+    # once they are gone (or timed out), HTTP serves again
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if node.http("/healthz")[0] == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "HTTP did not serve again"
+        time.sleep(0.5)

@@ -24,8 +24,8 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'delivered'") == 2, timeout=60)
     uid = pydicom.dcmread(done, stop_before_pixels=True).SOPInstanceUID
     with node.db() as c:
-        (sr_path,) = c.execute(
-            "SELECT s.path FROM jobs j JOIN instances i ON i.id = j.instance_id "
+        sr_path, sr_uid = c.execute(
+            "SELECT s.path, s.sop_instance_uid FROM jobs j JOIN instances i ON i.id = j.instance_id "
             "JOIN instances s ON s.id = j.sr_instance_id WHERE i.sop_instance_uid = ?", (uid,)).fetchone()
     source_path = node.stored_path(pydicom.dcmread(done, stop_before_pixels=True))
     assert source_path.exists() and (node.data_dir / sr_path).exists()
@@ -50,6 +50,14 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     assert copy["purged_at_ms"] is not None and copy["job"]["state"] == "delivered"
     metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
     assert "pneumo_retention_files_removed_total 2" in metrics, metrics
+    # A resend to a PACS that lost them: the removed files cannot go, and
+    # their sent rows were parked (an alert) with nothing to send.
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/resend"
+                      f"?destination=pacs&sop_instance_uid={sr_uid}", timeout=10)
+    assert r.json() == {"resent": 0, "not_resent_files_removed": 1}, r.text
+    states = {d["state"] for d in requests.get(f"http://127.0.0.1:{node.http_port}/api/deliveries"
+                                               "?destination=pacs", timeout=10).json()["deliveries"]}
+    assert states == {"sent"}, states
     # Re-analysis (a new model, say) leaves it alone: nothing to analyse,
     # and it turned `failed`, an alert, for a file removed on purpose.
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?state=delivered", timeout=10)

@@ -84,6 +84,33 @@ def test_unreachable_peer_is_an_error():
     assert "cannot connect" in r.stderr
 
 
+def test_a_peer_port_that_answers_http_is_named_as_no_dicom():
+    """A PACS's web port given for its DICOM port (Orthanc 8042 for 4242)
+    failed with "unrecognised PDU type 0x48", naming neither the peer nor
+    the mistake."""
+    import socket
+    import threading
+
+    # What a web server answers a request it cannot read.
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer_http():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    try:
+        port = server.getsockname()[1]
+        r = node_cli("echo", f"ORTHANC@127.0.0.1:{port}")
+    finally:
+        server.close()
+    assert r.returncode != 0
+    assert f"ORTHANC@127.0.0.1:{port} answered with something that is no DICOM" in r.stderr, r.stderr
+    assert f"an HTTP answer begins): is {port} the peer's DICOM port?" in r.stderr, r.stderr
+
+
 def test_ae_titles_given_on_the_command_line_are_checked_before_connecting(storescp, rg1_copies):
     """`--calling-ae` of 17 characters failed inside the association
     request ("could not encode PDU: Could not write chunk"), and a called

@@ -365,7 +365,19 @@ impl ClientAssociation {
             .collect(),
         };
         conn.send(&Pdu::AssociationRQ(rq)).await?;
-        let pdu_type = read_timed(&mut conn, options.response_timeout, options.max_pdu).await?;
+        let pdu_type = read_timed(&mut conn, options.response_timeout, options.max_pdu)
+            .await
+            .map_err(|e| match e {
+                // The classic mistake: the PACS's web port for its DICOM
+                // port ("unrecognised PDU type 0x48" named neither).
+                ScuError::Pdu(PduError::UnknownType(first)) => ScuError::Protocol(format!(
+                    "{addr} answered with something that is no DICOM (its first byte {first:#04x}{}): \
+                     is {} the peer's DICOM port?",
+                    if first == b'H' { ", 'H' as an HTTP answer begins" } else { "" },
+                    addr.port
+                )),
+                other => other,
+            })?;
         match conn.decode(pdu_type)? {
             Pdu::AssociationAC(ac) => {
                 let (accepted, accepted_unproposed): (Vec<_>, Vec<_>) = ac

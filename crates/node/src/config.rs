@@ -305,6 +305,25 @@ impl Config {
                 *v = v.trim().to_string();
             }
         }
+        // A rule's terms, trimmed too: `modalities = ["CR "]` matched no
+        // image (values are compared trimmed) and the rule forwarded
+        // nothing, silently. An empty term is refused (validate).
+        let forward = config.routing.forward.iter_mut().flat_map(|r| {
+            [
+                &mut r.destinations,
+                &mut r.modalities,
+                &mut r.sop_classes,
+                &mut r.calling_ae_titles,
+            ]
+        });
+        let results = config
+            .routing
+            .results
+            .iter_mut()
+            .flat_map(|r| [&mut r.destinations, &mut r.calling_ae_titles]);
+        for v in forward.chain(results).flatten() {
+            *v = v.trim().to_string();
+        }
         config.validate().context(invalid)?;
         Ok(config)
     }
@@ -322,7 +341,35 @@ impl Config {
         let mut warnings = self.callers_without_results();
         warnings.extend(self.report_texts_changed());
         warnings.extend(self.routing_terms_that_match_nothing());
+        warnings.extend(self.results_flags_overridden());
+        if !self.dicom.storage_commitment && !self.dicom.commitment_requesters.is_empty() {
+            warnings.push(
+                "dicom.commitment_requesters is set but dicom.storage_commitment is false: no \
+                 commitment request is taken, so none of them gets a result"
+                    .into(),
+            );
+        }
         warnings
+    }
+
+    /// Destinations marked `results = true` that `routing.results_to`
+    /// leaves out: the list decides, and they get no result.
+    fn results_flags_overridden(&self) -> Vec<String> {
+        let to = &self.routing.results_to;
+        if to.is_empty() {
+            return Vec::new();
+        }
+        self.destinations
+            .iter()
+            .filter(|d| d.results && !to.contains(&d.name))
+            .map(|d| {
+                format!(
+                    "destination `{}` has results = true, but routing.results_to decides where \
+                     results go and does not name it: it gets none",
+                    d.name
+                )
+            })
+            .collect()
     }
 
     fn callers_without_results(&self) -> Vec<String> {
@@ -479,6 +526,13 @@ impl Config {
             if d.port == 0 {
                 bail!("destinations[{i}] (`{}`): port must be 1 to 65535", d.name);
             }
+            if let Some(problem) = host_problem(&d.host) {
+                bail!(
+                    "destinations[{i}] (`{}`): host `{}` {problem}",
+                    d.name,
+                    d.host.escape_debug()
+                );
+            }
             check_ae_title(
                 &format!("destinations[{i}] (`{}`): ae_title", d.name),
                 &d.ae_title,
@@ -495,6 +549,13 @@ impl Config {
                 bail!(
                     "{key} (`{}`) needs a host and a port of 1 to 65535",
                     r.ae_title
+                );
+            }
+            if let Some(problem) = host_problem(&r.host) {
+                bail!(
+                    "{key} (`{}`): host `{}` {problem}",
+                    r.ae_title,
+                    r.host.escape_debug()
                 );
             }
             if requesters[..i].iter().any(|o| o.ae_title == r.ae_title) {
@@ -665,6 +726,23 @@ impl Config {
     }
 }
 
+/// Why `host` can be no host name nor address, if it cannot: a port, a
+/// scheme or a path written into it, or spaces, never resolve (every
+/// delivery failed for ever, after a warning only). An IPv6 address has
+/// colons, bracketed or not.
+fn host_problem(host: &str) -> Option<&'static str> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("holds a space or a control character: give the name or address alone")
+    } else if host.contains(['/', '@']) {
+        Some("is no host name or address (a scheme, path or user in it?): give the name or address alone")
+    } else if host.contains(':') && bare.parse::<std::net::Ipv6Addr>().is_err() {
+        Some("holds a colon and is no IPv6 address: give the port in `port`, not in `host`")
+    } else {
+        None
+    }
+}
+
 /// An AE title as PS3.5 6.2 has it: 1 to 16 characters of the default
 /// repertoire, no backslash nor control character, not only spaces. The
 /// value is shown escaped (a control character would garble the message).
@@ -795,6 +873,28 @@ mod tests {
     }
 
     #[test]
+    fn a_results_flag_results_to_leaves_out_is_warned_about() {
+        let text = "[[destinations]]\nname = \"a\"\nae_title = \"A\"\nhost = \"h\"\nport = 104\nresults = true\n\
+                    [[destinations]]\nname = \"b\"\nae_title = \"B\"\nhost = \"h\"\nport = 104\nresults = true\n\
+                    [routing]\nresults_to = [\"b\"]\n";
+        let warnings = load_text(text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("destination `a` has results = true"),
+            "{warnings:?}"
+        );
+        let listed = text.replace("[\"b\"]", "[\"a\", \"b\"]");
+        assert!(load_text(&listed).unwrap().warnings().is_empty());
+        let off = "[dicom]\nstorage_commitment = false\n[[dicom.commitment_requesters]]\n\
+                   ae_title = \"ORTHANC\"\nhost = \"h\"\nport = 4242\n";
+        let warnings = load_text(off).unwrap().warnings();
+        assert!(
+            warnings[0].contains("storage_commitment is false"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = format!(
             "{:#}",
@@ -817,6 +917,27 @@ mod tests {
             (
                 "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 0\n",
                 "destinations[0] (`pacs`): port",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1:104\"\nport = 104\n",
+                "destinations[0] (`pacs`): host `127.0.0.1:104` holds a colon",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"dicom://pacs\"\nport = 104\n",
+                "is no host name or address",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \" 10.1.2.3\"\nport = 104\n",
+                "holds a space",
+            ),
+            (
+                "[[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"h:4242\"\nport = 4242\n",
+                "dicom.commitment_requesters[0] (`ORTHANC`): host `h:4242` holds a colon",
+            ),
+            (
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n\
+                 [[routing.forward]]\ndestinations = [\"pacs\"]\nmodalities = [\"\"]\n",
+                "routing.forward[0].modalities has an empty term",
             ),
             (
                 "[[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"\"\nport = 4242\n",
@@ -855,5 +976,18 @@ mod tests {
         let ok =
             load_text("[report]\nuid_root = \"1.2.826.0.1.3680043.10.543\"\n[outbox]\nbatch = 1\n");
         assert!(ok.is_ok(), "{:#}", ok.unwrap_err());
+        for host in ["::1", "[fe80::1]", "pacs.example", "10.1.2.3"] {
+            let text = format!(
+                "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"{host}\"\nport = 104\n"
+            );
+            assert!(load_text(&text).is_ok(), "{host}");
+        }
+        // A rule's terms are trimmed: "CR " matched no image.
+        let text =
+            "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\nport = 104\n\
+                    [[routing.forward]]\ndestinations = [\"pacs \"]\nmodalities = [\"CR \"]\n";
+        let rule = &load_text(text).unwrap().routing.forward[0];
+        assert_eq!(rule.modalities, ["CR"]);
+        assert_eq!(rule.destinations, ["pacs"]);
     }
 }

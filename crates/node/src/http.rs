@@ -190,13 +190,23 @@ fn too_large() -> Response {
 /// between requests, to start the next one): `axum::serve` sets no timer,
 /// and a client that sent half a header line held its connection for good.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP connections served at once: health checks, a scraper and a few
+/// operators need a handful.
+const MAX_HTTP_CONNECTIONS: usize = 128;
 
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP listening");
     }
     let service = hyper_util::service::TowerToHyperService::new(router(state));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
+        // At the cap, connections wait in the kernel's backlog, holding
+        // none of the process's descriptors: 1,100 idle ones at a limit of
+        // 1,024 made the DICOM listener's accepts fail.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -208,6 +218,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> anyho
         };
         let service = service.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -467,11 +478,32 @@ struct ListingQuery {
     result: Option<bool>,
 }
 
+/// Parameters of `GET /api/jobs` and `GET /api/deliveries` (they share
+/// [`ListingQuery`], whose refusal of an unknown one listed both's).
+const JOBS_PARAMETERS: &str =
+    "state, study_instance_uid, sop_instance_uid, accession_number, limit, before_id, result";
+const DELIVERIES_PARAMETERS: &str =
+    "state, study_instance_uid, sop_instance_uid, accession_number, limit, before_id, destination";
+
+/// A listing's query, an unknown parameter named with this endpoint's own.
+fn listing_query(
+    q: Result<Query<ListingQuery>, QueryRejection>,
+    parameters: &str,
+) -> Result<ListingQuery, String> {
+    query(q).map_err(|e| match e.split_once("unknown field `") {
+        Some((_, rest)) => {
+            let name = rest.split('`').next().unwrap_or_default();
+            format!("unknown parameter `{name}`: this listing takes {parameters}")
+        }
+        None => e,
+    })
+}
+
 async fn jobs(
     State(s): State<HttpState>,
     q: Result<Query<ListingQuery>, QueryRejection>,
 ) -> Response {
-    let q = match query(q) {
+    let q = match listing_query(q, JOBS_PARAMETERS) {
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
@@ -510,7 +542,7 @@ async fn deliveries(
     State(s): State<HttpState>,
     q: Result<Query<ListingQuery>, QueryRejection>,
 ) -> Response {
-    let q = match query(q) {
+    let q = match listing_query(q, DELIVERIES_PARAMETERS) {
         Ok(q) => q,
         Err(e) => return bad_request(json!({ "error": e })),
     };
@@ -846,16 +878,23 @@ async fn resend_deliveries(
         .resend_deliveries(&q.destination, study_instance_uid, sop_instance_uid)
         .await
     {
-        Ok(n) => {
+        Ok((n, removed)) => {
             tracing::info!(
                 deliveries = n,
+                files_removed = removed,
                 destination = %q.destination,
                 study_instance_uid,
                 sop_instance_uid,
                 "sent deliveries to be sent again"
             );
             s.wake_outbox.notify_one();
-            Json(json!({ "resent": n })).into_response()
+            let mut answer = json!({ "resent": n });
+            if removed > 0 {
+                // Said, not parked: a resend of a study whose files
+                // retention removed turned its sent rows into parked ones.
+                answer["not_resent_files_removed"] = json!(removed);
+            }
+            Json(answer).into_response()
         }
         Err(e) => internal(e),
     }

@@ -69,21 +69,25 @@ pub fn problems(config: &Config) -> Vec<String> {
 /// refusal: the DNS may answer later, or only on the node's network.
 pub fn warnings(config: &Config) -> Vec<String> {
     use std::net::ToSocketAddrs;
-    config
-        .destinations
-        .iter()
-        .filter_map(|d| match (d.host.as_str(), d.port).to_socket_addrs() {
-            Ok(addrs) if addrs.len() > 0 => None,
-            Ok(_) => Some(format!(
-                "destination `{}`: host `{}` resolves to no address",
-                d.name, d.host
-            )),
-            Err(e) => Some(format!(
-                "destination `{}`: host `{}` does not resolve here ({e}): every delivery there \
-                 fails until it does",
-                d.name, d.host
-            )),
-        })
+    let destinations = config.destinations.iter().map(|d| {
+        let what = format!("destination `{}`", d.name);
+        (what, &d.host, d.port, "every delivery there")
+    });
+    let requesters = config.dicom.commitment_requesters.iter().map(|r| {
+        let what = format!("commitment requester `{}`", r.ae_title);
+        (what, &r.host, r.port, "every commitment result for it")
+    });
+    destinations
+        .chain(requesters)
+        .filter_map(
+            |(what, host, port, fails)| match (host.as_str(), port).to_socket_addrs() {
+                Ok(addrs) if addrs.len() > 0 => None,
+                Ok(_) => Some(format!("{what}: host `{host}` resolves to no address")),
+                Err(e) => Some(format!(
+                    "{what}: host `{host}` does not resolve here ({e}): {fails} fails until it does"
+                )),
+            },
+        )
         .collect()
 }
 

@@ -316,6 +316,37 @@ impl RoutingSection {
     /// Every destination a rule names must be configured.
     pub fn validate(&self, destinations: &[Destination]) -> Result<(), String> {
         let known = |n: &String| destinations.iter().any(|d| &d.name == n);
+        // An empty term matches no value: a rule holding one would match
+        // less than it says, or nothing.
+        let terms = self.forward.iter().enumerate().flat_map(|(i, r)| {
+            [
+                ("routing.forward", i, "modalities", &r.modalities),
+                ("routing.forward", i, "sop_classes", &r.sop_classes),
+                (
+                    "routing.forward",
+                    i,
+                    "calling_ae_titles",
+                    &r.calling_ae_titles,
+                ),
+            ]
+        });
+        let results = self.results.iter().enumerate();
+        let terms = terms.chain(results.map(|(i, r)| {
+            (
+                "routing.results",
+                i,
+                "calling_ae_titles",
+                &r.calling_ae_titles,
+            )
+        }));
+        for (section, i, key, list) in terms {
+            if list.iter().any(|t| t.trim().is_empty()) {
+                return Err(format!(
+                    "{section}[{i}].{key} has an empty term, which matches nothing: \
+                     leave the key out to match any value"
+                ));
+            }
+        }
         let forward = self.forward.iter().map(|r| &r.destinations);
         rules_name_known_destinations("routing.forward", forward, destinations)?;
         if let Some(n) = self.results_to.iter().find(|n| !known(n)) {

@@ -431,33 +431,47 @@ impl Store {
     /// An operator's re-send: the `sent` rows of `destination` for one study
     /// or one instance (originals and reports; at least one filter) are
     /// pending and due now, attempts cleared: a PACS that lost what it was
-    /// sent. Returns how many.
+    /// sent. Rows whose file retention removed stay `sent` (they could
+    /// only be parked, an alert, with nothing to send). Returns how many
+    /// were made pending, and how many were left for their removed file.
     pub async fn resend_deliveries(
         &self,
         destination: &str,
         study_instance_uid: Option<&str>,
         sop_instance_uid: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         if study_instance_uid.is_none() && sop_instance_uid.is_none() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let count = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM outbox
+             WHERE destination = ? AND state = 'sent'
+               AND instance_id IN (SELECT id FROM instances WHERE purged_at_ms IS NOT NULL) AND ",
+            of_study_or_instance!()
+        ))
+        .bind(destination);
+        let removed: i64 = bind_study_and_instance!(count, study_instance_uid, sop_instance_uid)
+            .fetch_one(&mut *tx)
+            .await?;
         let query = sqlx::query(concat!(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ?, updated_at_ms = ?,
                     owed_since_ms = ?
-             WHERE destination = ? AND state = 'sent' AND ",
+             WHERE destination = ? AND state = 'sent'
+               AND instance_id NOT IN (SELECT id FROM instances WHERE purged_at_ms IS NOT NULL) AND ",
             of_study_or_instance!()
         ))
         .bind(now)
         .bind(now)
         .bind(now)
         .bind(destination);
-        Ok(
-            bind_study_and_instance!(query, study_instance_uid, sop_instance_uid)
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
+        let resent = bind_study_and_instance!(query, study_instance_uid, sop_instance_uid)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((resent, removed as u64))
     }
 
     /// An operator's cancel: the `pending` and/or `parked` rows owed to
