@@ -282,10 +282,10 @@ def test_a_copy_with_corrected_demographics_gets_its_own_report(node, rg1_copies
     for sr in (old, new):
         (ref,) = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == corrected.SOPInstanceUID
-    # The new one names the one it replaces, so a viewer can tell the
-    # current report (both sat unlinked in one series once), and says why.
-    assert_replaces(node, new, old, "this copy names another patient or study.")
-    assert "PredecessorDocumentsSequence" not in old
+    # Each stands in its own patient's record: the new one named the old
+    # one, another patient's, as the one it replaced.
+    assert "PredecessorDocumentsSequence" not in new and "PredecessorDocumentsSequence" not in old
+    assert old.SeriesInstanceUID != new.SeriesInstanceUID
     # A copy of the corrected copy (another series description, the name's
     # trailing delimiters written out) shares the corrected one's report:
     # each later version was compared with the first only, and got a third.
@@ -369,6 +369,29 @@ def test_a_copy_with_other_pixels_under_the_same_uid_gets_its_own_report(node, r
         (linked,) = c.execute("SELECT s.path FROM jobs j JOIN instances s ON s.id = j.sr_instance_id"
                               " ORDER BY j.id DESC LIMIT 1").fetchone()
     assert linked == sr2
+
+
+def test_a_header_only_resend_of_other_pixels_shares_their_companion_image(node_factory, rg1_copies, tmp_path):
+    """A header-only re-send of a copy with other pixels shared that copy's
+    report, but was given the first copy's companion image: the first
+    copy's pixels and result went to this copy's PACS (another site's)."""
+    import numpy as np
+
+    node = node_factory(report__companion_sc="true").start()
+    (first,) = rg1_copies("UNCI", 1)
+    other = pydicom.dcmread(first)
+    other.PixelData = np.ascontiguousarray(other.pixel_array[::-1, ::-1]).tobytes()
+    other.save_as(tmp_path / "other_pixels.dcm", enforce_file_format=True)
+    other.IssuerOfPatientID = "HOSP"  # header only
+    other.save_as(tmp_path / "other_resent.dcm", enforce_file_format=True)
+    for n, path in enumerate([first, tmp_path / "other_pixels.dcm", tmp_path / "other_resent.dcm"], 1):
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, path)
+        wait_until(lambda: node.count("SELECT COUNT(*) FROM jobs WHERE state = 'reported'") == n, timeout=60)
+    with node.db() as c:
+        made = c.execute("SELECT sr_instance_id, sc_instance_id FROM jobs ORDER BY id").fetchall()
+    (sr1, sc1), (sr2, sc2), (sr3, sc3) = made
+    assert sr1 != sr2 and sc1 != sc2 and None not in (sc1, sc2)
+    assert (sr3, sc3) == (sr2, sc2), made
 
 
 def move_the_only_result(node, dp: float) -> dict:

@@ -221,6 +221,53 @@ def test_the_image_fixed_and_sent_again_gets_a_report_that_replaces_the_notice(
                for t in texts(sr.ContentSequence))
 
 
+def test_a_corrected_patient_s_fixed_copy_replaces_that_patient_s_notice(node_factory, storescp, tmp_path):
+    """A good copy of one patient, then under its UID a damaged copy naming
+    another (a notice in that patient's record), then that patient's fixed
+    copy: its report named the first patient's report as the one it
+    replaced, in another record, and its own notice was named nowhere."""
+    import numpy as np
+
+    from test_bad_images import FIXTURES
+
+    port, out = storescp
+    node = node_factory().start(config_file=results_to(tmp_path, port))
+    first = pydicom.dcmread(FIXTURES / "rg1s_mono2.dcm")
+    first.SOPInstanceUID = first.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    first.save_as(tmp_path / "first.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "first.dcm")
+    wait_until(lambda: job_of(node, first.SOPInstanceUID)["state"] == "delivered", timeout=60)
+    first_report = job_of(node, first.SOPInstanceUID)["sr_sop_instance_uid"]
+
+    corrected = pydicom.dcmread(tmp_path / "first.dcm")
+    corrected.PatientID, corrected.PatientName = "CORRECTED-ID", "Corrected^Patient"
+    damaged = pydicom.dcmread(tmp_path / "first.dcm")
+    damaged.PatientID, damaged.PatientName = corrected.PatientID, corrected.PatientName
+    damaged.BitsAllocated, damaged.BitsStored, damaged.HighBit = 32, 32, 31
+    damaged.PixelData = np.zeros(damaged.Rows * damaged.Columns, np.uint32).tobytes()
+    damaged.save_as(tmp_path / "damaged.dcm", enforce_file_format=True)
+    corrected.save_as(tmp_path / "corrected.dcm", enforce_file_format=True)
+
+    def copies():
+        return [c["job"] for c in node.http(f"/api/instances/{first.SOPInstanceUID}")[1]["copies"]]
+
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "damaged.dcm")
+    wait_until(lambda: any(j["notice_sop_instance_uid"] for j in copies()), timeout=60,
+               what="the corrected patient's notice")
+    (notice_uid,) = [j["notice_sop_instance_uid"] for j in copies() if j["notice_sop_instance_uid"]]
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "corrected.dcm")
+    wait_until(lambda: len([j for j in copies() if j["sr_sop_instance_uid"]]) == 2, timeout=60,
+               what="the corrected copy's report")
+    (report_uid,) = [j["sr_sop_instance_uid"] for j in copies()
+                     if j["sr_sop_instance_uid"] not in (None, first_report)]
+    wait_until(lambda: report_uid in received(out), timeout=60, what="the report at the PACS")
+    sr = pydicom.dcmread(received(out)[report_uid])
+    assert sr.PatientID == "CORRECTED-ID"
+    (predecessor,) = sr.PredecessorDocumentsSequence
+    (series,) = predecessor.ReferencedSeriesSequence
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == notice_uid
+
+
 def test_no_notice_for_the_node_s_damaged_copy_nor_beside_a_report(node_factory, storescp, rg1_copies, tmp_path):
     """The node's own copy damaged (a disk fault): the PACS's copy is not at
     fault, and a notice carried the node's file path and an instruction
@@ -306,6 +353,19 @@ def test_a_second_sender_is_owed_the_notice_and_a_copy_with_a_report_gets_none(
     jobs = [c["job"] for c in body["copies"]]
     assert sorted(j["state"] for j in jobs) == ["delivered", "failed"]
     assert all(j["notice_sop_instance_uid"] is None for j in jobs)
+
+    # Another damaged copy, of the same patient, from the second site: the
+    # report that stands was in NORTH's PACS only, and SOUTH's got neither
+    # it nor a notice. It is owed the report.
+    good_report = [c["job"]["sr_sop_instance_uid"] for c in body["copies"] if c["job"]["sr_sop_instance_uid"]]
+    good.SeriesDescription = "damaged at the second site"
+    good.save_as(tmp_path / "damaged_south.dcm", enforce_file_format=True)
+    run_dcmtk("storescu", "-aet", "SOUTH", "-aec", node.ae_title, "127.0.0.1", node.port,
+              tmp_path / "damaged_south.dcm")
+    wait_until(lambda: ("report", good_report[0]) in sent_to("south"), timeout=60,
+               what="the standing report to SOUTH")
+    status, body = node.http(f"/api/instances/{good.SOPInstanceUID}")
+    assert all(c["job"]["notice_sop_instance_uid"] is None for c in body["copies"])
 
     # The damaged copy naming another patient (corrected at the modality):
     # the report is in the first patient's record, and this patient's had

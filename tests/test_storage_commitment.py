@@ -388,3 +388,74 @@ def test_orthanc_gets_its_commitment_result(node_factory, rg1_copies, tmp_path):
         assert [(f["SOPInstanceUID"], f["FailureReason"]) for f in report["Failures"]] == [(missing, 0x0112)], report
     finally:
         pacs.stop()
+
+
+def test_a_requester_that_never_answers_holds_up_no_other(node_factory, rg1_copies):
+    """Results were sent one at a time: each of five owed to a requester
+    that accepts connections and never answers took the response time-out,
+    and another requester's result waited behind them all."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    listener = ResultListener(ae_title="OK_SCU").start()
+    try:
+        node = node_factory(outbox__response_timeout_s="8")
+        config = node.workdir / "requesters.toml"
+        config.write_text(
+            '[[dicom.commitment_requesters]]\nae_title = "SILENT"\nhost = "127.0.0.1"\n'
+            f'port = {silent.getsockname()[1]}\n'
+            '[[dicom.commitment_requesters]]\nae_title = "OK_SCU"\nhost = "127.0.0.1"\n'
+            f'port = {listener.port}\n')
+        node.start(config)
+        (image,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        kept = [(CR, pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)]
+        for _ in range(5):
+            ask_apart(node, "SILENT", kept)
+        asked = time.monotonic()
+        ask_apart(node, "OK_SCU", kept)
+        listener.result(timeout=30)
+        # behind five silent ones in turn it came after 40 s (5 x 8 s)
+        assert time.monotonic() - asked < 20
+        # the silent requester is tried once a round, its others put off
+        deadline = time.monotonic() + 20
+        while "not tried: " not in "".join(
+                str(r) for r in node.db().execute("SELECT last_status FROM commitment_results")):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        listener.stop()
+        silent.close()
+
+
+def test_a_requester_that_refuses_the_node_the_scp_role_is_told_so(node_factory, rg1_copies):
+    listener = ResultListener()
+    listener.ae.supported_contexts = []
+    listener.ae.add_supported_context(StorageCommitmentPushModel, ["1.2.840.10008.1.2"],
+                                      scu_role=True, scp_role=False)
+    listener.start()
+    try:
+        node = node_factory()
+        node.start(requesters_config(node, listener.port))
+        (image,) = rg1_copies("UNCI", 1)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
+        ask_apart(node, "MODALITY", [(CR, pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)])
+        deadline = time.monotonic() + 20
+        while "accepted no Storage Commitment Push Model context with the node as its SCP" not in node.log():
+            assert time.monotonic() < deadline, node.log()[-3000:]
+            time.sleep(0.2)
+        assert listener.reports == [] and node.alive()
+    finally:
+        listener.stop()
+
+
+def ask_apart(node, calling_ae, refs):
+    """A requester that asks and releases at once (its result goes apart)."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    status, _ = assoc.send_n_action(request(generate_uid(), refs), 1, StorageCommitmentPushModel,
+                                    COMMITMENT_INSTANCE)
+    assoc.release()
+    assert status.Status == 0x0000

@@ -1058,6 +1058,14 @@ pub async fn send_commitment_result(
     )];
     let mut assoc =
         ClientAssociation::open_as(addr, options, &proposals, &[STORAGE_COMMITMENT_PUSH]).await?;
+    if assoc.context_for(STORAGE_COMMITMENT_PUSH, None).is_none() {
+        release_answered(assoc).await;
+        return Err(ScuError::Protocol(format!(
+            "{addr} accepted no Storage Commitment Push Model context with the node as its SCP \
+             (proposed with SCP/SCU role selection, SCU 0, SCP 1): the requester must accept \
+             the node as SCP of the class to take results on an association the node opens"
+        )));
+    }
     let status = match assoc
         .event_report(
             STORAGE_COMMITMENT_PUSH,

@@ -18,6 +18,9 @@ use crate::repeated::RepeatedWarning;
 
 /// How long a result is tried for.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How long a result answered or given up on is kept (for the metric and
+/// an administrator's look at the database).
+const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Waits between attempts: doubling from the first, up to the cap.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_CAP: Duration = Duration::from_secs(300);
@@ -31,21 +34,25 @@ pub struct CommitmentSender {
 }
 
 impl CommitmentSender {
-    pub async fn run(mut self) {
+    pub async fn run(self: Arc<Self>) {
+        let mut stopping = self.stopping.clone();
         let mut failing = RepeatedWarning::new("cannot read the commitment results owed");
         loop {
             match self.store.due_commitment_results().await {
                 Ok(due) => {
                     failing.succeeded();
-                    for result in due {
-                        if *self.stopping.borrow() {
-                            return;
-                        }
-                        self.send(result).await;
-                    }
+                    self.clone().send_round(due).await;
                 }
                 Err(e) => failing.failed(&e),
             }
+            if *self.stopping.borrow() {
+                return;
+            }
+            let pruned = self
+                .store
+                .forget_finished_commitment_results(KEEP_FINISHED)
+                .await;
+            self.record(pruned.map(|_| ()));
             let next = match self.store.next_commitment_result_in().await {
                 Ok(Some(next)) => next.min(Duration::from_secs(60)),
                 Ok(None) => Duration::from_secs(60),
@@ -54,12 +61,55 @@ impl CommitmentSender {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(next) => {}
-                _ = self.stopping.wait_for(|s| *s) => return,
+                _ = stopping.wait_for(|s| *s) => return,
             }
         }
     }
 
-    async fn send(&self, result: CommitmentResult) {
+    /// Sends the results due, each requester's in turn, requesters side by
+    /// side: one that accepts and never answers held up every other's for
+    /// its time-out per result. A requester that cannot be reached is not
+    /// tried again this round: its other results wait as long as the one
+    /// that failed.
+    async fn send_round(self: Arc<Self>, due: Vec<CommitmentResult>) {
+        let mut by_requester: Vec<Vec<CommitmentResult>> = Vec::new();
+        for result in due {
+            match by_requester
+                .iter_mut()
+                .find(|g| g[0].requester_ae == result.requester_ae)
+            {
+                Some(group) => group.push(result),
+                None => by_requester.push(vec![result]),
+            }
+        }
+        let mut rounds = tokio::task::JoinSet::new();
+        for results in by_requester {
+            let me = self.clone();
+            rounds.spawn(async move { me.send_in_turn(results).await });
+        }
+        while rounds.join_next().await.is_some() {}
+    }
+
+    /// One requester's results, in turn.
+    async fn send_in_turn(&self, results: Vec<CommitmentResult>) {
+        let mut put_off: Option<(Duration, String)> = None;
+        for result in results {
+            if *self.stopping.borrow() {
+                return;
+            }
+            if let Some((delay, why)) = &put_off {
+                let why = format!("not tried: {why}");
+                let retry = self.store.commitment_result_retry(result.id, &why, *delay);
+                self.record(retry.await);
+                continue;
+            }
+            put_off = self.send(result).await;
+        }
+    }
+
+    /// Sends one result; when the requester could not be reached, how long
+    /// its other results wait, and why.
+    async fn send(&self, result: CommitmentResult) -> Option<(Duration, String)> {
         let (id, transaction_uid) = (result.id, result.transaction_uid.as_str());
         let requester = &result.requester_ae;
         let Some(address) = self
@@ -71,7 +121,7 @@ impl CommitmentSender {
             let why = "the requester is no longer in dicom.commitment_requesters";
             warn!(%requester, %transaction_uid, "storage commitment result given up: {why}");
             self.record(self.store.commitment_result_given_up(id, why).await);
-            return;
+            return None;
         };
         let age = pneumo_store::now_ms() - result.created_at_ms;
         if age > GIVE_UP_AFTER.as_millis() as i64 {
@@ -82,17 +132,11 @@ impl CommitmentSender {
             );
             warn!(%requester, %transaction_uid, "storage commitment result given up: {why}");
             self.record(self.store.commitment_result_given_up(id, &why).await);
-            return;
+            return None;
         }
         let event_type = result.event_type_id as u16;
-        let written = match scu::send_commitment_result(
-            &address,
-            &self.scu,
-            event_type,
-            &result.data,
-        )
-        .await
-        {
+        let sent = scu::send_commitment_result(&address, &self.scu, event_type, &result.data).await;
+        let (written, put_off) = match sent {
             Ok(status) => {
                 if status.is_success() || status.is_warning() {
                     info!(%requester, %transaction_uid, %status, peer = %address,
@@ -103,17 +147,22 @@ impl CommitmentSender {
                         "storage commitment result not taken by the requester");
                 }
                 let status = status.to_string();
-                self.store.commitment_result_answered(id, &status).await
+                (
+                    self.store.commitment_result_answered(id, &status).await,
+                    None,
+                )
             }
             Err(e) => {
                 let delay = pneumo_store::backoff(result.attempts + 1, RETRY_FIRST, RETRY_CAP);
                 warn!(%requester, %transaction_uid, peer = %address, error = %e,
                     retry_in_s = delay.as_secs(), "storage commitment result not sent");
                 let why = e.to_string();
-                self.store.commitment_result_retry(id, &why, delay).await
+                let written = self.store.commitment_result_retry(id, &why, delay).await;
+                (written, Some((delay, why)))
             }
         };
         self.record(written);
+        put_off
     }
 
     /// A result's state that could not be written is sent again (the

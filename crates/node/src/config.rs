@@ -324,6 +324,12 @@ impl Config {
         for v in forward.chain(results).flatten() {
             *v = v.trim().to_string();
         }
+        // Leading and trailing spaces are not part of an AE title (PS3.5
+        // 6.2), and the calling AE title is compared trimmed: "ORTHANC "
+        // never matched, and its requests got no result on their own.
+        for r in &mut config.dicom.commitment_requesters {
+            r.ae_title = r.ae_title.trim().to_string();
+        }
         config.validate().context(invalid)?;
         Ok(config)
     }
@@ -945,7 +951,7 @@ mod tests {
             ),
             (
                 "[[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"h\"\nport = 4242\n\
-                 [[dicom.commitment_requesters]]\nae_title = \"ORTHANC\"\nhost = \"g\"\nport = 4242\n",
+                 [[dicom.commitment_requesters]]\nae_title = \"ORTHANC \"\nhost = \"g\"\nport = 4242\n",
                 "dicom.commitment_requesters[1]: the AE title `ORTHANC` is listed twice",
             ),
             (

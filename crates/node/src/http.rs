@@ -404,7 +404,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     ));
     if let Ok(counts) = s.store.commitment_result_counts().await {
         text.push_str(
-            "# HELP pneumo_commitment_results Storage Commitment results for requesters that take them on an association of their own, by state (pending: to be sent; sent: answered by the requester; given_up).\n\
+            "# HELP pneumo_commitment_results Storage Commitment results for requesters that take them on an association of their own, by state (pending: to be sent; sent: answered by the requester, and given_up: both over the last 7 days).\n\
              # TYPE pneumo_commitment_results gauge\n",
         );
         for state in ["pending", "sent", "given_up"] {

@@ -654,13 +654,13 @@ async fn serve(config: Config) -> Result<()> {
         .run(),
     );
     let commitment_done = tokio::spawn(
-        commitment::CommitmentSender {
+        Arc::new(commitment::CommitmentSender {
             store: store.clone(),
             requesters: config.dicom.commitment_requesters.clone(),
             scu: scu_options(&config, None),
             wake: wake_commitment,
             stopping: stopping_rx.clone(),
-        }
+        })
         .run(),
     );
     let retention_done = tokio::spawn(

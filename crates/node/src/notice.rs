@@ -38,6 +38,16 @@ impl Pipeline {
         }
     }
 
+    /// Where the results of `instance_id` go: its callers' destinations.
+    async fn results_destinations_of(&self, instance_id: i64) -> Result<Vec<String>, String> {
+        let callers = self
+            .store
+            .callers_of(instance_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(self.results.destinations_for(&callers))
+    }
+
     /// Ok(None): no notice is due (the job is no longer failed, or the
     /// image has a report, of an earlier analysis or of another copy under
     /// its UID naming the same patient and study, which a notice would
@@ -53,16 +63,30 @@ impl Pipeline {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot read the stored instance: {e}"))?;
         let mut source = SourceInstance::from_dataset(&header).map_err(|e| e.to_string())?;
-        if self
+        let identity = crate::pipeline::identity_sha256(&source);
+        let standing = self
             .store
-            .image_has_report(job.job_id, &crate::pipeline::identity_sha256(&source))
+            .standing_report_source(job.job_id, &identity)
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        if let Some(maker) = standing {
+            // That report goes where this copy's would have: a second
+            // site's damaged copy got neither it nor a notice.
+            let destinations = self.results_destinations_of(job.instance_id).await?;
+            let owed = self
+                .store
+                .owe_report_of(maker, &destinations)
+                .await
+                .map_err(|e| e.to_string())?;
+            if owed > 0 {
+                self.wake_outbox.notify_one();
+            }
             info!(
                 sop_instance_uid = %job.sop_instance_uid,
+                newly_owed = owed,
                 "no not-analysed notice: a report of this image (an earlier analysis, or another \
-                 copy under its UID naming the same patient and study) stands"
+                 copy under its UID naming the same patient and study) stands, and goes where \
+                 this copy's results go"
             );
             return Ok(None);
         }
@@ -99,12 +123,7 @@ impl Pipeline {
                 Err(e) => warn!(error = %unmade(e), "the not-analysed notice as an image not made"),
             }
         }
-        let callers = self
-            .store
-            .callers_of(job.instance_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        let destinations = self.results.destinations_for(&callers);
+        let destinations = self.results_destinations_of(job.instance_id).await?;
         let owed = self
             .store
             .owe_notice(

@@ -386,7 +386,6 @@ impl Pipeline {
             .map_err(|e| format!("report: {e}"))
         };
         let mut sr_uid = report_uid(&source)?;
-        let mut because = Replacement::OtherPatientOrStudy;
         let identity = identity_sha256(&source);
         // A report made from this very input for a copy naming the same
         // patient and study is this copy's, whatever its own run's last
@@ -402,6 +401,15 @@ impl Pipeline {
             )
             .await?;
         if let Some(made) = same_input {
+            if made != sr_uid {
+                // Made for a copy with other pixels, under that copy's own
+                // key: this copy takes that key, so that its companion
+                // image is the one made with that report, not the first
+                // copy's (another site's PACS got the first copy's image,
+                // pixels and result, beside this report).
+                self.take_maker_version(&made, &mut source, &report_uid)
+                    .await?;
+            }
             sr_uid = made;
         } else if self
             .states_another_result(
@@ -413,7 +421,6 @@ impl Pipeline {
             )
             .await?
         {
-            because = Replacement::OtherResult;
             // The sender re-used the UID for other pixels: linked to the
             // earlier copy's report, this copy's result would be reported
             // nowhere, and the PACS would show its pixels with that one.
@@ -429,11 +436,14 @@ impl Pipeline {
         }
 
         if source.version.is_some() {
+            // Of the same patient and study only: a corrected copy's report
+            // named the first patient's, in another record (and another
+            // site's PACS), as the one it replaced.
             let found = self
                 .store
-                .earlier_copy_report(job.instance_id, &model.contract_sha256, &sr_uid)
+                .earlier_copy_report(job.instance_id, &model.contract_sha256, &sr_uid, &identity)
                 .await?;
-            source.replaces = found.map(|document| replaced(document, because));
+            source.replaces = found.map(|document| replaced(document, Replacement::OtherResult));
         }
         if source.replaces.is_none() {
             // An earlier analysis of this image (or of a copy under its UID)
@@ -625,6 +635,26 @@ impl Pipeline {
             // difference well above the batches' (ten millionths).
             None => Ok(other || (p - prediction.p_positive).abs() > 1e-5),
         }
+    }
+
+    /// Gives `source` the version key of the copy that made report `made`
+    /// (a copy with other pixels: its own digest), when that key derives
+    /// that report's UID (`report_uid`).
+    async fn take_maker_version(
+        &self,
+        made: &str,
+        source: &mut SourceInstance,
+        report_uid: &impl Fn(&SourceInstance) -> Result<String, String>,
+    ) -> Result<(), Failure> {
+        let Some((maker, _)) = self.store.report_maker(made).await? else {
+            return Ok(());
+        };
+        let mut as_maker = source.clone();
+        as_maker.version = Some(self.store.instance_sha256(maker).await?);
+        if report_uid(&as_maker)? == made {
+            source.version = as_maker.version;
+        }
+        Ok(())
     }
 
     /// Where `source` stands among the data sets stored under its UID: its

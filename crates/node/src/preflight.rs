@@ -80,7 +80,10 @@ pub fn warnings(config: &Config) -> Vec<String> {
     destinations
         .chain(requesters)
         .filter_map(
-            |(what, host, port, fails)| match (host.as_str(), port).to_socket_addrs() {
+            // "[::1]" is how an IPv6 host may be written; it resolves bare.
+            |(what, host, port, fails)| match (host.trim_matches(['[', ']']), port)
+                .to_socket_addrs()
+            {
                 Ok(addrs) if addrs.len() > 0 => None,
                 Ok(_) => Some(format!("{what}: host `{host}` resolves to no address")),
                 Err(e) => Some(format!(

@@ -257,8 +257,16 @@ pub fn build_companion_sc(
     let root_uid = node.uid_root.as_deref();
     let sop_instance_uid =
         uid::sc_sop_instance_uid(&source.uid_key(), &node.ae_title, &sha, root_uid)?;
-    let series_uid =
-        uid::sc_series_instance_uid(&node.ae_title, &source.study_instance_uid, &sha, root_uid)?;
+    // A study's companion images share a series; a copy naming another
+    // patient or study than the first under its UID (corrected at the
+    // modality) has its own, as its report has: a series names one
+    // patient (one archive keying series by UID alone filed the corrected
+    // patient's image under the first's).
+    let study_key = match &source.corrected_copy {
+        Some(version) => format!("{}#{}", source.study_instance_uid, version.trim()),
+        None => source.study_instance_uid.clone(),
+    };
+    let series_uid = uid::sc_series_instance_uid(&node.ae_title, &study_key, &sha, root_uid)?;
 
     let small = downscale(
         &image,

@@ -163,9 +163,8 @@ pub struct EarlierReport {
 /// that the image was not analysed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replacement {
-    /// The copy names another patient or study (corrected at the modality).
-    OtherPatientOrStudy,
-    /// The copy names the same, but its analysis gave another result (a
+    /// The copy names the same patient and study as an earlier one whose
+    /// report it would share, but its analysis gave another result (a
     /// sender that re-used the UID for other pixels).
     OtherResult,
     /// What it replaces is the notice that the image had not been analysed
@@ -177,7 +176,6 @@ impl Replacement {
     /// The words of the report's comment.
     pub fn explained(self) -> &'static str {
         match self {
-            Replacement::OtherPatientOrStudy => "this copy names another patient or study",
             Replacement::OtherResult => {
                 "this copy's analysis gave another result (where a viewer still shows the earlier \
                  copy's pixels, the earlier report is the one that applies to them)"

@@ -932,7 +932,7 @@ fn a_replacing_report_names_the_one_it_replaces() {
         series_instance_uid: str_of(&first, tags::SERIES_INSTANCE_UID),
         sop_class_uid: str_of(&first, tags::SOP_CLASS_UID),
         sop_instance_uid: str_of(&first, tags::SOP_INSTANCE_UID),
-        because: crate::Replacement::OtherPatientOrStudy,
+        because: crate::Replacement::OtherResult,
     });
     let second = trained_sr(&corrected, 0.2);
     let items = second
@@ -973,9 +973,46 @@ fn a_replacing_report_names_the_one_it_replaces() {
     );
     let said = mg.find(&codes::COMMENT).any(|c| {
         matches!(&c.value, ItemValue::Text(t) if t.starts_with(replaces)
-            && t.ends_with("this copy names another patient or study."))
+            && t.ends_with("the earlier report is the one that applies to them)."))
     });
     assert!(said, "{mg:?}");
+}
+
+#[test]
+fn a_corrected_copy_s_companion_image_has_a_series_of_its_own() {
+    let px = vec![0.5f32; 64 * 64];
+    let sc_series = |src: &SourceInstance| {
+        let img = GreyImage {
+            pixels: &px,
+            rows: 64,
+            columns: 64,
+        };
+        let sc = build_companion_sc(
+            src,
+            img,
+            &result(0.2),
+            &model(WeightsKind::Trained),
+            &node(),
+            &ReportOptions::default(),
+            &time(),
+        )
+        .unwrap();
+        str_of(&sc, tags::SERIES_INSTANCE_UID)
+    };
+    let first = source();
+    let mut other_image = source();
+    other_image.sop_instance_uid = "1.2.3.4.5.6.99".into();
+    // the study's images share one series...
+    assert_eq!(sc_series(&first), sc_series(&other_image));
+    // ...which a copy naming another patient does not join
+    let mut corrected = source();
+    corrected.version = Some("ab12".into());
+    corrected.corrected_copy = Some("ab12".into());
+    assert_ne!(sc_series(&first), sc_series(&corrected));
+    // a copy with other pixels only (a version, no correction) does
+    let mut repixelled = source();
+    repixelled.version = Some("cd34".into());
+    assert_eq!(sc_series(&first), sc_series(&repixelled));
 }
 
 #[test]

@@ -131,6 +131,20 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets results answered or given up on more than `age` ago.
+    pub async fn forget_finished_commitment_results(
+        &self,
+        age: Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM commitment_results WHERE state <> 'pending' AND finished_at_ms < ?",
+        )
+        .bind(now_ms() - age.as_millis() as i64)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     pub async fn commitment_result_counts(&self) -> Result<Vec<CommitmentResultCount>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT state, COUNT(*) AS count FROM commitment_results GROUP BY state ORDER BY state",

@@ -760,41 +760,47 @@ impl Store {
         .await?)
     }
 
-    /// Whether the job's image has a report for the patient and study its
-    /// copy names (`source_identity`, as report_results has it): one an
-    /// earlier analysis of the job made, or one of another copy stored
-    /// under its SOP Instance UID (a PACS keeping the first copy shows that
-    /// report beside it). Another patient's report is in another record.
-    pub async fn image_has_report(
+    /// The instance whose job made the report that stands for the job's
+    /// image, for the patient and study its copy names (`source_identity`,
+    /// as report_results has it): one an earlier analysis of the job made,
+    /// or one of another copy stored under its SOP Instance UID (a PACS
+    /// keeping the first copy shows that report beside it); the latest.
+    /// Another patient's report is in another record, and does not stand.
+    pub async fn standing_report_source(
         &self,
         job_id: i64,
         source_identity: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         // A report made before report_results (no row) counts whatever it
         // names, as it did.
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM jobs j2 JOIN instances i2 ON i2.id = j2.instance_id
+            "SELECT j2.instance_id FROM jobs j2 JOIN instances i2 ON i2.id = j2.instance_id
                  LEFT JOIN report_results rr ON rr.sr_instance_id = j2.sr_instance_id
                  WHERE j2.sr_instance_id IS NOT NULL AND i2.sop_instance_uid =
                      (SELECT i.sop_instance_uid FROM jobs j JOIN instances i ON i.id = j.instance_id
                       WHERE j.id = ?)
-                   AND (rr.sr_instance_id IS NULL OR rr.source_identity = ?))",
+                   AND (rr.sr_instance_id IS NULL OR rr.source_identity = ?)
+                 ORDER BY j2.sr_instance_id DESC, j2.id LIMIT 1",
         )
         .bind(job_id)
         .bind(source_identity)
-        .fetch_one(self.pool())
+        .fetch_optional(self.pool())
         .await?)
     }
 
     /// The latest report made, by the model whose contract hash is
     /// `contract_sha256`, for an earlier copy stored under the SOP
-    /// Instance UID of instance `instance_id`, other than `report_uid`:
-    /// (study, series, SOP class, SOP instance UID) of that report.
+    /// Instance UID of instance `instance_id` naming the same patient and
+    /// study (`source_identity`, as report_results has it), other than
+    /// `report_uid`: (study, series, SOP class, SOP instance UID) of that
+    /// report. A report made before report_results (no row) is not taken:
+    /// whom it names is not known.
     pub async fn earlier_copy_report(
         &self,
         instance_id: i64,
         contract_sha256: &str,
         report_uid: &str,
+        source_identity: &str,
     ) -> Result<Option<(String, String, String, String)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT r.study_instance_uid, r.series_instance_uid, r.sop_class_uid,
@@ -803,6 +809,7 @@ impl Store {
              JOIN instances s ON s.sop_instance_uid = me.sop_instance_uid AND s.id < me.id
              JOIN jobs j ON j.instance_id = s.id
              JOIN instances r ON r.id = j.sr_instance_id
+             JOIN report_results rr ON rr.sr_instance_id = r.id AND rr.source_identity = ?4
              WHERE me.id = ?1 AND r.sop_instance_uid <> ?2
                AND json_extract(j.result_json, '$.prediction.model.contract_sha256') = ?3
              ORDER BY r.id DESC LIMIT 1",
@@ -810,6 +817,7 @@ impl Store {
         .bind(instance_id)
         .bind(report_uid)
         .bind(contract_sha256)
+        .bind(source_identity)
         .fetch_optional(self.pool())
         .await?)
     }

@@ -944,3 +944,64 @@ async fn a_database_outside_the_data_directory_serves_one_store_at_a_time() {
     assert!(matches!(second, Err(StoreError::DatabaseInUse { .. })));
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commitment_results_are_owed_until_answered_and_forgotten_a_while_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let answered = store
+        .owe_commitment_result("ORTHANC", "1.2.3", 1, b"data")
+        .await
+        .unwrap();
+    let owed = store
+        .owe_commitment_result("ORTHANC", "1.2.4", 2, b"data")
+        .await
+        .unwrap();
+    let due: Vec<i64> = store
+        .due_commitment_results()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, [answered, owed]);
+    store
+        .commitment_result_answered(answered, "0000H")
+        .await
+        .unwrap();
+    store
+        .commitment_result_retry(owed, "down", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(store.due_commitment_results().await.unwrap().is_empty());
+    assert!(
+        store.next_commitment_result_in().await.unwrap().unwrap()
+            > std::time::Duration::from_secs(50)
+    );
+    // kept a while, then forgotten; one still owed never is
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(
+        store
+            .forget_finished_commitment_results(week)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let none = std::time::Duration::ZERO;
+    assert_eq!(
+        store
+            .forget_finished_commitment_results(none)
+            .await
+            .unwrap(),
+        1
+    );
+    let counts = store.commitment_result_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        [pneumo_store::CommitmentResultCount {
+            state: "pending".into(),
+            count: 1
+        }]
+    );
+}
