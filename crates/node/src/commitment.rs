@@ -34,64 +34,92 @@ pub struct CommitmentSender {
 }
 
 impl CommitmentSender {
+    /// One loop per requester, side by side (sent in one queue, a
+    /// requester that accepts and never answers held up every other's
+    /// results for its time-out per result), and one that gives up what is
+    /// owed to requesters no longer configured and forgets old results.
     pub async fn run(self: Arc<Self>) {
+        let mut loops = tokio::task::JoinSet::new();
+        for requester in self.requesters.clone() {
+            let me = self.clone();
+            loops.spawn(async move { me.serve(requester).await });
+        }
+        let me = self.clone();
+        loops.spawn(async move { me.tidy().await });
+        while loops.join_next().await.is_some() {}
+    }
+
+    async fn serve(&self, requester: CommitmentRequester) {
         let mut stopping = self.stopping.clone();
         let mut failing = RepeatedWarning::new("cannot read the commitment results owed");
+        let ae = requester.ae_title.as_str();
         loop {
-            match self.store.due_commitment_results().await {
+            // Armed before the look: a result owed while this loop sends is
+            // not missed.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.store.due_commitment_results(ae).await {
                 Ok(due) => {
                     failing.succeeded();
-                    self.clone().send_round(due).await;
+                    self.send_in_turn(&requester, due).await;
                 }
                 Err(e) => failing.failed(&e),
             }
             if *self.stopping.borrow() {
                 return;
             }
-            let pruned = self
-                .store
-                .forget_finished_commitment_results(KEEP_FINISHED)
-                .await;
-            self.record(pruned.map(|_| ()));
-            let next = match self.store.next_commitment_result_in().await {
+            let next = match self.store.next_commitment_result_in(ae).await {
                 Ok(Some(next)) => next.min(Duration::from_secs(60)),
                 Ok(None) => Duration::from_secs(60),
                 Err(_) => Duration::from_secs(5),
             };
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = woken => {}
                 _ = tokio::time::sleep(next) => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
     }
 
-    /// Sends the results due, each requester's in turn, requesters side by
-    /// side: one that accepts and never answers held up every other's for
-    /// its time-out per result. A requester that cannot be reached is not
-    /// tried again this round: its other results wait as long as the one
-    /// that failed.
-    async fn send_round(self: Arc<Self>, due: Vec<CommitmentResult>) {
-        let mut by_requester: Vec<Vec<CommitmentResult>> = Vec::new();
-        for result in due {
-            match by_requester
-                .iter_mut()
-                .find(|g| g[0].requester_ae == result.requester_ae)
-            {
-                Some(group) => group.push(result),
-                None => by_requester.push(vec![result]),
+    /// Once a minute: results owed to a requester no longer configured are
+    /// given up, and those finished long ago forgotten.
+    async fn tidy(&self) {
+        let mut stopping = self.stopping.clone();
+        loop {
+            match self.store.commitment_requesters_owed().await {
+                Ok(owed) => {
+                    for ae in owed {
+                        if self.requesters.iter().any(|r| r.ae_title == ae) {
+                            continue;
+                        }
+                        let why = "the requester is no longer in dicom.commitment_requesters";
+                        let given_up = self.store.give_up_commitment_results_of(&ae, why).await;
+                        if let Ok(n) = given_up {
+                            warn!(requester = %ae, results = n,
+                                "storage commitment results given up: {why}");
+                        }
+                        self.record(given_up.map(|_| ()));
+                    }
+                }
+                Err(e) => self.record(Err(e)),
+            }
+            let pruned = self
+                .store
+                .forget_finished_commitment_results(KEEP_FINISHED)
+                .await;
+            self.record(pruned.map(|_| ()));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        let mut rounds = tokio::task::JoinSet::new();
-        for results in by_requester {
-            let me = self.clone();
-            rounds.spawn(async move { me.send_in_turn(results).await });
-        }
-        while rounds.join_next().await.is_some() {}
     }
 
-    /// One requester's results, in turn.
-    async fn send_in_turn(&self, results: Vec<CommitmentResult>) {
+    /// One requester's results, in turn. When it cannot be reached, its
+    /// other results wait as long as the one that failed.
+    async fn send_in_turn(&self, requester: &CommitmentRequester, results: Vec<CommitmentResult>) {
+        let mut stopping = self.stopping.clone();
         let mut put_off: Option<(Duration, String)> = None;
         for result in results {
             if *self.stopping.borrow() {
@@ -99,30 +127,32 @@ impl CommitmentSender {
             }
             if let Some((delay, why)) = &put_off {
                 let why = format!("not tried: {why}");
-                let retry = self.store.commitment_result_retry(result.id, &why, *delay);
-                self.record(retry.await);
+                let later = self
+                    .store
+                    .commitment_result_put_off(result.id, &why, *delay);
+                self.record(later.await);
                 continue;
             }
-            put_off = self.send(result).await;
+            // A send waiting on a silent requester is dropped at a stop
+            // (the result stays owed, and goes after the restart): it held
+            // the whole shutdown grace.
+            tokio::select! {
+                sent = self.send(requester, result) => put_off = sent,
+                _ = stopping.wait_for(|s| *s) => return,
+            }
         }
     }
 
     /// Sends one result; when the requester could not be reached, how long
     /// its other results wait, and why.
-    async fn send(&self, result: CommitmentResult) -> Option<(Duration, String)> {
+    async fn send(
+        &self,
+        requester: &CommitmentRequester,
+        result: CommitmentResult,
+    ) -> Option<(Duration, String)> {
         let (id, transaction_uid) = (result.id, result.transaction_uid.as_str());
-        let requester = &result.requester_ae;
-        let Some(address) = self
-            .requesters
-            .iter()
-            .find(|r| r.ae_title == *requester)
-            .map(CommitmentRequester::address)
-        else {
-            let why = "the requester is no longer in dicom.commitment_requesters";
-            warn!(%requester, %transaction_uid, "storage commitment result given up: {why}");
-            self.record(self.store.commitment_result_given_up(id, why).await);
-            return None;
-        };
+        let address = requester.address();
+        let requester = &requester.ae_title;
         let age = pneumo_store::now_ms() - result.created_at_ms;
         if age > GIVE_UP_AFTER.as_millis() as i64 {
             let why = format!(

@@ -328,7 +328,7 @@ impl Config {
         // 6.2), and the calling AE title is compared trimmed: "ORTHANC "
         // never matched, and its requests got no result on their own.
         for r in &mut config.dicom.commitment_requesters {
-            r.ae_title = r.ae_title.trim().to_string();
+            r.ae_title = r.ae_title.trim_matches(' ').to_string();
         }
         config.validate().context(invalid)?;
         Ok(config)

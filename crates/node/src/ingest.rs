@@ -169,7 +169,8 @@ impl StoreHandler for IngestHandler {
             .map_err(|e| format!("cannot keep the result to send it: {e}"))?;
         info!(calling_ae = %context.calling_ae, %transaction_uid,
             "storage commitment result to be sent on an association of its own");
-        self.wake_commitment.notify_one();
+        // (each requester's loop looks for its own)
+        self.wake_commitment.notify_waiters();
         Ok(true)
     }
 

@@ -54,27 +54,66 @@ impl Store {
         Ok(id)
     }
 
-    /// Pending results whose next attempt is due, oldest first.
-    pub async fn due_commitment_results(&self) -> Result<Vec<CommitmentResult>, StoreError> {
+    /// `requester_ae`'s pending results whose next attempt is due, oldest
+    /// first.
+    pub async fn due_commitment_results(
+        &self,
+        requester_ae: &str,
+    ) -> Result<Vec<CommitmentResult>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, requester_ae, transaction_uid, event_type_id, data, attempts, created_at_ms
              FROM commitment_results
-             WHERE state = 'pending' AND next_attempt_ms <= ?
+             WHERE state = 'pending' AND requester_ae = ? AND next_attempt_ms <= ?
              ORDER BY next_attempt_ms, id LIMIT 64",
         )
+        .bind(requester_ae)
         .bind(now_ms())
         .fetch_all(self.pool())
         .await?)
     }
 
-    /// How long until the next pending result is due (None: none pending).
-    pub async fn next_commitment_result_in(&self) -> Result<Option<Duration>, StoreError> {
+    /// How long until `requester_ae`'s next pending result is due (None:
+    /// none pending).
+    pub async fn next_commitment_result_in(
+        &self,
+        requester_ae: &str,
+    ) -> Result<Option<Duration>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_ms) FROM commitment_results WHERE state = 'pending'",
+            "SELECT MIN(next_attempt_ms) FROM commitment_results
+             WHERE state = 'pending' AND requester_ae = ?",
         )
+        .bind(requester_ae)
         .fetch_one(self.pool())
         .await?;
         Ok(next.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64)))
+    }
+
+    /// The requesters pending results are owed to.
+    pub async fn commitment_requesters_owed(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT requester_ae FROM commitment_results WHERE state = 'pending'",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Gives up every pending result owed to `requester_ae` (`why`);
+    /// how many.
+    pub async fn give_up_commitment_results_of(
+        &self,
+        requester_ae: &str,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE commitment_results SET state = 'given_up', finished_at_ms = ?, last_status = ?
+             WHERE state = 'pending' AND requester_ae = ?",
+        )
+        .bind(now_ms())
+        .bind(why)
+        .bind(requester_ae)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 
     /// The requester answered (`status`, success or not): no more tries.
@@ -143,6 +182,25 @@ impl Store {
         .execute(self.pool())
         .await?
         .rows_affected())
+    }
+
+    /// Not tried this time (`why`: its requester just failed): due again
+    /// after `delay`, its attempts unchanged.
+    pub async fn commitment_result_put_off(
+        &self,
+        id: i64,
+        why: &str,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE commitment_results SET next_attempt_ms = ?, last_status = ? WHERE id = ?",
+        )
+        .bind(now_ms() + delay.as_millis() as i64)
+        .bind(why)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     pub async fn commitment_result_counts(&self) -> Result<Vec<CommitmentResultCount>, StoreError> {

@@ -958,7 +958,7 @@ async fn commitment_results_are_owed_until_answered_and_forgotten_a_while_after(
         .await
         .unwrap();
     let due: Vec<i64> = store
-        .due_commitment_results()
+        .due_commitment_results("ORTHANC")
         .await
         .unwrap()
         .iter()
@@ -973,9 +973,17 @@ async fn commitment_results_are_owed_until_answered_and_forgotten_a_while_after(
         .commitment_result_retry(owed, "down", std::time::Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(store.due_commitment_results().await.unwrap().is_empty());
+    assert!(store
+        .due_commitment_results("ORTHANC")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(
-        store.next_commitment_result_in().await.unwrap().unwrap()
+        store
+            .next_commitment_result_in("ORTHANC")
+            .await
+            .unwrap()
+            .unwrap()
             > std::time::Duration::from_secs(50)
     );
     // kept a while, then forgotten; one still owed never is
@@ -996,6 +1004,11 @@ async fn commitment_results_are_owed_until_answered_and_forgotten_a_while_after(
             .unwrap(),
         1
     );
+    assert_eq!(
+        store.commitment_requesters_owed().await.unwrap(),
+        ["ORTHANC"]
+    );
+    let why = "the requester is no longer in dicom.commitment_requesters";
     let counts = store.commitment_result_counts().await.unwrap();
     assert_eq!(
         counts,
@@ -1004,4 +1017,12 @@ async fn commitment_results_are_owed_until_answered_and_forgotten_a_while_after(
             count: 1
         }]
     );
+    assert_eq!(
+        store
+            .give_up_commitment_results_of("ORTHANC", why)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.commitment_requesters_owed().await.unwrap().is_empty());
 }
