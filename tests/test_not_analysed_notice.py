@@ -24,6 +24,20 @@ def results_to(tmp_path, port):
     return config
 
 
+def two_sites(tmp_path, port):
+    """Results routed by caller: NORTH's to `north`, SOUTH's to `south`
+    (both the storescp on `port`, under two AE titles)."""
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[[destinations]]\nname = "north"\nae_title = "STORESCP"\n'
+        f'host = "127.0.0.1"\nport = {port}\n'
+        '[[destinations]]\nname = "south"\nae_title = "SOUTH"\n'
+        f'host = "127.0.0.1"\nport = {port}\n'
+        '[[routing.results]]\ndestinations = ["north"]\ncalling_ae_titles = ["NORTH"]\n'
+        '[[routing.results]]\ndestinations = ["south"]\ncalling_ae_titles = ["SOUTH"]\n')
+    return config
+
+
 def received(out):
     return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
 
@@ -268,6 +282,40 @@ def test_a_corrected_patient_s_fixed_copy_replaces_that_patient_s_notice(node_fa
     assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == notice_uid
 
 
+def test_a_report_made_after_another_site_s_notice_goes_to_that_site_too(node_factory, storescp, tmp_path):
+    """A damaged copy from one site got its notice there; a good copy of
+    the same image from another site was reported there alone, and the
+    first site's PACS kept "not analysed" with no result."""
+    import numpy as np
+
+    from test_bad_images import FIXTURES
+
+    port, _ = storescp
+    node = node_factory().start(config_file=two_sites(tmp_path, port))
+    good = pydicom.dcmread(FIXTURES / "rg1s_mono2.dcm")
+    good.SOPInstanceUID = good.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    good.save_as(tmp_path / "good.dcm", enforce_file_format=True)
+    damaged = pydicom.dcmread(tmp_path / "good.dcm")
+    damaged.BitsAllocated, damaged.BitsStored, damaged.HighBit = 32, 32, 31
+    damaged.PixelData = np.zeros(damaged.Rows * damaged.Columns, np.uint32).tobytes()
+    damaged.save_as(tmp_path / "damaged.dcm", enforce_file_format=True)
+
+    def sent_to(destination):
+        status, body = node.http(f"/api/deliveries?destination={destination}")
+        return {(d["kind"], d["sop_instance_uid"]) for d in body["deliveries"] if d["state"] == "sent"}
+
+    def jobs():
+        return [c["job"] for c in node.http(f"/api/instances/{good.SOPInstanceUID}")[1]["copies"]]
+
+    run_dcmtk("storescu", "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "damaged.dcm")
+    wait_until(lambda: any(j["notice_sop_instance_uid"] for j in jobs()), timeout=60, what="the notice")
+    run_dcmtk("storescu", "-aet", "SOUTH", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "good.dcm")
+    wait_until(lambda: any(j["sr_sop_instance_uid"] for j in jobs()), timeout=60, what="the report")
+    (report,) = [j["sr_sop_instance_uid"] for j in jobs() if j["sr_sop_instance_uid"]]
+    wait_until(lambda: ("report", report) in sent_to("south"), timeout=60, what="the report to SOUTH")
+    wait_until(lambda: ("report", report) in sent_to("north"), timeout=60, what="the report to NORTH")
+
+
 def test_no_notice_for_the_node_s_damaged_copy_nor_beside_a_report(node_factory, storescp, rg1_copies, tmp_path):
     """The node's own copy damaged (a disk fault): the PACS's copy is not at
     fault, and a notice carried the node's file path and an instruction
@@ -315,15 +363,7 @@ def test_a_second_sender_is_owed_the_notice_and_a_copy_with_a_report_gets_none(
     import numpy as np
 
     port, out = storescp
-    config = tmp_path / "node.toml"
-    config.write_text(
-        '[[destinations]]\nname = "north"\nae_title = "STORESCP"\n'
-        f'host = "127.0.0.1"\nport = {port}\n'
-        '[[destinations]]\nname = "south"\nae_title = "SOUTH"\n'
-        f'host = "127.0.0.1"\nport = {port}\n'
-        '[[routing.results]]\ndestinations = ["north"]\ncalling_ae_titles = ["NORTH"]\n'
-        '[[routing.results]]\ndestinations = ["south"]\ncalling_ae_titles = ["SOUTH"]\n')
-    node = node_factory().start(config_file=config)
+    node = node_factory().start(config_file=two_sites(tmp_path, port))
     path, propose, _ = bad_radiographs(tmp_path)["bits_allocated_32"]
     bad = pydicom.dcmread(path, stop_before_pixels=True)
     run_dcmtk("storescu", propose, "-aet", "NORTH", "-aec", node.ae_title, "127.0.0.1", node.port, path)

@@ -157,11 +157,33 @@ impl Store {
         why: &str,
         delay: Duration,
     ) -> Result<(), StoreError> {
+        self.reschedule_commitment_result(id, why, delay, 1).await
+    }
+
+    /// Not tried this time (`why`: its requester just failed): due again
+    /// after `delay`, its attempts unchanged.
+    pub async fn commitment_result_put_off(
+        &self,
+        id: i64,
+        why: &str,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        self.reschedule_commitment_result(id, why, delay, 0).await
+    }
+
+    async fn reschedule_commitment_result(
+        &self,
+        id: i64,
+        why: &str,
+        delay: Duration,
+        attempts_added: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE commitment_results
-             SET attempts = attempts + 1, next_attempt_ms = ?, last_status = ?
+             SET attempts = attempts + ?, next_attempt_ms = ?, last_status = ?
              WHERE id = ?",
         )
+        .bind(attempts_added)
         .bind(now_ms() + delay.as_millis() as i64)
         .bind(why)
         .bind(id)
@@ -182,25 +204,6 @@ impl Store {
         .execute(self.pool())
         .await?
         .rows_affected())
-    }
-
-    /// Not tried this time (`why`: its requester just failed): due again
-    /// after `delay`, its attempts unchanged.
-    pub async fn commitment_result_put_off(
-        &self,
-        id: i64,
-        why: &str,
-        delay: Duration,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE commitment_results SET next_attempt_ms = ?, last_status = ? WHERE id = ?",
-        )
-        .bind(now_ms() + delay.as_millis() as i64)
-        .bind(why)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
     }
 
     pub async fn commitment_result_counts(&self) -> Result<Vec<CommitmentResultCount>, StoreError> {

@@ -923,6 +923,21 @@ impl Store {
         .await?)
     }
 
+    /// The instance whose job made the not-analysed notice
+    /// `notice_sop_instance_uid` (the first, when several share it).
+    pub async fn notice_maker(
+        &self,
+        notice_sop_instance_uid: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT j.instance_id FROM jobs j JOIN instances n ON n.id = j.notice_instance_id
+             WHERE n.sop_instance_uid = ? ORDER BY j.id LIMIT 1",
+        )
+        .bind(notice_sop_instance_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     pub async fn instance_id_by_uid(
         &self,
         sop_instance_uid: &str,
