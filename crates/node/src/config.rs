@@ -330,6 +330,12 @@ impl Config {
         for r in &mut config.dicom.commitment_requesters {
             r.ae_title = r.ae_title.trim_matches(' ').to_string();
         }
+        // Destinations too, as rules naming them are trimmed: "pacs " was
+        // taken, then a rule naming it refused as naming `pacs`.
+        for d in &mut config.destinations {
+            d.name = d.name.trim_matches(' ').to_string();
+            d.ae_title = d.ae_title.trim_matches(' ').to_string();
+        }
         config.validate().context(invalid)?;
         Ok(config)
     }
@@ -992,6 +998,10 @@ mod tests {
         let text =
             "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\nport = 104\n\
                     [[routing.forward]]\ndestinations = [\"pacs \"]\nmodalities = [\"CR \"]\n";
+        let twice = "[[destinations]]\nname = \"north\"\nae_title = \"A\"\nhost = \"h\"\nport = 104\n\
+                     [[destinations]]\nname = \"north \"\nae_title = \" B \"\nhost = \"h\"\nport = 104\n";
+        let err = format!("{:#}", load_text(twice).unwrap_err());
+        assert!(err.contains("the name `north` is used twice"), "{err}");
         let rule = &load_text(text).unwrap().routing.forward[0];
         assert_eq!(rule.modalities, ["CR"]);
         assert_eq!(rule.destinations, ["pacs"]);

@@ -931,14 +931,38 @@ impl Store {
     /// run; with 2 s, still now and then on a loaded machine).
     pub async fn close_and_wait_for_the_log(&self) {
         self.close().await;
-        if let Some(file) = &self.database_file {
-            let log = write_ahead_log(file);
-            for _ in 0..500 {
+        let Some(file) = &self.database_file else {
+            return;
+        };
+        let log = write_ahead_log(file);
+        let gone = || async {
+            for _ in 0..100 {
                 if !log.exists() {
-                    break;
+                    return true;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            false
+        };
+        // Now and then the log outlived the pool (a connection closed late,
+        // not as the last): a connection of its own, opened and closed
+        // alone, folds it in and removes it.
+        for _ in 0..5 {
+            if gone().await {
+                return;
+            }
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(file)
+                .create_if_missing(false);
+            if let Ok(mut conn) = sqlx::ConnectOptions::connect(&options).await {
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
+        if log.exists() {
+            tracing::warn!(log = %log.display(), "the write-ahead log is still beside the database");
         }
     }
 

@@ -444,7 +444,9 @@ impl Store {
             return Ok((0, 0));
         }
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        // IMMEDIATE: a deferred transaction that reads, then writes, failed
+        // "database is locked" when another connection wrote in between.
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let count = sqlx::query_scalar(concat!(
             "SELECT COUNT(*) FROM outbox
              WHERE destination = ? AND state = 'sent'
