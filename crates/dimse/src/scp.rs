@@ -1615,31 +1615,35 @@ impl<H: StoreHandler> Association<'_, H> {
             &outcomes,
             &self.shared.config.ae_title,
             sop::EXPLICIT_VR_LE,
-        )
-        .map_err(|e| format!("cannot write the result: {e}"));
-        let apart = match &written {
-            Ok((event_type, data)) => {
-                self.shared
-                    .handler
-                    .send_result_apart(&self.context, &request.transaction_uid, *event_type, data)
-                    .await
+        );
+        let (event_type, data) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let failed = (
+                    Status::PROCESSING_FAILURE,
+                    format!("cannot write the result: {e}"),
+                );
+                return self.refuse_action(context_id, command, failed).await;
             }
-            Err(why) => Err(why.clone()),
         };
-        let (event_type, data) = match (written, apart) {
-            (Ok(written), Ok(apart)) => {
+        let apart = self
+            .shared
+            .handler
+            .send_result_apart(&self.context, &request.transaction_uid, event_type, &data)
+            .await;
+        match apart {
+            Ok(apart) => {
                 let rsp = Command::n_action_rsp(command, Status::SUCCESS, None);
                 self.send_response(context_id, &rsp).await?;
                 if apart {
                     return Ok(());
                 }
-                written
             }
-            (_, Err(why)) | (Err(why), _) => {
+            Err(why) => {
                 let failed = (Status::PROCESSING_FAILURE, why);
                 return self.refuse_action(context_id, command, failed).await;
             }
-        };
+        }
         let data = if ts == sop::EXPLICIT_VR_LE {
             data
         } else {

@@ -548,26 +548,20 @@ impl Pipeline {
         };
         let json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
         let callers = self.store.callers_of(job.instance_id).await?;
-        let mut result_destinations = self.results.destinations_for(&callers);
         // The notice this report replaces went where its copy's results go
         // (another site's PACS, routed by caller): the report goes there
         // too, or that PACS kept "not analysed" beside nothing.
+        let mut routed_by = callers.clone();
         if let Some(earlier) = source
             .replaces
             .as_ref()
             .filter(|r| r.because == Replacement::Notice)
         {
             if let Some(maker) = self.store.notice_maker(&earlier.sop_instance_uid).await? {
-                let theirs = self
-                    .results
-                    .destinations_for(&self.store.callers_of(maker).await?);
-                for d in theirs {
-                    if !result_destinations.contains(&d) {
-                        result_destinations.push(d);
-                    }
-                }
+                routed_by.extend(self.store.callers_of(maker).await?);
             }
         }
+        let result_destinations = self.results.destinations_for(&routed_by);
         let done = self
             .store
             .complete_job(
