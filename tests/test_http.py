@@ -229,6 +229,19 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     # An action given what is no UID is refused, not answered "0 done".
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?sop_instance_uid=abc", timeout=10)
     assert r.status_code == 400 and "is not a UID" in r.json()["error"], r.text
+    # A value that does not parse is named with what the parameter takes
+    # (serde's "Failed to deserialize query string" before).
+    code, body = node.http("/api/jobs?limit=abc")
+    assert code == 400 and body["error"].startswith("parameter `limit` takes a whole number"), body
+    code, body = node.http("/api/deliveries?before_id=99999999999999999999")
+    assert code == 400 and body["error"].startswith("parameter `before_id` takes a whole number"), body
+    code, body = node.http("/api/jobs?result=maybe")
+    assert code == 400 and body["error"].startswith("parameter `result` takes true or false"), body
+    code, body = node.http("/api/jobs?limit=1&limit=2")
+    assert code == 400 and body["error"] == "parameter `limit` is given twice", body
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?older_than=1", timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "unknown parameter `older_than`: this action takes `state` or `sop_instance_uid`"
     # Each listing's own parameter, given to the other: refused, not ignored.
     assert node.http("/api/jobs?destination=pacs")[0] == 400
     assert node.http("/api/deliveries?result=false")[0] == 400

@@ -238,7 +238,41 @@ fn bad_request(body: Value) -> Response {
 /// refused rather than ignored, so that a misspelt filter on an operator
 /// action cannot widen it to every job.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, String> {
-    q.map(|Query(q)| q).map_err(|e| e.body_text())
+    q.map(|Query(q)| q)
+        .map_err(|e| query_problem(&e.body_text()))
+}
+
+/// serde's account of a query string ("Failed to deserialize query string:
+/// limit: invalid digit found in string") in the words of the rest of the
+/// API: the parameter named, and what it takes.
+fn query_problem(serde_text: &str) -> String {
+    let text = serde_text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(serde_text);
+    if let Some((_, rest)) = text.split_once("unknown field `") {
+        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let takes = expected
+            .trim_start_matches([',', ' '])
+            .strip_prefix("expected ")
+            .map(|list| format!(": this action takes {}", list.replace("one of ", "")))
+            .unwrap_or_default();
+        return format!("unknown parameter `{name}`{takes}");
+    }
+    if let Some(rest) = text.strip_prefix("duplicate field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!("parameter `{name}` is given twice");
+    }
+    let Some((name, why)) = text.split_once(": ") else {
+        return format!("the query string cannot be read: {text}");
+    };
+    let wants = if why.contains("digit") || why.contains("number") || why.contains("integer") {
+        "a whole number"
+    } else if why.contains("`true` or `false`") {
+        "true or false"
+    } else {
+        return format!("parameter `{name}`: {why}");
+    };
+    format!("parameter `{name}` takes {wants} ({why})")
 }
 
 /// An operator action's parameters: the query string only. A body (say
@@ -490,7 +524,7 @@ fn listing_query(
     q: Result<Query<ListingQuery>, QueryRejection>,
     parameters: &str,
 ) -> Result<ListingQuery, String> {
-    query(q).map_err(|e| match e.split_once("unknown field `") {
+    query(q).map_err(|e| match e.split_once("unknown parameter `") {
         Some((_, rest)) => {
             let name = rest.split('`').next().unwrap_or_default();
             format!("unknown parameter `{name}`: this listing takes {parameters}")
