@@ -407,14 +407,25 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 async fn metrics(State(s): State<HttpState>) -> Response {
     // A database that cannot answer still leaves the process's counters
     // (refused instances above all) to scrape, with pneumo_database_up 0:
-    // the scrape failed exactly when they mattered.
-    let jobs = s.store.job_counts().await.map(|j| {
+    // the scrape failed exactly when they mattered. A file known damaged
+    // is not queried: a read of a truncated database could wait out
+    // SQLite's busy time-out, past the scraper's.
+    let sound = s.store.check_database_file().is_ok();
+    let jobs = match sound {
+        true => s.store.job_counts().await.ok(),
+        false => None,
+    }
+    .map(|j| {
         j.into_iter()
             .map(|c| (c.state, c.count))
             .collect::<Vec<_>>()
     });
     let now = pneumo_store::now_ms();
-    let outbox = s.store.outbox_counts().await.map(|o| {
+    let outbox = match sound {
+        true => s.store.outbox_counts().await.ok(),
+        false => None,
+    }
+    .map(|o| {
         o.into_iter()
             .map(|c| {
                 let age_s = (now - c.oldest_owed_since_ms).max(0) / 1000;
@@ -423,7 +434,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             .collect::<Vec<_>>()
     });
     // (ping: the file, a read, and whether a write could begin)
-    let database_up = jobs.is_ok() && outbox.is_ok() && s.store.ping().await.is_ok();
+    let database_up = jobs.is_some() && outbox.is_some() && s.store.ping().await.is_ok();
     let mut text = s.metrics.render(
         &jobs.unwrap_or_default(),
         &outbox.unwrap_or_default(),
@@ -436,7 +447,11 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         crate::BUILD_VERSION,
         crate::BUILD_COMMIT
     ));
-    if let Ok(counts) = s.store.commitment_result_counts().await {
+    let commitment_counts = match database_up {
+        true => s.store.commitment_result_counts().await.ok(),
+        false => None,
+    };
+    if let Some(counts) = commitment_counts {
         text.push_str(
             "# HELP pneumo_commitment_results Storage Commitment results for requesters that take them on an association of their own, by state (pending: to be sent; sent: answered by the requester, and given_up: both over the last 7 days).\n\
              # TYPE pneumo_commitment_results gauge\n",
