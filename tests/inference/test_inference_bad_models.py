@@ -317,6 +317,9 @@ def test_a_cache_of_links_to_content_named_files_loads(tmp_path):
 
 @pytest.mark.parametrize("key,value,said", [
     ("location", "../m.onnx.data", "outside the model's directory"),
+    # In the model's own directory, named absolutely: it was said to be
+    # "outside the model's directory".
+    ("location", "ABSOLUTE", "is named by the absolute path"),
     ("offset", "-1", "its `offset` `-1` is no byte count"),
 ])
 def test_external_weights_ort_would_refuse_are_named_before_a_start(tmp_path, key, value, said):
@@ -331,7 +334,7 @@ def test_external_weights_ort_would_refuse_are_named_before_a_start(tmp_path, ke
     for t in m.graph.initializer:
         for entry in t.external_data:
             if entry.key == key:
-                entry.value = value
+                entry.value = str(model.parent / entry.value) if value == "ABSOLUTE" else value
         if key == "offset" and not any(e.key == "offset" for e in t.external_data):
             entry = t.external_data.add()
             entry.key, entry.value = "offset", value

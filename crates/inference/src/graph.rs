@@ -290,7 +290,21 @@ pub(crate) fn check_rows_do_not_depend_on_the_batch(
 }
 
 /// Checks the graph's one input and one output against the contract.
-pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) -> Result<()> {
+/// Whose account of a graph's shapes is checked: the file's declarations
+/// (`model info`, `check-config`, and every load first), or ONNX
+/// Runtime's, which infers them through the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShapesBy {
+    File,
+    Session,
+}
+
+pub(crate) fn check_graph(
+    path: &Path,
+    sig: &GraphSignature,
+    c: &ModelContract,
+    by: ShapesBy,
+) -> Result<()> {
     let (inputs, outputs) = (&sig.inputs, &sig.outputs);
     if inputs.len() != 1 || outputs.len() != 1 {
         return Err(graph_err(
@@ -369,10 +383,27 @@ pub(crate) fn check_graph(path: &Path, sig: &GraphSignature, c: &ModelContract) 
                     format!("output `{}` is {element:?}, not float32", out.name),
                 ));
             }
+            // ONNX Runtime may find an axis the file declares dynamic fixed
+            // inside the graph (a `view(1, -1)` export reshapes to one row:
+            // its output is [1, 2] to shape inference). The file's check
+            // has passed; the probe at load finds how many images a run
+            // takes, and every run checks its output's shape.
+            let shape = match by {
+                ShapesBy::File => shape.clone(),
+                ShapesBy::Session => shape.as_ref().map(|dims| {
+                    dims.iter()
+                        .enumerate()
+                        .map(|(i, d)| match c.output_shape.get(i) {
+                            Some(Dim::Named(_)) => GraphDim::Dynamic(String::new()),
+                            _ => d.clone(),
+                        })
+                        .collect()
+                }),
+            };
             check_shape(
                 path,
                 &format!("output `{}`", out.name),
-                shape,
+                &shape,
                 &c.output_shape,
             )?;
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::contract::{ModelContract, CONTRACT_KEYS};
 use crate::error::{ContractError, InferenceError, Result};
-use crate::graph::{check_graph, check_output_is_logits, GraphSignature};
+use crate::graph::{check_graph, check_output_is_logits, GraphSignature, ShapesBy};
 use crate::onnx_proto::{read_onnx_header, ExternalTensor, OnnxHeader};
 use crate::runtime::locate_model_file;
 
@@ -43,7 +43,7 @@ pub fn inspect_model(path: &Path) -> Result<InspectedModel> {
     let path = locate_model_file(path)?;
     let header = read_header(&path)?;
     let contract = read_contract(&path, &header)?;
-    check_graph(&path, &header.signature, &contract)?;
+    check_graph(&path, &header.signature, &contract, ShapesBy::File)?;
     check_output_is_logits(&path, &header.output_activations, &contract)?;
     Ok(InspectedModel {
         weights_problem: external_weights_problem(&path, &header.external_tensors),
@@ -71,12 +71,18 @@ pub(crate) fn external_weights_problem(path: &Path, tensors: &[ExternalTensor]) 
         if let Some(why) = &t.malformed {
             return Some(format!("its weight `{}`: {why}", t.name));
         }
-        // ONNX Runtime reads weights only from within the model's directory.
+        // ONNX Runtime reads weights only from within the model's directory,
+        // named relative to it.
         let location = Path::new(&t.location);
-        if location.is_absolute()
-            || location
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
+        if location.is_absolute() {
+            return Some(format!(
+                "its weight `{}` is named by the absolute path `{}`, which ONNX Runtime                  refuses (\"Absolute path not allowed for external data location\"): name                  the weights file relative to the model's directory, as onnx.save does",
+                t.name, t.location
+            ));
+        }
+        if location
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
         {
             return Some(format!(
                 "its weight `{}` lies in `{}`, outside the model's directory, which ONNX \

@@ -16,6 +16,7 @@ use crate::files::ModelFiles;
 use crate::graph::{
     check_graph, check_output_is_finite, check_output_is_logits,
     check_output_is_not_a_distribution, check_rows_do_not_depend_on_the_batch, GraphSignature,
+    ShapesBy,
 };
 use crate::inspect::{check_external_weights, read_contract, read_header};
 use crate::prediction::{softmax, ModelIdentity, Prediction};
@@ -282,6 +283,10 @@ impl Model {
         // key given twice is refused there, where a session would keep one).
         let header = read_header(&path)?;
         let contract = read_contract(&path, &header)?;
+        // What the file declares, as `model info` and `check-config` check
+        // it (ONNX Runtime's own account, below, may differ: it merges the
+        // declared shapes with those it infers, and keeps its own).
+        check_graph(&path, &header.signature, &contract, ShapesBy::File)?;
         check_output_is_logits(&path, &header.output_activations, &contract)?;
         check_external_weights(&path, &header)?;
         // Stamped before the session reads them: a change while it loads
@@ -289,7 +294,7 @@ impl Model {
         let files = std::sync::Arc::new(ModelFiles::stamp(&path, &header.external_files));
         let (session, provider) = open_session(rt, settings, &path)?;
         let signature = GraphSignature::from_session(&session);
-        check_graph(&path, &signature, &contract)?;
+        check_graph(&path, &signature, &contract, ShapesBy::Session)?;
         let identity = ModelIdentity::from(&contract);
         if contract.is_demo() {
             tracing::warn!(

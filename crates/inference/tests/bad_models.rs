@@ -121,12 +121,42 @@ fn cuda_without_cuda_is_an_error_at_start_and_auto_says_cpu() {
 fn a_graph_that_runs_one_image_only_still_answers_every_request() {
     // batch-one.onnx declares a dynamic batch and fixes it to one inside:
     // every batch of several images used to fail all of them.
-    let path = bad("batch-one.onnx");
+    one_image_at_a_time(&bad("batch-one.onnx"));
+}
+
+#[test]
+fn a_view_one_by_minus_one_export_is_served_one_image_at_a_time() {
+    // A Reshape to the constant [1,-1]: ONNX Runtime infers the output
+    // [1,2], and the load refused it ("export the model with its axis
+    // `batch` dynamic") while `model info` took it.
+    let path = bad("batch-one-constant.onnx");
+    assert!(pneumo_inference::inspect_model(&path).is_ok());
+    one_image_at_a_time(&path);
+}
+
+#[test]
+fn an_output_the_file_declares_against_the_contract_is_refused_as_model_info_refuses_it() {
+    // Declared [batch,3], computed [batch,2]: ONNX Runtime kept its own
+    // inferred shape and the node served it, while `model info` and
+    // `check-config` refused it.
+    let path = bad("output-declared-wrong.onnx");
+    let by_file = pneumo_inference::inspect_model(&path).unwrap_err();
+    let by_load = load_err(&path);
+    assert_eq!(by_file.to_string(), by_load.to_string());
+    assert!(
+        by_load
+            .to_string()
+            .contains("output `logits` dimension 1 is 3 in the graph, [2] in the contract"),
+        "{by_load}"
+    );
+}
+
+fn one_image_at_a_time(path: &std::path::Path) {
     let s = 224;
     let images: Vec<Vec<f32>> = (0..6)
         .map(|i| vec![i as f32 * 0.2 - 0.5; 3 * s * s])
         .collect();
-    let mut model = Model::load(&cpu_settings(&path)).unwrap();
+    let mut model = Model::load(&cpu_settings(path)).unwrap();
     let inputs: Vec<ImageInput> = images.iter().cloned().map(ImageInput::F32).collect();
     let alone: Vec<Vec<f32>> = inputs
         .iter()
@@ -144,7 +174,7 @@ fn a_graph_that_runs_one_image_only_still_answers_every_request() {
     }
     // The warm-up finds it: the engine runs one image at a time, and
     // concurrent requests each get their own image's result.
-    let mut settings = cpu_settings(&path);
+    let mut settings = cpu_settings(path);
     settings.max_batch = 8;
     settings.max_wait_ms = 200;
     let engine = std::sync::Arc::new(InferenceEngine::start(&settings).unwrap());

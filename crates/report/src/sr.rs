@@ -58,9 +58,19 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
     let p = result.p_pneumoconiosis * 100.0;
     let t = result.threshold * 100.0;
     let present = result.decision == Decision::Present;
-    let not_an_extreme = |exact: f64, shown: f64| {
-        (shown != 0.0 || exact == 0.0) && (shown != 100.0 || exact == 100.0)
+    // A p of exactly 1 beside another label's probability above 0 (logits
+    // 40 apart: 1 - p is below f64's step at 1, the other column 1e-18)
+    // is no certainty either: written 99.999999 % as its mirror is 0.000001 %
+    // (it was written 100 %).
+    let whole = |exact: f64| {
+        exact == 100.0
+            && result
+                .probabilities
+                .iter()
+                .all(|&q| q == 0.0 || q == result.p_pneumoconiosis)
     };
+    let not_an_extreme =
+        |exact: f64, shown: f64| (shown != 0.0 || exact == 0.0) && (shown != 100.0 || whole(exact));
     // The threshold is also written whole (the algorithm's parameters):
     // the certainty must not cross it either (a "Present" written 91.7735
     // under threshold=0.91773549). Within 1e-9 % is equal.
@@ -83,7 +93,7 @@ fn shown_percentages(result: &AnalysisResult, decimals: u32) -> (f64, f64) {
     // 49.999999 % for the plainest normal chest.)
     if shown_p == 0.0 && p > 0.0 {
         shown_p = unit;
-    } else if shown_p == 100.0 && p < 100.0 {
+    } else if shown_p == 100.0 && !whole(p) {
         shown_p = 100.0 - unit;
     }
     // Closer to the threshold than the last decimal (an "absent" just

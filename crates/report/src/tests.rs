@@ -828,6 +828,21 @@ fn written_probabilities_read_0_or_100_only_when_they_are() {
             sr::result_sentence(&r)
         );
     }
+    // Logits 100 apart: p is 1.0 in f64, the other column 3.7e-44 (it was
+    // written 100 %, while the mirror case read 0.000001 %).
+    for (probabilities, certainty) in [
+        (vec![1.0, 3.720075976020836e-44], "99.999999"),
+        (vec![3.720075976020836e-44, 1.0], "0.000001"),
+        (vec![1.0, 0.0], "100"),
+    ] {
+        let r = AnalysisResult::from_probabilities(probabilities, 0.5, "lung", "CPU").unwrap();
+        assert_eq!(format_ds(sr::certainty_percent(&r)), certainty);
+        assert!(
+            sr::result_sentence(&r).contains(&format!("probability {certainty}%")),
+            "{}",
+            sr::result_sentence(&r)
+        );
+    }
 }
 
 #[test]
