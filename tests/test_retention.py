@@ -2,6 +2,8 @@
 instances whose work is done and that nothing has happened to for that long;
 the rows stay, and a copy sent again brings the file back."""
 
+import time
+
 import pydicom
 import requests
 
@@ -68,8 +70,12 @@ def test_files_of_finished_instances_go_after_keep_days_and_come_back_when_sent_
     run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, done)
     assert source_path.exists()
     (copy,) = requests.get(f"http://127.0.0.1:{node.http_port}/api/instances/{uid}", timeout=10).json()["copies"]
-    assert copy["purged_at_ms"] is None
+    assert copy["purged_at_ms"] is None and copy["restored_at_ms"] is not None
     assert node.count("SELECT COUNT(*) FROM jobs") == 2
+    # Kept keep_days from its restoring: passes (one a second) leave it for
+    # the resend it was restored for (the next one removed it again).
+    time.sleep(4)
+    assert source_path.exists(), "removed again by the next pass"
     # said as retention's doing, not as damage to look for
     assert "removed by retention, is kept again from the copy just received" in node.log()
     assert "missing or damaged" not in node.log(), node.log()[-3000:]

@@ -1045,6 +1045,7 @@ async fn instance(
                 "calling_ae": i.calling_ae,
                 "received_at_ms": i.received_at_ms,
                 "purged_at_ms": i.purged_at_ms,
+                "restored_at_ms": i.restored_at_ms,
                 "job": job.as_ref().map(job_json),
                 "deliveries": deliveries.iter().map(|d| json!({
                     "kind": d.kind,

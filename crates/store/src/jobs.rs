@@ -894,12 +894,14 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         sqlx::query(
-            "UPDATE instances SET file_size = ?, dataset_size = ?, sha256 = ?, purged_at_ms = NULL
+            "UPDATE instances SET file_size = ?, dataset_size = ?, sha256 = ?, purged_at_ms = NULL,
+                 restored_at_ms = ?
              WHERE id = ?",
         )
         .bind(file_size as i64)
         .bind(dataset_size as i64)
         .bind(sha256)
+        .bind(now)
         .bind(id)
         .execute(&mut *tx)
         .await?;

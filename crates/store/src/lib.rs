@@ -776,12 +776,16 @@ impl Store {
         // The file back, what failed for want of it runs again: deliveries
         // parked and the analysis failed because of the file.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE instances SET file_size = ?, purged_at_ms = NULL WHERE id = ?")
-            .bind(file_size as i64)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         let now = now_ms();
+        sqlx::query(
+            "UPDATE instances SET file_size = ?, purged_at_ms = NULL, restored_at_ms = ?
+             WHERE id = ?",
+        )
+        .bind(file_size as i64)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let deliveries = db::resume_deliveries_parked_for_the_file(&mut tx, id, now).await?;
         let jobs = sqlx::query(
             "UPDATE jobs SET state = 'received', reason = NULL, attempts = 0, updated_at_ms = ?

@@ -1,8 +1,8 @@
 //! Retention: the files of instances whose work is done, removed once
 //! nothing has happened to them for a configured time.
 //!
-//! An instance's file may go when it was received (or made) before the
-//! cut-off, its job (if any) is finished (`reported`, `delivered`, `failed`
+//! An instance's file may go when it was received (or made), and last put
+//! back if it was, before the cut-off, its job (if any) is finished (`reported`, `delivered`, `failed`
 //! or `skipped`) and last changed before the cut-off, and none of its
 //! deliveries is owed (`pending`) or waiting for an operator (`parked`) or
 //! changed since the cut-off. The row stays, marked `purged_at_ms`.
@@ -15,6 +15,7 @@ use crate::{now_ms, Store, StoreError};
 
 /// The rule above, on `instances i`, with the cut-off bound as `?1`.
 const REMOVABLE: &str = "i.purged_at_ms IS NULL AND i.received_at_ms < ?1
+    AND (i.restored_at_ms IS NULL OR i.restored_at_ms < ?1)
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
         AND (j.state IN ('received', 'queued', 'analysing') OR j.updated_at_ms >= ?1))
     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_id = i.id

@@ -35,6 +35,9 @@ pub struct InstanceView {
     pub received_at_ms: i64,
     /// When retention removed the file (None: kept).
     pub purged_at_ms: Option<i64>,
+    /// When the file was last put back (a re-sent copy, a report made
+    /// again); retention counts its days from then too.
+    pub restored_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -261,7 +264,8 @@ impl Store {
         let sop_instance_uid = sent_as_report.as_deref().unwrap_or(sop_instance_uid);
         let instances: Vec<InstanceView> = sqlx::query_as(
             "SELECT id AS instance_id, sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
-                    transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms, purged_at_ms
+                    transfer_syntax_uid, modality, path, file_size, sha256, calling_ae, received_at_ms, purged_at_ms,
+                    restored_at_ms
              FROM instances WHERE sop_instance_uid = ? ORDER BY id",
         )
         .bind(sop_instance_uid)

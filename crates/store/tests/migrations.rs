@@ -102,6 +102,10 @@ const APPLIED: &[(&str, &str)] = &[
         "0024_commitment_results.sql",
         "4f24466330631799eacd3fb69608ce9f715449a7237c33e3b23dafe1a32ba446",
     ),
+    (
+        "0025_restored_at.sql",
+        "e18c4f074facbda69c23d91a1aaec5772d4ca65cf2872c36465e1c027c13db2f",
+    ),
 ];
 
 #[test]
