@@ -247,3 +247,30 @@ def test_a_data_directory_that_never_stored_an_instance_has_nothing_to_recover(n
         assert "cannot write" not in r.stderr, r.stderr
     finally:
         locked.chmod(0o755)
+
+
+def test_a_file_recorded_after_the_start_counted_it_is_no_longer_counted(node_factory, tmp_path):
+    """A kill -9 between a file's rename and its row's commit leaves a file
+    the start counts as unrecorded (warning, `pneumo_unrecorded_files 1`);
+    the row written moments later (the job run again, or the sender's
+    retry here) named it, and the count and the advice to run
+    recover-files stood until the next restart."""
+    node = node_factory().start()
+    first, second = (copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / f"{n}.dcm", new_study=True)
+                     for n in range(2))
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
+    node.wait_for_analyses()
+    node.stop()
+    # `second`'s file in place, its row never committed (what the kill left)
+    left = node.stored_path(second)
+    left.parent.mkdir(parents=True)
+    left.write_bytes((tmp_path / "1.dcm").read_bytes())
+    node.start()
+    wait_until(lambda: "files under instances/ that the database does not name" in node.log(), timeout=60)
+    assert "pneumo_unrecorded_files 1" in node.http("/metrics")[1]
+    # The sender, never acknowledged, sends it again: stored, and its row
+    # names the file.
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "1.dcm")
+    wait_until(lambda: "pneumo_unrecorded_files 0" in node.http("/metrics")[1], timeout=30,
+               what="the count of unrecorded files back to 0")
+    assert "now named by it, or gone" in node.log()

@@ -1056,12 +1056,7 @@ async fn count_unrecorded_files(
         let Some(relative) = path.strip_prefix(data_dir).ok().and_then(Path::to_str) else {
             continue;
         };
-        let known =
-            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM instances WHERE path = ?)")
-                .bind(relative)
-                .fetch_one(pool)
-                .await;
-        match known {
+        match path_recorded(pool, relative).await {
             Ok(true) => {}
             Ok(false) => unrecorded.push(relative.to_string()),
             Err(e) => {
@@ -1084,6 +1079,42 @@ async fn count_unrecorded_files(
              stop the node and run `pneumo-node recover-files` (docs/operations.md)"
         );
     }
+    // A stop between a file and its row (kill -9 while a report was
+    // stored) leaves a file the job run again records moments later: the
+    // files counted are looked at again, 5 s then doubling to 5 min, until
+    // none is left unnamed (the count stayed up, and the warning stood,
+    // until the next restart).
+    let mut wait = std::time::Duration::from_secs(5);
+    while !unrecorded.is_empty() {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(300));
+        let mut left = Vec::with_capacity(unrecorded.len());
+        for relative in unrecorded {
+            let there = data_dir.join(&relative).exists();
+            if there && !path_recorded(pool, &relative).await.unwrap_or(false) {
+                left.push(relative);
+            }
+        }
+        unrecorded = left;
+        counted.store(
+            unrecorded.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if unrecorded.is_empty() {
+            info!(
+                "the files under instances/ the database did not name are now named by it, or gone"
+            );
+        }
+    }
+}
+
+/// Whether an instance row names the file at `relative` (to the data
+/// directory).
+async fn path_recorded(pool: &sqlx::SqlitePool, relative: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instances WHERE path = ?)")
+        .bind(relative)
+        .fetch_one(pool)
+        .await
 }
 
 /// Why the database file is damaged, if it is: shorter than `largest`
