@@ -239,6 +239,8 @@ def test_jobs_and_deliveries_of_one_study_or_instance(node_factory, storescp, tm
     assert code == 400 and body["error"].startswith("parameter `result` takes true or false"), body
     code, body = node.http("/api/jobs?limit=1&limit=2")
     assert code == 400 and body["error"] == "parameter `limit` is given twice", body
+    r = requests.post(f"http://127.0.0.1:{node.http_port}/api/deliveries/cancel", timeout=10)
+    assert r.status_code == 400 and r.json()["error"] == "parameter `destination` is required", r.text
     r = requests.post(f"http://127.0.0.1:{node.http_port}/api/jobs/retry?older_than=1", timeout=10)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "unknown parameter `older_than`: this action takes `state` or `sop_instance_uid`"

@@ -98,6 +98,9 @@ def test_parked_deliveries_are_sent_after_the_destination_is_fixed(node_factory,
         (f,) = rg1_copies("UNCI", 1)
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f)
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'parked'") == 1)
+        # The log says what to do next (it said "refused for good; parked").
+        parked = next(l for l in node.log().splitlines() if "refused for good; parked" in l)
+        assert "POST /api/deliveries/retry" in parked and "A900H" in parked, parked
 
         receiver.status = 0x0000  # the PACS administrator fixed it
         status, body = post(node, "/api/deliveries/retry?destination=elsewhere")  # no such destination

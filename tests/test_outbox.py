@@ -573,6 +573,7 @@ def test_an_instance_the_pacs_aborts_on_holds_up_no_later_image(node_factory, rg
         assert "on this instance; the others go on" in node.log()
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, g)
         wait_until(lambda: "on two instances in a row" in node.log(), what="a second such image")
+        assert "does the destination know this node's AE title" in node.log()
 
         later = pydicom.dcmread(f)
         later.SOPClassUID = later.file_meta.MediaStorageSOPClassUID = dx
@@ -582,6 +583,26 @@ def test_an_instance_the_pacs_aborts_on_holds_up_no_later_image(node_factory, rg
         # At once, not after the aborted one's 30 s.
         wait_until(lambda: later.SOPInstanceUID in pacs.received, timeout=15, what="the later image delivered")
     finally:
+        pacs.close()
+
+
+def test_a_pacs_too_slow_to_answer_two_instances_is_said_to_be_slow(node_factory, rg1_copies, tmp_path):
+    """Two instances in a row unanswered within outbox.response_timeout_s:
+    the reason asked whether the PACS knew the node's AE title (the hint
+    for an abort), not whether it was slow or the time-out short."""
+    pacs = PynetdicomReceiver(ae_title="PACS")
+    pacs.hold = threading.Event()
+    try:
+        config = node_config(tmp_path / "node.toml", [{"name": "pacs", "ae_title": "PACS", "port": pacs.port}],
+                             [{"destinations": ["pacs"]}], retry_base_s=1, retry_cap_s=2,
+                             response_timeout_s=2)
+        node = node_factory().start(config_file=config)
+        run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *rg1_copies("UNCI", 2))
+        wait_until(lambda: "on two instances in a row" in node.log(), timeout=60, what="two time-outs")
+        line = next(l for l in node.log().splitlines() if "on two instances in a row" in l)
+        assert "outbox.response_timeout_s (2 s) too short" in line and "AE title" not in line, line
+    finally:
+        pacs.hold.set()
         pacs.close()
 
 
@@ -705,29 +726,34 @@ def test_a_pacs_without_3d_sr_gets_the_node_s_reports_as_comprehensive_sr(node_f
         pacs.close()
 
 
+COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+class RefusesThreeD(PynetdicomReceiver):
+    """Accepts Comprehensive 3D SR in negotiation, answers 0122 to its
+    C-STOREs."""
+    refused = 0
+
+    def on_store(self, event):
+        if event.request.AffectedSOPClassUID == COMPREHENSIVE_3D_SR:
+            self.refused += 1
+            return 0x0122
+        return super().on_store(event)
+
+
 def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(node_factory, rg1_copies, tmp_path):
     """A PACS that accepts Comprehensive 3D SR in negotiation and answers
     0122 (SOP class not supported) to its C-STORE: the report was parked
     for good, and no setting could deliver it. It goes as Comprehensive SR
     at once, and stays parked only if that is refused too."""
-    comprehensive_3d_sr, comprehensive_sr = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33"
-
-    class RefusesThreeD(PynetdicomReceiver):
-        refused = 0
-
-        def on_store(self, event):
-            if event.request.AffectedSOPClassUID == comprehensive_3d_sr:
-                self.refused += 1
-                return 0x0122
-            return super().on_store(event)
 
     class RefusesBoth(PynetdicomReceiver):
         def on_store(self, event):
             self.stores += 1
             return 0x0122
 
-    pacs = RefusesThreeD(ae_title="PICKY", sop_classes=(comprehensive_3d_sr, comprehensive_sr))
-    stubborn = RefusesBoth(ae_title="STUBBORN", sop_classes=(comprehensive_3d_sr, comprehensive_sr))
+    pacs = RefusesThreeD(ae_title="PICKY", sop_classes=(COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR))
+    stubborn = RefusesBoth(ae_title="STUBBORN", sop_classes=(COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR))
     try:
         config = results_destination(tmp_path, "pacs", "PICKY", pacs.port,
                                      f'[[destinations]]\nname = "stubborn"\nae_title = "STUBBORN"\n'
@@ -737,7 +763,7 @@ def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(no
         run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, image)
         wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state != 'pending'") == 2, timeout=60)
         (sent_uid,) = pacs.received
-        assert pacs.refused == 1 and pacs.dataset(sent_uid).SOPClassUID == comprehensive_sr
+        assert pacs.refused == 1 and pacs.dataset(sent_uid).SOPClassUID == COMPREHENSIVE_SR
         with node.db() as c:
             states = dict(c.execute("SELECT destination, state || ' ' || last_status FROM outbox"))
         assert states["pacs"].startswith("sent") and f"sent as Comprehensive SR {sent_uid}" in states["pacs"], states
@@ -762,6 +788,31 @@ def test_a_pacs_refusing_3d_sr_at_c_store_gets_the_report_as_comprehensive_sr(no
     finally:
         pacs.close()
         stubborn.close()
+
+
+def test_a_backlog_of_reports_to_a_pacs_refusing_3d_sr_meets_one_refusal(node_factory, rg1_copies, tmp_path):
+    """Reports owed together to a PACS that answers 0122 to Comprehensive
+    3D SR: each report of the association's batch was sent as 3D SR and
+    refused in turn (60 refusals in one burst); after the first, the rest
+    go in a new association as Comprehensive SR."""
+    from nodetest import free_port
+
+    port = free_port()
+    config = results_destination(tmp_path, "pacs", "PICKY", port,
+                                 "[outbox]\nretry_base_s = 1\nretry_cap_s = 2\n")
+    node = node_factory().start(config_file=config)
+    images = rg1_copies("UNCI", 4)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *images)
+    # The PACS down until the four reports are owed together.
+    wait_until(lambda: node.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND attempts > 0") == 4,
+               timeout=90, what="four reports owed")
+    pacs = RefusesThreeD(ae_title="PICKY", sop_classes=(COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR), port=port)
+    try:
+        wait_until(lambda: len(pacs.received) == 4, timeout=60, what="the four reports")
+        assert pacs.refused == 1, pacs.refused
+        assert all(pacs.dataset(uid).SOPClassUID == COMPREHENSIVE_SR for uid in pacs.received)
+    finally:
+        pacs.close()
 
 
 def test_a_backlog_needing_more_than_one_association_is_sent_not_parked(node_factory, tmp_path):

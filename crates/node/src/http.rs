@@ -258,6 +258,10 @@ fn query_problem(serde_text: &str) -> String {
             .unwrap_or_default();
         return format!("unknown parameter `{name}`{takes}");
     }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!("parameter `{name}` is required");
+    }
     if let Some(rest) = text.strip_prefix("duplicate field `") {
         let name = rest.split('`').next().unwrap_or_default();
         return format!("parameter `{name}` is given twice");

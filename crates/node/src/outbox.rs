@@ -468,6 +468,23 @@ impl OutboxWorker {
                         }
                     }
                     all &= self.record_outcome(item, file, &outcome).await;
+                    // 3D SR refused at C-STORE (0122): the destination's
+                    // reports go as Comprehensive SR from now on, the rest
+                    // of this batch too, in an association proposed so (each
+                    // was refused in turn: 60 refusals in a burst).
+                    if matches!(&outcome.result, Ok(s) if *s == Status::SOP_CLASS_NOT_SUPPORTED)
+                        && file.also_as.is_some()
+                        && outcome.sent_as.is_none()
+                    {
+                        self.take_comprehensive_sr
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(destination.name.clone());
+                        if let Err(e) = assoc.release().await {
+                            warn!(error = %e, "release failed after delivery");
+                        }
+                        return Delivery::recorded(all).or_again();
+                    }
                     let refused = matches!(&outcome.result, Ok(s) if s.is_out_of_resources());
                     let full = {
                         let mut last = self
@@ -527,11 +544,22 @@ impl OutboxWorker {
                     // What a PACS that does not know the calling AE title
                     // does, among others (Orthanc accepts, then drops the
                     // connection at the first C-STORE).
+                    let question = match e {
+                        // A slow PACS, not one that refuses the node.
+                        scu::ScuError::Timeout(waited) => format!(
+                            "is the destination overloaded, or outbox.response_timeout_s \
+                             ({} s) too short for it?",
+                            waited.as_secs()
+                        ),
+                        _ => format!(
+                            "does the destination know this node's AE title {}, and take \
+                             these instances' SOP class?",
+                            self.scu.calling_ae
+                        ),
+                    };
                     let reason = format!(
-                        "{e} ({} on two instances in a row: does the destination know this \
-                         node's AE title {}, and take these instances' SOP class?)",
+                        "{e} ({} on two instances in a row: {question})",
                         pneumo_store::LOST_BEFORE_ANY_ANSWER,
-                        self.scu.calling_ae
                     );
                     return self
                         .put_off(destination, &[*item], &reason, all, false)
@@ -729,7 +757,9 @@ impl OutboxWorker {
             }
             Ok(status) if status.is_permanent_failure() => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
-                warn!(sop_instance_uid = %item.sop_instance_uid, %status, "refused for good; parked");
+                warn!(sop_instance_uid = %item.sop_instance_uid, %status, comment = comment.trim_start_matches(": "),
+                    "refused for good; parked (GET /api/deliveries?state=parked lists it; once the \
+                     destination is put right, POST /api/deliveries/retry sends it again)");
                 self.store
                     .mark_parked(item, &format!("{status}{comment}"))
                     .await
