@@ -1065,6 +1065,27 @@ async fn count_unrecorded_files(
             }
         }
     }
+    // Reports and companion images a node made are made again, at the same
+    // path, when their image is analysed, and `recover-files` leaves them:
+    // not counted (after a restore and recover-files, the start warned of
+    // them and said to run recover-files, which did nothing).
+    let (dir, listed) = (data_dir.to_path_buf(), std::mem::take(&mut unrecorded));
+    let (listed, remade) = tokio::task::spawn_blocking(move || {
+        listed.into_iter().partition::<Vec<_>, _>(|relative| {
+            !crate::InstanceHeader::read(&dir.join(relative)).is_ok_and(|h| h.made_by_the_product())
+        })
+    })
+    .await
+    .unwrap_or_default();
+    unrecorded = listed;
+    if !remade.is_empty() {
+        info!(
+            files = remade.len(),
+            first = %remade[0],
+            "reports made by this node under instances/ that the database does not name: made \
+             again when their images are analysed"
+        );
+    }
     counted.store(
         unrecorded.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
