@@ -322,3 +322,42 @@ def test_a_malformed_database_is_not_ready_and_says_so(node_factory, rg1_copies)
     assert "pneumo_database_up 0" in metrics
     assert "the database is damaged" in node.log()
     assert node.alive()
+
+
+def test_a_write_ahead_log_unwritable_for_a_moment_leaves_no_connection_read_only(node_factory, rg1_copies):
+    """The database's -wal made unwritable for a moment (an administrator's
+    chattr or chown, undone): SQLite opened the log read-only on the
+    connections that met it so, and kept it so. Long after the file was
+    writable again, most C-STOREs were refused ("attempt to write a
+    readonly database") and jobs stalled, until a restart."""
+    from test_pynetdicom_peers import sender
+
+    node = node_factory().start()
+    files = rg1_copies("UNCI", 12)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, files[0])
+    node.wait_for_analyses()
+    wal = node.data_dir / "pneumo-node.sqlite-wal"
+    if subprocess.run(["chattr", "+i", wal], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible here (not root, or a file system without it)")
+    try:
+        refused = []
+        for f in files[1:3]:
+            assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+            refused.append(assoc.send_c_store(pydicom.dcmread(f)).Status)
+            assoc.release()
+        assert all(s == 0xA700 for s in refused), refused
+        time.sleep(3)  # the node's loops meet it too
+    finally:
+        subprocess.run(["chattr", "-i", wal], check=True)
+    # Writable again: after at most the one write that finds a connection
+    # still read-only, every instance is taken, each on its own
+    # association (each may take another pooled connection).
+    statuses = []
+    for f in files[3:]:
+        assoc = sender().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        statuses.append(assoc.send_c_store(pydicom.dcmread(f)).Status)
+        assoc.release()
+    assert statuses.count(0xA700) <= 1 and statuses[-8:] == [0] * 8, [hex(s) for s in statuses]
+    node.wait_for_analyses(timeout=120)
+    assert node.count("SELECT COUNT(*) FROM jobs WHERE state IN ('reported', 'delivered')") \
+        == 1 + statuses.count(0), node.log()[-3000:]

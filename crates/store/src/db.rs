@@ -16,13 +16,19 @@ pub async fn connect(
     database_url: Option<&str>,
 ) -> Result<SqlitePool, sqlx::Error> {
     let options = connect_options(data_dir, database_url)?.create_if_missing(true);
+    process_start();
     SqlitePoolOptions::new()
         .max_connections(8)
         // One connection always open: with none, SQLite folds and removes
         // the write-ahead log, and a log that is gone while the node runs
         // means it was deleted (see `Store::check_database_file`).
         .min_connections(1)
-        .before_acquire(|conn, _| Box::pin(outside_any_transaction(conn)))
+        .before_acquire(|conn, meta| {
+            let age = meta.age;
+            Box::pin(async move {
+                Ok(!opened_before_a_fault(age) && outside_any_transaction(conn).await?)
+            })
+        })
         .connect_with(options)
         .await
 }
@@ -183,6 +189,48 @@ async fn outside_any_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bo
         }
     }
     Ok(clean)
+}
+
+/// When, after the process's start, a database operation last failed as
+/// read-only or with an I/O error (milliseconds; 0: never).
+static LAST_CONNECTION_FAULT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// Notes an error that can leave a connection unusable for good: SQLite
+/// opens a write-ahead log it cannot write read-only, and the connection
+/// keeps it so for its life ("attempt to write a readonly database" on
+/// every write long after the file was writable again: a `-wal` made
+/// unwritable for a moment refused 13 of 20 instances after, and stalled
+/// jobs until a restart). The connections opened before it are replaced
+/// as they are next taken (`opened_before_a_fault`).
+pub(crate) fn note_connection_fault(e: &sqlx::Error) {
+    let sqlx::Error::Database(db) = e else {
+        return;
+    };
+    // SQLITE_READONLY (8) and SQLITE_IOERR (10), with their extended codes.
+    let primary = db
+        .code()
+        .and_then(|c| c.parse::<i64>().ok())
+        .map(|c| c & 0xff);
+    if matches!(primary, Some(8) | Some(10)) {
+        let now = process_start().elapsed().as_millis() as u64;
+        LAST_CONNECTION_FAULT_MS.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a connection of this age was opened before the last fault.
+fn opened_before_a_fault(age: Duration) -> bool {
+    let fault = LAST_CONNECTION_FAULT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if fault == 0 {
+        return false;
+    }
+    let opened_ms = (process_start().elapsed().saturating_sub(age)).as_millis() as u64;
+    opened_ms <= fault
 }
 
 /// The file of the database `connect` opens; None for an in-memory one.

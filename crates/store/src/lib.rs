@@ -93,7 +93,7 @@ pub enum StoreError {
     )]
     DatabaseDamaged { path: PathBuf, why: String },
     #[error("{}", database_error_in_words(.0))]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     /// No write could begin: another process holds the database's write
     /// lock (reads still answer).
     #[error(
@@ -1009,6 +1009,13 @@ impl Store {
     pub fn unrecorded_files_found(&self) -> u64 {
         self.unrecorded_files
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        db::note_connection_fault(&e);
+        StoreError::Database(e)
     }
 }
 
