@@ -5,7 +5,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from nodetest import ROOT, free_port, node_binary
+from nodetest import ROOT, free_port, node_binary, node_factory  # noqa: F401 (fixture)
 
 # sysexits' EX_CONFIG: the systemd unit does not restart a node that exits so.
 MISCONFIGURED = 78
@@ -369,3 +369,61 @@ def test_check_config_warns_of_values_the_node_would_change_or_never_match(tmp_p
     assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
     assert "warning: destination `pacs`: host `pacs.invalid` does not resolve here" in r.stderr, r.stderr
     assert "destination `ws`" not in r.stderr, r.stderr
+
+
+def test_instances_on_another_file_system_than_the_spool_is_refused_and_not_ready(node_factory, tmp_path):
+    """instances/ linked to (or mounted from) a larger disk: every C-STORE
+    was refused (A700 "Invalid cross-device link", received files are
+    renamed into place) while check-config said OK and /readyz ready."""
+    import shutil
+
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        import pytest
+        pytest.skip("needs /dev/shm on a file system of its own")
+    import tempfile
+
+    elsewhere = Path(tempfile.mkdtemp(prefix="pneumo-instances-", dir="/dev/shm"))
+    try:
+        data_dir = tmp_path / "var"
+        data_dir.mkdir()
+        (data_dir / "instances").symlink_to(elsewhere)
+        env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(data_dir),
+               "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
+        for command in ("check-config", "serve"):
+            r = subprocess.run([str(node_binary()), command], env=env, capture_output=True, text=True,
+                               cwd=ROOT, timeout=120)
+            assert r.returncode == MISCONFIGURED and "is on another file system than" in r.stderr, \
+                (command, r.returncode, r.stderr)
+        assert list(elsewhere.iterdir()) == []
+        # Linked there while the node runs: not ready, saying why.
+        node = node_factory().start()
+        assert node.http("/readyz")[0] == 200
+        instances = node.data_dir / "instances"
+        instances.mkdir(exist_ok=True)
+        instances.rename(node.data_dir / "instances.here")
+        instances.symlink_to(elsewhere)
+        code, body = node.http("/readyz")
+        assert code == 503 and any("is on another file system than" in r for r in body["reasons"]), body
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_serve_as_root_on_the_service_accounts_data_directory_is_refused(tmp_path):
+    """A `serve` run as root on the data directory of the service's account
+    left study folders root's; the service then refused every new instance
+    of those studies (A700 "Permission denied") while /readyz said ready."""
+    import shutil
+
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root")
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    shutil.chown(data_dir, "nobody")
+    env = {**os.environ, "PNEUMO__NODE__DATA_DIR": str(data_dir),
+           "PNEUMO__DICOM__PORT": str(free_port()), "PNEUMO__HTTP__PORT": str(free_port())}
+    r = subprocess.run([str(node_binary()), "serve"], env=env, capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == MISCONFIGURED, (r.returncode, r.stderr)
+    assert f"serve runs as root on data directory {data_dir}, owned by user ID" in r.stderr, r.stderr
+    assert list(data_dir.iterdir()) == [], "nothing made in it as root"

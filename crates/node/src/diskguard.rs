@@ -39,6 +39,7 @@ impl DiskGuard {
         .find_map(|dir| tempfile_probe(&dir).err().map(|e| (dir, e)));
         let writable = not_writable.is_none();
         let free = self.free_bytes().ok();
+        let elsewhere = pneumo_store::instances_elsewhere(&self.data_dir);
         let reason = match (&not_writable, free) {
             // A full disk is not a permission problem: said so.
             (Some((dir, e)), _) if e.kind() == std::io::ErrorKind::StorageFull => Some(format!(
@@ -47,6 +48,8 @@ impl DiskGuard {
             )),
             (Some((dir, e)), _) => Some(format!("{} is not writable: {e}", dir.display())),
             (_, None) => Some("cannot read free space of the data directory".to_string()),
+            // Mounted or linked there while the node runs.
+            _ if elsewhere.is_some() => elsewhere,
             (_, Some(f)) if f < self.floor_bytes => Some(format!(
                 "free space {} MB is below the floor of {} MB (node.min_free_mb)",
                 f / 1_000_000,

@@ -361,7 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .context("opening the database to read it")?
                 } else {
                     Store::existing_database(&config.node.data_dir, config.database_url())?;
-                    refuse_root_on_another_accounts_data(&config.node.data_dir)?;
+                    refuse_root_on_another_accounts_data(&config.node.data_dir, "recover-files")?;
                     open_store(&config).await?
                 };
                 cmd_recover::run(&config, store, dry_run)
@@ -440,11 +440,13 @@ fn keep_data_from_other_accounts() {
     }
 }
 
-/// `recover-files` as root on a data directory another account owns (the
-/// service's) wrote the files it recorded, and the study folders it made,
-/// as root: the service could not read them, and exactly the instances
-/// acknowledged after the backup were never analysed nor forwarded.
-fn refuse_root_on_another_accounts_data(data_dir: &Path) -> Result<()> {
+/// `recover-files` (or `serve`) as root on a data directory another
+/// account owns (the service's) wrote the files it recorded, and the
+/// study folders it made, as root: the service could not read them, and
+/// exactly the instances acknowledged after the backup were never analysed
+/// nor forwarded (a `serve` as root left study folders in which the
+/// service then refused every new instance, A700, while ready).
+fn refuse_root_on_another_accounts_data(data_dir: &Path, command: &str) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
@@ -453,10 +455,10 @@ fn refuse_root_on_another_accounts_data(data_dir: &Path) -> Result<()> {
         let owner = std::fs::metadata(data_dir).map(|m| m.uid()).ok();
         if let Some(owner) = owner.filter(|&o| euid == 0 && o != 0) {
             return Err(Misconfigured(anyhow::anyhow!(
-                "recover-files runs as root on data directory {}, owned by user ID {owner}: the \
-                 files it would record and the folders it would make would be root's, and the \
-                 node could not read them; run it as the node's account (sudo -u <account> \
-                 pneumo-node --config ... recover-files)",
+                "{command} runs as root on data directory {}, owned by user ID {owner}: the \
+                 files it would write and the folders it would make would be root's, and the \
+                 node's account could not use them; run it as the node's account (sudo -u <account> \
+                 pneumo-node --config ... {command})",
                 data_dir.display()
             ))
             .into());
@@ -476,6 +478,9 @@ fn check_data_dir(config: &Config) -> Result<()> {
         .into());
     }
     pneumo_store::refuse_a_linked_spool(data_dir)?;
+    if let Some(why) = pneumo_store::instances_elsewhere(data_dir) {
+        return Err(Misconfigured(anyhow::anyhow!("node.data_dir: {why}")).into());
+    }
     Ok(())
 }
 
@@ -517,6 +522,7 @@ async fn serve(config: Config) -> Result<()> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
+    refuse_root_on_another_accounts_data(&config.node.data_dir, "serve")?;
     let store = Arc::new(open_store(&config).await?);
     store.start_integrity_check();
     // The model first: a wrong model or runtime is an error at start.

@@ -1324,6 +1324,29 @@ pub fn refuse_a_linked_spool(data_dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(spool)
 }
 
+/// Why `instances/` cannot take the files received into `spool/`, if it
+/// cannot: it is on another file system (a link to, or a mount of, a larger
+/// disk), and a received file is moved into place by a rename, which cannot
+/// cross file systems (every C-STORE was refused, A700 "Invalid
+/// cross-device link", while /readyz said ready).
+pub fn instances_elsewhere(data_dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let instances = data_dir.join("instances");
+    let spool = data_dir.join("spool");
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let received_into = if spool.exists() { &spool } else { data_dir };
+    match (device(&instances), device(received_into)) {
+        (Some(a), Some(b)) if a != b => Some(format!(
+            "{} is on another file system than {}: received files are moved into it by a \
+             rename, which cannot cross file systems; put the whole data directory \
+             (node.data_dir) on the disk meant for the instances",
+            instances.display(),
+            received_into.display()
+        )),
+        _ => None,
+    }
+}
+
 /// A database error as the log and a sender's Error Comment (64
 /// characters) show it: SQLite's "database is locked" came out cut as
 /// "database error: error returned from database: (code: 5) database".
