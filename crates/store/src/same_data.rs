@@ -31,6 +31,12 @@ pub(crate) fn same_data_set_as(
     stored: &[(i64, PathBuf)],
     decompress: Option<Decompress>,
 ) -> Option<i64> {
+    // Both data sets are held whole (pixels decoded): one comparison at a
+    // time in the process, so that re-sends of large instances on several
+    // associations at once hold two instances' worth, not two each (two
+    // 700 MB re-sends peaked at 2.7 GB).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let read = |path: &Path| -> Option<DefaultDicomObject> {
         let obj = open_instance(path, None).ok()?;
         let encapsulated = TransferSyntaxRegistry
