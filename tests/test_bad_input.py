@@ -166,6 +166,35 @@ def test_a_peer_that_stops_reading_loses_its_association(node_factory):
     assert node.alive() and node.echo_ok()
 
 
+def test_an_a_abort_before_any_association_is_not_answered(node):
+    """PS3.8 state table, Sta2 with Evt16: the connection is closed and
+    nothing sent (the node answered an A-ABORT with an A-ABORT)."""
+    from rawdicom import ABORT, RawAssociation
+
+    raw = RawAssociation(node.port)
+    raw.send(ABORT)
+    raw.sock.settimeout(10)
+    assert raw.sock.recv(65536) == b"", "nothing is sent back"
+    raw.close()
+    assert node.echo_ok()
+
+
+def test_a_c_echo_without_its_data_set_type_is_answered_at_once(node):
+    """Command Data Set Type (0000,0800) left out of a C-ECHO-RQ: the node
+    took a data set to follow and waited for it, until the read time-out
+    aborted the association. Read as "no data set": answered."""
+    from rawdicom import IMPLICIT_LE, VERIFICATION, RawAssociation, command_set, u16
+
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, VERIFICATION, [IMPLICIT_LE])])
+    raw.send(pdata(1, True, True, command_set(
+        (0x0002, VERIFICATION.encode()), (0x0100, u16(0x0030)), (0x0110, u16(5)))))
+    raw.sock.settimeout(5)
+    rsp = raw.read_command()
+    assert struct.unpack("<H", rsp[0x0100])[0] == 0x8030 and status_of(rsp) == 0x0000
+    raw.close()
+
+
 def test_a_sequence_sent_as_un_of_defined_length_is_walked_before_the_acknowledgement(node, radiograph):
     """(0400,0561) Original Attributes Sequence sent as UN of defined length
     holding implicit VR items nested thousands deep: the length walk took
@@ -613,3 +642,22 @@ def test_a_deflated_data_set_that_inflates_past_256_mib_is_refused(node, tmp_pat
     assert "deflated data set inflates past 256 MiB" in node.log()
     assert rsp[0x0902].decode().startswith("deflated data set inflates past 256 MiB")
     assert_still_serving_and_clean(node, ds.SOPInstanceUID)
+
+
+def test_a_c_store_cut_off_by_an_abort_is_named_in_the_log(node):
+    """An A-ABORT in the middle of a data set: the log said "association
+    aborted by peer instances=0", not which C-STORE was dropped."""
+    uid = generate_uid()
+    raw = RawAssociation(node.port)
+    raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
+    raw.send(pdata(1, True, True, c_store_rq(9, CR_STORAGE, uid)))
+    raw.send(pdata(1, False, False, b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"))
+    raw.send(ABORT)
+    raw.close()
+    deadline = time.monotonic() + 10
+    while "C-STORE cut off" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-2000:]
+        time.sleep(0.1)
+    (line,) = [l for l in node.log().splitlines() if "C-STORE cut off" in l]
+    assert uid in line and "message_id=9" in line, line
+    assert node.http(f"/api/instances/{uid}")[0] == 404 and node.echo_ok()

@@ -245,7 +245,13 @@ impl Command {
 
     /// Decodes an Implicit VR Little Endian command set.
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
-        let mut cmd = Command::default();
+        // Command Data Set Type is mandatory (PS3.7 9.3, 10.3); one left out
+        // reads as "no data set": a C-ECHO without it waited for a data set
+        // that never came, until the read time-out aborted it.
+        let mut cmd = Command {
+            data_set_type: NO_DATA_SET,
+            ..Command::default()
+        };
         let mut command_field = None;
         let mut pos = 0usize;
         while pos < bytes.len() {

@@ -135,6 +135,10 @@ pub struct PduStream<S> {
     body: Vec<u8>,
     /// Longest wait for a write to be taken by the peer; None: no bound.
     write_timeout: Option<std::time::Duration>,
+    /// A write failed, perhaps part-way through a PDU: the stream can
+    /// carry no other PDU (an A-ABORT after it would be read as the rest
+    /// of the cut one).
+    write_broken: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
@@ -143,6 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
             stream,
             body: Vec::new(),
             write_timeout: None,
+            write_broken: false,
         }
     }
 
@@ -158,6 +163,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     /// takes nothing for that long (a peer reading slowly but steadily
     /// goes on: a 12 MB commitment result read at 200 KB/s was cut).
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), PduError> {
+        let written = self.write_all_within(bytes).await;
+        self.write_broken |= written.is_err();
+        written
+    }
+
+    async fn write_all_within(&mut self, bytes: &[u8]) -> Result<(), PduError> {
         let Some(limit) = self.write_timeout else {
             return Ok(self.stream.write_all(bytes).await?);
         };
@@ -308,6 +319,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     /// Sends an A-ABORT from the service provider, ignoring write errors
     /// (the peer may already be gone).
     pub async fn abort(&mut self, reason: AbortRQServiceProviderReason) {
+        if self.write_broken {
+            // Nothing more can be framed on this stream: closed (PS3.8
+            // 9.1.6, the transport connection released).
+            let _ = self.stream.shutdown().await;
+            return;
+        }
         let pdu = Pdu::AbortRQ {
             source: AbortRQSource::ServiceProvider(reason),
         };
@@ -426,6 +443,30 @@ pub fn max_pdv_payload(max_pdu: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn no_a_abort_follows_a_pdu_a_write_time_out_cut() {
+        use tokio::io::AsyncReadExt;
+        // A peer that reads nothing: the 64 KiB P-DATA goes in part, the
+        // write times out, and the A-ABORT after it would be read as the
+        // rest of the cut PDU.
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut conn =
+            PduStream::new(near).with_write_timeout(std::time::Duration::from_millis(50));
+        let mut pdata = vec![0x04, 0];
+        pdata.extend_from_slice(&65_536u32.to_be_bytes());
+        pdata.resize(6 + 65_536, 0x55);
+        assert!(conn.send_raw(&pdata).await.is_err());
+        // The peer reads again, late: there is room for an A-ABORT now.
+        let mut got = vec![0; 1024];
+        far.read_exact(&mut got).await.unwrap();
+        conn.abort(AbortRQServiceProviderReason::ReasonNotSpecified)
+            .await;
+        drop(conn);
+        far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 1024, "only what the cut write put through");
+        assert!(got.starts_with(&pdata[..6]) && got[6..].iter().all(|&b| b == 0x55));
+    }
 
     #[test]
     fn items_of_unknown_type_are_left_out_of_an_associate_pdu() {

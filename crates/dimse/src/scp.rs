@@ -479,6 +479,13 @@ async fn serve_connection<H: StoreHandler>(
                 return;
             }
         },
+        // An A-ABORT before any association: closed, nothing sent (PS3.8
+        // state table, Sta2 with Evt16: AA-2).
+        Ok(pdu::TYPE_ABORT) => {
+            info!("the peer sent A-ABORT before any A-ASSOCIATE-RQ; connection closed");
+            conn.shutdown().await;
+            return;
+        }
         Ok(other) => {
             warn!(pdu_type = other, "expected A-ASSOCIATE-RQ; aborting");
             conn.abort(AbortRQServiceProviderReason::UnexpectedPdu)
@@ -620,6 +627,18 @@ async fn serve_connection<H: StoreHandler>(
         awaiting_event_report: Vec::new(),
     };
     let end = association.run().await;
+    // A C-STORE the end cut off: named, so that a site can match it with
+    // the sender's retry ("association aborted" alone said nothing of it).
+    if let MessageState::Data { command, .. } = &association.state {
+        if command.command_field == crate::command::field::C_STORE_RQ {
+            warn!(
+                sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+                message_id = command.message_id.unwrap_or(0),
+                "C-STORE cut off before its data set was whole: nothing of it kept, not \
+                 acknowledged (the sender may send it again)"
+            );
+        }
+    }
     association.results_unconfirmed(match &end {
         AssociationEnd::Released => "released",
         AssociationEnd::AbortedByPeer => "aborted by the peer",
