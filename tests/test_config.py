@@ -325,12 +325,19 @@ def test_check_config_finds_an_address_and_a_database_folder_a_start_would_fail_
     for extra, said in [
         ({"PNEUMO__DICOM__BIND": "192.0.2.1"}, "dicom.bind/dicom.port 192.0.2.1:"),
         ({"PNEUMO__HTTP__BIND": "192.0.2.1"}, "http.bind/http.port 192.0.2.1:"),
-        ({"PNEUMO__DATABASE__URL": f"sqlite:{tmp_path}/nowhere/x.sqlite"}, "database.url: the database's folder"),
+        ({"PNEUMO__DATABASE__URL": f"sqlite:{tmp_path}/nowhere/x.sqlite"},
+         f"database.url: the database's folder {tmp_path}/nowhere: does not exist"),
     ]:
         r = subprocess.run([str(node_binary()), "check-config"], env={**base, **extra}, capture_output=True,
                            text=True, cwd=ROOT, timeout=60)
         assert r.returncode == MISCONFIGURED and said in r.stderr, (extra, r.returncode, r.stderr)
         assert "configuration OK" not in r.stdout
+    # serve named the lock file a "data directory" it could not prepare
+    r = subprocess.run([str(node_binary()), "serve"],
+                       env={**base, "PNEUMO__DATABASE__URL": f"sqlite:{tmp_path}/nowhere/x.sqlite"},
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode != 0 and "cannot make the database's lock file" in r.stderr \
+        and "database.url" in r.stderr, r.stderr
     # the node's own ports, taken by the node running: not a problem
     import socket
     with socket.socket() as held:

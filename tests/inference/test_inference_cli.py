@@ -88,6 +88,31 @@ def test_preprocess_takes_its_spec_from_a_model(tmp_path):
     assert r.returncode != 0 and "cannot be used with" in r.stderr, r.stderr
 
 
+def test_preprocess_writes_what_it_makes_for_this_account_only(tmp_path):
+    """`preprocess --grey-out` wrote the radiograph at full resolution
+    world-readable (0644) under the usual umask 0022."""
+    out, grey = tmp_path / "t.npy", tmp_path / "g.npy"
+    r = subprocess.run(["sh", "-c", f'umask 022 && exec "$0" "$@"', str(node_binary()), "preprocess",
+                        str(IMAGES / "rg1s_mono2.dcm"), "--out", str(out), "--grey-out", str(grey)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for f in (out, grey):
+        assert f.stat().st_mode & 0o007 == 0, (f, oct(f.stat().st_mode))
+
+
+def test_infer_names_a_file_it_cannot_read_in_store_s_words(tmp_path):
+    """A text file was "Could not read from file", a cut one "Could not
+    read data set token", and only after the model had loaded."""
+    text, cut = tmp_path / "text.dcm", tmp_path / "cut.dcm"
+    text.write_text("not an image")
+    cut.write_bytes((IMAGES / "rg1s_mono2.dcm").read_bytes()[:3000])
+    for path, said in ((text, "not a DICOM Part-10 file"), (tmp_path / "none.dcm", "cannot open: No such file")):
+        r = node("infer", path, "--model", tmp_path / "no-model.onnx")  # the file is looked at first
+        assert r.returncode == 1 and f"reading {path}: {said}" in r.stderr, r.stderr
+    r = node("infer", cut)
+    assert r.returncode == 1 and f"reading {cut}: its data set cannot be read (cut short?)" in r.stderr, r.stderr
+
+
 def test_infer_text_output_says_demo_decision_and_provider():
     r = node("infer", IMAGES / "rg1s_mono2.dcm")
     assert r.returncode == 0, r.stderr

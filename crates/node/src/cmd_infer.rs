@@ -40,6 +40,13 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
     settings.warmup = false;
     settings.max_wait_ms = 0;
     let lung_box = crate::cmd_preprocess::parse_lung_box(args.lung_box.as_deref())?;
+    // The file first, in `store`'s words ("Could not read from file", and
+    // after the model had loaded): a missing or non-DICOM file is said at once.
+    if let Some(file) = &args.file {
+        pneumo_dimse::FileToSend::inspect(file)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("reading {}", file.display()))?;
+    }
     let engine = InferenceEngine::start(&settings)
         .with_context(|| format!("loading model {}", settings.model.display()))?;
     if let Some(path) = &args.tensor {
@@ -50,7 +57,7 @@ pub fn run(args: &InferArgs, settings: &InferenceSettings) -> anyhow::Result<()>
     };
     let spec = engine.contract().preprocess_spec();
     let obj = pneumo_store::open_instance(file, None)
-        .map_err(anyhow::Error::msg)
+        .map_err(|e| anyhow::anyhow!("its data set cannot be read (cut short?): {e}"))
         .with_context(|| format!("reading {}", file.display()))?;
     let (grey, grey_report, hdr) = pneumo_imaging::grey_image(&obj)
         .and_then(|g| pneumo_imaging::analysis_refusal(&g.0, &g.1).map(|()| g))

@@ -116,6 +116,8 @@ enum Command {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Every command: `preprocess --grey-out` writes the radiograph itself.
+    keep_data_from_other_accounts();
     let cli = Cli::parse();
     if matches!(
         cli.command,
@@ -428,10 +430,10 @@ fn init_logging(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Radiographs and the database name patients: what the node writes from
-/// here on is not readable by other accounts (umask 027: files 0640,
+/// Radiographs and the database name patients: what any command of the
+/// node writes is not readable by other accounts (umask 027: files 0640,
 /// folders 0750), whatever umask it was started with (0022 made them
-/// world-readable).
+/// world-readable; `preprocess` wrote the grey radiograph 0644).
 fn keep_data_from_other_accounts() {
     #[cfg(unix)]
     // SAFETY: sets the process's file mode creation mask; no memory involved.
@@ -487,7 +489,6 @@ fn check_data_dir(config: &Config) -> Result<()> {
 /// The store of `node.data_dir` and its database, locked for this process.
 async fn open_store(config: &Config) -> Result<Store> {
     check_data_dir(config)?;
-    keep_data_from_other_accounts();
     Ok(Store::open(&config.node.data_dir, config.database_url())
         .await
         .with_context(|| {

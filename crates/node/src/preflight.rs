@@ -140,6 +140,8 @@ fn writable(path: &Path) -> Result<()> {
         libc::W_OK | libc::X_OK
     } else if path.is_file() {
         libc::R_OK | libc::W_OK
+    } else if !path.exists() {
+        return Err(anyhow!("does not exist"));
     } else {
         return Err(anyhow!("is not a folder"));
     };

@@ -58,6 +58,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The lock file beside the database, in a folder that is missing or
+    /// cannot be written (a `database.url` naming a folder not made).
+    #[error("cannot make the database's lock file {path}: {source} (is the database's folder there and writable? database.url)")]
+    DatabaseLock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("data directory {path} does not exist, nor the folder {parent} it would be made in (a disk not yet mounted?): create that folder, or correct node.data_dir")]
     DataDirParentMissing { path: PathBuf, parent: PathBuf },
@@ -167,6 +174,10 @@ fn lock_database(database: &Path) -> Result<std::fs::File, StoreError> {
     lock_file(&path, || StoreError::DatabaseInUse {
         path: database.to_path_buf(),
         lock: path.clone(),
+    })
+    .map_err(|e| match e {
+        StoreError::DataDir { path, source } => StoreError::DatabaseLock { path, source },
+        other => other,
     })
 }
 
@@ -922,7 +933,12 @@ impl Store {
             .execute(&self.pool)
             .await
         {
-            tracing::warn!(error = %e, "cannot fold the write-ahead log into the database");
+            tracing::warn!(
+                error = %e,
+                "cannot fold the write-ahead log into the database: its -wal holds the latest \
+                 commits (instances acknowledged): keep it beside the database, and make the \
+                 database file writable before the next start"
+            );
         }
         self.pool.close().await;
     }
