@@ -644,20 +644,22 @@ def test_a_deflated_data_set_that_inflates_past_256_mib_is_refused(node, tmp_pat
     assert_still_serving_and_clean(node, ds.SOPInstanceUID)
 
 
-def test_a_c_store_cut_off_by_an_abort_is_named_in_the_log(node):
-    """An A-ABORT in the middle of a data set: the log said "association
-    aborted by peer instances=0", not which C-STORE was dropped."""
+@pytest.mark.parametrize("cut", ["abort", "command"])
+def test_a_c_store_cut_off_is_named_in_the_log(node, cut):
+    """An A-ABORT in the middle of a data set, or a new command there: the
+    log said "association aborted by peer instances=0" (or "unexpected
+    command fragment"), not which C-STORE was dropped."""
     uid = generate_uid()
     raw = RawAssociation(node.port)
     raw.associate(node.ae_title, [(1, CR_STORAGE, [EXPLICIT_LE])])
     raw.send(pdata(1, True, True, c_store_rq(9, CR_STORAGE, uid)))
     raw.send(pdata(1, False, False, b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"))
-    raw.send(ABORT)
-    raw.close()
+    raw.send(ABORT if cut == "abort" else pdata(1, True, True, c_store_rq(10, CR_STORAGE, generate_uid())))
     deadline = time.monotonic() + 10
     while "C-STORE cut off" not in node.log():
         assert time.monotonic() < deadline, node.log()[-2000:]
         time.sleep(0.1)
+    raw.close()
     (line,) = [l for l in node.log().splitlines() if "C-STORE cut off" in l]
     assert uid in line and "message_id=9" in line, line
     assert node.http(f"/api/instances/{uid}")[0] == 404 and node.echo_ok()

@@ -287,9 +287,11 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     from nodetest import ROOT, node_binary
 
     out = subprocess.run([str(node_binary()), "--version"], capture_output=True, text=True, timeout=30).stdout
-    m = re.fullmatch(r"pneumo-node (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}|unknown)\)\n", out)
+    # (`-modified`: built from a tree with changes not committed)
+    m = re.fullmatch(r"pneumo-node (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}|unknown)(-modified)?\)\n", out)
     assert m, out
-    version, commit = m.groups()
+    version, commit, modified = m.groups()
+    named = commit + (modified or "")
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
                           capture_output=True, text=True)
     if head.returncode == 0 and commit != "unknown":
@@ -299,12 +301,12 @@ def test_the_build_is_named_and_what_a_start_did_to_the_database_is_logged(node_
     node = node_factory().start()
     assert "database created" in node.log()
     status, ready = node.http("/readyz")
-    assert ready["build"] == {"version": version, "commit": commit}
+    assert ready["build"] == {"version": version, "commit": named}
     metrics = requests.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
-    assert f'pneumo_build_info{{version="{version}",commit="{commit}"}} 1' in metrics
+    assert f'pneumo_build_info{{version="{version}",commit="{named}"}} 1' in metrics
     from test_routing_orthanc import wait_until
     wait_until(lambda: "pneumo-node listening" in node.log(), timeout=10)
-    assert f"commit={commit}" in node.log()
+    assert f"commit={named}" in node.log()
     node.stop()
 
     # A newer build's migration: this build still serves, and says so.

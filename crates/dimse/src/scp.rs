@@ -1243,12 +1243,14 @@ impl<H: StoreHandler> Association<'_, H> {
                         }
                     }
                 }
-                (_, is_command) => {
+                (state, is_command) => {
+                    // Kept, so that a C-STORE this cuts off is named.
+                    self.state = state;
                     return Err(format!(
                         "unexpected {} fragment on context {}",
                         if is_command { "command" } else { "data" },
                         pdv.context_id
-                    ))
+                    ));
                 }
             };
         }

@@ -130,6 +130,15 @@ impl InferenceEngine {
                 "inference warm-up done"
             );
         }
+        // Without a warm-up, the load's probe tells the same (the batches
+        // failed and were run again image by image, every one).
+        if !warmup && batch.max_batch > 1 && model.runs_batches() == Some(false) {
+            tracing::warn!(
+                "the model fails on a batch of images but runs one: images run one at a time \
+                 (inference.max_batch taken as 1)"
+            );
+            batch.max_batch = 1;
+        }
         let contract = model.contract().clone();
         let identity = model.identity().clone();
         let provider = model.execution_provider();

@@ -72,7 +72,9 @@ fn value_of_outlet(outlet: &Outlet) -> GraphValue {
             dimension_symbols,
         } => GraphValueType::Tensor {
             element: *ty,
-            shape: Some(
+            // ONNX Runtime reports [] for a shape it could not settle (the declared
+            // and the inferred ones disputed): unknown, not rank 0.
+            shape: (!shape.is_empty()).then(|| {
                 shape
                     .iter()
                     .enumerate()
@@ -83,8 +85,8 @@ fn value_of_outlet(outlet: &Outlet) -> GraphValue {
                             GraphDim::Fixed(size)
                         }
                     })
-                    .collect(),
-            ),
+                    .collect()
+            }),
         },
         other => GraphValueType::NotTensor(format!("{other:?}")),
     };

@@ -61,6 +61,23 @@ pub(crate) fn read_header(path: &Path) -> Result<OnnxHeader> {
     })
 }
 
+/// Whether a relative location climbs out of the model's directory:
+/// `sub/../w.bin` stays in it (ONNX Runtime takes it), `../w.bin` leaves.
+fn leaves_its_directory(location: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in location.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
 /// What keeps a model's external weights from loading: a file missing, or
 /// too short for a weight's bytes (the `.onnx.data` left behind, or cut
 /// short by a copy), found from their sizes without reading them.
@@ -76,14 +93,13 @@ pub(crate) fn external_weights_problem(path: &Path, tensors: &[ExternalTensor]) 
         let location = Path::new(&t.location);
         if location.is_absolute() {
             return Some(format!(
-                "its weight `{}` is named by the absolute path `{}`, which ONNX Runtime                  refuses (\"Absolute path not allowed for external data location\"): name                  the weights file relative to the model's directory, as onnx.save does",
+                "its weight `{}` is named by the absolute path `{}`, which ONNX Runtime \
+                 refuses (\"Absolute path not allowed for external data location\"): name \
+                 the weights file relative to the model's directory, as onnx.save does",
                 t.name, t.location
             ));
         }
-        if location
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
+        if leaves_its_directory(location) {
             return Some(format!(
                 "its weight `{}` lies in `{}`, outside the model's directory, which ONNX \
                  Runtime refuses: keep the weights beside the model",

@@ -100,6 +100,9 @@ pub struct Model {
     /// Set once the "output already a probability distribution" warning
     /// has been logged.
     warned_probabilities: std::sync::atomic::AtomicBool,
+    /// Whether the load's probe ran a batch of several images (None: it
+    /// tried none, batches not being served).
+    runs_batches: Option<bool>,
 }
 
 impl std::fmt::Debug for Model {
@@ -322,6 +325,7 @@ impl Model {
             runtime: rt,
             files,
             warned_probabilities: Default::default(),
+            runs_batches: None,
         };
         model.probe(settings.max_batch)?;
         Ok(model)
@@ -342,7 +346,17 @@ impl Model {
         let mut alone = |images: &[ImageInput]| -> Result<Vec<Vec<f32>>> {
             images
                 .iter()
-                .map(|image| Ok(self.run_logits(&[image])?.remove(0)))
+                .map(|image| match self.run_logits(&[image]) {
+                    Ok(mut rows) => Ok(rows.remove(0)),
+                    // ONNX Runtime's words alone ("requested shape:{2,-1}")
+                    // did not say what is wrong with the export.
+                    Err(InferenceError::Run(e)) => Err(InferenceError::Run(format!(
+                        "the model fails on one image ({e}): a batch size fixed inside the \
+                         graph (a reshape to a constant size) fails so; export the model with \
+                         its batch axis dynamic and no size fixed inside"
+                    ))),
+                    Err(e) => Err(e),
+                })
                 .collect()
         };
         let (flat_rows, patterned_rows) = (alone(&flat)?, alone(&patterned)?);
@@ -359,8 +373,10 @@ impl Model {
         for n in (2..=max_batch.min(patterned.len())).rev() {
             let forward: Vec<&ImageInput> = patterned.iter().take(n).collect();
             let Ok(together) = self.run_logits(&forward) else {
+                self.runs_batches.get_or_insert(false);
                 continue;
             };
+            self.runs_batches = Some(true);
             let alone = &patterned_rows[..n];
             check_rows_do_not_depend_on_the_batch(&self.path, output, alone, &together)?;
             let backward: Vec<&ImageInput> = forward.iter().rev().copied().collect();
@@ -411,6 +427,13 @@ impl Model {
 
     pub fn contract(&self) -> &ModelContract {
         &self.contract
+    }
+
+    /// Whether the load's probe ran a batch of several images: Some(false)
+    /// when every batch it tried failed (a batch size fixed inside the
+    /// graph); None when it tried none.
+    pub fn runs_batches(&self) -> Option<bool> {
+        self.runs_batches
     }
 
     /// The graph's inputs and outputs as the session reports them.

@@ -151,6 +151,15 @@ fn an_output_the_file_declares_against_the_contract_is_refused_as_model_info_ref
     );
 }
 
+#[test]
+fn a_batch_fixed_to_two_inside_the_graph_is_refused_saying_so() {
+    let e = load_err(&bad("batch-two-constant.onnx")).to_string();
+    assert!(
+        e.contains("the model fails on one image") && e.contains("batch axis dynamic"),
+        "{e}"
+    );
+}
+
 fn one_image_at_a_time(path: &std::path::Path) {
     let s = 224;
     let images: Vec<Vec<f32>> = (0..6)
@@ -177,6 +186,17 @@ fn one_image_at_a_time(path: &std::path::Path) {
     let mut settings = cpu_settings(path);
     settings.max_batch = 8;
     settings.max_wait_ms = 200;
+    // Without a warm-up too: the load's probe found the batches failing
+    // (they were all run again image by image).
+    let mut cold = settings.clone();
+    cold.warmup = false;
+    assert_eq!(
+        InferenceEngine::start(&cold)
+            .unwrap()
+            .batch_config()
+            .max_batch,
+        1
+    );
     let engine = std::sync::Arc::new(InferenceEngine::start(&settings).unwrap());
     assert_eq!(engine.batch_config().max_batch, 1);
     let handles: Vec<_> = images
