@@ -434,3 +434,8 @@ def test_serve_as_root_on_the_service_accounts_data_directory_is_refused(tmp_pat
     assert r.returncode == MISCONFIGURED, (r.returncode, r.stderr)
     assert f"serve runs as root on data directory {data_dir}, owned by user ID" in r.stderr, r.stderr
     assert list(data_dir.iterdir()) == [], "nothing made in it as root"
+    # check-config as root (an administrator checking the service's
+    # configuration) says so without refusing
+    r = subprocess.run([str(node_binary()), "check-config"], env=env, capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0 and "`serve` refuses to run as root there" in r.stderr, (r.returncode, r.stderr)

@@ -283,3 +283,30 @@ def test_a_file_recorded_after_the_start_counted_it_is_no_longer_counted(node_fa
     wait_until(lambda: "pneumo_unrecorded_files 0" in node.http("/metrics")[1], timeout=30,
                what="the count of unrecorded files back to 0")
     assert "now named by it, or gone" in node.log()
+
+
+def test_another_nodes_report_unknown_to_the_database_is_counted(node_factory, tmp_path):
+    """A report a pneumo-node made, received from a PACS and lost with a
+    database restore, was taken for one this node makes again (the
+    product's name on it) and left out of the count and the warning,
+    though recover-files records it."""
+    from pydicom.uid import generate_uid
+
+    node = node_factory().start()
+    copy_with_new_uids(data_store() / "RG1_UNCI.dcm", tmp_path / "0.dcm", new_study=True)
+    run_dcmtk("storescu", "-aec", node.ae_title, "127.0.0.1", node.port, tmp_path / "0.dcm")
+    node.wait_for_analyses()
+    node.stop()
+    with node.db() as c:
+        (sr_path,) = c.execute("SELECT s.path FROM jobs j JOIN instances s ON s.id = j.sr_instance_id").fetchone()
+    made = node.data_dir / sr_path
+    for source_ae in ("OTHERPACS", node.ae_title):
+        ds = pydicom.dcmread(made)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.SourceApplicationEntityTitle = source_ae
+        ds.save_as(made.with_name(f"{ds.SOPInstanceUID}.dcm"), enforce_file_format=True)
+    node.start()
+    wait_until(lambda: "files under instances/ that the database does not name" in node.log(), timeout=60)
+    assert "files=1" in node.log().split("files under instances/ that the database does not name")[1][:400]
+    assert "pneumo_unrecorded_files 1" in node.http("/metrics")[1]
+    assert "reports made by this node under instances/" in node.log()  # its own, apart

@@ -346,9 +346,14 @@ def test_a_write_ahead_log_unwritable_for_a_moment_leaves_no_connection_read_onl
             refused.append(assoc.send_c_store(pydicom.dcmread(f)).Status)
             assoc.release()
         assert all(s == 0xA700 for s in refused), refused
+        # Said: /readyz said ready (its probe connection began a write
+        # without touching the log).
+        code, body = node.http("/readyz")
+        assert code == 503 and any("pneumo-node.sqlite-wal cannot be written" in r for r in body["reasons"]), body
         time.sleep(3)  # the node's loops meet it too
     finally:
         subprocess.run(["chattr", "-i", wal], check=True)
+    assert node.http("/readyz")[0] == 200
     # Writable again: after at most the one write that finds a connection
     # still read-only, every instance is taken, each on its own
     # association (each may take another pooled connection).

@@ -525,7 +525,7 @@ async fn serve(config: Config) -> Result<()> {
     }
     refuse_root_on_another_accounts_data(&config.node.data_dir, "serve")?;
     let store = Arc::new(open_store(&config).await?);
-    store.start_integrity_check();
+    store.start_integrity_check(&config.dicom.ae_title);
     // The model first: a wrong model or runtime is an error at start.
     let settings = config.inference.clone();
     let engine =

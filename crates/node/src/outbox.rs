@@ -757,7 +757,8 @@ impl OutboxWorker {
             }
             Ok(status) if status.is_permanent_failure() => {
                 Metrics::inc(&self.metrics.deliveries_failed, 1);
-                warn!(sop_instance_uid = %item.sop_instance_uid, %status, comment = comment.trim_start_matches(": "),
+                warn!(sop_instance_uid = %item.sop_instance_uid, %status,
+                    comment = outcome.error_comment.as_deref().unwrap_or(""),
                     "refused for good; parked (GET /api/deliveries?state=parked lists it; once the \
                      destination is put right, POST /api/deliveries/retry sends it again)");
                 self.store

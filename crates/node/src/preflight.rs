@@ -69,6 +69,21 @@ pub fn problems(config: &Config) -> Vec<String> {
 /// refusal: the DNS may answer later, or only on the node's network.
 pub fn warnings(config: &Config) -> Vec<String> {
     use std::net::ToSocketAddrs;
+    use std::os::unix::fs::MetadataExt;
+    // Checked as root for a service that runs as its own account: fine,
+    // but `serve` as root there is refused; said, not refused.
+    // SAFETY: reads the process's effective user ID; no memory involved.
+    let root = unsafe { libc::geteuid() } == 0;
+    let owner = std::fs::metadata(&config.node.data_dir)
+        .map(|m| m.uid())
+        .ok();
+    let as_root = owner.filter(|&o| root && o != 0).map(|owner| {
+        format!(
+            "node.data_dir {} is owned by user ID {owner} and this check runs as root: `serve` \
+             refuses to run as root there; start the node as that account",
+            config.node.data_dir.display()
+        )
+    });
     let destinations = config.destinations.iter().map(|d| {
         let what = format!("destination `{}`", d.name);
         (what, &d.host, d.port, "every delivery there")
@@ -91,6 +106,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 )),
             },
         )
+        .chain(as_root)
         .collect()
 }
 

@@ -49,6 +49,18 @@ const PRODUCT: &str = "pneumo-node";
 
 /// Whether a name is the product's, as a PACS may have rewritten it
 /// ("PNEUMO-NODE", "pneumo-node 0.1.0").
+/// The Source Application Entity Title (0002,0016) of a Part-10 file,
+/// trimmed: the AE title of whoever wrote it (the node's own on what it
+/// made, the sender's on what it received).
+pub fn source_ae_title(path: &Path) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    file.seek(SeekFrom::Start(128)).ok()?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file).ok()?;
+    meta.source_application_entity_title
+        .map(|ae| ae.trim_matches(['\0', ' ']).to_string())
+}
+
 pub fn is_product(name: &str) -> bool {
     name.trim().to_ascii_lowercase().starts_with(PRODUCT)
 }

@@ -58,6 +58,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file of the database (it, its `-wal`, its `-shm`) this process
+    /// may not write.
+    #[error("the database's file {path} cannot be written: {source}; instances are refused (A700) until it can")]
+    DatabaseNotWritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The lock file beside the database, in a folder that is missing or
     /// cannot be written (a `database.url` naming a folder not made).
     #[error("cannot make the database's lock file {path}: {source} (is the database's folder there and writable? database.url)")]
@@ -880,6 +887,33 @@ impl Store {
         }
     }
 
+    /// Whether the database's files can be written: a `-wal` made
+    /// unwritable (`chattr +i`, a `chown`) refused every C-STORE while the
+    /// write probe, whose open connection needs no new write to the log to
+    /// begin a transaction, said ready.
+    pub fn check_database_writable(&self) -> Result<(), StoreError> {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(f) = &self.database_file else {
+            return Ok(());
+        };
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = f.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: access(2) reads the NUL-terminated path only.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(StoreError::DatabaseNotWritable { path, source: e });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The SOP classes under which an instance with this SOP Instance UID
     /// is kept, file present at its stored size (none when never
     /// received, or removed by retention or by hand): what a Storage
@@ -1001,18 +1035,19 @@ impl Store {
     /// without it, or a `-wal` deleted after a crash, left instances
     /// acknowledged to their senders unknown to the node, without a word
     /// (a start that finds the database empty says so already).
-    pub fn start_integrity_check(&self) {
+    pub fn start_integrity_check(&self, own_ae_title: &str) {
         if self.database_file.is_none() {
             return;
         }
         let pool = self.pool.clone();
         let watch = self.database_file_watch.clone();
         let (data_dir, counted) = (self.data_dir.clone(), self.unrecorded_files.clone());
+        let own_ae_title = own_ae_title.trim().to_string();
         let database_lost = self.database_lost;
         let check = tokio::spawn(async move {
             quick_check(&pool, &watch).await;
             if !database_lost {
-                count_unrecorded_files(&pool, &data_dir, &counted).await;
+                count_unrecorded_files(&pool, &data_dir, &counted, &own_ae_title).await;
             }
         });
         *self
@@ -1064,6 +1099,7 @@ async fn count_unrecorded_files(
     pool: &sqlx::SqlitePool,
     data_dir: &Path,
     counted: &std::sync::atomic::AtomicU64,
+    own_ae_title: &str,
 ) {
     let root = data_dir.join("instances");
     let files = match tokio::task::spawn_blocking(move || recover::files_under(&root)).await {
@@ -1088,14 +1124,19 @@ async fn count_unrecorded_files(
             }
         }
     }
-    // Reports and companion images a node made are made again, at the same
+    // Reports and companion images this node made (its AE title as their
+    // source, the product's name on them) are made again, at the same
     // path, when their image is analysed, and `recover-files` leaves them:
     // not counted (after a restore and recover-files, the start warned of
-    // them and said to run recover-files, which did nothing).
+    // them and said to run recover-files, which did nothing). Another
+    // node's report, received, is an instance like any other.
     let (dir, listed) = (data_dir.to_path_buf(), std::mem::take(&mut unrecorded));
+    let own = own_ae_title.to_string();
     let (listed, remade) = tokio::task::spawn_blocking(move || {
         listed.into_iter().partition::<Vec<_>, _>(|relative| {
-            !crate::InstanceHeader::read(&dir.join(relative)).is_ok_and(|h| h.made_by_the_product())
+            let path = dir.join(relative);
+            !(crate::InstanceHeader::read(&path).is_ok_and(|h| h.made_by_the_product())
+                && header::source_ae_title(&path).is_some_and(|ae| ae == own))
         })
     })
     .await
@@ -1125,13 +1166,13 @@ async fn count_unrecorded_files(
     }
     // A stop between a file and its row (kill -9 while a report was
     // stored) leaves a file the job run again records moments later: the
-    // files counted are looked at again, 5 s then doubling to 5 min, until
+    // files counted are looked at again, 5 s then doubling to a minute, until
     // none is left unnamed (the count stayed up, and the warning stood,
     // until the next restart).
     let mut wait = std::time::Duration::from_secs(5);
     while !unrecorded.is_empty() {
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(300));
+        wait = (wait * 2).min(std::time::Duration::from_secs(60));
         let mut left = Vec::with_capacity(unrecorded.len());
         for relative in unrecorded {
             let there = data_dir.join(&relative).exists();

@@ -323,6 +323,7 @@ impl Store {
     /// Whether the database answers, and a write could begin.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.check_database_file()?;
+        self.check_database_writable()?;
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         if !self.write_probe().write_could_begin().await? {
             return Err(StoreError::WriteLocked(
