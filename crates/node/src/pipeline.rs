@@ -179,11 +179,11 @@ impl Pipeline {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                let this = self.clone();
+                let (this, stopping_job) = (self.clone(), stopping.clone());
                 let span = info_span!("job", id = job.job_id, attempt = job.attempts, sop_instance_uid = %job.sop_instance_uid);
                 tokio::spawn(
                     async move {
-                        this.process(job).await;
+                        this.process(job, stopping_job).await;
                         drop(permit);
                         // A slot is free: claim the next job now, not at the
                         // next arrival or the 1 s poll (an idle node drained
@@ -211,58 +211,95 @@ impl Pipeline {
         }
     }
 
-    async fn process(&self, job: ClaimedJob) {
+    async fn process(&self, job: ClaimedJob, mut stopping: watch::Receiver<bool>) {
         let outcome = self.analyse(&job).await;
-        let recorded = match outcome {
+        // An outcome that cannot be recorded now (the disk full, a `-wal`
+        // unwritable for a moment) is tried again while this process holds
+        // the job's lease: the job waited the whole lease (5 min) once the
+        // database took writes again, and was charged an attempt.
+        let lease_end = Instant::now() + Duration::from_secs(self.settings.lease_s);
+        let mut first = true;
+        loop {
+            match self.record_outcome(&job, &outcome, first).await {
+                Ok(()) if first => return,
+                Ok(()) => {
+                    info!("the job's outcome is recorded now");
+                    return;
+                }
+                Err(e) if first => warn!(
+                    error = %e,
+                    "cannot record the job's outcome; tried again every {} s while its lease lasts",
+                    RECORD_RETRY.as_secs()
+                ),
+                Err(_) => {}
+            }
+            first = false;
+            if Instant::now() + RECORD_RETRY + RECORD_RETRY >= lease_end || *stopping.borrow() {
+                warn!("the job's outcome still cannot be recorded: the job runs again after its lease");
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RECORD_RETRY) => {}
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    /// Writes what the analysis came to; `say`: log it (not again on a
+    /// second try).
+    async fn record_outcome(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Result<bool, Failure>,
+        say: bool,
+    ) -> Result<(), pneumo_store::StoreError> {
+        match outcome {
             Ok(true) => Ok(()),
             Ok(false) => {
-                warn!("lease lost: another worker finished this job");
+                if say {
+                    warn!("lease lost: another worker finished this job");
+                }
                 Ok(())
             }
             Err(Failure::StoredFile(reason)) => {
-                warn!(%reason, "analysis failed: the stored file");
+                if say {
+                    warn!(%reason, "analysis failed: the stored file");
+                }
                 self.store
-                    .fail_job(job.job_id, &self.owner, &reason)
+                    .fail_job(job.job_id, &self.owner, reason)
                     .await
                     .map(|_| ())
             }
             Err(Failure::Analysis(reason)) => {
-                warn!(%reason, "analysis failed");
-                let failed = self.store.fail_job(job.job_id, &self.owner, &reason).await;
+                if say {
+                    warn!(%reason, "analysis failed");
+                }
+                let failed = self.store.fail_job(job.job_id, &self.owner, reason).await;
                 // A node that can analyse no image (a lung-box model without
                 // its segmentation model) says so in /readyz; a notice for
                 // every image would be left beside each report once fixed.
                 if let (Ok(true), false) = (&failed, self.analyses_nothing()) {
-                    self.send_notice(&job.failed(reason)).await;
+                    self.send_notice(&job.failed(reason.clone())).await;
                 }
                 failed.map(|_| ())
             }
             // Not the image's fault: tried again later, without using up
             // one of its attempts.
             Err(Failure::Store(reason)) => {
-                self.retry_later(
-                    &job,
-                    &reason,
-                    STORE_RETRY,
-                    "the analysis could not be kept; will retry",
-                )
-                .await
+                if say {
+                    warn!(%reason, retry_in_s = STORE_RETRY.as_secs(), "the analysis could not be kept; will retry");
+                }
+                self.retry_later(job, reason, STORE_RETRY).await
             }
             // Sooner: a stamp moved by a chmod during a batch costs no
             // more than this (the look before the next batch is a few
             // `stat`s while the files stay changed).
             Err(Failure::ModelChanged(reason)) => {
-                self.retry_later(
-                    &job,
-                    &reason,
-                    MODEL_CHANGED_RETRY,
-                    "the model cannot run; the job waits",
-                )
-                .await
+                if say {
+                    warn!(%reason, retry_in_s = MODEL_CHANGED_RETRY.as_secs(), "the model cannot run; the job waits");
+                }
+                self.retry_later(job, reason, MODEL_CHANGED_RETRY).await
             }
-        };
-        if let Err(e) = recorded {
-            warn!(error = %e, "cannot record the job's outcome; it will be retried after its lease");
         }
     }
 
@@ -274,9 +311,7 @@ impl Pipeline {
         job: &ClaimedJob,
         reason: &str,
         after: Duration,
-        what: &str,
     ) -> Result<(), pneumo_store::StoreError> {
-        warn!(%reason, retry_in_s = after.as_secs(), "{what}");
         self.store
             .retry_job_later(job.job_id, &self.owner, reason, after)
             .await
@@ -880,6 +915,9 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// How long a job whose result the store could not keep waits to run again.
 const STORE_RETRY: Duration = Duration::from_secs(30);
+
+/// How often an outcome that could not be recorded is tried again.
+const RECORD_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a job waits to run again when the model's files changed.
 const MODEL_CHANGED_RETRY: Duration = Duration::from_secs(5);
