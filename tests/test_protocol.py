@@ -516,6 +516,26 @@ def test_items_of_unknown_type_in_an_associate_rq_are_skipped(node):
     assert "accepted=1" in line, line
 
 
+def test_sub_items_of_unknown_type_in_a_presentation_context_are_skipped(node):
+    """PS3.8 9.3.1 again, inside a presentation context item: the node
+    aborted the association for one unknown sub-item (0x45)."""
+    rq = associate_rq(node.ae_title, "RAWSCU", [(1, VERIFICATION, [IMPLICIT])])
+    body = rq[6:]
+    at = body.index(b"\x20\x00", 68)
+    (length,) = struct.unpack(">H", body[at + 2:at + 4])
+    extra = struct.pack(">BxH", 0x45, 3) + b"xyz"
+    item = (body[at:at + 2] + struct.pack(">H", length + len(extra)) + body[at + 4:at + 8] + extra
+            + body[at + 8:at + 4 + length])
+    body = body[:at] + item + body[at + 4 + length:]
+    raw = RawAssociation(node.port)
+    raw.send(struct.pack(">BxI", 0x01, len(body)) + body)
+    pdu_type, _ = raw.read_pdu()
+    raw.close()
+    assert pdu_type == 0x02, f"expected an A-ASSOCIATE-AC, got {pdu_type:#x}"
+    (line,) = accepted_lines(node, 1)
+    assert "accepted=1" in line, line
+
+
 def accepted_lines(node, n: int) -> list:
     """The log's first `n` "association accepted" lines, waited for: the
     node logs the line after it has sent the A-ASSOCIATE-AC."""

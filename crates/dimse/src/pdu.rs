@@ -115,7 +115,19 @@ fn without_unknown_items(body: &[u8], known: &[u8]) -> Option<Vec<u8>> {
         let header = items.get(..4)?;
         let end = 4 + usize::from(u16::from_be_bytes([header[2], header[3]]));
         let item = items.get(..end)?;
-        if known.contains(&item[0]) {
+        if matches!(item[0], 0x20 | 0x21) && known.contains(&item[0]) {
+            // Inside a presentation context too (PS3.8 9.3.1): only its
+            // abstract and transfer syntaxes are kept (an unknown sub-item
+            // aborted the whole association).
+            // (one that does not parse is kept as read: dicom-ul names it)
+            match without_unknown_sub_items(item) {
+                Some((context, dropped)) => {
+                    left_out |= dropped;
+                    kept.extend_from_slice(&context);
+                }
+                None => kept.extend_from_slice(item),
+            }
+        } else if known.contains(&item[0]) {
             kept.extend_from_slice(item);
         } else {
             tracing::debug!(
@@ -127,6 +139,33 @@ fn without_unknown_items(body: &[u8], known: &[u8]) -> Option<Vec<u8>> {
         items = &items[end..];
     }
     left_out.then_some(kept)
+}
+
+/// A presentation context item (its 4-byte header, 4 fixed bytes, then
+/// sub-items) with only its Abstract Syntax (0x30) and Transfer Syntax
+/// (0x40) sub-items, and whether any other was left out.
+fn without_unknown_sub_items(item: &[u8]) -> Option<(Vec<u8>, bool)> {
+    let mut kept = item.get(..8)?.to_vec();
+    let mut subs = &item[8..];
+    let mut dropped = false;
+    while !subs.is_empty() {
+        let header = subs.get(..4)?;
+        let end = 4 + usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let sub = subs.get(..end)?;
+        if matches!(sub[0], 0x30 | 0x40) {
+            kept.extend_from_slice(sub);
+        } else {
+            tracing::debug!(
+                item_type = sub[0],
+                "sub-item of unknown type ignored in a presentation context"
+            );
+            dropped = true;
+        }
+        subs = &subs[end..];
+    }
+    let length = u16::try_from(kept.len() - 4).ok()?;
+    kept[2..4].copy_from_slice(&length.to_be_bytes());
+    Some((kept, dropped))
 }
 
 /// A connection that frames PDUs, with a reusable receive buffer.
