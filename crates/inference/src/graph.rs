@@ -291,7 +291,6 @@ pub(crate) fn check_rows_do_not_depend_on_the_batch(
     ))
 }
 
-/// Checks the graph's one input and one output against the contract.
 /// Whose account of a graph's shapes is checked: the file's declarations
 /// (`model info`, `check-config`, and every load first), or ONNX
 /// Runtime's, which infers them through the graph.
@@ -301,6 +300,7 @@ pub(crate) enum ShapesBy {
     Session,
 }
 
+/// Checks the graph's one input and one output against the contract.
 pub(crate) fn check_graph(
     path: &Path,
     sig: &GraphSignature,

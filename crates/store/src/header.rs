@@ -47,8 +47,6 @@ const HEADER_END: Tag = Tag(0x0020, 0x0021);
 /// Name, and in the Contributing Equipment's Software Versions).
 const PRODUCT: &str = "pneumo-node";
 
-/// Whether a name is the product's, as a PACS may have rewritten it
-/// ("PNEUMO-NODE", "pneumo-node 0.1.0").
 /// The Source Application Entity Title (0002,0016) of a Part-10 file,
 /// trimmed: the AE title of whoever wrote it (the node's own on what it
 /// made, the sender's on what it received).
@@ -61,6 +59,8 @@ pub fn source_ae_title(path: &Path) -> Option<String> {
         .map(|ae| ae.trim_matches(['\0', ' ']).to_string())
 }
 
+/// Whether a name is the product's, as a PACS may have rewritten it
+/// ("PNEUMO-NODE", "pneumo-node 0.1.0").
 pub fn is_product(name: &str) -> bool {
     name.trim().to_ascii_lowercase().starts_with(PRODUCT)
 }

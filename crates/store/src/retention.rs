@@ -2,8 +2,9 @@
 //! nothing has happened to them for a configured time.
 //!
 //! An instance's file may go when it was received (or made), and last put
-//! back if it was, before the cut-off, its job (if any) is finished (`reported`, `delivered`, `failed`
-//! or `skipped`) and last changed before the cut-off, and none of its
+//! back if it was, before the cut-off, its job (if any) is finished
+//! (`reported`, `delivered`, `failed` or `skipped`) and last changed
+//! before the cut-off, and none of its
 //! deliveries is owed (`pending`) or waiting for an operator (`parked`) or
 //! changed since the cut-off. The row stays, marked `purged_at_ms`.
 
