@@ -212,12 +212,13 @@ impl Pipeline {
     }
 
     async fn process(&self, job: ClaimedJob, mut stopping: watch::Receiver<bool>) {
+        // (the lease runs from the claim, the analysis inside it)
+        let lease_end = Instant::now() + Duration::from_secs(self.settings.lease_s);
         let outcome = self.analyse(&job).await;
         // An outcome that cannot be recorded now (the disk full, a `-wal`
         // unwritable for a moment) is tried again while this process holds
         // the job's lease: the job waited the whole lease (5 min) once the
         // database took writes again, and was charged an attempt.
-        let lease_end = Instant::now() + Duration::from_secs(self.settings.lease_s);
         let mut first = true;
         loop {
             match self.record_outcome(&job, &outcome, first).await {
